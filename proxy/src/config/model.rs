@@ -1,0 +1,212 @@
+//! Validated domain types. The hot path and the snapshot builder see only these.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::Method;
+use regex::Regex;
+use weft_certs::Identity;
+
+/// Default outbound HTTP listener.
+pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
+/// Default inbound mTLS listener.
+pub const DEFAULT_INBOUND: &str = "0.0.0.0:15006";
+/// Default admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+/// Default traffic worker threads: one, like linkerd2-proxy; a sidecar shares its pod's CPU.
+pub const DEFAULT_WORKERS: usize = 1;
+/// Default drain on SIGTERM: under Kubernetes' default 30 s termination grace.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Default connect timeout (linkerd2-proxy's too).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The whole validated sidecar config.
+#[derive(Debug)]
+pub struct Config {
+    /// This sidecar's own service.
+    pub own: OwnService,
+    /// Listener addresses.
+    pub listen: Listen,
+    /// Certificate material locations.
+    pub tls: TlsPaths,
+    /// Traffic worker threads.
+    pub workers: usize,
+    /// SIGTERM drain limit.
+    pub drain_timeout: Duration,
+    /// Connect timeout to peers and the app.
+    pub connect_timeout: Duration,
+    /// Mesh services this sidecar may call, each with its routes.
+    pub services: Vec<Service>,
+}
+
+/// What the app behind this sidecar speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    /// HTTP/1.1 to the app (HTTP/2 between sidecars).
+    Http,
+    /// gRPC: h2c to the app.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// Load-balancing policy across a backend's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Power of two choices on peak-EWMA latency times outstanding requests.
+    P2cEwma,
+    /// Round robin.
+    RoundRobin,
+}
+
+/// This sidecar's own service.
+#[derive(Debug)]
+pub struct OwnService {
+    /// Service name.
+    pub name: String,
+    /// The identity this sidecar's certificate carries.
+    pub identity: Identity,
+    /// The app's loopback address.
+    pub app: SocketAddr,
+    /// What the app speaks.
+    pub protocol: Protocol,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Outbound HTTP (loopback).
+    pub outbound: SocketAddr,
+    /// Inbound mTLS.
+    pub inbound: SocketAddr,
+    /// Admin (loopback).
+    pub admin: SocketAddr,
+}
+
+/// Where the certificate material lives.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// Trust bundle (PEM, one or more roots).
+    pub trust_bundle: PathBuf,
+}
+
+/// A mesh service this sidecar may call.
+#[derive(Debug)]
+pub struct Service {
+    /// Service name.
+    pub name: String,
+    /// Host names (lower case, without port) that route here; the name comes first.
+    pub hosts: Vec<String>,
+    /// Identity its sidecars must prove.
+    pub identity: Identity,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// Dedicated outbound port on 127.0.0.1, if any.
+    pub port: Option<u16>,
+    /// Endpoint choice.
+    pub lb: LbPolicy,
+    /// Its sidecars' inbound addresses.
+    pub endpoints: Vec<Endpoint>,
+    /// Its routes, in match order; empty means one implicit catch-all route.
+    pub routes: Vec<Route>,
+}
+
+/// An endpoint of a service.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Inbound address of the endpoint's sidecar.
+    pub addr: SocketAddr,
+    /// Labels for subsets.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A route: a match and where matched requests go.
+#[derive(Debug)]
+pub struct Route {
+    /// Name (unique within the service).
+    pub name: String,
+    /// Conditions.
+    pub matcher: RouteMatch,
+    /// Weighted subsets; never empty, weights sum above zero.
+    pub backends: Vec<Backend>,
+    /// Deadline for the response headers.
+    pub timeout: Option<Duration>,
+    /// New prefix for the matched path prefix.
+    pub rewrite_prefix: Option<String>,
+    /// Headers set on the request.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers removed from the request.
+    pub remove_headers: Vec<HeaderName>,
+}
+
+/// All conditions must hold; an empty match takes everything.
+#[derive(Debug, Default)]
+pub struct RouteMatch {
+    /// Path condition.
+    pub path: Option<PathMatch>,
+    /// Method condition.
+    pub method: Option<Method>,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A path condition.
+#[derive(Debug)]
+pub enum PathMatch {
+    /// Whole path (without query) equals.
+    Exact(String),
+    /// Path starts with this prefix at a segment boundary (`/api` takes `/api` and `/api/x`).
+    Prefix(String),
+    /// Whole path matches (anchored).
+    Regex(Regex),
+}
+
+/// A header condition.
+#[derive(Debug)]
+pub struct HeaderMatch {
+    /// Header name.
+    pub name: HeaderName,
+    /// Value condition.
+    pub value: HeaderValueMatch,
+}
+
+/// What the header's value must be.
+#[derive(Debug)]
+pub enum HeaderValueMatch {
+    /// Any value.
+    Present,
+    /// Equal bytes.
+    Exact(HeaderValue),
+    /// Whole value matches (anchored).
+    Regex(Regex),
+}
+
+/// A weighted subset of endpoints.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Labels an endpoint must carry.
+    pub subset: BTreeMap<String, String>,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+impl Backend {
+    /// Does this endpoint belong to the subset?
+    pub fn selects(&self, ep: &Endpoint) -> bool {
+        self.subset.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
+    }
+}
+
+impl RouteMatch {
+    /// True when the match has no condition.
+    pub fn is_catch_all(&self) -> bool {
+        self.path.is_none() && self.method.is_none() && self.headers.is_empty()
+    }
+}

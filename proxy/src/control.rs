@@ -1,0 +1,135 @@
+//! The control thread: admin HTTP (loopback), config reload on SIGHUP and on file change.
+//! It runs on its own single-threaded runtime so control work never delays traffic.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::drain::Drain;
+use crate::state::Store;
+
+/// How often the config and certificate files are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Start the control thread; fails if the admin port cannot be bound.
+pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let admin_addr = store.load().listen.admin;
+    let listener = rt.block_on(TcpListener::bind(admin_addr))?;
+    std::thread::Builder::new()
+        .name("weft-control".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::spawn(reload_on_sighup(store.clone()));
+                tokio::spawn(reload_on_change(store.clone()));
+                admin(listener, store, drain).await;
+            })
+        })?;
+    Ok(())
+}
+
+fn reload(store: &Store, why: &str) {
+    match store.reload() {
+        Ok(v) => log::info!("config reloaded ({why}): now v{v}"),
+        Err(e) => log::error!("config rejected ({why}); keeping v{}:\n{e}", store.load().version),
+    }
+}
+
+async fn reload_on_sighup(store: Arc<Store>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log::error!("cannot watch SIGHUP; reload on file change only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        reload(&store, "SIGHUP");
+    }
+}
+
+fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .collect()
+}
+
+fn watched(store: &Store) -> Vec<PathBuf> {
+    let snap = store.load();
+    let mut v = vec![store.path().to_owned()];
+    v.extend(snap_tls_paths(&snap));
+    v
+}
+
+fn snap_tls_paths(snap: &crate::state::Snapshot) -> Vec<PathBuf> {
+    vec![
+        snap.tls_paths.cert.clone(),
+        snap.tls_paths.key.clone(),
+        snap.tls_paths.trust_bundle.clone(),
+    ]
+}
+
+async fn reload_on_change(store: Arc<Store>) {
+    let mut paths = watched(&store);
+    let mut last = stamp(&paths);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now = stamp(&paths);
+        if now != last {
+            reload(&store, "file changed");
+            paths = watched(&store);
+            last = stamp(&paths);
+        }
+    }
+}
+
+async fn admin(listener: TcpListener, store: Arc<Store>, drain: Arc<Drain>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (store, drain) = (store.clone(), drain.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (store, drain) = (store.clone(), drain.clone());
+                async move { Ok::<_, Infallible>(handle(req, &store, &drain)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n".into()),
+        "/ready" => {
+            let snap = store.load();
+            if drain.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            } else if snap.tls.not_after <= SystemTime::now() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "certificate expired\n".into())
+            } else {
+                text(StatusCode::OK, format!("ready: config v{}\n", snap.version))
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found; try /live or /ready\n".into()),
+    }
+}

@@ -1,0 +1,100 @@
+//! Graceful drain on SIGTERM: stop accepting (Pingora's shutdown broadcast), let in-flight
+//! requests and tunnels finish up to the drain timeout, then exit 0 as soon as none remain.
+//!
+//! Pingora's own graceful terminate always sleeps its whole grace period; counting in-flight
+//! work ourselves lets the sidecar leave the moment it is idle.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Counts in-flight requests and tunnels.
+#[derive(Debug, Default)]
+pub struct Drain {
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+/// One unit of in-flight work; dropping it ends the work.
+#[derive(Debug)]
+pub struct Working(Arc<Drain>);
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drain {
+    /// Start a unit of work.
+    pub fn enter(self: &Arc<Self>) -> Working {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Working(self.clone())
+    }
+
+    /// Work in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// True once SIGTERM arrived.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Wait (on a plain thread, outside every runtime) until nothing is in flight or `limit`
+    /// passes, then end the process with status 0.
+    fn exit_when_idle(self: Arc<Self>, limit: Duration) {
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            // Give the listeners a moment to close so nothing new slips in after the check.
+            std::thread::sleep(Duration::from_millis(50));
+            while self.in_flight() > 0 && start.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let left = self.in_flight();
+            if left > 0 {
+                log::warn!("drain timeout {limit:?} reached with {left} in flight; exiting");
+            } else {
+                log::info!("drained in {:?}; exiting", start.elapsed());
+            }
+            std::process::exit(0);
+        });
+    }
+}
+
+/// Pingora shutdown watcher: SIGTERM and SIGINT drain; SIGQUIT (Pingora's fd-passing upgrade,
+/// which a sidecar does not use) is treated the same.
+pub struct DrainSignals {
+    /// The counter to wait on.
+    pub drain: Arc<Drain>,
+    /// Drain limit.
+    pub limit: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            log::error!("cannot install signal handlers; SIGTERM will not drain");
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = quit.recv() => "SIGQUIT",
+        };
+        log::info!("{name}: draining {} in flight, up to {:?}", self.drain.in_flight(), self.limit);
+        self.drain.draining.store(true, Ordering::Release);
+        self.drain.clone().exit_when_idle(self.limit);
+        ShutdownSignal::GracefulTerminate
+    }
+}

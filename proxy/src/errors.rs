@@ -1,0 +1,80 @@
+//! Errors the app can read: a status and an `x-weft-error` header that says why in words.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora_core::{Error, ErrorSource, ErrorType};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Header naming why the mesh, not the app, answered.
+pub const ERROR_HEADER: &str = "x-weft-error";
+
+/// A response the sidecar itself gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// HTTP status.
+    pub status: u16,
+    /// Why, in words (also the body).
+    pub reason: Cow<'static, str>,
+}
+
+impl Failure {
+    /// A failure with a status and reason.
+    pub fn new(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// The error handed to Pingora so it stops the request; the response comes from
+    /// [`Failure::respond`] in `fail_to_proxy`.
+    pub fn to_error(&self) -> Box<Error> {
+        Error::explain(ErrorType::HTTPStatus(self.status), self.reason.clone().into_owned())
+    }
+
+    /// Map a Pingora error (that we did not raise ourselves) to what the app sees. `None` means
+    /// the downstream is gone and nothing can be written.
+    pub fn from_pingora(e: &Error, timeout: Option<Duration>, endpoint: &str) -> Option<Self> {
+        use ErrorType::*;
+        if e.esource() == &ErrorSource::Downstream {
+            return match e.etype() {
+                ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
+                _ => Some(Self::new(400, format!("bad request: {}", e.etype().as_str()))),
+            };
+        }
+        Some(match e.etype() {
+            HTTPStatus(code) => Self::new(*code, e.context.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_default()),
+            ConnectTimedout => Self::new(503, format!("connect to {endpoint} timed out")),
+            ConnectRefused => Self::new(503, format!("connection refused by {endpoint}")),
+            ConnectNoRoute | ConnectError | BindError | SocketError => {
+                Self::new(503, format!("cannot connect to {endpoint}: {}", e.etype().as_str()))
+            }
+            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => {
+                Self::new(502, format!("TLS handshake with {endpoint} failed (identity not proven)"))
+            }
+            ReadTimedout | WriteTimedout => match timeout {
+                Some(t) => Self::new(504, format!("no response from {endpoint} within the route timeout {}", humantime::format_duration(t))),
+                None => Self::new(504, format!("{endpoint} timed out")),
+            },
+            other => Self::new(502, format!("upstream {endpoint} failed: {}", other.as_str())),
+        })
+    }
+
+    /// Write this failure as the response. Errors are ignored: the client may be gone.
+    pub async fn respond(&self, session: &mut Session) {
+        let body = Bytes::from(format!("{}\n", self.reason));
+        let Ok(mut header) = ResponseHeader::build(self.status, Some(3)) else {
+            return;
+        };
+        let reason = self.reason.replace(|c: char| !(c.is_ascii_graphic() || c == ' '), "?");
+        let _ = header.insert_header(ERROR_HEADER, reason);
+        let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+        if session.write_response_header(Box::new(header), false).await.is_ok() {
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+    }
+}

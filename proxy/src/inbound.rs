@@ -1,0 +1,109 @@
+//! Inbound: mutual TLS from other sidecars, then HTTP/2 to the app (as HTTP/1.1 or h2c) with
+//! the caller's proven identity in a header.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora_core::protocols::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::config::Protocol;
+use crate::drain::{Drain, Working};
+use crate::errors::Failure;
+use crate::outbound::MAX_H2_STREAMS;
+use crate::state::{Snapshot, Store};
+use crate::tls::PeerIdentity;
+
+/// Header carrying the caller's SPIFFE identity to the app. Any value the caller sent is
+/// replaced, so the app can trust it.
+pub const CALLER_HEADER: &str = "x-weft-caller";
+
+/// The inbound HTTP proxy logic.
+pub struct InboundHttp {
+    store: Arc<Store>,
+    drain: Arc<Drain>,
+}
+
+impl InboundHttp {
+    /// Inbound proxy reading config from `store`.
+    pub fn new(store: Arc<Store>, drain: Arc<Drain>) -> Self {
+        Self { store, drain }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct InCtx {
+    snap: Option<Arc<Snapshot>>,
+    caller: Option<HeaderValue>,
+    _working: Option<Working>,
+}
+
+#[async_trait]
+impl ProxyHttp for InboundHttp {
+    type CTX = InCtx;
+
+    fn new_ctx(&self) -> InCtx {
+        InCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut InCtx) -> Result<bool> {
+        ctx._working = Some(self.drain.enter());
+        ctx.caller = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<PeerIdentity>())
+            .map(|p| p.header.clone());
+        if ctx.caller.is_none() {
+            Failure::new(403, "caller has no mesh identity").respond(session).await;
+            return Ok(true);
+        }
+        ctx.snap = Some(self.store.load());
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InCtx) -> Result<Box<HttpPeer>> {
+        let Some(snap) = &ctx.snap else {
+            return Err(Error::explain(pingora_core::ErrorType::InternalError, "no snapshot"));
+        };
+        let mut peer = HttpPeer::new(snap.own.app, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(snap.connect_timeout);
+        if snap.own.protocol == Protocol::Grpc {
+            // h2c with prior knowledge: gRPC apps speak HTTP/2 in the clear on loopback.
+            o.alpn = ALPN::H2;
+            o.max_h2_streams = MAX_H2_STREAMS;
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut InCtx) -> Result<()> {
+        if let Some(caller) = &ctx.caller {
+            req.insert_header(CALLER_HEADER, caller.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InCtx) -> FailToProxy {
+        let app = ctx
+            .snap
+            .as_ref()
+            .map(|s| format!("app {} at {}", s.own.name, s.own.app))
+            .unwrap_or_default();
+        let code = match Failure::from_pingora(e, None, &app) {
+            Some(f) => {
+                f.respond(session).await;
+                f.status
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! `weft-proxy`: the Weft sidecar.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Weft sidecar proxy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Sidecar config file (YAML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Validate the config and its certificates, print the result, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let store = match weft_proxy::state::Store::open(&args.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if args.check {
+        let snap = store.load();
+        println!(
+            "{}: ok: service {} ({}), {} destination(s)",
+            args.config.display(),
+            snap.own.name,
+            snap.tls.identity,
+            snap.destinations.len()
+        );
+        return Ok(());
+    }
+    weft_proxy::server::run(Arc::new(store)).context("sidecar failed")
+}

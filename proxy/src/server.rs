@@ -1,0 +1,157 @@
+//! Assembles the sidecar: every traffic listener in one Pingora service (one runtime with the
+//! configured worker threads), dispatching each connection by the local port it arrived on.
+//! Control work (admin, reload) runs on its own thread; see [`crate::control`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::tls::server::handshake_with_callback;
+use pingora_core::protocols::{Ssl, Stream, ALPN};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
+use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
+use tokio::time::timeout;
+
+use crate::config::Protocol;
+use crate::drain::{Drain, DrainSignals};
+use crate::inbound::InboundHttp;
+use crate::outbound::Outbound;
+use crate::state::Store;
+use crate::tls::{IdentityCallback, ALPN_TCP};
+use crate::{control, tcp};
+
+/// A TLS handshake slower than this is dropped (slowloris on the inbound port).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection dispatcher for every traffic listener.
+pub struct Traffic {
+    store: Arc<Store>,
+    drain: Arc<Drain>,
+    outbound: Arc<HttpProxy<Outbound>>,
+    inbound: Arc<HttpProxy<InboundHttp>>,
+    outbound_port: u16,
+    inbound_port: u16,
+}
+
+impl Traffic {
+    async fn inbound_conn(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // The acceptor comes from the snapshot in force now, so rotated certificates and trust
+        // bundles apply to new connections without a restart.
+        let acceptor = self.store.load().tls.acceptor.clone();
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+        let tls = match timeout(HANDSHAKE_TIMEOUT, handshake_with_callback(&acceptor, *l4, &IdentityCallback)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                log::info!("inbound TLS from {peer:?} refused: {e}");
+                return None;
+            }
+            Err(_) => {
+                log::info!("inbound TLS from {peer:?}: handshake timed out");
+                return None;
+            }
+        };
+        drop(acceptor);
+        match tls.selected_alpn_proto() {
+            Some(ALPN::H2) => ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await,
+            Some(ALPN::Custom(c)) if c.protocol() == ALPN_TCP => {
+                let _working = self.drain.enter();
+                tcp::inbound(Box::new(tls), self.store.load()).await;
+                None
+            }
+            other => {
+                log::info!("inbound from {peer:?}: unsupported ALPN {other:?}");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Traffic {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let port = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))?;
+        if port == self.inbound_port {
+            return self.inbound_conn(stream, shutdown).await;
+        }
+        if port == self.outbound_port {
+            return ServerApp::process_new(&self.outbound, stream, shutdown).await;
+        }
+        let snap = self.store.load();
+        let dest = snap.destination_for_port(port)?;
+        if snap.destinations[dest].protocol == Protocol::Tcp {
+            let _working = self.drain.enter();
+            tcp::outbound(stream, snap, dest).await;
+            None
+        } else {
+            drop(snap);
+            ServerApp::process_new(&self.outbound, stream, shutdown).await
+        }
+    }
+}
+
+/// Build and run the sidecar until it is told to stop. Returns only on a fatal start error.
+pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
+    let snap = store.load();
+    let drain = Arc::new(Drain::default());
+    let server_conf = || ServerConf {
+        threads: snap.workers,
+        // Our drain thread exits the process once idle; Pingora's grace sleep is the backstop.
+        grace_period_seconds: Some(snap.drain_timeout.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let conf = Arc::new(server_conf());
+    let mut server = Server::new_with_opt_and_conf(None, server_conf());
+    server.bootstrap();
+
+    let mut outbound = HttpProxy::new(Outbound::new(store.clone(), drain.clone()), conf.clone());
+    outbound.handle_init_modules();
+    let mut opts = pingora_core::apps::HttpServerOptions::default();
+    opts.h2c = true;
+    outbound.server_options = Some(opts);
+    let mut inbound = HttpProxy::new(InboundHttp::new(store.clone(), drain.clone()), conf.clone());
+    inbound.handle_init_modules();
+
+    let traffic = Traffic {
+        store: store.clone(),
+        drain: drain.clone(),
+        outbound: Arc::new(outbound),
+        inbound: Arc::new(inbound),
+        outbound_port: snap.listen.outbound.port(),
+        inbound_port: snap.listen.inbound.port(),
+    };
+    let mut service = Service::new("weft traffic".to_owned(), traffic);
+    service.threads = Some(snap.workers);
+    service.add_tcp(&snap.listen.outbound.to_string());
+    service.add_tcp(&snap.listen.inbound.to_string());
+    for (port, _) in snap.outbound_ports() {
+        service.add_tcp(&format!("127.0.0.1:{port}"));
+    }
+    server.add_service(service);
+
+    control::spawn(store.clone(), drain.clone())?;
+    log::info!(
+        "weft-proxy {} ({}) up: outbound {}, inbound {}, admin {}, config v{}",
+        snap.own.name,
+        snap.tls.identity,
+        snap.listen.outbound,
+        snap.listen.inbound,
+        snap.listen.admin,
+        snap.version
+    );
+    let limit = snap.drain_timeout;
+    drop(snap);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainSignals { drain, limit }),
+    });
+    Ok(())
+}

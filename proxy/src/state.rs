@@ -1,0 +1,337 @@
+//! The running config: an immutable [`Snapshot`] built off the hot path from a validated
+//! [`Config`] and swapped in whole through [`Store`]. Requests hold the snapshot they started
+//! with, so a reload never changes a request midway.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::Method;
+use pingora_http::RequestHeader;
+
+use crate::balancer::{self, EndpointStats};
+use crate::config::{
+    self, Backend, Config, ConfigError, FieldError, LbPolicy, Listen, OwnService, Protocol, Route,
+    RouteMatch, TlsPaths,
+};
+use crate::tls::{self, TlsMaterial};
+
+/// One immutable version of the sidecar's config, ready for the hot path.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every accepted config.
+    pub version: u64,
+    /// This sidecar's own service.
+    pub own: OwnService,
+    /// Listener addresses (fixed for the process's life).
+    pub listen: Listen,
+    /// Traffic workers (fixed for the process's life).
+    pub workers: usize,
+    /// SIGTERM drain limit.
+    pub drain_timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Certificates, keys, roots.
+    pub tls: TlsMaterial,
+    /// Where the certificate material was read from (watched for rotation).
+    pub tls_paths: TlsPaths,
+    /// Callable services.
+    pub destinations: Vec<Destination>,
+    by_host: HashMap<String, usize>,
+    by_port: HashMap<u16, usize>,
+}
+
+/// A callable service with its routes and endpoints.
+#[derive(Debug)]
+pub struct Destination {
+    /// Service name.
+    pub name: String,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// TLS server name its sidecars must prove (the DNS form of its identity).
+    pub sni: String,
+    /// Endpoint choice.
+    pub lb: LbPolicy,
+    /// Endpoint addresses.
+    pub endpoints: Vec<SocketAddr>,
+    /// Endpoint stats, index-aligned with `endpoints`.
+    pub stats: Vec<Arc<EndpointStats>>,
+    /// Routes in match order (at least one).
+    pub routes: Vec<RouteState>,
+    /// Every endpoint index (the TCP path's candidate list).
+    pub all: Vec<usize>,
+    all_rr: AtomicUsize,
+}
+
+/// A route with its backends resolved to endpoint indices.
+#[derive(Debug)]
+pub struct RouteState {
+    /// The validated route.
+    pub route: Route,
+    /// Backends, index-aligned with `route.backends`.
+    pub backends: Vec<BackendState>,
+    total_weight: u32,
+}
+
+/// A backend's endpoints and its cumulative weight bound.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Indices into the destination's endpoints.
+    pub endpoints: Vec<usize>,
+    cum_weight: u32,
+    rr: AtomicUsize,
+}
+
+impl Snapshot {
+    /// Build from a validated config, reusing endpoint stats from `prev` where the endpoint
+    /// survives, so latency history outlives reloads.
+    pub fn build(config: Config, tls: TlsMaterial, version: u64, prev: Option<&Snapshot>) -> Self {
+        let mut old: HashMap<(&str, SocketAddr), &Arc<EndpointStats>> = HashMap::new();
+        if let Some(p) = prev {
+            for d in &p.destinations {
+                for (a, s) in d.endpoints.iter().zip(&d.stats) {
+                    old.insert((d.name.as_str(), *a), s);
+                }
+            }
+        }
+        let mut by_host = HashMap::new();
+        let mut by_port = HashMap::new();
+        let mut destinations = Vec::with_capacity(config.services.len());
+        for svc in config.services {
+            let idx = destinations.len();
+            for h in &svc.hosts {
+                by_host.insert(h.clone(), idx);
+            }
+            if let Some(p) = svc.port {
+                by_port.insert(p, idx);
+            }
+            let endpoints: Vec<SocketAddr> = svc.endpoints.iter().map(|e| e.addr).collect();
+            let stats = endpoints
+                .iter()
+                .map(|a| {
+                    old.get(&(svc.name.as_str(), *a))
+                        .map(|s| Arc::clone(s))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let mut routes = svc.routes;
+            if routes.is_empty() {
+                routes.push(Route {
+                    name: "default".to_owned(),
+                    matcher: RouteMatch::default(),
+                    backends: vec![Backend {
+                        subset: Default::default(),
+                        weight: 1,
+                    }],
+                    timeout: None,
+                    rewrite_prefix: None,
+                    set_headers: Vec::new(),
+                    remove_headers: Vec::new(),
+                });
+            }
+            let routes = routes
+                .into_iter()
+                .map(|route| {
+                    let mut cum = 0;
+                    let backends = route
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            cum += b.weight;
+                            BackendState {
+                                endpoints: (0..svc.endpoints.len())
+                                    .filter(|&i| b.selects(&svc.endpoints[i]))
+                                    .collect(),
+                                cum_weight: cum,
+                                rr: AtomicUsize::new(0),
+                            }
+                        })
+                        .collect();
+                    RouteState {
+                        route,
+                        backends,
+                        total_weight: cum,
+                    }
+                })
+                .collect();
+            destinations.push(Destination {
+                name: svc.name,
+                protocol: svc.protocol,
+                sni: svc.identity.dns_name(),
+                lb: svc.lb,
+                all: (0..endpoints.len()).collect(),
+                endpoints,
+                stats,
+                routes,
+                all_rr: AtomicUsize::new(0),
+            });
+        }
+        Snapshot {
+            version,
+            own: config.own,
+            listen: config.listen,
+            workers: config.workers,
+            drain_timeout: config.drain_timeout,
+            connect_timeout: config.connect_timeout,
+            tls,
+            tls_paths: config.tls,
+            destinations,
+            by_host,
+            by_port,
+        }
+    }
+
+    /// The destination a Host / :authority names (port and case ignored).
+    pub fn destination_for_host(&self, host: &str) -> Option<usize> {
+        let name = strip_port(host);
+        if let Some(i) = self.by_host.get(name) {
+            return Some(*i);
+        }
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.by_host.get(&name.to_ascii_lowercase()).copied();
+        }
+        None
+    }
+
+    /// The destination served on a dedicated outbound port.
+    pub fn destination_for_port(&self, port: u16) -> Option<usize> {
+        self.by_port.get(&port).copied()
+    }
+
+    /// Every dedicated outbound port with its protocol.
+    pub fn outbound_ports(&self) -> Vec<(u16, Protocol)> {
+        let mut v: Vec<_> = self
+            .by_port
+            .iter()
+            .map(|(p, i)| (*p, self.destinations[*i].protocol))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host; // IPv6 literal; never a service name
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+impl Destination {
+    /// The first route whose match takes the request.
+    pub fn route(&self, method: &Method, path: &str, req: &RequestHeader) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.route.matcher.matches(method, path, req))
+    }
+
+    /// Pick an endpoint of a route's weighted backend.
+    pub fn pick(&self, route: usize) -> Option<usize> {
+        let r = &self.routes[route];
+        let b = r.pick_backend()?;
+        balancer::choose(self.lb, &b.endpoints, &self.stats, &b.rr)
+    }
+
+    /// Pick any endpoint (TCP has no routes).
+    pub fn pick_any(&self) -> Option<usize> {
+        balancer::choose(self.lb, &self.all, &self.stats, &self.all_rr)
+    }
+}
+
+impl RouteState {
+    /// A backend drawn by weight.
+    pub fn pick_backend(&self) -> Option<&BackendState> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        if self.backends.len() == 1 {
+            return self.backends.first();
+        }
+        let r = fastrand::u32(0..self.total_weight);
+        self.backends.iter().find(|b| r < b.cum_weight)
+    }
+}
+
+/// The current snapshot, swapped atomically on reload; readers never take a lock.
+pub struct Store {
+    current: ArcSwap<Snapshot>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Load the config file and its certificates into a first snapshot.
+    pub fn open(path: &Path) -> Result<Self, ConfigError> {
+        let snapshot = load_snapshot(path, 1, None)?;
+        Ok(Store {
+            current: ArcSwap::from_pointee(snapshot),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The snapshot in force now; hold it for the whole request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Re-read the file; on success swap the new snapshot in, else keep the current one.
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        let prev = self.current.load_full();
+        let next = load_snapshot(&self.path, prev.version + 1, Some(&prev))?;
+        let version = next.version;
+        self.current.store(Arc::new(next));
+        Ok(version)
+    }
+
+    /// The config file this store follows.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn load_snapshot(path: &Path, version: u64, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+    let config = config::load(path)?;
+    let invalid = |errors| ConfigError::Invalid {
+        file: path.to_owned(),
+        errors,
+    };
+    if let Some(p) = prev {
+        let mut errors = Vec::new();
+        let fixed = |field: &str, reason: String| FieldError {
+            field: field.to_owned(),
+            reason,
+        };
+        if config.listen != p.listen {
+            errors.push(fixed("listen", "listeners cannot change without a restart".into()));
+        }
+        if config.workers != p.workers {
+            errors.push(fixed("workers", "cannot change without a restart".into()));
+        }
+        let ports: Vec<(u16, Protocol)> = {
+            let mut v: Vec<_> = config
+                .services
+                .iter()
+                .filter_map(|s| s.port.map(|p| (p, s.protocol)))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        if ports != p.outbound_ports() {
+            errors.push(fixed(
+                "services[].port",
+                "dedicated outbound ports cannot change without a restart".into(),
+            ));
+        }
+        if config.own.app != p.own.app || config.own.protocol != p.own.protocol {
+            errors.push(fixed("service", "app address and protocol cannot change without a restart".into()));
+        }
+        if !errors.is_empty() {
+            return Err(invalid(errors));
+        }
+    }
+    let tls = tls::load(&config.tls, &config.own.identity).map_err(|e| invalid(vec![e]))?;
+    Ok(Snapshot::build(config, tls, version, prev))
+}

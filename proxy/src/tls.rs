@@ -1,0 +1,179 @@
+//! Certificate material: loaded and validated once per config (re)load, never on the hot path.
+//!
+//! Pingora's rustls connector panics on a malformed key and its certificate wrapper panics on bad
+//! DER, so everything handed to Pingora is parsed here first.
+
+use std::any::Any;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::TlsRef;
+use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use weft_certs::Identity;
+
+use crate::config::{FieldError, TlsPaths};
+
+/// ALPN protocol of an opaque TCP tunnel between sidecars.
+pub const ALPN_TCP: &[u8] = b"weft-tcp";
+/// ALPN protocol of HTTP between sidecars.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Everything TLS a snapshot needs, built and checked off the hot path.
+pub struct TlsMaterial {
+    /// This workload's identity, read from its certificate.
+    pub identity: Identity,
+    /// When the workload certificate expires.
+    pub not_after: SystemTime,
+    /// Client certificate for outbound HTTP peers (Pingora hashes it into the pool key, so a
+    /// rotated certificate opens fresh connections).
+    pub cert_key: Arc<CertKey>,
+    /// Mesh roots for outbound HTTP peers.
+    pub roots: Arc<[WrappedX509]>,
+    /// Acceptor for the inbound listener: TLS 1.3 only, client certificate required.
+    pub acceptor: Arc<Acceptor>,
+    /// Client config for TCP tunnels: TLS 1.3, client certificate, ALPN `weft-tcp`.
+    pub tcp_client: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("identity", &self.identity.to_string())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ferr(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn read(path: &Path, field: &str) -> Result<Vec<u8>, FieldError> {
+    std::fs::read(path).map_err(|e| ferr(field, format!("cannot read {}: {e}", path.display())))
+}
+
+fn certs(pem: &[u8], path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, FieldError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(pem))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ferr(field, format!("{}: bad PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ferr(field, format!("{}: no certificate found", path.display())));
+    }
+    for c in &certs {
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| ferr(field, format!("{}: bad certificate: {e}", path.display())))?;
+    }
+    Ok(certs)
+}
+
+/// Load and cross-check the workload certificate, key and trust bundle.
+///
+/// Refuses a certificate that does not carry `expected`, has expired, or does not chain to the
+/// trust bundle, so a sidecar never serves with an identity it cannot prove.
+pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldError> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let chain = certs(&read(&paths.cert, "tls.cert")?, &paths.cert, "tls.cert")?;
+    let roots_der = certs(
+        &read(&paths.trust_bundle, "tls.trust_bundle")?,
+        &paths.trust_bundle,
+        "tls.trust_bundle",
+    )?;
+    let key_pem = read(&paths.key, "tls.key")?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
+        .map_err(|e| ferr("tls.key", format!("{}: bad PEM: {e}", paths.key.display())))?
+        .ok_or_else(|| ferr("tls.key", format!("{}: no private key found", paths.key.display())))?;
+
+    let identity = weft_certs::identity_from_cert_der(chain[0].as_ref())
+        .map_err(|e| ferr("tls.cert", format!("no workload identity: {e}")))?;
+    if &identity != expected {
+        return Err(ferr(
+            "tls.cert",
+            format!("certificate is for {identity}, but service.identity is {expected}"),
+        ));
+    }
+    let not_after = weft_certs::not_after_from_cert_der(chain[0].as_ref())
+        .map_err(|e| ferr("tls.cert", e.to_string()))?;
+    if not_after <= SystemTime::now() {
+        return Err(ferr("tls.cert", format!("certificate expired at {}", humantime::format_rfc3339(not_after))));
+    }
+
+    let mut store = RootCertStore::empty();
+    for r in &roots_der {
+        store
+            .add(r.clone())
+            .map_err(|e| ferr("tls.trust_bundle", format!("unusable root: {e}")))?;
+    }
+    let store = Arc::new(store);
+
+    let verifier = WebPkiClientVerifier::builder(store.clone())
+        .build()
+        .map_err(|e| ferr("tls.trust_bundle", e.to_string()))?;
+    let mut server = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| ferr("tls.key", format!("key does not fit certificate: {e}")))?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_TCP.to_vec()];
+
+    let mut tcp_client = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_root_certificates(store)
+        .with_client_auth_cert(chain.clone(), key.clone_key())
+        .map_err(|e| ferr("tls.key", format!("key does not fit certificate: {e}")))?;
+    tcp_client.alpn_protocols = vec![ALPN_TCP.to_vec()];
+
+    // Pingora re-parses the key DER with `PrivateKeyDer::try_from(Vec<u8>)` and panics on
+    // failure; prove here that this round trip works.
+    let key_der = key.secret_der().to_vec();
+    PrivateKeyDer::try_from(key_der.clone())
+        .map_err(|e| ferr("tls.key", format!("unsupported key encoding: {e}")))?;
+    let cert_key = CertKey::new(chain.iter().map(|c| c.to_vec()).collect(), key_der);
+    let roots: Vec<WrappedX509> = roots_der
+        .iter()
+        .map(|r| WrappedX509::new(r.to_vec(), parse_x509))
+        .collect();
+
+    Ok(TlsMaterial {
+        identity,
+        not_after,
+        cert_key: Arc::new(cert_key),
+        roots: roots.into(),
+        acceptor: Arc::new(Acceptor::from_server_config(Arc::new(server))),
+        tcp_client: Arc::new(tcp_client),
+    })
+}
+
+/// The authenticated caller of an inbound connection, attached to the TLS digest once per
+/// handshake so each request reads it without parsing a certificate.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    /// The caller's identity.
+    pub identity: Identity,
+    /// The same, ready to be sent to the app as a header value.
+    pub header: HeaderValue,
+}
+
+/// Handshake callback that extracts the caller's SPIFFE identity.
+pub struct IdentityCallback;
+
+#[async_trait]
+impl TlsAccept for IdentityCallback {
+    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+        let der = tls.peer_certificate_der()?;
+        let identity = weft_certs::identity_from_cert_der(der).ok()?;
+        let header = HeaderValue::from_str(&identity.to_string()).ok()?;
+        Some(Arc::new(PeerIdentity { identity, header }))
+    }
+}
