@@ -99,7 +99,8 @@ impl InFlight {
 
     /// Feed a failure.
     pub fn failure(&self) {
-        self.stats.observe(self.started.elapsed().max(FAILURE_PENALTY));
+        self.stats
+            .observe(self.started.elapsed().max(FAILURE_PENALTY));
     }
 }
 
@@ -128,7 +129,11 @@ pub fn choose(
                     b += 1;
                 }
                 let (a, b) = (candidates[a], candidates[b]);
-                Some(if stats[a].cost() <= stats[b].cost() { a } else { b })
+                Some(if stats[a].cost() <= stats[b].cost() {
+                    a
+                } else {
+                    b
+                })
             }
         },
     }
@@ -169,7 +174,10 @@ mod tests {
         let fast = (0..1000)
             .filter(|_| choose(LbPolicy::P2cEwma, &[0, 1], &s, &rr) == Some(1))
             .count();
-        assert_eq!(fast, 1000, "with two candidates P2C compares both every time");
+        assert_eq!(
+            fast, 1000,
+            "with two candidates P2C compares both every time"
+        );
     }
 
     #[test]
@@ -187,7 +195,11 @@ mod tests {
     fn peak_is_taken_at_once_and_failures_are_penalised() {
         let s = EndpointStats::default();
         s.observe(Duration::from_millis(500));
-        assert!(s.cost() > 0.45e9, "peak sample adopted immediately: {}", s.cost());
+        assert!(
+            s.cost() > 0.45e9,
+            "peak sample adopted immediately: {}",
+            s.cost()
+        );
         let s = Arc::new(EndpointStats::default());
         s.start().failure();
         assert!(s.cost() >= 0.9 * FAILURE_PENALTY.as_nanos() as f64);

@@ -42,7 +42,10 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
 fn reload(store: &Store, why: &str) {
     match store.reload() {
         Ok(v) => log::info!("config reloaded ({why}): now v{v}"),
-        Err(e) => log::error!("config rejected ({why}); keeping v{}:\n{e}", store.load().version),
+        Err(e) => log::error!(
+            "config rejected ({why}); keeping v{}:\n{e}",
+            store.load().version
+        ),
     }
 }
 
@@ -59,7 +62,11 @@ async fn reload_on_sighup(store: Arc<Store>) {
 fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
     paths
         .iter()
-        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
         .collect()
 }
 
@@ -125,11 +132,17 @@ fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full
             if drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
             } else if snap.tls.not_after <= SystemTime::now() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "certificate expired\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "certificate expired\n".into(),
+                )
             } else {
                 text(StatusCode::OK, format!("ready: config v{}\n", snap.version))
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found; try /live or /ready\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /live or /ready\n".into(),
+        ),
     }
 }

@@ -92,7 +92,11 @@ impl ShutdownSignalWatch for DrainSignals {
             _ = int.recv() => "SIGINT",
             _ = quit.recv() => "SIGQUIT",
         };
-        log::info!("{name}: draining {} in flight, up to {:?}", self.drain.in_flight(), self.limit);
+        log::info!(
+            "{name}: draining {} in flight, up to {:?}",
+            self.drain.in_flight(),
+            self.limit
+        );
         self.drain.draining.store(true, Ordering::Release);
         self.drain.clone().exit_when_idle(self.limit);
         ShutdownSignal::GracefulTerminate

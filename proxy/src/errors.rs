@@ -32,7 +32,10 @@ impl Failure {
     /// The error handed to Pingora so it stops the request; the response comes from
     /// [`Failure::respond`] in `fail_to_proxy`.
     pub fn to_error(&self) -> Box<Error> {
-        Error::explain(ErrorType::HTTPStatus(self.status), self.reason.clone().into_owned())
+        Error::explain(
+            ErrorType::HTTPStatus(self.status),
+            self.reason.clone().into_owned(),
+        )
     }
 
     /// Map a Pingora error (that we did not raise ourselves) to what the app sees. `None` means
@@ -42,24 +45,44 @@ impl Failure {
         if e.esource() == &ErrorSource::Downstream {
             return match e.etype() {
                 ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
-                _ => Some(Self::new(400, format!("bad request: {}", e.etype().as_str()))),
+                _ => Some(Self::new(
+                    400,
+                    format!("bad request: {}", e.etype().as_str()),
+                )),
             };
         }
         Some(match e.etype() {
-            HTTPStatus(code) => Self::new(*code, e.context.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_default()),
+            HTTPStatus(code) => Self::new(
+                *code,
+                e.context
+                    .as_ref()
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
+            ),
             ConnectTimedout => Self::new(503, format!("connect to {endpoint} timed out")),
             ConnectRefused => Self::new(503, format!("connection refused by {endpoint}")),
-            ConnectNoRoute | ConnectError | BindError | SocketError => {
-                Self::new(503, format!("cannot connect to {endpoint}: {}", e.etype().as_str()))
-            }
-            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => {
-                Self::new(502, format!("TLS handshake with {endpoint} failed (identity not proven)"))
-            }
+            ConnectNoRoute | ConnectError | BindError | SocketError => Self::new(
+                503,
+                format!("cannot connect to {endpoint}: {}", e.etype().as_str()),
+            ),
+            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => Self::new(
+                502,
+                format!("TLS handshake with {endpoint} failed (identity not proven)"),
+            ),
             ReadTimedout | WriteTimedout => match timeout {
-                Some(t) => Self::new(504, format!("no response from {endpoint} within the route timeout {}", humantime::format_duration(t))),
+                Some(t) => Self::new(
+                    504,
+                    format!(
+                        "no response from {endpoint} within the route timeout {}",
+                        humantime::format_duration(t)
+                    ),
+                ),
                 None => Self::new(504, format!("{endpoint} timed out")),
             },
-            other => Self::new(502, format!("upstream {endpoint} failed: {}", other.as_str())),
+            other => Self::new(
+                502,
+                format!("upstream {endpoint} failed: {}", other.as_str()),
+            ),
         })
     }
 
@@ -69,11 +92,22 @@ impl Failure {
         let Ok(mut header) = ResponseHeader::build(self.status, Some(3)) else {
             return;
         };
-        let reason = self.reason.replace(|c: char| !(c.is_ascii_graphic() || c == ' '), "?");
+        let reason = self
+            .reason
+            .replace(|c: char| !(c.is_ascii_graphic() || c == ' '), "?");
         let _ = header.insert_header(ERROR_HEADER, reason);
         let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
-        if session.write_response_header(Box::new(header), false).await.is_ok() {
+        if !session.is_http2() {
+            // Pingora closes an HTTP/1 connection after a failed proxy attempt; say so, or the
+            // client reuses a dead connection.
+            let _ = header.insert_header(http::header::CONNECTION, "close");
+        }
+        if session
+            .write_response_header(Box::new(header), false)
+            .await
+            .is_ok()
+        {
             let _ = session.write_response_body(Some(body), true).await;
         }
     }

@@ -59,16 +59,25 @@ impl ProxyHttp for InboundHttp {
             .and_then(|s| s.extension.get::<PeerIdentity>())
             .map(|p| p.header.clone());
         if ctx.caller.is_none() {
-            Failure::new(403, "caller has no mesh identity").respond(session).await;
+            Failure::new(403, "caller has no mesh identity")
+                .respond(session)
+                .await;
             return Ok(true);
         }
         ctx.snap = Some(self.store.load());
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut InCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(snap) = &ctx.snap else {
-            return Err(Error::explain(pingora_core::ErrorType::InternalError, "no snapshot"));
+            return Err(Error::explain(
+                pingora_core::ErrorType::InternalError,
+                "no snapshot",
+            ));
         };
         let mut peer = HttpPeer::new(snap.own.app, false, String::new());
         let o = &mut peer.options;
@@ -81,14 +90,24 @@ impl ProxyHttp for InboundHttp {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut InCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut InCtx,
+    ) -> Result<()> {
         if let Some(caller) = &ctx.caller {
             req.insert_header(CALLER_HEADER, caller.clone())?;
         }
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut InCtx,
+    ) -> FailToProxy {
         let app = ctx
             .snap
             .as_ref()

@@ -64,7 +64,10 @@ impl OutCtx {
                 let d = &s.destinations[self.dest];
                 format!("{} endpoint {}", d.name, d.endpoints[e])
             }
-            (Some(s), None) => s.destinations.get(self.dest).map_or_else(String::new, |d| d.name.clone()),
+            (Some(s), None) => s
+                .destinations
+                .get(self.dest)
+                .map_or_else(String::new, |d| d.name.clone()),
             _ => String::new(),
         }
     }
@@ -86,20 +89,33 @@ impl ProxyHttp for Outbound {
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
         let snap = self.store.load();
-        let local_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
+        let local_port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
         let dest = match local_port.and_then(|p| snap.destination_for_port(p)) {
             Some(d) => Some(d),
             None => host(session.req_header()).and_then(|h| snap.destination_for_host(h)),
         };
         let Some(dest) = dest else {
             let h = host(session.req_header()).unwrap_or("(none)").to_owned();
-            Failure::new(404, format!("no route: unknown host {h:?}")).respond(session).await;
+            Failure::new(404, format!("no route: unknown host {h:?}"))
+                .respond(session)
+                .await;
             return Ok(true);
         };
         let req = session.req_header();
         let d = &snap.destinations[dest];
         let Some(route) = d.route(&req.method, req.uri.path(), req) else {
-            let f = Failure::new(404, format!("no route: no route of {} matches {} {}", d.name, req.method, req.uri.path()));
+            let f = Failure::new(
+                404,
+                format!(
+                    "no route: no route of {} matches {} {}",
+                    d.name,
+                    req.method,
+                    req.uri.path()
+                ),
+            );
             f.respond(session).await;
             return Ok(true);
         };
@@ -110,13 +126,26 @@ impl ProxyHttp for Outbound {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut OutCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut OutCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(snap) = ctx.snap.clone() else {
-            return Err(Error::explain(pingora_core::ErrorType::InternalError, "no snapshot"));
+            return Err(Error::explain(
+                pingora_core::ErrorType::InternalError,
+                "no snapshot",
+            ));
         };
         let d = &snap.destinations[ctx.dest];
         let Some(ep) = d.pick(ctx.route) else {
-            let f = Failure::new(503, format!("no endpoint: {} route {:?} has no endpoint", d.name, d.routes[ctx.route].route.name));
+            let f = Failure::new(
+                503,
+                format!(
+                    "no endpoint: {} route {:?} has no endpoint",
+                    d.name, d.routes[ctx.route].route.name
+                ),
+            );
             let e = f.to_error();
             ctx.failure = Some(f);
             return Err(e);
@@ -144,10 +173,17 @@ impl ProxyHttp for Outbound {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut OutCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut OutCtx,
+    ) -> Result<()> {
         let Some(snap) = &ctx.snap else { return Ok(()) };
         let route = &snap.destinations[ctx.dest].routes[ctx.route].route;
-        if let (Some(new), Some(crate::config::PathMatch::Prefix(old))) = (&route.rewrite_prefix, &route.matcher.path) {
+        if let (Some(new), Some(crate::config::PathMatch::Prefix(old))) =
+            (&route.rewrite_prefix, &route.matcher.path)
+        {
             let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
             let rewritten = rewrite_prefix(old, new, pq);
             let mut parts = req.uri.clone().into_parts();
@@ -165,28 +201,47 @@ impl ProxyHttp for Outbound {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, ctx: &mut OutCtx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut OutCtx,
+    ) -> Result<()> {
         if let Some(f) = &ctx.in_flight {
             f.success();
         }
         Ok(())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut OutCtx, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut OutCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(f) = ctx.in_flight.take() {
             f.failure();
         }
         e
     }
 
-    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut OutCtx, client_reused: bool) -> Box<Error> {
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut OutCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
         if let Some(f) = ctx.in_flight.take() {
             f.failure();
         }
         // Pingora's default: a request that failed on a reused (possibly stale) pooled
         // connection may be retried once if it is idempotent and its body is still buffered.
         let mut e = e.more_context(format!("peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -194,14 +249,24 @@ impl ProxyHttp for Outbound {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut OutCtx,
+    ) -> FailToProxy {
         let failure = ctx
             .failure
             .take()
             .or_else(|| Failure::from_pingora(e, ctx.timeout(), &ctx.endpoint_name()));
         let code = match failure {
             Some(f) => {
-                log::debug!("outbound {} -> {}: {}", session.req_header().uri, f.status, f.reason);
+                log::debug!(
+                    "outbound {} -> {}: {}",
+                    session.req_header().uri,
+                    f.status,
+                    f.reason
+                );
                 f.respond(session).await;
                 f.status
             }

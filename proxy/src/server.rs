@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::server::handshake_with_callback;
 use pingora_core::protocols::{Ssl, Stream, ALPN};
@@ -14,6 +15,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
 use crate::config::Protocol;
@@ -27,6 +29,32 @@ use crate::{control, tcp};
 /// A TLS handshake slower than this is dropped (slowloris on the inbound port).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a new plaintext connection may take to send its first bytes (matches Pingora's
+/// keepalive wait between requests).
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Is this plaintext connection HTTP/2 with prior knowledge? Reads only while the bytes still
+/// match the preface, then puts them back. Pingora's own h2c check waits for 24 bytes, which
+/// hangs a shorter HTTP/1 request (`GET / HTTP/1.0` + CRLFs is 18) and never answers it.
+async fn sniff_h2c(stream: &mut L4Stream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    while n < buf.len() {
+        let read = stream.read(&mut buf[n..]).await?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+        if buf[..n] != H2_PREFACE[..n] {
+            break;
+        }
+    }
+    stream.rewind(&buf[..n]);
+    Ok(&buf == H2_PREFACE)
+}
+
 /// The connection dispatcher for every traffic listener.
 pub struct Traffic {
     store: Arc<Store>,
@@ -38,7 +66,11 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    async fn inbound_conn(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn inbound_conn(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         // The acceptor comes from the snapshot in force now, so rotated certificates and trust
         // bundles apply to new connections without a restart.
         let acceptor = self.store.load().tls.acceptor.clone();
@@ -46,7 +78,12 @@ impl Traffic {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
-        let tls = match timeout(HANDSHAKE_TIMEOUT, handshake_with_callback(&acceptor, *l4, &IdentityCallback)).await {
+        let tls = match timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake_with_callback(&acceptor, *l4, &IdentityCallback),
+        )
+        .await
+        {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 log::info!("inbound TLS from {peer:?} refused: {e}");
@@ -73,9 +110,43 @@ impl Traffic {
     }
 }
 
+impl Traffic {
+    /// Plaintext HTTP from the app: h2c goes to Pingora's HTTP/2 path; HTTP/1 sessions are fed
+    /// to the proxy directly, as Pingora's own loop would, minus its blocking h2c peek.
+    async fn outbound_http(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+        let h2 = match timeout(FIRST_BYTES_TIMEOUT, sniff_h2c(&mut l4)).await {
+            Ok(Ok(h2)) => h2,
+            _ => return None,
+        };
+        if h2 {
+            return ServerApp::process_new(&self.outbound, l4, shutdown).await;
+        }
+        let mut session = ServerSession::new_http1(l4);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let mut result = self.outbound.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = result.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.outbound.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+}
+
 #[async_trait]
 impl ServerApp for Traffic {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let port = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))?;
@@ -83,7 +154,7 @@ impl ServerApp for Traffic {
             return self.inbound_conn(stream, shutdown).await;
         }
         if port == self.outbound_port {
-            return ServerApp::process_new(&self.outbound, stream, shutdown).await;
+            return self.outbound_http(stream, shutdown).await;
         }
         let snap = self.store.load();
         let dest = snap.destination_for_port(port)?;
@@ -93,7 +164,7 @@ impl ServerApp for Traffic {
             None
         } else {
             drop(snap);
-            ServerApp::process_new(&self.outbound, stream, shutdown).await
+            self.outbound_http(stream, shutdown).await
         }
     }
 }

@@ -292,7 +292,11 @@ impl Store {
     }
 }
 
-fn load_snapshot(path: &Path, version: u64, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+fn load_snapshot(
+    path: &Path,
+    version: u64,
+    prev: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigError> {
     let config = config::load(path)?;
     let invalid = |errors| ConfigError::Invalid {
         file: path.to_owned(),
@@ -305,7 +309,10 @@ fn load_snapshot(path: &Path, version: u64, prev: Option<&Snapshot>) -> Result<S
             reason,
         };
         if config.listen != p.listen {
-            errors.push(fixed("listen", "listeners cannot change without a restart".into()));
+            errors.push(fixed(
+                "listen",
+                "listeners cannot change without a restart".into(),
+            ));
         }
         if config.workers != p.workers {
             errors.push(fixed("workers", "cannot change without a restart".into()));
@@ -326,7 +333,10 @@ fn load_snapshot(path: &Path, version: u64, prev: Option<&Snapshot>) -> Result<S
             ));
         }
         if config.own.app != p.own.app || config.own.protocol != p.own.protocol {
-            errors.push(fixed("service", "app address and protocol cannot change without a restart".into()));
+            errors.push(fixed(
+                "service",
+                "app address and protocol cannot change without a restart".into(),
+            ));
         }
         if !errors.is_empty() {
             return Err(invalid(errors));

@@ -64,11 +64,15 @@ async fn connect(
         .map_err(|_| format!("connect timed out after {limit:?}"))?
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("bad server name {sni:?}: {e}"))?;
-    let tls = timeout(limit.max(Duration::from_secs(5)), TlsConnector::from(snap.tls.tcp_client.clone()).connect(name, tcp))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("TLS handshake (identity not proven?): {e}"))?;
+    let name = ServerName::try_from(sni.to_owned())
+        .map_err(|e| format!("bad server name {sni:?}: {e}"))?;
+    let tls = timeout(
+        limit.max(Duration::from_secs(5)),
+        TlsConnector::from(snap.tls.tcp_client.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_owned())?
+    .map_err(|e| format!("TLS handshake (identity not proven?): {e}"))?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN_TCP) {
         return Err("peer did not accept a TCP tunnel".to_owned());
     }

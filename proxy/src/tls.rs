@@ -69,7 +69,10 @@ fn certs(pem: &[u8], path: &Path, field: &str) -> Result<Vec<CertificateDer<'sta
         .collect::<Result<_, _>>()
         .map_err(|e| ferr(field, format!("{}: bad PEM: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(ferr(field, format!("{}: no certificate found", path.display())));
+        return Err(ferr(
+            field,
+            format!("{}: no certificate found", path.display()),
+        ));
     }
     for c in &certs {
         x509_parser::parse_x509_certificate(c.as_ref())
@@ -95,7 +98,12 @@ pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldE
     let key_pem = read(&paths.key, "tls.key")?;
     let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
         .map_err(|e| ferr("tls.key", format!("{}: bad PEM: {e}", paths.key.display())))?
-        .ok_or_else(|| ferr("tls.key", format!("{}: no private key found", paths.key.display())))?;
+        .ok_or_else(|| {
+            ferr(
+                "tls.key",
+                format!("{}: no private key found", paths.key.display()),
+            )
+        })?;
 
     let identity = weft_certs::identity_from_cert_der(chain[0].as_ref())
         .map_err(|e| ferr("tls.cert", format!("no workload identity: {e}")))?;
@@ -108,7 +116,13 @@ pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldE
     let not_after = weft_certs::not_after_from_cert_der(chain[0].as_ref())
         .map_err(|e| ferr("tls.cert", e.to_string()))?;
     if not_after <= SystemTime::now() {
-        return Err(ferr("tls.cert", format!("certificate expired at {}", humantime::format_rfc3339(not_after))));
+        return Err(ferr(
+            "tls.cert",
+            format!(
+                "certificate expired at {}",
+                humantime::format_rfc3339(not_after)
+            ),
+        ));
     }
 
     let mut store = RootCertStore::empty();
@@ -170,7 +184,10 @@ pub struct IdentityCallback;
 
 #[async_trait]
 impl TlsAccept for IdentityCallback {
-    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
         let der = tls.peer_certificate_der()?;
         let identity = weft_certs::identity_from_cert_der(der).ok()?;
         let header = HeaderValue::from_str(&identity.to_string()).ok()?;

@@ -148,9 +148,13 @@ impl Validator<'_> {
         if !(1..=64).contains(&workers) {
             self.err("workers", format!("must be 1 to 64, got {workers}"));
         }
-        let drain_timeout = self.duration("drain_timeout", raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
-        let connect_timeout =
-            self.duration("connect_timeout", raw.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        let drain_timeout =
+            self.duration("drain_timeout", raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        let connect_timeout = self.duration(
+            "connect_timeout",
+            raw.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        );
 
         let mut services = Vec::with_capacity(raw.services.len());
         let mut names = HashMap::new();
@@ -160,19 +164,28 @@ impl Validator<'_> {
             let f = format!("services[{i}]");
             if let Some(svc) = self.service(&f, s) {
                 if names.insert(svc.name.clone(), services.len()).is_some() {
-                    self.err(format!("{f}.name"), format!("duplicate service {:?}", svc.name));
+                    self.err(
+                        format!("{f}.name"),
+                        format!("duplicate service {:?}", svc.name),
+                    );
                 }
                 for h in &svc.hosts {
                     if !hosts.insert(h.clone()) {
-                        self.err(format!("{f}.hosts"), format!("host {h:?} already routes to another service"));
+                        self.err(
+                            format!("{f}.hosts"),
+                            format!("host {h:?} already routes to another service"),
+                        );
                     }
                 }
                 if let Some(p) = svc.port {
-                    let clash = listen.as_ref().is_some_and(|l| {
-                        [l.outbound, l.admin].iter().any(|a| a.port() == p)
-                    });
+                    let clash = listen
+                        .as_ref()
+                        .is_some_and(|l| [l.outbound, l.admin].iter().any(|a| a.port() == p));
                     if !ports.insert(p) || clash {
-                        self.err(format!("{f}.port"), format!("port {p} is already used by another listener"));
+                        self.err(
+                            format!("{f}.port"),
+                            format!("port {p} is already used by another listener"),
+                        );
                     }
                 }
                 services.push(svc);
@@ -183,22 +196,47 @@ impl Validator<'_> {
         for (i, r) in raw.routes.into_iter().enumerate() {
             let f = format!("routes[{i}]");
             let Some(&si) = names.get(&r.service) else {
-                self.err(format!("{f}.service"), format!("unknown service {:?}", r.service));
+                self.err(
+                    format!("{f}.service"),
+                    format!("unknown service {:?}", r.service),
+                );
                 continue;
             };
             if !route_names.insert((r.service.clone(), r.name.clone())) {
-                self.err(format!("{f}.name"), format!("duplicate route {:?} for service {:?}", r.name, r.service));
+                self.err(
+                    format!("{f}.name"),
+                    format!("duplicate route {:?} for service {:?}", r.name, r.service),
+                );
             }
             if services[si].protocol == Protocol::Tcp {
-                self.err(format!("{f}.service"), format!("service {:?} is tcp; routes apply to http and grpc", r.service));
+                self.err(
+                    format!("{f}.service"),
+                    format!(
+                        "service {:?} is tcp; routes apply to http and grpc",
+                        r.service
+                    ),
+                );
                 continue;
             }
             if let Some(route) = self.route(&f, r, &services[si]) {
                 let svc = &mut services[si];
                 if let Some(prev) = svc.routes.iter().find(|p| p.matcher.is_catch_all()) {
-                    self.err(format!("{f}.match"), format!("shadowed: route {:?} before it matches every request", prev.name));
-                } else if let Some(prev) = svc.routes.iter().find(|p| same_match(&p.matcher, &route.matcher)) {
-                    self.err(format!("{f}.match"), format!("shadowed: route {:?} has the same match", prev.name));
+                    self.err(
+                        format!("{f}.match"),
+                        format!(
+                            "shadowed: route {:?} before it matches every request",
+                            prev.name
+                        ),
+                    );
+                } else if let Some(prev) = svc
+                    .routes
+                    .iter()
+                    .find(|p| same_match(&p.matcher, &route.matcher))
+                {
+                    self.err(
+                        format!("{f}.match"),
+                        format!("shadowed: route {:?} has the same match", prev.name),
+                    );
                 }
                 svc.routes.push(route);
             }
@@ -265,7 +303,10 @@ impl Validator<'_> {
         };
         let ports = [l.outbound.port(), l.inbound.port(), l.admin.port()];
         if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
-            self.err("listen", format!("listeners need distinct ports, got {ports:?}"));
+            self.err(
+                "listen",
+                format!("listeners need distinct ports, got {ports:?}"),
+            );
         }
         Some(l)
     }
@@ -278,7 +319,10 @@ impl Validator<'_> {
             None | Some("p2c_ewma") => Some(LbPolicy::P2cEwma),
             Some("round_robin") => Some(LbPolicy::RoundRobin),
             Some(other) => {
-                self.err(format!("{f}.load_balancer"), format!("unknown policy {other:?}; expected p2c_ewma or round_robin"));
+                self.err(
+                    format!("{f}.load_balancer"),
+                    format!("unknown policy {other:?}; expected p2c_ewma or round_robin"),
+                );
                 None
             }
         };
@@ -286,7 +330,10 @@ impl Validator<'_> {
             self.err(format!("{f}.port"), "port 0 is not a port");
         }
         if protocol == Some(Protocol::Tcp) && raw.port.is_none() {
-            self.err(format!("{f}.port"), "a tcp service needs a dedicated outbound port");
+            self.err(
+                format!("{f}.port"),
+                "a tcp service needs a dedicated outbound port",
+            );
         }
         let mut hosts = Vec::new();
         if let Some(n) = &name {
@@ -301,9 +348,15 @@ impl Validator<'_> {
         let mut endpoints = Vec::with_capacity(raw.endpoints.len());
         let mut seen = HashSet::new();
         for (i, e) in raw.endpoints.into_iter().enumerate() {
-            if let Some(addr) = self.check(format!("{f}.endpoints[{i}].address"), socket_addr(&e.address)) {
+            if let Some(addr) = self.check(
+                format!("{f}.endpoints[{i}].address"),
+                socket_addr(&e.address),
+            ) {
                 if !seen.insert(addr) {
-                    self.err(format!("{f}.endpoints[{i}].address"), format!("duplicate endpoint {addr}"));
+                    self.err(
+                        format!("{f}.endpoints[{i}].address"),
+                        format!("duplicate endpoint {addr}"),
+                    );
                 }
                 endpoints.push(Endpoint {
                     addr,
@@ -333,13 +386,22 @@ impl Validator<'_> {
                 weight: b.weight.unwrap_or(1),
             };
             if backend.weight > 10_000 {
-                self.err(format!("{f}.backends[{i}].weight"), format!("must be 0 to 10000, got {}", backend.weight));
+                self.err(
+                    format!("{f}.backends[{i}].weight"),
+                    format!("must be 0 to 10000, got {}", backend.weight),
+                );
             }
             if backend.weight > 0
                 && !svc.endpoints.is_empty()
                 && !svc.endpoints.iter().any(|e| backend.selects(e))
             {
-                self.err(format!("{f}.backends[{i}].subset"), format!("{:?} selects no endpoint of service {:?}", backend.subset, svc.name));
+                self.err(
+                    format!("{f}.backends[{i}].subset"),
+                    format!(
+                        "{:?} selects no endpoint of service {:?}",
+                        backend.subset, svc.name
+                    ),
+                );
             }
             backends.push(backend);
         }
@@ -366,16 +428,28 @@ impl Validator<'_> {
         };
         let rewrite_prefix = match (raw.rewrite, &matcher) {
             (None, _) => None,
-            (Some(r), Some(RouteMatch { path: Some(PathMatch::Prefix(_)), .. })) => {
+            (
+                Some(r),
+                Some(RouteMatch {
+                    path: Some(PathMatch::Prefix(_)),
+                    ..
+                }),
+            ) => {
                 if r.prefix.starts_with('/') {
                     Some(r.prefix)
                 } else {
-                    self.err(format!("{f}.rewrite.prefix"), format!("must start with '/', got {:?}", r.prefix));
+                    self.err(
+                        format!("{f}.rewrite.prefix"),
+                        format!("must start with '/', got {:?}", r.prefix),
+                    );
                     None
                 }
             }
             (Some(_), _) => {
-                self.err(format!("{f}.rewrite"), "a prefix rewrite needs a `match.path.prefix`");
+                self.err(
+                    format!("{f}.rewrite"),
+                    "a prefix rewrite needs a `match.path.prefix`",
+                );
                 None
             }
         };
@@ -384,14 +458,18 @@ impl Validator<'_> {
         for (k, v) in edits.set {
             let fk = format!("{f}.request_headers.set.{k}");
             let name = self.check(&fk, header_name(&k));
-            let value = self.check(&fk, HeaderValue::from_str(&v).map_err(|_| format!("bad header value {v:?}")));
+            let value = self.check(
+                &fk,
+                HeaderValue::from_str(&v).map_err(|_| format!("bad header value {v:?}")),
+            );
             if let (Some(n), Some(v)) = (name, value) {
                 set_headers.push((n, v));
             }
         }
         let mut remove_headers = Vec::new();
         for (i, k) in edits.remove.iter().enumerate() {
-            if let Some(n) = self.check(format!("{f}.request_headers.remove[{i}]"), header_name(k)) {
+            if let Some(n) = self.check(format!("{f}.request_headers.remove[{i}]"), header_name(k))
+            {
                 remove_headers.push(n);
             }
         }
@@ -415,7 +493,11 @@ impl Validator<'_> {
                 (None, Some(p), None) if p.starts_with('/') => {
                     // `/api/` and `/api` mean the same segment prefix.
                     let trimmed = p.trim_end_matches('/');
-                    Some(PathMatch::Prefix(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }))
+                    Some(PathMatch::Prefix(if trimmed.is_empty() {
+                        "/".to_owned()
+                    } else {
+                        trimmed.to_owned()
+                    }))
                 }
                 (None, None, Some(r)) => match anchored(&r) {
                     Ok(re) => Some(PathMatch::Regex(re)),
@@ -426,12 +508,18 @@ impl Validator<'_> {
                     }
                 },
                 (Some(v), None, None) | (None, Some(v), None) => {
-                    self.err(format!("{f}.match.path"), format!("must start with '/', got {v:?}"));
+                    self.err(
+                        format!("{f}.match.path"),
+                        format!("must start with '/', got {v:?}"),
+                    );
                     ok = false;
                     None
                 }
                 _ => {
-                    self.err(format!("{f}.match.path"), "give exactly one of exact, prefix, regex");
+                    self.err(
+                        format!("{f}.match.path"),
+                        "give exactly one of exact, prefix, regex",
+                    );
                     ok = false;
                     None
                 }
@@ -460,7 +548,10 @@ impl Validator<'_> {
                         .map(HeaderValueMatch::Exact)
                         .map_err(|_| format!("bad header value {v:?}")),
                 ),
-                (None, Some(r)) => self.check(format!("{fh}.regex"), anchored(&r).map(HeaderValueMatch::Regex)),
+                (None, Some(r)) => self.check(
+                    format!("{fh}.regex"),
+                    anchored(&r).map(HeaderValueMatch::Regex),
+                ),
                 (Some(_), Some(_)) => {
                     self.err(&fh, "give at most one of exact, regex");
                     None
@@ -494,7 +585,9 @@ fn same_match(a: &RouteMatch, b: &RouteMatch) -> bool {
                 && match (&x.value, &y.value) {
                     (HeaderValueMatch::Present, HeaderValueMatch::Present) => true,
                     (HeaderValueMatch::Exact(p), HeaderValueMatch::Exact(q)) => p == q,
-                    (HeaderValueMatch::Regex(p), HeaderValueMatch::Regex(q)) => p.as_str() == q.as_str(),
+                    (HeaderValueMatch::Regex(p), HeaderValueMatch::Regex(q)) => {
+                        p.as_str() == q.as_str()
+                    }
                     _ => false,
                 }
         });
@@ -508,7 +601,8 @@ fn anchored(r: &str) -> Result<Regex, String> {
 fn service_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !s.starts_with(['-', '.']);
     if ok {
         Ok(s.to_owned())
@@ -521,7 +615,8 @@ fn host_name(s: &str) -> Result<String, String> {
     let h = s.to_ascii_lowercase();
     let ok = !h.is_empty()
         && h.len() <= 253
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if ok {
         Ok(h)
     } else {
@@ -539,7 +634,9 @@ fn protocol(s: Option<&str>) -> Result<Protocol, String> {
         None | Some("http") => Ok(Protocol::Http),
         Some("grpc") => Ok(Protocol::Grpc),
         Some("tcp") => Ok(Protocol::Tcp),
-        Some(other) => Err(format!("unknown protocol {other:?}; expected http, grpc or tcp")),
+        Some(other) => Err(format!(
+            "unknown protocol {other:?}; expected http, grpc or tcp"
+        )),
     }
 }
 

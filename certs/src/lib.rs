@@ -1,0 +1,22 @@
+//! Weft mesh identities and certificates.
+//!
+//! - [`Identity`]: a workload identity, `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`,
+//!   with a DNS form `<sa>.<ns>.serviceaccount.identity.<trust-domain>` for TLS hostname checks.
+//! - [`CertificateAuthority`]: the mesh CA (ECDSA P-256) that issues workload certificates,
+//!   directly ([`CertificateAuthority::issue`]) or from a sidecar's CSR
+//!   ([`CertificateAuthority::sign_csr`], with [`generate_csr`] on the sidecar side).
+//! - Certificate inspection: [`identity_from_cert_der`], [`not_after_from_cert_der`],
+//!   [`trust_domain_from_ca_cert_der`], [`parse_cert_chain_pem`].
+
+mod ca;
+mod error;
+mod identity;
+mod parse;
+
+pub use ca::{generate_csr, CertificateAuthority, IssuedCert, CLOCK_SKEW_ALLOWANCE};
+pub use error::{Error, IdentityError, Result};
+pub use identity::{validate_trust_domain, Identity};
+pub use parse::{
+    identity_from_cert_der, not_after_from_cert_der, parse_cert_chain_pem,
+    trust_domain_from_ca_cert_der,
+};

@@ -1,0 +1,122 @@
+//! Reading identities, expiry and trust domains out of certificates, and PEM helpers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use x509_parser::certificate::{X509Certificate, X509CertificateParser};
+use x509_parser::error::X509Error;
+use x509_parser::extensions::{GeneralName, SubjectAlternativeName};
+use x509_parser::nom::Parser;
+use x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME;
+use x509_parser::prelude::FromDer;
+use x509_parser::time::ASN1Time;
+
+use crate::error::{Error, Result};
+use crate::identity::{validate_trust_domain, Identity};
+
+const SPIFFE_SCHEME: &str = "spiffe://";
+
+/// Extracts the workload identity from a DER certificate.
+///
+/// The certificate must carry exactly one `spiffe://` URI subject alternative name, and it must
+/// be a valid Weft identity (`spiffe://<td>/ns/<ns>/sa/<sa>`). Other SANs are ignored.
+///
+/// This neither verifies the certificate's signature nor checks its validity period: call it on a
+/// certificate that TLS has already verified. It is meant to run once per handshake, so it parses
+/// the certificate shallowly and decodes only the subject alternative name extension.
+pub fn identity_from_cert_der(der: &[u8]) -> Result<Identity> {
+    let cert = parse_shallow(der)?;
+    let uri = single_spiffe_uri(&cert)?;
+    Ok(uri.parse()?)
+}
+
+/// Returns a DER certificate's `notAfter` time.
+pub fn not_after_from_cert_der(der: &[u8]) -> Result<SystemTime> {
+    let cert = parse_shallow(der)?;
+    Ok(asn1_to_system_time(cert.validity().not_after))
+}
+
+/// Returns the trust domain a Weft CA certificate signs for.
+///
+/// The certificate must be a CA (basicConstraints `cA` true) and carry exactly one `spiffe://`
+/// URI SAN naming only a trust domain (`spiffe://<td>`), as
+/// [`CertificateAuthority::generate`](crate::CertificateAuthority::generate) writes it.
+pub fn trust_domain_from_ca_cert_der(der: &[u8]) -> Result<String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| Error::CertParse(nom_error(e)))?;
+    if !cert.is_ca() {
+        return Err(Error::InvalidCaCert("not a CA certificate"));
+    }
+    let uri = single_spiffe_uri(&cert)?;
+    let trust_domain = uri
+        .strip_prefix(SPIFFE_SCHEME)
+        .ok_or(Error::NoSpiffeId)?
+        .trim_end_matches('/');
+    validate_trust_domain(trust_domain)?;
+    Ok(trust_domain.to_owned())
+}
+
+/// Parses every `CERTIFICATE` block of a PEM string, in order (leaf first for a chain).
+///
+/// Other PEM blocks (such as keys) are skipped. Fails on malformed PEM or when no certificate is
+/// present.
+pub fn parse_cert_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Pem)?;
+    if certs.is_empty() {
+        return Err(Error::NoCertificates);
+    }
+    Ok(certs)
+}
+
+/// Parses a certificate without decoding its extensions' contents.
+fn parse_shallow(der: &[u8]) -> Result<X509Certificate<'_>> {
+    let (_, cert) = X509CertificateParser::new()
+        .with_deep_parse_extensions(false)
+        .parse(der)
+        .map_err(|e| Error::CertParse(nom_error(e)))?;
+    Ok(cert)
+}
+
+/// Finds the single `spiffe://` URI SAN of a certificate.
+fn single_spiffe_uri<'a>(cert: &X509Certificate<'a>) -> Result<&'a str> {
+    let ext = cert
+        .get_extension_unique(&OID_X509_EXT_SUBJECT_ALT_NAME)
+        .map_err(Error::CertParse)?
+        .ok_or(Error::NoSpiffeId)?;
+    let (_, san) =
+        SubjectAlternativeName::from_der(ext.value).map_err(|e| Error::CertParse(nom_error(e)))?;
+    let mut found = None;
+    let mut count = 0;
+    for name in san.general_names {
+        if let GeneralName::URI(uri) = name {
+            if uri.starts_with(SPIFFE_SCHEME) {
+                count += 1;
+                found = Some(uri);
+            }
+        }
+    }
+    match (found, count) {
+        (Some(uri), 1) => Ok(uri),
+        (None, _) => Err(Error::NoSpiffeId),
+        (Some(_), n) => Err(Error::MultipleSpiffeIds(n)),
+    }
+}
+
+fn nom_error(e: x509_parser::nom::Err<X509Error>) -> X509Error {
+    match e {
+        x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
+        x509_parser::nom::Err::Incomplete(_) => X509Error::InvalidCertificate,
+    }
+}
+
+fn asn1_to_system_time(t: ASN1Time) -> SystemTime {
+    let secs = t.timestamp();
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}

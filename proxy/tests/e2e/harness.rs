@@ -1,0 +1,380 @@
+//! Test mesh: a seeded CA, real `weft-proxy` processes on loopback, real sample apps.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use weft_certs::{CertificateAuthority, Identity};
+
+pub const TD: &str = "weft.local";
+
+/// A reserved loopback port: bound once by the OS, then released for the sidecar to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port()
+}
+
+pub fn spiffe(sa: &str) -> String {
+    format!("spiffe://{TD}/ns/default/sa/{sa}")
+}
+
+/// Certificates for a test mesh, written to a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: CertificateAuthority,
+}
+
+impl Pki {
+    pub fn new(seed: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::generate_seeded(TD, seed).expect("ca");
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).expect("write ca");
+        Pki { dir, ca }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issue `<sa>.crt` / `<sa>.key` for a service account.
+    pub fn issue(&self, sa: &str) {
+        let id = Identity::new(TD, "default", sa).expect("identity");
+        let cert = self
+            .ca
+            .issue(&id, Duration::from_secs(3600))
+            .expect("issue");
+        std::fs::write(self.path().join(format!("{sa}.crt")), cert.cert_pem).expect("write");
+        std::fs::write(self.path().join(format!("{sa}.key")), cert.key_pem).expect("write");
+    }
+}
+
+/// Start a sample HTTP app on an OS-assigned port.
+pub async fn http_app(name: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    weft_samples::http::serve(l, name.to_owned());
+    a
+}
+
+/// A running sidecar process; killed on drop if still running.
+pub struct Sidecar {
+    pub child: Child,
+    pub name: String,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+/// What a sidecar is and whom it may call.
+pub struct Spec<'a> {
+    /// Service (and service-account) name; the cert `<cert>.crt` is used.
+    pub name: &'a str,
+    /// Which issued certificate to present (normally the same as name).
+    pub cert: &'a str,
+    pub app: SocketAddr,
+    pub protocol: &'a str,
+    /// YAML appended to the config: `services:` and `routes:`.
+    pub rest: String,
+}
+
+impl<'a> Spec<'a> {
+    pub fn new(name: &'a str, app: SocketAddr) -> Self {
+        Spec {
+            name,
+            cert: name,
+            app,
+            protocol: "http",
+            rest: String::new(),
+        }
+    }
+}
+
+/// YAML for one destination service entry.
+pub fn service_yaml(
+    name: &str,
+    protocol: &str,
+    port: Option<u16>,
+    endpoints: &[(SocketAddr, &str)],
+) -> String {
+    let mut s = format!(
+        "  - name: {name}\n    identity: {}\n    protocol: {protocol}\n",
+        spiffe(name)
+    );
+    if let Some(p) = port {
+        s.push_str(&format!("    port: {p}\n"));
+    }
+    s.push_str("    endpoints:\n");
+    for (a, version) in endpoints {
+        s.push_str(&format!(
+            "      - {{address: \"{a}\", labels: {{version: {version}}}}}\n"
+        ));
+    }
+    s
+}
+
+impl Sidecar {
+    pub fn config_text(
+        spec: &Spec,
+        outbound: SocketAddr,
+        inbound: SocketAddr,
+        admin: SocketAddr,
+    ) -> String {
+        format!(
+            "service:\n  name: {}\n  identity: {}\n  app: \"{}\"\n  protocol: {}\n\
+             listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
+             tls: {{cert: {}.crt, key: {}.key, trust_bundle: ca.crt}}\n\
+             drain_timeout: 10s\n{}",
+            spec.name,
+            spiffe(spec.name),
+            spec.app,
+            spec.protocol,
+            spec.cert,
+            spec.cert,
+            spec.rest
+        )
+    }
+
+    pub async fn start(pki: &Pki, spec: Spec<'_>) -> Sidecar {
+        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (outbound, inbound, admin) = (port(0), port(1), port(2));
+        let tag = format!("{}-{}", spec.name, inbound.port());
+        let config = pki.path().join(format!("{tag}.yaml"));
+        std::fs::write(&config, Self::config_text(&spec, outbound, inbound, admin))
+            .expect("write config");
+        let log = pki.path().join(format!("{tag}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn weft-proxy");
+        let s = Sidecar {
+            child,
+            name: spec.name.to_owned(),
+            outbound,
+            inbound,
+            admin,
+            config,
+            log,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Poll `/ready` and the outbound port, for at most 15 s.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let ready = admin_get(self.admin, "/ready")
+                .await
+                .is_some_and(|(s, _)| s == 200);
+            let listening = tokio::net::TcpStream::connect(self.outbound).await.is_ok()
+                && tokio::net::TcpStream::connect(self.inbound).await.is_ok();
+            if ready && listening {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sidecar {} not ready:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The config version `/ready` reports.
+    pub async fn version(&self) -> u64 {
+        let (_, body) = admin_get(self.admin, "/ready").await.expect("ready");
+        body.rsplit('v')
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .expect("version")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let r = client()
+        .get(format!("http://{admin}{path}").parse().ok()?)
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+#[allow(dead_code)]
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn served_by(&self) -> &str {
+        self.header("x-served-by")
+    }
+}
+
+/// Send a request through `proxy` with the given Host.
+pub async fn send(
+    c: &HttpClient,
+    proxy: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let r = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub async fn get(c: &HttpClient, proxy: SocketAddr, host: &str, path: &str) -> Resp {
+    send(c, proxy, host, "GET", path, &[])
+        .await
+        .expect("request")
+}
+
+/// Count how often each `x-served-by` answers `n` sequential GETs.
+pub async fn served_counts(
+    c: &HttpClient,
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    n: usize,
+) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let r = get(c, proxy, host, path).await;
+        assert_eq!(r.status, 200, "{:?}", r);
+        *m.entry(r.served_by().to_owned()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// An h2c connection to a sidecar's outbound port that sends `:authority` as a real h2 app
+/// does (the legacy client would take the authority from the socket address).
+pub struct H2c {
+    send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl H2c {
+    pub async fn connect(proxy: SocketAddr) -> H2c {
+        let tcp = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        H2c { send }
+    }
+
+    pub async fn get(&mut self, authority: &str, path: &str) -> Resp {
+        let req = http::Request::get(format!("http://{authority}{path}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let r = self.send.send_request(req).await.expect("h2 request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+}

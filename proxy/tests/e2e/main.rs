@@ -1,0 +1,23 @@
+//! End-to-end tests: real `weft-proxy` processes, real TLS, real apps, all on loopback.
+//! One test binary so the whole suite shares one build.
+
+mod harness;
+mod http_tests;
+
+use harness::*;
+
+/// frontend sidecar → orders sidecar → orders app.
+pub async fn pair(pki: &Pki, orders_rest: &str) -> (Sidecar, Sidecar) {
+    pki.issue("frontend");
+    pki.issue("orders");
+    let orders_app = http_app("orders-v1").await;
+    let orders = Sidecar::start(pki, Spec::new("orders", orders_app)).await;
+    let fe_app = http_app("frontend").await;
+    let mut spec = Spec::new("frontend", fe_app);
+    spec.rest = format!(
+        "services:\n{}{orders_rest}",
+        service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
+    );
+    let frontend = Sidecar::start(pki, spec).await;
+    (frontend, orders)
+}

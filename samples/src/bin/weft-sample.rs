@@ -1,0 +1,95 @@
+//! `weft-sample`: runs one of the Weft sample services as a standalone
+//! program, e.g. beside a sidecar in the demo or the benchmarks.
+//!
+//! ```text
+//! weft-sample http|grpc|tcp [--listen 127.0.0.1:8080] [--name NAME] [--threads N]
+//! ```
+//!
+//! On start it logs one line (to stderr) with the bound address; `--listen`
+//! may use port 0 to let the OS choose. It runs until killed or Ctrl-C.
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+
+/// Which sample to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// HTTP/1.1 + h2c app (`/bytes/{n}`, `/sink`, `/echo`, `/delay/{ms}`, `/status/{code}`, JSON default route).
+    Http,
+    /// gRPC `weft.sample.v1.Echo` over h2c.
+    Grpc,
+    /// Raw TCP echo (honours half-close).
+    Tcp,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::Grpc => "grpc",
+            Kind::Tcp => "tcp",
+        }
+    }
+}
+
+/// Runs a Weft sample service.
+#[derive(Debug, Parser)]
+#[command(name = "weft-sample", version, about)]
+struct Args {
+    /// Which sample to run.
+    #[arg(value_enum)]
+    kind: Kind,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Name of this instance, reported in `x-served-by` / `served_by`.
+    #[arg(long, default_value = "weft-sample")]
+    name: String,
+    /// Tokio worker threads (1 = single-threaded runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(args.threads))
+            .enable_all()
+            .build()
+    }
+    .context("building the tokio runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let server = match args.kind {
+        Kind::Http => weft_samples::http::serve(listener, args.name.clone()),
+        Kind::Grpc => weft_samples::grpc::serve(listener, args.name.clone()),
+        Kind::Tcp => weft_samples::tcp::serve_echo(listener),
+    };
+    log::info!(
+        "weft-sample {} '{}' listening on {addr} ({} thread(s))",
+        args.kind.as_str(),
+        args.name,
+        args.threads
+    );
+    tokio::select! {
+        res = server => res.context("server task failed")?,
+        res = tokio::signal::ctrl_c() => {
+            res.context("waiting for ctrl-c")?;
+            log::info!("interrupted, exiting");
+        }
+    }
+    Ok(())
+}
