@@ -3,6 +3,9 @@
 
 mod harness;
 mod http_tests;
+mod protocol_tests;
+mod routing_tests;
+mod tls_tests;
 
 use harness::*;
 

@@ -1,0 +1,137 @@
+//! Mutual TLS between sidecars: who may connect, and who the outbound side accepts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+use crate::pair;
+
+fn client_config(pki_for_roots: &Pki, client_cert: Option<(&Pki, &str)>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pki_for_roots.ca.cert_der().clone())
+        .expect("root");
+    let b = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_root_certificates(roots);
+    let mut c = match client_cert {
+        None => b.with_no_client_auth(),
+        Some((pki, sa)) => {
+            let cert = std::fs::read(pki.path().join(format!("{sa}.crt"))).expect("cert");
+            let key = std::fs::read(pki.path().join(format!("{sa}.key"))).expect("key");
+            let chain = rustls_pemfile::certs(&mut cert.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("pem");
+            let key = rustls_pemfile::private_key(&mut key.as_slice())
+                .expect("pem")
+                .expect("key");
+            b.with_client_auth_cert(chain, key).expect("client auth")
+        }
+    };
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    c
+}
+
+/// Try a full HTTP/2 request over TLS with this client config; Ok(status) only if the mesh let
+/// it through.
+async fn try_request(
+    inbound: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+) -> Result<u16, String> {
+    let tcp = tokio::net::TcpStream::connect(inbound)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(
+        "orders.default.serviceaccount.identity.weft.local",
+    )
+    .expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| format!("h2: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get("http://orders/")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("req");
+    let r = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .map_err(|_| "timeout".to_owned())?
+        .map_err(|e| format!("request: {e}"))?;
+    Ok(r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_refuses_plaintext_foreign_ca_and_no_client_cert() {
+    let pki = Pki::new(20);
+    let (_fe, orders) = pair(&pki, "").await;
+
+    // Plaintext HTTP to the inbound port gets no HTTP answer.
+    let mut s = tokio::net::TcpStream::connect(orders.inbound)
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        !buf.windows(5).any(|w| w == b"HTTP/"),
+        "plaintext answered: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // The control: a mesh client certificate gets through (so the refusals below mean something).
+    assert_eq!(
+        try_request(
+            orders.inbound,
+            client_config(&pki, Some((&pki, "frontend")))
+        )
+        .await,
+        Ok(200)
+    );
+
+    // No client certificate.
+    let r = try_request(orders.inbound, client_config(&pki, None)).await;
+    assert!(r.is_err(), "no client cert got {r:?}");
+
+    // A client certificate from another CA (same trust domain and name, different root).
+    let foreign = Pki::new(21);
+    foreign.issue("frontend");
+    let r = try_request(
+        orders.inbound,
+        client_config(&pki, Some((&foreign, "frontend"))),
+    )
+    .await;
+    assert!(r.is_err(), "foreign CA got {r:?}");
+    assert!(orders.log_text().contains("refused"), "refusals are logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_refuses_a_server_with_the_wrong_identity() {
+    let pki = Pki::new(22);
+    pki.issue("frontend");
+    pki.issue("payments");
+    // A sidecar with a valid mesh certificate, but for `payments`, posing as an `orders` endpoint.
+    let impostor = Sidecar::start(&pki, Spec::new("payments", http_app("payments").await)).await;
+    let mut spec = Spec::new("frontend", http_app("frontend").await);
+    spec.rest = format!(
+        "services:\n{}",
+        service_yaml("orders", "http", None, &[(impostor.inbound, "v1")])
+    );
+    let fe = Sidecar::start(&pki, spec).await;
+
+    let r = get(&client(), fe.outbound, "orders", "/").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.header("x-weft-error").contains("identity not proven"),
+        "{r:?}"
+    );
+    assert_ne!(r.served_by(), "payments");
+}
