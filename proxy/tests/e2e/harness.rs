@@ -1,6 +1,5 @@
 //! Test mesh: a seeded CA, real `weft-proxy` processes on loopback, real sample apps.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,6 +74,8 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The config without its `services`/`routes` part.
+    pub head: String,
 }
 
 /// What a sidecar is and whom it may call.
@@ -146,13 +147,14 @@ impl Sidecar {
         )
     }
 
-    pub async fn start(pki: &Pki, spec: Spec<'_>) -> Sidecar {
+    pub async fn start(pki: &Pki, mut spec: Spec<'_>) -> Sidecar {
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (outbound, inbound, admin) = (port(0), port(1), port(2));
         let tag = format!("{}-{}", spec.name, inbound.port());
         let config = pki.path().join(format!("{tag}.yaml"));
-        std::fs::write(&config, Self::config_text(&spec, outbound, inbound, admin))
-            .expect("write config");
+        let rest = std::mem::take(&mut spec.rest);
+        let head = Self::config_text(&spec, outbound, inbound, admin);
+        std::fs::write(&config, format!("{head}{rest}")).expect("write config");
         let log = pki.path().join(format!("{tag}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
             .arg("--config")
@@ -170,9 +172,45 @@ impl Sidecar {
             admin,
             config,
             log,
+            head,
         };
         s.wait_ready().await;
         s
+    }
+
+    /// Replace the config's `services`/`routes` part atomically (write, then rename), as an
+    /// operator's tooling should.
+    pub fn rewrite(&self, rest: &str) {
+        let tmp = self.config.with_extension("yaml.tmp");
+        std::fs::write(&tmp, format!("{}{rest}", self.head)).expect("write");
+        std::fs::rename(&tmp, &self.config).expect("rename");
+    }
+
+    /// Wait (at most 10 s) until the config version reaches `v`.
+    pub async fn wait_version(&self, v: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.version().await < v {
+            assert!(
+                Instant::now() < deadline,
+                "version {v} not reached:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait (at most `limit`) for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -323,23 +361,6 @@ pub async fn get(c: &HttpClient, proxy: SocketAddr, host: &str, path: &str) -> R
     send(c, proxy, host, "GET", path, &[])
         .await
         .expect("request")
-}
-
-/// Count how often each `x-served-by` answers `n` sequential GETs.
-pub async fn served_counts(
-    c: &HttpClient,
-    proxy: SocketAddr,
-    host: &str,
-    path: &str,
-    n: usize,
-) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for _ in 0..n {
-        let r = get(c, proxy, host, path).await;
-        assert_eq!(r.status, 200, "{:?}", r);
-        *m.entry(r.served_by().to_owned()).or_insert(0) += 1;
-    }
-    m
 }
 
 /// An h2c connection to a sidecar's outbound port that sends `:authority` as a real h2 app
