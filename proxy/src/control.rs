@@ -102,8 +102,14 @@ async fn reload_on_change(store: Arc<Store>) {
 
 async fn admin(listener: TcpListener, store: Arc<Store>, drain: Arc<Drain>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // e.g. out of file descriptors: back off instead of spinning.
+                log::warn!("admin accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (store, drain) = (store.clone(), drain.clone());
         tokio::spawn(async move {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_proxy::{FailToProxy, Session};
 
 /// Header naming why the mesh, not the app, answered.
 pub const ERROR_HEADER: &str = "x-weft-error";
@@ -110,5 +110,28 @@ impl Failure {
         {
             let _ = session.write_response_body(Some(body), true).await;
         }
+    }
+}
+
+/// Answer a failed request (if the client is still there) and tell Pingora what was sent.
+/// The connection is not reused: after a failed proxy attempt its state is unknown.
+pub async fn answer(session: &mut Session, failure: Option<Failure>) -> FailToProxy {
+    let error_code = match failure {
+        Some(f) => {
+            log::debug!(
+                "{} {} -> {}: {}",
+                session.req_header().method,
+                session.req_header().uri,
+                f.status,
+                f.reason
+            );
+            f.respond(session).await;
+            f.status
+        }
+        None => 0,
+    };
+    FailToProxy {
+        error_code,
+        can_reuse_downstream: false,
     }
 }

@@ -13,7 +13,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::Protocol;
 use crate::drain::{Drain, Working};
-use crate::errors::Failure;
+use crate::errors::{self, Failure};
 use crate::outbound::MAX_H2_STREAMS;
 use crate::state::{Snapshot, Store};
 use crate::tls::PeerIdentity;
@@ -113,16 +113,6 @@ impl ProxyHttp for InboundHttp {
             .as_ref()
             .map(|s| format!("app {} at {}", s.own.name, s.own.app))
             .unwrap_or_default();
-        let code = match Failure::from_pingora(e, None, &app) {
-            Some(f) => {
-                f.respond(session).await;
-                f.status
-            }
-            None => 0,
-        };
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        errors::answer(session, Failure::from_pingora(e, None, &app)).await
     }
 }

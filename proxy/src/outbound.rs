@@ -14,7 +14,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::balancer::InFlight;
 use crate::drain::{Drain, Working};
-use crate::errors::Failure;
+use crate::errors::{self, Failure};
 use crate::routing::rewrite_prefix;
 use crate::state::{Snapshot, Store};
 
@@ -259,22 +259,6 @@ impl ProxyHttp for Outbound {
             .failure
             .take()
             .or_else(|| Failure::from_pingora(e, ctx.timeout(), &ctx.endpoint_name()));
-        let code = match failure {
-            Some(f) => {
-                log::debug!(
-                    "outbound {} -> {}: {}",
-                    session.req_header().uri,
-                    f.status,
-                    f.reason
-                );
-                f.respond(session).await;
-                f.status
-            }
-            None => 0,
-        };
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        errors::answer(session, failure).await
     }
 }

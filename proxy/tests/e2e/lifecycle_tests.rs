@@ -220,14 +220,7 @@ fn watch_rss(pids: Vec<i32>, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<u
         let deadline = Instant::now() + Duration::from_secs(300);
         while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
             for pid in &pids {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                let kib = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                    .unwrap_or(0);
-                peak = peak.max(kib);
+                peak = peak.max(rss_kib(*pid));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
