@@ -1,1 +1,23 @@
-//! weft-benches
+//! weft-benches: the `weft-bench` load benchmark.
+//!
+//! `weft-bench` measures one HTTP/1.1 keep-alive workload twice, interleaved
+//! run by run: **direct** (client → app) and **weft** (client → sidecar A
+//! outbound → mTLS HTTP/2 → sidecar B inbound → app). It reports saturation
+//! throughput, open-loop latency at a fixed rate, the sidecars' memory and the
+//! CPU each request costs, as medians with ratios to direct.
+//!
+//! ```text
+//! cargo build --release -p weft-proxy -p weft-samples -p weft-benches && target/release/weft-bench
+//! ```
+//!
+//! The modules hold the pieces: a lean HTTP/1.1 client ([`http1`]), the
+//! closed and open load loops ([`load`]), `/proc` parsing ([`procfs`]),
+//! statistics ([`stats`]), the processes under test ([`mesh`]) and the
+//! report ([`report`]).
+
+pub mod http1;
+pub mod load;
+pub mod mesh;
+pub mod procfs;
+pub mod report;
+pub mod stats;

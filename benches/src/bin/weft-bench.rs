@@ -1,0 +1,329 @@
+//! `weft-bench`: HTTP/1.1 keep-alive load, direct vs. through a Weft sidecar
+//! pair, interleaved, with medians and ratios to direct.
+//!
+//! ```text
+//! cargo build --release -p weft-proxy -p weft-samples -p weft-benches && target/release/weft-bench
+//! target/release/weft-bench --quick      # one short run of each, a smoke check
+//! ```
+//!
+//! The load generator runs on CPU 0 (this process pins itself), the app and
+//! both sidecars on CPU 1 (started with `taskset`). Progress goes to stderr,
+//! the markdown table to stdout and to `target/bench/weft-bench.md`, the full
+//! results to `target/bench/weft-bench.json`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, ensure, Context as _};
+use clap::Parser;
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use weft_benches::http1::get_request;
+use weft_benches::load::{self, RateConfig, SaturationConfig, Target};
+use weft_benches::mesh::{Binaries, Mesh};
+use weft_benches::procfs;
+use weft_benches::report::{BenchConfig, Report, RunRecord, Scenario};
+
+/// Load benchmark: direct vs. through a Weft sidecar pair.
+#[derive(Debug, Parser)]
+#[command(name = "weft-bench", version, about)]
+struct Args {
+    /// Repetitions of each scenario (runs are interleaved: direct, weft, direct, ...).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    runs: u16,
+    /// Measured time of each saturation and latency run (e.g. `5s`, `1500ms`, or seconds).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measured window.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Connections of the saturation (closed-loop) runs.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    connections: u16,
+    /// Request rate of the latency (open-loop) runs, requests per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Connections the latency runs spread their requests over.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    latency_connections: u16,
+    /// Smoke check: one run of each scenario, 2 s each.
+    #[arg(long)]
+    quick: bool,
+    /// Where `weft-proxy` and `weft-sample` are (default: this executable's directory).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where to write weft-bench.md and .json (default: `<bin-dir>/../bench`, i.e. target/bench).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// CPU for the load generator.
+    #[arg(long, default_value_t = 0)]
+    loadgen_core: usize,
+    /// CPU for the app and the sidecars.
+    #[arg(long, default_value_t = 1)]
+    server_core: usize,
+    /// Keep the temporary directory (certs, configs, stderr logs) even on success.
+    #[arg(long)]
+    keep_temp: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("bad duration {s:?}")),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))?,
+    };
+    if d > Duration::from_secs(3600) {
+        return Err(format!("duration {s:?} is over an hour"));
+    }
+    Ok(d)
+}
+
+/// The temporary directory; kept (and its path printed) unless the
+/// benchmark finished cleanly, so the sidecars' stderr survives failures
+/// and panics.
+struct TempGuard {
+    dir: Option<TempDir>,
+    keep: bool,
+}
+
+impl TempGuard {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-bench-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        Ok(TempGuard {
+            dir: Some(dir),
+            keep: true,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map_or(Path::new("/nonexistent"), TempDir::path)
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            if self.keep {
+                eprintln!(
+                    "weft-bench: kept {} (certs, configs, processes' stderr)",
+                    dir.keep().display()
+                );
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Pins the calling thread (the only one so far; threads started later
+/// inherit it) to `core`.
+fn pin_self(core: usize) -> anyhow::Result<()> {
+    let allowed = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    ensure!(
+        allowed.is_set(core).unwrap_or(false),
+        "CPU {core} is not available to this process; see --loadgen-core/--server-core"
+    );
+    let mut set = CpuSet::new();
+    set.set(core).context("CPU index out of range")?;
+    sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")?;
+    Ok(())
+}
+
+fn real_main(mut args: Args) -> anyhow::Result<()> {
+    if args.quick {
+        args.runs = 1;
+        args.duration = Duration::from_secs(2);
+    }
+    ensure!(
+        args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1_000_000.0,
+        "--rate must be in (0, 1000000]"
+    );
+    ensure!(!args.duration.is_zero(), "--duration must be positive");
+    ensure!(
+        args.loadgen_core != args.server_core,
+        "--loadgen-core and --server-core must differ"
+    );
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .parent()
+            .context("this executable has no directory")?
+            .to_owned(),
+    };
+    let out_dir = match &args.out_dir {
+        Some(d) => d.clone(),
+        None => bin_dir
+            .parent()
+            .map_or_else(|| bin_dir.join("bench"), |p| p.join("bench")),
+    };
+    let bins = Binaries::in_dir(&bin_dir)?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    pin_self(args.loadgen_core)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let mut temp = TempGuard::new()?;
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(&args, &bins, temp.path(), cpus) => r,
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for ctrl-c")?;
+                bail!("interrupted");
+            }
+        }
+    });
+    // On success the processes are gone (the mesh was dropped in `run`).
+    let report = result?;
+    let md = report.markdown();
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let md_path = out_dir.join("weft-bench.md");
+    let json_path = out_dir.join("weft-bench.json");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
+    // Files first, then stdout: a closed stdout (e.g. `| head`) must
+    // neither lose them nor panic.
+    let _ = writeln!(std::io::stdout(), "{md}");
+    eprintln!(
+        "weft-bench: wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    if report.flags.is_empty() {
+        temp.keep = args.keep_temp;
+    } else {
+        eprintln!(
+            "weft-bench: {} run(s) had errors; see the flagged runs above",
+            report.flags.len()
+        );
+    }
+    Ok(())
+}
+
+async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::Result<Report> {
+    let started_unix_s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!(
+        "weft-bench: starting app and sidecar pair on CPU {} (temp dir {})",
+        args.server_core,
+        dir.display()
+    );
+    let mut mesh = Mesh::start(dir, bins, args.server_core).await?;
+    let watch = [
+        mesh.app.pid(),
+        mesh.client_sidecar.pid(),
+        mesh.app_sidecar.pid(),
+    ];
+    // Let start-up settle, then take the idle RSS before any traffic.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut idle_rss_kib = [0u64; 3];
+    for (rss, &pid) in idle_rss_kib.iter_mut().zip(&watch) {
+        *rss = procfs::rss_kib(pid).with_context(|| format!("reading the RSS of pid {pid}"))?;
+    }
+    let before = procfs::cpu_times()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let background_busy_pct = procfs::busy_pct(&before, &procfs::cpu_times()?);
+    mesh.verify().await?;
+    eprintln!(
+        "weft-bench: verified: 200 through the pair, the app sees caller {}",
+        weft_benches::mesh::CLIENT_ID
+    );
+
+    let request: Arc<[u8]> = get_request("app", "/").into();
+    let (direct_addr, weft_addr) = (mesh.app_addr, mesh.outbound_addr);
+    let target = |scenario| Target {
+        addr: match scenario {
+            Scenario::Direct => direct_addr,
+            Scenario::Weft => weft_addr,
+        },
+        request: request.clone(),
+    };
+    let sat_cfg = SaturationConfig {
+        connections: usize::from(args.connections),
+        warmup: args.warmup,
+        duration: args.duration,
+        rss_interval: Duration::from_millis(100),
+    };
+    let rate_cfg = RateConfig {
+        connections: usize::from(args.latency_connections),
+        rate: args.rate,
+        warmup: args.warmup,
+        duration: args.duration,
+    };
+    let settle = Duration::from_millis(300);
+    let config = BenchConfig {
+        runs: usize::from(args.runs),
+        connections: usize::from(args.connections),
+        duration_s: args.duration.as_secs_f64(),
+        warmup_s: args.warmup.as_secs_f64(),
+        rate: args.rate,
+        latency_connections: usize::from(args.latency_connections),
+        loadgen_core: args.loadgen_core,
+        server_core: args.server_core,
+        cpus,
+        clock_ticks_per_second: procfs::clock_ticks_per_second(),
+        started_unix_s,
+    };
+    let mut runs = Vec::new();
+    for run in 1..=usize::from(args.runs) {
+        for scenario in [Scenario::Direct, Scenario::Weft] {
+            let t = target(scenario);
+            let sat = load::saturate(&t, sat_cfg, &watch).await?;
+            mesh.check_alive()?;
+            tokio::time::sleep(settle).await;
+            let lat = load::fixed_rate(&t, rate_cfg, &watch).await?;
+            mesh.check_alive()?;
+            let rec = RunRecord::new(&config, run, scenario, sat, lat);
+            eprintln!(
+                "weft-bench: run {run}/{} {:<6} {:>8.0} req/s, p50 {} µs, p99 {} µs, errors {}",
+                args.runs,
+                scenario.as_str(),
+                rec.saturation.rps,
+                rec.latency.latency.map_or(f64::NAN, |p| p.p50_us).round(),
+                rec.latency.latency.map_or(f64::NAN, |p| p.p99_us).round(),
+                rec.saturation.errors + rec.latency.errors + rec.latency.missed,
+            );
+            if let Some(flag) = rec.flag() {
+                eprintln!("weft-bench: flagged: {flag}");
+            }
+            runs.push(rec);
+            tokio::time::sleep(settle).await;
+        }
+    }
+    if runs.iter().any(|r| r.flag().is_some()) {
+        for child in [&mesh.client_sidecar, &mesh.app_sidecar, &mesh.app] {
+            eprintln!(
+                "weft-bench: {} stderr ({}), last lines:\n{}",
+                child.name(),
+                child.stderr_path().display(),
+                child.stderr_tail(20)
+            );
+        }
+    }
+    drop(mesh);
+
+    Ok(Report::new(config, idle_rss_kib, background_busy_pct, runs))
+}
