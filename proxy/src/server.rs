@@ -178,6 +178,9 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
         // Our drain thread exits the process once idle; Pingora's grace sleep is the backstop.
         grace_period_seconds: Some(snap.drain_timeout.as_secs() + 2),
         graceful_shutdown_timeout_seconds: Some(1),
+        // One current-thread runtime per worker: a sidecar's connections never need stealing
+        // across workers, and the single-threaded scheduler costs less per task wake-up.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let conf = Arc::new(server_conf());
