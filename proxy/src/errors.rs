@@ -86,8 +86,13 @@ impl Failure {
         })
     }
 
-    /// Write this failure as the response. Errors are ignored: the client may be gone.
-    pub async fn respond(&self, session: &mut Session) {
+    /// Write this failure as the response. With `close`, the HTTP/1 connection ends after it
+    /// and the response says so (Pingora writes `Connection` from its keepalive state, so the
+    /// state is what must change). Write errors are ignored: the client may be gone.
+    pub async fn respond(&self, session: &mut Session, close: bool) {
+        if close {
+            session.set_keepalive(None);
+        }
         let body = Bytes::from(format!("{}\n", self.reason));
         let Ok(mut header) = ResponseHeader::build(self.status, Some(3)) else {
             return;
@@ -98,11 +103,6 @@ impl Failure {
         let _ = header.insert_header(ERROR_HEADER, reason);
         let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
-        if !session.is_http2() {
-            // Pingora closes an HTTP/1 connection after a failed proxy attempt; say so, or the
-            // client reuses a dead connection.
-            let _ = header.insert_header(http::header::CONNECTION, "close");
-        }
         if session
             .write_response_header(Box::new(header), false)
             .await
@@ -125,7 +125,9 @@ pub async fn answer(session: &mut Session, failure: Option<Failure>) -> FailToPr
                 f.status,
                 f.reason
             );
-            f.respond(session).await;
+            // Pingora closes the connection after a failed proxy attempt: say so, or the
+            // client may reuse a connection that is closing.
+            f.respond(session, true).await;
             f.status
         }
         None => 0,

@@ -60,7 +60,7 @@ impl ProxyHttp for InboundHttp {
             .map(|p| p.header.clone());
         if ctx.caller.is_none() {
             Failure::new(403, "caller has no mesh identity")
-                .respond(session)
+                .respond(session, false)
                 .await;
             return Ok(true);
         }

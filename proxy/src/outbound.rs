@@ -100,7 +100,7 @@ impl ProxyHttp for Outbound {
         let Some(dest) = dest else {
             let h = host(session.req_header()).unwrap_or("(none)").to_owned();
             Failure::new(404, format!("no route: unknown host {h:?}"))
-                .respond(session)
+                .respond(session, false)
                 .await;
             return Ok(true);
         };
@@ -116,7 +116,7 @@ impl ProxyHttp for Outbound {
                     req.uri.path()
                 ),
             );
-            f.respond(session).await;
+            f.respond(session, false).await;
             return Ok(true);
         };
         ctx.deadline = d.routes[route].route.timeout.map(|t| Instant::now() + t);

@@ -66,6 +66,11 @@ async fn unknown_host_and_unmatched_route_get_404_in_words() {
 
     let r = get(&c, fe.outbound, "orders", "/other").await;
     assert_eq!(r.status, 404);
+    assert_eq!(
+        r.header("connection"),
+        "keep-alive",
+        "a 404 before proxying keeps the connection"
+    );
     assert!(r.header("x-weft-error").contains("no route"), "{r:?}");
 
     let r = get(&c, fe.outbound, "orders", "/api/x").await;
@@ -138,6 +143,11 @@ async fn no_endpoint_503_and_timeout_504() {
         .unwrap_or_else(|e| panic!("{e}\n{}", fe.log_text()));
     assert_eq!(r.status, 503);
     assert!(r.header("x-weft-error").contains("no endpoint"), "{r:?}");
+    assert_eq!(
+        r.header("connection"),
+        "close",
+        "the client must not reuse a closing connection"
+    );
 
     let start = Instant::now();
     let r = send(&c, fe.outbound, "orders", "GET", "/delay/3000", &[])
