@@ -167,3 +167,60 @@ async fn no_endpoint_503_and_timeout_504() {
     let r = get(&c, fe.outbound, "orders", "/delay/10").await;
     assert_eq!(r.status, 200, "fast enough: {r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_is_refused_at_start_with_file_field_and_reason() {
+    let pki = Pki::new(5);
+    pki.issue("frontend");
+    let run = |yaml: &str, extra: &[&str]| {
+        let path = pki.path().join("bad.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .expect("run weft-proxy");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let good = format!(
+        "service: {{name: frontend, identity: {}, app: \"127.0.0.1:9\"}}\n\
+         tls: {{cert: frontend.crt, key: frontend.key, trust_bundle: ca.crt}}\n",
+        spiffe("frontend")
+    );
+    let (code, _, stdout) = run(&good, &["--check"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("ok: service frontend"), "{stdout}");
+
+    let (code, stderr, _) = run(&good.replace("frontend.crt", "missing.crt"), &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("bad.yaml: tls.cert: cannot read"),
+        "{stderr}"
+    );
+
+    let (code, stderr, _) = run(&format!("{good}workers: 0\nconnect_timeout: fast\n"), &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("bad.yaml: workers: must be 1 to 64, got 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml: connect_timeout: bad duration \"fast\""),
+        "{stderr}"
+    );
+
+    let (code, stderr, _) = run(
+        &format!("{good}listen: {{outbound: \"127.0.0.1:1\", inbund: x}}\n"),
+        &[],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("bad.yaml:3:") && stderr.contains("unknown field `inbund`"),
+        "{stderr}"
+    );
+}
