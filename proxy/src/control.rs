@@ -133,6 +133,14 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, store.metrics.render());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         "/ready" => {
             let snap = store.load();
             if drain.is_draining() {
@@ -148,7 +156,7 @@ fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live or /ready\n".into(),
+            "not found; try /live, /ready or /metrics\n".into(),
         ),
     }
 }

@@ -14,6 +14,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::config::Protocol;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
+use crate::metrics::RouteMetrics;
 use crate::outbound::MAX_H2_STREAMS;
 use crate::state::{Snapshot, Store};
 use crate::tls::PeerIdentity;
@@ -40,6 +41,8 @@ impl InboundHttp {
 pub struct InCtx {
     snap: Option<Arc<Snapshot>>,
     caller: Option<HeaderValue>,
+    metrics: Option<Arc<RouteMetrics>>,
+    start: Option<std::time::Instant>,
     _working: Option<Working>,
 }
 
@@ -53,11 +56,16 @@ impl ProxyHttp for InboundHttp {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
-        ctx.caller = session
+        ctx.start = Some(std::time::Instant::now());
+        let peer = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|s| s.extension.get::<PeerIdentity>())
-            .map(|p| p.header.clone());
+            .and_then(|s| s.extension.get::<PeerIdentity>());
+        if let Some(p) = peer {
+            p.metrics.request();
+            ctx.metrics = Some(p.metrics.clone());
+            ctx.caller = Some(p.header.clone());
+        }
         if ctx.caller.is_none() {
             Failure::new(403, "caller has no mesh identity")
                 .respond(session, false)
@@ -100,6 +108,13 @@ impl ProxyHttp for InboundHttp {
             req.insert_header(CALLER_HEADER, caller.clone())?;
         }
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InCtx) {
+        if let (Some(m), Some(start)) = (&ctx.metrics, ctx.start) {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            m.response(status, start.elapsed());
+        }
     }
 
     async fn fail_to_proxy(

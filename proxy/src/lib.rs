@@ -12,6 +12,7 @@ pub mod control;
 pub mod drain;
 pub mod errors;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod routing;
 pub mod server;

@@ -27,7 +27,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    let store = match weft_proxy::state::Store::open(&args.config) {
+    let metrics = weft_proxy::metrics::Metrics::new().context("metrics registry")?;
+    let store = match weft_proxy::state::Store::open(&args.config, metrics) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

@@ -15,6 +15,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::balancer::InFlight;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
+use crate::metrics::RouteMetrics;
 use crate::routing::rewrite_prefix;
 use crate::state::{Snapshot, Store};
 
@@ -47,6 +48,8 @@ pub struct OutCtx {
     deadline: Option<Instant>,
     in_flight: Option<InFlight>,
     failure: Option<Failure>,
+    metrics: Option<Arc<RouteMetrics>>,
+    start: Option<Instant>,
     _working: Option<Working>,
 }
 
@@ -88,6 +91,7 @@ impl ProxyHttp for Outbound {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
+        ctx.start = Some(Instant::now());
         let snap = self.store.load();
         let local_port = session
             .server_addr()
@@ -98,6 +102,8 @@ impl ProxyHttp for Outbound {
             None => host(session.req_header()).and_then(|h| snap.destination_for_host(h)),
         };
         let Some(dest) = dest else {
+            snap.unknown_host.request();
+            ctx.metrics = Some(snap.unknown_host.clone());
             let h = host(session.req_header()).unwrap_or("(none)").to_owned();
             Failure::new(404, format!("no route: unknown host {h:?}"))
                 .respond(session, false)
@@ -107,6 +113,8 @@ impl ProxyHttp for Outbound {
         let req = session.req_header();
         let d = &snap.destinations[dest];
         let Some(route) = d.route(&req.method, req.uri.path(), req) else {
+            d.unmatched.request();
+            ctx.metrics = Some(d.unmatched.clone());
             let f = Failure::new(
                 404,
                 format!(
@@ -119,6 +127,9 @@ impl ProxyHttp for Outbound {
             f.respond(session, false).await;
             return Ok(true);
         };
+        let metrics = d.routes[route].metrics.clone();
+        metrics.request();
+        ctx.metrics = Some(metrics);
         ctx.deadline = d.routes[route].route.timeout.map(|t| Instant::now() + t);
         ctx.dest = dest;
         ctx.route = route;
@@ -247,6 +258,13 @@ impl ProxyHttp for Outbound {
             e.retry.decide_reuse(client_reused);
         }
         e
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutCtx) {
+        if let (Some(m), Some(start)) = (&ctx.metrics, ctx.start) {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            m.response(status, start.elapsed());
+        }
     }
 
     async fn fail_to_proxy(

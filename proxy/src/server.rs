@@ -73,23 +73,35 @@ impl Traffic {
     ) -> Option<Stream> {
         // The acceptor comes from the snapshot in force now, so rotated certificates and trust
         // bundles apply to new connections without a restart.
-        let acceptor = self.store.load().tls.acceptor.clone();
+        let snap = self.store.load();
+        let acceptor = snap.tls.acceptor.clone();
+        let callback = IdentityCallback {
+            metrics: self.store.metrics.clone(),
+            own_service: snap.own.name.clone(),
+        };
+        drop(snap);
+        let handshakes = &self.store.metrics.tls_handshakes;
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
         let tls = match timeout(
             HANDSHAKE_TIMEOUT,
-            handshake_with_callback(&acceptor, *l4, &IdentityCallback),
+            handshake_with_callback(&acceptor, *l4, &callback),
         )
         .await
         {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(tls)) => {
+                handshakes.with_label_values(&["ok"]).inc();
+                tls
+            }
             Ok(Err(e)) => {
+                handshakes.with_label_values(&["refused"]).inc();
                 log::info!("inbound TLS from {peer:?} refused: {e}");
                 return None;
             }
             Err(_) => {
+                handshakes.with_label_values(&["refused"]).inc();
                 log::info!("inbound TLS from {peer:?}: handshake timed out");
                 return None;
             }
@@ -99,7 +111,7 @@ impl Traffic {
             Some(ALPN::H2) => ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await,
             Some(ALPN::Custom(c)) if c.protocol() == ALPN_TCP => {
                 let _working = self.drain.enter();
-                tcp::inbound(Box::new(tls), self.store.load()).await;
+                tcp::inbound(Box::new(tls), self.store.load(), &self.store.metrics).await;
                 None
             }
             other => {
@@ -160,7 +172,7 @@ impl ServerApp for Traffic {
         let dest = snap.destination_for_port(port)?;
         if snap.destinations[dest].protocol == Protocol::Tcp {
             let _working = self.drain.enter();
-            tcp::outbound(stream, snap, dest).await;
+            tcp::outbound(stream, snap, dest, &self.store.metrics).await;
             None
         } else {
             drop(snap);

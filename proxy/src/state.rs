@@ -18,6 +18,7 @@ use crate::config::{
     self, Backend, Config, ConfigError, FieldError, LbPolicy, Listen, OwnService, Protocol, Route,
     RouteMatch, TlsPaths,
 };
+use crate::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
 use crate::tls::{self, TlsMaterial};
 
 /// One immutable version of the sidecar's config, ready for the hot path.
@@ -43,6 +44,8 @@ pub struct Snapshot {
     pub destinations: Vec<Destination>,
     by_host: HashMap<String, usize>,
     by_port: HashMap<u16, usize>,
+    /// Series for requests to an unknown host.
+    pub unknown_host: Arc<RouteMetrics>,
 }
 
 /// A callable service with its routes and endpoints.
@@ -64,6 +67,8 @@ pub struct Destination {
     pub routes: Vec<RouteState>,
     /// Every endpoint index (the TCP path's candidate list).
     pub all: Vec<usize>,
+    /// Series for requests no route matches.
+    pub unmatched: Arc<RouteMetrics>,
     all_rr: AtomicUsize,
 }
 
@@ -74,6 +79,8 @@ pub struct RouteState {
     pub route: Route,
     /// Backends, index-aligned with `route.backends`.
     pub backends: Vec<BackendState>,
+    /// This route's series.
+    pub metrics: Arc<RouteMetrics>,
     total_weight: u32,
 }
 
@@ -89,7 +96,22 @@ pub struct BackendState {
 impl Snapshot {
     /// Build from a validated config, reusing endpoint stats from `prev` where the endpoint
     /// survives, so latency history outlives reloads.
-    pub fn build(config: Config, tls: TlsMaterial, version: u64, prev: Option<&Snapshot>) -> Self {
+    pub fn build(
+        config: Config,
+        tls: TlsMaterial,
+        version: u64,
+        prev: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let own_name = config.own.name.clone();
+        let caller = config.own.identity.to_string();
+        let labels = |dst: &str, route: &str| RouteLabels {
+            direction: Direction::Outbound,
+            src_service: own_name.clone(),
+            dst_service: dst.to_owned(),
+            route: route.to_owned(),
+            caller: caller.clone(),
+        };
         let mut old: HashMap<(&str, SocketAddr), &Arc<EndpointStats>> = HashMap::new();
         if let Some(p) = prev {
             for d in &p.destinations {
@@ -152,6 +174,7 @@ impl Snapshot {
                         })
                         .collect();
                     RouteState {
+                        metrics: metrics.route(labels(&svc.name, &route.name)),
                         route,
                         backends,
                         total_weight: cum,
@@ -159,6 +182,7 @@ impl Snapshot {
                 })
                 .collect();
             destinations.push(Destination {
+                unmatched: metrics.route(labels(&svc.name, "unmatched")),
                 name: svc.name,
                 protocol: svc.protocol,
                 sni: svc.identity.dns_name(),
@@ -182,6 +206,7 @@ impl Snapshot {
             destinations,
             by_host,
             by_port,
+            unknown_host: metrics.route(labels("unknown", "unmatched")),
         }
     }
 
@@ -260,15 +285,19 @@ impl RouteState {
 pub struct Store {
     current: ArcSwap<Snapshot>,
     path: PathBuf,
+    /// Every exported series.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Store {
     /// Load the config file and its certificates into a first snapshot.
-    pub fn open(path: &Path) -> Result<Self, ConfigError> {
-        let snapshot = load_snapshot(path, 1, None)?;
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+        let snapshot = load_snapshot(path, 1, None, &metrics)?;
+        observe(&metrics, &snapshot);
         Ok(Store {
             current: ArcSwap::from_pointee(snapshot),
             path: path.to_owned(),
+            metrics,
         })
     }
 
@@ -280,8 +309,15 @@ impl Store {
     /// Re-read the file; on success swap the new snapshot in, else keep the current one.
     pub fn reload(&self) -> Result<u64, ConfigError> {
         let prev = self.current.load_full();
-        let next = load_snapshot(&self.path, prev.version + 1, Some(&prev))?;
+        let next = match load_snapshot(&self.path, prev.version + 1, Some(&prev), &self.metrics) {
+            Ok(next) => next,
+            Err(e) => {
+                self.metrics.config_rejected.inc();
+                return Err(e);
+            }
+        };
         let version = next.version;
+        observe(&self.metrics, &next);
         self.current.store(Arc::new(next));
         Ok(version)
     }
@@ -292,10 +328,23 @@ impl Store {
     }
 }
 
+fn observe(metrics: &Metrics, snap: &Snapshot) {
+    metrics
+        .config_version
+        .set(i64::try_from(snap.version).unwrap_or(i64::MAX));
+    let expiry = snap
+        .tls
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics.cert_expiry.set(expiry);
+}
+
 fn load_snapshot(
     path: &Path,
     version: u64,
     prev: Option<&Snapshot>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Snapshot, ConfigError> {
     let config = config::load(path)?;
     let invalid = |errors| ConfigError::Invalid {
@@ -343,5 +392,5 @@ fn load_snapshot(
         }
     }
     let tls = tls::load(&config.tls, &config.own.identity).map_err(|e| invalid(vec![e]))?;
-    Ok(Snapshot::build(config, tls, version, prev))
+    Ok(Snapshot::build(config, tls, version, prev, metrics))
 }

@@ -13,25 +13,47 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use crate::metrics::Metrics;
 use crate::state::Snapshot;
 use crate::tls::ALPN_TCP;
 
 /// Copy buffer per direction: one TLS record.
 const BUF: usize = 16 * 1024;
 
-async fn splice<A, B>(mut a: A, mut b: B, what: &str)
+/// Copy both ways until both sides close; count the tunnel and its bytes. `a` is the side
+/// that opened the tunnel, so a→b bytes are `sent`.
+async fn splice<A, B>(mut a: A, mut b: B, metrics: &Metrics, direction: &str, dst: &str)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    match copy_bidirectional_with_sizes(&mut a, &mut b, BUF, BUF).await {
-        Ok((up, down)) => log::debug!("{what}: closed after {up} bytes up, {down} down"),
-        Err(e) => log::debug!("{what}: ended: {e}"),
-    }
+    metrics
+        .tcp_opened
+        .with_label_values(&[direction, dst])
+        .inc();
+    let (sent, received) = match copy_bidirectional_with_sizes(&mut a, &mut b, BUF, BUF).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            log::debug!("tcp {direction} {dst}: ended: {e}");
+            (0, 0)
+        }
+    };
+    metrics
+        .tcp_closed
+        .with_label_values(&[direction, dst])
+        .inc();
+    metrics
+        .tcp_bytes
+        .with_label_values(&[direction, dst, "sent"])
+        .inc_by(sent);
+    metrics
+        .tcp_bytes
+        .with_label_values(&[direction, dst, "received"])
+        .inc_by(received);
 }
 
 /// Carry an app's connection to an endpoint of destination `dest`.
-pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize) {
+pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize, metrics: &Metrics) {
     let d = &snap.destinations[dest];
     let Some(ep) = d.pick_any() else {
         log::warn!("tcp to {}: no endpoint", d.name);
@@ -50,7 +72,7 @@ pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize) {
             return;
         }
     };
-    splice(client, tls, "tcp outbound").await;
+    splice(client, tls, metrics, "outbound", &d.name).await;
 }
 
 async fn connect(
@@ -80,12 +102,12 @@ async fn connect(
 }
 
 /// Connect a tunnel that arrived over mutual TLS to the local app.
-pub async fn inbound(tunnel: Stream, snap: Arc<Snapshot>) {
+pub async fn inbound(tunnel: Stream, snap: Arc<Snapshot>, metrics: &Metrics) {
     let app = snap.own.app;
     match timeout(snap.connect_timeout, TcpStream::connect(app)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
-            splice(tunnel, tcp, "tcp inbound").await;
+            splice(tunnel, tcp, metrics, "inbound", &snap.own.name).await;
         }
         Ok(Err(e)) => log::warn!("tcp tunnel to app {app}: {e}"),
         Err(_) => log::warn!("tcp tunnel to app {app}: connect timed out"),

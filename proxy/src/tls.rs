@@ -21,6 +21,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_certs::Identity;
 
 use crate::config::{FieldError, TlsPaths};
+use crate::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
 
 /// ALPN protocol of an opaque TCP tunnel between sidecars.
 pub const ALPN_TCP: &[u8] = b"weft-tcp";
@@ -170,17 +171,24 @@ pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldE
 }
 
 /// The authenticated caller of an inbound connection, attached to the TLS digest once per
-/// handshake so each request reads it without parsing a certificate.
+/// handshake so each request reads it without parsing a certificate or resolving labels.
 #[derive(Debug)]
 pub struct PeerIdentity {
     /// The caller's identity.
     pub identity: Identity,
     /// The same, ready to be sent to the app as a header value.
     pub header: HeaderValue,
+    /// The caller's inbound request series.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Handshake callback that extracts the caller's SPIFFE identity.
-pub struct IdentityCallback;
+pub struct IdentityCallback {
+    /// Where the caller's series live.
+    pub metrics: Arc<Metrics>,
+    /// This sidecar's service (the `dst_service` label).
+    pub own_service: String,
+}
 
 #[async_trait]
 impl TlsAccept for IdentityCallback {
@@ -190,7 +198,19 @@ impl TlsAccept for IdentityCallback {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let der = tls.peer_certificate_der()?;
         let identity = weft_certs::identity_from_cert_der(der).ok()?;
-        let header = HeaderValue::from_str(&identity.to_string()).ok()?;
-        Some(Arc::new(PeerIdentity { identity, header }))
+        let uri = identity.to_string();
+        let header = HeaderValue::from_str(&uri).ok()?;
+        let metrics = self.metrics.route(RouteLabels {
+            direction: Direction::Inbound,
+            src_service: identity.service_account().to_owned(),
+            dst_service: self.own_service.clone(),
+            route: "inbound".to_owned(),
+            caller: uri,
+        });
+        Some(Arc::new(PeerIdentity {
+            identity,
+            header,
+            metrics,
+        }))
     }
 }

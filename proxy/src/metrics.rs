@@ -1,0 +1,340 @@
+//! Every metric the sidecar exports: names (composed from one prefix with explicit units),
+//! typed labels, bucket bounds, and the handles the hot path records into.
+//!
+//! Label values are resolved to counter and histogram handles off the hot path: per route when
+//! a snapshot is built, per caller once per connection. A request then only touches atomics,
+//! and its labels come from config names and mesh identities, never from the request itself, so
+//! the series count is bounded by the config, not by traffic.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
+};
+
+/// Metric names. Every name is `weft_` + what + unit suffix.
+pub mod names {
+    macro_rules! weft {
+        ($what:literal) => {
+            concat!("weft_", $what)
+        };
+    }
+    /// Requests received, by route (counter).
+    pub const REQUESTS: &str = weft!("requests_total");
+    /// Responses sent, by route, status class and code (counter).
+    pub const RESPONSES: &str = weft!("responses_total");
+    /// Time from request to the end of the response, seconds (histogram).
+    pub const REQUEST_DURATION: &str = weft!("request_duration_seconds");
+    /// Version of the config in force (gauge).
+    pub const CONFIG_VERSION: &str = weft!("config_version");
+    /// Config files refused (counter).
+    pub const CONFIG_REJECTED: &str = weft!("config_rejected_total");
+    /// When the workload certificate expires, Unix seconds (gauge).
+    pub const CERT_EXPIRY: &str = weft!("certificate_expiry_timestamp_seconds");
+    /// Inbound TLS handshakes, by result (counter).
+    pub const TLS_HANDSHAKES: &str = weft!("tls_handshakes_total");
+    /// TCP tunnels opened, by direction and destination (counter).
+    pub const TCP_OPENED: &str = weft!("tcp_connections_opened_total");
+    /// TCP tunnels closed (counter).
+    pub const TCP_CLOSED: &str = weft!("tcp_connections_closed_total");
+    /// Bytes carried by TCP tunnels, by flow (counter).
+    pub const TCP_BYTES: &str = weft!("tcp_bytes_total");
+}
+
+/// Request duration bucket bounds, seconds: 1 ms to 10 s, about 2.5x apart, dense where
+/// sidecar-to-sidecar latencies fall.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Which side of the sidecar handled a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the local app to a mesh service.
+    Outbound,
+    /// From another sidecar to the local app.
+    Inbound,
+}
+
+impl Direction {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// The labels of every per-request series.
+#[derive(Debug, Clone)]
+pub struct RouteLabels {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    /// Calling service.
+    pub src_service: String,
+    /// Called service.
+    pub dst_service: String,
+    /// Route name from config (`default` when the service has no routes, `inbound` inbound).
+    pub route: String,
+    /// SPIFFE identity of the caller.
+    pub caller: String,
+}
+
+const ROUTE_LABELS: &[&str] = &["direction", "src_service", "dst_service", "route", "caller"];
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
+/// Everything the sidecar exports, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    responses: IntCounterVec,
+    duration: HistogramVec,
+    /// Version of the config in force.
+    pub config_version: IntGauge,
+    /// Refused config files.
+    pub config_rejected: IntCounter,
+    /// Certificate expiry, Unix seconds.
+    pub cert_expiry: Gauge,
+    /// Inbound handshakes, `result` = ok | refused.
+    pub tls_handshakes: IntCounterVec,
+    /// TCP tunnels opened, by `direction`, `dst_service`.
+    pub tcp_opened: IntCounterVec,
+    /// TCP tunnels closed, by `direction`, `dst_service`.
+    pub tcp_closed: IntCounterVec,
+    /// TCP bytes, by `direction`, `dst_service`, `flow` = sent | received.
+    pub tcp_bytes: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn status_labels() -> Vec<&'static str> {
+    let mut v = ROUTE_LABELS.to_vec();
+    v.extend(["status_class", "status_code"]);
+    v
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(names::REQUESTS, "Requests received, by route."),
+            ROUTE_LABELS,
+        )?;
+        let responses = IntCounterVec::new(
+            Opts::new(
+                names::RESPONSES,
+                "Responses sent, by route, status class and code.",
+            ),
+            &status_labels(),
+        )?;
+        let mut dl = ROUTE_LABELS.to_vec();
+        dl.push("status_class");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::REQUEST_DURATION,
+                "Time from request to the end of the response.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &dl,
+        )?;
+        let config_version =
+            IntGauge::new(names::CONFIG_VERSION, "Version of the config in force.")?;
+        let config_rejected = IntCounter::new(names::CONFIG_REJECTED, "Config files refused.")?;
+        let cert_expiry = Gauge::new(
+            names::CERT_EXPIRY,
+            "When the workload certificate expires (Unix seconds).",
+        )?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(names::TLS_HANDSHAKES, "Inbound TLS handshakes, by result."),
+            &["result"],
+        )?;
+        let tcp = ["direction", "dst_service"];
+        let tcp_opened =
+            IntCounterVec::new(Opts::new(names::TCP_OPENED, "TCP tunnels opened."), &tcp)?;
+        let tcp_closed =
+            IntCounterVec::new(Opts::new(names::TCP_CLOSED, "TCP tunnels closed."), &tcp)?;
+        let tcp_bytes = IntCounterVec::new(
+            Opts::new(names::TCP_BYTES, "Bytes carried by TCP tunnels."),
+            &["direction", "dst_service", "flow"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(responses.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(config_version.clone()))?;
+        registry.register(Box::new(config_rejected.clone()))?;
+        registry.register(Box::new(cert_expiry.clone()))?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
+        registry.register(Box::new(tcp_opened.clone()))?;
+        registry.register(Box::new(tcp_closed.clone()))?;
+        registry.register(Box::new(tcp_bytes.clone()))?;
+        Ok(Arc::new(Metrics {
+            registry,
+            requests,
+            responses,
+            duration,
+            config_version,
+            config_rejected,
+            cert_expiry,
+            tls_handshakes,
+            tcp_opened,
+            tcp_closed,
+            tcp_bytes,
+        }))
+    }
+
+    /// Resolve the handles of one route's series (off the hot path).
+    pub fn route(self: &Arc<Self>, labels: RouteLabels) -> Arc<RouteMetrics> {
+        let v = label_values(&labels);
+        let requests = self.requests.with_label_values(&v);
+        let durations = std::array::from_fn(|i| {
+            let mut l = v.clone();
+            l.push(STATUS_CLASSES[i]);
+            self.duration.with_label_values(&l)
+        });
+        Arc::new(RouteMetrics {
+            metrics: self.clone(),
+            labels,
+            requests,
+            durations,
+            codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    /// The text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
+        {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+fn label_values(l: &RouteLabels) -> Vec<&str> {
+    vec![
+        l.direction.as_str(),
+        &l.src_service,
+        &l.dst_service,
+        &l.route,
+        &l.caller,
+    ]
+}
+
+/// Status codes 100..=599 each get a slot; anything else shares the last.
+const CODE_SLOTS: usize = 501;
+
+/// One route's series, resolved; recording touches only atomics (a status code's counter is
+/// looked up in the registry once, on its first use).
+pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    labels: RouteLabels,
+    requests: IntCounter,
+    durations: [Histogram; 6],
+    codes: Box<[OnceLock<IntCounter>]>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+impl RouteMetrics {
+    /// Count a request as received.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Record a finished response.
+    pub fn response(&self, status: u16, elapsed: Duration) {
+        let class = class_index(status);
+        self.durations[class].observe(elapsed.as_secs_f64());
+        let slot = match status {
+            100..=599 => usize::from(status - 100),
+            _ => CODE_SLOTS - 1,
+        };
+        self.codes[slot]
+            .get_or_init(|| {
+                let code = if slot == CODE_SLOTS - 1 {
+                    "other".to_owned()
+                } else {
+                    status.to_string()
+                };
+                let mut v = label_values(&self.labels);
+                v.push(STATUS_CLASSES[class]);
+                v.push(&code);
+                self.metrics.responses.with_label_values(&v)
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(route: &str) -> RouteLabels {
+        RouteLabels {
+            direction: Direction::Outbound,
+            src_service: "a".into(),
+            dst_service: "b".into(),
+            route: route.into(),
+            caller: "spiffe://t/ns/d/sa/a".into(),
+        }
+    }
+
+    #[test]
+    fn names_carry_prefix_and_units() {
+        assert_eq!(names::REQUEST_DURATION, "weft_request_duration_seconds");
+        assert!(names::REQUESTS.ends_with("_total"));
+        assert!(DURATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn records_exactly_and_resolving_twice_shares_series() {
+        let m = Metrics::new().expect("metrics");
+        let r = m.route(labels("api"));
+        let again = m.route(labels("api"));
+        for _ in 0..3 {
+            r.request();
+            r.response(200, Duration::from_millis(2));
+        }
+        again.request();
+        again.response(503, Duration::from_millis(20));
+        r.response(999, Duration::from_millis(1));
+        let text = m.render();
+        assert!(text.contains(r#"weft_requests_total{caller="spiffe://t/ns/d/sa/a",direction="outbound",dst_service="b",route="api",src_service="a"} 4"#), "{text}");
+        assert!(
+            text.contains(r#"status_class="2xx",status_code="200"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"status_class="5xx",status_code="503"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"status_class="other",status_code="other"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"weft_request_duration_seconds_count{caller="spiffe://t/ns/d/sa/a",direction="outbound",dst_service="b",route="api",src_service="a",status_class="2xx"} 3"#), "{text}");
+    }
+}
