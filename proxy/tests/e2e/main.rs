@@ -4,6 +4,7 @@
 mod harness;
 mod http_tests;
 mod lifecycle_tests;
+mod metrics_tests;
 mod protocol_tests;
 mod routing_tests;
 mod tls_tests;
