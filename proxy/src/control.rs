@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::admin;
 use crate::drain::Drain;
 use crate::state::Store;
 
@@ -130,8 +131,45 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, format!("{v:#}\n"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn log_level(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == hyper::Method::GET {
+        return text(StatusCode::OK, format!("{}\n", log::max_level()));
+    }
+    if req.method() != hyper::Method::POST && req.method() != hyper::Method::PUT {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET, or POST /log-level?level=debug\n".into(),
+        );
+    }
+    let level = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")));
+    match level.map(admin::parse_level) {
+        Some(Ok(l)) => {
+            log::set_max_level(l);
+            log::warn!("log level set to {l} through the admin API");
+            text(StatusCode::OK, format!("{l}\n"))
+        }
+        Some(Err(e)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        None => text(StatusCode::BAD_REQUEST, "missing ?level=\n".into()),
+    }
+}
+
 fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full<Bytes>> {
     match req.uri().path() {
+        "/config_dump" => json(admin::config_dump(&store.load())),
+        "/certs" => json(admin::certs(&store.load())),
+        "/log-level" => log_level(&req),
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/metrics" => {
             let mut r = text(StatusCode::OK, store.metrics.render());
@@ -156,7 +194,7 @@ fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready or /metrics\n".into(),
+            "not found; try /live, /ready, /metrics, /config_dump, /certs or /log-level\n".into(),
         ),
     }
 }

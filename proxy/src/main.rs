@@ -25,7 +25,16 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The logger passes everything; `log::set_max_level` is the one filter, so the admin
+    // API can change it at runtime. RUST_LOG gives the starting level (default info).
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<log::LevelFilter>().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Trace)
+        .init();
+    log::set_max_level(level);
     let args = Args::parse();
     let metrics = weft_proxy::metrics::Metrics::new().context("metrics registry")?;
     let store = match weft_proxy::state::Store::open(&args.config, metrics) {

@@ -1,0 +1,88 @@
+//! Admin API on loopback: config dump without key material, certificate, runtime log level.
+
+use crate::harness::*;
+use crate::pair;
+
+async fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("req");
+    let r = client().request(req).await.expect("admin");
+    let status = r.status().as_u16();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_shows_config_certs_and_changes_log_level() {
+    let pki = Pki::new(60);
+    let routes =
+        "routes:\n  - {name: api, service: orders, match: {path: {prefix: /api}}, timeout: 2s}\n";
+    let (fe, _orders) = pair(&pki, routes).await;
+    assert!(fe.admin.ip().is_loopback());
+
+    let (status, dump) = admin(fe.admin, "GET", "/config_dump").await;
+    assert_eq!(status, 200);
+    let j: serde_json::Value = serde_json::from_str(&dump).expect("json");
+    assert_eq!(j["version"], 1);
+    assert_eq!(j["service"]["identity"], spiffe("frontend"));
+    assert_eq!(j["services"][0]["name"], "orders");
+    assert_eq!(
+        j["services"][0]["server_name"],
+        "orders.default.serviceaccount.identity.weft.local"
+    );
+    assert_eq!(j["services"][0]["routes"][0]["name"], "api");
+    assert_eq!(j["services"][0]["routes"][0]["timeout_ms"], 2000);
+    let key = std::fs::read_to_string(pki.path().join("frontend.key")).expect("key");
+    let key_body = key.lines().nth(1).expect("key line");
+    assert!(
+        !dump.contains("PRIVATE KEY") && !dump.contains(key_body),
+        "key material leaked"
+    );
+
+    let (status, certs) = admin(fe.admin, "GET", "/certs").await;
+    assert_eq!(status, 200);
+    let c: serde_json::Value = serde_json::from_str(&certs).expect("json");
+    assert_eq!(c["identity"], spiffe("frontend"));
+    let left = c["expires_in_seconds"].as_u64().expect("seconds");
+    assert!(left > 3500 && left <= 3600, "{left}");
+
+    assert_eq!(
+        admin(fe.admin, "GET", "/log-level").await,
+        (200, "INFO\n".into())
+    );
+    assert_eq!(
+        admin(fe.admin, "POST", "/log-level?level=debug").await,
+        (200, "DEBUG\n".into())
+    );
+    assert_eq!(
+        admin(fe.admin, "GET", "/log-level").await,
+        (200, "DEBUG\n".into())
+    );
+    // Debug lines now appear for traffic.
+    let _ = get(&client(), fe.outbound, "orders", "/api/x").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !fe.log_text().contains("DEBUG") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no debug output:\n{}",
+            fe.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        admin(fe.admin, "POST", "/log-level?level=loud").await.0,
+        400
+    );
+    assert_eq!(admin(fe.admin, "DELETE", "/log-level").await.0, 405);
+    assert_eq!(
+        admin(fe.admin, "POST", "/log-level?level=info").await,
+        (200, "INFO\n".into())
+    );
+    assert_eq!(admin(fe.admin, "GET", "/nope").await.0, 404);
+}
