@@ -16,15 +16,18 @@ pub const ERROR_HEADER: &str = "x-weft-error";
 pub struct Failure {
     /// HTTP status.
     pub status: u16,
+    /// The access log's response flag: `no_route`, `no_endpoint`, `timeout`, ...
+    pub flag: &'static str,
     /// Why, in words (also the body).
     pub reason: Cow<'static, str>,
 }
 
 impl Failure {
-    /// A failure with a status and reason.
-    pub fn new(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+    /// A failure with a status, an access-log flag and a reason.
+    pub fn new(status: u16, flag: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
+            flag,
             reason: reason.into(),
         }
     }
@@ -47,6 +50,7 @@ impl Failure {
                 ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
                 _ => Some(Self::new(
                     400,
+                    "bad_request",
                     format!("bad request: {}", e.etype().as_str()),
                 )),
             };
@@ -54,33 +58,46 @@ impl Failure {
         Some(match e.etype() {
             HTTPStatus(code) => Self::new(
                 *code,
+                "upstream_status",
                 e.context
                     .as_ref()
                     .map(|c| c.as_str().to_owned())
                     .unwrap_or_default(),
             ),
-            ConnectTimedout => Self::new(503, format!("connect to {endpoint} timed out")),
-            ConnectRefused => Self::new(503, format!("connection refused by {endpoint}")),
+            ConnectTimedout => Self::new(
+                503,
+                "connect_failure",
+                format!("connect to {endpoint} timed out"),
+            ),
+            ConnectRefused => Self::new(
+                503,
+                "connect_failure",
+                format!("connection refused by {endpoint}"),
+            ),
             ConnectNoRoute | ConnectError | BindError | SocketError => Self::new(
                 503,
+                "connect_failure",
                 format!("cannot connect to {endpoint}: {}", e.etype().as_str()),
             ),
             TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => Self::new(
                 502,
+                "tls_failure",
                 format!("TLS handshake with {endpoint} failed (identity not proven)"),
             ),
             ReadTimedout | WriteTimedout => match timeout {
                 Some(t) => Self::new(
                     504,
+                    "timeout",
                     format!(
                         "no response from {endpoint} within the route timeout {}",
                         humantime::format_duration(t)
                     ),
                 ),
-                None => Self::new(504, format!("{endpoint} timed out")),
+                None => Self::new(504, "timeout", format!("{endpoint} timed out")),
             },
             other => Self::new(
                 502,
+                "upstream_reset",
                 format!("upstream {endpoint} failed: {}", other.as_str()),
             ),
         })

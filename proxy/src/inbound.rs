@@ -11,6 +11,7 @@ use pingora_core::{Error, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access_log::{self, AccessLog, Record};
 use crate::config::Protocol;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
@@ -27,12 +28,17 @@ pub const CALLER_HEADER: &str = "x-weft-caller";
 pub struct InboundHttp {
     store: Arc<Store>,
     drain: Arc<Drain>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl InboundHttp {
     /// Inbound proxy reading config from `store`.
-    pub fn new(store: Arc<Store>, drain: Arc<Drain>) -> Self {
-        Self { store, drain }
+    pub fn new(store: Arc<Store>, drain: Arc<Drain>, access_log: Option<Arc<AccessLog>>) -> Self {
+        Self {
+            store,
+            drain,
+            access_log,
+        }
     }
 }
 
@@ -43,6 +49,7 @@ pub struct InCtx {
     caller: Option<HeaderValue>,
     metrics: Option<Arc<RouteMetrics>>,
     start: Option<std::time::Instant>,
+    flag: Option<&'static str>,
     _working: Option<Working>,
 }
 
@@ -67,7 +74,7 @@ impl ProxyHttp for InboundHttp {
             ctx.caller = Some(p.header.clone());
         }
         if ctx.caller.is_none() {
-            Failure::new(403, "caller has no mesh identity")
+            Failure::new(403, "denied", "caller has no mesh identity")
                 .respond(session, false)
                 .await;
             return Ok(true);
@@ -111,10 +118,60 @@ impl ProxyHttp for InboundHttp {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InCtx) {
-        if let (Some(m), Some(start)) = (&ctx.metrics, ctx.start) {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            m.response(status, start.elapsed());
+        let Some(start) = ctx.start else { return };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = start.elapsed();
+        if let Some(m) = &ctx.metrics {
+            m.response(status, elapsed);
         }
+        let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
+            return;
+        };
+        let req = session.req_header();
+        log.record(Record {
+            time: std::time::SystemTime::now().checked_sub(elapsed),
+            trace_id: req
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(access_log::trace_id),
+            direction: "inbound",
+            src_identity: ctx
+                .caller
+                .as_ref()
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            dst_identity: snap.own.identity.to_string(),
+            route: "inbound".to_owned(),
+            method: req.method.to_string(),
+            authority: req
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default(),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or_else(String::new, |p| p.to_string()),
+            status,
+            duration: elapsed,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            endpoint: Some(snap.own.app.to_string()),
+            retries: 0,
+            flags: ctx
+                .flag
+                .or((status == 0).then_some("downstream_closed"))
+                .into_iter()
+                .collect(),
+        });
     }
 
     async fn fail_to_proxy(
@@ -128,6 +185,8 @@ impl ProxyHttp for InboundHttp {
             .as_ref()
             .map(|s| format!("app {} at {}", s.own.name, s.own.app))
             .unwrap_or_default();
-        errors::answer(session, Failure::from_pingora(e, None, &app)).await
+        let failure = Failure::from_pingora(e, None, &app);
+        ctx.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
+        errors::answer(session, failure).await
     }
 }

@@ -6,6 +6,7 @@
 //! Config is a [`state::Snapshot`] swapped atomically on reload.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod config;

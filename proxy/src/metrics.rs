@@ -41,6 +41,10 @@ pub mod names {
     pub const TCP_CLOSED: &str = weft!("tcp_connections_closed_total");
     /// Bytes carried by TCP tunnels, by flow (counter).
     pub const TCP_BYTES: &str = weft!("tcp_bytes_total");
+    /// Access log lines written (counter).
+    pub const ACCESS_LOG_LINES: &str = weft!("access_log_lines_total");
+    /// Access log records dropped because the writer fell behind (counter).
+    pub const ACCESS_LOG_DROPPED: &str = weft!("access_log_dropped_total");
 }
 
 /// Request duration bucket bounds, seconds: 1 ms to 10 s, about 2.5x apart, dense where
@@ -113,6 +117,10 @@ pub struct Metrics {
     pub tcp_closed: IntCounterVec,
     /// TCP bytes, by `direction`, `dst_service`, `flow` = sent | received.
     pub tcp_bytes: IntCounterVec,
+    /// Access log lines written.
+    pub access_log_lines: IntCounter,
+    /// Access log records dropped.
+    pub access_log_dropped: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,6 +190,14 @@ impl Metrics {
         registry.register(Box::new(tcp_opened.clone()))?;
         registry.register(Box::new(tcp_closed.clone()))?;
         registry.register(Box::new(tcp_bytes.clone()))?;
+        let access_log_lines =
+            IntCounter::new(names::ACCESS_LOG_LINES, "Access log lines written.")?;
+        let access_log_dropped = IntCounter::new(
+            names::ACCESS_LOG_DROPPED,
+            "Access log records dropped because the writer fell behind.",
+        )?;
+        registry.register(Box::new(access_log_lines.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         Ok(Arc::new(Metrics {
             registry,
             requests,
@@ -194,6 +210,8 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             tcp_bytes,
+            access_log_lines,
+            access_log_dropped,
         }))
     }
 

@@ -3,7 +3,7 @@
 //! an endpoint's sidecar, which must prove the destination's identity.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use pingora_core::protocols::ALPN;
@@ -12,6 +12,7 @@ use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access_log::{self, AccessLog, Record};
 use crate::balancer::InFlight;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
@@ -29,12 +30,17 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct Outbound {
     store: Arc<Store>,
     drain: Arc<Drain>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Outbound {
     /// Outbound proxy reading config from `store`.
-    pub fn new(store: Arc<Store>, drain: Arc<Drain>) -> Self {
-        Self { store, drain }
+    pub fn new(store: Arc<Store>, drain: Arc<Drain>, access_log: Option<Arc<AccessLog>>) -> Self {
+        Self {
+            store,
+            drain,
+            access_log,
+        }
     }
 }
 
@@ -50,6 +56,8 @@ pub struct OutCtx {
     failure: Option<Failure>,
     metrics: Option<Arc<RouteMetrics>>,
     start: Option<Instant>,
+    matched: bool,
+    flag: Option<&'static str>,
     _working: Option<Working>,
 }
 
@@ -62,22 +70,25 @@ fn host(req: &RequestHeader) -> Option<&str> {
 
 impl OutCtx {
     fn endpoint_name(&self) -> String {
-        match (&self.snap, self.endpoint) {
-            (Some(s), Some(e)) => {
-                let d = &s.destinations[self.dest];
-                format!("{} endpoint {}", d.name, d.endpoints[e])
-            }
-            (Some(s), None) => s
-                .destinations
-                .get(self.dest)
-                .map_or_else(String::new, |d| d.name.clone()),
-            _ => String::new(),
+        let Some(d) = self
+            .snap
+            .as_ref()
+            .and_then(|s| s.destinations.get(self.dest))
+        else {
+            return String::new();
+        };
+        match self.endpoint.and_then(|e| d.endpoints.get(e)) {
+            Some(addr) => format!("{} endpoint {addr}", d.name),
+            None => d.name.clone(),
         }
     }
 
     fn timeout(&self) -> Option<Duration> {
-        let s = self.snap.as_ref()?;
-        s.destinations[self.dest].routes[self.route].route.timeout
+        if !self.matched {
+            return None;
+        }
+        let d = self.snap.as_ref()?.destinations.get(self.dest)?;
+        d.routes.get(self.route)?.route.timeout
     }
 }
 
@@ -104,8 +115,11 @@ impl ProxyHttp for Outbound {
         let Some(dest) = dest else {
             snap.unknown_host.request();
             ctx.metrics = Some(snap.unknown_host.clone());
+            ctx.flag = Some("no_route");
+            ctx.snap = Some(snap.clone());
+            ctx.dest = usize::MAX;
             let h = host(session.req_header()).unwrap_or("(none)").to_owned();
-            Failure::new(404, format!("no route: unknown host {h:?}"))
+            Failure::new(404, "no_route", format!("no route: unknown host {h:?}"))
                 .respond(session, false)
                 .await;
             return Ok(true);
@@ -115,8 +129,11 @@ impl ProxyHttp for Outbound {
         let Some(route) = d.route(&req.method, req.uri.path(), req) else {
             d.unmatched.request();
             ctx.metrics = Some(d.unmatched.clone());
+            ctx.flag = Some("no_route");
+            ctx.dest = dest;
             let f = Failure::new(
                 404,
+                "no_route",
                 format!(
                     "no route: no route of {} matches {} {}",
                     d.name,
@@ -133,6 +150,7 @@ impl ProxyHttp for Outbound {
         ctx.deadline = d.routes[route].route.timeout.map(|t| Instant::now() + t);
         ctx.dest = dest;
         ctx.route = route;
+        ctx.matched = true;
         ctx.snap = Some(snap);
         Ok(false)
     }
@@ -152,6 +170,7 @@ impl ProxyHttp for Outbound {
         let Some(ep) = d.pick(ctx.route) else {
             let f = Failure::new(
                 503,
+                "no_endpoint",
                 format!(
                     "no endpoint: {} route {:?} has no endpoint",
                     d.name, d.routes[ctx.route].route.name
@@ -171,7 +190,11 @@ impl ProxyHttp for Outbound {
         if let Some(deadline) = ctx.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let f = Failure::new(504, "route timeout passed before an endpoint was tried");
+                let f = Failure::new(
+                    504,
+                    "timeout",
+                    "route timeout passed before an endpoint was tried",
+                );
                 let e = f.to_error();
                 ctx.failure = Some(f);
                 return Err(e);
@@ -261,10 +284,51 @@ impl ProxyHttp for Outbound {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutCtx) {
-        if let (Some(m), Some(start)) = (&ctx.metrics, ctx.start) {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            m.response(status, start.elapsed());
+        let Some(start) = ctx.start else { return };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = start.elapsed();
+        if let Some(m) = &ctx.metrics {
+            m.response(status, elapsed);
         }
+        let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
+            return;
+        };
+        let dest = snap.destinations.get(ctx.dest);
+        let req = session.req_header();
+        log.record(Record {
+            time: SystemTime::now().checked_sub(elapsed),
+            trace_id: req
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(access_log::trace_id),
+            direction: "outbound",
+            src_identity: snap.own.identity.to_string(),
+            dst_identity: dest.map(|d| d.identity.clone()).unwrap_or_default(),
+            route: match (dest, ctx.matched) {
+                (Some(d), true) => d.routes[ctx.route].route.name.clone(),
+                _ => "unmatched".to_owned(),
+            },
+            method: req.method.to_string(),
+            authority: host(req).unwrap_or_default().to_owned(),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or_else(String::new, |p| p.to_string()),
+            status,
+            duration: elapsed,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            endpoint: dest
+                .zip(ctx.endpoint)
+                .map(|(d, e)| d.endpoints[e].to_string()),
+            retries: 0,
+            flags: ctx
+                .flag
+                .or((status == 0).then_some("downstream_closed"))
+                .into_iter()
+                .collect(),
+        });
     }
 
     async fn fail_to_proxy(
@@ -277,6 +341,7 @@ impl ProxyHttp for Outbound {
             .failure
             .take()
             .or_else(|| Failure::from_pingora(e, ctx.timeout(), &ctx.endpoint_name()));
+        ctx.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
         errors::answer(session, failure).await
     }
 }

@@ -18,6 +18,9 @@ use pingora_proxy::HttpProxy;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
+use anyhow::Context;
+
+use crate::access_log::AccessLog;
 use crate::config::Protocol;
 use crate::drain::{Drain, DrainSignals};
 use crate::inbound::InboundHttp;
@@ -199,12 +202,29 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf());
     server.bootstrap();
 
-    let mut outbound = HttpProxy::new(Outbound::new(store.clone(), drain.clone()), conf.clone());
+    let access_log = match &snap.access_log {
+        Some(path) => Some(Arc::new(
+            AccessLog::start(
+                path,
+                store.metrics.access_log_dropped.clone(),
+                store.metrics.access_log_lines.clone(),
+            )
+            .with_context(|| format!("access log {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut outbound = HttpProxy::new(
+        Outbound::new(store.clone(), drain.clone(), access_log.clone()),
+        conf.clone(),
+    );
     outbound.handle_init_modules();
     let mut opts = pingora_core::apps::HttpServerOptions::default();
     opts.h2c = true;
     outbound.server_options = Some(opts);
-    let mut inbound = HttpProxy::new(InboundHttp::new(store.clone(), drain.clone()), conf.clone());
+    let mut inbound = HttpProxy::new(
+        InboundHttp::new(store.clone(), drain.clone(), access_log),
+        conf.clone(),
+    );
     inbound.handle_init_modules();
 
     let traffic = Traffic {

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Access log target (fixed for the process's life).
+    pub access_log: Option<PathBuf>,
     /// Certificates, keys, roots.
     pub tls: TlsMaterial,
     /// Where the certificate material was read from (watched for rotation).
@@ -53,6 +55,8 @@ pub struct Snapshot {
 pub struct Destination {
     /// Service name.
     pub name: String,
+    /// SPIFFE identity its sidecars prove.
+    pub identity: String,
     /// What it speaks.
     pub protocol: Protocol,
     /// TLS server name its sidecars must prove (the DNS form of its identity).
@@ -186,6 +190,7 @@ impl Snapshot {
                 name: svc.name,
                 protocol: svc.protocol,
                 sni: svc.identity.dns_name(),
+                identity: svc.identity.to_string(),
                 lb: svc.lb,
                 all: (0..endpoints.len()).collect(),
                 endpoints,
@@ -201,6 +206,7 @@ impl Snapshot {
             workers: config.workers,
             drain_timeout: config.drain_timeout,
             connect_timeout: config.connect_timeout,
+            access_log: config.access_log,
             tls,
             tls_paths: config.tls,
             destinations,
@@ -361,6 +367,12 @@ fn load_snapshot(
             errors.push(fixed(
                 "listen",
                 "listeners cannot change without a restart".into(),
+            ));
+        }
+        if config.access_log != p.access_log {
+            errors.push(fixed(
+                "access_log",
+                "cannot change without a restart".into(),
             ));
         }
         if config.workers != p.workers {

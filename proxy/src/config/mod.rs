@@ -249,6 +249,13 @@ impl Validator<'_> {
             workers,
             drain_timeout,
             connect_timeout,
+            access_log: raw.access_log.map(|p| {
+                if p == "-" {
+                    PathBuf::from("-")
+                } else {
+                    self.base.join(p)
+                }
+            }),
             services,
         })
     }

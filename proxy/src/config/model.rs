@@ -38,6 +38,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Connect timeout to peers and the app.
     pub connect_timeout: Duration,
+    /// Access log file (`-` is stdout); `None` is off.
+    pub access_log: Option<PathBuf>,
     /// Mesh services this sidecar may call, each with its routes.
     pub services: Vec<Service>,
 }

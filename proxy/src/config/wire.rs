@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub drain_timeout: Option<String>,
     /// Connect timeout towards peers and the app (default 1s).
     pub connect_timeout: Option<String>,
+    /// Access log file, `-` for stdout (default: off).
+    pub access_log: Option<String>,
     /// Mesh services this sidecar may call.
     #[serde(default)]
     pub services: Vec<Service>,

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `weft-proxy` processes, real TLS, real apps, all on loopback.
 //! One test binary so the whole suite shares one build.
 
+mod access_log_tests;
 mod admin_tests;
 mod harness;
 mod http_tests;

@@ -1,0 +1,251 @@
+//! Access log: one JSON line per request, written by its own thread. The request path only
+//! hands a small record to a bounded queue; when the writer falls behind, records are dropped
+//! and counted, and traffic never waits.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime};
+
+use prometheus::IntCounter;
+use serde_json::json;
+
+/// Records queued for the writer before new ones are dropped.
+pub const QUEUE: usize = 4096;
+/// Longest a written line waits in the buffer before it is flushed.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// One request, as the access log tells it.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// When the request arrived.
+    pub time: Option<SystemTime>,
+    /// W3C trace id from `traceparent`, if the request carried one.
+    pub trace_id: Option<String>,
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// SPIFFE identity of the caller.
+    pub src_identity: String,
+    /// SPIFFE identity of the callee (outbound: the destination's expected identity).
+    pub dst_identity: String,
+    /// Route name (`unmatched` when none).
+    pub route: String,
+    /// HTTP method.
+    pub method: String,
+    /// Host / :authority.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// Status sent (0: none).
+    pub status: u16,
+    /// Time to the end of the response.
+    pub duration: Duration,
+    /// Request body bytes read.
+    pub bytes_in: usize,
+    /// Response body bytes sent.
+    pub bytes_out: usize,
+    /// Endpoint the request went to.
+    pub endpoint: Option<String>,
+    /// Retries made (none yet: retries come with the resilience policies).
+    pub retries: u32,
+    /// Why the sidecar answered itself: `no_route`, `no_endpoint`, `timeout`, `connect_failure`,
+    /// `tls_failure`, `upstream_reset`, `bad_request`, `downstream_closed`.
+    pub flags: Vec<&'static str>,
+}
+
+impl Record {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "time": self.time.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            "trace_id": self.trace_id,
+            "direction": self.direction,
+            "src_identity": self.src_identity,
+            "dst_identity": self.dst_identity,
+            "route": self.route,
+            "method": self.method,
+            "authority": self.authority,
+            "path": self.path,
+            "status": self.status,
+            "duration_ms": self.duration.as_secs_f64() * 1000.0,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "endpoint": self.endpoint,
+            "retries": self.retries,
+            "flags": self.flags,
+        })
+    }
+}
+
+/// The sending half; cheap to call from the request path.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: SyncSender<Record>,
+    dropped: IntCounter,
+    /// Where lines go (for `/config_dump`).
+    pub target: PathBuf,
+}
+
+impl AccessLog {
+    /// Start the writer thread appending to `path` (`-` for stdout).
+    pub fn start(path: &Path, dropped: IntCounter, written: IntCounter) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        Ok(Self::with_writer(
+            out,
+            QUEUE,
+            dropped,
+            written,
+            path.to_owned(),
+        ))
+    }
+
+    /// Start a writer thread over any sink, with a given queue length.
+    pub fn with_writer(
+        out: Box<dyn Write + Send>,
+        queue: usize,
+        dropped: IntCounter,
+        written: IntCounter,
+        target: PathBuf,
+    ) -> Self {
+        let (tx, rx) = sync_channel(queue);
+        std::thread::Builder::new()
+            .name("weft-access-log".into())
+            .spawn(move || write_loop(rx, out, written))
+            .map_err(|e| log::error!("access log thread: {e}"))
+            .ok();
+        AccessLog {
+            tx,
+            dropped,
+            target,
+        }
+    }
+
+    /// Queue a record; never blocks.
+    pub fn record(&self, r: Record) {
+        match self.tx.try_send(r) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Record>, out: Box<dyn Write + Send>, written: IntCounter) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(r) => {
+                if serde_json::to_writer(&mut out, &r.to_json()).is_ok()
+                    && out.write_all(b"\n").is_ok()
+                {
+                    written.inc();
+                }
+                // Drain what is queued before flushing, so a burst costs one write.
+                while let Ok(r) = rx.try_recv() {
+                    if serde_json::to_writer(&mut out, &r.to_json()).is_ok()
+                        && out.write_all(b"\n").is_ok()
+                    {
+                        written.inc();
+                    }
+                }
+                let _ = out.flush();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
+
+/// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier, Mutex};
+
+    use super::*;
+
+    /// A sink that blocks its first write until released, then collects.
+    struct Gate(Arc<Barrier>, Arc<Mutex<Vec<u8>>>, bool);
+    impl Write for Gate {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if !self.2 {
+                self.0.wait();
+                self.2 = true;
+            }
+            self.1
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_drops_and_counts_but_never_blocks() {
+        let gate = Arc::new(Barrier::new(2));
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let written = IntCounter::new("w", "w").expect("counter");
+        let log = AccessLog::with_writer(
+            Box::new(Gate(gate.clone(), sink.clone(), false)),
+            2,
+            dropped.clone(),
+            written.clone(),
+            "-".into(),
+        );
+        let start = std::time::Instant::now();
+        for i in 0..100u16 {
+            log.record(Record {
+                status: 200 + i,
+                ..Record::default()
+            });
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "record() waited"
+        );
+        // At most the queue (2) plus the one record the writer holds got through.
+        assert!(dropped.get() >= 97, "dropped {}", dropped.get());
+        gate.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while written.get() + dropped.get() < 100 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(written.get() + dropped.get(), 100);
+        let text = String::from_utf8(sink.lock().expect("lock").clone()).expect("utf8");
+        assert_eq!(text.lines().count() as u64, written.get());
+        assert!(text
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id(""), None);
+    }
+}
