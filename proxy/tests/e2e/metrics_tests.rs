@@ -15,6 +15,28 @@ fn sample(text: &str, name: &str, fragments: &[&str]) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Sum of every `weft_responses_total` sample whose line contains `fragment`.
+fn responses(text: &str, fragment: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("weft_responses_total{") && l.contains(fragment))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scrape until `n` responses matching `fragment` are recorded (responses are recorded in the
+/// logging phase, just after the client has its answer), for at most 10 s.
+async fn scrape_settled(admin: std::net::SocketAddr, fragment: &str, n: f64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, text) = admin_get(admin, "/metrics").await.expect("scrape");
+        assert_eq!(status, 200);
+        if responses(&text, fragment) >= n || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 fn series(text: &str) -> usize {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -41,9 +63,9 @@ async fn metrics_count_exactly_and_series_stay_bounded() {
     }
     assert_eq!(get(&c, fe.outbound, "elsewhere", "/").await.status, 404);
 
-    let (status, text) = admin_get(fe.admin, "/metrics").await.expect("scrape");
-    assert_eq!(status, 200);
     let out = r#"direction="outbound""#;
+    let text = scrape_settled(fe.admin, out, 13.0).await;
+    assert_eq!(responses(&text, out), 13.0, "{text}");
     assert_eq!(
         sample(&text, "weft_requests_total", &[out, r#"route="api""#]),
         7.0,
@@ -112,7 +134,7 @@ async fn metrics_count_exactly_and_series_stay_bounded() {
     );
 
     // The orders sidecar counted the same requests inbound, labelled with the proven caller.
-    let (_, inbound) = admin_get(orders.admin, "/metrics").await.expect("scrape");
+    let inbound = scrape_settled(orders.admin, r#"direction="inbound""#, 10.0).await;
     let caller = format!(r#"caller="{}""#, spiffe("frontend"));
     assert_eq!(
         sample(
@@ -140,7 +162,18 @@ async fn metrics_count_exactly_and_series_stay_bounded() {
         assert_eq!(get(&c, fe.outbound, "orders", &path).await.status, 200);
         let _ = get(&c, fe.outbound, "orders", &format!("/random-{i}")).await;
     }
-    let (_, after) = admin_get(fe.admin, "/metrics").await.expect("scrape");
+    let after = scrape_settled(fe.admin, out, 613.0).await;
+    assert_eq!(responses(&after, out), 613.0);
+    let old: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ').map(|x| x.0))
+        .collect();
+    let new: Vec<&str> = after
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ').map(|x| x.0))
+        .filter(|k| !old.contains(k))
+        .collect();
+    assert!(new.is_empty(), "new series: {new:#?}");
     assert_eq!(
         series(&after),
         before,
