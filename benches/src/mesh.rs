@@ -291,7 +291,12 @@ pub struct Mesh {
 impl Mesh {
     /// Writes certificates and configs into `dir`, starts the app and both
     /// sidecars pinned to CPU `core`, and waits until all are ready.
-    pub async fn start(dir: &Path, bins: &Binaries, core: usize) -> anyhow::Result<Self> {
+    pub async fn start(
+        dir: &Path,
+        bins: &Binaries,
+        core: usize,
+        access_log: bool,
+    ) -> anyhow::Result<Self> {
         write_certs(dir).context("generating certificates")?;
         let p = free_ports(8)?;
         let app_port = p[0];
@@ -308,10 +313,20 @@ impl Mesh {
         let unused_app_port = p[7];
         let b_cfg = dir.join("sidecar-b.yaml");
         let a_cfg = dir.join("sidecar-a.yaml");
-        std::fs::write(&b_cfg, app_sidecar_yaml(app_port, b_ports))?;
+        let log = |name: &str| {
+            if access_log {
+                format!("access_log: {name}\n")
+            } else {
+                String::new()
+            }
+        };
+        std::fs::write(
+            &b_cfg,
+            app_sidecar_yaml(app_port, b_ports) + &log("access-b.log"),
+        )?;
         std::fs::write(
             &a_cfg,
-            client_sidecar_yaml(unused_app_port, a_ports, b_ports.inbound),
+            client_sidecar_yaml(unused_app_port, a_ports, b_ports.inbound) + &log("access-a.log"),
         )?;
         for cfg in [&b_cfg, &a_cfg] {
             let out = Command::new(&bins.proxy)

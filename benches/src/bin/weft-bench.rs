@@ -69,6 +69,10 @@ struct Args {
     /// Keep the temporary directory (certs, configs, stderr logs) even on success.
     #[arg(long)]
     keep_temp: bool,
+    /// Turn on both sidecars' JSON access logs (written to files in the temp dir), to
+    /// measure their cost against a run without.
+    #[arg(long)]
+    access_log: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -231,7 +235,7 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
         args.server_core,
         dir.display()
     );
-    let mut mesh = Mesh::start(dir, bins, args.server_core).await?;
+    let mut mesh = Mesh::start(dir, bins, args.server_core, args.access_log).await?;
     let watch = [
         mesh.app.pid(),
         mesh.client_sidecar.pid(),

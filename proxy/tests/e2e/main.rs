@@ -7,6 +7,7 @@ mod harness;
 mod http_tests;
 mod lifecycle_tests;
 mod metrics_tests;
+mod prometheus_tests;
 mod protocol_tests;
 mod routing_tests;
 mod tls_tests;
