@@ -5,10 +5,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounter;
-use serde_json::json;
 
 /// Records queued for the writer before new ones are dropped.
 pub const QUEUE: usize = 4096;
@@ -25,17 +25,17 @@ pub struct Record {
     /// `outbound` or `inbound`.
     pub direction: &'static str,
     /// SPIFFE identity of the caller.
-    pub src_identity: String,
+    pub src_identity: Arc<str>,
     /// SPIFFE identity of the callee (outbound: the destination's expected identity).
-    pub dst_identity: String,
+    pub dst_identity: Arc<str>,
     /// Route name (`unmatched` when none).
-    pub route: String,
+    pub route: Arc<str>,
     /// HTTP method.
-    pub method: String,
+    pub method: http::Method,
     /// Host / :authority.
-    pub authority: String,
-    /// Path and query.
-    pub path: String,
+    pub authority: Option<http::HeaderValue>,
+    /// The request URI (its path and query are logged).
+    pub uri: http::Uri,
     /// Status sent (0: none).
     pub status: u16,
     /// Time to the end of the response.
@@ -45,7 +45,7 @@ pub struct Record {
     /// Response body bytes sent.
     pub bytes_out: usize,
     /// Endpoint the request went to.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<std::net::SocketAddr>,
     /// Retries made (none yet: retries come with the resilience policies).
     pub retries: u32,
     /// Why the sidecar answered itself: `no_route`, `no_endpoint`, `timeout`, `connect_failure`,
@@ -53,26 +53,67 @@ pub struct Record {
     pub flags: Vec<&'static str>,
 }
 
+/// A record as written: borrowed fields, serialized straight into the output buffer with no
+/// intermediate JSON tree.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    #[serde(serialize_with = "rfc3339")]
+    time: Option<SystemTime>,
+    trace_id: Option<&'a str>,
+    direction: &'a str,
+    src_identity: &'a str,
+    dst_identity: &'a str,
+    route: &'a str,
+    method: &'a str,
+    authority: Option<&'a str>,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    bytes_in: usize,
+    bytes_out: usize,
+    #[serde(serialize_with = "display")]
+    endpoint: Option<std::net::SocketAddr>,
+    retries: u32,
+    flags: &'a [&'static str],
+}
+
+fn display<S: serde::Serializer>(
+    v: &Option<std::net::SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 impl Record {
-    fn to_json(&self) -> serde_json::Value {
-        json!({
-            "time": self.time.map(|t| humantime::format_rfc3339_millis(t).to_string()),
-            "trace_id": self.trace_id,
-            "direction": self.direction,
-            "src_identity": self.src_identity,
-            "dst_identity": self.dst_identity,
-            "route": self.route,
-            "method": self.method,
-            "authority": self.authority,
-            "path": self.path,
-            "status": self.status,
-            "duration_ms": self.duration.as_secs_f64() * 1000.0,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "endpoint": self.endpoint,
-            "retries": self.retries,
-            "flags": self.flags,
-        })
+    fn line(&self) -> Line<'_> {
+        Line {
+            time: self.time,
+            trace_id: self.trace_id.as_deref(),
+            direction: self.direction,
+            src_identity: &self.src_identity,
+            dst_identity: &self.dst_identity,
+            route: &self.route,
+            method: self.method.as_str(),
+            authority: self.authority.as_ref().and_then(|a| a.to_str().ok()),
+            path: self.uri.path_and_query().map_or("", |p| p.as_str()),
+            status: self.status,
+            duration_ms: self.duration.as_secs_f64() * 1000.0,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            endpoint: self.endpoint,
+            retries: self.retries,
+            flags: &self.flags,
+        }
     }
 }
 
@@ -142,14 +183,14 @@ fn write_loop(rx: Receiver<Record>, out: Box<dyn Write + Send>, written: IntCoun
     loop {
         match rx.recv_timeout(FLUSH_EVERY) {
             Ok(r) => {
-                if serde_json::to_writer(&mut out, &r.to_json()).is_ok()
+                if serde_json::to_writer(&mut out, &r.line()).is_ok()
                     && out.write_all(b"\n").is_ok()
                 {
                     written.inc();
                 }
                 // Drain what is queued before flushing, so a burst costs one write.
                 while let Ok(r) = rx.try_recv() {
-                    if serde_json::to_writer(&mut out, &r.to_json()).is_ok()
+                    if serde_json::to_writer(&mut out, &r.line()).is_ok()
                         && out.write_all(b"\n").is_ok()
                     {
                         written.inc();

@@ -47,6 +47,7 @@ impl InboundHttp {
 pub struct InCtx {
     snap: Option<Arc<Snapshot>>,
     caller: Option<HeaderValue>,
+    caller_id: Option<Arc<str>>,
     metrics: Option<Arc<RouteMetrics>>,
     start: Option<std::time::Instant>,
     flag: Option<&'static str>,
@@ -72,6 +73,7 @@ impl ProxyHttp for InboundHttp {
             p.metrics.request();
             ctx.metrics = Some(p.metrics.clone());
             ctx.caller = Some(p.header.clone());
+            ctx.caller_id = Some(p.uri.clone());
         }
         if ctx.caller.is_none() {
             Failure::new(403, "denied", "caller has no mesh identity")
@@ -136,35 +138,21 @@ impl ProxyHttp for InboundHttp {
                 .and_then(|v| v.to_str().ok())
                 .and_then(access_log::trace_id),
             direction: "inbound",
-            src_identity: ctx
-                .caller
-                .as_ref()
-                .and_then(|c| c.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-            dst_identity: snap.own.identity.to_string(),
-            route: "inbound".to_owned(),
-            method: req.method.to_string(),
-            authority: req
-                .uri
-                .authority()
-                .map(|a| a.to_string())
-                .or_else(|| {
-                    req.headers
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_default(),
-            path: req
-                .uri
-                .path_and_query()
-                .map_or_else(String::new, |p| p.to_string()),
+            src_identity: ctx.caller_id.clone().unwrap_or_else(|| "".into()),
+            dst_identity: snap.identity.clone(),
+            route: "inbound".into(),
+            method: req.method.clone(),
+            authority: req.headers.get(http::header::HOST).cloned().or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            }),
+            uri: req.uri.clone(),
             status,
             duration: elapsed,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            endpoint: Some(snap.own.app.to_string()),
+            endpoint: Some(snap.own.app),
             retries: 0,
             flags: ctx
                 .flag

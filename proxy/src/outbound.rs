@@ -303,25 +303,24 @@ impl ProxyHttp for Outbound {
                 .and_then(|v| v.to_str().ok())
                 .and_then(access_log::trace_id),
             direction: "outbound",
-            src_identity: snap.own.identity.to_string(),
-            dst_identity: dest.map(|d| d.identity.clone()).unwrap_or_default(),
+            src_identity: snap.identity.clone(),
+            dst_identity: dest.map_or_else(|| "".into(), |d| d.identity.clone()),
             route: match (dest, ctx.matched) {
-                (Some(d), true) => d.routes[ctx.route].route.name.clone(),
-                _ => "unmatched".to_owned(),
+                (Some(d), true) => d.routes[ctx.route].name.clone(),
+                _ => "unmatched".into(),
             },
-            method: req.method.to_string(),
-            authority: host(req).unwrap_or_default().to_owned(),
-            path: req
-                .uri
-                .path_and_query()
-                .map_or_else(String::new, |p| p.to_string()),
+            method: req.method.clone(),
+            authority: req.headers.get(http::header::HOST).cloned().or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            }),
+            uri: req.uri.clone(),
             status,
             duration: elapsed,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            endpoint: dest
-                .zip(ctx.endpoint)
-                .map(|(d, e)| d.endpoints[e].to_string()),
+            endpoint: dest.zip(ctx.endpoint).map(|(d, e)| d.endpoints[e]),
             retries: 0,
             flags: ctx
                 .flag

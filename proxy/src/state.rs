@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub access_log: Option<PathBuf>,
     /// Certificates, keys, roots.
     pub tls: TlsMaterial,
+    /// This sidecar's SPIFFE identity, shared with the access log.
+    pub identity: Arc<str>,
     /// Where the certificate material was read from (watched for rotation).
     pub tls_paths: TlsPaths,
     /// Callable services.
@@ -56,7 +58,7 @@ pub struct Destination {
     /// Service name.
     pub name: String,
     /// SPIFFE identity its sidecars prove.
-    pub identity: String,
+    pub identity: Arc<str>,
     /// What it speaks.
     pub protocol: Protocol,
     /// TLS server name its sidecars must prove (the DNS form of its identity).
@@ -85,6 +87,8 @@ pub struct RouteState {
     pub backends: Vec<BackendState>,
     /// This route's series.
     pub metrics: Arc<RouteMetrics>,
+    /// The route's name, shared with the access log.
+    pub name: Arc<str>,
     total_weight: u32,
 }
 
@@ -179,6 +183,7 @@ impl Snapshot {
                         .collect();
                     RouteState {
                         metrics: metrics.route(labels(&svc.name, &route.name)),
+                        name: route.name.as_str().into(),
                         route,
                         backends,
                         total_weight: cum,
@@ -190,7 +195,7 @@ impl Snapshot {
                 name: svc.name,
                 protocol: svc.protocol,
                 sni: svc.identity.dns_name(),
-                identity: svc.identity.to_string(),
+                identity: svc.identity.to_string().into(),
                 lb: svc.lb,
                 all: (0..endpoints.len()).collect(),
                 endpoints,
@@ -207,6 +212,7 @@ impl Snapshot {
             drain_timeout: config.drain_timeout,
             connect_timeout: config.connect_timeout,
             access_log: config.access_log,
+            identity: caller.as_str().into(),
             tls,
             tls_paths: config.tls,
             destinations,

@@ -178,6 +178,8 @@ pub struct PeerIdentity {
     pub identity: Identity,
     /// The same, ready to be sent to the app as a header value.
     pub header: HeaderValue,
+    /// The same as text, shared with the access log.
+    pub uri: Arc<str>,
     /// The caller's inbound request series.
     pub metrics: Arc<RouteMetrics>,
 }
@@ -205,11 +207,12 @@ impl TlsAccept for IdentityCallback {
             src_service: identity.service_account().to_owned(),
             dst_service: self.own_service.clone(),
             route: "inbound".to_owned(),
-            caller: uri,
+            caller: uri.clone(),
         });
         Some(Arc::new(PeerIdentity {
             identity,
             header,
+            uri: uri.into(),
             metrics,
         }))
     }
