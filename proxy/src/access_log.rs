@@ -53,6 +53,45 @@ pub struct Record {
     pub flags: Vec<&'static str>,
 }
 
+impl Record {
+    /// The fields every request shares, read from the finished session; the caller fills in
+    /// identities, route and endpoint.
+    pub fn from_session(
+        session: &pingora_proxy::Session,
+        direction: &'static str,
+        status: u16,
+        elapsed: Duration,
+        flag: Option<&'static str>,
+    ) -> Record {
+        let req = session.req_header();
+        Record {
+            time: SystemTime::now().checked_sub(elapsed),
+            trace_id: req
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(trace_id),
+            direction,
+            method: req.method.clone(),
+            authority: req.headers.get(http::header::HOST).cloned().or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            }),
+            uri: req.uri.clone(),
+            status,
+            duration: elapsed,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            flags: flag
+                .or((status == 0).then_some("downstream_closed"))
+                .into_iter()
+                .collect(),
+            ..Record::default()
+        }
+    }
+}
+
 /// A record as written: borrowed fields, serialized straight into the output buffer with no
 /// intermediate JSON tree.
 #[derive(serde::Serialize)]

@@ -11,7 +11,7 @@ use pingora_core::{Error, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::access_log::{self, AccessLog, Record};
+use crate::access_log::{AccessLog, Record};
 use crate::config::Protocol;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
@@ -129,36 +129,12 @@ impl ProxyHttp for InboundHttp {
         let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
             return;
         };
-        let req = session.req_header();
         log.record(Record {
-            time: std::time::SystemTime::now().checked_sub(elapsed),
-            trace_id: req
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(access_log::trace_id),
-            direction: "inbound",
             src_identity: ctx.caller_id.clone().unwrap_or_else(|| "".into()),
             dst_identity: snap.identity.clone(),
             route: "inbound".into(),
-            method: req.method.clone(),
-            authority: req.headers.get(http::header::HOST).cloned().or_else(|| {
-                req.uri
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            }),
-            uri: req.uri.clone(),
-            status,
-            duration: elapsed,
-            bytes_in: session.body_bytes_read(),
-            bytes_out: session.body_bytes_sent(),
             endpoint: Some(snap.own.app),
-            retries: 0,
-            flags: ctx
-                .flag
-                .or((status == 0).then_some("downstream_closed"))
-                .into_iter()
-                .collect(),
+            ..Record::from_session(session, "inbound", status, elapsed, ctx.flag)
         });
     }
 

@@ -3,7 +3,7 @@
 //! an endpoint's sidecar, which must prove the destination's identity.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::protocols::ALPN;
@@ -12,7 +12,7 @@ use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::access_log::{self, AccessLog, Record};
+use crate::access_log::{AccessLog, Record};
 use crate::balancer::InFlight;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
@@ -294,39 +294,15 @@ impl ProxyHttp for Outbound {
             return;
         };
         let dest = snap.destinations.get(ctx.dest);
-        let req = session.req_header();
         log.record(Record {
-            time: SystemTime::now().checked_sub(elapsed),
-            trace_id: req
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(access_log::trace_id),
-            direction: "outbound",
             src_identity: snap.identity.clone(),
             dst_identity: dest.map_or_else(|| "".into(), |d| d.identity.clone()),
             route: match (dest, ctx.matched) {
                 (Some(d), true) => d.routes[ctx.route].name.clone(),
                 _ => "unmatched".into(),
             },
-            method: req.method.clone(),
-            authority: req.headers.get(http::header::HOST).cloned().or_else(|| {
-                req.uri
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            }),
-            uri: req.uri.clone(),
-            status,
-            duration: elapsed,
-            bytes_in: session.body_bytes_read(),
-            bytes_out: session.body_bytes_sent(),
             endpoint: dest.zip(ctx.endpoint).map(|(d, e)| d.endpoints[e]),
-            retries: 0,
-            flags: ctx
-                .flag
-                .or((status == 0).then_some("downstream_closed"))
-                .into_iter()
-                .collect(),
+            ..Record::from_session(session, "outbound", status, elapsed, ctx.flag)
         });
     }
 

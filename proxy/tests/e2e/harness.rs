@@ -409,3 +409,17 @@ pub fn rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// The known mix of outcomes the metrics tests count: 7 × 200 on `/api/x`, 3 × 503 on
+/// `/status/503`, 2 × 404 on an unmatched path (the sidecar needs routes `api` and `status`).
+pub async fn mixed_traffic(c: &HttpClient, outbound: SocketAddr) {
+    for _ in 0..7 {
+        assert_eq!(get(c, outbound, "orders", "/api/x").await.status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(c, outbound, "orders", "/status/503").await.status, 503);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(c, outbound, "orders", "/nowhere").await.status, 404);
+    }
+}

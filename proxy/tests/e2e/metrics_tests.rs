@@ -49,18 +49,7 @@ async fn metrics_count_exactly_and_series_stay_bounded() {
     let routes = "routes:\n  - {name: api, service: orders, match: {path: {prefix: /api}}}\n  - {name: status, service: orders, match: {path: {prefix: /status}}}\n";
     let (fe, orders) = pair(&pki, routes).await;
     let c = client();
-    for _ in 0..7 {
-        assert_eq!(get(&c, fe.outbound, "orders", "/api/x").await.status, 200);
-    }
-    for _ in 0..3 {
-        assert_eq!(
-            get(&c, fe.outbound, "orders", "/status/503").await.status,
-            503
-        );
-    }
-    for _ in 0..2 {
-        assert_eq!(get(&c, fe.outbound, "orders", "/nowhere").await.status, 404);
-    }
+    mixed_traffic(&c, fe.outbound).await;
     assert_eq!(get(&c, fe.outbound, "elsewhere", "/").await.status, 404);
 
     let out = r#"direction="outbound""#;

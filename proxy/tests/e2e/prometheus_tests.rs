@@ -267,18 +267,7 @@ fn check_kubernetes_config() {
 /// Send one round of traffic: 200s, 503s, 404s, and one plaintext (refused) handshake.
 async fn traffic(fe: &Sidecar, orders: &Sidecar) {
     let c = client();
-    for _ in 0..7 {
-        assert_eq!(get(&c, fe.outbound, "orders", "/api/x").await.status, 200);
-    }
-    for _ in 0..3 {
-        assert_eq!(
-            get(&c, fe.outbound, "orders", "/status/503").await.status,
-            503
-        );
-    }
-    for _ in 0..2 {
-        assert_eq!(get(&c, fe.outbound, "orders", "/nowhere").await.status, 404);
-    }
+    mixed_traffic(&c, fe.outbound).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut plain = tokio::net::TcpStream::connect(orders.inbound)
         .await
