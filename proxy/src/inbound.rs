@@ -15,7 +15,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::config::Protocol;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{self, RouteMetrics};
 use crate::outbound::MAX_H2_STREAMS;
 use crate::state::{Snapshot, Store};
 use crate::tls::PeerIdentity;
@@ -120,12 +120,10 @@ impl ProxyHttp for InboundHttp {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InCtx) {
-        let Some(start) = ctx.start else { return };
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = start.elapsed();
-        if let Some(m) = &ctx.metrics {
-            m.response(status, elapsed);
-        }
+        let Some((status, elapsed)) = metrics::finish(session, ctx.start, ctx.metrics.as_deref())
+        else {
+            return;
+        };
         let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
             return;
         };

@@ -306,6 +306,21 @@ impl RouteMetrics {
     }
 }
 
+/// At the end of a request: the status sent (0 when none was) and the time taken, recorded
+/// into `metrics`. `None` when the request never started (no `start`).
+pub fn finish(
+    session: &pingora_proxy::Session,
+    start: Option<std::time::Instant>,
+    metrics: Option<&RouteMetrics>,
+) -> Option<(u16, Duration)> {
+    let elapsed = start?.elapsed();
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    if let Some(m) = metrics {
+        m.response(status, elapsed);
+    }
+    Some((status, elapsed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
