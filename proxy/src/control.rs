@@ -71,19 +71,10 @@ fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
+/// The config file and the certificate files it names (rotation is a file change too).
 fn watched(store: &Store) -> Vec<PathBuf> {
-    let snap = store.load();
-    let mut v = vec![store.path().to_owned()];
-    v.extend(snap_tls_paths(&snap));
-    v
-}
-
-fn snap_tls_paths(snap: &crate::state::Snapshot) -> Vec<PathBuf> {
-    vec![
-        snap.tls_paths.cert.clone(),
-        snap.tls_paths.key.clone(),
-        snap.tls_paths.trust_bundle.clone(),
-    ]
+    let tls = store.load().tls_paths.clone();
+    vec![store.path().to_owned(), tls.cert, tls.key, tls.trust_bundle]
 }
 
 async fn reload_on_change(store: Arc<Store>) {
