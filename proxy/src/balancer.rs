@@ -110,18 +110,29 @@ impl Drop for InFlight {
     }
 }
 
-/// Choose one of `candidates` (indices into `stats`), or `None` when there is none.
+/// Choose one of `candidates` (indices into `stats`) for which `usable` holds, or `None`.
+///
+/// `usable` (not ejected, not tried yet) is checked only on the endpoints looked at, so the
+/// common all-healthy case costs two checks, not a scan; a scan from a random start happens
+/// only when both P2C draws are unusable.
 pub fn choose(
     policy: LbPolicy,
     candidates: &[usize],
     stats: &[Arc<EndpointStats>],
     rr: &AtomicUsize,
+    usable: impl Fn(usize) -> bool,
 ) -> Option<usize> {
-    match candidates.len() {
+    let n = candidates.len();
+    let scan = |start: usize| {
+        (0..n)
+            .map(|i| candidates[(start + i) % n])
+            .find(|&e| usable(e))
+    };
+    match n {
         0 => None,
-        1 => Some(candidates[0]),
-        n => match policy {
-            LbPolicy::RoundRobin => Some(candidates[rr.fetch_add(1, Relaxed) % n]),
+        1 => usable(candidates[0]).then_some(candidates[0]),
+        _ => match policy {
+            LbPolicy::RoundRobin => scan(rr.fetch_add(1, Relaxed) % n),
             LbPolicy::P2cEwma => {
                 let a = fastrand::usize(0..n);
                 let mut b = fastrand::usize(0..n - 1);
@@ -129,11 +140,16 @@ pub fn choose(
                     b += 1;
                 }
                 let (a, b) = (candidates[a], candidates[b]);
-                Some(if stats[a].cost() <= stats[b].cost() {
-                    a
-                } else {
-                    b
-                })
+                match (usable(a), usable(b)) {
+                    (true, true) => Some(if stats[a].cost() <= stats[b].cost() {
+                        a
+                    } else {
+                        b
+                    }),
+                    (true, false) => Some(a),
+                    (false, true) => Some(b),
+                    (false, false) => scan(fastrand::usize(0..n)),
+                }
             }
         },
     }
@@ -152,7 +168,7 @@ mod tests {
         let s = stats(3);
         let rr = AtomicUsize::new(0);
         let picks: Vec<_> = (0..6)
-            .map(|_| choose(LbPolicy::RoundRobin, &[0, 1, 2], &s, &rr))
+            .map(|_| choose(LbPolicy::RoundRobin, &[0, 1, 2], &s, &rr, |_| true))
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(Some));
     }
@@ -161,8 +177,8 @@ mod tests {
     fn empty_and_single_candidates() {
         let s = stats(2);
         let rr = AtomicUsize::new(0);
-        assert_eq!(choose(LbPolicy::P2cEwma, &[], &s, &rr), None);
-        assert_eq!(choose(LbPolicy::P2cEwma, &[1], &s, &rr), Some(1));
+        assert_eq!(choose(LbPolicy::P2cEwma, &[], &s, &rr, |_| true), None);
+        assert_eq!(choose(LbPolicy::P2cEwma, &[1], &s, &rr, |_| true), Some(1));
     }
 
     #[test]
@@ -172,12 +188,26 @@ mod tests {
         s[1].observe(Duration::from_millis(2));
         let rr = AtomicUsize::new(0);
         let fast = (0..1000)
-            .filter(|_| choose(LbPolicy::P2cEwma, &[0, 1], &s, &rr) == Some(1))
+            .filter(|_| choose(LbPolicy::P2cEwma, &[0, 1], &s, &rr, |_| true) == Some(1))
             .count();
         assert_eq!(
             fast, 1000,
             "with two candidates P2C compares both every time"
         );
+    }
+
+    #[test]
+    fn unusable_endpoints_are_skipped_by_both_policies() {
+        let s = stats(3);
+        let rr = AtomicUsize::new(0);
+        for policy in [LbPolicy::P2cEwma, LbPolicy::RoundRobin] {
+            for _ in 0..300 {
+                let pick = choose(policy, &[0, 1, 2], &s, &rr, |e| e != 1);
+                assert!(matches!(pick, Some(0 | 2)), "{policy:?} picked {pick:?}");
+            }
+            assert_eq!(choose(policy, &[0, 1, 2], &s, &rr, |e| e == 2), Some(2));
+            assert_eq!(choose(policy, &[0, 1, 2], &s, &rr, |_| false), None);
+        }
     }
 
     #[test]

@@ -163,6 +163,9 @@ fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full
         "/log-level" => log_level(&req),
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/metrics" => {
+            store
+                .load()
+                .export_gauges(&store.metrics, crate::state::now());
             let mut r = text(StatusCode::OK, store.metrics.render());
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

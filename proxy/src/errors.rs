@@ -20,6 +20,8 @@ pub struct Failure {
     pub flag: &'static str,
     /// Why, in words (also the body).
     pub reason: Cow<'static, str>,
+    /// Seconds for a `retry-after` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl Failure {
@@ -29,6 +31,17 @@ impl Failure {
             status,
             flag,
             reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 from a rate limit; `wait` until a token is free becomes `retry-after` (whole
+    /// seconds, rounded up, at least 1, as RFC 9110 allows only integers).
+    pub fn rate_limited(wait: Duration, what: impl Into<Cow<'static, str>>) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self {
+            retry_after: Some(secs.max(1)),
+            ..Self::new(429, "rate_limited", what)
         }
     }
 
@@ -120,6 +133,9 @@ impl Failure {
         let _ = header.insert_header(ERROR_HEADER, reason);
         let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+        if let Some(secs) = self.retry_after {
+            let _ = header.insert_header(http::header::RETRY_AFTER, secs);
+        }
         if session
             .write_response_header(Box::new(header), false)
             .await
@@ -127,6 +143,15 @@ impl Failure {
         {
             let _ = session.write_response_body(Some(body), true).await;
         }
+    }
+}
+
+/// Bound how long an HTTP/1 client connection may sit idle between requests. Only a
+/// connection that stays open anyway is touched: an HTTP/1.0 request without keep-alive, or
+/// `Connection: close`, still closes after its response.
+pub fn idle_keepalive(session: &mut Session, idle: Duration) {
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(idle.as_secs().max(1)));
     }
 }
 

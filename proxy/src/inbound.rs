@@ -15,9 +15,9 @@ use crate::access_log::{AccessLog, Record};
 use crate::config::Protocol;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
-use crate::metrics::{self, RouteMetrics};
+use crate::metrics::{self, Event, Reject, RouteMetrics};
 use crate::outbound::MAX_H2_STREAMS;
-use crate::state::{Snapshot, Store};
+use crate::state::{self, Snapshot, Store};
 use crate::tls::PeerIdentity;
 
 /// Header carrying the caller's SPIFFE identity to the app. Any value the caller sent is
@@ -81,7 +81,24 @@ impl ProxyHttp for InboundHttp {
                 .await;
             return Ok(true);
         }
-        ctx.snap = Some(self.store.load());
+        let snap = self.store.load();
+        crate::errors::idle_keepalive(session, snap.idle_timeout);
+        if let Some(buckets) = &snap.inbound_rate {
+            let caller = ctx.caller_id.as_deref().unwrap_or_default();
+            if let Err(wait) = buckets.try_take(caller, state::now()) {
+                if let Some(m) = &ctx.metrics {
+                    m.event(Event::Rejected(Reject::RateLimited));
+                }
+                ctx.flag = Some("rate_limited");
+                let what = format!("rate limited: {} is over its inbound limit", snap.own.name);
+                Failure::rate_limited(wait, what)
+                    .respond(session, false)
+                    .await;
+                ctx.snap = Some(snap);
+                return Ok(true);
+            }
+        }
+        ctx.snap = Some(snap);
         Ok(false)
     }
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Metric names. Every name is `weft_` + what + unit suffix.
@@ -39,12 +39,35 @@ pub mod names {
     pub const TCP_OPENED: &str = weft!("tcp_connections_opened_total");
     /// TCP tunnels closed (counter).
     pub const TCP_CLOSED: &str = weft!("tcp_connections_closed_total");
+    /// TCP connections refused before a tunnel opened, by reason (counter).
+    pub const TCP_REJECTED: &str = weft!("tcp_connections_rejected_total");
     /// Bytes carried by TCP tunnels, by flow (counter).
     pub const TCP_BYTES: &str = weft!("tcp_bytes_total");
     /// Access log lines written (counter).
     pub const ACCESS_LOG_LINES: &str = weft!("access_log_lines_total");
     /// Access log records dropped because the writer fell behind (counter).
     pub const ACCESS_LOG_DROPPED: &str = weft!("access_log_dropped_total");
+    /// Retry attempts sent, by route (counter).
+    pub const RETRIES: &str = weft!("retries_total");
+    /// Requests that needed at least one retry, by route and final `result` (counter).
+    pub const RETRIED_REQUESTS: &str = weft!("retried_requests_total");
+    /// Retryable failures not retried, by route and `reason` (counter).
+    pub const RETRIES_SKIPPED: &str = weft!("retries_skipped_total");
+    /// Requests the sidecar refused before any endpoint saw them, by route and `reason`
+    /// (counter).
+    pub const REQUESTS_REJECTED: &str = weft!("requests_rejected_total");
+    /// Faults injected, by route and `kind` (counter).
+    pub const FAULTS_INJECTED: &str = weft!("faults_injected_total");
+    /// Outlier ejections, by destination endpoint (counter).
+    pub const OUTLIER_EJECTIONS: &str = weft!("outlier_ejections_total");
+    /// 1 while an endpoint is ejected or half-open (breaker open), else 0 (gauge).
+    pub const ENDPOINT_EJECTED: &str = weft!("endpoint_ejected");
+    /// Endpoints of a destination that take traffic (gauge).
+    pub const ENDPOINTS_HEALTHY: &str = weft!("endpoints_healthy");
+    /// Endpoints of a destination (gauge).
+    pub const ENDPOINTS: &str = weft!("endpoints");
+    /// Requests in flight to a destination (gauge).
+    pub const IN_FLIGHT: &str = weft!("in_flight_requests");
 }
 
 /// Request duration bucket bounds, seconds: 1 ms to 10 s, about 2.5x apart, dense where
@@ -88,6 +111,75 @@ pub struct RouteLabels {
 }
 
 const ROUTE_LABELS: &[&str] = &["direction", "src_service", "dst_service", "route", "caller"];
+const ENDPOINT_LABELS: &[&str] = &["src_service", "dst_service", "endpoint"];
+const DESTINATION_LABELS: &[&str] = &["src_service", "dst_service"];
+
+/// Why the sidecar refused a request before any endpoint saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Over the destination's in-flight limit with no queue.
+    Overloaded,
+    /// The wait queue was full.
+    QueueFull,
+    /// Waited `queue_timeout` for a slot.
+    QueueTimeout,
+    /// Over a rate limit.
+    RateLimited,
+    /// Every endpoint is ejected.
+    BreakerOpen,
+}
+
+impl Reject {
+    /// Label value (also the access log's response flag).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Overloaded => "overloaded",
+            Reject::QueueFull => "queue_full",
+            Reject::QueueTimeout => "queue_timeout",
+            Reject::RateLimited => "rate_limited",
+            Reject::BreakerOpen => "breaker_open",
+        }
+    }
+}
+
+/// Per-route events, each counted in its own lazily resolved series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A retried request ended well (status below 500).
+    RetriedSucceeded,
+    /// A retried request still failed.
+    RetriedFailed,
+    /// A retryable failure was not retried for this reason.
+    Skipped(weft_resilience::retry::StopReason),
+    /// Refused before reaching an endpoint.
+    Rejected(Reject),
+    /// An injected delay.
+    FaultDelay,
+    /// An injected abort.
+    FaultAbort,
+}
+
+const EVENT_SLOTS: usize = 16;
+
+impl Event {
+    fn slot(self) -> usize {
+        use weft_resilience::retry::StopReason as S;
+        match self {
+            Event::RetriedSucceeded => 0,
+            Event::RetriedFailed => 1,
+            Event::Skipped(r) => match r {
+                S::BudgetExhausted => 2,
+                S::AttemptsExhausted => 3,
+                S::NonIdempotent => 4,
+                S::BodyTooLarge => 5,
+                S::Succeeded | S::NotRetryable => 6,
+            },
+            Event::Rejected(r) => 7 + r as usize,
+            Event::FaultDelay => 12,
+            Event::FaultAbort => 13,
+        }
+    }
+}
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 fn class_index(status: u16) -> usize {
@@ -117,10 +209,28 @@ pub struct Metrics {
     pub tcp_closed: IntCounterVec,
     /// TCP bytes, by `direction`, `dst_service`, `flow` = sent | received.
     pub tcp_bytes: IntCounterVec,
+    /// TCP connections refused, by `direction`, `dst_service`, `reason`.
+    pub tcp_rejected: IntCounterVec,
     /// Access log lines written.
     pub access_log_lines: IntCounter,
     /// Access log records dropped.
     pub access_log_dropped: IntCounter,
+    retries: IntCounterVec,
+    retried: IntCounterVec,
+    skipped: IntCounterVec,
+    rejected: IntCounterVec,
+    faults: IntCounterVec,
+    ejections: IntCounterVec,
+    endpoint_ejected: IntGaugeVec,
+    endpoints_healthy: IntGaugeVec,
+    endpoints: IntGaugeVec,
+    in_flight: IntGaugeVec,
+}
+
+fn with_label(extra: &str) -> Vec<&str> {
+    let mut v = ROUTE_LABELS.to_vec();
+    v.push(extra);
+    v
 }
 
 impl std::fmt::Debug for Metrics {
@@ -198,7 +308,81 @@ impl Metrics {
         )?;
         registry.register(Box::new(access_log_lines.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let retries = counter(names::RETRIES, "Retry attempts sent.", ROUTE_LABELS)?;
+        let tcp_rejected = counter(
+            names::TCP_REJECTED,
+            "TCP connections refused before a tunnel opened, by reason.",
+            &["direction", "dst_service", "reason"],
+        )?;
+        let retried = counter(
+            names::RETRIED_REQUESTS,
+            "Requests that needed at least one retry, by final result.",
+            &with_label("result"),
+        )?;
+        let skipped = counter(
+            names::RETRIES_SKIPPED,
+            "Retryable failures not retried, by reason.",
+            &with_label("reason"),
+        )?;
+        let rejected = counter(
+            names::REQUESTS_REJECTED,
+            "Requests refused before any endpoint saw them, by reason.",
+            &with_label("reason"),
+        )?;
+        let faults = counter(
+            names::FAULTS_INJECTED,
+            "Faults injected.",
+            &with_label("kind"),
+        )?;
+        let ejections = counter(
+            names::OUTLIER_EJECTIONS,
+            "Outlier ejections of an endpoint.",
+            ENDPOINT_LABELS,
+        )?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let endpoint_ejected = gauge(
+            names::ENDPOINT_EJECTED,
+            "1 while an endpoint is ejected or half-open (breaker open).",
+            ENDPOINT_LABELS,
+        )?;
+        let endpoints_healthy = gauge(
+            names::ENDPOINTS_HEALTHY,
+            "Endpoints of a destination that take traffic.",
+            DESTINATION_LABELS,
+        )?;
+        let endpoints = gauge(
+            names::ENDPOINTS,
+            "Endpoints of a destination.",
+            DESTINATION_LABELS,
+        )?;
+        let in_flight = gauge(
+            names::IN_FLIGHT,
+            "Requests in flight to a destination.",
+            DESTINATION_LABELS,
+        )?;
         Ok(Arc::new(Metrics {
+            tcp_rejected,
+            retries,
+            retried,
+            skipped,
+            rejected,
+            faults,
+            ejections,
+            endpoint_ejected,
+            endpoints_healthy,
+            endpoints,
+            in_flight,
             registry,
             requests,
             responses,
@@ -225,12 +409,54 @@ impl Metrics {
             self.duration.with_label_values(&l)
         });
         Arc::new(RouteMetrics {
+            retries: self.retries.with_label_values(&v),
             metrics: self.clone(),
             labels,
             requests,
             durations,
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            events: std::array::from_fn(|_| OnceLock::new()),
         })
+    }
+
+    /// The ejection counter of one endpoint (resolved off the hot path).
+    pub fn ejections(&self, src: &str, dst: &str, endpoint: &str) -> IntCounter {
+        self.ejections.with_label_values(&[src, dst, endpoint])
+    }
+
+    /// Forget every destination gauge before [`Metrics::destination`] sets the current ones,
+    /// so endpoints removed by a reload stop being exported.
+    pub fn clear_destination_gauges(&self) {
+        self.endpoint_ejected.reset();
+        self.endpoints_healthy.reset();
+        self.endpoints.reset();
+        self.in_flight.reset();
+    }
+
+    /// Set one destination's gauges: per-endpoint ejection state, healthy and total counts,
+    /// requests in flight.
+    pub fn destination(
+        &self,
+        src: &str,
+        dst: &str,
+        ejected: impl Iterator<Item = (String, bool)>,
+        in_flight: usize,
+    ) {
+        let (mut total, mut healthy) = (0, 0);
+        for (endpoint, is_ejected) in ejected {
+            total += 1;
+            healthy += i64::from(!is_ejected);
+            self.endpoint_ejected
+                .with_label_values(&[src, dst, &endpoint])
+                .set(i64::from(is_ejected));
+        }
+        self.endpoints.with_label_values(&[src, dst]).set(total);
+        self.endpoints_healthy
+            .with_label_values(&[src, dst])
+            .set(healthy);
+        self.in_flight
+            .with_label_values(&[src, dst])
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
     }
 
     /// The text exposition of everything.
@@ -266,6 +492,8 @@ pub struct RouteMetrics {
     requests: IntCounter,
     durations: [Histogram; 6],
     codes: Box<[OnceLock<IntCounter>]>,
+    retries: IntCounter,
+    events: [OnceLock<IntCounter>; EVENT_SLOTS],
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -280,6 +508,31 @@ impl RouteMetrics {
     /// Count a request as received.
     pub fn request(&self) {
         self.requests.inc();
+    }
+
+    /// Count a retry attempt.
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// Count an event (its series is resolved on first use).
+    pub fn event(&self, e: Event) {
+        self.events[e.slot()]
+            .get_or_init(|| {
+                let m = &self.metrics;
+                let (family, value) = match e {
+                    Event::RetriedSucceeded => (&m.retried, "succeeded"),
+                    Event::RetriedFailed => (&m.retried, "failed"),
+                    Event::Skipped(r) => (&m.skipped, r.as_str()),
+                    Event::Rejected(r) => (&m.rejected, r.as_str()),
+                    Event::FaultDelay => (&m.faults, "delay"),
+                    Event::FaultAbort => (&m.faults, "abort"),
+                };
+                let mut v = label_values(&self.labels);
+                v.push(value);
+                family.with_label_values(&v)
+            })
+            .inc();
     }
 
     /// Record a finished response.

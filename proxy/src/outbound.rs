@@ -8,17 +8,20 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use weft_resilience::limiter::{Permit, Rejected};
+use weft_resilience::outlier::{Admission, Transition};
+use weft_resilience::retry::{parse_grpc_status, Attempt, Decision, Outcome, StopReason};
 
 use crate::access_log::{AccessLog, Record};
 use crate::balancer::InFlight;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
-use crate::metrics::{self, RouteMetrics};
+use crate::metrics::{self, Event, Reject, RouteMetrics};
 use crate::routing::rewrite_prefix;
-use crate::state::{Snapshot, Store};
+use crate::state::{self, Snapshot, Store};
 
 /// Concurrent streams allowed on one pooled HTTP/2 connection to a peer sidecar. Pingora's
 /// default of 1 would open a connection per in-flight request.
@@ -58,6 +61,17 @@ pub struct OutCtx {
     start: Option<Instant>,
     matched: bool,
     flag: Option<&'static str>,
+    /// Attempts sent to endpoints so far.
+    attempts: u32,
+    /// Endpoints tried (bit per index below 64), so a retry goes elsewhere.
+    tried: u64,
+    /// The current attempt is the half-open probe of an ejected endpoint.
+    probe: bool,
+    /// Wait before the next attempt.
+    backoff: Option<Duration>,
+    /// `upstream_response_filter` already chose to retry this error.
+    retry_decided: bool,
+    permit: Option<Permit>,
     _working: Option<Working>,
 }
 
@@ -144,14 +158,74 @@ impl ProxyHttp for Outbound {
             f.respond(session, false).await;
             return Ok(true);
         };
-        let metrics = d.routes[route].metrics.clone();
-        metrics.request();
-        ctx.metrics = Some(metrics);
-        ctx.deadline = d.routes[route].route.timeout.map(|t| Instant::now() + t);
+        let rs = &d.routes[route];
+        rs.metrics.request();
+        ctx.metrics = Some(rs.metrics.clone());
+        ctx.deadline = rs.route.timeout.map(|t| Instant::now() + t);
         ctx.dest = dest;
         ctx.route = route;
         ctx.matched = true;
-        ctx.snap = Some(snap);
+        crate::errors::idle_keepalive(session, snap.idle_timeout);
+        ctx.snap = Some(snap.clone());
+        let now = state::now();
+        if let Some(Err(wait)) = rs.rate.as_ref().map(|b| b.try_take(now)) {
+            let f = Failure::rate_limited(
+                wait,
+                format!(
+                    "rate limited: route {:?} of {} is over its limit",
+                    rs.name, d.name
+                ),
+            );
+            reject(session, ctx, Reject::RateLimited, f).await;
+            return Ok(true);
+        }
+        if let Some(fault) = &rs.route.fault {
+            let decided = fault.decide(fastrand::f64(), fastrand::f64());
+            if let Some(delay) = decided.delay {
+                rs.metrics.event(Event::FaultDelay);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = decided.abort {
+                rs.metrics.event(Event::FaultAbort);
+                ctx.flag = Some("fault_abort");
+                Failure::new(status, "fault_abort", "fault injected: abort")
+                    .respond(session, false)
+                    .await;
+                return Ok(true);
+            }
+        }
+        match d.in_flight.acquire(d.limits.queue_timeout).await {
+            Ok(p) => ctx.permit = Some(p),
+            Err(r) => {
+                let (why, reason) = match r {
+                    Rejected::InFlight => (
+                        Reject::Overloaded,
+                        format!(
+                            "overloaded: {} already has {} requests in flight",
+                            d.name, d.limits.max_in_flight
+                        ),
+                    ),
+                    Rejected::Pending => (
+                        Reject::QueueFull,
+                        format!(
+                            "overloaded: {} has {} requests in flight and {} waiting",
+                            d.name, d.limits.max_in_flight, d.limits.max_pending
+                        ),
+                    ),
+                    Rejected::QueueTimeout => (
+                        Reject::QueueTimeout,
+                        format!(
+                            "overloaded: no slot to {} freed within {}",
+                            d.name,
+                            humantime::format_duration(d.limits.queue_timeout)
+                        ),
+                    ),
+                };
+                reject(session, ctx, why, Failure::new(503, why.as_str(), reason)).await;
+                return Ok(true);
+            }
+        }
+        d.budget.deposit(now);
         Ok(false)
     }
 
@@ -167,18 +241,76 @@ impl ProxyHttp for Outbound {
             ));
         };
         let d = &snap.destinations[ctx.dest];
-        let Some(ep) = d.pick(ctx.route) else {
-            let f = Failure::new(
-                503,
-                "no_endpoint",
-                format!(
-                    "no endpoint: {} route {:?} has no endpoint",
-                    d.name, d.routes[ctx.route].route.name
-                ),
-            );
-            let e = f.to_error();
-            ctx.failure = Some(f);
-            return Err(e);
+        let rs = &d.routes[ctx.route];
+        if let Some(wait) = ctx.backoff.take() {
+            let left = ctx
+                .deadline
+                .map_or(wait, |dl| dl.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(wait.min(left)).await;
+        }
+        let left = match ctx.deadline {
+            None => None,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let what = if ctx.attempts == 0 {
+                        "route timeout passed before an endpoint was tried".to_owned()
+                    } else {
+                        format!(
+                            "route timeout {} passed after {} attempts",
+                            rs.route
+                                .timeout
+                                .map(humantime::format_duration)
+                                .map(|d| d.to_string())
+                                .unwrap_or_default(),
+                            ctx.attempts
+                        )
+                    };
+                    return Err(fail(ctx, Failure::new(504, "timeout", what)));
+                }
+                Some(left)
+            }
+        };
+        let now = state::now();
+        let mut chosen = None;
+        // Bounded: losing the race for a probe slot twice in a row is already unlikely.
+        for _ in 0..3 {
+            let Some(ep) = d.pick(ctx.route, ctx.tried, now) else {
+                break;
+            };
+            match d.health.admit(ep, now) {
+                Admission::Healthy => {}
+                Admission::Probe => ctx.probe = true,
+                Admission::Rejected => {
+                    ctx.tried |= bit(ep);
+                    continue;
+                }
+            }
+            chosen = Some(ep);
+            break;
+        }
+        let Some(ep) = chosen else {
+            let f = if d.endpoints.is_empty() {
+                Failure::new(
+                    503,
+                    "no_endpoint",
+                    format!(
+                        "no endpoint: {} route {:?} has no endpoint",
+                        d.name, rs.name
+                    ),
+                )
+            } else {
+                rs.metrics.event(Event::Rejected(Reject::BreakerOpen));
+                Failure::new(
+                    503,
+                    "breaker_open",
+                    format!(
+                        "breaker open: every endpoint of {} for route {:?} is ejected after consecutive failures",
+                        d.name, rs.name
+                    ),
+                )
+            };
+            return Err(fail(ctx, f));
         };
         let mut peer = HttpPeer::new(d.endpoints[ep], true, d.sni.clone());
         let o = &mut peer.options;
@@ -187,21 +319,16 @@ impl ProxyHttp for Outbound {
         o.ca = Some(snap.tls.roots.clone());
         o.connection_timeout = Some(snap.connect_timeout);
         o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
-        if let Some(deadline) = ctx.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let f = Failure::new(
-                    504,
-                    "timeout",
-                    "route timeout passed before an endpoint was tried",
-                );
-                let e = f.to_error();
-                ctx.failure = Some(f);
-                return Err(e);
-            }
-            o.read_timeout = Some(left);
-        }
+        o.read_timeout = match (rs.route.retry.per_try_timeout, left) {
+            (Some(p), Some(l)) => Some(p.min(l)),
+            (p, l) => p.or(l),
+        };
         peer.client_cert_key = Some(snap.tls.cert_key.clone());
+        if ctx.attempts > 0 {
+            rs.metrics.retry();
+        }
+        ctx.attempts += 1;
+        ctx.tried |= bit(ep);
         ctx.endpoint = Some(ep);
         ctx.in_flight = Some(d.stats[ep].start());
         Ok(Box::new(peer))
@@ -237,26 +364,56 @@ impl ProxyHttp for Outbound {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
         ctx: &mut OutCtx,
     ) -> Result<()> {
-        if let Some(f) = &ctx.in_flight {
-            f.success();
+        let status = resp.status.as_u16();
+        if let Some(f) = ctx.in_flight.take() {
+            if status < 500 {
+                f.success();
+            } else {
+                f.failure();
+            }
+        }
+        let counts_5xx = ctx
+            .snap
+            .as_ref()
+            .is_some_and(|s| s.destinations[ctx.dest].outlier_counts_5xx);
+        let failed = matches!(status, 502..=504) || (counts_5xx && status >= 500);
+        feed_health(ctx, !failed);
+        let grpc = resp
+            .headers
+            .get("grpc-status")
+            .and_then(|v| parse_grpc_status(v.as_bytes()));
+        let outcome = Outcome::from_response(status, grpc);
+        // Nothing has gone downstream yet: the header is still in our hands, so a retry on a
+        // response status is as safe here as one on a connect failure.
+        if decide(session, ctx, outcome) {
+            ctx.retry_decided = true;
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                format!("retrying after status {status}"),
+            );
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut OutCtx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(f) = ctx.in_flight.take() {
             f.failure();
         }
+        feed_health(ctx, false);
+        let retry = decide(session, ctx, Outcome::ConnectFailure);
+        e.set_retry(retry);
         e
     }
 
@@ -268,26 +425,68 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        if std::mem::take(&mut ctx.retry_decided) {
+            return e;
+        }
         if let Some(f) = ctx.in_flight.take() {
             f.failure();
         }
-        // Pingora's default: a request that failed on a reused (possibly stale) pooled
-        // connection may be retried once if it is idempotent and its body is still buffered.
         let mut e = e.more_context(format!("peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
+        if e.esource() == &ErrorSource::Downstream {
+            // The client went away or sent garbage: nothing to retry, no endpoint to blame.
             e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+            return e;
         }
+        feed_health(ctx, false);
+        let deadline_left = ctx.deadline.is_none_or(|d| Instant::now() < d);
+        let per_try = ctx.snap.as_ref().is_some_and(|s| {
+            s.destinations[ctx.dest].routes[ctx.route]
+                .route
+                .retry
+                .per_try_timeout
+                .is_some()
+        });
+        let idempotent = session.req_header().method.is_idempotent();
+        let outcome = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout if !deadline_left || !per_try => {
+                e.set_retry(false);
+                return e;
+            }
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::PerTryTimeout,
+            // Pingora marks GOAWAY(NO_ERROR) and REFUSED_STREAM as never processed.
+            _ if matches!(e.retry, pingora_core::RetryType::Decided(true)) => {
+                Outcome::RefusedStream
+            }
+            // A pooled connection the peer had silently dropped: Pingora's own rule retries
+            // idempotent requests on it; they were most likely never processed.
+            _ if matches!(e.retry, pingora_core::RetryType::ReusedOnly)
+                && client_reused
+                && idempotent =>
+            {
+                Outcome::RefusedStream
+            }
+            _ => Outcome::Reset,
+        };
+        let retry = decide(session, ctx, outcome);
+        e.set_retry(retry);
         e
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutCtx) {
+        ctx.permit = None;
         let Some((status, elapsed)) = metrics::finish(session, ctx.start, ctx.metrics.as_deref())
         else {
             return;
         };
+        if ctx.attempts > 1 {
+            if let Some(m) = &ctx.metrics {
+                m.event(if (1..500).contains(&status) {
+                    Event::RetriedSucceeded
+                } else {
+                    Event::RetriedFailed
+                });
+            }
+        }
         let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
             return;
         };
@@ -300,6 +499,7 @@ impl ProxyHttp for Outbound {
                 _ => "unmatched".into(),
             },
             endpoint: dest.zip(ctx.endpoint).map(|(d, e)| d.endpoints[e]),
+            retries: ctx.attempts.saturating_sub(1),
             ..Record::from_session(session, "outbound", status, elapsed, ctx.flag)
         });
     }
@@ -316,5 +516,91 @@ impl ProxyHttp for Outbound {
             .or_else(|| Failure::from_pingora(e, ctx.timeout(), &ctx.endpoint_name()));
         ctx.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
         errors::answer(session, failure).await
+    }
+}
+
+fn bit(ep: usize) -> u64 {
+    if ep < 64 {
+        1 << ep
+    } else {
+        0
+    }
+}
+
+/// Record a failure the sidecar raised itself, for `fail_to_proxy` to send.
+fn fail(ctx: &mut OutCtx, f: Failure) -> Box<Error> {
+    let e = f.to_error();
+    ctx.failure = Some(f);
+    e
+}
+
+/// Answer at once with `f`, counting why.
+async fn reject(session: &mut Session, ctx: &mut OutCtx, why: Reject, f: Failure) {
+    if let Some(m) = &ctx.metrics {
+        m.event(Event::Rejected(why));
+    }
+    ctx.flag = Some(why.as_str());
+    f.respond(session, false).await;
+}
+
+/// Feed the attempt's outcome to the endpoint's outlier detector.
+fn feed_health(ctx: &mut OutCtx, success: bool) {
+    let (Some(snap), Some(ep)) = (&ctx.snap, ctx.endpoint) else {
+        return;
+    };
+    let d = &snap.destinations[ctx.dest];
+    let probe = std::mem::take(&mut ctx.probe);
+    let now = state::now();
+    let t = if probe {
+        d.health.record_probe(ep, success, now)
+    } else {
+        d.health.record(ep, success, now)
+    };
+    match t {
+        Some(Transition::Ejected(time)) => {
+            d.ejections[ep].inc();
+            log::warn!(
+                "{} endpoint {} ejected for {} after consecutive failures",
+                d.name,
+                d.endpoints[ep],
+                humantime::format_duration(time)
+            );
+        }
+        Some(Transition::Returned) => {
+            log::info!(
+                "{} endpoint {} returned after a successful probe",
+                d.name,
+                d.endpoints[ep]
+            );
+        }
+        None => {}
+    }
+}
+
+/// Whether to retry after `outcome`: the route's policy decides (the one place retryability
+/// is decided); this only gathers the request's facts and counts a skipped retry.
+fn decide(session: &Session, ctx: &mut OutCtx, outcome: Outcome) -> bool {
+    let Some(snap) = &ctx.snap else { return false };
+    let d = &snap.destinations[ctx.dest];
+    let rs = &d.routes[ctx.route];
+    let attempt = Attempt {
+        attempts_made: ctx.attempts,
+        idempotent: session.req_header().method.is_idempotent(),
+        body_replayable: !session.as_ref().retry_buffer_truncated(),
+    };
+    match rs
+        .route
+        .retry
+        .decide(&outcome, attempt, &d.budget, state::now(), fastrand::f64())
+    {
+        Decision::Retry { backoff } => {
+            ctx.backoff = Some(backoff);
+            true
+        }
+        Decision::Stop(StopReason::Succeeded | StopReason::NotRetryable) => false,
+        Decision::Stop(reason) => {
+            rs.metrics.event(Event::Skipped(reason));
+            false
+        }
     }
 }

@@ -13,13 +13,25 @@ use arc_swap::ArcSwap;
 use http::Method;
 use pingora_http::RequestHeader;
 
+use weft_resilience::budget::RetryBudget;
+use weft_resilience::limiter::ConcurrencyLimiter;
+use weft_resilience::outlier::{EndpointHealth, OutlierDetector};
+use weft_resilience::rate::{KeyedBuckets, TokenBucket};
+use weft_resilience::Nanos;
+
 use crate::balancer::{self, EndpointStats};
 use crate::config::{
-    self, Backend, Config, ConfigError, FieldError, LbPolicy, Listen, OwnService, Protocol, Route,
-    RouteMatch, TlsPaths,
+    self, Config, ConfigError, FieldError, LbPolicy, Limits, Listen, OwnService, Protocol,
+    RateLimit, Route, TlsPaths,
 };
 use crate::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
 use crate::tls::{self, TlsMaterial};
+
+/// The sidecar's monotonic clock for the resilience core, which never reads one itself.
+pub fn now() -> Nanos {
+    static CLOCK: std::sync::OnceLock<weft_resilience::Clock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(weft_resilience::Clock::new).now()
+}
 
 /// One immutable version of the sidecar's config, ready for the hot path.
 #[derive(Debug)]
@@ -36,6 +48,10 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Idle limit for client connections and TCP tunnels.
+    pub idle_timeout: Duration,
+    /// Inbound rate limit.
+    pub inbound_rate: Option<Buckets>,
     /// Access log target (fixed for the process's life).
     pub access_log: Option<PathBuf>,
     /// Certificates, keys, roots.
@@ -69,6 +85,20 @@ pub struct Destination {
     pub endpoints: Vec<SocketAddr>,
     /// Endpoint stats, index-aligned with `endpoints`.
     pub stats: Vec<Arc<EndpointStats>>,
+    /// Outlier ejection state, index-aligned with `endpoints`.
+    pub health: OutlierDetector,
+    /// Any 5xx counts as an endpoint failure, not only 502, 503 and 504.
+    pub outlier_counts_5xx: bool,
+    /// Ejection counters, index-aligned with `endpoints`.
+    pub ejections: Vec<prometheus::IntCounter>,
+    /// Retries calls to this service may add.
+    pub budget: Arc<RetryBudget>,
+    /// Concurrency limits.
+    pub limits: Limits,
+    /// Requests in flight (HTTP).
+    pub in_flight: Arc<ConcurrencyLimiter>,
+    /// Open tunnels (TCP).
+    pub tunnels: Arc<ConcurrencyLimiter>,
     /// Routes in match order (at least one).
     pub routes: Vec<RouteState>,
     /// Every endpoint index (the TCP path's candidate list).
@@ -89,7 +119,39 @@ pub struct RouteState {
     pub metrics: Arc<RouteMetrics>,
     /// The route's name, shared with the access log.
     pub name: Arc<str>,
+    /// The route's token bucket.
+    pub rate: Option<TokenBucket>,
     total_weight: u32,
+}
+
+/// Token buckets for one limit: one shared, or one per caller identity.
+#[derive(Debug)]
+pub enum Buckets {
+    /// Every request draws from one bucket.
+    Shared(TokenBucket),
+    /// Each caller identity has its own.
+    PerCaller(KeyedBuckets),
+}
+
+/// Most distinct callers tracked by a per-caller limit; later ones share one bucket.
+pub const MAX_RATE_KEYS: usize = 10_000;
+
+impl Buckets {
+    fn new(r: &RateLimit) -> Self {
+        if r.per_caller {
+            Buckets::PerCaller(KeyedBuckets::new(r.per_second, r.burst, MAX_RATE_KEYS))
+        } else {
+            Buckets::Shared(TokenBucket::new(r.per_second, r.burst))
+        }
+    }
+
+    /// Take a token for `caller`; `Err` says when one will be available.
+    pub fn try_take(&self, caller: &str, now: Nanos) -> Result<(), Duration> {
+        match self {
+            Buckets::Shared(b) => b.try_take(now),
+            Buckets::PerCaller(k) => k.try_take(caller, now),
+        }
+    }
 }
 
 /// A backend's endpoints and its cumulative weight bound.
@@ -120,11 +182,14 @@ impl Snapshot {
             route: route.to_owned(),
             caller: caller.clone(),
         };
-        let mut old: HashMap<(&str, SocketAddr), &Arc<EndpointStats>> = HashMap::new();
+        type Kept<'a> = (&'a Arc<EndpointStats>, &'a Arc<EndpointHealth>);
+        let mut old: HashMap<(&str, SocketAddr), Kept> = HashMap::new();
+        let mut old_dest: HashMap<&str, &Destination> = HashMap::new();
         if let Some(p) = prev {
             for d in &p.destinations {
-                for (a, s) in d.endpoints.iter().zip(&d.stats) {
-                    old.insert((d.name.as_str(), *a), s);
+                old_dest.insert(d.name.as_str(), d);
+                for (i, a) in d.endpoints.iter().enumerate() {
+                    old.insert((d.name.as_str(), *a), (&d.stats[i], d.health.health(i)));
                 }
             }
         }
@@ -140,28 +205,41 @@ impl Snapshot {
                 by_port.insert(p, idx);
             }
             let endpoints: Vec<SocketAddr> = svc.endpoints.iter().map(|e| e.addr).collect();
-            let stats = endpoints
+            let kept: Vec<Option<&Kept>> = endpoints
                 .iter()
-                .map(|a| {
-                    old.get(&(svc.name.as_str(), *a))
-                        .map(|s| Arc::clone(s))
-                        .unwrap_or_default()
-                })
+                .map(|a| old.get(&(svc.name.as_str(), *a)))
                 .collect();
+            let stats = kept
+                .iter()
+                .map(|k| k.map(|k| Arc::clone(k.0)).unwrap_or_default())
+                .collect();
+            let ejections = endpoints
+                .iter()
+                .map(|a| metrics.ejections(&own_name, &svc.name, &a.to_string()))
+                .collect();
+            let health = OutlierDetector::new(
+                svc.outlier,
+                kept.iter()
+                    .map(|k| k.map(|k| Arc::clone(k.1)).unwrap_or_default())
+                    .collect(),
+            );
+            // Limiters and budgets carry live counts; keep them while their settings hold so
+            // a reload neither forgets in-flight requests nor refills a spent budget.
+            let prev_dest = old_dest.get(svc.name.as_str());
+            let budget = match prev_dest {
+                Some(p) if p.budget.config() == svc.retry_budget => p.budget.clone(),
+                _ => Arc::new(RetryBudget::new(svc.retry_budget)),
+            };
+            let (in_flight, tunnels) = match prev_dest {
+                Some(p) if p.limits == svc.limits => (p.in_flight.clone(), p.tunnels.clone()),
+                _ => (
+                    ConcurrencyLimiter::new(svc.limits.max_in_flight, svc.limits.max_pending),
+                    ConcurrencyLimiter::new(svc.limits.max_connections, 0),
+                ),
+            };
             let mut routes = svc.routes;
             if routes.is_empty() {
-                routes.push(Route {
-                    name: "default".to_owned(),
-                    matcher: RouteMatch::default(),
-                    backends: vec![Backend {
-                        subset: Default::default(),
-                        weight: 1,
-                    }],
-                    timeout: None,
-                    rewrite_prefix: None,
-                    set_headers: Vec::new(),
-                    remove_headers: Vec::new(),
-                });
+                routes.push(Route::catch_all());
             }
             let routes = routes
                 .into_iter()
@@ -182,6 +260,9 @@ impl Snapshot {
                         })
                         .collect();
                     RouteState {
+                        rate: route
+                            .rate_limit
+                            .map(|r| TokenBucket::new(r.per_second, r.burst)),
                         metrics: metrics.route(labels(&svc.name, &route.name)),
                         name: route.name.as_str().into(),
                         route,
@@ -200,10 +281,18 @@ impl Snapshot {
                 all: (0..endpoints.len()).collect(),
                 endpoints,
                 stats,
+                ejections,
+                health,
+                outlier_counts_5xx: svc.outlier_counts_5xx,
+                budget,
+                limits: svc.limits,
+                in_flight,
+                tunnels,
                 routes,
                 all_rr: AtomicUsize::new(0),
             });
         }
+        let inbound_rate = config.own.rate_limit.as_ref().map(Buckets::new);
         Snapshot {
             version,
             own: config.own,
@@ -211,6 +300,8 @@ impl Snapshot {
             workers: config.workers,
             drain_timeout: config.drain_timeout,
             connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            inbound_rate,
             access_log: config.access_log,
             identity: caller.as_str().into(),
             tls,
@@ -237,6 +328,27 @@ impl Snapshot {
     /// The destination served on a dedicated outbound port.
     pub fn destination_for_port(&self, port: u16) -> Option<usize> {
         self.by_port.get(&port).copied()
+    }
+
+    /// Set the destination gauges (ejections, healthy endpoints, in flight) from this
+    /// snapshot; called when metrics are scraped, since ejections end with time, not events.
+    pub fn export_gauges(&self, metrics: &Metrics, now: Nanos) {
+        use weft_resilience::outlier::HealthState;
+        metrics.clear_destination_gauges();
+        for d in &self.destinations {
+            let ejected = d.endpoints.iter().enumerate().map(|(i, a)| {
+                (
+                    a.to_string(),
+                    d.health.state(i, now) != HealthState::Healthy,
+                )
+            });
+            let busy = if d.protocol == Protocol::Tcp {
+                d.tunnels.in_flight()
+            } else {
+                d.in_flight.in_flight()
+            };
+            metrics.destination(&self.own.name, &d.name, ejected, busy);
+        }
     }
 
     /// Every dedicated outbound port with its protocol.
@@ -266,16 +378,36 @@ impl Destination {
             .position(|r| r.route.matcher.matches(method, path, req))
     }
 
-    /// Pick an endpoint of a route's weighted backend.
-    pub fn pick(&self, route: usize) -> Option<usize> {
+    /// Pick an endpoint of a route's weighted backend that is not ejected, preferring one
+    /// not in `tried` (a bit per endpoint index below 64) so a retry goes elsewhere.
+    pub fn pick(&self, route: usize, tried: u64, now: Nanos) -> Option<usize> {
         let r = &self.routes[route];
         let b = r.pick_backend()?;
-        balancer::choose(self.lb, &b.endpoints, &self.stats, &b.rr)
+        self.choose(&b.endpoints, &b.rr, tried, now)
     }
 
-    /// Pick any endpoint (TCP has no routes).
-    pub fn pick_any(&self) -> Option<usize> {
-        balancer::choose(self.lb, &self.all, &self.stats, &self.all_rr)
+    /// Pick any endpoint that is not ejected (TCP has no routes).
+    pub fn pick_any(&self, tried: u64, now: Nanos) -> Option<usize> {
+        self.choose(&self.all, &self.all_rr, tried, now)
+    }
+
+    fn choose(
+        &self,
+        candidates: &[usize],
+        rr: &AtomicUsize,
+        tried: u64,
+        now: Nanos,
+    ) -> Option<usize> {
+        let fresh = |ep: usize| ep >= 64 || tried & (1 << ep) == 0;
+        let usable = |ep: usize| fresh(ep) && self.health.selectable(ep, now);
+        balancer::choose(self.lb, candidates, &self.stats, rr, usable).or_else(|| {
+            // Every candidate was tried already: a tried endpoint beats none.
+            (tried != 0).then(|| {
+                balancer::choose(self.lb, candidates, &self.stats, rr, |ep| {
+                    self.health.selectable(ep, now)
+                })
+            })?
+        })
     }
 }
 

@@ -2,27 +2,106 @@
 //! to a peer sidecar, which connects it to its app. Half-close is carried both ways: a FIN
 //! becomes a TLS close_notify and back.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pingora_core::protocols::Stream;
 use rustls::pki_types::ServerName;
-use tokio::io::{copy_bidirectional_with_sizes, AsyncRead, AsyncWrite};
+use tokio::io::{copy_bidirectional_with_sizes, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
+use weft_resilience::outlier::{Admission, Transition};
 
 use crate::metrics::Metrics;
-use crate::state::Snapshot;
+use crate::state::{self, Snapshot};
 use crate::tls::ALPN_TCP;
+
+/// Connect attempts for one tunnel: a refused or failed connect never reached the app, so
+/// the next endpoint is always safe to try.
+const CONNECT_ATTEMPTS: u32 = 2;
+
+/// A stream that notes the time of its last read, so a watchdog can end an idle tunnel.
+struct Activity<'a, S> {
+    inner: S,
+    last: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.last.store(state::now(), Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Copy both ways until both sides close or nothing moves for `idle`.
+async fn copy_until_idle<A, B>(a: A, b: B, idle: Duration) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = AtomicU64::new(state::now());
+    let mut a = Activity {
+        inner: a,
+        last: &last,
+    };
+    let mut b = Activity {
+        inner: b,
+        last: &last,
+    };
+    let copy = copy_bidirectional_with_sizes(&mut a, &mut b, BUF, BUF);
+    tokio::pin!(copy);
+    let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+    // Each wake either finishes or finds fresh activity and sleeps again; a tunnel that
+    // moves data wakes the watchdog at most once per `idle`.
+    loop {
+        let since = state::now().saturating_sub(last.load(Relaxed));
+        if since >= idle_ns {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+        }
+        tokio::select! {
+            r = &mut copy => return r,
+            _ = tokio::time::sleep(Duration::from_nanos(idle_ns - since)) => {}
+        }
+    }
+}
 
 /// Copy buffer per direction: one TLS record.
 const BUF: usize = 16 * 1024;
 
 /// Copy both ways until both sides close; count the tunnel and its bytes. `a` is the side
 /// that opened the tunnel, so a→b bytes are `sent`.
-async fn splice<A, B>(mut a: A, mut b: B, metrics: &Metrics, direction: &str, dst: &str)
+async fn splice<A, B>(a: A, b: B, idle: Duration, metrics: &Metrics, direction: &str, dst: &str)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -31,7 +110,7 @@ where
         .tcp_opened
         .with_label_values(&[direction, dst])
         .inc();
-    let (sent, received) = match copy_bidirectional_with_sizes(&mut a, &mut b, BUF, BUF).await {
+    let (sent, received) = match copy_until_idle(a, b, idle).await {
         Ok(counts) => counts,
         Err(e) => {
             log::debug!("tcp {direction} {dst}: ended: {e}");
@@ -55,24 +134,67 @@ where
 /// Carry an app's connection to an endpoint of destination `dest`.
 pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize, metrics: &Metrics) {
     let d = &snap.destinations[dest];
-    let Some(ep) = d.pick_any() else {
-        log::warn!("tcp to {}: no endpoint", d.name);
+    let Some(_permit) = d.tunnels.try_acquire() else {
+        metrics
+            .tcp_rejected
+            .with_label_values(&["outbound", &d.name, "overloaded"])
+            .inc();
+        log::warn!(
+            "tcp to {}: refused, {} tunnels already open",
+            d.name,
+            d.limits.max_connections
+        );
         return;
     };
-    let addr = d.endpoints[ep];
-    let in_flight = d.stats[ep].start();
-    let tls = match connect(addr, &d.sni, &snap).await {
-        Ok(t) => {
-            in_flight.success();
-            t
-        }
-        Err(e) => {
-            in_flight.failure();
-            log::warn!("tcp to {} endpoint {addr}: {e}", d.name);
+    let mut tried = 0u64;
+    for _ in 0..CONNECT_ATTEMPTS {
+        let now = state::now();
+        let Some(ep) = d.pick_any(tried, now) else {
+            let why = if d.endpoints.is_empty() {
+                "no_endpoint"
+            } else {
+                "breaker_open"
+            };
+            metrics
+                .tcp_rejected
+                .with_label_values(&["outbound", &d.name, why])
+                .inc();
+            log::warn!("tcp to {}: no endpoint available ({why})", d.name);
             return;
+        };
+        if ep < 64 {
+            tried |= 1 << ep;
         }
-    };
-    splice(client, tls, metrics, "outbound", &d.name).await;
+        let probe = match d.health.admit(ep, now) {
+            Admission::Healthy => false,
+            Admission::Probe => true,
+            Admission::Rejected => continue,
+        };
+        let addr = d.endpoints[ep];
+        let in_flight = d.stats[ep].start();
+        let result = connect(addr, &d.sni, &snap).await;
+        let ok = result.is_ok();
+        let now = state::now();
+        let t = if probe {
+            d.health.record_probe(ep, ok, now)
+        } else {
+            d.health.record(ep, ok, now)
+        };
+        if let Some(Transition::Ejected(_)) = t {
+            d.ejections[ep].inc();
+        }
+        match result {
+            Ok(tls) => {
+                in_flight.success();
+                splice(client, tls, snap.idle_timeout, metrics, "outbound", &d.name).await;
+                return;
+            }
+            Err(e) => {
+                in_flight.failure();
+                log::warn!("tcp to {} endpoint {addr}: {e}", d.name);
+            }
+        }
+    }
 }
 
 async fn connect(
@@ -107,7 +229,15 @@ pub async fn inbound(tunnel: Stream, snap: Arc<Snapshot>, metrics: &Metrics) {
     match timeout(snap.connect_timeout, TcpStream::connect(app)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
-            splice(tunnel, tcp, metrics, "inbound", &snap.own.name).await;
+            splice(
+                tunnel,
+                tcp,
+                snap.idle_timeout,
+                metrics,
+                "inbound",
+                &snap.own.name,
+            )
+            .await;
         }
         Ok(Err(e)) => log::warn!("tcp tunnel to app {app}: {e}"),
         Err(_) => log::warn!("tcp tunnel to app {app}: connect timed out"),

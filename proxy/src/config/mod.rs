@@ -3,6 +3,7 @@
 //! one pass.
 
 pub mod model;
+mod resilience;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,6 +18,7 @@ use regex::Regex;
 use weft_certs::Identity;
 
 pub use model::*;
+pub use resilience::RETRY_CONDITIONS;
 
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,7 @@ impl Validator<'_> {
             raw.connect_timeout,
             DEFAULT_CONNECT_TIMEOUT,
         );
+        let idle_timeout = self.duration("idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
 
         let mut services = Vec::with_capacity(raw.services.len());
         let mut names = HashMap::new();
@@ -249,6 +252,7 @@ impl Validator<'_> {
             workers,
             drain_timeout,
             connect_timeout,
+            idle_timeout,
             access_log: raw.access_log.map(|p| {
                 if p == "-" {
                     PathBuf::from("-")
@@ -282,11 +286,13 @@ impl Validator<'_> {
         let identity = self.check("service.identity", identity(&raw.identity));
         let app = self.check("service.app", loopback_addr(&raw.app));
         let protocol = self.check("service.protocol", protocol(raw.protocol.as_deref()));
+        let rate_limit = self.rate_limit("service", raw.rate_limit, true);
         Some(OwnService {
             name: name?,
             identity: identity?,
             app: app?,
             protocol: protocol?,
+            rate_limit,
         })
     }
 
@@ -352,6 +358,9 @@ impl Validator<'_> {
                 Err(e) => self.err(format!("{f}.hosts[{i}]"), e),
             }
         }
+        let retry_budget = self.retry_budget(f, raw.retry_budget);
+        let (outlier, outlier_counts_5xx) = self.outlier(f, raw.outlier_detection);
+        let limits = self.limits(f, raw.limits);
         let mut endpoints = Vec::with_capacity(raw.endpoints.len());
         let mut seen = HashSet::new();
         for (i, e) in raw.endpoints.into_iter().enumerate() {
@@ -380,6 +389,10 @@ impl Validator<'_> {
             lb: lb?,
             endpoints,
             routes: Vec::new(),
+            retry_budget,
+            outlier,
+            outlier_counts_5xx,
+            limits,
         })
     }
 
@@ -480,6 +493,9 @@ impl Validator<'_> {
                 remove_headers.push(n);
             }
         }
+        let retry = self.retry(f, raw.retry, timeout);
+        let rate_limit = self.rate_limit(f, raw.rate_limit, false);
+        let fault = self.fault(f, raw.fault);
         Some(Route {
             name: name?,
             matcher: matcher?,
@@ -488,6 +504,9 @@ impl Validator<'_> {
             rewrite_prefix,
             set_headers,
             remove_headers,
+            retry,
+            rate_limit,
+            fault,
         })
     }
 

@@ -9,6 +9,11 @@ use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use regex::Regex;
 use weft_certs::Identity;
+pub use weft_resilience::backoff::Backoff;
+pub use weft_resilience::budget::BudgetConfig;
+pub use weft_resilience::fault::Fault;
+pub use weft_resilience::outlier::OutlierConfig;
+pub use weft_resilience::retry::{RetryOn, RetryPolicy};
 
 /// Default outbound HTTP listener.
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:15001";
@@ -22,6 +27,19 @@ pub const DEFAULT_WORKERS: usize = 1;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Default connect timeout (linkerd2-proxy's too).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Default idle limit for client connections and TCP tunnels (Envoy's TCP proxy default).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default requests in flight to one service (Envoy's circuit-breaker default).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default requests waiting for an in-flight slot (Envoy's default).
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+/// Default wait for an in-flight slot before answering 503.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default open TCP tunnels to one service (Envoy's default).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default attempts (the first plus two retries) when a route has a `retry` block.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
 
 /// The whole validated sidecar config.
 #[derive(Debug)]
@@ -40,6 +58,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Access log file (`-` is stdout); `None` is off.
     pub access_log: Option<PathBuf>,
+    /// Idle limit for client connections and TCP tunnels.
+    pub idle_timeout: Duration,
     /// Mesh services this sidecar may call, each with its routes.
     pub services: Vec<Service>,
 }
@@ -75,6 +95,43 @@ pub struct OwnService {
     pub app: SocketAddr,
     /// What the app speaks.
     pub protocol: Protocol,
+    /// Inbound rate limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket's parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: u32,
+    /// One bucket per caller identity.
+    pub per_caller: bool,
+}
+
+/// Concurrency limits towards one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot.
+    pub max_pending: usize,
+    /// Longest wait for a slot.
+    pub queue_timeout: Duration,
+    /// Open TCP tunnels (HTTP rides a few multiplexed connections per endpoint).
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_pending: DEFAULT_MAX_PENDING,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Listener addresses.
@@ -118,6 +175,14 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Its routes, in match order; empty means one implicit catch-all route.
     pub routes: Vec<Route>,
+    /// How many retries calls to it may add.
+    pub retry_budget: BudgetConfig,
+    /// Per-endpoint ejection.
+    pub outlier: OutlierConfig,
+    /// Any 5xx counts as an endpoint failure, not only 502, 503 and 504.
+    pub outlier_counts_5xx: bool,
+    /// Concurrency limits.
+    pub limits: Limits,
 }
 
 /// An endpoint of a service.
@@ -146,6 +211,33 @@ pub struct Route {
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     /// Headers removed from the request.
     pub remove_headers: Vec<HeaderName>,
+    /// When to retry.
+    pub retry: RetryPolicy,
+    /// Token bucket.
+    pub rate_limit: Option<RateLimit>,
+    /// Injected faults.
+    pub fault: Option<Fault>,
+}
+
+impl Route {
+    /// The route a service without routes gets: everything, to all endpoints.
+    pub fn catch_all() -> Self {
+        Route {
+            name: "default".to_owned(),
+            matcher: RouteMatch::default(),
+            backends: vec![Backend {
+                subset: Default::default(),
+                weight: 1,
+            }],
+            timeout: None,
+            rewrite_prefix: None,
+            set_headers: Vec::new(),
+            remove_headers: Vec::new(),
+            retry: RetryPolicy::default_policy(),
+            rate_limit: None,
+            fault: None,
+        }
+    }
 }
 
 /// All conditions must hold; an empty match takes everything.

@@ -186,3 +186,119 @@ fn errors_render_with_file_field_and_reason() {
         "{msg}"
     );
 }
+
+#[test]
+fn resilience_defaults_are_documented_values() {
+    let c = parse_str(BASE).expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.retry_budget, BudgetConfig::default());
+    assert_eq!(s.outlier, OutlierConfig::default());
+    assert!(!s.outlier_counts_5xx);
+    assert_eq!(s.limits, Limits::default());
+    assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    let c = parse_str(&with_routes(
+        "  - name: r\n    service: orders\n    retry: {on: [5xx]}\n",
+    ))
+    .expect("valid");
+    let r = &c.services[0].routes[0].retry;
+    assert!(r.on.server_error && !r.on.connect_failure);
+    assert_eq!(r.max_attempts, DEFAULT_RETRY_ATTEMPTS);
+    assert_eq!(r.backoff, Backoff::default());
+}
+
+#[test]
+fn resilience_knobs_parse_into_core_types() {
+    let text = format!(
+        "{}    retry_budget: {{ratio: 0.5, min_per_second: 3, window: 30s}}\n\
+         \x20   outlier_detection: {{consecutive_failures: 7, base_ejection_time: 1s, max_ejection_time: 1m, max_ejected_percent: 30, failures: 5xx}}\n\
+         \x20   limits: {{max_in_flight: 10, max_pending: 0, queue_timeout: 50ms, max_connections: 3}}\n\
+         routes:\n  - name: r\n    service: orders\n    timeout: 2s\n\
+         \x20   retry: {{on: [connect-failure, reset, timeout], statuses: [409], grpc_codes: [unavailable, 8], attempts: 4, per_try_timeout: 500ms, backoff: {{base: 10ms, max: 1s}}, non_idempotent: true}}\n\
+         \x20   rate_limit: {{requests_per_second: 2.5}}\n\
+         \x20   fault: {{delay: {{percent: 10, duration: 5ms}}, abort: {{percent: 1.5, status: 418}}}}\n",
+        BASE
+    );
+    let c = parse_str(&text).expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.retry_budget.ratio, 0.5);
+    assert_eq!(s.retry_budget.window, Duration::from_secs(30));
+    assert_eq!(s.outlier.consecutive_failures, 7);
+    assert_eq!(s.outlier.max_ejection, Duration::from_secs(60));
+    assert!(s.outlier_counts_5xx);
+    assert_eq!(s.limits.max_pending, 0);
+    assert_eq!(s.limits.max_connections, 3);
+    let r = &s.routes[0];
+    assert_eq!(r.retry.on.grpc_codes, [14, 8]);
+    assert_eq!(r.retry.on.statuses, [409]);
+    assert!(r.retry.on.timeout && r.retry.on.reset && !r.retry.on.gateway_error);
+    assert_eq!(r.retry.per_try_timeout, Some(Duration::from_millis(500)));
+    assert!(r.retry.non_idempotent);
+    let rl = r.rate_limit.expect("rate limit");
+    assert_eq!(
+        (rl.per_second, rl.burst),
+        (2.5, 3),
+        "burst defaults to a second of tokens"
+    );
+    let f = r.fault.expect("fault");
+    assert_eq!(f.delay, Some((10.0, Duration::from_millis(5))));
+    assert_eq!(f.abort, Some((1.5, 418)));
+}
+
+#[test]
+fn bad_resilience_knobs_name_field_and_value() {
+    let text = format!(
+        "{}    outlier_detection: {{base_ejection_time: 10s, max_ejection_time: 1s, failures: 4xx}}\n\
+         \x20   limits: {{max_in_flight: 0}}\n\
+         routes:\n  - name: r\n    service: orders\n    timeout: 100ms\n\
+         \x20   retry: {{on: [5xx, sometimes], statuses: [700], grpc_codes: [nope, 0], attempts: 11, per_try_timeout: 100ms}}\n\
+         \x20   rate_limit: {{requests_per_second: 0}}\n\
+         \x20   fault: {{abort: {{percent: 120, status: 99}}}}\n",
+        BASE
+    );
+    let errors = invalid(&text);
+    let has = |field: &str, words: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.reason.contains(words)),
+            "no error {field}: {words} in {errors:?}"
+        )
+    };
+    has(
+        "services[0].outlier_detection.max_ejection_time",
+        "base_ejection_time",
+    );
+    has("services[0].outlier_detection.failures", "\"4xx\"");
+    has("services[0].limits.max_in_flight", "got 0");
+    has("routes[0].retry.on[1]", "\"sometimes\"");
+    has("routes[0].retry.statuses[0]", "700");
+    has("routes[0].retry.grpc_codes[0]", "nope");
+    has("routes[0].retry.grpc_codes[1]", "0");
+    has("routes[0].retry.attempts", "got 11");
+    has("routes[0].retry.per_try_timeout", "impossible");
+    has("routes[0].rate_limit.requests_per_second", "got 0");
+    has("routes[0].fault.abort.percent", "got 120");
+    has("routes[0].fault.abort.status", "got 99");
+}
+
+#[test]
+fn per_caller_limits_are_inbound_only() {
+    let text = with_routes(
+        "  - name: r\n    service: orders\n    rate_limit: {requests_per_second: 5, per_caller: true}\n",
+    );
+    let errors = invalid(&text);
+    assert_eq!(errors[0].field, "routes[0].rate_limit.per_caller");
+    let inbound = BASE.replace(
+        "  app: 127.0.0.1:8080",
+        "  app: 127.0.0.1:8080\n  rate_limit: {requests_per_second: 5, burst: 2, per_caller: true}",
+    );
+    let c = parse_str(&inbound).expect("valid");
+    assert_eq!(
+        c.own.rate_limit,
+        Some(RateLimit {
+            per_second: 5.0,
+            burst: 2,
+            per_caller: true
+        })
+    );
+}

@@ -26,6 +26,8 @@ pub struct ConfigFile {
     pub connect_timeout: Option<String>,
     /// Access log file, `-` for stdout (default: off).
     pub access_log: Option<String>,
+    /// Close client connections and TCP tunnels idle this long (default 1h).
+    pub idle_timeout: Option<String>,
     /// Mesh services this sidecar may call.
     #[serde(default)]
     pub services: Vec<Service>,
@@ -46,6 +48,8 @@ pub struct OwnService {
     pub app: String,
     /// Protocol the app speaks (default http).
     pub protocol: Option<String>,
+    /// Inbound rate limit (default: none).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Listener addresses; each has a default.
@@ -92,6 +96,12 @@ pub struct Service {
     /// Inbound addresses of the service's sidecars.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// How many retries calls to this service may add.
+    pub retry_budget: Option<RetryBudget>,
+    /// Per-endpoint ejection on consecutive failures.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Concurrency limits towards this service.
+    pub limits: Option<Limits>,
 }
 
 /// One endpoint of a service.
@@ -125,6 +135,12 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// Request header edits.
     pub request_headers: Option<HeaderEdits>,
+    /// When and how to retry (default: only failures that never reached the app).
+    pub retry: Option<Retry>,
+    /// Token bucket for this route (default: none).
+    pub rate_limit: Option<RateLimit>,
+    /// Injected delays and aborts (default: none).
+    pub fault: Option<Fault>,
 }
 
 /// Request match; every given condition must hold.
@@ -193,4 +209,131 @@ pub struct HeaderEdits {
     /// Header names removed from the request.
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+/// A retry budget: retries may add `ratio` of requests over `window`, plus `min_per_second`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Share of requests that may be retried (default 0.2).
+    pub ratio: Option<f64>,
+    /// Retries always allowed per second (default 10).
+    pub min_per_second: Option<u32>,
+    /// Accounting window (default 10s).
+    pub window: Option<String>,
+}
+
+/// Outlier ejection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive failures that eject an endpoint; 0 disables (default 5).
+    pub consecutive_failures: Option<u32>,
+    /// First ejection time; doubles with each ejection (default 10s).
+    pub base_ejection_time: Option<String>,
+    /// Longest ejection (default 300s).
+    pub max_ejection_time: Option<String>,
+    /// Most endpoints ejected at once, percent; at least one may be (default 50).
+    pub max_ejected_percent: Option<u8>,
+    /// Which responses count as failures besides connect failures, resets and timeouts:
+    /// `gateway-error` (502, 503, 504; the default) or `5xx`.
+    pub failures: Option<String>,
+}
+
+/// Concurrency limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests in flight at once (default 1024).
+    pub max_in_flight: Option<usize>,
+    /// Requests waiting for an in-flight slot (default 1024).
+    pub max_pending: Option<usize>,
+    /// How long a request may wait for a slot (default 1s).
+    pub queue_timeout: Option<String>,
+    /// Open TCP tunnels (default 1024).
+    pub max_connections: Option<usize>,
+}
+
+/// A retry policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Conditions (default: connect-failure, refused-stream, gateway-error).
+    pub on: Option<Vec<String>>,
+    /// Extra response statuses to retry.
+    #[serde(default)]
+    pub statuses: Vec<u16>,
+    /// gRPC status codes to retry (names or numbers).
+    #[serde(default)]
+    pub grpc_codes: Vec<NameOrNumber>,
+    /// Attempts including the first (default 3).
+    pub attempts: Option<u32>,
+    /// Time allowed for one attempt's response headers (default: none).
+    pub per_try_timeout: Option<String>,
+    /// Exponential backoff with full jitter.
+    pub backoff: Option<Backoff>,
+    /// Retry non-idempotent methods on more than connect failures (default false).
+    pub non_idempotent: Option<bool>,
+}
+
+/// A name or a number (gRPC codes).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NameOrNumber {
+    /// A number.
+    Number(u32),
+    /// A name.
+    Name(String),
+}
+
+/// Backoff bounds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// First retry's upper bound (default 25ms).
+    pub base: Option<String>,
+    /// Largest upper bound (default 250ms).
+    pub max: Option<String>,
+}
+
+/// A token bucket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub requests_per_second: f64,
+    /// Bucket size (default: one second of tokens).
+    pub burst: Option<u32>,
+    /// One bucket per caller identity (inbound only; default false).
+    pub per_caller: Option<bool>,
+}
+
+/// Fault injection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Delay a share of requests.
+    pub delay: Option<FaultDelay>,
+    /// Answer a share of requests with a status.
+    pub abort: Option<FaultAbort>,
+}
+
+/// Injected delay.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// Percent of requests, 0 to 100.
+    pub percent: f64,
+    /// How long.
+    pub duration: String,
+}
+
+/// Injected abort.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// Percent of requests, 0 to 100.
+    pub percent: f64,
+    /// Status sent.
+    pub status: u16,
 }

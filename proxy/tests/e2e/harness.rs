@@ -423,3 +423,135 @@ pub async fn mixed_traffic(c: &HttpClient, outbound: SocketAddr) {
         assert_eq!(get(c, outbound, "orders", "/nowhere").await.status, 404);
     }
 }
+
+/// A scriptable app: answers every request with `status` (changeable at run time) after
+/// `delay_ms`, names itself in `x-served-by`, and counts what it received.
+#[derive(Clone)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TestApp {
+    pub async fn start(name: &str, status: u16) -> TestApp {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = TestApp {
+            addr: l.local_addr().expect("addr"),
+            hits: Default::default(),
+            status: std::sync::Arc::new(status.into()),
+            delay_ms: Default::default(),
+        };
+        let (a, name) = (app.clone(), name.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    return;
+                };
+                let (a, name) = (a.clone(), name.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let (a, name) = (a.clone(), name.clone());
+                        async move {
+                            a.hits.fetch_add(1, Relaxed);
+                            let d = a.delay_ms.load(Relaxed);
+                            if d > 0 {
+                                tokio::time::sleep(Duration::from_millis(d)).await;
+                            }
+                            http::Response::builder()
+                                .status(a.status.load(Relaxed))
+                                .header("x-served-by", name)
+                                .body(Full::new(Bytes::from_static(b"ok\n")))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        app
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_status(&self, s: u16) {
+        self.status.store(s, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One response of a load run.
+pub struct Outcome {
+    pub status: u16,
+    pub latency: Duration,
+    pub served_by: String,
+    pub error: String,
+    pub retry_after: String,
+}
+
+/// `n` GETs of `path` through `proxy` as `host`, `concurrency` at a time; every outcome,
+/// transport errors as status 0.
+pub async fn load(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    n: usize,
+    concurrency: usize,
+) -> Vec<Outcome> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, host, path) = (next.clone(), host.to_owned(), path.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut out = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let t = Instant::now();
+                let r = send(&c, proxy, &host, "GET", &path, &[]).await;
+                let latency = t.elapsed();
+                out.push(match r {
+                    Ok(r) => Outcome {
+                        status: r.status,
+                        latency,
+                        served_by: r.served_by().to_owned(),
+                        error: r.header("x-weft-error").to_owned(),
+                        retry_after: r.header("retry-after").to_owned(),
+                    },
+                    Err(e) => Outcome {
+                        status: 0,
+                        latency,
+                        served_by: String::new(),
+                        error: e,
+                        retry_after: String::new(),
+                    },
+                });
+            }
+            out
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await.expect("load task"));
+    }
+    all
+}
+
+/// The value of one exported series (0 when absent): `fragment` must identify it, e.g.
+/// `weft_retries_total{` plus a label.
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = admin_get(admin, "/metrics").await.expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

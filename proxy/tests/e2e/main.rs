@@ -9,6 +9,7 @@ mod lifecycle_tests;
 mod metrics_tests;
 mod prometheus_tests;
 mod protocol_tests;
+mod resilience_tests;
 mod routing_tests;
 mod tls_tests;
 
