@@ -196,7 +196,14 @@ impl RetryPolicy {
             StopReason::Succeeded
         } else if !self.is_retryable(outcome) {
             StopReason::NotRetryable
-        } else if !attempt.idempotent && !outcome.never_reached_app() && !self.non_idempotent {
+        } else if !attempt.idempotent
+            && !outcome.never_reached_app()
+            && !matches!(outcome, Outcome::Grpc(_))
+            && !self.non_idempotent
+        {
+            // Every gRPC call is a POST; the operator who lists gRPC codes for a route has
+            // judged those codes safe to retry (as Envoy and Linkerd treat them), so the
+            // method says nothing here.
             StopReason::NonIdempotent
         } else if attempt.attempts_made >= self.max_attempts {
             StopReason::AttemptsExhausted

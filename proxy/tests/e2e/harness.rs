@@ -333,6 +333,19 @@ pub async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Resp, String> {
+    send_body(c, proxy, host, method, path, headers, Bytes::new()).await
+}
+
+/// [`send`] with a request body.
+pub async fn send_body(
+    c: &HttpClient,
+    proxy: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Resp, String> {
     let mut b = http::Request::builder()
         .method(method)
         .uri(format!("http://{proxy}{path}"))
@@ -340,7 +353,7 @@ pub async fn send(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
     let r = c.request(req).await.map_err(|e| format!("{e:?}"))?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
@@ -452,20 +465,24 @@ impl TestApp {
                 };
                 let (a, name) = (a.clone(), name.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req| {
-                        let (a, name) = (a.clone(), name.clone());
-                        async move {
-                            a.hits.fetch_add(1, Relaxed);
-                            let d = a.delay_ms.load(Relaxed);
-                            if d > 0 {
-                                tokio::time::sleep(Duration::from_millis(d)).await;
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (a, name) = (a.clone(), name.clone());
+                            async move {
+                                // Read the whole body first, as most apps do before answering.
+                                let _ = req.into_body().collect().await;
+                                a.hits.fetch_add(1, Relaxed);
+                                let d = a.delay_ms.load(Relaxed);
+                                if d > 0 {
+                                    tokio::time::sleep(Duration::from_millis(d)).await;
+                                }
+                                http::Response::builder()
+                                    .status(a.status.load(Relaxed))
+                                    .header("x-served-by", name)
+                                    .body(Full::new(Bytes::from_static(b"ok\n")))
                             }
-                            http::Response::builder()
-                                .status(a.status.load(Relaxed))
-                                .header("x-served-by", name)
-                                .body(Full::new(Bytes::from_static(b"ok\n")))
-                        }
-                    });
+                        },
+                    );
                     let io = hyper_util::rt::TokioIo::new(tcp);
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)

@@ -436,3 +436,180 @@ async fn timeouts_bound_slow_upstreams_and_per_try_retries() {
         assert!(o.latency < Duration::from_millis(600), "{:?}", o.latency);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_status_codes_are_retried_as_configured() {
+    let pki = Pki::new(69);
+    pki.issue("frontend");
+    pki.issue("inventory");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app = l.local_addr().expect("addr");
+    weft_samples::grpc::serve(l, "inventory-1");
+    let mut spec = Spec::new("inventory", app);
+    spec.protocol = "grpc";
+    let inv = Sidecar::start(&pki, spec).await;
+    let port = free_port();
+    let mut spec = Spec::new("frontend", http_app("frontend").await);
+    spec.rest = format!(
+        "services:\n{}    outlier_detection: {{consecutive_failures: 0}}\nroutes:\n  - name: rpc\n    service: inventory\n    retry: {{on: [], grpc_codes: [unavailable], attempts: 3, backoff: {{base: 1ms, max: 2ms}}}}\n",
+        service_yaml("inventory", "grpc", Some(port), &[(inv.inbound, "v1")])
+    );
+    let fe = Sidecar::start(&pki, spec).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = weft_samples::grpc::EchoClient::new(channel);
+    let fail = |code: u32| weft_samples::grpc::EchoRequest {
+        message: "down".into(),
+        count: code,
+    };
+    // UNAVAILABLE (14) is retried up to the attempt limit; NOT_FOUND (5) is not.
+    let e = c.fail(fail(14)).await.expect_err("fails");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        metric(fe.admin, "weft_retries_total", &[("route", "rpc")]).await,
+        2.0
+    );
+    let e = c.fail(fail(5)).await.expect_err("fails");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert_eq!(
+        metric(fe.admin, "weft_retries_total", &[("route", "rpc")]).await,
+        2.0
+    );
+    let skipped = metric(
+        fe.admin,
+        "weft_retries_skipped_total",
+        &[("reason", "attempts_exhausted")],
+    )
+    .await;
+    assert_eq!(skipped, 1.0);
+    let ok = c.unary(fail(0)).await.expect("unary").into_inner();
+    assert_eq!(ok.served_by, "inventory-1");
+}
+
+async fn echo(s: &mut tokio::net::TcpStream) -> Option<[u8; 4]> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"ping").await.ok()?;
+    let mut b = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+        .await
+        .ok()?
+        .ok()?;
+    Some(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_tunnels_obey_connection_limits_and_idle_timeouts() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new(70);
+    pki.issue("frontend");
+    pki.issue("db");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app = l.local_addr().expect("addr");
+    weft_samples::tcp::serve_echo(l);
+    let mut spec = Spec::new("db", app);
+    spec.protocol = "tcp";
+    let db = Sidecar::start(&pki, spec).await;
+    let port = free_port();
+    let mut spec = Spec::new("frontend", http_app("frontend").await);
+    spec.rest = format!(
+        "idle_timeout: 1s\nservices:\n{}    limits: {{max_connections: 1}}\n",
+        service_yaml("db", "tcp", Some(port), &[(db.inbound, "v1")])
+    );
+    let fe = Sidecar::start(&pki, spec).await;
+    let mut first = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert_eq!(echo(&mut first).await, Some(*b"ping"));
+    // The limit is one tunnel: a second connection is closed at once.
+    let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert_eq!(echo(&mut second).await, None, "over the limit");
+    let rejected = metric(
+        fe.admin,
+        "weft_tcp_connections_rejected_total",
+        &[("reason", "overloaded")],
+    )
+    .await;
+    assert_eq!(rejected, 1.0);
+    // Idle for longer than idle_timeout: the tunnel is closed, which frees the slot.
+    let t = Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut b))
+        .await
+        .expect("closed within 5s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "EOF after idling");
+    let idle = t.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+    let mut third = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert_eq!(echo(&mut third).await, Some(*b"ping"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_up_to_64k_are_replayed_and_larger_ones_are_not() {
+    let pki = Pki::new(71);
+    let (apps, cars) = orders(&pki, &[500, 200]).await;
+    let fe = frontend(
+        &pki,
+        &cars,
+        "    load_balancer: round_robin\n    outlier_detection: {consecutive_failures: 0}\n",
+        "  - name: all\n    service: orders\n    retry: {on: [5xx], attempts: 2}\n",
+    )
+    .await;
+    let c = client();
+    for _ in 0..6 {
+        let body = bytes::Bytes::from(vec![b'x'; 10 * 1024]);
+        let r = send_body(&c, fe.outbound, "orders", "PUT", "/", &[], body)
+            .await
+            .expect("put");
+        assert_eq!(
+            r.status, 200,
+            "a 10 KiB body is replayed to the other endpoint"
+        );
+    }
+    let retried = metric(fe.admin, "weft_retries_total", &[("route", "all")]).await;
+    assert!(
+        retried >= 3.0,
+        "half the small PUTs met the bad endpoint first: {retried}"
+    );
+    let mut failed = 0;
+    for _ in 0..6 {
+        let body = bytes::Bytes::from(vec![b'x'; 200 * 1024]);
+        let r = send_body(&c, fe.outbound, "orders", "PUT", "/", &[], body)
+            .await
+            .expect("put");
+        failed += usize::from(r.status == 500);
+    }
+    assert!(
+        failed >= 3,
+        "a 200 KiB body cannot be replayed: {failed} of 6 failed"
+    );
+    let skipped = metric(
+        fe.admin,
+        "weft_retries_skipped_total",
+        &[("reason", "body_too_large")],
+    )
+    .await;
+    assert_eq!(
+        skipped as usize, failed,
+        "every unreplayable retry is counted"
+    );
+    assert_eq!(
+        metric(fe.admin, "weft_retries_total", &[("route", "all")]).await,
+        retried
+    );
+    assert!(apps[0].hits() >= 6);
+}

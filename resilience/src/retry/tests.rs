@@ -146,6 +146,27 @@ fn non_idempotent_requests_retry_only_failures_before_the_app() {
 }
 
 #[test]
+fn listed_grpc_codes_retry_although_grpc_calls_are_posts() {
+    let p = policy(RetryOn {
+        grpc_codes: vec![14],
+        ..RetryOn::default()
+    });
+    let post = Attempt {
+        idempotent: false,
+        ..attempt(1)
+    };
+    let b = roomy_budget();
+    assert!(matches!(
+        p.decide(&Outcome::Grpc(14), post, &b, 0, 0.5),
+        Decision::Retry { .. }
+    ));
+    assert_eq!(
+        p.decide(&Outcome::Grpc(5), post, &b, 0, 0.5),
+        stop(StopReason::NotRetryable)
+    );
+}
+
+#[test]
 fn attempts_are_capped_including_the_first() {
     let p = policy(RetryOn {
         reset: true,
