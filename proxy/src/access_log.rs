@@ -20,8 +20,9 @@ pub const TICK: Duration = Duration::from_millis(50);
 pub struct Record {
     /// When the request arrived.
     pub time: Option<SystemTime>,
-    /// W3C trace id from `traceparent`, if the request carried one.
-    pub trace_id: Option<String>,
+    /// W3C trace id of the request: the one its `traceparent` carried, or the one this
+    /// sidecar started.
+    pub trace_id: Option<crate::trace::TraceId>,
     /// `outbound` or `inbound`.
     pub direction: &'static str,
     /// SPIFFE identity of the caller.
@@ -55,7 +56,7 @@ pub struct Record {
 
 impl Record {
     /// The fields every request shares, read from the finished session; the caller fills in
-    /// identities, route and endpoint.
+    /// trace id, identities, route and endpoint.
     pub fn from_session(
         session: &pingora_proxy::Session,
         direction: &'static str,
@@ -66,11 +67,6 @@ impl Record {
         let req = session.req_header();
         Record {
             time: SystemTime::now().checked_sub(elapsed),
-            trace_id: req
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(trace_id),
             direction,
             method: req.method.clone(),
             authority: req.headers.get(http::header::HOST).cloned().or_else(|| {
@@ -98,7 +94,8 @@ impl Record {
 struct Line<'a> {
     #[serde(serialize_with = "rfc3339")]
     time: Option<SystemTime>,
-    trace_id: Option<&'a str>,
+    #[serde(serialize_with = "display")]
+    trace_id: Option<crate::trace::TraceId>,
     direction: &'a str,
     src_identity: &'a str,
     dst_identity: &'a str,
@@ -116,8 +113,8 @@ struct Line<'a> {
     flags: &'a [&'static str],
 }
 
-fn display<S: serde::Serializer>(
-    v: &Option<std::net::SocketAddr>,
+fn display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &Option<T>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match v {
@@ -137,7 +134,7 @@ impl Record {
     fn line(&self) -> Line<'_> {
         Line {
             time: self.time,
-            trace_id: self.trace_id.as_deref(),
+            trace_id: self.trace_id,
             direction: self.direction,
             src_identity: &self.src_identity,
             dst_identity: &self.dst_identity,
@@ -248,13 +245,6 @@ fn write_loop(rx: Receiver<Record>, out: Box<dyn Write + Send>, written: IntCoun
     }
 }
 
-/// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`).
-pub fn trace_id(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Barrier, Mutex};
@@ -326,15 +316,5 @@ mod tests {
         assert!(text
             .lines()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
-    }
-
-    #[test]
-    fn trace_ids_come_from_valid_traceparents_only() {
-        assert_eq!(
-            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
-        assert_eq!(trace_id(""), None);
     }
 }

@@ -88,6 +88,12 @@ pub fn config_dump(s: &Snapshot) -> Value {
         "workers": s.workers,
         "drain_timeout_ms": s.drain_timeout.as_millis() as u64,
         "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
+        "tracing": {
+            "collector": s.tracing.collector,
+            "sampling": s.tracing.sampling,
+            "max_queue": s.tracing.max_queue,
+            "export_interval_ms": s.tracing.export_interval.as_millis() as u64,
+        },
         "services": destinations,
     })
 }

@@ -5,18 +5,31 @@
 //! work ourselves lets the sidecar leave the moment it is idle.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Work to do just before the process exits (flush queued spans); never on the hot path.
+type ExitHook = Box<dyn FnOnce() + Send>;
+
 /// Counts in-flight requests and tunnels.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Drain {
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    at_exit: Mutex<Vec<ExitHook>>,
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("in_flight", &self.in_flight)
+            .field("draining", &self.draining)
+            .finish()
+    }
 }
 
 /// One unit of in-flight work; dropping it ends the work.
@@ -41,6 +54,13 @@ impl Drain {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Run `hook` when the drain ends, just before the process exits.
+    pub fn at_exit(&self, hook: impl FnOnce() + Send + 'static) {
+        if let Ok(mut hooks) = self.at_exit.lock() {
+            hooks.push(Box::new(hook));
+        }
+    }
+
     /// True once SIGTERM arrived.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
@@ -61,6 +81,10 @@ impl Drain {
                 log::warn!("drain timeout {limit:?} reached with {left} in flight; exiting");
             } else {
                 log::info!("drained in {:?}; exiting", start.elapsed());
+            }
+            let hooks = self.at_exit.lock().map(|mut h| std::mem::take(&mut *h));
+            for hook in hooks.unwrap_or_default() {
+                hook();
             }
             std::process::exit(0);
         });

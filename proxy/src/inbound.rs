@@ -19,6 +19,7 @@ use crate::metrics::{self, Event, Reject, RouteMetrics};
 use crate::outbound::MAX_H2_STREAMS;
 use crate::state::{self, Snapshot, Store};
 use crate::tls::PeerIdentity;
+use crate::trace::{Hop, SpanRecord, Tracer};
 
 /// Header carrying the caller's SPIFFE identity to the app. Any value the caller sent is
 /// replaced, so the app can trust it.
@@ -29,15 +30,22 @@ pub struct InboundHttp {
     store: Arc<Store>,
     drain: Arc<Drain>,
     access_log: Option<Arc<AccessLog>>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl InboundHttp {
-    /// Inbound proxy reading config from `store`.
-    pub fn new(store: Arc<Store>, drain: Arc<Drain>, access_log: Option<Arc<AccessLog>>) -> Self {
+    /// Inbound proxy reading config from `store`; spans go to `tracer` when there is one.
+    pub fn new(
+        store: Arc<Store>,
+        drain: Arc<Drain>,
+        access_log: Option<Arc<AccessLog>>,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Self {
         Self {
             store,
             drain,
             access_log,
+            tracer,
         }
     }
 }
@@ -51,6 +59,10 @@ pub struct InCtx {
     metrics: Option<Arc<RouteMetrics>>,
     start: Option<std::time::Instant>,
     flag: Option<&'static str>,
+    /// Trace context of this request.
+    trace: Hop,
+    /// `grpc-status` of the response, when recording a span.
+    grpc_status: Option<u32>,
     _working: Option<Working>,
 }
 
@@ -65,6 +77,12 @@ impl ProxyHttp for InboundHttp {
     async fn request_filter(&self, session: &mut Session, ctx: &mut InCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
         ctx.start = Some(std::time::Instant::now());
+        let snap = self.store.load();
+        ctx.trace = Hop::start(
+            &session.req_header().headers,
+            self.tracer.is_some(),
+            snap.tracing.sampling,
+        );
         let peer = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -81,7 +99,6 @@ impl ProxyHttp for InboundHttp {
                 .await;
             return Ok(true);
         }
-        let snap = self.store.load();
         crate::errors::idle_keepalive(session, snap.idle_timeout);
         if let Some(buckets) = &snap.inbound_rate {
             let caller = ctx.caller_id.as_deref().unwrap_or_default();
@@ -133,6 +150,30 @@ impl ProxyHttp for InboundHttp {
         if let Some(caller) = &ctx.caller {
             req.insert_header(CALLER_HEADER, caller.clone())?;
         }
+        ctx.trace.propagate(req)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut pingora_http::ResponseHeader,
+        ctx: &mut InCtx,
+    ) -> Result<()> {
+        if ctx.trace.recording {
+            ctx.grpc_status = crate::trace::grpc_status(&resp.headers);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut InCtx,
+    ) -> Result<()> {
+        if ctx.trace.recording {
+            ctx.grpc_status = crate::trace::grpc_status(trailers).or(ctx.grpc_status);
+        }
         Ok(())
     }
 
@@ -141,10 +182,31 @@ impl ProxyHttp for InboundHttp {
         else {
             return;
         };
+        let app = ctx.snap.as_ref().map(|s| s.own.app);
+        if let (Some(tracer), Some((trace_id, span_id))) = (&self.tracer, ctx.trace.span()) {
+            tracer.record(SpanRecord {
+                trace_id,
+                span_id,
+                parent: ctx.trace.parent,
+                flags: ctx.trace.flags,
+                direction: metrics::Direction::Inbound,
+                labels: ctx.metrics.clone(),
+                method: session.req_header().method.clone(),
+                uri: session.req_header().uri.clone(),
+                status,
+                grpc_status: ctx.grpc_status,
+                server: app,
+                retries: None,
+                flag: ctx.flag,
+                end: std::time::SystemTime::now(),
+                duration: elapsed,
+            });
+        }
         let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
             return;
         };
         log.record(Record {
+            trace_id: ctx.trace.trace_id,
             src_identity: ctx.caller_id.clone().unwrap_or_else(|| "".into()),
             dst_identity: snap.identity.clone(),
             route: "inbound".into(),

@@ -21,3 +21,4 @@ pub mod server;
 pub mod state;
 pub mod tcp;
 pub mod tls;
+pub mod trace;

@@ -68,6 +68,12 @@ pub mod names {
     pub const ENDPOINTS: &str = weft!("endpoints");
     /// Requests in flight to a destination (gauge).
     pub const IN_FLIGHT: &str = weft!("in_flight_requests");
+    /// Spans the collector accepted (counter).
+    pub const TRACE_SPANS_EXPORTED: &str = weft!("trace_spans_exported_total");
+    /// Spans dropped, by `reason`: `queue_full`, `export_failed` (counter).
+    pub const TRACE_SPANS_DROPPED: &str = weft!("trace_spans_dropped_total");
+    /// Export requests that failed (counter).
+    pub const TRACE_EXPORT_ERRORS: &str = weft!("trace_export_errors_total");
 }
 
 /// Request duration bucket bounds, seconds: 1 ms to 10 s, about 2.5x apart, dense where
@@ -225,7 +231,15 @@ pub struct Metrics {
     endpoints_healthy: IntGaugeVec,
     endpoints: IntGaugeVec,
     in_flight: IntGaugeVec,
+    /// Spans the collector accepted.
+    pub trace_spans_exported: IntCounter,
+    trace_spans_dropped: IntCounterVec,
+    /// Failed export requests.
+    pub trace_export_errors: IntCounter,
 }
+
+/// Why spans were dropped.
+pub const TRACE_DROP_REASONS: &[&str] = &["queue_full", "export_failed"];
 
 fn with_label(extra: &str) -> Vec<&str> {
     let mut v = ROUTE_LABELS.to_vec();
@@ -371,7 +385,28 @@ impl Metrics {
             "Requests in flight to a destination.",
             DESTINATION_LABELS,
         )?;
+        let trace_spans_exported = IntCounter::new(
+            names::TRACE_SPANS_EXPORTED,
+            "Spans the trace collector accepted.",
+        )?;
+        registry.register(Box::new(trace_spans_exported.clone()))?;
+        let trace_spans_dropped = counter(
+            names::TRACE_SPANS_DROPPED,
+            "Spans dropped, by reason.",
+            &["reason"],
+        )?;
+        for r in TRACE_DROP_REASONS {
+            trace_spans_dropped.with_label_values(&[*r]);
+        }
+        let trace_export_errors = IntCounter::new(
+            names::TRACE_EXPORT_ERRORS,
+            "Span export requests that failed.",
+        )?;
+        registry.register(Box::new(trace_export_errors.clone()))?;
         Ok(Arc::new(Metrics {
+            trace_spans_exported,
+            trace_spans_dropped,
+            trace_export_errors,
             tcp_rejected,
             retries,
             retried,
@@ -417,6 +452,11 @@ impl Metrics {
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
             events: std::array::from_fn(|_| OnceLock::new()),
         })
+    }
+
+    /// The dropped-span counter for one reason (see [`TRACE_DROP_REASONS`]).
+    pub fn trace_dropped(&self, reason: &str) -> IntCounter {
+        self.trace_spans_dropped.with_label_values(&[reason])
     }
 
     /// The ejection counter of one endpoint (resolved off the hot path).
@@ -505,6 +545,11 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The labels these series carry.
+    pub fn labels(&self) -> &RouteLabels {
+        &self.labels
+    }
+
     /// Count a request as received.
     pub fn request(&self) {
         self.requests.inc();

@@ -22,6 +22,7 @@ use crate::errors::{self, Failure};
 use crate::metrics::{self, Event, Reject, RouteMetrics};
 use crate::routing::rewrite_prefix;
 use crate::state::{self, Snapshot, Store};
+use crate::trace::{Hop, SpanRecord, Tracer};
 
 /// Concurrent streams allowed on one pooled HTTP/2 connection to a peer sidecar. Pingora's
 /// default of 1 would open a connection per in-flight request.
@@ -34,15 +35,22 @@ pub struct Outbound {
     store: Arc<Store>,
     drain: Arc<Drain>,
     access_log: Option<Arc<AccessLog>>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Outbound {
-    /// Outbound proxy reading config from `store`.
-    pub fn new(store: Arc<Store>, drain: Arc<Drain>, access_log: Option<Arc<AccessLog>>) -> Self {
+    /// Outbound proxy reading config from `store`; spans go to `tracer` when there is one.
+    pub fn new(
+        store: Arc<Store>,
+        drain: Arc<Drain>,
+        access_log: Option<Arc<AccessLog>>,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Self {
         Self {
             store,
             drain,
             access_log,
+            tracer,
         }
     }
 }
@@ -72,6 +80,10 @@ pub struct OutCtx {
     /// `upstream_response_filter` already chose to retry this error.
     retry_decided: bool,
     permit: Option<Permit>,
+    /// Trace context of this request.
+    trace: Hop,
+    /// `grpc-status` of the response, when recording a span.
+    grpc_status: Option<u32>,
     _working: Option<Working>,
 }
 
@@ -118,6 +130,11 @@ impl ProxyHttp for Outbound {
         ctx._working = Some(self.drain.enter());
         ctx.start = Some(Instant::now());
         let snap = self.store.load();
+        ctx.trace = Hop::start(
+            &session.req_header().headers,
+            self.tracer.is_some(),
+            snap.tracing.sampling,
+        );
         let local_port = session
             .server_addr()
             .and_then(|a| a.as_inet())
@@ -340,6 +357,7 @@ impl ProxyHttp for Outbound {
         req: &mut RequestHeader,
         ctx: &mut OutCtx,
     ) -> Result<()> {
+        ctx.trace.propagate(req)?;
         let Some(snap) = &ctx.snap else { return Ok(()) };
         let route = &snap.destinations[ctx.dest].routes[ctx.route].route;
         if let (Some(new), Some(crate::config::PathMatch::Prefix(old))) =
@@ -386,6 +404,7 @@ impl ProxyHttp for Outbound {
             .headers
             .get("grpc-status")
             .and_then(|v| parse_grpc_status(v.as_bytes()));
+        ctx.grpc_status = grpc;
         let outcome = Outcome::from_response(status, grpc);
         // Nothing has gone downstream yet: the header is still in our hands, so a retry on a
         // response status is as safe here as one on a connect failure.
@@ -397,6 +416,18 @@ impl ProxyHttp for Outbound {
             );
             e.set_retry(true);
             return Err(e);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut OutCtx,
+    ) -> Result<()> {
+        if ctx.trace.recording {
+            ctx.grpc_status = crate::trace::grpc_status(trailers).or(ctx.grpc_status);
         }
         Ok(())
     }
@@ -487,18 +518,39 @@ impl ProxyHttp for Outbound {
                 });
             }
         }
+        let dest = ctx.snap.as_ref().and_then(|s| s.destinations.get(ctx.dest));
+        let endpoint = dest.zip(ctx.endpoint).map(|(d, e)| d.endpoints[e]);
+        if let (Some(tracer), Some((trace_id, span_id))) = (&self.tracer, ctx.trace.span()) {
+            tracer.record(SpanRecord {
+                trace_id,
+                span_id,
+                parent: ctx.trace.parent,
+                flags: ctx.trace.flags,
+                direction: metrics::Direction::Outbound,
+                labels: ctx.metrics.clone(),
+                method: session.req_header().method.clone(),
+                uri: session.req_header().uri.clone(),
+                status,
+                grpc_status: ctx.grpc_status,
+                server: endpoint,
+                retries: Some(ctx.attempts.saturating_sub(1)),
+                flag: ctx.flag,
+                end: std::time::SystemTime::now(),
+                duration: elapsed,
+            });
+        }
         let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
             return;
         };
-        let dest = snap.destinations.get(ctx.dest);
         log.record(Record {
+            trace_id: ctx.trace.trace_id,
             src_identity: snap.identity.clone(),
             dst_identity: dest.map_or_else(|| "".into(), |d| d.identity.clone()),
             route: match (dest, ctx.matched) {
                 (Some(d), true) => d.routes[ctx.route].name.clone(),
                 _ => "unmatched".into(),
             },
-            endpoint: dest.zip(ctx.endpoint).map(|(d, e)| d.endpoints[e]),
+            endpoint,
             retries: ctx.attempts.saturating_sub(1),
             ..Record::from_session(session, "outbound", status, elapsed, ctx.flag)
         });

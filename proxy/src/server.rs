@@ -27,6 +27,7 @@ use crate::inbound::InboundHttp;
 use crate::outbound::Outbound;
 use crate::state::Store;
 use crate::tls::{IdentityCallback, ALPN_TCP};
+use crate::trace::Tracer;
 use crate::{control, tcp};
 
 /// A TLS handshake slower than this is dropped (slowloris on the inbound port).
@@ -35,6 +36,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new plaintext connection may take to send its first bytes (matches Pingora's
 /// keepalive wait between requests).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// At exit, how long queued spans may take to reach the collector.
+pub const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -213,8 +217,31 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let tracer = match &snap.tracing.collector {
+        Some(_) => {
+            let t = Tracer::start(
+                &snap.tracing,
+                &snap.own.name,
+                &snap.identity,
+                &store.metrics,
+            )?;
+            let at_exit = t.clone();
+            drain.at_exit(move || {
+                if !at_exit.flush(TRACE_FLUSH_LIMIT) {
+                    log::warn!("spans still queued at exit were not all exported");
+                }
+            });
+            Some(t)
+        }
+        None => None,
+    };
     let mut outbound = HttpProxy::new(
-        Outbound::new(store.clone(), drain.clone(), access_log.clone()),
+        Outbound::new(
+            store.clone(),
+            drain.clone(),
+            access_log.clone(),
+            tracer.clone(),
+        ),
         conf.clone(),
     );
     outbound.handle_init_modules();
@@ -222,7 +249,7 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
     opts.h2c = true;
     outbound.server_options = Some(opts);
     let mut inbound = HttpProxy::new(
-        InboundHttp::new(store.clone(), drain.clone(), access_log),
+        InboundHttp::new(store.clone(), drain.clone(), access_log, tracer.clone()),
         conf.clone(),
     );
     inbound.handle_init_modules();
@@ -246,13 +273,20 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
 
     control::spawn(store.clone(), drain.clone())?;
     log::info!(
-        "weft-proxy {} ({}) up: outbound {}, inbound {}, admin {}, config v{}",
+        "weft-proxy {} ({}) up: outbound {}, inbound {}, admin {}, config v{}, {}",
         snap.own.name,
         snap.tls.identity,
         snap.listen.outbound,
         snap.listen.inbound,
         snap.listen.admin,
-        snap.version
+        snap.version,
+        match &tracer {
+            Some(t) => format!(
+                "spans to {} (sampling {})",
+                t.collector, snap.tracing.sampling
+            ),
+            None => "no span export".to_owned(),
+        }
     );
     let limit = snap.drain_timeout;
     drop(snap);

@@ -54,6 +54,9 @@ pub struct Snapshot {
     pub inbound_rate: Option<Buckets>,
     /// Access log target (fixed for the process's life).
     pub access_log: Option<PathBuf>,
+    /// Tracing: `sampling` reloads; collector, queue and interval are fixed for the process's
+    /// life.
+    pub tracing: config::Tracing,
     /// Certificates, keys, roots.
     pub tls: TlsMaterial,
     /// This sidecar's SPIFFE identity, shared with the access log.
@@ -303,6 +306,7 @@ impl Snapshot {
             idle_timeout: config.idle_timeout,
             inbound_rate,
             access_log: config.access_log,
+            tracing: config.tracing,
             identity: caller.as_str().into(),
             tls,
             tls_paths: config.tls,
@@ -510,6 +514,25 @@ fn load_snapshot(
         if config.access_log != p.access_log {
             errors.push(fixed(
                 "access_log",
+                "cannot change without a restart".into(),
+            ));
+        }
+        let t = (&config.tracing, &p.tracing);
+        if t.0.collector != t.1.collector {
+            errors.push(fixed(
+                "tracing.collector",
+                "cannot change without a restart".into(),
+            ));
+        }
+        if t.0.max_queue != t.1.max_queue {
+            errors.push(fixed(
+                "tracing.max_queue",
+                "cannot change without a restart".into(),
+            ));
+        }
+        if t.0.export_interval != t.1.export_interval {
+            errors.push(fixed(
+                "tracing.export_interval",
                 "cannot change without a restart".into(),
             ));
         }

@@ -158,6 +158,7 @@ impl Validator<'_> {
             DEFAULT_CONNECT_TIMEOUT,
         );
         let idle_timeout = self.duration("idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        let tracing = self.tracing(raw.tracing.unwrap_or_default());
 
         let mut services = Vec::with_capacity(raw.services.len());
         let mut names = HashMap::new();
@@ -253,6 +254,7 @@ impl Validator<'_> {
             drain_timeout,
             connect_timeout,
             idle_timeout,
+            tracing,
             access_log: raw.access_log.map(|p| {
                 if p == "-" {
                     PathBuf::from("-")
@@ -278,6 +280,43 @@ impl Validator<'_> {
                     default
                 }
             },
+        }
+    }
+
+    fn tracing(&mut self, raw: wire::Tracing) -> Tracing {
+        let d = Tracing::default();
+        let collector = raw
+            .collector
+            .and_then(|c| self.check("tracing.collector", collector_url(&c)));
+        let sampling = raw.sampling.unwrap_or(d.sampling);
+        if !(0.0..=1.0).contains(&sampling) {
+            self.err(
+                "tracing.sampling",
+                format!("must be a probability from 0.0 to 1.0, got {sampling}"),
+            );
+        }
+        let max_queue = raw.max_queue.unwrap_or(d.max_queue);
+        if !(1..=1_000_000).contains(&max_queue) {
+            self.err(
+                "tracing.max_queue",
+                format!("must be 1 to 1000000, got {max_queue}"),
+            );
+        }
+        let export_interval = self.bounded(
+            "tracing.export_interval",
+            raw.export_interval.as_deref(),
+            d.export_interval,
+            (Duration::from_millis(10), Duration::from_secs(60)),
+        );
+        Tracing {
+            collector,
+            sampling: if (0.0..=1.0).contains(&sampling) {
+                sampling
+            } else {
+                d.sampling
+            },
+            max_queue,
+            export_interval,
         }
     }
 
@@ -664,6 +703,29 @@ fn protocol(s: Option<&str>) -> Result<Protocol, String> {
             "unknown protocol {other:?}; expected http, grpc or tcp"
         )),
     }
+}
+
+/// An OTLP/gRPC collector address: `http://host:port` (plaintext gRPC; TLS to the collector
+/// is not supported).
+fn collector_url(s: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("bad collector {s:?}: {why}; expected http://host:port");
+    let uri: http::Uri = s.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("TLS to the collector is not supported")),
+        _ => return Err(bad("the scheme must be http")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    if authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(bad("no port"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("gRPC needs no path"));
+    }
+    Ok(format!("http://{authority}"))
 }
 
 fn header_name(s: &str) -> Result<HeaderName, String> {

@@ -41,6 +41,14 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default attempts (the first plus two retries) when a route has a `retry` block.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
 
+/// Default probability of sampling a trace that starts at this sidecar: 1%, a production
+/// default (every hop of a sampled trace is recorded; incoming decisions always win).
+pub const DEFAULT_TRACE_SAMPLING: f64 = 0.01;
+/// Default spans queued for export before new ones are dropped.
+pub const DEFAULT_TRACE_MAX_QUEUE: usize = 2048;
+/// Default longest wait of a finished span before it is sent to the collector.
+pub const DEFAULT_TRACE_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The whole validated sidecar config.
 #[derive(Debug)]
 pub struct Config {
@@ -60,8 +68,35 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     /// Idle limit for client connections and TCP tunnels.
     pub idle_timeout: Duration,
+    /// Distributed tracing.
+    pub tracing: Tracing,
     /// Mesh services this sidecar may call, each with its routes.
     pub services: Vec<Service>,
+}
+
+/// Distributed tracing: W3C trace context is always propagated; spans are exported only when
+/// a collector is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// OTLP/gRPC collector, `http://host:port`; `None` exports nothing.
+    pub collector: Option<String>,
+    /// Probability (0 to 1) of sampling a trace that starts here.
+    pub sampling: f64,
+    /// Spans queued for export before new ones are dropped.
+    pub max_queue: usize,
+    /// Longest a finished span waits before it is sent.
+    pub export_interval: Duration,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            collector: None,
+            sampling: DEFAULT_TRACE_SAMPLING,
+            max_queue: DEFAULT_TRACE_MAX_QUEUE,
+            export_interval: DEFAULT_TRACE_EXPORT_INTERVAL,
+        }
+    }
 }
 
 /// What the app behind this sidecar speaks.

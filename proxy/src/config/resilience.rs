@@ -21,7 +21,7 @@ pub const RETRY_CONDITIONS: &[&str] = &[
 
 impl Validator<'_> {
     /// A duration field with a default and an allowed range.
-    fn bounded(
+    pub(super) fn bounded(
         &mut self,
         field: &str,
         raw: Option<&str>,

@@ -302,3 +302,77 @@ fn per_caller_limits_are_inbound_only() {
         })
     );
 }
+
+#[test]
+fn tracing_defaults_propagate_only() {
+    let c = parse_str(BASE).expect("valid");
+    assert_eq!(c.tracing, Tracing::default());
+    assert_eq!(c.tracing.collector, None);
+    assert_eq!(c.tracing.sampling, DEFAULT_TRACE_SAMPLING);
+    assert_eq!(c.tracing.max_queue, DEFAULT_TRACE_MAX_QUEUE);
+    assert_eq!(c.tracing.export_interval, DEFAULT_TRACE_EXPORT_INTERVAL);
+    let c = parse_str(&format!(
+        "{BASE}tracing: {{collector: \"http://127.0.0.1:4317/\", sampling: 1, max_queue: 10, export_interval: 100ms}}\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.tracing,
+        Tracing {
+            collector: Some("http://127.0.0.1:4317".into()),
+            sampling: 1.0,
+            max_queue: 10,
+            export_interval: Duration::from_millis(100),
+        }
+    );
+    let c = parse_str(&format!(
+        "{BASE}tracing: {{collector: \"http://otel-agent.monitoring:4317\", sampling: 0}}\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.tracing.collector.as_deref(),
+        Some("http://otel-agent.monitoring:4317")
+    );
+    assert_eq!(c.tracing.sampling, 0.0);
+}
+
+#[test]
+fn bad_tracing_knobs_name_field_and_value() {
+    let errors = invalid(&format!(
+        "{BASE}tracing: {{collector: \"127.0.0.1:4317\", sampling: 1.5, max_queue: 0, export_interval: 1h}}\n"
+    ));
+    let has = |field: &str, words: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.reason.contains(words)),
+            "no error {field}: {words} in {errors:?}"
+        )
+    };
+    has("tracing.collector", "\"127.0.0.1:4317\"");
+    has("tracing.sampling", "got 1.5");
+    has("tracing.max_queue", "got 0");
+    has("tracing.export_interval", "1h");
+    for (bad, why) in [
+        ("https://collector:4317", "TLS"),
+        ("http://collector", "no port"),
+        ("http://collector:4317/v1/traces", "no path"),
+        ("grpc://collector:4317", "scheme"),
+        ("http://:4317", "no host"),
+    ] {
+        let errors = invalid(&format!("{BASE}tracing: {{collector: \"{bad}\"}}\n"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "tracing.collector" && e.reason.contains(why)),
+            "{bad}: {errors:?}"
+        );
+    }
+    let errors = invalid(&format!("{BASE}tracing: {{sampling: -0.1}}\n"));
+    assert_eq!(errors[0].field, "tracing.sampling");
+    match parse_str(&format!("{BASE}tracing: {{endpoint: x}}\n")) {
+        Err(e @ ConfigError::Syntax { .. }) => {
+            assert!(e.to_string().contains("unknown field `endpoint`"), "{e}")
+        }
+        other => panic!("expected syntax error, got {other:?}"),
+    }
+}

@@ -28,12 +28,28 @@ pub struct ConfigFile {
     pub access_log: Option<String>,
     /// Close client connections and TCP tunnels idle this long (default 1h).
     pub idle_timeout: Option<String>,
+    /// Distributed tracing (default: propagate W3C trace context, export nothing).
+    pub tracing: Option<Tracing>,
     /// Mesh services this sidecar may call.
     #[serde(default)]
     pub services: Vec<Service>,
     /// Routes to mesh services.
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// Distributed tracing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// OTLP/gRPC collector URL, `http://host:port` (default: none, no spans exported).
+    pub collector: Option<String>,
+    /// Probability of sampling a trace that starts here (default 0.01).
+    pub sampling: Option<f64>,
+    /// Spans queued for export before new ones are dropped (default 2048).
+    pub max_queue: Option<usize>,
+    /// Longest a finished span waits before it is sent (default 1s).
+    pub export_interval: Option<String>,
 }
 
 /// This sidecar's own service.

@@ -12,6 +12,7 @@ mod protocol_tests;
 mod resilience_tests;
 mod routing_tests;
 mod tls_tests;
+mod trace_tests;
 
 use harness::*;
 
