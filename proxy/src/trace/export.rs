@@ -7,6 +7,7 @@
 //! counts it (`reason="export_failed"`, plus `weft_trace_export_errors_total`). As with the
 //! access log, the exporter never blocks in `recv`, so requests never wake it.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use prometheus::IntCounter;
 
 use super::SpanRecord;
 use crate::config::Tracing;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics, RouteMetrics};
 
 /// How often the exporter drains the queue.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -99,10 +100,7 @@ impl Tracer {
             interval: config.export_interval,
             drain_limit: config.max_queue.max(MAX_BATCH) * 4,
             counters,
-            scope: InstrumentationScope::builder("weft-proxy")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-            own_service: service.to_owned(),
+            convert: Convert::new(service),
             collector: collector.clone(),
         };
         std::thread::Builder::new()
@@ -152,13 +150,12 @@ struct Exporter {
     interval: Duration,
     drain_limit: usize,
     counters: Counters,
-    scope: InstrumentationScope,
-    own_service: String,
+    convert: Convert,
     collector: String,
 }
 
 impl Exporter {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut pending: Vec<SpanRecord> = Vec::with_capacity(MAX_BATCH);
         let mut oldest = Instant::now();
         let mut health = Health::default();
@@ -199,9 +196,12 @@ impl Exporter {
         }
     }
 
-    async fn export(&self, pending: &mut Vec<SpanRecord>, health: &mut Health) {
+    async fn export(&mut self, pending: &mut Vec<SpanRecord>, health: &mut Health) {
         let n = pending.len() as u64;
-        let batch: Vec<SpanData> = pending.drain(..).map(|s| self.span_data(s)).collect();
+        let batch: Vec<SpanData> = pending
+            .drain(..)
+            .map(|s| self.convert.span_data(s))
+            .collect();
         let result = tokio::time::timeout(
             EXPORT_TIMEOUT + Duration::from_secs(1),
             self.exporter.export(batch),
@@ -234,39 +234,100 @@ impl Exporter {
             }
         }
     }
+}
+
+/// Most routes (and addresses) whose attributes are kept ready; past it the cache starts over.
+const CACHE_LIMIT: usize = 4096;
+
+/// What one route's spans share, made once: the span name and the label attributes with
+/// refcounted values, so converting a span clones pointers instead of strings.
+struct RouteAttrs {
+    /// Keeps the series alive, so its address cannot be reused while cached.
+    _route: Option<Arc<RouteMetrics>>,
+    name: Arc<str>,
+    attributes: Vec<KeyValue>,
+}
+
+/// Converts finished spans to the SDK's form, on the exporter thread.
+struct Convert {
+    scope: InstrumentationScope,
+    own_service: Arc<str>,
+    routes: HashMap<usize, RouteAttrs>,
+    addresses: HashMap<std::net::IpAddr, Arc<str>>,
+}
+
+impl Convert {
+    fn new(own_service: &str) -> Self {
+        Convert {
+            scope: InstrumentationScope::builder("weft-proxy")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            own_service: own_service.into(),
+            routes: HashMap::new(),
+            addresses: HashMap::new(),
+        }
+    }
+
+    fn route(&mut self, direction: Direction, labels: Option<&Arc<RouteMetrics>>) -> &RouteAttrs {
+        let key = labels.map_or(0, |l| Arc::as_ptr(l) as usize);
+        if self.routes.len() >= CACHE_LIMIT && !self.routes.contains_key(&key) {
+            self.routes.clear();
+        }
+        let own = &self.own_service;
+        self.routes.entry(key).or_insert_with(|| {
+            let value = |s: &str| opentelemetry::Value::from(Arc::<str>::from(s));
+            let mut attributes = vec![KeyValue::new("weft.direction", direction.as_str())];
+            let (name, route) = match labels {
+                Some(m) => {
+                    let l = m.labels();
+                    attributes.extend([
+                        KeyValue::new("weft.route", value(&l.route)),
+                        KeyValue::new("weft.src_service", value(&l.src_service)),
+                        KeyValue::new("weft.dst_service", value(&l.dst_service)),
+                        KeyValue::new("weft.caller", value(&l.caller)),
+                    ]);
+                    let name = match direction {
+                        Direction::Outbound => format!("outbound {}/{}", l.dst_service, l.route),
+                        Direction::Inbound => format!("inbound {}", l.dst_service),
+                    };
+                    (name, Some(m.clone()))
+                }
+                // Only an inbound request from a caller without a mesh identity has no series.
+                None => {
+                    attributes.push(KeyValue::new("weft.dst_service", own.clone()));
+                    (format!("{} {own}", direction.as_str()), None)
+                }
+            };
+            RouteAttrs {
+                _route: route,
+                name: name.into(),
+                attributes,
+            }
+        })
+    }
+
+    fn address(&mut self, ip: std::net::IpAddr) -> Arc<str> {
+        if self.addresses.len() >= CACHE_LIMIT && !self.addresses.contains_key(&ip) {
+            self.addresses.clear();
+        }
+        self.addresses
+            .entry(ip)
+            .or_insert_with(|| ip.to_string().into())
+            .clone()
+    }
 
     /// The OpenTelemetry form of a finished span.
-    fn span_data(&self, s: SpanRecord) -> SpanData {
-        let labels = s.labels.as_deref().map(|m| m.labels());
-        let (route, src, dst, caller) = match labels {
-            Some(l) => (
-                l.route.as_str(),
-                l.src_service.as_str(),
-                l.dst_service.as_str(),
-                l.caller.as_str(),
-            ),
-            None => ("", "", self.own_service.as_str(), ""),
+    fn span_data(&mut self, s: SpanRecord) -> SpanData {
+        let server = s.server.map(|a| (self.address(a.ip()), a.port()));
+        let route = self.route(s.direction, s.labels.as_ref());
+        let mut attributes = Vec::with_capacity(route.attributes.len() + 10);
+        attributes.extend(route.attributes.iter().cloned());
+        let name = route.name.to_string();
+        let kind = match s.direction {
+            Direction::Outbound => SpanKind::Client,
+            Direction::Inbound => SpanKind::Server,
         };
-        let (name, kind) = match s.direction {
-            Direction::Outbound => (format!("outbound {dst}/{route}"), SpanKind::Client),
-            Direction::Inbound => (format!("inbound {dst}"), SpanKind::Server),
-        };
-        let mut attributes = Vec::with_capacity(16);
-        attributes.push(KeyValue::new("weft.direction", s.direction.as_str()));
-        if !route.is_empty() {
-            attributes.push(KeyValue::new("weft.route", route.to_owned()));
-        }
-        if !src.is_empty() {
-            attributes.push(KeyValue::new("weft.src_service", src.to_owned()));
-        }
-        attributes.push(KeyValue::new("weft.dst_service", dst.to_owned()));
-        if !caller.is_empty() {
-            attributes.push(KeyValue::new("weft.caller", caller.to_owned()));
-        }
-        attributes.push(KeyValue::new(
-            "http.request.method",
-            s.method.as_str().to_owned(),
-        ));
+        attributes.push(KeyValue::new("http.request.method", method(&s.method)));
         attributes.push(KeyValue::new("url.path", s.uri.path().to_owned()));
         if s.status != 0 {
             attributes.push(KeyValue::new(
@@ -274,9 +335,9 @@ impl Exporter {
                 i64::from(s.status),
             ));
         }
-        if let Some(addr) = s.server {
-            attributes.push(KeyValue::new("server.address", addr.ip().to_string()));
-            attributes.push(KeyValue::new("server.port", i64::from(addr.port())));
+        if let Some((ip, port)) = server {
+            attributes.push(KeyValue::new("server.address", ip));
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
         if let Some(r) = s.retries {
             attributes.push(KeyValue::new("weft.retries", i64::from(r)));
@@ -321,6 +382,24 @@ impl Exporter {
             instrumentation_scope: self.scope.clone(),
         }
     }
+}
+
+/// The method as a static string when it is a standard one (no allocation).
+fn method(m: &http::Method) -> opentelemetry::Value {
+    use http::Method as M;
+    let s = match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => return m.as_str().to_owned().into(),
+    };
+    s.into()
 }
 
 /// Export failure state, for quiet logs.

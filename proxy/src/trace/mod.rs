@@ -83,18 +83,31 @@ pub struct TraceParent {
     pub flags: u8,
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// Hex digit values; 0x80 marks a byte that is not a lowercase hex digit.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
-/// Lowercase hex to a number; `None` on any other byte.
-fn hex(s: &[u8]) -> Option<u128> {
-    s.iter()
-        .try_fold(0u128, |acc, &b| Some(acc << 4 | u128::from(hex_digit(b)?)))
+/// Up to 16 lowercase hex digits to a number; `None` on any other byte.
+fn hex(s: &[u8]) -> Option<u64> {
+    let (mut acc, mut bad) = (0u64, 0u8);
+    for &b in s {
+        let d = HEX_VALUE[usize::from(b)];
+        bad |= d;
+        acc = acc << 4 | u64::from(d & 0x0f);
+    }
+    (bad & 0x80 == 0).then_some(acc)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -113,8 +126,8 @@ impl TraceParent {
         if v.len() != LEN || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
             return None;
         }
-        let trace_id = hex(&v[3..35])?;
-        let parent_id = u64::try_from(hex(&v[36..52])?).ok()?;
+        let trace_id = u128::from(hex(&v[3..19])?) << 64 | u128::from(hex(&v[19..35])?);
+        let parent_id = hex(&v[36..52])?;
         let flags = u8::try_from(hex(&v[53..55])?).ok()?;
         (trace_id != 0 && parent_id != 0).then_some(TraceParent {
             trace_id: TraceId(trace_id),
@@ -170,8 +183,9 @@ pub struct Hop {
     pub flags: u8,
     /// A span is recorded for this request.
     pub recording: bool,
-    /// The `traceparent` to send on, when it differs from the one received.
-    pub send: Option<HeaderValue>,
+    /// The `traceparent` to send on, when it differs from the one received (kept as ids: a
+    /// header value is made per attempt, the only allocation tracing adds to a request).
+    pub send: Option<TraceParent>,
 }
 
 impl Hop {
@@ -191,13 +205,10 @@ impl Hop {
                     span_id: Some(span_id),
                     flags: tp.flags,
                     recording: true,
-                    send: Some(
-                        TraceParent {
-                            parent_id: span_id,
-                            ..tp
-                        }
-                        .header(),
-                    ),
+                    send: Some(TraceParent {
+                        parent_id: span_id,
+                        ..tp
+                    }),
                 }
             }
             Some(tp) => Hop {
@@ -222,7 +233,7 @@ impl Hop {
                     span_id: recording.then_some(tp.parent_id),
                     flags: tp.flags,
                     recording,
-                    send: Some(tp.header()),
+                    send: Some(tp),
                 }
             }
         }
@@ -239,8 +250,8 @@ impl Hop {
     /// Put this hop's `traceparent` on the request going on, if it differs from the one
     /// received.
     pub fn propagate(&self, req: &mut pingora_http::RequestHeader) -> pingora_core::Result<()> {
-        if let Some(v) = &self.send {
-            req.insert_header(TRACEPARENT, v.clone())?;
+        if let Some(tp) = &self.send {
+            req.insert_header(TRACEPARENT, tp.header())?;
         }
         Ok(())
     }
@@ -370,7 +381,6 @@ mod tests {
         let span = hop.span_id.expect("span id");
         assert_eq!(hop.parent.map(|p| p.0), Some(0x00f067aa0ba902b7));
         let sent = hop.send.expect("rewritten");
-        let sent = TraceParent::parse(sent.as_bytes()).expect("valid");
         assert_eq!(sent.trace_id, tp.expect("tp").trace_id);
         assert_eq!(sent.parent_id, span);
         assert_eq!(sent.flags, 1);
@@ -397,8 +407,7 @@ mod tests {
             let hop = Hop::decide(None, exporting, 1.0);
             assert_eq!(hop.recording, exporting);
             assert_eq!(hop.parent, None);
-            let sent =
-                TraceParent::parse(hop.send.as_ref().expect("created").as_bytes()).expect("valid");
+            let sent = hop.send.expect("created");
             assert_eq!(Some(sent.trace_id), hop.trace_id);
             assert!(sent.sampled());
             if exporting {
@@ -407,8 +416,7 @@ mod tests {
         }
         let hop = Hop::decide(None, true, 0.0);
         assert!(!hop.recording);
-        let sent =
-            TraceParent::parse(hop.send.as_ref().expect("created").as_bytes()).expect("valid");
+        let sent = hop.send.expect("created");
         assert!(!sent.sampled());
         let sampled = (0..4000)
             .filter(|_| Hop::decide(None, true, 0.25).recording)
