@@ -10,9 +10,15 @@
 //! cargo build --release -p weft-proxy -p weft-samples -p weft-benches && target/release/weft-bench
 //! ```
 //!
+//! It also runs the resilience scenarios ([`resilience`]): one of three
+//! endpoints of a service fails (client-visible success rate and latency
+//! without vs. with the sidecar's resilience policies), and what the policies
+//! cost the healthy pair's throughput.
+//!
 //! The modules hold the pieces: a lean HTTP/1.1 client ([`http1`]), the
 //! closed and open load loops ([`load`]), `/proc` parsing ([`procfs`]),
-//! statistics ([`stats`]), the processes under test ([`mesh`]) and the
+//! statistics ([`stats`]), the processes under test ([`mesh`]), the
+//! resilience scenarios' configs and results ([`resilience`]) and the
 //! report ([`report`]).
 
 pub mod http1;
@@ -20,4 +26,5 @@ pub mod load;
 pub mod mesh;
 pub mod procfs;
 pub mod report;
+pub mod resilience;
 pub mod stats;

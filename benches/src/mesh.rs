@@ -1,7 +1,9 @@
 //! Setting up what the benchmark measures: the sample app and a pair of Weft
-//! sidecars (certificates, configs, processes pinned with `taskset`), and
-//! tearing it all down again.
+//! sidecars (certificates, configs, processes pinned with `taskset`), the
+//! resilience scenarios' processes ([`ResilienceMesh`]), and tearing it all
+//! down again.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use crate::http1::{get_request, Conn};
+use crate::resilience::{self, Balancer, Policies, Variant, ENDPOINTS};
 
 /// The mesh's trust domain.
 pub const TRUST_DOMAIN: &str = "weft.local";
@@ -149,10 +152,16 @@ pub struct SidecarPorts {
 
 /// Config of sidecar B, beside the app (service `app`).
 pub fn app_sidecar_yaml(app_port: u16, ports: SidecarPorts) -> String {
+    app_sidecar_yaml_with_cert(app_port, ports, "app")
+}
+
+/// Config of a sidecar beside an instance of the app (service `app`), with
+/// the workload certificate `<cert>.crt` / `<cert>.key`.
+pub fn app_sidecar_yaml_with_cert(app_port: u16, ports: SidecarPorts, cert: &str) -> String {
     format!(
         "service: {{name: app, identity: \"{APP_ID}\", app: \"127.0.0.1:{app_port}\", protocol: http}}\n\
          listen: {{outbound: \"127.0.0.1:{o}\", inbound: \"127.0.0.1:{i}\", admin: \"127.0.0.1:{a}\"}}\n\
-         tls: {{cert: app.crt, key: app.key, trust_bundle: ca.crt}}\n\
+         tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
          workers: 1\n",
         o = ports.outbound,
         i = ports.inbound,
@@ -164,32 +173,65 @@ pub fn app_sidecar_yaml(app_port: u16, ports: SidecarPorts) -> String {
 /// at `app_inbound`, sidecar B's inbound port). `unused_app_port` is where
 /// its own (absent) app would be.
 pub fn client_sidecar_yaml(unused_app_port: u16, ports: SidecarPorts, app_inbound: u16) -> String {
+    client_sidecar_head(unused_app_port, ports)
+        + &format!(
+            "services:\n\
+             \x20 - name: app\n\
+             \x20   identity: \"{APP_ID}\"\n\
+             \x20   endpoints: [{{address: \"127.0.0.1:{app_inbound}\"}}]\n"
+        )
+}
+
+/// Config of an outbound sidecar beside the client (service `client`) that
+/// may call `app` at the sidecars listening on `app_inbound_ports`, without
+/// or with the resilience policies, with `balancer`
+/// ([`resilience::services_yaml`]).
+pub fn policy_client_sidecar_yaml(
+    unused_app_port: u16,
+    ports: SidecarPorts,
+    app_inbound_ports: &[u16],
+    policies: Policies,
+    balancer: Balancer,
+) -> String {
+    client_sidecar_head(unused_app_port, ports)
+        + &resilience::services_yaml(app_inbound_ports, policies, balancer)
+}
+
+/// The part of a client-side sidecar's config before `services:`.
+fn client_sidecar_head(unused_app_port: u16, ports: SidecarPorts) -> String {
     format!(
         "service: {{name: client, identity: \"{CLIENT_ID}\", app: \"127.0.0.1:{unused_app_port}\", protocol: http}}\n\
          listen: {{outbound: \"127.0.0.1:{o}\", inbound: \"127.0.0.1:{i}\", admin: \"127.0.0.1:{a}\"}}\n\
          tls: {{cert: client.crt, key: client.key, trust_bundle: ca.crt}}\n\
-         workers: 1\n\
-         services:\n\
-         \x20 - name: app\n\
-         \x20   identity: \"{APP_ID}\"\n\
-         \x20   endpoints: [{{address: \"127.0.0.1:{app_inbound}\"}}]\n",
+         workers: 1\n",
         o = ports.outbound,
         i = ports.inbound,
         a = ports.admin,
     )
 }
 
-/// Writes `ca.crt`, `client.crt/.key` and `app.crt/.key` (a fresh CA, one
-/// day of validity) into `dir`.
+/// File stem of the workload certificate of app instance `i` (from 1) in
+/// the failing-endpoint scenario: `app-<i>` (identity [`APP_ID`]).
+pub fn instance_cert(i: usize) -> String {
+    format!("app-{i}")
+}
+
+/// Writes `ca.crt`, `client.crt/.key`, `app.crt/.key` and, for the
+/// failing-endpoint scenario's three app instances, `app-1.crt/.key` ..
+/// `app-3.crt/.key` (each its own key and certificate, all of identity
+/// [`APP_ID`]) into `dir`: a fresh CA, one day of validity.
 pub fn write_certs(dir: &Path) -> anyhow::Result<()> {
     let day = Duration::from_secs(86_400);
     let ca = weft_certs::CertificateAuthority::generate(TRUST_DOMAIN, day)?;
     std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
-    for sa in ["client", "app"] {
+    let files = [("client", "client".to_owned()), ("app", "app".to_owned())]
+        .into_iter()
+        .chain((1..=ENDPOINTS).map(|i| ("app", instance_cert(i))));
+    for (sa, stem) in files {
         let id = weft_certs::Identity::new(TRUST_DOMAIN, "default", sa)?;
         let cert = ca.issue(&id, day)?;
-        std::fs::write(dir.join(format!("{sa}.crt")), &cert.cert_pem)?;
-        std::fs::write(dir.join(format!("{sa}.key")), &cert.key_pem)?;
+        std::fs::write(dir.join(format!("{stem}.crt")), &cert.cert_pem)?;
+        std::fs::write(dir.join(format!("{stem}.key")), &cert.key_pem)?;
     }
     Ok(())
 }
@@ -218,15 +260,26 @@ pub async fn wait_ready(
     addr: SocketAddr,
     path: &str,
 ) -> anyhow::Result<()> {
+    wait_status(child, addr, path, 200).await
+}
+
+/// Waits (at most [`READY_TIMEOUT`]) until `GET path` on `addr` answers
+/// `status`, failing early if `child` exits.
+pub async fn wait_status(
+    child: &mut ChildGuard,
+    addr: SocketAddr,
+    path: &str,
+    status: u16,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no attempt yet");
     // At most READY_TIMEOUT / 50 ms iterations (plus the time each takes).
     for _ in 0..(READY_TIMEOUT.as_millis() / 50 + 1) {
         child.check_alive()?;
         match tokio::time::timeout(Duration::from_secs(2), get(addr, "127.0.0.1", path)).await {
-            Ok(Ok((200, _))) => return Ok(()),
-            Ok(Ok((status, body))) => {
-                last = format!("status {status}: {}", String::from_utf8_lossy(&body));
+            Ok(Ok((got, _))) if got == status => return Ok(()),
+            Ok(Ok((got, body))) => {
+                last = format!("status {got}: {}", String::from_utf8_lossy(&body));
             }
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = "timed out".into(),
@@ -237,7 +290,7 @@ pub async fn wait_ready(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!(
-        "{} (pid {}) not ready on http://{addr}{path} within {:?} (last: {last}); stderr ({}) ends with:\n{}",
+        "{} (pid {}) not ready (answering {status}) on http://{addr}{path} within {:?} (last: {last}); stderr ({}) ends with:\n{}",
         child.name(),
         child.pid(),
         READY_TIMEOUT,
@@ -286,6 +339,8 @@ pub struct Mesh {
     pub app_addr: SocketAddr,
     /// Sidecar A's outbound address (the Weft scenario's target).
     pub outbound_addr: SocketAddr,
+    /// Sidecar B's inbound (mTLS) port.
+    pub app_inbound: u16,
 }
 
 impl Mesh {
@@ -329,19 +384,7 @@ impl Mesh {
             client_sidecar_yaml(unused_app_port, a_ports, b_ports.inbound) + &log("access-a.log"),
         )?;
         for cfg in [&b_cfg, &a_cfg] {
-            let out = Command::new(&bins.proxy)
-                .arg("--config")
-                .arg(cfg)
-                .arg("--check")
-                .output()
-                .with_context(|| format!("running {} --check", bins.proxy.display()))?;
-            ensure!(
-                out.status.success(),
-                "{} rejected by weft-proxy --check: {}{}",
-                cfg.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            check_config(bins, cfg)?;
         }
 
         let app_addr = loopback(app_port);
@@ -374,7 +417,13 @@ impl Mesh {
             app_sidecar,
             app_addr,
             outbound_addr: loopback(a_ports.outbound),
+            app_inbound: b_ports.inbound,
         })
+    }
+
+    /// The processes, for messages: sidecar A, sidecar B, the app.
+    pub fn children(&self) -> [&ChildGuard; 3] {
+        [&self.client_sidecar, &self.app_sidecar, &self.app]
     }
 
     /// Fails if any of the processes has exited.
@@ -408,6 +457,485 @@ impl Mesh {
             String::from_utf8_lossy(&body)
         );
         Ok(())
+    }
+}
+
+/// Runs `weft-proxy --config cfg --check`; fails with its output if the
+/// config is rejected.
+pub fn check_config(bins: &Binaries, cfg: &Path) -> anyhow::Result<()> {
+    let out = Command::new(&bins.proxy)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--check")
+        .output()
+        .with_context(|| format!("running {} --check", bins.proxy.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} rejected by weft-proxy --check: {}{}",
+        cfg.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// An outbound sidecar of the resilience scenarios.
+#[derive(Debug)]
+pub struct PolicySidecar {
+    /// `healthy` (calls the pair's sidecar B) or `failing` (calls the three
+    /// instances).
+    pub kind: &'static str,
+    /// Its balancer and whether it has the policies (the healthy-path ones
+    /// use the default balancer).
+    pub variant: Variant,
+    /// The process.
+    pub child: ChildGuard,
+    /// Its outbound (plain HTTP) address: the load's target.
+    pub outbound_addr: SocketAddr,
+    /// Its admin address.
+    pub admin_addr: SocketAddr,
+}
+
+impl PolicySidecar {
+    /// `healthy-<without|with>` or `failing-<balancer>-<without|with>`.
+    pub fn key(&self) -> String {
+        if self.kind == "healthy" {
+            format!("{}-{}", self.kind, self.variant.policies.as_str())
+        } else {
+            format!("{}-{}", self.kind, self.variant.key())
+        }
+    }
+}
+
+/// Most bytes [`fetch_metrics`] reads.
+const MAX_METRICS: u64 = 16 * 1024 * 1024;
+
+/// `GET /metrics` from a sidecar's admin address: the whole response (head
+/// and body) as text, read until the server closes (`Connection: close`).
+pub async fn fetch_metrics(admin: SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        stream.take(MAX_METRICS).read_to_end(&mut buf).await?;
+        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .with_context(|| format!("GET http://{admin}/metrics timed out"))?
+}
+
+/// Prefixes of the metric families [`ResilienceMesh::metrics`] keeps: the
+/// resilience policies' counters and gauges.
+pub const POLICY_METRICS: [&str; 5] = [
+    "weft_retr",
+    "weft_outlier",
+    "weft_requests_rejected",
+    "weft_endpoint",
+    "weft_in_flight",
+];
+
+/// The sample lines (not comments) of `text` whose metric name starts with
+/// one of `prefixes`.
+pub fn metric_lines(text: &str, prefixes: &[&str]) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && prefixes.iter().any(|p| l.starts_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The processes of the resilience scenarios, beside a running [`Mesh`]:
+///
+/// * for the healthy-path cost, two more client-side sidecars (without and
+///   with policies) calling the mesh's sidecar B, i.e. the same pair with
+///   another outbound config;
+/// * for "one of three endpoints fails", three app instances
+///   (`app-1`..`app-3`, the last answering every request with the fail
+///   status), each behind its own inbound sidecar with its own certificate
+///   of identity [`APP_ID`], and four outbound sidecars listing the three
+///   endpoints, one per [`Variant`] (without / with policies, P2C / round
+///   robin).
+#[derive(Debug)]
+pub struct ResilienceMesh {
+    /// The app instances; the last one fails every request.
+    pub apps: Vec<ChildGuard>,
+    /// Their inbound sidecars, in the same order.
+    pub app_sidecars: Vec<ChildGuard>,
+    /// Healthy path: outbound sidecars to the mesh's sidecar B, indexed by
+    /// [`Policies::index`].
+    pub healthy: Vec<PolicySidecar>,
+    /// Failing endpoint: outbound sidecars to the three instances, indexed
+    /// by [`Variant::index`].
+    pub failing: Vec<PolicySidecar>,
+    /// The `services:` / `routes:` config parts of the failing-endpoint
+    /// outbound sidecars, as run, by [`Variant::key`].
+    pub services_yaml: BTreeMap<String, String>,
+}
+
+/// [`check_config`] for a config with the resilience policy fields; a proxy
+/// that does not know them gets a hint.
+fn check_policy_config(bins: &Binaries, cfg: &Path) -> anyhow::Result<()> {
+    check_config(bins, cfg).map_err(|e| {
+        if resilience::is_unknown_field_error(&format!("{e:#}")) {
+            e.context(
+                "this weft-proxy does not know the resilience policy fields \
+                 (outlier_detection, retry_budget, limits, retry, rate_limit); \
+                 rebuild it (cargo build --release -p weft-proxy) or skip the \
+                 resilience scenarios with --no-resilience",
+            )
+        } else {
+            e
+        }
+    })
+}
+
+impl ResilienceMesh {
+    /// Checks, before anything of the resilience scenarios starts, that
+    /// `weft-proxy --check` accepts every outbound config they will use
+    /// (rendered with placeholder ports into `dir/check-*.yaml`; `dir` holds
+    /// the certificates [`Mesh::start`] wrote), so a proxy without the
+    /// policy fields is refused before minutes of other runs.
+    pub fn preflight(dir: &Path, bins: &Binaries) -> anyhow::Result<()> {
+        let ports = SidecarPorts {
+            outbound: 1,
+            inbound: 2,
+            admin: 3,
+        };
+        for v in Variant::ALL {
+            let yaml = policy_client_sidecar_yaml(4, ports, &[5, 6, 7], v.policies, v.balancer);
+            let cfg = dir.join(format!("check-{}.yaml", v.key()));
+            std::fs::write(&cfg, yaml)?;
+            check_policy_config(bins, &cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the configs into `dir` (where [`Mesh::start`] wrote the
+    /// certificates), checks them all with `weft-proxy --check` (a proxy
+    /// that does not know the policy fields fails here, before anything
+    /// starts), starts every process pinned to CPU `core` and waits until
+    /// all are ready. `app_inbound` is the mesh's sidecar B inbound port.
+    pub async fn start(
+        dir: &Path,
+        bins: &Binaries,
+        core: usize,
+        app_inbound: u16,
+        fail_status: u16,
+    ) -> anyhow::Result<Self> {
+        // Per instance: app, sidecar outbound / inbound / admin; per policy
+        // sidecar (2 healthy, 4 failing): outbound / inbound / admin /
+        // unused app port.
+        let p = free_ports(ENDPOINTS * 4 + (2 + Variant::ALL.len()) * 4)?;
+        let mut next = p.into_iter();
+        let mut port = || next.next().context("out of ports");
+        let mut instances = Vec::new();
+        for i in 1..=ENDPOINTS {
+            let app_port = port()?;
+            let ports = SidecarPorts {
+                outbound: port()?,
+                inbound: port()?,
+                admin: port()?,
+            };
+            let cfg = dir.join(format!("sidecar-app-{i}.yaml"));
+            std::fs::write(
+                &cfg,
+                app_sidecar_yaml_with_cert(app_port, ports, &instance_cert(i)),
+            )?;
+            check_config(bins, &cfg)?;
+            instances.push((i, app_port, ports, cfg));
+        }
+        let inbound_ports: Vec<u16> = instances.iter().map(|(_, _, p, _)| p.inbound).collect();
+
+        // The outbound sidecars: healthy path first (in Policies order), then
+        // the failing endpoint's (in Variant order).
+        let healthy = Policies::BOTH.map(|p| ("healthy", Variant::new(Balancer::P2cEwma, p)));
+        let failing = Variant::ALL.map(|v| ("failing", v));
+        let mut outbound = Vec::new();
+        let mut services_yaml = BTreeMap::new();
+        for (kind, v) in healthy.into_iter().chain(failing) {
+            let endpoints = if kind == "healthy" {
+                vec![app_inbound]
+            } else {
+                inbound_ports.clone()
+            };
+            let ports = SidecarPorts {
+                outbound: port()?,
+                inbound: port()?,
+                admin: port()?,
+            };
+            let yaml =
+                policy_client_sidecar_yaml(port()?, ports, &endpoints, v.policies, v.balancer);
+            let stem = if kind == "healthy" {
+                format!("{kind}-{}", v.policies.as_str())
+            } else {
+                services_yaml.insert(
+                    v.key(),
+                    resilience::services_yaml(&endpoints, v.policies, v.balancer),
+                );
+                format!("{kind}-{}", v.key())
+            };
+            let cfg = dir.join(format!("sidecar-{stem}.yaml"));
+            std::fs::write(&cfg, &yaml)?;
+            check_policy_config(bins, &cfg)?;
+            outbound.push((kind, v, ports, cfg, stem));
+        }
+
+        let mut apps = Vec::new();
+        let mut app_sidecars = Vec::new();
+        for (i, app_port, _, cfg) in &instances {
+            let name = instance_cert(*i);
+            let failing = *i == ENDPOINTS;
+            let mut cmd = pinned(core, &bins.sample);
+            cmd.args([
+                "http",
+                "--listen",
+                &loopback(*app_port).to_string(),
+                "--name",
+                &name,
+                "--threads",
+                "1",
+            ]);
+            if failing {
+                cmd.args(["--fail-status", &fail_status.to_string()]);
+            }
+            apps.push(ChildGuard::spawn(
+                &format!(
+                    "{name} (weft-sample{})",
+                    if failing { ", failing" } else { "" }
+                ),
+                cmd,
+                &dir.join(format!("{name}.stderr")),
+            )?);
+            let mut cmd = pinned(core, &bins.proxy);
+            cmd.arg("--config").arg(cfg);
+            app_sidecars.push(ChildGuard::spawn(
+                &format!("sidecar of {name}"),
+                cmd,
+                &dir.join(format!("sidecar-{name}.stderr")),
+            )?);
+        }
+        let mut sidecars = Vec::new();
+        for (kind, v, ports, cfg, stem) in &outbound {
+            let mut cmd = pinned(core, &bins.proxy);
+            cmd.arg("--config").arg(cfg);
+            let child = ChildGuard::spawn(
+                &format!("{kind}-endpoint client sidecar, {}", v.label()),
+                cmd,
+                &dir.join(format!("sidecar-{stem}.stderr")),
+            )?;
+            sidecars.push(PolicySidecar {
+                kind,
+                variant: *v,
+                child,
+                outbound_addr: loopback(ports.outbound),
+                admin_addr: loopback(ports.admin),
+            });
+        }
+
+        for ((i, app_port, ports, _), (app, sidecar)) in instances
+            .iter()
+            .zip(apps.iter_mut().zip(app_sidecars.iter_mut()))
+        {
+            let status = if *i == ENDPOINTS { fail_status } else { 200 };
+            wait_status(app, loopback(*app_port), "/", status).await?;
+            wait_ready(sidecar, loopback(ports.admin), "/ready").await?;
+        }
+        for s in &mut sidecars {
+            wait_ready(&mut s.child, s.admin_addr, "/ready").await?;
+        }
+        let (healthy, failing): (Vec<_>, Vec<_>) =
+            sidecars.into_iter().partition(|s| s.kind == "healthy");
+        Ok(ResilienceMesh {
+            apps,
+            app_sidecars,
+            healthy,
+            failing,
+            services_yaml,
+        })
+    }
+
+    /// The healthy-path outbound sidecar of `policies`.
+    pub fn healthy(&self, policies: Policies) -> &PolicySidecar {
+        &self.healthy[policies.index()]
+    }
+
+    /// The failing-endpoint outbound sidecar of `variant`.
+    pub fn failing(&self, variant: Variant) -> &PolicySidecar {
+        &self.failing[variant.index()]
+    }
+
+    /// PIDs a failing-endpoint run watches: the outbound sidecar of
+    /// `variant`, the inbound sidecars, the apps.
+    pub fn failing_watch(&self, variant: Variant) -> Vec<u32> {
+        std::iter::once(self.failing(variant).child.pid())
+            .chain(self.app_sidecars.iter().map(ChildGuard::pid))
+            .chain(self.apps.iter().map(ChildGuard::pid))
+            .collect()
+    }
+
+    /// Each outbound sidecar's `/metrics`, written whole to
+    /// `dir/metrics-<key>.txt`; returns, by [`PolicySidecar::key`], the
+    /// lines of the policy metric families ([`POLICY_METRICS`]). A sidecar
+    /// whose metrics cannot be read gets one line saying why.
+    pub async fn metrics(&self, dir: &Path) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        for s in self.healthy.iter().chain(&self.failing) {
+            let lines = match fetch_metrics(s.admin_addr).await {
+                Ok(text) => {
+                    let path = dir.join(format!("metrics-{}.txt", s.key()));
+                    if let Err(e) = std::fs::write(&path, &text) {
+                        eprintln!("weft-bench: writing {}: {e}", path.display());
+                    }
+                    metric_lines(&text, &POLICY_METRICS)
+                }
+                Err(e) => vec![format!("(metrics not read: {e:#})")],
+            };
+            out.insert(s.key(), lines);
+        }
+        out
+    }
+
+    /// Every process, for messages.
+    pub fn children(&self) -> Vec<&ChildGuard> {
+        self.healthy
+            .iter()
+            .chain(&self.failing)
+            .map(|s| &s.child)
+            .chain(&self.app_sidecars)
+            .chain(&self.apps)
+            .collect()
+    }
+
+    /// Fails if any of the processes has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for s in self.healthy.iter_mut().chain(self.failing.iter_mut()) {
+            s.child.check_alive()?;
+        }
+        for c in self.app_sidecars.iter_mut().chain(self.apps.iter_mut()) {
+            c.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Checks the setup once, returning by variant the instances that
+    /// answered:
+    ///
+    /// * both healthy-path sidecars answer 200 and the app sees the client's
+    ///   identity;
+    /// * through the round-robin sidecar without policies, each of the three
+    ///   instances answers (with its own status: 200, or `fail_status` from
+    ///   the failing one), so mTLS to every inbound sidecar works;
+    /// * through the P2C sidecar without policies, the answers come from the
+    ///   instances and at least one is healthy (one request at a time, P2C
+    ///   on peak-EWMA latency may never try an endpoint: untried ones are
+    ///   assumed slow, a 5xx is charged as a slow answer);
+    /// * the sidecars with policies answer.
+    pub async fn verify(&self, fail_status: u16) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+        let timeout = Duration::from_secs(5);
+        for p in Policies::BOTH {
+            let addr = self.healthy(p).outbound_addr;
+            let (status, body) = tokio::time::timeout(timeout, get(addr, "app", "/"))
+                .await
+                .with_context(|| format!("healthy path {}: timed out", p.label()))??;
+            let text = String::from_utf8_lossy(&body);
+            ensure!(
+                status == 200,
+                "healthy path {}: status {status}: {text}",
+                p.label()
+            );
+            let caller = caller_of(&body)?;
+            ensure!(
+                caller.as_deref() == Some(CLIENT_ID),
+                "healthy path {}: the app saw caller {caller:?}: {text}",
+                p.label()
+            );
+        }
+        let failing = instance_cert(ENDPOINTS);
+        let mut seen_by = BTreeMap::new();
+        for balancer in Balancer::ALL {
+            let v = Variant::new(balancer, Policies::Without);
+            let seen = self.answering(v, fail_status, 30).await?;
+            let ok = match balancer {
+                Balancer::RoundRobin => seen.len() == ENDPOINTS,
+                Balancer::P2cEwma => seen.iter().any(|n| *n != failing),
+            };
+            ensure!(
+                ok,
+                "through the failing-endpoint sidecar ({}) only {seen:?} answered in 30 requests",
+                v.label()
+            );
+            seen_by.insert(v.key(), seen);
+        }
+        for balancer in Balancer::ALL {
+            let v = Variant::new(balancer, Policies::With);
+            tokio::time::timeout(timeout, get(self.failing(v).outbound_addr, "app", "/"))
+                .await
+                .with_context(|| format!("failing endpoint, {}: timed out", v.label()))??;
+        }
+        Ok(seen_by)
+    }
+
+    /// Sends `n` requests, one at a time, through the failing-endpoint
+    /// sidecar of `v`; checks that each answer comes from one of the
+    /// instances with its status (200, `fail_status` from the failing one)
+    /// and returns the names of those that answered.
+    async fn answering(
+        &self,
+        v: Variant,
+        fail_status: u16,
+        n: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let timeout = Duration::from_secs(5);
+        let addr = self.failing(v).outbound_addr;
+        let failing = instance_cert(ENDPOINTS);
+        let names: Vec<String> = (1..=ENDPOINTS).map(instance_cert).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let req = get_request("app", "/");
+        let mut conn = None;
+        for _ in 0..n {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => conn.insert(
+                    tokio::time::timeout(timeout, Conn::connect(addr))
+                        .await
+                        .with_context(|| {
+                            format!("connecting to {addr} ({}) timed out", v.label())
+                        })??,
+                ),
+            };
+            let resp = tokio::time::timeout(timeout, c.request(&req))
+                .await
+                .with_context(|| format!("request through {addr} ({}) timed out", v.label()))??;
+            let body: serde_json::Value = serde_json::from_slice(resp.body).with_context(|| {
+                format!(
+                    "failing endpoint, {}: status {}: {}",
+                    v.label(),
+                    resp.status,
+                    String::from_utf8_lossy(resp.body)
+                )
+            })?;
+            let name = body["service"].as_str().unwrap_or("?").to_owned();
+            ensure!(
+                names.contains(&name),
+                "failing endpoint, {}: answered by {name:?}, not one of {names:?}: {body}",
+                v.label()
+            );
+            let want = if name == failing { fail_status } else { 200 };
+            ensure!(
+                resp.status == want,
+                "failing endpoint, {}: {name} answered {}: {body}",
+                v.label(),
+                resp.status
+            );
+            seen.insert(name);
+            if c.is_closed() {
+                conn = None;
+            }
+        }
+        Ok(seen.into_iter().collect())
     }
 }
 
@@ -462,13 +990,79 @@ mod tests {
     }
 
     #[test]
+    fn policy_configs() {
+        let ports = SidecarPorts {
+            outbound: 1001,
+            inbound: 1002,
+            admin: 1003,
+        };
+        let head = client_sidecar_head(1000, ports);
+        for p in Policies::BOTH {
+            for b in Balancer::ALL {
+                let y = policy_client_sidecar_yaml(1000, ports, &[3001, 3002, 3003], p, b);
+                assert!(y.starts_with(&head), "{y}");
+                assert!(y.ends_with(&resilience::services_yaml(&[3001, 3002, 3003], p, b)));
+            }
+        }
+        // The plain client config is the same head and one endpoint.
+        let plain = client_sidecar_yaml(1000, ports, 3001);
+        assert!(plain.starts_with(&head));
+        assert!(!plain.contains("outlier_detection"));
+        let b = app_sidecar_yaml_with_cert(1000, ports, &instance_cert(2));
+        assert!(
+            b.contains("tls: {cert: app-2.crt, key: app-2.key, trust_bundle: ca.crt}"),
+            "{b}"
+        );
+        assert!(b.contains(APP_ID));
+        assert_eq!(
+            app_sidecar_yaml(1000, ports),
+            app_sidecar_yaml_with_cert(1000, ports, "app")
+        );
+    }
+
+    #[test]
+    fn policy_metric_lines() {
+        let text = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n\
+            # HELP weft_retries_total retry attempts sent\n\
+            # TYPE weft_retries_total counter\n\
+            weft_retries_total{route=\"all\"} 12\n\
+            weft_requests_total{code=\"200\"} 5\n\
+            weft_outlier_ejections_total{endpoint=\"127.0.0.1:9\"} 1\n\
+            weft_endpoint_ejected{endpoint=\"127.0.0.1:9\"} 1\n";
+        assert_eq!(
+            metric_lines(text, &POLICY_METRICS),
+            vec![
+                "weft_retries_total{route=\"all\"} 12",
+                "weft_outlier_ejections_total{endpoint=\"127.0.0.1:9\"} 1",
+                "weft_endpoint_ejected{endpoint=\"127.0.0.1:9\"} 1",
+            ]
+        );
+    }
+
+    #[test]
     fn certs_are_written() {
         let dir = tempfile::tempdir().unwrap();
         write_certs(dir.path()).unwrap();
-        for f in ["ca.crt", "client.crt", "client.key", "app.crt", "app.key"] {
+        for f in [
+            "ca.crt",
+            "client.crt",
+            "client.key",
+            "app.crt",
+            "app.key",
+            "app-1.crt",
+            "app-1.key",
+            "app-2.crt",
+            "app-2.key",
+            "app-3.crt",
+            "app-3.key",
+        ] {
             let s = std::fs::read_to_string(dir.path().join(f)).unwrap();
             assert!(s.contains("-----BEGIN"), "{f}");
         }
+        // Each instance has its own key.
+        let key = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_ne!(key("app-1.key"), key("app-2.key"));
+        assert_ne!(key("app.key"), key("app-3.key"));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The benchmark's results: per-run records, medians, ratios to direct, the
-//! issue's targets, and their rendering as a markdown table.
+//! issue's targets, and their rendering as a markdown table. The resilience
+//! scenarios' part is in [`crate::resilience`].
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::load::{RateResult, SaturationResult};
+use crate::resilience::ResilienceReport;
 use crate::stats::{median, median_opt, ratio};
 
 /// Which path the load takes.
@@ -349,6 +351,9 @@ pub struct Report {
     pub disturbed: Vec<String>,
     /// Every run, in the order they ran.
     pub runs: Vec<RunRecord>,
+    /// The resilience scenarios (one of three endpoints fails; the
+    /// policies' healthy-path cost), unless skipped.
+    pub resilience: Option<ResilienceReport>,
 }
 
 const MIB: f64 = 1024.0;
@@ -418,7 +423,18 @@ impl Report {
             flags,
             disturbed,
             runs,
+            resilience: None,
         }
+    }
+
+    /// Adds the resilience scenarios' results, their targets, flagged and
+    /// disturbed runs.
+    pub fn with_resilience(mut self, resilience: ResilienceReport) -> Self {
+        self.targets.extend(resilience.targets());
+        self.flags.extend(resilience.flags());
+        self.disturbed.extend(resilience.disturbed());
+        self.resilience = Some(resilience);
+        self
     }
 
     /// The report as markdown.
@@ -566,6 +582,11 @@ impl Report {
             );
         }
 
+        if let Some(res) = &self.resilience {
+            res.write_markdown(&mut s);
+            let _ = writeln!(s);
+        }
+
         let _ = writeln!(s, "\n| target | goal | measured | met |");
         let _ = writeln!(s, "| --- | ---: | ---: | :---: |");
         for t in &self.targets {
@@ -617,7 +638,13 @@ impl Report {
                 self.disturbed.join(", ")
             );
         }
-        if self.flags.is_empty() {
+        if self.flags.is_empty() && self.resilience.is_some() {
+            let _ = writeln!(
+                s,
+                "\nNo errors: every response was 200, apart from the failing endpoint's answers, which the \
+                 resilience scenario counts; every request got an answer."
+            );
+        } else if self.flags.is_empty() {
             let _ = writeln!(s, "\nNo errors: every response was 200.");
         } else {
             let _ = writeln!(s, "\n**Flagged runs** (errors or unsent requests):\n");
@@ -629,7 +656,13 @@ impl Report {
     }
 }
 
-fn check(what: &str, target: &str, measured: Option<f64>, ok: impl Fn(f64) -> bool) -> TargetCheck {
+/// A target check: `measured` meets `target` if `ok` says so.
+pub fn check(
+    what: &str,
+    target: &str,
+    measured: Option<f64>,
+    ok: impl Fn(f64) -> bool,
+) -> TargetCheck {
     TargetCheck {
         what: what.to_owned(),
         target: target.to_owned(),
@@ -664,7 +697,8 @@ pub fn fmt_num(x: f64, prec: usize) -> String {
     out
 }
 
-fn fmt_opt(x: Option<f64>, prec: usize) -> String {
+/// [`fmt_num`], or `–` for `None`.
+pub fn fmt_opt(x: Option<f64>, prec: usize) -> String {
     x.map_or_else(|| "–".to_owned(), |v| fmt_num(v, prec))
 }
 

@@ -32,6 +32,12 @@ pub fn ratio(num: Option<f64>, den: Option<f64>) -> Option<f64> {
     }
 }
 
+/// Share of `scheduled` requests that succeeded, `ok / scheduled` (0..=1);
+/// `None` when nothing was scheduled.
+pub fn success_rate(ok: u64, scheduled: u64) -> Option<f64> {
+    (scheduled > 0).then(|| ok.min(scheduled) as f64 / scheduled as f64)
+}
+
 /// A new latency histogram in nanoseconds, 1 ns ..= 60 s, 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     // The bounds are constants that hdrhistogram accepts (low >= 1,
@@ -98,6 +104,17 @@ mod tests {
         assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
         assert_eq!(ratio(Some(1.0), Some(0.0)), None);
         assert_eq!(ratio(None, Some(1.0)), None);
+    }
+
+    #[test]
+    fn success_rates() {
+        assert_eq!(success_rate(0, 0), None);
+        assert_eq!(success_rate(0, 10), Some(0.0));
+        assert_eq!(success_rate(10, 10), Some(1.0));
+        assert_eq!(success_rate(2, 3), Some(2.0 / 3.0));
+        assert_eq!(success_rate(9_990, 10_000), Some(0.999));
+        // Never above 1, even if counts disagree.
+        assert_eq!(success_rate(11, 10), Some(1.0));
     }
 
     #[test]

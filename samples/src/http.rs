@@ -16,6 +16,11 @@
 //!
 //! A malformed number in a route answers 400 and a known route with the
 //! wrong method answers 405, both with a JSON `{"error": ...}` body.
+//!
+//! [`serve_failing`] runs a broken instance instead: every request, whatever
+//! its route, is answered with one fixed status (e.g. 500) and a short JSON
+//! body, keeping the connection alive, so tests and benchmarks can put a
+//! failing endpoint behind a sidecar.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -135,7 +140,46 @@ impl Default for Checksum {
 /// Must be called from inside a Tokio runtime. If `name` is not a valid
 /// header value, `x-served-by` carries `invalid-name` instead.
 pub fn serve(listener: TcpListener, name: impl Into<String>) -> JoinHandle<()> {
-    let name: String = name.into();
+    spawn_app(listener, name.into(), None)
+}
+
+/// Serves a *failing* instance of the sample HTTP app on `listener` as the
+/// instance called `name`, until the returned task is aborted: every request
+/// (any method, any path, HTTP/1.1 or h2c) is answered with `status` and a
+/// short JSON body such as
+///
+/// ```json
+/// {"error":"failing on purpose","service":"app-3","status":500}
+/// ```
+///
+/// (no body for 204 and 304), with `x-served-by: <name>` like [`serve`]. A
+/// request body is read and discarded first, so HTTP/1.1 connections stay
+/// alive for the next request.
+///
+/// Must be called from inside a Tokio runtime.
+///
+/// # Panics
+///
+/// If `status` is not a final status code, i.e. not in `200..=599`
+/// (see [`is_fail_status`]).
+pub fn serve_failing(
+    listener: TcpListener,
+    name: impl Into<String>,
+    status: u16,
+) -> JoinHandle<()> {
+    let status = match StatusCode::from_u16(status) {
+        Ok(s) if is_fail_status(status) => s,
+        _ => panic!("serve_failing: {status} is not a status in 200..=599"),
+    };
+    spawn_app(listener, name.into(), Some(status))
+}
+
+/// Whether `code` is a status [`serve_failing`] accepts: `200..=599`.
+pub fn is_fail_status(code: u16) -> bool {
+    (200..=599).contains(&code)
+}
+
+fn spawn_app(listener: TcpListener, name: String, fail: Option<StatusCode>) -> JoinHandle<()> {
     let served_by = HeaderValue::from_str(&name).unwrap_or_else(|_| {
         log::warn!("service name {name:?} is not a valid header value");
         HeaderValue::from_static("invalid-name")
@@ -143,6 +187,7 @@ pub fn serve(listener: TcpListener, name: impl Into<String>) -> JoinHandle<()> {
     let app = Arc::new(App {
         name: name.into(),
         served_by,
+        fail,
     });
     tokio::spawn(accept_loop(listener, move |stream| {
         serve_conn(stream, app.clone())
@@ -153,6 +198,8 @@ pub fn serve(listener: TcpListener, name: impl Into<String>) -> JoinHandle<()> {
 struct App {
     name: Box<str>,
     served_by: HeaderValue,
+    /// `Some`: answer every request with this status ([`serve_failing`]).
+    fail: Option<StatusCode>,
 }
 
 async fn serve_conn(stream: TcpStream, app: Arc<App>) {
@@ -187,6 +234,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Sample
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> Response<SampleBody> {
+    if let Some(status) = app.fail {
+        return failing(app, status, req.into_body()).await;
+    }
     let path = req.uri().path();
     if let Some(n) = path.strip_prefix("/bytes/") {
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -242,6 +292,28 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<SampleBody> {
         return info(app, &req, status);
     }
     info(app, &req, StatusCode::OK)
+}
+
+/// The answer of a [`serve_failing`] instance: the request body is drained
+/// (so the HTTP/1.1 connection can be reused), then `status` with a short
+/// JSON body.
+async fn failing(app: &App, status: StatusCode, mut body: Incoming) -> Response<SampleBody> {
+    while let Some(frame) = body.frame().await {
+        if let Err(e) = frame {
+            log::debug!("failing: reading body failed: {e}");
+            break;
+        }
+    }
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        let mut resp = Response::new(SampleBody::empty());
+        *resp.status_mut() = status;
+        return resp;
+    }
+    let mut out = Vec::with_capacity(64 + app.name.len());
+    out.extend_from_slice(b"{\"error\":\"failing on purpose\",\"service\":");
+    json_str(&mut out, app.name.as_bytes());
+    out.extend_from_slice(format!(",\"status\":{}}}", status.as_u16()).as_bytes());
+    json(status, Bytes::from(out))
 }
 
 /// `/sink`: reads the whole body (frame by frame, never buffering it) and
@@ -475,5 +547,29 @@ impl Body for SampleBody {
             SampleBody::Pattern { remaining, .. } => SizeHint::with_exact(*remaining),
             SampleBody::Echo(body) => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_statuses() {
+        for ok in [200, 204, 404, 500, 503, 599] {
+            assert!(is_fail_status(ok), "{ok}");
+        }
+        for bad in [0, 99, 100, 101, 199, 600, 999, 1000] {
+            assert!(!is_fail_status(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "not a status in 200..=599")]
+    async fn serve_failing_rejects_informational_status() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0");
+        let _server = serve_failing(listener, "x", 100);
     }
 }

@@ -13,7 +13,9 @@
 //!
 //! * [`http::serve`]: HTTP/1.1 (keep-alive) and h2c prior knowledge on one
 //!   port, with `/bytes/{n}`, `/sink`, `/echo`, `/delay/{ms}`,
-//!   `/status/{code}` and a JSON "who am I / what did you send" default route.
+//!   `/status/{code}` and a JSON "who am I / what did you send" default route;
+//!   [`http::serve_failing`] is the same app broken on purpose, answering
+//!   every request with one fixed status (e.g. 500).
 //! * [`grpc::serve`]: the `weft.sample.v1.Echo` gRPC service (see
 //!   `proto/echo.proto`); its generated client is [`grpc::EchoClient`].
 //! * [`tcp::serve_echo`]: a raw TCP echo server that honours half-close.

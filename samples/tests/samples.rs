@@ -396,6 +396,77 @@ async fn http_status_and_delay() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn http_failing_answers_every_request_with_its_status() -> anyhow::Result<()> {
+    let (listener, addr) = bind().await?;
+    let server = weft_samples::http::serve_failing(listener, "app-3", 500);
+    for mut client in Client::both(addr).await? {
+        let h2 = client.is_h2();
+        // Several requests on one connection: the connection stays usable.
+        for path in ["/", "/status/200", "/bytes/10", "/delay/5000", "/x?y=1"] {
+            let (resp, body) = client.get(path).await?;
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+            assert_eq!(header_str(&resp, "x-served-by"), Some("app-3"));
+            assert_eq!(header_str(&resp, "content-type"), Some("application/json"));
+            assert_ne!(header_str(&resp, "connection"), Some("close"));
+            let v: Value = serde_json::from_slice(&body)?;
+            assert_eq!(v["error"], "failing on purpose");
+            assert_eq!(v["service"], "app-3");
+            assert_eq!(v["status"], 500);
+            assert!(body.len() < 100, "short body: {}", body.len());
+        }
+        // A request body is drained; the next request on the connection still works.
+        let req = client
+            .request(Method::POST, "/sink")
+            .body(full(payload(256 * 1024)))?;
+        let (resp, _) = split(client.send(req).await?).await?;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "h2={h2}");
+        let req = client.request(Method::HEAD, "/").body(empty())?;
+        let (resp, body) = split(client.send(req).await?).await?;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "h2={h2}");
+        assert!(body.is_empty());
+        let (resp, _) = client.get("/").await?;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "h2={h2}");
+    }
+    // Keep-alive seen on the wire: two requests, one after the other, on
+    // one raw socket, each answered in full (the JSON body ends with `}`).
+    let mut raw = TcpStream::connect(addr).await?;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 1024];
+        for _ in 0..100 {
+            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await??;
+            ensure!(n > 0, "connection closed after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+            if got.ends_with(b"}") {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 500").count(), 2, "{text}");
+    server.abort();
+
+    // Any final status, and none of a body where the status has none.
+    let (listener, addr) = bind().await?;
+    let server = weft_samples::http::serve_failing(listener, "app-x", 503);
+    let mut client = Client::h1(addr).await?;
+    let (resp, body) = client.get("/").await?;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(serde_json::from_slice::<Value>(&body)?["status"], 503);
+    server.abort();
+    let (listener, addr) = bind().await?;
+    let server = weft_samples::http::serve_failing(listener, "app-y", 204);
+    let mut client = Client::h1(addr).await?;
+    let (resp, body) = client.get("/").await?;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(body.is_empty());
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test]
 async fn http_abort_stops_server_and_connections() -> anyhow::Result<()> {
     let (addr, server) = start_http("gone").await?;
     let mut client = Client::h1(addr).await?;
@@ -648,5 +719,69 @@ async fn binary_serves_and_logs_bound_address() -> anyhow::Result<()> {
     let v: Value = serde_json::from_slice(&body)?;
     assert_eq!(v["service"], "bin-app");
     child.kill().await?;
+    Ok(())
+}
+
+/// Starts the `weft-sample` binary with `args` (plus `--listen 127.0.0.1:0`)
+/// and returns it with the address it logged.
+async fn start_binary(args: &[&str]) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft-sample"))
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .context("no start line")?;
+    let addr: SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("no address in {line:?}"))?
+        .parse()?;
+    Ok((child, addr))
+}
+
+#[tokio::test]
+async fn binary_fail_status() -> anyhow::Result<()> {
+    let (mut child, addr) =
+        start_binary(&["http", "--name", "broken", "--fail-status", "500"]).await?;
+    for mut client in Client::both(addr).await? {
+        for _ in 0..3 {
+            let (resp, body) = client.get("/").await?;
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(header_str(&resp, "x-served-by"), Some("broken"));
+            let v: Value = serde_json::from_slice(&body)?;
+            assert_eq!(v["service"], "broken");
+        }
+    }
+    child.kill().await?;
+
+    // Out of range, or on a sample other than http: refused before serving.
+    for args in [
+        &["http", "--fail-status", "600"][..],
+        &["http", "--fail-status", "100"][..],
+        &["tcp", "--fail-status", "500"][..],
+        &["grpc", "--fail-status", "500"][..],
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_weft-sample"))
+                .args(args)
+                .args(["--listen", "127.0.0.1:0"])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await??;
+        ensure!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("fail-status"), "{args:?}: {err}");
+    }
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! `weft-bench`: HTTP/1.1 keep-alive load, direct vs. through a Weft sidecar
-//! pair, interleaved, with medians and ratios to direct.
+//! pair, interleaved, with medians and ratios to direct; and the resilience
+//! scenarios: one of three endpoints fails (success rate and latency without
+//! vs. with the policies), and the policies' cost on the healthy pair.
 //!
 //! ```text
 //! cargo build --release -p weft-proxy -p weft-samples -p weft-benches && target/release/weft-bench
 //! target/release/weft-bench --quick      # one short run of each, a smoke check
 //! ```
 //!
-//! The load generator runs on CPU 0 (this process pins itself), the app and
-//! both sidecars on CPU 1 (started with `taskset`). Progress goes to stderr,
+//! The load generator runs on CPU 0 (this process pins itself), the apps and
+//! all sidecars on CPU 1 (started with `taskset`). Progress goes to stderr,
 //! the markdown table to stdout and to `target/bench/weft-bench.md`, the full
 //! results to `target/bench/weft-bench.json`.
 
@@ -25,9 +27,13 @@ use tempfile::TempDir;
 
 use weft_benches::http1::get_request;
 use weft_benches::load::{self, RateConfig, SaturationConfig, Target};
-use weft_benches::mesh::{Binaries, Mesh};
+use weft_benches::mesh::{Binaries, Mesh, ResilienceMesh};
 use weft_benches::procfs;
 use weft_benches::report::{BenchConfig, Report, RunRecord, Scenario};
+use weft_benches::resilience::{
+    Balancer, FailRun, HealthyRun, Policies, ResilienceConfig, ResilienceReport, Variant,
+    ENDPOINTS, FAIL_STATUS,
+};
 
 /// Load benchmark: direct vs. through a Weft sidecar pair.
 #[derive(Debug, Parser)]
@@ -51,6 +57,14 @@ struct Args {
     /// Connections the latency runs spread their requests over.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     latency_connections: u16,
+    /// Measured time of each run of the failing-endpoint scenario (open loop at
+    /// --rate over --latency-connections, after --warmup).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    fail_duration: Duration,
+    /// Skip the resilience scenarios (one of three endpoints fails; the
+    /// policies' healthy-path cost).
+    #[arg(long)]
+    no_resilience: bool,
     /// Smoke check: one run of each scenario, 2 s each.
     #[arg(long)]
     quick: bool,
@@ -156,12 +170,17 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     if args.quick {
         args.runs = 1;
         args.duration = Duration::from_secs(2);
+        args.fail_duration = args.fail_duration.min(Duration::from_secs(2));
     }
     ensure!(
         args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1_000_000.0,
         "--rate must be in (0, 1000000]"
     );
     ensure!(!args.duration.is_zero(), "--duration must be positive");
+    ensure!(
+        !args.fail_duration.is_zero(),
+        "--fail-duration must be positive"
+    );
     ensure!(
         args.loadgen_core != args.server_core,
         "--loadgen-core and --server-core must differ"
@@ -236,6 +255,10 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
         dir.display()
     );
     let mut mesh = Mesh::start(dir, bins, args.server_core, args.access_log).await?;
+    if !args.no_resilience {
+        // Fail fast (before minutes of runs) on a proxy without the policy fields.
+        ResilienceMesh::preflight(dir, bins)?;
+    }
     let watch = [
         mesh.app.pid(),
         mesh.client_sidecar.pid(),
@@ -317,8 +340,36 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
             tokio::time::sleep(settle).await;
         }
     }
-    if runs.iter().any(|r| r.flag().is_some()) {
-        for child in [&mesh.client_sidecar, &mesh.app_sidecar, &mesh.app] {
+    let mut report = Report::new(config, idle_rss_kib, background_busy_pct, runs);
+
+    // The resilience scenarios run after the pair's, so that their processes
+    // (idle but awake) do not share CPU 1 with the direct / weft runs.
+    let mut res_mesh = None;
+    if !args.no_resilience {
+        let fail_cfg = RateConfig {
+            duration: args.fail_duration,
+            ..rate_cfg
+        };
+        let res = run_resilience(
+            args,
+            bins,
+            dir,
+            &mut mesh,
+            &mut res_mesh,
+            &request,
+            sat_cfg,
+            fail_cfg,
+        )
+        .await?;
+        report = report.with_resilience(res);
+    }
+    if !report.flags.is_empty() {
+        let res_children = res_mesh.as_ref().map(ResilienceMesh::children);
+        for child in mesh
+            .children()
+            .into_iter()
+            .chain(res_children.into_iter().flatten())
+        {
             eprintln!(
                 "weft-bench: {} stderr ({}), last lines:\n{}",
                 child.name(),
@@ -327,7 +378,125 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
             );
         }
     }
+    drop(res_mesh);
     drop(mesh);
 
-    Ok(Report::new(config, idle_rss_kib, background_busy_pct, runs))
+    Ok(report)
+}
+
+/// Starts the resilience scenarios' processes (into `res_mesh`, so the
+/// caller can still show their stderr), verifies them and runs, `--runs`
+/// times: the healthy path without and with policies (saturation, through
+/// the pair's sidecar B and app), then every failing-endpoint variant (open
+/// loop). Returns their results.
+#[allow(clippy::too_many_arguments)]
+async fn run_resilience(
+    args: &Args,
+    bins: &Binaries,
+    dir: &Path,
+    mesh: &mut Mesh,
+    res_mesh: &mut Option<ResilienceMesh>,
+    request: &Arc<[u8]>,
+    sat_cfg: SaturationConfig,
+    fail_cfg: RateConfig,
+) -> anyhow::Result<ResilienceReport> {
+    let settle = Duration::from_millis(300);
+    eprintln!(
+        "weft-bench: starting the resilience scenarios' processes: {ENDPOINTS} app instances (one failing \
+         with {FAIL_STATUS}) with their sidecars, 6 client-side sidecars (healthy path and failing \
+         endpoint, without/with policies; the latter with P2C and round robin)"
+    );
+    let rm = res_mesh.insert(
+        ResilienceMesh::start(dir, bins, args.server_core, mesh.app_inbound, FAIL_STATUS).await?,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = rm.verify(FAIL_STATUS).await?;
+    let seen: Vec<String> = seen
+        .iter()
+        .map(|(k, names)| format!("{k}: {}", names.join(" ")))
+        .collect();
+    eprintln!(
+        "weft-bench: verified: healthy path 200 without and with policies; answering through the \
+         failing-endpoint sidecars without policies: {}",
+        seen.join("; ")
+    );
+
+    let mut fail_runs = Vec::new();
+    let mut healthy_runs = Vec::new();
+    for run in 1..=usize::from(args.runs) {
+        // Healthy path: the pair with the other outbound configs.
+        for policies in Policies::order(run) {
+            let t = Target {
+                addr: rm.healthy(policies).outbound_addr,
+                request: request.clone(),
+            };
+            let watch = [
+                mesh.app.pid(),
+                rm.healthy(policies).child.pid(),
+                mesh.app_sidecar.pid(),
+            ];
+            let sat = load::saturate(&t, sat_cfg, &watch).await?;
+            mesh.check_alive()?;
+            rm.check_alive()?;
+            let rec = HealthyRun::new(run, policies, sat);
+            eprintln!(
+                "weft-bench: run {run}/{} healthy path {:<16} {:>8.0} req/s, errors {}",
+                args.runs,
+                policies.label(),
+                rec.saturation.rps,
+                rec.saturation.errors,
+            );
+            if let Some(flag) = rec.flag() {
+                eprintln!("weft-bench: flagged: {flag}");
+            }
+            healthy_runs.push(rec);
+            tokio::time::sleep(settle).await;
+        }
+        // One of three endpoints fails.
+        for variant in Variant::order(run) {
+            let t = Target {
+                addr: rm.failing(variant).outbound_addr,
+                request: request.clone(),
+            };
+            let r = load::fixed_rate_statuses(&t, fail_cfg, &rm.failing_watch(variant)).await?;
+            rm.check_alive()?;
+            let rec = FailRun::new(run, variant, r);
+            let r = &rec.result;
+            eprintln!(
+                "weft-bench: run {run}/{} one endpoint failing, {:<31} success {:>7.3} %, {:>6.0} 2xx/s, p50 {} µs, p99 {} µs, no answer {}",
+                args.runs,
+                variant.label(),
+                r.success_rate.map_or(f64::NAN, |x| x * 100.0),
+                r.ok_rps,
+                r.latency.map_or(f64::NAN, |p| p.p50_us).round(),
+                r.latency.map_or(f64::NAN, |p| p.p99_us).round(),
+                r.transport_errors_total + r.missed,
+            );
+            if let Some(flag) = rec.flag() {
+                eprintln!("weft-bench: flagged: {flag}");
+            }
+            fail_runs.push(rec);
+            tokio::time::sleep(settle).await;
+        }
+    }
+    let mut r = ResilienceReport::new(
+        ResilienceConfig {
+            endpoints: ENDPOINTS,
+            failing_endpoints: 1,
+            fail_status: FAIL_STATUS,
+            load: "open loop (fixed rate)".into(),
+            rate: fail_cfg.rate,
+            connections: fail_cfg.connections,
+            warmup_s: fail_cfg.warmup.as_secs_f64(),
+            duration_s: fail_cfg.duration.as_secs_f64(),
+            healthy_connections: sat_cfg.connections,
+            healthy_duration_s: sat_cfg.duration.as_secs_f64(),
+            balancers: Balancer::ALL.to_vec(),
+            services_yaml: rm.services_yaml.clone(),
+        },
+        fail_runs,
+        healthy_runs,
+    );
+    r.sidecar_metrics = rm.metrics(dir).await;
+    Ok(r)
 }

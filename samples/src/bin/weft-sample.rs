@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! weft-sample http|grpc|tcp [--listen 127.0.0.1:8080] [--name NAME] [--threads N]
+//! weft-sample http --fail-status 500 ...   # a broken instance: every request answers 500
 //! ```
 //!
 //! On start it logs one line (to stderr) with the bound address; `--listen`
@@ -49,11 +50,21 @@ struct Args {
     /// Tokio worker threads (1 = single-threaded runtime).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
+    /// `http` only: answer every request with this status (200-599) and a short
+    /// JSON body, keeping connections alive: a failing endpoint for tests and benchmarks.
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(200..=599))]
+    fail_status: Option<u16>,
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    if args.fail_status.is_some() && args.kind != Kind::Http {
+        anyhow::bail!(
+            "--fail-status is only supported by `weft-sample http`, not {}",
+            args.kind.as_str()
+        );
+    }
     let runtime = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -73,13 +84,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let server = match args.kind {
-        Kind::Http => weft_samples::http::serve(listener, args.name.clone()),
-        Kind::Grpc => weft_samples::grpc::serve(listener, args.name.clone()),
-        Kind::Tcp => weft_samples::tcp::serve_echo(listener),
+    let server = match (args.kind, args.fail_status) {
+        (Kind::Http, Some(status)) => {
+            weft_samples::http::serve_failing(listener, args.name.clone(), status)
+        }
+        (Kind::Http, None) => weft_samples::http::serve(listener, args.name.clone()),
+        (Kind::Grpc, _) => weft_samples::grpc::serve(listener, args.name.clone()),
+        (Kind::Tcp, _) => weft_samples::tcp::serve_echo(listener),
     };
+    let failing = args
+        .fail_status
+        .map_or_else(String::new, |s| format!(", failing every request with {s}"));
     log::info!(
-        "weft-sample {} '{}' listening on {addr} ({} thread(s))",
+        "weft-sample {} '{}' listening on {addr} ({} thread(s){failing})",
         args.kind.as_str(),
         args.name,
         args.threads
