@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
+use weft_resilience::outlier::HealthState;
 
 use crate::config::{HeaderValueMatch, LbPolicy, PathMatch, Protocol};
 use crate::state::Snapshot;
@@ -31,7 +32,16 @@ pub fn config_dump(s: &Snapshot) -> Value {
                 .endpoints
                 .iter()
                 .zip(&d.stats)
-                .map(|(a, st)| json!({"address": a.to_string(), "pending": st.pending(), "cost_ns": st.cost()}))
+                .enumerate()
+                .map(|(i, (a, st))| {
+                    let health = match d.health.state(i, crate::state::now()) {
+                        HealthState::Healthy => "healthy",
+                        HealthState::Ejected => "ejected",
+                        HealthState::HalfOpen => "half_open",
+                    };
+                    json!({"address": a.to_string(), "pending": st.pending(), "cost_ns": st.cost(),
+                           "health": health, "ejections": d.health.ejections(i)})
+                })
                 .collect();
             let routes: Vec<Value> = d
                 .routes
@@ -67,6 +77,13 @@ pub fn config_dump(s: &Snapshot) -> Value {
                         "rewrite_prefix": r.route.rewrite_prefix,
                         "set_headers": r.route.set_headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
                         "remove_headers": r.route.remove_headers.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                        "retry": {
+                            "attempts": r.route.retry.max_attempts,
+                            "on": format!("{:?}", r.route.retry.on),
+                            "per_try_timeout_ms": r.route.retry.per_try_timeout.map(|t| t.as_millis() as u64),
+                        },
+                        "rate_limit": r.route.rate_limit.map(|l| json!({"requests_per_second": l.per_second, "burst": l.burst})),
+                        "fault": r.route.fault.map(|f| format!("{f:?}")),
                     })
                 })
                 .collect();
@@ -77,6 +94,12 @@ pub fn config_dump(s: &Snapshot) -> Value {
                 "load_balancer": match d.lb { LbPolicy::P2cEwma => "p2c_ewma", LbPolicy::RoundRobin => "round_robin" },
                 "endpoints": endpoints,
                 "routes": routes,
+                "retry_budget": format!("{:?}", d.budget.config()),
+                "outlier_detection": format!("{:?}", d.health.config()),
+                "limits": {"max_in_flight": d.limits.max_in_flight, "max_pending": d.limits.max_pending,
+                           "queue_timeout_ms": d.limits.queue_timeout.as_millis() as u64,
+                           "max_connections": d.limits.max_connections},
+                "in_flight": d.in_flight.in_flight(),
             })
         })
         .collect();
@@ -95,6 +118,15 @@ pub fn config_dump(s: &Snapshot) -> Value {
             "export_interval_ms": s.tracing.export_interval.as_millis() as u64,
         },
         "services": destinations,
+        "authorization": {
+            "default": if s.authz.default_allow { "allow" } else { "deny" },
+            "rules": s.authz.rules.iter().map(|r| json!({
+                "name": r.name,
+                "from": if r.from.is_empty() { vec!["*".to_owned()] } else { r.from.clone() },
+                "paths": r.paths,
+                "methods": r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        },
     })
 }
 

@@ -100,6 +100,29 @@ impl ProxyHttp for InboundHttp {
             return Ok(true);
         }
         crate::errors::idle_keepalive(session, snap.idle_timeout);
+        let caller = ctx.caller_id.as_deref().unwrap_or_default();
+        let req = session.req_header();
+        if snap
+            .authz
+            .check_http(caller, &req.method, req.uri.path())
+            .is_none()
+        {
+            if let Some(m) = &ctx.metrics {
+                m.event(Event::Rejected(Reject::Denied));
+            }
+            ctx.flag = Some("denied");
+            let what = format!(
+                "denied: no authorization rule of {} allows {caller} to {} {}",
+                snap.own.name,
+                req.method,
+                req.uri.path()
+            );
+            Failure::new(403, "denied", what)
+                .respond(session, false)
+                .await;
+            ctx.snap = Some(snap);
+            return Ok(true);
+        }
         if let Some(buckets) = &snap.inbound_rate {
             let caller = ctx.caller_id.as_deref().unwrap_or_default();
             if let Err(wait) = buckets.try_take(caller, state::now()) {

@@ -133,6 +133,8 @@ pub enum Reject {
     RateLimited,
     /// Every endpoint is ejected.
     BreakerOpen,
+    /// No authorization rule allows the caller (inbound).
+    Denied,
 }
 
 impl Reject {
@@ -144,6 +146,7 @@ impl Reject {
             Reject::QueueTimeout => "queue_timeout",
             Reject::RateLimited => "rate_limited",
             Reject::BreakerOpen => "breaker_open",
+            Reject::Denied => "denied",
         }
     }
 }
@@ -181,8 +184,8 @@ impl Event {
                 S::Succeeded | S::NotRetryable => 6,
             },
             Event::Rejected(r) => 7 + r as usize,
-            Event::FaultDelay => 12,
-            Event::FaultAbort => 13,
+            Event::FaultDelay => 13,
+            Event::FaultAbort => 14,
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::drain::{Drain, DrainSignals};
 use crate::inbound::InboundHttp;
 use crate::outbound::Outbound;
 use crate::state::Store;
-use crate::tls::{IdentityCallback, ALPN_TCP};
+use crate::tls::{IdentityCallback, PeerIdentity, ALPN_TCP};
 use crate::trace::Tracer;
 use crate::{control, tcp};
 
@@ -118,7 +118,16 @@ impl Traffic {
             Some(ALPN::H2) => ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await,
             Some(ALPN::Custom(c)) if c.protocol() == ALPN_TCP => {
                 let _working = self.drain.enter();
-                tcp::inbound(Box::new(tls), self.store.load(), &self.store.metrics).await;
+                let caller = tls
+                    .ssl_digest()
+                    .and_then(|d| d.extension.get::<PeerIdentity>().map(|p| p.uri.clone()));
+                tcp::inbound(
+                    Box::new(tls),
+                    caller,
+                    self.store.load(),
+                    &self.store.metrics,
+                )
+                .await;
                 None
             }
             other => {

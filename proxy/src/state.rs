@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub idle_timeout: Duration,
     /// Inbound rate limit.
     pub inbound_rate: Option<Buckets>,
+    /// Who may call the app.
+    pub authz: config::Authorization,
     /// Access log target (fixed for the process's life).
     pub access_log: Option<PathBuf>,
     /// Tracing: `sampling` reloads; collector, queue and interval are fixed for the process's
@@ -305,6 +307,7 @@ impl Snapshot {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             inbound_rate,
+            authz: config.authorization,
             access_log: config.access_log,
             tracing: config.tracing,
             identity: caller.as_str().into(),

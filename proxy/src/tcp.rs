@@ -223,9 +223,24 @@ async fn connect(
     Ok(tls)
 }
 
-/// Connect a tunnel that arrived over mutual TLS to the local app.
-pub async fn inbound(tunnel: Stream, snap: Arc<Snapshot>, metrics: &Metrics) {
+/// Connect a tunnel that arrived over mutual TLS from `caller` to the local app, if the
+/// authorization rules let it in.
+pub async fn inbound(
+    tunnel: Stream,
+    caller: Option<Arc<str>>,
+    snap: Arc<Snapshot>,
+    metrics: &Metrics,
+) {
     let app = snap.own.app;
+    let caller = caller.as_deref().unwrap_or_default();
+    if !snap.authz.allows_tcp(caller) {
+        metrics
+            .tcp_rejected
+            .with_label_values(&["inbound", &snap.own.name, "denied"])
+            .inc();
+        log::info!("tcp tunnel from {caller:?} denied: no authorization rule allows it");
+        return;
+    }
     match timeout(snap.connect_timeout, TcpStream::connect(app)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);

@@ -2,6 +2,7 @@
 //! ([`model`]). Parsing collects every problem with its field path so an operator fixes a file in
 //! one pass.
 
+mod authz;
 pub mod model;
 mod resilience;
 pub mod wire;
@@ -196,6 +197,7 @@ impl Validator<'_> {
             }
         }
 
+        let authorization = self.authorization(raw.authorization);
         let mut route_names: HashSet<(String, String)> = HashSet::new();
         for (i, r) in raw.routes.into_iter().enumerate() {
             let f = format!("routes[{i}]");
@@ -263,6 +265,7 @@ impl Validator<'_> {
                 }
             }),
             services,
+            authorization,
         })
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::authz::{Allowed, Authorization, AuthzRule};
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use regex::Regex;
@@ -72,6 +73,8 @@ pub struct Config {
     pub tracing: Tracing,
     /// Mesh services this sidecar may call, each with its routes.
     pub services: Vec<Service>,
+    /// Who may call this sidecar's app.
+    pub authorization: Authorization,
 }
 
 /// Distributed tracing: W3C trace context is always propagated; spans are exported only when

@@ -376,3 +376,60 @@ fn bad_tracing_knobs_name_field_and_value() {
         other => panic!("expected syntax error, got {other:?}"),
     }
 }
+
+#[test]
+fn authorization_rules_parse_and_decide() {
+    let text = format!(
+        "{BASE}authorization:\n  default: deny\n  rules:\n\
+         \x20   - {{name: reads, from: [spiffe://weft.local/ns/default/sa/frontend], paths: [/api/], methods: [GET, HEAD]}}\n\
+         \x20   - {{name: ops, from: [\"*\"], paths: [/health]}}\n\
+         \x20   - {{name: db, from: [spiffe://weft.local/ns/default/sa/batch]}}\n"
+    );
+    let c = parse_str(&text).expect("valid");
+    let a = &c.authorization;
+    assert!(!a.default_allow);
+    let fe = "spiffe://weft.local/ns/default/sa/frontend";
+    let other = "spiffe://weft.local/ns/default/sa/other";
+    assert_eq!(
+        a.check_http(fe, &Method::GET, "/api/orders"),
+        Some(Allowed::ByRule("reads"))
+    );
+    assert_eq!(
+        a.check_http(fe, &Method::GET, "/api"),
+        Some(Allowed::ByRule("reads"))
+    );
+    assert_eq!(a.check_http(fe, &Method::POST, "/api/orders"), None);
+    assert_eq!(a.check_http(fe, &Method::GET, "/apiary"), None);
+    assert_eq!(a.check_http(other, &Method::GET, "/api/orders"), None);
+    assert_eq!(
+        a.check_http(other, &Method::POST, "/health"),
+        Some(Allowed::ByRule("ops"))
+    );
+    assert!(a.allows_tcp("spiffe://weft.local/ns/default/sa/batch"));
+    assert!(!a.allows_tcp(fe), "frontend's rule has path conditions");
+    assert!(parse_str(BASE).expect("valid").authorization.default_allow);
+}
+
+#[test]
+fn bad_authorization_names_field_and_value() {
+    let text = format!(
+        "{BASE}authorization:\n  default: maybe\n  rules:\n\
+         \x20   - {{name: a, from: [frontend], paths: [api], methods: [get]}}\n\
+         \x20   - {{name: a, from: []}}\n"
+    );
+    let errors = invalid(&text);
+    let has = |field: &str, words: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.reason.contains(words)),
+            "no error {field}: {words} in {errors:?}"
+        )
+    };
+    has("authorization.default", "\"maybe\"");
+    has("authorization.rules[0].from[0]", "frontend");
+    has("authorization.rules[0].paths[0]", "\"api\"");
+    has("authorization.rules[0].methods[0]", "\"get\"");
+    has("authorization.rules[1].name", "duplicate");
+    has("authorization.rules[1].from", "at least one");
+}

@@ -36,6 +36,35 @@ pub struct ConfigFile {
     /// Routes to mesh services.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Who may call this sidecar's app (default: every mesh identity).
+    pub authorization: Option<Authorization>,
+}
+
+/// Inbound authorization: allow rules and what happens to requests no rule allows.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    /// `allow` (the default) or `deny`.
+    pub default: Option<String>,
+    /// Allow rules; a request any rule matches is allowed.
+    #[serde(default)]
+    pub rules: Vec<AuthzRule>,
+}
+
+/// One allow rule; every given condition must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzRule {
+    /// Rule name, for errors and logs.
+    pub name: String,
+    /// Caller SPIFFE identities, or `"*"` for any mesh identity.
+    pub from: Vec<String>,
+    /// Path prefixes (default: any path).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Methods (default: any method).
+    #[serde(default)]
+    pub methods: Vec<String>,
 }
 
 /// Distributed tracing.

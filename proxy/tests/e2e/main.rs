@@ -3,6 +3,7 @@
 
 mod access_log_tests;
 mod admin_tests;
+mod authz_tests;
 mod harness;
 mod http_tests;
 mod lifecycle_tests;

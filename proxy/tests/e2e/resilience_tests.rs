@@ -491,7 +491,7 @@ async fn grpc_status_codes_are_retried_as_configured() {
     assert_eq!(ok.served_by, "inventory-1");
 }
 
-async fn echo(s: &mut tokio::net::TcpStream) -> Option<[u8; 4]> {
+pub async fn echo(s: &mut tokio::net::TcpStream) -> Option<[u8; 4]> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"ping").await.ok()?;
     let mut b = [0u8; 4];
