@@ -13,17 +13,23 @@
 //! It also runs the resilience scenarios ([`resilience`]): one of three
 //! endpoints of a service fails (client-visible success rate and latency
 //! without vs. with the sidecar's resilience policies), and what the policies
-//! cost the healthy pair's throughput.
+//! cost the healthy pair's throughput; and the observability cost scenario
+//! ([`observability`]): the pair's throughput with access logs on, with
+//! tracing at 0 % and at 100 % (exporting to an in-process OTLP collector,
+//! [`collector`]), against the default settings.
 //!
 //! The modules hold the pieces: a lean HTTP/1.1 client ([`http1`]), the
 //! closed and open load loops ([`load`]), `/proc` parsing ([`procfs`]),
 //! statistics ([`stats`]), the processes under test ([`mesh`]), the
-//! resilience scenarios' configs and results ([`resilience`]) and the
-//! report ([`report`]).
+//! resilience scenarios' configs and results ([`resilience`]), the
+//! observability scenario's ([`observability`]) and the report
+//! ([`report`]).
 
+pub mod collector;
 pub mod http1;
 pub mod load;
 pub mod mesh;
+pub mod observability;
 pub mod procfs;
 pub mod report;
 pub mod resilience;

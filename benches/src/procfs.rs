@@ -199,6 +199,15 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     Ok(ticks as f64 / clock_ticks_per_second() as f64)
 }
 
+/// CPU time (user + system) thread `tid` of process `pid` has used so far,
+/// in seconds (`/proc/PID/task/TID/stat`; `/proc/TID/stat` would count the
+/// whole process).
+pub fn thread_cpu_seconds(pid: u32, tid: u32) -> io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    let ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| invalid("stat", tid))?;
+    Ok(ticks as f64 / clock_ticks_per_second() as f64)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

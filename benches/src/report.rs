@@ -1,12 +1,14 @@
 //! The benchmark's results: per-run records, medians, ratios to direct, the
 //! issue's targets, and their rendering as a markdown table. The resilience
-//! scenarios' part is in [`crate::resilience`].
+//! scenarios' part is in [`crate::resilience`], the observability
+//! scenario's in [`crate::observability`].
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::load::{RateResult, SaturationResult};
+use crate::observability::ObservabilityReport;
 use crate::resilience::ResilienceReport;
 use crate::stats::{median, median_opt, ratio};
 
@@ -351,6 +353,9 @@ pub struct Report {
     pub disturbed: Vec<String>,
     /// Every run, in the order they ran.
     pub runs: Vec<RunRecord>,
+    /// The observability cost scenario (access logs, tracing at 0 % and
+    /// 100 %, against the default settings), unless skipped.
+    pub observability: Option<ObservabilityReport>,
     /// The resilience scenarios (one of three endpoints fails; the
     /// policies' healthy-path cost), unless skipped.
     pub resilience: Option<ResilienceReport>,
@@ -423,8 +428,19 @@ impl Report {
             flags,
             disturbed,
             runs,
+            observability: None,
             resilience: None,
         }
+    }
+
+    /// Adds the observability scenario's results, its target, flagged and
+    /// disturbed runs.
+    pub fn with_observability(mut self, observability: ObservabilityReport) -> Self {
+        self.targets.extend(observability.targets());
+        self.flags.extend(observability.flags());
+        self.disturbed.extend(observability.disturbed());
+        self.observability = Some(observability);
+        self
     }
 
     /// Adds the resilience scenarios' results, their targets, flagged and
@@ -582,6 +598,9 @@ impl Report {
             );
         }
 
+        if let Some(obs) = &self.observability {
+            obs.write_markdown(&mut s);
+        }
         if let Some(res) = &self.resilience {
             res.write_markdown(&mut s);
             let _ = writeln!(s);

@@ -1,15 +1,18 @@
 //! `weft-bench`: HTTP/1.1 keep-alive load, direct vs. through a Weft sidecar
-//! pair, interleaved, with medians and ratios to direct; and the resilience
-//! scenarios: one of three endpoints fails (success rate and latency without
-//! vs. with the policies), and the policies' cost on the healthy pair.
+//! pair, interleaved, with medians and ratios to direct; the observability
+//! cost scenario: the pair's throughput with access logs on and with tracing
+//! at 0 % and 100 % (exporting to an in-process OTLP/gRPC collector), against
+//! the default settings; and the resilience scenarios: one of three endpoints
+//! fails (success rate and latency without vs. with the policies), and the
+//! policies' cost on the healthy pair.
 //!
 //! ```text
 //! cargo build --release -p weft-proxy -p weft-samples -p weft-benches && target/release/weft-bench
 //! target/release/weft-bench --quick      # one short run of each, a smoke check
 //! ```
 //!
-//! The load generator runs on CPU 0 (this process pins itself), the apps and
-//! all sidecars on CPU 1 (started with `taskset`). Progress goes to stderr,
+//! The load generator (and the trace collector) runs on CPU 0 (this process
+//! pins itself), the apps and all sidecars on CPU 1 (started with `taskset`). Progress goes to stderr,
 //! the markdown table to stdout and to `target/bench/weft-bench.md`, the full
 //! results to `target/bench/weft-bench.json`.
 
@@ -27,7 +30,8 @@ use tempfile::TempDir;
 
 use weft_benches::http1::get_request;
 use weft_benches::load::{self, RateConfig, SaturationConfig, Target};
-use weft_benches::mesh::{Binaries, Mesh, ResilienceMesh};
+use weft_benches::mesh::{Binaries, Mesh, ObservabilityMesh, ResilienceMesh};
+use weft_benches::observability::{ObsConfig, ObsRun, ObsVariant, ObservabilityReport};
 use weft_benches::procfs;
 use weft_benches::report::{BenchConfig, Report, RunRecord, Scenario};
 use weft_benches::resilience::{
@@ -65,6 +69,10 @@ struct Args {
     /// policies' healthy-path cost).
     #[arg(long)]
     no_resilience: bool,
+    /// Skip the observability cost scenario (the pair with access logs, with
+    /// tracing at 0 % and 100 %, against the default settings).
+    #[arg(long)]
+    no_observability: bool,
     /// Smoke check: one run of each scenario, 2 s each.
     #[arg(long)]
     quick: bool,
@@ -259,6 +267,10 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
         // Fail fast (before minutes of runs) on a proxy without the policy fields.
         ResilienceMesh::preflight(dir, bins)?;
     }
+    if !args.no_observability {
+        // The same for a proxy without the `tracing` block.
+        ObservabilityMesh::preflight(dir, bins)?;
+    }
     let watch = [
         mesh.app.pid(),
         mesh.client_sidecar.pid(),
@@ -342,6 +354,31 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
     }
     let mut report = Report::new(config, idle_rss_kib, background_busy_pct, runs);
 
+    // The observability scenario runs after the pair's runs (its idle pairs
+    // would share CPU 1 with them) and its processes end before the
+    // resilience scenarios start.
+    if !args.no_observability {
+        let mut obs_mesh = None;
+        let obs =
+            run_observability(args, bins, dir, &mut mesh, &mut obs_mesh, &request, sat_cfg).await?;
+        let flagged = !obs.flags().is_empty();
+        report = report.with_observability(obs);
+        if let Some(om) = obs_mesh.as_ref() {
+            om.save_metrics(dir).await;
+            if flagged {
+                for child in om.children() {
+                    eprintln!(
+                        "weft-bench: {} stderr ({}), last lines:\n{}",
+                        child.name(),
+                        child.stderr_path().display(),
+                        child.stderr_tail(20)
+                    );
+                }
+            }
+        }
+        drop(obs_mesh);
+    }
+
     // The resilience scenarios run after the pair's, so that their processes
     // (idle but awake) do not share CPU 1 with the direct / weft runs.
     let mut res_mesh = None;
@@ -382,6 +419,116 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
     drop(mesh);
 
     Ok(report)
+}
+
+/// Starts the observability scenario's processes (into `obs_mesh`, so the
+/// caller can still read their metrics and stderr) and the trace collector,
+/// verifies every pair and runs, `--runs` times, every variant once
+/// (saturation, same settings as the pair's), in the rotating order of
+/// [`ObsVariant::order`], one at a time. Returns their results.
+async fn run_observability(
+    args: &Args,
+    bins: &Binaries,
+    dir: &Path,
+    mesh: &mut Mesh,
+    obs_mesh: &mut Option<ObservabilityMesh>,
+    request: &Arc<[u8]>,
+    sat_cfg: SaturationConfig,
+) -> anyhow::Result<ObservabilityReport> {
+    let settle = Duration::from_millis(300);
+    eprintln!(
+        "weft-bench: starting the observability scenario: an OTLP/gRPC trace collector in this process \
+         (CPU {}) and {} sidecar pairs in front of the app ({})",
+        args.loadgen_core,
+        ObsVariant::ALL.len(),
+        ObsVariant::ALL.map(ObsVariant::label).join(", ")
+    );
+    let om = obs_mesh.insert(
+        ObservabilityMesh::start(
+            dir,
+            bins,
+            args.server_core,
+            args.loadgen_core,
+            mesh.app_addr.port(),
+        )
+        .await?,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    om.verify().await?;
+    eprintln!(
+        "weft-bench: verified: 200 through every pair; the app gets no traceparent without a collector, \
+         an unsampled one at 0 %, a sampled one at 100 %; collector on 127.0.0.1:{}",
+        om.collector.addr().port()
+    );
+    // The benchmark's own pair idles during these runs too.
+    let idle_extra = [mesh.client_sidecar.pid(), mesh.app_sidecar.pid()];
+    let cores = (args.loadgen_core, args.server_core);
+    let mut runs: Vec<ObsRun> = Vec::new();
+    for run in 1..=usize::from(args.runs) {
+        for v in ObsVariant::order(run) {
+            let t = Target {
+                addr: om.pair(v).outbound_addr,
+                request: request.clone(),
+            };
+            let watch = om.watch(v, mesh.app.pid(), &idle_extra);
+            let before = om.counters(v).await?;
+            let collector_before = (om.collector.spans(), om.collector.requests());
+            let collector_cpu0 = om.collector.cpu_seconds().ok();
+            let started = tokio::time::Instant::now();
+            let sat = load::saturate(&t, sat_cfg, &watch).await?;
+            let collector_cpu_pct = match (collector_cpu0, om.collector.cpu_seconds().ok()) {
+                (Some(a), Some(b)) if v.exports_spans() => {
+                    Some((b - a) / started.elapsed().as_secs_f64() * 100.0)
+                }
+                _ => None,
+            };
+            mesh.check_alive()?;
+            om.check_alive()?;
+            let telemetry = om.settle(v, before, collector_before).await?;
+            let rec = ObsRun::new(run, v, sat, cores, collector_cpu_pct, telemetry);
+            let tel = &rec.telemetry;
+            eprintln!(
+                "weft-bench: run {run}/{} observability {:<26} {:>8.0} req/s, pair CPU/100k {:.3}{}, errors {}",
+                args.runs,
+                v.label(),
+                rec.saturation.rps,
+                rec.pair_cpu_s_per_100k.unwrap_or(f64::NAN),
+                if v.exports_spans() {
+                    format!(
+                        ", spans exported {} dropped {} received {}{}",
+                        tel.spans_exported(),
+                        tel.spans_dropped(),
+                        tel.collector_spans,
+                        if tel.accounted_for { "" } else { " (not all accounted for)" }
+                    )
+                } else {
+                    String::new()
+                },
+                rec.saturation.errors,
+            );
+            if let Some(flag) = rec.flag() {
+                eprintln!("weft-bench: flagged: {flag}");
+            }
+            runs.push(rec);
+            tokio::time::sleep(settle).await;
+        }
+    }
+    Ok(ObservabilityReport::new(
+        ObsConfig {
+            runs: usize::from(args.runs),
+            connections: sat_cfg.connections,
+            warmup_s: sat_cfg.warmup.as_secs_f64(),
+            duration_s: sat_cfg.duration.as_secs_f64(),
+            processes: "each started once and kept for all runs, idle while the others run".into(),
+            collector: format!(
+                "a real OTLP/gRPC collector in the benchmark process (tonic `TraceService`, decodes every \
+                 export request and counts its spans) on its own thread pinned to the load generator's CPU {}",
+                args.loadgen_core
+            ),
+            config_lines: om.config_lines.clone(),
+        },
+        runs,
+    ))
 }
 
 /// Starts the resilience scenarios' processes (into `res_mesh`, so the
