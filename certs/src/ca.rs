@@ -7,16 +7,23 @@ use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber, PKCS_ECDSA_P256_SHA256,
+    SerialNumber, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
+    OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::error::{Error, Result};
 use crate::identity::{validate_trust_domain, Identity};
-use crate::parse::{not_after_from_cert_der, trust_domain_from_ca_cert_der};
+use crate::parse::{cert_pem_from_der, not_after_from_cert_der, trust_domain_from_ca_cert_der};
 
 /// How far `notBefore` is backdated, to tolerate clock skew between peers.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
@@ -114,14 +121,51 @@ impl CertificateAuthority {
     /// The certificate must be a CA carrying a `spiffe://<trust-domain>` URI SAN (as written by
     /// [`generate`](Self::generate)), and the key must match its public key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
-        let cert_der =
-            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| match e {
-                rustls_pki_types::pem::Error::NoItemsFound => Error::NoCertificates,
-                e => Error::Pem(e),
-            })?;
+        let cert_der = first_cert_der(cert_pem)?;
         let trust_domain = trust_domain_from_ca_cert_der(&cert_der)?;
+        Self::load(cert_der, key_pem, trust_domain)
+    }
+
+    /// Loads a CA, PEM certificate and key as for [`from_pem`](Self::from_pem), that signs for
+    /// `trust_domain`: for an operator-supplied root made by another PKI.
+    ///
+    /// Such a CA certificate need not carry a `spiffe://` URI SAN; the trust domain then comes
+    /// from configuration. If it carries one, it must name `trust_domain`
+    /// ([`Error::CaTrustDomainMismatch`]). It must still be a CA certificate (basicConstraints
+    /// `cA`, and keyCertSign if it has a key usage extension) whose public key matches the key.
+    /// Only the first certificate of `cert_pem` is used.
+    pub fn from_pem_for_trust_domain(
+        cert_pem: &str,
+        key_pem: &str,
+        trust_domain: &str,
+    ) -> Result<Self> {
+        validate_trust_domain(trust_domain)?;
+        let cert_der = first_cert_der(cert_pem)?;
+        match trust_domain_from_ca_cert_der(&cert_der) {
+            Ok(named) if named == trust_domain => {}
+            Ok(named) => {
+                return Err(Error::CaTrustDomainMismatch {
+                    cert: named,
+                    expected: trust_domain.to_owned(),
+                })
+            }
+            // A root from another PKI names no trust domain; configuration supplies it.
+            Err(Error::NoSpiffeId) => {}
+            Err(e) => return Err(e),
+        }
+        Self::load(cert_der, key_pem, trust_domain.to_owned())
+    }
+
+    fn load(
+        cert_der: CertificateDer<'static>,
+        key_pem: &str,
+        trust_domain: String,
+    ) -> Result<Self> {
         let (_, x509) = x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|_| Error::InvalidCaCert("cannot parse certificate"))?;
+        if !x509.is_ca() {
+            return Err(Error::InvalidCaCert("not a CA certificate"));
+        }
         if let Ok(Some(ku)) = x509.key_usage() {
             if !ku.value.key_cert_sign() {
                 return Err(Error::InvalidCaCert("key usage lacks keyCertSign"));
@@ -138,7 +182,7 @@ impl CertificateAuthority {
         Ok(Self {
             trust_domain,
             issuer,
-            cert_pem: encode_pem("CERTIFICATE", &cert_der),
+            cert_pem: cert_pem_from_der(&cert_der),
             cert_der,
             key_pem,
             not_after,
@@ -192,16 +236,20 @@ impl CertificateAuthority {
     /// Signs a PEM CSR from a workload whose identity the caller has established as `expected`,
     /// and returns the certificate, PEM (leaf only).
     ///
-    /// Refuses a CSR that does not parse or whose signature does not verify
-    /// ([`Error::CsrInvalid`]), that asks for a CA ([`Error::CsrRequestsCa`]), or whose requested
-    /// names differ from `expected`'s ([`Error::CsrIdentityMismatch`]): it must request the
-    /// SPIFFE URI SAN, may request the DNS SAN, nothing else, and a common name if any must be
-    /// one of those two. Whatever the CSR asked, the certificate carries exactly:
-    /// URI SAN = [`Identity::spiffe_uri`], DNS SAN = [`Identity::dns_name`], extended key usage
-    /// serverAuth + clientAuth, key usage digitalSignature, basicConstraints not CA,
-    /// `notBefore` = now − [`CLOCK_SKEW_ALLOWANCE`], `notAfter` = now + `validity` (but no later
-    /// than the CA's own `notAfter`), subject CN = the SPIFFE URI (or the DNS name when the URI
-    /// is longer than 64 characters), a random serial number and an authority key identifier.
+    /// Refuses a CSR that does not parse ([`Error::CsrUnparsable`]), whose key is neither
+    /// ECDSA P-256 (signed with SHA-256) nor Ed25519 ([`Error::CsrKeyAlgorithm`]), whose
+    /// signature does not verify ([`Error::CsrSignatureInvalid`]), that carries an extension
+    /// this CA does not understand ([`Error::CsrInvalid`]), that asks for a CA
+    /// ([`Error::CsrRequestsCa`]), or that asks for a name that is not `expected`'s
+    /// ([`Error::CsrIdentityMismatch`]): every subject alternative name must be `expected`'s
+    /// SPIFFE URI or its DNS name, and a common name if any one of those two. A CSR may ask for
+    /// no name at all: the caller has already established who it is. Whatever the CSR asked, the
+    /// certificate carries exactly: URI SAN = [`Identity::spiffe_uri`], DNS SAN =
+    /// [`Identity::dns_name`], extended key usage serverAuth + clientAuth, key usage
+    /// digitalSignature, basicConstraints not CA, `notBefore` = now − [`CLOCK_SKEW_ALLOWANCE`],
+    /// `notAfter` = now + `validity` (but no later than the CA's own `notAfter`), subject CN =
+    /// the SPIFFE URI (or the DNS name when the URI is longer than 64 characters), a random
+    /// serial number and an authority key identifier.
     pub fn sign_csr(
         &self,
         csr_pem: &str,
@@ -209,7 +257,7 @@ impl CertificateAuthority {
         validity: Duration,
     ) -> Result<String> {
         self.check_trust_domain(expected)?;
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(Error::CsrInvalid)?;
+        let csr = parse_csr(csr_pem)?;
         if matches!(csr.params.is_ca, IsCa::Ca(_)) {
             return Err(Error::CsrRequestsCa);
         }
@@ -314,17 +362,87 @@ fn subject_params(identity: &Identity) -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// Checks that a CSR asks for `expected`'s names and nothing else.
+/// Parses a PEM CSR, checks its key algorithm and verifies its signature.
+fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams> {
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|_| Error::CsrUnparsable)?;
+    let (rest, request) =
+        X509CertificationRequest::from_der(&der).map_err(|_| Error::CsrUnparsable)?;
+    if !rest.is_empty() {
+        return Err(Error::CsrUnparsable);
+    }
+    // Checked before anything else looks at the key: rcgen derives the certificate's key
+    // algorithm from the CSR's *signature* algorithm, so a P-384 key signed "with SHA-256" would
+    // otherwise be certified as a (malformed) P-256 key.
+    let spki = &request.certification_request_info.subject_pki;
+    let expected_alg = allowed_key_algorithm(spki)?;
+    let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
+        rcgen::Error::CouldNotParseCertificationRequest => Error::CsrUnparsable,
+        rcgen::Error::InvalidCertificationRequestSignature => Error::CsrSignatureInvalid,
+        rcgen::Error::UnsupportedSignatureAlgorithm => {
+            Error::CsrKeyAlgorithm(format!("{} (signature algorithm)", describe_spki(spki)))
+        }
+        e => Error::CsrInvalid(e),
+    })?;
+    if csr.public_key.algorithm() != expected_alg {
+        return Err(Error::CsrKeyAlgorithm(format!(
+            "{} signed with {:?}",
+            describe_spki(spki),
+            csr.public_key.algorithm()
+        )));
+    }
+    Ok(csr)
+}
+
+/// The signature algorithm a CSR with this key must use, if the key is one the mesh allows.
+fn allowed_key_algorithm(spki: &SubjectPublicKeyInfo<'_>) -> Result<&'static SignatureAlgorithm> {
+    let alg = &spki.algorithm;
+    if alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+        && alg
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|curve| curve == OID_EC_P256)
+    {
+        return Ok(&PKCS_ECDSA_P256_SHA256);
+    }
+    if alg.algorithm == OID_SIG_ED25519 {
+        return Ok(&PKCS_ED25519);
+    }
+    Err(Error::CsrKeyAlgorithm(describe_spki(spki)))
+}
+
+/// A short name for a public key's algorithm, for error messages.
+fn describe_spki(spki: &SubjectPublicKeyInfo<'_>) -> String {
+    let alg = &spki.algorithm;
+    if alg.algorithm == OID_PKCS1_RSAENCRYPTION {
+        return "RSA".to_owned();
+    }
+    if alg.algorithm == OID_SIG_ED25519 {
+        return "Ed25519".to_owned();
+    }
+    if alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = alg.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        return match curve {
+            Some(c) if c == OID_EC_P256 => "ECDSA P-256".to_owned(),
+            Some(c) if c == OID_NIST_EC_P384 => "ECDSA P-384".to_owned(),
+            Some(c) if c == OID_NIST_EC_P521 => "ECDSA P-521".to_owned(),
+            Some(c) => format!("ECDSA on curve {c}"),
+            None => "ECDSA without a named curve".to_owned(),
+        };
+    }
+    format!("key algorithm {}", alg.algorithm)
+}
+
+/// Checks that a CSR asks for none but `expected`'s names.
 fn check_requested_names(params: &CertificateParams, expected: &Identity) -> Result<()> {
     let spiffe = expected.spiffe_uri();
     let dns = expected.dns_name();
     let mut requested = Vec::with_capacity(params.subject_alt_names.len() + 1);
     let mut matches = true;
-    let mut has_spiffe = false;
     for san in &params.subject_alt_names {
         match san {
             SanType::URI(uri) => {
-                has_spiffe |= uri.as_str() == spiffe;
                 matches &= uri.as_str() == spiffe;
                 requested.push(uri.as_str().to_owned());
             }
@@ -348,7 +466,7 @@ fn check_requested_names(params: &CertificateParams, expected: &Identity) -> Res
         matches &= cn == spiffe || cn == dns;
         requested.push(format!("CN={cn}"));
     }
-    if matches && has_spiffe {
+    if matches {
         Ok(())
     } else {
         Err(Error::CsrIdentityMismatch {
@@ -356,6 +474,14 @@ fn check_requested_names(params: &CertificateParams, expected: &Identity) -> Res
             requested,
         })
     }
+}
+
+/// The first `CERTIFICATE` of a PEM string.
+fn first_cert_der(cert_pem: &str) -> Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => Error::NoCertificates,
+        e => Error::Pem(e),
+    })
 }
 
 fn ia5(s: String) -> Result<Ia5String> {
@@ -411,11 +537,4 @@ fn seeded_p256_key(seed: u64) -> Result<KeyPair> {
         }
     }
     Err(Error::Rng)
-}
-
-fn encode_pem(tag: &str, der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new(tag, der),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
 }

@@ -67,6 +67,16 @@ pub enum Error {
         /// The identity's trust domain.
         identity: String,
     },
+    /// A CA certificate names a different trust domain than the one it was loaded for.
+    #[error(
+        "CA certificate is for trust domain {cert:?} but trust domain {expected:?} is configured"
+    )]
+    CaTrustDomainMismatch {
+        /// The trust domain named in the CA certificate's `spiffe://` URI SAN.
+        cert: String,
+        /// The trust domain the caller asked for.
+        expected: String,
+    },
     /// Key generation or certificate/CSR serialization failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[source] rcgen::Error),
@@ -79,10 +89,24 @@ pub enum Error {
     /// The CA private key does not belong to the CA certificate.
     #[error("CA private key does not match the CA certificate's public key")]
     CaKeyMismatch,
-    /// The CSR does not parse, carries an unsupported extension, or its signature does not verify.
+    /// The input is not a PEM or DER PKCS#10 certificate signing request.
+    #[error("cannot parse the certificate signing request (expected PEM `CERTIFICATE REQUEST`)")]
+    CsrUnparsable,
+    /// The CSR's self-signature does not verify against the public key it carries, so whoever
+    /// sent it may not hold the private key.
+    #[error("certificate signing request signature does not verify")]
+    CsrSignatureInvalid,
+    /// The CSR's key (or the algorithm it signed with) is not one this mesh issues certificates
+    /// for: ECDSA P-256 with SHA-256, or Ed25519.
+    #[error(
+        "certificate signing request key algorithm {0} is not allowed (ECDSA P-256 or Ed25519)"
+    )]
+    CsrKeyAlgorithm(String),
+    /// The CSR parses and verifies but carries something this CA does not sign, such as an
+    /// unsupported extension.
     #[error("invalid certificate signing request: {0}")]
     CsrInvalid(#[source] rcgen::Error),
-    /// The CSR asks for names other than exactly the expected identity's.
+    /// The CSR asks for a name that is not the expected identity's.
     #[error("CSR requests {requested:?} but the caller is {expected}")]
     CsrIdentityMismatch {
         /// SPIFFE ID of the identity the CSR was expected to request.

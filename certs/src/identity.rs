@@ -37,14 +37,8 @@ impl Identity {
         service_account: &str,
     ) -> Result<Self, IdentityError> {
         validate_trust_domain(trust_domain)?;
-        check_label(namespace).map_err(|reason| IdentityError::InvalidNamespace {
-            value: namespace.to_owned(),
-            reason,
-        })?;
-        check_label(service_account).map_err(|reason| IdentityError::InvalidServiceAccount {
-            value: service_account.to_owned(),
-            reason,
-        })?;
+        validate_namespace(namespace)?;
+        validate_service_account(service_account)?;
         let dns_len =
             service_account.len() + namespace.len() + DNS_INFIX.len() + trust_domain.len() + 3;
         if dns_len > MAX_DNS_NAME {
@@ -162,6 +156,29 @@ pub fn validate_trust_domain(trust_domain: &str) -> Result<(), IdentityError> {
         return Err(invalid("last label must not be all digits"));
     }
     Ok(())
+}
+
+/// Checks that `namespace` is a valid identity namespace: a DNS label (`[a-z0-9-]`, 1 to 63
+/// characters, no leading or trailing `-`).
+///
+/// For callers that record a namespace before the trust domain is known (such as join tokens);
+/// [`Identity::new`] checks the same and more.
+pub fn validate_namespace(namespace: &str) -> Result<(), IdentityError> {
+    check_label(namespace).map_err(|reason| IdentityError::InvalidNamespace {
+        value: namespace.to_owned(),
+        reason,
+    })
+}
+
+/// Checks that `service_account` is a valid identity service account: a DNS label (`[a-z0-9-]`,
+/// 1 to 63 characters, no leading or trailing `-`).
+///
+/// See [`validate_namespace`].
+pub fn validate_service_account(service_account: &str) -> Result<(), IdentityError> {
+    check_label(service_account).map_err(|reason| IdentityError::InvalidServiceAccount {
+        value: service_account.to_owned(),
+        reason,
+    })
 }
 
 /// Checks one DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.

@@ -37,11 +37,21 @@ pub fn not_after_from_cert_der(der: &[u8]) -> Result<SystemTime> {
     Ok(asn1_to_system_time(cert.validity().not_after))
 }
 
+/// Returns a DER certificate's `notBefore` time.
+pub fn not_before_from_cert_der(der: &[u8]) -> Result<SystemTime> {
+    let cert = parse_shallow(der)?;
+    Ok(asn1_to_system_time(cert.validity().not_before))
+}
+
 /// Returns the trust domain a Weft CA certificate signs for.
 ///
 /// The certificate must be a CA (basicConstraints `cA` true) and carry exactly one `spiffe://`
 /// URI SAN naming only a trust domain (`spiffe://<td>`), as
 /// [`CertificateAuthority::generate`](crate::CertificateAuthority::generate) writes it.
+///
+/// A certificate that is not a CA fails with [`Error::InvalidCaCert`] before its names are
+/// looked at, so [`Error::NoSpiffeId`] means "a CA that names no trust domain" (such as a root
+/// made by another PKI).
 pub fn trust_domain_from_ca_cert_der(der: &[u8]) -> Result<String> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| Error::CertParse(nom_error(e)))?;
@@ -69,6 +79,14 @@ pub fn parse_cert_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
         return Err(Error::NoCertificates);
     }
     Ok(certs)
+}
+
+/// Encodes a DER certificate as PEM (`CERTIFICATE`, LF line endings).
+pub fn cert_pem_from_der(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// Parses a certificate without decoding its extensions' contents.

@@ -401,9 +401,12 @@ fn sign_csr_refuses_extra_or_missing_names() {
         None,
         false
     )));
-    // No SPIFFE ID at all.
-    assert!(mismatch(custom_csr(vec![dns(&id.dns_name())], None, false)));
-    assert!(mismatch(custom_csr(vec![], None, false)));
+    // Only a foreign DNS name.
+    assert!(mismatch(custom_csr(
+        vec![dns("backend.default.serviceaccount.identity.weft.local")],
+        None,
+        false
+    )));
     // Foreign common name.
     assert!(mismatch(custom_csr(
         vec![uri(id.spiffe_uri())],
@@ -420,6 +423,17 @@ fn sign_csr_refuses_extra_or_missing_names() {
         .expect("spiffe-only CSR");
     let cert = leaf(&cert_pem);
     verify_server(&[&ca], &cert, &id.dns_name(), SystemTime::now()).expect("has DNS SAN");
+    // No name at all, or only the DNS form: the caller's identity decides, the certificate gets
+    // both SANs.
+    for csr in [
+        custom_csr(vec![], None, false),
+        custom_csr(vec![dns(&id.dns_name())], None, false),
+        custom_csr(vec![], Some(&id.dns_name()), false),
+    ] {
+        let cert = leaf(&ca.sign_csr(&csr, &id, DAY).expect("nameless CSR"));
+        assert_eq!(identity_from_cert_der(&cert).expect("identity"), id);
+        verify_server(&[&ca], &cert, &id.dns_name(), SystemTime::now()).expect("has DNS SAN");
+    }
     // CSR asking to be a CA.
     assert!(matches!(
         ca.sign_csr(
@@ -442,7 +456,7 @@ fn sign_csr_refuses_garbage_and_bad_signatures() {
         ca.cert_pem(),
     ] {
         assert!(
-            matches!(ca.sign_csr(garbage, &id, DAY), Err(Error::CsrInvalid(_))),
+            matches!(ca.sign_csr(garbage, &id, DAY), Err(Error::CsrUnparsable)),
             "{garbage:?}"
         );
     }
@@ -455,8 +469,39 @@ fn sign_csr_refuses_garbage_and_bad_signatures() {
     let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
     assert!(matches!(
         ca.sign_csr(&tampered, &id, DAY),
-        Err(Error::CsrInvalid(_))
+        Err(Error::CsrSignatureInvalid)
     ));
+}
+
+fn csr_with_key(alg: &'static rcgen::SignatureAlgorithm, id: &Identity) -> String {
+    let key = rcgen::KeyPair::generate_for(alg).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![uri(id.spiffe_uri())];
+    params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
+}
+
+#[test]
+fn sign_csr_accepts_p256_and_ed25519_keys_only() {
+    let ca = new_ca();
+    let id = frontend();
+    let cert = leaf(
+        &ca.sign_csr(&csr_with_key(&rcgen::PKCS_ED25519, &id), &id, DAY)
+            .expect("Ed25519 CSR"),
+    );
+    verify_server(&[&ca], &cert, &id.dns_name(), SystemTime::now()).expect("verifies");
+    ca.sign_csr(&csr_with_key(&rcgen::PKCS_ECDSA_P256_SHA256, &id), &id, DAY)
+        .expect("P-256 CSR");
+    match ca.sign_csr(&csr_with_key(&rcgen::PKCS_ECDSA_P384_SHA384, &id), &id, DAY) {
+        Err(e @ Error::CsrKeyAlgorithm(_)) => {
+            assert!(e.to_string().contains("ECDSA P-384"), "{e}");
+        }
+        other => panic!("expected a key algorithm error, got {other:?}"),
+    }
 }
 
 #[test]
@@ -489,6 +534,68 @@ fn ca_round_trips_through_pem() {
     assert!(matches!(
         CertificateAuthority::from_pem(&issued.cert_pem, &issued.key_pem),
         Err(Error::InvalidCaCert(_))
+    ));
+}
+
+/// A CA certificate as another PKI would make it: no `spiffe://` SAN.
+fn foreign_pki_ca(is_ca: bool) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Corp Root");
+    if is_ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    }
+    let cert = params.self_signed(&key).expect("cert");
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn ca_from_another_pki_is_loaded_for_a_configured_trust_domain() {
+    let (cert_pem, key_pem) = foreign_pki_ca(true);
+    // Without a trust domain in the certificate, `from_pem` cannot tell which one it signs for.
+    assert!(matches!(
+        CertificateAuthority::from_pem(&cert_pem, &key_pem),
+        Err(Error::NoSpiffeId)
+    ));
+    let ca = CertificateAuthority::from_pem_for_trust_domain(&cert_pem, &key_pem, "weft.local")
+        .expect("loads");
+    assert_eq!(ca.trust_domain(), "weft.local");
+    let id = frontend();
+    let (csr, _) = generate_csr(&id).expect("csr");
+    let cert = leaf(&ca.sign_csr(&csr, &id, DAY).expect("signs"));
+    verify_server(&[&ca], &cert, &id.dns_name(), SystemTime::now()).expect("verifies");
+
+    // A Weft CA names its trust domain, which must be the configured one.
+    let weft = new_ca();
+    CertificateAuthority::from_pem_for_trust_domain(weft.cert_pem(), weft.key_pem(), "weft.local")
+        .expect("same trust domain");
+    match CertificateAuthority::from_pem_for_trust_domain(
+        weft.cert_pem(),
+        weft.key_pem(),
+        "other.local",
+    ) {
+        Err(e @ Error::CaTrustDomainMismatch { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("weft.local") && text.contains("other.local"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a trust domain mismatch, got {other:?}"),
+    }
+
+    // Not a CA, or a key that does not match.
+    let (leaf_pem, leaf_key) = foreign_pki_ca(false);
+    assert!(matches!(
+        CertificateAuthority::from_pem_for_trust_domain(&leaf_pem, &leaf_key, "weft.local"),
+        Err(Error::InvalidCaCert(_))
+    ));
+    assert!(matches!(
+        CertificateAuthority::from_pem_for_trust_domain(&cert_pem, weft.key_pem(), "weft.local"),
+        Err(Error::CaKeyMismatch)
     ));
 }
 

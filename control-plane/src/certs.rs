@@ -5,9 +5,8 @@
 //! mode 0600, certificates with 0644, each atomically (temporary file + rename).
 
 use std::fmt;
-use std::fs::{self, DirBuilder, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -16,16 +15,14 @@ use weft_certs::{
     trust_domain_from_ca_cert_der, CertificateAuthority, Identity,
 };
 
+use crate::state::{self, PRIVATE_MODE as KEY_MODE, PUBLIC_MODE as CERT_MODE};
+
 /// File name of the CA certificate in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// File name of the CA private key in a CA directory.
 pub const CA_KEY_FILE: &str = "ca.key";
 /// Default trust domain of `weftctl certs init`.
 pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
-
-const KEY_MODE: u32 = 0o600;
-const CERT_MODE: u32 = 0o644;
-const DIR_MODE: u32 = 0o700;
 
 /// Errors of the `certs` commands.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +61,21 @@ pub enum CertsError {
         #[source]
         source: weft_certs::Error,
     },
+}
+
+impl CertsError {
+    /// Whether the request itself was wrong (an existing CA without `--force`, an invalid name,
+    /// trust domain or validity), as opposed to a failure reading or using files.
+    pub fn is_invalid_request(&self) -> bool {
+        match self {
+            Self::CaExists(_) | Self::ReservedName(_) => true,
+            Self::Certs { source, .. } => matches!(
+                source,
+                weft_certs::Error::Identity(_) | weft_certs::Error::InvalidValidity(_)
+            ),
+            Self::Io { .. } | Self::NotWeftCert { .. } => false,
+        }
+    }
 }
 
 /// Result type of the `certs` commands.
@@ -125,7 +137,7 @@ pub fn init(dir: &Path, trust_domain: &str, validity: Duration, force: bool) -> 
     let key_path = dir.join(CA_KEY_FILE);
     if !force {
         for path in [&cert_path, &key_path] {
-            if fs::symlink_metadata(path).is_ok() {
+            if state::exists(path) {
                 return Err(CertsError::CaExists(path.clone()));
             }
         }
@@ -136,11 +148,7 @@ pub fn init(dir: &Path, trust_domain: &str, validity: Duration, force: bool) -> 
             source,
         }
     })?;
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(|source| io_error(dir, source))?;
+    state::create_dir(dir).map_err(|source| io_error(dir, source))?;
     write_atomically(&key_path, ca.key_pem().as_bytes(), KEY_MODE)?;
     write_atomically(&cert_path, ca.cert_pem().as_bytes(), CERT_MODE)?;
     Ok(InitReport {
@@ -264,11 +272,16 @@ impl fmt::Display for CertSummary {
     }
 }
 
+/// A time as RFC 3339 in UTC, such as `2025-01-02T03:04:05Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}
+
 /// `2025-01-02T03:04:05Z (in 23h 59m)` or `... (expired 2h 3m ago)`.
 fn describe_expiry(not_after: SystemTime) -> String {
-    let when = time::OffsetDateTime::from(not_after)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{not_after:?}"));
+    let when = rfc3339(not_after);
     match not_after.duration_since(SystemTime::now()) {
         Ok(left) => format!("{when} (in {})", human_duration(left)),
         Err(e) => format!("{when} (expired {} ago)", human_duration(e.duration())),
@@ -298,34 +311,8 @@ fn read_to_string(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|source| io_error(path, source))
 }
 
-/// Writes `contents` to `path` with exactly `mode`, via a temporary file in the same directory
-/// renamed over `path`, so readers never see a partial file or a key with loose permissions.
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode given at creation; set it exactly.
-        file.set_permissions(Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        io_error(path, source)
-    })
+    state::write_atomically(path, contents, mode).map_err(|source| io_error(path, source))
 }
 
 #[cfg(test)]
