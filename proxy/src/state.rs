@@ -382,7 +382,7 @@ impl Destination {
     pub fn route(&self, method: &Method, path: &str, req: &RequestHeader) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| r.route.matcher.matches(method, path, req))
+            .position(|r| r.route.matcher.matches(method, path, &req.headers))
     }
 
     /// Pick an endpoint of a route's weighted backend that is not ejected, preferring one

@@ -47,11 +47,7 @@ impl AuthzRule {
     fn matches(&self, caller: &str, method: &Method, path: &str) -> bool {
         self.caller_matches(caller)
             && (self.methods.is_empty() || self.methods.contains(method))
-            && (self.paths.is_empty()
-                || self
-                    .paths
-                    .iter()
-                    .any(|p| crate::routing::prefix_matches(p, path)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| crate::prefix_matches(p, path)))
     }
 }
 

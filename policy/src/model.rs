@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use super::authz::{Allowed, Authorization, AuthzRule};
+pub use crate::authz::{Allowed, Authorization, AuthzRule};
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use regex::Regex;
