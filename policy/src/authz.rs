@@ -82,6 +82,15 @@ impl Authorization {
 
 impl Validator<'_> {
     pub(super) fn authorization(&mut self, raw: Option<wire::Authorization>) -> Authorization {
+        self.authorization_at("authorization", raw)
+    }
+
+    /// An authorization block whose fields are named under `at`.
+    pub(super) fn authorization_at(
+        &mut self,
+        at: &str,
+        raw: Option<wire::Authorization>,
+    ) -> Authorization {
         let Some(raw) = raw else {
             return Authorization::default();
         };
@@ -90,7 +99,7 @@ impl Validator<'_> {
             Some("deny") => false,
             Some(other) => {
                 self.err(
-                    "authorization.default",
+                    format!("{at}.default"),
                     format!("expected allow or deny, got {other:?}"),
                 );
                 true
@@ -99,7 +108,7 @@ impl Validator<'_> {
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, r) in raw.rules.into_iter().enumerate() {
-            let f = format!("authorization.rules[{i}]");
+            let f = format!("{at}.rules[{i}]");
             if !names.insert(r.name.clone()) {
                 self.err(format!("{f}.name"), format!("duplicate rule {:?}", r.name));
             }

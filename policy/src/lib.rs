@@ -116,6 +116,43 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
     }
 }
 
+/// Validate the policy the control plane sent one sidecar, for that sidecar's local part: the
+/// same checks as a static file's `services`, `routes` and `authorization`, with the same
+/// field paths. Join the result with [`Config::from_parts`].
+pub fn validate_snapshot(
+    raw: wire::PolicySnapshot,
+    local: &Local,
+) -> Result<Policy, Vec<FieldError>> {
+    let mut v = Validator {
+        errors: Vec::new(),
+        base: Path::new("."),
+    };
+    let policy = v.policy(raw, &local.reserved_ports());
+    if v.errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(v.errors)
+    }
+}
+
+/// Validate the whole mesh's policy (the control plane's policy directory, merged): every
+/// check a sidecar makes on its `services` and `routes`, mesh-wide, plus the callers routes
+/// name (`from`: known services, never the destination itself; shadowing is judged per caller)
+/// and authorization per destination service (known services, one block each). Field paths
+/// index the merged sections: `services[i]`, `routes[i]`, `authorization[i]`.
+pub fn validate_mesh(raw: wire::MeshFile) -> Result<(), Vec<FieldError>> {
+    let mut v = Validator {
+        errors: Vec::new(),
+        base: Path::new("."),
+    };
+    v.mesh(raw);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(v.errors)
+    }
+}
+
 /// Parse a duration such as `250ms`, `2s` or `1m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
@@ -146,6 +183,15 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: wire::ConfigFile) -> Option<Config> {
+        let (local, policy) = raw.split();
+        let (local, reserved) = self.local(local);
+        let policy = self.policy(policy, &reserved);
+        Some(Config::from_parts(local?, policy))
+    }
+
+    /// The sidecar-local part, and the ports its loopback listeners take (known when the
+    /// listeners are valid, even if something else is not).
+    fn local(&mut self, raw: wire::LocalFile) -> (Option<Local>, Vec<u16>) {
         let own = self.own(raw.service);
         let listen = self.listen(raw.listen);
         let tls = TlsPaths {
@@ -166,12 +212,66 @@ impl Validator<'_> {
         );
         let idle_timeout = self.duration("idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         let tracing = self.tracing(raw.tracing.unwrap_or_default());
+        let access_log = raw.access_log.map(|p| {
+            if p == "-" {
+                PathBuf::from("-")
+            } else {
+                self.base.join(p)
+            }
+        });
+        let reserved = listen
+            .as_ref()
+            .map(|l| vec![l.outbound.port(), l.admin.port()])
+            .unwrap_or_default();
+        let local = match (own, listen) {
+            (Some(own), Some(listen)) => Some(Local {
+                own,
+                listen,
+                tls,
+                workers,
+                drain_timeout,
+                connect_timeout,
+                access_log,
+                idle_timeout,
+                tracing,
+            }),
+            _ => None,
+        };
+        (local, reserved)
+    }
 
-        let mut services = Vec::with_capacity(raw.services.len());
+    /// The policy part of a sidecar's config (a static file's, or a control-plane snapshot).
+    /// `reserved` are loopback ports a dedicated service port must not take.
+    fn policy(&mut self, raw: wire::PolicySnapshot, reserved: &[u16]) -> Policy {
+        let (mut services, names) = self.services(raw.services, reserved);
+        let authorization = self.authorization(raw.authorization);
+        self.routes(raw.routes, &mut services, &names, Scope::Sidecar);
+        Policy {
+            services,
+            authorization,
+        }
+    }
+
+    /// The whole mesh's policy, as the control plane holds it before it cuts one snapshot per
+    /// sidecar: every check a sidecar makes, plus the callers routes name and authorization per
+    /// destination service.
+    fn mesh(&mut self, raw: wire::MeshFile) {
+        let (mut services, names) = self.services(raw.services, &[]);
+        self.mesh_authorization(raw.authorization, &names);
+        self.routes(raw.routes, &mut services, &names, Scope::Mesh);
+    }
+
+    /// Services with unique names, hosts and dedicated ports; the name-to-index map.
+    fn services(
+        &mut self,
+        raw: Vec<wire::Service>,
+        reserved: &[u16],
+    ) -> (Vec<Service>, HashMap<String, usize>) {
+        let mut services = Vec::with_capacity(raw.len());
         let mut names = HashMap::new();
         let mut hosts = HashSet::new();
         let mut ports = HashSet::new();
-        for (i, s) in raw.services.into_iter().enumerate() {
+        for (i, s) in raw.into_iter().enumerate() {
             let f = format!("services[{i}]");
             if let Some(svc) = self.service(&f, s) {
                 if names.insert(svc.name.clone(), services.len()).is_some() {
@@ -189,10 +289,7 @@ impl Validator<'_> {
                     }
                 }
                 if let Some(p) = svc.port {
-                    let clash = listen
-                        .as_ref()
-                        .is_some_and(|l| [l.outbound, l.admin].iter().any(|a| a.port() == p));
-                    if !ports.insert(p) || clash {
+                    if !ports.insert(p) || reserved.contains(&p) {
                         self.err(
                             format!("{f}.port"),
                             format!("port {p} is already used by another listener"),
@@ -202,10 +299,23 @@ impl Validator<'_> {
                 services.push(svc);
             }
         }
+        (services, names)
+    }
 
-        let authorization = self.authorization(raw.authorization);
+    /// Routes, each added to its service in order; a route no request could reach (after a
+    /// catch-all, or with the same match as an earlier one for a caller both apply to) is an
+    /// error.
+    fn routes(
+        &mut self,
+        raw: Vec<wire::Route>,
+        services: &mut [Service],
+        names: &HashMap<String, usize>,
+        scope: Scope,
+    ) {
         let mut route_names: HashSet<(String, String)> = HashSet::new();
-        for (i, r) in raw.routes.into_iter().enumerate() {
+        // The callers of each accepted route, parallel to each service's `routes`.
+        let mut callers: Vec<Vec<Option<Vec<String>>>> = vec![Vec::new(); services.len()];
+        for (i, mut r) in raw.into_iter().enumerate() {
             let f = format!("routes[{i}]");
             let Some(&si) = names.get(&r.service) else {
                 self.err(
@@ -220,6 +330,7 @@ impl Validator<'_> {
                     format!("duplicate route {:?} for service {:?}", r.name, r.service),
                 );
             }
+            let from = self.route_callers(&f, r.from.take(), &r.service, names, scope);
             if services[si].protocol == Protocol::Tcp {
                 self.err(
                     format!("{f}.service"),
@@ -232,47 +343,98 @@ impl Validator<'_> {
             }
             if let Some(route) = self.route(&f, r, &services[si]) {
                 let svc = &mut services[si];
-                if let Some(prev) = svc.routes.iter().find(|p| p.matcher.is_catch_all()) {
+                let earlier = || {
+                    svc.routes
+                        .iter()
+                        .zip(&callers[si])
+                        .filter_map(|(p, c)| common_callers(c, &from).map(|common| (p, common)))
+                };
+                if let Some((prev, common)) = earlier().find(|(p, _)| p.matcher.is_catch_all()) {
                     self.err(
                         format!("{f}.match"),
                         format!(
-                            "shadowed: route {:?} before it matches every request",
-                            prev.name
+                            "shadowed: route {:?} before it matches every request{}",
+                            prev.name,
+                            for_callers(&common)
                         ),
                     );
-                } else if let Some(prev) = svc
-                    .routes
-                    .iter()
-                    .find(|p| same_match(&p.matcher, &route.matcher))
+                } else if let Some((prev, common)) =
+                    earlier().find(|(p, _)| same_match(&p.matcher, &route.matcher))
                 {
                     self.err(
                         format!("{f}.match"),
-                        format!("shadowed: route {:?} has the same match", prev.name),
+                        format!(
+                            "shadowed: route {:?} has the same match{}",
+                            prev.name,
+                            for_callers(&common)
+                        ),
                     );
                 }
                 svc.routes.push(route);
+                callers[si].push(from);
             }
         }
+    }
 
-        Some(Config {
-            own: own?,
-            listen: listen?,
-            tls,
-            workers,
-            drain_timeout,
-            connect_timeout,
-            idle_timeout,
-            tracing,
-            access_log: raw.access_log.map(|p| {
-                if p == "-" {
-                    PathBuf::from("-")
-                } else {
-                    self.base.join(p)
-                }
-            }),
-            services,
-            authorization,
-        })
+    /// A route's callers: `None` is every caller. Only the mesh policy may name them.
+    fn route_callers(
+        &mut self,
+        f: &str,
+        from: Option<Vec<String>>,
+        destination: &str,
+        names: &HashMap<String, usize>,
+        scope: Scope,
+    ) -> Option<Vec<String>> {
+        let from = from?;
+        if scope == Scope::Sidecar {
+            self.err(
+                format!("{f}.from"),
+                "callers are named in the control plane's policy directory; \
+                 every route in a sidecar's config applies to its own app",
+            );
+            return None;
+        }
+        if from.is_empty() {
+            self.err(
+                format!("{f}.from"),
+                "name at least one calling service, or leave `from` out for every caller",
+            );
+        }
+        for (j, c) in from.iter().enumerate() {
+            if c == destination {
+                self.err(
+                    format!("{f}.from[{j}]"),
+                    format!("{c:?} is this route's destination; a service does not call itself through the mesh"),
+                );
+            } else if !names.contains_key(c) {
+                self.err(format!("{f}.from[{j}]"), format!("unknown service {c:?}"));
+            }
+        }
+        Some(from)
+    }
+
+    /// Authorization per destination service (mesh level): known services, one block each.
+    fn mesh_authorization(
+        &mut self,
+        raw: Vec<wire::ServiceAuthorization>,
+        names: &HashMap<String, usize>,
+    ) {
+        let mut seen = HashSet::new();
+        for (i, a) in raw.into_iter().enumerate() {
+            let f = format!("authorization[{i}]");
+            if !names.contains_key(&a.service) {
+                self.err(
+                    format!("{f}.service"),
+                    format!("unknown service {:?}", a.service),
+                );
+            } else if !seen.insert(a.service.clone()) {
+                self.err(
+                    format!("{f}.service"),
+                    format!("duplicate authorization for service {:?}", a.service),
+                );
+            }
+            self.authorization_at(&f, Some(a.to_sidecar()));
+        }
     }
 
     fn duration(&mut self, field: &str, raw: Option<String>, default: Duration) -> Duration {
@@ -641,6 +803,34 @@ impl Validator<'_> {
             method,
             headers,
         })
+    }
+}
+
+/// Which policy a route belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// One sidecar's: every route applies to its own app.
+    Sidecar,
+    /// The mesh's: a route may name the services whose sidecars get it.
+    Mesh,
+}
+
+/// The callers two routes both apply to: `Some(None)` is every caller, `None` is nobody.
+fn common_callers(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> Option<Option<Vec<String>>> {
+    match (a, b) {
+        (None, None) => Some(None),
+        (Some(x), None) | (None, Some(x)) => Some(Some(x.clone())),
+        (Some(x), Some(y)) => {
+            let common: Vec<String> = x.iter().filter(|c| y.contains(c)).cloned().collect();
+            (!common.is_empty()).then_some(Some(common))
+        }
+    }
+}
+
+fn for_callers(common: &Option<Vec<String>>) -> String {
+    match common {
+        None => String::new(),
+        Some(c) => format!(" for callers {}", c.join(", ")),
     }
 }
 

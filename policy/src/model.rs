@@ -1,4 +1,8 @@
 //! Validated domain types. The hot path and the snapshot builder see only these.
+//!
+//! A sidecar's [`Config`] is its [`Local`] part (own service, listeners, certificates, workers,
+//! timeouts, access log, tracing) and its [`Policy`] part (the services it may call with their
+//! routes and traffic policies, and who may call it), which the control plane can supply.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,7 +54,8 @@ pub const DEFAULT_TRACE_MAX_QUEUE: usize = 2048;
 /// Default longest wait of a finished span before it is sent to the collector.
 pub const DEFAULT_TRACE_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The whole validated sidecar config.
+/// The whole validated sidecar config: [`Local`] and [`Policy`] fields side by side (see
+/// [`Config::from_parts`] and [`Config::into_parts`]).
 #[derive(Debug)]
 pub struct Config {
     /// This sidecar's own service.
@@ -75,6 +80,87 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Who may call this sidecar's app.
     pub authorization: Authorization,
+}
+
+/// What belongs to one sidecar and never comes from the control plane.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// This sidecar's own service.
+    pub own: OwnService,
+    /// Listener addresses.
+    pub listen: Listen,
+    /// Certificate material locations.
+    pub tls: TlsPaths,
+    /// Traffic worker threads.
+    pub workers: usize,
+    /// SIGTERM drain limit.
+    pub drain_timeout: Duration,
+    /// Connect timeout to peers and the app.
+    pub connect_timeout: Duration,
+    /// Access log file (`-` is stdout); `None` is off.
+    pub access_log: Option<PathBuf>,
+    /// Idle limit for client connections and TCP tunnels.
+    pub idle_timeout: Duration,
+    /// Distributed tracing.
+    pub tracing: Tracing,
+}
+
+impl Local {
+    /// Ports a dedicated outbound service port must not take: the outbound and admin
+    /// listeners' (both on loopback, where service ports live).
+    pub fn reserved_ports(&self) -> [u16; 2] {
+        [self.listen.outbound.port(), self.listen.admin.port()]
+    }
+}
+
+/// The mesh policy one sidecar follows; the control plane owns it.
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Mesh services this sidecar may call, each with its routes.
+    pub services: Vec<Service>,
+    /// Who may call this sidecar's app.
+    pub authorization: Authorization,
+}
+
+impl Config {
+    /// A sidecar config from its local part and a policy validated for it
+    /// ([`crate::validate_snapshot`] with the same `local`, or the static file's own part).
+    pub fn from_parts(local: Local, policy: Policy) -> Self {
+        Config {
+            own: local.own,
+            listen: local.listen,
+            tls: local.tls,
+            workers: local.workers,
+            drain_timeout: local.drain_timeout,
+            connect_timeout: local.connect_timeout,
+            access_log: local.access_log,
+            idle_timeout: local.idle_timeout,
+            tracing: local.tracing,
+            services: policy.services,
+            authorization: policy.authorization,
+        }
+    }
+
+    /// The local part and the policy part.
+    pub fn into_parts(self) -> (Local, Policy) {
+        (
+            Local {
+                own: self.own,
+                listen: self.listen,
+                tls: self.tls,
+                workers: self.workers,
+                drain_timeout: self.drain_timeout,
+                connect_timeout: self.connect_timeout,
+                access_log: self.access_log,
+                idle_timeout: self.idle_timeout,
+                tracing: self.tracing,
+            },
+            Policy {
+                services: self.services,
+                authorization: self.authorization,
+            },
+        )
+    }
 }
 
 /// Distributed tracing: W3C trace context is always propagated; spans are exported only when
@@ -123,7 +209,7 @@ pub enum LbPolicy {
 }
 
 /// This sidecar's own service.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OwnService {
     /// Service name.
     pub name: String,

@@ -433,3 +433,149 @@ fn bad_authorization_names_field_and_value() {
     has("authorization.rules[1].name", "duplicate");
     has("authorization.rules[1].from", "at least one");
 }
+
+// --- The split: local part + policy part -------------------------------------------------
+
+fn file(s: &str) -> wire::ConfigFile {
+    serde_yaml::from_str(s).expect("wire")
+}
+
+fn local_of(s: &str) -> Local {
+    parse_str(s).expect("valid").into_parts().0
+}
+
+#[test]
+fn a_static_file_is_its_local_part_and_its_policy_part() {
+    let text = with_routes(
+        "  - name: api\n    service: orders\n    match: {path: {prefix: /api}}\n    backends: [{subset: {version: v2}, weight: 3}]\n",
+    );
+    let raw = file(&text);
+    let (local, policy) = raw.clone().split();
+    assert_eq!(policy.routes.len(), 1);
+    assert_eq!(policy.version, "");
+    assert_eq!(wire::ConfigFile::join(local, policy), raw);
+
+    // The policy part alone, validated for this sidecar's local part, is the static file's.
+    let whole = parse_str(&text).expect("valid");
+    let (_, policy) = raw.split();
+    let alone = validate_snapshot(policy, &local_of(BASE)).expect("valid snapshot");
+    let (local, from_file) = whole.into_parts();
+    assert_eq!(format!("{:?}", alone), format!("{:?}", from_file));
+    let joined = Config::from_parts(local, alone);
+    assert_eq!(joined.services[0].routes[0].name, "api");
+}
+
+#[test]
+fn a_snapshot_is_checked_like_a_static_file() {
+    let text = with_routes("  - {name: r, service: orders, match: {path: {regex: \"((\"}}}\n");
+    let (_, policy) = file(&text).split();
+    let errors = validate_snapshot(policy, &local_of(BASE)).expect_err("invalid");
+    assert_eq!(errors, invalid(&text));
+    assert_eq!(errors[0].field, "routes[0].match.path.regex");
+
+    // A dedicated port on a local listener's port is refused for this sidecar.
+    let clash = BASE.replace(
+        "    identity: spiffe://weft.local/ns/default/sa/orders\n",
+        "    identity: spiffe://weft.local/ns/default/sa/orders\n    port: 15001\n",
+    );
+    let (_, policy) = file(&clash).split();
+    let errors = validate_snapshot(policy, &local_of(BASE)).expect_err("clash");
+    assert_eq!(errors[0].field, "services[0].port");
+}
+
+#[test]
+fn a_snapshot_round_trips_through_serde() {
+    let text = format!(
+        "{}    retry_budget: {{ratio: 0.5}}\n    limits: {{max_in_flight: 10}}\n\
+         routes:\n  - name: r\n    service: orders\n    match: {{path: {{prefix: /api}}, headers: [{{name: x-canary}}]}}\n\
+         \x20   timeout: 2s\n    retry: {{on: [5xx], grpc_codes: [unavailable, 8], attempts: 2}}\n\
+         \x20   rate_limit: {{requests_per_second: 2.5}}\n\
+         authorization: {{default: deny, rules: [{{name: a, from: [\"*\"], paths: [/health]}}]}}\n",
+        BASE
+    );
+    let (_, mut policy) = file(&text).split();
+    policy.version = "v1".into();
+    let yaml = serde_yaml::to_string(&policy).expect("yaml");
+    let back: wire::PolicySnapshot = serde_yaml::from_str(&yaml).expect("parse back");
+    assert_eq!(back, policy);
+    assert!(!yaml.contains("null"), "absent fields are left out: {yaml}");
+    validate_snapshot(back, &local_of(BASE)).expect("valid");
+}
+
+#[test]
+fn a_sidecar_route_cannot_name_callers() {
+    let errors = invalid(&with_routes(
+        "  - {name: r, service: orders, from: [frontend]}\n",
+    ));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "routes[0].from");
+    assert!(errors[0].reason.contains("policy directory"));
+}
+
+// --- The mesh policy ----------------------------------------------------------------------
+
+const MESH: &str = r#"
+services:
+  - name: frontend
+    identity: spiffe://weft.local/ns/default/sa/frontend
+  - name: batch
+    identity: spiffe://weft.local/ns/default/sa/batch
+  - name: orders
+    identity: spiffe://weft.local/ns/default/sa/orders
+    endpoints:
+      - {address: 127.0.0.1:16001, labels: {version: v1}}
+      - {address: 127.0.0.1:16002, labels: {version: v2}}
+"#;
+
+fn mesh(extra: &str) -> Result<(), Vec<FieldError>> {
+    validate_mesh(serde_yaml::from_str(&format!("{MESH}{extra}")).expect("wire"))
+}
+
+#[test]
+fn mesh_routes_are_shadowed_only_for_callers_they_share() {
+    mesh(
+        "routes:\n  - {name: canary, service: orders, from: [frontend], backends: [{subset: {version: v2}}]}\n  - {name: rest, service: orders, from: [batch]}\n",
+    )
+    .expect("disjoint callers: no shadowing");
+    let errors = mesh(
+        "routes:\n  - {name: canary, service: orders, from: [frontend, batch]}\n  - {name: api, service: orders, match: {path: {prefix: /api}}}\n",
+    )
+    .expect_err("shadowed for both callers");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "routes[1].match");
+    assert!(
+        errors[0]
+            .reason
+            .ends_with("matches every request for callers frontend, batch"),
+        "{errors:?}"
+    );
+    let errors = mesh(
+        "routes:\n  - {name: a, service: orders, from: [frontend], match: {path: {exact: /x}}}\n  - {name: b, service: orders, match: {path: {exact: /x}}}\n",
+    )
+    .expect_err("same match for frontend");
+    assert!(errors[0].reason.contains("same match for callers frontend"));
+}
+
+#[test]
+fn mesh_callers_and_authorization_name_known_services() {
+    let errors = mesh(
+        "routes:\n  - {name: a, service: orders, from: [fronted, orders]}\n  - {name: b, service: orders, from: []}\n\
+         authorization:\n  - {service: orders, default: deny, rules: [{name: r, from: [frontend]}]}\n  - {service: orders}\n  - {service: nope}\n",
+    )
+    .expect_err("invalid");
+    let has = |field: &str, words: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.reason.contains(words)),
+            "no error {field}: {words} in {errors:?}"
+        )
+    };
+    has("routes[0].from[0]", "unknown service \"fronted\"");
+    has("routes[0].from[1]", "does not call itself");
+    has("routes[1].from", "at least one");
+    has("authorization[0].rules[0].from[0]", "bad SPIFFE identity");
+    has("authorization[1].service", "duplicate");
+    has("authorization[2].service", "unknown service \"nope\"");
+    assert_eq!(errors.len(), 6, "{errors:?}");
+}
