@@ -953,7 +953,8 @@ pub fn caller_of(body: &[u8]) -> anyhow::Result<Option<String>> {
 pub struct ObsPair {
     /// Which variant.
     pub variant: ObsVariant,
-    /// Sidecar A, beside the client.
+    /// Sidecar A, beside the client. (Declared first: it ends first, closing
+    /// its pooled connections to sidecar B, which can then exit at once.)
     pub client: ChildGuard,
     /// Sidecar B, beside the app (the benchmark's app).
     pub app: ChildGuard,
@@ -968,18 +969,26 @@ pub struct ObsPair {
 }
 
 /// The observability scenario's processes, beside a running [`Mesh`]: one
-/// sidecar pair per [`ObsVariant`] in front of the mesh's app, and the
-/// in-process trace collector the tracing variants export to.
+/// sidecar pair per [`ObsVariant`] in front of the mesh's app (all at once,
+/// or one at a time: [`PairLifetime`](crate::observability::PairLifetime)),
+/// and the in-process trace collector
+/// the tracing variants export to.
 #[derive(Debug)]
 pub struct ObservabilityMesh {
-    /// The pairs, indexed by [`ObsVariant::index`]. (Declared before the
-    /// collector: the sidecars end first, so they never export into a
+    /// The running pairs, indexed by [`ObsVariant::index`]. (Declared before
+    /// the collector: the sidecars end first, so they never export into a
     /// stopped collector.)
-    pub pairs: Vec<ObsPair>,
+    pairs: Vec<Option<ObsPair>>,
     /// The OTLP/gRPC collector.
     pub collector: Collector,
-    /// What each variant added to sidecar A's config, by [`ObsVariant::key`].
+    /// What each variant adds to sidecar A's config, by [`ObsVariant::key`].
     pub config_lines: BTreeMap<String, String>,
+    dir: PathBuf,
+    bins: Binaries,
+    core: usize,
+    app_port: u16,
+    /// Pairs started so far.
+    pub starts: usize,
 }
 
 /// How long [`ObservabilityMesh::settle`] waits at most for a run's spans
@@ -1022,11 +1031,10 @@ impl ObservabilityMesh {
     }
 
     /// Starts the collector (a thread of this process, pinned to CPU
-    /// `loadgen_core`), writes every variant's configs into `dir` (where
-    /// [`Mesh::start`] wrote the certificates), checks them with
-    /// `weft-proxy --check`, starts the pairs pinned to CPU `core` in front of
-    /// the app on 127.0.0.1:`app_port`, and waits until all are ready.
-    pub async fn start(
+    /// `loadgen_core`); pairs run on CPU `core` in front of the app on
+    /// 127.0.0.1:`app_port`, their configs and stderr in `dir` (where
+    /// [`Mesh::start`] wrote the certificates). No pair runs yet.
+    pub fn new(
         dir: &Path,
         bins: &Binaries,
         core: usize,
@@ -1034,145 +1042,164 @@ impl ObservabilityMesh {
         app_port: u16,
     ) -> anyhow::Result<Self> {
         let collector = Collector::start(loadgen_core).context("starting the trace collector")?;
-        let c_addr = collector.addr();
-        // Per pair: A outbound / inbound / admin / unused app port, B outbound / inbound / admin.
-        let p = free_ports(ObsVariant::ALL.len() * 7)?;
-        let mut next = p.into_iter();
-        let mut port = || next.next().context("out of ports");
-        let mut planned = Vec::new();
-        let mut config_lines = BTreeMap::new();
-        for v in ObsVariant::ALL {
-            let a_ports = SidecarPorts {
-                outbound: port()?,
-                inbound: port()?,
-                admin: port()?,
-            };
-            let unused_app_port = port()?;
-            let b_ports = SidecarPorts {
-                outbound: port()?,
-                inbound: port()?,
-                admin: port()?,
-            };
-            let b_cfg = dir.join(format!("sidecar-obs-{}-b.yaml", v.key()));
-            let a_cfg = dir.join(format!("sidecar-obs-{}-a.yaml", v.key()));
-            std::fs::write(
-                &b_cfg,
-                app_sidecar_yaml(app_port, b_ports) + &v.config_lines(Side::App, c_addr),
-            )?;
-            std::fs::write(
-                &a_cfg,
-                client_sidecar_yaml(unused_app_port, a_ports, b_ports.inbound)
-                    + &v.config_lines(Side::Client, c_addr),
-            )?;
-            for cfg in [&b_cfg, &a_cfg] {
-                check_config(bins, cfg)?;
-            }
-            config_lines.insert(v.key().to_owned(), v.config_lines(Side::Client, c_addr));
-            planned.push((v, a_ports, b_ports, a_cfg, b_cfg));
-        }
-
-        let mut pairs = Vec::new();
-        for (v, a_ports, b_ports, a_cfg, b_cfg) in planned {
-            let mut b_cmd = pinned(core, &bins.proxy);
-            b_cmd.arg("--config").arg(&b_cfg);
-            let app = ChildGuard::spawn(
-                &format!("observability {}: sidecar B (app)", v.label()),
-                b_cmd,
-                &dir.join(format!("sidecar-obs-{}-b.stderr", v.key())),
-            )?;
-            let mut a_cmd = pinned(core, &bins.proxy);
-            a_cmd.arg("--config").arg(&a_cfg);
-            let client = ChildGuard::spawn(
-                &format!("observability {}: sidecar A (client)", v.label()),
-                a_cmd,
-                &dir.join(format!("sidecar-obs-{}-a.stderr", v.key())),
-            )?;
-            let access_logs = if v.access_log() {
-                [Side::Client, Side::App]
-                    .map(|s| dir.join(v.access_log_file(s)))
-                    .to_vec()
-            } else {
-                Vec::new()
-            };
-            pairs.push(ObsPair {
-                variant: v,
-                client,
-                app,
-                outbound_addr: loopback(a_ports.outbound),
-                client_admin: loopback(a_ports.admin),
-                app_admin: loopback(b_ports.admin),
-                access_logs,
-            });
-        }
-        for p in &mut pairs {
-            wait_ready(&mut p.app, p.app_admin, "/ready").await?;
-            wait_ready(&mut p.client, p.client_admin, "/ready").await?;
-        }
+        let config_lines = ObsVariant::ALL
+            .into_iter()
+            .map(|v| {
+                (
+                    v.key().to_owned(),
+                    v.config_lines(Side::Client, collector.addr()),
+                )
+            })
+            .collect();
         Ok(ObservabilityMesh {
-            pairs,
+            pairs: ObsVariant::ALL.map(|_| None).into_iter().collect(),
             collector,
             config_lines,
+            dir: dir.to_owned(),
+            bins: bins.clone(),
+            core,
+            app_port,
+            starts: 0,
         })
     }
 
-    /// The pair of `v`.
-    pub fn pair(&self, v: ObsVariant) -> &ObsPair {
-        &self.pairs[v.index()]
+    /// Starts the pair of `v` (unless it runs): writes both configs (fresh
+    /// ports), checks them with `weft-proxy --check` the first time, starts
+    /// both sidecars and waits until they are ready.
+    pub async fn start_pair(&mut self, v: ObsVariant) -> anyhow::Result<()> {
+        if self.pairs[v.index()].is_some() {
+            return Ok(());
+        }
+        let c_addr = self.collector.addr();
+        let p = free_ports(7)?;
+        let a_ports = SidecarPorts {
+            outbound: p[0],
+            inbound: p[1],
+            admin: p[2],
+        };
+        let unused_app_port = p[3];
+        let b_ports = SidecarPorts {
+            outbound: p[4],
+            inbound: p[5],
+            admin: p[6],
+        };
+        let dir = &self.dir;
+        let b_cfg = dir.join(format!("sidecar-obs-{}-b.yaml", v.key()));
+        let a_cfg = dir.join(format!("sidecar-obs-{}-a.yaml", v.key()));
+        let first = !b_cfg.exists();
+        std::fs::write(
+            &b_cfg,
+            app_sidecar_yaml(self.app_port, b_ports) + &v.config_lines(Side::App, c_addr),
+        )?;
+        std::fs::write(
+            &a_cfg,
+            client_sidecar_yaml(unused_app_port, a_ports, b_ports.inbound)
+                + &v.config_lines(Side::Client, c_addr),
+        )?;
+        if first {
+            for cfg in [&b_cfg, &a_cfg] {
+                check_config(&self.bins, cfg)?;
+            }
+        }
+        let mut b_cmd = pinned(self.core, &self.bins.proxy);
+        b_cmd.arg("--config").arg(&b_cfg);
+        let mut app = ChildGuard::spawn(
+            &format!("observability {}: sidecar B (app)", v.label()),
+            b_cmd,
+            &dir.join(format!("sidecar-obs-{}-b.stderr", v.key())),
+        )?;
+        let mut a_cmd = pinned(self.core, &self.bins.proxy);
+        a_cmd.arg("--config").arg(&a_cfg);
+        let mut client = ChildGuard::spawn(
+            &format!("observability {}: sidecar A (client)", v.label()),
+            a_cmd,
+            &dir.join(format!("sidecar-obs-{}-a.stderr", v.key())),
+        )?;
+        self.starts += 2;
+        wait_ready(&mut app, loopback(b_ports.admin), "/ready").await?;
+        wait_ready(&mut client, loopback(a_ports.admin), "/ready").await?;
+        let access_logs = if v.access_log() {
+            [Side::Client, Side::App]
+                .map(|s| dir.join(v.access_log_file(s)))
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        self.pairs[v.index()] = Some(ObsPair {
+            variant: v,
+            client,
+            app,
+            outbound_addr: loopback(a_ports.outbound),
+            client_admin: loopback(a_ports.admin),
+            app_admin: loopback(b_ports.admin),
+            access_logs,
+        });
+        Ok(())
+    }
+
+    /// Ends the pair of `v` (by PID: sidecar A, then B), if it runs.
+    pub fn stop_pair(&mut self, v: ObsVariant) {
+        drop(self.pairs[v.index()].take());
+    }
+
+    /// The running pair of `v`.
+    pub fn pair(&self, v: ObsVariant) -> anyhow::Result<&ObsPair> {
+        self.pairs[v.index()]
+            .as_ref()
+            .with_context(|| format!("the observability pair {} is not running", v.label()))
     }
 
     /// PIDs a run of `v` watches: `app`, the pair of `v` (A, B), then every
-    /// idle sidecar: the other pairs' and `idle_extra` (from
+    /// idle sidecar: the other running pairs' and `idle_extra` (from
     /// [`crate::observability::FIRST_IDLE`] on).
-    pub fn watch(&self, v: ObsVariant, app: u32, idle_extra: &[u32]) -> Vec<u32> {
-        let p = self.pair(v);
-        [app, p.client.pid(), p.app.pid()]
+    pub fn watch(&self, v: ObsVariant, app: u32, idle_extra: &[u32]) -> anyhow::Result<Vec<u32>> {
+        let p = self.pair(v)?;
+        Ok([app, p.client.pid(), p.app.pid()]
             .into_iter()
             .chain(
                 self.pairs
                     .iter()
+                    .flatten()
                     .filter(|o| o.variant != v)
                     .flat_map(|o| [o.client.pid(), o.app.pid()]),
             )
             .chain(idle_extra.iter().copied())
-            .collect()
+            .collect())
     }
 
-    /// Checks once, through every pair, that a request answers 200, the app
-    /// sees the client's identity, and the trace context the app receives is
-    /// the variant's ([`ObsVariant::expected_trace_flags`]): none without a
-    /// collector, a `traceparent` the outbound sidecar started, unsampled at
-    /// 0 % and sampled at 100 %.
-    pub async fn verify(&self) -> anyhow::Result<()> {
-        for p in &self.pairs {
-            let v = p.variant;
-            let (status, body) =
-                tokio::time::timeout(Duration::from_secs(5), get(p.outbound_addr, "app", "/"))
-                    .await
-                    .with_context(|| format!("observability {}: timed out", v.label()))??;
-            let text = String::from_utf8_lossy(&body);
-            ensure!(
-                status == 200,
-                "observability {}: status {status}: {text}",
-                v.label()
-            );
-            let caller = caller_of(&body)?;
-            ensure!(
-                caller.as_deref() == Some(CLIENT_ID),
-                "observability {}: the app saw caller {caller:?}: {text}",
-                v.label()
-            );
-            let tp = header_of(&body, "traceparent")?;
-            match (v.expected_trace_flags(), tp.as_deref()) {
-                (None, None) => {}
-                (Some(flags), Some(tp)) if traceparent_flags(tp) == Some(flags) => {}
-                (want, got) => bail!(
-                    "observability {}: the app got traceparent {got:?}, expected {}",
-                    v.label(),
-                    want.map_or_else(|| "none".to_owned(), |f| format!("one with flags {f}"))
-                ),
-            }
+    /// Checks once, through the pair of `v`, that a request answers 200, the
+    /// app sees the client's identity, and the trace context the app
+    /// receives is the variant's ([`ObsVariant::expected_trace_flags`]): none
+    /// without a collector, a `traceparent` the outbound sidecar started,
+    /// unsampled at 0 % and sampled at 100 %.
+    pub async fn verify(&self, v: ObsVariant) -> anyhow::Result<()> {
+        let p = self.pair(v)?;
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(5), get(p.outbound_addr, "app", "/"))
+                .await
+                .with_context(|| format!("observability {}: timed out", v.label()))??;
+        let text = String::from_utf8_lossy(&body);
+        ensure!(
+            status == 200,
+            "observability {}: status {status}: {text}",
+            v.label()
+        );
+        let caller = caller_of(&body)?;
+        ensure!(
+            caller.as_deref() == Some(CLIENT_ID),
+            "observability {}: the app saw caller {caller:?}: {text}",
+            v.label()
+        );
+        let tp = header_of(&body, "traceparent")?;
+        match (v.expected_trace_flags(), tp.as_deref()) {
+            (None, None) => Ok(()),
+            (Some(flags), Some(tp)) if traceparent_flags(tp) == Some(flags) => Ok(()),
+            (want, got) => bail!(
+                "observability {}: the app got traceparent {got:?}, expected {}",
+                v.label(),
+                want.map_or_else(|| "none".to_owned(), |f| format!("one with flags {f}"))
+            ),
         }
-        Ok(())
     }
 
     /// Both sidecars' counters of `v`'s pair: (A, B).
@@ -1180,7 +1207,7 @@ impl ObservabilityMesh {
         &self,
         v: ObsVariant,
     ) -> anyhow::Result<(SidecarCounters, SidecarCounters)> {
-        let p = self.pair(v);
+        let p = self.pair(v)?;
         let a = fetch_metrics(p.client_admin)
             .await
             .with_context(|| format!("metrics of {}", p.client.name()))?;
@@ -1217,43 +1244,48 @@ impl ObservabilityMesh {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         t.wait_s = started.elapsed().as_secs_f64();
-        for path in &self.pair(v).access_logs {
+        for path in &self.pair(v)?.access_logs {
             t.access_log_bytes += take_file_len(path)?;
         }
         Ok(t)
     }
 
-    /// Writes each sidecar's whole `/metrics` to `dir/metrics-obs-<key>-<a|b>.txt`.
+    /// Writes the whole `/metrics` of each running sidecar to
+    /// `dir/metrics-obs-<key>-<a|b>.txt`.
     pub async fn save_metrics(&self, dir: &Path) {
-        for p in &self.pairs {
-            for (side, admin) in [(Side::Client, p.client_admin), (Side::App, p.app_admin)] {
-                let path = dir.join(format!(
-                    "metrics-obs-{}-{}.txt",
-                    p.variant.key(),
-                    side.letter()
-                ));
-                let text = match fetch_metrics(admin).await {
-                    Ok(t) => t,
-                    Err(e) => format!("(metrics not read: {e:#})"),
-                };
-                if let Err(e) = std::fs::write(&path, text) {
-                    eprintln!("weft-bench: writing {}: {e}", path.display());
-                }
+        for v in ObsVariant::ALL {
+            self.save_pair_metrics(v, dir).await;
+        }
+    }
+
+    /// Writes the whole `/metrics` of both sidecars of `v`'s pair (if it
+    /// runs) to `dir/metrics-obs-<key>-<a|b>.txt`.
+    pub async fn save_pair_metrics(&self, v: ObsVariant, dir: &Path) {
+        let Ok(p) = self.pair(v) else { return };
+        for (side, admin) in [(Side::Client, p.client_admin), (Side::App, p.app_admin)] {
+            let path = dir.join(format!("metrics-obs-{}-{}.txt", v.key(), side.letter()));
+            let text = match fetch_metrics(admin).await {
+                Ok(t) => t,
+                Err(e) => format!("(metrics not read: {e:#})"),
+            };
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("weft-bench: writing {}: {e}", path.display());
             }
         }
     }
 
-    /// Every process, for messages.
+    /// Every running process, for messages.
     pub fn children(&self) -> Vec<&ChildGuard> {
         self.pairs
             .iter()
+            .flatten()
             .flat_map(|p| [&p.client, &p.app])
             .collect()
     }
 
-    /// Fails if any of the processes has exited.
+    /// Fails if any of the running processes has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for p in &mut self.pairs {
+        for p in self.pairs.iter_mut().flatten() {
             p.client.check_alive()?;
             p.app.check_alive()?;
         }

@@ -42,6 +42,33 @@ pub const TRACE_MAX_QUEUE: usize = 65_536;
 /// every idle sidecar (the other variants' pairs and the benchmark's pair).
 pub const FIRST_IDLE: usize = 3;
 
+/// How the observability variants' pairs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairLifetime {
+    /// Every pair started once, before the first run, and kept: the other
+    /// variants' pairs idle (on the server CPU) during each run.
+    Kept,
+    /// Each pair started right before each of its runs and ended right
+    /// after: no other variant's sidecar exists during a run.
+    PerRun,
+}
+
+impl PairLifetime {
+    /// In the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PairLifetime::Kept => {
+                "all pairs started once and kept for all runs, idle while the others run"
+            }
+            PairLifetime::PerRun => {
+                "each pair started right before each of its runs and ended right after, so no other \
+                 variant's sidecar exists during a run"
+            }
+        }
+    }
+}
+
 /// One configuration of the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ObsVariant {
@@ -523,7 +550,9 @@ pub struct ObsConfig {
     pub warmup_s: f64,
     /// Measured window, seconds.
     pub duration_s: f64,
-    /// How the variants' processes live.
+    /// How the variants' pairs live.
+    pub pair_lifetime: PairLifetime,
+    /// The same, in words.
     pub processes: String,
     /// The collector.
     pub collector: String,
@@ -767,10 +796,13 @@ impl ObservabilityReport {
             .max_by(f64::total_cmp);
         let _ = writeln!(
             s,
-            "\nThe idle sidecars (the other variants' pairs and the benchmark's pair, on the server CPU too) used \
-             {} % of one CPU during a run (median; at most {} %). CPU busy is of the server CPU (app + sidecars) and \
-             of the load generator's CPU (load generator + collector)."
-            ,
+            "\nThe idle sidecars on the server CPU during a run ({}) used {} % of one CPU (median; at most {} %). \
+             CPU busy is of the server CPU (app + sidecars) and of the load generator's CPU (load generator + \
+             collector).",
+            match c.pair_lifetime {
+                PairLifetime::Kept => "the other variants' pairs and the benchmark's pair",
+                PairLifetime::PerRun => "the benchmark's pair",
+            },
             fmt_opt(idle, 1),
             fmt_opt(idle_max, 1),
         );
@@ -1028,7 +1060,8 @@ mod tests {
             connections: 32,
             warmup_s: 1.0,
             duration_s: 5.0,
-            processes: "started once, kept across runs".into(),
+            pair_lifetime: PairLifetime::Kept,
+            processes: PairLifetime::Kept.describe().into(),
             collector: "an in-process OTLP/gRPC collector".into(),
             config_lines: ObsVariant::ALL
                 .into_iter()

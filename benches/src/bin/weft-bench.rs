@@ -31,7 +31,9 @@ use tempfile::TempDir;
 use weft_benches::http1::get_request;
 use weft_benches::load::{self, RateConfig, SaturationConfig, Target};
 use weft_benches::mesh::{Binaries, Mesh, ObservabilityMesh, ResilienceMesh};
-use weft_benches::observability::{ObsConfig, ObsRun, ObsVariant, ObservabilityReport};
+use weft_benches::observability::{
+    ObsConfig, ObsRun, ObsVariant, ObservabilityReport, PairLifetime,
+};
 use weft_benches::procfs;
 use weft_benches::report::{BenchConfig, Report, RunRecord, Scenario};
 use weft_benches::resilience::{
@@ -73,6 +75,11 @@ struct Args {
     /// tracing at 0 % and 100 %, against the default settings).
     #[arg(long)]
     no_observability: bool,
+    /// How the observability scenario's pairs live: `per-run` (each pair
+    /// started right before each of its runs, ended right after) or `kept`
+    /// (all started once; the others idle on the server CPU during a run).
+    #[arg(long, value_enum, default_value_t = PairLifetime::PerRun)]
+    obs_pairs: PairLifetime,
     /// Smoke check: one run of each scenario, 2 s each.
     #[arg(long)]
     quick: bool,
@@ -360,7 +367,7 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
     if !args.no_observability {
         let mut obs_mesh = None;
         let obs =
-            run_observability(args, bins, dir, &mut mesh, &mut obs_mesh, &request, sat_cfg).await?;
+            run_observability(args, dir, bins, &mut mesh, &mut obs_mesh, &request, sat_cfg).await?;
         let flagged = !obs.flags().is_empty();
         report = report.with_observability(obs);
         if let Some(om) = obs_mesh.as_ref() {
@@ -421,56 +428,65 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
     Ok(report)
 }
 
-/// Starts the observability scenario's processes (into `obs_mesh`, so the
-/// caller can still read their metrics and stderr) and the trace collector,
-/// verifies every pair and runs, `--runs` times, every variant once
-/// (saturation, same settings as the pair's), in the rotating order of
-/// [`ObsVariant::order`], one at a time. Returns their results.
+/// Starts the trace collector and the observability scenario's pairs (into
+/// `obs_mesh`, so the caller can still read their metrics and stderr): all
+/// at once, or each right before each of its runs (`--obs-pairs`);
+/// verifies each pair and runs, `--runs` times, every variant once
+/// (saturation, same settings as the pair's), one at a time, in the rotating
+/// order of [`ObsVariant::order`]. Returns their results.
 async fn run_observability(
     args: &Args,
-    bins: &Binaries,
     dir: &Path,
+    bins: &Binaries,
     mesh: &mut Mesh,
     obs_mesh: &mut Option<ObservabilityMesh>,
     request: &Arc<[u8]>,
     sat_cfg: SaturationConfig,
 ) -> anyhow::Result<ObservabilityReport> {
     let settle = Duration::from_millis(300);
+    let lifetime = args.obs_pairs;
     eprintln!(
-        "weft-bench: starting the observability scenario: an OTLP/gRPC trace collector in this process \
-         (CPU {}) and {} sidecar pairs in front of the app ({})",
+        "weft-bench: observability scenario: an OTLP/gRPC trace collector in this process (CPU {}); \
+         a sidecar pair per variant ({}) in front of the app, {}",
         args.loadgen_core,
-        ObsVariant::ALL.len(),
-        ObsVariant::ALL.map(ObsVariant::label).join(", ")
+        ObsVariant::ALL.map(ObsVariant::label).join(", "),
+        lifetime.describe()
     );
-    let om = obs_mesh.insert(
-        ObservabilityMesh::start(
-            dir,
-            bins,
-            args.server_core,
-            args.loadgen_core,
-            mesh.app_addr.port(),
-        )
-        .await?,
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    om.verify().await?;
-    eprintln!(
-        "weft-bench: verified: 200 through every pair; the app gets no traceparent without a collector, \
-         an unsampled one at 0 %, a sampled one at 100 %; collector on 127.0.0.1:{}",
-        om.collector.addr().port()
-    );
+    let om = obs_mesh.insert(ObservabilityMesh::new(
+        dir,
+        bins,
+        args.server_core,
+        args.loadgen_core,
+        mesh.app_addr.port(),
+    )?);
+    if lifetime == PairLifetime::Kept {
+        for v in ObsVariant::ALL {
+            om.start_pair(v).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for v in ObsVariant::ALL {
+            om.verify(v).await?;
+        }
+        eprintln!(
+            "weft-bench: verified: 200 through every pair; the app gets no traceparent without a collector, \
+             an unsampled one at 0 %, a sampled one at 100 %"
+        );
+    }
     // The benchmark's own pair idles during these runs too.
     let idle_extra = [mesh.client_sidecar.pid(), mesh.app_sidecar.pid()];
     let cores = (args.loadgen_core, args.server_core);
     let mut runs: Vec<ObsRun> = Vec::new();
     for run in 1..=usize::from(args.runs) {
         for v in ObsVariant::order(run) {
+            if lifetime == PairLifetime::PerRun {
+                om.start_pair(v).await?;
+                om.verify(v).await?;
+            }
             let t = Target {
-                addr: om.pair(v).outbound_addr,
+                addr: om.pair(v)?.outbound_addr,
                 request: request.clone(),
             };
-            let watch = om.watch(v, mesh.app.pid(), &idle_extra);
+            let watch = om.watch(v, mesh.app.pid(), &idle_extra)?;
             let before = om.counters(v).await?;
             let collector_before = (om.collector.spans(), om.collector.requests());
             let collector_cpu0 = om.collector.cpu_seconds().ok();
@@ -488,11 +504,12 @@ async fn run_observability(
             let rec = ObsRun::new(run, v, sat, cores, collector_cpu_pct, telemetry);
             let tel = &rec.telemetry;
             eprintln!(
-                "weft-bench: run {run}/{} observability {:<26} {:>8.0} req/s, pair CPU/100k {:.3}{}, errors {}",
+                "weft-bench: run {run}/{} observability {:<26} {:>8.0} req/s, pair CPU/100k {:.3}, idle sidecars {:.1} % CPU{}, errors {}",
                 args.runs,
                 v.label(),
                 rec.saturation.rps,
                 rec.pair_cpu_s_per_100k.unwrap_or(f64::NAN),
+                rec.idle_sidecars_cpu_pct,
                 if v.exports_spans() {
                     format!(
                         ", spans exported {} dropped {} received {}{}",
@@ -506,10 +523,27 @@ async fn run_observability(
                 },
                 rec.saturation.errors,
             );
-            if let Some(flag) = rec.flag() {
-                eprintln!("weft-bench: flagged: {flag}");
-            }
+            let flagged = rec.flag();
             runs.push(rec);
+            if let Some(flag) = flagged {
+                eprintln!("weft-bench: flagged: {flag}");
+                if lifetime == PairLifetime::PerRun {
+                    // The pair ends now (and a restart overwrites its stderr): show it.
+                    for child in om.children() {
+                        eprintln!(
+                            "weft-bench: {} stderr ({}), last lines:\n{}",
+                            child.name(),
+                            child.stderr_path().display(),
+                            child.stderr_tail(20)
+                        );
+                    }
+                }
+            }
+            if lifetime == PairLifetime::PerRun {
+                // The last run's counters stay in the temp dir.
+                om.save_pair_metrics(v, dir).await;
+                om.stop_pair(v);
+            }
             tokio::time::sleep(settle).await;
         }
     }
@@ -519,7 +553,8 @@ async fn run_observability(
             connections: sat_cfg.connections,
             warmup_s: sat_cfg.warmup.as_secs_f64(),
             duration_s: sat_cfg.duration.as_secs_f64(),
-            processes: "each started once and kept for all runs, idle while the others run".into(),
+            pair_lifetime: lifetime,
+            processes: lifetime.describe().into(),
             collector: format!(
                 "a real OTLP/gRPC collector in the benchmark process (tonic `TraceService`, decodes every \
                  export request and counts its spans) on its own thread pinned to the load generator's CPU {}",
