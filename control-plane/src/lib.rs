@@ -7,10 +7,16 @@
 //! - [`tokens`]: join tokens, managed with `weftctl tokens`.
 //! - [`certs`]: the logic of `weftctl certs`, a file-based mesh CA that issues workload
 //!   certificates (keys included) for static configuration.
+//! - [`policy`]: the mesh policy ([`policy::MeshPolicy`]), validated with the sidecar's own
+//!   code (`weft-policy`) and cut into one snapshot per calling service; [`source`]: where it
+//!   comes from ([`source::DirSource`], a watched directory of YAML files) and
+//!   [`source::LastGood`], which keeps the last valid policy in force.
 
 pub mod attest;
 pub mod ca_store;
 pub mod certs;
 pub mod issuer;
+pub mod policy;
+pub mod source;
 mod state;
 pub mod tokens;

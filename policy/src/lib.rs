@@ -7,6 +7,7 @@
 //! before anything reaches a sidecar.
 
 mod authz;
+mod locate;
 mod matching;
 pub mod model;
 mod resilience;
@@ -23,6 +24,7 @@ use http::Method;
 use regex::Regex;
 use weft_certs::Identity;
 
+pub use locate::{locate, Location};
 pub use matching::prefix_matches;
 pub use model::*;
 pub use resilience::RETRY_CONDITIONS;
