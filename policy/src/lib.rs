@@ -5,6 +5,16 @@
 //! The validated types carry no proxy machinery (no Pingora): the sidecar builds its hot-path
 //! snapshot from them, and the control plane validates operators' policy with the same code
 //! before anything reaches a sidecar.
+//!
+//! - A sidecar's static file: [`load`] / [`parse`] into a [`Config`], which is a [`Local`]
+//!   part and a [`Policy`] part ([`Config::from_parts`], [`Config::into_parts`]).
+//! - A snapshot the control plane sends one sidecar ([`wire::PolicySnapshot`], the policy
+//!   part's fields alone): [`validate_snapshot`] for that sidecar's [`Local`] part.
+//! - The whole mesh's policy ([`wire::MeshFile`], merged from the control plane's policy
+//!   directory): [`validate_mesh`], the same checks plus callers (`from`) and authorization per
+//!   service.
+//! - [`locate`]: the line and column of a field path in YAML text, to point errors found after
+//!   parsing at a line.
 
 mod authz;
 mod locate;
