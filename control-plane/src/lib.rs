@@ -11,12 +11,15 @@
 //!   code (`weft-policy`) and cut into one snapshot per calling service; [`source`]: where it
 //!   comes from ([`source::DirSource`], a watched directory of YAML files) and
 //!   [`source::LastGood`], which keeps the last valid policy in force.
+//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS) and the operator status
+//!   endpoint; the `weft-control-plane` binary runs it.
 
 pub mod attest;
 pub mod ca_store;
 pub mod certs;
 pub mod issuer;
 pub mod policy;
+pub mod server;
 pub mod source;
 mod state;
 pub mod tokens;

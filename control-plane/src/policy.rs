@@ -251,6 +251,31 @@ impl MeshPolicy {
     }
 }
 
+impl MeshPolicy {
+    /// [`snapshot_for`](Self::snapshot_for) with endpoints registered at run time merged into
+    /// the services' endpoint lists (after the static ones, skipping addresses already
+    /// listed), and the version recomputed over the result.
+    pub fn snapshot_with_endpoints(
+        &self,
+        service: &str,
+        registered: &std::collections::BTreeMap<String, Vec<weft_policy::wire::Endpoint>>,
+    ) -> PolicySnapshot {
+        let mut snapshot = self.snapshot_for(service);
+        for s in &mut snapshot.services {
+            if let Some(extra) = registered.get(&s.name) {
+                for e in extra {
+                    if !s.endpoints.iter().any(|x| x.address == e.address) {
+                        s.endpoints.push(e.clone());
+                    }
+                }
+            }
+        }
+        snapshot.version = String::new();
+        snapshot.version = digest(&snapshot);
+        snapshot
+    }
+}
+
 /// A syntax or schema error from serde_yaml: its location goes in front, once.
 fn syntax_error(path: &Path, e: &serde_yaml::Error) -> PolicyError {
     let location = e.location().map(|l| (l.line(), l.column()));

@@ -165,6 +165,16 @@ pub fn validate_mesh(raw: wire::MeshFile) -> Result<(), Vec<FieldError>> {
     }
 }
 
+/// A `host:port` address (a name or an IP address, and a port).
+fn host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!("expected host:port, got {s:?}")),
+    }
+}
+
 /// Parse a duration such as `250ms`, `2s` or `1m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
@@ -196,6 +206,21 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: wire::ConfigFile) -> Option<Config> {
         let (local, policy) = raw.split();
+        if local.control_plane.is_some() {
+            for (field, set) in [
+                ("services", !policy.services.is_empty()),
+                ("routes", !policy.routes.is_empty()),
+                ("authorization", policy.authorization.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        field,
+                        "must be absent when control_plane is set: the policy comes from the control plane"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
         let (local, reserved) = self.local(local);
         let policy = self.policy(policy, &reserved);
         Some(Config::from_parts(local?, policy))
@@ -231,6 +256,14 @@ impl Validator<'_> {
                 self.base.join(p)
             }
         });
+        let control_plane = raw.control_plane.and_then(|cp| {
+            let address = self.check("control_plane.address", host_port(&cp.address));
+            let identity = self.check("control_plane.identity", identity(&cp.identity));
+            Some(ControlPlane {
+                address: address?,
+                identity: identity?,
+            })
+        });
         let reserved = listen
             .as_ref()
             .map(|l| vec![l.outbound.port(), l.admin.port()])
@@ -246,6 +279,7 @@ impl Validator<'_> {
                 access_log,
                 idle_timeout,
                 tracing,
+                control_plane,
             }),
             _ => None,
         };
@@ -515,6 +549,7 @@ impl Validator<'_> {
             app: app?,
             protocol: protocol?,
             rate_limit,
+            labels: raw.labels,
         })
     }
 

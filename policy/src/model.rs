@@ -76,10 +76,21 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Distributed tracing.
     pub tracing: Tracing,
+    /// The control plane the policy part comes from; `None` in static mode.
+    pub control_plane: Option<ControlPlane>,
     /// Mesh services this sidecar may call, each with its routes.
     pub services: Vec<Service>,
     /// Who may call this sidecar's app.
     pub authorization: Authorization,
+}
+
+/// The control plane a sidecar follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// `host:port` of its sidecar endpoint.
+    pub address: String,
+    /// The identity its certificate must carry.
+    pub identity: Identity,
 }
 
 /// What belongs to one sidecar and never comes from the control plane.
@@ -103,6 +114,8 @@ pub struct Local {
     pub idle_timeout: Duration,
     /// Distributed tracing.
     pub tracing: Tracing,
+    /// The control plane the policy part comes from; `None` in static mode.
+    pub control_plane: Option<ControlPlane>,
 }
 
 impl Local {
@@ -136,6 +149,7 @@ impl Config {
             access_log: local.access_log,
             idle_timeout: local.idle_timeout,
             tracing: local.tracing,
+            control_plane: local.control_plane,
             services: policy.services,
             authorization: policy.authorization,
         }
@@ -154,6 +168,7 @@ impl Config {
                 access_log: self.access_log,
                 idle_timeout: self.idle_timeout,
                 tracing: self.tracing,
+                control_plane: self.control_plane,
             },
             Policy {
                 services: self.services,
@@ -221,6 +236,8 @@ pub struct OwnService {
     pub protocol: Protocol,
     /// Inbound rate limit.
     pub rate_limit: Option<RateLimit>,
+    /// Labels of this sidecar's endpoint, registered with the control plane.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A token bucket's parameters.

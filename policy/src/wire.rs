@@ -45,6 +45,10 @@ pub struct ConfigFile {
     /// Distributed tracing (default: propagate W3C trace context, export nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// Take the policy part from this control plane instead of this file (then `services`,
+    /// `routes` and `authorization` must be absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
     /// Mesh services this sidecar may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
@@ -70,6 +74,7 @@ impl ConfigFile {
                 access_log: self.access_log,
                 idle_timeout: self.idle_timeout,
                 tracing: self.tracing,
+                control_plane: self.control_plane,
             },
             PolicySnapshot {
                 version: String::new(),
@@ -92,6 +97,7 @@ impl ConfigFile {
             access_log: local.access_log,
             idle_timeout: local.idle_timeout,
             tracing: local.tracing,
+            control_plane: local.control_plane,
             services: policy.services,
             routes: policy.routes,
             authorization: policy.authorization,
@@ -129,6 +135,10 @@ pub struct LocalFile {
     /// Distributed tracing (default: propagate W3C trace context, export nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// Take the policy part from this control plane instead of this file (then `services`,
+    /// `routes` and `authorization` must be absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlane>,
 }
 
 /// The mesh policy one sidecar follows: whom it may call (services with their endpoints and
@@ -255,6 +265,20 @@ pub struct OwnService {
     /// Inbound rate limit (default: none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Labels of this sidecar's endpoint (e.g. `version: v2`), sent to the control plane when
+    /// it registers the endpoint; unused in static mode.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The control plane a sidecar takes its policy from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlane {
+    /// `host:port` of the control plane's sidecar endpoint (mTLS gRPC).
+    pub address: String,
+    /// SPIFFE identity the control plane's certificate must carry.
+    pub identity: String,
 }
 
 /// Listener addresses; each has a default.

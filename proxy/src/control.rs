@@ -1,4 +1,5 @@
-//! The control thread: admin HTTP (loopback), config reload on SIGHUP and on file change.
+//! The control thread: admin HTTP (loopback), config reload on SIGHUP and on file change,
+//! and the control-plane client ([`crate::cp_client`]) when `control_plane` is set.
 //! It runs on its own single-threaded runtime so control work never delays traffic.
 
 use std::convert::Infallible;
@@ -34,6 +35,9 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
             rt.block_on(async move {
                 tokio::spawn(reload_on_sighup(store.clone()));
                 tokio::spawn(reload_on_change(store.clone()));
+                if let Some(cp) = store.load().control_plane.clone() {
+                    tokio::spawn(crate::cp_client::run(store.clone(), cp));
+                }
                 admin(listener, store, drain).await;
             })
         })?;
@@ -181,6 +185,25 @@ fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "certificate expired\n".into(),
+                )
+            } else if snap.control_plane.is_some() && store.control_plane_version().is_none() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for the first control-plane snapshot\n".into(),
+                )
+            } else if snap.control_plane.is_some() {
+                let link = if store.control_plane_connected() {
+                    "connected"
+                } else {
+                    "disconnected, serving the last good policy"
+                };
+                text(
+                    StatusCode::OK,
+                    format!(
+                        "ready (control plane {link}; policy {}): config v{}\n",
+                        store.control_plane_version().unwrap_or_default(),
+                        snap.version
+                    ),
                 )
             } else {
                 text(StatusCode::OK, format!("ready: config v{}\n", snap.version))

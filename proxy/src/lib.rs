@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod control;
+pub mod cp_client;
 pub mod drain;
 pub mod errors;
 pub mod inbound;

@@ -31,6 +31,10 @@ pub mod names {
     pub const CONFIG_VERSION: &str = weft!("config_version");
     /// Config files refused (counter).
     pub const CONFIG_REJECTED: &str = weft!("config_rejected_total");
+    /// 1 while the sidecar holds a stream to its control plane, else 0 (gauge).
+    pub const CONTROL_PLANE_CONNECTED: &str = weft!("control_plane_connected");
+    /// Control-plane snapshots applied (ACKed) and refused (NACKed), by result (counter).
+    pub const CONTROL_PLANE_SNAPSHOTS: &str = weft!("control_plane_snapshots_total");
     /// When the workload certificate expires, Unix seconds (gauge).
     pub const CERT_EXPIRY: &str = weft!("certificate_expiry_timestamp_seconds");
     /// Inbound TLS handshakes, by result (counter).
@@ -208,6 +212,10 @@ pub struct Metrics {
     pub config_version: IntGauge,
     /// Refused config files.
     pub config_rejected: IntCounter,
+    /// 1 while connected to the control plane.
+    pub control_plane_connected: IntGauge,
+    /// Control-plane snapshots, `result` = ack | nack.
+    pub control_plane_snapshots: IntCounterVec,
     /// Certificate expiry, Unix seconds.
     pub cert_expiry: Gauge,
     /// Inbound handshakes, `result` = ok | refused.
@@ -290,6 +298,17 @@ impl Metrics {
         let config_version =
             IntGauge::new(names::CONFIG_VERSION, "Version of the config in force.")?;
         let config_rejected = IntCounter::new(names::CONFIG_REJECTED, "Config files refused.")?;
+        let control_plane_connected = IntGauge::new(
+            names::CONTROL_PLANE_CONNECTED,
+            "1 while connected to the control plane, else 0.",
+        )?;
+        let control_plane_snapshots = IntCounterVec::new(
+            Opts::new(
+                names::CONTROL_PLANE_SNAPSHOTS,
+                "Control-plane snapshots, by result (ack, nack).",
+            ),
+            &["result"],
+        )?;
         let cert_expiry = Gauge::new(
             names::CERT_EXPIRY,
             "When the workload certificate expires (Unix seconds).",
@@ -312,6 +331,8 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(config_version.clone()))?;
         registry.register(Box::new(config_rejected.clone()))?;
+        registry.register(Box::new(control_plane_connected.clone()))?;
+        registry.register(Box::new(control_plane_snapshots.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(tcp_opened.clone()))?;
@@ -427,6 +448,8 @@ impl Metrics {
             duration,
             config_version,
             config_rejected,
+            control_plane_connected,
+            control_plane_snapshots,
             cert_expiry,
             tls_handshakes,
             tcp_opened,

@@ -20,6 +20,7 @@ use weft_resilience::rate::{KeyedBuckets, TokenBucket};
 use weft_resilience::Nanos;
 
 use crate::balancer::{self, EndpointStats};
+use crate::config::wire::PolicySnapshot;
 use crate::config::{
     self, Config, ConfigError, FieldError, LbPolicy, Limits, Listen, OwnService, Protocol,
     RateLimit, Route, TlsPaths,
@@ -65,6 +66,9 @@ pub struct Snapshot {
     pub identity: Arc<str>,
     /// Where the certificate material was read from (watched for rotation).
     pub tls_paths: TlsPaths,
+    /// The control plane the policy comes from (fixed for the process's life); `None` in
+    /// static mode.
+    pub control_plane: Option<config::ControlPlane>,
     /// Callable services.
     pub destinations: Vec<Destination>,
     by_host: HashMap<String, usize>,
@@ -313,6 +317,7 @@ impl Snapshot {
             identity: caller.as_str().into(),
             tls,
             tls_paths: config.tls,
+            control_plane: config.control_plane,
             destinations,
             by_host,
             by_port,
@@ -438,18 +443,65 @@ pub struct Store {
     path: PathBuf,
     /// Every exported series.
     pub metrics: Arc<Metrics>,
+    /// With `control_plane` set: the policy last applied from the control plane (the file's
+    /// local part is joined with it on every rebuild). The lock also serializes rebuilds.
+    cp_policy: std::sync::Mutex<Option<PolicySnapshot>>,
+    cp_connected: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
     /// Load the config file and its certificates into a first snapshot.
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
-        let snapshot = load_snapshot(path, 1, None, &metrics)?;
+        let snapshot = load_snapshot(path, 1, None, &metrics, None)?;
         observe(&metrics, &snapshot);
         Ok(Store {
             current: ArcSwap::from_pointee(snapshot),
             path: path.to_owned(),
             metrics,
+            cp_policy: std::sync::Mutex::new(None),
+            cp_connected: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    fn cp_lock(&self) -> std::sync::MutexGuard<'_, Option<PolicySnapshot>> {
+        self.cp_policy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Apply a policy the control plane sent: validated for this sidecar's local part (read
+    /// from its file again), built off the hot path and swapped in whole. On error the
+    /// snapshot in force stays.
+    pub fn apply_policy(&self, policy: PolicySnapshot) -> Result<u64, ConfigError> {
+        let mut cp = self.cp_lock();
+        let prev = self.current.load_full();
+        let next = load_snapshot(
+            &self.path,
+            prev.version + 1,
+            Some(&prev),
+            &self.metrics,
+            Some(&policy),
+        )?;
+        let version = next.version;
+        observe(&self.metrics, &next);
+        self.current.store(Arc::new(next));
+        *cp = Some(policy);
+        Ok(version)
+    }
+
+    /// The version (content hash) of the control-plane policy in force, if any.
+    pub fn control_plane_version(&self) -> Option<String> {
+        self.cp_lock().as_ref().map(|p| p.version.clone())
+    }
+
+    /// Whether the sidecar holds a stream to its control plane now.
+    pub fn control_plane_connected(&self) -> bool {
+        self.cp_connected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Record whether the stream to the control plane is up.
+    pub fn set_control_plane_connected(&self, up: bool) {
+        self.cp_connected
+            .store(up, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.control_plane_connected.set(i64::from(up));
     }
 
     /// The snapshot in force now; hold it for the whole request.
@@ -459,8 +511,15 @@ impl Store {
 
     /// Re-read the file; on success swap the new snapshot in, else keep the current one.
     pub fn reload(&self) -> Result<u64, ConfigError> {
+        let cp = self.cp_lock();
         let prev = self.current.load_full();
-        let next = match load_snapshot(&self.path, prev.version + 1, Some(&prev), &self.metrics) {
+        let next = match load_snapshot(
+            &self.path,
+            prev.version + 1,
+            Some(&prev),
+            &self.metrics,
+            cp.as_ref(),
+        ) {
             Ok(next) => next,
             Err(e) => {
                 self.metrics.config_rejected.inc();
@@ -496,12 +555,23 @@ fn load_snapshot(
     version: u64,
     prev: Option<&Snapshot>,
     metrics: &Arc<Metrics>,
+    cp_policy: Option<&PolicySnapshot>,
 ) -> Result<Snapshot, ConfigError> {
-    let config = config::load(path)?;
+    let mut config = config::load(path)?;
     let invalid = |errors| ConfigError::Invalid {
         file: path.to_owned(),
         errors,
     };
+    if let (Some(policy), Some(_)) = (cp_policy, &config.control_plane) {
+        let (local, _) = config.into_parts();
+        let policy = config::validate_snapshot(policy.clone(), &local).map_err(|errors| {
+            ConfigError::Invalid {
+                file: PathBuf::from(format!("control-plane snapshot {}", policy.version)),
+                errors,
+            }
+        })?;
+        config = Config::from_parts(local, policy);
+    }
     if let Some(p) = prev {
         let mut errors = Vec::new();
         let fixed = |field: &str, reason: String| FieldError {
@@ -536,6 +606,12 @@ fn load_snapshot(
         if t.0.export_interval != t.1.export_interval {
             errors.push(fixed(
                 "tracing.export_interval",
+                "cannot change without a restart".into(),
+            ));
+        }
+        if config.control_plane != p.control_plane {
+            errors.push(fixed(
+                "control_plane",
                 "cannot change without a restart".into(),
             ));
         }

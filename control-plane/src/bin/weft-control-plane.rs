@@ -1,0 +1,88 @@
+//! `weft-control-plane`: pushes the mesh policy to sidecars over mTLS and serves the operator
+//! status endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
+use weft_control_plane::server::{self, ServerConfig, DEFAULT_GRACE};
+use weft_control_plane::source::DEFAULT_POLL_INTERVAL;
+
+/// Weft control plane.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Directory of policy files (*.yaml), watched for changes.
+    #[arg(long)]
+    policy_dir: PathBuf,
+    /// State directory of the certificate authority.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Sidecars' address (gRPC over mTLS).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Operator API address (plain HTTP; keep it on loopback: not authenticated yet).
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    admin: SocketAddr,
+    /// Mesh trust domain.
+    #[arg(long, default_value = "weft.local")]
+    trust_domain: String,
+    /// Operator-supplied CA certificate (PEM), with --ca-key; default: the state directory's.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Operator-supplied CA key (PEM).
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// How long a disconnected sidecar's endpoint stays registered.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+}
+
+fn main() {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<log::LevelFilter>().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    env_logger::Builder::new().filter_level(level).init();
+    let args = Args::parse();
+    let mut ca = CaStoreOptions::default();
+    if let (Some(cert), Some(key)) = (args.ca_cert, args.ca_key) {
+        ca.root = RootSource::Files { cert, key };
+    }
+    let config = ServerConfig {
+        policy_dir: args.policy_dir,
+        state_dir: args.state_dir,
+        listen: args.listen,
+        admin: args.admin,
+        trust_domain: args.trust_domain,
+        ca,
+        grace: if args.grace.is_zero() {
+            DEFAULT_GRACE
+        } else {
+            args.grace
+        },
+        poll_interval: DEFAULT_POLL_INTERVAL,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft-control-plane: runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let _running = server::start(config).await?;
+        tokio::signal::ctrl_c().await?;
+        log::info!("interrupted; exiting");
+        Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("weft-control-plane: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,13 @@
+//! Compiles the control-plane protocol without a system `protoc` (protox parses, then
+//! tonic-prost-build generates client and server code).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/weft/control/v1/control.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The control-plane client: with `control_plane` set, the sidecar holds one `weft.control.v1`
+//! stream to the control plane and takes its policy from it.
+//!
+//! It runs on the control thread, never on traffic workers. Each session connects over mutual
+//! TLS (the sidecar's workload certificate; the control plane must prove the configured
+//! identity), says `Hello` (service, inbound address, `service.labels`), and for each
+//! `Snapshot` validates and builds the new config off the hot path, swaps it in and answers
+//! `Ack`, or answers `Nack` with the reason and keeps the config in force. A lost stream is
+//! retried with jittered exponential backoff; traffic is served meanwhile with the last good
+//! config.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_wire::v1::control_plane_client::ControlPlaneClient;
+use weft_wire::v1::{control_message, sidecar_message, Ack, Hello, Nack, SidecarMessage};
+
+use crate::config::wire::PolicySnapshot;
+use crate::config::ControlPlane;
+use crate::state::Store;
+
+/// First reconnect delay.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
+/// Connect (TCP + TLS) limit.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The delay before reconnect attempt `attempt` (from 0): `BACKOFF_BASE * 2^attempt`, capped
+/// at [`BACKOFF_MAX`], then scaled by a random factor in [0.5, 1).
+pub fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16));
+    exp.min(BACKOFF_MAX).mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// Follow the control plane forever (on the control thread's runtime).
+pub async fn run(store: Arc<Store>, cp: ControlPlane) {
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        match session(&store, &cp).await {
+            Ok(()) => log::warn!("control plane {} closed the stream", cp.address),
+            Err(e) => log::warn!("control plane {}: {e:#}", cp.address),
+        }
+        store.set_control_plane_connected(false);
+        if started.elapsed() >= STABLE {
+            attempt = 0;
+        }
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1).min(16);
+        log::info!(
+            "reconnecting to the control plane in {} ms",
+            delay.as_millis()
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn session(store: &Arc<Store>, cp: &ControlPlane) -> anyhow::Result<()> {
+    let snap = store.load();
+    let mut tls = (*snap.tls.tcp_client).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::from(Arc::new(tls));
+    let server_name = ServerName::try_from(cp.identity.dns_name())
+        .context("control_plane.identity as a server name")?;
+    let expected = cp.identity.clone();
+    let address = cp.address.clone();
+    let connect = tower::service_fn(move |_uri: http::Uri| {
+        let (connector, server_name, expected, address) = (
+            connector.clone(),
+            server_name.clone(),
+            expected.clone(),
+            address.clone(),
+        );
+        async move {
+            let io = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let tcp = TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| weft_certs::identity_from_cert_der(c.as_ref()).ok());
+                if peer.as_ref() != Some(&expected) {
+                    return Err(std::io::Error::other(format!(
+                        "the control plane proved {peer:?}, expected {expected}"
+                    )));
+                }
+                Ok(TokioIo::new(tls))
+            })
+            .await
+            .map_err(|_| std::io::Error::other("connect timed out"))??;
+            Ok::<_, std::io::Error>(io)
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://control-plane")
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_with_connector(connect)
+        .await
+        .context("connect")?;
+    let mut client = ControlPlaneClient::new(channel);
+    let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
+    let hello = Hello {
+        service: snap.own.name.clone(),
+        endpoint_address: snap.listen.inbound.to_string(),
+        labels: snap
+            .own
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    drop(snap);
+    tx.send(SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(hello)),
+    })
+    .await
+    .context("send Hello")?;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .context("open the stream")?
+        .into_inner();
+    store.set_control_plane_connected(true);
+    log::info!("connected to the control plane {}", cp.address);
+    while let Some(msg) = inbound.message().await.context("receive")? {
+        let Some(control_message::Kind::Snapshot(s)) = msg.kind else {
+            continue;
+        };
+        let version = s.version.clone();
+        let store2 = store.clone();
+        let result = tokio::task::spawn_blocking(move || apply(&store2, &s))
+            .await
+            .map_err(|e| format!("apply task failed: {e}"))
+            .and_then(|r| r);
+        let reply = match result {
+            Ok(v) => {
+                log::info!("control-plane snapshot {version} applied: config v{v}");
+                store
+                    .metrics
+                    .control_plane_snapshots
+                    .with_label_values(&["ack"])
+                    .inc();
+                sidecar_message::Kind::Ack(Ack { version })
+            }
+            Err(reason) => {
+                log::error!("control-plane snapshot {version} refused; keeping the config in force:\n{reason}");
+                store
+                    .metrics
+                    .control_plane_snapshots
+                    .with_label_values(&["nack"])
+                    .inc();
+                sidecar_message::Kind::Nack(Nack { version, reason })
+            }
+        };
+        tx.send(SidecarMessage { kind: Some(reply) })
+            .await
+            .context("send Ack/Nack")?;
+    }
+    Ok(())
+}
+
+/// Decode and apply one snapshot; the error is the NACK reason.
+fn apply(store: &Store, s: &weft_wire::v1::Snapshot) -> Result<u64, String> {
+    let mut policy: PolicySnapshot =
+        serde_json::from_slice(&s.policy_json).map_err(|e| format!("undecodable policy: {e}"))?;
+    policy.version = s.version.clone();
+    store.apply_policy(policy).map_err(|e| e.to_string())
+}

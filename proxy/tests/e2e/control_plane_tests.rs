@@ -1,0 +1,306 @@
+//! The control-plane push: a real control plane (the `weft-control-plane` server, started
+//! in-process on the test's runtime so no other package's binary has to be located) and real
+//! sidecar processes that take their policy from it over mTLS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
+use weft_control_plane::server::{self, Running, ServerConfig};
+
+use crate::harness::*;
+
+const CP_IDENTITY: &str = "spiffe://weft.local/ns/weft-system/sa/control-plane";
+
+async fn start_cp(pki: &Pki, policy_dir: &Path) -> Running {
+    std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
+    server::start(ServerConfig {
+        policy_dir: policy_dir.to_owned(),
+        state_dir: pki.path().join("cp-state"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        trust_domain: TD.to_owned(),
+        ca: CaStoreOptions {
+            root: RootSource::Files {
+                cert: pki.path().join("ca.crt"),
+                key: pki.path().join("ca.key"),
+            },
+            extra_roots: Vec::new(),
+        },
+        grace: Duration::from_secs(2),
+        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+    })
+    .await
+    .expect("control plane")
+}
+
+/// A sidecar that takes its policy from the control plane at `cp`.
+async fn start_sidecar(
+    pki: &Pki,
+    name: &str,
+    version: &str,
+    app: SocketAddr,
+    cp: SocketAddr,
+) -> Sidecar {
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (outbound, inbound, admin) = (port(), port(), port());
+    let head = format!(
+        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n  labels: {{version: {version}}}\n\
+         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
+         tls: {{cert: {name}.crt, key: {name}.key, trust_bundle: ca.crt}}\n\
+         drain_timeout: 10s\n\
+         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}}}\n",
+        spiffe(name)
+    );
+    let tag = format!("{name}-{}", inbound.port());
+    let config = pki.path().join(format!("{tag}.yaml"));
+    std::fs::write(&config, &head).expect("write config");
+    let log = pki.path().join(format!("{tag}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn weft-proxy");
+    let s = Sidecar {
+        child,
+        name: name.to_owned(),
+        outbound,
+        inbound,
+        admin,
+        config,
+        log,
+        head,
+    };
+    s.wait_ready().await;
+    s
+}
+
+fn policy(v1: u32, v2: u32) -> String {
+    format!(
+        "services:\n\
+         \x20 - name: frontend\n    identity: {}\n\
+         \x20 - name: orders\n    identity: {}\n\
+         routes:\n\
+         \x20 - name: orders-split\n    service: orders\n    from: [frontend]\n\
+         \x20   backends: [{{subset: {{version: v1}}, weight: {v1}}}, {{subset: {{version: v2}}, weight: {v2}}}]\n",
+        spiffe("frontend"),
+        spiffe("orders")
+    )
+}
+
+/// Write a policy file atomically (write, then rename), as operators' tooling should.
+fn write_policy(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+async fn cp_status(cp: &Running) -> serde_json::Value {
+    let (code, body) = admin_get(cp.admin, "/status").await.expect("status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// The frontend sidecar's entry in the control plane's status.
+async fn frontend_status(cp: &Running) -> serde_json::Value {
+    let st = cp_status(cp).await;
+    st["sidecars"]
+        .as_array()
+        .expect("sidecars")
+        .iter()
+        .find(|s| s["service"] == "frontend" && s["connected"] == true)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The v2 share of `n` sequential requests; panics on any failure.
+async fn v2_share(fe: &Sidecar, n: usize) -> f64 {
+    let c = client();
+    let mut v2 = 0;
+    for _ in 0..n {
+        let r = get(&c, fe.outbound, "orders", "/split").await;
+        assert_eq!(r.status, 200, "{:?}", r.header("x-weft-error"));
+        if r.served_by() == "orders-v2" {
+            v2 += 1;
+        }
+    }
+    v2 as f64 / n as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidecars_follow_the_control_plane_refuse_invalid_policy_and_nack() {
+    let pki = Pki::new(70);
+    pki.issue("frontend");
+    pki.issue("orders");
+    let policy_dir: PathBuf = pki.path().join("policy");
+    std::fs::create_dir(&policy_dir).expect("policy dir");
+    write_policy(&policy_dir, "mesh.yaml", &policy(90, 10));
+    let cp = start_cp(&pki, &policy_dir).await;
+
+    let v1 = start_sidecar(&pki, "orders", "v1", http_app("orders-v1").await, cp.listen).await;
+    let v2 = start_sidecar(&pki, "orders", "v2", http_app("orders-v2").await, cp.listen).await;
+    let fe = start_sidecar(
+        &pki,
+        "frontend",
+        "v1",
+        http_app("frontend").await,
+        cp.listen,
+    )
+    .await;
+
+    // Connected, ACKed, endpoints registered and merged into the frontend's snapshot.
+    let (_, ready) = admin_get(fe.admin, "/ready").await.expect("ready");
+    assert!(ready.contains("control plane connected"), "{ready}");
+    assert_eq!(
+        metric(fe.admin, "weft_control_plane_connected", &[]).await,
+        1.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = frontend_status(&cp).await;
+        if !f.is_null() && f["acked_version"] == f["sent_version"] && f["nack"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "frontend never ACKed: {f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let share = v2_share(&fe, 300).await;
+    assert!(share < 0.25, "v2 share {share} with weights 90/10");
+
+    // Background traffic for the rest of the test: not one request may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let bg = {
+        let (stop, failures, sent, outbound) =
+            (stop.clone(), failures.clone(), sent.clone(), fe.outbound);
+        tokio::spawn(async move {
+            let c = client();
+            let mut first_failure = None;
+            while !stop.load(Ordering::Relaxed) {
+                let r = send(&c, outbound, "orders", "GET", "/bg", &[]).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Ok(r) if r.status == 200 => {}
+                    other => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        first_failure.get_or_insert(format!("{:?}", other.map(|r| r.status)));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            first_failure
+        })
+    };
+
+    // 1. Weights change in the policy directory: the frontend follows within a second.
+    let before = frontend_status(&cp).await["acked_version"].clone();
+    let t0 = Instant::now();
+    write_policy(&policy_dir, "mesh.yaml", &policy(10, 90));
+    loop {
+        let f = frontend_status(&cp).await;
+        if f["acked_version"] != before && f["acked_version"] == f["sent_version"] {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the new weights never reached the frontend: {f}\n{}",
+            fe.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t0.elapsed();
+    assert!(
+        took <= Duration::from_secs(1),
+        "the frontend applied the new weights after {took:?}"
+    );
+    let share = v2_share(&fe, 300).await;
+    assert!(share > 0.75, "v2 share {share} with weights 10/90");
+
+    // 2. An invalid policy file: refused with file and line, nothing pushed, traffic unaffected.
+    let acked = frontend_status(&cp).await["acked_version"].clone();
+    let version = cp_status(&cp).await["policy_version"].clone();
+    write_policy(
+        &policy_dir,
+        "zz-bad.yaml",
+        "routes:\n  - name: broken\n    service: orders\n    match: {path: {regex: \"((\"}}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let error = loop {
+        let st = cp_status(&cp).await;
+        if let Some(e) = st["last_policy_error"].as_str() {
+            assert_eq!(
+                st["policy_version"], version,
+                "an invalid policy went in force"
+            );
+            break e.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "invalid policy not reported: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains("zz-bad.yaml:4:"), "{error}");
+    assert!(error.contains("regex"), "{error}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(frontend_status(&cp).await["acked_version"], acked);
+    let share = v2_share(&fe, 200).await;
+    assert!(share > 0.75, "v2 share {share} after a refused policy");
+    std::fs::remove_file(policy_dir.join("zz-bad.yaml")).expect("remove");
+
+    // 3. A snapshot the frontend cannot apply (a service port on its admin listener's port):
+    // NACKed with the reason, shown in the status; its config stays.
+    let clash = policy(10, 90).replace(
+        &format!("  - name: orders\n    identity: {}\n", spiffe("orders")),
+        &format!(
+            "  - name: orders\n    identity: {}\n    port: {}\n",
+            spiffe("orders"),
+            fe.admin.port()
+        ),
+    );
+    write_policy(&policy_dir, "mesh.yaml", &clash);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let nack = loop {
+        let f = frontend_status(&cp).await;
+        if !f["nack"].is_null() {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no NACK: {f}\n{}", fe.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(nack["acked_version"], acked, "{nack}");
+    assert_eq!(nack["nack"]["version"], nack["sent_version"], "{nack}");
+    let reason = nack["nack"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("port"), "{reason}");
+    assert!(
+        metric(
+            fe.admin,
+            "weft_control_plane_snapshots_total",
+            &[("result", "nack")]
+        )
+        .await
+            >= 1.0
+    );
+    let share = v2_share(&fe, 200).await;
+    assert!(share > 0.75, "v2 share {share} after a NACK");
+
+    stop.store(true, Ordering::Relaxed);
+    let first_failure = bg.await.expect("background traffic");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "{} of {} background requests failed, first: {first_failure:?}",
+        failures.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(sent.load(Ordering::Relaxed) > 100);
+    drop((v1, v2));
+}
