@@ -117,6 +117,7 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
     let mut v = Validator {
         errors: Vec::new(),
         base,
+        dynamic_endpoints: false,
     };
     let config = v.config(raw);
     match config {
@@ -130,7 +131,9 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError
 
 /// Validate the policy the control plane sent one sidecar, for that sidecar's local part: the
 /// same checks as a static file's `services`, `routes` and `authorization`, with the same
-/// field paths. Join the result with [`Config::from_parts`].
+/// field paths, except one: a backend subset that selects none of the service's endpoints is
+/// allowed (endpoints register and withdraw at run time; the control plane's `validate_mesh`
+/// still checks the static ones). Join the result with [`Config::from_parts`].
 pub fn validate_snapshot(
     raw: wire::PolicySnapshot,
     local: &Local,
@@ -138,6 +141,7 @@ pub fn validate_snapshot(
     let mut v = Validator {
         errors: Vec::new(),
         base: Path::new("."),
+        dynamic_endpoints: true,
     };
     let policy = v.policy(raw, &local.reserved_ports());
     if v.errors.is_empty() {
@@ -156,6 +160,7 @@ pub fn validate_mesh(raw: wire::MeshFile) -> Result<(), Vec<FieldError>> {
     let mut v = Validator {
         errors: Vec::new(),
         base: Path::new("."),
+        dynamic_endpoints: false,
     };
     v.mesh(raw);
     if v.errors.is_empty() {
@@ -183,6 +188,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 struct Validator<'a> {
     errors: Vec<FieldError>,
     base: &'a Path,
+    /// Endpoints come and go at run time (a control-plane snapshot, whose endpoints include
+    /// the ones sidecars registered): a subset selecting none of them is not an error (its
+    /// requests find no endpoint until one registers).
+    dynamic_endpoints: bool,
 }
 
 impl Validator<'_> {
@@ -669,6 +678,7 @@ impl Validator<'_> {
                 );
             }
             if backend.weight > 0
+                && !self.dynamic_endpoints
                 && !svc.endpoints.is_empty()
                 && !svc.endpoints.iter().any(|e| backend.selects(e))
             {

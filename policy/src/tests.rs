@@ -579,3 +579,60 @@ fn mesh_callers_and_authorization_name_known_services() {
     has("authorization[2].service", "unknown service \"nope\"");
     assert_eq!(errors.len(), 6, "{errors:?}");
 }
+
+// --- control_plane and service.labels ----------------------------------------------------
+
+const CP_LOCAL: &str = r#"
+service:
+  name: frontend
+  identity: spiffe://weft.local/ns/default/sa/frontend
+  app: 127.0.0.1:8080
+  labels: {version: v2, zone: a}
+tls: {cert: c.pem, key: k.pem, trust_bundle: ca.pem}
+control_plane:
+  address: "127.0.0.1:7070"
+  identity: spiffe://weft.local/ns/weft-system/sa/control-plane
+"#;
+
+#[test]
+fn control_plane_and_labels_parse_into_the_local_part() {
+    let c = parse_str(CP_LOCAL).expect("valid");
+    let cp = c.control_plane.as_ref().expect("control plane");
+    assert_eq!(cp.address, "127.0.0.1:7070");
+    assert_eq!(
+        cp.identity.to_string(),
+        "spiffe://weft.local/ns/weft-system/sa/control-plane"
+    );
+    assert_eq!(c.own.labels.get("version").map(String::as_str), Some("v2"));
+    assert!(c.services.is_empty());
+    let (local, _) = c.into_parts();
+    assert!(local.control_plane.is_some());
+    // A static file without control_plane keeps working unchanged.
+    assert!(parse_str(BASE).expect("valid").control_plane.is_none());
+}
+
+#[test]
+fn control_plane_excludes_a_policy_part_in_the_file() {
+    let text = format!(
+        "{CP_LOCAL}services:\n  - name: orders\n    identity: spiffe://weft.local/ns/default/sa/orders\nauthorization: {{default: deny}}\n"
+    );
+    let errors = invalid(&text);
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert!(fields.contains(&"services"), "{errors:?}");
+    assert!(fields.contains(&"authorization"), "{errors:?}");
+    assert!(errors[0].reason.contains("control_plane"), "{errors:?}");
+}
+
+#[test]
+fn control_plane_address_and_identity_are_checked() {
+    let text = CP_LOCAL
+        .replace("\"127.0.0.1:7070\"", "nowhere")
+        .replace("spiffe://weft.local/ns/weft-system/sa/control-plane", "cp");
+    let errors = invalid(&text);
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["control_plane.address", "control_plane.identity"],
+        "{errors:?}"
+    );
+}

@@ -46,15 +46,29 @@ async fn start_sidecar(
     app: SocketAddr,
     cp: SocketAddr,
 ) -> Sidecar {
+    let s = spawn_sidecar(pki, name, name, version, app, cp);
+    s.wait_ready().await;
+    s
+}
+
+/// A sidecar process for service `name` presenting `cert`'s certificate (and identity).
+fn spawn_sidecar(
+    pki: &Pki,
+    name: &str,
+    cert: &str,
+    version: &str,
+    app: SocketAddr,
+    cp: SocketAddr,
+) -> Sidecar {
     let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (outbound, inbound, admin) = (port(), port(), port());
     let head = format!(
         "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n  labels: {{version: {version}}}\n\
          listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
-         tls: {{cert: {name}.crt, key: {name}.key, trust_bundle: ca.crt}}\n\
+         tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
          drain_timeout: 10s\n\
          control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}}}\n",
-        spiffe(name)
+        spiffe(cert)
     );
     let tag = format!("{name}-{}", inbound.port());
     let config = pki.path().join(format!("{tag}.yaml"));
@@ -68,7 +82,7 @@ async fn start_sidecar(
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn weft-proxy");
-    let s = Sidecar {
+    Sidecar {
         child,
         name: name.to_owned(),
         outbound,
@@ -77,9 +91,7 @@ async fn start_sidecar(
         config,
         log,
         head,
-    };
-    s.wait_ready().await;
-    s
+    }
 }
 
 fn policy(v1: u32, v2: u32) -> String {
@@ -303,4 +315,111 @@ async fn sidecars_follow_the_control_plane_refuse_invalid_policy_and_nack() {
     );
     assert!(sent.load(Ordering::Relaxed) > 100);
     drop((v1, v2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_may_only_register_its_own_service_and_endpoints_withdraw_after_the_grace() {
+    let pki = Pki::new(71);
+    pki.issue("frontend");
+    pki.issue("orders");
+    let policy_dir: PathBuf = pki.path().join("policy");
+    std::fs::create_dir(&policy_dir).expect("policy dir");
+    write_policy(&policy_dir, "mesh.yaml", &policy(50, 50));
+    let cp = start_cp(&pki, &policy_dir).await;
+
+    // Service "orders" with the frontend's certificate: refused, never ready, never registered.
+    let impostor = spawn_sidecar(
+        &pki,
+        "orders",
+        "frontend",
+        "v1",
+        http_app("impostor").await,
+        cp.listen,
+    );
+    let v1 = start_sidecar(&pki, "orders", "v1", http_app("orders-v1").await, cp.listen).await;
+    let v2 = start_sidecar(&pki, "orders", "v2", http_app("orders-v2").await, cp.listen).await;
+    let fe = start_sidecar(
+        &pki,
+        "frontend",
+        "v1",
+        http_app("frontend").await,
+        cp.listen,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !impostor.log_text().contains("may not speak for service") {
+        assert!(
+            Instant::now() < deadline,
+            "impostor not refused:\n{}",
+            impostor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = admin_get(impostor.admin, "/ready").await.expect("ready");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        metric(impostor.admin, "weft_control_plane_connected", &[]).await,
+        0.0
+    );
+    let st = cp_status(&cp).await;
+    let endpoints: Vec<&str> = st["sidecars"]
+        .as_array()
+        .expect("sidecars")
+        .iter()
+        .filter(|s| s["service"] == "orders")
+        .filter_map(|s| s["endpoint"].as_str())
+        .collect();
+    assert_eq!(endpoints.len(), 2, "{st}");
+    assert!(!endpoints.contains(&impostor.inbound.to_string().as_str()));
+
+    // Both versions serve.
+    let share = v2_share(&fe, 200).await;
+    assert!((0.25..0.75).contains(&share), "v2 share {share} with 50/50");
+
+    // v2 goes away: withdrawn after the grace, and the frontend stops sending to it.
+    let v2_inbound = v2.inbound.to_string();
+    drop(v2);
+    let t0 = Instant::now();
+    loop {
+        let st = cp_status(&cp).await;
+        let listed = st["sidecars"]
+            .as_array()
+            .expect("sidecars")
+            .iter()
+            .any(|s| s["endpoint"] == v2_inbound.as_str());
+        if !listed {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "never withdrawn: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "withdrawn before the grace: {:?}",
+        t0.elapsed()
+    );
+    // The frontend's snapshot without v2 is applied (ACKed): the v2 subset selects no endpoint
+    // now, so half the requests find none; none reaches the dead endpoint.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let f = frontend_status(&cp).await;
+        let (_, dump) = admin_get(fe.admin, "/config_dump").await.expect("dump");
+        if f["acked_version"] == f["sent_version"] && !dump.contains(&v2_inbound) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "frontend kept v2: {f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = client();
+    for _ in 0..50 {
+        let r = get(&c, fe.outbound, "orders", "/after").await;
+        assert!(r.status == 200 || r.status == 503, "status {}", r.status);
+        if r.status == 200 {
+            assert_eq!(r.served_by(), "orders-v1");
+        }
+    }
+    drop(v1);
 }
