@@ -425,7 +425,27 @@ pub struct Running {
     pub admin: SocketAddr,
     /// The push state.
     pub hub: Arc<Hub>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     _watch: Watch,
+}
+
+impl Running {
+    /// Stop: no more connections or policy reloads, and every sidecar stream is ended (the
+    /// sidecars reconnect with backoff and keep serving meanwhile). Dropping does the same.
+    pub fn shutdown(self) {}
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let mut st = self.hub.lock();
+        for s in st.sidecars.values_mut() {
+            s.tx = None;
+            s.connected = false;
+        }
+    }
 }
 
 impl std::fmt::Debug for Running {
@@ -497,9 +517,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         grace: config.grace,
     });
 
+    let mut tasks = Vec::new();
     {
         let hub = hub.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             while changed.recv().await.is_some() {
                 let source = source.clone();
                 let loaded = tokio::task::spawn_blocking(move || source.load()).await;
@@ -508,7 +529,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                     Err(e) => log::error!("policy load task: {e}"),
                 }
             }
-        });
+        }));
     }
 
     let listener = TcpListener::bind(config.listen)
@@ -521,7 +542,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let admin = admin_listener.local_addr()?;
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -542,9 +563,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                 }
             });
         }
-    });
+    }));
     let svc = ControlPlaneServer::new(Service { hub: hub.clone() });
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(svc)
@@ -553,13 +574,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         if let Err(e) = r {
             log::error!("gRPC server: {e}");
         }
-    });
-    tokio::spawn(serve_admin(admin_listener, hub.clone()));
+    }));
+    tasks.push(tokio::spawn(serve_admin(admin_listener, hub.clone())));
     log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
     Ok(Running {
         listen,
         admin,
         hub,
+        tasks,
         _watch: watch,
     })
 }

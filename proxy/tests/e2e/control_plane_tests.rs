@@ -17,11 +17,15 @@ use crate::harness::*;
 const CP_IDENTITY: &str = "spiffe://weft.local/ns/weft-system/sa/control-plane";
 
 async fn start_cp(pki: &Pki, policy_dir: &Path) -> Running {
+    start_cp_on(pki, policy_dir, "127.0.0.1:0".parse().expect("addr")).await
+}
+
+async fn start_cp_on(pki: &Pki, policy_dir: &Path, listen: SocketAddr) -> Running {
     std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
     server::start(ServerConfig {
         policy_dir: policy_dir.to_owned(),
         state_dir: pki.path().join("cp-state"),
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen,
         admin: "127.0.0.1:0".parse().expect("addr"),
         trust_domain: TD.to_owned(),
         ca: CaStoreOptions {
@@ -422,4 +426,76 @@ async fn a_sidecar_may_only_register_its_own_service_and_endpoints_withdraw_afte
         }
     }
     drop(v1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidecars_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
+    let pki = Pki::new(72);
+    pki.issue("frontend");
+    pki.issue("orders");
+    let policy_dir: PathBuf = pki.path().join("policy");
+    std::fs::create_dir(&policy_dir).expect("policy dir");
+    write_policy(&policy_dir, "mesh.yaml", &policy(100, 0));
+    let cp = start_cp(&pki, &policy_dir).await;
+    let listen = cp.listen;
+    let v1 = start_sidecar(&pki, "orders", "v1", http_app("orders-v1").await, listen).await;
+    let v2 = start_sidecar(&pki, "orders", "v2", http_app("orders-v2").await, listen).await;
+    let fe = start_sidecar(&pki, "frontend", "v1", http_app("frontend").await, listen).await;
+
+    // The control plane goes away under load: not one request fails.
+    let outbound = fe.outbound;
+    let during = tokio::spawn(async move { load(outbound, "orders", "/during", 400, 4).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cp.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(fe.admin, "weft_control_plane_connected", &[]).await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "still connected:\n{}",
+            fe.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, ready) = admin_get(fe.admin, "/ready").await.expect("ready");
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains("disconnected"), "{ready}");
+    let mut outcomes = during.await.expect("load");
+    outcomes.extend(load(fe.outbound, "orders", "/down", 300, 4).await);
+    let failed = outcomes.iter().filter(|o| o.status != 200).count();
+    assert_eq!(failed, 0, "{failed} of {} failed", outcomes.len());
+    assert!(outcomes.iter().all(|o| o.served_by == "orders-v1"));
+
+    // The policy changes while it is down; it comes back on the same address: every sidecar
+    // reconnects (backoff) and gets the current policy.
+    write_policy(&policy_dir, "mesh.yaml", &policy(0, 100));
+    let cp = start_cp_on(&pki, &policy_dir, listen).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = cp_status(&cp).await;
+        let sidecars = st["sidecars"].as_array().expect("sidecars");
+        let synced = sidecars
+            .iter()
+            .filter(|s| {
+                s["connected"] == true
+                    && !s["sent_version"].is_null()
+                    && s["acked_version"] == s["sent_version"]
+            })
+            .count();
+        if synced == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not resynced: {st}\n{}",
+            fe.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(fe.admin, "weft_control_plane_connected", &[]).await,
+        1.0
+    );
+    let share = v2_share(&fe, 50).await;
+    assert_eq!(share, 1.0, "weights 0/100 after the resync");
+    drop((v1, v2));
 }
