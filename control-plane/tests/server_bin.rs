@@ -1,0 +1,100 @@
+//! The `weft-control-plane` binary: starts on a policy directory and answers `GET /status`;
+//! refuses to start on an invalid policy, naming file and line.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const POLICY: &str =
+    "services:\n  - name: orders\n    identity: spiffe://weft.local/ns/default/sa/orders\n";
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serves_status_on_the_admin_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).expect("mkdir");
+    std::fs::write(policy.join("mesh.yaml"), POLICY).expect("write");
+    let (listen, admin) = (free_addr(), free_addr());
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .arg("--policy-dir")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let _child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        if let Some(r) = http_get(admin, "/status") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no /status");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("\"policy_version\""), "{body}");
+    assert!(body.contains("\"sidecars\": []"), "{body}");
+    // The root was created in the state directory.
+    assert!(dir.path().join("state/ca.crt").exists());
+}
+
+#[test]
+fn refuses_to_start_on_an_invalid_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).expect("mkdir");
+    std::fs::write(
+        policy.join("mesh.yaml"),
+        format!("{POLICY}routes:\n  - name: r\n    service: nowhere\n"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .arg("--policy-dir")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--listen")
+        .arg(free_addr().to_string())
+        .arg("--admin")
+        .arg(free_addr().to_string())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mesh.yaml:6:"), "{err}");
+}
