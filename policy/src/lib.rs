@@ -271,6 +271,7 @@ impl Validator<'_> {
             Some(ControlPlane {
                 address: address?,
                 identity: identity?,
+                state_file: cp.state_file.map(|f| self.base.join(f)),
             })
         });
         let reserved = listen

@@ -91,6 +91,8 @@ pub struct ControlPlane {
     pub address: String,
     /// The identity its certificate must carry.
     pub identity: Identity,
+    /// Where the last applied snapshot is kept, if anywhere.
+    pub state_file: Option<PathBuf>,
 }
 
 /// What belongs to one sidecar and never comes from the control plane.

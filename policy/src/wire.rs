@@ -279,6 +279,10 @@ pub struct ControlPlane {
     pub address: String,
     /// SPIFFE identity the control plane's certificate must carry.
     pub identity: String,
+    /// File where the last applied snapshot is kept (mode 0600), served from at start until
+    /// the control plane answers (default: not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
 }
 
 /// Listener addresses; each has a default.

@@ -177,5 +177,9 @@ fn apply(store: &Store, s: &weft_wire::v1::Snapshot) -> Result<u64, String> {
     let mut policy: PolicySnapshot =
         serde_json::from_slice(&s.policy_json).map_err(|e| format!("undecodable policy: {e}"))?;
     policy.version = s.version.clone();
-    store.apply_policy(policy).map_err(|e| e.to_string())
+    let v = store.apply_policy(policy).map_err(|e| e.to_string())?;
+    if let Err(e) = store.persist_policy() {
+        log::warn!("cannot keep the control-plane snapshot: {e}");
+    }
+    Ok(v)
 }

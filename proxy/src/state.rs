@@ -454,13 +454,63 @@ impl Store {
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let snapshot = load_snapshot(path, 1, None, &metrics, None)?;
         observe(&metrics, &snapshot);
-        Ok(Store {
+        let state_file = snapshot
+            .control_plane
+            .as_ref()
+            .and_then(|cp| cp.state_file.clone());
+        let store = Store {
             current: ArcSwap::from_pointee(snapshot),
             path: path.to_owned(),
             metrics,
             cp_policy: std::sync::Mutex::new(None),
             cp_connected: std::sync::atomic::AtomicBool::new(false),
-        })
+        };
+        if let Some(file) = state_file.filter(|f| f.exists()) {
+            let restored = std::fs::read(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<PolicySnapshot>(&b).map_err(|e| e.to_string())
+                })
+                .and_then(|p| store.apply_policy(p).map_err(|e| e.to_string()));
+            match restored {
+                Ok(_) => log::info!(
+                    "serving the last good control-plane snapshot {} from {} until the control plane answers",
+                    store.control_plane_version().unwrap_or_default(),
+                    file.display()
+                ),
+                Err(e) => log::warn!("cannot use {}: {e}; starting with no policy", file.display()),
+            }
+        }
+        Ok(store)
+    }
+
+    /// Keep the policy in force in the control plane's `state_file` (mode 0600, written then
+    /// renamed), if one is configured.
+    pub fn persist_policy(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(file) = self
+            .load()
+            .control_plane
+            .as_ref()
+            .and_then(|cp| cp.state_file.clone())
+        else {
+            return Ok(());
+        };
+        let Some(policy) = self.cp_lock().clone() else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(&policy).map_err(std::io::Error::other)?;
+        let tmp = file.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &file)
     }
 
     fn cp_lock(&self) -> std::sync::MutexGuard<'_, Option<PolicySnapshot>> {

@@ -71,8 +71,9 @@ fn spawn_sidecar(
          listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
          tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
          drain_timeout: 10s\n\
-         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}}}\n",
-        spiffe(cert)
+         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}, state_file: {name}-{}.cp.json}}\n",
+        spiffe(cert),
+        inbound.port()
     );
     let tag = format!("{name}-{}", inbound.port());
     let config = pki.path().join(format!("{tag}.yaml"));
@@ -465,6 +466,29 @@ async fn sidecars_keep_serving_without_the_control_plane_and_resync_when_it_retu
     assert_eq!(failed, 0, "{failed} of {} failed", outcomes.len());
     assert!(outcomes.iter().all(|o| o.served_by == "orders-v1"));
 
+    // The frontend restarts while the control plane is down: it serves from the snapshot it
+    // kept (mode 0600).
+    let state_file = pki
+        .path()
+        .join(format!("frontend-{}.cp.json", fe.inbound.port()));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&state_file)
+            .expect("state file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let fe = restart(fe).await;
+    let (_, ready) = admin_get(fe.admin, "/ready").await.expect("ready");
+    assert!(ready.contains("disconnected"), "{ready}");
+    let outcomes = load(fe.outbound, "orders", "/restarted", 100, 2).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.status == 200 && o.served_by == "orders-v1"),
+        "{}",
+        fe.log_text()
+    );
+
     // The policy changes while it is down; it comes back on the same address: every sidecar
     // reconnects (backoff) and gets the current policy.
     write_policy(&policy_dir, "mesh.yaml", &policy(0, 100));
@@ -498,4 +522,32 @@ async fn sidecars_keep_serving_without_the_control_plane_and_resync_when_it_retu
     let share = v2_share(&fe, 50).await;
     assert_eq!(share, 1.0, "weights 0/100 after the resync");
     drop((v1, v2));
+}
+
+/// Kill a sidecar and start it again on the same config (and ports); waits until ready.
+async fn restart(mut s: Sidecar) -> Sidecar {
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    let log = s.log.with_extension("2.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .arg("--config")
+        .arg(&s.config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn weft-proxy");
+    let s2 = Sidecar {
+        child,
+        name: s.name.clone(),
+        outbound: s.outbound,
+        inbound: s.inbound,
+        admin: s.admin,
+        config: s.config.clone(),
+        log,
+        head: s.head.clone(),
+    };
+    drop(s);
+    s2.wait_ready().await;
+    s2
 }
