@@ -362,3 +362,44 @@ mod tests {
         assert_eq!(e.to_string(), "p/routes.yaml: bad regex");
     }
 }
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use weft_policy::wire::Endpoint;
+
+    #[test]
+    fn registered_endpoints_merge_after_static_ones_and_change_the_version() {
+        let text = "services:\n  - name: frontend\n    identity: spiffe://weft.local/ns/default/sa/frontend\n  - name: orders\n    identity: spiffe://weft.local/ns/default/sa/orders\n    endpoints: [{address: \"10.0.0.1:15006\"}]\n";
+        let p = MeshPolicy::from_texts(&[("p.yaml".into(), text.to_owned())]).expect("valid");
+        let none = p.snapshot_with_endpoints("frontend", &BTreeMap::new());
+        assert_eq!(none, p.snapshot_for("frontend"));
+        let ep = |a: &str| Endpoint {
+            address: a.to_owned(),
+            labels: BTreeMap::from([("version".to_owned(), "v2".to_owned())]),
+        };
+        let registered = BTreeMap::from([(
+            "orders".to_owned(),
+            vec![ep("10.0.0.1:15006"), ep("10.0.0.2:15006")],
+        )]);
+        let s = p.snapshot_with_endpoints("frontend", &registered);
+        let orders = &s.services[0];
+        let addrs: Vec<&str> = orders
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1:15006", "10.0.0.2:15006"]);
+        assert!(
+            orders.endpoints[0].labels.is_empty(),
+            "the static entry wins"
+        );
+        assert_ne!(s.version, none.version);
+        // Orders' own snapshot does not list orders, so its version does not move.
+        assert_eq!(
+            p.snapshot_with_endpoints("orders", &registered).version,
+            p.snapshot_for("orders").version
+        );
+    }
+}

@@ -183,3 +183,20 @@ fn apply(store: &Store, s: &weft_wire::v1::Snapshot) -> Result<u64, String> {
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_bounded() {
+        for _ in 0..100 {
+            let d = backoff(0);
+            assert!(d >= BACKOFF_BASE / 2 && d < BACKOFF_BASE, "{d:?}");
+            let d = backoff(3);
+            assert!(d >= BACKOFF_BASE * 4 && d < BACKOFF_BASE * 8, "{d:?}");
+            let d = backoff(u32::MAX);
+            assert!(d >= BACKOFF_MAX / 2 && d < BACKOFF_MAX, "{d:?}");
+        }
+    }
+}
