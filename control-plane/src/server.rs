@@ -106,6 +106,7 @@ struct HubState {
     sidecars: BTreeMap<u64, SidecarEntry>,
     next_id: u64,
     pushes: u64,
+    rejected: u64,
 }
 
 /// The shared state of the push: the policy in force, every sidecar, and what each was sent.
@@ -142,8 +143,46 @@ impl Hub {
                     st.policy.current().version()
                 );
                 st.policy_error = Some(errors.to_string());
+                st.rejected += 1;
             }
         }
+    }
+
+    /// Prometheus text of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        let st = self.lock();
+        let connected = st.sidecars.values().filter(|s| s.connected).count();
+        let in_sync = st
+            .sidecars
+            .values()
+            .filter(|s| s.connected && s.sent.is_some() && s.acked == s.sent)
+            .count();
+        let nacking = st
+            .sidecars
+            .values()
+            .filter(|s| {
+                s.connected && s.nack.as_ref().map(|(v, _)| Some(v)) == Some(s.sent.as_ref())
+            })
+            .count();
+        format!(
+            "# HELP weft_cp_sidecars Sidecars with a stream, by state (connected; in_sync: ACKed the snapshot last sent; nacking: NACKed it).\n\
+             # TYPE weft_cp_sidecars gauge\n\
+             weft_cp_sidecars{{state=\"connected\"}} {connected}\n\
+             weft_cp_sidecars{{state=\"in_sync\"}} {in_sync}\n\
+             weft_cp_sidecars{{state=\"nacking\"}} {nacking}\n\
+             # HELP weft_cp_policy_valid 1 when the latest policy change was accepted, 0 while it is refused.\n\
+             # TYPE weft_cp_policy_valid gauge\n\
+             weft_cp_policy_valid {}\n\
+             # HELP weft_cp_policy_rejected_total Policy changes refused.\n\
+             # TYPE weft_cp_policy_rejected_total counter\n\
+             weft_cp_policy_rejected_total {}\n\
+             # HELP weft_cp_snapshots_pushed_total Snapshots sent to sidecars.\n\
+             # TYPE weft_cp_snapshots_pushed_total counter\n\
+             weft_cp_snapshots_pushed_total {}\n",
+            u8::from(st.policy_error.is_none()),
+            st.rejected,
+            st.pushes
+        )
     }
 
     /// The status document of `GET /status`.
@@ -511,6 +550,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             sidecars: BTreeMap::new(),
             next_id: 1,
             pushes: 0,
+            rejected: 0,
         }),
         trust_bundle_pem: store.trust_bundle_pem().to_owned(),
         trust_domain: store.trust_domain().to_owned(),
@@ -607,7 +647,14 @@ async fn serve_admin(listener: TcpListener, hub: Arc<Hub>) {
                                 (200, "application/json", format!("{:#}\n", hub.status()))
                             }
                             (&hyper::Method::GET, "/live") => (200, "text/plain", "live\n".into()),
-                            _ => (404, "text/plain", "not found; try GET /status\n".into()),
+                            (&hyper::Method::GET, "/metrics") => {
+                                (200, "text/plain; version=0.0.4", hub.metrics())
+                            }
+                            _ => (
+                                404,
+                                "text/plain",
+                                "not found; try GET /status or /metrics\n".into(),
+                            ),
                         };
                         let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
                         *r.status_mut() = hyper::StatusCode::from_u16(status)

@@ -69,6 +69,12 @@ fn serves_status_on_the_admin_address() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("\"policy_version\""), "{body}");
     assert!(body.contains("\"sidecars\": []"), "{body}");
+    let metrics = http_get(admin, "/metrics").expect("metrics");
+    assert!(metrics.contains("weft_cp_policy_valid 1"), "{metrics}");
+    assert!(
+        metrics.contains("weft_cp_sidecars{state=\"connected\"} 0"),
+        "{metrics}"
+    );
     // The root was created in the state directory.
     assert!(dir.path().join("state/ca.crt").exists());
 }

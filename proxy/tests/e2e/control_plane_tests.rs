@@ -266,6 +266,9 @@ async fn sidecars_follow_the_control_plane_refuse_invalid_policy_and_nack() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(error.contains("zz-bad.yaml:4:"), "{error}");
+    let (_, m) = admin_get(cp.admin, "/metrics").await.expect("cp metrics");
+    assert!(m.contains("weft_cp_policy_valid 0"), "{m}");
+    assert!(m.contains("weft_cp_policy_rejected_total 1"), "{m}");
     assert!(error.contains("regex"), "{error}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(frontend_status(&cp).await["acked_version"], acked);
