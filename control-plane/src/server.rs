@@ -365,6 +365,11 @@ impl ControlPlane for Service {
                 hello.endpoint_address
             ))
         })?;
+        if endpoint.ip().is_unspecified() || endpoint.port() == 0 {
+            return Err(Status::invalid_argument(format!(
+                "endpoint address {endpoint} is not reachable by other sidecars; set listen.inbound to the sidecar's own address"
+            )));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let id = {
             let mut st = hub.lock();
