@@ -705,6 +705,25 @@ impl ObservabilityReport {
             },
             x(log.and_then(|l| l.cpu_ratio)),
         );
+        let checked =
+            |r: &&ObsRun| matches!(r.variant, ObsVariant::Baseline | ObsVariant::AccessLog);
+        let disturbed = self
+            .runs
+            .iter()
+            .filter(checked)
+            .filter(|r| r.other_work_pct > DISTURBED_PCT)
+            .count();
+        if disturbed > 0 {
+            let _ = writeln!(
+                s,
+                "\n**{disturbed} of the {} baseline and access-log runs were disturbed** (other work over {} % of a \
+                 CPU): these medians are not reliable; the median of the per-run ratios ({}), which compares runs \
+                 a few seconds apart, is the better estimate, and a quiet machine the real answer.",
+                self.runs.iter().filter(checked).count(),
+                fmt_num(DISTURBED_PCT, 0),
+                x(log.and_then(|l| l.paired_ratio_median)),
+            );
+        }
 
         let logged: Vec<&ObsSummary> = self
             .variants
@@ -1151,6 +1170,7 @@ mod tests {
             assert!(md.contains(row), "{row} missing in\n{md}");
         }
         assert!(!md.contains("understated"), "{md}");
+        assert!(!md.contains("were disturbed"), "{md}");
 
         let json = serde_json::to_value(&rep).unwrap();
         assert_eq!(json["runs"].as_array().unwrap().len(), 15);
@@ -1194,9 +1214,24 @@ mod tests {
             .unwrap()
             .contains("run 2 observability, tracing 0 %: 3 error(s); e.g. status 503"));
         rec.other_work_pct = 30.0;
-        let rep = ObservabilityReport::new(config(), vec![rec]);
+        let mut base = obs_run(2, ObsVariant::Baseline, 20_000.0, 0);
+        base.other_work_pct = 30.0;
+        let rep = ObservabilityReport::new(config(), vec![rec.clone(), base]);
         assert_eq!(rep.flags().len(), 1);
-        assert_eq!(rep.disturbed(), vec!["run 2 observability tracing 0 %"]);
+        assert_eq!(
+            rep.disturbed(),
+            vec![
+                "run 2 observability tracing 0 %",
+                "run 2 observability baseline (defaults)"
+            ]
+        );
+        let mut md = String::new();
+        rep.write_markdown(&mut md);
+        assert!(
+            md.contains("**1 of the 1 baseline and access-log runs were disturbed**"),
+            "{md}"
+        );
+        let rep = ObservabilityReport::new(config(), vec![rec]);
         // No baseline: no ratios, the target is not measured.
         assert_eq!(rep.variants[0].ratio, None);
         assert!(!rep.targets()[0].met);
