@@ -763,7 +763,11 @@ impl ObservabilityReport {
         if !traced.is_empty() {
             let _ = writeln!(
                 s,
-                "\n| spans, all runs (warm-up included) | requests A / B | exported A / B | dropped A / B | export errors | received by the collector | collector CPU % |"
+                "\n| spans, all runs ({}) | requests A / B | exported A / B | dropped A / B | export errors | received by the collector | collector CPU % |",
+                match c.pair_lifetime {
+                    PairLifetime::PerRun => "warm-up and verification requests included",
+                    PairLifetime::Kept => "warm-up included",
+                }
             );
             let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
             let n = |v: u64| fmt_num(v as f64, 0);

@@ -467,6 +467,11 @@ async fn run_observability(
         for v in ObsVariant::ALL {
             om.verify(v).await?;
         }
+        // Let the verification requests' spans and log lines out before the
+        // first run counts.
+        for v in ObsVariant::ALL {
+            om.settle(v, Default::default(), (0, 0)).await?;
+        }
         eprintln!(
             "weft-bench: verified: 200 through every pair; the app gets no traceparent without a collector, \
              an unsampled one at 0 %, a sampled one at 100 %"
@@ -480,6 +485,12 @@ async fn run_observability(
         for v in ObsVariant::order(run) {
             if lifetime == PairLifetime::PerRun {
                 om.start_pair(v).await?;
+            }
+            // Counted from here: a fresh pair's verification request is part
+            // of the run's requests, spans and log lines.
+            let before = om.counters(v).await?;
+            let collector_before = (om.collector.spans(), om.collector.requests());
+            if lifetime == PairLifetime::PerRun {
                 om.verify(v).await?;
             }
             let t = Target {
@@ -487,8 +498,6 @@ async fn run_observability(
                 request: request.clone(),
             };
             let watch = om.watch(v, mesh.app.pid(), &idle_extra)?;
-            let before = om.counters(v).await?;
-            let collector_before = (om.collector.spans(), om.collector.requests());
             let collector_cpu0 = om.collector.cpu_seconds().ok();
             let started = tokio::time::Instant::now();
             let sat = load::saturate(&t, sat_cfg, &watch).await?;
