@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use crate::policy::{MeshPolicy, PolicyErrors};
 
 /// How often [`DirSource`] looks at its directory.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A source of mesh policy.
 pub trait PolicySource: Send + Sync {
