@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -54,6 +54,55 @@ pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "control-plane";
 pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a disconnected sidecar's endpoint stays registered.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+/// Upper bounds (seconds) of the `weft_cp_push_duration_seconds` buckets: 1 ms … 10 s.
+pub const PUSH_DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Push latency: from sending a snapshot version to a sidecar until it ACKs that version.
+#[derive(Debug, Default)]
+struct PushHistogram {
+    /// Observations per bucket of [`PUSH_DURATION_BUCKETS`] (not cumulative); the last slot
+    /// counts those above the largest bound.
+    counts: [u64; PUSH_DURATION_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl PushHistogram {
+    fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = PUSH_DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(PUSH_DURATION_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    /// Prometheus text of the family `weft_cp_push_duration_seconds`.
+    fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP weft_cp_push_duration_seconds Time from sending a snapshot version to a sidecar until it ACKs that version (NACKs are not observed).\n\
+             # TYPE weft_cp_push_duration_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (b, c) in PUSH_DURATION_BUCKETS.iter().zip(self.counts) {
+            cumulative += c;
+            out.push_str(&format!(
+                "weft_cp_push_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "weft_cp_push_duration_seconds_bucket{{le=\"+Inf\"}} {}\n\
+             weft_cp_push_duration_seconds_sum {}\n\
+             weft_cp_push_duration_seconds_count {}\n",
+            self.count, self.sum, self.count
+        ));
+        out
+    }
+}
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -93,6 +142,8 @@ struct SidecarEntry {
     endpoint: String,
     labels: BTreeMap<String, String>,
     sent: Option<String>,
+    /// When `sent` was sent; taken when the sidecar ACKs it.
+    sent_at: Option<Instant>,
     acked: Option<String>,
     nack: Option<(String, String)>,
     connected: bool,
@@ -107,6 +158,7 @@ struct HubState {
     next_id: u64,
     pushes: u64,
     rejected: u64,
+    push_duration: PushHistogram,
 }
 
 /// The shared state of the push: the policy in force, every sidecar, and what each was sent.
@@ -178,10 +230,12 @@ impl Hub {
              weft_cp_policy_rejected_total {}\n\
              # HELP weft_cp_snapshots_pushed_total Snapshots sent to sidecars.\n\
              # TYPE weft_cp_snapshots_pushed_total counter\n\
-             weft_cp_snapshots_pushed_total {}\n",
+             weft_cp_snapshots_pushed_total {}\n\
+             {}",
             u8::from(st.policy_error.is_none()),
             st.rejected,
-            st.pushes
+            st.pushes,
+            st.push_duration.render()
         )
     }
 
@@ -260,6 +314,7 @@ fn push_changed(st: &mut HubState, trust_bundle_pem: &str) {
         };
         if tx.send(Ok(msg)).is_ok() {
             s.sent = Some(snap.version);
+            s.sent_at = Some(Instant::now());
             pushed += 1;
         }
     }
@@ -397,6 +452,7 @@ impl ControlPlane for Service {
                     endpoint: endpoint.to_string(),
                     labels: hello.labels.into_iter().collect(),
                     sent: None,
+                    sent_at: None,
                     acked: None,
                     nack: None,
                     connected: true,
@@ -425,12 +481,18 @@ async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) 
             }
         };
         let mut st = hub.lock();
+        let st = &mut *st;
         let Some(s) = st.sidecars.get_mut(&id) else {
             break;
         };
         match msg.kind {
             Some(sidecar_message::Kind::Ack(a)) => {
                 log::debug!("{} at {} ACKed {}", s.service, s.endpoint, a.version);
+                if s.sent.as_deref() == Some(a.version.as_str()) {
+                    if let Some(at) = s.sent_at.take() {
+                        st.push_duration.observe(at.elapsed());
+                    }
+                }
                 s.acked = Some(a.version);
             }
             Some(sidecar_message::Kind::Nack(n)) => {
@@ -556,6 +618,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             next_id: 1,
             pushes: 0,
             rejected: 0,
+            push_duration: PushHistogram::default(),
         }),
         trust_bundle_pem: store.trust_bundle_pem().to_owned(),
         trust_domain: store.trust_domain().to_owned(),
@@ -675,5 +738,26 @@ async fn serve_admin(listener: TcpListener, hub: Arc<Hub>) {
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_histogram_renders_cumulative_buckets() {
+        let mut h = PushHistogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(20));
+        let text = h.render();
+        assert!(text.contains("# TYPE weft_cp_push_duration_seconds histogram"));
+        assert!(text.contains("weft_cp_push_duration_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("weft_cp_push_duration_seconds_bucket{le=\"0.025\"} 1\n"));
+        assert!(text.contains("weft_cp_push_duration_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.contains("weft_cp_push_duration_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(text.contains("weft_cp_push_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("weft_cp_push_duration_seconds_count 3\n"));
     }
 }

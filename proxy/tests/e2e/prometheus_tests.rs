@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
+use weft_control_plane::server::{self, Running, ServerConfig};
 
 use crate::harness::*;
 use crate::pair;
@@ -25,8 +27,10 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Scrape `targets` every second, evaluate the repo's alert rules every second.
-    fn start(targets: &[SocketAddr]) -> Prometheus {
+    /// Scrape the sidecars' `targets` (job `weft-local`) and the control plane's admin
+    /// address `cp` (job `weft-control-plane`) every second, evaluate the repo's alert rules
+    /// every second.
+    fn start(targets: &[SocketAddr], cp: SocketAddr) -> Prometheus {
         let version = Command::new("prometheus").arg("--version").output();
         assert!(
             version.is_ok_and(|o| o.status.success()),
@@ -41,7 +45,9 @@ impl Prometheus {
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
              rule_files: [\"{}\"]\n\
              scrape_configs:\n  - job_name: weft-local\n    metrics_path: /metrics\n    \
-             scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
+             scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n  \
+             - job_name: weft-control-plane\n    metrics_path: /metrics\n    \
+             scrape_interval: 1s\n    static_configs:\n      - targets: [\"{cp}\"]\n",
             rules.display(),
             targets.join(", ")
         );
@@ -264,6 +270,69 @@ fn check_kubernetes_config() {
     );
 }
 
+/// A control plane in-process (as in `control_plane_tests.rs`) serving `policy_dir`.
+async fn start_cp(pki: &Pki, policy_dir: &Path) -> Running {
+    std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
+    server::start(ServerConfig {
+        policy_dir: policy_dir.to_owned(),
+        state_dir: pki.path().join("cp-state"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        trust_domain: TD.to_owned(),
+        ca: CaStoreOptions {
+            root: RootSource::Files {
+                cert: pki.path().join("ca.crt"),
+                key: pki.path().join("ca.key"),
+            },
+            extra_roots: Vec::new(),
+        },
+        grace: Duration::from_secs(2),
+        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+    })
+    .await
+    .expect("control plane")
+}
+
+/// A sidecar for service `name` with admin address `admin` that takes its policy from the
+/// control plane at `cp`.
+async fn start_cp_sidecar(pki: &Pki, name: &str, admin: SocketAddr, cp: SocketAddr) -> Sidecar {
+    pki.issue(name);
+    let app = http_app(name).await;
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (outbound, inbound) = (port(), port());
+    let head = format!(
+        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n  labels: {{version: v1}}\n\
+         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
+         tls: {{cert: {name}.crt, key: {name}.key, trust_bundle: ca.crt}}\n\
+         drain_timeout: 10s\n\
+         control_plane: {{address: \"{cp}\", identity: spiffe://{TD}/ns/weft-system/sa/control-plane, state_file: {name}.cp.json}}\n",
+        spiffe(name)
+    );
+    let config = pki.path().join(format!("{name}.yaml"));
+    std::fs::write(&config, &head).expect("write config");
+    let log = pki.path().join(format!("{name}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn weft-proxy");
+    let s = Sidecar {
+        child,
+        name: name.to_owned(),
+        outbound,
+        inbound,
+        admin,
+        config,
+        log,
+        head,
+    };
+    s.wait_ready().await;
+    s
+}
+
 /// Send one round of traffic: 200s, 503s, 404s, and one plaintext (refused) handshake.
 async fn traffic(fe: &Sidecar, orders: &Sidecar) {
     let c = client();
@@ -291,9 +360,35 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
     let pki = Pki::new(60);
     let routes = "routes:\n  - {name: api, service: orders, match: {path: {prefix: /api}}}\n  - {name: status, service: orders, match: {path: {prefix: /status}}}\n";
     let (fe, orders) = pair(&pki, routes).await;
-    let prom = Prometheus::start(&[fe.admin, orders.admin]);
+    // A control plane; its sidecar connects only after Prometheus has scraped the control
+    // plane once, so the push counters and the push-latency histogram move between samples.
+    let policy_dir = pki.path().join("policy");
+    std::fs::create_dir(&policy_dir).expect("policy dir");
+    std::fs::write(
+        policy_dir.join("mesh.yaml"),
+        format!(
+            "services:\n  - name: catalog\n    identity: {}\n",
+            spiffe("catalog")
+        ),
+    )
+    .expect("policy");
+    let cp = start_cp(&pki, &policy_dir).await;
+    let catalog_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let prom = Prometheus::start(&[fe.admin, orders.admin, catalog_admin], cp.admin);
     prom.wait_ready().await;
-    prom.wait_at_least(r#"sum(up{job="weft-local"})"#, 2.0)
+    prom.wait_at_least(r#"sum(up{job="weft-control-plane"})"#, 1.0)
+        .await;
+    let _catalog = start_cp_sidecar(&pki, "catalog", catalog_admin, cp.listen).await;
+    prom.wait_at_least("sum(weft_cp_push_duration_seconds_count)", 1.0)
+        .await;
+    prom.wait_at_least(r#"sum(weft_cp_sidecars{state="in_sync"})"#, 1.0)
+        .await;
+    prom.wait_at_least(
+        r#"sum(weft_control_plane_connected{job="weft-local"})"#,
+        1.0,
+    )
+    .await;
+    prom.wait_at_least(r#"sum(up{job="weft-local"})"#, 3.0)
         .await;
 
     // Two rounds, each scraped, so counters move between samples and rates are non-zero.
@@ -316,6 +411,10 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
         "rates move"
     );
 
+    let p99 = prom
+        .scalar("histogram_quantile(0.99, sum by (le) (rate(weft_cp_push_duration_seconds_bucket[1m])))")
+        .await;
+    assert!(p99 > 0.0 && p99 <= 10.0, "push latency p99 {p99}");
     let documented = documented_names();
 
     // Every alert expression parses and runs; the rules loaded and evaluate without error.
@@ -361,6 +460,7 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
     // Every panel query of every dashboard parses and returns data from this mesh.
     let mut checked = 0;
     for file in [
+        "control-plane.json",
         "mesh-overview.json",
         "service-drilldown.json",
         "tls-identity.json",
