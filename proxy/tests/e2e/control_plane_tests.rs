@@ -9,37 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
-use weft_control_plane::server::{self, Running, ServerConfig};
+use weft_control_plane::server::Running;
 
 use crate::harness::*;
 
 const CP_IDENTITY: &str = "spiffe://weft.local/ns/weft-system/sa/control-plane";
 
 async fn start_cp(pki: &Pki, policy_dir: &Path) -> Running {
-    start_cp_on(pki, policy_dir, "127.0.0.1:0".parse().expect("addr")).await
-}
-
-async fn start_cp_on(pki: &Pki, policy_dir: &Path, listen: SocketAddr) -> Running {
-    std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
-    server::start(ServerConfig {
-        policy_dir: policy_dir.to_owned(),
-        state_dir: pki.path().join("cp-state"),
-        listen,
-        admin: "127.0.0.1:0".parse().expect("addr"),
-        trust_domain: TD.to_owned(),
-        ca: CaStoreOptions {
-            root: RootSource::Files {
-                cert: pki.path().join("ca.crt"),
-                key: pki.path().join("ca.key"),
-            },
-            extra_roots: Vec::new(),
-        },
-        grace: Duration::from_secs(2),
-        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
-    })
-    .await
-    .expect("control plane")
+    start_control_plane(pki, policy_dir, "127.0.0.1:0".parse().expect("addr")).await
 }
 
 /// A sidecar that takes its policy from the control plane at `cp`.
@@ -495,7 +472,7 @@ async fn sidecars_keep_serving_without_the_control_plane_and_resync_when_it_retu
     // The policy changes while it is down; it comes back on the same address: every sidecar
     // reconnects (backoff) and gets the current policy.
     write_policy(&policy_dir, "mesh.yaml", &policy(0, 100));
-    let cp = start_cp_on(&pki, &policy_dir, listen).await;
+    let cp = start_control_plane(&pki, &policy_dir, listen).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let st = cp_status(&cp).await;

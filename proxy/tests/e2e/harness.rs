@@ -583,3 +583,32 @@ pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A control plane in-process, signing with the test CA, serving `policy_dir`, its sidecar
+/// streams on `listen` (port 0: the OS picks one).
+pub async fn start_control_plane(
+    pki: &Pki,
+    policy_dir: &Path,
+    listen: SocketAddr,
+) -> weft_control_plane::server::Running {
+    use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
+    std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
+    weft_control_plane::server::start(weft_control_plane::server::ServerConfig {
+        policy_dir: policy_dir.to_owned(),
+        state_dir: pki.path().join("cp-state"),
+        listen,
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        trust_domain: TD.to_owned(),
+        ca: CaStoreOptions {
+            root: RootSource::Files {
+                cert: pki.path().join("ca.crt"),
+                key: pki.path().join("ca.key"),
+            },
+            extra_roots: Vec::new(),
+        },
+        grace: Duration::from_secs(2),
+        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+    })
+    .await
+    .expect("control plane")
+}

@@ -8,8 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
-use weft_control_plane::server::{self, Running, ServerConfig};
 
 use crate::harness::*;
 use crate::pair;
@@ -270,29 +268,6 @@ fn check_kubernetes_config() {
     );
 }
 
-/// A control plane in-process (as in `control_plane_tests.rs`) serving `policy_dir`.
-async fn start_cp(pki: &Pki, policy_dir: &Path) -> Running {
-    std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
-    server::start(ServerConfig {
-        policy_dir: policy_dir.to_owned(),
-        state_dir: pki.path().join("cp-state"),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        admin: "127.0.0.1:0".parse().expect("addr"),
-        trust_domain: TD.to_owned(),
-        ca: CaStoreOptions {
-            root: RootSource::Files {
-                cert: pki.path().join("ca.crt"),
-                key: pki.path().join("ca.key"),
-            },
-            extra_roots: Vec::new(),
-        },
-        grace: Duration::from_secs(2),
-        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
-    })
-    .await
-    .expect("control plane")
-}
-
 /// A sidecar for service `name` with admin address `admin` that takes its policy from the
 /// control plane at `cp`.
 async fn start_cp_sidecar(pki: &Pki, name: &str, admin: SocketAddr, cp: SocketAddr) -> Sidecar {
@@ -372,7 +347,7 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
         ),
     )
     .expect("policy");
-    let cp = start_cp(&pki, &policy_dir).await;
+    let cp = start_control_plane(&pki, &policy_dir, "127.0.0.1:0".parse().expect("addr")).await;
     let catalog_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let prom = Prometheus::start(&[fe.admin, orders.admin, catalog_admin], cp.admin);
     prom.wait_ready().await;
