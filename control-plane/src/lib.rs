@@ -14,9 +14,12 @@
 //! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS) and the operator status
 //!   endpoint; the `weft-control-plane` binary runs it.
 
+mod admin;
 pub mod attest;
 pub mod ca_store;
 pub mod certs;
+mod grpc;
+pub mod hub;
 pub mod issuer;
 pub mod policy;
 pub mod server;

@@ -121,6 +121,7 @@ async fn session(store: &Arc<Store>, cp: &ControlPlane) -> anyhow::Result<()> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        cert_not_after_unix: unix_secs(snap.tls.not_after),
     };
     drop(snap);
     tx.send(SidecarMessage {
@@ -170,6 +171,12 @@ async fn session(store: &Arc<Store>, cp: &ControlPlane) -> anyhow::Result<()> {
             .context("send Ack/Nack")?;
     }
     Ok(())
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_secs(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Decode and apply one snapshot; the error is the NACK reason.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
-use weft_control_plane::server::{self, ServerConfig, DEFAULT_GRACE};
+use weft_control_plane::hub::DEFAULT_GRACE;
+use weft_control_plane::server::{self, ServerConfig};
 use weft_control_plane::source::DEFAULT_POLL_INTERVAL;
 
 /// Weft control plane.

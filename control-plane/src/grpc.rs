@@ -1,0 +1,253 @@
+//! The sidecars' gRPC service (`weft.control.v1` over mutual TLS).
+//!
+//! Sidecars connect with their workload certificates (from the mesh CA) and say `Hello` first;
+//! the service they name must be their certificate's service account (and, when the policy
+//! lists the service, its identity). Their inbound address and labels are registered as an
+//! endpoint of that service, withdrawn [`Hub::grace`] after the stream ends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weft_certs::Identity;
+use weft_wire::v1::control_plane_server::ControlPlane;
+use weft_wire::v1::{
+    sidecar_message, CertifyRequest, CertifyResponse, ControlMessage, SidecarMessage,
+};
+
+use crate::hub::{push_changed, Hub, SidecarEntry};
+
+/// The authenticated client of a connection, from its certificate.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Option<Identity>);
+
+/// A TLS connection that tells tonic who the client is.
+pub(crate) struct TlsConn(pub(crate) TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerIdentity;
+    fn connect_info(&self) -> PeerIdentity {
+        let (_, conn) = self.0.get_ref();
+        let id = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| weft_certs::identity_from_cert_der(c.as_ref()).ok());
+        PeerIdentity(id)
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+pub(crate) struct Service {
+    pub(crate) hub: Arc<Hub>,
+}
+type SnapshotStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for Service {
+    type StreamStream = SnapshotStream;
+
+    async fn certify(
+        &self,
+        _req: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        Err(Status::unimplemented(
+            "certificate issuance is not served yet",
+        ))
+    }
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<SidecarMessage>>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let peer = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone())
+            .ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(SidecarMessage {
+                kind: Some(sidecar_message::Kind::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        let hub = self.hub.clone();
+        if peer.trust_domain() != hub.trust_domain || peer.service_account() != hello.service {
+            log::warn!(
+                "refused {peer}: Hello names service {:?}, the certificate does not",
+                hello.service
+            );
+            return Err(Status::permission_denied(format!(
+                "{peer} may not speak for service {:?}",
+                hello.service
+            )));
+        }
+        let endpoint: SocketAddr = hello.endpoint_address.parse().map_err(|e| {
+            Status::invalid_argument(format!(
+                "bad endpoint address {:?}: {e}",
+                hello.endpoint_address
+            ))
+        })?;
+        if endpoint.ip().is_unspecified() || endpoint.port() == 0 {
+            return Err(Status::invalid_argument(format!(
+                "endpoint address {endpoint} is not reachable by other sidecars; set listen.inbound to the sidecar's own address"
+            )));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = {
+            let mut st = hub.lock();
+            if let Some(s) = st
+                .policy
+                .current()
+                .services()
+                .iter()
+                .find(|s| s.name == hello.service)
+            {
+                if s.identity != peer.to_string() {
+                    return Err(Status::permission_denied(format!(
+                        "service {} has identity {}, not {peer}",
+                        s.name, s.identity
+                    )));
+                }
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            st.sidecars.insert(
+                id,
+                SidecarEntry {
+                    service: hello.service.clone(),
+                    identity: peer.to_string(),
+                    endpoint: endpoint.to_string(),
+                    labels: hello.labels.into_iter().collect(),
+                    sent: None,
+                    sent_at: None,
+                    acked: None,
+                    nack: None,
+                    connected: true,
+                    since: SystemTime::now(),
+                    cert_not_after: unix_time(hello.cert_not_after_unix),
+                    tx: Some(tx),
+                },
+            );
+            push_changed(&mut st, &hub.trust_bundle_pem);
+            id
+        };
+        log::info!("sidecar {peer} connected, endpoint {endpoint}");
+        tokio::spawn(follow(hub, id, inbound));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// A Unix time in seconds from the wire; 0 and negative mean unknown.
+fn unix_time(secs: i64) -> Option<SystemTime> {
+    let secs = u64::try_from(secs).ok().filter(|s| *s > 0)?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
+/// Record a sidecar's ACKs and NACKs until its stream ends, then withdraw it after the grace.
+async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                log::debug!("sidecar stream {id}: {e}");
+                break;
+            }
+        };
+        let mut guard = hub.lock();
+        let st = &mut *guard;
+        let Some(s) = st.sidecars.get_mut(&id) else {
+            break;
+        };
+        match msg.kind {
+            Some(sidecar_message::Kind::Ack(a)) => {
+                log::debug!("{} at {} ACKed {}", s.service, s.endpoint, a.version);
+                if s.sent.as_deref() == Some(a.version.as_str()) {
+                    if let Some(at) = s.sent_at.take() {
+                        st.push_duration.observe(at.elapsed());
+                    }
+                }
+                s.acked = Some(a.version);
+            }
+            Some(sidecar_message::Kind::Nack(n)) => {
+                log::warn!(
+                    "{} at {} NACKed {}: {}",
+                    s.service,
+                    s.endpoint,
+                    n.version,
+                    n.reason
+                );
+                s.nack = Some((n.version, n.reason));
+            }
+            Some(sidecar_message::Kind::Certificate(c)) => {
+                if let Some(t) = unix_time(c.not_after_unix) {
+                    s.cert_not_after = Some(t);
+                }
+            }
+            Some(sidecar_message::Kind::Draining(_)) => {
+                drop(guard);
+                hub.withdraw(id);
+                return;
+            }
+            _ => log::warn!("sidecar stream {id}: unexpected message"),
+        }
+    }
+    {
+        let mut st = hub.lock();
+        if let Some(s) = st.sidecars.get_mut(&id) {
+            log::info!("sidecar {} at {} disconnected", s.service, s.endpoint);
+            s.connected = false;
+            s.tx = None;
+        }
+    }
+    tokio::time::sleep(hub.grace).await;
+    let mut st = hub.lock();
+    if st.sidecars.remove(&id).is_some() {
+        push_changed(&mut st, &hub.trust_bundle_pem);
+    }
+}
