@@ -19,9 +19,12 @@
 //! * [`grpc::serve`]: the `weft.sample.v1.Echo` gRPC service (see
 //!   `proto/echo.proto`); its generated client is [`grpc::EchoClient`].
 //! * [`tcp::serve_echo`]: a raw TCP echo server that honours half-close.
+//! * [`shop`]: the shop sample (`frontend`, `orders`, `inventory`) whose services call each
+//!   other only through their sidecars.
 
 pub mod grpc;
 pub mod http;
+pub mod shop;
 pub mod tcp;
 
 use std::future::Future;

@@ -785,3 +785,67 @@ async fn binary_fail_status() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The shop wired directly (no sidecars): each dependency's "proxy" is the service itself.
+#[tokio::test]
+async fn shop_frontend_combines_orders_and_inventory() -> anyhow::Result<()> {
+    use weft_samples::shop::{self, Upstream};
+    let (l, inventory) = bind().await?;
+    let _inv = shop::serve_inventory(l, "inventory-1");
+    let inv_up = Upstream {
+        proxy: inventory,
+        authority: "inventory".into(),
+    };
+    let (l, orders) = bind().await?;
+    let _orders = shop::serve_orders(l, "orders-v2", "v2", &inv_up).map_err(anyhow::Error::msg)?;
+    let orders_up = Upstream {
+        proxy: orders,
+        authority: "orders".into(),
+    };
+    let (l, frontend) = bind().await?;
+    let _fe =
+        shop::serve_frontend(l, "frontend-1", &orders_up, &inv_up).map_err(anyhow::Error::msg)?;
+
+    let [mut h1, _] = Client::both(frontend).await?;
+    let req = Request::get("/shop/42")
+        .header(header::HOST, "frontend")
+        .body(empty())?;
+    let (resp, body) = split(h1.send(req).await?).await?;
+    ensure!(resp.status() == StatusCode::OK, "{resp:?} {body:?}");
+    let v: Value = serde_json::from_slice(&body)?;
+    ensure!(v["order"]["order"] == "42", "{v}");
+    ensure!(v["order"]["version"] == "v2", "{v}");
+    ensure!(
+        v["order"]["delivery_days"].is_u64(),
+        "v2 quotes delivery: {v}"
+    );
+    ensure!(v["available"] == shop::stock_of("sku-42"), "{v}");
+    ensure!(v["inventory_served_by"] == "inventory-1", "{v}");
+
+    // The default page works too, and bad paths and methods get 4xx, not 5xx.
+    let (resp, _) = split(h1.send(Request::get("/").body(empty())?).await?).await?;
+    ensure!(resp.status() == StatusCode::OK);
+    let (resp, _) = split(h1.send(Request::get("/nope").body(empty())?).await?).await?;
+    ensure!(resp.status() == StatusCode::NOT_FOUND);
+    let (resp, _) = split(h1.send(Request::post("/shop/1").body(empty())?).await?).await?;
+    ensure!(resp.status() == StatusCode::METHOD_NOT_ALLOWED);
+
+    // A dead dependency is a 502 that names it.
+    let (l, dead) = bind().await?;
+    drop(l);
+    let dead_up = Upstream {
+        proxy: dead,
+        authority: "orders".into(),
+    };
+    let (l, broken) = bind().await?;
+    let _broken =
+        shop::serve_frontend(l, "frontend-2", &dead_up, &inv_up).map_err(anyhow::Error::msg)?;
+    let [mut c, _] = Client::both(broken).await?;
+    let (resp, body) = split(c.send(Request::get("/shop/1").body(empty())?).await?).await?;
+    ensure!(resp.status() == StatusCode::BAD_GATEWAY, "{resp:?}");
+    ensure!(
+        String::from_utf8_lossy(&body).contains("orders"),
+        "{body:?}"
+    );
+    Ok(())
+}

@@ -4,6 +4,9 @@
 //! ```text
 //! weft-sample http|grpc|tcp [--listen 127.0.0.1:8080] [--name NAME] [--threads N]
 //! weft-sample http --fail-status 500 ...   # a broken instance: every request answers 500
+//! weft-sample inventory --listen ADDR         # the shop: gRPC stock service
+//! weft-sample orders --proxy SIDECAR --app-version v2 --listen ADDR
+//! weft-sample frontend --proxy SIDECAR --listen ADDR
 //! ```
 //!
 //! On start it logs one line (to stderr) with the bound address; `--listen`
@@ -22,6 +25,12 @@ enum Kind {
     Grpc,
     /// Raw TCP echo (honours half-close).
     Tcp,
+    /// The shop's front page: calls `orders` (HTTP) and `inventory` (gRPC) through `--proxy`.
+    Frontend,
+    /// The shop's orders API: calls `inventory` (gRPC) through `--proxy`.
+    Orders,
+    /// The shop's stock service (gRPC `weft.shop.v1.Inventory`).
+    Inventory,
 }
 
 impl Kind {
@@ -30,6 +39,9 @@ impl Kind {
             Kind::Http => "http",
             Kind::Grpc => "grpc",
             Kind::Tcp => "tcp",
+            Kind::Frontend => "frontend",
+            Kind::Orders => "orders",
+            Kind::Inventory => "inventory",
         }
     }
 }
@@ -54,6 +66,14 @@ struct Args {
     /// JSON body, keeping connections alive: a failing endpoint for tests and benchmarks.
     #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(200..=599))]
     fail_status: Option<u16>,
+    /// `frontend`, `orders`: the local sidecar's outbound HTTP listener, through which every
+    /// call to another shop service goes (routed by Host / `:authority`).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    proxy: std::net::SocketAddr,
+    /// `orders`: the version this instance reports (`v1`; anything else also quotes a
+    /// delivery estimate).
+    #[arg(long, default_value = "v1")]
+    app_version: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +99,13 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
+fn upstream(proxy: std::net::SocketAddr, authority: &str) -> weft_samples::shop::Upstream {
+    weft_samples::shop::Upstream {
+        proxy,
+        authority: authority.to_owned(),
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -91,6 +118,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Kind::Http, None) => weft_samples::http::serve(listener, args.name.clone()),
         (Kind::Grpc, _) => weft_samples::grpc::serve(listener, args.name.clone()),
         (Kind::Tcp, _) => weft_samples::tcp::serve_echo(listener),
+        (Kind::Inventory, _) => weft_samples::shop::serve_inventory(listener, args.name.clone()),
+        (Kind::Orders, _) => weft_samples::shop::serve_orders(
+            listener,
+            args.name.clone(),
+            args.app_version.clone(),
+            &upstream(args.proxy, "inventory"),
+        )
+        .map_err(anyhow::Error::msg)?,
+        (Kind::Frontend, _) => weft_samples::shop::serve_frontend(
+            listener,
+            args.name.clone(),
+            &upstream(args.proxy, "orders"),
+            &upstream(args.proxy, "inventory"),
+        )
+        .map_err(anyhow::Error::msg)?,
     };
     let failing = args
         .fail_status
