@@ -26,3 +26,4 @@ pub mod server;
 pub mod source;
 mod state;
 pub mod tokens;
+pub mod top;
