@@ -381,21 +381,22 @@ weft_endpoint_ejected{src_service="frontend",dst_service="orders",endpoint="127.
 
     #[test]
     fn parses_labels_escapes_and_special_values() {
-        let s = parse("a_total{x=\"q\\\"uote\",y=\"n\\nl\"} +Inf 123\nb 2.5\n# c\n").unwrap();
+        let s =
+            parse("a_total{x=\"q\\\"uote\",y=\"n\\nl\"} +Inf 123\nb 2.5\n# c\n").expect("parses");
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].labels["x"], "q\"uote");
         assert_eq!(s[0].labels["y"], "n\nl");
         assert!(s[0].value.is_infinite());
         assert_eq!(s[1].value, 2.5);
-        assert_eq!(parse("x{a=\"1\"").unwrap_err().line, 1);
+        assert_eq!(parse("x{a=\"1\"").expect_err("invalid").line, 1);
         assert!(parse("x notanumber").is_err());
     }
 
     #[test]
     fn rates_success_latency_and_breakers_come_from_the_difference() {
         let rows = rows(
-            &parse(BEFORE).unwrap(),
-            &parse(AFTER).unwrap(),
+            &parse(BEFORE).expect("parses"),
+            &parse(AFTER).expect("parses"),
             Duration::from_secs(2),
         );
         assert_eq!(rows.len(), 1);
@@ -406,7 +407,7 @@ weft_endpoint_ejected{src_service="frontend",dst_service="orders",endpoint="127.
         assert_eq!(r.breakers_open, 1);
         // 200 new observations: 190 in (1 ms, 10 ms], 10 above: p50 is rank 100 of 190 in
         // that bucket, p99 falls in +Inf and reports the largest finite bound.
-        let p50 = r.p50.unwrap();
+        let p50 = r.p50.expect("parses");
         assert!(
             (p50 - (0.001 + 0.009 * 100.0 / 190.0)).abs() < 1e-9,
             "{p50}"
@@ -420,8 +421,8 @@ weft_endpoint_ejected{src_service="frontend",dst_service="orders",endpoint="127.
     #[test]
     fn a_restarted_sidecar_counts_from_zero() {
         let rows = rows(
-            &parse(AFTER).unwrap(),
-            &parse(BEFORE).unwrap(),
+            &parse(AFTER).expect("parses"),
+            &parse(BEFORE).expect("parses"),
             Duration::from_secs(1),
         );
         assert_eq!(rows[0].rps, 100.0);
