@@ -5,9 +5,9 @@
 //!                      └──────────────gRPC──────────────────────────▲
 //! ```
 //!
-//! * [`serve_inventory`]: the `weft.shop.v1.Inventory` gRPC service (`proto/shop.proto`); stock
+//! * [`serve_inventory`]: the `shop.inventory.v1.Inventory` gRPC service (`proto/shop.proto`); stock
 //!   levels are a fixed function of the SKU, so answers are repeatable.
-//! * [`serve_orders`]: HTTP `GET /orders/{id}` looks the order's SKU up in inventory and answers
+//! * [`serve_orders`]: HTTP `GET /api/orders/{id}` looks the order's SKU up in inventory and answers
 //!   JSON with the serving `version` (`v2` also quotes a delivery estimate), so a canary split
 //!   is visible in the responses.
 //! * [`serve_frontend`]: HTTP `GET /` and `GET /shop/{id}` call orders (HTTP) and inventory
@@ -35,10 +35,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{accept_loop, CALLER_HEADER, SERVED_BY_HEADER};
 
-/// Code generated from `proto/shop.proto` (package `weft.shop.v1`).
+/// Code generated from `proto/shop.proto` (package `shop.inventory.v1`).
 #[allow(missing_docs, clippy::all, clippy::unwrap_used)]
 pub mod pb {
-    tonic::include_proto!("weft.shop.v1");
+    tonic::include_proto!("shop.inventory.v1");
 }
 
 pub use pb::inventory_client::InventoryClient;
@@ -103,7 +103,7 @@ impl Inventory for InventoryService {
     }
 }
 
-/// Serves `weft.shop.v1.Inventory` over h2c on `listener` as the instance `name`, until the
+/// Serves `shop.inventory.v1.Inventory` over h2c on `listener` as the instance `name`, until the
 /// returned task is aborted. Must be called inside a Tokio runtime.
 pub fn serve_inventory(listener: TcpListener, name: impl Into<String>) -> JoinHandle<()> {
     let svc = InventoryService {
@@ -198,6 +198,10 @@ fn error(status: StatusCode, name: &str, reason: impl Into<String>) -> Response<
     )
 }
 
+fn health(name: &str) -> Response<Full<Bytes>> {
+    json(StatusCode::OK, name, serde_json::json!({ "status": "ok" }))
+}
+
 /// `{id}` of `/prefix/{id}`: 1 to 32 ASCII alphanumerics or `-`.
 fn id_after<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     let id = path.strip_prefix(prefix)?;
@@ -226,11 +230,14 @@ impl Orders {
         if req.method() != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, &self.name, "only GET");
         }
-        let Some(id) = id_after(req.uri().path(), "/orders/") else {
+        if req.uri().path() == "/health" {
+            return health(&self.name);
+        }
+        let Some(id) = id_after(req.uri().path(), "/api/orders/") else {
             return error(
                 StatusCode::NOT_FOUND,
                 &self.name,
-                "try GET /orders/{id} (id: 1 to 32 letters, digits or -)",
+                "try GET /api/orders/{id} (id: 1 to 32 letters, digits or -)",
             );
         };
         let sku = format!("sku-{id}");
@@ -295,6 +302,9 @@ impl Frontend {
             return error(StatusCode::METHOD_NOT_ALLOWED, &self.name, "only GET");
         }
         let path = req.uri().path();
+        if path == "/health" {
+            return health(&self.name);
+        }
         let id = if path == "/" {
             // Spread the default page over a few orders so traffic is not one cache line.
             (fastrand_id() % 20).to_string()
@@ -330,7 +340,7 @@ impl Frontend {
 
     async fn order(&self, id: &str) -> Result<serde_json::Value, (StatusCode, String)> {
         let bad = |e: String| (StatusCode::BAD_GATEWAY, format!("orders: {e}"));
-        let req = Request::get(format!("http://{}/orders/{id}", self.orders.authority))
+        let req = Request::get(format!("http://{}/api/orders/{id}", self.orders.authority))
             .body(Full::new(Bytes::new()))
             .map_err(|e| bad(e.to_string()))?;
         let resp = tokio::time::timeout(CALL_TIMEOUT, self.http.request(req))
@@ -431,7 +441,7 @@ mod tests {
 
     #[test]
     fn ids_are_short_and_plain() {
-        assert_eq!(id_after("/orders/42", "/orders/"), Some("42"));
+        assert_eq!(id_after("/api/orders/42", "/api/orders/"), Some("42"));
         assert_eq!(id_after("/orders/", "/orders/"), None);
         assert_eq!(id_after("/orders/a/b", "/orders/"), None);
         assert_eq!(

@@ -825,6 +825,8 @@ async fn shop_frontend_combines_orders_and_inventory() -> anyhow::Result<()> {
     // The default page works too, and bad paths and methods get 4xx, not 5xx.
     let (resp, _) = split(h1.send(Request::get("/").body(empty())?).await?).await?;
     ensure!(resp.status() == StatusCode::OK);
+    let (resp, _) = split(h1.send(Request::get("/health").body(empty())?).await?).await?;
+    ensure!(resp.status() == StatusCode::OK);
     let (resp, _) = split(h1.send(Request::get("/nope").body(empty())?).await?).await?;
     ensure!(resp.status() == StatusCode::NOT_FOUND);
     let (resp, _) = split(h1.send(Request::post("/shop/1").body(empty())?).await?).await?;

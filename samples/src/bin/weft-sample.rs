@@ -29,7 +29,7 @@ enum Kind {
     Frontend,
     /// The shop's orders API: calls `inventory` (gRPC) through `--proxy`.
     Orders,
-    /// The shop's stock service (gRPC `weft.shop.v1.Inventory`).
+    /// The shop's stock service (gRPC `shop.inventory.v1.Inventory`).
     Inventory,
 }
 
