@@ -1,0 +1,652 @@
+//! `weft up`: a complete local mesh on loopback.
+//!
+//! ```text
+//! traffic ─▶ loadgen sidecar ─mTLS─▶ frontend ─mTLS─▶ orders v1 / v2 ─mTLS─▶ inventory (gRPC)
+//!                                        └──────────────mTLS──────────────────▲
+//! ```
+//!
+//! The control plane runs embedded (file policy source in `<dir>/policy`, CA in
+//! `<dir>/state`). Every sidecar is a real `weft-proxy` process that bootstraps its identity
+//! with a join token (its key never leaves it) and takes its policy from the control plane;
+//! every app is a real `weft-sample` process. All ports are chosen by the OS. What runs where
+//! is written to `<dir>/up.json`.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal as _;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use weft_control_plane::ca_store::CaStoreOptions;
+use weft_control_plane::server::{self, Running, ServerConfig};
+use weft_control_plane::tokens::{JoinTokenStore, NewToken};
+
+use crate::view;
+
+/// The trust domain of the local mesh.
+pub const TRUST_DOMAIN: &str = "weft.local";
+/// How long every sidecar may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long children get to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shop's policy, as shipped in `deploy/examples/shop/`.
+const POLICY: [(&str, &str); 3] = [
+    (
+        "services.yaml",
+        include_str!("../../deploy/examples/shop/services.yaml"),
+    ),
+    (
+        "routes.yaml",
+        include_str!("../../deploy/examples/shop/routes.yaml"),
+    ),
+    (
+        "authorization.yaml",
+        include_str!("../../deploy/examples/shop/authorization.yaml"),
+    ),
+];
+
+/// The alert rules, written beside the Prometheus config with `--prometheus`.
+const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
+
+/// Options of `weft up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Directory for the mesh's files (policy, CA state, sidecar configs, logs, up.json).
+    /// Default: a new temporary directory, removed at exit.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Stop by itself after this long (e.g. `30s`, `5m`); default: run until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Requests per second the traffic generator sends through frontend.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    rate: u32,
+    /// Print one summary line every 5 s instead of the full-screen live view (the default
+    /// when standard output is not a terminal).
+    #[arg(long)]
+    no_view: bool,
+    /// Also start Prometheus (if `prometheus` is installed) scraping every sidecar and the
+    /// control plane, with the project's alert rules.
+    #[arg(long)]
+    prometheus: bool,
+    /// Lifetime of the workload certificates the control plane issues (renewed at 2/3).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    cert_lifetime: Duration,
+}
+
+/// One sidecar of the mesh and the app beside it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Instance name, e.g. `orders-v2`.
+    pub name: String,
+    /// Mesh service.
+    pub service: &'static str,
+    /// `version` label, if any.
+    pub version: Option<&'static str>,
+    /// Sidecar admin address (metrics, readiness).
+    pub admin: SocketAddr,
+    /// Sidecar outbound listener (the app's way into the mesh).
+    pub outbound: SocketAddr,
+    /// Sidecar inbound listener (mTLS).
+    pub inbound: SocketAddr,
+    /// The app's address.
+    pub app: SocketAddr,
+}
+
+/// Hands out loopback ports the OS says are free, never the same one twice.
+#[derive(Default)]
+struct Ports(BTreeSet<u16>);
+
+impl Ports {
+    fn next(&mut self) -> anyhow::Result<SocketAddr> {
+        for _ in 0..100 {
+            let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            if self.0.insert(addr.port()) {
+                return Ok(addr);
+            }
+        }
+        bail!("no free loopback port found")
+    }
+}
+
+/// The child processes; any still running when this is dropped get SIGKILL, so an error
+/// half-way through never leaves processes behind.
+#[derive(Default)]
+struct Children(Vec<(String, Child)>);
+
+impl Children {
+    fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
+        let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let pid = child.id();
+        self.0.push((name.to_owned(), child));
+        Ok(pid)
+    }
+
+    /// The first child that exited on its own, with its status.
+    fn exited(&mut self) -> Option<String> {
+        self.0.iter_mut().find_map(|(name, c)| match c.try_wait() {
+            Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+            _ => None,
+        })
+    }
+
+    /// SIGTERM every child (they drain), wait up to [`STOP_TIMEOUT`], SIGKILL the rest.
+    async fn stop(&mut self) -> usize {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for (_, c) in &self.0 {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self
+                .0
+                .iter_mut()
+                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let n = self.0.len();
+        for (name, mut c) in self.0.drain(..) {
+            if !matches!(c.try_wait(), Ok(Some(_))) {
+                log::warn!("{name} did not stop within {STOP_TIMEOUT:?}; killing it");
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Where the other binaries are: beside this one (cargo builds them all into one directory).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating weft")?;
+    let dir = exe.parent().context("weft has no directory")?;
+    // `cargo test` runs from target/<profile>/deps; the binaries are one level up.
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found beside {}; build it: cargo build --release -p weft-proxy -p weft-samples -p weft-cli",
+        exe.display()
+    )
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn sidecar_config(i: &Instance, protocol: &str, cp: SocketAddr) -> String {
+    let labels = i
+        .version
+        .map_or_else(String::new, |v| format!("  labels: {{version: {v}}}\n"));
+    format!(
+        "# Sidecar of {name}, written by `weft up`. Its policy comes from the control plane.\n\
+         service:\n  name: {service}\n  identity: spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}\n  \
+         app: \"{app}\"\n  protocol: {protocol}\n{labels}\
+         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
+         tls: {{cert: cert.pem, key: key.pem, trust_bundle: ca.pem}}\n\
+         workers: 1\n\
+         drain_timeout: 2s\n\
+         control_plane:\n  address: \"{cp}\"\n  identity: spiffe://{TRUST_DOMAIN}/ns/weft-system/sa/control-plane\n  \
+         state_file: state.json\n  join_token_file: token\n",
+        name = i.name,
+        service = i.service,
+        app = i.app,
+        outbound = i.outbound,
+        inbound = i.inbound,
+        admin = i.admin,
+    )
+}
+
+/// The mesh's layout: which instances run, and on which ports.
+fn plan(ports: &mut Ports) -> anyhow::Result<Vec<Instance>> {
+    let mut out = Vec::new();
+    for (name, service, version) in [
+        ("inventory", "inventory", None),
+        ("orders-v1", "orders", Some("v1")),
+        ("orders-v2", "orders", Some("v2")),
+        ("frontend", "frontend", None),
+        ("loadgen", "loadgen", None),
+    ] {
+        out.push(Instance {
+            name: name.to_owned(),
+            service,
+            version,
+            admin: ports.next()?,
+            outbound: ports.next()?,
+            inbound: ports.next()?,
+            app: ports.next()?,
+        });
+    }
+    Ok(out)
+}
+
+/// The app process of an instance (loadgen has none: the generator runs in `weft up`).
+fn app_command(sample: &Path, i: &Instance) -> Option<Command> {
+    let mut cmd = Command::new(sample);
+    let kind = match i.service {
+        "inventory" => "inventory",
+        "orders" => "orders",
+        "frontend" => "frontend",
+        _ => return None,
+    };
+    cmd.arg(kind)
+        .arg("--listen")
+        .arg(i.app.to_string())
+        .arg("--name")
+        .arg(&i.name)
+        .arg("--proxy")
+        .arg(i.outbound.to_string());
+    if let Some(v) = i.version {
+        cmd.arg("--app-version").arg(v);
+    }
+    Some(cmd)
+}
+
+async fn wait_ready(
+    client: &view::Client,
+    instances: &[Instance],
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for i in instances {
+        loop {
+            if client
+                .get(i.admin, "/ready")
+                .await
+                .is_ok_and(|(s, _)| s == 200)
+            {
+                break;
+            }
+            if let Some(why) = children.exited() {
+                bail!("{why} while starting; see the logs");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sidecar {} not ready within {READY_TIMEOUT:?}; see its log",
+                    i.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Counts of the traffic generator.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Requests answered 2xx.
+    pub ok: AtomicU64,
+    /// Requests that failed (non-2xx or no answer).
+    pub failed: AtomicU64,
+    /// Ticks skipped because too many requests were in flight.
+    pub skipped: AtomicU64,
+}
+
+/// Send `rate` requests a second to frontend through the loadgen sidecar, forever.
+async fn generate(client: view::Client, loadgen: SocketAddr, rate: u32, traffic: Arc<Traffic>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            traffic.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (client, traffic) = (client.clone(), traffic.clone());
+        let path = format!("/shop/{}", n % 50);
+        tokio::spawn(async move {
+            let ok = client
+                .get_host(loadgen, "frontend", &path)
+                .await
+                .is_ok_and(|(s, _)| (200..300).contains(&s));
+            let c = if ok { &traffic.ok } else { &traffic.failed };
+            c.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+fn start_prometheus(
+    dir: &Path,
+    ports: &mut Ports,
+    instances: &[Instance],
+    cp_admin: SocketAddr,
+    children: &mut Children,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(bin) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("prometheus"))
+            .find(|p| p.is_file())
+    }) else {
+        eprintln!("prometheus is not installed (apt-get install prometheus); going on without it");
+        return Ok(None);
+    };
+    let pdir = dir.join("prometheus");
+    std::fs::create_dir_all(&pdir)?;
+    std::fs::write(pdir.join("alerts.yml"), ALERTS)?;
+    let mut targets = String::new();
+    for i in instances {
+        targets.push_str(&format!(
+            "      - targets: [\"{}\"]\n        labels: {{sidecar: {}}}\n",
+            i.admin, i.name
+        ));
+    }
+    std::fs::write(
+        pdir.join("prometheus.yml"),
+        format!(
+            "# Written by `weft up`.\nglobal: {{scrape_interval: 5s, evaluation_interval: 5s}}\n\
+             rule_files: [alerts.yml]\nscrape_configs:\n  - job_name: weft-local\n    static_configs:\n{targets}\
+             \x20 - job_name: weft-control-plane\n    static_configs:\n      - targets: [\"{cp_admin}\"]\n"
+        ),
+    )?;
+    let listen = ports.next()?;
+    children.spawn(
+        "prometheus",
+        Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                pdir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                pdir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}")),
+        &pdir.join("prometheus.log"),
+    )?;
+    Ok(Some(listen))
+}
+
+/// Run the mesh until Ctrl-C, SIGTERM or `--duration`.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let (dir, _temp) = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
+            (d.canonicalize()?, None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("weft-up.").tempdir()?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let log = std::fs::File::create(dir.join("control-plane.log"))?;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Pipe(Box::new(log)))
+        .try_init()
+        .ok();
+    let proxy = binary("weft-proxy")?;
+    let sample = binary("weft-sample")?;
+
+    // The control plane, embedded.
+    let policy_dir = dir.join("policy");
+    std::fs::create_dir_all(&policy_dir)?;
+    for (name, text) in POLICY {
+        let path = policy_dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text)?;
+        }
+    }
+    let state_dir = dir.join("state");
+    let mut ports = Ports::default();
+    let cp = server::start(ServerConfig {
+        policy_dir: policy_dir.clone(),
+        state_dir: state_dir.clone(),
+        listen: ports.next()?,
+        admin: ports.next()?,
+        trust_domain: TRUST_DOMAIN.to_owned(),
+        ca: CaStoreOptions::default(),
+        grace: weft_control_plane::hub::DEFAULT_GRACE,
+        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+    })
+    .await
+    .context("starting the control plane")?;
+    let _ = args.cert_lifetime;
+    let trust_bundle =
+        std::fs::read_to_string(state_dir.join(weft_control_plane::ca_store::CA_CERT_FILE))
+            .context("reading the mesh root")?;
+
+    // Sidecars and apps.
+    let instances = plan(&mut ports)?;
+    let tokens = JoinTokenStore::new(&state_dir);
+    let mut children = Children::default();
+    let mut pids = Vec::new();
+    for i in &instances {
+        let sdir = dir.join("sidecars").join(&i.name);
+        std::fs::create_dir_all(&sdir)?;
+        let token = tokens
+            .create(&NewToken::new(i.service))
+            .with_context(|| format!("join token for {}", i.name))?;
+        write_private(&sdir.join("token"), &token.token)?;
+        std::fs::write(sdir.join("ca.pem"), &trust_bundle)?;
+        let protocol = if i.service == "inventory" {
+            "grpc"
+        } else {
+            "http"
+        };
+        std::fs::write(
+            sdir.join("sidecar.yaml"),
+            sidecar_config(i, protocol, cp.listen),
+        )?;
+        if let Some(mut cmd) = app_command(&sample, i) {
+            let pid =
+                children.spawn(&format!("{} app", i.name), &mut cmd, &sdir.join("app.log"))?;
+            pids.push(serde_json::json!({"name": format!("{} app", i.name), "pid": pid}));
+        }
+        let pid = children.spawn(
+            &format!("{} sidecar", i.name),
+            Command::new(&proxy)
+                .arg("--config")
+                .arg(sdir.join("sidecar.yaml"))
+                .env("RUST_LOG", "info"),
+            &sdir.join("sidecar.log"),
+        )?;
+        pids.push(serde_json::json!({"name": format!("{} sidecar", i.name), "pid": pid}));
+    }
+    let client = view::Client::new();
+    wait_ready(&client, &instances, &mut children).await?;
+    let prometheus = if args.prometheus {
+        start_prometheus(&dir, &mut ports, &instances, cp.admin, &mut children)?
+    } else {
+        None
+    };
+
+    let status = serde_json::json!({
+        "dir": dir,
+        "policy_dir": policy_dir,
+        "control_plane": {"listen": cp.listen, "admin": format!("http://{}", cp.admin)},
+        "prometheus": prometheus.map(|p| format!("http://{p}")),
+        "sidecars": instances.iter().map(|i| serde_json::json!({
+            "name": i.name, "service": i.service, "version": i.version,
+            "admin": format!("http://{}", i.admin), "outbound": i.outbound,
+            "inbound": i.inbound, "app": i.app,
+        })).collect::<Vec<_>>(),
+        "processes": pids,
+    });
+    std::fs::write(dir.join("up.json"), format!("{status:#}\n"))?;
+    print_where(
+        &dir,
+        &policy_dir,
+        &cp,
+        &instances,
+        prometheus,
+        args.dir.is_none(),
+    );
+
+    let traffic = Arc::new(Traffic::default());
+    let loadgen = instances
+        .iter()
+        .find(|i| i.service == "loadgen")
+        .map(|i| i.outbound)
+        .context("no loadgen")?;
+    let generator = tokio::spawn(generate(
+        client.clone(),
+        loadgen,
+        args.rate,
+        traffic.clone(),
+    ));
+    let full_screen = !args.no_view && std::io::stdout().is_terminal();
+    let viewer = view::View::new(
+        client,
+        instances.clone(),
+        cp.hub.clone(),
+        traffic,
+        args.rate,
+    );
+    let outcome = tokio::select! {
+        r = viewer.run(full_screen) => r,
+        r = stop_signal(args.duration) => r,
+        why = watch_children(&mut children) => Err(anyhow::anyhow!("{why}; see the logs in {}", dir.display())),
+    };
+    generator.abort();
+    let n = children.stop().await;
+    drop(cp);
+    println!("\nweft up stopped: {n} processes ended, control plane stopped.");
+    if args.dir.is_some() {
+        println!("files kept in {}", dir.display());
+    }
+    outcome
+}
+
+async fn watch_children(children: &mut Children) -> String {
+    loop {
+        if let Some(why) = children.exited() {
+            return why;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn stop_signal(limit: Option<Duration>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let limit = async {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+        () = limit => {}
+    }
+    Ok(())
+}
+
+fn print_where(
+    dir: &Path,
+    policy_dir: &Path,
+    cp: &Running,
+    instances: &[Instance],
+    prometheus: Option<SocketAddr>,
+    temporary: bool,
+) {
+    println!(
+        "weft up: a local mesh on loopback (files in {}{})",
+        dir.display(),
+        if temporary { ", removed at exit" } else { "" }
+    );
+    println!(
+        "  control plane  sidecars: {} (mTLS)   operator API: http://{}/status",
+        cp.listen, cp.admin
+    );
+    for i in instances {
+        println!(
+            "  {:<10} metrics: http://{}/metrics   app: {}   inbound (mTLS): {}",
+            i.name, i.admin, i.app, i.inbound
+        );
+    }
+    if let Some(p) = prometheus {
+        println!("  prometheus     http://{p}  (Grafana: point a Prometheus data source here and import deploy/grafana/*.json)");
+    }
+    println!(
+        "  policy         {}  (edit routes.yaml: the canary weights, the failure drill)",
+        policy_dir.display()
+    );
+    println!(
+        "  try            curl -H 'Host: frontend' http://{}/shop/7",
+        instances
+            .iter()
+            .find(|i| i.service == "loadgen")
+            .map_or_else(String::new, |i| i.outbound.to_string())
+    );
+    println!("  stop           Ctrl-C (every process ends, nothing stays listening)\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_policy_is_valid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in POLICY {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        }
+        let source = weft_control_plane::source::DirSource::new(dir.path());
+        use weft_control_plane::source::PolicySource as _;
+        let policy = source.load().expect("the shop policy validates");
+        let names: Vec<_> = policy.services().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+    }
+
+    #[test]
+    fn sidecar_configs_are_valid_sidecar_configs() {
+        let mut ports = Ports::default();
+        let instances = plan(&mut ports).expect("plan");
+        let cp: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let text = sidecar_config(&instances[1], "http", cp);
+        assert!(text.contains("labels: {version: v1}"), "{text}");
+        let all: BTreeSet<u16> = instances
+            .iter()
+            .flat_map(|i| [i.admin, i.outbound, i.inbound, i.app])
+            .map(|a| a.port())
+            .collect();
+        assert_eq!(all.len(), instances.len() * 4, "ports are distinct");
+    }
+}
