@@ -111,8 +111,8 @@ pub struct AuditRecord {
     pub actor: String,
     /// What.
     pub action: Action,
-    /// The version in force before.
-    pub from_version: String,
+    /// The version in force before (`None` for the first version recorded).
+    pub from_version: Option<String>,
     /// The version in force after (`None` when refused).
     pub to_version: Option<String>,
     /// The files the change touched (for a refusal: the files submitted or read).
@@ -302,7 +302,7 @@ mod tests {
             time: now_rfc3339(),
             actor: "policy-directory".into(),
             action: Action::Rejected,
-            from_version: "dd".into(),
+            from_version: Some("dd".into()),
             to_version: None,
             files: vec!["mesh.yaml".into()],
             error: Some("mesh.yaml:1:1: bad".into()),

@@ -239,6 +239,29 @@ fn the_api_requires_the_admin_token_and_weftctl_exits_2_without_it() {
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("file name"), "{body}");
+    // Validate through the API: errors with file, line and reason; nothing written.
+    let files = serde_json::json!({"files": {"zz-bad.yaml": BAD}}).to_string();
+    let (code, body) = http(cp.admin, "POST", "/v1/validate", Some(&t), &files);
+    assert_eq!(code, 422, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["errors"][0]["file"], "zz-bad.yaml", "{v}");
+    assert_eq!(v["errors"][0]["line"], 4, "{v}");
+    assert!(
+        v["errors"][0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("regex"),
+        "{v}"
+    );
+    assert!(!cp.policy_dir().join("zz-bad.yaml").exists());
+    let files = serde_json::json!({"files": {"mesh.yaml": policy(50, 50)}}).to_string();
+    let (code, body) = http(cp.admin, "POST", "/v1/validate", Some(&t), &files);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"valid\": true"), "{body}");
+    assert_eq!(
+        std::fs::read_to_string(cp.policy_dir().join("mesh.yaml")).expect("read"),
+        policy(90, 10)
+    );
     let (code, body) = http(cp.admin, "GET", "/v1/apply", Some(&t), "");
     assert_eq!(code, 405, "{body}");
     let (code, _) = http(cp.admin, "POST", "/v1/apply?dry_run=maybe", Some(&t), "{}");
@@ -358,6 +381,12 @@ fn apply_dry_run_history_audit_invalid_apply_and_rollback() {
         original
     );
     assert_eq!(cp.version(), v0);
+    assert_eq!(
+        cp.audit().len(),
+        1,
+        "a dry run is not audited: only the start"
+    );
+    assert_eq!(cp.audit()[0]["from_version"], serde_json::Value::Null);
 
     // Apply: in force at once, in history and the audit log with the actor.
     let out = cp.weftctl(&["apply", "-f", &changed]);
@@ -500,6 +529,25 @@ fn apply_dry_run_history_audit_invalid_apply_and_rollback() {
         "{}",
         out.stdout
     );
+    // A refused edit in the directory: audited as the directory's, with the error.
+    std::fs::write(cp.policy_dir().join("zz-bad.yaml"), BAD).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let last = cp.audit().pop().expect("audit");
+        if last["action"] == "rejected" && last["actor"] == "policy-directory" {
+            assert!(
+                last["error"]
+                    .as_str()
+                    .expect("error")
+                    .contains("zz-bad.yaml:4:"),
+                "{last}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusal not audited: {last}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(cp.policy_dir().join("zz-bad.yaml")).expect("remove");
     let kept = std::fs::read_dir(cp.dir.path().join("state/history"))
         .expect("history")
         .count();
