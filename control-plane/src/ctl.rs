@@ -482,6 +482,10 @@ pub fn status_text(v: &Value, now: SystemTime) -> String {
             ]
         })
         .collect();
+    if rows.is_empty() {
+        out.push_str("no sidecars connected\n");
+        return out;
+    }
     out.push_str(&table(
         &[
             "SERVICE",

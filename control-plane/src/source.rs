@@ -160,7 +160,11 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if name.is_empty() || name.len() > 200 {
-        return Err(format!("file name {name:?}: must have 1 to 200 characters"));
+        // Not echoed: it may be megabytes long.
+        return Err(format!(
+            "a file name of {} bytes: must have 1 to 200 characters",
+            name.len()
+        ));
     }
     if !ok_chars || name.starts_with('.') {
         return Err(format!(
