@@ -105,6 +105,28 @@ async fn apply_and_rollback_through_the_api_move_traffic_and_a_nack_shows_in_wef
     let fe_v0 = wait_in_sync(&cp, &all, &fe).await;
     let share = v2_share(&fe, 200).await;
     assert!(share < 0.25, "v2 share {share} with weights 90/10");
+    // `weftctl get endpoints`: both orders sidecars, registered, with their labels.
+    let (r, out) = weftctl(
+        &cp,
+        OpsCommand::Get {
+            kind: ctl::Kind::Endpoints,
+        },
+    )
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+    for (s, label) in [(&v1, "version=v1"), (&v2, "version=v2")] {
+        let row = out
+            .lines()
+            .find(|l| l.contains(&s.inbound.to_string()))
+            .unwrap_or_default();
+        assert!(
+            row.starts_with("orders ")
+                && row.contains(label)
+                && row.contains("registered")
+                && row.ends_with("yes"),
+            "{out}"
+        );
+    }
     let version0 = cp_status(&cp).await["policy_version"]
         .as_str()
         .expect("version")
