@@ -173,7 +173,11 @@ pub async fn run(
                     out,
                 )
                 .await?;
-            writeln!(out, "{}", outcome_line(&r, "rolled back")).map_err(out_err)
+            writeln!(out, "{}", outcome_line(&r, "rolled back")).map_err(out_err)?;
+            if let Some(w) = r["warning"].as_str() {
+                writeln!(out, "warning: {w}").map_err(out_err)?;
+            }
+            Ok(())
         }
     }
 }
@@ -250,6 +254,9 @@ async fn apply(
         if dry_run { "dry run" } else { "applied" },
     ));
     text.push('\n');
+    if let Some(w) = r["warning"].as_str() {
+        text.push_str(&format!("warning: {w}\n"));
+    }
     out.write_all(text.as_bytes()).map_err(out_err)
 }
 

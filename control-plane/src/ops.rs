@@ -85,6 +85,9 @@ pub struct Outcome {
     pub diffs: Vec<FileDiff>,
     /// The service and route changes.
     pub summary: Summary,
+    /// A problem after the policy went in force (history or audit log not written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Operators' policy changes over one policy directory, hub and history.
@@ -304,6 +307,7 @@ impl Ops {
             changed: policy.version() != before.version(),
             diffs: diffs(now, &target, exact),
             summary: summary(&before, &policy),
+            warning: None,
         };
         if dry_run {
             return Ok(outcome);
@@ -323,13 +327,23 @@ impl Ops {
         outcome.applied = true;
         if let Update::Applied { .. } = self.hub.take_policy(Ok(policy)) {
             let in_force = self.hub.policy();
-            self.accepted(
+            // The policy is in force now: an error here must not read as a refusal (a retry
+            // would change nothing), so it is reported alongside the result.
+            if let Err(e) = self.accepted(
                 before.version(),
                 &in_force,
                 &before.file_texts(),
                 actor,
                 action,
-            )?;
+            ) {
+                log::error!(
+                    "policy {} is in force, but recording it failed: {e}",
+                    in_force.version()
+                );
+                outcome.warning = Some(format!(
+                    "the policy is in force, but recording it failed: {e}"
+                ));
+            }
         }
         Ok(outcome)
     }
