@@ -135,8 +135,15 @@ impl Hub {
 
     /// Take in a freshly loaded policy: push changed snapshots, or log and record the errors.
     pub fn update_policy(&self, loaded: Result<MeshPolicy, PolicyErrors>) {
+        self.take_policy(loaded);
+    }
+
+    /// [`update_policy`](Self::update_policy), saying what it did, so the caller can record
+    /// the change in history and the audit log.
+    pub fn take_policy(&self, loaded: Result<MeshPolicy, PolicyErrors>) -> Update {
         let mut st = self.lock();
-        match st.policy.update(loaded) {
+        let update = st.policy.update(loaded);
+        match &update {
             Update::Unchanged => {
                 st.policy_error = None;
             }
@@ -157,6 +164,42 @@ impl Hub {
                 st.rejected += 1;
             }
         }
+        update
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> std::sync::Arc<MeshPolicy> {
+        self.lock().policy.current().clone()
+    }
+
+    /// Endpoints per service: those the policy lists (`source: static`) and those sidecars
+    /// registered (`source: registered`, connected or within their grace period), as
+    /// `GET /v1/endpoints` shows them.
+    pub fn endpoints(&self) -> serde_json::Value {
+        let st = self.lock();
+        let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+        for svc in st.policy.current().services() {
+            let list = out.entry(svc.name.clone()).or_default();
+            for e in &svc.endpoints {
+                list.push(serde_json::json!({
+                    "address": e.address,
+                    "labels": e.labels,
+                    "source": "static",
+                    "connected": serde_json::Value::Null,
+                }));
+            }
+        }
+        for s in st.sidecars.values() {
+            out.entry(s.service.clone())
+                .or_default()
+                .push(serde_json::json!({
+                    "address": s.endpoint,
+                    "labels": s.labels,
+                    "source": "registered",
+                    "connected": s.connected,
+                }));
+        }
+        serde_json::json!(out)
     }
 
     /// Withdraw sidecar stream `id` at once (it is draining): its endpoint leaves the

@@ -11,16 +11,22 @@
 //!   code (`weft-policy`) and cut into one snapshot per calling service; [`source`]: where it
 //!   comes from ([`source::DirSource`], a watched directory of YAML files) and
 //!   [`source::LastGood`], which keeps the last valid policy in force.
-//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS) and the operator status
-//!   endpoint; the `weft-control-plane` binary runs it.
+//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS) and the operator API
+//!   (bearer token: [`auth`]); the `weft-control-plane` binary runs it.
+//! - [`ops`]: operators' validate, apply and rollback; [`history`]: every accepted version's
+//!   files and the audit log; [`ctl`]: the client side, the operator commands of `weftctl`.
 
-mod admin;
+pub mod admin;
 pub mod attest;
+pub mod auth;
 pub mod ca_store;
 pub mod certs;
+pub mod ctl;
 mod grpc;
+pub mod history;
 pub mod hub;
 pub mod issuer;
+pub mod ops;
 pub mod policy;
 pub mod server;
 pub mod source;

@@ -94,6 +94,9 @@ struct Origin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshPolicy {
     files: Vec<PathBuf>,
+    /// The text of each file exactly as validated, so history keeps what was in force rather
+    /// than what the directory holds a moment later.
+    texts: Vec<String>,
     mesh: MeshFile,
     version: String,
 }
@@ -150,6 +153,7 @@ impl MeshPolicy {
         let version = digest(&mesh);
         Ok(MeshPolicy {
             files: files.iter().map(|(p, _)| p.clone()).collect(),
+            texts: files.iter().map(|(_, t)| t.clone()).collect(),
             mesh,
             version,
         })
@@ -179,6 +183,15 @@ impl MeshPolicy {
     /// The files it was read from, in order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Each file's name (its last path component) and the text that was validated.
+    pub fn file_texts(&self) -> std::collections::BTreeMap<String, String> {
+        self.files
+            .iter()
+            .zip(&self.texts)
+            .map(|(p, t)| (file_name(p), t.clone()))
+            .collect()
     }
 
     /// Every service, in file order.
@@ -274,6 +287,14 @@ impl MeshPolicy {
         snapshot.version = digest(&snapshot);
         snapshot
     }
+}
+
+/// The last component of `path`, as shown to operators (`mesh.yaml`).
+pub fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// A syntax or schema error from serde_yaml: its location goes in front, once.

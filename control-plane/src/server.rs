@@ -24,8 +24,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_certs::Identity;
 use weft_wire::v1::control_plane_server::ControlPlaneServer;
 
+use crate::auth::AdminToken;
 use crate::ca_store::{CaStore, CaStoreOptions};
+use crate::history::History;
 use crate::hub::Hub;
+use crate::ops::Ops;
 use crate::source::{DirSource, PolicySource, Watch};
 
 /// Namespace and service account of the control plane's own identity.
@@ -54,6 +57,9 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// How often the policy directory is checked.
     pub poll_interval: Duration,
+    /// The operator API's bearer token; `None`: the state directory's `admin.token`, created
+    /// on first start.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The control plane's own identity in `trust_domain`.
@@ -73,6 +79,8 @@ pub struct Running {
     pub admin: SocketAddr,
     /// The push state.
     pub hub: Arc<Hub>,
+    /// The file holding the operator API's bearer token.
+    pub admin_token_file: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _watch: Watch,
 }
@@ -136,6 +144,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let store = CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
         .context("certificate authority")?;
     let tls = TlsAcceptor::from(Arc::new(tls_config(&store)?));
+    let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
+        .context("operator API token")?;
+    let history = History::open(&config.state_dir).context("policy history")?;
     let source = DirSource::new(&config.policy_dir).with_interval(config.poll_interval);
     let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
     let watch = source
@@ -159,16 +170,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         config.grace,
     ));
 
+    let ops = Arc::new(Ops::new(hub.clone(), source, history));
+    ops.record_start()
+        .context("recording the policy in history")?;
+
     let mut tasks = Vec::new();
     {
-        let hub = hub.clone();
+        let ops = ops.clone();
         tasks.push(tokio::spawn(async move {
             while changed.recv().await.is_some() {
-                let source = source.clone();
-                let loaded = tokio::task::spawn_blocking(move || source.load()).await;
-                match loaded {
-                    Ok(l) => hub.update_policy(l),
-                    Err(e) => log::error!("policy load task: {e}"),
+                let ops = ops.clone();
+                if let Err(e) =
+                    tokio::task::spawn_blocking(move || ops.reload_from_directory()).await
+                {
+                    log::error!("policy load task: {e}");
                 }
             }
         }));
@@ -217,15 +232,21 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             log::error!("gRPC server: {e}");
         }
     }));
+    let admin_token_file = token.path().to_owned();
     tasks.push(tokio::spawn(crate::admin::serve_admin(
         admin_listener,
-        hub.clone(),
+        Arc::new(crate::admin::Admin {
+            hub: hub.clone(),
+            ops,
+            token,
+        }),
     )));
     log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
     Ok(Running {
         listen,
         admin,
         hub,
+        admin_token_file,
         tasks,
         _watch: watch,
     })

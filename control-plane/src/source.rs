@@ -3,6 +3,7 @@
 //! next source). [`LastGood`] keeps the policy in force: an invalid change is refused with its
 //! errors and the last good policy stays.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crate::policy::{MeshPolicy, PolicyErrors};
+use crate::policy::{file_name, MeshPolicy, PolicyErrors};
 
 /// How often [`DirSource`] looks at its directory.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -84,6 +85,99 @@ impl DirSource {
     pub fn files(&self) -> io::Result<Vec<PathBuf>> {
         policy_files(&self.dir)
     }
+
+    /// Every policy file now in the directory: name to text.
+    pub fn texts(&self) -> Result<BTreeMap<String, String>, PolicyErrors> {
+        let files = self
+            .files()
+            .map_err(|e| PolicyErrors::file(&self.dir, format!("cannot read directory: {e}")))?;
+        let mut out = BTreeMap::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| PolicyErrors::file(&path, format!("cannot read: {e}")))?;
+            out.insert(file_name(&path), text);
+        }
+        Ok(out)
+    }
+
+    /// Validate `files` (name to text) as this directory's whole policy would be, in name
+    /// order, each file named by its path in the directory.
+    pub fn validate_set(
+        &self,
+        files: &BTreeMap<String, String>,
+    ) -> Result<MeshPolicy, PolicyErrors> {
+        if files.is_empty() {
+            return Err(PolicyErrors::file(
+                &self.dir,
+                "no policy files (*.yaml, *.yml) in the directory",
+            ));
+        }
+        let texts: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|(name, text)| (self.dir.join(name), text.clone()))
+            .collect();
+        MeshPolicy::from_texts(&texts)
+    }
+
+    /// Write `files` (name to text) into the directory, each atomically (a temporary file
+    /// renamed over the old one, so the watcher never reads half a file); with `exact`, also
+    /// remove every other policy file, so the directory holds exactly `files`. Files whose text
+    /// is unchanged are not rewritten.
+    pub fn write_files(&self, files: &BTreeMap<String, String>, exact: bool) -> io::Result<()> {
+        for (name, text) in files {
+            // Names come from the API (checked there) or from history, which recorded what the
+            // directory held; never let one reach outside the directory.
+            if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("file name {name:?} is not a plain file name"),
+                ));
+            }
+            let path = self.dir.join(name);
+            if std::fs::read_to_string(&path).is_ok_and(|old| old == *text) {
+                continue;
+            }
+            crate::state::write_atomically(&path, text.as_bytes(), POLICY_FILE_MODE)?;
+        }
+        if exact {
+            for path in self.files()? {
+                if !files.contains_key(&file_name(&path)) {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mode of policy files written through the operator API (policy is not secret).
+const POLICY_FILE_MODE: u32 = 0o644;
+
+/// Whether `name` may name a policy file written through the operator API: a plain file name
+/// (no directory part, not hidden) ending in `.yaml` or `.yml`, as [`DirSource`] reads them.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if name.is_empty() || name.len() > 200 {
+        // Not echoed: it may be megabytes long.
+        return Err(format!(
+            "a file name of {} bytes: must have 1 to 200 characters",
+            name.len()
+        ));
+    }
+    if !ok_chars || name.starts_with('.') {
+        return Err(format!(
+            "file name {name:?}: only letters, digits, '.', '-' and '_', not starting with '.' \
+             (no directories)"
+        ));
+    }
+    if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+        return Err(format!(
+            "file name {name:?}: must end in .yaml or .yml (the directory reads nothing else)"
+        ));
+    }
+    Ok(())
 }
 
 impl PolicySource for DirSource {

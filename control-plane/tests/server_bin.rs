@@ -16,11 +16,15 @@ fn free_addr() -> SocketAddr {
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    http_get_auth(addr, path, "")
+}
+
+fn http_get_auth(addr: SocketAddr, path: &str, headers: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n{headers}\r\n"
     )
     .ok()?;
     let mut out = String::new();
@@ -59,8 +63,16 @@ fn serves_status_on_the_admin_address() {
         .expect("spawn");
     let _child = Killed(child);
     let deadline = Instant::now() + Duration::from_secs(15);
+    // The operator API needs the admin token the control plane created in its state dir.
     let body = loop {
-        if let Some(r) = http_get(admin, "/status") {
+        let token = std::fs::read_to_string(dir.path().join("state/admin.token"));
+        if let Some(r) = token.ok().and_then(|t| {
+            http_get_auth(
+                admin,
+                "/status",
+                &format!("Authorization: Bearer {}\r\n", t.trim()),
+            )
+        }) {
             break r;
         }
         assert!(Instant::now() < deadline, "no /status");

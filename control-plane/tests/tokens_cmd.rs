@@ -140,11 +140,19 @@ fn exit_statuses() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("no join tokens"), "{}", out.stderr);
 
-    // 1: usage and validation errors.
+    // 2: usage errors (a missing argument, an unknown subcommand).
     for args in [
         &["tokens", "create", "orders"][..],
         &["tokens", "frobnicate"],
-        &["tokens", "create", "--state-dir", dir, "Orders"],
+    ] {
+        let out = weftctl(args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+
+    // 1: invalid input (bad names and values).
+    for args in [
+        &["tokens", "create", "--state-dir", dir, "Orders"][..],
         &[
             "tokens",
             "create",

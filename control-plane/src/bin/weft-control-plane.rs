@@ -1,5 +1,5 @@
 //! `weft-control-plane`: pushes the mesh policy to sidecars over mTLS and serves the operator
-//! status endpoint.
+//! API (docs/OPERATIONS.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,9 +24,13 @@ struct Args {
     /// Sidecars' address (gRPC over mTLS).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Operator API address (plain HTTP; keep it on loopback: not authenticated yet).
+    /// Operator API address (plain HTTP with a bearer token; keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:7071")]
     admin: SocketAddr,
+    /// File holding the operator API's bearer token [default: STATE_DIR/admin.token, created
+    /// on first start].
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Mesh trust domain.
     #[arg(long, default_value = "weft.local")]
     trust_domain: String,
@@ -65,6 +69,7 @@ fn main() {
             args.grace
         },
         poll_interval: DEFAULT_POLL_INTERVAL,
+        admin_token_file: args.admin_token_file,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,12 +7,14 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weft_control_plane::certs::{self, CertsError};
+use weft_control_plane::ctl::{self, Connection, OpsCommand};
 use weft_control_plane::tokens::{JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo};
 
-/// Exit status of a command line or input that is invalid: calling again unchanged cannot help.
-const EXIT_INVALID: u8 = 1;
-/// Exit status of any other failure (files missing or unreadable, I/O errors, ...).
-const EXIT_FAILURE: u8 = 2;
+/// Exit status of input that is invalid or refused: calling again unchanged cannot help.
+const EXIT_INVALID: u8 = ctl::EXIT_REFUSED;
+/// Exit status of a usage, connection or authentication error, or any other failure (files
+/// missing or unreadable, I/O errors, ...).
+const EXIT_FAILURE: u8 = ctl::EXIT_FAILURE;
 
 /// Command-line tool of the Weft service mesh.
 #[derive(Debug, Parser)]
@@ -20,10 +22,18 @@ const EXIT_FAILURE: u8 = 2;
     name = "weftctl",
     version,
     about,
-    after_help = "Exit status: 0 success; 1 invalid command line or input (usage, names, \
-                  existing CA without --force, unknown token id); 2 any other failure."
+    after_help = "Exit status: 0 success; 1 refused or invalid input (policy validation \
+                  errors, a refused apply, an unknown version, bad names or values, an existing \
+                  CA without --force, an unknown token id); 2 usage, connection or \
+                  authentication error, or any other failure.\n\n\
+                  Operator commands (validate needs no server) talk to the control plane's \
+                  operator API: --server (or WEFT_SERVER; default http://127.0.0.1:7071) and \
+                  the admin token from --token-file (or WEFT_ADMIN_TOKEN_FILE, or the token \
+                  itself in WEFT_ADMIN_TOKEN)."
 )]
 struct Cli {
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +47,8 @@ enum Command {
     /// local mode.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    #[command(flatten)]
+    Ops(OpsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,19 +131,51 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            // `--help` and `--version` also arrive here, and are not errors.
-            return if e.use_stderr() {
+            // `--help` and `--version` also arrive here, and are not errors. A bad value is
+            // invalid input; anything else (missing or unknown arguments) is a usage error.
+            return if !e.use_stderr() {
+                ExitCode::SUCCESS
+            } else if matches!(
+                e.kind(),
+                clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation
+            ) {
                 ExitCode::from(EXIT_INVALID)
             } else {
-                ExitCode::SUCCESS
+                ExitCode::from(EXIT_FAILURE)
             };
         }
     };
+    if let Command::Ops(command) = cli.command {
+        return run_ops(&cli.connection, command);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weftctl: {}", message(&e));
             ExitCode::from(exit_status(&e))
+        }
+    }
+}
+
+/// Run an operator command on a small single-threaded runtime (one request at a time).
+fn run_ops(connection: &Connection, command: OpsCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weftctl: runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match rt.block_on(ctl::run(connection, command, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            drop(out);
+            eprintln!("weftctl: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -171,6 +215,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Certs(command) => run_certs(command),
         Command::Tokens(command) => run_tokens(command),
+        // Handled by run_ops before.
+        Command::Ops(_) => Ok(()),
     }
 }
 

@@ -20,7 +20,7 @@ async fn start_cp(pki: &Pki, policy_dir: &Path) -> Running {
 }
 
 /// A sidecar that takes its policy from the control plane at `cp`.
-async fn start_sidecar(
+pub(crate) async fn start_sidecar(
     pki: &Pki,
     name: &str,
     version: &str,
@@ -76,7 +76,7 @@ fn spawn_sidecar(
     }
 }
 
-fn policy(v1: u32, v2: u32) -> String {
+pub(crate) fn policy(v1: u32, v2: u32) -> String {
     format!(
         "services:\n\
          \x20 - name: frontend\n    identity: {}\n\
@@ -97,7 +97,7 @@ fn write_policy(dir: &Path, name: &str, text: &str) {
 }
 
 async fn cp_status(cp: &Running) -> serde_json::Value {
-    let (code, body) = admin_get(cp.admin, "/status").await.expect("status");
+    let (code, body) = cp_get(cp, "/status").await.expect("status");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).expect("json")
 }
@@ -115,7 +115,7 @@ async fn frontend_status(cp: &Running) -> serde_json::Value {
 }
 
 /// The v2 share of `n` sequential requests; panics on any failure.
-async fn v2_share(fe: &Sidecar, n: usize) -> f64 {
+pub(crate) async fn v2_share(fe: &Sidecar, n: usize) -> f64 {
     let c = client();
     let mut v2 = 0;
     for _ in 0..n {

@@ -298,6 +298,19 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// GET `path` from a control plane's operator API, with its admin token.
+pub async fn cp_get(cp: &weft_control_plane::server::Running, path: &str) -> Option<(u16, String)> {
+    let token = std::fs::read_to_string(&cp.admin_token_file).ok()?;
+    let req = http::Request::get(format!("http://{}{path}", cp.admin))
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let r = client().request(req).await.ok()?;
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
@@ -608,6 +621,7 @@ pub async fn start_control_plane(
         },
         grace: Duration::from_secs(2),
         poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+        admin_token_file: None,
     })
     .await
     .expect("control plane")

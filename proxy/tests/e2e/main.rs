@@ -9,6 +9,7 @@ mod harness;
 mod http_tests;
 mod lifecycle_tests;
 mod metrics_tests;
+mod ops_tests;
 mod prometheus_tests;
 mod protocol_tests;
 mod resilience_tests;

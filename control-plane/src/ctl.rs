@@ -1,0 +1,711 @@
+//! The operator commands of `weftctl` (`validate`, `apply`, `get`, `status`, `history`,
+//! `rollback`): a client of the control plane's operator API. They live in the library so
+//! tests can run exactly what the binary runs, in process.
+//!
+//! Exit statuses ([`CtlError::exit_code`]): 0 success; 1 refused or invalid (validation
+//! errors, a refused apply, an unknown version, a bad request); 2 usage, connection or
+//! authentication error, or any other failure.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::admin::ACTOR_HEADER;
+use crate::policy::{file_name, MeshPolicy};
+
+/// Where `weftctl` finds the operator API unless told otherwise: `weft-control-plane`'s
+/// default `--admin` address.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7071";
+/// Environment variable naming the server (like `--server`).
+pub const SERVER_ENV: &str = "WEFT_SERVER";
+/// Environment variable naming the token file (like `--token-file`).
+pub const TOKEN_FILE_ENV: &str = "WEFT_ADMIN_TOKEN_FILE";
+/// Environment variable holding the token itself.
+pub const TOKEN_ENV: &str = "WEFT_ADMIN_TOKEN";
+/// How long one API request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Exit status: refused or invalid.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit status: usage, connection, authentication or other failure.
+pub const EXIT_FAILURE: u8 = 2;
+
+/// How to reach the operator API (global flags of `weftctl`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Connection {
+    /// Operator API URL [env: WEFT_SERVER] [default: http://127.0.0.1:7071].
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// File holding the admin token (the control plane's state directory has it as
+    /// admin.token) [env: WEFT_ADMIN_TOKEN_FILE; or WEFT_ADMIN_TOKEN with the token itself].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// What `weftctl get` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// The policy's services.
+    Services,
+    /// The policy's routes.
+    Routes,
+    /// Endpoints per service: listed in the policy, and registered by sidecars.
+    Endpoints,
+}
+
+/// The operator commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum OpsCommand {
+    /// Validate policy files as a policy directory, offline (no server): prints
+    /// `file:line:column: reason` per error; exit 1 when invalid.
+    Validate {
+        /// The policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Add or replace policy files in the control plane's policy directory: validated, written
+    /// and pushed at once.
+    Apply {
+        /// The policy files (their names are kept; their directories are not).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Show the diff and what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List services, routes or endpoints.
+    Get {
+        /// What to list.
+        #[arg(value_enum)]
+        kind: Kind,
+    },
+    /// The policy version in force and every sidecar: version acknowledged, in sync, NACK,
+    /// certificate expiry.
+    Status,
+    /// Accepted policy versions, newest first.
+    History,
+    /// Restore the files of an earlier policy version (from `weftctl history`) and apply it.
+    Rollback {
+        /// The version.
+        version: String,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The command line or a local file is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The server could not be reached, or answered something unreadable.
+    #[error("{0}")]
+    Connection(String),
+    /// No token, or the server refused it.
+    #[error("{0}")]
+    Auth(String),
+    /// The server refused the request (invalid policy, unknown version, bad request).
+    #[error("{0}")]
+    Refused(String),
+    /// The server failed.
+    #[error("{0}")]
+    Server(String),
+}
+
+impl CtlError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Refused(_) => EXIT_REFUSED,
+            CtlError::Usage(_) | CtlError::Connection(_) | CtlError::Auth(_) => EXIT_FAILURE,
+            CtlError::Server(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+fn out_err(e: std::io::Error) -> CtlError {
+    CtlError::Server(format!("writing output: {e}"))
+}
+
+/// Run `command`, writing its output to `out`.
+pub async fn run(
+    conn: &Connection,
+    command: OpsCommand,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    match command {
+        OpsCommand::Validate { files } => validate_offline(&files, out),
+        OpsCommand::Apply { files, dry_run } => {
+            let api = Api::new(conn)?;
+            apply(&api, &files, dry_run, out).await
+        }
+        OpsCommand::Get { kind } => {
+            let api = Api::new(conn)?;
+            let text = match kind {
+                Kind::Services => services_table(&api.get("/v1/services").await?),
+                Kind::Routes => routes_table(&api.get("/v1/routes").await?),
+                Kind::Endpoints => endpoints_table(&api.get("/v1/endpoints").await?),
+            };
+            out.write_all(text.as_bytes()).map_err(out_err)
+        }
+        OpsCommand::Status => {
+            let api = Api::new(conn)?;
+            let text = status_text(&api.get("/v1/status").await?, SystemTime::now());
+            out.write_all(text.as_bytes()).map_err(out_err)
+        }
+        OpsCommand::History => {
+            let api = Api::new(conn)?;
+            let text = history_table(&api.get("/v1/history").await?);
+            out.write_all(text.as_bytes()).map_err(out_err)
+        }
+        OpsCommand::Rollback { version } => {
+            let api = Api::new(conn)?;
+            let r = api
+                .post(
+                    "/v1/rollback",
+                    &serde_json::json!({ "version": version }),
+                    out,
+                )
+                .await?;
+            writeln!(out, "{}", outcome_line(&r, "rolled back")).map_err(out_err)?;
+            if let Some(w) = r["warning"].as_str() {
+                writeln!(out, "warning: {w}").map_err(out_err)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Read files given on the command line into name → text; two files of one name are an error.
+fn read_files(paths: &[PathBuf]) -> Result<BTreeMap<String, (PathBuf, String)>, CtlError> {
+    let mut out = BTreeMap::new();
+    for p in paths {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| CtlError::Usage(format!("{}: {e}", p.display())))?;
+        let name = file_name(p);
+        if let Some((other, _)) = out.insert(name.clone(), (p.clone(), text)) {
+            return Err(CtlError::Usage(format!(
+                "{} and {} have the same name {name}: a policy directory holds one file per name",
+                other.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn validate_offline(paths: &[PathBuf], out: &mut dyn Write) -> Result<(), CtlError> {
+    let files = read_files(paths)?;
+    // In name order, as the control plane reads its directory.
+    let texts: Vec<(PathBuf, String)> = files.into_values().collect();
+    match MeshPolicy::from_texts(&texts) {
+        Ok(p) => writeln!(
+            out,
+            "valid: {} files, {} services, {} routes (version {})",
+            texts.len(),
+            p.services().len(),
+            p.routes().len(),
+            p.version()
+        )
+        .map_err(out_err),
+        Err(errors) => {
+            for e in errors.iter() {
+                writeln!(out, "{e}").map_err(out_err)?;
+            }
+            Err(CtlError::Refused(format!(
+                "the policy is invalid ({} errors)",
+                errors.0.len()
+            )))
+        }
+    }
+}
+
+async fn apply(
+    api: &Api,
+    paths: &[PathBuf],
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let files: BTreeMap<String, String> = read_files(paths)?
+        .into_iter()
+        .map(|(name, (_, text))| (name, text))
+        .collect();
+    let path = if dry_run {
+        "/v1/apply?dry_run=true"
+    } else {
+        "/v1/apply"
+    };
+    let r = api
+        .post(path, &serde_json::json!({ "files": files }), out)
+        .await?;
+    let mut text = String::new();
+    for d in r["diffs"].as_array().into_iter().flatten() {
+        text.push_str(d["diff"].as_str().unwrap_or_default());
+    }
+    text.push_str(&summary_text(&r["summary"]));
+    text.push_str(&outcome_line(
+        &r,
+        if dry_run { "dry run" } else { "applied" },
+    ));
+    text.push('\n');
+    if let Some(w) = r["warning"].as_str() {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    out.write_all(text.as_bytes()).map_err(out_err)
+}
+
+/// `applied: version a -> b` (or unchanged / nothing written for a dry run).
+fn outcome_line(r: &Value, what: &str) -> String {
+    let (from, to) = (s(&r["from_version"]), s(&r["to_version"]));
+    let changed = r["changed"].as_bool().unwrap_or(false);
+    match (what, changed) {
+        ("dry run", true) => format!("dry run: version {from} -> {to} (nothing written)"),
+        ("dry run", false) => format!("dry run: version {from} unchanged (nothing written)"),
+        (_, true) => format!("{what}: version {from} -> {to}"),
+        (_, false) => format!("{what}: version {to} (unchanged)"),
+    }
+}
+
+fn summary_text(summary: &Value) -> String {
+    let mut out = String::new();
+    for (key, label) in [
+        ("services_added", "services added"),
+        ("services_removed", "services removed"),
+        ("services_changed", "services changed"),
+        ("routes_added", "routes added"),
+        ("routes_removed", "routes removed"),
+        ("routes_changed", "routes changed"),
+    ] {
+        let names: Vec<&str> = summary[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !names.is_empty() {
+            out.push_str(&format!("{label}: {}\n", names.join(", ")));
+        }
+    }
+    out
+}
+
+/// A JSON value as a table cell: strings bare, null empty.
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Rows aligned under a header, columns two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn labels(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", s(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn services_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|svc| {
+            vec![
+                s(&svc["name"]),
+                svc["protocol"].as_str().unwrap_or("http").to_owned(),
+                s(&svc["port"]),
+                svc["endpoints"].as_array().map_or(0, Vec::len).to_string(),
+                s(&svc["identity"]),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "PROTOCOL", "PORT", "STATIC ENDPOINTS", "IDENTITY"],
+        &rows,
+    )
+}
+
+fn routes_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let from = r["from"]
+                .as_array()
+                .map(|f| f.iter().map(s).collect::<Vec<_>>().join(","))
+                .unwrap_or_else(|| "*".to_owned());
+            let m = &r["match"];
+            let mut matches = Vec::new();
+            if let Some(p) = m["path"].as_object() {
+                for (k, v) in p {
+                    matches.push(format!("path {k} {}", s(v)));
+                }
+            }
+            if !m["method"].is_null() {
+                matches.push(format!("method {}", s(&m["method"])));
+            }
+            for h in m["headers"].as_array().into_iter().flatten() {
+                matches.push(format!("header {}", s(&h["name"])));
+            }
+            let backends: Vec<String> = r["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let subset = labels(&b["subset"]);
+                    let subset = if subset.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        subset
+                    };
+                    format!("{subset}:{}", b["weight"].as_u64().unwrap_or(1))
+                })
+                .collect();
+            vec![
+                s(&r["name"]),
+                s(&r["service"]),
+                from,
+                if matches.is_empty() {
+                    "*".to_owned()
+                } else {
+                    matches.join(" ")
+                },
+                backends.join(" "),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SERVICE", "FROM", "MATCH", "BACKENDS"], &rows)
+}
+
+fn endpoints_table(v: &Value) -> String {
+    let mut rows = Vec::new();
+    for (service, list) in v["endpoints"].as_object().into_iter().flatten() {
+        for e in list.as_array().into_iter().flatten() {
+            let connected = match e["connected"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no (grace)",
+                None => "",
+            };
+            rows.push(vec![
+                service.clone(),
+                s(&e["address"]),
+                labels(&e["labels"]),
+                s(&e["source"]),
+                connected.to_owned(),
+            ]);
+        }
+    }
+    table(
+        &["SERVICE", "ADDRESS", "LABELS", "SOURCE", "CONNECTED"],
+        &rows,
+    )
+}
+
+/// `weftctl status`: the policy line, the last refusal, and the sidecars table.
+pub fn status_text(v: &Value, now: SystemTime) -> String {
+    let files = v["policy_files"].as_array().map_or(0, Vec::len);
+    let mut out = format!(
+        "policy version {} ({files} files)\n",
+        s(&v["policy_version"])
+    );
+    if let Some(e) = v["last_policy_error"].as_str() {
+        out.push_str("last policy change refused:\n");
+        for line in e.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    let rows: Vec<Vec<String>> = v["sidecars"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|sc| {
+            let connected = sc["connected"].as_bool().unwrap_or(false);
+            let in_sync = if !connected {
+                "disconnected"
+            } else if !sc["sent_version"].is_null() && sc["acked_version"] == sc["sent_version"] {
+                "yes"
+            } else {
+                "no"
+            };
+            let nack = if sc["nack"].is_null() {
+                String::new()
+            } else {
+                format!(
+                    "{}: {}",
+                    s(&sc["nack"]["version"]),
+                    s(&sc["nack"]["reason"])
+                )
+            };
+            let expires = sc["cert_not_after"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .map(|t| match t.duration_since(now) {
+                    Ok(d) => humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60))
+                        .to_string(),
+                    Err(_) => "expired".to_owned(),
+                })
+                .unwrap_or_default();
+            vec![
+                s(&sc["service"]),
+                s(&sc["endpoint"]),
+                s(&sc["acked_version"]),
+                in_sync.to_owned(),
+                nack,
+                expires,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("no sidecars connected\n");
+        return out;
+    }
+    out.push_str(&table(
+        &[
+            "SERVICE",
+            "ENDPOINT",
+            "ACKED",
+            "IN SYNC",
+            "NACK",
+            "CERT EXPIRES IN",
+        ],
+        &rows,
+    ));
+    out
+}
+
+fn history_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            vec![
+                s(&e["seq"]),
+                s(&e["version"]),
+                s(&e["time"]),
+                s(&e["actor"]),
+                s(&e["action"]),
+            ]
+        })
+        .collect();
+    table(&["SEQ", "VERSION", "TIME", "ACTOR", "ACTION"], &rows)
+}
+
+/// The operator API, with the token to present.
+struct Api {
+    base: String,
+    token: String,
+    actor: Option<String>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+fn read_token(path: &Path) -> Result<String, CtlError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CtlError::Auth(format!("admin token {}: {e}", path.display())))?;
+    Ok(text.trim().to_owned())
+}
+
+impl Api {
+    fn new(conn: &Connection) -> Result<Self, CtlError> {
+        let server = conn
+            .server
+            .clone()
+            .or_else(|| std::env::var(SERVER_ENV).ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let base = if server.contains("://") {
+            server
+        } else {
+            format!("http://{server}")
+        };
+        if !base.starts_with("http://") {
+            return Err(CtlError::Usage(format!(
+                "--server {base}: only http:// (the operator API listens on loopback)"
+            )));
+        }
+        let base = base.trim_end_matches('/').to_owned();
+        // The flag first, then the token itself, then the token file from the environment.
+        let token = match (&conn.token_file, std::env::var(TOKEN_ENV).ok()) {
+            (Some(path), _) => read_token(path)?,
+            (None, Some(t)) if !t.trim().is_empty() => t.trim().to_owned(),
+            _ => match std::env::var_os(TOKEN_FILE_ENV).filter(|v| !v.is_empty()) {
+                Some(path) => read_token(Path::new(&path))?,
+                None => {
+                    return Err(CtlError::Auth(format!(
+                        "no admin token: pass --token-file (the control plane's state directory \
+                         has admin.token), or set {TOKEN_FILE_ENV} or {TOKEN_ENV}"
+                    )))
+                }
+            },
+        };
+        let actor = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty());
+        Ok(Api {
+            base,
+            token,
+            actor,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, CtlError> {
+        let (status, v) = self.send(hyper::Method::GET, path, None).await?;
+        self.check(status, v, &mut std::io::sink())
+    }
+
+    async fn post(&self, path: &str, body: &Value, out: &mut dyn Write) -> Result<Value, CtlError> {
+        let (status, v) = self
+            .send(hyper::Method::POST, path, Some(body.to_string()))
+            .await?;
+        self.check(status, v, out)
+    }
+
+    /// Map the answer to a result; policy errors are printed to `out`, one per line.
+    fn check(&self, status: u16, v: Value, out: &mut dyn Write) -> Result<Value, CtlError> {
+        let message = v["error"].as_str().unwrap_or("").to_owned();
+        match status {
+            200..=299 => Ok(v),
+            401 | 403 => Err(CtlError::Auth(format!(
+                "{}: authentication refused: {message}",
+                self.base
+            ))),
+            422 => {
+                for e in v["errors"].as_array().into_iter().flatten() {
+                    writeln!(out, "{}", s(&e["message"])).map_err(out_err)?;
+                }
+                Err(CtlError::Refused(message))
+            }
+            400..=499 => Err(CtlError::Refused(message)),
+            _ => Err(CtlError::Server(format!(
+                "{}: server error {status}: {message}",
+                self.base
+            ))),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Value), CtlError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(hyper::header::ACCEPT, "application/json");
+        if let Some(actor) = &self.actor {
+            req = req.header(ACTOR_HEADER, actor.as_str());
+        }
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CtlError::Usage(format!("{url}: {e}")))?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            CtlError::Connection(format!(
+                "cannot reach the control plane at {}: {e}",
+                self.base
+            ))
+        };
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| unreachable(&"timed out"))?
+            .map_err(|e| unreachable(&error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| unreachable(&"timed out reading the answer"))?
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        let v = serde_json::from_slice(&bytes).unwrap_or_else(
+            |_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes).trim().to_owned() }),
+        );
+        Ok((status, v))
+    }
+}
+
+/// An error with its causes (hyper's "client error (Connect)" alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_shows_sync_nack_and_expiry() {
+        let now = humantime::parse_rfc3339("2026-01-01T00:00:00Z").expect("time");
+        let v = serde_json::json!({
+            "policy_version": "abc",
+            "policy_files": ["/p/mesh.yaml"],
+            "last_policy_error": null,
+            "sidecars": [
+                {"service": "frontend", "endpoint": "127.0.0.1:1", "connected": true,
+                 "sent_version": "v2", "acked_version": "v1",
+                 "nack": {"version": "v2", "reason": "port clash"},
+                 "cert_not_after": "2026-01-01T02:00:00Z"},
+                {"service": "orders", "endpoint": "127.0.0.1:2", "connected": true,
+                 "sent_version": "v9", "acked_version": "v9", "nack": null,
+                 "cert_not_after": null},
+            ]
+        });
+        let text = status_text(&v, now);
+        assert!(text.starts_with("policy version abc (1 files)\n"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("SERVICE   ENDPOINT"), "{text}");
+        assert!(
+            lines[2].contains("no") && lines[2].contains("v2: port clash"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with("2h"), "{text}");
+        assert!(lines[3].contains("yes"), "{text}");
+    }
+}
