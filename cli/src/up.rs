@@ -440,6 +440,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ca: CaStoreOptions::default(),
         grace: weft_control_plane::hub::DEFAULT_GRACE,
         poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+        admin_token_file: None,
     })
     .await
     .context("starting the control plane")?;
