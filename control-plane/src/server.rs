@@ -26,7 +26,10 @@ use weft_wire::v1::control_plane_server::ControlPlaneServer;
 
 use crate::ca_store::{CaStore, CaStoreOptions};
 use crate::hub::Hub;
+pub use crate::issuer::DEFAULT_CERT_LIFETIME;
+use crate::issuer::{Issuer, IssuerOptions};
 use crate::source::{DirSource, PolicySource, Watch};
+use crate::tokens::JoinTokenAttestor;
 
 /// Namespace and service account of the control plane's own identity.
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
@@ -54,6 +57,9 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// How often the policy directory is checked.
     pub poll_interval: Duration,
+    /// Lifetime of the workload certificates `Certify` issues (default
+    /// [`DEFAULT_CERT_LIFETIME`]); sidecars renew at about two thirds of it.
+    pub cert_lifetime: Duration,
 }
 
 /// The control plane's own identity in `trust_domain`.
@@ -122,7 +128,12 @@ fn tls_config(store: &CaStore) -> anyhow::Result<TlsServerConfig> {
     for r in store.trust_bundle_der() {
         roots.add(r.clone())?;
     }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    // A sidecar without a certificate yet may connect to bootstrap with a join token
+    // (`Certify`); `Stream` refuses connections without a verified client certificate, and a
+    // certificate that is presented must still verify.
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()?;
     let mut config = TlsServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
@@ -133,8 +144,22 @@ fn tls_config(store: &CaStore) -> anyhow::Result<TlsServerConfig> {
 /// Open the CA, load the policy, bind both addresses and serve on the current Tokio runtime.
 /// Fails when the policy is invalid at start (there is nothing good to keep in force).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
-    let store = CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
-        .context("certificate authority")?;
+    let store = Arc::new(
+        CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
+            .context("certificate authority")?,
+    );
+    let attestor =
+        JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
+    let issuer = Arc::new(
+        Issuer::new(
+            store.clone(),
+            Arc::new(attestor),
+            IssuerOptions {
+                cert_lifetime: config.cert_lifetime,
+            },
+        )
+        .context("certificate issuer")?,
+    );
     let tls = TlsAcceptor::from(Arc::new(tls_config(&store)?));
     let source = DirSource::new(&config.policy_dir).with_interval(config.poll_interval);
     let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
@@ -206,7 +231,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             });
         }
     }));
-    let svc = ControlPlaneServer::new(crate::grpc::Service { hub: hub.clone() });
+    let svc = ControlPlaneServer::new(crate::grpc::Service {
+        hub: hub.clone(),
+        issuer,
+    });
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -39,6 +39,10 @@ struct Args {
     /// How long a disconnected sidecar's endpoint stays registered.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Lifetime of the workload certificates issued to sidecars (1s to 7d); they renew at
+    /// about two thirds of it.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_lifetime: Duration,
 }
 
 fn main() {
@@ -65,6 +69,7 @@ fn main() {
             args.grace
         },
         poll_interval: DEFAULT_POLL_INTERVAL,
+        cert_lifetime: args.cert_lifetime,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
