@@ -86,7 +86,7 @@ pub async fn run(
 
 /// A gRPC channel to the control plane over TLS with `tls` (with or without a client
 /// certificate); the control plane must prove `cp.identity`.
-pub(crate) async fn connect(
+pub async fn connect(
     cp: &ControlPlane,
     mut tls: rustls::ClientConfig,
 ) -> anyhow::Result<tonic::transport::Channel> {
