@@ -149,3 +149,28 @@ impl ShutdownSignalWatch for DrainSignals {
         ShutdownSignal::GracefulTerminate
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_wakes_waiters_and_resolves_at_once_afterwards() {
+        let drain = Arc::new(Drain::default());
+        let waiter = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.draining().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        drain.start_draining();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        tokio::time::timeout(Duration::from_millis(1), drain.draining())
+            .await
+            .expect("already draining");
+        assert!(drain.is_draining());
+    }
+}
