@@ -304,9 +304,11 @@ where
         let now = tokio::time::Instant::now();
         let delay = crate::cp_client::backoff(n - 1);
         if now + delay >= deadline || n >= 1000 {
+            // Whole tenths of a second read better in the error than nanoseconds.
+            let after = now.duration_since(start).as_millis() / 100 * 100;
             return Err(CertifyError::GaveUp {
                 address: address.to_owned(),
-                after: now.duration_since(start),
+                after: Duration::from_millis(u64::try_from(after).unwrap_or(u64::MAX)),
                 last: Box::new(e),
             });
         }

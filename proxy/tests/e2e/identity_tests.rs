@@ -358,6 +358,10 @@ async fn an_expired_sidecar_is_refused_by_its_peer_and_does_not_restart_without_
     let status =
         status.unwrap_or_else(|| panic!("still running with an expired certificate:\n{text}"));
     assert!(!status.success(), "{text}");
+    println!(
+        "restart with an expired certificate, control plane down: {status}: {}",
+        text.lines().last().unwrap_or_default()
+    );
     assert!(
         text.contains("no certificate from the control plane"),
         "{text}"
