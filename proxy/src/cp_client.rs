@@ -7,7 +7,10 @@
 //! `Snapshot` validates and builds the new config off the hot path, swaps it in and answers
 //! `Ack`, or answers `Nack` with the reason and keeps the config in force. A lost stream is
 //! retried with jittered exponential backoff; traffic is served meanwhile with the last good
-//! config.
+//! config. A renewed certificate's expiry is reported (`Certificate`); on SIGTERM the stream
+//! says `Draining` so the endpoint is withdrawn at once, and is not reopened. The snapshot's
+//! trust bundle replaces `tls.trust_bundle` when its roots differ
+//! ([`crate::certify::take_trust_bundle`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -480,6 +480,22 @@ async fn certify_issues_only_the_token_s_identity_and_renews_with_the_certificat
         "secret echoed: {e:?}"
     );
 
+    // The stream itself still requires a client certificate.
+    let hello = weft_wire::v1::SidecarMessage {
+        kind: Some(weft_wire::v1::sidecar_message::Kind::Hello(
+            weft_wire::v1::Hello {
+                service: "frontend".into(),
+                endpoint_address: "127.0.0.1:1".into(),
+                ..Default::default()
+            },
+        )),
+    };
+    let e = anon
+        .stream(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("stream without a certificate");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+
     // A's token, A's CSR: a certificate for A only.
     let issued = anon
         .certify(ask(&csr_a, &token))
