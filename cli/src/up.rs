@@ -441,10 +441,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         grace: weft_control_plane::hub::DEFAULT_GRACE,
         poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
+        cert_lifetime: args.cert_lifetime,
     })
     .await
     .context("starting the control plane")?;
-    let _ = args.cert_lifetime;
     let trust_bundle =
         std::fs::read_to_string(state_dir.join(weft_control_plane::ca_store::CA_CERT_FILE))
             .context("reading the mesh root")?;

@@ -4,6 +4,10 @@
 //! the service they name must be their certificate's service account (and, when the policy
 //! lists the service, its identity). Their inbound address and labels are registered as an
 //! endpoint of that service, withdrawn [`Hub::grace`] after the stream ends.
+//!
+//! `Certify` issues workload certificates for CSRs: with a join token (bootstrap; the
+//! connection may have no client certificate) or with the caller's current certificate
+//! (renewal). `Stream` requires a client certificate.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,7 +27,9 @@ use weft_wire::v1::{
     sidecar_message, CertifyRequest, CertifyResponse, ControlMessage, SidecarMessage,
 };
 
+use crate::attest::Credential;
 use crate::hub::{push_changed, Hub, SidecarEntry};
+use crate::issuer::{IssueError, Issued, Issuer};
 
 /// The authenticated client of a connection, from its certificate.
 #[derive(Debug, Clone)]
@@ -82,6 +88,7 @@ impl AsyncWrite for TlsConn {
 
 pub(crate) struct Service {
     pub(crate) hub: Arc<Hub>,
+    pub(crate) issuer: Arc<Issuer>,
 }
 type SnapshotStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ControlMessage, Status>> + Send>>;
@@ -90,13 +97,55 @@ type SnapshotStream =
 impl ControlPlane for Service {
     type StreamStream = SnapshotStream;
 
+    /// Bootstrap (join token, no client certificate needed) or renewal (no token, the verified
+    /// client certificate's identity). The identity comes from the credential only; the CSR
+    /// can at most agree with it.
     async fn certify(
         &self,
-        _req: Request<CertifyRequest>,
+        req: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        Err(Status::unimplemented(
-            "certificate issuance is not served yet",
-        ))
+        let peer = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone());
+        let CertifyRequest {
+            csr_pem,
+            join_token,
+        } = req.into_inner();
+        let issuer = self.issuer.clone();
+        let trust_domain = self.hub.trust_domain.clone();
+        let how = if join_token.trim().is_empty() {
+            "renewal"
+        } else {
+            "join token"
+        };
+        // Attestation reads the token file and signing costs a few milliseconds of CPU: keep
+        // both off the runtime's workers.
+        let result = tokio::task::spawn_blocking(move || {
+            certify_blocking(&issuer, &trust_domain, peer, &join_token, &csr_pem)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("certificate task failed: {e}")))
+        .and_then(|r| r);
+        match result {
+            Ok(issued) => {
+                self.hub.count_certify(true);
+                log::info!(
+                    "issued a certificate to {} ({how}), valid until {}",
+                    issued.identity,
+                    humantime::format_rfc3339_seconds(issued.not_after)
+                );
+                Ok(Response::new(CertifyResponse {
+                    cert_chain_pem: issued.chain_pem,
+                    trust_bundle_pem: self.issuer.trust_bundle_pem().to_owned(),
+                }))
+            }
+            Err(status) => {
+                self.hub.count_certify(false);
+                log::warn!("certificate refused ({how}): {}", status.message());
+                Err(status)
+            }
+        }
     }
 
     async fn stream(
@@ -180,6 +229,40 @@ impl ControlPlane for Service {
         tokio::spawn(follow(hub, id, inbound));
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
+}
+
+/// Decide the identity (token first, else the client certificate) and issue; the error is
+/// the status to answer, with a message that names the reason but never the token's secret.
+fn certify_blocking(
+    issuer: &Issuer,
+    trust_domain: &str,
+    peer: Option<Identity>,
+    join_token: &str,
+    csr_pem: &str,
+) -> Result<Issued, Status> {
+    let result = if !join_token.trim().is_empty() {
+        issuer.issue(&Credential::JoinToken(join_token.to_owned()), csr_pem)
+    } else {
+        let Some(peer) = peer else {
+            return Err(Status::unauthenticated(
+                "no credential: present a join token, or renew with a valid workload certificate",
+            ));
+        };
+        if peer.trust_domain() != trust_domain {
+            return Err(Status::permission_denied(format!(
+                "{peer} is not in trust domain {trust_domain}"
+            )));
+        }
+        issuer.issue_to(peer, csr_pem)
+    };
+    result.map_err(|e| match &e {
+        IssueError::BadCredential(_) => Status::unauthenticated(e.to_string()),
+        IssueError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
+        IssueError::Attestation(_) => Status::unavailable(e.to_string()),
+        IssueError::Signing(_) => Status::internal(e.to_string()),
+        _ if e.is_caller_error() => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    })
 }
 
 /// A Unix time in seconds from the wire; 0 and negative mean unknown.

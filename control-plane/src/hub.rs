@@ -5,6 +5,7 @@
 //! that snapshot's version changes (policy change or endpoint change).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -103,6 +104,10 @@ pub struct Hub {
     pub(crate) trust_bundle_pem: String,
     pub(crate) trust_domain: String,
     pub(crate) grace: Duration,
+    /// Certificates issued through `Certify`.
+    pub(crate) certs_issued: AtomicU64,
+    /// `Certify` requests refused (bad credential or CSR) or failed.
+    pub(crate) certs_refused: AtomicU64,
 }
 
 impl Hub {
@@ -126,7 +131,31 @@ impl Hub {
             trust_bundle_pem,
             trust_domain,
             grace,
+            certs_issued: AtomicU64::new(0),
+            certs_refused: AtomicU64::new(0),
         }
+    }
+
+    /// Count one `Certify` answer: issued, or refused/failed.
+    pub(crate) fn count_certify(&self, issued: bool) {
+        let c = if issued {
+            &self.certs_issued
+        } else {
+            &self.certs_refused
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text of `weft_cp_certificates_issued_total`.
+    fn certificate_metrics(&self) -> String {
+        format!(
+            "# HELP weft_cp_certificates_issued_total Certify requests, by result (issued; refused: bad credential or CSR, or a failure).\n\
+             # TYPE weft_cp_certificates_issued_total counter\n\
+             weft_cp_certificates_issued_total{{result=\"issued\"}} {}\n\
+             weft_cp_certificates_issued_total{{result=\"refused\"}} {}\n",
+            self.certs_issued.load(Ordering::Relaxed),
+            self.certs_refused.load(Ordering::Relaxed)
+        )
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -252,7 +281,7 @@ impl Hub {
             st.rejected,
             st.pushes,
             st.push_duration.render()
-        )
+        ) + &self.certificate_metrics()
     }
 
     /// The status document of `GET /status`.

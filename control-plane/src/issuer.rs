@@ -184,6 +184,15 @@ impl Issuer {
                 IssueError::Attestation(e)
             }
         })?;
+        self.issue_to(identity, csr_pem)
+    }
+
+    /// Issues a certificate for `identity`, already proven by other means, certifying the key
+    /// of `csr_pem`, with the same CSR checks as [`Issuer::issue`].
+    ///
+    /// For renewal: the caller authenticated with a certificate this CA issued (verified by
+    /// the TLS handshake), so the identity in that certificate is the credential.
+    pub fn issue_to(&self, identity: Identity, csr_pem: &str) -> Result<Issued, IssueError> {
         if csr_pem.len() > MAX_CSR_PEM_LEN {
             return Err(IssueError::CsrTooLarge {
                 len: csr_pem.len(),

@@ -28,8 +28,11 @@ use crate::auth::AdminToken;
 use crate::ca_store::{CaStore, CaStoreOptions};
 use crate::history::History;
 use crate::hub::Hub;
+pub use crate::issuer::DEFAULT_CERT_LIFETIME;
+use crate::issuer::{Issuer, IssuerOptions};
 use crate::ops::Ops;
 use crate::source::{DirSource, PolicySource, Watch};
+use crate::tokens::JoinTokenAttestor;
 
 /// Namespace and service account of the control plane's own identity.
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
@@ -60,6 +63,9 @@ pub struct ServerConfig {
     /// The operator API's bearer token; `None`: the state directory's `admin.token`, created
     /// on first start.
     pub admin_token_file: Option<PathBuf>,
+    /// Lifetime of the workload certificates `Certify` issues (default
+    /// [`DEFAULT_CERT_LIFETIME`]); sidecars renew at about two thirds of it.
+    pub cert_lifetime: Duration,
 }
 
 /// The control plane's own identity in `trust_domain`.
@@ -130,7 +136,12 @@ fn tls_config(store: &CaStore) -> anyhow::Result<TlsServerConfig> {
     for r in store.trust_bundle_der() {
         roots.add(r.clone())?;
     }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
+    // A sidecar without a certificate yet may connect to bootstrap with a join token
+    // (`Certify`); `Stream` refuses connections without a verified client certificate, and a
+    // certificate that is presented must still verify.
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()?;
     let mut config = TlsServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
@@ -141,8 +152,22 @@ fn tls_config(store: &CaStore) -> anyhow::Result<TlsServerConfig> {
 /// Open the CA, load the policy, bind both addresses and serve on the current Tokio runtime.
 /// Fails when the policy is invalid at start (there is nothing good to keep in force).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
-    let store = CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
-        .context("certificate authority")?;
+    let store = Arc::new(
+        CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
+            .context("certificate authority")?,
+    );
+    let attestor =
+        JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
+    let issuer = Arc::new(
+        Issuer::new(
+            store.clone(),
+            Arc::new(attestor),
+            IssuerOptions {
+                cert_lifetime: config.cert_lifetime,
+            },
+        )
+        .context("certificate issuer")?,
+    );
     let tls = TlsAcceptor::from(Arc::new(tls_config(&store)?));
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
@@ -221,7 +246,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             });
         }
     }));
-    let svc = ControlPlaneServer::new(crate::grpc::Service { hub: hub.clone() });
+    let svc = ControlPlaneServer::new(crate::grpc::Service {
+        hub: hub.clone(),
+        issuer,
+    });
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -116,3 +116,30 @@ fn refuses_to_start_on_an_invalid_policy() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mesh.yaml:6:"), "{err}");
 }
+
+#[test]
+fn refuses_a_certificate_lifetime_out_of_bounds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).expect("mkdir");
+    std::fs::write(policy.join("mesh.yaml"), POLICY).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .arg("--policy-dir")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--listen")
+        .arg(free_addr().to_string())
+        .arg("--admin")
+        .arg(free_addr().to_string())
+        .arg("--cert-lifetime")
+        .arg("30d")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certificate lifetime 30days is out of bounds"),
+        "{err}"
+    );
+}

@@ -268,10 +268,26 @@ impl Validator<'_> {
         let control_plane = raw.control_plane.and_then(|cp| {
             let address = self.check("control_plane.address", host_port(&cp.address));
             let identity = self.check("control_plane.identity", identity(&cp.identity));
+            let bootstrap_timeout = self.duration(
+                "control_plane.bootstrap_timeout",
+                cp.bootstrap_timeout,
+                DEFAULT_BOOTSTRAP_TIMEOUT,
+            );
+            if cp.join_token_file.as_deref() == Some("") {
+                self.err(
+                    "control_plane.join_token_file",
+                    "must name a file (or be left out)",
+                );
+            }
             Some(ControlPlane {
                 address: address?,
                 identity: identity?,
                 state_file: cp.state_file.map(|f| self.base.join(f)),
+                join_token_file: cp
+                    .join_token_file
+                    .filter(|f| !f.is_empty())
+                    .map(|f| self.base.join(f)),
+                bootstrap_timeout,
             })
         });
         let reserved = listen

@@ -30,6 +30,9 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 pub const DEFAULT_WORKERS: usize = 1;
 /// Default drain on SIGTERM: under Kubernetes' default 30 s termination grace.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a sidecar keeps trying to obtain its first certificate with a join token before it
+/// exits (`control_plane.bootstrap_timeout`).
+pub const DEFAULT_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default connect timeout (linkerd2-proxy's too).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -93,6 +96,10 @@ pub struct ControlPlane {
     pub identity: Identity,
     /// Where the last applied snapshot is kept, if anywhere.
     pub state_file: Option<PathBuf>,
+    /// The join token file used to obtain a first certificate, if any.
+    pub join_token_file: Option<PathBuf>,
+    /// How long to keep trying to obtain the first certificate before giving up.
+    pub bootstrap_timeout: Duration,
 }
 
 /// What belongs to one sidecar and never comes from the control plane.

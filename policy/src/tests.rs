@@ -636,3 +636,41 @@ fn control_plane_address_and_identity_are_checked() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn control_plane_join_token_file_and_bootstrap_timeout() {
+    let c = parse_str(CP_LOCAL).expect("valid");
+    let cp = c.control_plane.as_ref().expect("control plane");
+    assert_eq!(cp.join_token_file, None);
+    assert_eq!(cp.bootstrap_timeout, DEFAULT_BOOTSTRAP_TIMEOUT);
+    let text = CP_LOCAL.replace(
+        "  identity: spiffe://weft.local/ns/weft-system/sa/control-plane\n",
+        "  identity: spiffe://weft.local/ns/weft-system/sa/control-plane\n  join_token_file: token.txt\n  bootstrap_timeout: 5s\n",
+    );
+    let c = parse_str(&text).expect("valid");
+    let cp = c.control_plane.as_ref().expect("control plane");
+    assert!(cp
+        .join_token_file
+        .as_ref()
+        .is_some_and(|f| f.ends_with("token.txt")));
+    assert_eq!(cp.bootstrap_timeout, Duration::from_secs(5));
+    let bad = CP_LOCAL.replace(
+        "  identity: spiffe://weft.local/ns/weft-system/sa/control-plane\n",
+        "  identity: spiffe://weft.local/ns/weft-system/sa/control-plane\n  join_token_file: \"\"\n  bootstrap_timeout: soon\n",
+    );
+    let errors = invalid(&bad);
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert!(
+        fields.contains(&"control_plane.join_token_file"),
+        "{errors:?}"
+    );
+    assert!(
+        fields.contains(&"control_plane.bootstrap_timeout"),
+        "{errors:?}"
+    );
+    let unknown = CP_LOCAL.replace(
+        "  identity: spiffe://weft.local/ns/weft-system/sa/control-plane\n",
+        "  identity: spiffe://weft.local/ns/weft-system/sa/control-plane\n  join_token: x\n",
+    );
+    assert!(parse_str(&unknown).is_err());
+}

@@ -283,6 +283,15 @@ pub struct ControlPlane {
     /// the control plane answers (default: not kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<String>,
+    /// File holding a join token (`weftctl tokens create`): when set, the sidecar obtains its
+    /// workload certificate from the control plane at start if `tls.cert`/`tls.key` are
+    /// missing, expired or for another identity (default: none, the files must be provided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token_file: Option<String>,
+    /// How long the sidecar keeps trying to obtain its first certificate before it exits
+    /// (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_timeout: Option<String>,
 }
 
 /// Listener addresses; each has a default.

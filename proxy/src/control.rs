@@ -1,5 +1,6 @@
 //! The control thread: admin HTTP (loopback), config reload on SIGHUP and on file change,
-//! and the control-plane client ([`crate::cp_client`]) when `control_plane` is set.
+//! and, when `control_plane` is set, the control-plane client ([`crate::cp_client`]) and
+//! certificate rotation ([`crate::certify::rotate`]).
 //! It runs on its own single-threaded runtime so control work never delays traffic.
 
 use std::convert::Infallible;
@@ -36,7 +37,15 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
                 tokio::spawn(reload_on_sighup(store.clone()));
                 tokio::spawn(reload_on_change(store.clone()));
                 if let Some(cp) = store.load().control_plane.clone() {
-                    tokio::spawn(crate::cp_client::run(store.clone(), cp));
+                    let (renewed, renewals) =
+                        tokio::sync::watch::channel(store.load().tls.not_after);
+                    tokio::spawn(crate::certify::rotate(store.clone(), cp.clone(), renewed));
+                    tokio::spawn(crate::cp_client::run(
+                        store.clone(),
+                        cp,
+                        renewals,
+                        drain.clone(),
+                    ));
                 }
                 admin(listener, store, drain).await;
             })

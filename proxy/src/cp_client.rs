@@ -7,23 +7,29 @@
 //! `Snapshot` validates and builds the new config off the hot path, swaps it in and answers
 //! `Ack`, or answers `Nack` with the reason and keeps the config in force. A lost stream is
 //! retried with jittered exponential backoff; traffic is served meanwhile with the last good
-//! config.
+//! config. A renewed certificate's expiry is reported (`Certificate`); on SIGTERM the stream
+//! says `Draining` so the endpoint is withdrawn at once, and is not reopened. The snapshot's
+//! trust bundle replaces `tls.trust_bundle` when its roots differ
+//! ([`crate::certify::take_trust_bundle`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_wire::v1::control_plane_client::ControlPlaneClient;
-use weft_wire::v1::{control_message, sidecar_message, Ack, Hello, Nack, SidecarMessage};
+use weft_wire::v1::{
+    control_message, sidecar_message, Ack, Certificate, Draining, Hello, Nack, SidecarMessage,
+};
 
 use crate::config::wire::PolicySnapshot;
 use crate::config::ControlPlane;
+use crate::drain::Drain;
 use crate::state::Store;
 
 /// First reconnect delay.
@@ -42,12 +48,25 @@ pub fn backoff(attempt: u32) -> Duration {
     exp.min(BACKOFF_MAX).mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// Follow the control plane forever (on the control thread's runtime).
-pub async fn run(store: Arc<Store>, cp: ControlPlane) {
+/// Follow the control plane (on the control thread's runtime) until the sidecar drains.
+///
+/// `renewed` carries the expiry of each renewed certificate, reported on the stream as
+/// `Certificate`; once `drain` starts, the control plane is told (`Draining`) and no new
+/// stream is opened.
+pub async fn run(
+    store: Arc<Store>,
+    cp: ControlPlane,
+    mut renewed: watch::Receiver<SystemTime>,
+    drain: Arc<Drain>,
+) {
     let mut attempt = 0u32;
     loop {
+        if drain.is_draining() {
+            return;
+        }
         let started = Instant::now();
-        match session(&store, &cp).await {
+        match session(&store, &cp, &mut renewed, &drain).await {
+            Ok(()) if drain.is_draining() => return,
             Ok(()) => log::warn!("control plane {} closed the stream", cp.address),
             Err(e) => log::warn!("control plane {}: {e:#}", cp.address),
         }
@@ -61,13 +80,19 @@ pub async fn run(store: Arc<Store>, cp: ControlPlane) {
             "reconnecting to the control plane in {} ms",
             delay.as_millis()
         );
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = drain.draining() => return,
+        }
     }
 }
 
-async fn session(store: &Arc<Store>, cp: &ControlPlane) -> anyhow::Result<()> {
-    let snap = store.load();
-    let mut tls = (*snap.tls.tcp_client).clone();
+/// A gRPC channel to the control plane over TLS with `tls` (with or without a client
+/// certificate); the control plane must prove `cp.identity`.
+pub async fn connect(
+    cp: &ControlPlane,
+    mut tls: rustls::ClientConfig,
+) -> anyhow::Result<tonic::transport::Channel> {
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = TlsConnector::from(Arc::new(tls));
     let server_name = ServerName::try_from(cp.identity.dns_name())
@@ -110,6 +135,17 @@ async fn session(store: &Arc<Store>, cp: &ControlPlane) -> anyhow::Result<()> {
         .connect_with_connector(connect)
         .await
         .context("connect")?;
+    Ok(channel)
+}
+
+async fn session(
+    store: &Arc<Store>,
+    cp: &ControlPlane,
+    renewed: &mut watch::Receiver<SystemTime>,
+    drain: &Arc<Drain>,
+) -> anyhow::Result<()> {
+    let snap = store.load();
+    let channel = connect(cp, (*snap.tls.tcp_client).clone()).await?;
     let mut client = ControlPlaneClient::new(channel);
     let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
     let hello = Hello {
@@ -136,7 +172,26 @@ async fn session(store: &Arc<Store>, cp: &ControlPlane) -> anyhow::Result<()> {
         .into_inner();
     store.set_control_plane_connected(true);
     log::info!("connected to the control plane {}", cp.address);
-    while let Some(msg) = inbound.message().await.context("receive")? {
+    // The Hello carried the current expiry.
+    renewed.borrow_and_update();
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m.context("receive")?,
+            Ok(()) = renewed.changed() => {
+                let not_after = unix_secs(*renewed.borrow_and_update());
+                tx.send(SidecarMessage {
+                    kind: Some(sidecar_message::Kind::Certificate(Certificate { not_after_unix: not_after })),
+                })
+                .await
+                .context("send Certificate")?;
+                continue;
+            }
+            () = drain.draining() => {
+                announce_drain(&tx, &mut inbound, drain).await;
+                return Ok(());
+            }
+        };
+        let Some(msg) = msg else { break };
         let Some(control_message::Kind::Snapshot(s)) = msg.kind else {
             continue;
         };
@@ -173,14 +228,43 @@ async fn session(store: &Arc<Store>, cp: &ControlPlane) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a draining sidecar waits for the control plane to take its `Draining` in.
+const DRAIN_ANNOUNCE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Tell the control plane this sidecar is draining, so it withdraws the endpoint at once
+/// instead of after its grace period. Holds the process's exit (as in-flight work) until the
+/// control plane ends the stream (it does once it has withdrawn the endpoint) or
+/// [`DRAIN_ANNOUNCE_LIMIT`] passes.
+async fn announce_drain(
+    tx: &mpsc::Sender<SidecarMessage>,
+    inbound: &mut tonic::Streaming<weft_wire::v1::ControlMessage>,
+    drain: &Arc<Drain>,
+) {
+    let _working = drain.enter();
+    let sent = tx
+        .send(SidecarMessage {
+            kind: Some(sidecar_message::Kind::Draining(Draining {})),
+        })
+        .await;
+    if sent.is_err() {
+        return;
+    }
+    log::info!("draining: told the control plane to withdraw this endpoint");
+    let _ = tokio::time::timeout(DRAIN_ANNOUNCE_LIMIT, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+}
+
 /// Seconds since the Unix epoch (0 before it).
-fn unix_secs(t: std::time::SystemTime) -> i64 {
+pub(crate) fn unix_secs(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Decode and apply one snapshot; the error is the NACK reason.
 fn apply(store: &Store, s: &weft_wire::v1::Snapshot) -> Result<u64, String> {
+    crate::certify::take_trust_bundle(store, &s.trust_bundle_pem)?;
     let mut policy: PolicySnapshot =
         serde_json::from_slice(&s.policy_json).map_err(|e| format!("undecodable policy: {e}"))?;
     policy.version = s.version.clone();

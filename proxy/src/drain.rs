@@ -20,6 +20,8 @@ type ExitHook = Box<dyn FnOnce() + Send>;
 pub struct Drain {
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    /// Wakes [`Drain::draining`] waiters when SIGTERM arrives.
+    started: tokio::sync::Notify,
     at_exit: Mutex<Vec<ExitHook>>,
 }
 
@@ -64,6 +66,27 @@ impl Drain {
     /// True once SIGTERM arrived.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the drain has started (at once if it already has); any runtime may await
+    /// it (the control thread does, to tell the control plane).
+    pub async fn draining(&self) {
+        loop {
+            let notified = self.started.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drain starting in between still wakes us.
+            notified.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Mark the drain started and wake every [`Drain::draining`] waiter.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.started.notify_waiters();
     }
 
     /// Wait (on a plain thread, outside every runtime) until nothing is in flight or `limit`
@@ -121,8 +144,33 @@ impl ShutdownSignalWatch for DrainSignals {
             self.drain.in_flight(),
             self.limit
         );
-        self.drain.draining.store(true, Ordering::Release);
+        self.drain.start_draining();
         self.drain.clone().exit_when_idle(self.limit);
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_wakes_waiters_and_resolves_at_once_afterwards() {
+        let drain = Arc::new(Drain::default());
+        let waiter = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.draining().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        drain.start_draining();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        tokio::time::timeout(Duration::from_millis(1), drain.draining())
+            .await
+            .expect("already draining");
+        assert!(drain.is_draining());
     }
 }

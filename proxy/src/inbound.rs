@@ -92,6 +92,17 @@ impl ProxyHttp for InboundHttp {
             ctx.metrics = Some(p.metrics.clone());
             ctx.caller = Some(p.header.clone());
             ctx.caller_id = Some(p.uri.clone());
+            // New handshakes refuse an expired certificate; this refuses it on a connection
+            // opened before it expired.
+            if p.not_after <= std::time::SystemTime::now() {
+                p.metrics.event(Event::Rejected(Reject::CertExpired));
+                ctx.flag = Some("cert_expired");
+                Failure::new(403, "cert_expired", "caller certificate expired")
+                    .respond(session, false)
+                    .await;
+                ctx.snap = Some(snap);
+                return Ok(true);
+            }
         }
         if ctx.caller.is_none() {
             Failure::new(403, "denied", "caller has no mesh identity")

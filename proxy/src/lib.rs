@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod balancer;
+pub mod certify;
 pub mod config;
 pub mod control;
 pub mod cp_client;

@@ -36,6 +36,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     log::set_max_level(level);
     let args = Args::parse();
+    // Before the store opens: a sidecar with a join token and no usable certificate obtains
+    // one from the control plane first (see `weft_proxy::certify`).
+    if !args.check {
+        if let Err(e) = weft_proxy::certify::bootstrap_if_needed(&args.config) {
+            eprintln!("{}: cannot start: {e}", args.config.display());
+            std::process::exit(3);
+        }
+    }
     let metrics = weft_proxy::metrics::Metrics::new().context("metrics registry")?;
     let store = match weft_proxy::state::Store::open(&args.config, metrics) {
         Ok(s) => s,

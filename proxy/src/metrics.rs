@@ -37,6 +37,8 @@ pub mod names {
     pub const CONTROL_PLANE_SNAPSHOTS: &str = weft!("control_plane_snapshots_total");
     /// When the workload certificate expires, Unix seconds (gauge).
     pub const CERT_EXPIRY: &str = weft!("certificate_expiry_timestamp_seconds");
+    /// Workload certificate renewals with the control plane, by result (counter).
+    pub const CERT_RENEWALS: &str = weft!("cert_renewals_total");
     /// Inbound TLS handshakes, by result (counter).
     pub const TLS_HANDSHAKES: &str = weft!("tls_handshakes_total");
     /// TCP tunnels opened, by direction and destination (counter).
@@ -139,6 +141,8 @@ pub enum Reject {
     BreakerOpen,
     /// No authorization rule allows the caller (inbound).
     Denied,
+    /// The caller's certificate expired since its connection was opened (inbound).
+    CertExpired,
 }
 
 impl Reject {
@@ -151,6 +155,7 @@ impl Reject {
             Reject::RateLimited => "rate_limited",
             Reject::BreakerOpen => "breaker_open",
             Reject::Denied => "denied",
+            Reject::CertExpired => "cert_expired",
         }
     }
 }
@@ -220,6 +225,8 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     /// Inbound handshakes, `result` = ok | refused.
     pub tls_handshakes: IntCounterVec,
+    /// Certificate renewals, `result` = ok | error.
+    pub cert_renewals: IntCounterVec,
     /// TCP tunnels opened, by `direction`, `dst_service`.
     pub tcp_opened: IntCounterVec,
     /// TCP tunnels closed, by `direction`, `dst_service`.
@@ -317,6 +324,17 @@ impl Metrics {
             Opts::new(names::TLS_HANDSHAKES, "Inbound TLS handshakes, by result."),
             &["result"],
         )?;
+        let cert_renewals = IntCounterVec::new(
+            Opts::new(
+                names::CERT_RENEWALS,
+                "Workload certificate renewals with the control plane, by result (ok, error).",
+            ),
+            &["result"],
+        )?;
+        for r in ["ok", "error"] {
+            cert_renewals.with_label_values(&[r]);
+        }
+        registry.register(Box::new(cert_renewals.clone()))?;
         let tcp = ["direction", "dst_service"];
         let tcp_opened =
             IntCounterVec::new(Opts::new(names::TCP_OPENED, "TCP tunnels opened."), &tcp)?;
@@ -452,6 +470,7 @@ impl Metrics {
             control_plane_snapshots,
             cert_expiry,
             tls_handshakes,
+            cert_renewals,
             tcp_opened,
             tcp_closed,
             tcp_bytes,

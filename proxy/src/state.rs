@@ -562,14 +562,30 @@ impl Store {
     /// Re-read the file; on success swap the new snapshot in, else keep the current one.
     pub fn reload(&self) -> Result<u64, ConfigError> {
         let cp = self.cp_lock();
+        self.rebuild(cp.as_ref())
+    }
+
+    /// Replace certificate files (each written atomically: a temporary file in the same
+    /// directory, then a rename) and rebuild the snapshot from them at once.
+    ///
+    /// Runs under the rebuild lock, so no reload (file watcher, SIGHUP, control-plane
+    /// snapshot) reads a half-installed set such as a new key with the old certificate.
+    /// `files` are `(path, contents, mode)`.
+    pub fn install_files(&self, files: &[(&Path, &[u8], u32)]) -> Result<u64, InstallError> {
+        let cp = self.cp_lock();
+        for (path, bytes, mode) in files {
+            write_atomically(path, bytes, *mode).map_err(|source| InstallError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        self.rebuild(cp.as_ref()).map_err(InstallError::Rejected)
+    }
+
+    fn rebuild(&self, cp: Option<&PolicySnapshot>) -> Result<u64, ConfigError> {
         let prev = self.current.load_full();
-        let next = match load_snapshot(
-            &self.path,
-            prev.version + 1,
-            Some(&prev),
-            &self.metrics,
-            cp.as_ref(),
-        ) {
+        let next = match load_snapshot(&self.path, prev.version + 1, Some(&prev), &self.metrics, cp)
+        {
             Ok(next) => next,
             Err(e) => {
                 self.metrics.config_rejected.inc();
@@ -586,6 +602,48 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Why [`Store::install_files`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The files were written but the config built from them was refused; the snapshot in
+    /// force stays.
+    #[error("{0}")]
+    Rejected(ConfigError),
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same directory (created with
+/// `mode`), synced, then renamed over `path`. Readers see the old or the new file, never a
+/// part of one.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.weft-tmp"));
+    // A temporary file left by a crash may have another mode; `mode` applies on creation only.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 fn observe(metrics: &Metrics, snap: &Snapshot) {

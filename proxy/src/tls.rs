@@ -32,6 +32,8 @@ pub const ALPN_H2: &[u8] = b"h2";
 pub struct TlsMaterial {
     /// This workload's identity, read from its certificate.
     pub identity: Identity,
+    /// When the workload certificate became valid.
+    pub not_before: SystemTime,
     /// When the workload certificate expires.
     pub not_after: SystemTime,
     /// Client certificate for outbound HTTP peers (Pingora hashes it into the pool key, so a
@@ -87,17 +89,33 @@ fn certs(pem: &[u8], path: &Path, field: &str) -> Result<Vec<CertificateDer<'sta
 /// Refuses a certificate that does not carry `expected`, has expired, or does not chain to the
 /// trust bundle, so a sidecar never serves with an identity it cannot prove.
 pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldError> {
+    let cert_pem = read(&paths.cert, "tls.cert")?;
+    let bundle_pem = read(&paths.trust_bundle, "tls.trust_bundle")?;
+    let key_pem = read(&paths.key, "tls.key")?;
+    from_pem(paths, &cert_pem, &key_pem, &bundle_pem, expected)
+}
+
+/// Parse the mesh roots of a trust bundle (PEM, one or more certificates); `path` names it in
+/// errors.
+pub fn trust_bundle(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, FieldError> {
+    certs(pem, path, "tls.trust_bundle")
+}
+
+/// [`load`] from PEM already in memory (`paths` name the files in errors): a renewed
+/// certificate is checked this way before it replaces the files.
+pub fn from_pem(
+    paths: &TlsPaths,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    bundle_pem: &[u8],
+    expected: &Identity,
+) -> Result<TlsMaterial, FieldError> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();
-    let chain = certs(&read(&paths.cert, "tls.cert")?, &paths.cert, "tls.cert")?;
-    let roots_der = certs(
-        &read(&paths.trust_bundle, "tls.trust_bundle")?,
-        &paths.trust_bundle,
-        "tls.trust_bundle",
-    )?;
-    let key_pem = read(&paths.key, "tls.key")?;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
+    let chain = certs(cert_pem, &paths.cert, "tls.cert")?;
+    let roots_der = certs(bundle_pem, &paths.trust_bundle, "tls.trust_bundle")?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem))
         .map_err(|e| ferr("tls.key", format!("{}: bad PEM: {e}", paths.key.display())))?
         .ok_or_else(|| {
             ferr(
@@ -115,6 +133,8 @@ pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldE
         ));
     }
     let not_after = weft_certs::not_after_from_cert_der(chain[0].as_ref())
+        .map_err(|e| ferr("tls.cert", e.to_string()))?;
+    let not_before = weft_certs::not_before_from_cert_der(chain[0].as_ref())
         .map_err(|e| ferr("tls.cert", e.to_string()))?;
     if not_after <= SystemTime::now() {
         return Err(ferr(
@@ -162,6 +182,7 @@ pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldE
 
     Ok(TlsMaterial {
         identity,
+        not_before,
         not_after,
         cert_key: Arc::new(cert_key),
         roots: roots.into(),
@@ -182,6 +203,10 @@ pub struct PeerIdentity {
     pub uri: Arc<str>,
     /// The caller's inbound request series.
     pub metrics: Arc<RouteMetrics>,
+    /// When the caller's certificate expires: a connection outlives the handshake, so each
+    /// request checks this again (one comparison) and a caller whose certificate has expired
+    /// since is refused.
+    pub not_after: SystemTime,
 }
 
 /// Handshake callback that extracts the caller's SPIFFE identity.
@@ -200,6 +225,7 @@ impl TlsAccept for IdentityCallback {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let der = tls.peer_certificate_der()?;
         let identity = weft_certs::identity_from_cert_der(der).ok()?;
+        let not_after = weft_certs::not_after_from_cert_der(der).ok()?;
         let uri = identity.to_string();
         let header = HeaderValue::from_str(&uri).ok()?;
         let metrics = self.metrics.route(RouteLabels {
@@ -214,6 +240,7 @@ impl TlsAccept for IdentityCallback {
             header,
             uri: uri.into(),
             metrics,
+            not_after,
         }))
     }
 }

@@ -43,6 +43,10 @@ struct Args {
     /// How long a disconnected sidecar's endpoint stays registered.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Lifetime of the workload certificates issued to sidecars (1s to 7d); they renew at
+    /// about two thirds of it.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_lifetime: Duration,
 }
 
 fn main() {
@@ -70,6 +74,7 @@ fn main() {
         },
         poll_interval: DEFAULT_POLL_INTERVAL,
         admin_token_file: args.admin_token_file,
+        cert_lifetime: args.cert_lifetime,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

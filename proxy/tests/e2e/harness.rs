@@ -604,6 +604,24 @@ pub async fn start_control_plane(
     policy_dir: &Path,
     listen: SocketAddr,
 ) -> weft_control_plane::server::Running {
+    start_control_plane_with(
+        pki,
+        policy_dir,
+        listen,
+        Duration::from_secs(2),
+        weft_control_plane::server::DEFAULT_CERT_LIFETIME,
+    )
+    .await
+}
+
+/// [`start_control_plane`] with an endpoint `grace` and a workload `cert_lifetime`.
+pub async fn start_control_plane_with(
+    pki: &Pki,
+    policy_dir: &Path,
+    listen: SocketAddr,
+    grace: Duration,
+    cert_lifetime: Duration,
+) -> weft_control_plane::server::Running {
     use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
     std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
     weft_control_plane::server::start(weft_control_plane::server::ServerConfig {
@@ -619,9 +637,10 @@ pub async fn start_control_plane(
             },
             extra_roots: Vec::new(),
         },
-        grace: Duration::from_secs(2),
+        grace,
         poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
+        cert_lifetime,
     })
     .await
     .expect("control plane")

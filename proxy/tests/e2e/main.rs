@@ -7,6 +7,7 @@ mod authz_tests;
 mod control_plane_tests;
 mod harness;
 mod http_tests;
+mod identity_tests;
 mod lifecycle_tests;
 mod metrics_tests;
 mod ops_tests;
