@@ -320,6 +320,23 @@ pub struct Traffic {
     pub failed: AtomicU64,
     /// Ticks skipped because too many requests were in flight.
     pub skipped: AtomicU64,
+    /// Why the latest failed request failed (status and the body's first line).
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Traffic {
+    fn failed(&self, why: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Why the latest failed request failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Send `rate` requests a second to frontend through the loadgen sidecar, forever.
@@ -338,12 +355,20 @@ async fn generate(client: view::Client, loadgen: SocketAddr, rate: u32, traffic:
         let (client, traffic) = (client.clone(), traffic.clone());
         let path = format!("/shop/{}", n % 50);
         tokio::spawn(async move {
-            let ok = client
-                .get_host(loadgen, "frontend", &path)
-                .await
-                .is_ok_and(|(s, _)| (200..300).contains(&s));
-            let c = if ok { &traffic.ok } else { &traffic.failed };
-            c.fetch_add(1, Ordering::Relaxed);
+            match client.get_host(loadgen, "frontend", &path).await {
+                Ok((status, _)) if (200..300).contains(&status) => {
+                    traffic.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((status, body)) => {
+                    let body = String::from_utf8_lossy(&body);
+                    let first = body.lines().next().unwrap_or_default();
+                    traffic.failed(format!(
+                        "{status} {}",
+                        first.chars().take(200).collect::<String>()
+                    ));
+                }
+                Err(e) => traffic.failed(format!("{e:#}")),
+            }
             drop(permit);
         });
     }
@@ -593,8 +618,13 @@ fn print_where(
         if temporary { ", removed at exit" } else { "" }
     );
     println!(
-        "  control plane  sidecars: {} (mTLS)   operator API: http://{}/status",
+        "  control plane  sidecars: {} (mTLS)   operator API: http://{}",
         cp.listen, cp.admin
+    );
+    println!(
+        "  weftctl        export WEFT_SERVER=http://{} WEFT_ADMIN_TOKEN_FILE={}; weftctl status",
+        cp.admin,
+        cp.admin_token_file.display()
     );
     for i in instances {
         println!(

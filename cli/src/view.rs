@@ -136,7 +136,7 @@ impl View {
                 // Clear the screen and home the cursor, then draw the frame in one write.
                 print!("\x1b[2J\x1b[H{header}\n{}", top::render(&rows));
             } else {
-                println!("{header}");
+                println!("{header}\n{}", top::render(&rows));
             }
         }
     }
@@ -154,10 +154,16 @@ impl View {
             .as_str()
             .map(|e| format!("\npolicy REJECTED (last good stays in force): {e}"))
             .unwrap_or_default();
+        let last = match self.traffic.last_error() {
+            Some(e) if self.traffic.failed.load(Ordering::Relaxed) > 0 => {
+                format!("\nlast failure: {e}")
+            }
+            _ => String::new(),
+        };
         let mut out = String::new();
         let _ = write!(
             out,
-            "weft up {}  policy {}  sidecars in sync {in_sync}/{sidecars}  traffic {} req/s: {} ok, {} failed{}{error}",
+            "weft up {}  policy {}  sidecars in sync {in_sync}/{sidecars}  traffic {} req/s: {} ok, {} failed{}{last}{error}",
             humantime::format_duration(Duration::from_secs(up.as_secs())),
             version.get(..12).unwrap_or(version),
             self.rate,

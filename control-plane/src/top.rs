@@ -243,6 +243,11 @@ pub fn rows(before: &[Sample], after: &[Sample], interval: Duration) -> Vec<Row>
     let empty = Acc::default();
     accumulate(after)
         .into_iter()
+        .filter(|(key, now)| {
+            // Series that saw nothing in the interval (an unused route) are not news.
+            let was = old.get(key).unwrap_or(&empty);
+            now.requests != was.requests || now.responses != was.responses
+        })
         .map(|(key, now)| {
             let was = old.get(&key).unwrap_or(&empty);
             let delta = |n: f64, o: f64| if n >= o { n - o } else { n };
