@@ -122,6 +122,47 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         requests(&admin("orders-v2"), "inbound") > 0.0
     });
 
+    // `weftctl top` (its library code, as the binary runs it) shows what the metrics hold:
+    // the generator's 40 requests a second at every hop, all succeeding.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut out = Vec::new();
+    rt.block_on(weft_control_plane::ctl::run(
+        &weft_control_plane::ctl::Connection::default(),
+        weft_control_plane::ctl::OpsCommand::Top {
+            sidecars: sidecars
+                .iter()
+                .map(|s| s["admin"].as_str().expect("admin").to_owned())
+                .collect(),
+            interval: Duration::from_secs(3),
+            count: Some(1),
+        },
+        &mut out,
+    ))
+    .expect("weftctl top");
+    let top = String::from_utf8(out).expect("utf-8");
+    for (from, to) in [
+        ("loadgen", "frontend"),
+        ("frontend", "orders"),
+        ("frontend", "inventory"),
+        ("orders", "inventory"),
+    ] {
+        let row: Vec<&str> = top
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|c| c.len() == 10 && c[0] == "outbound" && c[1] == from && c[2] == to)
+            .unwrap_or_else(|| panic!("no {from} -> {to} row in\n{top}"));
+        let rps: f64 = row[4].parse().expect("rps");
+        assert!(
+            (25.0..=55.0).contains(&rps),
+            "{from} -> {to} at {rps}/s, expected ~40:\n{top}"
+        );
+        let success: f64 = row[5].trim_end_matches('%').parse().expect("success");
+        assert!(success >= 95.0, "{from} -> {to} success {success}%:\n{top}");
+    }
+
     // The canary shift: all of orders to v2. Within a few seconds v1 gets nothing new.
     let policy_dir = status["policy_dir"].as_str().expect("policy dir");
     let routes = Path::new(policy_dir).join("routes.yaml");

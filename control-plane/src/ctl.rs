@@ -96,6 +96,22 @@ pub enum OpsCommand {
         /// The version.
         version: String,
     },
+    /// Live numbers per route from the sidecars' own metrics, like `linkerd viz stat`:
+    /// requests/s, success rate, p50/p99 latency, retries/s and open breakers over each
+    /// interval.
+    Top {
+        /// A sidecar's admin address (`host:port` or `http://host:port`); repeat for several.
+        /// Default: every connected sidecar that reported its admin address to the control
+        /// plane (asked with --server and the admin token).
+        #[arg(long = "sidecar", value_name = "ADDR")]
+        sidecars: Vec<String>,
+        /// Time between frames.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print this many frames, then exit [default: until interrupted].
+        #[arg(long)]
+        count: Option<u32>,
+    },
 }
 
 /// Why a command failed.
@@ -164,6 +180,11 @@ pub async fn run(
             let text = history_table(&api.get("/v1/history").await?);
             out.write_all(text.as_bytes()).map_err(out_err)
         }
+        OpsCommand::Top {
+            sidecars,
+            interval,
+            count,
+        } => top(conn, sidecars, interval, count, out).await,
         OpsCommand::Rollback { version } => {
             let api = Api::new(conn)?;
             let r = api
@@ -178,6 +199,117 @@ pub async fn run(
                 writeln!(out, "warning: {w}").map_err(out_err)?;
             }
             Ok(())
+        }
+    }
+}
+
+/// Longest a scrape of one sidecar may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `host:port` of each sidecar admin address given, or of every connected sidecar the control
+/// plane knows the admin address of.
+async fn top_targets(conn: &Connection, given: Vec<String>) -> Result<Vec<String>, CtlError> {
+    if !given.is_empty() {
+        return Ok(given
+            .into_iter()
+            .map(|a| {
+                a.trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_owned()
+            })
+            .collect());
+    }
+    let status = Api::new(conn)?.get("/v1/status").await?;
+    let found: Vec<String> = status["sidecars"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["connected"] == true)
+        .filter_map(|s| s["admin"].as_str().filter(|a| !a.is_empty()))
+        .map(str::to_owned)
+        .collect();
+    if found.is_empty() {
+        return Err(CtlError::Refused(
+            "no connected sidecar reported an admin address; name them with --sidecar".into(),
+        ));
+    }
+    Ok(found)
+}
+
+async fn scrape_all(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    targets: &[String],
+) -> (Vec<crate::top::Sample>, Vec<String>) {
+    let calls = targets.iter().map(|t| async move {
+        let uri: hyper::Uri = format!("http://{t}/metrics")
+            .parse()
+            .map_err(|e| format!("{t}: {e}"))?;
+        let fetch = async {
+            let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status()));
+            }
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            crate::top::parse(&String::from_utf8_lossy(&body)).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r)
+            .map_err(|e| format!("{t}: {e}"))
+    });
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for r in futures_util::future::join_all(calls).await {
+        match r {
+            Ok(s) => samples.extend(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (samples, errors)
+}
+
+async fn top(
+    conn: &Connection,
+    sidecars: Vec<String>,
+    interval: Duration,
+    count: Option<u32>,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    if interval < Duration::from_millis(100) {
+        return Err(CtlError::Usage("--interval must be at least 100ms".into()));
+    }
+    let targets = top_targets(conn, sidecars).await?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let (mut prev, _) = scrape_all(&client, &targets).await;
+    let mut prev_at = std::time::Instant::now();
+    let mut frames = 0u32;
+    loop {
+        tokio::time::sleep(interval).await;
+        let (now, errors) = scrape_all(&client, &targets).await;
+        let rows = crate::top::rows(&prev, &now, prev_at.elapsed());
+        prev = now;
+        prev_at = std::time::Instant::now();
+        let mut frame = format!(
+            "{} sidecars, every {}\n",
+            targets.len(),
+            humantime::format_duration(interval)
+        );
+        for e in &errors {
+            frame.push_str(&format!("unreachable: {e}\n"));
+        }
+        frame.push_str(&crate::top::render(&rows));
+        frame.push('\n');
+        out.write_all(frame.as_bytes()).map_err(out_err)?;
+        out.flush().map_err(out_err)?;
+        frames += 1;
+        if count.is_some_and(|c| frames >= c) {
+            return Ok(());
         }
     }
 }
