@@ -11,8 +11,9 @@
 //!   code (`weft-policy`) and cut into one snapshot per calling service; [`source`]: where it
 //!   comes from ([`source::DirSource`], a watched directory of YAML files) and
 //!   [`source::LastGood`], which keeps the last valid policy in force.
-//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS) and the operator status
-//!   endpoint; the `weft-control-plane` binary runs it.
+//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS), certificate issuance to
+//!   sidecars (`Certify`: join token or renewal, through [`issuer::Issuer`]) and the operator
+//!   status endpoint; the `weft-control-plane` binary runs it.
 
 mod admin;
 pub mod attest;
