@@ -11,10 +11,12 @@
 //!   code (`weft-policy`) and cut into one snapshot per calling service; [`source`]: where it
 //!   comes from ([`source::DirSource`], a watched directory of YAML files) and
 //!   [`source::LastGood`], which keeps the last valid policy in force.
-//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS) and the operator API
-//!   (bearer token: [`auth`]); the `weft-control-plane` binary runs it.
+//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS), certificate issuance to
+//!   sidecars (`Certify`: join token or renewal, through [`issuer::Issuer`]) and the operator
+//!   API (bearer token: [`auth`]); the `weft-control-plane` binary runs it.
 //! - [`ops`]: operators' validate, apply and rollback; [`history`]: every accepted version's
-//!   files and the audit log; [`ctl`]: the client side, the operator commands of `weftctl`.
+//!   files and the audit log; [`ctl`]: the client side, the operator commands of `weftctl`;
+//!   [`top`]: the live per-route numbers of `weftctl top` and `weft up`.
 
 pub mod admin;
 pub mod attest;

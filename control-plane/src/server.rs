@@ -5,7 +5,11 @@
 //! - The policy directory is watched ([`DirSource`]); an invalid change is logged with file,
 //!   line and reason, shown in `/status`, and not pushed ([`crate::source::LastGood`]).
 //! - The sidecars' port is gRPC over mutual TLS with the control plane's own workload
-//!   certificate, issued from the mesh CA at start.
+//!   certificate, issued from the mesh CA at start. A client certificate is optional at the TLS
+//!   level so a sidecar without one can bootstrap with a join token (`Certify`); the stream
+//!   refuses such connections.
+//! - `Certify` issues workload certificates with an [`Issuer`] over the state directory's join
+//!   tokens ([`JoinTokenAttestor`]), living [`ServerConfig::cert_lifetime`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

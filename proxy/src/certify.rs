@@ -391,7 +391,7 @@ pub fn bootstrap_if_needed(config_path: &Path) -> Result<(), CertifyError> {
 /// Renew once: a new key pair and CSR, `Certify` over mutual TLS with the current certificate
 /// (or, once it has expired, with the join token if one is configured), then install and
 /// swap. Returns the new certificate's expiry.
-async fn renew_once(store: &Store, cp: &ControlPlane) -> Result<SystemTime, CertifyError> {
+async fn renew_once(store: &Arc<Store>, cp: &ControlPlane) -> Result<SystemTime, CertifyError> {
     let snap = store.load();
     let identity = snap.tls.identity.clone();
     let paths = snap.tls_paths.clone();
@@ -411,11 +411,21 @@ async fn renew_once(store: &Store, cp: &ControlPlane) -> Result<SystemTime, Cert
         _ => (current_client, None),
     };
     let got = obtain(cp, client, &identity, token.as_deref(), &paths, &bundle).await?;
-    store.install_files(&[
-        (&paths.key, got.key_pem.as_bytes(), KEY_MODE),
-        (&paths.cert, got.chain_pem.as_bytes(), CERT_MODE),
-    ])?;
-    Ok(got.not_after)
+    // Writing (fsync) and rebuilding block; keep them off the control thread's runtime so the
+    // admin API, the file watcher and the control-plane stream go on meanwhile.
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.install_files(&[
+            (&paths.key, got.key_pem.as_bytes(), KEY_MODE),
+            (&paths.cert, got.chain_pem.as_bytes(), CERT_MODE),
+        ])?;
+        Ok(got.not_after)
+    })
+    .await
+    .map_err(|e| CertifyError::Local {
+        field: "tls".to_owned(),
+        reason: format!("install task failed: {e}"),
+    })?
 }
 
 /// Renew the workload certificate before it expires, forever (on the control thread).
@@ -452,11 +462,13 @@ pub async fn rotate(store: Arc<Store>, cp: ControlPlane, renewed: watch::Sender<
             tokio::time::sleep(wait.min(RECHECK)).await;
             continue;
         }
+        let started = tokio::time::Instant::now();
         match renew_once(&store, &cp).await {
             Ok(expiry) => {
                 store.metrics.cert_renewals.with_label_values(&["ok"]).inc();
                 log::info!(
-                    "certificate renewed, valid until {}",
+                    "certificate renewed in {} ms, valid until {}",
+                    started.elapsed().as_millis(),
                     humantime::format_rfc3339_seconds(expiry)
                 );
                 attempt = 0;
@@ -469,6 +481,10 @@ pub async fn rotate(store: Arc<Store>, cp: ControlPlane, renewed: watch::Sender<
                     .cert_renewals
                     .with_label_values(&["error"])
                     .inc();
+                log::debug!(
+                    "renewal attempt failed after {} ms",
+                    started.elapsed().as_millis()
+                );
                 let left = not_after
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();

@@ -53,7 +53,16 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reload(store: &Store, why: &str) {
+/// Reload on a blocking thread: a reload reads files and may wait for the rebuild lock (held
+/// while a renewed certificate is installed), neither of which may stall the control thread.
+async fn reload(store: &Arc<Store>, why: &'static str) {
+    let s = store.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || reload_now(&s, why)).await {
+        log::error!("reload task failed: {e}");
+    }
+}
+
+fn reload_now(store: &Store, why: &str) {
     match store.reload() {
         Ok(v) => log::info!("config reloaded ({why}): now v{v}"),
         Err(e) => log::error!(
@@ -69,7 +78,7 @@ async fn reload_on_sighup(store: Arc<Store>) {
         return;
     };
     while hup.recv().await.is_some() {
-        reload(&store, "SIGHUP");
+        reload(&store, "SIGHUP").await;
     }
 }
 
@@ -98,7 +107,7 @@ async fn reload_on_change(store: Arc<Store>) {
         tick.tick().await;
         let now = stamp(&paths);
         if now != last {
-            reload(&store, "file changed");
+            reload(&store, "file changed").await;
             paths = watched(&store);
             last = stamp(&paths);
         }

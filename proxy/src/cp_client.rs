@@ -165,6 +165,8 @@ async fn session(
     })
     .await
     .context("send Hello")?;
+    // Held while the stream is open, so a drain waits for this session to say `Draining`.
+    let hold = drain.hold_exit();
     let mut inbound = client
         .stream(ReceiverStream::new(rx))
         .await
@@ -187,7 +189,8 @@ async fn session(
                 continue;
             }
             () = drain.draining() => {
-                announce_drain(&tx, &mut inbound, drain).await;
+                announce_drain(&tx, &mut inbound).await;
+                drop(hold);
                 return Ok(());
             }
         };
@@ -232,15 +235,13 @@ async fn session(
 const DRAIN_ANNOUNCE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Tell the control plane this sidecar is draining, so it withdraws the endpoint at once
-/// instead of after its grace period. Holds the process's exit (as in-flight work) until the
-/// control plane ends the stream (it does once it has withdrawn the endpoint) or
-/// [`DRAIN_ANNOUNCE_LIMIT`] passes.
+/// instead of after its grace period; returns once the control plane ends the stream (it does
+/// once it has withdrawn the endpoint) or [`DRAIN_ANNOUNCE_LIMIT`] passes. The caller's exit
+/// hold keeps the process alive until then.
 async fn announce_drain(
     tx: &mpsc::Sender<SidecarMessage>,
     inbound: &mut tonic::Streaming<weft_wire::v1::ControlMessage>,
-    drain: &Arc<Drain>,
 ) {
-    let _working = drain.enter();
     let sent = tx
         .send(SidecarMessage {
             kind: Some(sidecar_message::Kind::Draining(Draining {})),

@@ -22,6 +22,8 @@ pub struct Drain {
     draining: AtomicBool,
     /// Wakes [`Drain::draining`] waiters when SIGTERM arrives.
     started: tokio::sync::Notify,
+    /// Exit holds ([`Drain::hold_exit`]) not yet released.
+    holds: AtomicUsize,
     at_exit: Mutex<Vec<ExitHook>>,
 }
 
@@ -44,7 +46,26 @@ impl Drop for Working {
     }
 }
 
+/// Delays the exit of a draining sidecar until dropped (see [`Drain::hold_exit`]).
+#[derive(Debug)]
+pub struct ExitHold(Arc<Drain>);
+
+impl Drop for ExitHold {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drain {
+    /// Keep the process from exiting after a drain until the hold is dropped (at most until the
+    /// drain timeout): the control-plane session holds one while its stream is open, so it can
+    /// say `Draining` however slowly the control thread is scheduled. Not counted as in-flight
+    /// work.
+    pub fn hold_exit(self: &Arc<Self>) -> ExitHold {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+        ExitHold(self.clone())
+    }
+
     /// Start a unit of work.
     pub fn enter(self: &Arc<Self>) -> Working {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -96,7 +117,9 @@ impl Drain {
             let start = Instant::now();
             // Give the listeners a moment to close so nothing new slips in after the check.
             std::thread::sleep(Duration::from_millis(50));
-            while self.in_flight() > 0 && start.elapsed() < limit {
+            while (self.in_flight() > 0 || self.holds.load(Ordering::Acquire) > 0)
+                && start.elapsed() < limit
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let left = self.in_flight();

@@ -571,15 +571,41 @@ impl Store {
     /// Runs under the rebuild lock, so no reload (file watcher, SIGHUP, control-plane
     /// snapshot) reads a half-installed set such as a new key with the old certificate.
     /// `files` are `(path, contents, mode)`.
+    ///
+    /// The swap does not wait for the disk: the files are renamed into place unsynced and the
+    /// snapshot rebuilt from them (the page cache), then, with the lock released, synced to
+    /// disk. On a busy disk an fsync can take seconds, and a certificate must not expire (nor
+    /// reloads stall) waiting for it.
     pub fn install_files(&self, files: &[(&Path, &[u8], u32)]) -> Result<u64, InstallError> {
-        let cp = self.cp_lock();
-        for (path, bytes, mode) in files {
-            write_atomically(path, bytes, *mode).map_err(|source| InstallError::Write {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let written = {
+            let cp = self.cp_lock();
+            for (path, bytes, mode) in files {
+                write_replacing(path, bytes, *mode, false).map_err(|source| {
+                    InstallError::Write {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
+            }
+            self.rebuild(cp.as_ref()).map_err(InstallError::Rejected)
+        };
+        if let Ok(v) = &written {
+            log::info!("installed {} file(s): config v{v}", files.len());
         }
-        self.rebuild(cp.as_ref()).map_err(InstallError::Rejected)
+        let started = std::time::Instant::now();
+        for (path, _, _) in files {
+            if let Err(e) = sync_file_and_dir(path) {
+                log::warn!("cannot sync {} to disk: {e}", path.display());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            log::warn!(
+                "syncing {} file(s) to disk took {} ms",
+                files.len(),
+                started.elapsed().as_millis()
+            );
+        }
+        written
     }
 
     fn rebuild(&self, cp: Option<&PolicySnapshot>) -> Result<u64, ConfigError> {
@@ -626,6 +652,20 @@ pub enum InstallError {
 /// `mode`), synced, then renamed over `path`. Readers see the old or the new file, never a
 /// part of one.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_replacing(path, bytes, mode, true)
+}
+
+/// Flush a file and its directory entry to disk.
+fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Temporary file (created with `mode`), optionally synced, renamed over `path`.
+fn write_replacing(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let name = path
@@ -641,7 +681,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
         .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path)
 }
