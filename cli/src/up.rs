@@ -522,7 +522,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let status = serde_json::json!({
         "dir": dir,
         "policy_dir": policy_dir,
-        "control_plane": {"listen": cp.listen, "admin": format!("http://{}", cp.admin)},
+        "control_plane": {
+            "listen": cp.listen,
+            "admin": format!("http://{}", cp.admin),
+            "admin_token_file": cp.admin_token_file,
+        },
         "prometheus": prometheus.map(|p| format!("http://{p}")),
         "sidecars": instances.iter().map(|i| serde_json::json!({
             "name": i.name, "service": i.service, "version": i.version,

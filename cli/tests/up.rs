@@ -129,13 +129,17 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         .build()
         .expect("runtime");
     let mut out = Vec::new();
+    // The sidecars are found through the control plane, which they told their admin address.
+    let conn = weft_control_plane::ctl::Connection {
+        server: status["control_plane"]["admin"].as_str().map(str::to_owned),
+        token_file: status["control_plane"]["admin_token_file"]
+            .as_str()
+            .map(Into::into),
+    };
     rt.block_on(weft_control_plane::ctl::run(
-        &weft_control_plane::ctl::Connection::default(),
+        &conn,
         weft_control_plane::ctl::OpsCommand::Top {
-            sidecars: sidecars
-                .iter()
-                .map(|s| s["admin"].as_str().expect("admin").to_owned())
-                .collect(),
+            sidecars: Vec::new(),
             interval: Duration::from_secs(3),
             count: Some(1),
         },
@@ -143,6 +147,7 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
     ))
     .expect("weftctl top");
     let top = String::from_utf8(out).expect("utf-8");
+    assert!(top.starts_with("5 sidecars"), "{top}");
     for (from, to) in [
         ("loadgen", "frontend"),
         ("frontend", "orders"),

@@ -219,6 +219,12 @@ impl ControlPlane for Service {
                     connected: true,
                     since: SystemTime::now(),
                     cert_not_after: unix_time(hello.cert_not_after_unix),
+                    // Only a well-formed address is kept: it is shown and scraped as is.
+                    admin: hello
+                        .admin_address
+                        .parse::<SocketAddr>()
+                        .ok()
+                        .map(|a| a.to_string()),
                     tx: Some(tx),
                 },
             );

@@ -75,6 +75,8 @@ pub(crate) struct SidecarEntry {
     pub(crate) service: String,
     pub(crate) identity: String,
     pub(crate) endpoint: String,
+    /// The sidecar's admin address (metrics), if it reported a valid one.
+    pub(crate) admin: Option<String>,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) sent: Option<String>,
     /// When `sent` was sent; taken when the sidecar ACKs it.
@@ -295,6 +297,7 @@ impl Hub {
                     "service": s.service,
                     "identity": s.identity,
                     "endpoint": s.endpoint,
+                    "admin": s.admin,
                     "labels": s.labels,
                     "connected": s.connected,
                     "since": humantime::format_rfc3339_seconds(s.since).to_string(),

@@ -158,6 +158,7 @@ async fn session(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         cert_not_after_unix: unix_secs(snap.tls.not_after),
+        admin_address: snap.listen.admin.to_string(),
     };
     drop(snap);
     tx.send(SidecarMessage {
