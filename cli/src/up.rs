@@ -558,12 +558,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         traffic.clone(),
     ));
     let full_screen = !args.no_view && std::io::stdout().is_terminal();
+    let footer = format!(
+        "policy: {}  (edit routes.yaml: canary weights, failure drill)\n\
+         weftctl: WEFT_SERVER=http://{} WEFT_ADMIN_TOKEN_FILE={} weftctl status\n\
+         Ctrl-C stops everything\n",
+        policy_dir.display(),
+        cp.admin,
+        cp.admin_token_file.display()
+    );
     let viewer = view::View::new(
         client,
         instances.clone(),
         cp.hub.clone(),
         traffic,
         args.rate,
+        footer,
     );
     let outcome = tokio::select! {
         r = viewer.run(full_screen) => r,

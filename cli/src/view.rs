@@ -94,16 +94,19 @@ pub struct View {
     hub: Arc<Hub>,
     traffic: Arc<Traffic>,
     rate: u32,
+    footer: String,
 }
 
 impl View {
-    /// A view of `instances`, the control plane's `hub` and the generator's `traffic`.
+    /// A view of `instances`, the control plane's `hub` and the generator's `traffic`;
+    /// `footer` (where things are, how to stop) closes every full-screen frame.
     pub fn new(
         client: Client,
         instances: Vec<Instance>,
         hub: Arc<Hub>,
         traffic: Arc<Traffic>,
         rate: u32,
+        footer: String,
     ) -> Self {
         Self {
             client,
@@ -111,6 +114,7 @@ impl View {
             hub,
             traffic,
             rate,
+            footer,
         }
     }
 
@@ -134,7 +138,11 @@ impl View {
             let header = self.header(started.elapsed());
             if full_screen {
                 // Clear the screen and home the cursor, then draw the frame in one write.
-                print!("\x1b[2J\x1b[H{header}\n{}", top::render(&rows));
+                print!(
+                    "\x1b[2J\x1b[H{header}\n\n{}\n{}",
+                    top::render(&rows),
+                    self.footer
+                );
             } else {
                 println!("{header}\n{}", top::render(&rows));
             }
