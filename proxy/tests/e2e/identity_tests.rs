@@ -105,7 +105,7 @@ fn spawn_sidecar(
 }
 
 async fn cp_status(cp: &Running) -> serde_json::Value {
-    let (code, body) = admin_get(cp.admin, "/status").await.expect("status");
+    let (code, body) = cp_get(cp, "/v1/status").await.expect("status");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).expect("json")
 }
