@@ -13,9 +13,10 @@ use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 use weft_certs::Identity;
 use weft_wire::v1::control_plane_server::ControlPlane;
@@ -23,7 +24,7 @@ use weft_wire::v1::{
     sidecar_message, CertifyRequest, CertifyResponse, ControlMessage, SidecarMessage,
 };
 
-use crate::hub::{push_changed, Hub, SidecarEntry};
+use crate::hub::{Hub, SidecarEntry};
 
 /// The authenticated client of a connection, from its certificate.
 #[derive(Debug, Clone)]
@@ -137,7 +138,8 @@ impl ControlPlane for Service {
                 "endpoint address {endpoint} is not reachable by other sidecars; set listen.inbound to the sidecar's own address"
             )));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        // The push puts each new snapshot in this slot; the stream sends the latest one.
+        let (tx, rx) = watch::channel(None);
         let id = {
             let mut st = hub.lock();
             if let Some(s) = st
@@ -173,12 +175,14 @@ impl ControlPlane for Service {
                     tx: Some(tx),
                 },
             );
-            push_changed(&mut st, &hub.trust_bundle_pem);
             id
         };
+        // Coalesced with the other registrations of a connect storm (see `Hub::run_pusher`).
+        hub.request_push();
         log::info!("sidecar {peer} connected, endpoint {endpoint}");
         tokio::spawn(follow(hub, id, inbound));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        let snapshots = WatchStream::from_changes(rx).filter_map(|m| m.map(Ok));
+        Ok(Response::new(Box::pin(snapshots)))
     }
 }
 
@@ -246,8 +250,8 @@ async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) 
         }
     }
     tokio::time::sleep(hub.grace).await;
-    let mut st = hub.lock();
-    if st.sidecars.remove(&id).is_some() {
-        push_changed(&mut st, &hub.trust_bundle_pem);
+    let removed = hub.lock().sidecars.remove(&id).is_some();
+    if removed {
+        hub.request_push();
     }
 }

@@ -160,6 +160,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     ));
 
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(hub.clone().run_pusher()));
     {
         let hub = hub.clone();
         tasks.push(tokio::spawn(async move {
