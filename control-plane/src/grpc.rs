@@ -100,6 +100,8 @@ impl ControlPlane for Service {
         ))
     }
 
+    /// Served by [`crate::push_stream`] on the server (without a copy of each snapshot per
+    /// stream); this is the same stream through tonic's encoder.
     async fn stream(
         &self,
         req: Request<Streaming<SidecarMessage>>,
@@ -107,16 +109,28 @@ impl ControlPlane for Service {
         let peer = req
             .extensions()
             .get::<PeerIdentity>()
-            .and_then(|p| p.0.clone())
-            .ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
-        let mut inbound = req.into_inner();
+            .and_then(|p| p.0.clone());
+        let rx = open_stream(self.hub.clone(), peer, req.into_inner()).await?;
+        let snapshots = WatchStream::from_changes(rx).filter_map(|m| m.map(Ok));
+        Ok(Response::new(Box::pin(snapshots)))
+    }
+}
+
+/// Open a sidecar stream: check its `Hello` against its certificate, register its endpoint,
+/// ask for a push and follow its answers. Returns the slot its snapshots are put in.
+pub(crate) async fn open_stream(
+    hub: Arc<Hub>,
+    peer: Option<Identity>,
+    mut inbound: Streaming<SidecarMessage>,
+) -> Result<watch::Receiver<Option<ControlMessage>>, Status> {
+    {
+        let peer = peer.ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
         let hello = match inbound.message().await? {
             Some(SidecarMessage {
                 kind: Some(sidecar_message::Kind::Hello(h)),
             }) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        let hub = self.hub.clone();
         if peer.trust_domain() != hub.trust_domain || peer.service_account() != hello.service {
             log::warn!(
                 "refused {peer}: Hello names service {:?}, the certificate does not",
@@ -181,8 +195,7 @@ impl ControlPlane for Service {
         hub.request_push();
         log::info!("sidecar {peer} connected, endpoint {endpoint}");
         tokio::spawn(follow(hub, id, inbound));
-        let snapshots = WatchStream::from_changes(rx).filter_map(|m| m.map(Ok));
-        Ok(Response::new(Box::pin(snapshots)))
+        Ok(rx)
     }
 }
 

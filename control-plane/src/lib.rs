@@ -22,6 +22,7 @@ mod grpc;
 pub mod hub;
 pub mod issuer;
 pub mod policy;
+mod push_stream;
 pub mod server;
 pub mod source;
 mod state;

@@ -207,7 +207,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             });
         }
     }));
-    let svc = ControlPlaneServer::new(crate::grpc::Service { hub: hub.clone() });
+    // Stream is served by push_stream (snapshots shared, not copied per stream).
+    let svc = crate::push_stream::PushRouter::new(
+        hub.clone(),
+        ControlPlaneServer::new(crate::grpc::Service { hub: hub.clone() }),
+    );
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
