@@ -9,7 +9,8 @@
 //! push task ([`Hub::run_pusher`]) for a push, and requests that arrive while it pushes (a
 //! connect storm) are served together by its next round, at most every
 //! [`PUSH_MIN_INTERVAL`]. Each sidecar holds one snapshot slot, not a queue: a sidecar that
-//! has not yet taken a snapshot when a newer one is pushed gets only the newer one.
+//! has not yet taken a snapshot when a newer one is pushed gets only the newer one; the stream
+//! sends it without copying the JSON (`push_stream`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
