@@ -24,8 +24,14 @@
 //! resilience scenarios' configs and results ([`resilience`]), the
 //! observability scenario's ([`observability`]) and the report
 //! ([`report`]).
+//!
+//! `weft-bench --cp-push` instead measures the control plane's push at
+//! scale ([`cp_push`]): 100 … 1000 simulated sidecars on one real
+//! `weft-control-plane`, the time until all have ACKed a policy change, and
+//! the control plane's memory.
 
 pub mod collector;
+pub mod cp_push;
 pub mod http1;
 pub mod load;
 pub mod mesh;

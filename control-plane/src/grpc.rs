@@ -17,9 +17,10 @@ use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 use weft_certs::Identity;
 use weft_wire::v1::control_plane_server::ControlPlane;
@@ -28,7 +29,7 @@ use weft_wire::v1::{
 };
 
 use crate::attest::Credential;
-use crate::hub::{push_changed, Hub, SidecarEntry};
+use crate::hub::{Hub, SidecarEntry};
 use crate::issuer::{IssueError, Issued, Issuer};
 
 /// The authenticated client of a connection, from its certificate.
@@ -148,6 +149,8 @@ impl ControlPlane for Service {
         }
     }
 
+    /// Served by [`crate::push_stream`] on the server (without a copy of each snapshot per
+    /// stream); this is the same stream through tonic's encoder.
     async fn stream(
         &self,
         req: Request<Streaming<SidecarMessage>>,
@@ -155,16 +158,28 @@ impl ControlPlane for Service {
         let peer = req
             .extensions()
             .get::<PeerIdentity>()
-            .and_then(|p| p.0.clone())
-            .ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
-        let mut inbound = req.into_inner();
+            .and_then(|p| p.0.clone());
+        let rx = open_stream(self.hub.clone(), peer, req.into_inner()).await?;
+        let snapshots = WatchStream::from_changes(rx).filter_map(|m| m.map(Ok));
+        Ok(Response::new(Box::pin(snapshots)))
+    }
+}
+
+/// Open a sidecar stream: check its `Hello` against its certificate, register its endpoint,
+/// ask for a push and follow its answers. Returns the slot its snapshots are put in.
+pub(crate) async fn open_stream(
+    hub: Arc<Hub>,
+    peer: Option<Identity>,
+    mut inbound: Streaming<SidecarMessage>,
+) -> Result<watch::Receiver<Option<ControlMessage>>, Status> {
+    {
+        let peer = peer.ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
         let hello = match inbound.message().await? {
             Some(SidecarMessage {
                 kind: Some(sidecar_message::Kind::Hello(h)),
             }) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        let hub = self.hub.clone();
         if peer.trust_domain() != hub.trust_domain || peer.service_account() != hello.service {
             log::warn!(
                 "refused {peer}: Hello names service {:?}, the certificate does not",
@@ -186,7 +201,8 @@ impl ControlPlane for Service {
                 "endpoint address {endpoint} is not reachable by other sidecars; set listen.inbound to the sidecar's own address"
             )));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        // The push puts each new snapshot in this slot; the stream sends the latest one.
+        let (tx, rx) = watch::channel(None);
         let id = {
             let mut st = hub.lock();
             if let Some(s) = st
@@ -228,12 +244,13 @@ impl ControlPlane for Service {
                     tx: Some(tx),
                 },
             );
-            push_changed(&mut st, &hub.trust_bundle_pem);
             id
         };
+        // Coalesced with the other registrations of a connect storm (see `Hub::run_pusher`).
+        hub.request_push();
         log::info!("sidecar {peer} connected, endpoint {endpoint}");
         tokio::spawn(follow(hub, id, inbound));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 
@@ -335,8 +352,8 @@ async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) 
         }
     }
     tokio::time::sleep(hub.grace).await;
-    let mut st = hub.lock();
-    if st.sidecars.remove(&id).is_some() {
-        push_changed(&mut st, &hub.trust_bundle_pem);
+    let removed = hub.lock().sidecars.remove(&id).is_some();
+    if removed {
+        hub.request_push();
     }
 }

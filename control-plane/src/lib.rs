@@ -30,6 +30,7 @@ pub mod hub;
 pub mod issuer;
 pub mod ops;
 pub mod policy;
+mod push_stream;
 pub mod server;
 pub mod source;
 mod state;

@@ -153,6 +153,24 @@ fn tls_config(store: &CaStore) -> anyhow::Result<TlsServerConfig> {
     Ok(config)
 }
 
+/// Accept-queue length of the sidecars' port (the kernel caps it at `net.core.somaxconn`).
+/// The standard library's 128 overflowed when 500 sidecars connected at once in
+/// `weft-bench --cp-push`: the dropped handshakes waited out a 1 s SYN retransmission.
+pub const SIDECAR_LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind the sidecars' port with a [`SIDECAR_LISTEN_BACKLOG`] long accept queue.
+fn bind_sidecar_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind does: a restarted control plane can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(SIDECAR_LISTEN_BACKLOG)
+}
+
 /// Open the CA, load the policy, bind both addresses and serve on the current Tokio runtime.
 /// Fails when the policy is invalid at start (there is nothing good to keep in force).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
@@ -204,6 +222,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         .context("recording the policy in history")?;
 
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(hub.clone().run_pusher()));
     {
         let ops = ops.clone();
         tasks.push(tokio::spawn(async move {
@@ -218,8 +237,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         }));
     }
 
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = bind_sidecar_listener(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
     let listen = listener.local_addr()?;
     let admin_listener = TcpListener::bind(config.admin)
@@ -250,10 +268,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             });
         }
     }));
-    let svc = ControlPlaneServer::new(crate::grpc::Service {
-        hub: hub.clone(),
-        issuer,
-    });
+    // Stream is served by push_stream (snapshots shared, not copied per stream).
+    let svc = crate::push_stream::PushRouter::new(
+        hub.clone(),
+        ControlPlaneServer::new(crate::grpc::Service {
+            hub: hub.clone(),
+            issuer,
+        }),
+    );
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Bytes, not Vec<u8>: the control plane sends one service's snapshot JSON to all of
+        // that service's sidecars without a copy each.
+        .bytes(".weft.control.v1.Snapshot.policy_json")
         .compile_fds(fds)?;
     Ok(())
 }

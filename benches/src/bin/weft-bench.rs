@@ -11,6 +11,13 @@
 //! target/release/weft-bench --quick      # one short run of each, a smoke check
 //! ```
 //!
+//! `--cp-push` runs only the control-plane push at scale instead (see
+//! `weft_benches::cp_push`), writing `target/bench/cp-push.{md,json}`:
+//!
+//! ```text
+//! cargo build --release -p weft-control-plane -p weft-benches && target/release/weft-bench --cp-push --runs 3
+//! ```
+//!
 //! The load generator (and the trace collector) runs on CPU 0 (this process
 //! pins itself), the apps and all sidecars on CPU 1 (started with `taskset`). Progress goes to stderr,
 //! the markdown table to stdout and to `target/bench/weft-bench.md`, the full
@@ -28,6 +35,7 @@ use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+use weft_benches::cp_push::{self, CpPushConfig};
 use weft_benches::http1::get_request;
 use weft_benches::load::{self, RateConfig, SaturationConfig, Target};
 use weft_benches::mesh::{Binaries, Mesh, ObservabilityMesh, ResilienceMesh};
@@ -102,6 +110,16 @@ struct Args {
     /// measure their cost against a run without.
     #[arg(long)]
     access_log: bool,
+    /// Instead of the load scenarios: the control-plane push at scale (one real
+    /// weft-control-plane, simulated sidecars, time until all ACK a policy change, its RSS).
+    #[arg(long)]
+    cp_push: bool,
+    /// Sidecar counts of --cp-push, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,250,500,1000")]
+    cp_sidecars: Vec<usize>,
+    /// Policy changes per sidecar count and run of --cp-push.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    cp_changes: u16,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -214,6 +232,9 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
             .parent()
             .map_or_else(|| bin_dir.join("bench"), |p| p.join("bench")),
     };
+    if args.cp_push {
+        return cp_push_main(&args, &bin_dir, &out_dir);
+    }
     let bins = Binaries::in_dir(&bin_dir)?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     pin_self(args.loadgen_core)?;
@@ -257,6 +278,60 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
             report.flags.len()
         );
     }
+    Ok(())
+}
+
+/// `--cp-push`: the control-plane push at scale; writes cp-push.md and .json to `out_dir`.
+fn cp_push_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
+    ensure!(
+        !args.cp_sidecars.is_empty() && args.cp_sidecars.iter().all(|n| (1..=10_000).contains(n)),
+        "--cp-sidecars must be counts in 1..=10000"
+    );
+    // A socket per simulated sidecar: the soft limit is often 1024.
+    let nofile = cp_push::raise_nofile_limit()?;
+    eprintln!(
+        "weft-bench: open-files limit {} (was {}, hard {})",
+        nofile.1, nofile.0, nofile.2
+    );
+    pin_self(args.loadgen_core)?;
+    let cfg = CpPushConfig {
+        sidecars: args.cp_sidecars.clone(),
+        runs: usize::from(args.runs),
+        changes: usize::from(args.cp_changes),
+        server_core: args.server_core,
+        client_core: args.loadgen_core,
+        binary: bin_dir.join("weft-control-plane"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let mut temp = TempGuard::new()?;
+    let report = runtime.block_on(async {
+        tokio::select! {
+            r = cp_push::run(&cfg, temp.path(), nofile) => r,
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for ctrl-c")?;
+                bail!("interrupted");
+            }
+        }
+    })?;
+    // The control planes and the simulated sidecars are gone (dropped in `run`).
+    drop(runtime);
+    let md = report.markdown();
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let md_path = out_dir.join("cp-push.md");
+    let json_path = out_dir.join("cp-push.json");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let _ = writeln!(std::io::stdout(), "{md}");
+    eprintln!(
+        "weft-bench: wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    temp.keep = args.keep_temp;
     Ok(())
 }
 

@@ -49,6 +49,28 @@ struct Args {
     cert_lifetime: Duration,
 }
 
+/// Raise the soft limit of open files to the hard limit, as Go's runtime does: every sidecar
+/// stream holds a descriptor, and the usual soft default (1024) would cap the control plane
+/// below a thousand sidecars while the hard limit allows far more.
+fn raise_nofile_limit() {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("cannot read the open-files limit (RLIMIT_NOFILE): {e}");
+            return;
+        }
+    };
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now != soft => {
+            log::info!("open-files limit (RLIMIT_NOFILE) raised from {soft} to {now} (hard limit {hard})")
+        }
+        Ok(now) => log::info!("open-files limit (RLIMIT_NOFILE) {now} (hard limit {hard})"),
+        Err(e) => log::warn!(
+            "open-files limit (RLIMIT_NOFILE) stays {soft}: cannot raise it to the hard limit {hard}: {e}"
+        ),
+    }
+}
+
 fn main() {
     let level = std::env::var("RUST_LOG")
         .ok()
@@ -56,6 +78,7 @@ fn main() {
         .unwrap_or(log::LevelFilter::Info);
     env_logger::Builder::new().filter_level(level).init();
     let args = Args::parse();
+    raise_nofile_limit();
     let mut ca = CaStoreOptions::default();
     if let (Some(cert), Some(key)) = (args.ca_cert, args.ca_key) {
         ca.root = RootSource::Files { cert, key };
