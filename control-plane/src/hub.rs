@@ -502,6 +502,7 @@ mod tests {
                 connected: true,
                 since: SystemTime::now(),
                 cert_not_after: None,
+                admin: None,
                 tx: Some(tx),
             },
         );
