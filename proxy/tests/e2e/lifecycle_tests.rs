@@ -180,7 +180,24 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             tokio::spawn(async move { send(&c, p, "orders", "GET", "/delay/1500", &[]).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Every request must have reached the orders sidecar (counted as received, so in flight
+    // there) before SIGTERM: one still between the sidecars would meet a closed listener,
+    // which is not what this test is about. A loaded machine can take a while to get there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        orders.admin,
+        "weft_requests_total",
+        &[("direction", "inbound")],
+    )
+    .await
+        < 20.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached orders"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t0 = Instant::now();
     fe.signal(nix::sys::signal::Signal::SIGTERM);
     orders.signal(nix::sys::signal::Signal::SIGTERM);
