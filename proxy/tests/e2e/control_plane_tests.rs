@@ -13,8 +13,6 @@ use weft_control_plane::server::Running;
 
 use crate::harness::*;
 
-const CP_IDENTITY: &str = "spiffe://weft.local/ns/weft-system/sa/control-plane";
-
 async fn start_cp(pki: &Pki, policy_dir: &Path) -> Running {
     start_control_plane(pki, policy_dir, "127.0.0.1:0".parse().expect("addr")).await
 }
@@ -41,39 +39,18 @@ fn spawn_sidecar(
     app: SocketAddr,
     cp: SocketAddr,
 ) -> Sidecar {
-    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (outbound, inbound, admin) = (port(), port(), port());
-    let head = format!(
-        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n  labels: {{version: {version}}}\n\
-         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
-         tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
-         drain_timeout: 10s\n\
-         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}, state_file: {name}-{}.cp.json}}\n",
-        spiffe(cert),
-        inbound.port()
-    );
-    let tag = format!("{name}-{}", inbound.port());
-    let config = pki.path().join(format!("{tag}.yaml"));
-    std::fs::write(&config, &head).expect("write config");
-    let log = pki.path().join(format!("{tag}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn weft-proxy");
-    Sidecar {
-        child,
-        name: name.to_owned(),
-        outbound,
-        inbound,
-        admin,
-        config,
-        log,
-        head,
-    }
+    spawn_cp_sidecar(
+        pki,
+        CpSidecar {
+            name,
+            identity: cert,
+            cert,
+            version,
+            app,
+            cp,
+            token: None,
+        },
+    )
 }
 
 pub(crate) fn policy(v1: u32, v2: u32) -> String {

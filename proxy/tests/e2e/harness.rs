@@ -645,3 +645,74 @@ pub async fn start_control_plane_with(
     .await
     .expect("control plane")
 }
+
+/// SPIFFE identity of the control plane the tests start.
+pub const CP_IDENTITY: &str = "spiffe://weft.local/ns/weft-system/sa/control-plane";
+
+/// A control-plane-mode sidecar of [`spawn_cp_sidecar`].
+pub struct CpSidecar<'a> {
+    /// Its service.
+    pub name: &'a str,
+    /// The service account of `service.identity` (usually `name`; another one for impostors).
+    pub identity: &'a str,
+    /// Certificate files `<cert>.crt`/`<cert>.key` (which may not exist yet when `token` is
+    /// given: the sidecar bootstraps them).
+    pub cert: &'a str,
+    /// Its `version` label.
+    pub version: &'a str,
+    /// Its app.
+    pub app: SocketAddr,
+    /// The control plane's sidecar address.
+    pub cp: SocketAddr,
+    /// A join token file.
+    pub token: Option<&'a Path>,
+}
+
+/// A sidecar process that takes its policy from the control plane.
+pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
+    let CpSidecar {
+        name,
+        identity,
+        cert,
+        version,
+        app,
+        cp,
+        token,
+    } = spec;
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (outbound, inbound, admin) = (port(), port(), port());
+    let token = token
+        .map(|t| format!(", join_token_file: {}, bootstrap_timeout: 3s", t.display()))
+        .unwrap_or_default();
+    let head = format!(
+        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n  labels: {{version: {version}}}\n\
+         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
+         tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
+         drain_timeout: 10s\n\
+         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}, state_file: {name}-{}.cp.json{token}}}\n",
+        spiffe(identity),
+        inbound.port()
+    );
+    let tag = format!("{name}-{}", inbound.port());
+    let config = pki.path().join(format!("{tag}.yaml"));
+    std::fs::write(&config, &head).expect("write config");
+    let log = pki.path().join(format!("{tag}.log"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn weft-proxy");
+    Sidecar {
+        child,
+        name: name.to_owned(),
+        outbound,
+        inbound,
+        admin,
+        config,
+        log,
+        head,
+    }
+}

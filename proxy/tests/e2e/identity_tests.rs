@@ -15,8 +15,6 @@ use weft_wire::v1::CertifyRequest;
 
 use crate::harness::*;
 
-const CP_IDENTITY: &str = "spiffe://weft.local/ns/weft-system/sa/control-plane";
-
 /// frontend may call orders (its v1 endpoints).
 fn mesh_policy() -> String {
     format!(
@@ -66,42 +64,18 @@ fn spawn_sidecar(
     cp: SocketAddr,
     token: Option<&Path>,
 ) -> Sidecar {
-    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (outbound, inbound, admin) = (port(), port(), port());
-    let token = token
-        .map(|t| format!(", join_token_file: {}, bootstrap_timeout: 3s", t.display()))
-        .unwrap_or_default();
-    let head = format!(
-        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n  labels: {{version: v1}}\n\
-         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
-         tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
-         drain_timeout: 10s\n\
-         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}, state_file: {name}-{}.cp.json{token}}}\n",
-        spiffe(name),
-        inbound.port()
-    );
-    let tag = format!("{name}-{}", inbound.port());
-    let config = pki.path().join(format!("{tag}.yaml"));
-    std::fs::write(&config, &head).expect("write config");
-    let log = pki.path().join(format!("{tag}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn weft-proxy");
-    Sidecar {
-        child,
-        name: name.to_owned(),
-        outbound,
-        inbound,
-        admin,
-        config,
-        log,
-        head,
-    }
+    spawn_cp_sidecar(
+        pki,
+        CpSidecar {
+            name,
+            identity: name,
+            cert,
+            version: "v1",
+            app,
+            cp,
+            token,
+        },
+    )
 }
 
 async fn cp_status(cp: &Running) -> serde_json::Value {
