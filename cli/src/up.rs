@@ -75,8 +75,9 @@ pub struct UpArgs {
     /// control plane, with the project's alert rules.
     #[arg(long)]
     prometheus: bool,
-    /// Lifetime of the workload certificates the control plane issues (renewed at 2/3).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Lifetime of the workload certificates the control plane issues (renewed at 2/3); the
+    /// control plane's default. Try `30s` to watch rotation happen.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     cert_lifetime: Duration,
 }
 
