@@ -25,6 +25,7 @@ use crate::config::Protocol;
 use crate::drain::{Drain, DrainSignals};
 use crate::inbound::InboundHttp;
 use crate::outbound::Outbound;
+use crate::ports::PortManager;
 use crate::state::Store;
 use crate::tls::{IdentityCallback, PeerIdentity, ALPN_TCP};
 use crate::trace::Tracer;
@@ -62,7 +63,9 @@ async fn sniff_h2c(stream: &mut L4Stream) -> std::io::Result<bool> {
     Ok(&buf == H2_PREFACE)
 }
 
-/// The connection dispatcher for every traffic listener.
+/// The connection dispatcher for every traffic listener (cheap to clone: the dedicated-port
+/// manager holds a clone).
+#[derive(Clone)]
 pub struct Traffic {
     store: Arc<Store>,
     drain: Arc<Drain>,
@@ -271,14 +274,24 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
         outbound_port: snap.listen.outbound.port(),
         inbound_port: snap.listen.inbound.port(),
     };
+    let ports = Arc::new(traffic.clone());
     let mut service = Service::new("weft traffic".to_owned(), traffic);
     service.threads = Some(snap.workers);
     service.add_tcp(&snap.listen.outbound.to_string());
     service.add_tcp(&snap.listen.inbound.to_string());
-    for (port, _) in snap.outbound_ports() {
+    let at_start: std::collections::BTreeSet<u16> =
+        snap.outbound_ports().into_iter().map(|(p, _)| p).collect();
+    for port in &at_start {
         service.add_tcp(&format!("127.0.0.1:{port}"));
     }
     server.add_service(service);
+    // Ports added later (reload, control-plane snapshot) are bound by the port manager.
+    let mut port_manager = pingora_core::services::background::background_service(
+        "weft dedicated ports",
+        PortManager::new(store.clone(), ports, at_start),
+    );
+    port_manager.threads = Some(1);
+    server.add_service(port_manager);
 
     control::spawn(store.clone(), drain.clone())?;
     log::info!(

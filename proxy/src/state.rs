@@ -768,21 +768,6 @@ fn load_snapshot(
         if config.workers != p.workers {
             errors.push(fixed("workers", "cannot change without a restart".into()));
         }
-        let ports: Vec<(u16, Protocol)> = {
-            let mut v: Vec<_> = config
-                .services
-                .iter()
-                .filter_map(|s| s.port.map(|p| (p, s.protocol)))
-                .collect();
-            v.sort_unstable();
-            v
-        };
-        if ports != p.outbound_ports() {
-            errors.push(fixed(
-                "services[].port",
-                "dedicated outbound ports cannot change without a restart".into(),
-            ));
-        }
         if config.own.app != p.own.app || config.own.protocol != p.own.protocol {
             errors.push(fixed(
                 "service",

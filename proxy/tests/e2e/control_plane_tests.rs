@@ -46,6 +46,7 @@ fn spawn_sidecar(
             identity: cert,
             cert,
             version,
+            protocol: "http",
             app,
             cp,
             token: None,
@@ -507,4 +508,112 @@ async fn restart(mut s: Sidecar) -> Sidecar {
     drop(s);
     s2.wait_ready().await;
     s2
+}
+
+/// Bytes through a dedicated port: written, half-closed, echoed back.
+async fn tcp_round_trip(port: u16) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut r, mut w) = s.into_split();
+    w.write_all(b"weft tcp over a pushed port")
+        .await
+        .map_err(|e| e.to_string())?;
+    w.shutdown().await.map_err(|e| e.to_string())?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut back))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_tcp_service_gets_its_dedicated_port_without_a_restart() {
+    let pki = Pki::new(94);
+    for s in ["frontend", "orders", "db"] {
+        pki.issue(s);
+    }
+    let policy_dir: PathBuf = pki.path().join("policy");
+    std::fs::create_dir(&policy_dir).expect("policy dir");
+    write_policy(&policy_dir, "mesh.yaml", &policy(90, 10));
+    let cp = start_cp(&pki, &policy_dir).await;
+    let fe = start_sidecar(
+        &pki,
+        "frontend",
+        "v1",
+        http_app("frontend").await,
+        cp.listen,
+    )
+    .await;
+
+    // A TCP app behind its own control-plane-mode sidecar.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app = l.local_addr().expect("addr");
+    weft_samples::tcp::serve_echo(l);
+    let db = spawn_cp_sidecar(
+        &pki,
+        CpSidecar {
+            name: "db",
+            identity: "db",
+            cert: "db",
+            version: "v1",
+            protocol: "tcp",
+            app,
+            cp: cp.listen,
+            token: None,
+        },
+    );
+    db.wait_ready().await;
+
+    // The policy gains `db` with a dedicated port: frontend's sidecar binds it and carries
+    // bytes through it, no restart.
+    let with_port = |port: u16| {
+        format!(
+            "services:\n  - name: db\n    identity: {}\n    protocol: tcp\n    port: {port}\n",
+            spiffe("db")
+        )
+    };
+    let first = free_port();
+    write_policy(&policy_dir, "tcp.yaml", &with_port(first));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let echoed = loop {
+        match tcp_round_trip(first).await {
+            Ok(b) => break b,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "port {first} never served: {e}\n{}",
+                fe.log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(echoed, b"weft tcp over a pushed port");
+
+    // Moving the port: the new one serves, the old one closes.
+    let second = free_port();
+    write_policy(&policy_dir, "tcp.yaml", &with_port(second));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let moved = tcp_round_trip(second).await.is_ok()
+            && tokio::net::TcpStream::connect(("127.0.0.1", first))
+                .await
+                .is_err();
+        if moved {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the port did not move\n{}",
+            fe.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        tcp_round_trip(second).await.expect("echo"),
+        b"weft tcp over a pushed port"
+    );
 }

@@ -660,6 +660,8 @@ pub struct CpSidecar<'a> {
     pub cert: &'a str,
     /// Its `version` label.
     pub version: &'a str,
+    /// Its app's protocol (`http`, `grpc`, `tcp`).
+    pub protocol: &'a str,
     /// Its app.
     pub app: SocketAddr,
     /// The control plane's sidecar address.
@@ -675,6 +677,7 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
         identity,
         cert,
         version,
+        protocol,
         app,
         cp,
         token,
@@ -685,7 +688,7 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
         .map(|t| format!(", join_token_file: {}, bootstrap_timeout: 3s", t.display()))
         .unwrap_or_default();
     let head = format!(
-        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n  labels: {{version: {version}}}\n\
+        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: {protocol}\n  labels: {{version: {version}}}\n\
          listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
          tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
          drain_timeout: 10s\n\

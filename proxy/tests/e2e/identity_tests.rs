@@ -71,6 +71,7 @@ fn spawn_sidecar(
             identity: name,
             cert,
             version: "v1",
+            protocol: "http",
             app,
             cp,
             token,
