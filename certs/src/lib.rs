@@ -23,4 +23,4 @@ pub use parse::{
     cert_pem_from_der, identity_from_cert_der, not_after_from_cert_der, not_before_from_cert_der,
     parse_cert_chain_pem, trust_domain_from_ca_cert_der,
 };
-pub use rotation::renew_at;
+pub use rotation::{renew_at, renewal_time};

@@ -27,6 +27,19 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     }
 }
 
+/// [`renew_at`] for a certificate issued by the mesh CA, measured from the moment of issue: the
+/// CA backdates `notBefore` by [`CLOCK_SKEW_ALLOWANCE`](crate::CLOCK_SKEW_ALLOWANCE) (60 s) for
+/// peers with slow clocks, which would otherwise pull the renewal of a short-lived certificate
+/// before its issue (a 3 s certificate would be "due" 18 s before it was made, and renewed in a
+/// loop). A certificate shorter than the allowance is taken as not backdated.
+pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let issued = not_before
+        .checked_add(crate::CLOCK_SKEW_ALLOWANCE)
+        .filter(|t| *t < not_after)
+        .unwrap_or(not_before);
+    renew_at(issued, not_after)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
@@ -37,6 +50,24 @@ mod tests {
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn renewal_is_measured_from_issue_not_from_the_backdated_not_before() {
+        let skew = crate::CLOCK_SKEW_ALLOWANCE;
+        // A 3 s certificate, backdated by the allowance: due 2 s after issue, not before it.
+        let issued = t(100);
+        assert_eq!(
+            renewal_time(issued - skew, issued + Duration::from_secs(3)),
+            t(102)
+        );
+        // A certificate shorter than the allowance (not backdated): plain two thirds.
+        assert_eq!(renewal_time(t(0), t(3)), t(2));
+        // 24 h: 16 h after issue.
+        assert_eq!(
+            renewal_time(issued - skew, issued + 24 * HOUR),
+            issued + 16 * HOUR
+        );
     }
 
     #[test]

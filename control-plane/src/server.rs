@@ -14,10 +14,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig as TlsServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -42,8 +44,6 @@ use crate::tokens::JoinTokenAttestor;
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
 /// Service account of the control plane's own identity.
 pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "control-plane";
-/// Lifetime of the serving certificate the control plane issues itself at start.
-pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -127,15 +127,83 @@ fn pem_certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(weft_certs::parse_cert_chain_pem(pem)?)
 }
 
-fn tls_config(store: &CaStore) -> anyhow::Result<TlsServerConfig> {
+/// The control plane's own serving certificate, reissued from the mesh CA at two thirds of its
+/// lifetime so a long-running control plane never serves an expired one. Handshakes read it
+/// through an [`ArcSwap`]; connections already open keep theirs.
+#[derive(Debug)]
+struct ServingCert {
+    current: ArcSwap<CertifiedKey>,
+    /// When the certificate in force was issued and expires.
+    validity: std::sync::Mutex<(SystemTime, SystemTime)>,
+}
+
+impl ServingCert {
+    fn issue(
+        store: &CaStore,
+        lifetime: Duration,
+    ) -> anyhow::Result<(CertifiedKey, SystemTime, SystemTime)> {
+        let id = control_plane_identity(store.trust_domain())?;
+        let issued = store.ca().issue(&id, lifetime)?;
+        let chain = pem_certs(&issued.cert_pem)?;
+        let leaf = chain.first().context("issued an empty chain")?;
+        let not_before = weft_certs::not_before_from_cert_der(leaf.as_ref())?;
+        let not_after = weft_certs::not_after_from_cert_der(leaf.as_ref())?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
+        Ok((CertifiedKey::new(chain, signer), not_before, not_after))
+    }
+
+    fn new(store: &CaStore, lifetime: Duration) -> anyhow::Result<Self> {
+        let (key, not_before, not_after) = Self::issue(store, lifetime)?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(key),
+            validity: std::sync::Mutex::new((not_before, not_after)),
+        })
+    }
+
+    /// Reissue at each renewal time, forever; a failure keeps the certificate in force and is
+    /// retried in a tenth of the time left (at least a second).
+    async fn renew(self: Arc<Self>, store: Arc<CaStore>, lifetime: Duration) {
+        loop {
+            let (not_before, not_after) = *self.validity.lock().unwrap_or_else(|e| e.into_inner());
+            let due = weft_certs::renewal_time(not_before, not_after);
+            if let Ok(wait) = due.duration_since(SystemTime::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            match Self::issue(&store, lifetime) {
+                Ok((key, nb, na)) => {
+                    self.current.store(Arc::new(key));
+                    *self.validity.lock().unwrap_or_else(|e| e.into_inner()) = (nb, na);
+                    log::info!(
+                        "control-plane serving certificate renewed, valid until {}",
+                        humantime::format_rfc3339_seconds(na)
+                    );
+                }
+                Err(e) => {
+                    let left = not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    let retry = (left / 10).max(Duration::from_secs(1));
+                    log::error!("cannot renew the control-plane serving certificate: {e:#}; retrying in {retry:?}");
+                    tokio::time::sleep(retry).await;
+                }
+            }
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn tls_config(store: &CaStore, cert: Arc<ServingCert>) -> anyhow::Result<TlsServerConfig> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();
-    let id = control_plane_identity(store.trust_domain())?;
-    let issued = store.ca().issue(&id, SERVER_CERT_LIFETIME)?;
-    let chain = pem_certs(&issued.cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
     let mut roots = RootCertStore::empty();
     for r in store.trust_bundle_der() {
         roots.add(r.clone())?;
@@ -148,7 +216,7 @@ fn tls_config(store: &CaStore) -> anyhow::Result<TlsServerConfig> {
         .build()?;
     let mut config = TlsServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -190,7 +258,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         )
         .context("certificate issuer")?,
     );
-    let tls = TlsAcceptor::from(Arc::new(tls_config(&store)?));
+    // The control plane's own certificate lives as long as the workload certificates it
+    // issues, and is renewed the same way.
+    let serving =
+        Arc::new(ServingCert::new(&store, config.cert_lifetime).context("serving certificate")?);
+    let tls = TlsAcceptor::from(Arc::new(tls_config(&store, serving.clone())?));
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
     let history = History::open(&config.state_dir).context("policy history")?;
@@ -222,6 +294,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         .context("recording the policy in history")?;
 
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(
+        serving.renew(store.clone(), config.cert_lifetime),
+    ));
     tasks.push(tokio::spawn(hub.clone().run_pusher()));
     {
         let ops = ops.clone();

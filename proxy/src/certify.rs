@@ -129,20 +129,9 @@ impl CertifyError {
     }
 }
 
-/// When to start renewing a certificate valid from `not_before` to `not_after`.
-///
-/// [`weft_certs::renew_at`] (two thirds of the lifetime), measured from the moment of issue:
-/// the mesh CA backdates `notBefore` by [`weft_certs::CLOCK_SKEW_ALLOWANCE`] (60 s) for peers
-/// with slow clocks, which would otherwise pull the renewal of a short-lived certificate before
-/// its issue (a 3 s certificate would be "due" 18 s before it was made, and renewed in a
-/// loop). A certificate shorter than the allowance is taken as not backdated.
-pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-    let issued = not_before
-        .checked_add(weft_certs::CLOCK_SKEW_ALLOWANCE)
-        .filter(|t| *t < not_after)
-        .unwrap_or(not_before);
-    weft_certs::renew_at(issued, not_after)
-}
+/// When to start renewing a certificate valid from `not_before` to `not_after` (two thirds of
+/// the lifetime from the moment of issue; see [`weft_certs::renewal_time`]).
+pub use weft_certs::renewal_time;
 
 /// A random head start for a renewal, below 5% of the certificate's remaining lifetime at its
 /// renewal time, so sidecars started together do not all renew in the same second.
