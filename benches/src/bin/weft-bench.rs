@@ -445,17 +445,26 @@ async fn run_peers(
             cmd,
             &dir.join(format!("peers-app-{}.stderr", w.as_str())),
         )?;
-        let deadline = tokio::time::Instant::now() + weft_benches::mesh::READY_TIMEOUT;
-        // Bounded by READY_TIMEOUT.
-        loop {
+        let ready_timeout = weft_benches::mesh::READY_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + ready_timeout;
+        let mut last = None;
+        // Bounded in count and by READY_TIMEOUT.
+        for _ in 0..(ready_timeout.as_millis() / 50 + 1) {
             child.check_alive()?;
             match peers::one_through(w, addr).await {
-                Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    bail!("app ({}) not ready at {addr}: {e:#}", w.as_str())
+                Ok(()) => {
+                    last = None;
+                    break;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => last = Some(e),
             }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(e) = last {
+            bail!("app ({}) not ready at {addr}: {e:#}", w.as_str());
         }
         apps.push((w, addr, child));
     }
