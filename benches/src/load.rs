@@ -179,7 +179,7 @@ pub struct SaturationResult {
 
 /// CPU counters at one instant: of the watched processes, of this process,
 /// of every other process and of every CPU.
-struct CpuSnapshot {
+pub(crate) struct CpuSnapshot {
     at: Instant,
     procs: Vec<f64>,
     own: f64,
@@ -188,16 +188,16 @@ struct CpuSnapshot {
 }
 
 /// CPU use between two snapshots.
-struct CpuDelta {
-    seconds: f64,
-    procs: Vec<f64>,
-    own: f64,
-    others: f64,
-    busy_pct: Vec<Option<f64>>,
+pub(crate) struct CpuDelta {
+    pub(crate) seconds: f64,
+    pub(crate) procs: Vec<f64>,
+    pub(crate) own: f64,
+    pub(crate) others: f64,
+    pub(crate) busy_pct: Vec<Option<f64>>,
 }
 
 impl CpuSnapshot {
-    fn take(pids: &[u32]) -> anyhow::Result<Self> {
+    pub(crate) fn take(pids: &[u32]) -> anyhow::Result<Self> {
         let procs = pids
             .iter()
             .map(|&p| procfs::cpu_seconds(p))
@@ -214,7 +214,7 @@ impl CpuSnapshot {
         })
     }
 
-    fn since(&self, earlier: &CpuSnapshot) -> CpuDelta {
+    pub(crate) fn since(&self, earlier: &CpuSnapshot) -> CpuDelta {
         CpuDelta {
             seconds: (self.at - earlier.at).as_secs_f64(),
             procs: self
@@ -266,28 +266,7 @@ pub async fn saturate(
         })
         .collect();
 
-    // RSS sampler: bounded by the run's length.
-    let sampler = {
-        let pids = watch.to_vec();
-        let interval = cfg.rss_interval.max(Duration::from_millis(10));
-        tokio::spawn(async move {
-            let mut peaks = vec![0u64; pids.len()];
-            let mut tick = tokio::time::interval(interval);
-            let max_ticks = (stop - Instant::now()).as_millis() / interval.as_millis() + 2;
-            for _ in 0..max_ticks {
-                tick.tick().await;
-                if Instant::now() > stop {
-                    break;
-                }
-                for (peak, &pid) in peaks.iter_mut().zip(&pids) {
-                    if let Ok(rss) = procfs::rss_kib(pid) {
-                        *peak = (*peak).max(rss);
-                    }
-                }
-            }
-            peaks
-        })
-    };
+    let sampler = rss_sampler(watch, cfg.rss_interval, stop);
 
     tokio::time::sleep_until(window_start).await;
     let ok0 = counters.ok.load(Ordering::Relaxed);
@@ -312,6 +291,30 @@ pub async fn saturate(
         peak_rss_kib,
         cpu_busy_pct: cpu.busy_pct,
         others_cpu_seconds: cpu.others,
+    })
+}
+
+/// Samples the RSS of `pids` every `interval` until `stop` (bounded by the
+/// run's length); the task's result is each process's peak, KiB.
+pub(crate) fn rss_sampler(pids: &[u32], interval: Duration, stop: Instant) -> JoinHandle<Vec<u64>> {
+    let pids = pids.to_vec();
+    let interval = interval.max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut peaks = vec![0u64; pids.len()];
+        let mut tick = tokio::time::interval(interval);
+        let max_ticks = (stop - Instant::now()).as_millis() / interval.as_millis() + 2;
+        for _ in 0..max_ticks {
+            tick.tick().await;
+            if Instant::now() > stop {
+                break;
+            }
+            for (peak, &pid) in peaks.iter_mut().zip(&pids) {
+                if let Ok(rss) = procfs::rss_kib(pid) {
+                    *peak = (*peak).max(rss);
+                }
+            }
+        }
+        peaks
     })
 }
 
