@@ -260,37 +260,10 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     pin_self(args.loadgen_core)?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
     let mut temp = TempGuard::new()?;
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = run(&args, &bins, temp.path(), cpus) => r,
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for ctrl-c")?;
-                bail!("interrupted");
-            }
-        }
-    });
     // On success the processes are gone (the mesh was dropped in `run`).
-    let report = result?;
-    let md = report.markdown();
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let md_path = out_dir.join("weft-bench.md");
-    let json_path = out_dir.join("weft-bench.json");
-    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
-    // Files first, then stdout: a closed stdout (e.g. `| head`) must
-    // neither lose them nor panic.
-    let _ = writeln!(std::io::stdout(), "{md}");
-    eprintln!(
-        "weft-bench: wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
+    let report = until_interrupted(run(&args, &bins, temp.path(), cpus))?;
+    write_report(&out_dir, "weft-bench", &report.markdown(), &report)?;
     if report.flags.is_empty() {
         temp.keep = args.keep_temp;
     } else {
@@ -323,36 +296,55 @@ fn cp_push_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<(
         client_core: args.loadgen_core,
         binary: bin_dir.join("weft-control-plane"),
     };
+    let mut temp = TempGuard::new()?;
+    // The control planes and the simulated sidecars are gone (dropped in `run`).
+    let report = until_interrupted(cp_push::run(&cfg, temp.path(), nofile))?;
+    write_report(out_dir, "cp-push", &report.markdown(), &report)?;
+    temp.keep = args.keep_temp;
+    Ok(())
+}
+
+/// Run `work` on a current-thread runtime until it ends or Ctrl-C arrives; the runtime, and
+/// every process `work` still held, is gone on return.
+fn until_interrupted<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    let mut temp = TempGuard::new()?;
-    let report = runtime.block_on(async {
+    runtime.block_on(async {
         tokio::select! {
-            r = cp_push::run(&cfg, temp.path(), nofile) => r,
+            r = work => r,
             r = tokio::signal::ctrl_c() => {
                 r.context("waiting for ctrl-c")?;
                 bail!("interrupted");
             }
         }
-    })?;
-    // The control planes and the simulated sidecars are gone (dropped in `run`).
-    drop(runtime);
-    let md = report.markdown();
+    })
+}
+
+/// Write `<stem>.md` and `<stem>.json` into `out_dir`, then the Markdown to stdout.
+fn write_report(
+    out_dir: &Path,
+    stem: &str,
+    md: &str,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let md_path = out_dir.join("cp-push.md");
-    let json_path = out_dir.join("cp-push.json");
-    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = out_dir.join(format!("{stem}.md"));
+    let json_path = out_dir.join(format!("{stem}.json"));
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
+    // Files first, then stdout: a closed stdout (e.g. `| head`) must neither lose them nor
+    // panic.
     let _ = writeln!(std::io::stdout(), "{md}");
     eprintln!(
         "weft-bench: wrote {} and {}",
         md_path.display(),
         json_path.display()
     );
-    temp.keep = args.keep_temp;
     Ok(())
 }
 
@@ -362,35 +354,10 @@ fn peers_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<()>
     // HAProxy's maxconn and NGINX's worker_connections follow the open-files limit.
     let nofile = cp_push::raise_nofile_limit()?;
     pin_self(args.loadgen_core)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
     let mut temp = TempGuard::new()?;
-    let report = runtime.block_on(async {
-        tokio::select! {
-            r = run_peers(args, &bins, temp.path(), nofile.1) => r,
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for ctrl-c")?;
-                bail!("interrupted");
-            }
-        }
-    })?;
     // Every process has ended (dropped in `run_peers`).
-    drop(runtime);
-    let md = report.markdown();
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let md_path = out_dir.join("peers.md");
-    let json_path = out_dir.join("peers.json");
-    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    let _ = writeln!(std::io::stdout(), "{md}");
-    eprintln!(
-        "weft-bench: wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
+    let report = until_interrupted(run_peers(args, &bins, temp.path(), nofile.1))?;
+    write_report(out_dir, "peers", &report.markdown(), &report)?;
     let errors: u64 = report.runs.iter().map(PeerRun::errors).sum();
     if errors == 0 {
         temp.keep = args.keep_temp;
