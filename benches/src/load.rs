@@ -177,6 +177,44 @@ pub struct SaturationResult {
     pub others_cpu_seconds: f64,
 }
 
+/// What a measured window saw.
+pub(crate) struct Window {
+    /// How much the counter grew inside the window.
+    pub(crate) count: u64,
+    /// CPU use inside the window.
+    pub(crate) cpu: CpuDelta,
+    /// Peak RSS (KiB) of each watched process over the whole run.
+    pub(crate) peak_rss_kib: Vec<u64>,
+}
+
+/// The measuring half of every closed-loop run: sample the watched processes' RSS until
+/// `stop`, read `counter` and the CPU counters at `window_start` and `stop`, then wait for the
+/// load `tasks` to finish.
+pub(crate) async fn measure_window(
+    watch: &[u32],
+    rss_interval: Duration,
+    window_start: Instant,
+    stop: Instant,
+    counter: &AtomicU64,
+    tasks: Vec<JoinHandle<()>>,
+) -> anyhow::Result<Window> {
+    let sampler = rss_sampler(watch, rss_interval, stop);
+    tokio::time::sleep_until(window_start).await;
+    let c0 = counter.load(Ordering::Relaxed);
+    let cpu0 = CpuSnapshot::take(watch)?;
+    tokio::time::sleep_until(stop).await;
+    let c1 = counter.load(Ordering::Relaxed);
+    let cpu = CpuSnapshot::take(watch)?.since(&cpu0);
+    for t in tasks {
+        t.await?;
+    }
+    Ok(Window {
+        count: c1 - c0,
+        cpu,
+        peak_rss_kib: sampler.await?,
+    })
+}
+
 /// CPU counters at one instant: of the watched processes, of this process,
 /// of every other process and of every CPU.
 pub(crate) struct CpuSnapshot {
@@ -266,20 +304,19 @@ pub async fn saturate(
         })
         .collect();
 
-    let sampler = rss_sampler(watch, cfg.rss_interval, stop);
-
-    tokio::time::sleep_until(window_start).await;
-    let ok0 = counters.ok.load(Ordering::Relaxed);
-    let cpu0 = CpuSnapshot::take(watch)?;
-    tokio::time::sleep_until(stop).await;
-    let ok1 = counters.ok.load(Ordering::Relaxed);
-    let cpu = CpuSnapshot::take(watch)?.since(&cpu0);
-
-    for t in tasks {
-        t.await?;
-    }
-    let peak_rss_kib = sampler.await?;
-    let requests = ok1 - ok0;
+    let Window {
+        count: requests,
+        cpu,
+        peak_rss_kib,
+    } = measure_window(
+        watch,
+        cfg.rss_interval,
+        window_start,
+        stop,
+        &counters.ok,
+        tasks,
+    )
+    .await?;
     Ok(SaturationResult {
         requests,
         seconds: cpu.seconds,

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weft_samples::grpc::{EchoClient, EchoRequest};
 
-use crate::load::{rss_sampler, CpuSnapshot, SaturationResult};
+use crate::load::{measure_window, SaturationResult, Window};
 
 /// Most calls one gRPC task makes in one run (a safety bound; the time limit
 /// ends runs long before).
@@ -150,18 +150,11 @@ pub async fn grpc_saturate(
             })
         })
         .collect();
-    let sampler = rss_sampler(watch, cfg.rss_interval, stop);
-    tokio::time::sleep_until(window_start).await;
-    let ok0 = ok.load(Ordering::Relaxed);
-    let cpu0 = CpuSnapshot::take(watch)?;
-    tokio::time::sleep_until(stop).await;
-    let ok1 = ok.load(Ordering::Relaxed);
-    let cpu = CpuSnapshot::take(watch)?.since(&cpu0);
-    for t in tasks {
-        t.await?;
-    }
-    let peak_rss_kib = sampler.await?;
-    let requests = ok1 - ok0;
+    let Window {
+        count: requests,
+        cpu,
+        peak_rss_kib,
+    } = measure_window(watch, cfg.rss_interval, window_start, stop, &ok, tasks).await?;
     Ok(SaturationResult {
         requests,
         seconds: cpu.seconds,
@@ -285,18 +278,19 @@ pub async fn tcp_throughput(
             })
         })
         .collect();
-    let sampler = rss_sampler(watch, cfg.rss_interval, stop);
-    tokio::time::sleep_until(window_start).await;
-    let b0 = received.load(Ordering::Relaxed);
-    let cpu0 = CpuSnapshot::take(watch)?;
-    tokio::time::sleep_until(stop).await;
-    let b1 = received.load(Ordering::Relaxed);
-    let cpu = CpuSnapshot::take(watch)?.since(&cpu0);
-    for t in tasks {
-        t.await?;
-    }
-    let peak_rss_kib = sampler.await?;
-    let bytes = b1 - b0;
+    let Window {
+        count: bytes,
+        cpu,
+        peak_rss_kib,
+    } = measure_window(
+        watch,
+        cfg.rss_interval,
+        window_start,
+        stop,
+        &received,
+        tasks,
+    )
+    .await?;
     Ok(TcpResult {
         bytes,
         seconds: cpu.seconds,
