@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_control_plane::server::Running;
@@ -147,30 +145,7 @@ async fn sidecars_follow_the_control_plane_refuse_invalid_policy_and_nack() {
     assert!(share < 0.25, "v2 share {share} with weights 90/10");
 
     // Background traffic for the rest of the test: not one request may fail.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let bg = {
-        let (stop, failures, sent, outbound) =
-            (stop.clone(), failures.clone(), sent.clone(), fe.outbound);
-        tokio::spawn(async move {
-            let c = client();
-            let mut first_failure = None;
-            while !stop.load(Ordering::Relaxed) {
-                let r = send(&c, outbound, "orders", "GET", "/bg", &[]).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                match r {
-                    Ok(r) if r.status == 200 => {}
-                    other => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                        first_failure.get_or_insert(format!("{:?}", other.map(|r| r.status)));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            first_failure
-        })
-    };
+    let bg = Background::start(fe.outbound, "orders");
 
     // 1. Weights change in the policy directory: the frontend follows within a second.
     let before = frontend_status(&cp).await["acked_version"].clone();
@@ -267,16 +242,7 @@ async fn sidecars_follow_the_control_plane_refuse_invalid_policy_and_nack() {
     let share = v2_share(&fe, 200).await;
     assert!(share > 0.75, "v2 share {share} after a NACK");
 
-    stop.store(true, Ordering::Relaxed);
-    let first_failure = bg.await.expect("background traffic");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "{} of {} background requests failed, first: {first_failure:?}",
-        failures.load(Ordering::Relaxed),
-        sent.load(Ordering::Relaxed)
-    );
-    assert!(sent.load(Ordering::Relaxed) > 100);
+    bg.finish().await;
     drop((v1, v2));
 }
 

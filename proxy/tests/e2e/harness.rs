@@ -719,3 +719,69 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
         head,
     }
 }
+
+/// Steady GETs to `host` through a sidecar's outbound listener, one at a time, until
+/// [`Background::finish`]: the traffic a test keeps up while it changes something.
+pub struct Background {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<Option<String>>,
+}
+
+impl Background {
+    /// Start sending `GET /bg` to `host` via `outbound`, one request every ~2 ms.
+    pub fn start(outbound: SocketAddr, host: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failures = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = {
+            let (stop, failures, sent, host) = (
+                stop.clone(),
+                failures.clone(),
+                sent.clone(),
+                host.to_owned(),
+            );
+            tokio::spawn(async move {
+                let c = client();
+                let mut first_failure = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = send(&c, outbound, &host, "GET", "/bg", &[]).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match r {
+                        Ok(r) if r.status == 200 => {}
+                        other => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            first_failure.get_or_insert(format!("{:?}", other.map(|r| r.status)));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                first_failure
+            })
+        };
+        Self {
+            stop,
+            failures,
+            sent,
+            task,
+        }
+    }
+
+    /// Stop, and assert that not one request failed and more than 100 were sent.
+    pub async fn finish(self) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        let first_failure = self.task.await.expect("background traffic");
+        let (failures, sent) = (
+            self.failures.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        );
+        assert_eq!(
+            failures, 0,
+            "{failures} of {sent} background requests failed, first: {first_failure:?}"
+        );
+        assert!(sent > 100);
+    }
+}

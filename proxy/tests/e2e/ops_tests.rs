@@ -4,8 +4,6 @@
 //! request, and a sidecar's NACK shows in `weftctl status`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_control_plane::ctl::{self, Connection, CtlError, OpsCommand};
@@ -133,30 +131,7 @@ async fn apply_and_rollback_through_the_api_move_traffic_and_a_nack_shows_in_wef
         .to_owned();
 
     // Background traffic for the rest of the test: not one request may fail.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let bg = {
-        let (stop, failures, sent, outbound) =
-            (stop.clone(), failures.clone(), sent.clone(), fe.outbound);
-        tokio::spawn(async move {
-            let c = client();
-            let mut first_failure = None;
-            while !stop.load(Ordering::Relaxed) {
-                let r = send(&c, outbound, "orders", "GET", "/bg", &[]).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                match r {
-                    Ok(r) if r.status == 200 => {}
-                    other => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                        first_failure.get_or_insert(format!("{:?}", other.map(|r| r.status)));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            first_failure
-        })
-    };
+    let bg = Background::start(fe.outbound, "orders");
 
     // 1. A weight change applied through the API: every sidecar in sync, traffic follows.
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -260,14 +235,5 @@ async fn apply_and_rollback_through_the_api_move_traffic_and_a_nack_shows_in_wef
     let share = v2_share(&fe, 200).await;
     assert!(share < 0.25, "v2 share {share} after a NACK");
 
-    stop.store(true, Ordering::Relaxed);
-    let first_failure = bg.await.expect("background traffic");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "{} of {} background requests failed, first: {first_failure:?}",
-        failures.load(Ordering::Relaxed),
-        sent.load(Ordering::Relaxed)
-    );
-    assert!(sent.load(Ordering::Relaxed) > 100);
+    bg.finish().await;
 }
