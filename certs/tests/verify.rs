@@ -681,3 +681,21 @@ fn cert_chain_pem_parsing() {
         Err(Error::NoCertificates)
     ));
 }
+
+/// Workload serials are short (Pingora formats them into its pool key per request), positive,
+/// and still distinct from one issue to the next.
+#[test]
+fn leaf_serials_are_short_positive_and_distinct() {
+    let ca = CertificateAuthority::generate_seeded("weft.local", 7).expect("ca");
+    let id = Identity::new("weft.local", "default", "orders").expect("identity");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..64 {
+        let cert = ca.issue(&id, HOUR).expect("issue");
+        let der = leaf(&cert.cert_pem);
+        let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parse");
+        let raw = x509.raw_serial();
+        assert!(!raw.is_empty() && raw.len() <= 8, "serial {raw:02x?}");
+        assert!(raw[0] & 0x80 == 0, "serial must be positive: {raw:02x?}");
+        assert!(seen.insert(raw.to_vec()), "serial repeated: {raw:02x?}");
+    }
+}
