@@ -468,6 +468,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
         cert_lifetime: args.cert_lifetime,
+        kubernetes_tokens: None,
     })
     .await
     .context("starting the control plane")?;

@@ -1,12 +1,13 @@
 //! The operator API: plain HTTP on a loopback address.
 //!
-//! `/live` and `/metrics` are open (probes and Prometheus); everything else requires
+//! `/live`, `/ready` and `/metrics` are open (probes and Prometheus); everything else requires
 //! `Authorization: Bearer <admin token>` ([`crate::auth`]) and answers 401 without it. The
 //! JSON API lives under `/v1/` (see docs/OPERATIONS.md); `GET /status` is the older name of
 //! `GET /v1/status`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,48 @@ pub(crate) struct Admin {
     pub(crate) hub: Arc<Hub>,
     pub(crate) ops: Arc<Ops>,
     pub(crate) token: AdminToken,
+    pub(crate) readiness: Arc<Readiness>,
+}
+
+/// What `GET /ready` answers: ready (200) once the control plane holds an accepted policy and
+/// its CA is loaded, else 503 naming what is missing. On Kubernetes this is the readiness
+/// probe, so a replica gets sidecar traffic only once it can both push policy and sign.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    policy: AtomicBool,
+    ca: AtomicBool,
+}
+
+impl Readiness {
+    /// Readiness with the two conditions as given.
+    pub fn new(policy_accepted: bool, ca_loaded: bool) -> Self {
+        Self {
+            policy: AtomicBool::new(policy_accepted),
+            ca: AtomicBool::new(ca_loaded),
+        }
+    }
+
+    /// Record that a policy was accepted (a source that starts empty calls this on its first).
+    pub fn set_policy_accepted(&self) {
+        self.policy.store(true, Ordering::Release);
+    }
+
+    /// Record that the CA is loaded.
+    pub fn set_ca_loaded(&self) {
+        self.ca.store(true, Ordering::Release);
+    }
+
+    /// What is still missing, in words; empty when ready.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.policy.load(Ordering::Acquire) {
+            missing.push("no accepted policy yet");
+        }
+        if !self.ca.load(Ordering::Acquire) {
+            missing.push("the certificate authority is not loaded");
+        }
+        missing
+    }
 }
 
 type Response = hyper::Response<Full<Bytes>>;
@@ -214,6 +257,18 @@ async fn handle(admin: &Admin, req: hyper::Request<hyper::body::Incoming>) -> Re
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/live") => return respond(StatusCode::OK, "text/plain", "live\n".into()),
+        (&Method::GET, "/ready") => {
+            let missing = admin.readiness.missing();
+            return if missing.is_empty() {
+                respond(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {}\n", missing.join("; ")),
+                )
+            };
+        }
         (&Method::GET, "/metrics") => {
             return respond(
                 StatusCode::OK,
@@ -317,5 +372,20 @@ async fn result(
             ok(serde_json::json!(outcome))
         }
         _ => Err(refused(StatusCode::NOT_FOUND, format!("no {path}"))),
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::Readiness;
+
+    #[test]
+    fn ready_only_with_policy_and_ca() {
+        let r = Readiness::new(false, false);
+        assert_eq!(r.missing().len(), 2);
+        r.set_ca_loaded();
+        assert_eq!(r.missing(), vec!["no accepted policy yet"]);
+        r.set_policy_accepted();
+        assert!(r.missing().is_empty());
     }
 }

@@ -1,10 +1,13 @@
 //! Attestation: turning the credential a workload presents into the identity it may have.
 //!
-//! Today the one credential is a join token ([`crate::tokens::JoinTokenAttestor`]), for local
-//! mode. On Kubernetes a projected service account token will be another [`Credential`] variant
-//! with its own [`Attestor`]; the issuer does not change.
+//! Two credentials: a join token ([`crate::tokens::JoinTokenAttestor`], local mode and any host)
+//! and, on Kubernetes, a projected service account token
+//! ([`crate::tokenreview::TokenReviewAttestor`], verified by the API server's TokenReview).
+//! [`Credential::from_presented`] tells them apart by form; [`ByKind`] sends each to its own
+//! attestor. The issuer does not change.
 
 use std::fmt;
+use std::sync::Arc;
 
 use weft_certs::{Identity, IdentityError};
 
@@ -18,30 +21,64 @@ use crate::tokens::TokenError;
 pub enum Credential {
     /// A join token created with `weftctl tokens create` (`wjt1_<id>_<secret>`).
     JoinToken(String),
+    /// A Kubernetes projected service account token (a JWT, audience `weft`), as the kubelet
+    /// writes it into the pod.
+    ServiceAccountToken(String),
 }
+
+/// The prefix every join token starts with.
+const JOIN_TOKEN_PREFIX: &str = "wjt1_";
 
 impl Credential {
     /// A short name of the credential's kind, for logs and errors.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::JoinToken(_) => "join token",
+            Self::ServiceAccountToken(_) => "service account token",
         }
     }
+
+    /// The credential a sidecar presented in `Certify`'s token field, told apart by its form:
+    /// `wjt1_...` is a join token; three non-empty dot-separated base64url parts make a JWT,
+    /// which can only be a service account token. Anything else is taken for a (malformed)
+    /// join token, so the caller hears the join-token format it most likely meant.
+    pub fn from_presented(token: &str) -> Self {
+        let token = token.trim();
+        if !token.starts_with(JOIN_TOKEN_PREFIX) && looks_like_jwt(token) {
+            Self::ServiceAccountToken(token.to_owned())
+        } else {
+            Self::JoinToken(token.to_owned())
+        }
+    }
+}
+
+/// Whether `token` has a JWS compact serialization's form (header.payload.signature, each
+/// base64url). Nothing is decoded: only the API server's TokenReview decides what it means.
+fn looks_like_jwt(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::JoinToken(_) => f.write_str("JoinToken(<redacted>)"),
+            Self::ServiceAccountToken(_) => f.write_str("ServiceAccountToken(<redacted>)"),
         }
     }
 }
 
 /// Decides which identity a credential entitles its holder to.
 ///
-/// Synchronous on purpose: the join-token attestor reads a small local file, and a Kubernetes
-/// attestor can verify service account tokens locally against the cluster's cached signing
-/// keys. An attestor that must call out per request would make this trait async.
+/// Synchronous: the join-token attestor reads a small local file, and the issuer is called off
+/// the runtime's workers (`spawn_blocking`, as signing costs CPU anyway). An attestor that
+/// must call out, such as [`crate::tokenreview::TokenReviewAttestor`], blocks that thread on
+/// its request; see its documentation.
 pub trait Attestor: Send + Sync {
     /// Returns the identity `credential` proves, or why it proves none.
     fn attest(&self, credential: &Credential) -> Result<Identity, AttestError>;
@@ -93,11 +130,123 @@ pub enum AttestError {
     /// The token store could not be read.
     #[error("cannot read join tokens: {0}")]
     Store(#[source] TokenError),
+    /// The Kubernetes API server did not authenticate the service account token (invalid,
+    /// expired, for a deleted pod, or not for the audience `weft`), or it authenticated
+    /// something other than a service account.
+    #[error("service account token refused: {reason}")]
+    ServiceAccountTokenRefused {
+        /// Why, in words (the API server's own reason when it gave one).
+        reason: String,
+    },
+    /// The Kubernetes API server could not be asked (unreachable, timed out, or it refused the
+    /// control plane's own TokenReview request): nothing is known about the token.
+    #[error("cannot verify the service account token with the Kubernetes API: {0}")]
+    Unavailable(String),
 }
 
 impl AttestError {
     /// Whether the caller's credential was refused (as opposed to the control plane failing).
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, Self::Store(_) | Self::InvalidIdentity(_))
+        !matches!(
+            self,
+            Self::Store(_) | Self::InvalidIdentity(_) | Self::Unavailable(_)
+        )
+    }
+}
+
+/// Sends each kind of credential to its own attestor: join tokens always, service account
+/// tokens only when Kubernetes tokens are enabled (`--kubernetes-tokens`).
+pub struct ByKind {
+    join_token: Arc<dyn Attestor>,
+    service_account_token: Option<Arc<dyn Attestor>>,
+}
+
+impl fmt::Debug for ByKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByKind")
+            .field(
+                "service_account_tokens",
+                &self.service_account_token.is_some(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ByKind {
+    /// Join tokens go to `join_token`; service account tokens to `service_account_token`, or
+    /// are refused as unsupported when it is `None`.
+    pub fn new(
+        join_token: Arc<dyn Attestor>,
+        service_account_token: Option<Arc<dyn Attestor>>,
+    ) -> Self {
+        Self {
+            join_token,
+            service_account_token,
+        }
+    }
+}
+
+impl Attestor for ByKind {
+    fn attest(&self, credential: &Credential) -> Result<Identity, AttestError> {
+        match credential {
+            Credential::JoinToken(_) => self.join_token.attest(credential),
+            Credential::ServiceAccountToken(_) => match &self.service_account_token {
+                Some(a) => a.attest(credential),
+                None => Err(AttestError::UnsupportedCredential {
+                    kind: credential.kind(),
+                }),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_join_tokens_from_jwts_by_form() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        assert_eq!(
+            Credential::from_presented(&format!(" {jwt}\n")),
+            Credential::ServiceAccountToken(jwt.to_owned())
+        );
+        for join in [
+            "wjt1_abc_def",
+            "wjt1_a.b.c",
+            "not-a-token",
+            "a.b",
+            "a..c",
+            "a.b.c.d",
+            "a.b+.c",
+        ] {
+            assert_eq!(
+                Credential::from_presented(join),
+                Credential::JoinToken(join.to_owned()),
+                "{join}"
+            );
+        }
+        let debug = format!("{:?}", Credential::ServiceAccountToken(jwt.to_owned()));
+        assert!(!debug.contains("eyJ"), "{debug}");
+    }
+
+    #[test]
+    fn service_account_tokens_are_refused_unless_enabled() {
+        struct Never;
+        impl Attestor for Never {
+            fn attest(&self, _: &Credential) -> Result<Identity, AttestError> {
+                Err(AttestError::MalformedToken)
+            }
+        }
+        let by_kind = ByKind::new(Arc::new(Never), None);
+        let e = by_kind
+            .attest(&Credential::ServiceAccountToken("a.b.c".into()))
+            .expect_err("refused");
+        assert!(
+            matches!(e, AttestError::UnsupportedCredential { .. }),
+            "{e}"
+        );
+        assert!(e.is_refusal());
+        assert!(!AttestError::Unavailable("down".into()).is_refusal());
     }
 }

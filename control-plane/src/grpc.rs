@@ -5,9 +5,11 @@
 //! lists the service, its identity). Their inbound address and labels are registered as an
 //! endpoint of that service, withdrawn [`Hub::grace`] after the stream ends.
 //!
-//! `Certify` issues workload certificates for CSRs: with a join token (bootstrap; the
-//! connection may have no client certificate) or with the caller's current certificate
-//! (renewal). `Stream` requires a client certificate.
+//! `Certify` issues workload certificates for CSRs: with a credential in the request's token
+//! field (bootstrap; the connection may have no client certificate), a join token or, with
+//! `--kubernetes-tokens`, a projected service account token (told apart by form:
+//! [`Credential::from_presented`]), or with the caller's current certificate (renewal).
+//! `Stream` requires a client certificate.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -98,8 +100,8 @@ type SnapshotStream =
 impl ControlPlane for Service {
     type StreamStream = SnapshotStream;
 
-    /// Bootstrap (join token, no client certificate needed) or renewal (no token, the verified
-    /// client certificate's identity). The identity comes from the credential only; the CSR
+    /// Bootstrap (join token or service account token, no client certificate needed) or
+    /// renewal (no token, the verified client certificate's identity). The identity comes from the credential only; the CSR
     /// can at most agree with it.
     async fn certify(
         &self,
@@ -118,10 +120,10 @@ impl ControlPlane for Service {
         let how = if join_token.trim().is_empty() {
             "renewal"
         } else {
-            "join token"
+            Credential::from_presented(&join_token).kind()
         };
-        // Attestation reads the token file and signing costs a few milliseconds of CPU: keep
-        // both off the runtime's workers.
+        // Attestation reads the token file or waits for the API server's TokenReview, and
+        // signing costs a few milliseconds of CPU: keep all of it off the runtime's workers.
         let result = tokio::task::spawn_blocking(move || {
             certify_blocking(&issuer, &trust_domain, peer, &join_token, &csr_pem)
         })
@@ -264,7 +266,7 @@ fn certify_blocking(
     csr_pem: &str,
 ) -> Result<Issued, Status> {
     let result = if !join_token.trim().is_empty() {
-        issuer.issue(&Credential::JoinToken(join_token.to_owned()), csr_pem)
+        issuer.issue(&Credential::from_presented(join_token), csr_pem)
     } else {
         let Some(peer) = peer else {
             return Err(Status::unauthenticated(

@@ -4,7 +4,8 @@
 //!   [`ca_store::CaStore`] (signing root and trust bundle in a state directory),
 //!   [`attest`] (credentials to identities; [`tokens::JoinTokenAttestor`] for local mode) and
 //!   [`issuer::Issuer`] (credential + CSR to certificate).
-//! - [`tokens`]: join tokens, managed with `weftctl tokens`.
+//! - [`tokens`]: join tokens, managed with `weftctl tokens`; [`tokenreview`]: Kubernetes
+//!   service account tokens as credentials, verified with the API server's TokenReview.
 //! - [`certs`]: the logic of `weftctl certs`, a file-based mesh CA that issues workload
 //!   certificates (keys included) for static configuration.
 //! - [`policy`]: the mesh policy ([`policy::MeshPolicy`]), validated with the sidecar's own
@@ -34,5 +35,6 @@ mod push_stream;
 pub mod server;
 pub mod source;
 mod state;
+pub mod tokenreview;
 pub mod tokens;
 pub mod top;

@@ -9,7 +9,9 @@
 //!   level so a sidecar without one can bootstrap with a join token (`Certify`); the stream
 //!   refuses such connections.
 //! - `Certify` issues workload certificates with an [`Issuer`] over the state directory's join
-//!   tokens ([`JoinTokenAttestor`]), living [`ServerConfig::cert_lifetime`].
+//!   tokens ([`JoinTokenAttestor`]) and, with [`ServerConfig::kubernetes_tokens`], projected
+//!   service account tokens verified by TokenReview ([`TokenReviewAttestor`]), living
+//!   [`ServerConfig::cert_lifetime`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +40,7 @@ pub use crate::issuer::DEFAULT_CERT_LIFETIME;
 use crate::issuer::{Issuer, IssuerOptions};
 use crate::ops::Ops;
 use crate::source::{DirSource, PolicySource, Watch};
+use crate::tokenreview::{KubeConnection, TokenReviewAttestor};
 use crate::tokens::JoinTokenAttestor;
 
 /// Namespace and service account of the control plane's own identity.
@@ -70,6 +73,10 @@ pub struct ServerConfig {
     /// Lifetime of the workload certificates `Certify` issues (default
     /// [`DEFAULT_CERT_LIFETIME`]); sidecars renew at about two thirds of it.
     pub cert_lifetime: Duration,
+    /// Accept Kubernetes projected service account tokens (audience `weft`) in `Certify`,
+    /// verified with TokenReview through this API connection (`--kubernetes-tokens`); `None`:
+    /// join tokens only. Join tokens keep working either way.
+    pub kubernetes_tokens: Option<KubeConnection>,
 }
 
 /// The control plane's own identity in `trust_domain`.
@@ -246,8 +253,25 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
             .context("certificate authority")?,
     );
-    let attestor =
+    let join_tokens =
         JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
+    let service_account_tokens: Option<Arc<dyn crate::attest::Attestor>> =
+        match &config.kubernetes_tokens {
+            Some(connection) => {
+                let client = connection
+                    .client()
+                    .await
+                    .context("Kubernetes API for service account tokens")?;
+                log::info!("accepting Kubernetes service account tokens (TokenReview)");
+                Some(Arc::new(TokenReviewAttestor::new(
+                    client,
+                    config.trust_domain.clone(),
+                    tokio::runtime::Handle::current(),
+                )))
+            }
+            None => None,
+        };
+    let attestor = crate::attest::ByKind::new(Arc::new(join_tokens), service_account_tokens);
     let issuer = Arc::new(
         Issuer::new(
             store.clone(),
@@ -368,6 +392,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             hub: hub.clone(),
             ops,
             token,
+            // Both conditions hold by now: the CA opened and the policy loaded, or start
+            // failed. A source that can start without a policy flips `policy` later.
+            readiness: Arc::new(crate::admin::Readiness::new(true, true)),
         }),
     )));
     log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");

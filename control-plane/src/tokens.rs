@@ -410,6 +410,7 @@ impl Attestor for JoinTokenAttestor {
                 let info = self.store.verify(token, SystemTime::now())?;
                 Ok(info.identity(&self.trust_domain)?)
             }
+            other => Err(AttestError::UnsupportedCredential { kind: other.kind() }),
         }
     }
 }

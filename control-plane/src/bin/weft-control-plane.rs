@@ -47,6 +47,11 @@ struct Args {
     /// about two thirds of it.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     cert_lifetime: Duration,
+    /// Also accept Kubernetes projected service account tokens (audience `weft`) from
+    /// bootstrapping sidecars, verified with the API server's TokenReview (in-cluster config or
+    /// KUBECONFIG); the identity issued is the pod's service account. Join tokens keep working.
+    #[arg(long)]
+    kubernetes_tokens: bool,
 }
 
 /// Raise the soft limit of open files to the hard limit, as Go's runtime does: every sidecar
@@ -98,6 +103,9 @@ fn main() {
         poll_interval: DEFAULT_POLL_INTERVAL,
         admin_token_file: args.admin_token_file,
         cert_lifetime: args.cert_lifetime,
+        kubernetes_tokens: args
+            .kubernetes_tokens
+            .then_some(weft_control_plane::tokenreview::KubeConnection::Infer),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -641,6 +641,7 @@ pub async fn start_control_plane_with(
         poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
         cert_lifetime,
+        kubernetes_tokens: None,
     })
     .await
     .expect("control plane")
