@@ -19,6 +19,11 @@ struct Args {
     /// Sidecar config file (YAML).
     #[arg(long, short)]
     config: PathBuf,
+    /// Take the config's text from this environment variable and write it to the --config
+    /// path first (Kubernetes injection: the kubelet expands `$(VAR)` references in it, and
+    /// the path lies in a writable emptyDir).
+    #[arg(long, value_name = "NAME")]
+    config_env: Option<String>,
     /// Validate the config and its certificates, print the result, and exit.
     #[arg(long)]
     check: bool,
@@ -26,8 +31,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     // The logger passes everything; `log::set_max_level` is the one filter, so the admin
-    // API can change it at runtime. RUST_LOG gives the starting level (default info).
-    let level = std::env::var("RUST_LOG")
+    // API can change it at runtime. WEFT_LOG (set by the Kubernetes injector) or else
+    // RUST_LOG gives the starting level (default info).
+    let level = std::env::var("WEFT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
         .and_then(|l| l.parse::<log::LevelFilter>().ok())
         .unwrap_or(log::LevelFilter::Info);
@@ -36,6 +43,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     log::set_max_level(level);
     let args = Args::parse();
+    if let Some(name) = &args.config_env {
+        if let Err(e) = weft_proxy::config::write_from_env(name, &args.config) {
+            eprintln!("--config-env: {e}");
+            std::process::exit(2);
+        }
+    }
     // Before the store opens: a sidecar with a join token and no usable certificate obtains
     // one from the control plane first (see `weft_proxy::certify`).
     if !args.check {
@@ -63,5 +76,8 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // On Kubernetes the sidecar is a native sidecar (an init container with `restartPolicy:
+    // Always`): the kubelet sends it SIGTERM only after the app containers have exited, so a
+    // Job's pod completes without the app having to stop the proxy.
     weft_proxy::server::run(Arc::new(store)).context("sidecar failed")
 }
