@@ -66,7 +66,7 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
 pub const INBOUND_PORT: u16 = 15006;
 /// Name of the inbound port in the pod spec.
 pub const INBOUND_PORT_NAME: &str = "weft-inbound";
-/// The sidecar's admin port (probes, metrics).
+/// The sidecar's admin port (probes, metrics), on the pod's loopback.
 pub const ADMIN_PORT: u16 = 15000;
 /// The sidecar's outbound HTTP listener on localhost.
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -629,7 +629,7 @@ fn default_service(
 
 /// The sidecar's config: its own service `<service>.$(POD_NAMESPACE)` with the identity of
 /// the pod's service account, the app on localhost, inbound on every address, the admin
-/// port on every address (the kubelet's probes and Prometheus reach it at the pod IP), the
+/// port on loopback (probed from inside the container, see `admin_probe`), the
 /// control plane with the ServiceAccount token as the join credential, and key, certificate
 /// and persisted policy in the data volume (relative paths resolve against the config
 /// file's directory, [`DATA_DIR`]).
@@ -655,7 +655,7 @@ pub fn sidecar_config(
         listen: wire::Listen {
             outbound: Some(format!("127.0.0.1:{OUTBOUND_PORT}")),
             inbound: Some(format!("0.0.0.0:{INBOUND_PORT}")),
-            admin: Some(format!("0.0.0.0:{ADMIN_PORT}")),
+            admin: Some(format!("127.0.0.1:{ADMIN_PORT}")),
         },
         tls: wire::Tls {
             cert: "cert.pem".to_owned(),
@@ -687,12 +687,15 @@ pub fn sidecar_config(
     serde_yaml::to_string(&config).unwrap_or_default()
 }
 
-fn http_probe(path: &str, period: u32, failures: u32) -> Value {
+/// An `exec` probe running `weft-proxy --probe PATH` in the sidecar container: the admin API
+/// listens on the pod's loopback only (the sidecar refuses any other admin address), which
+/// the kubelet's `httpGet` probes, sent to the pod IP, cannot reach.
+fn admin_probe(path: &str, period: u32, failures: u32) -> Value {
     json!({
-        "httpGet": {"path": path, "port": ADMIN_PORT},
+        "exec": {"command": ["weft-proxy", "--probe", path]},
         "periodSeconds": period,
         "failureThreshold": failures,
-        "timeoutSeconds": 1,
+        "timeoutSeconds": 2,
     })
 }
 
@@ -718,15 +721,15 @@ fn sidecar_container(settings: &Settings, tuning: &Tuning, config: &str) -> Valu
             // Last: it refers to the vars above, which the kubelet expands in order.
             {"name": CONFIG_ENV, "value": config},
         ],
+        // Only the inbound port: the admin port listens on loopback.
         "ports": [
             {"name": INBOUND_PORT_NAME, "containerPort": INBOUND_PORT, "protocol": "TCP"},
-            {"name": "weft-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
         // Up to two minutes to obtain the first certificate and policy before the kubelet
         // restarts the sidecar; the app waits for it.
-        "startupProbe": http_probe("/ready", 1, 120),
-        "readinessProbe": http_probe("/ready", 5, 3),
-        "livenessProbe": http_probe("/live", 10, 3),
+        "startupProbe": admin_probe("/ready", 1, 120),
+        "readinessProbe": admin_probe("/ready", 5, 3),
+        "livenessProbe": admin_probe("/live", 10, 3),
         "resources": {
             "requests": {"cpu": tuning.cpu_request, "memory": tuning.memory_request},
             "limits": {"memory": tuning.memory_limit},

@@ -1,0 +1,3 @@
+//! Kubernetes integration tests of the control plane.
+
+mod inject;
