@@ -286,6 +286,8 @@ fn output_validates_with_kubernetes_validate() {
         std::fs::write(&path, text.join("---\n")).expect("write");
         files.push(path);
     }
+    // The MutatingWebhookConfiguration too.
+    files.push(webhook_yaml_path());
     let out = match Command::new("kubernetes-validate")
         .arg("--strict")
         .arg("--quiet")
@@ -305,6 +307,32 @@ fn output_validates_with_kubernetes_validate() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn webhook_yaml_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/webhook.yaml")
+}
+
+/// The MutatingWebhookConfiguration points where the webhook serves, for the shared contract.
+#[test]
+fn webhook_configuration_matches_the_server() {
+    let text = std::fs::read_to_string(webhook_yaml_path()).expect("webhook.yaml");
+    let config = docs(&text).remove(0);
+    assert_eq!(config["kind"], "MutatingWebhookConfiguration");
+    let hook = &config["webhooks"][0];
+    let service = &hook["clientConfig"]["service"];
+    assert_eq!(service["name"], "weft-control-plane");
+    assert_eq!(service["namespace"], "weft-system");
+    assert_eq!(service["path"], webhook::PATH);
+    assert_eq!(service["port"], 8443);
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(
+        hook["namespaceSelector"]["matchLabels"]["weft.dev/inject"],
+        "enabled"
+    );
+    assert_eq!(hook["rules"][0]["resources"], json!(["pods"]));
+    assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
 }
 
 fn weftctl(args: &[&str], stdin: &str) -> (i32, String, String) {
