@@ -413,15 +413,15 @@ fn weftctl_inject_reads_stdin_writes_stdout() {
 // ---- the webhook over HTTPS ----
 
 struct TestWebhook {
-    _hook: webhook::Webhook,
+    _hook: Option<webhook::Webhook>,
     addr: std::net::SocketAddr,
     tls: tokio_rustls::TlsConnector,
     _dir: tempfile::TempDir,
 }
 
-/// A CA, a serving certificate for `localhost` from it, and the webhook on 127.0.0.1:0.
-async fn start_webhook() -> TestWebhook {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A CA and a serving certificate for `localhost` from it, written to `dir`: the
+/// certificate and key files, and a TLS connector trusting the CA.
+fn webhook_certs(dir: &Path) -> (PathBuf, PathBuf, tokio_rustls::TlsConnector) {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::default();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -431,26 +431,38 @@ async fn start_webhook() -> TestWebhook {
     let key = rcgen::KeyPair::generate().expect("key");
     let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
     let cert = params.signed_by(&key, &issuer).expect("cert");
-    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert_file, cert.pem()).expect("write");
     std::fs::write(&key_file, key.serialize_pem()).expect("write");
-    let hook = webhook::start(WebhookConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        cert: cert_file,
-        key: key_file,
-        settings: settings(),
-    })
-    .await
-    .expect("webhook starts");
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).expect("root");
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    (
+        cert_file,
+        key_file,
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+    )
+}
+
+/// The webhook on 127.0.0.1:0 with a certificate from a test CA.
+async fn start_webhook() -> TestWebhook {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, tls) = webhook_certs(dir.path());
+    let hook = webhook::start(WebhookConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        cert,
+        key,
+        settings: settings(),
+    })
+    .await
+    .expect("webhook starts");
     TestWebhook {
         addr: hook.addr,
-        _hook: hook,
-        tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        _hook: Some(hook),
+        tls,
         _dir: dir,
     }
 }
@@ -677,4 +689,88 @@ async fn webhook_denies_malformed_reviews_clearly() {
         .review(&admission_review("u-after", &replicaset_pod()))
         .await;
     assert_eq!(response(&answer)["allowed"], true);
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `weft-control-plane` binary serves the webhook with `--webhook-listen/-cert/-key`, with
+/// its own trust domain in the injected identities.
+#[tokio::test]
+async fn control_plane_binary_serves_the_webhook() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, tls) = webhook_certs(dir.path());
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).expect("mkdir");
+    std::fs::write(
+        policy.join("mesh.yaml"),
+        "services:\n  - name: orders\n    identity: spiffe://cluster.example/ns/shop/sa/orders\n",
+    )
+    .expect("write");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+    };
+    let (listen, admin, hook_addr) = (free(), free(), free());
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .arg("--policy-dir")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--trust-domain", "cluster.example"])
+        .args(["--webhook-listen", &hook_addr.to_string()])
+        .arg("--webhook-cert")
+        .arg(&cert)
+        .arg("--webhook-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut child = Killed(child);
+    let hook = TestWebhook {
+        _hook: None,
+        addr: hook_addr,
+        tls,
+        _dir: dir,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(hook_addr).await.is_err() {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("weft-control-plane exited: {status}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the webhook never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pod = replicaset_pod();
+    let (status, answer) = hook.review(&admission_review("u-bin", &pod)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(response(&answer)["allowed"], true, "{answer}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response(&answer)["patch"].as_str().expect("patch"))
+        .expect("base64");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("patch");
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch).expect("applies");
+    let want = Settings {
+        trust_domain: "cluster.example".into(),
+        ..settings()
+    };
+    assert_eq!(patched, inject_object(&pod, &want).expect("inject"));
 }
