@@ -251,13 +251,22 @@ pub fn inject_object(object: &Value, settings: &Settings) -> Result<Value, Injec
     };
     let described = describe(object);
     let workload_annotations = annotations(object.pointer("/metadata/annotations"));
+    let workload_name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let Some(template) = pointer_mut_or_create(&mut out, template_path) else {
         return Err(InjectError::Object {
             object: described,
             reason: format!("{kind} without a pod template at {template_path}"),
         });
     };
-    inject_template(template, &workload_annotations, &described, settings)?;
+    let workload = Workload {
+        annotations: &workload_annotations,
+        name: workload_name.as_deref(),
+        described: &described,
+    };
+    inject_template(template, &workload, settings)?;
     Ok(out)
 }
 
@@ -387,12 +396,23 @@ struct Tuning {
     log_level: String,
 }
 
+/// What the pod template inherits from the object around it.
+struct Workload<'a> {
+    /// The object's own annotations (the template's win).
+    annotations: &'a Map<String, Value>,
+    /// The object's name (for a Pod, the pod's own).
+    name: Option<&'a str>,
+    /// `Kind namespace/name`, for messages.
+    described: &'a str,
+}
+
 fn inject_template(
     template: &mut Value,
-    workload_annotations: &Map<String, Value>,
-    object: &str,
+    workload: &Workload<'_>,
     settings: &Settings,
 ) -> Result<(), InjectError> {
+    let object = workload.described;
+    let workload_annotations = workload.annotations;
     let obj_err = |reason: String| InjectError::Object {
         object: object.to_owned(),
         reason,
@@ -462,10 +482,6 @@ fn inject_template(
     };
 
     let labels = annotations(template.pointer("/metadata/labels"));
-    let template_name = template
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
     let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
         return Err(obj_err("the pod spec is missing or not an object".into()));
     };
@@ -515,7 +531,7 @@ fn inject_template(
     let app_port = tuning.app_port.or(first_port).unwrap_or(FALLBACK_APP_PORT);
     let service = match tuning.service.clone() {
         Some(s) => s,
-        None => default_service(&labels, template_name.as_deref(), object, spec)?,
+        None => default_service(&labels, workload.name, object, spec)?,
     };
     let config = sidecar_config(settings, &service, app_port, tuning.protocol.as_deref());
     let sidecar = sidecar_container(settings, &tuning, &config);
@@ -597,7 +613,8 @@ fn tuned(
 }
 
 /// The mesh service name when no annotation gives it: the pod's `app.kubernetes.io/name` or
-/// `app` label, else the pod's name, else its service account.
+/// `app` label, else the workload's name (a Pod's own name; a pod a controller creates has
+/// none yet, only `generateName`), else its service account.
 fn default_service(
     labels: &Map<String, Value>,
     name: Option<&str>,

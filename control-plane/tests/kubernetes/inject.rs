@@ -181,6 +181,51 @@ fn sidecar_config_is_valid_for_the_sidecar() {
     assert!(expanded.contains("protocol: grpc"), "{expanded}");
 }
 
+/// The mesh service name: annotation, else `app.kubernetes.io/name` or `app` label, else the
+/// workload's name, else the service account; a pod with none of them is refused.
+#[test]
+fn service_name_defaults() {
+    let config_of = |v: &Value| -> String {
+        let spec = if v["kind"] == "Pod" {
+            &v["spec"]
+        } else {
+            &v["spec"]["template"]["spec"]
+        };
+        spec["initContainers"][0]["env"][5]["value"]
+            .as_str()
+            .expect("config")
+            .to_owned()
+    };
+    let mut d = docs(&input("deployment")).remove(0);
+    assert!(config_of(&inject_object(&d, &settings()).expect("inject"))
+        .contains("name: orders.$(POD_NAMESPACE)"));
+    d["spec"]["template"]["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("labels");
+    assert!(config_of(&inject_object(&d, &settings()).expect("inject"))
+        .contains("name: orders-v2.$(POD_NAMESPACE)"));
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"generateName": "worker-", "namespace": "shop"},
+                     "spec": {"serviceAccountName": "batch",
+                              "containers": [{"name": "w", "image": "w:1"}]}});
+    assert!(
+        config_of(&inject_object(&pod, &settings()).expect("inject"))
+            .contains("name: batch.$(POD_NAMESPACE)")
+    );
+    let mut anonymous = pod.clone();
+    anonymous["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("serviceAccountName");
+    let err = inject_object(&anonymous, &settings()).expect_err("no name");
+    assert!(
+        err.to_string()
+            .starts_with("Pod shop/worker-*: cannot tell the mesh service name"),
+        "{err}"
+    );
+}
+
 #[test]
 fn opted_out_and_other_kinds_pass_through() {
     let text = input("list");
