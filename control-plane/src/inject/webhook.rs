@@ -322,6 +322,8 @@ fn envelope(response: Value) -> Value {
 struct FileCert {
     cert: PathBuf,
     key: PathBuf,
+    /// How often the files are looked at ([`CERT_RECHECK`]).
+    recheck: Duration,
     state: Mutex<CertState>,
 }
 
@@ -343,6 +345,7 @@ impl FileCert {
         Ok(Self {
             cert: cert.to_owned(),
             key: key.to_owned(),
+            recheck: CERT_RECHECK,
             state: Mutex::new(CertState {
                 current,
                 stamp,
@@ -371,10 +374,12 @@ fn read_cert(cert: &Path, key: &Path) -> Result<CertifiedKey, WebhookError> {
     Ok(certified)
 }
 
-impl rustls::server::ResolvesServerCert for FileCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl FileCert {
+    /// The certificate to serve, read again first if the files changed since the last look
+    /// (at most every `recheck`).
+    fn current(&self) -> Arc<CertifiedKey> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.checked.elapsed() >= CERT_RECHECK {
+        if st.checked.elapsed() >= self.recheck {
             st.checked = Instant::now();
             let stamp = (mtime(&self.cert), mtime(&self.key));
             if stamp != st.stamp {
@@ -390,7 +395,13 @@ impl rustls::server::ResolvesServerCert for FileCert {
                 }
             }
         }
-        Some(st.current.clone())
+        st.current.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for FileCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
     }
 }
 
@@ -402,6 +413,49 @@ mod tests {
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "p", "labels": {"app": "orders"}},
                "spec": {"containers": [{"name": "app", "image": "orders:1"}]}})
+    }
+
+    fn write_self_signed(cert: &Path, key: &Path) -> Vec<u8> {
+        let k = rcgen::KeyPair::generate().expect("key");
+        let c = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&k)
+            .expect("cert");
+        std::fs::write(cert, c.pem()).expect("write");
+        std::fs::write(key, k.serialize_pem()).expect("write");
+        c.der().to_vec()
+    }
+
+    #[test]
+    fn changed_certificate_files_are_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let first = write_self_signed(&cert, &key);
+        let mut fc = FileCert::load(&cert, &key).expect("load");
+        fc.recheck = Duration::ZERO;
+        assert_eq!(fc.current().cert[0].as_ref(), first.as_slice());
+        // A half-written pair (the key is not the certificate's) keeps the one in force.
+        let other_key = dir.path().join("other.key");
+        write_self_signed(&dir.path().join("other.crt"), &other_key);
+        std::fs::copy(&other_key, &key).expect("copy");
+        bump_mtime(&key);
+        assert_eq!(fc.current().cert[0].as_ref(), first.as_slice());
+        // The whole new pair is taken.
+        let second = write_self_signed(&cert, &key);
+        bump_mtime(&cert);
+        assert_eq!(fc.current().cert[0].as_ref(), second.as_slice());
+        // Unusable files at start are an error naming the file.
+        let err = FileCert::load(&dir.path().join("missing.crt"), &key).expect_err("missing");
+        assert!(err.to_string().contains("missing.crt"), "{err}");
+    }
+
+    /// File times may be coarse: move the modification time on explicitly, further each call.
+    fn bump_mtime(p: &Path) {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let f = std::fs::File::options().append(true).open(p).expect("open");
+        f.set_modified(SystemTime::now() + Duration::from_secs(10 * n))
+            .expect("set mtime");
     }
 
     #[test]
