@@ -112,6 +112,10 @@ pub enum OpsCommand {
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Add the weft-proxy sidecar to Kubernetes workloads (Deployments, StatefulSets,
+    /// DaemonSets, ReplicaSets, Jobs, CronJobs, Pods, Lists; multi-document YAML) and print them;
+    /// other objects pass through unchanged. Exit 1 when an object cannot be injected.
+    Inject(crate::inject::InjectArgs),
 }
 
 /// Why a command failed.
@@ -157,6 +161,7 @@ pub async fn run(
 ) -> Result<(), CtlError> {
     match command {
         OpsCommand::Validate { files } => validate_offline(&files, out),
+        OpsCommand::Inject(args) => crate::inject::run_cli(&args, out),
         OpsCommand::Apply { files, dry_run } => {
             let api = Api::new(conn)?;
             apply(&api, &files, dry_run, out).await

@@ -18,6 +18,8 @@
 //! - [`ops`]: operators' validate, apply and rollback; [`history`]: every accepted version's
 //!   files and the audit log; [`ctl`]: the client side, the operator commands of `weftctl`;
 //!   [`top`]: the live per-route numbers of `weftctl top` and `weft up`.
+//! - [`inject`]: the Kubernetes sidecar injection of `weftctl inject` and of the mutating
+//!   admission webhook ([`inject::webhook`]).
 
 pub mod admin;
 pub mod attest;
@@ -28,6 +30,7 @@ pub mod ctl;
 mod grpc;
 pub mod history;
 pub mod hub;
+pub mod inject;
 pub mod issuer;
 pub mod ops;
 pub mod policy;

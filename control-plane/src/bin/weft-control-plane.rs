@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
 use weft_control_plane::hub::DEFAULT_GRACE;
+use weft_control_plane::inject::webhook::{self, WebhookConfig};
+use weft_control_plane::inject::Settings;
 use weft_control_plane::server::{self, ServerConfig};
 use weft_control_plane::source::DEFAULT_POLL_INTERVAL;
 
@@ -52,6 +54,22 @@ struct Args {
     /// KUBECONFIG); the identity issued is the pod's service account. Join tokens keep working.
     #[arg(long)]
     kubernetes_tokens: bool,
+    /// Serve the sidecar injection webhook (HTTPS, `POST /inject`, AdmissionReview v1) on this
+    /// address, such as 0.0.0.0:8443 [default: off]; needs --webhook-cert and --webhook-key.
+    #[arg(long, requires_all = ["webhook_cert", "webhook_key"], value_name = "ADDR")]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's serving certificate chain (PEM); read again when it changes.
+    #[arg(long, requires = "webhook_listen", value_name = "FILE")]
+    webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long, requires = "webhook_listen", value_name = "FILE")]
+    webhook_key: Option<PathBuf>,
+    /// The sidecar image the webhook injects.
+    #[arg(long, default_value = weft_control_plane::inject::DEFAULT_IMAGE, value_name = "IMAGE")]
+    webhook_proxy_image: String,
+    /// The control-plane address injected sidecars connect to.
+    #[arg(long, default_value = weft_control_plane::inject::DEFAULT_CONTROL_PLANE, value_name = "ADDR")]
+    webhook_control_plane: String,
 }
 
 /// Raise the soft limit of open files to the hard limit, as Go's runtime does: every sidecar
@@ -88,6 +106,20 @@ fn main() {
     if let (Some(cert), Some(key)) = (args.ca_cert, args.ca_key) {
         ca.root = RootSource::Files { cert, key };
     }
+    let webhook = match (args.webhook_listen, args.webhook_cert, args.webhook_key) {
+        (Some(listen), Some(cert), Some(key)) => Some(WebhookConfig {
+            listen,
+            cert,
+            key,
+            settings: Settings {
+                control_plane: args.webhook_control_plane,
+                trust_domain: args.trust_domain.clone(),
+                image: args.webhook_proxy_image,
+                ..Settings::default()
+            },
+        }),
+        _ => None,
+    };
     let config = ServerConfig {
         policy_dir: args.policy_dir,
         state_dir: args.state_dir,
@@ -119,6 +151,10 @@ fn main() {
     };
     let result: anyhow::Result<()> = rt.block_on(async {
         let _running = server::start(config).await?;
+        let _webhook = match webhook {
+            Some(w) => Some(webhook::start(w).await?),
+            None => None,
+        };
         tokio::signal::ctrl_c().await?;
         log::info!("interrupted; exiting");
         Ok(())

@@ -1,5 +1,7 @@
-//! Kubernetes: rendered manifests and Dockerfiles (`manifests`), and sidecar bootstrap with
-//! service account tokens verified by TokenReview (`tokenreview`).
+//! Kubernetes: rendered manifests and Dockerfiles (`manifests`), sidecar bootstrap with
+//! service account tokens verified by TokenReview (`tokenreview`), and sidecar injection
+//! (`inject`).
 
+mod inject;
 mod manifests;
 mod tokenreview;
