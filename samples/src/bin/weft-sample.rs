@@ -74,6 +74,13 @@ struct Args {
     /// delivery estimate).
     #[arg(long, default_value = "v1")]
     app_version: String,
+    /// `frontend`: the Host its calls to `orders` carry (on Kubernetes the mesh name is
+    /// `orders.<namespace>`, e.g. `orders.shop.svc.cluster.local`).
+    #[arg(long, default_value = "orders")]
+    orders_host: String,
+    /// `frontend`, `orders`: the `:authority` their calls to `inventory` carry.
+    #[arg(long, default_value = "inventory")]
+    inventory_host: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,14 +130,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             listener,
             args.name.clone(),
             args.app_version.clone(),
-            &upstream(args.proxy, "inventory"),
+            &upstream(args.proxy, &args.inventory_host),
         )
         .map_err(anyhow::Error::msg)?,
         (Kind::Frontend, _) => weft_samples::shop::serve_frontend(
             listener,
             args.name.clone(),
-            &upstream(args.proxy, "orders"),
-            &upstream(args.proxy, "inventory"),
+            &upstream(args.proxy, &args.orders_host),
+            &upstream(args.proxy, &args.inventory_host),
         )
         .map_err(anyhow::Error::msg)?,
     };
