@@ -592,13 +592,20 @@ impl Validator<'_> {
             "listen.admin",
             loopback_addr(raw.admin.as_deref().unwrap_or(DEFAULT_ADMIN)),
         );
+        let metrics = match raw.metrics.as_deref() {
+            Some(m) => Some(self.check("listen.metrics", socket_addr(m))?),
+            None => None,
+        };
         let l = Listen {
             outbound: outbound?,
             inbound: inbound?,
             admin: admin?,
+            metrics,
         };
-        let ports = [l.outbound.port(), l.inbound.port(), l.admin.port()];
-        if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
+        let mut ports = vec![l.outbound.port(), l.inbound.port(), l.admin.port()];
+        ports.extend(l.metrics.map(|m| m.port()));
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        if distinct.len() != ports.len() {
             self.err(
                 "listen",
                 format!("listeners need distinct ports, got {ports:?}"),

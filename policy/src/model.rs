@@ -293,6 +293,8 @@ pub struct Listen {
     pub inbound: SocketAddr,
     /// Admin (loopback).
     pub admin: SocketAddr,
+    /// Read-only `/metrics`, `/live` and `/ready` on any address (off when `None`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where the certificate material lives.

@@ -178,6 +178,25 @@ fn listeners_must_be_loopback_and_distinct() {
 }
 
 #[test]
+fn metrics_listener_is_optional_any_address_and_distinct() {
+    assert_eq!(parse_str(BASE).expect("valid").listen.metrics, None);
+    let ok = BASE.replace("tls:", "listen: {metrics: 0.0.0.0:15020}\ntls:");
+    let c = parse_str(&ok).expect("valid");
+    assert_eq!(
+        c.listen.metrics.map(|m| m.to_string()).as_deref(),
+        Some("0.0.0.0:15020")
+    );
+    let clash = BASE.replace("tls:", "listen: {metrics: 0.0.0.0:15000}\ntls:");
+    assert!(invalid(&clash)
+        .iter()
+        .any(|e| e.field == "listen" && e.reason.contains("distinct")));
+    let bad = BASE.replace("tls:", "listen: {metrics: \"nowhere\"}\ntls:");
+    assert!(invalid(&bad)
+        .iter()
+        .any(|e| e.field == "listen.metrics" && e.reason.contains("nowhere")));
+}
+
+#[test]
 fn errors_render_with_file_field_and_reason() {
     let e = parse_str(&BASE.replace("sa/orders", "sa/Orders!")).expect_err("invalid");
     let msg = e.to_string();

@@ -307,6 +307,10 @@ pub struct Listen {
     /// Admin listener (default 127.0.0.1:15000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// Read-only listener serving only `/metrics`, `/live` and `/ready`, for Prometheus and
+    /// kubelet probes on a pod's address (default: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// Certificate material.

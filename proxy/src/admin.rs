@@ -106,7 +106,7 @@ pub fn config_dump(s: &Snapshot) -> Value {
     json!({
         "version": s.version,
         "service": {"name": s.own.name, "identity": s.own.identity.to_string(), "app": s.own.app.to_string(), "protocol": protocol(s.own.protocol)},
-        "listen": {"outbound": s.listen.outbound.to_string(), "inbound": s.listen.inbound.to_string(), "admin": s.listen.admin.to_string()},
+        "listen": {"outbound": s.listen.outbound.to_string(), "inbound": s.listen.inbound.to_string(), "admin": s.listen.admin.to_string(), "metrics": s.listen.metrics.map(|m| m.to_string())},
         "tls": {"cert": s.tls_paths.cert, "key": s.tls_paths.key, "trust_bundle": s.tls_paths.trust_bundle},
         "workers": s.workers,
         "drain_timeout_ms": s.drain_timeout.as_millis() as u64,

@@ -23,13 +23,30 @@ use crate::state::Store;
 /// How often the config and certificate files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Start the control thread; fails if the admin port cannot be bound.
+/// What a listener of the control thread serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// The whole admin API (loopback only: it dumps config and changes the log level).
+    Admin,
+    /// `listen.metrics`: `/metrics`, `/live` and `/ready` only, safe on a pod's address for
+    /// Prometheus and kubelet probes.
+    ReadOnly,
+}
+
+/// Start the control thread; fails if the admin or metrics port cannot be bound.
 pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let admin_addr = store.load().listen.admin;
-    let listener = rt.block_on(TcpListener::bind(admin_addr))?;
+    let listen = store.load().listen.clone();
+    let listener = rt.block_on(TcpListener::bind(listen.admin))?;
+    let metrics = match listen.metrics {
+        Some(addr) => Some(
+            rt.block_on(TcpListener::bind(addr))
+                .map_err(|e| anyhow::anyhow!("listen.metrics {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     std::thread::Builder::new()
         .name("weft-control".into())
         .spawn(move || {
@@ -47,7 +64,10 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
                         drain.clone(),
                     ));
                 }
-                admin(listener, store, drain).await;
+                if let Some(m) = metrics {
+                    tokio::spawn(admin(m, Surface::ReadOnly, store.clone(), drain.clone()));
+                }
+                admin(listener, Surface::Admin, store, drain).await;
             })
         })?;
     Ok(())
@@ -114,7 +134,7 @@ async fn reload_on_change(store: Arc<Store>) {
     }
 }
 
-async fn admin(listener: TcpListener, store: Arc<Store>, drain: Arc<Drain>) {
+async fn admin(listener: TcpListener, surface: Surface, store: Arc<Store>, drain: Arc<Drain>) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -129,7 +149,7 @@ async fn admin(listener: TcpListener, store: Arc<Store>, drain: Arc<Drain>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let (store, drain) = (store.clone(), drain.clone());
-                async move { Ok::<_, Infallible>(handle(req, &store, &drain)) }
+                async move { Ok::<_, Infallible>(handle(req, surface, &store, &drain)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -178,8 +198,20 @@ fn log_level(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-fn handle(req: Request<Incoming>, store: &Store, drain: &Drain) -> Response<Full<Bytes>> {
-    match req.uri().path() {
+fn handle(
+    req: Request<Incoming>,
+    surface: Surface,
+    store: &Store,
+    drain: &Drain,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if surface == Surface::ReadOnly && !matches!(path, "/metrics" | "/live" | "/ready") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; this listener serves /metrics, /live and /ready\n".into(),
+        );
+    }
+    match path {
         "/config_dump" => json(admin::config_dump(&store.load())),
         "/certs" => json(admin::certs(&store.load())),
         "/log-level" => log_level(&req),

@@ -6,7 +6,8 @@
 //! and returns it with the `weft-proxy` sidecar in its pod spec:
 //!
 //! - a *native sidecar* (an init container with `restartPolicy: Always`, Kubernetes >= 1.29),
-//!   first among the init containers, with a startup probe on its admin `/ready`: the kubelet
+//!   first among the init containers, with a startup probe on its `/ready` (the read-only
+//!   metrics port [`METRICS_PORT`], which Prometheus scrapes too): the kubelet
 //!   starts the other init containers and the app only once the sidecar is ready, and stops the
 //!   sidecar only after the app containers have exited, so a Job's pod completes when its app
 //!   does, with no wrapper script or shutdown call;
@@ -66,8 +67,13 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
 pub const INBOUND_PORT: u16 = 15006;
 /// Name of the inbound port in the pod spec.
 pub const INBOUND_PORT_NAME: &str = "weft-inbound";
-/// The sidecar's admin port (probes, metrics), on the pod's loopback.
+/// The sidecar's admin port (config dump, log level), on the pod's loopback.
 pub const ADMIN_PORT: u16 = 15000;
+/// The sidecar's read-only port on the pod's address: `/metrics` for Prometheus, `/live` and
+/// `/ready` for the kubelet's probes (named [`METRICS_PORT_NAME`]).
+pub const METRICS_PORT: u16 = 15020;
+/// The container port name of [`METRICS_PORT`].
+pub const METRICS_PORT_NAME: &str = "weft-metrics";
 /// The sidecar's outbound HTTP listener on localhost.
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Env var telling app containers where the mesh is.
@@ -519,10 +525,10 @@ fn inject_template(
             else {
                 continue;
             };
-            if [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT].contains(&port) {
+            if [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, METRICS_PORT].contains(&port) {
                 return Err(obj_err(format!(
                     "container {name} uses port {port}, which the sidecar needs \
-                     ({ADMIN_PORT}, {OUTBOUND_PORT} and {INBOUND_PORT} are taken)"
+                     ({ADMIN_PORT}, {OUTBOUND_PORT}, {INBOUND_PORT} and {METRICS_PORT} are taken)"
                 )));
             }
             first_port.get_or_insert(port);
@@ -646,7 +652,7 @@ fn default_service(
 
 /// The sidecar's config: its own service `<service>.$(POD_NAMESPACE)` with the identity of
 /// the pod's service account, the app on localhost, inbound on every address, the admin
-/// port on loopback (probed from inside the container, see `admin_probe`), the
+/// port on loopback, the read-only metrics port on every address, the
 /// control plane with the ServiceAccount token as the join credential, and key, certificate
 /// and persisted policy in the data volume (relative paths resolve against the config
 /// file's directory, [`DATA_DIR`]).
@@ -673,6 +679,7 @@ pub fn sidecar_config(
             outbound: Some(format!("127.0.0.1:{OUTBOUND_PORT}")),
             inbound: Some(format!("0.0.0.0:{INBOUND_PORT}")),
             admin: Some(format!("127.0.0.1:{ADMIN_PORT}")),
+            metrics: Some(format!("0.0.0.0:{METRICS_PORT}")),
         },
         tls: wire::Tls {
             cert: "cert.pem".to_owned(),
@@ -704,12 +711,11 @@ pub fn sidecar_config(
     serde_yaml::to_string(&config).unwrap_or_default()
 }
 
-/// An `exec` probe running `weft-proxy --probe PATH` in the sidecar container: the admin API
-/// listens on the pod's loopback only (the sidecar refuses any other admin address), which
-/// the kubelet's `httpGet` probes, sent to the pod IP, cannot reach.
-fn admin_probe(path: &str, period: u32, failures: u32) -> Value {
+/// An `httpGet` probe on the sidecar's read-only metrics port: the admin API stays on the
+/// pod's loopback, where the kubelet's probes (sent to the pod IP) cannot reach it.
+fn metrics_probe(path: &str, period: u32, failures: u32) -> Value {
     json!({
-        "exec": {"command": ["weft-proxy", "--probe", path]},
+        "httpGet": {"path": path, "port": METRICS_PORT_NAME},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 2,
@@ -738,15 +744,16 @@ fn sidecar_container(settings: &Settings, tuning: &Tuning, config: &str) -> Valu
             // Last: it refers to the vars above, which the kubelet expands in order.
             {"name": CONFIG_ENV, "value": config},
         ],
-        // Only the inbound port: the admin port listens on loopback.
+        // The inbound and read-only metrics ports; the admin port listens on loopback.
         "ports": [
             {"name": INBOUND_PORT_NAME, "containerPort": INBOUND_PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         // Up to two minutes to obtain the first certificate and policy before the kubelet
         // restarts the sidecar; the app waits for it.
-        "startupProbe": admin_probe("/ready", 1, 120),
-        "readinessProbe": admin_probe("/ready", 5, 3),
-        "livenessProbe": admin_probe("/live", 10, 3),
+        "startupProbe": metrics_probe("/ready", 1, 120),
+        "readinessProbe": metrics_probe("/ready", 5, 3),
+        "livenessProbe": metrics_probe("/live", 10, 3),
         "resources": {
             "requests": {"cpu": tuning.cpu_request, "memory": tuning.memory_request},
             "limits": {"memory": tuning.memory_limit},
@@ -817,7 +824,7 @@ fn app_port(s: &str) -> Result<u16, String> {
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{s:?} is not a port number (1-65535)"))?;
-    if [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT].contains(&port) {
+    if [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, METRICS_PORT].contains(&port) {
         return Err(format!("{port} is one of the sidecar's own ports"));
     }
     Ok(port)

@@ -99,13 +99,18 @@ fn what_injection_adds() {
     assert_eq!(sidecar["name"], "weft-proxy");
     // A native sidecar: the Job completes when its app exits.
     assert_eq!(sidecar["restartPolicy"], "Always");
+    // Probes and Prometheus use the read-only metrics port; the admin port stays on loopback.
     assert_eq!(
-        sidecar["startupProbe"]["exec"]["command"],
-        json!(["weft-proxy", "--probe", "/ready"])
+        sidecar["startupProbe"]["httpGet"],
+        json!({"path": "/ready", "port": "weft-metrics"})
     );
     assert_eq!(
-        sidecar["livenessProbe"]["exec"]["command"],
-        json!(["weft-proxy", "--probe", "/live"])
+        sidecar["livenessProbe"]["httpGet"],
+        json!({"path": "/live", "port": "weft-metrics"})
+    );
+    assert_eq!(
+        sidecar["ports"][1],
+        json!({"name": "weft-metrics", "containerPort": 15020, "protocol": "TCP"})
     );
     assert_eq!(sidecar["securityContext"]["runAsUser"], 65532);
     assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);

@@ -86,3 +86,32 @@ async fn admin_shows_config_certs_and_changes_log_level() {
     );
     assert_eq!(admin(fe.admin, "GET", "/nope").await.0, 404);
 }
+
+/// `listen.metrics` serves `/metrics`, `/live` and `/ready` (for Prometheus and kubelet probes on
+/// a pod's address) and nothing else: no config dump, no log-level changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listener_serves_only_read_only_endpoints() {
+    let pki = Pki::new(61);
+    pki.issue("orders");
+    let app = http_app("orders-v1").await;
+    let mut spec = Spec::new("orders", app);
+    let m = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    spec.metrics = Some(m);
+    let orders = Sidecar::start(&pki, spec).await;
+
+    let (status, body) = admin(m, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("weft_"), "{body}");
+    assert_eq!(admin(m, "GET", "/live").await, (200, "live\n".into()));
+    let (status, body) = admin(m, "GET", "/ready").await;
+    assert_eq!(status, 200, "{body}");
+    for path in ["/config_dump", "/certs", "/log-level"] {
+        assert_eq!(admin(m, "GET", path).await.0, 404, "{path}");
+    }
+    assert_eq!(admin(m, "POST", "/log-level?level=trace").await.0, 404);
+    assert_eq!(
+        admin(orders.admin, "GET", "/log-level").await,
+        (200, "INFO\n".into())
+    );
+    assert_eq!(admin(orders.admin, "GET", "/config_dump").await.0, 200);
+}

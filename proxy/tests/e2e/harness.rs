@@ -99,6 +99,8 @@ pub struct Spec<'a> {
     pub protocol: &'a str,
     /// YAML appended to the config: `services:` and `routes:`.
     pub rest: String,
+    /// `listen.metrics`, when set.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl<'a> Spec<'a> {
@@ -109,6 +111,7 @@ impl<'a> Spec<'a> {
             app,
             protocol: "http",
             rest: String::new(),
+            metrics: None,
         }
     }
 }
@@ -143,9 +146,12 @@ impl Sidecar {
         inbound: SocketAddr,
         admin: SocketAddr,
     ) -> String {
+        let metrics = spec
+            .metrics
+            .map_or_else(String::new, |m| format!(", metrics: \"{m}\""));
         format!(
             "service:\n  name: {}\n  identity: {}\n  app: \"{}\"\n  protocol: {}\n\
-             listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
+             listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"{metrics}}}\n\
              tls: {{cert: {}.crt, key: {}.key, trust_bundle: ca.crt}}\n\
              drain_timeout: 10s\n{}",
             spec.name,

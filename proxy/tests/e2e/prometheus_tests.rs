@@ -250,22 +250,27 @@ fn check_kubernetes_config() {
     let relabel = job["relabel_configs"]
         .as_sequence()
         .expect("relabel_configs");
+    let keeps = |label: &str, regex: &str| {
+        relabel.iter().any(|r| {
+            r["action"].as_str() == Some("keep")
+                && r["regex"].as_str() == Some(regex)
+                && r["source_labels"][0].as_str() == Some(label)
+        })
+    };
     assert!(
-        relabel.iter().any(|r| r["action"].as_str() == Some("keep")
-            && r["regex"].as_str() == Some("true")
-            && r["source_labels"][0].as_str()
-                == Some("__meta_kubernetes_pod_annotation_weft_io_inject")),
-        "keeps only pods annotated weft.io/inject: \"true\""
+        keeps(
+            "__meta_kubernetes_pod_annotationpresent_weft_dev_injected",
+            "true"
+        ),
+        "keeps only injected pods (annotation weft.dev/injected)"
     );
+    // The read-only port the injector declares (listen.metrics); admin stays on loopback.
     assert!(
-        relabel
-            .iter()
-            .any(|r| r["target_label"].as_str() == Some("__address__")
-                && r["replacement"]
-                    .as_str()
-                    .is_some_and(|s| s.ends_with(":15000"))),
-        "targets the admin port 15000"
+        keeps("__meta_kubernetes_pod_container_port_name", "weft-metrics"),
+        "targets the sidecars' weft-metrics port"
     );
+    let cp = &k["scrape_configs"][1];
+    assert_eq!(cp["job_name"].as_str(), Some("weft-control-plane"));
 }
 
 /// A sidecar for service `name` with admin address `admin` that takes its policy from the
