@@ -28,6 +28,7 @@ mod grpc;
 pub mod history;
 pub mod hub;
 pub mod issuer;
+pub mod kube;
 pub mod ops;
 pub mod policy;
 mod push_stream;
