@@ -244,7 +244,7 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
                             applied.insert(spec.service.clone(), key.clone());
                             Ok(())
                         }
-                        Err(errors) => Err(invalid(&errors, "services")),
+                        Err(errors) => Err(invalid(&errors, "traffic")),
                     }
                 }
             },
