@@ -443,10 +443,8 @@ fn endpoints_follow_readiness_and_deletions() {
         .all(|v| v.key.name != "orders-canary"));
 
     // Payments' pod and slice deleted: no longer a mesh service.
-    values.retain(|v| {
-        !(v["kind"] == "EndpointSlice" && v["metadata"]["name"] == "payments-m5t8c")
-            && !(v["kind"] == "Pod" && v["metadata"]["name"] == "payments-84f9d7c6b-m3n5v")
-    });
+    let gone = ["payments-m5t8c", "payments-84f9d7c6b-m3n5v"];
+    values.retain(|v| !gone.iter().any(|g| v["metadata"]["name"] == *g));
     let mapped = mapping::map(&objects(&values), TD);
     assert!(mapped
         .mesh
@@ -617,4 +615,676 @@ fn apply_and_rollback_are_refused_when_the_policy_comes_from_kubernetes() {
     // Reloads still go through (and record nothing new: same version).
     ops.reload_from_directory();
     assert_eq!(ops.history().list().expect("history").len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) The real KubeSource against a stand-in API server.
+
+/// A stand-in Kubernetes API server: HTTPS with its own CA (the client trusts it through a
+/// kubeconfig), bearer-token auth, list (`resourceVersion` in the list metadata) and watch
+/// (newline-delimited JSON events, a BOOKMARK, `ERROR` with a `410 Gone` Status once the
+/// version asked for is compacted away) for the six collections the source watches, and the
+/// status PATCH of the policy resources, recorded.
+mod standin {
+    use std::collections::{BTreeMap, HashMap};
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+    use hyper::body::{Frame, Incoming};
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use serde_json::{json, Value};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    pub const TOKEN: &str = "standin-token";
+
+    struct Collection {
+        path: &'static str,
+        plural: &'static str,
+        kind: &'static str,
+        api_version: &'static str,
+        /// Built-in kinds' list items carry no kind/apiVersion; custom resources' do.
+        builtin: bool,
+        objects: BTreeMap<(String, String), Value>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        rv: u64,
+        /// Watches from before this version get `410 Gone`.
+        compacted: u64,
+        collections: Vec<Collection>,
+        /// (collection, resource version, event line).
+        events: Vec<(usize, u64, Bytes)>,
+        watchers: Vec<(usize, mpsc::UnboundedSender<Bytes>)>,
+        lists: HashMap<&'static str, usize>,
+        watches: HashMap<&'static str, usize>,
+        patches: Vec<(String, Value)>,
+    }
+
+    impl State {
+        fn collection_of(&self, kind: &str) -> usize {
+            self.collections
+                .iter()
+                .position(|c| c.kind == kind)
+                .unwrap_or_else(|| panic!("no collection for {kind}"))
+        }
+
+        fn event(&mut self, c: usize, kind: &str, object: &Value) {
+            let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+            self.events.push((c, self.rv, line.clone()));
+            self.watchers
+                .retain(|(wc, tx)| *wc != c || tx.send(line.clone()).is_ok());
+        }
+    }
+
+    /// A running stand-in.
+    pub struct ApiServer {
+        state: Arc<Mutex<State>>,
+        pub addr: SocketAddr,
+        pub ca_pem: String,
+    }
+
+    impl ApiServer {
+        pub async fn start(objects: Vec<Value>) -> ApiServer {
+            let collections = [
+                ("/api/v1/services", "services", "Service", "v1", true),
+                (
+                    "/apis/discovery.k8s.io/v1/endpointslices",
+                    "endpointslices",
+                    "EndpointSlice",
+                    "discovery.k8s.io/v1",
+                    true,
+                ),
+                ("/api/v1/pods", "pods", "Pod", "v1", true),
+                (
+                    "/apis/weft.dev/v1alpha1/meshroutes",
+                    "meshroutes",
+                    "MeshRoute",
+                    "weft.dev/v1alpha1",
+                    false,
+                ),
+                (
+                    "/apis/weft.dev/v1alpha1/trafficpolicies",
+                    "trafficpolicies",
+                    "TrafficPolicy",
+                    "weft.dev/v1alpha1",
+                    false,
+                ),
+                (
+                    "/apis/weft.dev/v1alpha1/authorizationpolicies",
+                    "authorizationpolicies",
+                    "AuthorizationPolicy",
+                    "weft.dev/v1alpha1",
+                    false,
+                ),
+            ]
+            .into_iter()
+            .map(|(path, plural, kind, api_version, builtin)| Collection {
+                path,
+                plural,
+                kind,
+                api_version,
+                builtin,
+                objects: BTreeMap::new(),
+            })
+            .collect();
+            let state = Arc::new(Mutex::new(State {
+                rv: 100,
+                collections,
+                ..State::default()
+            }));
+
+            // A CA and a certificate for 127.0.0.1 signed by it.
+            let ca_key = rcgen::KeyPair::generate().expect("key");
+            let mut ca_params = rcgen::CertificateParams::default();
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca_params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+            let cert = params.signed_by(&key, &ca).expect("server cert");
+            let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("tls config");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = ApiServer {
+                state: state.clone(),
+                addr,
+                ca_pem: ca.pem(),
+            };
+            for o in objects {
+                server.put(o);
+            }
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (acceptor, state) = (acceptor.clone(), state.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+            });
+            server
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().expect("state")
+        }
+
+        /// Create or replace an object (its kind picks the collection); the generation of a
+        /// custom resource moves when its spec does, as the API server's does.
+        pub fn put(&self, mut object: Value) {
+            let mut st = self.lock();
+            let c = st.collection_of(object["kind"].as_str().expect("kind"));
+            st.rv += 1;
+            let key = (
+                object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                object["metadata"]["name"]
+                    .as_str()
+                    .expect("name")
+                    .to_owned(),
+            );
+            let old = st.collections[c].objects.get(&key).cloned();
+            if !st.collections[c].builtin {
+                let generation = match &old {
+                    None => 1,
+                    Some(o) if o["spec"] == object["spec"] => {
+                        o["metadata"]["generation"].as_i64().unwrap_or(1)
+                    }
+                    Some(o) => o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+                };
+                object["metadata"]["generation"] = json!(generation);
+                if let Some(o) = &old {
+                    if object.get("status").is_none() {
+                        object["status"] = o["status"].clone();
+                    }
+                }
+            }
+            object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            st.collections[c].objects.insert(key, object.clone());
+            let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+            st.event(c, kind, &object);
+        }
+
+        pub fn delete(&self, kind: &str, name: &str) {
+            let mut st = self.lock();
+            let c = st.collection_of(kind);
+            st.rv += 1;
+            let mut object = st.collections[c]
+                .objects
+                .remove(&("shop".to_owned(), name.to_owned()))
+                .unwrap_or_else(|| panic!("no {kind} {name}"));
+            object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            st.event(c, "DELETED", &object);
+        }
+
+        pub fn get(&self, kind: &str, name: &str) -> Value {
+            let st = self.lock();
+            let c = st.collection_of(kind);
+            st.collections[c].objects[&("shop".to_owned(), name.to_owned())].clone()
+        }
+
+        /// Compact history: every open watch gets `ERROR 410 Gone` and is closed, and so will
+        /// any watch from an older version.
+        pub fn expire(&self) {
+            let mut st = self.lock();
+            st.compacted = st.rv;
+            let rv = st.rv;
+            for (_, tx) in st.watchers.drain(..) {
+                let _ = tx.send(gone(rv));
+            }
+        }
+
+        /// Close every open watch (as the API server does at its timeout).
+        pub fn close_watches(&self) {
+            self.lock().watchers.clear();
+        }
+
+        pub fn lists(&self, plural: &str) -> usize {
+            self.lock().lists.get(plural).copied().unwrap_or(0)
+        }
+
+        pub fn watches(&self, plural: &str) -> usize {
+            self.lock().watches.get(plural).copied().unwrap_or(0)
+        }
+
+        /// Status patches received: (`plural/namespace/name`, body).
+        pub fn patches(&self) -> Vec<(String, Value)> {
+            self.lock().patches.clone()
+        }
+    }
+
+    fn gone(rv: u64) -> Bytes {
+        Bytes::from(format!(
+            "{}\n",
+            json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: 1 ({rv})"),
+                "reason": "Expired", "code": 410
+            }})
+        ))
+    }
+
+    type Body = BoxBody<Bytes, Infallible>;
+
+    fn reply(status: StatusCode, body: Value) -> Response<Body> {
+        let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
+    fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+        reply(
+            code,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": message, "reason": reason, "code": code.as_u16()}),
+        )
+    }
+
+    async fn handle(
+        state: Arc<Mutex<State>>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let authorized = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
+        if !authorized {
+            return Ok(status(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized",
+            ));
+        }
+        let path = req.uri().path().to_owned();
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        if req.method() == hyper::Method::PATCH {
+            let content_type = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(status(StatusCode::BAD_REQUEST, "BadRequest", "body")),
+            };
+            return Ok(patch_status(&state, &path, &content_type, &body));
+        }
+        let mut st = state.lock().expect("state");
+        let Some(c) = st.collections.iter().position(|c| c.path == path) else {
+            return Ok(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("no {path}"),
+            ));
+        };
+        let plural = st.collections[c].plural;
+        if query.get("watch").map(String::as_str) != Some("true") {
+            *st.lists.entry(plural).or_default() += 1;
+            let col = &st.collections[c];
+            let items: Vec<Value> = col
+                .objects
+                .values()
+                .map(|o| {
+                    let mut o = o.clone();
+                    if col.builtin {
+                        if let Some(m) = o.as_object_mut() {
+                            m.remove("kind");
+                            m.remove("apiVersion");
+                        }
+                    }
+                    o
+                })
+                .collect();
+            return Ok(reply(
+                StatusCode::OK,
+                json!({
+                    "kind": format!("{}List", col.kind),
+                    "apiVersion": col.api_version,
+                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "items": items
+                }),
+            ));
+        }
+        *st.watches.entry(plural).or_default() += 1;
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        if from < st.compacted {
+            let _ = tx.send(gone(st.rv));
+            drop(tx);
+        } else {
+            for (ec, rv, line) in &st.events {
+                if *ec == c && *rv > from {
+                    let _ = tx.send(line.clone());
+                }
+            }
+            let col = &st.collections[c];
+            let bookmark = json!({"type": "BOOKMARK", "object": {
+                "kind": col.kind, "apiVersion": col.api_version,
+                "metadata": {"resourceVersion": st.rv.to_string()}
+            }});
+            let _ = tx.send(Bytes::from(format!("{bookmark}\n")));
+            st.watchers.push((c, tx));
+        }
+        let body = StreamBody::new(
+            UnboundedReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))),
+        );
+        let mut r = Response::new(BodyExt::boxed(body));
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    }
+
+    /// `/apis/weft.dev/v1alpha1/namespaces/{ns}/{plural}/{name}/status`, merge patch.
+    fn patch_status(
+        state: &Mutex<State>,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Response<Body> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ["apis", "weft.dev", "v1alpha1", "namespaces", ns, plural, name, "status"] = parts[..]
+        else {
+            return status(StatusCode::NOT_FOUND, "NotFound", path);
+        };
+        if content_type != "application/merge-patch+json" {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                content_type,
+            );
+        }
+        let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+        };
+        let mut st = state.lock().expect("state");
+        let Some(c) = st.collections.iter().position(|c| c.plural == plural) else {
+            return status(StatusCode::NOT_FOUND, "NotFound", plural);
+        };
+        st.patches
+            .push((format!("{plural}/{ns}/{name}"), patch.clone()));
+        st.rv += 1;
+        let rv = st.rv;
+        let Some(object) = st.collections[c]
+            .objects
+            .get_mut(&(ns.to_owned(), name.to_owned()))
+        else {
+            return status(StatusCode::NOT_FOUND, "NotFound", name);
+        };
+        // Status only: the status subresource ignores everything else.
+        object["status"] = patch["status"].clone();
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let object = object.clone();
+        st.event(c, "MODIFIED", &object);
+        reply(StatusCode::OK, object)
+    }
+}
+
+fn kubeconfig(dir: &std::path::Path, api: &standin::ApiServer) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(&api.ca_pem);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: https://{}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: weft\n  user:\n    token: {}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: weft\n\
+         current-context: standin\n",
+        api.addr,
+        standin::TOKEN
+    );
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, text).expect("kubeconfig");
+    path
+}
+
+/// Poll `cond` until it holds, for at most `limit`.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait for a change notification and a loaded policy that satisfies `cond`.
+fn wait_for_policy(
+    source: &KubeSource,
+    changes: &std::sync::mpsc::Receiver<()>,
+    what: &str,
+    cond: impl Fn(&MeshPolicy) -> bool,
+) -> MeshPolicy {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut notified = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {what} (notified: {notified})"
+        );
+        if changes
+            .recv_timeout(left.min(Duration::from_millis(100)))
+            .is_ok()
+        {
+            notified = true;
+        }
+        let p = source.load().expect("a valid policy");
+        if notified && cond(&p) {
+            return p;
+        }
+    }
+}
+
+fn routes_of(p: &MeshPolicy) -> Vec<String> {
+    p.routes().iter().map(|r| r.name.clone()).collect()
+}
+
+fn conditions(patch: &Value) -> (String, String, String) {
+    let c = &patch["status"]["conditions"][0];
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    (s("type"), s("status"), s("message"))
+}
+
+#[test]
+fn kube_source_follows_the_api_server_through_watch_restarts_and_410() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let api = rt.block_on(standin::ApiServer::start(shop()));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut options = KubeOptions::new(TD);
+    options.kubeconfig = Some(kubeconfig(tmp.path(), &api));
+    options.sync_timeout = Duration::from_secs(20);
+    options.debounce = Duration::from_millis(50);
+    let source = KubeSource::connect(options).expect("connects and syncs");
+    assert!(
+        source.describe().contains(&api.addr.to_string()),
+        "{}",
+        source.describe()
+    );
+    let (tx, changes) = std::sync::mpsc::channel();
+    let _watch = source
+        .watch(Box::new(move || {
+            let _ = tx.send(());
+        }))
+        .expect("watch");
+
+    // The first load sees everything listed; the bad route alone is left out.
+    let p = source.load().expect("valid");
+    assert_eq!(routes_of(&p), ["orders-canary"]);
+    let names: Vec<&str> = p.services().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["frontend.shop", "orders.shop", "payments.shop"]);
+
+    // Each resource gets its Accepted condition, once.
+    wait_until(Duration::from_secs(10), "status patches", || {
+        let patches = api.patches();
+        let has = |key: &str| patches.iter().any(|(k, _)| k == key);
+        has("meshroutes/shop/orders-canary")
+            && has("meshroutes/shop/orders-bad")
+            && has("trafficpolicies/shop/orders")
+            && has("authorizationpolicies/shop/orders")
+    });
+    let patches = api.patches();
+    let of = |key: &str| -> Vec<(String, String, String)> {
+        patches
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, p)| conditions(p))
+            .collect()
+    };
+    let (t, status, _) = &of("meshroutes/shop/orders-canary")[0];
+    assert_eq!((t.as_str(), status.as_str()), ("Accepted", "True"));
+    let (_, status, message) = &of("meshroutes/shop/orders-bad")[0];
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("spec.match.path.regex: bad regex"),
+        "{message}"
+    );
+    let stored = api.get("MeshRoute", "orders-bad");
+    assert_eq!(stored["status"]["conditions"][0]["observedGeneration"], 1);
+    assert_eq!(stored["status"]["conditions"][0]["reason"], "Invalid");
+
+    // v2's endpoint turns not ready.
+    api.put(slice(
+        "orders-q7w2n",
+        "orders",
+        Some("http"),
+        &[
+            ("10.244.1.20", "orders-v1-5f7d8b9c4-k2x9z", true),
+            ("10.244.2.21", "orders-v2-7c9d6f5b8-p4q7r", false),
+        ],
+    ));
+    let p = wait_for_policy(&source, &changes, "v2 not ready", |p| {
+        p.services()
+            .iter()
+            .find(|s| s.name == "orders.shop")
+            .is_some_and(|s| s.endpoints.len() == 1)
+    });
+    assert_eq!(
+        p.services()[1].endpoints[0].address,
+        "10.244.1.20:15006",
+        "{:?}",
+        p.services()[1]
+    );
+
+    // 410 Gone: the watches are compacted away; the source relists, and sees what was
+    // created meanwhile.
+    let lists = api.lists("meshroutes");
+    api.expire();
+    api.put(resource(
+        "MeshRoute",
+        "orders-header",
+        1,
+        json!({"service": "orders", "match": {"headers": [{"name": "x-canary", "exact": "1"}]},
+               "backends": [{"subset": {"version": "v2"}}]}),
+    ));
+    wait_for_policy(&source, &changes, "the route created across a 410", |p| {
+        routes_of(p).contains(&"orders-header".to_owned())
+    });
+    wait_until(Duration::from_secs(10), "a relist", || {
+        api.lists("meshroutes") > lists
+    });
+
+    // Watches closed (the server's timeout): they resume from the last version, no relist
+    // needed, and a deletion meanwhile is seen.
+    let (lists, watches) = (api.lists("meshroutes"), api.watches("meshroutes"));
+    api.close_watches();
+    api.delete("MeshRoute", "orders-canary");
+    wait_for_policy(&source, &changes, "the deleted route gone", |p| {
+        routes_of(p) == ["orders-header"]
+    });
+    assert!(api.watches("meshroutes") > watches);
+    assert_eq!(
+        api.lists("meshroutes"),
+        lists,
+        "a closed watch resumes without a relist"
+    );
+
+    // Fixing the bad route: it is accepted and its condition flips, with the new generation.
+    api.put(resource(
+        "MeshRoute",
+        "orders-bad",
+        0,
+        json!({"service": "orders", "match": {"path": {"regex": "/api/v[0-9]+/orders"}}}),
+    ));
+    wait_for_policy(&source, &changes, "the fixed route in force", |p| {
+        routes_of(p).contains(&"orders-bad".to_owned())
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the fixed route's condition",
+        || api.get("MeshRoute", "orders-bad")["status"]["conditions"][0]["status"] == "True",
+    );
+    assert_eq!(
+        api.get("MeshRoute", "orders-bad")["status"]["conditions"][0]["observedGeneration"],
+        2
+    );
+
+    // Loads with nothing new write nothing: every status patch so far was a change.
+    source.load().expect("valid");
+    std::thread::sleep(Duration::from_millis(300));
+    source.load().expect("valid");
+    let patches = api.patches();
+    let count = |key: &str| patches.iter().filter(|(k, _)| k == key).count();
+    assert_eq!(count("meshroutes/shop/orders-canary"), 1, "{patches:?}");
+    assert_eq!(count("meshroutes/shop/orders-bad"), 2, "{patches:?}");
+    assert_eq!(count("meshroutes/shop/orders-header"), 1, "{patches:?}");
+    assert_eq!(count("trafficpolicies/shop/orders"), 1, "{patches:?}");
+    drop(source);
 }
