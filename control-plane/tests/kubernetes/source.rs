@@ -1288,3 +1288,92 @@ fn kube_source_follows_the_api_server_through_watch_restarts_and_410() {
     assert_eq!(count("trafficpolicies/shop/orders"), 1, "{patches:?}");
     drop(source);
 }
+
+#[test]
+fn the_shop_example_policy_is_accepted_whole() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/kubernetes/policy.yaml");
+    let text = std::fs::read_to_string(&path).expect("example");
+    let mut values = vec![
+        service("loadgen", Some("http")),
+        service("frontend", Some("http")),
+        service("orders", Some("http")),
+        service("inventory", Some("grpc")),
+        pod("loadgen-1", "loadgen", "v1", "loadgen", "10.244.1.5", true),
+        pod(
+            "frontend-1",
+            "frontend",
+            "v1",
+            "frontend",
+            "10.244.1.10",
+            true,
+        ),
+        pod("orders-v1-1", "orders", "v1", "orders", "10.244.1.20", true),
+        pod("orders-v2-1", "orders", "v2", "orders", "10.244.1.21", true),
+        pod(
+            "inventory-1",
+            "inventory",
+            "v1",
+            "inventory",
+            "10.244.1.30",
+            true,
+        ),
+        slice(
+            "loadgen-a",
+            "loadgen",
+            None,
+            &[("10.244.1.5", "loadgen-1", true)],
+        ),
+        slice(
+            "frontend-a",
+            "frontend",
+            None,
+            &[("10.244.1.10", "frontend-1", true)],
+        ),
+        slice(
+            "orders-a",
+            "orders",
+            None,
+            &[
+                ("10.244.1.20", "orders-v1-1", true),
+                ("10.244.1.21", "orders-v2-1", true),
+            ],
+        ),
+        slice(
+            "inventory-a",
+            "inventory",
+            None,
+            &[("10.244.1.30", "inventory-1", true)],
+        ),
+    ];
+    // YAML 1.1 readers (kubectl) take a bare `on` key for `true`: the example quotes it.
+    for line in text.lines() {
+        let key = line.trim_start().trim_start_matches("- ");
+        assert!(!key.starts_with("on:"), "quote the key: {line}");
+    }
+    let mut resources = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("YAML");
+        values.push(v);
+        resources += 1;
+    }
+    assert_eq!(resources, 6);
+    let mapped = mapping::map(&objects(&values), TD);
+    let rejected: Vec<String> = mapped.rejected().map(|v| v.to_string()).collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(mapped.verdicts.len(), 6);
+    assert_eq!(mapped.mesh.routes.len(), 2);
+    let orders = mapped
+        .mesh
+        .services
+        .iter()
+        .find(|s| s.name == "orders.shop")
+        .expect("orders");
+    assert_eq!(
+        orders
+            .outlier_detection
+            .as_ref()
+            .and_then(|o| o.consecutive_failures),
+        Some(5)
+    );
+}
