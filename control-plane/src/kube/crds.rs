@@ -1,5 +1,6 @@
 //! The policy resources (`weft.dev/v1alpha1`, namespaced): [`MeshRoute`], [`TrafficPolicy`]
-//! and [`AuthorizationPolicy`]. Each spec *is* a policy wire type (flattened into `spec`), so
+//! and [`AuthorizationPolicy`]. Each spec *is* a policy wire type (`serde(transparent)`: the
+//! same fields, unknown ones refused, the same schema), so
 //! the CRDs' OpenAPI schemas are generated from the very types the control plane validates
 //! with, with the same snake_case field names as the policy files.
 //!
@@ -24,6 +25,7 @@ pub const ACCEPTED: &str = "Accepted";
 /// (`orders.shop`); `name` defaults to the resource's name. The routes of one service match in
 /// the order of their resources' namespace and name.
 #[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
@@ -44,13 +46,13 @@ pub const ACCEPTED: &str = "Accepted";
 )]
 pub struct MeshRouteSpec {
     /// The route, as in a policy file.
-    #[serde(flatten)]
     pub route: wire::Route,
 }
 
 /// The traffic policy of one service: load balancer, retry budget, outlier detection (the
 /// circuit breaker) and concurrency limits. One per service.
 #[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
@@ -71,12 +73,12 @@ pub struct MeshRouteSpec {
 )]
 pub struct TrafficPolicySpec {
     /// The settings, as a policy file's service would carry them.
-    #[serde(flatten)]
     pub policy: wire::TrafficPolicy,
 }
 
 /// Who may call one service (a policy file's `authorization` item). One per service.
 #[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
@@ -98,7 +100,6 @@ pub struct TrafficPolicySpec {
 )]
 pub struct AuthorizationPolicySpec {
     /// The rules, as in a policy file.
-    #[serde(flatten)]
     pub authorization: wire::ServiceAuthorization,
 }
 

@@ -13,8 +13,9 @@
 //!   `from`) is of the resource's namespace (`orders` in `shop` is `orders.shop`) unless it
 //!   names its namespace itself (`orders.shop`). A `MeshRoute` without `spec.name` takes its
 //!   `metadata.name`. A `TrafficPolicy` merges into its service.
-//! - **One by one**: every resource is validated with the policy crate's own checks; an
-//!   invalid one is left out alone, with a [`Verdict`] naming it and saying why
+//! - **One by one**: every resource is read on its own (the resources come in untyped, so one
+//!   that does not parse, say written against a newer CRD, fails alone and never the list)
+//!   and validated with the policy crate's own checks; an invalid one is left out alone, with a [`Verdict`] naming it and saying why
 //!   (`MeshRoute shop/orders-api: spec.match.path.regex: bad regex ...`), and the rest stays in
 //!   force.
 
@@ -23,10 +24,12 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
+use serde::de::DeserializeOwned;
 use weft_policy::wire::{self, MeshFile};
 use weft_policy::FieldError;
 
-use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy, ACCEPTED};
+use super::crds::{Condition, PolicyStatus, ACCEPTED};
 
 /// The name of the injected sidecar container: a pod running it is part of the mesh.
 pub const SIDECAR_CONTAINER: &str = "weft-proxy";
@@ -53,12 +56,32 @@ pub struct Objects {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// Pods.
     pub pods: Vec<Pod>,
-    /// Routes.
-    pub routes: Vec<MeshRoute>,
-    /// Traffic policies.
-    pub traffic_policies: Vec<TrafficPolicy>,
-    /// Authorization policies.
-    pub authorization: Vec<AuthorizationPolicy>,
+    /// `MeshRoute` resources, untyped: each is read on its own.
+    pub routes: Vec<DynamicObject>,
+    /// `TrafficPolicy` resources, untyped.
+    pub traffic_policies: Vec<DynamicObject>,
+    /// `AuthorizationPolicy` resources, untyped.
+    pub authorization: Vec<DynamicObject>,
+}
+
+/// The spec of a policy resource as `T`, or why it cannot be read (`spec: unknown field ...`).
+fn spec_of<T: DeserializeOwned>(object: &DynamicObject) -> Result<T, Rejection> {
+    let spec = object
+        .data
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::from_value(spec).map_err(|e| Rejection {
+        reason: "Invalid",
+        message: format!("spec: {e}"),
+    })
+}
+
+/// The `Accepted` condition a policy resource carries now, if any (an unreadable status reads
+/// as none, and is then rewritten).
+pub fn accepted_condition(object: &DynamicObject) -> Option<Condition> {
+    let status: PolicyStatus = serde_json::from_value(object.data.get("status")?.clone()).ok()?;
+    status.conditions.into_iter().find(|c| c.type_ == ACCEPTED)
 }
 
 /// The kinds of object a [`Verdict`] is about.
@@ -214,12 +237,22 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     );
 
     // Traffic policies, one per service, each checked on its own service.
-    let mut tps: Vec<&TrafficPolicy> = objects.traffic_policies.iter().collect();
+    let mut tps: Vec<&DynamicObject> = objects.traffic_policies.iter().collect();
     tps.sort_by_key(|t| key_of(Kind::TrafficPolicy, &t.metadata));
     let mut applied: HashMap<String, ObjectKey> = HashMap::new();
     for tp in tps {
         let key = key_of(Kind::TrafficPolicy, &tp.metadata);
-        let mut spec = tp.spec.policy.clone();
+        let mut spec: wire::TrafficPolicy = match spec_of(tp) {
+            Ok(s) => s,
+            Err(r) => {
+                verdicts.push(Verdict {
+                    key,
+                    generation: tp.metadata.generation,
+                    result: Err(r),
+                });
+                continue;
+            }
+        };
         spec.service = qualify(&spec.service, &key.namespace);
         let result = match mesh.services.iter().position(|s| s.name == spec.service) {
             None => Err(service_not_found(&spec.service)),
@@ -258,13 +291,25 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
 
     // Routes and authorization, settled together (a route's callers and an authorization
     // block name services; both are judged against the services accepted above).
-    let mut routes: Vec<&MeshRoute> = objects.routes.iter().collect();
+    let mut routes: Vec<&DynamicObject> = objects.routes.iter().collect();
     routes.sort_by_key(|r| key_of(Kind::MeshRoute, &r.metadata));
     let mut route_keys = Vec::new();
     let mut generations: HashMap<ObjectKey, Option<i64>> = HashMap::new();
+    // Resources whose spec does not even parse.
+    let mut unreadable: Vec<Verdict> = Vec::new();
     for r in routes {
         let key = key_of(Kind::MeshRoute, &r.metadata);
-        let mut route = r.spec.route.clone();
+        let mut route: wire::Route = match spec_of(r) {
+            Ok(s) => s,
+            Err(e) => {
+                unreadable.push(Verdict {
+                    key,
+                    generation: r.metadata.generation,
+                    result: Err(e),
+                });
+                continue;
+            }
+        };
         if route.name.is_empty() {
             route.name = key.name.clone();
         }
@@ -278,12 +323,22 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
         generations.insert(key.clone(), r.metadata.generation);
         route_keys.push(key);
     }
-    let mut authz: Vec<&AuthorizationPolicy> = objects.authorization.iter().collect();
+    let mut authz: Vec<&DynamicObject> = objects.authorization.iter().collect();
     authz.sort_by_key(|a| key_of(Kind::AuthorizationPolicy, &a.metadata));
     let mut authz_keys = Vec::new();
     for a in authz {
         let key = key_of(Kind::AuthorizationPolicy, &a.metadata);
-        let mut block = a.spec.authorization.clone();
+        let mut block: wire::ServiceAuthorization = match spec_of(a) {
+            Ok(s) => s,
+            Err(e) => {
+                unreadable.push(Verdict {
+                    key,
+                    generation: a.metadata.generation,
+                    result: Err(e),
+                });
+                continue;
+            }
+        };
         block.service = qualify(&block.service, &key.namespace);
         mesh.authorization.push(block);
         generations.insert(key.clone(), a.metadata.generation);
@@ -310,6 +365,7 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
             generation,
         })
         .collect();
+    rest.extend(unreadable);
     rest.sort_by(|a, b| a.key.cmp(&b.key));
     verdicts.extend(rest);
     Mapped { mesh, verdicts }
@@ -383,7 +439,8 @@ fn item_of(field: &str) -> Option<(&'static str, usize)> {
 }
 
 /// An `Invalid` rejection from field errors of one item: `routes[3].match.path` reads
-/// `spec.match.path` (a Service's own fields have no `spec.` on our side: `port`).
+/// `spec.match.path`, as does a TrafficPolicy's `services[0].retry_budget` (section
+/// `traffic`: `spec.retry_budget`); a Service's own fields have no `spec.` (`port`).
 fn invalid(errors: &[FieldError], section: &str) -> Rejection {
     let message = errors
         .iter()

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ::kube::api::{Patch, PatchParams};
+use ::kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{watcher, WatchStreamExt};
@@ -31,9 +31,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use super::crds::{
-    AuthorizationPolicy, Condition, MeshRoute, PolicyStatus, TrafficPolicy, ACCEPTED,
-};
+use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
 use super::mapping::{self, Kind, ObjectKey, Objects};
 use crate::policy::{MeshPolicy, PolicyErrors};
 use crate::source::{PolicySource, Watch};
@@ -94,9 +92,10 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
-    routes: Store<MeshRoute>,
-    traffic: Store<TrafficPolicy>,
-    authz: Store<AuthorizationPolicy>,
+    // The policy resources untyped: one that does not parse must not fail the whole list.
+    routes: Store<DynamicObject>,
+    traffic: Store<DynamicObject>,
+    authz: Store<DynamicObject>,
 }
 
 /// A status condition to write on one resource.
@@ -227,29 +226,20 @@ impl KubeSource {
     /// Queue the status writes `mapped` calls for: a resource whose `Accepted` condition (as
     /// the store has it, or as last sent) already says the same is left alone.
     fn write_statuses(&self, objects: &Objects, mapped: &mapping::Mapped) {
-        let mut current: HashMap<ObjectKey, Option<&Condition>> = HashMap::new();
-        fn accepted(status: &Option<PolicyStatus>) -> Option<&Condition> {
-            status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == ACCEPTED))
-        }
-        let key =
-            |kind, m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ObjectKey {
-                kind,
-                namespace: m.namespace.clone().unwrap_or_default(),
-                name: m.name.clone().unwrap_or_default(),
-            };
-        for r in &objects.routes {
-            current.insert(key(Kind::MeshRoute, &r.metadata), accepted(&r.status));
-        }
-        for t in &objects.traffic_policies {
-            current.insert(key(Kind::TrafficPolicy, &t.metadata), accepted(&t.status));
-        }
-        for a in &objects.authorization {
-            current.insert(
-                key(Kind::AuthorizationPolicy, &a.metadata),
-                accepted(&a.status),
-            );
+        let mut current: HashMap<ObjectKey, Option<Condition>> = HashMap::new();
+        for (kind, list) in [
+            (Kind::MeshRoute, &objects.routes),
+            (Kind::TrafficPolicy, &objects.traffic_policies),
+            (Kind::AuthorizationPolicy, &objects.authorization),
+        ] {
+            for o in list {
+                let key = ObjectKey {
+                    kind,
+                    namespace: o.metadata.namespace.clone().unwrap_or_default(),
+                    name: o.metadata.name.clone().unwrap_or_default(),
+                };
+                current.insert(key, mapping::accepted_condition(o));
+            }
         }
         let now = crate::history::now_rfc3339();
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
@@ -260,14 +250,14 @@ impl KubeSource {
             let Some(previous) = current.get(&v.key) else {
                 continue; // a Service: nothing to write on it
             };
-            let wanted = v.condition(*previous, &now);
+            let wanted = v.condition(previous.as_ref(), &now);
             let same = |c: &Condition| {
                 c.status == wanted.status
                     && c.reason == wanted.reason
                     && c.message == wanted.message
                     && c.observed_generation == wanted.observed_generation
             };
-            if previous.is_some_and(same) {
+            if previous.as_ref().is_some_and(same) {
                 sent.remove(&v.key);
                 continue;
             }
@@ -391,11 +381,11 @@ async fn run(
     tasks.push(t);
     let (pods, t) = reflect::<Pod>(&client, &subscribers);
     tasks.push(t);
-    let (routes, t) = reflect::<MeshRoute>(&client, &subscribers);
+    let (routes, t) = reflect_untyped::<MeshRoute>(&client, &subscribers);
     tasks.push(t);
-    let (traffic, t) = reflect::<TrafficPolicy>(&client, &subscribers);
+    let (traffic, t) = reflect_untyped::<TrafficPolicy>(&client, &subscribers);
     tasks.push(t);
-    let (authz, t) = reflect::<AuthorizationPolicy>(&client, &subscribers);
+    let (authz, t) = reflect_untyped::<AuthorizationPolicy>(&client, &subscribers);
     tasks.push(t);
     let stores = Stores {
         services,
@@ -489,8 +479,42 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let api: Api<K> = Api::all(client.clone());
-    let subscribers = subscribers.clone();
-    let task = tokio::spawn(async move {
+    (store, spawn_reflector(api, writer, subscribers.clone()))
+}
+
+/// A reflector over every `K` of the cluster as untyped objects.
+fn reflect_untyped<K>(
+    client: &Client,
+    subscribers: &Subscribers,
+) -> (Store<DynamicObject>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+    let store = writer.as_reader();
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    (store, spawn_reflector(api, writer, subscribers.clone()))
+}
+
+/// Run `writer`'s reflector over `api`'s list and watch; every event (a relist's too) tells
+/// the subscribers.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    subscribers: Subscribers,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    let plural = api
+        .resource_url()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    tokio::spawn(async move {
         let stream = reflector::reflector(
             writer,
             watcher(api, watcher::Config::default()).default_backoff(),
@@ -503,11 +527,10 @@ where
                     subs.retain(|s| s.send(()).is_ok());
                 }
                 // The watcher relists or rewatches by itself, with backoff.
-                Err(e) => log::warn!("watching {}: {e}", K::plural(&())),
+                Err(e) => log::warn!("watching {plural}: {e}"),
             }
         }
-    });
-    (store, task)
+    })
 }
 
 /// Patch one resource's `status.conditions` (the control plane owns them all).

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
 use serde_json::{json, Value};
-use weft_control_plane::kube::crds::{AuthorizationPolicy, MeshRoute, TrafficPolicy};
 use weft_control_plane::kube::mapping::{self, Kind, Objects};
 use weft_control_plane::kube::source::{KubeOptions, KubeSource};
 use weft_control_plane::policy::MeshPolicy;
@@ -299,9 +299,9 @@ fn objects(values: &[Value]) -> Objects {
             Some("Service") => o.services.push(de::<Service>(v)),
             Some("Pod") => o.pods.push(de::<Pod>(v)),
             Some("EndpointSlice") => o.endpoint_slices.push(de::<EndpointSlice>(v)),
-            Some("MeshRoute") => o.routes.push(de::<MeshRoute>(v)),
-            Some("TrafficPolicy") => o.traffic_policies.push(de::<TrafficPolicy>(v)),
-            Some("AuthorizationPolicy") => o.authorization.push(de::<AuthorizationPolicy>(v)),
+            Some("MeshRoute") => o.routes.push(de::<DynamicObject>(v)),
+            Some("TrafficPolicy") => o.traffic_policies.push(de::<DynamicObject>(v)),
+            Some("AuthorizationPolicy") => o.authorization.push(de::<DynamicObject>(v)),
             other => panic!("unknown kind {other:?}"),
         }
     }
@@ -489,6 +489,19 @@ fn invalid_and_conflicting_resources_are_left_out_one_by_one() {
         1,
         json!({"service": "payments.shop", "name": "pay"}),
     ));
+    // A spec that does not parse (a field of a newer CRD, a wrong type): left out alone.
+    values.push(resource(
+        "MeshRoute",
+        "orders-typo",
+        1,
+        json!({"service": "orders", "colour": "blue"}),
+    ));
+    values.push(resource(
+        "AuthorizationPolicy",
+        "payments",
+        1,
+        json!({"service": "payments", "rules": "everyone"}),
+    ));
     // A second authorization block for orders.
     values.push(resource(
         "AuthorizationPolicy",
@@ -532,6 +545,11 @@ fn invalid_and_conflicting_resources_are_left_out_one_by_one() {
     assert!(verdict(Kind::MeshRoute, "a-orders-all").result.is_ok());
     assert!(verdict(Kind::MeshRoute, "payments-cross").result.is_ok());
     assert!(reason(Kind::AuthorizationPolicy, "orders-more").is_some());
+    let (why, msg) = reason(Kind::MeshRoute, "orders-typo").expect("unreadable");
+    assert_eq!(why, "Invalid");
+    assert!(msg.starts_with("spec: unknown field `colour`"), "{msg}");
+    let (_, msg) = reason(Kind::AuthorizationPolicy, "payments").expect("unreadable");
+    assert!(msg.starts_with("spec: invalid type"), "{msg}");
     assert!(verdict(Kind::AuthorizationPolicy, "orders").result.is_ok());
     // What stays is valid as a whole and in force.
     let routes: Vec<&str> = mapped.mesh.routes.iter().map(|r| r.name.as_str()).collect();
@@ -1146,7 +1164,15 @@ fn kube_source_follows_the_api_server_through_watch_restarts_and_410() {
         .enable_all()
         .build()
         .expect("runtime");
-    let api = rt.block_on(standin::ApiServer::start(shop()));
+    let mut objects = shop();
+    // A resource that does not parse fails alone, never the list it comes in.
+    objects.push(resource(
+        "MeshRoute",
+        "orders-typo",
+        1,
+        json!({"service": "orders", "retry": {"grpc_codes": [-1]}}),
+    ));
+    let api = rt.block_on(standin::ApiServer::start(objects));
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut options = KubeOptions::new(TD);
     options.kubeconfig = Some(kubeconfig(tmp.path(), &api));
@@ -1179,6 +1205,7 @@ fn kube_source_follows_the_api_server_through_watch_restarts_and_410() {
             && has("meshroutes/shop/orders-bad")
             && has("trafficpolicies/shop/orders")
             && has("authorizationpolicies/shop/orders")
+            && has("meshroutes/shop/orders-typo")
     });
     let patches = api.patches();
     let of = |key: &str| -> Vec<(String, String, String)> {
@@ -1196,6 +1223,9 @@ fn kube_source_follows_the_api_server_through_watch_restarts_and_410() {
         message.starts_with("spec.match.path.regex: bad regex"),
         "{message}"
     );
+    let (_, status, message) = &of("meshroutes/shop/orders-typo")[0];
+    assert_eq!(status, "False");
+    assert!(message.starts_with("spec: "), "{message}");
     let stored = api.get("MeshRoute", "orders-bad");
     assert_eq!(stored["status"]["conditions"][0]["observedGeneration"], 1);
     assert_eq!(stored["status"]["conditions"][0]["reason"], "Invalid");
