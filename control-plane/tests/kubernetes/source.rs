@@ -1407,3 +1407,105 @@ fn the_shop_example_policy_is_accepted_whole() {
         Some(5)
     );
 }
+
+/// The `weft-control-plane` binary with `--kubernetes`: its client comes from `KUBECONFIG`
+/// (the inference a real cluster's kubeconfig takes), it serves the cluster's services, and
+/// `weftctl apply` is refused with the way to change the policy instead.
+#[test]
+fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
+    use std::process::{Command, Stdio};
+
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    fn free_addr() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let api = rt.block_on(standin::ApiServer::start(shop()));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(tmp.path(), &api);
+    let state = tmp.path().join("state");
+    let (listen, admin) = (free_addr(), free_addr());
+    let log = std::fs::File::create(tmp.path().join("cp.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
+        .arg(&state)
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .env("KUBECONFIG", &config)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let _child = Killed(child);
+    let weftctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(["--server", &format!("http://{admin}"), "--token-file"])
+            .arg(state.join("admin.token"))
+            .args(args)
+            .output()
+            .expect("weftctl")
+    };
+    let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
+    let mut services = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the control plane's services",
+        || {
+            let out = weftctl(&["get", "services"]);
+            services = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
+        },
+    );
+    assert!(
+        services.contains("orders.shop") && services.contains("payments.shop"),
+        "{services}\n{}",
+        cp_log()
+    );
+    assert!(!services.contains("legacy"), "{services}");
+
+    let file = tmp.path().join("extra.yaml");
+    std::fs::write(&file, "services: []\n").expect("write");
+    let out = weftctl(&["apply", "-f", &file.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kubectl apply"), "{err}");
+    let out = weftctl(&["rollback", "0123456789abcdef"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kubectl apply"), "{err}");
+
+    // --policy-dir and --kubernetes exclude each other.
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .args([
+            "--kubernetes",
+            "--policy-dir",
+            "/nonexistent",
+            "--state-dir",
+        ])
+        .arg(tmp.path().join("other"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
