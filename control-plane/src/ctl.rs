@@ -116,6 +116,14 @@ pub enum OpsCommand {
     /// DaemonSets, ReplicaSets, Jobs, CronJobs, Pods, Lists; multi-document YAML) and print them;
     /// other objects pass through unchanged. Exit 1 when an object cannot be injected.
     Inject(crate::inject::InjectArgs),
+    /// Print the CustomResourceDefinitions of the policy resources (MeshRoute,
+    /// TrafficPolicy, AuthorizationPolicy), generated from the policy types; no server.
+    Crds {
+        /// Write one file per CRD into this directory instead (e.g.
+        /// deploy/kubernetes/base/crds).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Why a command failed.
@@ -162,6 +170,7 @@ pub async fn run(
     match command {
         OpsCommand::Validate { files } => validate_offline(&files, out),
         OpsCommand::Inject(args) => crate::inject::run_cli(&args, out),
+        OpsCommand::Crds { out: dir } => crds(dir.as_deref(), out),
         OpsCommand::Apply { files, dry_run } => {
             let api = Api::new(conn)?;
             apply(&api, &files, dry_run, out).await
@@ -206,6 +215,30 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// `weftctl crds`: the CRDs as one YAML stream on `out`, or one file each in `dir`.
+fn crds(dir: Option<&Path>, out: &mut dyn Write) -> Result<(), CtlError> {
+    let rendered = crate::kube::crds::render();
+    match dir {
+        None => {
+            for (i, (_, text)) in rendered.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b"---\n").map_err(out_err)?;
+                }
+                out.write_all(text.as_bytes()).map_err(out_err)?;
+            }
+        }
+        Some(dir) => {
+            for (file, text) in &rendered {
+                let path = dir.join(file);
+                std::fs::write(&path, text)
+                    .map_err(|e| CtlError::Usage(format!("writing {}: {e}", path.display())))?;
+                writeln!(out, "wrote {}", path.display()).map_err(out_err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Longest a scrape of one sidecar may take.

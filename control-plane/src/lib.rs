@@ -32,6 +32,7 @@ pub mod history;
 pub mod hub;
 pub mod inject;
 pub mod issuer;
+pub mod kube;
 pub mod ops;
 pub mod policy;
 mod push_stream;

@@ -90,18 +90,35 @@ pub struct Outcome {
     pub warning: Option<String>,
 }
 
+/// Where the policy of [`Ops`] comes from.
+enum Source {
+    /// A directory operators change through the API.
+    Dir(DirSource),
+    /// A source changed elsewhere (the Kubernetes API): only watched.
+    ReadOnly(Arc<dyn PolicySource>),
+}
+
+/// Why `apply` and `rollback` are refused when the policy comes from the Kubernetes API.
+pub const READ_ONLY_SOURCE: &str = "the policy comes from the Kubernetes API (weft.dev \
+     MeshRoute, TrafficPolicy and AuthorizationPolicy resources): change it with `kubectl apply`, \
+     not weftctl apply or rollback";
+
 /// Operators' policy changes over one policy directory, hub and history.
 pub struct Ops {
     hub: Arc<Hub>,
-    source: DirSource,
+    source: Source,
     history: History,
     lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for Ops {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            Source::Dir(d) => format!("{d:?}"),
+            Source::ReadOnly(s) => s.describe(),
+        };
         f.debug_struct("Ops")
-            .field("source", &self.source)
+            .field("source", &source)
             .field("history", &self.history)
             .finish_non_exhaustive()
     }
@@ -112,9 +129,28 @@ impl Ops {
     pub fn new(hub: Arc<Hub>, source: DirSource, history: History) -> Self {
         Ops {
             hub,
-            source,
+            source: Source::Dir(source),
             history,
             lock: Mutex::new(()),
+        }
+    }
+
+    /// Operations over a source changed elsewhere (the Kubernetes API): reloads are recorded;
+    /// validate, apply and rollback are refused with [`READ_ONLY_SOURCE`].
+    pub fn read_only(hub: Arc<Hub>, source: Arc<dyn PolicySource>, history: History) -> Self {
+        Ops {
+            hub,
+            source: Source::ReadOnly(source),
+            history,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The policy directory, or the refusal when the policy comes from elsewhere.
+    fn dir(&self) -> Result<&DirSource, OpsError> {
+        match &self.source {
+            Source::Dir(d) => Ok(d),
+            Source::ReadOnly(_) => Err(OpsError::BadRequest(READ_ONLY_SOURCE.to_owned())),
         }
     }
 
@@ -149,7 +185,10 @@ impl Ops {
     pub fn reload_from_directory(&self) {
         let _g = self.lock();
         let before = self.hub.policy();
-        let loaded = self.source.load();
+        let loaded = match &self.source {
+            Source::Dir(d) => d.load(),
+            Source::ReadOnly(s) => s.load(),
+        };
         let update = self.hub.take_policy(loaded);
         let result = match update {
             Update::Unchanged => Ok(()),
@@ -164,11 +203,13 @@ impl Ops {
                 )
             }
             Update::Rejected(errors) => {
-                let files = self
-                    .source
-                    .files()
-                    .map(|f| f.iter().map(|p| crate::policy::file_name(p)).collect())
-                    .unwrap_or_default();
+                let files = match &self.source {
+                    Source::Dir(d) => d
+                        .files()
+                        .map(|f| f.iter().map(|p| crate::policy::file_name(p)).collect())
+                        .unwrap_or_default(),
+                    Source::ReadOnly(_) => before.file_texts().into_keys().collect(),
+                };
                 self.history
                     .audit(&AuditRecord {
                         time: now_rfc3339(),
@@ -226,7 +267,7 @@ impl Ops {
     /// The directory's files now, and with `files` added or replaced.
     fn merged(&self, files: &Files) -> Result<(Files, Files), OpsError> {
         let now = self
-            .source
+            .dir()?
             .texts()
             .map_err(|e| OpsError::Directory(e.to_string()))?;
         let mut merged = now.clone();
@@ -239,7 +280,7 @@ impl Ops {
     pub fn validate(&self, files: &BTreeMap<String, String>) -> Result<MeshPolicy, OpsError> {
         Self::check_names(files)?;
         let (_, merged) = self.merged(files)?;
-        self.source.validate_set(&merged).map_err(OpsError::Invalid)
+        self.dir()?.validate_set(&merged).map_err(OpsError::Invalid)
     }
 
     /// Apply `files` (added or replaced in the directory): validated first, then written
@@ -251,6 +292,7 @@ impl Ops {
         actor: &str,
         dry_run: bool,
     ) -> Result<Outcome, OpsError> {
+        self.dir()?;
         Self::check_names(files)?;
         let _g = self.lock();
         let (now, merged) = self.merged(files)?;
@@ -260,13 +302,14 @@ impl Ops {
     /// Restore exactly the files of history version `version` (other policy files are
     /// removed) and put it in force.
     pub fn rollback(&self, version: &str, actor: &str) -> Result<Outcome, OpsError> {
+        self.dir()?;
         let _g = self.lock();
         let entry: HistoryEntry = self
             .history
             .find(version)?
             .ok_or_else(|| OpsError::UnknownVersion(version.to_owned()))?;
         let now = self
-            .source
+            .dir()?
             .texts()
             .map_err(|e| OpsError::Directory(e.to_string()))?;
         self.change(&now, entry.files, true, actor, Action::Rollback, false)
@@ -283,7 +326,7 @@ impl Ops {
         dry_run: bool,
     ) -> Result<Outcome, OpsError> {
         let before = self.hub.policy();
-        let policy = match self.source.validate_set(&target) {
+        let policy = match self.dir()?.validate_set(&target) {
             Ok(p) => p,
             Err(errors) => {
                 if !dry_run {
@@ -321,7 +364,7 @@ impl Ops {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        self.source
+        self.dir()?
             .write_files(&written, exact)
             .map_err(|e| OpsError::Directory(e.to_string()))?;
         outcome.applied = true;

@@ -159,6 +159,34 @@ impl MeshPolicy {
         })
     }
 
+    /// A policy from a source other than files (Kubernetes resources), validated as a mesh whose
+    /// endpoints change at run time ([`weft_policy::validate_mesh_dynamic`]). It is kept as one
+    /// document named `name` (its YAML), so history and diffs show it like a policy file.
+    pub fn from_mesh(name: &str, mesh: MeshFile) -> Result<Self, PolicyErrors> {
+        let text =
+            serde_yaml::to_string(&mesh).map_err(|e| PolicyErrors::file(name, e.to_string()))?;
+        if let Err(errors) = weft_policy::validate_mesh_dynamic(mesh.clone()) {
+            return Err(PolicyErrors(
+                errors
+                    .into_iter()
+                    .map(|e| PolicyError {
+                        file: name.into(),
+                        location: weft_policy::locate(&text, &e.field).map(|l| (l.line, l.column)),
+                        field: Some(e.field),
+                        reason: e.reason,
+                    })
+                    .collect(),
+            ));
+        }
+        let version = digest(&mesh);
+        Ok(MeshPolicy {
+            files: vec![PathBuf::from(name)],
+            texts: vec![text],
+            mesh,
+            version,
+        })
+    }
+
     /// Read, parse and validate policy files, in the order given.
     pub fn load_files(paths: &[PathBuf]) -> Result<Self, PolicyErrors> {
         let mut texts = Vec::with_capacity(paths.len());

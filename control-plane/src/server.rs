@@ -38,6 +38,7 @@ use crate::history::History;
 use crate::hub::Hub;
 pub use crate::issuer::DEFAULT_CERT_LIFETIME;
 use crate::issuer::{Issuer, IssuerOptions};
+use crate::kube::source::{KubeOptions, KubeSource};
 use crate::ops::Ops;
 use crate::source::{DirSource, PolicySource, Watch};
 use crate::tokenreview::{KubeConnection, TokenReviewAttestor};
@@ -246,9 +247,23 @@ fn bind_sidecar_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(SIDECAR_LISTEN_BACKLOG)
 }
 
+/// Where [`start_with`] takes the mesh policy from.
+#[derive(Debug, Clone)]
+pub enum PolicyFrom {
+    /// The watched directory [`ServerConfig::policy_dir`], changed with `weftctl apply`.
+    Directory,
+    /// The Kubernetes API ([`KubeSource`]); `weftctl apply` and `rollback` are refused.
+    Kubernetes(KubeOptions),
+}
+
 /// Open the CA, load the policy, bind both addresses and serve on the current Tokio runtime.
 /// Fails when the policy is invalid at start (there is nothing good to keep in force).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+    start_with(config, PolicyFrom::Directory).await
+}
+
+/// [`start`] with the policy from `from`.
+pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Result<Running> {
     let store = Arc::new(
         CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
             .context("certificate authority")?,
@@ -290,13 +305,25 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
     let history = History::open(&config.state_dir).context("policy history")?;
-    let source = DirSource::new(&config.policy_dir).with_interval(config.poll_interval);
+    let (source, dir): (Arc<dyn PolicySource>, Option<DirSource>) = match from {
+        PolicyFrom::Directory => {
+            let dir = DirSource::new(&config.policy_dir).with_interval(config.poll_interval);
+            (Arc::new(dir.clone()), Some(dir))
+        }
+        PolicyFrom::Kubernetes(options) => {
+            // Connecting waits for the first lists: off the runtime's workers.
+            let kube = tokio::task::spawn_blocking(move || KubeSource::connect(options))
+                .await
+                .context("connecting to the Kubernetes API")??;
+            (Arc::new(kube), None)
+        }
+    };
     let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
     let watch = source
         .watch(Box::new(move || {
             let _ = changed_tx.send(());
         }))
-        .context("watching the policy directory")?;
+        .with_context(|| format!("watching {}", source.describe()))?;
     let policy = source
         .load()
         .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
@@ -313,7 +340,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         config.grace,
     ));
 
-    let ops = Arc::new(Ops::new(hub.clone(), source, history));
+    let ops = Arc::new(match dir {
+        Some(dir) => Ops::new(hub.clone(), dir, history),
+        None => Ops::read_only(hub.clone(), source, history),
+    });
     ops.record_start()
         .context("recording the policy in history")?;
 

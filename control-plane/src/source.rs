@@ -1,6 +1,6 @@
 //! Where the mesh policy comes from. A [`PolicySource`] loads the whole policy and says when it
-//! may have changed; [`DirSource`] reads a directory of YAML files (Kubernetes resources are the
-//! next source). [`LastGood`] keeps the policy in force: an invalid change is refused with its
+//! may have changed; [`DirSource`] reads a directory of YAML files,
+//! [`crate::kube::source::KubeSource`] the Kubernetes API. [`LastGood`] keeps the policy in force: an invalid change is refused with its
 //! errors and the last good policy stays.
 
 use std::collections::BTreeMap;
@@ -39,6 +39,16 @@ pub struct Watch {
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Watch")
+    }
+}
+
+impl Watch {
+    /// A watch run by `thread`, which stops once `stop` sends or is dropped.
+    pub(crate) fn from_thread(stop: mpsc::Sender<()>, thread: JoinHandle<()>) -> Self {
+        Watch {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 

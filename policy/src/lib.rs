@@ -12,7 +12,8 @@
 //!   part's fields alone): [`validate_snapshot`] for that sidecar's [`Local`] part.
 //! - The whole mesh's policy ([`wire::MeshFile`], merged from the control plane's policy
 //!   directory): [`validate_mesh`], the same checks plus callers (`from`) and authorization per
-//!   service.
+//!   service. [`validate_mesh_dynamic`] is the same for a mesh whose endpoints change at run
+//!   time (Kubernetes).
 //! - [`locate`]: the line and column of a field path in YAML text, to point errors found after
 //!   parsing at a line.
 
@@ -161,6 +162,24 @@ pub fn validate_mesh(raw: wire::MeshFile) -> Result<(), Vec<FieldError>> {
         errors: Vec::new(),
         base: Path::new("."),
         dynamic_endpoints: false,
+    };
+    v.mesh(raw);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(v.errors)
+    }
+}
+
+/// [`validate_mesh`] for a mesh whose endpoints come and go at run time (on Kubernetes they
+/// are the ready addresses of EndpointSlices): a backend subset that selects none of the
+/// services' current endpoints is not an error (a canary's pods may all be starting), as in
+/// [`validate_snapshot`]. Every other check is the same, with the same field paths.
+pub fn validate_mesh_dynamic(raw: wire::MeshFile) -> Result<(), Vec<FieldError>> {
+    let mut v = Validator {
+        errors: Vec::new(),
+        base: Path::new("."),
+        dynamic_endpoints: true,
     };
     v.mesh(raw);
     if v.errors.is_empty() {

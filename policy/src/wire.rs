@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A sidecar's whole static file: [`LocalFile`] and [`PolicySnapshot`] fields side by side.
@@ -180,7 +181,7 @@ pub struct MeshFile {
 
 /// Inbound authorization of one destination service, at the mesh level: becomes that
 /// service's sidecars' `authorization`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceAuthorization {
     /// The destination service these rules protect.
@@ -203,6 +204,48 @@ impl ServiceAuthorization {
     }
 }
 
+/// The traffic policy of one service, apart from its definition: how callers balance load,
+/// retry, eject endpoints and queue towards it. On Kubernetes it is a `TrafficPolicy` resource
+/// (services themselves come from the cluster); [`TrafficPolicy::apply_to`] merges it into
+/// the [`Service`] with the same field names.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficPolicy {
+    /// The service these settings apply to.
+    pub service: String,
+    /// p2c_ewma (default) or round_robin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<String>,
+    /// How many retries calls to this service may add.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+    /// Per-endpoint ejection on consecutive failures (the circuit breaker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Concurrency limits towards this service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+impl TrafficPolicy {
+    /// Set the given settings on `service` (its `name` is not looked at; settings left out
+    /// keep the service's own).
+    pub fn apply_to(&self, service: &mut Service) {
+        if self.load_balancer.is_some() {
+            service.load_balancer = self.load_balancer.clone();
+        }
+        if self.retry_budget.is_some() {
+            service.retry_budget = self.retry_budget.clone();
+        }
+        if self.outlier_detection.is_some() {
+            service.outlier_detection = self.outlier_detection.clone();
+        }
+        if self.limits.is_some() {
+            service.limits = self.limits.clone();
+        }
+    }
+}
+
 /// Inbound authorization: allow rules and what happens to requests no rule allows.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -216,7 +259,7 @@ pub struct Authorization {
 }
 
 /// One allow rule; every given condition must hold.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthzRule {
     /// Rule name, for errors and logs.
@@ -371,10 +414,12 @@ pub struct Endpoint {
 }
 
 /// A route to a mesh service.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// Route name, used in errors and (later) metrics.
+    /// Route name, used in errors and (later) metrics. Required in policy files; a
+    /// `MeshRoute` resource may leave it out and is then named after its `metadata.name`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Destination service name.
     pub service: String,
@@ -409,7 +454,7 @@ pub struct Route {
 }
 
 /// Request match; every given condition must hold.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Path condition.
@@ -431,7 +476,7 @@ impl Match {
 }
 
 /// Exactly one of the three.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathMatch {
     /// Whole path equals.
@@ -446,7 +491,7 @@ pub struct PathMatch {
 }
 
 /// A header condition: `exact`, `regex`, or neither (present).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     /// Header name.
@@ -460,7 +505,7 @@ pub struct HeaderMatch {
 }
 
 /// A weighted subset of the service's endpoints.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     /// Labels an endpoint must carry (default: none, i.e. all endpoints).
@@ -472,7 +517,7 @@ pub struct Backend {
 }
 
 /// Replace a matched path prefix.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
     /// The new prefix.
@@ -480,7 +525,7 @@ pub struct Rewrite {
 }
 
 /// Header additions (set, replacing) and removals.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEdits {
     /// Headers set on the request.
@@ -492,7 +537,7 @@ pub struct HeaderEdits {
 }
 
 /// A retry budget: retries may add `ratio` of requests over `window`, plus `min_per_second`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudget {
     /// Share of requests that may be retried (default 0.2).
@@ -507,7 +552,7 @@ pub struct RetryBudget {
 }
 
 /// Outlier ejection.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Consecutive failures that eject an endpoint; 0 disables (default 5).
@@ -529,7 +574,7 @@ pub struct OutlierDetection {
 }
 
 /// Concurrency limits.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Requests in flight at once (default 1024).
@@ -547,7 +592,7 @@ pub struct Limits {
 }
 
 /// A retry policy.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retry {
     /// Conditions (default: connect-failure, refused-stream, gateway-error).
@@ -583,8 +628,28 @@ pub enum NameOrNumber {
     Name(String),
 }
 
+/// Kubernetes' own shape for a value that is an integer or a string
+/// (`x-kubernetes-int-or-string`): a structural schema has no other way to say "either", and
+/// the derived untagged-enum schema (`anyOf` with types) is not structural.
+impl JsonSchema for NameOrNumber {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NameOrNumber".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A gRPC status code: its name (`unavailable`) or its number (14).",
+            "x-kubernetes-int-or-string": true
+        })
+    }
+}
+
 /// Backoff bounds.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// First retry's upper bound (default 25ms).
@@ -596,7 +661,7 @@ pub struct Backoff {
 }
 
 /// A token bucket.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Sustained rate.
@@ -610,7 +675,7 @@ pub struct RateLimit {
 }
 
 /// Fault injection.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     /// Delay a share of requests.
@@ -622,7 +687,7 @@ pub struct Fault {
 }
 
 /// Injected delay.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelay {
     /// Percent of requests, 0 to 100.
@@ -632,7 +697,7 @@ pub struct FaultDelay {
 }
 
 /// Injected abort.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbort {
     /// Percent of requests, 0 to 100.

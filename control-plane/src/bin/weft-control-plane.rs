@@ -10,6 +10,7 @@ use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
 use weft_control_plane::hub::DEFAULT_GRACE;
 use weft_control_plane::inject::webhook::{self, WebhookConfig};
 use weft_control_plane::inject::Settings;
+use weft_control_plane::kube::source::KubeOptions;
 use weft_control_plane::server::{self, ServerConfig};
 use weft_control_plane::source::DEFAULT_POLL_INTERVAL;
 
@@ -18,8 +19,18 @@ use weft_control_plane::source::DEFAULT_POLL_INTERVAL;
 #[command(version, about)]
 struct Args {
     /// Directory of policy files (*.yaml), watched for changes.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    policy_dir: Option<PathBuf>,
+    /// Take the policy from the Kubernetes API instead of --policy-dir: Services,
+    /// EndpointSlices and Pods for the mesh services, and the weft.dev MeshRoute,
+    /// TrafficPolicy and AuthorizationPolicy resources (client from the in-cluster service
+    /// account, else KUBECONFIG).
     #[arg(long)]
-    policy_dir: PathBuf,
+    kubernetes: bool,
     /// State directory of the certificate authority.
     #[arg(long)]
     state_dir: PathBuf,
@@ -120,8 +131,13 @@ fn main() {
         }),
         _ => None,
     };
+    let from = if args.kubernetes {
+        server::PolicyFrom::Kubernetes(KubeOptions::new(&args.trust_domain))
+    } else {
+        server::PolicyFrom::Directory
+    };
     let config = ServerConfig {
-        policy_dir: args.policy_dir,
+        policy_dir: args.policy_dir.unwrap_or_default(),
         state_dir: args.state_dir,
         listen: args.listen,
         admin: args.admin,
@@ -150,7 +166,7 @@ fn main() {
         }
     };
     let result: anyhow::Result<()> = rt.block_on(async {
-        let _running = server::start(config).await?;
+        let _running = server::start_with(config, from).await?;
         let _webhook = match webhook {
             Some(w) => Some(webhook::start(w).await?),
             None => None,

@@ -1,7 +1,8 @@
-//! Kubernetes: rendered manifests and Dockerfiles (`manifests`), sidecar bootstrap with
-//! service account tokens verified by TokenReview (`tokenreview`), and sidecar injection
-//! (`inject`).
+//! Kubernetes: the policy source (`source`), rendered manifests and Dockerfiles (`manifests`),
+//! sidecar bootstrap with service account tokens verified by TokenReview (`tokenreview`), and
+//! sidecar injection (`inject`).
 
 mod inject;
 mod manifests;
+mod source;
 mod tokenreview;

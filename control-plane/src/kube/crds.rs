@@ -1,0 +1,212 @@
+//! The policy resources (`weft.dev/v1alpha1`, namespaced): [`MeshRoute`], [`TrafficPolicy`]
+//! and [`AuthorizationPolicy`]. Each spec *is* a policy wire type (`serde(transparent)`: the
+//! same fields, unknown ones refused, the same schema), so
+//! the CRDs' OpenAPI schemas are generated from the very types the control plane validates
+//! with, with the same snake_case field names as the policy files.
+//!
+//! [`render`] gives the three CRDs as YAML (what `weftctl crds` prints and
+//! `deploy/kubernetes/base/crds/` holds).
+
+use kube::CustomResource;
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use weft_policy::wire;
+
+/// The API group of Weft's resources.
+pub const GROUP: &str = "weft.dev";
+/// Their API version.
+pub const VERSION: &str = "v1alpha1";
+/// The condition type the control plane sets on every policy resource.
+pub const ACCEPTED: &str = "Accepted";
+
+/// A route to a mesh service (a policy file's `routes` item). `service` and the callers in
+/// `from` name services of the resource's namespace (`orders`) or of any namespace
+/// (`orders.shop`); `name` defaults to the resource's name. The routes of one service match in
+/// the order of their resources' namespace and name.
+#[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshRoute",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "mroute",
+    category = "weft",
+    doc = "A route to a Weft mesh service: match, weighted backends (canary), timeout, retries, rewrites, faults.",
+    printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct MeshRouteSpec {
+    /// The route, as in a policy file.
+    pub route: wire::Route,
+}
+
+/// The traffic policy of one service: load balancer, retry budget, outlier detection (the
+/// circuit breaker) and concurrency limits. One per service.
+#[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "TrafficPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "tpol",
+    category = "weft",
+    doc = "How callers reach one Weft mesh service: load balancer, retry budget, outlier detection, limits.",
+    printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct TrafficPolicySpec {
+    /// The settings, as a policy file's service would carry them.
+    pub policy: wire::TrafficPolicy,
+}
+
+/// Who may call one service (a policy file's `authorization` item). One per service.
+#[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "authz",
+    category = "weft",
+    doc = "Inbound authorization of one Weft mesh service: allow rules by caller identity, path and method.",
+    printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service"}"#,
+    printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.default"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct AuthorizationPolicySpec {
+    /// The rules, as in a policy file.
+    pub authorization: wire::ServiceAuthorization,
+}
+
+/// What the control plane says about a policy resource.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// `Accepted`: whether the resource is in force, and if not, why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition, in the shape Kubernetes uses everywhere (`metav1.Condition`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The condition type (`Accepted`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase word for programs (`Accepted`, `Invalid`, `Conflict`, `ServiceNotFound`).
+    pub reason: String,
+    /// What is wrong, for people.
+    pub message: String,
+    /// The `metadata.generation` the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+}
+
+/// The three CRDs: file name in `deploy/kubernetes/base/crds/` and YAML text.
+pub fn render() -> Vec<(&'static str, String)> {
+    let header = "# Generated from the Rust policy types by `weftctl crds --out deploy/kubernetes/base/crds`.\n\
+                  # Do not edit: change the types in policy/src/wire.rs and regenerate.\n";
+    [
+        ("meshroutes.yaml", MeshRoute::crd()),
+        ("trafficpolicies.yaml", TrafficPolicy::crd()),
+        ("authorizationpolicies.yaml", AuthorizationPolicy::crd()),
+    ]
+    .into_iter()
+    .map(|(file, crd)| {
+        // A CRD always serializes (plain data); were it not to, the drift test shows it.
+        let yaml = serde_yaml::to_string(&crd).unwrap_or_else(|e| format!("# error: {e}\n"));
+        (file, format!("{header}{}", quote_yaml11_keys(&yaml)))
+    })
+    .collect()
+}
+
+/// Quote mapping keys that YAML 1.1 reads as booleans. kubectl parses YAML 1.1 style, so the
+/// retry policy's unquoted `on:` would reach the API server as the key `"true"`; serde_yaml
+/// (YAML 1.2) leaves it bare.
+fn quote_yaml11_keys(yaml: &str) -> String {
+    const BOOLISH: [&str; 10] = ["on", "off", "yes", "no", "y", "n", "On", "Off", "Yes", "No"];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.split_inclusive('\n') {
+        let body = line.trim_start_matches(' ');
+        let indent = &line[..line.len() - body.len()];
+        let (dash, rest) = match body.strip_prefix("- ") {
+            Some(r) => ("- ", r),
+            None => ("", body),
+        };
+        match rest.split_once(':') {
+            Some((key, tail))
+                if BOOLISH.contains(&key) && (tail.starts_with(' ') || tail.starts_with('\n')) =>
+            {
+                out.push_str(&format!("{indent}{dash}\"{key}\":{tail}"));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_spec_reads_a_policy_file_route_and_names_default_to_empty() {
+        let spec: MeshRouteSpec = serde_json::from_value(serde_json::json!({
+            "service": "orders",
+            "match": {"path": {"prefix": "/api"}},
+            "retry": {"grpc_codes": ["unavailable", 14]}
+        }))
+        .expect("parses");
+        assert_eq!(spec.route.name, "");
+        assert_eq!(spec.route.service, "orders");
+        assert_eq!(
+            spec.route.retry.expect("retry").grpc_codes,
+            [
+                wire::NameOrNumber::Name("unavailable".into()),
+                wire::NameOrNumber::Number(14)
+            ]
+        );
+        let bad = serde_json::from_value::<MeshRouteSpec>(serde_json::json!({
+            "service": "orders", "colour": "blue"
+        }));
+        assert!(bad.is_err(), "unknown fields are refused: {bad:?}");
+    }
+
+    #[test]
+    fn yaml11_boolean_keys_are_quoted() {
+        assert_eq!(
+            quote_yaml11_keys("a:\n  on:\n    x: on\n  - no: 1\n  online: 2\n"),
+            "a:\n  \"on\":\n    x: on\n  - \"no\": 1\n  online: 2\n"
+        );
+    }
+}

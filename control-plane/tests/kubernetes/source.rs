@@ -1,0 +1,1511 @@
+//! The Kubernetes policy source: the mapping from objects (JSON as the API server serves it)
+//! to the mesh policy, the generated CRDs against the checked-in ones, and the real
+//! `KubeSource` driven against a stand-in API server (HTTPS, list and watch, watch restarts,
+//! `410 Gone`, status patches).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
+use serde_json::{json, Value};
+use weft_control_plane::kube::mapping::{self, Kind, Objects};
+use weft_control_plane::kube::source::{KubeOptions, KubeSource};
+use weft_control_plane::policy::MeshPolicy;
+use weft_control_plane::source::PolicySource;
+
+const TD: &str = "cluster.test";
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: objects as `kubectl get -o json` shows them (trimmed of managedFields).
+
+fn meta(ns: &str, name: &str, uid: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": ns,
+        "uid": uid,
+        "resourceVersion": "1000",
+        "creationTimestamp": "2026-11-20T09:00:00Z"
+    })
+}
+
+fn service(name: &str, app_protocol: Option<&str>) -> Value {
+    let mut port = json!({"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080});
+    if let Some(p) = app_protocol {
+        port["appProtocol"] = json!(p);
+    }
+    let mut m = meta("shop", name, &format!("svc-{name}"));
+    m["labels"] = json!({"app": name});
+    json!({
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": m,
+        "spec": {
+            "ports": [port],
+            "selector": {"app": name},
+            "clusterIP": "10.96.12.34",
+            "clusterIPs": ["10.96.12.34"],
+            "type": "ClusterIP",
+            "sessionAffinity": "None",
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster"
+        },
+        "status": {"loadBalancer": {}}
+    })
+}
+
+fn pod(name: &str, app: &str, version: &str, account: &str, ip: &str, sidecar: bool) -> Value {
+    let mut m = meta("shop", name, &format!("pod-{name}"));
+    m["labels"] = json!({"app": app, "version": version, "pod-template-hash": "7d9f8c6b5"});
+    m["annotations"] = json!({"weft.dev/service": format!("{app}.shop")});
+    let init: Vec<Value> = if sidecar {
+        vec![json!({
+            "name": "weft-proxy",
+            "image": "weft-proxy:0.1.0",
+            "restartPolicy": "Always",
+            "ports": [{"name": "weft-inbound", "containerPort": 15006, "protocol": "TCP"}],
+            "startupProbe": {"httpGet": {"path": "/ready", "port": 15000, "scheme": "HTTP"}},
+            "resources": {},
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "File",
+            "imagePullPolicy": "IfNotPresent"
+        })]
+    } else {
+        Vec::new()
+    };
+    json!({
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": m,
+        "spec": {
+            "initContainers": init,
+            "containers": [{
+                "name": app,
+                "image": format!("shop/{app}:1.0"),
+                "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                "resources": {},
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent"
+            }],
+            "restartPolicy": "Always",
+            "serviceAccountName": account,
+            "serviceAccount": account,
+            "nodeName": "node-1",
+            "schedulerName": "default-scheduler",
+            "dnsPolicy": "ClusterFirst"
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "hostIP": "192.168.1.10",
+            "qosClass": "BestEffort"
+        }
+    })
+}
+
+/// `endpoints`: (ip, pod name, ready).
+fn slice(
+    name: &str,
+    service: &str,
+    app_protocol: Option<&str>,
+    endpoints: &[(&str, &str, bool)],
+) -> Value {
+    let mut m = meta("shop", name, &format!("eps-{name}"));
+    m["labels"] = json!({
+        "kubernetes.io/service-name": service,
+        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+        "app": service
+    });
+    m["generateName"] = json!(format!("{service}-"));
+    m["ownerReferences"] = json!([{
+        "apiVersion": "v1", "kind": "Service", "name": service, "uid": format!("svc-{service}"),
+        "controller": true, "blockOwnerDeletion": true
+    }]);
+    let mut port = json!({"name": "http", "protocol": "TCP", "port": 8080});
+    if let Some(p) = app_protocol {
+        port["appProtocol"] = json!(p);
+    }
+    json!({
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": m,
+        "addressType": "IPv4",
+        "endpoints": endpoints.iter().map(|(ip, pod, ready)| json!({
+            "addresses": [ip],
+            "conditions": {"ready": ready, "serving": ready, "terminating": false},
+            "targetRef": {"kind": "Pod", "namespace": "shop", "name": pod, "uid": format!("pod-{pod}")},
+            "nodeName": "node-1"
+        })).collect::<Vec<_>>(),
+        "ports": [port]
+    })
+}
+
+fn resource(kind: &str, name: &str, generation: i64, spec: Value) -> Value {
+    let mut m = meta("shop", name, &format!("{kind}-{name}"));
+    m["generation"] = json!(generation);
+    json!({"apiVersion": "weft.dev/v1alpha1", "kind": kind, "metadata": m, "spec": spec})
+}
+
+fn canary_route() -> Value {
+    resource(
+        "MeshRoute",
+        "orders-canary",
+        1,
+        json!({
+            "service": "orders",
+            "from": ["frontend"],
+            "match": {"path": {"prefix": "/api/orders"}},
+            "backends": [
+                {"subset": {"version": "v1"}, "weight": 90},
+                {"subset": {"version": "v2"}, "weight": 10}
+            ],
+            "timeout": "2s",
+            "retry": {"attempts": 3, "on": ["connect-failure", "gateway-error"], "per_try_timeout": "500ms"}
+        }),
+    )
+}
+
+fn bad_route() -> Value {
+    resource(
+        "MeshRoute",
+        "orders-bad",
+        3,
+        json!({"service": "orders", "match": {"path": {"regex": "/api/(("}}}),
+    )
+}
+
+fn orders_breaker() -> Value {
+    resource(
+        "TrafficPolicy",
+        "orders",
+        1,
+        json!({
+            "service": "orders",
+            "load_balancer": "round_robin",
+            "outlier_detection": {"consecutive_failures": 5, "base_ejection_time": "10s", "failures": "5xx"},
+            "retry_budget": {"ratio": 0.2, "min_per_second": 10}
+        }),
+    )
+}
+
+fn orders_authz() -> Value {
+    resource(
+        "AuthorizationPolicy",
+        "orders",
+        1,
+        json!({
+            "service": "orders",
+            "default": "deny",
+            "rules": [{"name": "frontend", "from": [format!("spiffe://{TD}/ns/shop/sa/frontend")], "paths": ["/api/orders"]}]
+        }),
+    )
+}
+
+/// The shop: frontend calls orders (v1 and v2 pods) and payments (gRPC); legacy runs no
+/// sidecar.
+fn shop() -> Vec<Value> {
+    vec![
+        service("frontend", Some("http")),
+        service("orders", Some("http")),
+        service("payments", Some("kubernetes.io/h2c")),
+        service("legacy", None),
+        pod(
+            "frontend-6d4b7c9f8-abcde",
+            "frontend",
+            "v1",
+            "frontend",
+            "10.244.1.10",
+            true,
+        ),
+        pod(
+            "orders-v1-5f7d8b9c4-k2x9z",
+            "orders",
+            "v1",
+            "orders",
+            "10.244.1.20",
+            true,
+        ),
+        pod(
+            "orders-v2-7c9d6f5b8-p4q7r",
+            "orders",
+            "v2",
+            "orders",
+            "10.244.2.21",
+            true,
+        ),
+        pod(
+            "payments-84f9d7c6b-m3n5v",
+            "payments",
+            "v1",
+            "payments",
+            "10.244.2.30",
+            true,
+        ),
+        pod(
+            "legacy-5b6c7d8e9-zz9yy",
+            "legacy",
+            "v1",
+            "default",
+            "10.244.1.40",
+            false,
+        ),
+        slice(
+            "frontend-8xk2p",
+            "frontend",
+            Some("http"),
+            &[("10.244.1.10", "frontend-6d4b7c9f8-abcde", true)],
+        ),
+        slice(
+            "orders-q7w2n",
+            "orders",
+            Some("http"),
+            &[
+                ("10.244.1.20", "orders-v1-5f7d8b9c4-k2x9z", true),
+                ("10.244.2.21", "orders-v2-7c9d6f5b8-p4q7r", true),
+            ],
+        ),
+        slice(
+            "payments-m5t8c",
+            "payments",
+            Some("kubernetes.io/h2c"),
+            &[("10.244.2.30", "payments-84f9d7c6b-m3n5v", true)],
+        ),
+        slice(
+            "legacy-r2d2c",
+            "legacy",
+            None,
+            &[("10.244.1.40", "legacy-5b6c7d8e9-zz9yy", true)],
+        ),
+        canary_route(),
+        bad_route(),
+        orders_breaker(),
+        orders_authz(),
+    ]
+}
+
+/// Typed objects from JSON values, by `kind`.
+fn objects(values: &[Value]) -> Objects {
+    fn de<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
+    }
+    let mut o = Objects::default();
+    for v in values {
+        match v["kind"].as_str() {
+            Some("Service") => o.services.push(de::<Service>(v)),
+            Some("Pod") => o.pods.push(de::<Pod>(v)),
+            Some("EndpointSlice") => o.endpoint_slices.push(de::<EndpointSlice>(v)),
+            Some("MeshRoute") => o.routes.push(de::<DynamicObject>(v)),
+            Some("TrafficPolicy") => o.traffic_policies.push(de::<DynamicObject>(v)),
+            Some("AuthorizationPolicy") => o.authorization.push(de::<DynamicObject>(v)),
+            other => panic!("unknown kind {other:?}"),
+        }
+    }
+    o
+}
+
+fn endpoint_addresses(mesh: &weft_policy::wire::MeshFile, service: &str) -> Vec<String> {
+    mesh.services
+        .iter()
+        .find(|s| s.name == service)
+        .map(|s| s.endpoints.iter().map(|e| e.address.clone()).collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) The mapping.
+
+#[test]
+fn shop_objects_map_to_the_mesh_policy() {
+    let mapped = mapping::map(&objects(&shop()), TD);
+    let mesh = &mapped.mesh;
+    let names: Vec<&str> = mesh.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["frontend.shop", "orders.shop", "payments.shop"],
+        "legacy runs no sidecar"
+    );
+
+    let orders = &mesh.services[1];
+    assert_eq!(
+        orders.hosts,
+        ["orders.shop.svc", "orders.shop.svc.cluster.local"]
+    );
+    assert_eq!(orders.identity, format!("spiffe://{TD}/ns/shop/sa/orders"));
+    assert_eq!(orders.protocol.as_deref(), Some("http"));
+    assert_eq!(
+        endpoint_addresses(mesh, "orders.shop"),
+        ["10.244.1.20:15006", "10.244.2.21:15006"]
+    );
+    let labels = &orders.endpoints[1].labels;
+    assert_eq!(labels.get("version").map(String::as_str), Some("v2"));
+    assert_eq!(labels.get("app").map(String::as_str), Some("orders"));
+    assert!(!labels.contains_key("pod-template-hash"), "{labels:?}");
+    // The TrafficPolicy merged into its service.
+    assert_eq!(orders.load_balancer.as_deref(), Some("round_robin"));
+    let od = orders
+        .outlier_detection
+        .as_ref()
+        .expect("outlier detection");
+    assert_eq!(od.consecutive_failures, Some(5));
+    assert_eq!(
+        mesh.services[2].protocol.as_deref(),
+        Some("grpc"),
+        "kubernetes.io/h2c is gRPC"
+    );
+
+    // The route, its service and callers qualified with the namespace.
+    assert_eq!(mesh.routes.len(), 1, "{:?}", mesh.routes);
+    let r = &mesh.routes[0];
+    assert_eq!(
+        (r.name.as_str(), r.service.as_str()),
+        ("orders-canary", "orders.shop")
+    );
+    assert_eq!(r.from.as_deref(), Some(&["frontend.shop".to_owned()][..]));
+    assert_eq!(mesh.authorization.len(), 1);
+    assert_eq!(mesh.authorization[0].service, "orders.shop");
+
+    // The bad route alone is left out, named, with the field and the reason.
+    let rejected: Vec<String> = mapped.rejected().map(|v| v.to_string()).collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0].starts_with("MeshRoute shop/orders-bad: spec.match.path.regex: bad regex"),
+        "{}",
+        rejected[0]
+    );
+    let bad = mapped
+        .verdicts
+        .iter()
+        .find(|v| v.key.name == "orders-bad")
+        .expect("a verdict");
+    let c = bad.condition(None, "2026-11-21T10:00:00Z");
+    assert_eq!(
+        (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+        ("Accepted", "False", "Invalid")
+    );
+    assert_eq!(c.observed_generation, Some(3));
+    let good = mapped
+        .verdicts
+        .iter()
+        .find(|v| v.key.kind == Kind::MeshRoute && v.key.name == "orders-canary")
+        .expect("a verdict");
+    let c = good.condition(None, "2026-11-21T10:00:00Z");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Accepted"));
+    // An unchanged status keeps its transition time.
+    let again = good.condition(Some(&c), "2026-11-21T11:00:00Z");
+    assert_eq!(again.last_transition_time, "2026-11-21T10:00:00Z");
+
+    // The same domain model DirSource gives: snapshots per caller.
+    let policy = MeshPolicy::from_mesh("kubernetes.yaml", mapped.mesh.clone()).expect("valid");
+    let snap = policy.snapshot_for("frontend.shop");
+    assert_eq!(snap.routes.len(), 1);
+    assert!(
+        policy.snapshot_for("payments.shop").routes.is_empty(),
+        "the route is for frontend only"
+    );
+    assert!(policy.snapshot_for("orders.shop").authorization.is_some());
+}
+
+#[test]
+fn endpoints_follow_readiness_and_deletions() {
+    let mut values = shop();
+    // v2 turns not ready: its endpoint leaves, the canary route stays (its subset may be
+    // empty for a while on Kubernetes).
+    let i = values
+        .iter()
+        .position(|v| v["metadata"]["name"] == "orders-q7w2n")
+        .expect("slice");
+    values[i]["endpoints"][1]["conditions"] =
+        json!({"ready": false, "serving": false, "terminating": true});
+    let mapped = mapping::map(&objects(&values), TD);
+    assert_eq!(
+        endpoint_addresses(&mapped.mesh, "orders.shop"),
+        ["10.244.1.20:15006"]
+    );
+    assert_eq!(mapped.mesh.routes.len(), 1, "{:?}", mapped.verdicts);
+
+    // A missing `ready` means ready (the API's own rule).
+    values[i]["endpoints"][1]["conditions"] = json!({});
+    let mapped = mapping::map(&objects(&values), TD);
+    assert_eq!(endpoint_addresses(&mapped.mesh, "orders.shop").len(), 2);
+
+    // The route deleted: gone, and its verdict too.
+    values.retain(|v| v["metadata"]["name"] != "orders-canary");
+    let mapped = mapping::map(&objects(&values), TD);
+    assert!(mapped.mesh.routes.is_empty());
+    assert!(mapped
+        .verdicts
+        .iter()
+        .all(|v| v.key.name != "orders-canary"));
+
+    // Payments' pod and slice deleted: no longer a mesh service.
+    let gone = ["payments-m5t8c", "payments-84f9d7c6b-m3n5v"];
+    values.retain(|v| !gone.iter().any(|g| v["metadata"]["name"] == *g));
+    let mapped = mapping::map(&objects(&values), TD);
+    assert!(mapped
+        .mesh
+        .services
+        .iter()
+        .all(|s| s.name != "payments.shop"));
+}
+
+#[test]
+fn invalid_and_conflicting_resources_are_left_out_one_by_one() {
+    let mut values = shop();
+    // A second TrafficPolicy for orders: a conflict; one for an unknown service; an invalid one.
+    values.push(resource(
+        "TrafficPolicy",
+        "orders-again",
+        1,
+        json!({"service": "orders", "load_balancer": "random"}),
+    ));
+    values.push(resource(
+        "TrafficPolicy",
+        "nobody",
+        1,
+        json!({"service": "nobody"}),
+    ));
+    values.push(resource(
+        "TrafficPolicy",
+        "payments",
+        2,
+        json!({"service": "payments", "retry_budget": {"window": "soon"}}),
+    ));
+    // A route unreachable behind an earlier catch-all for the same callers; a route for
+    // another namespace's service named in full.
+    values.push(resource(
+        "MeshRoute",
+        "a-orders-all",
+        1,
+        json!({"service": "orders"}),
+    ));
+    values.push(resource(
+        "MeshRoute",
+        "payments-cross",
+        1,
+        json!({"service": "payments.shop", "name": "pay"}),
+    ));
+    // A spec that does not parse (a field of a newer CRD, a wrong type): left out alone.
+    values.push(resource(
+        "MeshRoute",
+        "orders-typo",
+        1,
+        json!({"service": "orders", "colour": "blue"}),
+    ));
+    values.push(resource(
+        "AuthorizationPolicy",
+        "payments",
+        1,
+        json!({"service": "payments", "rules": "everyone"}),
+    ));
+    // A second authorization block for orders.
+    values.push(resource(
+        "AuthorizationPolicy",
+        "orders-more",
+        1,
+        json!({"service": "orders", "default": "allow"}),
+    ));
+    let mapped = mapping::map(&objects(&values), TD);
+    let verdict = |kind: Kind, name: &str| {
+        mapped
+            .verdicts
+            .iter()
+            .find(|v| v.key.kind == kind && v.key.name == name)
+            .unwrap_or_else(|| panic!("no verdict for {name}: {:?}", mapped.verdicts))
+            .clone()
+    };
+    let reason = |kind, name| {
+        verdict(kind, name)
+            .result
+            .err()
+            .map(|r| (r.reason, r.message))
+    };
+    let (why, msg) = reason(Kind::TrafficPolicy, "orders-again").expect("conflict");
+    assert_eq!(why, "Conflict");
+    assert!(msg.contains("TrafficPolicy shop/orders"), "{msg}");
+    assert_eq!(
+        reason(Kind::TrafficPolicy, "nobody").expect("not found").0,
+        "ServiceNotFound"
+    );
+    let (why, msg) = reason(Kind::TrafficPolicy, "payments").expect("invalid");
+    assert_eq!(why, "Invalid");
+    assert!(
+        msg.starts_with("spec.retry_budget.window: bad duration"),
+        "{msg}"
+    );
+    assert!(verdict(Kind::TrafficPolicy, "orders").result.is_ok());
+    // `a-orders-all` comes first (name order) and catches everything: the canary after it
+    // can never match for frontend and is the one left out.
+    let (_, msg) = reason(Kind::MeshRoute, "orders-canary").expect("shadowed");
+    assert!(msg.contains("spec"), "{msg}");
+    assert!(verdict(Kind::MeshRoute, "a-orders-all").result.is_ok());
+    assert!(verdict(Kind::MeshRoute, "payments-cross").result.is_ok());
+    assert!(reason(Kind::AuthorizationPolicy, "orders-more").is_some());
+    let (why, msg) = reason(Kind::MeshRoute, "orders-typo").expect("unreadable");
+    assert_eq!(why, "Invalid");
+    assert!(msg.starts_with("spec: unknown field `colour`"), "{msg}");
+    let (_, msg) = reason(Kind::AuthorizationPolicy, "payments").expect("unreadable");
+    assert!(msg.starts_with("spec: invalid type"), "{msg}");
+    assert!(verdict(Kind::AuthorizationPolicy, "orders").result.is_ok());
+    // What stays is valid as a whole and in force.
+    let routes: Vec<&str> = mapped.mesh.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(routes, ["a-orders-all", "pay"]);
+    MeshPolicy::from_mesh("kubernetes.yaml", mapped.mesh).expect("valid");
+}
+
+#[test]
+fn an_empty_route_name_in_a_policy_file_is_an_error_naming_the_field() {
+    let text = "services:\n  - name: orders\n    identity: spiffe://weft.local/ns/default/sa/orders\nroutes:\n  - service: orders\n";
+    let err = MeshPolicy::from_texts(&[("p.yaml".into(), text.to_owned())]).expect_err("no name");
+    assert!(
+        err.to_string().contains("routes[0].name: bad name \"\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn checked_in_crds_match_the_generated_ones() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/crds");
+    let mut drifted = Vec::new();
+    for (file, text) in weft_control_plane::kube::crds::render() {
+        let path = dir.join(file);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            drifted.push(path.display().to_string());
+        }
+    }
+    assert!(
+        drifted.is_empty(),
+        "the CRDs in deploy/kubernetes/base/crds differ from the policy types (policy/src/wire.rs): {}\n\
+         regenerate them with: cargo run -p weft-control-plane --bin weftctl -- crds --out deploy/kubernetes/base/crds",
+        drifted.join(", ")
+    );
+}
+
+#[test]
+fn apply_and_rollback_are_refused_when_the_policy_comes_from_kubernetes() {
+    use weft_control_plane::history::History;
+    use weft_control_plane::hub::Hub;
+    use weft_control_plane::ops::{Ops, READ_ONLY_SOURCE};
+
+    struct Fixed(MeshPolicy);
+    impl PolicySource for Fixed {
+        fn load(&self) -> Result<MeshPolicy, weft_control_plane::policy::PolicyErrors> {
+            Ok(self.0.clone())
+        }
+        fn watch(
+            &self,
+            _: Box<dyn Fn() + Send>,
+        ) -> std::io::Result<weft_control_plane::source::Watch> {
+            Err(std::io::Error::other("not watched here"))
+        }
+        fn describe(&self) -> String {
+            "Kubernetes API (test)".into()
+        }
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let policy = MeshPolicy::from_mesh("kubernetes.yaml", mapping::map(&objects(&shop()), TD).mesh)
+        .expect("valid");
+    let hub = Arc::new(Hub::new(
+        policy.clone(),
+        String::new(),
+        TD.to_owned(),
+        Duration::from_secs(1),
+    ));
+    let ops = Ops::read_only(
+        hub,
+        Arc::new(Fixed(policy)),
+        History::open(tmp.path()).expect("history"),
+    );
+    ops.record_start().expect("recorded");
+    let files = BTreeMap::from([("x.yaml".to_owned(), "services: []\n".to_owned())]);
+    let err = ops.apply(&files, "test", false).expect_err("refused");
+    assert!(err.to_string().contains(READ_ONLY_SOURCE), "{err}");
+    assert!(err.to_string().contains("kubectl apply"), "{err}");
+    let err = ops
+        .rollback("0123456789abcdef", "test")
+        .expect_err("refused");
+    assert!(err.to_string().contains(READ_ONLY_SOURCE), "{err}");
+    // Reloads still go through (and record nothing new: same version).
+    ops.reload_from_directory();
+    assert_eq!(ops.history().list().expect("history").len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) The real KubeSource against a stand-in API server.
+
+/// A stand-in Kubernetes API server: HTTPS with its own CA (the client trusts it through a
+/// kubeconfig), bearer-token auth, list (`resourceVersion` in the list metadata) and watch
+/// (newline-delimited JSON events, a BOOKMARK, `ERROR` with a `410 Gone` Status once the
+/// version asked for is compacted away) for the six collections the source watches, and the
+/// status PATCH of the policy resources, recorded.
+mod standin {
+    use std::collections::{BTreeMap, HashMap};
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+    use hyper::body::{Frame, Incoming};
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use serde_json::{json, Value};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    pub const TOKEN: &str = "standin-token";
+
+    struct Collection {
+        path: &'static str,
+        plural: &'static str,
+        kind: &'static str,
+        api_version: &'static str,
+        /// Built-in kinds' list items carry no kind/apiVersion; custom resources' do.
+        builtin: bool,
+        objects: BTreeMap<(String, String), Value>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        rv: u64,
+        /// Watches from before this version get `410 Gone`.
+        compacted: u64,
+        collections: Vec<Collection>,
+        /// (collection, resource version, event line).
+        events: Vec<(usize, u64, Bytes)>,
+        watchers: Vec<(usize, mpsc::UnboundedSender<Bytes>)>,
+        lists: HashMap<&'static str, usize>,
+        watches: HashMap<&'static str, usize>,
+        patches: Vec<(String, Value)>,
+    }
+
+    impl State {
+        fn collection_of(&self, kind: &str) -> usize {
+            self.collections
+                .iter()
+                .position(|c| c.kind == kind)
+                .unwrap_or_else(|| panic!("no collection for {kind}"))
+        }
+
+        fn event(&mut self, c: usize, kind: &str, object: &Value) {
+            let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+            self.events.push((c, self.rv, line.clone()));
+            self.watchers
+                .retain(|(wc, tx)| *wc != c || tx.send(line.clone()).is_ok());
+        }
+    }
+
+    /// A running stand-in.
+    pub struct ApiServer {
+        state: Arc<Mutex<State>>,
+        pub addr: SocketAddr,
+        pub ca_pem: String,
+    }
+
+    impl ApiServer {
+        pub async fn start(objects: Vec<Value>) -> ApiServer {
+            let collections = [
+                ("/api/v1/services", "services", "Service", "v1", true),
+                (
+                    "/apis/discovery.k8s.io/v1/endpointslices",
+                    "endpointslices",
+                    "EndpointSlice",
+                    "discovery.k8s.io/v1",
+                    true,
+                ),
+                ("/api/v1/pods", "pods", "Pod", "v1", true),
+                (
+                    "/apis/weft.dev/v1alpha1/meshroutes",
+                    "meshroutes",
+                    "MeshRoute",
+                    "weft.dev/v1alpha1",
+                    false,
+                ),
+                (
+                    "/apis/weft.dev/v1alpha1/trafficpolicies",
+                    "trafficpolicies",
+                    "TrafficPolicy",
+                    "weft.dev/v1alpha1",
+                    false,
+                ),
+                (
+                    "/apis/weft.dev/v1alpha1/authorizationpolicies",
+                    "authorizationpolicies",
+                    "AuthorizationPolicy",
+                    "weft.dev/v1alpha1",
+                    false,
+                ),
+            ]
+            .into_iter()
+            .map(|(path, plural, kind, api_version, builtin)| Collection {
+                path,
+                plural,
+                kind,
+                api_version,
+                builtin,
+                objects: BTreeMap::new(),
+            })
+            .collect();
+            let state = Arc::new(Mutex::new(State {
+                rv: 100,
+                collections,
+                ..State::default()
+            }));
+
+            // A CA and a certificate for 127.0.0.1 signed by it.
+            let ca_key = rcgen::KeyPair::generate().expect("key");
+            let mut ca_params = rcgen::CertificateParams::default();
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca_params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+            let cert = params.signed_by(&key, &ca).expect("server cert");
+            let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("tls config");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = ApiServer {
+                state: state.clone(),
+                addr,
+                ca_pem: ca.pem(),
+            };
+            for o in objects {
+                server.put(o);
+            }
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (acceptor, state) = (acceptor.clone(), state.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+            });
+            server
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().expect("state")
+        }
+
+        /// Create or replace an object (its kind picks the collection); the generation of a
+        /// custom resource moves when its spec does, as the API server's does.
+        pub fn put(&self, mut object: Value) {
+            let mut st = self.lock();
+            let c = st.collection_of(object["kind"].as_str().expect("kind"));
+            st.rv += 1;
+            let key = (
+                object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                object["metadata"]["name"]
+                    .as_str()
+                    .expect("name")
+                    .to_owned(),
+            );
+            let old = st.collections[c].objects.get(&key).cloned();
+            if !st.collections[c].builtin {
+                let generation = match &old {
+                    None => 1,
+                    Some(o) if o["spec"] == object["spec"] => {
+                        o["metadata"]["generation"].as_i64().unwrap_or(1)
+                    }
+                    Some(o) => o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+                };
+                object["metadata"]["generation"] = json!(generation);
+                if let Some(o) = &old {
+                    if object.get("status").is_none() {
+                        object["status"] = o["status"].clone();
+                    }
+                }
+            }
+            object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            st.collections[c].objects.insert(key, object.clone());
+            let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+            st.event(c, kind, &object);
+        }
+
+        pub fn delete(&self, kind: &str, name: &str) {
+            let mut st = self.lock();
+            let c = st.collection_of(kind);
+            st.rv += 1;
+            let mut object = st.collections[c]
+                .objects
+                .remove(&("shop".to_owned(), name.to_owned()))
+                .unwrap_or_else(|| panic!("no {kind} {name}"));
+            object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            st.event(c, "DELETED", &object);
+        }
+
+        pub fn get(&self, kind: &str, name: &str) -> Value {
+            let st = self.lock();
+            let c = st.collection_of(kind);
+            st.collections[c].objects[&("shop".to_owned(), name.to_owned())].clone()
+        }
+
+        /// Compact history: every open watch gets `ERROR 410 Gone` and is closed, and so will
+        /// any watch from an older version.
+        pub fn expire(&self) {
+            let mut st = self.lock();
+            st.compacted = st.rv;
+            let rv = st.rv;
+            for (_, tx) in st.watchers.drain(..) {
+                let _ = tx.send(gone(rv));
+            }
+        }
+
+        /// Close every open watch (as the API server does at its timeout).
+        pub fn close_watches(&self) {
+            self.lock().watchers.clear();
+        }
+
+        pub fn lists(&self, plural: &str) -> usize {
+            self.lock().lists.get(plural).copied().unwrap_or(0)
+        }
+
+        pub fn watches(&self, plural: &str) -> usize {
+            self.lock().watches.get(plural).copied().unwrap_or(0)
+        }
+
+        /// Status patches received: (`plural/namespace/name`, body).
+        pub fn patches(&self) -> Vec<(String, Value)> {
+            self.lock().patches.clone()
+        }
+    }
+
+    fn gone(rv: u64) -> Bytes {
+        Bytes::from(format!(
+            "{}\n",
+            json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: 1 ({rv})"),
+                "reason": "Expired", "code": 410
+            }})
+        ))
+    }
+
+    type Body = BoxBody<Bytes, Infallible>;
+
+    fn reply(status: StatusCode, body: Value) -> Response<Body> {
+        let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
+    fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+        reply(
+            code,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": message, "reason": reason, "code": code.as_u16()}),
+        )
+    }
+
+    async fn handle(
+        state: Arc<Mutex<State>>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let authorized = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
+        if !authorized {
+            return Ok(status(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized",
+            ));
+        }
+        let path = req.uri().path().to_owned();
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        if req.method() == hyper::Method::PATCH {
+            let content_type = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(status(StatusCode::BAD_REQUEST, "BadRequest", "body")),
+            };
+            return Ok(patch_status(&state, &path, &content_type, &body));
+        }
+        let mut st = state.lock().expect("state");
+        let Some(c) = st.collections.iter().position(|c| c.path == path) else {
+            return Ok(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("no {path}"),
+            ));
+        };
+        let plural = st.collections[c].plural;
+        if query.get("watch").map(String::as_str) != Some("true") {
+            *st.lists.entry(plural).or_default() += 1;
+            let col = &st.collections[c];
+            let items: Vec<Value> = col
+                .objects
+                .values()
+                .map(|o| {
+                    let mut o = o.clone();
+                    if col.builtin {
+                        if let Some(m) = o.as_object_mut() {
+                            m.remove("kind");
+                            m.remove("apiVersion");
+                        }
+                    }
+                    o
+                })
+                .collect();
+            return Ok(reply(
+                StatusCode::OK,
+                json!({
+                    "kind": format!("{}List", col.kind),
+                    "apiVersion": col.api_version,
+                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "items": items
+                }),
+            ));
+        }
+        *st.watches.entry(plural).or_default() += 1;
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        if from < st.compacted {
+            let _ = tx.send(gone(st.rv));
+            drop(tx);
+        } else {
+            for (ec, rv, line) in &st.events {
+                if *ec == c && *rv > from {
+                    let _ = tx.send(line.clone());
+                }
+            }
+            let col = &st.collections[c];
+            let bookmark = json!({"type": "BOOKMARK", "object": {
+                "kind": col.kind, "apiVersion": col.api_version,
+                "metadata": {"resourceVersion": st.rv.to_string()}
+            }});
+            let _ = tx.send(Bytes::from(format!("{bookmark}\n")));
+            st.watchers.push((c, tx));
+        }
+        let body = StreamBody::new(
+            UnboundedReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))),
+        );
+        let mut r = Response::new(BodyExt::boxed(body));
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    }
+
+    /// `/apis/weft.dev/v1alpha1/namespaces/{ns}/{plural}/{name}/status`, merge patch.
+    fn patch_status(
+        state: &Mutex<State>,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Response<Body> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ["apis", "weft.dev", "v1alpha1", "namespaces", ns, plural, name, "status"] = parts[..]
+        else {
+            return status(StatusCode::NOT_FOUND, "NotFound", path);
+        };
+        if content_type != "application/merge-patch+json" {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                content_type,
+            );
+        }
+        let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+        };
+        let mut st = state.lock().expect("state");
+        let Some(c) = st.collections.iter().position(|c| c.plural == plural) else {
+            return status(StatusCode::NOT_FOUND, "NotFound", plural);
+        };
+        st.patches
+            .push((format!("{plural}/{ns}/{name}"), patch.clone()));
+        st.rv += 1;
+        let rv = st.rv;
+        let Some(object) = st.collections[c]
+            .objects
+            .get_mut(&(ns.to_owned(), name.to_owned()))
+        else {
+            return status(StatusCode::NOT_FOUND, "NotFound", name);
+        };
+        // Status only: the status subresource ignores everything else.
+        object["status"] = patch["status"].clone();
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let object = object.clone();
+        st.event(c, "MODIFIED", &object);
+        reply(StatusCode::OK, object)
+    }
+}
+
+fn kubeconfig(dir: &std::path::Path, api: &standin::ApiServer) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(&api.ca_pem);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: https://{}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: weft\n  user:\n    token: {}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: weft\n\
+         current-context: standin\n",
+        api.addr,
+        standin::TOKEN
+    );
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, text).expect("kubeconfig");
+    path
+}
+
+/// Poll `cond` until it holds, for at most `limit`.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait for a change notification and a loaded policy that satisfies `cond`.
+fn wait_for_policy(
+    source: &KubeSource,
+    changes: &std::sync::mpsc::Receiver<()>,
+    what: &str,
+    cond: impl Fn(&MeshPolicy) -> bool,
+) -> MeshPolicy {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut notified = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {what} (notified: {notified})"
+        );
+        if changes
+            .recv_timeout(left.min(Duration::from_millis(100)))
+            .is_ok()
+        {
+            notified = true;
+        }
+        let p = source.load().expect("a valid policy");
+        if notified && cond(&p) {
+            return p;
+        }
+    }
+}
+
+fn routes_of(p: &MeshPolicy) -> Vec<String> {
+    p.routes().iter().map(|r| r.name.clone()).collect()
+}
+
+fn conditions(patch: &Value) -> (String, String, String) {
+    let c = &patch["status"]["conditions"][0];
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    (s("type"), s("status"), s("message"))
+}
+
+#[test]
+fn kube_source_follows_the_api_server_through_watch_restarts_and_410() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut objects = shop();
+    // A resource that does not parse fails alone, never the list it comes in.
+    objects.push(resource(
+        "MeshRoute",
+        "orders-typo",
+        1,
+        json!({"service": "orders", "retry": {"grpc_codes": [-1]}}),
+    ));
+    let api = rt.block_on(standin::ApiServer::start(objects));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut options = KubeOptions::new(TD);
+    options.kubeconfig = Some(kubeconfig(tmp.path(), &api));
+    options.sync_timeout = Duration::from_secs(20);
+    options.debounce = Duration::from_millis(50);
+    let source = KubeSource::connect(options).expect("connects and syncs");
+    assert!(
+        source.describe().contains(&api.addr.to_string()),
+        "{}",
+        source.describe()
+    );
+    let (tx, changes) = std::sync::mpsc::channel();
+    let _watch = source
+        .watch(Box::new(move || {
+            let _ = tx.send(());
+        }))
+        .expect("watch");
+
+    // The first load sees everything listed; the bad route alone is left out.
+    let p = source.load().expect("valid");
+    assert_eq!(routes_of(&p), ["orders-canary"]);
+    let names: Vec<&str> = p.services().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["frontend.shop", "orders.shop", "payments.shop"]);
+
+    // Each resource gets its Accepted condition, once.
+    wait_until(Duration::from_secs(10), "status patches", || {
+        let patches = api.patches();
+        let has = |key: &str| patches.iter().any(|(k, _)| k == key);
+        has("meshroutes/shop/orders-canary")
+            && has("meshroutes/shop/orders-bad")
+            && has("trafficpolicies/shop/orders")
+            && has("authorizationpolicies/shop/orders")
+            && has("meshroutes/shop/orders-typo")
+    });
+    let patches = api.patches();
+    let of = |key: &str| -> Vec<(String, String, String)> {
+        patches
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, p)| conditions(p))
+            .collect()
+    };
+    let (t, status, _) = &of("meshroutes/shop/orders-canary")[0];
+    assert_eq!((t.as_str(), status.as_str()), ("Accepted", "True"));
+    let (_, status, message) = &of("meshroutes/shop/orders-bad")[0];
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("spec.match.path.regex: bad regex"),
+        "{message}"
+    );
+    let (_, status, message) = &of("meshroutes/shop/orders-typo")[0];
+    assert_eq!(status, "False");
+    assert!(message.starts_with("spec: "), "{message}");
+    let stored = api.get("MeshRoute", "orders-bad");
+    assert_eq!(stored["status"]["conditions"][0]["observedGeneration"], 1);
+    assert_eq!(stored["status"]["conditions"][0]["reason"], "Invalid");
+
+    // v2's endpoint turns not ready.
+    api.put(slice(
+        "orders-q7w2n",
+        "orders",
+        Some("http"),
+        &[
+            ("10.244.1.20", "orders-v1-5f7d8b9c4-k2x9z", true),
+            ("10.244.2.21", "orders-v2-7c9d6f5b8-p4q7r", false),
+        ],
+    ));
+    let p = wait_for_policy(&source, &changes, "v2 not ready", |p| {
+        p.services()
+            .iter()
+            .find(|s| s.name == "orders.shop")
+            .is_some_and(|s| s.endpoints.len() == 1)
+    });
+    assert_eq!(
+        p.services()[1].endpoints[0].address,
+        "10.244.1.20:15006",
+        "{:?}",
+        p.services()[1]
+    );
+
+    // 410 Gone: the watches are compacted away; the source relists, and sees what was
+    // created meanwhile.
+    let lists = api.lists("meshroutes");
+    api.expire();
+    api.put(resource(
+        "MeshRoute",
+        "orders-header",
+        1,
+        json!({"service": "orders", "match": {"headers": [{"name": "x-canary", "exact": "1"}]},
+               "backends": [{"subset": {"version": "v2"}}]}),
+    ));
+    wait_for_policy(&source, &changes, "the route created across a 410", |p| {
+        routes_of(p).contains(&"orders-header".to_owned())
+    });
+    wait_until(Duration::from_secs(10), "a relist", || {
+        api.lists("meshroutes") > lists
+    });
+
+    // Watches closed (the server's timeout): they resume from the last version, no relist
+    // needed, and a deletion meanwhile is seen.
+    let (lists, watches) = (api.lists("meshroutes"), api.watches("meshroutes"));
+    api.close_watches();
+    api.delete("MeshRoute", "orders-canary");
+    wait_for_policy(&source, &changes, "the deleted route gone", |p| {
+        routes_of(p) == ["orders-header"]
+    });
+    assert!(api.watches("meshroutes") > watches);
+    assert_eq!(
+        api.lists("meshroutes"),
+        lists,
+        "a closed watch resumes without a relist"
+    );
+
+    // Fixing the bad route: it is accepted and its condition flips, with the new generation.
+    api.put(resource(
+        "MeshRoute",
+        "orders-bad",
+        0,
+        json!({"service": "orders", "match": {"path": {"regex": "/api/v[0-9]+/orders"}}}),
+    ));
+    wait_for_policy(&source, &changes, "the fixed route in force", |p| {
+        routes_of(p).contains(&"orders-bad".to_owned())
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the fixed route's condition",
+        || api.get("MeshRoute", "orders-bad")["status"]["conditions"][0]["status"] == "True",
+    );
+    assert_eq!(
+        api.get("MeshRoute", "orders-bad")["status"]["conditions"][0]["observedGeneration"],
+        2
+    );
+
+    // Loads with nothing new write nothing: every status patch so far was a change.
+    source.load().expect("valid");
+    std::thread::sleep(Duration::from_millis(300));
+    source.load().expect("valid");
+    let patches = api.patches();
+    let count = |key: &str| patches.iter().filter(|(k, _)| k == key).count();
+    assert_eq!(count("meshroutes/shop/orders-canary"), 1, "{patches:?}");
+    assert_eq!(count("meshroutes/shop/orders-bad"), 2, "{patches:?}");
+    assert_eq!(count("meshroutes/shop/orders-header"), 1, "{patches:?}");
+    assert_eq!(count("trafficpolicies/shop/orders"), 1, "{patches:?}");
+    drop(source);
+}
+
+#[test]
+fn the_shop_example_policy_is_accepted_whole() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/kubernetes/policy.yaml");
+    let text = std::fs::read_to_string(&path).expect("example");
+    let mut values = vec![
+        service("loadgen", Some("http")),
+        service("frontend", Some("http")),
+        service("orders", Some("http")),
+        service("inventory", Some("grpc")),
+        pod("loadgen-1", "loadgen", "v1", "loadgen", "10.244.1.5", true),
+        pod(
+            "frontend-1",
+            "frontend",
+            "v1",
+            "frontend",
+            "10.244.1.10",
+            true,
+        ),
+        pod("orders-v1-1", "orders", "v1", "orders", "10.244.1.20", true),
+        pod("orders-v2-1", "orders", "v2", "orders", "10.244.1.21", true),
+        pod(
+            "inventory-1",
+            "inventory",
+            "v1",
+            "inventory",
+            "10.244.1.30",
+            true,
+        ),
+        slice(
+            "loadgen-a",
+            "loadgen",
+            None,
+            &[("10.244.1.5", "loadgen-1", true)],
+        ),
+        slice(
+            "frontend-a",
+            "frontend",
+            None,
+            &[("10.244.1.10", "frontend-1", true)],
+        ),
+        slice(
+            "orders-a",
+            "orders",
+            None,
+            &[
+                ("10.244.1.20", "orders-v1-1", true),
+                ("10.244.1.21", "orders-v2-1", true),
+            ],
+        ),
+        slice(
+            "inventory-a",
+            "inventory",
+            None,
+            &[("10.244.1.30", "inventory-1", true)],
+        ),
+    ];
+    // YAML 1.1 readers (kubectl) take a bare `on` key for `true`: the example quotes it.
+    for line in text.lines() {
+        let key = line.trim_start().trim_start_matches("- ");
+        assert!(!key.starts_with("on:"), "quote the key: {line}");
+    }
+    let mut resources = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("YAML");
+        values.push(v);
+        resources += 1;
+    }
+    assert_eq!(resources, 6);
+    let mapped = mapping::map(&objects(&values), TD);
+    let rejected: Vec<String> = mapped.rejected().map(|v| v.to_string()).collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(mapped.verdicts.len(), 6);
+    assert_eq!(mapped.mesh.routes.len(), 2);
+    let orders = mapped
+        .mesh
+        .services
+        .iter()
+        .find(|s| s.name == "orders.shop")
+        .expect("orders");
+    assert_eq!(
+        orders
+            .outlier_detection
+            .as_ref()
+            .and_then(|o| o.consecutive_failures),
+        Some(5)
+    );
+}
+
+/// The `weft-control-plane` binary with `--kubernetes`: its client comes from `KUBECONFIG`
+/// (the inference a real cluster's kubeconfig takes), it serves the cluster's services, and
+/// `weftctl apply` is refused with the way to change the policy instead.
+#[test]
+fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
+    use std::process::{Command, Stdio};
+
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    fn free_addr() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let api = rt.block_on(standin::ApiServer::start(shop()));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(tmp.path(), &api);
+    let state = tmp.path().join("state");
+    let (listen, admin) = (free_addr(), free_addr());
+    let log = std::fs::File::create(tmp.path().join("cp.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
+        .arg(&state)
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .env("KUBECONFIG", &config)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let _child = Killed(child);
+    let weftctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(["--server", &format!("http://{admin}"), "--token-file"])
+            .arg(state.join("admin.token"))
+            .args(args)
+            .output()
+            .expect("weftctl")
+    };
+    let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
+    let mut services = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the control plane's services",
+        || {
+            let out = weftctl(&["get", "services"]);
+            services = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
+        },
+    );
+    assert!(
+        services.contains("orders.shop") && services.contains("payments.shop"),
+        "{services}\n{}",
+        cp_log()
+    );
+    assert!(!services.contains("legacy"), "{services}");
+
+    let file = tmp.path().join("extra.yaml");
+    std::fs::write(&file, "services: []\n").expect("write");
+    let out = weftctl(&["apply", "-f", &file.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kubectl apply"), "{err}");
+    let out = weftctl(&["rollback", "0123456789abcdef"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kubectl apply"), "{err}");
+
+    // --policy-dir and --kubernetes exclude each other.
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+        .args([
+            "--kubernetes",
+            "--policy-dir",
+            "/nonexistent",
+            "--state-dir",
+        ])
+        .arg(tmp.path().join("other"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
