@@ -91,7 +91,7 @@ impl CertificateAuthority {
             key,
             now - CLOCK_SKEW_ALLOWANCE,
             not_after,
-            &random_serial()?,
+            &random_serial::<16>()?,
         )
     }
 
@@ -320,7 +320,7 @@ impl CertificateAuthority {
         let mut params = subject_params(identity)?;
         params.not_before = now - CLOCK_SKEW_ALLOWANCE;
         params.not_after = not_after;
-        params.serial_number = Some(SerialNumber::from_slice(&random_leaf_serial()?));
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial::<8>()?));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -500,25 +500,16 @@ fn add_validity(now: OffsetDateTime, validity: Duration) -> Result<OffsetDateTim
         .ok_or(Error::InvalidValidity(validity))
 }
 
-/// A positive 128-bit random serial number.
-fn random_serial() -> Result<[u8; 16]> {
-    let mut serial = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut serial)
-        .map_err(|_| Error::Rng)?;
-    serial[0] &= 0x7f;
-    Ok(serial)
-}
-
-/// A positive 63-bit random serial number for workload certificates.
+/// A positive random serial number of `N` bytes (the top bit cleared).
 ///
-/// Unique per CA with overwhelming probability for any realistic issuance count (the birthday
-/// bound is about three billion certificates per CA), and kept short on purpose: Pingora formats
-/// the client certificate's serial as hex text into its connection-pool key on every proxied
-/// request (twice), so each byte here costs the outbound sidecar work per request. Measured with
-/// callgrind, 16-byte serials spent about 15% of the outbound sidecar's instructions there.
-fn random_leaf_serial() -> Result<[u8; 8]> {
-    let mut serial = [0u8; 8];
+/// The CA's own serial is 16 bytes. Workload certificates take 8 (63 random bits): unique per
+/// CA with overwhelming probability for any realistic issuance count (the birthday bound is
+/// about three billion certificates per CA), and short on purpose: Pingora formats the client
+/// certificate's serial as hex text into its connection-pool key on every proxied request
+/// (twice), so each byte costs the outbound sidecar work per request. Measured with callgrind,
+/// 16-byte serials spent about 15% of the outbound sidecar's instructions there.
+fn random_serial<const N: usize>() -> Result<[u8; N]> {
+    let mut serial = [0u8; N];
     SystemRandom::new()
         .fill(&mut serial)
         .map_err(|_| Error::Rng)?;

@@ -65,6 +65,32 @@ pub struct Objects {
 }
 
 /// The spec of a policy resource as `T`, or why it cannot be read (`spec: unknown field ...`).
+/// The resources of one kind in namespace/name order (so the policy and its version do not
+/// depend on the order the API listed them in), each with its generation and parsed spec; a
+/// resource whose spec does not parse gets its verdict in `unreadable` and is left out alone.
+fn parsed<T: DeserializeOwned>(
+    objects: &[DynamicObject],
+    kind: Kind,
+    unreadable: &mut Vec<Verdict>,
+) -> Vec<(ObjectKey, Option<i64>, T)> {
+    let mut sorted: Vec<&DynamicObject> = objects.iter().collect();
+    sorted.sort_by_key(|o| key_of(kind, &o.metadata));
+    let mut out = Vec::with_capacity(sorted.len());
+    for o in sorted {
+        let key = key_of(kind, &o.metadata);
+        let generation = o.metadata.generation;
+        match spec_of(o) {
+            Ok(spec) => out.push((key, generation, spec)),
+            Err(e) => unreadable.push(Verdict {
+                key,
+                generation,
+                result: Err(e),
+            }),
+        }
+    }
+    out
+}
+
 fn spec_of<T: DeserializeOwned>(object: &DynamicObject) -> Result<T, Rejection> {
     let spec = object
         .data
@@ -237,22 +263,13 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     );
 
     // Traffic policies, one per service, each checked on its own service.
-    let mut tps: Vec<&DynamicObject> = objects.traffic_policies.iter().collect();
-    tps.sort_by_key(|t| key_of(Kind::TrafficPolicy, &t.metadata));
+    let tps: Vec<(ObjectKey, Option<i64>, wire::TrafficPolicy)> = parsed(
+        &objects.traffic_policies,
+        Kind::TrafficPolicy,
+        &mut verdicts,
+    );
     let mut applied: HashMap<String, ObjectKey> = HashMap::new();
-    for tp in tps {
-        let key = key_of(Kind::TrafficPolicy, &tp.metadata);
-        let mut spec: wire::TrafficPolicy = match spec_of(tp) {
-            Ok(s) => s,
-            Err(r) => {
-                verdicts.push(Verdict {
-                    key,
-                    generation: tp.metadata.generation,
-                    result: Err(r),
-                });
-                continue;
-            }
-        };
+    for (key, generation, mut spec) in tps {
         spec.service = qualify(&spec.service, &key.namespace);
         let result = match mesh.services.iter().position(|s| s.name == spec.service) {
             None => Err(service_not_found(&spec.service)),
@@ -284,32 +301,20 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
         };
         verdicts.push(Verdict {
             key,
-            generation: tp.metadata.generation,
+            generation,
             result,
         });
     }
 
     // Routes and authorization, settled together (a route's callers and an authorization
     // block name services; both are judged against the services accepted above).
-    let mut routes: Vec<&DynamicObject> = objects.routes.iter().collect();
-    routes.sort_by_key(|r| key_of(Kind::MeshRoute, &r.metadata));
     let mut route_keys = Vec::new();
     let mut generations: HashMap<ObjectKey, Option<i64>> = HashMap::new();
     // Resources whose spec does not even parse.
     let mut unreadable: Vec<Verdict> = Vec::new();
-    for r in routes {
-        let key = key_of(Kind::MeshRoute, &r.metadata);
-        let mut route: wire::Route = match spec_of(r) {
-            Ok(s) => s,
-            Err(e) => {
-                unreadable.push(Verdict {
-                    key,
-                    generation: r.metadata.generation,
-                    result: Err(e),
-                });
-                continue;
-            }
-        };
+    let routes: Vec<(ObjectKey, Option<i64>, wire::Route)> =
+        parsed(&objects.routes, Kind::MeshRoute, &mut unreadable);
+    for (key, generation, mut route) in routes {
         if route.name.is_empty() {
             route.name = key.name.clone();
         }
@@ -320,28 +325,19 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
             }
         }
         mesh.routes.push(route);
-        generations.insert(key.clone(), r.metadata.generation);
+        generations.insert(key.clone(), generation);
         route_keys.push(key);
     }
-    let mut authz: Vec<&DynamicObject> = objects.authorization.iter().collect();
-    authz.sort_by_key(|a| key_of(Kind::AuthorizationPolicy, &a.metadata));
+    let authz: Vec<(ObjectKey, Option<i64>, wire::ServiceAuthorization)> = parsed(
+        &objects.authorization,
+        Kind::AuthorizationPolicy,
+        &mut unreadable,
+    );
     let mut authz_keys = Vec::new();
-    for a in authz {
-        let key = key_of(Kind::AuthorizationPolicy, &a.metadata);
-        let mut block: wire::ServiceAuthorization = match spec_of(a) {
-            Ok(s) => s,
-            Err(e) => {
-                unreadable.push(Verdict {
-                    key,
-                    generation: a.metadata.generation,
-                    result: Err(e),
-                });
-                continue;
-            }
-        };
+    for (key, generation, mut block) in authz {
         block.service = qualify(&block.service, &key.namespace);
         mesh.authorization.push(block);
-        generations.insert(key.clone(), a.metadata.generation);
+        generations.insert(key.clone(), generation);
         authz_keys.push(key);
     }
     let mut no_services = Vec::new();
