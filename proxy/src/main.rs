@@ -17,8 +17,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Args {
     /// Sidecar config file (YAML).
-    #[arg(long, short, required_unless_present = "probe")]
-    config: Option<PathBuf>,
+    #[arg(long, short)]
+    config: PathBuf,
     /// Take the config's text from this environment variable and write it to the --config
     /// path first (Kubernetes injection: the kubelet expands `$(VAR)` references in it, and
     /// the path lies in a writable emptyDir).
@@ -27,50 +27,6 @@ struct Args {
     /// Validate the config and its certificates, print the result, and exit.
     #[arg(long)]
     check: bool,
-    /// Probe a running sidecar's admin endpoint (such as `/ready` or `/live`) on
-    /// --probe-addr and exit 0 if it answers 200, else 1: the Kubernetes probes of an injected
-    /// sidecar (`exec`, since the admin API listens on loopback only, which the kubelet's
-    /// HTTP probes cannot reach).
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["config", "config_env", "check"])]
-    probe: Option<String>,
-    /// The admin address --probe asks.
-    #[arg(long, default_value = "127.0.0.1:15000", requires = "probe")]
-    probe_addr: std::net::SocketAddr,
-}
-
-/// How long a probe may take in all; the kubelet's own probe timeout is larger.
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
-
-/// GET `path` from the admin API at `addr` (HTTP/1.0, no keep-alive): whether it answered 200,
-/// or why not.
-fn probe(addr: std::net::SocketAddr, path: &str) -> Result<(), String> {
-    use std::io::{Read as _, Write as _};
-    let mut tcp = std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    tcp.set_read_timeout(Some(PROBE_TIMEOUT))
-        .and_then(|()| tcp.set_write_timeout(Some(PROBE_TIMEOUT)))
-        .map_err(|e| format!("{addr}: {e}"))?;
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .map_err(|e| format!("{addr}: {e}"))?;
-    // The status line is all we need; a bounded read.
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < head.len() {
-        match tcp.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(format!("{addr}: {e}")),
-        }
-        if head[..n].contains(&b'\n') {
-            break;
-        }
-    }
-    let line = String::from_utf8_lossy(&head[..n]);
-    let line = line.lines().next().unwrap_or("").trim();
-    match line.split_whitespace().nth(1) {
-        Some("200") => Ok(()),
-        _ => Err(format!("{addr}{path}: {line:?}")),
-    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,19 +43,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     log::set_max_level(level);
     let args = Args::parse();
-    if let Some(path) = &args.probe {
-        match probe(args.probe_addr, path) {
-            Ok(()) => std::process::exit(0),
-            Err(e) => {
-                eprintln!("probe: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
-    let Some(config) = args.config.clone() else {
-        eprintln!("--config is required");
-        std::process::exit(2);
-    };
+    let config = args.config.clone();
     if let Some(name) = &args.config_env {
         if let Err(e) = weft_proxy::config::write_from_env(name, &config) {
             eprintln!("--config-env: {e}");
@@ -142,40 +86,12 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read as _, Write as _};
-
-    /// One connection answered with `status`, on a thread.
-    fn admin_answering(status: &'static str) -> std::net::SocketAddr {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = listener.accept() {
-                let mut buf = [0u8; 256];
-                let _ = s.read(&mut buf);
-                let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
-            }
-        });
-        addr
-    }
 
     #[test]
-    fn probe_wants_200() {
-        assert_eq!(probe(admin_answering("200 OK"), "/ready"), Ok(()));
-        let err = probe(admin_answering("503 Service Unavailable"), "/ready").expect_err("503");
-        assert!(err.contains("503"), "{err}");
-        // Nothing listening: refused, quickly.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr");
-        assert!(probe(closed, "/live").is_err());
-    }
-
-    #[test]
-    fn probe_needs_no_config() {
-        let args = Args::try_parse_from(["weft-proxy", "--probe", "/ready"]).expect("args");
-        assert_eq!(args.probe.as_deref(), Some("/ready"));
+    fn config_is_required() {
         assert!(Args::try_parse_from(["weft-proxy"]).is_err());
-        assert!(Args::try_parse_from(["weft-proxy", "--probe", "/ready", "--check"]).is_err());
+        let args =
+            Args::try_parse_from(["weft-proxy", "--config", "c.yaml", "--check"]).expect("args");
+        assert!(args.check && args.config_env.is_none());
     }
 }
