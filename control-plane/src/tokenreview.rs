@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::PostParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use weft_certs::Identity;
 
 use crate::attest::{AttestError, Attestor, Credential};
@@ -64,18 +63,13 @@ impl KubeConnection {
     /// A client for this connection, with the timeouts of a TokenReview caller. Must be
     /// called on a Tokio runtime (the client spawns its own connection tasks).
     pub async fn client(&self) -> Result<kube::Client, KubeClientError> {
-        let mut config = match self {
-            Self::Infer => kube::Config::infer()
-                .await
-                .map_err(|e| KubeClientError::Config(e.to_string()))?,
-            Self::Kubeconfig(path) => {
-                let file = Kubeconfig::read_from(path)
-                    .map_err(|e| KubeClientError::Config(format!("{}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| KubeClientError::Config(format!("{}: {e}", path.display())))?
-            }
+        let kubeconfig = match self {
+            Self::Infer => None,
+            Self::Kubeconfig(path) => Some(path.as_path()),
         };
+        let mut config = crate::kube::client_config(kubeconfig)
+            .await
+            .map_err(KubeClientError::Config)?;
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(REVIEW_TIMEOUT);
         kube::Client::try_from(config).map_err(KubeClientError::Client)

@@ -20,10 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{watcher, WatchStreamExt};
-use ::kube::{Api, Client, Config, Resource};
+use ::kube::{Api, Client, Resource};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -348,17 +347,9 @@ async fn run(
     ready: mpsc::Sender<Result<Started, KubeError>>,
     shutdown: oneshot::Receiver<()>,
 ) {
-    let config = match &options.kubeconfig {
-        Some(path) => match Kubeconfig::read_from(path) {
-            Ok(kc) => Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display()))),
-            Err(e) => Err(KubeError::Config(format!("{}: {e}", path.display()))),
-        },
-        None => Config::infer()
-            .await
-            .map_err(|e| KubeError::Config(e.to_string())),
-    };
+    let config = super::client_config(options.kubeconfig.as_deref())
+        .await
+        .map_err(KubeError::Config);
     let config = match config {
         Ok(c) => c,
         Err(e) => {
