@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -87,14 +86,7 @@ fn refused(status: StatusCode, message: impl Into<String>) -> Refusal {
 
 pub(crate) async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                log::warn!("admin accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, _) = crate::server::accept(&listener, "admin").await;
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc =

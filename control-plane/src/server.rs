@@ -377,14 +377,7 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
     let (conn_tx, conn_rx) = mpsc::channel::<Result<crate::grpc::TlsConn, std::io::Error>>(64);
     tasks.push(tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (tcp, peer) = accept(&listener, "sidecar port").await;
             let (tls, conn_tx) = (tls.clone(), conn_tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
@@ -436,4 +429,21 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         tasks,
         _watch: watch,
     })
+}
+
+/// The next connection on `listener`. An accept error (such as running out of file
+/// descriptors) is logged and retried after a short pause, so the loop never spins.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                log::warn!("{what} accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

@@ -124,14 +124,7 @@ async fn accept_loop(
     settings: Arc<Settings>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("webhook accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = crate::server::accept(&listener, "webhook").await;
         let (acceptor, settings) = (acceptor.clone(), settings.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
