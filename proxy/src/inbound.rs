@@ -74,6 +74,11 @@ impl ProxyHttp for InboundHttp {
         InCtx::default()
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) response-compression module
+    /// whose per-request context and filter calls cost every request; a sidecar never
+    /// compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut InCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
         ctx.start = Some(std::time::Instant::now());

@@ -126,6 +126,11 @@ impl ProxyHttp for Outbound {
         OutCtx::default()
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) response-compression module
+    /// whose per-request context and filter calls cost every request; a sidecar never
+    /// compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
         ctx.start = Some(Instant::now());

@@ -138,6 +138,18 @@ struct Args {
     /// Policy changes per sidecar count and run of --cp-push.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     cp_changes: u16,
+    /// Instead of the scenarios: drive a listener that is already running (a sidecar under
+    /// a profiler, say) with the saturation load (--connections, --warmup, --duration) and
+    /// print requests/s. Loopback addresses only.
+    #[arg(long, value_name = "ADDR")]
+    drive: Option<std::net::SocketAddr>,
+    /// --drive: an open loop at this many requests/s over --latency-connections instead of
+    /// the saturation load; prints latency percentiles.
+    #[arg(long, value_name = "RPS")]
+    drive_rate: Option<f64>,
+    /// --drive: the Host header and path of the requests.
+    #[arg(long, default_value = "app/")]
+    drive_url: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -256,6 +268,9 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     if args.peers {
         return peers_main(&args, &bin_dir, &out_dir);
     }
+    if let Some(addr) = args.drive {
+        return drive_main(&args, addr);
+    }
     let bins = Binaries::in_dir(&bin_dir)?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     pin_self(args.loadgen_core)?;
@@ -301,6 +316,50 @@ fn cp_push_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<(
     let report = until_interrupted(cp_push::run(&cfg, temp.path(), nofile))?;
     write_report(out_dir, "cp-push", &report.markdown(), &report)?;
     temp.keep = args.keep_temp;
+    Ok(())
+}
+
+/// `--drive`: the saturation load against `addr`, its result on stdout.
+fn drive_main(args: &Args, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    ensure!(
+        addr.ip().is_loopback(),
+        "--drive: {addr} is not a loopback address"
+    );
+    let (host, path) = match args.drive_url.find('/') {
+        Some(i) => args.drive_url.split_at(i),
+        None => (args.drive_url.as_str(), "/"),
+    };
+    pin_self(args.loadgen_core)?;
+    let target = weft_benches::load::Target {
+        addr,
+        request: weft_benches::http1::get_request(host, path).into(),
+    };
+    if let Some(rate) = args.drive_rate {
+        let cfg = weft_benches::load::RateConfig {
+            connections: usize::from(args.latency_connections),
+            rate,
+            warmup: args.warmup,
+            duration: args.duration,
+        };
+        let r = until_interrupted(weft_benches::load::fixed_rate(&target, cfg, &[]))?;
+        let l = r.latency.context("no request succeeded")?;
+        println!(
+            "{} ok of {} at {rate} req/s: p50 {:.0} µs, p90 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0}; {} errors {:?}",
+            r.ok, r.scheduled, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, r.errors, r.error_samples
+        );
+        return Ok(());
+    }
+    let cfg = weft_benches::load::SaturationConfig {
+        connections: usize::from(args.connections),
+        warmup: args.warmup,
+        duration: args.duration,
+        rss_interval: Duration::from_millis(100),
+    };
+    let r = until_interrupted(weft_benches::load::saturate(&target, cfg, &[]))?;
+    println!(
+        "{} requests in {:.2} s: {:.0} req/s, {} errors {:?}",
+        r.requests, r.seconds, r.rps, r.errors, r.error_samples
+    );
     Ok(())
 }
 
