@@ -311,10 +311,11 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The binaries in `dir`, which must exist.
-    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+    /// The binaries in `dir`, which must exist; `proxy`, when given, instead of the
+    /// `weft-proxy` there.
+    pub fn in_dir(dir: &Path, proxy: Option<&Path>) -> anyhow::Result<Self> {
         let b = Binaries {
-            proxy: dir.join("weft-proxy"),
+            proxy: proxy.map_or_else(|| dir.join("weft-proxy"), Path::to_path_buf),
             sample: dir.join("weft-sample"),
         };
         for p in [&b.proxy, &b.sample] {
@@ -325,6 +326,23 @@ impl Binaries {
             );
         }
         Ok(b)
+    }
+
+    /// The first line of `weft-proxy --version` (it says whether the build is
+    /// profile-guided), for the reports.
+    pub fn proxy_version(&self) -> String {
+        match std::process::Command::new(&self.proxy)
+            .arg("--version")
+            .output()
+        {
+            Ok(out) => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            Err(e) => format!("(cannot run {}: {e})", self.proxy.display()),
+        }
     }
 }
 

@@ -74,6 +74,9 @@ pub enum Column {
     Direct,
     /// The Weft sidecar pair.
     Weft,
+    /// A second Weft pair running another `weft-proxy` build (`--baseline-proxy`), e.g. the
+    /// plain release build beside a profile-guided one, so one run shows what the build gained.
+    WeftBaseline,
     /// An HAProxy pair.
     Haproxy,
     /// An NGINX pair.
@@ -82,13 +85,20 @@ pub enum Column {
 
 impl Column {
     /// Every column.
-    pub const ALL: [Column; 4] = [Column::Direct, Column::Weft, Column::Haproxy, Column::Nginx];
+    pub const ALL: [Column; 5] = [
+        Column::Direct,
+        Column::Weft,
+        Column::WeftBaseline,
+        Column::Haproxy,
+        Column::Nginx,
+    ];
 
     /// Its name in messages.
     pub fn as_str(self) -> &'static str {
         match self {
             Column::Direct => "direct",
             Column::Weft => "weft",
+            Column::WeftBaseline => "weft-baseline",
             Column::Haproxy => "haproxy",
             Column::Nginx => "nginx",
         }
@@ -97,6 +107,11 @@ impl Column {
     /// Whether this is one of the other proxies (not direct, not Weft).
     pub fn is_peer(self) -> bool {
         matches!(self, Column::Haproxy | Column::Nginx)
+    }
+
+    /// Whether this is a Weft pair (the measured build or the baseline build).
+    pub fn is_weft(self) -> bool {
+        matches!(self, Column::Weft | Column::WeftBaseline)
     }
 
     /// `cols` in the order of run `run` (from 1): rotated by one per run, so
@@ -490,6 +505,8 @@ pub struct PeersFound {
     pub versions: BTreeMap<String, String>,
     /// One line per peer or workload left out, and why.
     pub skipped: Vec<String>,
+    /// The `weft-proxy` of the "weft-baseline" column (`--baseline-proxy`), when set.
+    pub weft_baseline: Option<PathBuf>,
 }
 
 /// Finds `name` on `PATH` (and in /usr/sbin, where Debian puts both peers
@@ -567,6 +584,9 @@ impl PeersFound {
     /// The pairs' columns available here, direct first.
     pub fn columns(&self) -> Vec<Column> {
         let mut v = vec![Column::Direct, Column::Weft];
+        if self.weft_baseline.is_some() {
+            v.push(Column::WeftBaseline);
+        }
         if self.haproxy.is_some() {
             v.push(Column::Haproxy);
         }
@@ -579,7 +599,7 @@ impl PeersFound {
     /// Whether `col` can carry `w` here (NGINX TCP needs the stream module).
     pub fn supports(&self, col: Column, w: Workload) -> bool {
         match col {
-            Column::Direct | Column::Weft => true,
+            Column::Direct | Column::Weft | Column::WeftBaseline => true,
             Column::Haproxy => self.haproxy.is_some(),
             Column::Nginx => self.nginx.is_some() && (w != Workload::Tcp || self.nginx_stream),
         }
@@ -642,16 +662,23 @@ impl Pair {
         let stem = |side: &str| format!("peers-{}-{}-{side}", col.as_str(), w.as_str());
         let (a_cmd, b_cmd, _a_file, _b_file) = match col {
             Column::Direct => bail!("direct has no pair"),
-            Column::Weft => {
+            Column::Weft | Column::WeftBaseline => {
+                let proxy = match col {
+                    Column::WeftBaseline => found
+                        .weft_baseline
+                        .as_ref()
+                        .context("no --baseline-proxy")?,
+                    _ => &bins.proxy,
+                };
                 let (a_file, b_file) =
                     (dir.join(stem("a") + ".yaml"), dir.join(stem("b") + ".yaml"));
                 std::fs::write(&a_file, weft_client_cfg(w, ports))?;
                 std::fs::write(&b_file, weft_server_cfg(w, ports, app))?;
                 mesh::check_config(bins, &a_file)?;
                 mesh::check_config(bins, &b_file)?;
-                let mut a = mesh::pinned(core, &bins.proxy);
+                let mut a = mesh::pinned(core, proxy);
                 a.arg("--config").arg(&a_file);
-                let mut b = mesh::pinned(core, &bins.proxy);
+                let mut b = mesh::pinned(core, proxy);
                 b.arg("--config").arg(&b_file);
                 (a, b, a_file, b_file)
             }
@@ -706,7 +733,7 @@ impl Pair {
             a_cmd,
             &dir.join(stem("a") + ".stderr"),
         )?;
-        if col == Column::Weft {
+        if col.is_weft() {
             mesh::wait_ready(&mut b, loopback(ports.weft[2]), "/ready").await?;
             mesh::wait_ready(&mut a, loopback(ports.weft[0]), "/ready").await?;
         }
@@ -1417,7 +1444,7 @@ mod tests {
         let cols = Column::ALL;
         assert_eq!(Column::order(&cols, 1), cols.to_vec());
         assert_eq!(Column::order(&cols, 2)[0], Column::Weft);
-        assert_eq!(Column::order(&cols, 5), cols.to_vec());
+        assert_eq!(Column::order(&cols, cols.len() + 1), cols.to_vec());
     }
 
     fn run(col: Column, rps: f64, cpu: [f64; 3], p50: f64) -> PeerRun {

@@ -64,6 +64,8 @@ pub struct BenchConfig {
     pub clock_ticks_per_second: u64,
     /// Seconds since the Unix epoch when the benchmark started.
     pub started_unix_s: u64,
+    /// `weft-proxy --version` of the measured sidecars.
+    pub proxy_version: String,
 }
 
 /// Figures derived from one run's raw results.
@@ -463,9 +465,10 @@ impl Report {
             s,
             "Medians of {} interleaved run(s) per scenario. Saturation: closed loop, {} connections, {} s after {} s warm-up. \
              Latency: open loop at {} req/s over {} connections, {} s, measured from each request's scheduled send time. \
-             Load generator on CPU {}; app + sidecars (workers: 1) on CPU {}. HTTP/1.1 keep-alive `GET /`.\n",
+             Load generator on CPU {}; app + sidecars (workers: 1) on CPU {}. HTTP/1.1 keep-alive `GET /`. \
+             Sidecars: `{}`.\n",
             c.runs, c.connections, fmt_num(c.duration_s, 1), fmt_num(c.warmup_s, 1), fmt_num(c.rate, 0),
-            c.latency_connections, fmt_num(c.duration_s, 1), c.loadgen_core, c.server_core
+            c.latency_connections, fmt_num(c.duration_s, 1), c.loadgen_core, c.server_core, c.proxy_version
         );
         let bg = |core: usize| self.background_busy_pct.get(core).copied().flatten();
         let _ = writeln!(
@@ -796,6 +799,7 @@ mod tests {
             cpus: 2,
             clock_ticks_per_second: 100,
             started_unix_s: 0,
+            proxy_version: "weft-proxy 0.1.0".into(),
         }
     }
 

@@ -12,9 +12,16 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the crate version, and whether the binary was built with profile-guided
+/// optimisation (`scripts/build-pgo` sets `WEFT_PGO`), so a benchmark report can name it.
+const VERSION: &str = match option_env!("WEFT_PGO") {
+    Some(_) => concat!(env!("CARGO_PKG_VERSION"), " (profile-guided build)"),
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// Weft sidecar proxy.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Args {
     /// Sidecar config file (YAML).
     #[arg(long, short)]

@@ -143,6 +143,17 @@ struct Args {
     /// print requests/s. Loopback addresses only.
     #[arg(long, value_name = "ADDR")]
     drive: Option<std::net::SocketAddr>,
+    /// The `weft-proxy` binary to measure (default: the one in --bin-dir), e.g. the
+    /// profile-guided build of `scripts/build-pgo`; reports name its `--version`.
+    #[arg(long, value_name = "PATH")]
+    proxy: Option<PathBuf>,
+    /// --peers: a second Weft column, "weft-baseline", running this `weft-proxy` (e.g. the
+    /// plain release build when --proxy is the profile-guided one).
+    #[arg(long, value_name = "PATH")]
+    baseline_proxy: Option<PathBuf>,
+    /// --peers: Weft and direct only, even when HAProxy or NGINX is installed.
+    #[arg(long)]
+    only_weft: bool,
     /// --drive: an open loop at this many requests/s over --latency-connections instead of
     /// the saturation load; prints latency percentiles.
     #[arg(long, value_name = "RPS")]
@@ -271,7 +282,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     if let Some(addr) = args.drive {
         return drive_main(&args, addr);
     }
-    let bins = Binaries::in_dir(&bin_dir)?;
+    let bins = Binaries::in_dir(&bin_dir, args.proxy.as_deref())?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     pin_self(args.loadgen_core)?;
 
@@ -409,7 +420,7 @@ fn write_report(
 
 /// `--peers`: Weft vs. HAProxy vs. NGINX pairs; writes peers.md and .json to `out_dir`.
 fn peers_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
-    let bins = Binaries::in_dir(bin_dir)?;
+    let bins = Binaries::in_dir(bin_dir, args.proxy.as_deref())?;
     // HAProxy's maxconn and NGINX's worker_connections follow the open-files limit.
     let nofile = cp_push::raise_nofile_limit()?;
     pin_self(args.loadgen_core)?;
@@ -435,7 +446,29 @@ async fn run_peers(
     dir: &Path,
     nofile: u64,
 ) -> anyhow::Result<PeersReport> {
-    let found = PeersFound::detect();
+    let mut found = PeersFound::detect();
+    if args.only_weft {
+        found.haproxy = None;
+        found.nginx = None;
+        found
+            .skipped
+            .push("HAProxy and NGINX pairs: --only-weft".into());
+    }
+    found
+        .versions
+        .insert("weft-proxy".into(), bins.proxy_version());
+    if let Some(p) = &args.baseline_proxy {
+        ensure!(p.is_file(), "--baseline-proxy {} not found", p.display());
+        let baseline = Binaries {
+            proxy: p.clone(),
+            sample: bins.sample.clone(),
+        };
+        found.versions.insert(
+            "weft-proxy (weft-baseline)".into(),
+            baseline.proxy_version(),
+        );
+        found.weft_baseline = Some(p.clone());
+    }
     for s in &found.skipped {
         eprintln!("weft-bench: {s}");
     }
@@ -522,7 +555,7 @@ async fn run_peers(
             sizing,
         )
         .await?;
-        let alpn: &[&str] = if col == Column::Weft {
+        let alpn: &[&str] = if col.is_weft() {
             &["h2"]
         } else {
             &["http/1.1"]
@@ -540,7 +573,7 @@ async fn run_peers(
         negotiated.insert(col.as_str().to_owned(), n);
         for side in ["a", "b"] {
             let ext = match col {
-                Column::Weft => "yaml",
+                Column::Weft | Column::WeftBaseline => "yaml",
                 Column::Haproxy => "cfg",
                 _ => "conf",
             };
@@ -772,6 +805,7 @@ async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::R
         cpus,
         clock_ticks_per_second: procfs::clock_ticks_per_second(),
         started_unix_s,
+        proxy_version: bins.proxy_version(),
     };
     let mut runs = Vec::new();
     for run in 1..=usize::from(args.runs) {
