@@ -38,6 +38,33 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// keepalive wait between requests).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Period of each traffic worker's timer floor (see [`ensure_timer_floor`]).
+const TIMER_FLOOR: Duration = Duration::from_secs(1);
+
+/// Keeps a timer due within [`TIMER_FLOOR`] pending on this traffic worker's runtime, once per
+/// worker thread.
+///
+/// Why: Pingora waits for a kept-alive connection's next request under a tokio timer of
+/// `idle_timeout` (an hour by default). Tokio wakes its own driver through an eventfd whenever
+/// a new timer falls due before every pending one, and with no other timer pending that was
+/// nearly once per request: a `write` syscall plus a spurious `epoll_wait` return. With an
+/// earlier timer always pending, the long ones never come first. The cost is one wake-up per
+/// second per worker.
+fn ensure_timer_floor() {
+    thread_local!(static STARTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if STARTED.with(|s| s.replace(true)) {
+        return;
+    }
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(TIMER_FLOOR);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Ends with the worker's runtime.
+        loop {
+            tick.tick().await;
+        }
+    });
+}
+
 /// At exit, how long queued spans may take to reach the collector.
 pub const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
@@ -178,6 +205,7 @@ impl ServerApp for Traffic {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        ensure_timer_floor();
         let port = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))?;
