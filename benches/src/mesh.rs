@@ -331,18 +331,28 @@ impl Binaries {
     /// The first line of `weft-proxy --version` (it says whether the build is
     /// profile-guided), for the reports.
     pub fn proxy_version(&self) -> String {
-        match std::process::Command::new(&self.proxy)
-            .arg("--version")
-            .output()
-        {
-            Ok(out) => String::from_utf8_lossy(&out.stdout)
+        version_of(&self.proxy, "--version")
+    }
+}
+
+/// The first line of a program's version output (stderr when it writes there, as HAProxy
+/// and NGINX do; else stdout).
+pub fn version_of(program: &Path, flag: &str) -> String {
+    match std::process::Command::new(program).arg(flag).output() {
+        Ok(out) => {
+            let text = if out.stderr.is_empty() {
+                out.stdout
+            } else {
+                out.stderr
+            };
+            String::from_utf8_lossy(&text)
                 .lines()
                 .next()
                 .unwrap_or("")
                 .trim()
-                .to_owned(),
-            Err(e) => format!("(cannot run {}: {e})", self.proxy.display()),
+                .to_owned()
         }
+        Err(e) => format!("(cannot run {}: {e})", program.display()),
     }
 }
 

@@ -115,7 +115,7 @@ impl Column {
     }
 
     /// `cols` in the order of run `run` (from 1): rotated by one per run, so
-    /// over four runs each column runs once in each position.
+    /// over as many runs as columns each column runs once in each position.
     pub fn order(cols: &[Column], run: usize) -> Vec<Column> {
         let mut v = cols.to_vec();
         if !v.is_empty() {
@@ -519,26 +519,6 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The first line of a program's version output (both peers print it to stderr).
-fn version_of(program: &Path, flag: &str) -> String {
-    match Command::new(program).arg(flag).output() {
-        Ok(out) => {
-            let text = if out.stderr.is_empty() {
-                out.stdout
-            } else {
-                out.stderr
-            };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned()
-        }
-        Err(e) => format!("(cannot run: {e})"),
-    }
-}
-
 impl PeersFound {
     /// Looks for `haproxy` and `nginx` and NGINX's stream module.
     pub fn detect() -> Self {
@@ -550,7 +530,8 @@ impl PeersFound {
         let hint = "install it with `scripts/setup --bench` (Debian packages haproxy, nginx, libnginx-mod-stream)";
         match &f.haproxy {
             Some(p) => {
-                f.versions.insert("haproxy".into(), version_of(p, "-v"));
+                f.versions
+                    .insert("haproxy".into(), mesh::version_of(p, "-v"));
             }
             None => f.skipped.push(format!(
                 "haproxy: not found on PATH, HAProxy pair skipped; {hint}"
@@ -558,7 +539,7 @@ impl PeersFound {
         }
         match &f.nginx {
             Some(p) => {
-                f.versions.insert("nginx".into(), version_of(p, "-v"));
+                f.versions.insert("nginx".into(), mesh::version_of(p, "-v"));
                 let built_in = Command::new(p)
                     .arg("-V")
                     .output()

@@ -450,6 +450,7 @@ async fn run_peers(
     if args.only_weft {
         found.haproxy = None;
         found.nginx = None;
+        found.versions.clear();
         found
             .skipped
             .push("HAProxy and NGINX pairs: --only-weft".into());
@@ -459,13 +460,9 @@ async fn run_peers(
         .insert("weft-proxy".into(), bins.proxy_version());
     if let Some(p) = &args.baseline_proxy {
         ensure!(p.is_file(), "--baseline-proxy {} not found", p.display());
-        let baseline = Binaries {
-            proxy: p.clone(),
-            sample: bins.sample.clone(),
-        };
         found.versions.insert(
             "weft-proxy (weft-baseline)".into(),
-            baseline.proxy_version(),
+            weft_benches::mesh::version_of(p, "--version"),
         );
         found.weft_baseline = Some(p.clone());
     }
