@@ -5,23 +5,76 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 // mimalloc: a proxy allocates and frees many small buffers per request; glibc malloc cost
 // about 10% of sidecar CPU in the load benchmark.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `--version`: the crate version, and whether the binary was built with profile-guided
-/// optimisation (`scripts/build-pgo` sets `WEFT_PGO`), so a benchmark report can name it.
-const VERSION: &str = match option_env!("WEFT_PGO") {
-    Some(_) => concat!(env!("CARGO_PKG_VERSION"), " (profile-guided build)"),
-    None => env!("CARGO_PKG_VERSION"),
-};
+/// `--version`: the crate version and how the binary was optimised, so a benchmark report can
+/// name the build it measured: profile-guided (`scripts/build-pgo` sets `WEFT_PGO` at compile
+/// time) and BOLT-rewritten (found in the executable itself, because BOLT runs after the link).
+fn version() -> String {
+    let pgo = option_env!("WEFT_PGO").is_some();
+    let bolt = std::env::current_exe()
+        .ok()
+        .and_then(|exe| elf_has_section(&exe, BOLT_NOTE).ok())
+        .unwrap_or(false);
+    let build = match (pgo, bolt) {
+        (true, true) => " (profile-guided build, BOLT-optimised)",
+        (true, false) => " (profile-guided build)",
+        (false, true) => " (BOLT-optimised)",
+        (false, false) => "",
+    };
+    format!("{}{build}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The note section LLVM BOLT adds to every binary it rewrites.
+const BOLT_NOTE: &[u8] = b".note.bolt_info";
+
+/// Whether the 64-bit little-endian ELF file at `path` has a section called `name`. Reads only
+/// the ELF header, the section header table and the section-name table.
+fn elf_has_section(path: &std::path::Path, name: &[u8]) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut read_at = |off: u64, len: usize| -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        f.seek(SeekFrom::Start(off))?;
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    };
+    let le = |b: &[u8], at: usize, n: usize| -> u64 {
+        b.get(at..at + n).map_or(0, |s| {
+            s.iter().rev().fold(0, |v, &x| (v << 8) | u64::from(x))
+        })
+    };
+    let head = read_at(0, 64)?;
+    if head[..6] != [0x7f, b'E', b'L', b'F', 2, 1] {
+        return Ok(false);
+    }
+    let (shoff, shentsize) = (le(&head, 0x28, 8), le(&head, 0x3a, 2) as usize);
+    let (shnum, shstrndx) = (le(&head, 0x3c, 2) as usize, le(&head, 0x3e, 2) as usize);
+    if shentsize < 0x28 || shstrndx >= shnum || shnum * shentsize > 1 << 24 {
+        return Ok(false);
+    }
+    let table = read_at(shoff, shnum * shentsize)?;
+    let strtab = &table[shstrndx * shentsize..];
+    // A section-name table is a few hundred bytes; refuse to read a corrupt size.
+    let strtab_len = le(strtab, 0x20, 8).min(1 << 20) as usize;
+    let names = read_at(le(strtab, 0x18, 8), strtab_len)?;
+    Ok(table.chunks_exact(shentsize).any(|sh| {
+        let at = le(sh, 0, 4) as usize;
+        names
+            .get(at..)
+            .and_then(|rest| rest.split(|&c| c == 0).next())
+            .is_some_and(|n| n == name)
+    }))
+}
 
 /// Weft sidecar proxy.
 #[derive(Parser, Debug)]
-#[command(version = VERSION, about)]
+#[command(about)]
 struct Args {
     /// Sidecar config file (YAML).
     #[arg(long, short)]
@@ -49,7 +102,10 @@ fn main() -> anyhow::Result<()> {
         .filter_level(log::LevelFilter::Trace)
         .init();
     log::set_max_level(level);
-    let args = Args::parse();
+    // clap takes a `'static` version string; this one string lives for the whole process.
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let args = Args::from_arg_matches(&Args::command().version(version).get_matches())
+        .unwrap_or_else(|e| e.exit());
     let config = args.config.clone();
     if let Some(name) = &args.config_env {
         if let Err(e) = weft_proxy::config::write_from_env(name, &config) {
@@ -100,5 +156,24 @@ mod tests {
         let args =
             Args::try_parse_from(["weft-proxy", "--config", "c.yaml", "--check"]).expect("args");
         assert!(args.check && args.config_env.is_none());
+    }
+
+    #[test]
+    fn bolt_note_is_found_by_section_name() {
+        let exe = std::env::current_exe().expect("exe");
+        // Every ELF executable the toolchain links has a .text section; this test binary was
+        // not rewritten by BOLT.
+        assert!(elf_has_section(&exe, b".text").expect("read"));
+        assert!(!elf_has_section(&exe, BOLT_NOTE).expect("read"));
+        assert!(
+            !elf_has_section(&exe, b".tex").expect("read"),
+            "whole names only"
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let not_elf = dir.path().join("script");
+        std::fs::write(&not_elf, "#!/bin/sh\n".repeat(10)).expect("write");
+        assert!(!elf_has_section(&not_elf, b".text").expect("read"));
+        assert!(elf_has_section(&dir.path().join("absent"), b".text").is_err());
+        assert!(version().starts_with(env!("CARGO_PKG_VERSION")));
     }
 }
