@@ -460,6 +460,7 @@ async fn run_peers(
         .insert("weft-proxy".into(), bins.proxy_version());
     if let Some(p) = &args.baseline_proxy {
         ensure!(p.is_file(), "--baseline-proxy {} not found", p.display());
+        weft_benches::mesh::drop_cached(p);
         found.versions.insert(
             "weft-proxy (weft-baseline)".into(),
             weft_benches::mesh::version_of(p, "--version"),
