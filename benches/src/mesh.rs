@@ -345,7 +345,7 @@ impl Binaries {
     }
 
     /// The first line of `weft-proxy --version` (it says whether the build is
-    /// profile-guided), for the reports.
+    /// profile-guided and BOLT-optimised), for the reports.
     pub fn proxy_version(&self) -> String {
         version_of(&self.proxy, "--version")
     }

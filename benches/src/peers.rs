@@ -75,7 +75,8 @@ pub enum Column {
     /// The Weft sidecar pair.
     Weft,
     /// A second Weft pair running another `weft-proxy` build (`--baseline-proxy`), e.g. the
-    /// plain release build beside a profile-guided one, so one run shows what the build gained.
+    /// plain release build beside the optimised one (PGO + BOLT), so one run shows what the
+    /// build gained.
     WeftBaseline,
     /// An HAProxy pair.
     Haproxy,

@@ -144,11 +144,11 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     drive: Option<std::net::SocketAddr>,
     /// The `weft-proxy` binary to measure (default: the one in --bin-dir), e.g. the
-    /// profile-guided build of `scripts/build-pgo`; reports name its `--version`.
+    /// optimised build of `scripts/build-pgo` (PGO + BOLT); reports name its `--version`.
     #[arg(long, value_name = "PATH")]
     proxy: Option<PathBuf>,
     /// --peers: a second Weft column, "weft-baseline", running this `weft-proxy` (e.g. the
-    /// plain release build when --proxy is the profile-guided one).
+    /// plain release build when --proxy is the optimised one).
     #[arg(long, value_name = "PATH")]
     baseline_proxy: Option<PathBuf>,
     /// --peers: Weft and direct only, even when HAProxy or NGINX is installed.
