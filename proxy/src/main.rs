@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 
 // mimalloc: a proxy allocates and frees many small buffers per request; glibc malloc cost
 // about 10% of sidecar CPU in the load benchmark.
@@ -31,54 +31,29 @@ fn version() -> String {
 }
 
 /// The note section LLVM BOLT adds to every binary it rewrites.
-const BOLT_NOTE: &[u8] = b".note.bolt_info";
+const BOLT_NOTE: &str = ".note.bolt_info";
 
-/// Whether the 64-bit little-endian ELF file at `path` has a section called `name`. Reads only
-/// the ELF header, the section header table and the section-name table.
-fn elf_has_section(path: &std::path::Path, name: &[u8]) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let mut read_at = |off: u64, len: usize| -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        f.seek(SeekFrom::Start(off))?;
-        f.read_exact(&mut buf)?;
-        Ok(buf)
-    };
-    let le = |b: &[u8], at: usize, n: usize| -> u64 {
-        b.get(at..at + n).map_or(0, |s| {
-            s.iter().rev().fold(0, |v, &x| (v << 8) | u64::from(x))
-        })
-    };
-    let head = read_at(0, 64)?;
-    if head[..6] != [0x7f, b'E', b'L', b'F', 2, 1] {
-        return Ok(false);
-    }
-    let (shoff, shentsize) = (le(&head, 0x28, 8), le(&head, 0x3a, 2) as usize);
-    let (shnum, shstrndx) = (le(&head, 0x3c, 2) as usize, le(&head, 0x3e, 2) as usize);
-    if shentsize < 0x28 || shstrndx >= shnum || shnum * shentsize > 1 << 24 {
-        return Ok(false);
-    }
-    let table = read_at(shoff, shnum * shentsize)?;
-    let strtab = &table[shstrndx * shentsize..];
-    // A section-name table is a few hundred bytes; refuse to read a corrupt size.
-    let strtab_len = le(strtab, 0x20, 8).min(1 << 20) as usize;
-    let names = read_at(le(strtab, 0x18, 8), strtab_len)?;
-    Ok(table.chunks_exact(shentsize).any(|sh| {
-        let at = le(sh, 0, 4) as usize;
-        names
-            .get(at..)
-            .and_then(|rest| rest.split(|&c| c == 0).next())
-            .is_some_and(|n| n == name)
-    }))
+/// Whether the object file at `path` has a section called `name`; `Ok(false)` for a file that
+/// is not one. Reads only the headers it needs, not the whole file.
+fn elf_has_section(path: &std::path::Path, name: &str) -> std::io::Result<bool> {
+    use object::{Object, ObjectSection};
+    let cache = object::ReadCache::new(std::fs::File::open(path)?);
+    Ok(object::File::parse(&cache)
+        .is_ok_and(|file| file.sections().any(|s| s.name().is_ok_and(|n| n == name))))
 }
 
 /// Weft sidecar proxy.
 #[derive(Parser, Debug)]
-#[command(about)]
+#[command(about, disable_version_flag = true)]
 struct Args {
     /// Sidecar config file (YAML).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required_unless_present = "version")]
+    config: Option<PathBuf>,
+    /// Print the version and how the binary was optimised, and exit.
+    // Our own flag, not clap's: the answer reads the executable, which only this flag should
+    // pay for, not every start-up.
+    #[arg(long, short = 'V')]
+    version: bool,
     /// Take the config's text from this environment variable and write it to the --config
     /// path first (Kubernetes injection: the kubelet expands `$(VAR)` references in it, and
     /// the path lies in a writable emptyDir).
@@ -102,11 +77,15 @@ fn main() -> anyhow::Result<()> {
         .filter_level(log::LevelFilter::Trace)
         .init();
     log::set_max_level(level);
-    // clap takes a `'static` version string; this one string lives for the whole process.
-    let version: &'static str = Box::leak(version().into_boxed_str());
-    let args = Args::from_arg_matches(&Args::command().version(version).get_matches())
-        .unwrap_or_else(|e| e.exit());
-    let config = args.config.clone();
+    let args = Args::parse();
+    if args.version {
+        println!("{} {}", env!("CARGO_PKG_NAME"), version());
+        return Ok(());
+    }
+    // clap enforces it (`required_unless_present`); this only keeps the types honest.
+    let Some(config) = args.config.clone() else {
+        anyhow::bail!("--config is required");
+    };
     if let Some(name) = &args.config_env {
         if let Err(e) = weft_proxy::config::write_from_env(name, &config) {
             eprintln!("--config-env: {e}");
@@ -163,17 +142,17 @@ mod tests {
         let exe = std::env::current_exe().expect("exe");
         // Every ELF executable the toolchain links has a .text section; this test binary was
         // not rewritten by BOLT.
-        assert!(elf_has_section(&exe, b".text").expect("read"));
+        assert!(elf_has_section(&exe, ".text").expect("read"));
         assert!(!elf_has_section(&exe, BOLT_NOTE).expect("read"));
         assert!(
-            !elf_has_section(&exe, b".tex").expect("read"),
+            !elf_has_section(&exe, ".tex").expect("read"),
             "whole names only"
         );
         let dir = tempfile::tempdir().expect("tmp");
         let not_elf = dir.path().join("script");
         std::fs::write(&not_elf, "#!/bin/sh\n".repeat(10)).expect("write");
-        assert!(!elf_has_section(&not_elf, b".text").expect("read"));
-        assert!(elf_has_section(&dir.path().join("absent"), b".text").is_err());
+        assert!(!elf_has_section(&not_elf, ".text").expect("read"));
+        assert!(elf_has_section(&dir.path().join("absent"), ".text").is_err());
         assert!(version().starts_with(env!("CARGO_PKG_VERSION")));
     }
 }
