@@ -1,7 +1,11 @@
 //! Criterion micro-benchmarks of the sidecar's hot path, through its public
 //! library API: route matching on a realistic route table, endpoint choice
-//! (P2C on peak-EWMA and round robin), and a config swap (reading the file,
-//! building a snapshot and storing it in the `ArcSwap`).
+//! (P2C on peak-EWMA and round robin), a config swap (reading the file,
+//! building a snapshot and storing it in the `ArcSwap`), and Pingora's
+//! connection-pool key of an upstream peer, which it computes twice per
+//! request: with a client certificate on the peer (how Weft presented its
+//! identity before) and without (now: the identity is the connector's, see
+//! `weft_proxy::outbound_proxy`).
 //!
 //! ```text
 //! cargo bench -p weft-benches --bench proxy_hot_path
@@ -14,10 +18,14 @@
 
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::utils::tls::CertKey;
 use pingora_http::RequestHeader;
+use rustls::pki_types::pem::PemObject;
 use weft_proxy::metrics::Metrics;
 use weft_proxy::state::{self, Store};
 
@@ -140,6 +148,28 @@ fn benches(c: &mut Criterion) {
         |b| b.iter(|| store.reload().expect("reload")),
     );
     g.bench_function("load (a request's snapshot)", |b| b.iter(|| store.load()));
+    g.finish();
+
+    let mut g = c.benchmark_group("pool key");
+    let chain = std::fs::read_to_string(dir.path().join("client.crt")).expect("cert");
+    let chain: Vec<Vec<u8>> = weft_certs::parse_cert_chain_pem(&chain)
+        .expect("chain")
+        .iter()
+        .map(|c| c.to_vec())
+        .collect();
+    let key = std::fs::read(dir.path().join("client.key")).expect("key");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).expect("key PEM");
+    let cert_key = Arc::new(CertKey::new(chain, key.secret_der().to_vec()));
+    let peer = || HttpPeer::new("127.0.0.1:8443", true, "app.default.weft.local".into());
+    let plain = peer();
+    let mut with_cert = peer();
+    with_cert.client_cert_key = Some(cert_key);
+    g.bench_function("peer without a client certificate (now)", |b| {
+        b.iter(|| black_box(&plain).reuse_hash())
+    });
+    g.bench_function("peer with a client certificate (before)", |b| {
+        b.iter(|| black_box(&with_cert).reuse_hash())
+    });
     g.finish();
 }
 

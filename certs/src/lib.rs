@@ -7,7 +7,7 @@
 //!   ([`CertificateAuthority::sign_csr`], with [`generate_csr`] on the sidecar side).
 //! - Certificate inspection: [`identity_from_cert_der`], [`not_before_from_cert_der`],
 //!   [`not_after_from_cert_der`], [`trust_domain_from_ca_cert_der`]; PEM: [`parse_cert_chain_pem`],
-//!   [`cert_pem_from_der`].
+//!   [`cert_pem_from_der`], [`key_pem_from_der`].
 //! - Rotation timing: [`renew_at`], when a workload renews its certificate.
 
 mod ca;
@@ -20,7 +20,7 @@ pub use ca::{generate_csr, CertificateAuthority, IssuedCert, CLOCK_SKEW_ALLOWANC
 pub use error::{Error, IdentityError, Result};
 pub use identity::{validate_namespace, validate_service_account, validate_trust_domain, Identity};
 pub use parse::{
-    cert_pem_from_der, identity_from_cert_der, not_after_from_cert_der, not_before_from_cert_der,
-    parse_cert_chain_pem, trust_domain_from_ca_cert_der,
+    cert_pem_from_der, identity_from_cert_der, key_pem_from_der, not_after_from_cert_der,
+    not_before_from_cert_der, parse_cert_chain_pem, trust_domain_from_ca_cert_der,
 };
 pub use rotation::{renew_at, renewal_time};

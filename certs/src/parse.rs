@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::certificate::{X509Certificate, X509CertificateParser};
 use x509_parser::error::X509Error;
 use x509_parser::extensions::{GeneralName, SubjectAlternativeName};
@@ -83,8 +83,23 @@ pub fn parse_cert_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
 
 /// Encodes a DER certificate as PEM (`CERTIFICATE`, LF line endings).
 pub fn cert_pem_from_der(der: &[u8]) -> String {
+    pem_from_der("CERTIFICATE", der)
+}
+
+/// Encodes a DER private key as PEM, labelled by its encoding (`PRIVATE KEY` for PKCS#8,
+/// `EC PRIVATE KEY` for SEC1, `RSA PRIVATE KEY` for PKCS#1), LF line endings.
+pub fn key_pem_from_der(key: &PrivateKeyDer<'_>) -> String {
+    let label = match key {
+        PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    pem_from_der(label, key.secret_der())
+}
+
+fn pem_from_der(label: &str, der: &[u8]) -> String {
     pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der),
+        &pem::Pem::new(label, der),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
 }

@@ -11,9 +11,9 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore};
 use weft_certs::{
-    generate_csr, identity_from_cert_der, not_after_from_cert_der, parse_cert_chain_pem,
-    trust_domain_from_ca_cert_der, CertificateAuthority, Error, Identity, IdentityError,
-    CLOCK_SKEW_ALLOWANCE,
+    generate_csr, identity_from_cert_der, key_pem_from_der, not_after_from_cert_der,
+    parse_cert_chain_pem, trust_domain_from_ca_cert_der, CertificateAuthority, Error, Identity,
+    IdentityError, CLOCK_SKEW_ALLOWANCE,
 };
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
@@ -698,4 +698,21 @@ fn leaf_serials_are_short_positive_and_distinct() {
         assert!(raw[0] & 0x80 == 0, "serial must be positive: {raw:02x?}");
         assert!(seen.insert(raw.to_vec()), "serial repeated: {raw:02x?}");
     }
+}
+
+#[test]
+fn key_pem_from_der_round_trips_an_issued_key_with_its_label() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let ca = CertificateAuthority::generate_seeded("weft.local", 21).expect("ca");
+    let id = Identity::new("weft.local", "default", "orders").expect("identity");
+    let issued = ca.issue(&id, HOUR).expect("issue");
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key");
+    let pem = key_pem_from_der(&key);
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+    let again = PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("re-read");
+    assert_eq!(again.secret_der(), key.secret_der());
+    // A SEC1 key keeps its own label, so a PEM reader picks the right decoder.
+    let sec1 = PrivateKeyDer::Sec1(key.secret_der().to_vec().into());
+    assert!(key_pem_from_der(&sec1).starts_with("-----BEGIN EC PRIVATE KEY-----\n"));
 }

@@ -143,7 +143,7 @@ pub fn certs(s: &Snapshot) -> Value {
         "not_after_unix": unix(s.tls.not_after),
         "not_after": humantime::format_rfc3339_seconds(s.tls.not_after).to_string(),
         "expires_in_seconds": left,
-        "trust_bundle_roots": s.tls.roots.len(),
+        "trust_bundle_roots": s.tls.root_count,
         "cert_file": s.tls_paths.cert,
     })
 }

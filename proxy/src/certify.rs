@@ -632,7 +632,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&bundle).expect("read"), two);
         let snap = store.load();
         assert_eq!(snap.version, v + 1);
-        assert_eq!(snap.tls.roots.len(), 2);
+        assert_eq!(snap.tls.root_count, 2);
     }
 
     fn down() -> CertifyError {

@@ -18,6 +18,7 @@ pub mod errors;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod outbound_proxy;
 pub mod ports;
 pub mod routing;
 pub mod server;

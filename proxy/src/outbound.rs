@@ -13,7 +13,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use weft_resilience::limiter::{Permit, Rejected};
 use weft_resilience::outlier::{Admission, Transition};
-use weft_resilience::retry::{parse_grpc_status, Attempt, Decision, Outcome, StopReason};
+use weft_resilience::retry::{Attempt, Decision, Outcome, StopReason};
 
 use crate::access_log::{AccessLog, Record};
 use crate::balancer::InFlight;
@@ -30,7 +30,9 @@ pub const MAX_H2_STREAMS: usize = 256;
 /// How long an idle pooled connection to a peer is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The outbound proxy logic.
+/// The outbound proxy logic (cheap to clone: each rebuilt proxy gets a clone, see
+/// [`crate::outbound_proxy`]).
+#[derive(Clone)]
 pub struct Outbound {
     store: Arc<Store>,
     drain: Arc<Drain>,
@@ -334,18 +336,18 @@ impl ProxyHttp for Outbound {
             };
             return Err(fail(ctx, f));
         };
+        // No client certificate or roots on the peer: they are the connector's (see
+        // `crate::outbound_proxy`), which keeps Pingora's per-request pool key cheap.
         let mut peer = HttpPeer::new(d.endpoints[ep], true, d.sni.clone());
         let o = &mut peer.options;
         o.alpn = ALPN::H2;
         o.max_h2_streams = MAX_H2_STREAMS;
-        o.ca = Some(snap.tls.roots.clone());
         o.connection_timeout = Some(snap.connect_timeout);
         o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         o.read_timeout = match (rs.route.retry.per_try_timeout, left) {
             (Some(p), Some(l)) => Some(p.min(l)),
             (p, l) => p.or(l),
         };
-        peer.client_cert_key = Some(snap.tls.cert_key.clone());
         if ctx.attempts > 0 {
             rs.metrics.retry();
         }
@@ -405,10 +407,7 @@ impl ProxyHttp for Outbound {
             .is_some_and(|s| s.destinations[ctx.dest].outlier_counts_5xx);
         let failed = matches!(status, 502..=504) || (counts_5xx && status >= 500);
         feed_health(ctx, !failed);
-        let grpc = resp
-            .headers
-            .get("grpc-status")
-            .and_then(|v| parse_grpc_status(v.as_bytes()));
+        let grpc = crate::trace::grpc_status(&resp.headers);
         ctx.grpc_status = grpc;
         let outcome = Outcome::from_response(status, grpc);
         // Nothing has gone downstream yet: the header is still in our hands, so a retry on a

@@ -25,6 +25,7 @@ use crate::config::Protocol;
 use crate::drain::{Drain, DrainSignals};
 use crate::inbound::InboundHttp;
 use crate::outbound::Outbound;
+use crate::outbound_proxy::{IdentitySync, OutboundProxies};
 use crate::ports::PortManager;
 use crate::state::Store;
 use crate::tls::{IdentityCallback, PeerIdentity, ALPN_TCP};
@@ -96,7 +97,7 @@ async fn sniff_h2c(stream: &mut L4Stream) -> std::io::Result<bool> {
 pub struct Traffic {
     store: Arc<Store>,
     drain: Arc<Drain>,
-    outbound: Arc<HttpProxy<Outbound>>,
+    outbound: Arc<OutboundProxies>,
     inbound: Arc<HttpProxy<InboundHttp>>,
     outbound_port: u16,
     inbound_port: u16,
@@ -182,17 +183,27 @@ impl Traffic {
             _ => return None,
         };
         if h2 {
-            return ServerApp::process_new(&self.outbound, l4, shutdown).await;
+            return ServerApp::process_new(&self.outbound.current(), l4, shutdown).await;
         }
         let mut session = ServerSession::new_http1(l4);
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        let mut result = self.outbound.process_new_http(session, shutdown).await;
+        // Each request takes the proxy in force when it starts: after a certificate renewal
+        // the next request on a kept-alive connection already uses the new one.
+        let mut result = self
+            .outbound
+            .current()
+            .process_new_http(session, shutdown)
+            .await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             let mut session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            result = self.outbound.process_new_http(session, shutdown).await;
+            result = self
+                .outbound
+                .current()
+                .process_new_http(session, shutdown)
+                .await;
         }
         None
     }
@@ -275,19 +286,19 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut outbound = HttpProxy::new(
-        Outbound::new(
-            store.clone(),
-            drain.clone(),
-            access_log.clone(),
-            tracer.clone(),
-        ),
-        conf.clone(),
+    let outbound = Arc::new(
+        OutboundProxies::new(
+            conf.clone(),
+            Outbound::new(
+                store.clone(),
+                drain.clone(),
+                access_log.clone(),
+                tracer.clone(),
+            ),
+            snap.tls.client.clone(),
+        )
+        .context("outbound proxy")?,
     );
-    outbound.handle_init_modules();
-    let mut opts = pingora_core::apps::HttpServerOptions::default();
-    opts.h2c = true;
-    outbound.server_options = Some(opts);
     let mut inbound = HttpProxy::new(
         InboundHttp::new(store.clone(), drain.clone(), access_log, tracer.clone()),
         conf.clone(),
@@ -297,7 +308,7 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
     let traffic = Traffic {
         store: store.clone(),
         drain: drain.clone(),
-        outbound: Arc::new(outbound),
+        outbound: outbound.clone(),
         inbound: Arc::new(inbound),
         outbound_port: snap.listen.outbound.port(),
         inbound_port: snap.listen.inbound.port(),
@@ -320,6 +331,12 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
     );
     port_manager.threads = Some(1);
     server.add_service(port_manager);
+    let mut identity_sync = pingora_core::services::background::background_service(
+        "weft outbound identity",
+        IdentitySync::new(store.clone(), outbound),
+    );
+    identity_sync.threads = Some(1);
+    server.add_service(identity_sync);
 
     control::spawn(store.clone(), drain.clone())?;
     log::info!(

@@ -447,6 +447,9 @@ pub struct Store {
     /// local part is joined with it on every rebuild). The lock also serializes rebuilds.
     cp_policy: std::sync::Mutex<Option<PolicySnapshot>>,
     cp_connected: std::sync::atomic::AtomicBool,
+    /// The version of the snapshot in force, for whoever must act on a change (see
+    /// [`Store::subscribe`]).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -459,6 +462,7 @@ impl Store {
             .as_ref()
             .and_then(|cp| cp.state_file.clone());
         let store = Store {
+            changed: tokio::sync::watch::Sender::new(snapshot.version),
             current: ArcSwap::from_pointee(snapshot),
             path: path.to_owned(),
             metrics,
@@ -534,6 +538,7 @@ impl Store {
         observe(&self.metrics, &next);
         self.current.store(Arc::new(next));
         *cp = Some(policy);
+        self.changed.send_replace(version);
         Ok(version)
     }
 
@@ -554,6 +559,13 @@ impl Store {
         self.metrics.control_plane_connected.set(i64::from(up));
     }
 
+    /// Wakes on every snapshot swapped in (its value is the new version). For control work
+    /// that follows the config, such as rebuilding the outbound connector; requests read
+    /// [`Store::load`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// The snapshot in force now; hold it for the whole request.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
@@ -572,10 +584,10 @@ impl Store {
     /// snapshot) reads a half-installed set such as a new key with the old certificate.
     /// `files` are `(path, contents, mode)`.
     ///
-    /// The swap does not wait for the disk: the files are renamed into place unsynced and the
-    /// snapshot rebuilt from them (the page cache), then, with the lock released, synced to
-    /// disk. On a busy disk an fsync can take seconds, and a certificate must not expire (nor
-    /// reloads stall) waiting for it.
+    /// Nothing waits for the disk: the files are renamed into place unsynced and the snapshot
+    /// rebuilt from them (the page cache), then synced to disk on a thread of their own. On a
+    /// busy disk an fsync can take seconds, and a certificate must not expire (nor reloads
+    /// stall) waiting for it.
     pub fn install_files(&self, files: &[(&Path, &[u8], u32)]) -> Result<u64, InstallError> {
         let written = {
             let cp = self.cp_lock();
@@ -592,18 +604,16 @@ impl Store {
         if let Ok(v) = &written {
             log::info!("installed {} file(s): config v{v}", files.len());
         }
-        let started = std::time::Instant::now();
-        for (path, _, _) in files {
-            if let Err(e) = sync_file_and_dir(path) {
-                log::warn!("cannot sync {} to disk: {e}", path.display());
-            }
-        }
-        if started.elapsed() > Duration::from_secs(1) {
-            log::warn!(
-                "syncing {} file(s) to disk took {} ms",
-                files.len(),
-                started.elapsed().as_millis()
-            );
+        // Not even the caller waits for the disk: a renewal loop held up by a slow sync renews
+        // the next certificate late (a 2.8 s sync outlived a 3 s certificate in a loaded test).
+        let paths: Vec<PathBuf> = files.iter().map(|(p, _, _)| p.to_path_buf()).collect();
+        let sync = move || sync_to_disk(&paths);
+        if let Err(e) = std::thread::Builder::new()
+            .name("weft-fsync".into())
+            .spawn(sync.clone())
+        {
+            log::warn!("no thread to sync installed files in the background ({e}); syncing now");
+            sync();
         }
         written
     }
@@ -621,12 +631,30 @@ impl Store {
         let version = next.version;
         observe(&self.metrics, &next);
         self.current.store(Arc::new(next));
+        self.changed.send_replace(version);
         Ok(version)
     }
 
     /// The config file this store follows.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Sync installed files and their directories, warning about failures and slow disks.
+fn sync_to_disk(paths: &[PathBuf]) {
+    let started = std::time::Instant::now();
+    for path in paths {
+        if let Err(e) = sync_file_and_dir(path) {
+            log::warn!("cannot sync {} to disk: {e}", path.display());
+        }
+    }
+    if started.elapsed() > Duration::from_secs(1) {
+        log::warn!(
+            "syncing {} file(s) to disk took {} ms",
+            paths.len(),
+            started.elapsed().as_millis()
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! Certificate material: loaded and validated once per config (re)load, never on the hot path.
 //!
-//! Pingora's rustls connector panics on a malformed key and its certificate wrapper panics on bad
-//! DER, so everything handed to Pingora is parsed here first.
+//! Pingora's rustls connector panics on a malformed key or root, so everything handed to Pingora
+//! is parsed here first.
 
 use std::any::Any;
 use std::io::BufReader;
@@ -14,8 +14,7 @@ use http::HeaderValue;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
-use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_certs::Identity;
@@ -36,15 +35,39 @@ pub struct TlsMaterial {
     pub not_before: SystemTime,
     /// When the workload certificate expires.
     pub not_after: SystemTime,
-    /// Client certificate for outbound HTTP peers (Pingora hashes it into the pool key, so a
-    /// rotated certificate opens fresh connections).
-    pub cert_key: Arc<CertKey>,
-    /// Mesh roots for outbound HTTP peers.
-    pub roots: Arc<[WrappedX509]>,
+    /// Certificate chain, key and mesh roots of the outbound HTTP connector (see
+    /// [`crate::outbound_proxy`]).
+    pub client: Arc<ClientIdentity>,
+    /// Roots in the trust bundle.
+    pub root_count: usize,
     /// Acceptor for the inbound listener: TLS 1.3 only, client certificate required.
     pub acceptor: Arc<Acceptor>,
     /// Client config for TCP tunnels: TLS 1.3, client certificate, ALPN `weft-tcp`.
     pub tcp_client: Arc<ClientConfig>,
+}
+
+/// What the outbound HTTP connector presents and trusts, as PEM: the workload certificate
+/// chain, its private key and the mesh roots. Equal values make equal connectors, so a
+/// snapshot rebuilt with the same files leaves the connector (and its pooled connections)
+/// alone.
+#[derive(PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// Workload certificate chain, leaf first.
+    pub chain_pem: String,
+    /// Its private key; it stays in this process (see [`crate::outbound_proxy`]).
+    pub key_pem: String,
+    /// Mesh roots.
+    pub roots_pem: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain_pem", &self.chain_pem)
+            .field("key_pem", &"<redacted>")
+            .field("roots_pem", &self.roots_pem)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -169,23 +192,26 @@ pub fn from_pem(
         .map_err(|e| ferr("tls.key", format!("key does not fit certificate: {e}")))?;
     tcp_client.alpn_protocols = vec![ALPN_TCP.to_vec()];
 
-    // Pingora re-parses the key DER with `PrivateKeyDer::try_from(Vec<u8>)` and panics on
-    // failure; prove here that this round trip works.
-    let key_der = key.secret_der().to_vec();
-    PrivateKeyDer::try_from(key_der.clone())
-        .map_err(|e| ferr("tls.key", format!("unsupported key encoding: {e}")))?;
-    let cert_key = CertKey::new(chain.iter().map(|c| c.to_vec()).collect(), key_der);
-    let roots: Vec<WrappedX509> = roots_der
-        .iter()
-        .map(|r| WrappedX509::new(r.to_vec(), parse_x509))
-        .collect();
+    // Re-encoded from the DER checked above, so Pingora's loader (which panics on a key or root
+    // it cannot use) reads only what rustls has just accepted here.
+    let client = ClientIdentity {
+        chain_pem: chain
+            .iter()
+            .map(|c| weft_certs::cert_pem_from_der(c.as_ref()))
+            .collect(),
+        key_pem: weft_certs::key_pem_from_der(&key),
+        roots_pem: roots_der
+            .iter()
+            .map(|r| weft_certs::cert_pem_from_der(r.as_ref()))
+            .collect(),
+    };
 
     Ok(TlsMaterial {
         identity,
         not_before,
         not_after,
-        cert_key: Arc::new(cert_key),
-        roots: roots.into(),
+        client: Arc::new(client),
+        root_count: roots_der.len(),
         acceptor: Arc::new(Acceptor::from_server_config(Arc::new(server))),
         tcp_client: Arc::new(tcp_client),
     })

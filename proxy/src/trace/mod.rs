@@ -32,6 +32,10 @@ pub use export::Tracer;
 /// The W3C `traceparent` header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// gRPC's status header (a response header, or a trailer). A `HeaderName`, not a string: a
+/// string key is parsed and hashed anew on every lookup.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The sampled bit of the trace flags.
 pub const SAMPLED: u8 = 0x01;
 
@@ -300,7 +304,7 @@ pub struct SpanRecord {
 
 /// A `grpc-status` header value as a number.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    weft_resilience::retry::parse_grpc_status(headers.get("grpc-status")?.as_bytes())
+    weft_resilience::retry::parse_grpc_status(headers.get(GRPC_STATUS)?.as_bytes())
 }
 
 #[cfg(test)]
