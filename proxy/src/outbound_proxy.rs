@@ -138,7 +138,19 @@ impl MemFile {
         let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)?;
         let mut file = std::fs::File::from(fd);
         file.write_all(text.as_bytes())?;
-        Ok(Self(file.into()))
+        let this = Self(file.into());
+        // Pingora's connector panics on a file it cannot read (no /proc, say): find out here,
+        // where it is an error.
+        let back = std::fs::read(this.path())?;
+        if back != text.as_bytes() {
+            return Err(std::io::Error::other(format!(
+                "{} reads back {} bytes, not the {} written",
+                this.path(),
+                back.len(),
+                text.len()
+            )));
+        }
+        Ok(this)
     }
 
     /// Opening this path opens the file afresh, from its start.
