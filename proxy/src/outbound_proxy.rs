@@ -14,7 +14,9 @@
 //! (as the changed pool key did before), while requests in flight finish on the old proxy,
 //! whose connections close when it is dropped. The rebuild runs on its own thread
 //! ([`IdentitySync`]), woken by every snapshot swap; the traffic path only loads the proxy in
-//! force from an `ArcSwap`.
+//! force from an `ArcSwap`. A client's HTTP/2 (h2c) connection is the exception, as Pingora
+//! serves all its streams with one proxy: when that proxy is replaced the connection is drained
+//! as at shutdown (GOAWAY, open streams finish), and the client reconnects to the new one.
 //!
 //! Pingora's connector reads certificate, key and roots from file paths only. They are handed
 //! over as memfds (`/proc/self/fd/N`): anonymous memory of this process holding exactly the
@@ -55,6 +57,8 @@ pub enum BuildError {
 /// The outbound proxy in force, and what it takes to build the next one.
 pub struct OutboundProxies {
     current: ArcSwap<HttpProxy<Outbound>>,
+    /// Counts the proxies swapped in, for connections that must leave a replaced one.
+    swaps: tokio::sync::watch::Sender<u64>,
     /// The identity `current` was built with; the lock serializes rebuilds.
     built_for: Mutex<Arc<ClientIdentity>>,
     conf: Arc<ServerConf>,
@@ -71,6 +75,7 @@ impl OutboundProxies {
         let first = build(&conf, &app, &identity)?;
         Ok(Self {
             current: ArcSwap::from_pointee(first),
+            swaps: tokio::sync::watch::Sender::new(0),
             built_for: Mutex::new(identity),
             conf,
             app,
@@ -80,6 +85,16 @@ impl OutboundProxies {
     /// The proxy a new request takes.
     pub fn current(&self) -> Arc<HttpProxy<Outbound>> {
         self.current.load_full()
+    }
+
+    /// The proxy a new connection takes for its whole life, and a watch that changes once
+    /// another replaces it (an HTTP/2 client connection is then drained, see
+    /// `server::Traffic`). Taken in this order, a swap in between still shows as a change.
+    pub fn current_for_connection(
+        &self,
+    ) -> (Arc<HttpProxy<Outbound>>, tokio::sync::watch::Receiver<u64>) {
+        let swaps = self.swaps.subscribe();
+        (self.current(), swaps)
     }
 
     /// Build and swap in a proxy for `identity` unless the one in force already has it.
@@ -92,6 +107,7 @@ impl OutboundProxies {
         let next = build(&self.conf, &self.app, identity)?;
         self.current.store(Arc::new(next));
         *built_for = identity.clone();
+        self.swaps.send_modify(|n| *n += 1);
         Ok(true)
     }
 }

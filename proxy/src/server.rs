@@ -183,7 +183,23 @@ impl Traffic {
             _ => return None,
         };
         if h2 {
-            return ServerApp::process_new(&self.outbound.current(), l4, shutdown).await;
+            // Pingora serves every stream of this connection with one proxy. Once a renewed
+            // certificate replaces that proxy, drain the connection as at shutdown (GOAWAY,
+            // open streams finish): the client reconnects and gets the new proxy, instead of
+            // calling peers for as long as it stays connected with a certificate that expires.
+            let (proxy, mut swaps) = self.outbound.current_for_connection();
+            let (drain, draining) = tokio::sync::watch::channel(*shutdown.borrow());
+            let mut stop = shutdown.clone();
+            let relay = tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = swaps.changed() => {}
+                }
+                let _ = drain.send(true);
+            });
+            let reused = ServerApp::process_new(&proxy, l4, &draining).await;
+            relay.abort();
+            return reused;
         }
         let mut session = ServerSession::new_http1(l4);
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });

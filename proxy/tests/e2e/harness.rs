@@ -428,18 +428,39 @@ impl H2c {
     }
 
     pub async fn get(&mut self, authority: &str, path: &str) -> Resp {
+        self.try_get(authority, path).await.expect("h2 request")
+    }
+
+    /// [`H2c::get`], returning transport errors (such as a stream refused after GOAWAY).
+    #[allow(dead_code)]
+    pub async fn try_get(&mut self, authority: &str, path: &str) -> Result<Resp, String> {
         let req = http::Request::get(format!("http://{authority}{path}"))
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let r = self.send.send_request(req).await.expect("h2 request");
+        let r = self
+            .send
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        let body = r.into_body().collect().await.expect("body").to_bytes();
-        Resp {
+        let body = r
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Resp {
             status,
             headers,
             body,
-        }
+        })
+    }
+
+    /// Whether the sidecar has closed this connection (after a GOAWAY, say).
+    #[allow(dead_code)]
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
     }
 }
 

@@ -167,12 +167,47 @@ async fn bootstrapped_sidecars_rotate_three_second_certificates_under_load_witho
     );
     wait_routed(&fe).await;
 
-    // Steady load for 12 s: 4 certificate lifetimes.
+    // Steady load for 12 s: 4 certificate lifetimes. Besides HTTP/1.1, one HTTP/2 app
+    // connection kept open as a gRPC channel keeps it: frontend's sidecar serves all its
+    // streams with one outbound proxy, so it must drain that connection (GOAWAY) once a renewal
+    // replaces the proxy; like a gRPC channel, the client then reconnects, and a request the
+    // GOAWAY refused before the app saw it is sent again on the new connection.
     let start = Instant::now();
     let mut outcomes = Vec::new();
+    let mut h2 = H2c::connect(fe.outbound).await;
+    let (mut h2_ok, mut h2_failed, mut h2_reconnects) = (0usize, Vec::new(), 0usize);
     while start.elapsed() < Duration::from_secs(12) && outcomes.len() < 100_000 {
         outcomes.extend(load(fe.outbound, "orders", "/rotate", 100, 4).await);
+        for _ in 0..20 {
+            let mut answer = h2.try_get("orders", "/rotate-h2").await;
+            if answer.is_err() {
+                // A stream refused by the GOAWAY: never reached the app, safe to send again.
+                h2 = H2c::connect(fe.outbound).await;
+                h2_reconnects += 1;
+                answer = h2.try_get("orders", "/rotate-h2").await;
+            } else if h2.is_closed() {
+                h2 = H2c::connect(fe.outbound).await;
+                h2_reconnects += 1;
+            }
+            match answer {
+                Ok(r) if r.status == 200 => h2_ok += 1,
+                Ok(r) => h2_failed.push(format!("{} {}", r.status, r.header("x-weft-error"))),
+                Err(e) => h2_failed.push(e),
+            }
+        }
     }
+    assert!(
+        h2_failed.is_empty(),
+        "HTTP/2: {} of {} failed, e.g. {:?}\nfrontend:\n{}",
+        h2_failed.len(),
+        h2_failed.len() + h2_ok,
+        &h2_failed[..h2_failed.len().min(5)],
+        fe.log_text()
+    );
+    assert!(
+        h2_reconnects >= 2,
+        "the HTTP/2 connection was drained {h2_reconnects} times in 4 certificate lifetimes"
+    );
     let failed: Vec<_> = outcomes
         .iter()
         .filter(|o| o.status != 200)
@@ -208,7 +243,7 @@ async fn bootstrapped_sidecars_rotate_three_second_certificates_under_load_witho
         "{fe_entry}"
     );
     println!(
-        "{} requests, 0 failed; renewals: frontend {}, orders {}",
+        "{} HTTP/1.1 and {h2_ok} HTTP/2 requests ({h2_reconnects} reconnects), 0 failed; renewals: frontend {}, orders {}",
         outcomes.len(),
         metric(fe.admin, "weft_cert_renewals_total", &[("result", "ok")]).await,
         metric(
