@@ -59,8 +59,9 @@ impl Drop for ExitHold {
 impl Drain {
     /// Keep the process from exiting after a drain until the hold is dropped (at most until the
     /// drain timeout): the control-plane session holds one while its stream is open, so it can
-    /// say `Draining` however slowly the control thread is scheduled. Not counted as in-flight
-    /// work.
+    /// say `Draining` however slowly the control thread is scheduled, and each HTTP/2
+    /// connection holds one until its task has flushed the last responses. Not counted as
+    /// in-flight work.
     pub fn hold_exit(self: &Arc<Self>) -> ExitHold {
         self.holds.fetch_add(1, Ordering::AcqRel);
         ExitHold(self.clone())

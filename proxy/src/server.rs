@@ -146,7 +146,13 @@ impl Traffic {
         };
         drop(acceptor);
         match tls.selected_alpn_proto() {
-            Some(ALPN::H2) => ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await,
+            Some(ALPN::H2) => {
+                // A request ends (and leaves the drain's count) when its response is handed to
+                // the HTTP/2 connection, whose own task writes it; a draining sidecar must not
+                // exit before that task has flushed it and closed the connection.
+                let _flushing = self.drain.hold_exit();
+                ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await
+            }
             Some(ALPN::Custom(c)) if c.protocol() == ALPN_TCP => {
                 let _working = self.drain.enter();
                 let caller = tls
@@ -197,6 +203,8 @@ impl Traffic {
                 }
                 let _ = drain.send(true);
             });
+            // As on the inbound side: responses are flushed by the connection's own task.
+            let _flushing = self.drain.hold_exit();
             let reused = ServerApp::process_new(&proxy, l4, &draining).await;
             relay.abort();
             return reused;
