@@ -580,31 +580,9 @@ mod tests {
         }
     }
 
-    /// A static-mode sidecar's files in a temp dir, signed by a CA seeded with `seed`.
-    fn store_with_files(seed: u64) -> (tempfile::TempDir, Store, weft_certs::CertificateAuthority) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = weft_certs::CertificateAuthority::generate_seeded("weft.local", seed).expect("ca");
-        let id = Identity::new("weft.local", "default", "orders").expect("identity");
-        let issued = ca.issue(&id, Duration::from_secs(3600)).expect("issue");
-        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).expect("ca");
-        std::fs::write(dir.path().join("o.crt"), &issued.cert_pem).expect("cert");
-        std::fs::write(dir.path().join("o.key"), &issued.key_pem).expect("key");
-        let config = dir.path().join("sidecar.yaml");
-        std::fs::write(
-            &config,
-            "service: {name: orders, identity: spiffe://weft.local/ns/default/sa/orders, app: \"127.0.0.1:1\"}\n\
-             listen: {outbound: \"127.0.0.1:1\", inbound: \"127.0.0.1:2\", admin: \"127.0.0.1:3\"}\n\
-             tls: {cert: o.crt, key: o.key, trust_bundle: ca.crt}\n",
-        )
-        .expect("config");
-        let metrics = crate::metrics::Metrics::new().expect("metrics");
-        let store = Store::open(&config, metrics).expect("store");
-        (dir, store, ca)
-    }
-
     #[test]
     fn a_pushed_trust_bundle_with_a_second_root_replaces_the_file_and_bad_ones_are_refused() {
-        let (dir, store, ca) = store_with_files(7);
+        let (dir, store, ca) = crate::state::test_support::store_with_files(7);
         let bundle = dir.path().join("ca.crt");
         let v = store.load().version;
         let e = take_trust_bundle(&store, "  \n").expect_err("empty");

@@ -226,36 +226,15 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use weft_certs::{CertificateAuthority, Identity};
+    use weft_certs::CertificateAuthority;
 
     use super::*;
     use crate::drain::Drain;
+    use crate::state::test_support::orders;
 
-    /// A static-mode sidecar's files in a temp dir, signed by a CA seeded with `seed`.
     fn store_with_files(seed: u64) -> (tempfile::TempDir, Arc<Store>, CertificateAuthority) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = CertificateAuthority::generate_seeded("weft.local", seed).expect("ca");
-        let issued = ca
-            .issue(&orders(), Duration::from_secs(3600))
-            .expect("issue");
-        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).expect("ca");
-        std::fs::write(dir.path().join("o.crt"), &issued.cert_pem).expect("cert");
-        std::fs::write(dir.path().join("o.key"), &issued.key_pem).expect("key");
-        let config = dir.path().join("sidecar.yaml");
-        std::fs::write(
-            &config,
-            "service: {name: orders, identity: spiffe://weft.local/ns/default/sa/orders, app: \"127.0.0.1:1\"}\n\
-             listen: {outbound: \"127.0.0.1:1\", inbound: \"127.0.0.1:2\", admin: \"127.0.0.1:3\"}\n\
-             tls: {cert: o.crt, key: o.key, trust_bundle: ca.crt}\n",
-        )
-        .expect("config");
-        let metrics = crate::metrics::Metrics::new().expect("metrics");
-        let store = Arc::new(Store::open(&config, metrics).expect("store"));
-        (dir, store, ca)
-    }
-
-    fn orders() -> Identity {
-        Identity::new("weft.local", "default", "orders").expect("identity")
+        let (dir, store, ca) = crate::state::test_support::store_with_files(seed);
+        (dir, Arc::new(store), ca)
     }
 
     fn proxies(store: &Arc<Store>) -> Arc<OutboundProxies> {

@@ -809,3 +809,42 @@ fn load_snapshot(
     let tls = tls::load(&config.tls, &config.own.identity).map_err(|e| invalid(vec![e]))?;
     Ok(Snapshot::build(config, tls, version, prev, metrics))
 }
+
+/// Test fixtures shared by the modules whose tests need a real [`Store`].
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::Duration;
+
+    use weft_certs::{CertificateAuthority, Identity};
+
+    use super::Store;
+
+    /// The identity of [`store_with_files`]'s sidecar.
+    pub fn orders() -> Identity {
+        Identity::new("weft.local", "default", "orders").expect("identity")
+    }
+
+    /// A static-mode sidecar's files in a temp dir (`o.crt`, `o.key`, `ca.crt`,
+    /// `sidecar.yaml`), signed by a CA seeded with `seed`, and a store opened on them.
+    pub fn store_with_files(seed: u64) -> (tempfile::TempDir, Store, CertificateAuthority) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::generate_seeded("weft.local", seed).expect("ca");
+        let issued = ca
+            .issue(&orders(), Duration::from_secs(3600))
+            .expect("issue");
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).expect("ca");
+        std::fs::write(dir.path().join("o.crt"), &issued.cert_pem).expect("cert");
+        std::fs::write(dir.path().join("o.key"), &issued.key_pem).expect("key");
+        let config = dir.path().join("sidecar.yaml");
+        std::fs::write(
+            &config,
+            "service: {name: orders, identity: spiffe://weft.local/ns/default/sa/orders, app: \"127.0.0.1:1\"}\n\
+             listen: {outbound: \"127.0.0.1:1\", inbound: \"127.0.0.1:2\", admin: \"127.0.0.1:3\"}\n\
+             tls: {cert: o.crt, key: o.key, trust_bundle: ca.crt}\n",
+        )
+        .expect("config");
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let store = Store::open(&config, metrics).expect("store");
+        (dir, store, ca)
+    }
+}

@@ -385,6 +385,11 @@ pub async fn send_body(
     }
     let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
     let r = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+    read_resp(r).await
+}
+
+/// Status, headers and the whole body of a response.
+async fn read_resp(r: http::Response<hyper::body::Incoming>) -> Result<Resp, String> {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r
@@ -442,19 +447,7 @@ impl H2c {
             .send_request(req)
             .await
             .map_err(|e| e.to_string())?;
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let body = r
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        read_resp(r).await
     }
 
     /// Whether the sidecar has closed this connection (after a GOAWAY, say).
