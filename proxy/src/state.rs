@@ -534,11 +534,8 @@ impl Store {
             &self.metrics,
             Some(&policy),
         )?;
-        let version = next.version;
-        observe(&self.metrics, &next);
-        self.current.store(Arc::new(next));
+        let version = self.swap_in(next);
         *cp = Some(policy);
-        self.changed.send_replace(version);
         Ok(version)
     }
 
@@ -628,11 +625,17 @@ impl Store {
                 return Err(e);
             }
         };
+        Ok(self.swap_in(next))
+    }
+
+    /// Put `next` in force: its gauges, the swap, and a wake-up for the watchers of [`Store::subscribe`].
+    /// The one place a snapshot is swapped in.
+    fn swap_in(&self, next: Snapshot) -> u64 {
         let version = next.version;
         observe(&self.metrics, &next);
         self.current.store(Arc::new(next));
         self.changed.send_replace(version);
-        Ok(version)
+        version
     }
 
     /// The config file this store follows.
