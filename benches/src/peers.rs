@@ -27,7 +27,7 @@ use crate::mesh::{
 };
 use crate::peer_load::{self, TcpResult};
 use crate::report::{fmt_num, fmt_opt};
-use crate::stats::{median_opt, ratio};
+use crate::stats::{median, median_opt, ratio};
 
 /// The only TLS 1.3 suite the peers are given: the one two rustls endpoints
 /// (the Weft pair) negotiate by default, so every pair encrypts alike.
@@ -115,13 +115,30 @@ impl Column {
         matches!(self, Column::Weft | Column::WeftBaseline)
     }
 
-    /// `cols` in the order of run `run` (from 1): rotated by one per run, so
-    /// over as many runs as columns each column runs once in each position.
+    /// `cols` in the order of run `run` (from 1): a balanced Latin square (Williams design).
+    /// Over as many runs as columns each column runs once in each position, and over twice as
+    /// many each column follows each other column equally often, so whatever one leaves behind
+    /// (caches, page cache, the CPU's clock) does not always fall on the same neighbour.
     pub fn order(cols: &[Column], run: usize) -> Vec<Column> {
-        let mut v = cols.to_vec();
-        if !v.is_empty() {
-            let k = (run.saturating_sub(1)) % v.len();
-            v.rotate_left(k);
+        let n = cols.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        // First row 0, 1, n-1, 2, n-2, ...; row r adds r to each. With an odd count the rows
+        // alone give each neighbour pair one way only, so the next n runs take them reversed.
+        let r = run.saturating_sub(1) % (2 * n);
+        let mut v: Vec<Column> = (0..n)
+            .map(|j| {
+                let b = if j % 2 == 1 {
+                    j.div_ceil(2)
+                } else {
+                    (n - j / 2) % n
+                };
+                cols[(b + r) % n]
+            })
+            .collect();
+        if r >= n && n % 2 == 1 {
+            v.reverse();
         }
         v
     }
@@ -929,6 +946,10 @@ pub struct PeerSummary {
     pub vs_direct: Option<f64>,
     /// × the best peer (HAProxy / NGINX) in this workload.
     pub vs_best_peer: Option<f64>,
+    /// Paired: in each run, this column's throughput × the best peer's in that same run;
+    /// median, lowest, highest over the runs. Columns of one run are measured minutes apart at
+    /// most, so a slow drift in the machine's speed cancels out of each ratio.
+    pub per_run_vs_best_peer: Option<[f64; 3]>,
     /// HTTP at a fixed rate: p50, p99, p99.9 (µs).
     pub p50_us: Option<f64>,
     /// p99 (µs).
@@ -1052,9 +1073,10 @@ impl PeersReport {
             }
             let direct = cols.get(&Column::Direct).and_then(|s| s.throughput);
             let best = best_peer(&cols, |s| s.throughput, true);
-            for s in cols.values_mut() {
+            for (c, s) in cols.iter_mut() {
                 s.vs_direct = ratio(s.throughput, direct);
                 s.vs_best_peer = ratio(s.throughput, best);
+                s.per_run_vs_best_peer = per_run_vs_best_peer(&runs, w, *c);
             }
             if !cols.is_empty() {
                 summary.insert(
@@ -1085,7 +1107,7 @@ impl PeersReport {
         md += &format!(
             "Each pair: client → proxy A (plain, loopback) → mutual TLS 1.3 (client certificate both ways, \
              verified against the mesh CA) → proxy B → app; one worker each; apps and proxies on CPU {}, \
-             load generator on CPU {}. {} run(s), columns interleaved (order rotating per run), medians; \
+             load generator on CPU {}. {} run(s), columns interleaved (order rotating per run, reversed every second run), medians; \
              {} s measured after {} s warm-up. HTTP: {} keep-alive connections (saturation), open loop at {} req/s \
              over {} connections (latency from the scheduled send time). gRPC: unary Echo, {} calls in flight \
              over {} HTTP/2 connections. TCP: {} connections writing 64 KiB chunks through an echo, MB/s echoed back.\n\n",
@@ -1142,6 +1164,28 @@ impl PeersReport {
                 }
             }
             md += "|\n";
+        }
+        let paired: Vec<String> = Workload::ALL
+            .into_iter()
+            .flat_map(|w| cols.iter().map(move |&c| (w, c)))
+            .filter(|(_, c)| c.is_weft())
+            .filter_map(|(w, c)| {
+                let [m, lo, hi] = get(w, c)?.per_run_vs_best_peer?;
+                Some(format!(
+                    "{} {}: {} ({}–{})",
+                    c.as_str(),
+                    w.as_str(),
+                    fmt_num(m, 2),
+                    fmt_num(lo, 2),
+                    fmt_num(hi, 2)
+                ))
+            })
+            .collect();
+        if !paired.is_empty() {
+            md += &format!(
+                "\nPaired, × the best peer of the same run (median, lowest–highest over the runs): {}.\n",
+                paired.join("; ")
+            );
         }
         md += "\n## Latency, CPU and memory\n\n| | HTTP p50 µs | p99 µs | p99.9 µs | pair CPU-s / 100k HTTP | × best peer | pair CPU-s / 100k gRPC | × best peer | pair CPU-s / GB TCP | RSS idle A / B MiB | RSS under HTTP load A / B MiB | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         let best_cpu = |w: Workload| {
@@ -1242,6 +1286,29 @@ impl PeersReport {
         }
         md
     }
+}
+
+/// `col`'s throughput in each run × the best peer's in the same run: median, lowest, highest.
+fn per_run_vs_best_peer(runs: &[PeerRun], w: Workload, col: Column) -> Option<[f64; 3]> {
+    let of = |run: usize, c: Column| {
+        runs.iter()
+            .find(|r| r.run == run && r.workload == w && r.column == c)
+            .and_then(PeerRun::throughput)
+    };
+    let mut ratios: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.workload == w && r.column == col)
+        .filter_map(|r| {
+            let best = [Column::Haproxy, Column::Nginx]
+                .into_iter()
+                .filter_map(|p| of(r.run, p))
+                .max_by(f64::total_cmp);
+            ratio(r.throughput(), best)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let (lo, hi) = (*ratios.first()?, *ratios.last()?);
+    Some([median(&ratios)?, lo, hi])
 }
 
 /// The best peer's value of `f` in `cols` (largest if `larger_is_better`).
@@ -1422,11 +1489,33 @@ mod tests {
     }
 
     #[test]
-    fn order_rotates() {
-        let cols = Column::ALL;
-        assert_eq!(Column::order(&cols, 1), cols.to_vec());
-        assert_eq!(Column::order(&cols, 2)[0], Column::Weft);
-        assert_eq!(Column::order(&cols, cols.len() + 1), cols.to_vec());
+    fn order_is_a_balanced_latin_square() {
+        for cols in [&Column::ALL[..], &Column::ALL[..4], &Column::ALL[..3]] {
+            let n = cols.len();
+            for r in 1..=2 * n {
+                let mut o = Column::order(cols, r);
+                o.sort();
+                assert_eq!(o, cols.to_vec(), "run {r} is a permutation");
+            }
+            // Over n runs each column holds each position once.
+            for &c in cols {
+                let mut at: Vec<usize> = (1..=n)
+                    .map(|r| Column::order(cols, r).iter().position(|&x| x == c).unwrap())
+                    .collect();
+                at.sort_unstable();
+                assert_eq!(at, (0..n).collect::<Vec<_>>(), "{c:?} in {n} columns");
+            }
+            // Over 2n runs each column follows each other one equally often.
+            let mut follows = BTreeMap::new();
+            for r in 1..=2 * n {
+                for w in Column::order(cols, r).windows(2) {
+                    *follows.entry((w[0], w[1])).or_insert(0) += 1;
+                }
+            }
+            assert_eq!(follows.len(), n * (n - 1), "{follows:?}");
+            assert!(follows.values().all(|&k| k == 2), "{follows:?}");
+        }
+        assert_eq!(Column::order(&Column::ALL, 1)[0], Column::Direct);
     }
 
     fn run(col: Column, rps: f64, cpu: [f64; 3], p50: f64) -> PeerRun {
@@ -1504,6 +1593,7 @@ mod tests {
         );
         let w = &r.summary["http"]["weft"];
         assert_eq!(w.vs_best_peer, Some(1.25));
+        assert_eq!(w.per_run_vs_best_peer, Some([1.25; 3]));
         assert_eq!(w.vs_direct, Some(0.375));
         // 3 CPU-s / 75k requests * 100k = 4; nginx 4 / 60k * 100k = 6.67.
         assert!((w.pair_cpu_per_100k.unwrap() - 4.0).abs() < 1e-9);
@@ -1514,6 +1604,7 @@ mod tests {
         assert!(r.targets[3].met);
         let md = r.markdown();
         assert!(md.contains("| weft | 15 000 | 0.38 | 1.25 "), "{md}");
+        assert!(md.contains("weft http: 1.25 (1.25–1.25)"), "{md}");
         assert!(md.contains("| **skipped**") || !md.contains("skipped"));
         let _ = serde_json::to_string(&r).unwrap();
     }
