@@ -2,9 +2,10 @@
 //! snapshot may add a service with its own `port` (opaque TCP needs one), and Pingora binds
 //! its listeners only at start.
 //!
-//! The [`PortManager`] (a Pingora background service) compares the ports of the snapshot in
-//! force with what is bound every [`SYNC_INTERVAL`], binds new ones on 127.0.0.1 and closes
-//! ports no longer configured (their open connections finish). Connections it accepts go to
+//! The [`PortManager`] (a Pingora background service) wakes on every snapshot swapped in
+//! ([`Store::subscribe`]), compares the ports of the snapshot in force with what is bound,
+//! binds new ones on 127.0.0.1 and closes ports no longer configured (their open connections
+//! finish). Connections it accepts go to
 //! the same dispatcher as the start-time listeners, with the same socket digest, so the
 //! dispatcher finds the destination by local port either way. Ports bound at start stay with
 //! Pingora; a port that cannot be bound (taken by another process) is retried and logged.
@@ -23,8 +24,6 @@ use tokio::task::JoinHandle;
 
 use crate::state::Store;
 
-/// How often the configured ports are compared with the bound ones.
-pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a port that could not be bound waits before the next try.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
@@ -57,7 +56,9 @@ enum Slot {
 impl<A: ServerApp + Send + Sync + 'static> BackgroundService for PortManager<A> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut slots: BTreeMap<u16, Slot> = BTreeMap::new();
+        let mut changes = self.store.subscribe();
         loop {
+            // Compared before each wait, so a swap between start-up and subscribing counts.
             let wanted: BTreeSet<u16> = self
                 .store
                 .load()
@@ -102,8 +103,21 @@ impl<A: ServerApp + Send + Sync + 'static> BackgroundService for PortManager<A> 
                 };
                 slots.insert(port, slot);
             }
+            // Woken by the next swap, or by the earliest retry of a port that could not be bound.
+            let retry = slots
+                .values()
+                .filter_map(|s| match s {
+                    Slot::Failed(at) => Some(*at),
+                    Slot::Bound(_) => None,
+                })
+                .min();
             tokio::select! {
-                () = tokio::time::sleep(SYNC_INTERVAL) => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                () = sleep_until(retry) => {}
                 _ = shutdown.changed() => break,
             }
         }
@@ -113,6 +127,14 @@ impl<A: ServerApp + Send + Sync + 'static> BackgroundService for PortManager<A> 
                 task.abort();
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -138,5 +160,118 @@ async fn accept<A: ServerApp + Send + Sync + 'static>(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pingora_core::protocols::Stream;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::state::test_support::store_with_files;
+
+    /// Answers every connection with `hi` and closes it.
+    struct Hi;
+
+    #[async_trait]
+    impl ServerApp for Hi {
+        async fn process_new(
+            self: &Arc<Self>,
+            mut stream: Stream,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<Stream> {
+            let _ = stream.write_all(b"hi").await;
+            None
+        }
+    }
+
+    /// Rewrites the sidecar's file with a TCP service `db` on dedicated `port` (or without it).
+    fn set_port(dir: &std::path::Path, port: Option<u16>) {
+        let config = dir.join("sidecar.yaml");
+        let mut text = std::fs::read_to_string(&config).expect("read");
+        if let Some(at) = text.find("services:") {
+            text.truncate(at);
+        }
+        if let Some(port) = port {
+            text.push_str(&format!(
+                "services:\n  - name: db\n    identity: spiffe://weft.local/ns/default/sa/db\n    \
+                 protocol: tcp\n    port: {port}\n    endpoints: [{{address: \"127.0.0.1:9\"}}]\n"
+            ));
+        }
+        std::fs::write(&config, text).expect("write");
+    }
+
+    /// A port nothing listens on now.
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    /// Whether a connection to `port` gets the app's `hi` (async: the manager runs on this
+    /// same thread).
+    async fn answers(port: u16) -> bool {
+        use tokio::io::AsyncReadExt;
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return false;
+        };
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.is_ok() && &buf == b"hi"
+    }
+
+    /// Lets the manager's task (on this same thread) take its turn.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn refused(port: u16) -> bool {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn binds_on_the_swap_retries_a_taken_port_and_closes_a_removed_one() {
+        let (dir, store, _ca) = store_with_files(11);
+        let store = Arc::new(store);
+        let manager = PortManager::new(store.clone(), Arc::new(Hi), BTreeSet::new());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { manager.start(shutdown).await });
+
+        // Added by a reload: bound on the swap itself (the clock is paused: no polling period passes).
+        let port = free_port();
+        set_port(dir.path(), Some(port));
+        store.reload().expect("reload");
+        settle().await;
+        assert!(answers(port).await, "bound after the reload");
+
+        // Removed: closed (nothing listens any more).
+        set_port(dir.path(), None);
+        store.reload().expect("reload");
+        settle().await;
+        assert!(refused(port).await, "closed after the removal");
+
+        // Taken by someone else: refused, then bound by the retry once it is free again.
+        let holder = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold");
+        set_port(dir.path(), Some(port));
+        store.reload().expect("reload");
+        settle().await;
+        drop(holder);
+        assert!(
+            refused(port).await,
+            "the manager could not have bound a port that was taken"
+        );
+        tokio::time::sleep(BIND_RETRY + Duration::from_millis(50)).await;
+        assert!(answers(port).await, "bound by the retry");
+
+        stop.send(true).expect("stop");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops on shutdown")
+            .expect("no panic");
     }
 }
