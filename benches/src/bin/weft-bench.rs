@@ -374,8 +374,9 @@ fn drive_main(args: &Args, addr: std::net::SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run `work` on a current-thread runtime until it ends or Ctrl-C arrives; the runtime, and
-/// every process `work` still held, is gone on return.
+/// Run `work` on a current-thread runtime until it ends or Ctrl-C or SIGTERM arrives (a CI
+/// timeout or `kill PID` must not leave the pairs and apps running); the runtime, and every
+/// process `work` still held, is gone on return.
 fn until_interrupted<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
@@ -384,12 +385,15 @@ fn until_interrupted<T>(
         .build()
         .context("building the tokio runtime")?;
     runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
         tokio::select! {
             r = work => r,
             r = tokio::signal::ctrl_c() => {
                 r.context("waiting for ctrl-c")?;
                 bail!("interrupted");
             }
+            _ = term.recv() => bail!("terminated (SIGTERM)"),
         }
     })
 }
