@@ -5,10 +5,10 @@
 //! The [`PortManager`] (a Pingora background service) wakes on every snapshot swapped in
 //! ([`Store::subscribe`]), compares the ports of the snapshot in force with what is bound,
 //! binds new ones on 127.0.0.1 and closes ports no longer configured (their open connections
-//! finish). Connections it accepts go to
-//! the same dispatcher as the start-time listeners, with the same socket digest, so the
-//! dispatcher finds the destination by local port either way. Ports bound at start stay with
-//! Pingora; a port that cannot be bound (taken by another process) is retried and logged.
+//! finish). Connections it accepts go to the same dispatcher as the start-time listeners, with
+//! the same socket digest, so the dispatcher finds the destination by local port either way.
+//! Ports bound at start stay with Pingora; a port that cannot be bound (taken by another
+//! process) is logged and retried every [`BIND_RETRY`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
