@@ -241,19 +241,33 @@ mod tests {
         let manager = PortManager::new(store.clone(), Arc::new(Hi), BTreeSet::new());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move { manager.start(shutdown).await });
+        // Its first pass (nothing to bind) done, so what follows tests the wake-up.
+        settle().await;
 
         // Added by a reload: bound on the swap itself (the clock is paused: no polling period passes).
         let port = free_port();
         set_port(dir.path(), Some(port));
+        let t0 = tokio::time::Instant::now();
         store.reload().expect("reload");
         settle().await;
         assert!(answers(port).await, "bound after the reload");
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "bound without waiting for a timer"
+        );
 
         // Removed: closed (nothing listens any more).
         set_port(dir.path(), None);
+        let t0 = tokio::time::Instant::now();
         store.reload().expect("reload");
         settle().await;
         assert!(refused(port).await, "closed after the removal");
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "closed without waiting for a timer"
+        );
 
         // Taken by someone else: refused, then bound by the retry once it is free again.
         let holder = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold");
