@@ -948,7 +948,7 @@ pub struct PeerSummary {
     pub vs_best_peer: Option<f64>,
     /// Paired: in each run, this column's throughput × the best peer's in that same run;
     /// median, lowest, highest over the runs. Columns of one run are measured minutes apart at
-    /// most, so a slow drift in the machine's speed cancels out of each ratio.
+    /// most, so a slow drift in the machine's speed largely cancels out of each ratio.
     pub per_run_vs_best_peer: Option<[f64; 3]>,
     /// HTTP at a fixed rate: p50, p99, p99.9 (µs).
     pub p50_us: Option<f64>,
@@ -1107,7 +1107,7 @@ impl PeersReport {
         md += &format!(
             "Each pair: client → proxy A (plain, loopback) → mutual TLS 1.3 (client certificate both ways, \
              verified against the mesh CA) → proxy B → app; one worker each; apps and proxies on CPU {}, \
-             load generator on CPU {}. {} run(s), columns interleaved (order rotating per run, reversed every second run), medians; \
+             load generator on CPU {}. {} run(s), columns interleaved (order per run from a balanced Latin square), medians and paired ratios; \
              {} s measured after {} s warm-up. HTTP: {} keep-alive connections (saturation), open loop at {} req/s \
              over {} connections (latency from the scheduled send time). gRPC: unary Echo, {} calls in flight \
              over {} HTTP/2 connections. TCP: {} connections writing 64 KiB chunks through an echo, MB/s echoed back.\n\n",
@@ -1290,18 +1290,14 @@ impl PeersReport {
 
 /// `col`'s throughput in each run × the best peer's in the same run: median, lowest, highest.
 fn per_run_vs_best_peer(runs: &[PeerRun], w: Workload, col: Column) -> Option<[f64; 3]> {
-    let of = |run: usize, c: Column| {
-        runs.iter()
-            .find(|r| r.run == run && r.workload == w && r.column == c)
-            .and_then(PeerRun::throughput)
-    };
     let mut ratios: Vec<f64> = runs
         .iter()
         .filter(|r| r.workload == w && r.column == col)
         .filter_map(|r| {
-            let best = [Column::Haproxy, Column::Nginx]
-                .into_iter()
-                .filter_map(|p| of(r.run, p))
+            let best = runs
+                .iter()
+                .filter(|p| p.run == r.run && p.workload == w && p.column.is_peer())
+                .filter_map(PeerRun::throughput)
                 .max_by(f64::total_cmp);
             ratio(r.throughput(), best)
         })

@@ -221,6 +221,13 @@ mod tests {
         s.read_exact(&mut buf).await.is_ok() && &buf == b"hi"
     }
 
+    /// Puts `db` on `port` (or removes it), reloads and lets the manager take its turn.
+    async fn reload_with(dir: &std::path::Path, store: &Store, port: Option<u16>) {
+        set_port(dir, port);
+        store.reload().expect("reload");
+        settle().await;
+    }
+
     /// Lets the manager's task (on this same thread) take its turn.
     async fn settle() {
         for _ in 0..10 {
@@ -246,10 +253,8 @@ mod tests {
 
         // Added by a reload: bound on the swap itself (the clock is paused: no polling period passes).
         let port = free_port();
-        set_port(dir.path(), Some(port));
         let t0 = tokio::time::Instant::now();
-        store.reload().expect("reload");
-        settle().await;
+        reload_with(dir.path(), &store, Some(port)).await;
         assert!(answers(port).await, "bound after the reload");
         assert_eq!(
             t0.elapsed(),
@@ -258,10 +263,8 @@ mod tests {
         );
 
         // Removed: closed (nothing listens any more).
-        set_port(dir.path(), None);
         let t0 = tokio::time::Instant::now();
-        store.reload().expect("reload");
-        settle().await;
+        reload_with(dir.path(), &store, None).await;
         assert!(refused(port).await, "closed after the removal");
         assert_eq!(
             t0.elapsed(),
@@ -271,9 +274,7 @@ mod tests {
 
         // Taken by someone else: refused, then bound by the retry once it is free again.
         let holder = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold");
-        set_port(dir.path(), Some(port));
-        store.reload().expect("reload");
-        settle().await;
+        reload_with(dir.path(), &store, Some(port)).await;
         drop(holder);
         assert!(
             refused(port).await,
