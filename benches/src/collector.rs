@@ -247,7 +247,25 @@ mod tests {
         });
         assert_eq!(c.spans(), 6);
         assert_eq!(c.requests(), 2);
-        assert!(c.cpu_seconds().unwrap() >= 0.0);
+        // The collector's figure is its own thread's CPU, not the process's: burn CPU on this
+        // thread, and the process's figure pulls ahead of the collector's by 0.1 s (it never
+        // would if both read the whole process). Bounded by a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut x = 0u64;
+        loop {
+            let thread = c.cpu_seconds().unwrap();
+            let process = procfs::cpu_seconds(std::process::id()).unwrap();
+            if process - thread >= 0.1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "collector thread {thread} s, process {process} s"
+            );
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
         drop(c);
     }
 }

@@ -304,7 +304,16 @@ mod tests {
     fn own_process() {
         let pid = std::process::id();
         assert!(rss_kib(pid).unwrap() > 0);
-        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        // CPU time is counted: it rises while this thread burns CPU (bounded by a deadline).
+        let start = cpu_seconds(pid).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut x = 0u64;
+        while cpu_seconds(pid).unwrap() <= start {
+            assert!(std::time::Instant::now() < deadline, "CPU time never rose");
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
         assert!(clock_ticks_per_second() > 0);
         assert!(!cpu_times().unwrap().is_empty());
     }

@@ -10,15 +10,24 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Sum of `weft_requests_total` series of `direction` in the metrics at `admin`.
-fn requests(admin: &str, direction: &str) -> f64 {
+/// Sum of `weft_requests_total` series of `direction` in the metrics at `admin`; `None` when
+/// the sidecar does not answer or has no such series (never read as 0).
+fn try_requests(admin: &str, direction: &str) -> Option<f64> {
     let url = format!("{admin}/metrics");
-    let text = http_get(&url).unwrap_or_default();
+    let text = http_get(&url)?;
     let needle = format!("direction=\"{direction}\"");
-    text.lines()
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with("weft_requests_total{") && l.contains(&needle))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// [`try_requests`] where the series must exist: a missing metric fails the test.
+fn requests(admin: &str, direction: &str) -> f64 {
+    try_requests(admin, direction)
+        .unwrap_or_else(|| panic!("no weft_requests_total{{direction=\"{direction}\"}} at {admin}"))
 }
 
 /// A minimal HTTP/1.0 GET (no client crate needed for loopback admin calls).
@@ -36,14 +45,17 @@ fn http_get(url: &str) -> Option<String> {
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
+    weft_testkit::wait::until(what, limit, || ok().then_some(()));
+}
+
+/// The policy version a sidecar serves, from its `/ready` (`ready v<N>`).
+fn version(admin: &str) -> Option<u64> {
+    http_get(&format!("{admin}/ready"))?
+        .rsplit('v')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn alive(pid: i32) -> bool {
@@ -60,28 +72,32 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = std::fs::File::create(dir.path().join("weft-up.out")).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "up",
-            "--no-view",
-            "--rate",
-            "40",
-            "--duration",
-            "120s",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .stdout(log)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weft up");
+    // SIGTERM if this test process dies: weft up then stops its own sidecars and apps (they
+    // are in its process group, which the guard also kills when the test ends).
+    let mut child = weft_testkit::process::spawn_with(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "up",
+                "--no-view",
+                "--rate",
+                "40",
+                "--duration",
+                "120s",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(log)
+            .stderr(Stdio::null()),
+        Signal::SIGTERM,
+    )
+    .expect("spawn weft up");
     let up_json = dir.path().join("up.json");
     let deadline = Instant::now() + Duration::from_secs(90);
     let status = loop {
         if let Some(v) = read_json(&up_json) {
             break v;
         }
-        if let Ok(Some(st)) = child.try_wait() {
+        if let Some(st) = child.status() {
             let out = std::fs::read_to_string(dir.path().join("weft-up.out")).unwrap_or_default();
             panic!("weft up exited early ({st}): {out}");
         }
@@ -104,7 +120,8 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         .iter()
         .map(|s| {
             let a = s["admin"].as_str().expect("admin");
-            requests(a, "inbound") + requests(a, "outbound")
+            // Before the first request a sidecar may have no series yet: that start is 0.
+            try_requests(a, "inbound").unwrap_or(0.0) + try_requests(a, "outbound").unwrap_or(0.0)
         })
         .collect();
     wait_for(
@@ -113,13 +130,15 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         || {
             sidecars.iter().zip(&before).all(|(s, b)| {
                 let a = s["admin"].as_str().expect("admin");
-                requests(a, "inbound") + requests(a, "outbound") > b + 5.0
+                try_requests(a, "inbound").unwrap_or(0.0)
+                    + try_requests(a, "outbound").unwrap_or(0.0)
+                    > b + 5.0
             })
         },
     );
     // Both versions of orders serve at 90/10 (v2 gets some).
     wait_for("orders v2 serving", Duration::from_secs(30), || {
-        requests(&admin("orders-v2"), "inbound") > 0.0
+        try_requests(&admin("orders-v2"), "inbound").is_some_and(|n| n > 0.0)
     });
 
     // `weftctl top` (its library code, as the binary runs it) shows what the metrics hold:
@@ -177,17 +196,31 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         "      - {subset: {version: v2}, weight: 100}\n",
     );
     assert_ne!(text, shifted, "the weights are in routes.yaml as shipped");
+    let frontend = admin("frontend");
+    let before = version(&frontend).expect("frontend's policy version");
     std::fs::write(&routes, shifted).expect("edit routes");
-    std::thread::sleep(Duration::from_secs(2));
+    // The event: the frontend sidecar serves the new policy version. Then a few requests on v2
+    // show the new split in force (and outlast any request routed before it), after which v1
+    // must get nothing while v2 takes more than 20.
+    wait_for(
+        "the frontend to serve the edited policy",
+        Duration::from_secs(30),
+        || version(&frontend).is_some_and(|v| v > before),
+    );
+    let v2_at_switch = requests(&admin("orders-v2"), "inbound");
+    wait_for(
+        "v2 to take requests under the new split",
+        Duration::from_secs(30),
+        || requests(&admin("orders-v2"), "inbound") > v2_at_switch + 5.0,
+    );
     let v1 = requests(&admin("orders-v1"), "inbound");
     let v2 = requests(&admin("orders-v2"), "inbound");
-    std::thread::sleep(Duration::from_secs(3));
-    let v1_after = requests(&admin("orders-v1"), "inbound");
-    let v2_after = requests(&admin("orders-v2"), "inbound");
-    assert!(
-        v2_after - v2 > 20.0,
-        "v2 takes the traffic: {v2} -> {v2_after}"
+    wait_for(
+        "v2 to take 20 more requests",
+        Duration::from_secs(30),
+        || requests(&admin("orders-v2"), "inbound") - v2 > 20.0,
     );
+    let v1_after = requests(&admin("orders-v1"), "inbound");
     assert_eq!(v1_after, v1, "v1 gets nothing after the shift");
 
     // Ctrl-C: every process ends, nothing stays listening.
@@ -200,14 +233,9 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
     assert_eq!(pids.len(), 9, "five sidecars and four apps: {status:#}");
     let weft = i32::try_from(child.id()).expect("pid");
     kill(Pid::from_raw(weft), Signal::SIGINT).expect("SIGINT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "weft up did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = child
+        .wait_within(Duration::from_secs(30))
+        .expect("weft up did not stop within 30 s of Ctrl-C");
     assert!(exit.success(), "weft up exits 0 on Ctrl-C: {exit}");
     for pid in pids {
         assert!(!alive(pid), "process {pid} outlived weft up");

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use weft_certs::{identity_from_cert_der, parse_cert_chain_pem, CertificateAuthority, Identity};
 use weft_control_plane::certs::{self, CertSubject, CertsError};
+use weft_testkit::process::output_within;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -125,15 +126,11 @@ fn issue_without_a_ca_fails() {
 }
 
 fn weftctl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weftctl"))
-        .args(args)
-        .output()
-        .expect("run weftctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (exit, out, err) = output_within(
+        Command::new(env!("CARGO_BIN_EXE_weftctl")).args(args),
+        Duration::from_secs(30),
+    );
+    (exit.success(), out, err)
 }
 
 #[test]

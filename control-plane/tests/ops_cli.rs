@@ -4,8 +4,10 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use weft_testkit::process::{output_within, spawn, Guard};
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -62,16 +64,10 @@ fn http(
 }
 
 struct Cp {
-    child: Child,
+    // Declared first, so the process group is killed before the directory is removed.
+    child: Guard,
     dir: tempfile::TempDir,
     admin: SocketAddr,
-}
-
-impl Drop for Cp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Cp {
@@ -81,22 +77,26 @@ impl Cp {
         std::fs::create_dir(&policy).expect("mkdir");
         std::fs::write(policy.join("mesh.yaml"), policy_text).expect("write");
         let admin = free_addr();
-        let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .arg("--policy-dir")
-            .arg(&policy)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--listen")
-            .arg(free_addr().to_string())
-            .arg("--admin")
-            .arg(admin.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("cp.log")).expect("log"))
-            .spawn()
-            .expect("spawn");
-        let cp = Cp { child, dir, admin };
+        let child = spawn(
+            Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+                .arg("--policy-dir")
+                .arg(&policy)
+                .arg("--state-dir")
+                .arg(dir.path().join("state"))
+                .arg("--listen")
+                .arg(free_addr().to_string())
+                .arg("--admin")
+                .arg(admin.to_string())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("cp.log")).expect("log")),
+        )
+        .expect("spawn");
+        let mut cp = Cp { child, dir, admin };
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_err() {
+            if let Some(exit) = cp.child.status() {
+                panic!("the control plane ended ({exit}):\n{}", cp.log());
+            }
             assert!(
                 Instant::now() < deadline,
                 "no admin listener:\n{}",
@@ -175,11 +175,11 @@ fn weftctl<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Out {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run weftctl");
+    let (exit, stdout, stderr) = output_within(&mut cmd, Duration::from_secs(30));
     Out {
-        code: out.status.code().expect("exited"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: exit.code().expect("exited"),
+        stdout,
+        stderr,
     }
 }
 

@@ -3,8 +3,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use weft_testkit::process::{output_within, spawn};
+use weft_testkit::wait;
 
 const POLICY: &str =
     "services:\n  - name: orders\n    identity: spiffe://weft.local/ns/default/sa/orders\n";
@@ -32,15 +35,6 @@ fn http_get_auth(addr: SocketAddr, path: &str, headers: &str) -> Option<String> 
     Some(out)
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn serves_status_on_the_admin_address() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -48,36 +42,31 @@ fn serves_status_on_the_admin_address() {
     std::fs::create_dir(&policy).expect("mkdir");
     std::fs::write(policy.join("mesh.yaml"), POLICY).expect("write");
     let (listen, admin) = (free_addr(), free_addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-        .arg("--policy-dir")
-        .arg(&policy)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin")
-        .arg(admin.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let _child = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let _child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+            .arg("--policy-dir")
+            .arg(&policy)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin")
+            .arg(admin.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("spawn");
     // The operator API needs the admin token the control plane created in its state dir.
-    let body = loop {
+    let body = wait::until("/status", Duration::from_secs(15), || {
         let token = std::fs::read_to_string(dir.path().join("state/admin.token"));
-        if let Some(r) = token.ok().and_then(|t| {
+        token.ok().and_then(|t| {
             http_get_auth(
                 admin,
                 "/status",
                 &format!("Authorization: Bearer {}\r\n", t.trim()),
             )
-        }) {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no /status");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        })
+    });
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("\"policy_version\""), "{body}");
     assert!(body.contains("\"sidecars\": []"), "{body}");
@@ -101,19 +90,19 @@ fn refuses_to_start_on_an_invalid_policy() {
         format!("{POLICY}routes:\n  - name: r\n    service: nowhere\n"),
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-        .arg("--policy-dir")
-        .arg(&policy)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--listen")
-        .arg(free_addr().to_string())
-        .arg("--admin")
-        .arg(free_addr().to_string())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (exit, _, err) = output_within(
+        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+            .arg("--policy-dir")
+            .arg(&policy)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--listen")
+            .arg(free_addr().to_string())
+            .arg("--admin")
+            .arg(free_addr().to_string()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(exit.code(), Some(1));
     assert!(err.contains("mesh.yaml:6:"), "{err}");
 }
 
@@ -123,21 +112,21 @@ fn refuses_a_certificate_lifetime_out_of_bounds() {
     let policy = dir.path().join("policy");
     std::fs::create_dir(&policy).expect("mkdir");
     std::fs::write(policy.join("mesh.yaml"), POLICY).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-        .arg("--policy-dir")
-        .arg(&policy)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--listen")
-        .arg(free_addr().to_string())
-        .arg("--admin")
-        .arg(free_addr().to_string())
-        .arg("--cert-lifetime")
-        .arg("30d")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (exit, _, err) = output_within(
+        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+            .arg("--policy-dir")
+            .arg(&policy)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--listen")
+            .arg(free_addr().to_string())
+            .arg("--admin")
+            .arg(free_addr().to_string())
+            .arg("--cert-lifetime")
+            .arg("30d"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(exit.code(), Some(1));
     assert!(
         err.contains("certificate lifetime 30days is out of bounds"),
         "{err}"

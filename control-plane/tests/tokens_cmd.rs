@@ -4,12 +4,14 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use weft_certs::{generate_csr, Identity};
 use weft_control_plane::attest::Credential;
 use weft_control_plane::ca_store::{CaStore, CaStoreOptions};
 use weft_control_plane::issuer::{IssueError, Issuer, IssuerOptions};
 use weft_control_plane::tokens::{JoinTokenAttestor, JOIN_TOKENS_FILE};
+use weft_testkit::process::output_within;
 
 struct Out {
     code: i32,
@@ -18,14 +20,14 @@ struct Out {
 }
 
 fn weftctl(args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_weftctl"))
-        .args(args)
-        .output()
-        .expect("run weftctl");
+    let (exit, stdout, stderr) = output_within(
+        Command::new(env!("CARGO_BIN_EXE_weftctl")).args(args),
+        Duration::from_secs(30),
+    );
     Out {
-        code: out.status.code().expect("exited"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: exit.code().expect("exited"),
+        stdout,
+        stderr,
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use weft_samples::grpc::{EchoClient, EchoRequest};
 use weft_samples::http::{pattern_byte, Checksum, CHUNK_SIZE};
+use weft_testkit::process::{output_within, spawn, Guard};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -686,55 +687,32 @@ async fn tcp_echo_honours_half_close() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn binary_serves_and_logs_bound_address() -> anyhow::Result<()> {
-    use tokio::io::AsyncBufReadExt;
-
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft-sample"))
-        .args([
-            "http",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "bin-app",
-            "--threads",
-            "2",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await??
-        .context("no start line")?;
-    let addr: SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .with_context(|| format!("no address in {line:?}"))?
-        .parse()?;
+    // start_binary reads the bound address from the binary's first log line.
+    let (mut child, addr) = start_binary(&["http", "--name", "bin-app", "--threads", "2"]).await?;
     let mut client = Client::h2(addr).await?;
     let (resp, body) = client.get("/bin").await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let v: Value = serde_json::from_slice(&body)?;
     assert_eq!(v["service"], "bin-app");
-    child.kill().await?;
+    child.kill();
     Ok(())
 }
 
-/// Starts the `weft-sample` binary with `args` (plus `--listen 127.0.0.1:0`)
-/// and returns it with the address it logged.
-async fn start_binary(args: &[&str]) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+/// Starts the `weft-sample` binary with `args` (plus `--listen 127.0.0.1:0`), guarded (its
+/// process group is killed when the guard drops), and returns it with the address it logged.
+/// Spawned from the test's own thread: the parent-death signal is tied to the spawning thread.
+async fn start_binary(args: &[&str]) -> anyhow::Result<(Guard, SocketAddr)> {
     use tokio::io::AsyncBufReadExt;
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft-sample"))
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = child.stderr.take().context("no stderr")?;
+    let mut child = spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weft-sample"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped()),
+    )?;
+    let stderr = child.take_stderr().context("no stderr")?;
+    let stderr = tokio::process::ChildStderr::from_std(stderr)?;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await??
@@ -761,7 +739,7 @@ async fn binary_fail_status() -> anyhow::Result<()> {
             assert_eq!(v["service"], "broken");
         }
     }
-    child.kill().await?;
+    child.kill();
 
     // Out of range, or on a sample other than http: refused before serving.
     for args in [
@@ -770,17 +748,13 @@ async fn binary_fail_status() -> anyhow::Result<()> {
         &["tcp", "--fail-status", "500"][..],
         &["grpc", "--fail-status", "500"][..],
     ] {
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_weft-sample"))
+        let (exit, _, err) = output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_weft-sample"))
                 .args(args)
-                .args(["--listen", "127.0.0.1:0"])
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await??;
-        ensure!(!out.status.success(), "{args:?} was accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
+                .args(["--listen", "127.0.0.1:0"]),
+            Duration::from_secs(30),
+        );
+        ensure!(!exit.success(), "{args:?} was accepted");
         assert!(err.contains("fail-status"), "{args:?}: {err}");
     }
     Ok(())

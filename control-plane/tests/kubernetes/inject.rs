@@ -3,9 +3,10 @@
 //! binary, and the webhook over real HTTPS producing the same result as `weftctl inject`.
 //!
 //! `WEFT_BLESS=1 cargo test -p weft-control-plane --test kubernetes inject` rewrites the
-//! expected files (`*.injected.yaml`) from the current output; review the diff.
+//! expected files (`*.injected.yaml`) from the current output and then fails on purpose: review
+//! the diff and run again without it.
 
-use std::io::Write as _;
+use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use weft_control_plane::inject::webhook::{self, WebhookConfig};
 use weft_control_plane::inject::{inject_object, inject_yaml, InjectError, Settings};
+use weft_testkit::process::spawn;
+use weft_testkit::wait;
 
 /// Inputs under tests/kubernetes/inject/, one per kind; the expected output of `NAME.yaml`
 /// is `NAME.injected.yaml`.
@@ -64,6 +67,7 @@ fn golden_files_per_kind() {
         let path = expected_path(case);
         if bless {
             std::fs::write(&path, &got).expect("write golden file");
+            stale.push(format!("{case}: rewrote {}", path.display()));
             continue;
         }
         let want = std::fs::read_to_string(&path)
@@ -75,6 +79,14 @@ fn golden_files_per_kind() {
             ));
         }
     }
+    // Bless mode writes and then fails, so a leaked WEFT_BLESS can never turn the suite green:
+    // review the rewritten files, then run again without it.
+    assert!(
+        !bless,
+        "WEFT_BLESS=1: the expected files were rewritten; review them (git diff) and run \
+         again without WEFT_BLESS\n{}",
+        stale.join("\n")
+    );
     assert!(
         stale.is_empty(),
         "{}\n(WEFT_BLESS=1 rewrites the expected files)",
@@ -338,19 +350,12 @@ fn output_validates_with_kubernetes_validate() {
     }
     // The MutatingWebhookConfiguration too.
     files.push(webhook_yaml_path());
-    let out = match Command::new("kubernetes-validate")
+    let out = Command::new(weft_testkit::tools::find("kubernetes-validate"))
         .arg("--strict")
         .arg("--quiet")
         .args(&files)
         .output()
-    {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "kubernetes-validate is not on PATH: run scripts/setup (it installs the \
-             kubernetes-validate Python package)"
-        ),
-        Err(e) => panic!("kubernetes-validate: {e}"),
-    };
+        .unwrap_or_else(|e| panic!("kubernetes-validate: {e}"));
     assert!(
         out.status.success(),
         "kubernetes-validate --strict failed:\n{}{}",
@@ -385,26 +390,34 @@ fn webhook_configuration_matches_the_server() {
     assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
 }
 
+/// `weftctl ARGS < stdin`, guarded and with a deadline; (exit code, stdout, stderr). Standard
+/// input, output and error are unnamed temporary files: the guard exposes no stdin pipe, and
+/// files never block the child.
 fn weftctl(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weftctl"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weftctl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("weftctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let file = || tempfile::tempfile().expect("temporary file");
+    let (mut input, mut out, mut err) = (file(), file(), file());
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    input.rewind().expect("rewind stdin");
+    let clone = |f: &std::fs::File| f.try_clone().expect("clone file");
+    let mut child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(args)
+            .stdin(input)
+            .stdout(clone(&out))
+            .stderr(clone(&err)),
     )
+    .expect("spawn weftctl");
+    let exit = child
+        .wait_within(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("weftctl {args:?} still running after 30 s"));
+    drop(child);
+    let read = |f: &mut std::fs::File| {
+        f.rewind().expect("rewind");
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).expect("read");
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    (exit.code().unwrap_or(-1), read(&mut out), read(&mut err))
 }
 
 #[test]
@@ -741,15 +754,6 @@ async fn webhook_denies_malformed_reviews_clearly() {
     assert_eq!(response(&answer)["allowed"], true);
 }
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The `weft-control-plane` binary serves the webhook with `--webhook-listen/-cert/-key`, with
 /// its own trust domain in the injected identities.
 #[tokio::test]
@@ -769,45 +773,41 @@ async fn control_plane_binary_serves_the_webhook() {
             .expect("port")
     };
     let (listen, admin, hook_addr) = (free(), free(), free());
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-        .arg("--policy-dir")
-        .arg(&policy)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args([
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .args(["--trust-domain", "cluster.example"])
-        .args(["--webhook-listen", &hook_addr.to_string()])
-        .arg("--webhook-cert")
-        .arg(&cert)
-        .arg("--webhook-key")
-        .arg(&key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut child = Killed(child);
+    let mut child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+            .arg("--policy-dir")
+            .arg(&policy)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .args(["--trust-domain", "cluster.example"])
+            .args(["--webhook-listen", &hook_addr.to_string()])
+            .arg("--webhook-cert")
+            .arg(&cert)
+            .arg("--webhook-key")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("spawn");
     let hook = TestWebhook {
         _hook: None,
         addr: hook_addr,
         tls,
         _dir: dir,
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(hook_addr).await.is_err() {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("weft-control-plane exited: {status}");
+    wait::until_async("the webhook to listen", Duration::from_secs(15), || {
+        if let Some(exit) = child.status() {
+            panic!("weft-control-plane exited: {exit}");
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the webhook never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        async move { tokio::net::TcpStream::connect(hook_addr).await.ok() }
+    })
+    .await;
     let pod = replicaset_pod();
     let (status, answer) = hook.review(&admission_review("u-bin", &pod)).await;
     assert_eq!(status, 200, "{answer}");

@@ -9,9 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde::Deserialize as _;
 use serde_yaml::Value;
+use weft_testkit::process::output_within;
 
 const OVERLAYS: [&str; 3] = ["dev", "staging", "production"];
 /// The oldest Kubernetes with native sidecars (init containers with `restartPolicy: Always`,
@@ -29,41 +31,23 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-/// `name` from `scripts/setup`'s virtualenv, else from PATH; panics saying what to do.
+/// `name` from where `scripts/setup` installed it; panics saying what to run.
 fn tool(name: &str) -> PathBuf {
-    let venv = repo().join("target/tools/k8s/bin").join(name);
-    if venv.is_file() {
-        return venv;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not installed (looked in target/tools/k8s/bin and PATH): \
-                 run scripts/setup, which installs it"
-            )
-        })
+    weft_testkit::tools::find(name)
 }
 
+/// Runs an external tool (`kubectl`, `kubernetes-validate`, `cargo`) that must succeed; its
+/// standard output. The deadline is generous (a cold Python start, `cargo` waiting for a lock
+/// held by a concurrent build): it only keeps a hung tool from stalling the suite.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{text}",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_within(cmd, Duration::from_secs(300))
+}
+
+/// [`run`] with the deadline `limit`.
+fn run_within(cmd: &mut Command, limit: Duration) -> String {
+    let (exit, stdout, stderr) = output_within(cmd, limit);
+    assert!(exit.success(), "{cmd:?} failed: {exit}\n{stdout}{stderr}");
+    stdout
 }
 
 /// `kubectl kustomize deploy/kubernetes/overlays/<overlay>`, as documents.
@@ -333,7 +317,10 @@ fn the_control_plane_runs_as_the_contract_says() {
         assert!(args.contains(&want), "missing {want} in {args:?}");
     }
     // Every flag the Deployment passes is one the binary has.
-    let help = run(Command::new(env!("CARGO_BIN_EXE_weft-control-plane")).arg("--help"));
+    let help = run_within(
+        Command::new(env!("CARGO_BIN_EXE_weft-control-plane")).arg("--help"),
+        Duration::from_secs(30),
+    );
     for arg in &args {
         let flag = arg.split('=').next().unwrap_or_default();
         // `--kubernetes` must not count as present because `--kubernetes-tokens` is.

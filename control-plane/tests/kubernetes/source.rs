@@ -15,6 +15,8 @@ use weft_control_plane::kube::mapping::{self, Kind, Objects};
 use weft_control_plane::kube::source::{KubeOptions, KubeSource};
 use weft_control_plane::policy::MeshPolicy;
 use weft_control_plane::source::PolicySource;
+use weft_testkit::process::{output_within, spawn};
+use weft_testkit::wait;
 
 const TD: &str = "cluster.test";
 
@@ -1109,14 +1111,7 @@ fn kubeconfig(dir: &std::path::Path, api: &standin::ApiServer) -> std::path::Pat
 
 /// Poll `cond` until it holds, for at most `limit`.
 fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until(what, limit, || cond().then_some(()));
 }
 
 /// Wait for a change notification and a loaded policy that satisfies `cond`.
@@ -1415,13 +1410,6 @@ fn the_shop_example_policy_is_accepted_whole() {
 fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
     use std::process::{Command, Stdio};
 
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     fn free_addr() -> std::net::SocketAddr {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -1439,29 +1427,31 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
     let state = tmp.path().join("state");
     let (listen, admin) = (free_addr(), free_addr());
     let log = std::fs::File::create(tmp.path().join("cp.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-        .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-        .arg(&state)
-        .args([
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .env("KUBECONFIG", &config)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let _child = Killed(child);
+    let _child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
+            .arg(&state)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .env("KUBECONFIG", &config)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .expect("spawn");
+    // (exit, stdout, stderr) of `weftctl --server ... ARGS`.
     let weftctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_weftctl"))
-            .args(["--server", &format!("http://{admin}"), "--token-file"])
-            .arg(state.join("admin.token"))
-            .args(args)
-            .output()
-            .expect("weftctl")
+        output_within(
+            Command::new(env!("CARGO_BIN_EXE_weftctl"))
+                .args(["--server", &format!("http://{admin}"), "--token-file"])
+                .arg(state.join("admin.token"))
+                .args(args),
+            Duration::from_secs(30),
+        )
     };
     let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
     let mut services = String::new();
@@ -1469,9 +1459,9 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
         Duration::from_secs(20),
         "the control plane's services",
         || {
-            let out = weftctl(&["get", "services"]);
-            services = String::from_utf8_lossy(&out.stdout).into_owned();
-            out.status.success()
+            let (exit, out, _) = weftctl(&["get", "services"]);
+            services = out;
+            exit.success()
         },
     );
     assert!(
@@ -1483,29 +1473,24 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
 
     let file = tmp.path().join("extra.yaml");
     std::fs::write(&file, "services: []\n").expect("write");
-    let out = weftctl(&["apply", "-f", &file.display().to_string()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (exit, _, err) = weftctl(&["apply", "-f", &file.display().to_string()]);
+    assert_eq!(exit.code(), Some(1), "{err}");
     assert!(err.contains("kubectl apply"), "{err}");
-    let out = weftctl(&["rollback", "0123456789abcdef"]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, _, err) = weftctl(&["rollback", "0123456789abcdef"]);
     assert!(err.contains("kubectl apply"), "{err}");
 
     // --policy-dir and --kubernetes exclude each other.
-    let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-        .args([
-            "--kubernetes",
-            "--policy-dir",
-            "/nonexistent",
-            "--state-dir",
-        ])
-        .arg(tmp.path().join("other"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (exit, _, err) = output_within(
+        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+            .args([
+                "--kubernetes",
+                "--policy-dir",
+                "/nonexistent",
+                "--state-dir",
+            ])
+            .arg(tmp.path().join("other")),
+        Duration::from_secs(30),
     );
+    assert_eq!(exit.code(), Some(2));
+    assert!(err.contains("cannot be used with"), "{err}");
 }

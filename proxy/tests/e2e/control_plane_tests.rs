@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_control_plane::server::Running;
@@ -450,17 +449,9 @@ async fn sidecars_keep_serving_without_the_control_plane_and_resync_when_it_retu
 
 /// Kill a sidecar and start it again on the same config (and ports); waits until ready.
 async fn restart(mut s: Sidecar) -> Sidecar {
-    let _ = s.child.kill();
-    let _ = s.child.wait();
+    s.child.kill();
     let log = s.log.with_extension("2.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-        .arg("--config")
-        .arg(&s.config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn weft-proxy");
+    let child = spawn_proxy(&s.config, &log);
     let s2 = Sidecar {
         child,
         name: s.name.clone(),

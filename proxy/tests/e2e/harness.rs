@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use weft_certs::{CertificateAuthority, Identity};
+pub use weft_testkit::process::{self as guarded, Guard};
 
 pub const TD: &str = "weft.local";
 
@@ -76,9 +77,10 @@ pub async fn http_app(name: &str) -> SocketAddr {
     a
 }
 
-/// A running sidecar process; killed on drop if still running.
+/// A running sidecar process, in its own process group; killed on drop (and when the test
+/// process dies: see `weft_testkit::process`).
 pub struct Sidecar {
-    pub child: Child,
+    pub child: Guard,
     pub name: String,
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
@@ -173,14 +175,7 @@ impl Sidecar {
         let head = Self::config_text(&spec, outbound, inbound, admin);
         std::fs::write(&config, format!("{head}{rest}")).expect("write config");
         let log = pki.path().join(format!("{tag}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn weft-proxy");
+        let child = spawn_proxy(&config, &log);
         let s = Sidecar {
             child,
             name: spec.name.to_owned(),
@@ -220,8 +215,8 @@ impl Sidecar {
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
+            if let Some(exit) = self.child.status() {
+                return exit.code();
             }
             if Instant::now() >= deadline {
                 return None;
@@ -245,8 +240,9 @@ impl Sidecar {
             let ready = admin_get(self.admin, "/ready")
                 .await
                 .is_some_and(|(s, _)| s == 200);
-            let listening = tokio::net::TcpStream::connect(self.outbound).await.is_ok()
-                && tokio::net::TcpStream::connect(self.inbound).await.is_ok();
+            // Read from the kernel's socket table, not by connecting: a probe connection to
+            // the inbound port would be a handshake the TLS tests count.
+            let listening = is_listening(self.outbound) && is_listening(self.inbound);
             if ready && listening {
                 return;
             }
@@ -285,13 +281,38 @@ impl Sidecar {
     }
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Whether some socket listens on `addr` (IPv4), from `/proc/net/tcp`: no connection is made.
+pub fn is_listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(a) = addr else {
+        panic!("is_listening reads /proc/net/tcp: IPv4 only ({addr})")
+    };
+    // `local_address` is the address as a little-endian hex u32, then the port in hex;
+    // state 0A is LISTEN.
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(a.ip().octets()),
+        a.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).any(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1);
+        let state = f.nth(1);
+        local == Some(want.as_str()) && state == Some("0A")
+    })
+}
+
+/// Start `weft-proxy --config <config>` guarded, its stderr to `log`.
+pub fn spawn_proxy(config: &Path, log: &Path) -> Guard {
+    guarded::spawn(
+        Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file")),
+    )
+    .expect("spawn weft-proxy")
 }
 
 pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -602,11 +623,12 @@ pub async fn load(
     all
 }
 
-/// The value of one exported series (0 when absent): `fragment` must identify it, e.g.
-/// `weft_retries_total{` plus a label.
-pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The sum of the exported series named `name` whose labels include `labels`; `None` when the
+/// sidecar exports no such series.
+pub async fn try_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let (_, text) = admin_get(admin, "/metrics").await.expect("metrics");
-    text.lines()
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| {
             labels
@@ -614,7 +636,16 @@ pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// [`try_metric`] where the series must exist: a missing metric fails the test, it is never
+/// read as 0.
+pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    try_metric(admin, name, labels)
+        .await
+        .unwrap_or_else(|| panic!("no series {name} with {labels:?} at {admin}/metrics"))
 }
 
 /// A control plane in-process, signing with the test CA, serving `policy_dir`, its sidecar
@@ -721,14 +752,7 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
     let config = pki.path().join(format!("{tag}.yaml"));
     std::fs::write(&config, &head).expect("write config");
     let log = pki.path().join(format!("{tag}.log"));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn weft-proxy");
+    let child = spawn_proxy(&config, &log);
     Sidecar {
         child,
         name: name.to_owned(),

@@ -175,17 +175,15 @@ async fn a_bad_config_is_refused_at_start_with_file_field_and_reason() {
     let run = |yaml: &str, extra: &[&str]| {
         let path = pki.path().join("bad.yaml");
         std::fs::write(&path, yaml).expect("write");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .arg("--config")
-            .arg(&path)
-            .args(extra)
-            .output()
-            .expect("run weft-proxy");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        // A deadline: a regression that makes it serve instead of refusing fails, not hangs.
+        let (exit, stdout, stderr) = guarded::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+                .arg("--config")
+                .arg(&path)
+                .args(extra),
+            Duration::from_secs(30),
+        );
+        (exit.code(), stderr, stdout)
     };
     let good = format!(
         "service: {{name: frontend, identity: {}, app: \"127.0.0.1:9\"}}\n\

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_control_plane::server::Running;
@@ -120,7 +119,7 @@ fn cp_metric(cp: &Running, series: &str) -> f64 {
         .lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("the control plane exports no {series}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -342,28 +341,11 @@ async fn an_expired_sidecar_is_refused_by_its_peer_and_does_not_restart_without_
     );
 
     // Restarted with the expired certificate and no control plane: it refuses to start.
-    fe.child.kill().expect("kill frontend");
-    fe.child.wait().expect("reap frontend");
+    fe.child.kill();
     let log = pki.path().join("frontend-restart.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-        .arg("--config")
-        .arg(&fe.config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn weft-proxy");
-    let started = Instant::now();
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break Some(s);
-        }
-        if started.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut child = spawn_proxy(&fe.config, &log);
+    let status = child.wait_within(Duration::from_secs(15));
+    drop(child);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let status =
         status.unwrap_or_else(|| panic!("still running with an expired certificate:\n{text}"));

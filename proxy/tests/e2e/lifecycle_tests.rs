@@ -183,30 +183,35 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     // Every request must have reached the orders sidecar (counted as received, so in flight
     // there) before SIGTERM: one still between the sidecars would meet a closed listener,
     // which is not what this test is about. A loaded machine can take a while to get there.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(
-        orders.admin,
-        "weft_requests_total",
-        &[("direction", "inbound")],
+    weft_testkit::wait::until_async(
+        "the 20 requests to reach orders",
+        Duration::from_secs(10),
+        || async {
+            try_metric(
+                orders.admin,
+                "weft_requests_total",
+                &[("direction", "inbound")],
+            )
+            .await
+            .filter(|n| *n >= 20.0)
+        },
     )
-    .await
-        < 20.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the requests never reached orders"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    .await;
     let t0 = Instant::now();
     fe.signal(nix::sys::signal::Signal::SIGTERM);
     orders.signal(nix::sys::signal::Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // New connections are no longer accepted.
-    assert!(
-        tokio::net::TcpStream::connect(fe.outbound).await.is_err(),
-        "still accepting after SIGTERM"
-    );
+    // New connections are no longer accepted: the listener closes (waited for, not slept on).
+    weft_testkit::wait::until_async(
+        "the outbound listener to close after SIGTERM",
+        Duration::from_secs(5),
+        || async {
+            tokio::net::TcpStream::connect(fe.outbound)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
 
     for r in in_flight {
         let r = r.await.expect("task").expect("in-flight request completes");

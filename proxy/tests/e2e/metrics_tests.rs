@@ -12,7 +12,7 @@ fn sample(text: &str, name: &str, fragments: &[&str]) -> f64 {
     assert!(hits.len() <= 1, "ambiguous {name} {fragments:?}: {hits:#?}");
     hits.first()
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no series {name} {fragments:?} in\n{text}"))
 }
 
 /// Sum of every `weft_responses_total` sample whose line contains `fragment`.

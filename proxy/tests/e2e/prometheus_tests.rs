@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,7 +18,7 @@ fn deploy() -> PathBuf {
 
 /// A running `prometheus` process; killed (by PID) and reaped on drop.
 struct Prometheus {
-    child: Child,
+    _child: Guard,
     addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -29,12 +29,7 @@ impl Prometheus {
     /// address `cp` (job `weft-control-plane`) every second, evaluate the repo's alert rules
     /// every second.
     fn start(targets: &[SocketAddr], cp: SocketAddr) -> Prometheus {
-        let version = Command::new("prometheus").arg("--version").output();
-        assert!(
-            version.is_ok_and(|o| o.status.success()),
-            "the `prometheus` binary is not installed (Debian package `prometheus`, \
-             installed by scripts/setup); this test needs it"
-        );
+        let prometheus = weft_testkit::tools::find("prometheus");
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
@@ -52,19 +47,20 @@ impl Prometheus {
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("prometheus.log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn prometheus");
+        let child = guarded::spawn(
+            Command::new(prometheus)
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file")),
+        )
+        .expect("spawn prometheus");
         Prometheus {
-            child,
+            _child: child,
             addr,
             log,
             _dir: dir,
@@ -102,38 +98,35 @@ impl Prometheus {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
     }
 
-    /// The value of a query returning one sample (0 when it returns none).
-    async fn scalar(&self, promql: &str) -> f64 {
+    /// The value of a query returning one sample; `None` when it returns none.
+    async fn try_scalar(&self, promql: &str) -> Option<f64> {
         let v = self.query(promql).await;
         v["data"]["result"][0]["value"][1]
             .as_str()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0)
+    }
+
+    /// [`Self::try_scalar`] where the sample must exist: no data fails the test.
+    async fn scalar(&self, promql: &str) -> f64 {
+        self.try_scalar(promql)
+            .await
+            .unwrap_or_else(|| panic!("{promql} returned no sample"))
     }
 
     /// Wait (at most 30 s) until `promql` is at least `min`.
     async fn wait_at_least(&self, promql: &str, min: f64) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let v = self.scalar(promql).await;
-            if v >= min {
+            let v = self.try_scalar(promql).await;
+            if v.is_some_and(|v| v >= min) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{promql} = {v}, want >= {min}\n{}",
+                "{promql} = {v:?}, want >= {min}\n{}",
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -151,7 +144,7 @@ fn url_encode(s: &str) -> String {
 
 /// Run `promtool` with `args` in `deploy/prometheus`; assert it succeeds.
 fn promtool(args: &[&str]) {
-    let out = Command::new("promtool")
+    let out = Command::new(weft_testkit::tools::find("promtool"))
         .args(args)
         .current_dir(deploy().join("prometheus"))
         .output()
@@ -291,14 +284,7 @@ async fn start_cp_sidecar(pki: &Pki, name: &str, admin: SocketAddr, cp: SocketAd
     let config = pki.path().join(format!("{name}.yaml"));
     std::fs::write(&config, &head).expect("write config");
     let log = pki.path().join(format!("{name}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn weft-proxy");
+    let child = spawn_proxy(&config, &log);
     let s = Sidecar {
         child,
         name: name.to_owned(),

@@ -1,0 +1,66 @@
+//! Finding the external tools the tests call (kubectl, kubernetes-validate, prometheus,
+//! promtool), where `scripts/setup` put them.
+//!
+//! A test must never depend on what a developer happened to put on PATH by hand: on a fresh
+//! machine, in an empty environment, the tools are exactly where `scripts/setup` installed them.
+//! So the lookup order is setup's own directories first (`target/tools/*/bin` of the
+//! workspace), then PATH, then the system directories an empty environment's PATH may lack
+//! (Debian puts some daemons in `/usr/sbin`). A missing tool fails the test with what to run:
+//! never a silent skip.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where `scripts/setup` installs tools that are not system packages, one directory each.
+pub const SETUP_DIRS: [&str; 1] = ["target/tools/k8s/bin"];
+
+/// Directories searched after PATH.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin"];
+
+/// The path of `name`; panics, naming where it looked, if it is not installed.
+pub fn find(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let dirs = SETUP_DIRS
+        .iter()
+        .map(|d| root.join(d))
+        .chain(path_dirs)
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from));
+    let mut looked = Vec::new();
+    for d in dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return p;
+        }
+        looked.push(d.display().to_string());
+    }
+    panic!(
+        "{name} is not installed (looked in {}): run scripts/setup, which installs it",
+        looked.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_system_tool() {
+        assert!(find("sh").is_file());
+    }
+
+    #[test]
+    #[should_panic(expected = "not installed")]
+    fn a_missing_tool_fails_with_what_to_run() {
+        find("weft-no-such-tool");
+    }
+}
