@@ -104,7 +104,15 @@ async fn an_endpoint_killed_under_load_costs_no_idempotent_request() {
     .await;
     let proxy = fe.outbound;
     let run = tokio::spawn(async move { load(proxy, "orders", "/", 6000, 6).await });
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Mid-load, by the event: the endpoint has served 100 requests (the load sends 6,000).
+    let victim = cars[1].admin;
+    weft_testkit::wait::until_async("orders-1 to serve 100 requests", Duration::from_secs(30), || async {
+        try_metric(victim, "weft_requests_total", &[("direction", "inbound")])
+            .await
+            .filter(|n| *n >= 100.0)
+    })
+    .await;
+    assert!(!run.is_finished(), "the load ended before the kill");
     cars[1].child.kill();
     let out = run.await.expect("load");
     let bad: Vec<_> = out
@@ -353,8 +361,13 @@ async fn injected_faults_match_their_percentages() {
         o.status == 503 && o.error == "fault injected: abort"
     });
     assert!(within(aborted, 0.2), "aborted {aborted} of {n}");
-    let delayed = count(&out, |o| o.latency >= Duration::from_millis(60));
+    // The share of delays from the sidecar's own counter, not from latency (a busy machine
+    // makes undelayed requests slow too). Latency only bounds it from below: every delayed
+    // request took at least the delay.
+    let delayed = metric(fe.admin, "weft_faults_injected_total", &[("kind", "delay")]).await as usize;
     assert!(within(delayed, 0.1), "delayed {delayed} of {n}");
+    let slow = count(&out, |o| o.latency >= Duration::from_millis(60));
+    assert!(slow >= delayed, "{delayed} delayed by 60 ms, only {slow} took that long");
     assert_eq!(count(&out, |o| o.status == 200) + aborted, n);
     let faults = metric(fe.admin, "weft_faults_injected_total", &[("kind", "abort")]).await;
     assert_eq!(faults as usize, aborted);
@@ -405,8 +418,10 @@ async fn timeouts_bound_slow_upstreams_and_per_try_retries() {
         "{}",
         r.header("x-weft-error")
     );
+    // At least the timeout; and cut by it, far short of the app's 5 s (the upper bound leaves
+    // room for a busy machine: it is the timeout firing that is tested, not the machine's speed).
     assert!(
-        took >= Duration::from_millis(290) && took < Duration::from_millis(700),
+        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
         "{took:?}"
     );
 
@@ -417,7 +432,7 @@ async fn timeouts_bound_slow_upstreams_and_per_try_retries() {
     let took = t.elapsed();
     assert_eq!(r.status, 504, "{}", r.header("x-weft-error"));
     assert!(
-        took >= Duration::from_millis(240) && took < Duration::from_millis(600),
+        took >= Duration::from_millis(240) && took < Duration::from_secs(3),
         "{took:?}"
     );
     let attempts = apps[1].hits() - before;
