@@ -106,11 +106,15 @@ async fn an_endpoint_killed_under_load_costs_no_idempotent_request() {
     let run = tokio::spawn(async move { load(proxy, "orders", "/", 6000, 6).await });
     // Mid-load, by the event: the endpoint has served 100 requests (the load sends 6,000).
     let victim = cars[1].admin;
-    weft_testkit::wait::until_async("orders-1 to serve 100 requests", Duration::from_secs(30), || async {
-        try_metric(victim, "weft_requests_total", &[("direction", "inbound")])
-            .await
-            .filter(|n| *n >= 100.0)
-    })
+    weft_testkit::wait::until_async(
+        "orders-1 to serve 100 requests",
+        Duration::from_secs(30),
+        || async {
+            try_metric(victim, "weft_requests_total", &[("direction", "inbound")])
+                .await
+                .filter(|n| *n >= 100.0)
+        },
+    )
     .await;
     assert!(!run.is_finished(), "the load ended before the kill");
     cars[1].child.kill();
@@ -364,10 +368,14 @@ async fn injected_faults_match_their_percentages() {
     // The share of delays from the sidecar's own counter, not from latency (a busy machine
     // makes undelayed requests slow too). Latency only bounds it from below: every delayed
     // request took at least the delay.
-    let delayed = metric(fe.admin, "weft_faults_injected_total", &[("kind", "delay")]).await as usize;
+    let delayed =
+        metric(fe.admin, "weft_faults_injected_total", &[("kind", "delay")]).await as usize;
     assert!(within(delayed, 0.1), "delayed {delayed} of {n}");
     let slow = count(&out, |o| o.latency >= Duration::from_millis(60));
-    assert!(slow >= delayed, "{delayed} delayed by 60 ms, only {slow} took that long");
+    assert!(
+        slow >= delayed,
+        "{delayed} delayed by 60 ms, only {slow} took that long"
+    );
     assert_eq!(count(&out, |o| o.status == 200) + aborted, n);
     let faults = metric(fe.admin, "weft_faults_injected_total", &[("kind", "abort")]).await;
     assert_eq!(faults as usize, aborted);
