@@ -157,6 +157,120 @@ fn promtool(args: &[&str]) {
     );
 }
 
+/// Every panel query of a dashboard, with its panel's title (rows nest panels).
+fn panel_exprs<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
+    for panel in v["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or("");
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = t["expr"].as_str() {
+                out.push((title, expr));
+            }
+        }
+        panel_exprs(panel, out);
+    }
+}
+
+/// The values of an instant query's result, with their labels.
+fn samples(result: &[Value]) -> Vec<(&Value, f64)> {
+    result
+        .iter()
+        .map(|r| {
+            let v = r["value"][1]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no value in {r}"));
+            (&r["metric"], v)
+        })
+        .collect()
+}
+
+/// Checks a panel query's result against what the test's traffic must produce: two rounds of
+/// `mixed_traffic` (per round 7 × 200 on route `api`, 3 × 503 on `status`, 2 × 404 unmatched,
+/// all from `frontend` to `orders`) plus one refused plaintext handshake at `orders`, within
+/// the last minute; one control-plane sidecar (`catalog`) in sync. Returns whether the panel
+/// has an expectation (the others are checked for data only).
+fn expect_panel(title: &str, q: &str, result: &[Value]) -> bool {
+    // Per-service panels also show `dst_service="unknown"` (requests no service matched, at
+    // rate 0 here); the expectations are about `orders`, which must be there.
+    let all: Vec<_> = samples(result)
+        .into_iter()
+        .filter(|(l, _)| l["dst_service"] != "unknown")
+        .collect();
+    assert!(
+        !all.is_empty(),
+        "panel {title:?}: nothing but unknown services: {result:?}"
+    );
+    let each = |ok: &dyn Fn(&Value, f64) -> bool, what: &str| {
+        for (labels, v) in &all {
+            assert!(
+                ok(labels, *v),
+                "panel {title:?}: {v} for {labels}, want {what}\n{q}"
+            );
+        }
+    };
+    let frontend = spiffe("frontend");
+    match title {
+        // 18 of 24 responses are not 5xx (the 404s are the caller's error, not the mesh's).
+        "Success rate (mesh)" | "Success rate by service" => {
+            each(&|_, v| (v - 0.75).abs() < 0.05, "0.75 (18 of 24 not 5xx)");
+        }
+        "Success rate by route" => each(&|_, v| (v - 1.0).abs() < 1e-9, "1 (route api: all 200)"),
+        // 24 requests in the last minute: rate over 1m between 12/60 and 36/60 per second
+        // (Prometheus extrapolates to the window's edges; measured 0.43).
+        "Request rate (mesh)" | "Request rate by service" => {
+            each(
+                &|_, v| (0.15..=0.6).contains(&v),
+                "0.15..0.6 req/s (24 in a minute)",
+            );
+        }
+        "Responses by status code" => {
+            each(
+                &|l, _| l["status_code"] == "200",
+                "status 200 only on route api",
+            );
+        }
+        "Retries by route" => each(&|_, v| v == 0.0, "0 (nothing was retried)"),
+        "Sidecars connected" | "Sidecars in sync" | "Policy valid" => each(&|_, v| v == 1.0, "1"),
+        "Sidecars NACKing" | "Policy changes refused" => each(&|_, v| v == 0.0, "0"),
+        "Requests in flight" => each(&|_, v| v == 0.0, "0 (the traffic has ended)"),
+        // `weft_endpoints_healthy` and `weft_endpoints`: orders has one endpoint, healthy.
+        "Endpoints healthy / total" => each(&|_, v| v == 1.0, "1 endpoint of orders"),
+        "Ejected endpoints (breaker open)" if q.starts_with("max") => {
+            each(&|_, v| v == 0.0, "0 (nothing ejected)")
+        }
+        "Inbound requests by caller" | "Inbound requests by caller identity" => {
+            assert!(
+                all.iter()
+                    .any(|(l, v)| l["caller"] == frontend.as_str() && *v > 0.0),
+                "panel {title:?}: no traffic from {frontend}: {result:?}"
+            );
+        }
+        "Inbound mTLS handshakes by result" => {
+            assert!(
+                all.iter()
+                    .any(|(l, v)| l["result"] == "refused" && *v > 0.0),
+                "panel {title:?}: the refused plaintext handshakes are not shown: {result:?}"
+            );
+        }
+        "Refused handshakes by sidecar" => {
+            assert!(
+                all.iter().any(|(_, v)| *v > 0.0),
+                "panel {title:?}: the refused plaintext handshakes are not shown: {result:?}"
+            );
+        }
+        // Certificates issued for an hour (the test CA) or the control plane's default.
+        "Soonest certificate expiry" => each(
+            &|_, v| v > 0.0 && v <= 3600.0,
+            "0..3600 s (one-hour certificates)",
+        ),
+        "Latency p50 / p95 / p99 by service" | "Latency p50 / p95 / p99 by route" => {
+            each(&|_, v| v > 0.0 && v < 1.0, "between 0 and 1 s on loopback")
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// Every string under a key `key`, anywhere in the document.
 fn collect<'a>(v: &'a Value, key: &str, out: &mut Vec<&'a str>) {
     match v {
@@ -423,8 +537,10 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
         .as_str()
         .expect("datasource uid");
 
-    // Every panel query of every dashboard parses and returns data from this mesh.
+    // Every panel query of every dashboard parses and returns data from this mesh, and the
+    // main panels show the values the known traffic must produce (see `expect_panel`).
     let mut checked = 0;
+    let mut valued = 0;
     for file in [
         "control-plane.json",
         "mesh-overview.json",
@@ -441,9 +557,9 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
             "{file}: datasource other than {uid}: {uids:?}"
         );
         let mut exprs = Vec::new();
-        collect(&dash, "expr", &mut exprs);
+        panel_exprs(&dash, &mut exprs);
         assert!(!exprs.is_empty(), "{file}: no panel queries");
-        for expr in exprs {
+        for (title, expr) in exprs {
             let q = expr
                 .replace("$__rate_interval", "1m")
                 .replace("$service", "orders")
@@ -457,16 +573,24 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
             let result = v["data"]["result"].as_array().expect("result");
             assert!(!result.is_empty(), "{file}: no data for {q}\n{v}");
             checked += 1;
+            if expect_panel(title, &q, result) {
+                valued += 1;
+            }
         }
     }
     assert!(checked >= 20, "{checked} panel queries");
+    // The panels an operator reads first show the values this traffic must produce.
+    assert!(
+        valued >= 15,
+        "{valued} panel queries checked for their values"
+    );
     // The drilldown's `service` variable offers the service that got traffic.
     let v = prom
         .query("group by (dst_service) (weft_requests_total)")
         .await;
     assert!(v.to_string().contains(r#""dst_service":"orders""#), "{v}");
     eprintln!(
-        "prometheus e2e: {rule_count} rules, {checked} panel queries, {:?}",
+        "prometheus e2e: {rule_count} rules, {checked} panel queries ({valued} checked for values), {:?}",
         started.elapsed()
     );
 }
