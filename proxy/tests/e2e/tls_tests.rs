@@ -111,6 +111,21 @@ async fn inbound_refuses_plaintext_foreign_ca_and_no_client_cert() {
     .await;
     assert!(r.is_err(), "foreign CA got {r:?}");
     assert!(orders.log_text().contains("refused"), "refusals are logged");
+    // Counted exactly: the three refusals above and nothing else (the harness's readiness
+    // check reads the socket table and never touches the inbound port).
+    let admin = orders.admin;
+    let refused = weft_testkit::wait::until_async(
+        "3 refused handshakes",
+        Duration::from_secs(10),
+        || async {
+            try_metric(admin, "weft_tls_handshakes_total", &[("result", "refused")])
+                .await
+                .filter(|n| *n >= 3.0)
+        },
+    )
+    .await;
+    assert_eq!(refused, 3.0, "plaintext, no client certificate, foreign CA");
+    assert!(metric(admin, "weft_tls_handshakes_total", &[("result", "ok")]).await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
