@@ -2,17 +2,16 @@
 //! `weft-control-plane` process on loopback (OS-assigned ports) and `weftctl` processes.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_testkit::process::{output_within, spawn, Guard};
 
+/// A loopback port reserved for this test process (see `weft_testkit::ports`).
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
+    ([127, 0, 0, 1], weft_testkit::ports::reserve()).into()
 }
 
 fn policy(v1: u32, v2: u32) -> String {

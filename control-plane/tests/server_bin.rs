@@ -2,7 +2,7 @@
 //! refuses to start on an invalid policy, naming file and line.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -12,10 +12,9 @@ use weft_testkit::wait;
 const POLICY: &str =
     "services:\n  - name: orders\n    identity: spiffe://weft.local/ns/default/sa/orders\n";
 
+/// A loopback port reserved for this test process (see `weft_testkit::ports`).
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
+    ([127, 0, 0, 1], weft_testkit::ports::reserve()).into()
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {

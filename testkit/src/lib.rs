@@ -6,6 +6,8 @@
 //!   dropped, whether the test passed, failed or panicked. A test binary killed from outside (a
 //!   timeout, Ctrl-C) takes its children with it. [`process::output_within`] runs a command that
 //!   is expected to end (for example a binary that must refuse to start) with a deadline.
+//! - **Ports no other test holds.** [`ports::reserve`] hands out loopback ports below the
+//!   kernel's ephemeral range, each locked for the life of the test process.
 //! - **Tools where setup put them.** [`tools::find`] looks where `scripts/setup` installs,
 //!   not only on PATH.
 //! - **Wait on the event, not the clock.** [`wait::until`] and [`wait::until_async`] poll a
@@ -15,6 +17,7 @@
 // signal of a child before it runs); it is allowed there alone, with its reasoning.
 #![deny(unsafe_code)]
 
+pub mod ports;
 pub mod process;
 pub mod tools;
 pub mod wait;

@@ -1410,10 +1410,9 @@ fn the_shop_example_policy_is_accepted_whole() {
 fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
     use std::process::{Command, Stdio};
 
+    /// A loopback port reserved for this test process (see `weft_testkit::ports`).
     fn free_addr() -> std::net::SocketAddr {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
+        ([127, 0, 0, 1], weft_testkit::ports::reserve()).into()
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()

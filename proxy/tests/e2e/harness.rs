@@ -16,23 +16,10 @@ pub use weft_testkit::process::{self as guarded, Guard};
 
 pub const TD: &str = "weft.local";
 
-/// A loopback port for a sidecar or app to bind: bound once by the OS, then released. The
-/// OS may hand a released port out again at once, so ports already given to this test
-/// process are never returned twice (bounded: at most 100 draws).
+/// A loopback port for a sidecar or app to bind, reserved for this test process (below the
+/// ephemeral range, locked against other test processes: see `weft_testkit::ports`).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..100 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind")
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no fresh loopback port in 100 draws");
+    weft_testkit::ports::reserve()
 }
 
 pub fn spiffe(sa: &str) -> String {
