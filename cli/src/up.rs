@@ -428,6 +428,10 @@ fn start_prometheus(
 
 /// Run the mesh until Ctrl-C, SIGTERM or `--duration`.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // The stop signals are registered before anything starts: a SIGTERM or Ctrl-C during
+    // start-up is then held until the mesh is up and stops it in order, instead of ending this
+    // process by the default action and orphaning the sidecars and apps already started.
+    let stop = StopSignals::install()?;
     let (dir, _temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("{}", d.display()))?;
@@ -578,7 +582,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let outcome = tokio::select! {
         r = viewer.run(full_screen) => r,
-        r = stop_signal(args.duration) => r,
+        r = stop.wait(args.duration) => r,
         why = watch_children(&mut children) => Err(anyhow::anyhow!("{why}; see the logs in {}", dir.display())),
     };
     generator.abort();
@@ -600,23 +604,39 @@ async fn watch_children(children: &mut Children) -> String {
     }
 }
 
-async fn stop_signal(limit: Option<Duration>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let limit = async {
-        match limit {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-        () = limit => {}
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, listened for from [`StopSignals::install`] on.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    Ok(())
+
+    /// Until a stop signal (one that came in earlier counts at once) or `limit`.
+    async fn wait(mut self, limit: Option<Duration>) -> anyhow::Result<()> {
+        let limit = async {
+            match limit {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+            () = limit => {}
+        }
+        Ok(())
+    }
 }
 
 fn print_where(

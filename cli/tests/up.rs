@@ -267,3 +267,46 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         );
     }
 }
+
+/// A SIGTERM that arrives while `weft up` is still starting the mesh (the sidecars and apps
+/// half started) stops everything it started: nothing of its process group is left. Before
+/// the stop signals were registered at the very start, the default action ended `weft up` at
+/// once and orphaned what it had started.
+#[test]
+fn weft_up_stopped_during_start_up_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = weft_testkit::process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "up",
+                "--no-view",
+                "--rate",
+                "5",
+                "--duration",
+                "120s",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("spawn weft up");
+    // The first process it started is the moment: `up.json` is written only once all nine
+    // are ready, so the mesh is still starting.
+    weft_testkit::wait::until(
+        "weft up to start its first process",
+        Duration::from_secs(60),
+        || (child.group_members().len() >= 2).then_some(()),
+    );
+    assert!(
+        !dir.path().join("up.json").exists(),
+        "still starting when signalled"
+    );
+    child.signal(Signal::SIGTERM);
+    let exit = child
+        .wait_within(Duration::from_secs(60))
+        .expect("weft up did not stop within 60 s of SIGTERM");
+    assert!(exit.success(), "weft up exits 0 on SIGTERM: {exit}");
+    let left = child.group_members();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}

@@ -187,6 +187,26 @@ impl Guard {
             .unwrap_or_else(|| panic!("process {} survived SIGKILL for 30 s", self.pid))
     }
 
+    /// The live processes of the child's process group (the child and what it started and
+    /// did not move elsewhere), from `/proc`; zombies are not counted. Empty once everything
+    /// the child started has ended.
+    pub fn group_members(&self) -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name (in parentheses, which may hold spaces): state, ppid, pgrp.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let mut f = rest.split(' ');
+            let state = f.next()?;
+            let pgrp: i32 = f.nth(1)?.parse().ok()?;
+            (pgrp == self.pid.as_raw() && state != "Z").then_some(pid)
+        })
+        .collect()
+    }
+
     /// Waits up to `limit` for the child to end (polled, bounded by the deadline).
     pub fn wait_within(&mut self, limit: Duration) -> Option<Exit> {
         let deadline = Instant::now() + limit;
@@ -241,6 +261,27 @@ mod tests {
         crate::wait::until("the grandchild to end", Duration::from_secs(10), || {
             (!alive(grandchild)).then_some(())
         });
+    }
+
+    #[test]
+    fn group_members_lists_the_live_group() {
+        let mut g = spawn(
+            Command::new("sh")
+                .args(["-c", "sleep 300 & echo started; wait"])
+                .stdout(Stdio::piped()),
+        )
+        .expect("spawn");
+        let mut out = g.take_stdout().expect("stdout");
+        let mut line = [0u8; 8];
+        out.read_exact(&mut line).expect("read");
+        // The shell and its sleep.
+        assert_eq!(g.group_members().len(), 2, "{:?}", g.group_members());
+        let leader = g.id() as i32;
+        assert!(g.group_members().contains(&leader));
+        g.signal(Signal::SIGKILL);
+        g.wait_within(Duration::from_secs(10)).expect("killed");
+        // The leader is a zombie now (not counted); the sleep lives on in the group.
+        assert_eq!(g.group_members().len(), 1, "{:?}", g.group_members());
     }
 
     #[test]
