@@ -36,7 +36,7 @@ use crate::{control, tcp};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a new plaintext connection may take to send its first bytes (matches Pingora's
-/// keepalive wait between requests).
+/// keepalive wait between requests); a shorter `idle_timeout` shortens it.
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Period of each traffic worker's timer floor (see [`ensure_timer_floor`]).
@@ -184,7 +184,12 @@ impl Traffic {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
-        let h2 = match timeout(FIRST_BYTES_TIMEOUT, sniff_h2c(&mut l4)).await {
+        // A client connection that has sent no request yet is idle too: `idle_timeout` bounds
+        // it when shorter than the first-bytes limit (docs/CONFIG.md: "a client connection
+        // with no request ... for this long is closed"). It used to wait the full 60 s
+        // whatever `idle_timeout` said.
+        let first_bytes = FIRST_BYTES_TIMEOUT.min(self.store.load().idle_timeout);
+        let h2 = match timeout(first_bytes, sniff_h2c(&mut l4)).await {
             Ok(Ok(h2)) => h2,
             _ => return None,
         };
@@ -210,7 +215,15 @@ impl Traffic {
             return reused;
         }
         let mut session = ServerSession::new_http1(l4);
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        // The same bound while the rest of the first request arrives, and between requests
+        // after one the sidecar answered without routing (an unknown host, say); a routed
+        // request sets `idle_timeout` itself (`errors::idle_keepalive`).
+        let keepalive = first_bytes.as_secs().max(1);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(keepalive)
+        });
         // Each request takes the proxy in force when it starts: after a certificate renewal
         // the next request on a kept-alive connection already uses the new one.
         let mut result = self

@@ -5,6 +5,7 @@ mod access_log_tests;
 mod admin_tests;
 mod authz_tests;
 mod control_plane_tests;
+mod coverage_tests;
 mod harness;
 mod http_tests;
 mod identity_tests;
