@@ -128,8 +128,13 @@ async fn reload_on_change(store: Arc<Store>) {
         let now = stamp(&paths);
         if now != last {
             reload(&store, "file changed").await;
-            paths = watched(&store);
-            last = stamp(&paths);
+            let after = watched(&store);
+            // Compare later against the stamps taken *before* this reload: a file replaced
+            // while it ran (the key renamed in after the certificate, say) then differs at the
+            // next tick and is reloaded again. Stamping after the reload would record the new
+            // file as seen and never apply it. A changed set of files is stamped anew.
+            last = if after == paths { now } else { stamp(&after) };
+            paths = after;
         }
     }
 }
