@@ -497,6 +497,9 @@ pub struct TestApp {
     pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
     pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Open (`true`) lets answers go; closed, every request waits at the app (counted in
+    /// `hits`) until [`TestApp::release`]: exact arrival without racing the clock.
+    pub gate: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl TestApp {
@@ -508,6 +511,7 @@ impl TestApp {
             hits: Default::default(),
             status: std::sync::Arc::new(status.into()),
             delay_ms: Default::default(),
+            gate: std::sync::Arc::new(tokio::sync::watch::Sender::new(true)),
         };
         let (a, name) = (app.clone(), name.to_owned());
         tokio::spawn(async move {
@@ -524,6 +528,7 @@ impl TestApp {
                                 // Read the whole body first, as most apps do before answering.
                                 let _ = req.into_body().collect().await;
                                 a.hits.fetch_add(1, Relaxed);
+                                let _ = a.gate.subscribe().wait_for(|open| *open).await;
                                 let d = a.delay_ms.load(Relaxed);
                                 if d > 0 {
                                     tokio::time::sleep(Duration::from_millis(d)).await;
@@ -551,6 +556,16 @@ impl TestApp {
 
     pub fn set_status(&self, s: u16) {
         self.status.store(s, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Hold every request at the app until [`TestApp::release`].
+    pub fn hold(&self) {
+        self.gate.send_replace(false);
+    }
+
+    /// Let the held requests (and all later ones) be answered.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
     }
 }
 
