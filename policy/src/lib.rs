@@ -199,9 +199,20 @@ fn host_port(s: &str) -> Result<String, String> {
     }
 }
 
-/// Parse a duration such as `250ms`, `2s` or `1m`.
+/// The longest duration a policy accepts. Timeouts, windows and ejection times are added to
+/// the clock (`Instant + Duration`), which panics past the clock's range; nothing a mesh does
+/// needs more than a year, so anything longer is refused as the typo it is.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parse a duration such as `250ms`, `2s` or `1m`, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {s:?} is longer than the limit of 365 days"
+        ));
+    }
+    Ok(d)
 }
 
 struct Validator<'a> {

@@ -693,3 +693,23 @@ fn control_plane_join_token_file_and_bootstrap_timeout() {
     );
     assert!(parse_str(&unknown).is_err());
 }
+
+/// A duration past the clock's range used to be accepted, and a route `timeout` of that size
+/// then panicked on every request (`Instant + Duration` overflow). Every duration is capped.
+#[test]
+fn durations_longer_than_a_year_are_refused() {
+    let text = format!(
+        "idle_timeout: 1000000y\n{BASE}routes:\n  - name: r\n    service: orders\n    timeout: 18446744073709551615s\n"
+    );
+    let errors = invalid(&text);
+    for field in ["idle_timeout", "routes[0].timeout"] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.reason.contains("longer than the limit of 365 days")),
+            "no error for {field} in {errors:?}"
+        );
+    }
+    // A year exactly is still a duration.
+    assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+}

@@ -185,7 +185,9 @@ impl ProxyHttp for Outbound {
         let rs = &d.routes[route];
         rs.metrics.request();
         ctx.metrics = Some(rs.metrics.clone());
-        ctx.deadline = rs.route.timeout.map(|t| Instant::now() + t);
+        // Checked: a deadline past the clock's range (the policy caps timeouts, but this is
+        // the request path) means none, never a panic.
+        ctx.deadline = rs.route.timeout.and_then(|t| Instant::now().checked_add(t));
         ctx.dest = dest;
         ctx.route = route;
         ctx.matched = true;
