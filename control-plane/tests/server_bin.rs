@@ -17,6 +17,21 @@ fn free_addr() -> SocketAddr {
     ([127, 0, 0, 1], weft_testkit::ports::reserve()).into()
 }
 
+/// `weft-control-plane` serving `<dir>/policy`, its state in `<dir>/state`, on `listen` and
+/// `admin`.
+fn cp_command(dir: &std::path::Path, listen: SocketAddr, admin: SocketAddr) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"));
+    cmd.arg("--policy-dir")
+        .arg(dir.join("policy"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin")
+        .arg(admin.to_string());
+    cmd
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     http_get_auth(addr, path, "")
 }
@@ -42,15 +57,7 @@ fn serves_status_on_the_admin_address() {
     std::fs::write(policy.join("mesh.yaml"), POLICY).expect("write");
     let (listen, admin) = (free_addr(), free_addr());
     let _child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .arg("--policy-dir")
-            .arg(&policy)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--admin")
-            .arg(admin.to_string())
+        cp_command(dir.path(), listen, admin)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
@@ -90,15 +97,7 @@ fn refuses_to_start_on_an_invalid_policy() {
     )
     .expect("write");
     let (exit, _, err) = output_within(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .arg("--policy-dir")
-            .arg(&policy)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--listen")
-            .arg(free_addr().to_string())
-            .arg("--admin")
-            .arg(free_addr().to_string()),
+        &mut cp_command(dir.path(), free_addr(), free_addr()),
         Duration::from_secs(30),
     );
     assert_eq!(exit.code(), Some(1));
@@ -112,15 +111,7 @@ fn refuses_a_certificate_lifetime_out_of_bounds() {
     std::fs::create_dir(&policy).expect("mkdir");
     std::fs::write(policy.join("mesh.yaml"), POLICY).expect("write");
     let (exit, _, err) = output_within(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .arg("--policy-dir")
-            .arg(&policy)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--listen")
-            .arg(free_addr().to_string())
-            .arg("--admin")
-            .arg(free_addr().to_string())
+        cp_command(dir.path(), free_addr(), free_addr())
             .arg("--cert-lifetime")
             .arg("30d"),
         Duration::from_secs(30),

@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,39 +16,7 @@ use weft_testkit::wait::until_async;
 use crate::harness::*;
 use crate::pair;
 
-/// TLS server name of the `orders` identity.
-const ORDERS_NAME: &str = "orders.default.serviceaccount.identity.weft.local";
 const HANDSHAKES: &str = "weft_tls_handshakes_total";
-
-/// [`Sidecar::start`] with the harness's config head edited by `edit`: for keys the harness
-/// already writes (`drain_timeout`), which a second occurrence in `rest` would duplicate.
-async fn start_edited(
-    pki: &Pki,
-    mut spec: Spec<'_>,
-    edit: impl FnOnce(String) -> String,
-) -> Sidecar {
-    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (outbound, inbound, admin) = (port(), port(), port());
-    let tag = format!("{}-{}", spec.name, inbound.port());
-    let config = pki.path().join(format!("{tag}.yaml"));
-    let rest = std::mem::take(&mut spec.rest);
-    let head = edit(Sidecar::config_text(&spec, outbound, inbound, admin));
-    std::fs::write(&config, format!("{head}{rest}")).expect("write config");
-    let log = pki.path().join(format!("{tag}.log"));
-    let child = spawn_proxy(&config, &log);
-    let s = Sidecar {
-        child,
-        name: spec.name.to_owned(),
-        outbound,
-        inbound,
-        admin,
-        config,
-        log,
-        head,
-    };
-    s.wait_ready().await;
-    s
-}
 
 /// The `orders` sidecar alone, in front of the sample app.
 async fn orders_alone(pki: &Pki) -> Sidecar {
@@ -88,37 +54,13 @@ fn mesh_client(
 ) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.cert_der().clone()).expect("root");
-    let cert = std::fs::read(pki.path().join(format!("{sa}.crt"))).expect("cert");
-    let key = std::fs::read(pki.path().join(format!("{sa}.key"))).expect("key");
-    let chain = rustls_pemfile::certs(&mut cert.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("pem");
-    let key = rustls_pemfile::private_key(&mut key.as_slice())
-        .expect("pem")
-        .expect("key");
+    let (chain, key) = client_identity(pki, sa);
     let mut c = rustls::ClientConfig::builder_with_protocol_versions(&[version])
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .expect("client auth");
     c.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(c)
-}
-
-type MeshTls = tokio_rustls::client::TlsStream<TcpStream>;
-
-/// A TLS handshake with an `orders` sidecar's inbound listener (at most 5 s).
-async fn handshake(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<MeshTls, String> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let name = rustls::pki_types::ServerName::try_from(ORDERS_NAME).expect("name");
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_owned())?
-    .map_err(|e| format!("handshake: {e}"))
 }
 
 /// The leaf certificate the server presented, DER.
@@ -129,30 +71,6 @@ fn peer_leaf(tls: &MeshTls) -> Vec<u8> {
         .and_then(|c| c.first())
         .expect("server certificate")
         .to_vec()
-}
-
-/// One HTTP/2 GET over an established mesh TLS connection; the status, body read.
-async fn h2_get(tls: MeshTls) -> Result<u16, String> {
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .map_err(|e| format!("h2: {e}"))?;
-    tokio::spawn(conn);
-    let req = http::Request::get("http://orders/")
-        .body(Full::new(Bytes::new()))
-        .expect("req");
-    let r = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-        .await
-        .map_err(|_| "request timed out".to_owned())?
-        .map_err(|e| format!("request: {e}"))?;
-    let status = r.status().as_u16();
-    r.into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?;
-    Ok(status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +157,7 @@ async fn sigterm_drain_turns_unready_sends_goaway_and_exits_at_the_drain_timeout
         "services:\n{}",
         service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
     );
-    let mut fe = start_edited(&pki, spec, |h| {
+    let mut fe = Sidecar::start_edited(&pki, spec, |h| {
         h.replace("drain_timeout: 10s\n", "drain_timeout: 2s\n")
     })
     .await;

@@ -153,13 +153,23 @@ impl Sidecar {
         )
     }
 
-    pub async fn start(pki: &Pki, mut spec: Spec<'_>) -> Sidecar {
+    pub async fn start(pki: &Pki, spec: Spec<'_>) -> Sidecar {
+        Self::start_edited(pki, spec, |head| head).await
+    }
+
+    /// [`Sidecar::start`] with the config head edited by `edit`: for keys the head already
+    /// writes (`drain_timeout`), which a second occurrence in `rest` would duplicate.
+    pub async fn start_edited(
+        pki: &Pki,
+        mut spec: Spec<'_>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Sidecar {
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (outbound, inbound, admin) = (port(0), port(1), port(2));
         let tag = format!("{}-{}", spec.name, inbound.port());
         let config = pki.path().join(format!("{tag}.yaml"));
         let rest = std::mem::take(&mut spec.rest);
-        let head = Self::config_text(&spec, outbound, inbound, admin);
+        let head = edit(Self::config_text(&spec, outbound, inbound, admin));
         std::fs::write(&config, format!("{head}{rest}")).expect("write config");
         let log = pki.path().join(format!("{tag}.log"));
         let child = spawn_proxy(&config, &log);
@@ -287,6 +297,72 @@ pub fn is_listening(addr: SocketAddr) -> bool {
         let state = f.nth(1);
         local == Some(want.as_str()) && state == Some("0A")
     })
+}
+
+/// TLS server name of the `orders` identity.
+pub const ORDERS_NAME: &str = "orders.default.serviceaccount.identity.weft.local";
+
+pub type MeshTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS handshake with an `orders` sidecar's inbound listener (at most 5 s).
+pub async fn handshake(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<MeshTls, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from(ORDERS_NAME).expect("name");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_owned())?
+    .map_err(|e| format!("handshake: {e}"))
+}
+
+/// One HTTP/2 GET over an established mesh TLS connection; the status, body read.
+pub async fn h2_get(tls: MeshTls) -> Result<u16, String> {
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| format!("h2: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get("http://orders/")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let r = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .map_err(|_| "request timed out".to_owned())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = r.status().as_u16();
+    r.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    Ok(status)
+}
+
+/// The certificate chain and key issued to `sa` by `pki`, for a TLS client that presents it.
+pub fn client_identity(
+    pki: &Pki,
+    sa: &str,
+) -> (
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+) {
+    let cert = std::fs::read(pki.path().join(format!("{sa}.crt"))).expect("cert");
+    let key = std::fs::read(pki.path().join(format!("{sa}.key"))).expect("key");
+    let chain = rustls_pemfile::certs(&mut cert.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("pem");
+    let key = rustls_pemfile::private_key(&mut key.as_slice())
+        .expect("pem")
+        .expect("key");
+    (chain, key)
 }
 
 /// Start `weft-proxy --config <config>` guarded, its stderr to `log`.

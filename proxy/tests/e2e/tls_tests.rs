@@ -18,14 +18,7 @@ fn client_config(pki_for_roots: &Pki, client_cert: Option<(&Pki, &str)>) -> rust
     let mut c = match client_cert {
         None => b.with_no_client_auth(),
         Some((pki, sa)) => {
-            let cert = std::fs::read(pki.path().join(format!("{sa}.crt"))).expect("cert");
-            let key = std::fs::read(pki.path().join(format!("{sa}.key"))).expect("key");
-            let chain = rustls_pemfile::certs(&mut cert.as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .expect("pem");
-            let key = rustls_pemfile::private_key(&mut key.as_slice())
-                .expect("pem")
-                .expect("key");
+            let (chain, key) = client_identity(pki, sa);
             b.with_client_auth_cert(chain, key).expect("client auth")
         }
     };
@@ -39,32 +32,7 @@ async fn try_request(
     inbound: std::net::SocketAddr,
     config: rustls::ClientConfig,
 ) -> Result<u16, String> {
-    let tcp = tokio::net::TcpStream::connect(inbound)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(
-        "orders.default.serviceaccount.identity.weft.local",
-    )
-    .expect("name");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .map_err(|e| format!("h2: {e}"))?;
-    tokio::spawn(conn);
-    let req = http::Request::get("http://orders/")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("req");
-    let r = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-        .await
-        .map_err(|_| "timeout".to_owned())?
-        .map_err(|e| format!("request: {e}"))?;
-    Ok(r.status().as_u16())
+    h2_get(handshake(inbound, Arc::new(config)).await?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
