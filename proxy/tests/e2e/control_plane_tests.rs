@@ -199,6 +199,8 @@ async fn sidecars_follow_the_control_plane_refuse_invalid_policy_and_nack() {
     assert!(m.contains("weft_cp_policy_valid 0"), "{m}");
     assert!(m.contains("weft_cp_policy_rejected_total 1"), "{m}");
     assert!(error.contains("regex"), "{error}");
+    // Showing that something does NOT happen (no new version acknowledged): no event to wait
+    // for, so a short wait before the check.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(frontend_status(&cp).await["acked_version"], acked);
     let share = v2_share(&fe, 200).await;

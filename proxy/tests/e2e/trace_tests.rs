@@ -130,6 +130,7 @@ impl Collector {
         while self.of(trace_id).len() < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Showing that no surplus span comes: no event to wait for, so a short wait.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.of(trace_id)
     }
@@ -569,6 +570,7 @@ async fn spans_still_queued_at_sigterm_are_flushed() {
             .status,
         200
     );
+    // Showing that nothing is exported before the flush: no event to wait for.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(collector.of(trace).is_empty(), "exported before the flush");
     m.fe.signal(nix::sys::signal::Signal::SIGTERM);
