@@ -23,6 +23,15 @@ use crate::state::Store;
 /// How often the config and certificate files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long an admin or metrics client may take to send a request's headers (also the idle
+/// limit between requests on a kept-alive connection). The metrics listener is on the pod's
+/// address: without a limit a slow or silent client holds a connection forever.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections served at once per admin or metrics listener; more are closed at accept.
+/// Prometheus and the kubelet need a handful; the cap bounds what a flood can hold.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// What a listener of the control thread serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Surface {
@@ -140,6 +149,7 @@ async fn reload_on_change(store: Arc<Store>) {
 }
 
 async fn admin(listener: TcpListener, surface: Surface, store: Arc<Store>, drain: Arc<Drain>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -150,13 +160,23 @@ async fn admin(listener: TcpListener, surface: Surface, store: Arc<Store>, drain
                 continue;
             }
         };
+        // Over the cap: closed at once (dropping the stream), never queued.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            log::debug!(
+                "{surface:?} listener: {ADMIN_MAX_CONNECTIONS} connections open; closing a new one"
+            );
+            continue;
+        };
         let (store, drain) = (store.clone(), drain.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let (store, drain) = (store.clone(), drain.clone());
                 async move { Ok::<_, Infallible>(handle(req, surface, &store, &drain)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });

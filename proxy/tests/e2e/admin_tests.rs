@@ -115,3 +115,77 @@ async fn metrics_listener_serves_only_read_only_endpoints() {
     );
     assert_eq!(admin(orders.admin, "GET", "/config_dump").await.0, 200);
 }
+
+/// Whether the peer has closed `s` (EOF or reset), read without waiting.
+fn closed(s: &tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    match s.try_read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// The admin listener holds no connection forever and no more than its cap: a client that
+/// sends nothing, or headers that never end, is closed after the header timeout (5 s), and
+/// beyond 64 open connections a new one is closed at once while the 64 are still open.
+/// (Before, the hyper server had no timer and no cap: both kinds stayed open indefinitely.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_have_a_header_timeout_and_a_cap() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new(61);
+    let (fe, _orders) = pair(&pki, "").await;
+    let admin_addr = fe.admin;
+    let connect = || async move {
+        tokio::net::TcpStream::connect(admin_addr)
+            .await
+            .expect("connect")
+    };
+
+    // Silent, and half a request: both closed by the header timeout (waited for, bounded).
+    let mut silent = connect().await;
+    let mut partial = connect().await;
+    partial
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n")
+        .await
+        .expect("write");
+    for (what, s) in [("silent", &mut silent), ("partial", &mut partial)] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "{what} connection still open after 20 s");
+    }
+    drop((silent, partial));
+
+    // 64 open (idle) connections, then one more: closed at once, while the 64 stay open.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(connect().await);
+    }
+    let extra = connect().await;
+    weft_testkit::wait::until_async(
+        "the 65th connection to be closed",
+        Duration::from_secs(4),
+        || {
+            let c = closed(&extra);
+            async move { c.then_some(()) }
+        },
+    )
+    .await;
+    let open = held.iter().filter(|s| !closed(s)).count();
+    assert_eq!(open, 64, "the first 64 are still open (not timed out yet)");
+
+    // Once they go, the admin API serves again.
+    drop(held);
+    weft_testkit::wait::until_async(
+        "the admin API to serve again",
+        Duration::from_secs(10),
+        || async {
+            admin_get(admin_addr, "/ready")
+                .await
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+}
