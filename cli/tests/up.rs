@@ -5,10 +5,11 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use weft_testkit::process::Guard;
 
 /// Sum of `weft_requests_total` series of `direction` in the metrics at `admin`; `None` when
 /// the sidecar does not answer or has no such series (never read as 0).
@@ -58,6 +59,23 @@ fn version(admin: &str) -> Option<u64> {
         .ok()
 }
 
+/// `weft up --no-view` at `rate` requests a second, its files in `dir`, its output to
+/// `stdout`; guarded, with SIGTERM if this test process dies, so that weft up stops its own
+/// sidecars and apps (they are in its process group, which the guard also kills at the end).
+fn weft_up(dir: &Path, rate: u32, stdout: Stdio) -> Guard {
+    weft_testkit::process::spawn_with(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["up", "--no-view", "--duration", "120s", "--rate"])
+            .arg(rate.to_string())
+            .arg("--dir")
+            .arg(dir)
+            .stdout(stdout)
+            .stderr(Stdio::null()),
+        Signal::SIGTERM,
+    )
+    .expect("spawn weft up")
+}
+
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie of ours would still count, but weft reaps its
     // children before it exits.
@@ -72,38 +90,16 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = std::fs::File::create(dir.path().join("weft-up.out")).expect("log");
-    // SIGTERM if this test process dies: weft up then stops its own sidecars and apps (they
-    // are in its process group, which the guard also kills when the test ends).
-    let mut child = weft_testkit::process::spawn_with(
-        Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args([
-                "up",
-                "--no-view",
-                "--rate",
-                "40",
-                "--duration",
-                "120s",
-                "--dir",
-            ])
-            .arg(dir.path())
-            .stdout(log)
-            .stderr(Stdio::null()),
-        Signal::SIGTERM,
-    )
-    .expect("spawn weft up");
+    let mut child = weft_up(dir.path(), 40, log.into());
     let up_json = dir.path().join("up.json");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(v) = read_json(&up_json) {
-            break v;
-        }
-        if let Some(st) = child.status() {
+    let status = weft_testkit::wait::until("weft up to be ready", Duration::from_secs(90), || {
+        let ready = read_json(&up_json);
+        if let (None, Some(st)) = (&ready, child.status()) {
             let out = std::fs::read_to_string(dir.path().join("weft-up.out")).unwrap_or_default();
             panic!("weft up exited early ({st}): {out}");
         }
-        assert!(Instant::now() < deadline, "weft up never became ready");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        ready
+    });
     let sidecars = status["sidecars"].as_array().expect("sidecars").clone();
     assert_eq!(sidecars.len(), 5, "{status:#}");
     let admin = |name: &str| -> String {
@@ -275,22 +271,7 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
 #[test]
 fn weft_up_stopped_during_start_up_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = weft_testkit::process::spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args([
-                "up",
-                "--no-view",
-                "--rate",
-                "5",
-                "--duration",
-                "120s",
-                "--dir",
-            ])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("spawn weft up");
+    let mut child = weft_up(dir.path(), 5, Stdio::null());
     // The first process it started is the moment: `up.json` is written only once all nine
     // are ready, so the mesh is still starting.
     weft_testkit::wait::until(

@@ -124,18 +124,12 @@ async fn tcp_tunnels_from_callers_no_rule_allows_are_closed() {
         .expect("connect");
     assert_eq!(crate::resilience_tests::echo(&mut no).await, None);
     // The refusal is counted (waited for: the count may land just after the close).
-    let admin = db.admin;
-    let denied = weft_testkit::wait::until_async(
-        "the refusal to be counted",
+    let denied = wait_metric(
+        db.admin,
+        "weft_tcp_connections_rejected_total",
+        &[("reason", "denied")],
+        1.0,
         Duration::from_secs(10),
-        || async {
-            try_metric(
-                admin,
-                "weft_tcp_connections_rejected_total",
-                &[("reason", "denied")],
-            )
-            .await
-        },
     )
     .await;
     assert_eq!(denied, 1.0);

@@ -88,14 +88,12 @@ async fn inbound_refuses_tls12_even_with_a_valid_mesh_certificate() {
     .await
     .expect("TLS 1.3 handshake");
     assert_eq!(h2_get(tls).await, Ok(200));
-    let ok = until_async(
-        "the TLS 1.3 handshake to be counted",
+    let ok = wait_metric(
+        orders.admin,
+        HANDSHAKES,
+        &[("result", "ok")],
+        1.0,
         Duration::from_secs(5),
-        || async {
-            try_metric(orders.admin, HANDSHAKES, &[("result", "ok")])
-                .await
-                .filter(|n| *n >= 1.0)
-        },
     )
     .await;
     assert_eq!(ok, 1.0);
@@ -121,14 +119,12 @@ async fn inbound_refuses_tls12_even_with_a_valid_mesh_certificate() {
         err.contains("ProtocolVersion"),
         "refused for its version: {err}"
     );
-    until_async(
-        "the TLS 1.2 refusal to be counted",
+    wait_metric(
+        orders.admin,
+        HANDSHAKES,
+        &[("result", "refused")],
+        1.0,
         Duration::from_secs(5),
-        || async {
-            try_metric(orders.admin, HANDSHAKES, &[("result", "refused")])
-                .await
-                .filter(|n| *n >= 1.0)
-        },
     )
     .await;
     assert_eq!(
@@ -172,14 +168,13 @@ async fn sigterm_drain_turns_unready_sends_goaway_and_exits_at_the_drain_timeout
     let before = metric(orders.admin, "weft_requests_total", &inbound).await;
     let (c, p) = (client(), fe.outbound);
     let slow = tokio::spawn(async move { send(&c, p, "orders", "GET", "/delay/30000", &[]).await });
-    until_async(
-        "the slow request to reach orders",
+    // The slow request has reached orders.
+    wait_metric(
+        orders.admin,
+        "weft_requests_total",
+        &inbound,
+        before + 1.0,
         Duration::from_secs(10),
-        || async {
-            try_metric(orders.admin, "weft_requests_total", &inbound)
-                .await
-                .filter(|n| *n > before)
-        },
     )
     .await;
 
@@ -294,14 +289,13 @@ async fn rotated_certificate_files_are_served_under_load_without_a_failed_reques
         })
     };
     let outbound = [("direction", "outbound")];
-    until_async(
-        "100 requests through the frontend before the swap",
+    // 100 requests through the frontend before the swap.
+    wait_metric(
+        fe.admin,
+        "weft_requests_total",
+        &outbound,
+        100.0,
         Duration::from_secs(20),
-        || async {
-            try_metric(fe.admin, "weft_requests_total", &outbound)
-                .await
-                .filter(|n| *n >= 100.0)
-        },
     )
     .await;
 
@@ -338,14 +332,12 @@ async fn rotated_certificate_files_are_served_under_load_without_a_failed_reques
     .await;
     // Traffic keeps flowing after the swap.
     let at_swap = metric(fe.admin, "weft_requests_total", &outbound).await;
-    until_async(
-        "100 more requests through the frontend after the swap",
+    wait_metric(
+        fe.admin,
+        "weft_requests_total",
+        &outbound,
+        at_swap + 100.0,
         Duration::from_secs(20),
-        || async {
-            try_metric(fe.admin, "weft_requests_total", &outbound)
-                .await
-                .filter(|n| *n >= at_swap + 100.0)
-        },
     )
     .await;
 

@@ -718,6 +718,24 @@ pub async fn try_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) 
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// Waits (at most `limit`) until the series `name` with `labels` at `admin` exists and is at
+/// least `min`; its value then. Counters land just after the response that moved them, so a
+/// test waits for the count rather than reading it at once.
+pub async fn wait_metric(
+    admin: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    min: f64,
+    limit: Duration,
+) -> f64 {
+    weft_testkit::wait::until_async(
+        &format!("{name} {labels:?} at {admin} to reach {min}"),
+        limit,
+        || async { try_metric(admin, name, labels).await.filter(|n| *n >= min) },
+    )
+    .await
+}
+
 /// [`try_metric`] where the series must exist: a missing metric fails the test, it is never
 /// read as 0.
 pub async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {

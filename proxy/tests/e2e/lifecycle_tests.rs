@@ -183,18 +183,12 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     // Every request must have reached the orders sidecar (counted as received, so in flight
     // there) before SIGTERM: one still between the sidecars would meet a closed listener,
     // which is not what this test is about. A loaded machine can take a while to get there.
-    weft_testkit::wait::until_async(
-        "the 20 requests to reach orders",
+    wait_metric(
+        orders.admin,
+        "weft_requests_total",
+        &[("direction", "inbound")],
+        20.0,
         Duration::from_secs(10),
-        || async {
-            try_metric(
-                orders.admin,
-                "weft_requests_total",
-                &[("direction", "inbound")],
-            )
-            .await
-            .filter(|n| *n >= 20.0)
-        },
     )
     .await;
     let t0 = Instant::now();

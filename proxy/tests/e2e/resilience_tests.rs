@@ -105,15 +105,12 @@ async fn an_endpoint_killed_under_load_costs_no_idempotent_request() {
     let proxy = fe.outbound;
     let run = tokio::spawn(async move { load(proxy, "orders", "/", 6000, 6).await });
     // Mid-load, by the event: the endpoint has served 100 requests (the load sends 6,000).
-    let victim = cars[1].admin;
-    weft_testkit::wait::until_async(
-        "orders-1 to serve 100 requests",
+    wait_metric(
+        cars[1].admin,
+        "weft_requests_total",
+        &[("direction", "inbound")],
+        100.0,
         Duration::from_secs(30),
-        || async {
-            try_metric(victim, "weft_requests_total", &[("direction", "inbound")])
-                .await
-                .filter(|n| *n >= 100.0)
-        },
     )
     .await;
     assert!(!run.is_finished(), "the load ended before the kill");
@@ -229,15 +226,12 @@ async fn over_the_concurrency_limit_requests_get_fast_503s() {
     let run = tokio::spawn(async move { load(proxy, "orders", "/", 24, 24).await });
     // The 20 beyond the limit are answered while the 4 are still held at the app: fast 503s,
     // not answers that waited for a slot.
-    let admin = fe.admin;
-    weft_testkit::wait::until_async(
-        "20 requests shed while 4 are held",
+    wait_metric(
+        fe.admin,
+        "weft_requests_rejected_total",
+        &[("route", "all")],
+        20.0,
         Duration::from_secs(30),
-        || async {
-            try_metric(admin, "weft_requests_rejected_total", &[("route", "all")])
-                .await
-                .filter(|n| *n >= 20.0)
-        },
     )
     .await;
     assert_eq!(

@@ -82,14 +82,12 @@ async fn inbound_refuses_plaintext_foreign_ca_and_no_client_cert() {
     // Counted exactly: the three refusals above and nothing else (the harness's readiness
     // check reads the socket table and never touches the inbound port).
     let admin = orders.admin;
-    let refused = weft_testkit::wait::until_async(
-        "3 refused handshakes",
+    let refused = wait_metric(
+        admin,
+        "weft_tls_handshakes_total",
+        &[("result", "refused")],
+        3.0,
         Duration::from_secs(10),
-        || async {
-            try_metric(admin, "weft_tls_handshakes_total", &[("result", "refused")])
-                .await
-                .filter(|n| *n >= 3.0)
-        },
     )
     .await;
     assert_eq!(refused, 3.0, "plaintext, no client certificate, foreign CA");
