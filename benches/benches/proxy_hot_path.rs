@@ -5,7 +5,7 @@
 //! connection-pool key of an upstream peer, which it computes twice per
 //! request: with a client certificate on the peer (how Weft presented its
 //! identity before) and without (now: the identity is the connector's, see
-//! `weft_proxy::outbound_proxy`).
+//! `weft_proxy::outbound::connector`).
 //!
 //! ```text
 //! cargo bench -p weft-benches --bench proxy_hot_path
@@ -26,8 +26,9 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::utils::tls::CertKey;
 use pingora_http::RequestHeader;
 use rustls::pki_types::pem::PemObject;
-use weft_proxy::metrics::Metrics;
-use weft_proxy::state::{self, Store};
+use weft_proxy::clock;
+use weft_proxy::store::Store;
+use weft_proxy::telemetry::metrics::Metrics;
 
 /// Services in the config (each with its routes and endpoints).
 const SERVICES: usize = 20;
@@ -135,9 +136,9 @@ fn benches(c: &mut Criterion) {
     for (name, host) in [("p2c peak-EWMA", "svc-6"), ("round robin", "svc-7")] {
         let d = &snap.destinations[snap.destination_for_host(host).expect("service")];
         let route = d.routes.len() - 1; // the weighted catch-all
-        assert!(d.pick(route, 0, state::now()).is_some());
+        assert!(d.pick(route, 0, clock::now()).is_some());
         g.bench_function(name, |b| {
-            b.iter(|| d.pick(black_box(route), 0, state::now()))
+            b.iter(|| d.pick(black_box(route), 0, clock::now()))
         });
     }
     g.finish();

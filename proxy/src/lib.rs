@@ -3,26 +3,25 @@
 //! Data path: the app talks plain HTTP/1.1, h2c or TCP to the outbound listeners on loopback;
 //! sidecars talk HTTP/2 or TCP tunnels to each other over mutual TLS 1.3 with workload
 //! identities; the inbound listener hands requests to the app with the caller's identity.
-//! Config is a [`state::Snapshot`] swapped atomically on reload.
+//! Config is a [`store::Snapshot`] swapped atomically on reload.
+//!
+//! Modules follow the request: [`listen`] accepts and dispatches by port; [`outbound`] and
+//! [`inbound`] are the two HTTP directions, each a thin Pingora `ProxyHttp` whose phases call
+//! one stage module apiece; [`tcp`] carries opaque tunnels; [`errors`] is the one place a
+//! rejection becomes a response. Around them: [`store`] (the config in force), [`identity`]
+//! (certificates), [`control`] (admin API, reloads, the control-plane client) and
+//! [`telemetry`] (metrics, access log, traces). [`app`] assembles them.
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
-pub mod balancer;
-pub mod certify;
-pub mod config;
+pub mod app;
+pub mod clock;
 pub mod control;
-pub mod cp_client;
 pub mod drain;
 pub mod errors;
+pub mod identity;
 pub mod inbound;
-pub mod metrics;
+pub mod listen;
 pub mod outbound;
-pub mod outbound_proxy;
-pub mod ports;
-pub mod routing;
-pub mod server;
-pub mod state;
+pub mod store;
 pub mod tcp;
-pub mod tls;
-pub mod trace;
+pub mod telemetry;

@@ -64,6 +64,24 @@ struct Args {
     check: bool,
 }
 
+/// `weft-proxy --config-env NAME`: write the config text held in env var `name` to `path`
+/// (mode 0600, atomically) before anything reads `path`. On Kubernetes the injector puts the
+/// sidecar's config in an env var, where the kubelet expands `$(POD_NAMESPACE)` and the like,
+/// and `path` lies in a writable emptyDir (the root filesystem is read-only); relative paths
+/// in the config then resolve against that directory, as for any config file. Every later
+/// reader (bootstrap, the store, reloads) keeps reading a plain file.
+fn write_from_env(name: &str, path: &std::path::Path) -> Result<(), String> {
+    let text = std::env::var(name).map_err(|e| format!("env var {name}: {e}"))?;
+    if text.trim().is_empty() {
+        return Err(format!("env var {name} is empty"));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    weft_proxy::store::write_atomically(path, text.as_bytes(), 0o600)
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 fn main() -> anyhow::Result<()> {
     // The logger passes everything; `log::set_max_level` is the one filter, so the admin
     // API can change it at runtime. WEFT_LOG (set by the Kubernetes injector) or else
@@ -87,21 +105,21 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("--config is required");
     };
     if let Some(name) = &args.config_env {
-        if let Err(e) = weft_proxy::config::write_from_env(name, &config) {
+        if let Err(e) = write_from_env(name, &config) {
             eprintln!("--config-env: {e}");
             std::process::exit(2);
         }
     }
     // Before the store opens: a sidecar with a join token and no usable certificate obtains
-    // one from the control plane first (see `weft_proxy::certify`).
+    // one from the control plane first (see `weft_proxy::identity::certify`).
     if !args.check {
-        if let Err(e) = weft_proxy::certify::bootstrap_if_needed(&config) {
+        if let Err(e) = weft_proxy::identity::certify::bootstrap_if_needed(&config) {
             eprintln!("{}: cannot start: {e}", config.display());
             std::process::exit(3);
         }
     }
-    let metrics = weft_proxy::metrics::Metrics::new().context("metrics registry")?;
-    let store = match weft_proxy::state::Store::open(&config, metrics) {
+    let metrics = weft_proxy::telemetry::metrics::Metrics::new().context("metrics registry")?;
+    let store = match weft_proxy::store::Store::open(&config, metrics) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -122,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     // On Kubernetes the sidecar is a native sidecar (an init container with `restartPolicy:
     // Always`): the kubelet sends it SIGTERM only after the app containers have exited, so a
     // Job's pod completes without the app having to stop the proxy.
-    weft_proxy::server::run(Arc::new(store)).context("sidecar failed")
+    weft_proxy::app::run(Arc::new(store)).context("sidecar failed")
 }
 
 #[cfg(test)]
@@ -154,5 +172,22 @@ mod tests {
         assert!(!elf_has_section(&not_elf, ".text").expect("read"));
         assert!(elf_has_section(&dir.path().join("absent"), ".text").is_err());
         assert!(version().starts_with(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn config_from_env_is_written_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run/config.yaml");
+        let text = "service:\n  name: orders.shop\n  identity: spiffe://weft.local/ns/shop/sa/orders\n  \
+                    app: 127.0.0.1:8080\ntls:\n  cert: cert.pem\n  key: key.pem\n  trust_bundle: ca.crt\n";
+        // A name no other test uses: the environment is shared by the test threads.
+        std::env::set_var("WEFT_TEST_CONFIG_ENV_7F3A", text);
+        write_from_env("WEFT_TEST_CONFIG_ENV_7F3A", &path).expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        let raw: weft_policy::wire::ConfigFile = serde_yaml::from_str(text).expect("parse");
+        assert_eq!(raw.service.name, "orders.shop");
+        assert!(write_from_env("WEFT_TEST_CONFIG_ENV_MISSING_7F3A", &path)
+            .expect_err("missing")
+            .contains("WEFT_TEST_CONFIG_ENV_MISSING_7F3A"));
     }
 }

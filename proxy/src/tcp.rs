@@ -18,9 +18,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use weft_resilience::outlier::{Admission, Transition};
 
-use crate::metrics::Metrics;
-use crate::state::{self, Snapshot};
-use crate::tls::ALPN_TCP;
+use crate::clock;
+use crate::identity::material::ALPN_TCP;
+use crate::store::Snapshot;
+use crate::telemetry::metrics::Metrics;
 
 /// Connect attempts for one tunnel: a refused or failed connect never reached the app, so
 /// the next endpoint is always safe to try.
@@ -40,7 +41,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<'_, S> {
     ) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if r.is_ready() {
-            self.last.store(state::now(), Relaxed);
+            self.last.store(clock::now(), Relaxed);
         }
         r
     }
@@ -70,7 +71,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let last = AtomicU64::new(state::now());
+    let last = AtomicU64::new(clock::now());
     let mut a = Activity {
         inner: a,
         last: &last,
@@ -85,7 +86,7 @@ where
     // Each wake either finishes or finds fresh activity and sleeps again; a tunnel that
     // moves data wakes the watchdog at most once per `idle`.
     loop {
-        let since = state::now().saturating_sub(last.load(Relaxed));
+        let since = clock::now().saturating_sub(last.load(Relaxed));
         if since >= idle_ns {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
         }
@@ -148,7 +149,7 @@ pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize, metrics:
     };
     let mut tried = 0u64;
     for _ in 0..CONNECT_ATTEMPTS {
-        let now = state::now();
+        let now = clock::now();
         let Some(ep) = d.pick_any(tried, now) else {
             let why = if d.endpoints.is_empty() {
                 "no_endpoint"
@@ -174,7 +175,7 @@ pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize, metrics:
         let in_flight = d.stats[ep].start();
         let result = connect(addr, &d.sni, &snap).await;
         let ok = result.is_ok();
-        let now = state::now();
+        let now = clock::now();
         let t = if probe {
             d.health.record_probe(ep, ok, now)
         } else {

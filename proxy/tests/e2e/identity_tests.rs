@@ -390,14 +390,14 @@ async fn certify_client(
         }
         None => builder.with_no_client_auth(),
     };
-    let target = weft_proxy::config::ControlPlane {
+    let target = weft_policy::ControlPlane {
         address: cp.listen.to_string(),
         identity: CP_IDENTITY.parse().expect("identity"),
         state_file: None,
         join_token_file: None,
         bootstrap_timeout: Duration::from_secs(1),
     };
-    let channel = weft_proxy::cp_client::connect(&target, tls)
+    let channel = weft_proxy::control::client::connect(&target, tls)
         .await
         .expect("connect");
     ControlPlaneClient::new(channel)

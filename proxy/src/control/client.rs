@@ -10,7 +10,7 @@
 //! config. A renewed certificate's expiry is reported (`Certificate`); on SIGTERM the stream
 //! says `Draining` so the endpoint is withdrawn at once, and is not reopened. The snapshot's
 //! trust bundle replaces `tls.trust_bundle` when its roots differ
-//! ([`crate::certify::take_trust_bundle`]).
+//! ([`crate::identity::certify::take_trust_bundle`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,10 +27,10 @@ use weft_wire::v1::{
     control_message, sidecar_message, Ack, Certificate, Draining, Hello, Nack, SidecarMessage,
 };
 
-use crate::config::wire::PolicySnapshot;
-use crate::config::ControlPlane;
 use crate::drain::Drain;
-use crate::state::Store;
+use crate::store::Store;
+use weft_policy::wire::PolicySnapshot;
+use weft_policy::ControlPlane;
 
 /// First reconnect delay.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -266,7 +266,7 @@ pub(crate) fn unix_secs(t: std::time::SystemTime) -> i64 {
 
 /// Decode and apply one snapshot; the error is the NACK reason.
 fn apply(store: &Store, s: &weft_wire::v1::Snapshot) -> Result<u64, String> {
-    crate::certify::take_trust_bundle(store, &s.trust_bundle_pem)?;
+    crate::identity::certify::take_trust_bundle(store, &s.trust_bundle_pem)?;
     let mut policy: PolicySnapshot =
         serde_json::from_slice(&s.policy_json).map_err(|e| format!("undecodable policy: {e}"))?;
     policy.version = s.version.clone();

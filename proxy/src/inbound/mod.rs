@@ -11,15 +11,16 @@ use pingora_core::{Error, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::access_log::{AccessLog, Record};
-use crate::config::Protocol;
+use crate::clock;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
-use crate::metrics::{self, Event, Reject, RouteMetrics};
+use crate::identity::material::PeerIdentity;
 use crate::outbound::MAX_H2_STREAMS;
-use crate::state::{self, Snapshot, Store};
-use crate::tls::PeerIdentity;
-use crate::trace::{Hop, SpanRecord, Tracer};
+use crate::store::{Snapshot, Store};
+use crate::telemetry::access_log::{AccessLog, Record};
+use crate::telemetry::metrics::{self, Event, Reject, RouteMetrics};
+use crate::telemetry::trace::{Hop, SpanRecord, Tracer};
+use weft_policy::Protocol;
 
 /// Header carrying the caller's SPIFFE identity to the app. Any value the caller sent is
 /// replaced, so the app can trust it.
@@ -141,7 +142,7 @@ impl ProxyHttp for InboundHttp {
         }
         if let Some(buckets) = &snap.inbound_rate {
             let caller = ctx.caller_id.as_deref().unwrap_or_default();
-            if let Err(wait) = buckets.try_take(caller, state::now()) {
+            if let Err(wait) = buckets.try_take(caller, clock::now()) {
                 if let Some(m) = &ctx.metrics {
                     m.event(Event::Rejected(Reject::RateLimited));
                 }
@@ -199,7 +200,7 @@ impl ProxyHttp for InboundHttp {
         ctx: &mut InCtx,
     ) -> Result<()> {
         if ctx.trace.recording {
-            ctx.grpc_status = crate::trace::grpc_status(&resp.headers);
+            ctx.grpc_status = crate::telemetry::trace::grpc_status(&resp.headers);
         }
         Ok(())
     }
@@ -211,7 +212,7 @@ impl ProxyHttp for InboundHttp {
         ctx: &mut InCtx,
     ) -> Result<()> {
         if ctx.trace.recording {
-            ctx.grpc_status = crate::trace::grpc_status(trailers).or(ctx.grpc_status);
+            ctx.grpc_status = crate::telemetry::trace::grpc_status(trailers).or(ctx.grpc_status);
         }
         Ok(())
     }

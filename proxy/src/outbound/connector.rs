@@ -39,9 +39,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_proxy::{HttpProxy, ProxyServiceBuilder};
 
+use crate::identity::material::ClientIdentity;
 use crate::outbound::Outbound;
-use crate::state::Store;
-use crate::tls::ClientIdentity;
+use crate::store::Store;
 
 /// Why an outbound proxy could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -230,10 +230,10 @@ mod tests {
 
     use super::*;
     use crate::drain::Drain;
-    use crate::state::test_support::orders;
+    use crate::store::test_support::orders;
 
     fn store_with_files(seed: u64) -> (tempfile::TempDir, Arc<Store>, CertificateAuthority) {
-        let (dir, store, ca) = crate::state::test_support::store_with_files(seed);
+        let (dir, store, ca) = crate::store::test_support::store_with_files(seed);
         (dir, Arc::new(store), ca)
     }
 

@@ -19,20 +19,14 @@ use weft_resilience::outlier::{EndpointHealth, OutlierDetector};
 use weft_resilience::rate::{KeyedBuckets, TokenBucket};
 use weft_resilience::Nanos;
 
-use crate::balancer::{self, EndpointStats};
-use crate::config::wire::PolicySnapshot;
-use crate::config::{
+use crate::identity::material::{self, TlsMaterial};
+use crate::outbound::balance::{self, EndpointStats};
+use crate::telemetry::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
+use weft_policy::wire::PolicySnapshot;
+use weft_policy::{
     self, Config, ConfigError, FieldError, LbPolicy, Limits, Listen, OwnService, Protocol,
     RateLimit, Route, TlsPaths,
 };
-use crate::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
-use crate::tls::{self, TlsMaterial};
-
-/// The sidecar's monotonic clock for the resilience core, which never reads one itself.
-pub fn now() -> Nanos {
-    static CLOCK: std::sync::OnceLock<weft_resilience::Clock> = std::sync::OnceLock::new();
-    CLOCK.get_or_init(weft_resilience::Clock::new).now()
-}
 
 /// One immutable version of the sidecar's config, ready for the hot path.
 #[derive(Debug)]
@@ -54,12 +48,12 @@ pub struct Snapshot {
     /// Inbound rate limit.
     pub inbound_rate: Option<Buckets>,
     /// Who may call the app.
-    pub authz: config::Authorization,
+    pub authz: weft_policy::Authorization,
     /// Access log target (fixed for the process's life).
     pub access_log: Option<PathBuf>,
     /// Tracing: `sampling` reloads; collector, queue and interval are fixed for the process's
     /// life.
-    pub tracing: config::Tracing,
+    pub tracing: weft_policy::Tracing,
     /// Certificates, keys, roots.
     pub tls: TlsMaterial,
     /// This sidecar's SPIFFE identity, shared with the access log.
@@ -68,7 +62,7 @@ pub struct Snapshot {
     pub tls_paths: TlsPaths,
     /// The control plane the policy comes from (fixed for the process's life); `None` in
     /// static mode.
-    pub control_plane: Option<config::ControlPlane>,
+    pub control_plane: Option<weft_policy::ControlPlane>,
     /// Callable services.
     pub destinations: Vec<Destination>,
     by_host: HashMap<String, usize>,
@@ -412,10 +406,10 @@ impl Destination {
     ) -> Option<usize> {
         let fresh = |ep: usize| ep >= 64 || tried & (1 << ep) == 0;
         let usable = |ep: usize| fresh(ep) && self.health.selectable(ep, now);
-        balancer::choose(self.lb, candidates, &self.stats, rr, usable).or_else(|| {
+        balance::choose(self.lb, candidates, &self.stats, rr, usable).or_else(|| {
             // Every candidate was tried already: a tried endpoint beats none.
             (tried != 0).then(|| {
-                balancer::choose(self.lb, candidates, &self.stats, rr, |ep| {
+                balance::choose(self.lb, candidates, &self.stats, rr, |ep| {
                     self.health.selectable(ep, now)
                 })
             })?
@@ -738,14 +732,14 @@ fn load_snapshot(
     metrics: &Arc<Metrics>,
     cp_policy: Option<&PolicySnapshot>,
 ) -> Result<Snapshot, ConfigError> {
-    let mut config = config::load(path)?;
+    let mut config = weft_policy::load(path)?;
     let invalid = |errors| ConfigError::Invalid {
         file: path.to_owned(),
         errors,
     };
     if let (Some(policy), Some(_)) = (cp_policy, &config.control_plane) {
         let (local, _) = config.into_parts();
-        let policy = config::validate_snapshot(policy.clone(), &local).map_err(|errors| {
+        let policy = weft_policy::validate_snapshot(policy.clone(), &local).map_err(|errors| {
             ConfigError::Invalid {
                 file: PathBuf::from(format!("control-plane snapshot {}", policy.version)),
                 errors,
@@ -809,7 +803,7 @@ fn load_snapshot(
             return Err(invalid(errors));
         }
     }
-    let tls = tls::load(&config.tls, &config.own.identity).map_err(|e| invalid(vec![e]))?;
+    let tls = material::load(&config.tls, &config.own.identity).map_err(|e| invalid(vec![e]))?;
     Ok(Snapshot::build(config, tls, version, prev, metrics))
 }
 
@@ -846,7 +840,7 @@ pub(crate) mod test_support {
              tls: {cert: o.crt, key: o.key, trust_bundle: ca.crt}\n",
         )
         .expect("config");
-        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let metrics = crate::telemetry::metrics::Metrics::new().expect("metrics");
         let store = Store::open(&config, metrics).expect("store");
         (dir, store, ca)
     }

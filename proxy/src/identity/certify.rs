@@ -28,9 +28,9 @@ use weft_certs::Identity;
 use weft_wire::v1::control_plane_client::ControlPlaneClient;
 use weft_wire::v1::CertifyRequest;
 
-use crate::config::{ControlPlane, TlsPaths};
-use crate::state::{write_atomically, InstallError, Store};
-use crate::tls;
+use crate::identity::material;
+use crate::store::{write_atomically, InstallError, Store};
+use weft_policy::{ControlPlane, TlsPaths};
 
 /// First retry delay of a failed renewal.
 pub const RENEW_BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -163,7 +163,7 @@ fn anonymous_client(bundle_pem: &[u8], path: &Path) -> Result<ClientConfig, Cert
         field: "tls.trust_bundle".to_owned(),
         reason,
     };
-    let roots = tls::trust_bundle(bundle_pem, path).map_err(|e| local(e.reason))?;
+    let roots = material::trust_bundle(bundle_pem, path).map_err(|e| local(e.reason))?;
     let mut store = RootCertStore::empty();
     for r in roots {
         store
@@ -197,7 +197,7 @@ async fn obtain(
     let address = cp.address.clone();
     let (csr_pem, key_pem) = weft_certs::generate_csr(identity).map_err(CertifyError::Key)?;
     let call = async {
-        let channel = crate::cp_client::connect(cp, client_tls)
+        let channel = crate::control::client::connect(cp, client_tls)
             .await
             .map_err(|e| CertifyError::Connect {
                 address: address.clone(),
@@ -236,7 +236,7 @@ async fn obtain(
             ),
         })??
         .into_inner();
-    let material = tls::from_pem(
+    let material = material::from_pem(
         paths,
         answer.cert_chain_pem.as_bytes(),
         key_pem.as_bytes(),
@@ -269,7 +269,7 @@ fn read_token(path: &Path) -> Result<String, CertifyError> {
 }
 
 /// Run `attempt` until it succeeds, fails for good ([`CertifyError::is_retryable`] false), or
-/// `limit` passes; between attempts wait [`crate::cp_client::backoff`] (jittered, doubling),
+/// `limit` passes; between attempts wait [`crate::control::client::backoff`] (jittered, doubling),
 /// never past the limit. At most 1000 attempts whatever the limit.
 pub async fn retry_until<T, F, Fut>(
     address: &str,
@@ -291,7 +291,7 @@ where
         };
         n += 1;
         let now = tokio::time::Instant::now();
-        let delay = crate::cp_client::backoff(n - 1);
+        let delay = crate::control::client::backoff(n - 1);
         if now + delay >= deadline || n >= 1000 {
             // Whole tenths of a second read better in the error than nanoseconds.
             let after = now.duration_since(start).as_millis() / 100 * 100;
@@ -313,7 +313,7 @@ where
 /// does not load (opening the store reports that). Blocks the calling thread (its own
 /// short-lived runtime) for at most `control_plane.bootstrap_timeout` plus one call.
 pub fn bootstrap_if_needed(config_path: &Path) -> Result<(), CertifyError> {
-    let Ok(config) = crate::config::load(config_path) else {
+    let Ok(config) = weft_policy::load(config_path) else {
         return Ok(());
     };
     let Some(cp) = config.control_plane.clone() else {
@@ -324,7 +324,7 @@ pub fn bootstrap_if_needed(config_path: &Path) -> Result<(), CertifyError> {
     };
     let identity = config.own.identity.clone();
     let paths = config.tls.clone();
-    let why = match tls::load(&paths, &identity) {
+    let why = match material::load(&paths, &identity) {
         Ok(_) => return Ok(()),
         Err(e) => e,
     };
@@ -505,7 +505,7 @@ pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
         return Err("the snapshot's trust bundle is empty".to_owned());
     }
     let path = store.load().tls_paths.trust_bundle.clone();
-    let roots = tls::trust_bundle(pem.as_bytes(), &path)
+    let roots = material::trust_bundle(pem.as_bytes(), &path)
         .map_err(|e| format!("the snapshot's trust bundle is not usable: {}", e.reason))?;
     let mut check = RootCertStore::empty();
     for r in &roots {
@@ -515,7 +515,7 @@ pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
     }
     let current = std::fs::read(&path)
         .ok()
-        .and_then(|b| tls::trust_bundle(&b, &path).ok());
+        .and_then(|b| material::trust_bundle(&b, &path).ok());
     if current.as_ref() == Some(&roots) {
         return Ok(());
     }
@@ -582,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_pushed_trust_bundle_with_a_second_root_replaces_the_file_and_bad_ones_are_refused() {
-        let (dir, store, ca) = crate::state::test_support::store_with_files(7);
+        let (dir, store, ca) = crate::store::test_support::store_with_files(7);
         let bundle = dir.path().join("ca.crt");
         let v = store.load().version;
         let e = take_trust_bundle(&store, "  \n").expect_err("empty");

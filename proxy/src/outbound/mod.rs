@@ -2,6 +2,10 @@
 //! the dedicated port it arrived on) and sent over pooled, multiplexed HTTP/2 on mutual TLS to
 //! an endpoint's sidecar, which must prove the destination's identity.
 
+pub mod balance;
+pub mod connector;
+pub mod route;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,14 +19,15 @@ use weft_resilience::limiter::{Permit, Rejected};
 use weft_resilience::outlier::{Admission, Transition};
 use weft_resilience::retry::{Attempt, Decision, Outcome, StopReason};
 
-use crate::access_log::{AccessLog, Record};
-use crate::balancer::InFlight;
+use crate::clock;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
-use crate::metrics::{self, Event, Reject, RouteMetrics};
-use crate::routing::rewrite_prefix;
-use crate::state::{self, Snapshot, Store};
-use crate::trace::{Hop, SpanRecord, Tracer};
+use crate::outbound::balance::InFlight;
+use crate::outbound::route::rewrite_prefix;
+use crate::store::{Snapshot, Store};
+use crate::telemetry::access_log::{AccessLog, Record};
+use crate::telemetry::metrics::{self, Event, Reject, RouteMetrics};
+use crate::telemetry::trace::{Hop, SpanRecord, Tracer};
 
 /// Concurrent streams allowed on one pooled HTTP/2 connection to a peer sidecar. Pingora's
 /// default of 1 would open a connection per in-flight request.
@@ -31,7 +36,7 @@ pub const MAX_H2_STREAMS: usize = 256;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The outbound proxy logic (cheap to clone: each rebuilt proxy gets a clone, see
-/// [`crate::outbound_proxy`]).
+/// [`crate::outbound::connector`]).
 #[derive(Clone)]
 pub struct Outbound {
     store: Arc<Store>,
@@ -193,7 +198,7 @@ impl ProxyHttp for Outbound {
         ctx.matched = true;
         crate::errors::idle_keepalive(session, snap.idle_timeout);
         ctx.snap = Some(snap.clone());
-        let now = state::now();
+        let now = clock::now();
         if let Some(Err(wait)) = rs.rate.as_ref().map(|b| b.try_take(now)) {
             let f = Failure::rate_limited(
                 wait,
@@ -297,7 +302,7 @@ impl ProxyHttp for Outbound {
                 Some(left)
             }
         };
-        let now = state::now();
+        let now = clock::now();
         let mut chosen = None;
         // Bounded: losing the race for a probe slot twice in a row is already unlikely.
         for _ in 0..3 {
@@ -339,7 +344,7 @@ impl ProxyHttp for Outbound {
             return Err(fail(ctx, f));
         };
         // No client certificate or roots on the peer: they are the connector's (see
-        // `crate::outbound_proxy`), which keeps Pingora's per-request pool key cheap.
+        // `crate::outbound::connector`), which keeps Pingora's per-request pool key cheap.
         let mut peer = HttpPeer::new(d.endpoints[ep], true, d.sni.clone());
         let o = &mut peer.options;
         o.alpn = ALPN::H2;
@@ -369,7 +374,7 @@ impl ProxyHttp for Outbound {
         ctx.trace.propagate(req)?;
         let Some(snap) = &ctx.snap else { return Ok(()) };
         let route = &snap.destinations[ctx.dest].routes[ctx.route].route;
-        if let (Some(new), Some(crate::config::PathMatch::Prefix(old))) =
+        if let (Some(new), Some(weft_policy::PathMatch::Prefix(old))) =
             (&route.rewrite_prefix, &route.matcher.path)
         {
             let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -409,7 +414,7 @@ impl ProxyHttp for Outbound {
             .is_some_and(|s| s.destinations[ctx.dest].outlier_counts_5xx);
         let failed = matches!(status, 502..=504) || (counts_5xx && status >= 500);
         feed_health(ctx, !failed);
-        let grpc = crate::trace::grpc_status(&resp.headers);
+        let grpc = crate::telemetry::trace::grpc_status(&resp.headers);
         ctx.grpc_status = grpc;
         let outcome = Outcome::from_response(status, grpc);
         // Nothing has gone downstream yet: the header is still in our hands, so a retry on a
@@ -433,7 +438,7 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutCtx,
     ) -> Result<()> {
         if ctx.trace.recording {
-            ctx.grpc_status = crate::trace::grpc_status(trailers).or(ctx.grpc_status);
+            ctx.grpc_status = crate::telemetry::trace::grpc_status(trailers).or(ctx.grpc_status);
         }
         Ok(())
     }
@@ -608,7 +613,7 @@ fn feed_health(ctx: &mut OutCtx, success: bool) {
     };
     let d = &snap.destinations[ctx.dest];
     let probe = std::mem::take(&mut ctx.probe);
-    let now = state::now();
+    let now = clock::now();
     let t = if probe {
         d.health.record_probe(ep, success, now)
     } else {
@@ -649,7 +654,7 @@ fn decide(session: &Session, ctx: &mut OutCtx, outcome: Outcome) -> bool {
     match rs
         .route
         .retry
-        .decide(&outcome, attempt, &d.budget, state::now(), fastrand::f64())
+        .decide(&outcome, attempt, &d.budget, clock::now(), fastrand::f64())
     {
         Decision::Retry { backoff } => {
             ctx.backoff = Some(backoff);

@@ -1,8 +1,5 @@
 //! Path rewriting over validated routes (matching is `RouteMatch::matches` in the policy model).
 
-/// Segment-boundary prefix matching lives with the route model (authorization uses it too).
-pub use crate::config::prefix_matches;
-
 /// Replace the matched `prefix` of `path_and_query` with `new_prefix`.
 pub fn rewrite_prefix(prefix: &str, new_prefix: &str, path_and_query: &str) -> String {
     let rest = if prefix == "/" {

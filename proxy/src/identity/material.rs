@@ -19,8 +19,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_certs::Identity;
 
-use crate::config::{FieldError, TlsPaths};
-use crate::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
+use crate::telemetry::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
+use weft_policy::{FieldError, TlsPaths};
 
 /// ALPN protocol of an opaque TCP tunnel between sidecars.
 pub const ALPN_TCP: &[u8] = b"weft-tcp";
@@ -36,7 +36,7 @@ pub struct TlsMaterial {
     /// When the workload certificate expires.
     pub not_after: SystemTime,
     /// Certificate chain, key and mesh roots of the outbound HTTP connector (see
-    /// [`crate::outbound_proxy`]).
+    /// [`crate::outbound::connector`]).
     pub client: Arc<ClientIdentity>,
     /// Roots in the trust bundle.
     pub root_count: usize,
@@ -54,7 +54,7 @@ pub struct TlsMaterial {
 pub struct ClientIdentity {
     /// Workload certificate chain, leaf first.
     pub chain_pem: String,
-    /// Its private key; it stays in this process (see [`crate::outbound_proxy`]).
+    /// Its private key; it stays in this process (see [`crate::outbound::connector`]).
     pub key_pem: String,
     /// Mesh roots.
     pub roots_pem: String,

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::metrics::{Direction, RouteMetrics};
+use crate::telemetry::metrics::{Direction, RouteMetrics};
 
 pub use export::Tracer;
 

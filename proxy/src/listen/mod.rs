@@ -1,6 +1,10 @@
-//! Assembles the sidecar: every traffic listener in one Pingora service (one runtime with the
-//! configured worker threads), dispatching each connection by the local port it arrived on.
-//! Control work (admin, reload) runs on its own thread; see [`crate::control`].
+//! Accepting traffic: every traffic listener is one Pingora service (one runtime with the
+//! configured worker threads), and [`Traffic`] dispatches each connection by the local port it
+//! arrived on: the inbound port to the mTLS handshake, the outbound port to HTTP (h2c sniffed),
+//! a dedicated port to its destination's HTTP or TCP path. Ports added after start are bound by
+//! [`ports::PortManager`].
+
+pub mod ports;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,26 +15,18 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::server::handshake_with_callback;
 use pingora_core::protocols::{Ssl, Stream, ALPN};
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownWatch};
-use pingora_core::services::listening::Service;
+use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
-use anyhow::Context;
-
-use crate::access_log::AccessLog;
-use crate::config::Protocol;
-use crate::drain::{Drain, DrainSignals};
+use crate::drain::Drain;
+use crate::identity::material::{IdentityCallback, PeerIdentity, ALPN_TCP};
 use crate::inbound::InboundHttp;
-use crate::outbound::Outbound;
-use crate::outbound_proxy::{IdentitySync, OutboundProxies};
-use crate::ports::PortManager;
-use crate::state::Store;
-use crate::tls::{IdentityCallback, PeerIdentity, ALPN_TCP};
-use crate::trace::Tracer;
-use crate::{control, tcp};
+use crate::outbound::connector::OutboundProxies;
+use crate::store::Store;
+use crate::tcp;
+use weft_policy::Protocol;
 
 /// A TLS handshake slower than this is dropped (slowloris on the inbound port).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,9 +62,6 @@ fn ensure_timer_floor() {
     });
 }
 
-/// At exit, how long queued spans may take to reach the collector.
-pub const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
-
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Is this plaintext connection HTTP/2 with prior knowledge? Reads only while the bytes still
@@ -95,12 +88,12 @@ async fn sniff_h2c(stream: &mut L4Stream) -> std::io::Result<bool> {
 /// manager holds a clone).
 #[derive(Clone)]
 pub struct Traffic {
-    store: Arc<Store>,
-    drain: Arc<Drain>,
-    outbound: Arc<OutboundProxies>,
-    inbound: Arc<HttpProxy<InboundHttp>>,
-    outbound_port: u16,
-    inbound_port: u16,
+    pub(crate) store: Arc<Store>,
+    pub(crate) drain: Arc<Drain>,
+    pub(crate) outbound: Arc<OutboundProxies>,
+    pub(crate) inbound: Arc<HttpProxy<InboundHttp>>,
+    pub(crate) outbound_port: u16,
+    pub(crate) inbound_port: u16,
 }
 
 impl Traffic {
@@ -274,128 +267,4 @@ impl ServerApp for Traffic {
             self.outbound_http(stream, shutdown).await
         }
     }
-}
-
-/// Build and run the sidecar until it is told to stop. Returns only on a fatal start error.
-pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
-    let snap = store.load();
-    let drain = Arc::new(Drain::default());
-    let server_conf = || ServerConf {
-        threads: snap.workers,
-        // Our drain thread exits the process once idle; Pingora's grace sleep is the backstop.
-        grace_period_seconds: Some(snap.drain_timeout.as_secs() + 2),
-        graceful_shutdown_timeout_seconds: Some(1),
-        // One current-thread runtime per worker: a sidecar's connections never need stealing
-        // across workers, and the single-threaded scheduler costs less per task wake-up.
-        work_stealing: false,
-        ..ServerConf::default()
-    };
-    let conf = Arc::new(server_conf());
-    let mut server = Server::new_with_opt_and_conf(None, server_conf());
-    server.bootstrap();
-
-    let access_log = match &snap.access_log {
-        Some(path) => Some(Arc::new(
-            AccessLog::start(
-                path,
-                store.metrics.access_log_dropped.clone(),
-                store.metrics.access_log_lines.clone(),
-            )
-            .with_context(|| format!("access log {}", path.display()))?,
-        )),
-        None => None,
-    };
-    let tracer = match &snap.tracing.collector {
-        Some(_) => {
-            let t = Tracer::start(
-                &snap.tracing,
-                &snap.own.name,
-                &snap.identity,
-                &store.metrics,
-            )?;
-            let at_exit = t.clone();
-            drain.at_exit(move || {
-                if !at_exit.flush(TRACE_FLUSH_LIMIT) {
-                    log::warn!("spans still queued at exit were not all exported");
-                }
-            });
-            Some(t)
-        }
-        None => None,
-    };
-    let outbound = Arc::new(
-        OutboundProxies::new(
-            conf.clone(),
-            Outbound::new(
-                store.clone(),
-                drain.clone(),
-                access_log.clone(),
-                tracer.clone(),
-            ),
-            snap.tls.client.clone(),
-        )
-        .context("outbound proxy")?,
-    );
-    let mut inbound = HttpProxy::new(
-        InboundHttp::new(store.clone(), drain.clone(), access_log, tracer.clone()),
-        conf.clone(),
-    );
-    inbound.handle_init_modules();
-
-    let traffic = Traffic {
-        store: store.clone(),
-        drain: drain.clone(),
-        outbound: outbound.clone(),
-        inbound: Arc::new(inbound),
-        outbound_port: snap.listen.outbound.port(),
-        inbound_port: snap.listen.inbound.port(),
-    };
-    let ports = Arc::new(traffic.clone());
-    let mut service = Service::new("weft traffic".to_owned(), traffic);
-    service.threads = Some(snap.workers);
-    service.add_tcp(&snap.listen.outbound.to_string());
-    service.add_tcp(&snap.listen.inbound.to_string());
-    let at_start: std::collections::BTreeSet<u16> =
-        snap.outbound_ports().into_iter().map(|(p, _)| p).collect();
-    for port in &at_start {
-        service.add_tcp(&format!("127.0.0.1:{port}"));
-    }
-    server.add_service(service);
-    // Ports added later (reload, control-plane snapshot) are bound by the port manager.
-    let mut port_manager = pingora_core::services::background::background_service(
-        "weft dedicated ports",
-        PortManager::new(store.clone(), ports, at_start),
-    );
-    port_manager.threads = Some(1);
-    server.add_service(port_manager);
-    let mut identity_sync = pingora_core::services::background::background_service(
-        "weft outbound identity",
-        IdentitySync::new(store.clone(), outbound),
-    );
-    identity_sync.threads = Some(1);
-    server.add_service(identity_sync);
-
-    control::spawn(store.clone(), drain.clone())?;
-    log::info!(
-        "weft-proxy {} ({}) up: outbound {}, inbound {}, admin {}, config v{}, {}",
-        snap.own.name,
-        snap.tls.identity,
-        snap.listen.outbound,
-        snap.listen.inbound,
-        snap.listen.admin,
-        snap.version,
-        match &tracer {
-            Some(t) => format!(
-                "spans to {} (sampling {})",
-                t.collector, snap.tracing.sampling
-            ),
-            None => "no span export".to_owned(),
-        }
-    );
-    let limit = snap.drain_timeout;
-    drop(snap);
-    server.run(RunArgs {
-        shutdown_signal: Box::new(DrainSignals { drain, limit }),
-    });
-    Ok(())
 }

@@ -22,7 +22,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 
-use crate::state::Store;
+use crate::store::Store;
 
 /// How long a port that could not be bound waits before the next try.
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -171,7 +171,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::state::test_support::store_with_files;
+    use crate::store::test_support::store_with_files;
 
     /// Answers every connection with `hi` and closes it.
     struct Hi;

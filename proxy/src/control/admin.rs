@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 use weft_resilience::outlier::HealthState;
 
-use crate::config::{HeaderValueMatch, LbPolicy, PathMatch, Protocol};
-use crate::state::Snapshot;
+use crate::store::Snapshot;
+use weft_policy::{HeaderValueMatch, LbPolicy, PathMatch, Protocol};
 
 fn protocol(p: Protocol) -> &'static str {
     match p {
@@ -34,7 +34,7 @@ pub fn config_dump(s: &Snapshot) -> Value {
                 .zip(&d.stats)
                 .enumerate()
                 .map(|(i, (a, st))| {
-                    let health = match d.health.state(i, crate::state::now()) {
+                    let health = match d.health.state(i, crate::clock::now()) {
                         HealthState::Healthy => "healthy",
                         HealthState::Ejected => "ejected",
                         HealthState::HalfOpen => "half_open",

@@ -22,7 +22,7 @@ pub struct Record {
     pub time: Option<SystemTime>,
     /// W3C trace id of the request: the one its `traceparent` carried, or the one this
     /// sidecar started.
-    pub trace_id: Option<crate::trace::TraceId>,
+    pub trace_id: Option<crate::telemetry::trace::TraceId>,
     /// `outbound` or `inbound`.
     pub direction: &'static str,
     /// SPIFFE identity of the caller.
@@ -95,7 +95,7 @@ struct Line<'a> {
     #[serde(serialize_with = "rfc3339")]
     time: Option<SystemTime>,
     #[serde(serialize_with = "display")]
-    trace_id: Option<crate::trace::TraceId>,
+    trace_id: Option<crate::telemetry::trace::TraceId>,
     direction: &'a str,
     src_identity: &'a str,
     dst_identity: &'a str,

@@ -6,10 +6,10 @@
 //! mutex would; for a load heuristic that is harmless and keeps the hot path lock-free.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::LbPolicy;
+use weft_policy::LbPolicy;
 
 /// RTT assumed for an endpoint never observed (linkerd2-proxy's default).
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -17,11 +17,6 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 pub const DECAY: Duration = Duration::from_secs(10);
 /// RTT charged for a failed attempt, so a fast-failing endpoint does not look attractive.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
-
-fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
 
 /// Load statistics of one endpoint; shared across config snapshots so a reload keeps history.
 #[derive(Debug)]
@@ -35,7 +30,7 @@ impl Default for EndpointStats {
     fn default() -> Self {
         Self {
             ewma_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
-            stamp_ns: AtomicU64::new(now_ns()),
+            stamp_ns: AtomicU64::new(crate::clock::now()),
             pending: AtomicU32::new(0),
         }
     }
@@ -50,7 +45,7 @@ impl EndpointStats {
 
     /// Expected cost of sending one more request here.
     pub fn cost(&self) -> f64 {
-        self.decayed_ewma(now_ns()) * f64::from(self.pending.load(Relaxed) + 1)
+        self.decayed_ewma(crate::clock::now()) * f64::from(self.pending.load(Relaxed) + 1)
     }
 
     /// Outstanding requests.
@@ -60,7 +55,7 @@ impl EndpointStats {
 
     /// Record an observed round trip: a peak is taken at once, a lower value blends in.
     pub fn observe(&self, rtt: Duration) {
-        let now = now_ns();
+        let now = crate::clock::now();
         let rtt = rtt.as_nanos() as f64;
         let prev = self.decayed_ewma(now);
         let next = if rtt > prev {

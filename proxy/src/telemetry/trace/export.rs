@@ -21,8 +21,8 @@ use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
 
 use super::SpanRecord;
-use crate::config::Tracing;
-use crate::metrics::{Direction, Metrics, RouteMetrics};
+use crate::telemetry::metrics::{Direction, Metrics, RouteMetrics};
+use weft_policy::Tracing;
 
 /// How often the exporter drains the queue.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -412,7 +412,7 @@ struct Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{SpanId, TraceId};
+    use crate::telemetry::trace::{SpanId, TraceId};
 
     fn span() -> SpanRecord {
         SpanRecord {

@@ -1,7 +1,10 @@
 //! The control thread: admin HTTP (loopback), config reload on SIGHUP and on file change,
-//! and, when `control_plane` is set, the control-plane client ([`crate::cp_client`]) and
-//! certificate rotation ([`crate::certify::rotate`]).
+//! and, when `control_plane` is set, the control-plane client ([`crate::control::client`]) and
+//! certificate rotation ([`crate::identity::certify::rotate`]).
 //! It runs on its own single-threaded runtime so control work never delays traffic.
+
+pub mod admin;
+pub mod client;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -16,9 +19,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::admin;
 use crate::drain::Drain;
-use crate::state::Store;
+use crate::store::Store;
 
 /// How often the config and certificate files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -65,8 +67,12 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
                 if let Some(cp) = store.load().control_plane.clone() {
                     let (renewed, renewals) =
                         tokio::sync::watch::channel(store.load().tls.not_after);
-                    tokio::spawn(crate::certify::rotate(store.clone(), cp.clone(), renewed));
-                    tokio::spawn(crate::cp_client::run(
+                    tokio::spawn(crate::identity::certify::rotate(
+                        store.clone(),
+                        cp.clone(),
+                        renewed,
+                    ));
+                    tokio::spawn(crate::control::client::run(
                         store.clone(),
                         cp,
                         renewals,
@@ -74,9 +80,14 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
                     ));
                 }
                 if let Some(m) = metrics {
-                    tokio::spawn(admin(m, Surface::ReadOnly, store.clone(), drain.clone()));
+                    tokio::spawn(serve_admin(
+                        m,
+                        Surface::ReadOnly,
+                        store.clone(),
+                        drain.clone(),
+                    ));
                 }
-                admin(listener, Surface::Admin, store, drain).await;
+                serve_admin(listener, Surface::Admin, store, drain).await;
             })
         })?;
     Ok(())
@@ -148,7 +159,12 @@ async fn reload_on_change(store: Arc<Store>) {
     }
 }
 
-async fn admin(listener: TcpListener, surface: Surface, store: Arc<Store>, drain: Arc<Drain>) {
+async fn serve_admin(
+    listener: TcpListener,
+    surface: Surface,
+    store: Arc<Store>,
+    drain: Arc<Drain>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let tcp = match listener.accept().await {
@@ -244,7 +260,7 @@ fn handle(
         "/metrics" => {
             store
                 .load()
-                .export_gauges(&store.metrics, crate::state::now());
+                .export_gauges(&store.metrics, crate::clock::now());
             let mut r = text(StatusCode::OK, store.metrics.render());
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

@@ -1,0 +1,150 @@
+//! Assembles the sidecar from its parts: the traffic service with every listener, the
+//! background services (dedicated ports, outbound identity), the access log and tracer, and
+//! the control thread; then runs it until it is told to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
+
+use crate::control;
+use crate::drain::{Drain, DrainSignals};
+use crate::inbound::InboundHttp;
+use crate::listen::ports::PortManager;
+use crate::listen::Traffic;
+use crate::outbound::connector::{IdentitySync, OutboundProxies};
+use crate::outbound::Outbound;
+use crate::store::Store;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::trace::Tracer;
+
+/// At exit, how long queued spans may take to reach the collector.
+pub const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Build and run the sidecar until it is told to stop. Returns only on a fatal start error.
+pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
+    let snap = store.load();
+    let drain = Arc::new(Drain::default());
+    let server_conf = || ServerConf {
+        threads: snap.workers,
+        // Our drain thread exits the process once idle; Pingora's grace sleep is the backstop.
+        grace_period_seconds: Some(snap.drain_timeout.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // One current-thread runtime per worker: a sidecar's connections never need stealing
+        // across workers, and the single-threaded scheduler costs less per task wake-up.
+        work_stealing: false,
+        ..ServerConf::default()
+    };
+    let conf = Arc::new(server_conf());
+    let mut server = Server::new_with_opt_and_conf(None, server_conf());
+    server.bootstrap();
+
+    let access_log = match &snap.access_log {
+        Some(path) => Some(Arc::new(
+            AccessLog::start(
+                path,
+                store.metrics.access_log_dropped.clone(),
+                store.metrics.access_log_lines.clone(),
+            )
+            .with_context(|| format!("access log {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let tracer = match &snap.tracing.collector {
+        Some(_) => {
+            let t = Tracer::start(
+                &snap.tracing,
+                &snap.own.name,
+                &snap.identity,
+                &store.metrics,
+            )?;
+            let at_exit = t.clone();
+            drain.at_exit(move || {
+                if !at_exit.flush(TRACE_FLUSH_LIMIT) {
+                    log::warn!("spans still queued at exit were not all exported");
+                }
+            });
+            Some(t)
+        }
+        None => None,
+    };
+    let outbound = Arc::new(
+        OutboundProxies::new(
+            conf.clone(),
+            Outbound::new(
+                store.clone(),
+                drain.clone(),
+                access_log.clone(),
+                tracer.clone(),
+            ),
+            snap.tls.client.clone(),
+        )
+        .context("outbound proxy")?,
+    );
+    let mut inbound = HttpProxy::new(
+        InboundHttp::new(store.clone(), drain.clone(), access_log, tracer.clone()),
+        conf.clone(),
+    );
+    inbound.handle_init_modules();
+
+    let traffic = Traffic {
+        store: store.clone(),
+        drain: drain.clone(),
+        outbound: outbound.clone(),
+        inbound: Arc::new(inbound),
+        outbound_port: snap.listen.outbound.port(),
+        inbound_port: snap.listen.inbound.port(),
+    };
+    let ports = Arc::new(traffic.clone());
+    let mut service = Service::new("weft traffic".to_owned(), traffic);
+    service.threads = Some(snap.workers);
+    service.add_tcp(&snap.listen.outbound.to_string());
+    service.add_tcp(&snap.listen.inbound.to_string());
+    let at_start: std::collections::BTreeSet<u16> =
+        snap.outbound_ports().into_iter().map(|(p, _)| p).collect();
+    for port in &at_start {
+        service.add_tcp(&format!("127.0.0.1:{port}"));
+    }
+    server.add_service(service);
+    // Ports added later (reload, control-plane snapshot) are bound by the port manager.
+    let mut port_manager = pingora_core::services::background::background_service(
+        "weft dedicated ports",
+        PortManager::new(store.clone(), ports, at_start),
+    );
+    port_manager.threads = Some(1);
+    server.add_service(port_manager);
+    let mut identity_sync = pingora_core::services::background::background_service(
+        "weft outbound identity",
+        IdentitySync::new(store.clone(), outbound),
+    );
+    identity_sync.threads = Some(1);
+    server.add_service(identity_sync);
+
+    control::spawn(store.clone(), drain.clone())?;
+    log::info!(
+        "weft-proxy {} ({}) up: outbound {}, inbound {}, admin {}, config v{}, {}",
+        snap.own.name,
+        snap.tls.identity,
+        snap.listen.outbound,
+        snap.listen.inbound,
+        snap.listen.admin,
+        snap.version,
+        match &tracer {
+            Some(t) => format!(
+                "spans to {} (sampling {})",
+                t.collector, snap.tracing.sampling
+            ),
+            None => "no span export".to_owned(),
+        }
+    );
+    let limit = snap.drain_timeout;
+    drop(snap);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainSignals { drain, limit }),
+    });
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! What the sidecar tells about the traffic it carries: Prometheus [`metrics`], the JSON
+//! [`access_log`] and OTLP spans ([`trace`]).
+
+pub mod access_log;
+pub mod metrics;
+pub mod trace;
