@@ -100,8 +100,7 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(dir.path());
     let snap = store.load();
-    let dest_idx = snap.destination_for_host("svc-7").expect("svc-7");
-    let dest = &snap.destinations[dest_idx];
+    let dest = snap.routes.for_host("svc-7").expect("svc-7");
 
     let mut g = c.benchmark_group("route");
     // (case, request, the route it must take)
@@ -121,11 +120,12 @@ fn benches(c: &mut Criterion) {
     for (name, req, want) in &cases {
         let method = req.method.clone();
         let path = req.uri.path().to_owned();
-        assert_eq!(dest.route(&method, &path, req), Some(*want), "{name}");
+        let taken = dest.route(&method, &path, req).expect("a route");
+        assert!(Arc::ptr_eq(taken, &dest.routes[*want]), "{name}");
         g.bench_function(*name, |b| {
             b.iter(|| {
                 let host = black_box("svc-7");
-                let d = &snap.destinations[snap.destination_for_host(host).unwrap_or(0)];
+                let d = snap.routes.for_host(host).expect("svc-7");
                 d.route(black_box(&method), black_box(&path), req)
             })
         });
@@ -134,8 +134,8 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("pick");
     for (name, host) in [("p2c peak-EWMA", "svc-6"), ("round robin", "svc-7")] {
-        let d = &snap.destinations[snap.destination_for_host(host).expect("service")];
-        let route = d.routes.len() - 1; // the weighted catch-all
+        let d = snap.routes.for_host(host).expect("service");
+        let route = &d.routes[d.routes.len() - 1]; // the weighted catch-all
         assert!(d.pick(route, 0, clock::now()).is_some());
         g.bench_function(name, |b| {
             b.iter(|| d.pick(black_box(route), 0, clock::now()))

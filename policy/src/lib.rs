@@ -634,6 +634,9 @@ impl Validator<'_> {
         };
         let mut ports = vec![l.outbound.port(), l.inbound.port(), l.admin.port()];
         ports.extend(l.metrics.map(|m| m.port()));
+        // Port 0 asks the kernel for a free port (the sidecar reports the one it got), so
+        // any number of listeners may ask for it.
+        ports.retain(|&p| p != 0);
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         if distinct.len() != ports.len() {
             self.err(

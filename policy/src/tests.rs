@@ -713,3 +713,19 @@ fn durations_longer_than_a_year_are_refused() {
     // A year exactly is still a duration.
     assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
 }
+
+#[test]
+fn port_zero_listeners_are_valid_and_need_not_be_distinct() {
+    let text = BASE.replace(
+        "tls:",
+        "listen: {outbound: \"127.0.0.1:0\", inbound: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\ntls:",
+    );
+    let c = parse_str(&text).expect("valid");
+    assert_eq!(c.listen.outbound.port(), 0);
+    let text = BASE.replace(
+        "tls:",
+        "listen: {outbound: \"127.0.0.1:0\", inbound: \"127.0.0.1:7\", admin: \"127.0.0.1:7\"}\ntls:",
+    );
+    let errors = invalid(&text);
+    assert!(errors.iter().any(|e| e.field == "listen"), "{errors:?}");
+}

@@ -2,6 +2,7 @@
 //! background services (dedicated ports, outbound identity), the access log and tracer, and
 //! the control thread; then runs it until it is told to stop.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use pingora_proxy::HttpProxy;
 use crate::control;
 use crate::drain::{Drain, DrainSignals};
 use crate::inbound::InboundHttp;
+use crate::listen::bound::{self, Prebound};
 use crate::listen::ports::PortManager;
 use crate::listen::Traffic;
 use crate::outbound::connector::{IdentitySync, OutboundProxies};
@@ -21,13 +23,21 @@ use crate::outbound::Outbound;
 use crate::store::Store;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::trace::Tracer;
+use weft_policy::Listen;
 
 /// At exit, how long queued spans may take to reach the collector.
 pub const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Build and run the sidecar until it is told to stop. Returns only on a fatal start error.
-pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
+pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let snap = store.load();
+    // Bound first: a port taken (or a bad address) stops the start with its name, and a port
+    // of 0 is the kernel's choice from here on.
+    let outbound_l = bound::bind(snap.listen.outbound, "outbound")?;
+    let inbound_l = bound::bind(snap.listen.inbound, "inbound")?;
+    let mut listening = snap.listen.clone();
+    listening.outbound = outbound_l.addr;
+    listening.inbound = inbound_l.addr;
     let drain = Arc::new(Drain::default());
     let server_conf = || ServerConf {
         threads: snap.workers,
@@ -96,20 +106,24 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
         drain: drain.clone(),
         outbound: outbound.clone(),
         inbound: Arc::new(inbound),
-        outbound_port: snap.listen.outbound.port(),
-        inbound_port: snap.listen.inbound.port(),
+        outbound_port: listening.outbound.port(),
+        inbound_port: listening.inbound.port(),
     };
     let ports = Arc::new(traffic.clone());
     let mut service = Service::new("weft traffic".to_owned(), traffic);
     service.threads = Some(snap.workers);
-    service.add_tcp(&snap.listen.outbound.to_string());
-    service.add_tcp(&snap.listen.inbound.to_string());
-    let at_start: std::collections::BTreeSet<u16> =
-        snap.outbound_ports().into_iter().map(|(p, _)| p).collect();
+    service.add_tcp(&listening.outbound.to_string());
+    service.add_tcp(&listening.inbound.to_string());
+    let at_start: std::collections::BTreeSet<u16> = snap
+        .routes
+        .outbound_ports()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     for port in &at_start {
         service.add_tcp(&format!("127.0.0.1:{port}"));
     }
-    server.add_service(service);
+    server.add_service(Prebound::new(service, vec![outbound_l, inbound_l]));
     // Ports added later (reload, control-plane snapshot) are bound by the port manager.
     let mut port_manager = pingora_core::services::background::background_service(
         "weft dedicated ports",
@@ -124,14 +138,18 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
     identity_sync.threads = Some(1);
     server.add_service(identity_sync);
 
-    control::spawn(store.clone(), drain.clone())?;
+    let listening = control::spawn(store.clone(), drain.clone(), listening)?;
+    if let Some(path) = ready_file {
+        write_ready_file(path, &listening)
+            .with_context(|| format!("--ready-file {}", path.display()))?;
+    }
     log::info!(
         "weft-proxy {} ({}) up: outbound {}, inbound {}, admin {}, config v{}, {}",
         snap.own.name,
         snap.tls.identity,
-        snap.listen.outbound,
-        snap.listen.inbound,
-        snap.listen.admin,
+        listening.outbound,
+        listening.inbound,
+        listening.admin,
         snap.version,
         match &tracer {
             Some(t) => format!(
@@ -147,4 +165,19 @@ pub fn run(store: Arc<Store>) -> anyhow::Result<()> {
         shutdown_signal: Box::new(DrainSignals { drain, limit }),
     });
     Ok(())
+}
+
+/// Say where the sidecar listens, once every listener is bound: JSON with the `outbound`,
+/// `inbound`, `admin` and (or null) `metrics` addresses and the `pid`, written atomically so
+/// a reader never sees half of it. Connections made as soon as it appears wait in the
+/// listeners' backlogs until the traffic workers start.
+fn write_ready_file(path: &Path, l: &Listen) -> std::io::Result<()> {
+    let text = serde_json::json!({
+        "pid": std::process::id(),
+        "outbound": l.outbound.to_string(),
+        "inbound": l.inbound.to_string(),
+        "admin": l.admin.to_string(),
+        "metrics": l.metrics.map(|m| m.to_string()),
+    });
+    crate::store::write_atomically(path, format!("{text}\n").as_bytes(), 0o644)
 }

@@ -1,4 +1,10 @@
 //! Errors the app can read: a status and an `x-weft-error` header that says why in words.
+//!
+//! Every rejection on the request path, in both directions, is a typed [`Reject`];
+//! [`Reject::failure`] is the one place it becomes a status, a response flag and a reason, and
+//! [`Reject::event`] the one place it becomes a metric event (linkerd2-proxy's `ServerRescue`
+//! plays this part). Failures of the upstream that Pingora reports are mapped in
+//! [`Failure::from_pingora`].
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -7,6 +13,262 @@ use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
+
+use crate::telemetry::metrics::{Event, RejectLabel, RouteMetrics};
+
+/// Why the sidecar answered a request itself, before (or instead of) an endpoint or the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// Outbound: no destination has this Host / :authority (`(none)` when there was none).
+    UnknownHost(String),
+    /// Outbound: no route of `service` matches the request.
+    NoRouteMatch {
+        /// The destination service.
+        service: String,
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+    /// A rate limit is spent; a token is free again after `wait`.
+    RateLimited {
+        /// Until a token is free (becomes `retry-after`).
+        wait: Duration,
+        /// Whose limit, in words (`route "r" of orders`, `orders`' inbound limit).
+        what: RateScope,
+    },
+    /// Fault injection aborted the request with this status.
+    FaultAbort(u16),
+    /// A destination's concurrency limit refused the request.
+    Overloaded {
+        /// The destination service.
+        service: String,
+        /// Which limit, with its setting.
+        limit: Overload,
+    },
+    /// The route's timeout passed before an attempt could be made.
+    Timeout {
+        /// The route's timeout.
+        timeout: Option<Duration>,
+        /// Attempts made before it passed.
+        attempts: u32,
+    },
+    /// The route's backend has no endpoint at all.
+    NoEndpoint {
+        /// The destination service.
+        service: String,
+        /// The route.
+        route: String,
+    },
+    /// Every endpoint of the route's backend is ejected.
+    BreakerOpen {
+        /// The destination service.
+        service: String,
+        /// The route.
+        route: String,
+    },
+    /// Inbound: the connection proved no mesh identity.
+    NoIdentity,
+    /// Inbound: the caller's certificate expired since its connection was opened.
+    CertExpired,
+    /// Inbound: no authorization rule of `service` allows `caller` to make this request.
+    Denied {
+        /// This sidecar's service.
+        service: String,
+        /// The caller's SPIFFE identity.
+        caller: String,
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+}
+
+/// Whose rate limit refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateScope {
+    /// A route's limit.
+    Route {
+        /// The destination service.
+        service: String,
+        /// The route.
+        route: String,
+    },
+    /// This sidecar's inbound limit.
+    Inbound {
+        /// This sidecar's service.
+        service: String,
+    },
+}
+
+/// Which concurrency limit refused a request, with its setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// `max_in_flight` requests were in flight and no queue is allowed.
+    InFlight {
+        /// The limit.
+        max_in_flight: usize,
+    },
+    /// `max_pending` requests were already waiting.
+    QueueFull {
+        /// The in-flight limit.
+        max_in_flight: usize,
+        /// The queue's limit.
+        max_pending: usize,
+    },
+    /// No slot was freed within `queue_timeout`.
+    QueueTimeout {
+        /// How long the request waited.
+        queue_timeout: Duration,
+    },
+}
+
+impl Reject {
+    /// The response this rejection gets: status, flag and reason, decided here only.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Reject::UnknownHost(host) => Failure::new(
+                404,
+                "no_route",
+                format!("no route: unknown host {host:?}"),
+            ),
+            Reject::NoRouteMatch {
+                service,
+                method,
+                path,
+            } => Failure::new(
+                404,
+                "no_route",
+                format!("no route: no route of {service} matches {method} {path}"),
+            ),
+            Reject::RateLimited { wait, what } => Failure::rate_limited(
+                *wait,
+                match what {
+                    RateScope::Route { service, route } => {
+                        format!("rate limited: route {route:?} of {service} is over its limit")
+                    }
+                    RateScope::Inbound { service } => {
+                        format!("rate limited: {service} is over its inbound limit")
+                    }
+                },
+            ),
+            Reject::FaultAbort(status) => {
+                Failure::new(*status, "fault_abort", "fault injected: abort")
+            }
+            Reject::Overloaded { service, limit } => {
+                let (flag, reason) = match limit {
+                    Overload::InFlight { max_in_flight } => (
+                        "overloaded",
+                        format!(
+                            "overloaded: {service} already has {max_in_flight} requests in flight"
+                        ),
+                    ),
+                    Overload::QueueFull {
+                        max_in_flight,
+                        max_pending,
+                    } => (
+                        "queue_full",
+                        format!(
+                            "overloaded: {service} has {max_in_flight} requests in flight and {max_pending} waiting"
+                        ),
+                    ),
+                    Overload::QueueTimeout { queue_timeout } => (
+                        "queue_timeout",
+                        format!(
+                            "overloaded: no slot to {service} freed within {}",
+                            humantime::format_duration(*queue_timeout)
+                        ),
+                    ),
+                };
+                Failure::new(503, flag, reason)
+            }
+            Reject::Timeout { timeout, attempts } => Failure::new(
+                504,
+                "timeout",
+                if *attempts == 0 {
+                    "route timeout passed before an endpoint was tried".to_owned()
+                } else {
+                    format!(
+                        "route timeout {} passed after {attempts} attempts",
+                        timeout
+                            .map(|t| humantime::format_duration(t).to_string())
+                            .unwrap_or_default()
+                    )
+                },
+            ),
+            Reject::NoEndpoint { service, route } => Failure::new(
+                503,
+                "no_endpoint",
+                format!("no endpoint: {service} route {route:?} has no endpoint"),
+            ),
+            Reject::BreakerOpen { service, route } => Failure::new(
+                503,
+                "breaker_open",
+                format!(
+                    "breaker open: every endpoint of {service} for route {route:?} is ejected after consecutive failures"
+                ),
+            ),
+            Reject::NoIdentity => Failure::new(403, "denied", "caller has no mesh identity"),
+            Reject::CertExpired => {
+                Failure::new(403, "cert_expired", "caller certificate expired")
+            }
+            Reject::Denied {
+                service,
+                caller,
+                method,
+                path,
+            } => Failure::new(
+                403,
+                "denied",
+                format!(
+                    "denied: no authorization rule of {service} allows {caller} to {method} {path}"
+                ),
+            ),
+        }
+    }
+
+    /// The per-route event this rejection counts, if it counts one. Routing misses have
+    /// their own series (`unmatched`) instead; a missing identity has no caller to count by.
+    pub fn event(&self) -> Option<Event> {
+        Some(match self {
+            Reject::RateLimited { .. } => Event::Rejected(RejectLabel::RateLimited),
+            Reject::FaultAbort(_) => Event::FaultAbort,
+            Reject::Overloaded { limit, .. } => Event::Rejected(match limit {
+                Overload::InFlight { .. } => RejectLabel::Overloaded,
+                Overload::QueueFull { .. } => RejectLabel::QueueFull,
+                Overload::QueueTimeout { .. } => RejectLabel::QueueTimeout,
+            }),
+            Reject::BreakerOpen { .. } => Event::Rejected(RejectLabel::BreakerOpen),
+            Reject::CertExpired => Event::Rejected(RejectLabel::CertExpired),
+            Reject::Denied { .. } => Event::Rejected(RejectLabel::Denied),
+            Reject::UnknownHost(_)
+            | Reject::NoRouteMatch { .. }
+            | Reject::Timeout { .. }
+            | Reject::NoEndpoint { .. }
+            | Reject::NoIdentity => return None,
+        })
+    }
+
+    /// Count this rejection on `metrics` (if it counts) and turn it into its response.
+    pub fn counted(&self, metrics: Option<&RouteMetrics>) -> Failure {
+        if let (Some(m), Some(e)) = (metrics, self.event()) {
+            m.event(e);
+        }
+        self.failure()
+    }
+
+    /// Answer the request now with this rejection (the connection stays usable), counting it;
+    /// returns the response flag for the access log and span.
+    pub async fn respond(
+        &self,
+        session: &mut Session,
+        metrics: Option<&RouteMetrics>,
+    ) -> &'static str {
+        let f = self.counted(metrics);
+        f.respond(session, false).await;
+        f.flag
+    }
+}
 
 /// Header naming why the mesh, not the app, answered.
 pub const ERROR_HEADER: &str = "x-weft-error";
@@ -177,5 +439,151 @@ pub async fn answer(session: &mut Session, failure: Option<Failure>) -> FailToPr
     FailToProxy {
         error_code,
         can_reuse_downstream: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(r: Reject) -> (u16, &'static str, String) {
+        let f = r.failure();
+        (f.status, f.flag, f.reason.into_owned())
+    }
+
+    #[test]
+    fn each_rejection_has_one_status_flag_and_reason() {
+        let s = String::from;
+        assert_eq!(
+            f(Reject::UnknownHost(s("nope"))),
+            (404, "no_route", s("no route: unknown host \"nope\""))
+        );
+        assert_eq!(
+            f(Reject::NoRouteMatch {
+                service: s("orders"),
+                method: s("GET"),
+                path: s("/x")
+            }),
+            (
+                404,
+                "no_route",
+                s("no route: no route of orders matches GET /x")
+            )
+        );
+        assert_eq!(f(Reject::FaultAbort(418)).0, 418);
+        assert_eq!(
+            f(Reject::Overloaded {
+                service: s("orders"),
+                limit: Overload::QueueFull {
+                    max_in_flight: 2,
+                    max_pending: 3
+                }
+            }),
+            (
+                503,
+                "queue_full",
+                s("overloaded: orders has 2 requests in flight and 3 waiting")
+            )
+        );
+        assert_eq!(
+            f(Reject::Timeout {
+                timeout: Some(Duration::from_millis(300)),
+                attempts: 2
+            }),
+            (
+                504,
+                "timeout",
+                s("route timeout 300ms passed after 2 attempts")
+            )
+        );
+        assert_eq!(
+            f(Reject::Timeout {
+                timeout: None,
+                attempts: 0
+            })
+            .2,
+            "route timeout passed before an endpoint was tried"
+        );
+        assert_eq!(
+            f(Reject::BreakerOpen {
+                service: s("orders"),
+                route: s("r")
+            })
+            .1,
+            "breaker_open"
+        );
+        assert_eq!(
+            f(Reject::NoIdentity),
+            (403, "denied", s("caller has no mesh identity"))
+        );
+        assert_eq!(f(Reject::CertExpired).1, "cert_expired");
+        assert_eq!(
+            f(Reject::Denied {
+                service: s("orders"),
+                caller: s("spiffe://a"),
+                method: s("POST"),
+                path: s("/p")
+            })
+            .2,
+            "denied: no authorization rule of orders allows spiffe://a to POST /p"
+        );
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_after_in_whole_seconds_rounded_up() {
+        let r = |wait| Reject::RateLimited {
+            wait,
+            what: RateScope::Inbound {
+                service: "orders".into(),
+            },
+        };
+        let limited = r(Duration::from_millis(1500)).failure();
+        assert_eq!((limited.status, limited.retry_after), (429, Some(2)));
+        assert_eq!(
+            limited.reason,
+            "rate limited: orders is over its inbound limit"
+        );
+        assert_eq!(r(Duration::ZERO).failure().retry_after, Some(1));
+    }
+
+    #[test]
+    fn the_counted_event_matches_the_flag() {
+        let rejections = [
+            Reject::RateLimited {
+                wait: Duration::ZERO,
+                what: RateScope::Inbound {
+                    service: "o".into(),
+                },
+            },
+            Reject::Overloaded {
+                service: "o".into(),
+                limit: Overload::InFlight { max_in_flight: 1 },
+            },
+            Reject::Overloaded {
+                service: "o".into(),
+                limit: Overload::QueueTimeout {
+                    queue_timeout: Duration::ZERO,
+                },
+            },
+            Reject::BreakerOpen {
+                service: "o".into(),
+                route: "r".into(),
+            },
+            Reject::CertExpired,
+            Reject::Denied {
+                service: "o".into(),
+                caller: "c".into(),
+                method: "GET".into(),
+                path: "/".into(),
+            },
+        ];
+        for r in rejections {
+            match r.event() {
+                Some(Event::Rejected(label)) => assert_eq!(label.as_str(), r.failure().flag),
+                other => panic!("{r:?} counts {other:?}"),
+            }
+        }
+        assert_eq!(Reject::UnknownHost("h".into()).event(), None);
+        assert_eq!(Reject::NoIdentity.event(), None);
     }
 }

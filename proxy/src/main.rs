@@ -59,6 +59,10 @@ struct Args {
     /// the path lies in a writable emptyDir).
     #[arg(long, value_name = "NAME")]
     config_env: Option<String>,
+    /// Once every listener is bound, write their addresses (JSON: `outbound`, `inbound`,
+    /// `admin`, `metrics`, `pid`) to this file; with port 0 in `listen`, the kernel's choice.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
     /// Validate the config and its certificates, print the result, and exit.
     #[arg(long)]
     check: bool,
@@ -133,14 +137,14 @@ fn main() -> anyhow::Result<()> {
             config.display(),
             snap.own.name,
             snap.tls.identity,
-            snap.destinations.len()
+            snap.routes.destinations.len()
         );
         return Ok(());
     }
     // On Kubernetes the sidecar is a native sidecar (an init container with `restartPolicy:
     // Always`): the kubelet sends it SIGTERM only after the app containers have exited, so a
     // Job's pod completes without the app having to stop the proxy.
-    weft_proxy::app::run(Arc::new(store)).context("sidecar failed")
+    weft_proxy::app::run(Arc::new(store), args.ready_file.as_deref()).context("sidecar failed")
 }
 
 #[cfg(test)]

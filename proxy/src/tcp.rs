@@ -16,10 +16,12 @@ use tokio::io::{copy_bidirectional_with_sizes, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use weft_resilience::outlier::{Admission, Transition};
+use weft_resilience::outlier::Admission;
 
 use crate::clock;
 use crate::identity::material::ALPN_TCP;
+use crate::outbound::endpoint::{self, Chosen};
+use crate::outbound::route::Destination;
 use crate::store::Snapshot;
 use crate::telemetry::metrics::Metrics;
 
@@ -132,9 +134,8 @@ where
         .inc_by(received);
 }
 
-/// Carry an app's connection to an endpoint of destination `dest`.
-pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize, metrics: &Metrics) {
-    let d = &snap.destinations[dest];
+/// Carry an app's connection to an endpoint of destination `d` (of the snapshot `snap`).
+pub async fn outbound(client: Stream, snap: Arc<Snapshot>, d: Arc<Destination>, metrics: &Metrics) {
     let Some(_permit) = d.tunnels.try_acquire() else {
         metrics
             .tcp_rejected
@@ -174,16 +175,7 @@ pub async fn outbound(client: Stream, snap: Arc<Snapshot>, dest: usize, metrics:
         let addr = d.endpoints[ep];
         let in_flight = d.stats[ep].start();
         let result = connect(addr, &d.sni, &snap).await;
-        let ok = result.is_ok();
-        let now = clock::now();
-        let t = if probe {
-            d.health.record_probe(ep, ok, now)
-        } else {
-            d.health.record(ep, ok, now)
-        };
-        if let Some(Transition::Ejected(_)) = t {
-            d.ejections[ep].inc();
-        }
+        endpoint::record_health(&d, Chosen { ep, probe }, result.is_ok(), clock::now());
         match result {
             Ok(tls) => {
                 in_flight.success();

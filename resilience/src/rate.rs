@@ -141,6 +141,36 @@ impl KeyedBuckets {
     }
 }
 
+/// The buckets of one limit: one shared by every request, or one per key (e.g. per caller
+/// identity).
+#[derive(Debug)]
+pub enum Buckets {
+    /// Every request draws from one bucket.
+    Shared(TokenBucket),
+    /// Each key has its own (see [`KeyedBuckets`]).
+    Keyed(KeyedBuckets),
+}
+
+impl Buckets {
+    /// `per_second` with `burst`, shared, or per key (at most `max_keys` keys of their own)
+    /// when `per_key`.
+    pub fn new(per_second: f64, burst: u32, per_key: bool, max_keys: usize) -> Self {
+        if per_key {
+            Buckets::Keyed(KeyedBuckets::new(per_second, burst, max_keys))
+        } else {
+            Buckets::Shared(TokenBucket::new(per_second, burst))
+        }
+    }
+
+    /// Take a token for `key` at `now`; `Err` says when one will be available.
+    pub fn try_take(&self, key: &str, now: Nanos) -> Result<(), Duration> {
+        match self {
+            Buckets::Shared(b) => b.try_take(now),
+            Buckets::Keyed(k) => k.try_take(key, now),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +286,16 @@ mod tests {
             }
         });
         assert_eq!(k.len(), 8);
+    }
+
+    #[test]
+    fn shared_buckets_ignore_the_key_and_keyed_ones_do_not() {
+        let shared = Buckets::new(1.0, 1, false, 8);
+        assert!(shared.try_take("a", 0).is_ok());
+        assert!(shared.try_take("b", 0).is_err(), "one bucket for every key");
+        let keyed = Buckets::new(1.0, 1, true, 8);
+        assert!(keyed.try_take("a", 0).is_ok());
+        assert!(keyed.try_take("b", 0).is_ok(), "a bucket per key");
+        assert!(keyed.try_take("a", 0).is_err());
     }
 }

@@ -273,5 +273,11 @@ pub fn parse_grpc_status(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
+/// The `grpc-status` of a header block (response headers or trailers), if it carries a
+/// numeric one.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    parse_grpc_status(headers.get("grpc-status")?.as_bytes())
+}
+
 #[cfg(test)]
 mod tests;

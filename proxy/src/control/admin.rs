@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use weft_resilience::outlier::HealthState;
 
 use crate::store::Snapshot;
-use weft_policy::{HeaderValueMatch, LbPolicy, PathMatch, Protocol};
+use weft_policy::{HeaderValueMatch, LbPolicy, Listen, PathMatch, Protocol};
 
 fn protocol(p: Protocol) -> &'static str {
     match p {
@@ -23,8 +23,9 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// The config in force with live endpoint load. Paths to key files appear; key bytes never do.
-pub fn config_dump(s: &Snapshot) -> Value {
+pub fn config_dump(s: &Snapshot, listening: &Listen) -> Value {
     let destinations: Vec<Value> = s
+        .routes
         .destinations
         .iter()
         .map(|d| {
@@ -106,7 +107,7 @@ pub fn config_dump(s: &Snapshot) -> Value {
     json!({
         "version": s.version,
         "service": {"name": s.own.name, "identity": s.own.identity.to_string(), "app": s.own.app.to_string(), "protocol": protocol(s.own.protocol)},
-        "listen": {"outbound": s.listen.outbound.to_string(), "inbound": s.listen.inbound.to_string(), "admin": s.listen.admin.to_string(), "metrics": s.listen.metrics.map(|m| m.to_string())},
+        "listen": {"outbound": listening.outbound.to_string(), "inbound": listening.inbound.to_string(), "admin": listening.admin.to_string(), "metrics": listening.metrics.map(|m| m.to_string())},
         "tls": {"cert": s.tls_paths.cert, "key": s.tls_paths.key, "trust_bundle": s.tls_paths.trust_bundle},
         "workers": s.workers,
         "drain_timeout_ms": s.drain_timeout.as_millis() as u64,

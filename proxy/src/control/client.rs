@@ -145,12 +145,14 @@ async fn session(
     drain: &Arc<Drain>,
 ) -> anyhow::Result<()> {
     let snap = store.load();
+    // Where this sidecar is bound (a configured port 0 is the kernel's choice by now).
+    let listening = store.listening();
     let channel = connect(cp, (*snap.tls.tcp_client).clone()).await?;
     let mut client = ControlPlaneClient::new(channel);
     let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
     let hello = Hello {
         service: snap.own.name.clone(),
-        endpoint_address: snap.listen.inbound.to_string(),
+        endpoint_address: listening.inbound.to_string(),
         labels: snap
             .own
             .labels
@@ -158,7 +160,7 @@ async fn session(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         cert_not_after_unix: unix_secs(snap.tls.not_after),
-        admin_address: snap.listen.admin.to_string(),
+        admin_address: listening.admin.to_string(),
     };
     drop(snap);
     tx.send(SidecarMessage {

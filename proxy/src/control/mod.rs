@@ -21,6 +21,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::drain::Drain;
 use crate::store::Store;
+use weft_policy::Listen;
 
 /// How often the config and certificate files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,20 +45,33 @@ enum Surface {
     ReadOnly,
 }
 
-/// Start the control thread; fails if the admin or metrics port cannot be bound.
-pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
+/// Start the control thread; fails if the admin or metrics port cannot be bound. `listening`
+/// holds the traffic listeners' bound addresses; returned completed with the admin and
+/// metrics ones, and kept in the store for whatever reports them (registration, the admin
+/// API) before any of it runs.
+pub fn spawn(
+    store: Arc<Store>,
+    drain: Arc<Drain>,
+    mut listening: Listen,
+) -> anyhow::Result<Listen> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let listen = store.load().listen.clone();
-    let listener = rt.block_on(TcpListener::bind(listen.admin))?;
-    let metrics = match listen.metrics {
-        Some(addr) => Some(
-            rt.block_on(TcpListener::bind(addr))
-                .map_err(|e| anyhow::anyhow!("listen.metrics {addr}: {e}"))?,
-        ),
+    let listener = rt
+        .block_on(TcpListener::bind(listening.admin))
+        .map_err(|e| anyhow::anyhow!("listen.admin {}: {e}", listening.admin))?;
+    listening.admin = listener.local_addr()?;
+    let metrics = match listening.metrics {
+        Some(addr) => {
+            let m = rt
+                .block_on(TcpListener::bind(addr))
+                .map_err(|e| anyhow::anyhow!("listen.metrics {addr}: {e}"))?;
+            listening.metrics = Some(m.local_addr()?);
+            Some(m)
+        }
         None => None,
     };
+    store.set_listening(listening.clone());
     std::thread::Builder::new()
         .name("weft-control".into())
         .spawn(move || {
@@ -90,7 +104,7 @@ pub fn spawn(store: Arc<Store>, drain: Arc<Drain>) -> anyhow::Result<()> {
                 serve_admin(listener, Surface::Admin, store, drain).await;
             })
         })?;
-    Ok(())
+    Ok(listening)
 }
 
 /// Reload on a blocking thread: a reload reads files and may wait for the rebuild lock (held
@@ -253,14 +267,14 @@ fn handle(
         );
     }
     match path {
-        "/config_dump" => json(admin::config_dump(&store.load())),
+        "/config_dump" => json(admin::config_dump(&store.load(), &store.listening())),
         "/certs" => json(admin::certs(&store.load())),
         "/log-level" => log_level(&req),
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/metrics" => {
-            store
-                .load()
-                .export_gauges(&store.metrics, crate::clock::now());
+            let snap = store.load();
+            snap.routes
+                .export_gauges(&snap.own.name, &store.metrics, crate::clock::now());
             let mut r = text(StatusCode::OK, store.metrics.render());
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

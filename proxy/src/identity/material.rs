@@ -3,23 +3,17 @@
 //! Pingora's rustls connector panics on a malformed key or root, so everything handed to Pingora
 //! is parsed here first.
 
-use std::any::Any;
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
-use http::HeaderValue;
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::listeners::TlsAccept;
-use pingora_core::protocols::tls::TlsRef;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_certs::Identity;
 
-use crate::telemetry::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
 use weft_policy::{FieldError, TlsPaths};
 
 /// ALPN protocol of an opaque TCP tunnel between sidecars.
@@ -215,58 +209,4 @@ pub fn from_pem(
         acceptor: Arc::new(Acceptor::from_server_config(Arc::new(server))),
         tcp_client: Arc::new(tcp_client),
     })
-}
-
-/// The authenticated caller of an inbound connection, attached to the TLS digest once per
-/// handshake so each request reads it without parsing a certificate or resolving labels.
-#[derive(Debug)]
-pub struct PeerIdentity {
-    /// The caller's identity.
-    pub identity: Identity,
-    /// The same, ready to be sent to the app as a header value.
-    pub header: HeaderValue,
-    /// The same as text, shared with the access log.
-    pub uri: Arc<str>,
-    /// The caller's inbound request series.
-    pub metrics: Arc<RouteMetrics>,
-    /// When the caller's certificate expires: a connection outlives the handshake, so each
-    /// request checks this again (one comparison) and a caller whose certificate has expired
-    /// since is refused.
-    pub not_after: SystemTime,
-}
-
-/// Handshake callback that extracts the caller's SPIFFE identity.
-pub struct IdentityCallback {
-    /// Where the caller's series live.
-    pub metrics: Arc<Metrics>,
-    /// This sidecar's service (the `dst_service` label).
-    pub own_service: String,
-}
-
-#[async_trait]
-impl TlsAccept for IdentityCallback {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn Any + Send + Sync>> {
-        let der = tls.peer_certificate_der()?;
-        let identity = weft_certs::identity_from_cert_der(der).ok()?;
-        let not_after = weft_certs::not_after_from_cert_der(der).ok()?;
-        let uri = identity.to_string();
-        let header = HeaderValue::from_str(&uri).ok()?;
-        let metrics = self.metrics.route(RouteLabels {
-            direction: Direction::Inbound,
-            src_service: identity.service_account().to_owned(),
-            dst_service: self.own_service.clone(),
-            route: "inbound".to_owned(),
-            caller: uri.clone(),
-        });
-        Some(Arc::new(PeerIdentity {
-            identity,
-            header,
-            uri: uri.into(),
-            metrics,
-            not_after,
-        }))
-    }
 }

@@ -1,5 +1,11 @@
 //! Inbound: mutual TLS from other sidecars, then HTTP/2 to the app (as HTTP/1.1 or h2c) with
 //! the caller's proven identity in a header.
+//!
+//! [`InboundHttp`] is the Pingora `ProxyHttp`; the connection was accepted by [`accept`], and
+//! each request passes [`authorize`] before it reaches the app.
+
+pub mod accept;
+pub mod authorize;
 
 use std::sync::Arc;
 
@@ -14,12 +20,12 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::clock;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
-use crate::identity::material::PeerIdentity;
 use crate::outbound::MAX_H2_STREAMS;
 use crate::store::{Snapshot, Store};
 use crate::telemetry::access_log::{AccessLog, Record};
-use crate::telemetry::metrics::{self, Event, Reject, RouteMetrics};
+use crate::telemetry::metrics::{self, RouteMetrics};
 use crate::telemetry::trace::{Hop, SpanRecord, Tracer};
+use accept::PeerIdentity;
 use weft_policy::Protocol;
 
 /// Header carrying the caller's SPIFFE identity to the app. Any value the caller sent is
@@ -80,10 +86,12 @@ impl ProxyHttp for InboundHttp {
     /// compresses.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
+    /// The caller's identity, then the authorize stage; a refusal is answered here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut InCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
         ctx.start = Some(std::time::Instant::now());
         let snap = self.store.load();
+        ctx.snap = Some(snap.clone());
         ctx.trace = Hop::start(
             &session.req_header().headers,
             self.tracer.is_some(),
@@ -98,65 +106,20 @@ impl ProxyHttp for InboundHttp {
             ctx.metrics = Some(p.metrics.clone());
             ctx.caller = Some(p.header.clone());
             ctx.caller_id = Some(p.uri.clone());
-            // New handshakes refuse an expired certificate; this refuses it on a connection
-            // opened before it expired.
-            if p.not_after <= std::time::SystemTime::now() {
-                p.metrics.event(Event::Rejected(Reject::CertExpired));
-                ctx.flag = Some("cert_expired");
-                Failure::new(403, "cert_expired", "caller certificate expired")
-                    .respond(session, false)
-                    .await;
-                ctx.snap = Some(snap);
-                return Ok(true);
+        }
+        let checked = authorize::caller(peer)
+            .map(|p| p.uri.clone())
+            .and_then(|caller| {
+                errors::idle_keepalive(session, snap.idle_timeout);
+                authorize::authorize(&snap, &caller, session.req_header(), clock::now())
+            });
+        match checked {
+            Ok(()) => Ok(false),
+            Err(reject) => {
+                ctx.flag = Some(reject.respond(session, ctx.metrics.as_deref()).await);
+                Ok(true)
             }
         }
-        if ctx.caller.is_none() {
-            Failure::new(403, "denied", "caller has no mesh identity")
-                .respond(session, false)
-                .await;
-            return Ok(true);
-        }
-        crate::errors::idle_keepalive(session, snap.idle_timeout);
-        let caller = ctx.caller_id.as_deref().unwrap_or_default();
-        let req = session.req_header();
-        if snap
-            .authz
-            .check_http(caller, &req.method, req.uri.path())
-            .is_none()
-        {
-            if let Some(m) = &ctx.metrics {
-                m.event(Event::Rejected(Reject::Denied));
-            }
-            ctx.flag = Some("denied");
-            let what = format!(
-                "denied: no authorization rule of {} allows {caller} to {} {}",
-                snap.own.name,
-                req.method,
-                req.uri.path()
-            );
-            Failure::new(403, "denied", what)
-                .respond(session, false)
-                .await;
-            ctx.snap = Some(snap);
-            return Ok(true);
-        }
-        if let Some(buckets) = &snap.inbound_rate {
-            let caller = ctx.caller_id.as_deref().unwrap_or_default();
-            if let Err(wait) = buckets.try_take(caller, clock::now()) {
-                if let Some(m) = &ctx.metrics {
-                    m.event(Event::Rejected(Reject::RateLimited));
-                }
-                ctx.flag = Some("rate_limited");
-                let what = format!("rate limited: {} is over its inbound limit", snap.own.name);
-                Failure::rate_limited(wait, what)
-                    .respond(session, false)
-                    .await;
-                ctx.snap = Some(snap);
-                return Ok(true);
-            }
-        }
-        ctx.snap = Some(snap);
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -200,7 +163,7 @@ impl ProxyHttp for InboundHttp {
         ctx: &mut InCtx,
     ) -> Result<()> {
         if ctx.trace.recording {
-            ctx.grpc_status = crate::telemetry::trace::grpc_status(&resp.headers);
+            ctx.grpc_status = weft_resilience::retry::grpc_status(&resp.headers);
         }
         Ok(())
     }
@@ -212,7 +175,7 @@ impl ProxyHttp for InboundHttp {
         ctx: &mut InCtx,
     ) -> Result<()> {
         if ctx.trace.recording {
-            ctx.grpc_status = crate::telemetry::trace::grpc_status(trailers).or(ctx.grpc_status);
+            ctx.grpc_status = weft_resilience::retry::grpc_status(trailers).or(ctx.grpc_status);
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! a dedicated port to its destination's HTTP or TCP path. Ports added after start are bound by
 //! [`ports::PortManager`].
 
+pub mod bound;
 pub mod ports;
 
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::tls::server::handshake_with_callback;
 use pingora_core::protocols::{Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -21,15 +21,13 @@ use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
 use crate::drain::Drain;
-use crate::identity::material::{IdentityCallback, PeerIdentity, ALPN_TCP};
+use crate::identity::material::ALPN_TCP;
+use crate::inbound::accept::{self, PeerIdentity};
 use crate::inbound::InboundHttp;
 use crate::outbound::connector::OutboundProxies;
 use crate::store::Store;
 use crate::tcp;
 use weft_policy::Protocol;
-
-/// A TLS handshake slower than this is dropped (slowloris on the inbound port).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a new plaintext connection may take to send its first bytes (matches Pingora's
 /// keepalive wait between requests); a shorter `idle_timeout` shortens it.
@@ -97,47 +95,17 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// Mutual TLS from a peer sidecar ([`accept::handshake`]), then HTTP/2 or a TCP tunnel by
+    /// the negotiated ALPN.
     async fn inbound_conn(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // The acceptor comes from the snapshot in force now, so rotated certificates and trust
-        // bundles apply to new connections without a restart.
-        let snap = self.store.load();
-        let acceptor = snap.tls.acceptor.clone();
-        let callback = IdentityCallback {
-            metrics: self.store.metrics.clone(),
-            own_service: snap.own.name.clone(),
-        };
-        drop(snap);
-        let handshakes = &self.store.metrics.tls_handshakes;
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
-        let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
-        let tls = match timeout(
-            HANDSHAKE_TIMEOUT,
-            handshake_with_callback(&acceptor, *l4, &callback),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => {
-                handshakes.with_label_values(&["ok"]).inc();
-                tls
-            }
-            Ok(Err(e)) => {
-                handshakes.with_label_values(&["refused"]).inc();
-                log::info!("inbound TLS from {peer:?} refused: {e}");
-                return None;
-            }
-            Err(_) => {
-                handshakes.with_label_values(&["refused"]).inc();
-                log::info!("inbound TLS from {peer:?}: handshake timed out");
-                return None;
-            }
-        };
-        drop(acceptor);
+        let tls = accept::handshake(&self.store, stream).await?;
         match tls.selected_alpn_proto() {
             Some(ALPN::H2) => {
                 // A request ends (and leaves the drain's count) when its response is handed to
@@ -257,8 +225,8 @@ impl ServerApp for Traffic {
             return self.outbound_http(stream, shutdown).await;
         }
         let snap = self.store.load();
-        let dest = snap.destination_for_port(port)?;
-        if snap.destinations[dest].protocol == Protocol::Tcp {
+        let dest = snap.routes.for_port(port)?.clone();
+        if dest.protocol == Protocol::Tcp {
             let _working = self.drain.enter();
             tcp::outbound(stream, snap, dest, &self.store.metrics).await;
             None

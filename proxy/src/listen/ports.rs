@@ -62,6 +62,7 @@ impl<A: ServerApp + Send + Sync + 'static> BackgroundService for PortManager<A> 
             let wanted: BTreeSet<u16> = self
                 .store
                 .load()
+                .routes
                 .outbound_ports()
                 .into_iter()
                 .map(|(p, _)| p)

@@ -1,42 +1,45 @@
 //! Outbound HTTP: the app's plain HTTP/1.1 or h2c request is routed by Host / :authority (or by
 //! the dedicated port it arrived on) and sent over pooled, multiplexed HTTP/2 on mutual TLS to
 //! an endpoint's sidecar, which must prove the destination's identity.
+//!
+//! [`Outbound`] is the Pingora `ProxyHttp`; each phase calls one stage: [`route`] (destination,
+//! route, backend, rewrite), [`admit`] (rate, fault, limit, budget), [`endpoint`] (balancer,
+//! outlier admission, peer), [`outcome`] (the one classifier feeding balancer, outlier
+//! detector and retries). Rejections are typed ([`crate::errors::Reject`]) and answered in one
+//! place; [`connector`] holds the mTLS client identity Pingora dials with.
 
+pub mod admit;
 pub mod balance;
 pub mod connector;
+pub mod ctx;
+pub mod endpoint;
+pub mod outcome;
 pub mod route;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use weft_resilience::limiter::{Permit, Rejected};
-use weft_resilience::outlier::{Admission, Transition};
-use weft_resilience::retry::{Attempt, Decision, Outcome, StopReason};
+use weft_resilience::retry::{Attempt as RetryAttempt, Decision, Outcome, StopReason};
 
 use crate::clock;
-use crate::drain::{Drain, Working};
-use crate::errors::{self, Failure};
-use crate::outbound::balance::InFlight;
-use crate::outbound::route::rewrite_prefix;
-use crate::store::{Snapshot, Store};
+use crate::drain::Drain;
+use crate::errors::{self, Failure, Reject};
+use crate::store::Store;
 use crate::telemetry::access_log::{AccessLog, Record};
-use crate::telemetry::metrics::{self, Event, Reject, RouteMetrics};
+use crate::telemetry::metrics::{self, Event};
 use crate::telemetry::trace::{Hop, SpanRecord, Tracer};
 
-/// Concurrent streams allowed on one pooled HTTP/2 connection to a peer sidecar. Pingora's
-/// default of 1 would open a connection per in-flight request.
-pub const MAX_H2_STREAMS: usize = 256;
-/// How long an idle pooled connection to a peer is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub use ctx::OutCtx;
+pub use endpoint::{MAX_H2_STREAMS, POOL_IDLE_TIMEOUT};
+use outcome::{Attempt, Verdict};
 
 /// The outbound proxy logic (cheap to clone: each rebuilt proxy gets a clone, see
-/// [`crate::outbound::connector`]).
+/// [`connector`]).
 #[derive(Clone)]
 pub struct Outbound {
     store: Arc<Store>,
@@ -62,67 +65,11 @@ impl Outbound {
     }
 }
 
-/// Per-request state.
-#[derive(Default)]
-pub struct OutCtx {
-    snap: Option<Arc<Snapshot>>,
-    dest: usize,
-    route: usize,
-    endpoint: Option<usize>,
-    deadline: Option<Instant>,
-    in_flight: Option<InFlight>,
-    failure: Option<Failure>,
-    metrics: Option<Arc<RouteMetrics>>,
-    start: Option<Instant>,
-    matched: bool,
-    flag: Option<&'static str>,
-    /// Attempts sent to endpoints so far.
-    attempts: u32,
-    /// Endpoints tried (bit per index below 64), so a retry goes elsewhere.
-    tried: u64,
-    /// The current attempt is the half-open probe of an ejected endpoint.
-    probe: bool,
-    /// Wait before the next attempt.
-    backoff: Option<Duration>,
-    /// `upstream_response_filter` already chose to retry this error.
-    retry_decided: bool,
-    permit: Option<Permit>,
-    /// Trace context of this request.
-    trace: Hop,
-    /// `grpc-status` of the response, when recording a span.
-    grpc_status: Option<u32>,
-    _working: Option<Working>,
-}
-
 fn host(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
-impl OutCtx {
-    fn endpoint_name(&self) -> String {
-        let Some(d) = self
-            .snap
-            .as_ref()
-            .and_then(|s| s.destinations.get(self.dest))
-        else {
-            return String::new();
-        };
-        match self.endpoint.and_then(|e| d.endpoints.get(e)) {
-            Some(addr) => format!("{} endpoint {addr}", d.name),
-            None => d.name.clone(),
-        }
-    }
-
-    fn timeout(&self) -> Option<Duration> {
-        if !self.matched {
-            return None;
-        }
-        let d = self.snap.as_ref()?.destinations.get(self.dest)?;
-        d.routes.get(self.route)?.route.timeout
-    }
 }
 
 #[async_trait]
@@ -138,230 +85,75 @@ impl ProxyHttp for Outbound {
     /// compresses.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
+    /// Routing, then admission; a rejection is answered here (the connection stays usable).
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
         ctx.start = Some(Instant::now());
         let snap = self.store.load();
+        ctx.snap = Some(snap.clone());
         ctx.trace = Hop::start(
             &session.req_header().headers,
             self.tracer.is_some(),
             snap.tracing.sampling,
         );
-        let local_port = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.port());
-        let dest = match local_port.and_then(|p| snap.destination_for_port(p)) {
-            Some(d) => Some(d),
-            None => host(session.req_header()).and_then(|h| snap.destination_for_host(h)),
-        };
-        let Some(dest) = dest else {
-            snap.unknown_host.request();
-            ctx.metrics = Some(snap.unknown_host.clone());
-            ctx.flag = Some("no_route");
-            ctx.snap = Some(snap.clone());
-            ctx.dest = usize::MAX;
-            let h = host(session.req_header()).unwrap_or("(none)").to_owned();
-            Failure::new(404, "no_route", format!("no route: unknown host {h:?}"))
-                .respond(session, false)
-                .await;
-            return Ok(true);
-        };
-        let req = session.req_header();
-        let d = &snap.destinations[dest];
-        let Some(route) = d.route(&req.method, req.uri.path(), req) else {
-            d.unmatched.request();
-            ctx.metrics = Some(d.unmatched.clone());
-            ctx.flag = Some("no_route");
-            ctx.dest = dest;
-            let f = Failure::new(
-                404,
-                "no_route",
-                format!(
-                    "no route: no route of {} matches {} {}",
-                    d.name,
-                    req.method,
-                    req.uri.path()
-                ),
-            );
-            f.respond(session, false).await;
-            return Ok(true);
-        };
-        let rs = &d.routes[route];
-        rs.metrics.request();
-        ctx.metrics = Some(rs.metrics.clone());
-        // Checked: a deadline past the clock's range (the policy caps timeouts, but this is
-        // the request path) means none, never a panic.
-        ctx.deadline = rs.route.timeout.and_then(|t| Instant::now().checked_add(t));
-        ctx.dest = dest;
-        ctx.route = route;
-        ctx.matched = true;
-        crate::errors::idle_keepalive(session, snap.idle_timeout);
-        ctx.snap = Some(snap.clone());
-        let now = clock::now();
-        if let Some(Err(wait)) = rs.rate.as_ref().map(|b| b.try_take(now)) {
-            let f = Failure::rate_limited(
-                wait,
-                format!(
-                    "rate limited: route {:?} of {} is over its limit",
-                    rs.name, d.name
-                ),
-            );
-            reject(session, ctx, Reject::RateLimited, f).await;
+        if let Err(reject) = self.route(session, ctx) {
+            ctx.flag = Some(reject.respond(session, ctx.metrics.as_deref()).await);
             return Ok(true);
         }
-        if let Some(fault) = &rs.route.fault {
-            let decided = fault.decide(fastrand::f64(), fastrand::f64());
-            if let Some(delay) = decided.delay {
-                rs.metrics.event(Event::FaultDelay);
-                tokio::time::sleep(delay).await;
+        errors::idle_keepalive(session, snap.idle_timeout);
+        let (Some(d), Some(rs)) = (ctx.dest.clone(), ctx.route.clone()) else {
+            return Ok(false);
+        };
+        match admit::admit(&d, &rs, clock::now()).await {
+            Ok(permit) => {
+                ctx.permit = Some(permit);
+                Ok(false)
             }
-            if let Some(status) = decided.abort {
-                rs.metrics.event(Event::FaultAbort);
-                ctx.flag = Some("fault_abort");
-                Failure::new(status, "fault_abort", "fault injected: abort")
-                    .respond(session, false)
-                    .await;
-                return Ok(true);
-            }
-        }
-        match d.in_flight.acquire(d.limits.queue_timeout).await {
-            Ok(p) => ctx.permit = Some(p),
-            Err(r) => {
-                let (why, reason) = match r {
-                    Rejected::InFlight => (
-                        Reject::Overloaded,
-                        format!(
-                            "overloaded: {} already has {} requests in flight",
-                            d.name, d.limits.max_in_flight
-                        ),
-                    ),
-                    Rejected::Pending => (
-                        Reject::QueueFull,
-                        format!(
-                            "overloaded: {} has {} requests in flight and {} waiting",
-                            d.name, d.limits.max_in_flight, d.limits.max_pending
-                        ),
-                    ),
-                    Rejected::QueueTimeout => (
-                        Reject::QueueTimeout,
-                        format!(
-                            "overloaded: no slot to {} freed within {}",
-                            d.name,
-                            humantime::format_duration(d.limits.queue_timeout)
-                        ),
-                    ),
-                };
-                reject(session, ctx, why, Failure::new(503, why.as_str(), reason)).await;
-                return Ok(true);
+            Err(reject) => {
+                ctx.flag = Some(reject.respond(session, ctx.metrics.as_deref()).await);
+                Ok(true)
             }
         }
-        d.budget.deposit(now);
-        Ok(false)
     }
 
+    /// The endpoint stage: back off if a retry asked to, check the route's deadline, choose an
+    /// endpoint and build its peer.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut OutCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(snap) = ctx.snap.clone() else {
-            return Err(Error::explain(
-                pingora_core::ErrorType::InternalError,
-                "no snapshot",
-            ));
+        let (Some(snap), Some(d), Some(rs)) =
+            (ctx.snap.clone(), ctx.dest.clone(), ctx.route.clone())
+        else {
+            return Err(Error::explain(ErrorType::InternalError, "no route"));
         };
-        let d = &snap.destinations[ctx.dest];
-        let rs = &d.routes[ctx.route];
         if let Some(wait) = ctx.backoff.take() {
             let left = ctx
                 .deadline
                 .map_or(wait, |dl| dl.saturating_duration_since(Instant::now()));
             tokio::time::sleep(wait.min(left)).await;
         }
-        let left = match ctx.deadline {
-            None => None,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let what = if ctx.attempts == 0 {
-                        "route timeout passed before an endpoint was tried".to_owned()
-                    } else {
-                        format!(
-                            "route timeout {} passed after {} attempts",
-                            rs.route
-                                .timeout
-                                .map(humantime::format_duration)
-                                .map(|d| d.to_string())
-                                .unwrap_or_default(),
-                            ctx.attempts
-                        )
-                    };
-                    return Err(fail(ctx, Failure::new(504, "timeout", what)));
-                }
-                Some(left)
-            }
+        let chosen = endpoint::time_left(ctx.deadline, &rs, ctx.attempts).and_then(|left| {
+            let chosen = endpoint::choose(&d, &rs, &mut ctx.tried, clock::now())?;
+            Ok((chosen, left))
+        });
+        let (chosen, left) = match chosen {
+            Ok(c) => c,
+            Err(reject) => return Err(fail(ctx, &reject)),
         };
-        let now = clock::now();
-        let mut chosen = None;
-        // Bounded: losing the race for a probe slot twice in a row is already unlikely.
-        for _ in 0..3 {
-            let Some(ep) = d.pick(ctx.route, ctx.tried, now) else {
-                break;
-            };
-            match d.health.admit(ep, now) {
-                Admission::Healthy => {}
-                Admission::Probe => ctx.probe = true,
-                Admission::Rejected => {
-                    ctx.tried |= bit(ep);
-                    continue;
-                }
-            }
-            chosen = Some(ep);
-            break;
-        }
-        let Some(ep) = chosen else {
-            let f = if d.endpoints.is_empty() {
-                Failure::new(
-                    503,
-                    "no_endpoint",
-                    format!(
-                        "no endpoint: {} route {:?} has no endpoint",
-                        d.name, rs.name
-                    ),
-                )
-            } else {
-                rs.metrics.event(Event::Rejected(Reject::BreakerOpen));
-                Failure::new(
-                    503,
-                    "breaker_open",
-                    format!(
-                        "breaker open: every endpoint of {} for route {:?} is ejected after consecutive failures",
-                        d.name, rs.name
-                    ),
-                )
-            };
-            return Err(fail(ctx, f));
-        };
-        // No client certificate or roots on the peer: they are the connector's (see
-        // `crate::outbound::connector`), which keeps Pingora's per-request pool key cheap.
-        let mut peer = HttpPeer::new(d.endpoints[ep], true, d.sni.clone());
-        let o = &mut peer.options;
-        o.alpn = ALPN::H2;
-        o.max_h2_streams = MAX_H2_STREAMS;
-        o.connection_timeout = Some(snap.connect_timeout);
-        o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
-        o.read_timeout = match (rs.route.retry.per_try_timeout, left) {
-            (Some(p), Some(l)) => Some(p.min(l)),
-            (p, l) => p.or(l),
-        };
-        if ctx.attempts > 0 {
-            rs.metrics.retry();
-        }
+        let peer = endpoint::peer(
+            &d,
+            chosen.ep,
+            snap.connect_timeout,
+            rs.route.retry.per_try_timeout,
+            left,
+        );
+        endpoint::count_retry(&rs, ctx.attempts);
         ctx.attempts += 1;
-        ctx.tried |= bit(ep);
-        ctx.endpoint = Some(ep);
-        ctx.in_flight = Some(d.stats[ep].start());
+        ctx.tried |= endpoint::bit(chosen.ep);
+        ctx.endpoint = Some(chosen);
+        ctx.in_flight = Some(d.stats[chosen.ep].start());
         Ok(Box::new(peer))
     }
 
@@ -372,26 +164,10 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutCtx,
     ) -> Result<()> {
         ctx.trace.propagate(req)?;
-        let Some(snap) = &ctx.snap else { return Ok(()) };
-        let route = &snap.destinations[ctx.dest].routes[ctx.route].route;
-        if let (Some(new), Some(weft_policy::PathMatch::Prefix(old))) =
-            (&route.rewrite_prefix, &route.matcher.path)
-        {
-            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let rewritten = rewrite_prefix(old, new, pq);
-            let mut parts = req.uri.clone().into_parts();
-            parts.path_and_query = rewritten.parse().ok();
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                req.set_uri(uri);
-            }
+        match &ctx.route {
+            Some(rs) => rs.edit_request(req),
+            None => Ok(()),
         }
-        for name in &route.remove_headers {
-            req.remove_header(name);
-        }
-        for (name, value) in &route.set_headers {
-            req.insert_header(name.clone(), value.clone())?;
-        }
-        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -401,25 +177,11 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutCtx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
-        if let Some(f) = ctx.in_flight.take() {
-            if status < 500 {
-                f.success();
-            } else {
-                f.failure();
-            }
-        }
-        let counts_5xx = ctx
-            .snap
-            .as_ref()
-            .is_some_and(|s| s.destinations[ctx.dest].outlier_counts_5xx);
-        let failed = matches!(status, 502..=504) || (counts_5xx && status >= 500);
-        feed_health(ctx, !failed);
-        let grpc = crate::telemetry::trace::grpc_status(&resp.headers);
+        let grpc = weft_resilience::retry::grpc_status(&resp.headers);
         ctx.grpc_status = grpc;
-        let outcome = Outcome::from_response(status, grpc);
         // Nothing has gone downstream yet: the header is still in our hands, so a retry on a
         // response status is as safe here as one on a connect failure.
-        if decide(session, ctx, outcome) {
+        if self.settle(session, ctx, &Attempt::Response { status, grpc }) {
             ctx.retry_decided = true;
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -438,7 +200,7 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutCtx,
     ) -> Result<()> {
         if ctx.trace.recording {
-            ctx.grpc_status = crate::telemetry::trace::grpc_status(trailers).or(ctx.grpc_status);
+            ctx.grpc_status = weft_resilience::retry::grpc_status(trailers).or(ctx.grpc_status);
         }
         Ok(())
     }
@@ -450,11 +212,7 @@ impl ProxyHttp for Outbound {
         ctx: &mut OutCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(f) = ctx.in_flight.take() {
-            f.failure();
-        }
-        feed_health(ctx, false);
-        let retry = decide(session, ctx, Outcome::ConnectFailure);
+        let retry = self.settle(session, ctx, &Attempt::ConnectFailed);
         e.set_retry(retry);
         e
     }
@@ -470,46 +228,18 @@ impl ProxyHttp for Outbound {
         if std::mem::take(&mut ctx.retry_decided) {
             return e;
         }
-        if let Some(f) = ctx.in_flight.take() {
-            f.failure();
-        }
         let mut e = e.more_context(format!("peer: {peer}"));
-        if e.esource() == &ErrorSource::Downstream {
-            // The client went away or sent garbage: nothing to retry, no endpoint to blame.
-            e.set_retry(false);
-            return e;
-        }
-        feed_health(ctx, false);
-        let deadline_left = ctx.deadline.is_none_or(|d| Instant::now() < d);
-        let per_try = ctx.snap.as_ref().is_some_and(|s| {
-            s.destinations[ctx.dest].routes[ctx.route]
+        let attempt = Attempt::StreamFailed {
+            error: &e,
+            client_reused,
+            idempotent: session.req_header().method.is_idempotent(),
+            within_deadline: ctx.deadline.is_none_or(|d| Instant::now() < d),
+            per_try_timeout: ctx
                 .route
-                .retry
-                .per_try_timeout
-                .is_some()
-        });
-        let idempotent = session.req_header().method.is_idempotent();
-        let outcome = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout if !deadline_left || !per_try => {
-                e.set_retry(false);
-                return e;
-            }
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::PerTryTimeout,
-            // Pingora marks GOAWAY(NO_ERROR) and REFUSED_STREAM as never processed.
-            _ if matches!(e.retry, pingora_core::RetryType::Decided(true)) => {
-                Outcome::RefusedStream
-            }
-            // A pooled connection the peer had silently dropped: Pingora's own rule retries
-            // idempotent requests on it; they were most likely never processed.
-            _ if matches!(e.retry, pingora_core::RetryType::ReusedOnly)
-                && client_reused
-                && idempotent =>
-            {
-                Outcome::RefusedStream
-            }
-            _ => Outcome::Reset,
+                .as_ref()
+                .is_some_and(|rs| rs.route.retry.per_try_timeout.is_some()),
         };
-        let retry = decide(session, ctx, outcome);
+        let retry = self.settle(session, ctx, &attempt);
         e.set_retry(retry);
         e
     }
@@ -522,15 +252,10 @@ impl ProxyHttp for Outbound {
         };
         if ctx.attempts > 1 {
             if let Some(m) = &ctx.metrics {
-                m.event(if (1..500).contains(&status) {
-                    Event::RetriedSucceeded
-                } else {
-                    Event::RetriedFailed
-                });
+                m.event(endpoint::retried_event(status));
             }
         }
-        let dest = ctx.snap.as_ref().and_then(|s| s.destinations.get(ctx.dest));
-        let endpoint = dest.zip(ctx.endpoint).map(|(d, e)| d.endpoints[e]);
+        let endpoint = ctx.endpoint_addr();
         if let (Some(tracer), Some((trace_id, span_id))) = (&self.tracer, ctx.trace.span()) {
             tracer.record(SpanRecord {
                 trace_id,
@@ -556,11 +281,14 @@ impl ProxyHttp for Outbound {
         log.record(Record {
             trace_id: ctx.trace.trace_id,
             src_identity: snap.identity.clone(),
-            dst_identity: dest.map_or_else(|| "".into(), |d| d.identity.clone()),
-            route: match (dest, ctx.matched) {
-                (Some(d), true) => d.routes[ctx.route].name.clone(),
-                _ => "unmatched".into(),
-            },
+            dst_identity: ctx
+                .dest
+                .as_ref()
+                .map_or_else(|| "".into(), |d| d.identity.clone()),
+            route: ctx
+                .route
+                .as_ref()
+                .map_or_else(|| "unmatched".into(), |rs| rs.name.clone()),
             endpoint,
             retries: ctx.attempts.saturating_sub(1),
             ..Record::from_session(session, "outbound", status, elapsed, ctx.flag)
@@ -582,88 +310,108 @@ impl ProxyHttp for Outbound {
     }
 }
 
-fn bit(ep: usize) -> u64 {
-    if ep < 64 {
-        1 << ep
-    } else {
-        0
+impl Outbound {
+    /// The routing stage: the destination (by dedicated port, else Host), then the first
+    /// route that matches. Sets the series the request counts in, found or not.
+    fn route(&self, session: &Session, ctx: &mut OutCtx) -> std::result::Result<(), Reject> {
+        let Some(snap) = ctx.snap.clone() else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        let port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
+        let Some(d) = snap.routes.destination(port, host(req)) else {
+            snap.routes.unknown_host.request();
+            ctx.metrics = Some(snap.routes.unknown_host.clone());
+            return Err(Reject::UnknownHost(
+                host(req).unwrap_or("(none)").to_owned(),
+            ));
+        };
+        ctx.dest = Some(d.clone());
+        let Some(rs) = d.route(&req.method, req.uri.path(), req) else {
+            d.unmatched.request();
+            ctx.metrics = Some(d.unmatched.clone());
+            return Err(Reject::NoRouteMatch {
+                service: d.name.clone(),
+                method: req.method.to_string(),
+                path: req.uri.path().to_owned(),
+            });
+        };
+        rs.metrics.request();
+        ctx.metrics = Some(rs.metrics.clone());
+        // Checked: a deadline past the clock's range (the policy caps timeouts, but this is
+        // the request path) means none, never a panic.
+        ctx.deadline = rs.route.timeout.and_then(|t| Instant::now().checked_add(t));
+        ctx.route = Some(rs.clone());
+        Ok(())
+    }
+
+    /// Judge the attempt once ([`outcome::classify`]) and feed the verdict to the balancer's
+    /// latency estimate, the outlier detector and the retry policy; true to retry.
+    fn settle(&self, session: &Session, ctx: &mut OutCtx, attempt: &Attempt<'_>) -> bool {
+        let counts_5xx = ctx.dest.as_ref().is_some_and(|d| d.outlier_counts_5xx);
+        let Verdict {
+            fast,
+            healthy,
+            retry,
+        } = outcome::classify(attempt, counts_5xx);
+        if let Some(f) = ctx.in_flight.take() {
+            if fast {
+                f.success();
+            } else {
+                f.failure();
+            }
+        }
+        if let (Some(d), Some(chosen), Some(healthy)) = (&ctx.dest, ctx.endpoint, healthy) {
+            // A probe is judged once: a retry to the same endpoint is an ordinary attempt.
+            if let Some(c) = ctx.endpoint.as_mut() {
+                c.probe = false;
+            }
+            endpoint::record_health(d, chosen, healthy, clock::now());
+        }
+        match retry {
+            Some(outcome) => self.decide(session, ctx, outcome),
+            None => false,
+        }
+    }
+
+    /// Whether to retry after `outcome`: the route's policy decides (the one place
+    /// retryability is decided); this only gathers the request's facts and counts a skipped
+    /// retry.
+    fn decide(&self, session: &Session, ctx: &mut OutCtx, outcome: Outcome) -> bool {
+        let (Some(d), Some(rs)) = (&ctx.dest, &ctx.route) else {
+            return false;
+        };
+        let attempt = RetryAttempt {
+            attempts_made: ctx.attempts,
+            idempotent: session.req_header().method.is_idempotent(),
+            body_replayable: !session.as_ref().retry_buffer_truncated(),
+        };
+        match rs
+            .route
+            .retry
+            .decide(&outcome, attempt, &d.budget, clock::now(), fastrand::f64())
+        {
+            Decision::Retry { backoff } => {
+                ctx.backoff = Some(backoff);
+                true
+            }
+            Decision::Stop(StopReason::Succeeded | StopReason::NotRetryable) => false,
+            Decision::Stop(reason) => {
+                rs.metrics.event(Event::Skipped(reason));
+                false
+            }
+        }
     }
 }
 
-/// Record a failure the sidecar raised itself, for `fail_to_proxy` to send.
-fn fail(ctx: &mut OutCtx, f: Failure) -> Box<Error> {
+/// Record a rejection the sidecar raised while choosing an endpoint (counted now), for
+/// `fail_to_proxy` to send.
+fn fail(ctx: &mut OutCtx, reject: &Reject) -> Box<Error> {
+    let f = reject.counted(ctx.metrics.as_deref());
     let e = f.to_error();
     ctx.failure = Some(f);
     e
-}
-
-/// Answer at once with `f`, counting why.
-async fn reject(session: &mut Session, ctx: &mut OutCtx, why: Reject, f: Failure) {
-    if let Some(m) = &ctx.metrics {
-        m.event(Event::Rejected(why));
-    }
-    ctx.flag = Some(why.as_str());
-    f.respond(session, false).await;
-}
-
-/// Feed the attempt's outcome to the endpoint's outlier detector.
-fn feed_health(ctx: &mut OutCtx, success: bool) {
-    let (Some(snap), Some(ep)) = (&ctx.snap, ctx.endpoint) else {
-        return;
-    };
-    let d = &snap.destinations[ctx.dest];
-    let probe = std::mem::take(&mut ctx.probe);
-    let now = clock::now();
-    let t = if probe {
-        d.health.record_probe(ep, success, now)
-    } else {
-        d.health.record(ep, success, now)
-    };
-    match t {
-        Some(Transition::Ejected(time)) => {
-            d.ejections[ep].inc();
-            log::warn!(
-                "{} endpoint {} ejected for {} after consecutive failures",
-                d.name,
-                d.endpoints[ep],
-                humantime::format_duration(time)
-            );
-        }
-        Some(Transition::Returned) => {
-            log::info!(
-                "{} endpoint {} returned after a successful probe",
-                d.name,
-                d.endpoints[ep]
-            );
-        }
-        None => {}
-    }
-}
-
-/// Whether to retry after `outcome`: the route's policy decides (the one place retryability
-/// is decided); this only gathers the request's facts and counts a skipped retry.
-fn decide(session: &Session, ctx: &mut OutCtx, outcome: Outcome) -> bool {
-    let Some(snap) = &ctx.snap else { return false };
-    let d = &snap.destinations[ctx.dest];
-    let rs = &d.routes[ctx.route];
-    let attempt = Attempt {
-        attempts_made: ctx.attempts,
-        idempotent: session.req_header().method.is_idempotent(),
-        body_replayable: !session.as_ref().retry_buffer_truncated(),
-    };
-    match rs
-        .route
-        .retry
-        .decide(&outcome, attempt, &d.budget, clock::now(), fastrand::f64())
-    {
-        Decision::Retry { backoff } => {
-            ctx.backoff = Some(backoff);
-            true
-        }
-        Decision::Stop(StopReason::Succeeded | StopReason::NotRetryable) => false,
-        Decision::Stop(reason) => {
-            rs.metrics.event(Event::Skipped(reason));
-            false
-        }
-    }
 }

@@ -1,4 +1,429 @@
-//! Path rewriting over validated routes (matching is `RouteMatch::matches` in the policy model).
+//! The outbound routing table and the routing stage: which destination a request is for (by
+//! the dedicated port it arrived on, or its Host / :authority), which of its routes matches,
+//! which weighted backend the route draws, and the route's path rewrite.
+//!
+//! The table is rebuilt off the hot path whenever policy changes; endpoint state that must
+//! outlive a rebuild (latency history, ejections, budgets, limiters) is carried over from the
+//! table it replaces, keyed by (service, address).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use http::Method;
+use pingora_http::RequestHeader;
+use weft_policy::{LbPolicy, Limits, Protocol, Route, Service};
+use weft_resilience::budget::RetryBudget;
+use weft_resilience::limiter::ConcurrencyLimiter;
+use weft_resilience::outlier::{EndpointHealth, HealthState, OutlierDetector};
+use weft_resilience::rate::TokenBucket;
+use weft_resilience::Nanos;
+
+use crate::outbound::balance::{self, EndpointStats};
+use crate::telemetry::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
+
+/// Every callable service, with the indexes requests are routed by.
+#[derive(Debug)]
+pub struct Routes {
+    /// Callable services.
+    pub destinations: Vec<Arc<Destination>>,
+    by_host: HashMap<String, usize>,
+    by_port: HashMap<u16, usize>,
+    /// Series for requests to an unknown host.
+    pub unknown_host: Arc<RouteMetrics>,
+}
+
+/// A callable service with its routes and endpoints.
+#[derive(Debug)]
+pub struct Destination {
+    /// Service name.
+    pub name: String,
+    /// SPIFFE identity its sidecars prove.
+    pub identity: Arc<str>,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// TLS server name its sidecars must prove (the DNS form of its identity).
+    pub sni: String,
+    /// Endpoint choice.
+    pub lb: LbPolicy,
+    /// Endpoint addresses.
+    pub endpoints: Vec<SocketAddr>,
+    /// Endpoint stats, index-aligned with `endpoints`.
+    pub stats: Vec<Arc<EndpointStats>>,
+    /// Outlier ejection state, index-aligned with `endpoints`.
+    pub health: OutlierDetector,
+    /// Any 5xx counts as an endpoint failure, not only 502, 503 and 504.
+    pub outlier_counts_5xx: bool,
+    /// Ejection counters, index-aligned with `endpoints`.
+    pub ejections: Vec<prometheus::IntCounter>,
+    /// Retries calls to this service may add.
+    pub budget: Arc<RetryBudget>,
+    /// Concurrency limits.
+    pub limits: Limits,
+    /// Requests in flight (HTTP).
+    pub in_flight: Arc<ConcurrencyLimiter>,
+    /// Open tunnels (TCP).
+    pub tunnels: Arc<ConcurrencyLimiter>,
+    /// Routes in match order (at least one).
+    pub routes: Vec<Arc<RouteState>>,
+    /// Every endpoint index (the TCP path's candidate list).
+    pub all: Vec<usize>,
+    /// Series for requests no route matches.
+    pub unmatched: Arc<RouteMetrics>,
+    all_rr: AtomicUsize,
+}
+
+/// A route with its backends resolved to endpoint indices.
+#[derive(Debug)]
+pub struct RouteState {
+    /// The validated route.
+    pub route: Route,
+    /// Backends, index-aligned with `route.backends`.
+    pub backends: Vec<BackendState>,
+    /// This route's series.
+    pub metrics: Arc<RouteMetrics>,
+    /// The route's name, shared with the access log.
+    pub name: Arc<str>,
+    /// The route's token bucket.
+    pub rate: Option<TokenBucket>,
+    total_weight: u32,
+}
+
+/// A backend's endpoints and its cumulative weight bound.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Indices into the destination's endpoints.
+    pub endpoints: Vec<usize>,
+    cum_weight: u32,
+    rr: AtomicUsize,
+}
+
+/// Who is calling: the labels every outbound series of this sidecar carries.
+struct Caller<'a> {
+    service: &'a str,
+    identity: &'a str,
+    metrics: &'a Arc<Metrics>,
+}
+
+impl Caller<'_> {
+    fn series(&self, dst: &str, route: &str) -> Arc<RouteMetrics> {
+        self.metrics.route(RouteLabels {
+            direction: Direction::Outbound,
+            src_service: self.service.to_owned(),
+            dst_service: dst.to_owned(),
+            route: route.to_owned(),
+            caller: self.identity.to_owned(),
+        })
+    }
+}
+
+impl Routes {
+    /// Build the table for `services`, called by this sidecar's service `own_service` with
+    /// identity `own_identity`; live endpoint state is carried over from `prev`.
+    pub fn build(
+        services: Vec<Service>,
+        own_service: &str,
+        own_identity: &str,
+        prev: Option<&Routes>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let caller = Caller {
+            service: own_service,
+            identity: own_identity,
+            metrics,
+        };
+        let old: HashMap<&str, &Destination> = prev
+            .map(|p| {
+                p.destinations
+                    .iter()
+                    .map(|d| (d.name.as_str(), &**d))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut by_host = HashMap::new();
+        let mut by_port = HashMap::new();
+        let mut destinations = Vec::with_capacity(services.len());
+        for svc in services {
+            let idx = destinations.len();
+            for h in &svc.hosts {
+                by_host.insert(h.clone(), idx);
+            }
+            if let Some(p) = svc.port {
+                by_port.insert(p, idx);
+            }
+            let prev = old.get(svc.name.as_str()).copied();
+            destinations.push(Arc::new(Destination::build(svc, prev, &caller)));
+        }
+        Routes {
+            destinations,
+            by_host,
+            by_port,
+            unknown_host: caller.series("unknown", "unmatched"),
+        }
+    }
+
+    /// The destination a Host / :authority names (port and case ignored).
+    pub fn for_host(&self, host: &str) -> Option<&Arc<Destination>> {
+        let name = strip_port(host);
+        let i = match self.by_host.get(name) {
+            Some(i) => *i,
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                *self.by_host.get(&name.to_ascii_lowercase())?
+            }
+            None => return None,
+        };
+        self.destinations.get(i)
+    }
+
+    /// The destination served on a dedicated outbound port.
+    pub fn for_port(&self, port: u16) -> Option<&Arc<Destination>> {
+        self.destinations.get(*self.by_port.get(&port)?)
+    }
+
+    /// The routing stage's first step: the destination of a request that arrived on local
+    /// port `port` (a dedicated port names it) with Host / :authority `host`.
+    pub fn destination(&self, port: Option<u16>, host: Option<&str>) -> Option<&Arc<Destination>> {
+        port.and_then(|p| self.for_port(p))
+            .or_else(|| host.and_then(|h| self.for_host(h)))
+    }
+
+    /// Every dedicated outbound port with its protocol.
+    pub fn outbound_ports(&self) -> Vec<(u16, Protocol)> {
+        let mut v: Vec<_> = self
+            .by_port
+            .iter()
+            .filter_map(|(p, i)| Some((*p, self.destinations.get(*i)?.protocol)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Set the destination gauges (ejections, healthy endpoints, in flight); called when
+    /// metrics are scraped, since ejections end with time, not events.
+    pub fn export_gauges(&self, own_service: &str, metrics: &Metrics, now: Nanos) {
+        metrics.clear_destination_gauges();
+        for d in &self.destinations {
+            let ejected = d.endpoints.iter().enumerate().map(|(i, a)| {
+                (
+                    a.to_string(),
+                    d.health.state(i, now) != HealthState::Healthy,
+                )
+            });
+            let busy = if d.protocol == Protocol::Tcp {
+                d.tunnels.in_flight()
+            } else {
+                d.in_flight.in_flight()
+            };
+            metrics.destination(own_service, &d.name, ejected, busy);
+        }
+    }
+}
+
+/// The Host without its port; an IPv6 literal is kept whole (it never names a service).
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host;
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+impl Destination {
+    /// Resolve `svc`, carrying live state over from `prev` (the same service in the table
+    /// being replaced) where it still applies.
+    fn build(svc: Service, prev: Option<&Destination>, caller: &Caller<'_>) -> Self {
+        let endpoints: Vec<SocketAddr> = svc.endpoints.iter().map(|e| e.addr).collect();
+        type Kept<'a> = (&'a Arc<EndpointStats>, &'a Arc<EndpointHealth>);
+        let old: HashMap<SocketAddr, usize> = prev
+            .map(|p| {
+                p.endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (*a, i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let kept: Vec<Option<Kept>> = endpoints
+            .iter()
+            .map(|a| {
+                let (p, i) = (prev?, *old.get(a)?);
+                Some((&p.stats[i], p.health.health(i)))
+            })
+            .collect();
+        let stats = kept
+            .iter()
+            .map(|k| k.map(|k| Arc::clone(k.0)).unwrap_or_default())
+            .collect();
+        let ejections = endpoints
+            .iter()
+            .map(|a| {
+                caller
+                    .metrics
+                    .ejections(caller.service, &svc.name, &a.to_string())
+            })
+            .collect();
+        let health = OutlierDetector::new(
+            svc.outlier,
+            kept.iter()
+                .map(|k| k.map(|k| Arc::clone(k.1)).unwrap_or_default())
+                .collect(),
+        );
+        // Limiters and budgets carry live counts; keep them while their settings hold so a
+        // reload neither forgets in-flight requests nor refills a spent budget.
+        let budget = match prev {
+            Some(p) if p.budget.config() == svc.retry_budget => p.budget.clone(),
+            _ => Arc::new(RetryBudget::new(svc.retry_budget)),
+        };
+        let (in_flight, tunnels) = match prev {
+            Some(p) if p.limits == svc.limits => (p.in_flight.clone(), p.tunnels.clone()),
+            _ => (
+                ConcurrencyLimiter::new(svc.limits.max_in_flight, svc.limits.max_pending),
+                ConcurrencyLimiter::new(svc.limits.max_connections, 0),
+            ),
+        };
+        let mut routes = svc.routes;
+        if routes.is_empty() {
+            routes.push(Route::catch_all());
+        }
+        let routes = routes
+            .into_iter()
+            .map(|route| Arc::new(RouteState::build(route, &svc.endpoints, &svc.name, caller)))
+            .collect();
+        Destination {
+            unmatched: caller.series(&svc.name, "unmatched"),
+            name: svc.name,
+            protocol: svc.protocol,
+            sni: svc.identity.dns_name(),
+            identity: svc.identity.to_string().into(),
+            lb: svc.lb,
+            all: (0..endpoints.len()).collect(),
+            endpoints,
+            stats,
+            ejections,
+            health,
+            outlier_counts_5xx: svc.outlier_counts_5xx,
+            budget,
+            limits: svc.limits,
+            in_flight,
+            tunnels,
+            routes,
+            all_rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// The first route whose match takes the request.
+    pub fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        req: &RequestHeader,
+    ) -> Option<&Arc<RouteState>> {
+        self.routes
+            .iter()
+            .find(|r| r.route.matcher.matches(method, path, &req.headers))
+    }
+
+    /// Pick an endpoint of a route's weighted backend that is not ejected, preferring one
+    /// not in `tried` (a bit per endpoint index below 64) so a retry goes elsewhere.
+    pub fn pick(&self, route: &RouteState, tried: u64, now: Nanos) -> Option<usize> {
+        let b = route.pick_backend()?;
+        self.choose(&b.endpoints, &b.rr, tried, now)
+    }
+
+    /// Pick any endpoint that is not ejected (TCP has no routes).
+    pub fn pick_any(&self, tried: u64, now: Nanos) -> Option<usize> {
+        self.choose(&self.all, &self.all_rr, tried, now)
+    }
+
+    fn choose(
+        &self,
+        candidates: &[usize],
+        rr: &AtomicUsize,
+        tried: u64,
+        now: Nanos,
+    ) -> Option<usize> {
+        let fresh = |ep: usize| ep >= 64 || tried & (1 << ep) == 0;
+        let usable = |ep: usize| fresh(ep) && self.health.selectable(ep, now);
+        balance::choose(self.lb, candidates, &self.stats, rr, usable).or_else(|| {
+            // Every candidate was tried already: a tried endpoint beats none.
+            (tried != 0).then(|| {
+                balance::choose(self.lb, candidates, &self.stats, rr, |ep| {
+                    self.health.selectable(ep, now)
+                })
+            })?
+        })
+    }
+}
+
+impl RouteState {
+    fn build(
+        route: Route,
+        endpoints: &[weft_policy::Endpoint],
+        service: &str,
+        caller: &Caller<'_>,
+    ) -> Self {
+        let mut cum = 0;
+        let backends = route
+            .backends
+            .iter()
+            .map(|b| {
+                cum += b.weight;
+                BackendState {
+                    endpoints: (0..endpoints.len())
+                        .filter(|&i| b.selects(&endpoints[i]))
+                        .collect(),
+                    cum_weight: cum,
+                    rr: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        RouteState {
+            rate: route
+                .rate_limit
+                .map(|r| TokenBucket::new(r.per_second, r.burst)),
+            metrics: caller.series(service, &route.name),
+            name: route.name.as_str().into(),
+            route,
+            backends,
+            total_weight: cum,
+        }
+    }
+
+    /// A backend drawn by weight.
+    pub fn pick_backend(&self) -> Option<&BackendState> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        if self.backends.len() == 1 {
+            return self.backends.first();
+        }
+        let r = fastrand::u32(0..self.total_weight);
+        self.backends.iter().find(|b| r < b.cum_weight)
+    }
+
+    /// Apply the route's request edits: the prefix rewrite and the headers it sets or removes.
+    pub fn edit_request(&self, req: &mut RequestHeader) -> pingora_core::Result<()> {
+        let route = &self.route;
+        if let (Some(new), Some(weft_policy::PathMatch::Prefix(old))) =
+            (&route.rewrite_prefix, &route.matcher.path)
+        {
+            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let rewritten = rewrite_prefix(old, new, pq);
+            let mut parts = req.uri.clone().into_parts();
+            parts.path_and_query = rewritten.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                req.set_uri(uri);
+            }
+        }
+        for name in &route.remove_headers {
+            req.remove_header(name);
+        }
+        for (name, value) in &route.set_headers {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+}
 
 /// Replace the matched `prefix` of `path_and_query` with `new_prefix`.
 pub fn rewrite_prefix(prefix: &str, new_prefix: &str, path_and_query: &str) -> String {
@@ -18,9 +443,166 @@ pub fn rewrite_prefix(prefix: &str, new_prefix: &str, path_and_query: &str) -> S
     out
 }
 
+/// A routing table from a sidecar config's text, for the stage modules' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::Routes;
+    use crate::telemetry::metrics::Metrics;
+
+    /// The caller of every test table.
+    pub const HEAD: &str = "service: {name: frontend, identity: spiffe://weft.local/ns/default/sa/frontend, app: \"127.0.0.1:8080\"}\n\
+                            tls: {cert: c.pem, key: k.pem, trust_bundle: ca.pem}\n";
+
+    /// Routes for `HEAD` + `rest` (services, routes), carrying state over from `prev`.
+    pub fn routes(rest: &str, prev: Option<&Routes>, metrics: &Arc<Metrics>) -> Routes {
+        let text = format!("{HEAD}{rest}");
+        let config = weft_policy::parse(&text, Path::new("t.yaml"), Path::new("/")).expect("valid");
+        Routes::build(
+            config.services,
+            "frontend",
+            "spiffe://weft.local/ns/default/sa/frontend",
+            prev,
+            metrics,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::test_support::routes;
+    use crate::telemetry::metrics::Metrics;
+
+    const ORDERS: &str = r#"services:
+  - name: orders
+    identity: spiffe://weft.local/ns/default/sa/orders
+    hosts: [orders.shop]
+    port: 7001
+    endpoints:
+      - {address: "127.0.0.1:16001", labels: {version: v1}}
+      - {address: "127.0.0.1:16002", labels: {version: v2}}
+  - name: users
+    identity: spiffe://weft.local/ns/default/sa/users
+    endpoints: [{address: "127.0.0.1:16003"}]
+routes:
+  - {name: api, service: orders, match: {path: {prefix: /api}}, backends: [{subset: {version: v2}}]}
+  - {name: rest, service: orders, backends: [{subset: {version: v1}, weight: 1}, {subset: {version: v2}, weight: 0}]}
+"#;
+
+    fn get(path: &str) -> RequestHeader {
+        RequestHeader::build("GET", path.as_bytes(), None).expect("request")
+    }
+
+    #[test]
+    fn destinations_are_found_by_port_then_host_ignoring_port_and_case() {
+        let m = Metrics::new().expect("metrics");
+        let r = routes(ORDERS, None, &m);
+        let name = |d: Option<&Arc<Destination>>| d.map(|d| d.name.clone());
+        assert_eq!(
+            name(r.destination(Some(7001), Some("users"))),
+            Some("orders".into()),
+            "the dedicated port wins"
+        );
+        assert_eq!(
+            name(r.destination(Some(9), Some("Orders.Shop:80"))),
+            Some("orders".into())
+        );
+        assert_eq!(
+            name(r.destination(None, Some("users"))),
+            Some("users".into())
+        );
+        assert_eq!(name(r.destination(None, Some("[::1]:80"))), None);
+        assert_eq!(name(r.destination(None, None)), None);
+        assert_eq!(r.outbound_ports(), vec![(7001, Protocol::Http)]);
+    }
+
+    #[test]
+    fn the_first_matching_route_wins_and_a_service_without_routes_gets_a_catch_all() {
+        let m = Metrics::new().expect("metrics");
+        let r = routes(ORDERS, None, &m);
+        let orders = r.for_host("orders").expect("orders");
+        let req = get("/api/x");
+        let name = |path: &str| {
+            orders
+                .route(&Method::GET, path, &req)
+                .map(|rs| rs.name.to_string())
+        };
+        assert_eq!(name("/api/x"), Some("api".into()));
+        assert_eq!(
+            name("/apix"),
+            Some("rest".into()),
+            "prefixes match whole segments"
+        );
+        let users = r.for_host("users").expect("users");
+        assert_eq!(users.routes.len(), 1);
+        assert!(users.route(&Method::POST, "/anything", &req).is_some());
+    }
+
+    #[test]
+    fn backends_draw_by_weight_and_subsets_pick_endpoints() {
+        let m = Metrics::new().expect("metrics");
+        let r = routes(ORDERS, None, &m);
+        let orders = r.for_host("orders").expect("orders");
+        let (api, rest) = (&orders.routes[0], &orders.routes[1]);
+        for _ in 0..200 {
+            assert_eq!(orders.pick(api, 0, 0), Some(1), "v2 only");
+            assert_eq!(orders.pick(rest, 0, 0), Some(0), "weight 0 is never drawn");
+        }
+        // Tried already: a tried endpoint still beats none.
+        assert_eq!(orders.pick(api, 0b10, 0), Some(1));
+    }
+
+    #[test]
+    fn live_state_survives_a_rebuild_for_the_endpoints_that_stay() {
+        let m = Metrics::new().expect("metrics");
+        let first = routes(ORDERS, None, &m);
+        let moved = ORDERS.replace("127.0.0.1:16001", "127.0.0.1:16009");
+        let second = routes(&moved, Some(&first), &m);
+        let (a, b) = (
+            first.for_host("orders").expect("a"),
+            second.for_host("orders").expect("b"),
+        );
+        assert!(
+            !Arc::ptr_eq(&a.stats[0], &b.stats[0]),
+            "a new endpoint starts afresh"
+        );
+        assert!(
+            Arc::ptr_eq(&a.stats[1], &b.stats[1]),
+            "16002 keeps its latency history"
+        );
+        assert!(
+            Arc::ptr_eq(&a.budget, &b.budget),
+            "same budget settings, same budget"
+        );
+        assert!(
+            Arc::ptr_eq(&a.in_flight, &b.in_flight),
+            "same limits, same limiter"
+        );
+    }
+
+    #[test]
+    fn request_edits_rewrite_the_prefix_and_headers() {
+        let m = Metrics::new().expect("metrics");
+        let text = ORDERS.replace(
+            "backends: [{subset: {version: v2}}]}",
+            "backends: [{subset: {version: v2}}], rewrite: {prefix: /v2}, request_headers: {set: {x-a: \"1\"}, remove: [x-b]}}",
+        );
+        let r = routes(&text, None, &m);
+        let api = &r.for_host("orders").expect("orders").routes[0];
+        let mut req = get("/api/items?q=1");
+        req.insert_header("x-b", "gone").expect("header");
+        api.edit_request(&mut req).expect("edit");
+        assert_eq!(req.uri.to_string(), "/v2/items?q=1");
+        assert_eq!(
+            req.headers.get("x-a").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        assert!(req.headers.get("x-b").is_none());
+    }
 
     #[test]
     fn rewrites_keep_the_rest_and_query() {

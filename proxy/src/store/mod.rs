@@ -2,31 +2,18 @@
 //! [`Config`] and swapped in whole through [`Store`]. Requests hold the snapshot they started
 //! with, so a reload never changes a request midway.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::Method;
-use pingora_http::RequestHeader;
-
-use weft_resilience::budget::RetryBudget;
-use weft_resilience::limiter::ConcurrencyLimiter;
-use weft_resilience::outlier::{EndpointHealth, OutlierDetector};
-use weft_resilience::rate::{KeyedBuckets, TokenBucket};
-use weft_resilience::Nanos;
+use weft_policy::wire::PolicySnapshot;
+use weft_policy::{Config, ConfigError, FieldError, Listen, OwnService, TlsPaths};
+use weft_resilience::rate::Buckets;
 
 use crate::identity::material::{self, TlsMaterial};
-use crate::outbound::balance::{self, EndpointStats};
-use crate::telemetry::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
-use weft_policy::wire::PolicySnapshot;
-use weft_policy::{
-    self, Config, ConfigError, FieldError, LbPolicy, Limits, Listen, OwnService, Protocol,
-    RateLimit, Route, TlsPaths,
-};
+use crate::outbound::route::Routes;
+use crate::telemetry::metrics::Metrics;
 
 /// One immutable version of the sidecar's config, ready for the hot path.
 #[derive(Debug)]
@@ -63,112 +50,16 @@ pub struct Snapshot {
     /// The control plane the policy comes from (fixed for the process's life); `None` in
     /// static mode.
     pub control_plane: Option<weft_policy::ControlPlane>,
-    /// Callable services.
-    pub destinations: Vec<Destination>,
-    by_host: HashMap<String, usize>,
-    by_port: HashMap<u16, usize>,
-    /// Series for requests to an unknown host.
-    pub unknown_host: Arc<RouteMetrics>,
-}
-
-/// A callable service with its routes and endpoints.
-#[derive(Debug)]
-pub struct Destination {
-    /// Service name.
-    pub name: String,
-    /// SPIFFE identity its sidecars prove.
-    pub identity: Arc<str>,
-    /// What it speaks.
-    pub protocol: Protocol,
-    /// TLS server name its sidecars must prove (the DNS form of its identity).
-    pub sni: String,
-    /// Endpoint choice.
-    pub lb: LbPolicy,
-    /// Endpoint addresses.
-    pub endpoints: Vec<SocketAddr>,
-    /// Endpoint stats, index-aligned with `endpoints`.
-    pub stats: Vec<Arc<EndpointStats>>,
-    /// Outlier ejection state, index-aligned with `endpoints`.
-    pub health: OutlierDetector,
-    /// Any 5xx counts as an endpoint failure, not only 502, 503 and 504.
-    pub outlier_counts_5xx: bool,
-    /// Ejection counters, index-aligned with `endpoints`.
-    pub ejections: Vec<prometheus::IntCounter>,
-    /// Retries calls to this service may add.
-    pub budget: Arc<RetryBudget>,
-    /// Concurrency limits.
-    pub limits: Limits,
-    /// Requests in flight (HTTP).
-    pub in_flight: Arc<ConcurrencyLimiter>,
-    /// Open tunnels (TCP).
-    pub tunnels: Arc<ConcurrencyLimiter>,
-    /// Routes in match order (at least one).
-    pub routes: Vec<RouteState>,
-    /// Every endpoint index (the TCP path's candidate list).
-    pub all: Vec<usize>,
-    /// Series for requests no route matches.
-    pub unmatched: Arc<RouteMetrics>,
-    all_rr: AtomicUsize,
-}
-
-/// A route with its backends resolved to endpoint indices.
-#[derive(Debug)]
-pub struct RouteState {
-    /// The validated route.
-    pub route: Route,
-    /// Backends, index-aligned with `route.backends`.
-    pub backends: Vec<BackendState>,
-    /// This route's series.
-    pub metrics: Arc<RouteMetrics>,
-    /// The route's name, shared with the access log.
-    pub name: Arc<str>,
-    /// The route's token bucket.
-    pub rate: Option<TokenBucket>,
-    total_weight: u32,
-}
-
-/// Token buckets for one limit: one shared, or one per caller identity.
-#[derive(Debug)]
-pub enum Buckets {
-    /// Every request draws from one bucket.
-    Shared(TokenBucket),
-    /// Each caller identity has its own.
-    PerCaller(KeyedBuckets),
+    /// Callable services and how requests find them.
+    pub routes: Routes,
 }
 
 /// Most distinct callers tracked by a per-caller limit; later ones share one bucket.
 pub const MAX_RATE_KEYS: usize = 10_000;
 
-impl Buckets {
-    fn new(r: &RateLimit) -> Self {
-        if r.per_caller {
-            Buckets::PerCaller(KeyedBuckets::new(r.per_second, r.burst, MAX_RATE_KEYS))
-        } else {
-            Buckets::Shared(TokenBucket::new(r.per_second, r.burst))
-        }
-    }
-
-    /// Take a token for `caller`; `Err` says when one will be available.
-    pub fn try_take(&self, caller: &str, now: Nanos) -> Result<(), Duration> {
-        match self {
-            Buckets::Shared(b) => b.try_take(now),
-            Buckets::PerCaller(k) => k.try_take(caller, now),
-        }
-    }
-}
-
-/// A backend's endpoints and its cumulative weight bound.
-#[derive(Debug)]
-pub struct BackendState {
-    /// Indices into the destination's endpoints.
-    pub endpoints: Vec<usize>,
-    cum_weight: u32,
-    rr: AtomicUsize,
-}
-
 impl Snapshot {
-    /// Build from a validated config, reusing endpoint stats from `prev` where the endpoint
-    /// survives, so latency history outlives reloads.
+    /// Build from a validated config, reusing live endpoint state from `prev` where the
+    /// endpoint survives, so latency history and ejections outlive reloads.
     pub fn build(
         config: Config,
         tls: TlsMaterial,
@@ -176,126 +67,19 @@ impl Snapshot {
         prev: Option<&Snapshot>,
         metrics: &Arc<Metrics>,
     ) -> Self {
-        let own_name = config.own.name.clone();
-        let caller = config.own.identity.to_string();
-        let labels = |dst: &str, route: &str| RouteLabels {
-            direction: Direction::Outbound,
-            src_service: own_name.clone(),
-            dst_service: dst.to_owned(),
-            route: route.to_owned(),
-            caller: caller.clone(),
-        };
-        type Kept<'a> = (&'a Arc<EndpointStats>, &'a Arc<EndpointHealth>);
-        let mut old: HashMap<(&str, SocketAddr), Kept> = HashMap::new();
-        let mut old_dest: HashMap<&str, &Destination> = HashMap::new();
-        if let Some(p) = prev {
-            for d in &p.destinations {
-                old_dest.insert(d.name.as_str(), d);
-                for (i, a) in d.endpoints.iter().enumerate() {
-                    old.insert((d.name.as_str(), *a), (&d.stats[i], d.health.health(i)));
-                }
-            }
-        }
-        let mut by_host = HashMap::new();
-        let mut by_port = HashMap::new();
-        let mut destinations = Vec::with_capacity(config.services.len());
-        for svc in config.services {
-            let idx = destinations.len();
-            for h in &svc.hosts {
-                by_host.insert(h.clone(), idx);
-            }
-            if let Some(p) = svc.port {
-                by_port.insert(p, idx);
-            }
-            let endpoints: Vec<SocketAddr> = svc.endpoints.iter().map(|e| e.addr).collect();
-            let kept: Vec<Option<&Kept>> = endpoints
-                .iter()
-                .map(|a| old.get(&(svc.name.as_str(), *a)))
-                .collect();
-            let stats = kept
-                .iter()
-                .map(|k| k.map(|k| Arc::clone(k.0)).unwrap_or_default())
-                .collect();
-            let ejections = endpoints
-                .iter()
-                .map(|a| metrics.ejections(&own_name, &svc.name, &a.to_string()))
-                .collect();
-            let health = OutlierDetector::new(
-                svc.outlier,
-                kept.iter()
-                    .map(|k| k.map(|k| Arc::clone(k.1)).unwrap_or_default())
-                    .collect(),
-            );
-            // Limiters and budgets carry live counts; keep them while their settings hold so
-            // a reload neither forgets in-flight requests nor refills a spent budget.
-            let prev_dest = old_dest.get(svc.name.as_str());
-            let budget = match prev_dest {
-                Some(p) if p.budget.config() == svc.retry_budget => p.budget.clone(),
-                _ => Arc::new(RetryBudget::new(svc.retry_budget)),
-            };
-            let (in_flight, tunnels) = match prev_dest {
-                Some(p) if p.limits == svc.limits => (p.in_flight.clone(), p.tunnels.clone()),
-                _ => (
-                    ConcurrencyLimiter::new(svc.limits.max_in_flight, svc.limits.max_pending),
-                    ConcurrencyLimiter::new(svc.limits.max_connections, 0),
-                ),
-            };
-            let mut routes = svc.routes;
-            if routes.is_empty() {
-                routes.push(Route::catch_all());
-            }
-            let routes = routes
-                .into_iter()
-                .map(|route| {
-                    let mut cum = 0;
-                    let backends = route
-                        .backends
-                        .iter()
-                        .map(|b| {
-                            cum += b.weight;
-                            BackendState {
-                                endpoints: (0..svc.endpoints.len())
-                                    .filter(|&i| b.selects(&svc.endpoints[i]))
-                                    .collect(),
-                                cum_weight: cum,
-                                rr: AtomicUsize::new(0),
-                            }
-                        })
-                        .collect();
-                    RouteState {
-                        rate: route
-                            .rate_limit
-                            .map(|r| TokenBucket::new(r.per_second, r.burst)),
-                        metrics: metrics.route(labels(&svc.name, &route.name)),
-                        name: route.name.as_str().into(),
-                        route,
-                        backends,
-                        total_weight: cum,
-                    }
-                })
-                .collect();
-            destinations.push(Destination {
-                unmatched: metrics.route(labels(&svc.name, "unmatched")),
-                name: svc.name,
-                protocol: svc.protocol,
-                sni: svc.identity.dns_name(),
-                identity: svc.identity.to_string().into(),
-                lb: svc.lb,
-                all: (0..endpoints.len()).collect(),
-                endpoints,
-                stats,
-                ejections,
-                health,
-                outlier_counts_5xx: svc.outlier_counts_5xx,
-                budget,
-                limits: svc.limits,
-                in_flight,
-                tunnels,
-                routes,
-                all_rr: AtomicUsize::new(0),
-            });
-        }
-        let inbound_rate = config.own.rate_limit.as_ref().map(Buckets::new);
+        let identity: Arc<str> = config.own.identity.to_string().into();
+        let routes = Routes::build(
+            config.services,
+            &config.own.name,
+            &identity,
+            prev.map(|p| &p.routes),
+            metrics,
+        );
+        let inbound_rate = config
+            .own
+            .rate_limit
+            .as_ref()
+            .map(|r| Buckets::new(r.per_second, r.burst, r.per_caller, MAX_RATE_KEYS));
         Snapshot {
             version,
             own: config.own,
@@ -308,126 +92,12 @@ impl Snapshot {
             authz: config.authorization,
             access_log: config.access_log,
             tracing: config.tracing,
-            identity: caller.as_str().into(),
+            identity,
             tls,
             tls_paths: config.tls,
             control_plane: config.control_plane,
-            destinations,
-            by_host,
-            by_port,
-            unknown_host: metrics.route(labels("unknown", "unmatched")),
+            routes,
         }
-    }
-
-    /// The destination a Host / :authority names (port and case ignored).
-    pub fn destination_for_host(&self, host: &str) -> Option<usize> {
-        let name = strip_port(host);
-        if let Some(i) = self.by_host.get(name) {
-            return Some(*i);
-        }
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            return self.by_host.get(&name.to_ascii_lowercase()).copied();
-        }
-        None
-    }
-
-    /// The destination served on a dedicated outbound port.
-    pub fn destination_for_port(&self, port: u16) -> Option<usize> {
-        self.by_port.get(&port).copied()
-    }
-
-    /// Set the destination gauges (ejections, healthy endpoints, in flight) from this
-    /// snapshot; called when metrics are scraped, since ejections end with time, not events.
-    pub fn export_gauges(&self, metrics: &Metrics, now: Nanos) {
-        use weft_resilience::outlier::HealthState;
-        metrics.clear_destination_gauges();
-        for d in &self.destinations {
-            let ejected = d.endpoints.iter().enumerate().map(|(i, a)| {
-                (
-                    a.to_string(),
-                    d.health.state(i, now) != HealthState::Healthy,
-                )
-            });
-            let busy = if d.protocol == Protocol::Tcp {
-                d.tunnels.in_flight()
-            } else {
-                d.in_flight.in_flight()
-            };
-            metrics.destination(&self.own.name, &d.name, ejected, busy);
-        }
-    }
-
-    /// Every dedicated outbound port with its protocol.
-    pub fn outbound_ports(&self) -> Vec<(u16, Protocol)> {
-        let mut v: Vec<_> = self
-            .by_port
-            .iter()
-            .map(|(p, i)| (*p, self.destinations[*i].protocol))
-            .collect();
-        v.sort_unstable();
-        v
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host; // IPv6 literal; never a service name
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
-impl Destination {
-    /// The first route whose match takes the request.
-    pub fn route(&self, method: &Method, path: &str, req: &RequestHeader) -> Option<usize> {
-        self.routes
-            .iter()
-            .position(|r| r.route.matcher.matches(method, path, &req.headers))
-    }
-
-    /// Pick an endpoint of a route's weighted backend that is not ejected, preferring one
-    /// not in `tried` (a bit per endpoint index below 64) so a retry goes elsewhere.
-    pub fn pick(&self, route: usize, tried: u64, now: Nanos) -> Option<usize> {
-        let r = &self.routes[route];
-        let b = r.pick_backend()?;
-        self.choose(&b.endpoints, &b.rr, tried, now)
-    }
-
-    /// Pick any endpoint that is not ejected (TCP has no routes).
-    pub fn pick_any(&self, tried: u64, now: Nanos) -> Option<usize> {
-        self.choose(&self.all, &self.all_rr, tried, now)
-    }
-
-    fn choose(
-        &self,
-        candidates: &[usize],
-        rr: &AtomicUsize,
-        tried: u64,
-        now: Nanos,
-    ) -> Option<usize> {
-        let fresh = |ep: usize| ep >= 64 || tried & (1 << ep) == 0;
-        let usable = |ep: usize| fresh(ep) && self.health.selectable(ep, now);
-        balance::choose(self.lb, candidates, &self.stats, rr, usable).or_else(|| {
-            // Every candidate was tried already: a tried endpoint beats none.
-            (tried != 0).then(|| {
-                balance::choose(self.lb, candidates, &self.stats, rr, |ep| {
-                    self.health.selectable(ep, now)
-                })
-            })?
-        })
-    }
-}
-
-impl RouteState {
-    /// A backend drawn by weight.
-    pub fn pick_backend(&self) -> Option<&BackendState> {
-        if self.total_weight == 0 {
-            return None;
-        }
-        if self.backends.len() == 1 {
-            return self.backends.first();
-        }
-        let r = fastrand::u32(0..self.total_weight);
-        self.backends.iter().find(|b| r < b.cum_weight)
     }
 }
 
@@ -441,6 +111,8 @@ pub struct Store {
     /// local part is joined with it on every rebuild). The lock also serializes rebuilds.
     cp_policy: std::sync::Mutex<Option<PolicySnapshot>>,
     cp_connected: std::sync::atomic::AtomicBool,
+    /// Where the listeners are bound, once they are (fixed for the process's life).
+    listening: std::sync::OnceLock<Listen>,
     /// The version of the snapshot in force, for whoever must act on a change (see
     /// [`Store::subscribe`]).
     changed: tokio::sync::watch::Sender<u64>,
@@ -449,7 +121,7 @@ pub struct Store {
 impl Store {
     /// Load the config file and its certificates into a first snapshot.
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
-        let snapshot = load_snapshot(path, 1, None, &metrics, None)?;
+        let snapshot = load_snapshot(path, 1, None, &metrics, None, None)?;
         observe(&metrics, &snapshot);
         let state_file = snapshot
             .control_plane
@@ -462,6 +134,7 @@ impl Store {
             metrics,
             cp_policy: std::sync::Mutex::new(None),
             cp_connected: std::sync::atomic::AtomicBool::new(false),
+            listening: std::sync::OnceLock::new(),
         };
         if let Some(file) = state_file.filter(|f| f.exists()) {
             let restored = std::fs::read(&file)
@@ -527,6 +200,7 @@ impl Store {
             Some(&prev),
             &self.metrics,
             Some(&policy),
+            self.listening.get(),
         )?;
         let version = self.swap_in(next);
         *cp = Some(policy);
@@ -536,6 +210,21 @@ impl Store {
     /// The version (content hash) of the control-plane policy in force, if any.
     pub fn control_plane_version(&self) -> Option<String> {
         self.cp_lock().as_ref().map(|p| p.version.clone())
+    }
+
+    /// Where the listeners are bound: the configured addresses until they are, then the bound
+    /// ones (a configured port 0 replaced by the kernel's choice).
+    pub fn listening(&self) -> Listen {
+        self.listening
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.load().listen.clone())
+    }
+
+    /// Record where the listeners are bound (once; later calls are ignored, as the
+    /// listeners live as long as the process).
+    pub fn set_listening(&self, bound: Listen) {
+        let _ = self.listening.set(bound);
     }
 
     /// Whether the sidecar holds a stream to its control plane now.
@@ -611,8 +300,14 @@ impl Store {
 
     fn rebuild(&self, cp: Option<&PolicySnapshot>) -> Result<u64, ConfigError> {
         let prev = self.current.load_full();
-        let next = match load_snapshot(&self.path, prev.version + 1, Some(&prev), &self.metrics, cp)
-        {
+        let next = match load_snapshot(
+            &self.path,
+            prev.version + 1,
+            Some(&prev),
+            &self.metrics,
+            cp,
+            self.listening.get(),
+        ) {
             Ok(next) => next,
             Err(e) => {
                 self.metrics.config_rejected.inc();
@@ -725,12 +420,36 @@ fn observe(metrics: &Metrics, snap: &Snapshot) {
     metrics.cert_expiry.set(expiry);
 }
 
+/// Dedicated outbound ports must not take a port a listener is bound to. The validator
+/// checks the configured ports; a listener configured with port 0 has its port only once it is
+/// bound, so the bound ports are checked here.
+fn bound_port_clashes(config: &Config, bound: Option<&Listen>) -> Vec<FieldError> {
+    let Some(b) = bound else {
+        return Vec::new();
+    };
+    let mut taken = vec![b.outbound.port(), b.inbound.port(), b.admin.port()];
+    taken.extend(b.metrics.map(|m| m.port()));
+    config
+        .services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, svc)| {
+            let p = svc.port.filter(|p| taken.contains(p))?;
+            Some(FieldError {
+                field: format!("services[{i}].port"),
+                reason: format!("port {p} is already used by another listener"),
+            })
+        })
+        .collect()
+}
+
 fn load_snapshot(
     path: &Path,
     version: u64,
     prev: Option<&Snapshot>,
     metrics: &Arc<Metrics>,
     cp_policy: Option<&PolicySnapshot>,
+    bound: Option<&Listen>,
 ) -> Result<Snapshot, ConfigError> {
     let mut config = weft_policy::load(path)?;
     let invalid = |errors| ConfigError::Invalid {
@@ -739,13 +458,26 @@ fn load_snapshot(
     };
     if let (Some(policy), Some(_)) = (cp_policy, &config.control_plane) {
         let (local, _) = config.into_parts();
+        let source = PathBuf::from(format!("control-plane snapshot {}", policy.version));
         let policy = weft_policy::validate_snapshot(policy.clone(), &local).map_err(|errors| {
             ConfigError::Invalid {
-                file: PathBuf::from(format!("control-plane snapshot {}", policy.version)),
+                file: source.clone(),
                 errors,
             }
         })?;
         config = Config::from_parts(local, policy);
+        let clashes = bound_port_clashes(&config, bound);
+        if !clashes.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: source,
+                errors: clashes,
+            });
+        }
+    } else {
+        let clashes = bound_port_clashes(&config, bound);
+        if !clashes.is_empty() {
+            return Err(invalid(clashes));
+        }
     }
     if let Some(p) = prev {
         let mut errors = Vec::new();

@@ -128,7 +128,7 @@ const DESTINATION_LABELS: &[&str] = &["src_service", "dst_service"];
 
 /// Why the sidecar refused a request before any endpoint saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
+pub enum RejectLabel {
     /// Over the destination's in-flight limit with no queue.
     Overloaded,
     /// The wait queue was full.
@@ -145,17 +145,17 @@ pub enum Reject {
     CertExpired,
 }
 
-impl Reject {
+impl RejectLabel {
     /// Label value (also the access log's response flag).
     pub fn as_str(self) -> &'static str {
         match self {
-            Reject::Overloaded => "overloaded",
-            Reject::QueueFull => "queue_full",
-            Reject::QueueTimeout => "queue_timeout",
-            Reject::RateLimited => "rate_limited",
-            Reject::BreakerOpen => "breaker_open",
-            Reject::Denied => "denied",
-            Reject::CertExpired => "cert_expired",
+            RejectLabel::Overloaded => "overloaded",
+            RejectLabel::QueueFull => "queue_full",
+            RejectLabel::QueueTimeout => "queue_timeout",
+            RejectLabel::RateLimited => "rate_limited",
+            RejectLabel::BreakerOpen => "breaker_open",
+            RejectLabel::Denied => "denied",
+            RejectLabel::CertExpired => "cert_expired",
         }
     }
 }
@@ -170,7 +170,7 @@ pub enum Event {
     /// A retryable failure was not retried for this reason.
     Skipped(weft_resilience::retry::StopReason),
     /// Refused before reaching an endpoint.
-    Rejected(Reject),
+    Rejected(RejectLabel),
     /// An injected delay.
     FaultDelay,
     /// An injected abort.
@@ -193,8 +193,9 @@ impl Event {
                 S::Succeeded | S::NotRetryable => 6,
             },
             Event::Rejected(r) => 7 + r as usize,
-            Event::FaultDelay => 13,
-            Event::FaultAbort => 14,
+            // After the seven rejection slots (7..=13).
+            Event::FaultDelay => 14,
+            Event::FaultAbort => 15,
         }
     }
 }
@@ -667,6 +668,44 @@ pub fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_has_a_slot_of_its_own() {
+        use weft_resilience::retry::StopReason as S;
+        let mut events = vec![
+            Event::RetriedSucceeded,
+            Event::RetriedFailed,
+            Event::FaultDelay,
+            Event::FaultAbort,
+        ];
+        events.extend(
+            [
+                S::BudgetExhausted,
+                S::AttemptsExhausted,
+                S::NonIdempotent,
+                S::BodyTooLarge,
+                S::NotRetryable,
+            ]
+            .map(Event::Skipped),
+        );
+        events.extend(
+            [
+                RejectLabel::Overloaded,
+                RejectLabel::QueueFull,
+                RejectLabel::QueueTimeout,
+                RejectLabel::RateLimited,
+                RejectLabel::BreakerOpen,
+                RejectLabel::Denied,
+                RejectLabel::CertExpired,
+            ]
+            .map(Event::Rejected),
+        );
+        let mut slots: Vec<usize> = events.iter().map(|e| e.slot()).collect();
+        assert!(slots.iter().all(|&s| s < EVENT_SLOTS));
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), events.len(), "two events share a series slot");
+    }
 
     fn labels(route: &str) -> RouteLabels {
         RouteLabels {

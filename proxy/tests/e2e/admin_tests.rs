@@ -95,9 +95,11 @@ async fn metrics_listener_serves_only_read_only_endpoints() {
     pki.issue("orders");
     let app = http_app("orders-v1").await;
     let mut spec = Spec::new("orders", app);
-    let m = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    spec.metrics = Some(m);
+    // Port 0: the kernel picks it, the ready file says which.
+    spec.metrics = Some(ANY_PORT);
     let orders = Sidecar::start(&pki, spec).await;
+    let m = orders.metrics.expect("the metrics listener's address");
+    assert_ne!(m.port(), 0);
 
     let (status, body) = admin(m, "GET", "/metrics").await;
     assert_eq!(status, 200);

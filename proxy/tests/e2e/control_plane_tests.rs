@@ -22,7 +22,7 @@ pub(crate) async fn start_sidecar(
     app: SocketAddr,
     cp: SocketAddr,
 ) -> Sidecar {
-    let s = spawn_sidecar(pki, name, name, version, app, cp);
+    let mut s = spawn_sidecar(pki, name, name, version, app, cp);
     s.wait_ready().await;
     s
 }
@@ -258,7 +258,7 @@ async fn a_sidecar_may_only_register_its_own_service_and_endpoints_withdraw_afte
     let cp = start_cp(&pki, &policy_dir).await;
 
     // Service "orders" with the frontend's certificate: refused, never ready, never registered.
-    let impostor = spawn_sidecar(
+    let mut impostor = spawn_sidecar(
         &pki,
         "orders",
         "frontend",
@@ -285,6 +285,7 @@ async fn a_sidecar_may_only_register_its_own_service_and_endpoints_withdraw_afte
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    impostor.wait_listening().await;
     let (code, body) = admin_get(impostor.admin, "/ready").await.expect("ready");
     assert_eq!(code, 503, "{body}");
     assert_eq!(
@@ -393,9 +394,7 @@ async fn sidecars_keep_serving_without_the_control_plane_and_resync_when_it_retu
 
     // The frontend restarts while the control plane is down: it serves from the snapshot it
     // kept (mode 0600).
-    let state_file = pki
-        .path()
-        .join(format!("frontend-{}.cp.json", fe.inbound.port()));
+    let state_file = fe.config.with_extension("cp.json");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&state_file)
             .expect("state file")
@@ -449,24 +448,14 @@ async fn sidecars_keep_serving_without_the_control_plane_and_resync_when_it_retu
     drop((v1, v2));
 }
 
-/// Kill a sidecar and start it again on the same config (and ports); waits until ready.
+/// Kill a sidecar and start it again on the same config (new ports: it asks for port 0);
+/// waits until ready.
 async fn restart(mut s: Sidecar) -> Sidecar {
     s.child.kill();
     let log = s.log.with_extension("2.log");
-    let child = spawn_proxy(&s.config, &log);
-    let s2 = Sidecar {
-        child,
-        name: s.name.clone(),
-        outbound: s.outbound,
-        inbound: s.inbound,
-        admin: s.admin,
-        config: s.config.clone(),
-        log,
-        head: s.head.clone(),
-    };
-    drop(s);
-    s2.wait_ready().await;
-    s2
+    s.respawn(log);
+    s.wait_ready().await;
+    s
 }
 
 /// Bytes through a dedicated port: written, half-closed, echoed back.
@@ -513,7 +502,7 @@ async fn a_pushed_tcp_service_gets_its_dedicated_port_without_a_restart() {
         .expect("bind");
     let app = l.local_addr().expect("addr");
     weft_samples::tcp::serve_echo(l);
-    let db = spawn_cp_sidecar(
+    let mut db = spawn_cp_sidecar(
         &pki,
         CpSidecar {
             name: "db",

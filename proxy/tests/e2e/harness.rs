@@ -72,10 +72,36 @@ pub struct Sidecar {
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
+    /// `listen.metrics`, when the config has one.
+    pub metrics: Option<SocketAddr>,
     pub config: PathBuf,
     pub log: PathBuf,
     /// The config without its `services`/`routes` part.
     pub head: String,
+    /// Its `--ready-file`, when the config asks for port 0 (the addresses above are
+    /// `127.0.0.1:0` until [`Sidecar::wait_ready`] reads them from it).
+    pub ready: Option<PathBuf>,
+}
+
+/// Where a sidecar started with `--ready-file` listens.
+#[derive(Debug, serde::Deserialize)]
+pub struct Listening {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub pid: u32,
+}
+
+/// Any address, until the sidecar says which (see [`Sidecar::ready`]).
+pub const ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// A file name no other sidecar of this test process uses.
+pub fn unique_tag(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{}-{n}", std::process::id())
 }
 
 /// What a sidecar is and whom it may call.
@@ -164,24 +190,25 @@ impl Sidecar {
         mut spec: Spec<'_>,
         edit: impl FnOnce(String) -> String,
     ) -> Sidecar {
-        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (outbound, inbound, admin) = (port(0), port(1), port(2));
-        let tag = format!("{}-{}", spec.name, inbound.port());
+        let tag = unique_tag(spec.name);
         let config = pki.path().join(format!("{tag}.yaml"));
         let rest = std::mem::take(&mut spec.rest);
-        let head = edit(Self::config_text(&spec, outbound, inbound, admin));
+        let head = edit(Self::config_text(&spec, ANY_PORT, ANY_PORT, ANY_PORT));
         std::fs::write(&config, format!("{head}{rest}")).expect("write config");
         let log = pki.path().join(format!("{tag}.log"));
-        let child = spawn_proxy(&config, &log);
-        let s = Sidecar {
+        let ready = pki.path().join(format!("{tag}.ready"));
+        let child = spawn_proxy_reporting(&config, &log, &ready);
+        let mut s = Sidecar {
             child,
             name: spec.name.to_owned(),
-            outbound,
-            inbound,
-            admin,
+            outbound: ANY_PORT,
+            inbound: ANY_PORT,
+            admin: ANY_PORT,
+            metrics: spec.metrics,
             config,
             log,
             head,
+            ready: Some(ready),
         };
         s.wait_ready().await;
         s
@@ -230,8 +257,60 @@ impl Sidecar {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Poll `/ready` and the outbound port, for at most 15 s.
-    pub async fn wait_ready(&self) {
+    /// Start this sidecar's config again (after its process ended) with a fresh log and, if
+    /// it reports its ports, a fresh ready file; [`Sidecar::wait_ready`] then reads the new
+    /// ports.
+    pub fn respawn(&mut self, log: PathBuf) {
+        self.child = match &mut self.ready {
+            Some(ready) => {
+                *ready = ready.with_extension("again.ready");
+                (self.outbound, self.inbound, self.admin) = (ANY_PORT, ANY_PORT, ANY_PORT);
+                spawn_proxy_reporting(&self.config, &log, ready)
+            }
+            None => spawn_proxy(&self.config, &log),
+        };
+        self.log = log;
+    }
+
+    /// The addresses the sidecar reports in its ready file, once it has written it (at most
+    /// 15 s; fails at once if the process ends first).
+    pub async fn wait_listening(&mut self) {
+        let Some(ready) = self.ready.clone() else {
+            return;
+        };
+        if self.admin.port() != 0 {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let text = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                break text;
+            }
+            if let Some(exit) = self.child.status() {
+                panic!(
+                    "sidecar {} exited ({exit:?}) before it was ready:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sidecar {} wrote no ready file in 15 s:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let l: Listening = serde_json::from_str(&text).expect("ready file");
+        assert_eq!(l.pid, self.child.id(), "the ready file of this process");
+        (self.outbound, self.inbound, self.admin) = (l.outbound, l.inbound, l.admin);
+        self.metrics = l.metrics;
+    }
+
+    /// Read the ports (see [`Sidecar::wait_listening`]), then poll `/ready` and the traffic
+    /// ports, for at most 15 s.
+    pub async fn wait_ready(&mut self) {
+        self.wait_listening().await;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let ready = admin_get(self.admin, "/ready")
@@ -363,6 +442,21 @@ pub fn client_identity(
         .expect("pem")
         .expect("key");
     (chain, key)
+}
+
+/// [`spawn_proxy`] with `--ready-file <ready>`: the sidecar writes its bound addresses there.
+pub fn spawn_proxy_reporting(config: &Path, log: &Path, ready: &Path) -> Guard {
+    guarded::spawn(
+        Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .arg("--config")
+            .arg(config)
+            .arg("--ready-file")
+            .arg(ready)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file")),
+    )
+    .expect("spawn weft-proxy")
 }
 
 /// Start `weft-proxy --config <config>` guarded, its stderr to `log`.
@@ -830,8 +924,8 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
         cp,
         token,
     } = spec;
-    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (outbound, inbound, admin) = (port(), port(), port());
+    let (outbound, inbound, admin) = (ANY_PORT, ANY_PORT, ANY_PORT);
+    let tag = unique_tag(name);
     let token = token
         .map(|t| format!(", join_token_file: {}, bootstrap_timeout: 3s", t.display()))
         .unwrap_or_default();
@@ -840,24 +934,26 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
          listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
          tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
          drain_timeout: 10s\n\
-         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}, state_file: {name}-{}.cp.json{token}}}\n",
+         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}, state_file: {}.cp.json{token}}}\n",
         spiffe(identity),
-        inbound.port()
+        tag
     );
-    let tag = format!("{name}-{}", inbound.port());
     let config = pki.path().join(format!("{tag}.yaml"));
     std::fs::write(&config, &head).expect("write config");
     let log = pki.path().join(format!("{tag}.log"));
-    let child = spawn_proxy(&config, &log);
+    let ready = pki.path().join(format!("{tag}.ready"));
+    let child = spawn_proxy_reporting(&config, &log, &ready);
     Sidecar {
         child,
         name: name.to_owned(),
         outbound,
         inbound,
         admin,
+        metrics: None,
         config,
         log,
         head,
+        ready: Some(ready),
     }
 }
 

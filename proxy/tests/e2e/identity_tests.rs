@@ -132,7 +132,7 @@ async fn bootstrapped_sidecars_rotate_three_second_certificates_under_load_witho
         assert!(!pki.path().join(format!("{stem}.key")).exists());
     }
     let orders_app = http_app("orders-v1").await;
-    let orders = spawn_sidecar(
+    let mut orders = spawn_sidecar(
         &pki,
         "orders",
         "orders-boot",
@@ -142,7 +142,7 @@ async fn bootstrapped_sidecars_rotate_three_second_certificates_under_load_witho
     );
     orders.wait_ready().await;
     let fe_app = http_app("frontend").await;
-    let fe = spawn_sidecar(
+    let mut fe = spawn_sidecar(
         &pki,
         "frontend",
         "frontend-boot",
@@ -263,7 +263,7 @@ async fn an_expired_sidecar_is_refused_by_its_peer_and_does_not_restart_without_
     let cp = start_cp(&pki, Duration::from_secs(2), Duration::from_secs(3)).await;
     let fe_token = token_file(&pki, "frontend");
     let orders_app = http_app("orders-v1").await;
-    let orders = spawn_sidecar(&pki, "orders", "orders", orders_app, cp.listen, None);
+    let mut orders = spawn_sidecar(&pki, "orders", "orders", orders_app, cp.listen, None);
     orders.wait_ready().await;
     let fe_app = http_app("frontend").await;
     let mut fe = spawn_sidecar(

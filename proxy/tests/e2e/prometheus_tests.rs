@@ -399,15 +399,17 @@ async fn start_cp_sidecar(pki: &Pki, name: &str, admin: SocketAddr, cp: SocketAd
     std::fs::write(&config, &head).expect("write config");
     let log = pki.path().join(format!("{name}.log"));
     let child = spawn_proxy(&config, &log);
-    let s = Sidecar {
+    let mut s = Sidecar {
         child,
         name: name.to_owned(),
         outbound,
         inbound,
         admin,
+        metrics: None,
         config,
         log,
         head,
+        ready: None,
     };
     s.wait_ready().await;
     s

@@ -302,10 +302,8 @@ pub struct SpanRecord {
     pub duration: Duration,
 }
 
-/// A `grpc-status` header value as a number.
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    weft_resilience::retry::parse_grpc_status(headers.get(GRPC_STATUS)?.as_bytes())
-}
+/// A `grpc-status` header value as a number (the retry classifier reads the same one).
+pub use weft_resilience::retry::grpc_status;
 
 #[cfg(test)]
 mod tests {
