@@ -53,90 +53,15 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf());
     server.bootstrap();
 
-    let access_log = match &snap.access_log {
-        Some(path) => Some(Arc::new(
-            AccessLog::start(
-                path,
-                store.metrics.access_log_dropped.clone(),
-                store.metrics.access_log_lines.clone(),
-            )
-            .with_context(|| format!("access log {}", path.display()))?,
-        )),
-        None => None,
+    let (access_log, tracer) = telemetry(&store, &drain)?;
+    let traffic = Proxies {
+        store: &store,
+        drain: &drain,
+        conf,
+        access_log,
+        tracer: tracer.clone(),
     };
-    let tracer = match &snap.tracing.collector {
-        Some(_) => {
-            let t = Tracer::start(
-                &snap.tracing,
-                &snap.own.name,
-                &snap.identity,
-                &store.metrics,
-            )?;
-            let at_exit = t.clone();
-            drain.at_exit(move || {
-                if !at_exit.flush(TRACE_FLUSH_LIMIT) {
-                    log::warn!("spans still queued at exit were not all exported");
-                }
-            });
-            Some(t)
-        }
-        None => None,
-    };
-    let outbound = Arc::new(
-        OutboundProxies::new(
-            conf.clone(),
-            Outbound::new(
-                store.clone(),
-                drain.clone(),
-                access_log.clone(),
-                tracer.clone(),
-            ),
-            snap.tls.client.clone(),
-        )
-        .context("outbound proxy")?,
-    );
-    let mut inbound = HttpProxy::new(
-        InboundHttp::new(store.clone(), drain.clone(), access_log, tracer.clone()),
-        conf.clone(),
-    );
-    inbound.handle_init_modules();
-
-    let traffic = Traffic {
-        store: store.clone(),
-        drain: drain.clone(),
-        outbound: outbound.clone(),
-        inbound: Arc::new(inbound),
-        outbound_port: listening.outbound.port(),
-        inbound_port: listening.inbound.port(),
-    };
-    let ports = Arc::new(traffic.clone());
-    let mut service = Service::new("weft traffic".to_owned(), traffic);
-    service.threads = Some(snap.workers);
-    service.add_tcp(&listening.outbound.to_string());
-    service.add_tcp(&listening.inbound.to_string());
-    let at_start: std::collections::BTreeSet<u16> = snap
-        .routes
-        .outbound_ports()
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    for port in &at_start {
-        service.add_tcp(&format!("127.0.0.1:{port}"));
-    }
-    server.add_service(Prebound::new(service, vec![outbound_l, inbound_l]));
-    // Ports added later (reload, control-plane snapshot) are bound by the port manager.
-    let mut port_manager = pingora_core::services::background::background_service(
-        "weft dedicated ports",
-        PortManager::new(store.clone(), ports, at_start),
-    );
-    port_manager.threads = Some(1);
-    server.add_service(port_manager);
-    let mut identity_sync = pingora_core::services::background::background_service(
-        "weft outbound identity",
-        IdentitySync::new(store.clone(), outbound),
-    );
-    identity_sync.threads = Some(1);
-    server.add_service(identity_sync);
+    traffic.add_services(&mut server, &listening, vec![outbound_l, inbound_l])?;
 
     let listening = control::spawn(store.clone(), drain.clone(), listening)?;
     if let Some(path) = ready_file {
@@ -180,4 +105,125 @@ fn write_ready_file(path: &Path, l: &Listen) -> std::io::Result<()> {
         "metrics": l.metrics.map(|m| m.to_string()),
     });
     crate::store::write_atomically(path, format!("{text}\n").as_bytes(), 0o644)
+}
+
+/// The access log and the span exporter, when configured; queued spans are flushed at exit.
+type Telemetry = (Option<Arc<AccessLog>>, Option<Arc<Tracer>>);
+
+fn telemetry(store: &Store, drain: &Drain) -> anyhow::Result<Telemetry> {
+    let snap = store.load();
+    let access_log = match &snap.access_log {
+        Some(path) => Some(Arc::new(
+            AccessLog::start(
+                path,
+                store.metrics.access_log_dropped.clone(),
+                store.metrics.access_log_lines.clone(),
+            )
+            .with_context(|| format!("access log {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let tracer = match &snap.tracing.collector {
+        Some(_) => {
+            let t = Tracer::start(
+                &snap.tracing,
+                &snap.own.name,
+                &snap.identity,
+                &store.metrics,
+            )?;
+            let at_exit = t.clone();
+            drain.at_exit(move || {
+                if !at_exit.flush(TRACE_FLUSH_LIMIT) {
+                    log::warn!("spans still queued at exit were not all exported");
+                }
+            });
+            Some(t)
+        }
+        None => None,
+    };
+    Ok((access_log, tracer))
+}
+
+/// What the traffic services are built from.
+struct Proxies<'a> {
+    store: &'a Arc<Store>,
+    drain: &'a Arc<Drain>,
+    conf: Arc<ServerConf>,
+    access_log: Option<Arc<AccessLog>>,
+    tracer: Option<Arc<Tracer>>,
+}
+
+impl Proxies<'_> {
+    /// The traffic service (the outbound and inbound proxies behind one dispatcher, on the
+    /// `bound` listeners and the dedicated ports known at start) and its background services:
+    /// the port manager for dedicated ports added later, and the outbound identity sync.
+    fn add_services(
+        &self,
+        server: &mut Server,
+        listening: &Listen,
+        bound: Vec<bound::Bound>,
+    ) -> anyhow::Result<()> {
+        let snap = self.store.load();
+        let outbound = Arc::new(
+            OutboundProxies::new(
+                self.conf.clone(),
+                Outbound::new(
+                    self.store.clone(),
+                    self.drain.clone(),
+                    self.access_log.clone(),
+                    self.tracer.clone(),
+                ),
+                snap.tls.client.clone(),
+            )
+            .context("outbound proxy")?,
+        );
+        let mut inbound = HttpProxy::new(
+            InboundHttp::new(
+                self.store.clone(),
+                self.drain.clone(),
+                self.access_log.clone(),
+                self.tracer.clone(),
+            ),
+            self.conf.clone(),
+        );
+        inbound.handle_init_modules();
+
+        let traffic = Traffic {
+            store: self.store.clone(),
+            drain: self.drain.clone(),
+            outbound: outbound.clone(),
+            inbound: Arc::new(inbound),
+            outbound_port: listening.outbound.port(),
+            inbound_port: listening.inbound.port(),
+        };
+        let ports = Arc::new(traffic.clone());
+        let mut service = Service::new("weft traffic".to_owned(), traffic);
+        service.threads = Some(snap.workers);
+        service.add_tcp(&listening.outbound.to_string());
+        service.add_tcp(&listening.inbound.to_string());
+        let at_start: std::collections::BTreeSet<u16> = snap
+            .routes
+            .outbound_ports()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        for port in &at_start {
+            service.add_tcp(&format!("127.0.0.1:{port}"));
+        }
+        server.add_service(Prebound::new(service, bound));
+        // Ports added later (reload, control-plane snapshot) are bound by the port manager.
+        let mut port_manager = pingora_core::services::background::background_service(
+            "weft dedicated ports",
+            PortManager::new(self.store.clone(), ports, at_start),
+        );
+        port_manager.threads = Some(1);
+        server.add_service(port_manager);
+        let mut identity_sync = pingora_core::services::background::background_service(
+            "weft outbound identity",
+            IdentitySync::new(self.store.clone(), outbound),
+        );
+        identity_sync.threads = Some(1);
+        server.add_service(identity_sync);
+        Ok(())
+    }
 }

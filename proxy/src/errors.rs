@@ -125,6 +125,7 @@ pub enum Overload {
 
 impl Reject {
     /// The response this rejection gets: status, flag and reason, decided here only.
+    // Long on purpose: one arm per rejection, so the whole mapping reads as one table.
     pub fn failure(&self) -> Failure {
         match self {
             Reject::UnknownHost(host) => Failure::new(

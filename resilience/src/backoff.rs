@@ -41,6 +41,22 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// Delay before attempt `attempt` (0 = first) with "equal jitter": between half and all of
+    /// `min(max, base × 2ⁿ)`, for `rand` drawn from `[0, 1)`. For reconnecting to a server and
+    /// renewing a certificate, where a retry at once (full jitter's zero) only adds load to a
+    /// server that is recovering, while the spread still de-synchronises clients.
+    pub fn equal_jitter(&self, attempt: u32, rand: f64) -> Duration {
+        let cap = exp_capped(self.base, self.max, attempt);
+        let rand = if rand.is_nan() {
+            0.0
+        } else {
+            rand.clamp(0.0, 1.0)
+        };
+        from_nanos_u128((cap.as_nanos() as f64 * (0.5 + rand / 2.0)) as u128).min(cap)
+    }
+}
+
 /// `min(max, base × 2^exp)` without overflow for any `exp`.
 pub(crate) fn exp_capped(base: Duration, max: Duration, exp: u32) -> Duration {
     // u128 nanoseconds hold base × 2^exp for any base while exp < 34; beyond, saturate.
@@ -115,5 +131,18 @@ mod tests {
             max: Duration::from_secs(1),
         };
         assert_eq!(b.delay(0, 1.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn equal_jitter_stays_in_the_upper_half_and_caps() {
+        let b = Backoff {
+            base: 100 * MS,
+            max: 10_000 * MS,
+        };
+        assert_eq!(b.equal_jitter(0, 0.0), 50 * MS);
+        assert_eq!(b.equal_jitter(3, 1.0), 800 * MS);
+        assert_eq!(b.equal_jitter(u32::MAX, 0.0), 5_000 * MS);
+        assert_eq!(b.equal_jitter(u32::MAX, f64::NAN), 5_000 * MS);
+        assert_eq!(b.equal_jitter(2, 0.5), 300 * MS);
     }
 }

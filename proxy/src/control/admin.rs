@@ -23,6 +23,7 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// The config in force with live endpoint load. Paths to key files appear; key bytes never do.
+// Long on purpose: one JSON literal, shaped like the config file it dumps.
 pub fn config_dump(s: &Snapshot, listening: &Listen) -> Value {
     let destinations: Vec<Value> = s
         .routes

@@ -16,11 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_wire::v1::control_plane_client::ControlPlaneClient;
 use weft_wire::v1::{
@@ -32,22 +28,10 @@ use crate::store::Store;
 use weft_policy::wire::PolicySnapshot;
 use weft_policy::ControlPlane;
 
-/// First reconnect delay.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+use crate::control::channel::{backoff, connect};
+
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
-/// Connect (TCP + TLS) limit.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The delay before reconnect attempt `attempt` (from 0): `BACKOFF_BASE * 2^attempt`, capped
-/// at [`BACKOFF_MAX`], then scaled by a random factor in [0.5, 1).
-pub fn backoff(attempt: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16));
-    exp.min(BACKOFF_MAX).mul_f64(0.5 + fastrand::f64() / 2.0)
-}
-
 /// Follow the control plane (on the control thread's runtime) until the sidecar drains.
 ///
 /// `renewed` carries the expiry of each renewed certificate, reported on the stream as
@@ -87,57 +71,10 @@ pub async fn run(
     }
 }
 
-/// A gRPC channel to the control plane over TLS with `tls` (with or without a client
-/// certificate); the control plane must prove `cp.identity`.
-pub async fn connect(
-    cp: &ControlPlane,
-    mut tls: rustls::ClientConfig,
-) -> anyhow::Result<tonic::transport::Channel> {
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = TlsConnector::from(Arc::new(tls));
-    let server_name = ServerName::try_from(cp.identity.dns_name())
-        .context("control_plane.identity as a server name")?;
-    let expected = cp.identity.clone();
-    let address = cp.address.clone();
-    let connect = tower::service_fn(move |_uri: http::Uri| {
-        let (connector, server_name, expected, address) = (
-            connector.clone(),
-            server_name.clone(),
-            expected.clone(),
-            address.clone(),
-        );
-        async move {
-            let io = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                let tcp = TcpStream::connect(&address).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                let peer = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| weft_certs::identity_from_cert_der(c.as_ref()).ok());
-                if peer.as_ref() != Some(&expected) {
-                    return Err(std::io::Error::other(format!(
-                        "the control plane proved {peer:?}, expected {expected}"
-                    )));
-                }
-                Ok(TokioIo::new(tls))
-            })
-            .await
-            .map_err(|_| std::io::Error::other("connect timed out"))??;
-            Ok::<_, std::io::Error>(io)
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://control-plane")
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_with_connector(connect)
-        .await
-        .context("connect")?;
-    Ok(channel)
-}
-
+/// One stream to the control plane: `Hello`, then snapshots answered with `Ack`/`Nack`,
+/// renewed certificates reported, and `Draining` once the sidecar drains.
+// Long on purpose: the stream's whole conversation in one `select!` loop, which is easier to
+// check against control.proto whole than split across functions sharing its state.
 async fn session(
     store: &Arc<Store>,
     cp: &ControlPlane,
@@ -277,21 +214,4 @@ fn apply(store: &Store, s: &weft_wire::v1::Snapshot) -> Result<u64, String> {
         log::warn!("cannot keep the control-plane snapshot: {e}");
     }
     Ok(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_bounded() {
-        for _ in 0..100 {
-            let d = backoff(0);
-            assert!(d >= BACKOFF_BASE / 2 && d < BACKOFF_BASE, "{d:?}");
-            let d = backoff(3);
-            assert!(d >= BACKOFF_BASE * 4 && d < BACKOFF_BASE * 8, "{d:?}");
-            let d = backoff(u32::MAX);
-            assert!(d >= BACKOFF_MAX / 2 && d < BACKOFF_MAX, "{d:?}");
-        }
-    }
 }

@@ -4,6 +4,7 @@
 //! It runs on its own single-threaded runtime so control work never delays traffic.
 
 pub mod admin;
+pub mod channel;
 pub mod client;
 
 use std::convert::Infallible;

@@ -146,11 +146,11 @@ fn jitter(not_before: SystemTime, not_after: SystemTime) -> Duration {
 /// eighth of the time left (so several retries happen before expiry), at least
 /// [`RENEW_BACKOFF_MIN`], then scaled by a random factor in [0.5, 1).
 pub fn retry_delay(attempt: u32, left: Duration) -> Duration {
-    let exp = RENEW_BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16));
-    let capped = exp.min(RENEW_BACKOFF_MAX).min(left / 8);
-    capped
-        .max(RENEW_BACKOFF_MIN)
-        .mul_f64(0.5 + fastrand::f64() / 2.0)
+    weft_resilience::Backoff {
+        base: RENEW_BACKOFF_BASE,
+        max: RENEW_BACKOFF_MAX.min(left / 8).max(RENEW_BACKOFF_MIN),
+    }
+    .equal_jitter(attempt, fastrand::f64())
 }
 
 /// A client config without a client certificate that trusts the roots of `bundle_pem`: how a
@@ -197,7 +197,7 @@ async fn obtain(
     let address = cp.address.clone();
     let (csr_pem, key_pem) = weft_certs::generate_csr(identity).map_err(CertifyError::Key)?;
     let call = async {
-        let channel = crate::control::client::connect(cp, client_tls)
+        let channel = crate::control::channel::connect(cp, client_tls)
             .await
             .map_err(|e| CertifyError::Connect {
                 address: address.clone(),
@@ -269,7 +269,7 @@ fn read_token(path: &Path) -> Result<String, CertifyError> {
 }
 
 /// Run `attempt` until it succeeds, fails for good ([`CertifyError::is_retryable`] false), or
-/// `limit` passes; between attempts wait [`crate::control::client::backoff`] (jittered, doubling),
+/// `limit` passes; between attempts wait [`crate::control::channel::backoff`] (jittered, doubling),
 /// never past the limit. At most 1000 attempts whatever the limit.
 pub async fn retry_until<T, F, Fut>(
     address: &str,
@@ -291,7 +291,7 @@ where
         };
         n += 1;
         let now = tokio::time::Instant::now();
-        let delay = crate::control::client::backoff(n - 1);
+        let delay = crate::control::channel::backoff(n - 1);
         if now + delay >= deadline || n >= 1000 {
             // Whole tenths of a second read better in the error than nanoseconds.
             let after = now.duration_since(start).as_millis() / 100 * 100;

@@ -120,6 +120,8 @@ pub fn trust_bundle(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'stati
 
 /// [`load`] from PEM already in memory (`paths` name the files in errors): a renewed
 /// certificate is checked this way before it replaces the files.
+// Long on purpose: parse, cross-check (identity, key, chain to the roots) and build the three
+// TLS configs in one place, so no config can be built from material that was not checked.
 pub fn from_pem(
     paths: &TlsPaths,
     cert_pem: &[u8],

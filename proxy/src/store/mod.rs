@@ -443,6 +443,64 @@ fn bound_port_clashes(config: &Config, bound: Option<&Listen>) -> Vec<FieldError
         .collect()
 }
 
+/// The settings a running sidecar cannot take up without a restart (listeners, workers, the
+/// access log and span export, the control plane, the app): an error per one `config` changes
+/// from `p`.
+fn fixed_for_life(config: &Config, p: &Snapshot) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let fixed = |field: &str, reason: String| FieldError {
+        field: field.to_owned(),
+        reason,
+    };
+    if config.listen != p.listen {
+        errors.push(fixed(
+            "listen",
+            "listeners cannot change without a restart".into(),
+        ));
+    }
+    if config.access_log != p.access_log {
+        errors.push(fixed(
+            "access_log",
+            "cannot change without a restart".into(),
+        ));
+    }
+    let t = (&config.tracing, &p.tracing);
+    if t.0.collector != t.1.collector {
+        errors.push(fixed(
+            "tracing.collector",
+            "cannot change without a restart".into(),
+        ));
+    }
+    if t.0.max_queue != t.1.max_queue {
+        errors.push(fixed(
+            "tracing.max_queue",
+            "cannot change without a restart".into(),
+        ));
+    }
+    if t.0.export_interval != t.1.export_interval {
+        errors.push(fixed(
+            "tracing.export_interval",
+            "cannot change without a restart".into(),
+        ));
+    }
+    if config.control_plane != p.control_plane {
+        errors.push(fixed(
+            "control_plane",
+            "cannot change without a restart".into(),
+        ));
+    }
+    if config.workers != p.workers {
+        errors.push(fixed("workers", "cannot change without a restart".into()));
+    }
+    if config.own.app != p.own.app || config.own.protocol != p.own.protocol {
+        errors.push(fixed(
+            "service",
+            "app address and protocol cannot change without a restart".into(),
+        ));
+    }
+    errors
+}
+
 fn load_snapshot(
     path: &Path,
     version: u64,
@@ -480,57 +538,7 @@ fn load_snapshot(
         }
     }
     if let Some(p) = prev {
-        let mut errors = Vec::new();
-        let fixed = |field: &str, reason: String| FieldError {
-            field: field.to_owned(),
-            reason,
-        };
-        if config.listen != p.listen {
-            errors.push(fixed(
-                "listen",
-                "listeners cannot change without a restart".into(),
-            ));
-        }
-        if config.access_log != p.access_log {
-            errors.push(fixed(
-                "access_log",
-                "cannot change without a restart".into(),
-            ));
-        }
-        let t = (&config.tracing, &p.tracing);
-        if t.0.collector != t.1.collector {
-            errors.push(fixed(
-                "tracing.collector",
-                "cannot change without a restart".into(),
-            ));
-        }
-        if t.0.max_queue != t.1.max_queue {
-            errors.push(fixed(
-                "tracing.max_queue",
-                "cannot change without a restart".into(),
-            ));
-        }
-        if t.0.export_interval != t.1.export_interval {
-            errors.push(fixed(
-                "tracing.export_interval",
-                "cannot change without a restart".into(),
-            ));
-        }
-        if config.control_plane != p.control_plane {
-            errors.push(fixed(
-                "control_plane",
-                "cannot change without a restart".into(),
-            ));
-        }
-        if config.workers != p.workers {
-            errors.push(fixed("workers", "cannot change without a restart".into()));
-        }
-        if config.own.app != p.own.app || config.own.protocol != p.own.protocol {
-            errors.push(fixed(
-                "service",
-                "app address and protocol cannot change without a restart".into(),
-            ));
-        }
+        let errors = fixed_for_life(&config, p);
         if !errors.is_empty() {
             return Err(invalid(errors));
         }

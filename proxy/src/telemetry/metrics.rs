@@ -14,73 +14,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-/// Metric names. Every name is `weft_` + what + unit suffix.
-pub mod names {
-    macro_rules! weft {
-        ($what:literal) => {
-            concat!("weft_", $what)
-        };
-    }
-    /// Requests received, by route (counter).
-    pub const REQUESTS: &str = weft!("requests_total");
-    /// Responses sent, by route, status class and code (counter).
-    pub const RESPONSES: &str = weft!("responses_total");
-    /// Time from request to the end of the response, seconds (histogram).
-    pub const REQUEST_DURATION: &str = weft!("request_duration_seconds");
-    /// Version of the config in force (gauge).
-    pub const CONFIG_VERSION: &str = weft!("config_version");
-    /// Config files refused (counter).
-    pub const CONFIG_REJECTED: &str = weft!("config_rejected_total");
-    /// 1 while the sidecar holds a stream to its control plane, else 0 (gauge).
-    pub const CONTROL_PLANE_CONNECTED: &str = weft!("control_plane_connected");
-    /// Control-plane snapshots applied (ACKed) and refused (NACKed), by result (counter).
-    pub const CONTROL_PLANE_SNAPSHOTS: &str = weft!("control_plane_snapshots_total");
-    /// When the workload certificate expires, Unix seconds (gauge).
-    pub const CERT_EXPIRY: &str = weft!("certificate_expiry_timestamp_seconds");
-    /// Workload certificate renewals with the control plane, by result (counter).
-    pub const CERT_RENEWALS: &str = weft!("cert_renewals_total");
-    /// Inbound TLS handshakes, by result (counter).
-    pub const TLS_HANDSHAKES: &str = weft!("tls_handshakes_total");
-    /// TCP tunnels opened, by direction and destination (counter).
-    pub const TCP_OPENED: &str = weft!("tcp_connections_opened_total");
-    /// TCP tunnels closed (counter).
-    pub const TCP_CLOSED: &str = weft!("tcp_connections_closed_total");
-    /// TCP connections refused before a tunnel opened, by reason (counter).
-    pub const TCP_REJECTED: &str = weft!("tcp_connections_rejected_total");
-    /// Bytes carried by TCP tunnels, by flow (counter).
-    pub const TCP_BYTES: &str = weft!("tcp_bytes_total");
-    /// Access log lines written (counter).
-    pub const ACCESS_LOG_LINES: &str = weft!("access_log_lines_total");
-    /// Access log records dropped because the writer fell behind (counter).
-    pub const ACCESS_LOG_DROPPED: &str = weft!("access_log_dropped_total");
-    /// Retry attempts sent, by route (counter).
-    pub const RETRIES: &str = weft!("retries_total");
-    /// Requests that needed at least one retry, by route and final `result` (counter).
-    pub const RETRIED_REQUESTS: &str = weft!("retried_requests_total");
-    /// Retryable failures not retried, by route and `reason` (counter).
-    pub const RETRIES_SKIPPED: &str = weft!("retries_skipped_total");
-    /// Requests the sidecar refused before any endpoint saw them, by route and `reason`
-    /// (counter).
-    pub const REQUESTS_REJECTED: &str = weft!("requests_rejected_total");
-    /// Faults injected, by route and `kind` (counter).
-    pub const FAULTS_INJECTED: &str = weft!("faults_injected_total");
-    /// Outlier ejections, by destination endpoint (counter).
-    pub const OUTLIER_EJECTIONS: &str = weft!("outlier_ejections_total");
-    /// 1 while an endpoint is ejected or half-open (breaker open), else 0 (gauge).
-    pub const ENDPOINT_EJECTED: &str = weft!("endpoint_ejected");
-    /// Endpoints of a destination that take traffic (gauge).
-    pub const ENDPOINTS_HEALTHY: &str = weft!("endpoints_healthy");
-    /// Endpoints of a destination (gauge).
-    pub const ENDPOINTS: &str = weft!("endpoints");
-    /// Requests in flight to a destination (gauge).
-    pub const IN_FLIGHT: &str = weft!("in_flight_requests");
-    /// Spans the collector accepted (counter).
-    pub const TRACE_SPANS_EXPORTED: &str = weft!("trace_spans_exported_total");
-    /// Spans dropped, by `reason`: `queue_full`, `export_failed` (counter).
-    pub const TRACE_SPANS_DROPPED: &str = weft!("trace_spans_dropped_total");
-    /// Export requests that failed (counter).
-    pub const TRACE_EXPORT_ERRORS: &str = weft!("trace_export_errors_total");
-}
+pub use super::events::{Event, RejectLabel, EVENT_SLOTS};
+pub use super::names;
 
 /// Request duration bucket bounds, seconds: 1 ms to 10 s, about 2.5x apart, dense where
 /// sidecar-to-sidecar latencies fall.
@@ -126,79 +61,6 @@ const ROUTE_LABELS: &[&str] = &["direction", "src_service", "dst_service", "rout
 const ENDPOINT_LABELS: &[&str] = &["src_service", "dst_service", "endpoint"];
 const DESTINATION_LABELS: &[&str] = &["src_service", "dst_service"];
 
-/// Why the sidecar refused a request before any endpoint saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectLabel {
-    /// Over the destination's in-flight limit with no queue.
-    Overloaded,
-    /// The wait queue was full.
-    QueueFull,
-    /// Waited `queue_timeout` for a slot.
-    QueueTimeout,
-    /// Over a rate limit.
-    RateLimited,
-    /// Every endpoint is ejected.
-    BreakerOpen,
-    /// No authorization rule allows the caller (inbound).
-    Denied,
-    /// The caller's certificate expired since its connection was opened (inbound).
-    CertExpired,
-}
-
-impl RejectLabel {
-    /// Label value (also the access log's response flag).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectLabel::Overloaded => "overloaded",
-            RejectLabel::QueueFull => "queue_full",
-            RejectLabel::QueueTimeout => "queue_timeout",
-            RejectLabel::RateLimited => "rate_limited",
-            RejectLabel::BreakerOpen => "breaker_open",
-            RejectLabel::Denied => "denied",
-            RejectLabel::CertExpired => "cert_expired",
-        }
-    }
-}
-
-/// Per-route events, each counted in its own lazily resolved series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A retried request ended well (status below 500).
-    RetriedSucceeded,
-    /// A retried request still failed.
-    RetriedFailed,
-    /// A retryable failure was not retried for this reason.
-    Skipped(weft_resilience::retry::StopReason),
-    /// Refused before reaching an endpoint.
-    Rejected(RejectLabel),
-    /// An injected delay.
-    FaultDelay,
-    /// An injected abort.
-    FaultAbort,
-}
-
-const EVENT_SLOTS: usize = 16;
-
-impl Event {
-    fn slot(self) -> usize {
-        use weft_resilience::retry::StopReason as S;
-        match self {
-            Event::RetriedSucceeded => 0,
-            Event::RetriedFailed => 1,
-            Event::Skipped(r) => match r {
-                S::BudgetExhausted => 2,
-                S::AttemptsExhausted => 3,
-                S::NonIdempotent => 4,
-                S::BodyTooLarge => 5,
-                S::Succeeded | S::NotRetryable => 6,
-            },
-            Event::Rejected(r) => 7 + r as usize,
-            // After the seven rejection slots (7..=13).
-            Event::FaultDelay => 14,
-            Event::FaultAbort => 15,
-        }
-    }
-}
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 fn class_index(status: u16) -> usize {
@@ -280,6 +142,7 @@ fn status_labels() -> Vec<&'static str> {
 
 impl Metrics {
     /// A fresh registry with every family registered.
+    // Long on purpose: one registration per family, in the order docs/METRICS.md lists them.
     pub fn new() -> Result<Arc<Self>, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(

@@ -2,5 +2,7 @@
 //! [`access_log`] and OTLP spans ([`trace`]).
 
 pub mod access_log;
+pub mod events;
 pub mod metrics;
+pub mod names;
 pub mod trace;

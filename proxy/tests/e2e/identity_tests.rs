@@ -397,7 +397,7 @@ async fn certify_client(
         join_token_file: None,
         bootstrap_timeout: Duration::from_secs(1),
     };
-    let channel = weft_proxy::control::client::connect(&target, tls)
+    let channel = weft_proxy::control::channel::connect(&target, tls)
         .await
         .expect("connect");
     ControlPlaneClient::new(channel)
