@@ -513,9 +513,8 @@ pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
             .add(r.clone())
             .map_err(|e| format!("the snapshot's trust bundle holds an unusable root: {e}"))?;
     }
-    let current = std::fs::read(&path)
-        .ok()
-        .and_then(|b| material::trust_bundle(&b, &path).ok());
+    // Compared with the roots in force (in memory), not with the file.
+    let current = material::trust_bundle(&store.trust_bundle_pem(), &path).ok();
     if current.as_ref() == Some(&roots) {
         return Ok(());
     }

@@ -1,104 +1,39 @@
-//! The running config: an immutable [`Snapshot`] built off the hot path from a validated
-//! [`Config`] and swapped in whole through [`Store`]. Requests hold the snapshot they started
-//! with, so a reload never changes a request midway.
+//! The running config: an immutable [`Snapshot`] built off the hot path and swapped in whole
+//! through [`Store`]. Requests hold the snapshot they started with, so a reload never changes
+//! a request midway.
+//!
+//! Each source of change updates its own part in memory: a control-plane policy is joined
+//! with the config text held here (no file is read), a renewed certificate is built from the
+//! PEM in hand (the files are written as persistence), and a reload (SIGHUP, the file
+//! watcher) reads the files and rebuilds only if they differ from what is in force, so the
+//! store's own writes do not come back as a second rebuild. TLS material is rebuilt only when
+//! the certificate files' contents change.
+
+mod persist;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use weft_policy::wire::PolicySnapshot;
-use weft_policy::{Config, ConfigError, FieldError, Listen, OwnService, TlsPaths};
-use weft_resilience::rate::Buckets;
+use weft_policy::{ConfigError, Listen};
 
-use crate::identity::material::{self, TlsMaterial};
-use crate::outbound::route::Routes;
 use crate::telemetry::metrics::Metrics;
+pub use persist::write_atomically;
+use persist::{sync_to_disk, write_replacing};
+use snapshot::{observe, Builder};
+pub use snapshot::{Pems, Snapshot, MAX_RATE_KEYS};
 
-/// One immutable version of the sidecar's config, ready for the hot path.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// Increases with every accepted config.
-    pub version: u64,
-    /// This sidecar's own service.
-    pub own: OwnService,
-    /// Listener addresses (fixed for the process's life).
-    pub listen: Listen,
-    /// Traffic workers (fixed for the process's life).
-    pub workers: usize,
-    /// SIGTERM drain limit.
-    pub drain_timeout: Duration,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Idle limit for client connections and TCP tunnels.
-    pub idle_timeout: Duration,
-    /// Inbound rate limit.
-    pub inbound_rate: Option<Buckets>,
-    /// Who may call the app.
-    pub authz: weft_policy::Authorization,
-    /// Access log target (fixed for the process's life).
-    pub access_log: Option<PathBuf>,
-    /// Tracing: `sampling` reloads; collector, queue and interval are fixed for the process's
-    /// life.
-    pub tracing: weft_policy::Tracing,
-    /// Certificates, keys, roots.
-    pub tls: TlsMaterial,
-    /// This sidecar's SPIFFE identity, shared with the access log.
-    pub identity: Arc<str>,
-    /// Where the certificate material was read from (watched for rotation).
-    pub tls_paths: TlsPaths,
-    /// The control plane the policy comes from (fixed for the process's life); `None` in
-    /// static mode.
-    pub control_plane: Option<weft_policy::ControlPlane>,
-    /// Callable services and how requests find them.
-    pub routes: Routes,
-}
-
-/// Most distinct callers tracked by a per-caller limit; later ones share one bucket.
-pub const MAX_RATE_KEYS: usize = 10_000;
-
-impl Snapshot {
-    /// Build from a validated config, reusing live endpoint state from `prev` where the
-    /// endpoint survives, so latency history and ejections outlive reloads.
-    pub fn build(
-        config: Config,
-        tls: TlsMaterial,
-        version: u64,
-        prev: Option<&Snapshot>,
-        metrics: &Arc<Metrics>,
-    ) -> Self {
-        let identity: Arc<str> = config.own.identity.to_string().into();
-        let routes = Routes::build(
-            config.services,
-            &config.own.name,
-            &identity,
-            prev.map(|p| &p.routes),
-            metrics,
-        );
-        let inbound_rate = config
-            .own
-            .rate_limit
-            .as_ref()
-            .map(|r| Buckets::new(r.per_second, r.burst, r.per_caller, MAX_RATE_KEYS));
-        Snapshot {
-            version,
-            own: config.own,
-            listen: config.listen,
-            workers: config.workers,
-            drain_timeout: config.drain_timeout,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-            inbound_rate,
-            authz: config.authorization,
-            access_log: config.access_log,
-            tracing: config.tracing,
-            identity,
-            tls,
-            tls_paths: config.tls,
-            control_plane: config.control_plane,
-            routes,
-        }
-    }
+/// What the snapshot in force was built from. Behind the store's lock, which also serializes
+/// rebuilds.
+struct Sources {
+    /// The config file's text.
+    text: String,
+    /// The certificate files' contents.
+    pems: Pems,
+    /// With `control_plane` set: the policy last applied from the control plane.
+    cp_policy: Option<PolicySnapshot>,
 }
 
 /// The current snapshot, swapped atomically on reload; readers never take a lock.
@@ -107,9 +42,7 @@ pub struct Store {
     path: PathBuf,
     /// Every exported series.
     pub metrics: Arc<Metrics>,
-    /// With `control_plane` set: the policy last applied from the control plane (the file's
-    /// local part is joined with it on every rebuild). The lock also serializes rebuilds.
-    cp_policy: std::sync::Mutex<Option<PolicySnapshot>>,
+    sources: Mutex<Sources>,
     cp_connected: std::sync::atomic::AtomicBool,
     /// Where the listeners are bound, once they are (fixed for the process's life).
     listening: std::sync::OnceLock<Listen>,
@@ -121,7 +54,18 @@ pub struct Store {
 impl Store {
     /// Load the config file and its certificates into a first snapshot.
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
-        let snapshot = load_snapshot(path, 1, None, &metrics, None, None)?;
+        let builder = Builder {
+            path,
+            metrics: &metrics,
+            bound: None,
+        };
+        let text = builder.read()?;
+        let config = builder.config(&text)?;
+        let pems = Pems::read(&config.tls).map_err(|e| ConfigError::Invalid {
+            file: path.to_owned(),
+            errors: vec![e],
+        })?;
+        let snapshot = builder.snapshot(config, None, &pems, None, 1, None)?;
         observe(&metrics, &snapshot);
         let state_file = snapshot
             .control_plane
@@ -132,7 +76,11 @@ impl Store {
             current: ArcSwap::from_pointee(snapshot),
             path: path.to_owned(),
             metrics,
-            cp_policy: std::sync::Mutex::new(None),
+            sources: Mutex::new(Sources {
+                text,
+                pems,
+                cp_policy: None,
+            }),
             cp_connected: std::sync::atomic::AtomicBool::new(false),
             listening: std::sync::OnceLock::new(),
         };
@@ -155,11 +103,21 @@ impl Store {
         Ok(store)
     }
 
+    fn builder(&self) -> Builder<'_> {
+        Builder {
+            path: &self.path,
+            metrics: &self.metrics,
+            bound: self.listening.get(),
+        }
+    }
+
+    fn sources(&self) -> MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Keep the policy in force in the control plane's `state_file` (mode 0600, written then
     /// renamed), if one is configured.
     pub fn persist_policy(&self) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let Some(file) = self
             .load()
             .control_plane
@@ -168,48 +126,42 @@ impl Store {
         else {
             return Ok(());
         };
-        let Some(policy) = self.cp_lock().clone() else {
+        let Some(policy) = self.sources().cp_policy.clone() else {
             return Ok(());
         };
         let bytes = serde_json::to_vec(&policy).map_err(std::io::Error::other)?;
-        let tmp = file.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &file)
+        write_atomically(&file, &bytes, 0o600)
     }
 
-    fn cp_lock(&self) -> std::sync::MutexGuard<'_, Option<PolicySnapshot>> {
-        self.cp_policy.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Apply a policy the control plane sent: validated for this sidecar's local part (read
-    /// from its file again), built off the hot path and swapped in whole. On error the
-    /// snapshot in force stays.
+    /// Apply a policy the control plane sent: validated for this sidecar's local part (the
+    /// config text in memory), built off the hot path with the TLS material in force, and
+    /// swapped in whole. On error the snapshot in force stays.
     pub fn apply_policy(&self, policy: PolicySnapshot) -> Result<u64, ConfigError> {
-        let mut cp = self.cp_lock();
+        let mut src = self.sources();
         let prev = self.current.load_full();
-        let next = load_snapshot(
-            &self.path,
+        let b = self.builder();
+        let config = b.config(&src.text)?;
+        let next = b.snapshot(
+            config,
+            Some(&policy),
+            &src.pems,
+            Some(prev.tls.clone()),
             prev.version + 1,
             Some(&prev),
-            &self.metrics,
-            Some(&policy),
-            self.listening.get(),
         )?;
         let version = self.swap_in(next);
-        *cp = Some(policy);
+        src.cp_policy = Some(policy);
         Ok(version)
     }
 
     /// The version (content hash) of the control-plane policy in force, if any.
     pub fn control_plane_version(&self) -> Option<String> {
-        self.cp_lock().as_ref().map(|p| p.version.clone())
+        self.sources().cp_policy.as_ref().map(|p| p.version.clone())
+    }
+
+    /// The trust bundle (PEM) in force.
+    pub fn trust_bundle_pem(&self) -> Vec<u8> {
+        self.sources().pems.bundle.clone()
     }
 
     /// Where the listeners are bound: the configured addresses until they are, then the bound
@@ -251,26 +203,58 @@ impl Store {
         self.current.load_full()
     }
 
-    /// Re-read the file; on success swap the new snapshot in, else keep the current one.
+    /// Re-read the config file and its certificate files; if either differs from what is in
+    /// force, build and swap the new snapshot in (TLS material rebuilt only if the
+    /// certificate files changed), else keep the current one. Returns the version in force.
     pub fn reload(&self) -> Result<u64, ConfigError> {
-        let cp = self.cp_lock();
-        self.rebuild(cp.as_ref())
+        let mut src = self.sources();
+        let prev = self.current.load_full();
+        let b = self.builder();
+        let read = b.read().and_then(|text| {
+            let config = b.config(&text)?;
+            let pems = Pems::read(&config.tls).map_err(|e| ConfigError::Invalid {
+                file: self.path.clone(),
+                errors: vec![e],
+            })?;
+            Ok((text, config, pems))
+        });
+        let (text, config, pems) = read.inspect_err(|_| self.metrics.config_rejected.inc())?;
+        if text == src.text && pems == src.pems {
+            return Ok(prev.version);
+        }
+        let tls = (pems == src.pems).then(|| prev.tls.clone());
+        let next = b
+            .snapshot(
+                config,
+                src.cp_policy.as_ref(),
+                &pems,
+                tls,
+                prev.version + 1,
+                Some(&prev),
+            )
+            .inspect_err(|_| self.metrics.config_rejected.inc())?;
+        let version = self.swap_in(next);
+        (src.text, src.pems) = (text, pems);
+        Ok(version)
     }
 
-    /// Replace certificate files (each written atomically: a temporary file in the same
-    /// directory, then a rename) and rebuild the snapshot from them at once.
+    /// Replace certificate files and put their contents in force at once: the snapshot is
+    /// rebuilt from the bytes in hand (the config text in memory), and the files, each
+    /// written atomically (a temporary file in the same directory, then a rename), are its
+    /// persistence.
     ///
-    /// Runs under the rebuild lock, so no reload (file watcher, SIGHUP, control-plane
+    /// Runs under the store's lock, so no reload (file watcher, SIGHUP, control-plane
     /// snapshot) reads a half-installed set such as a new key with the old certificate.
     /// `files` are `(path, contents, mode)`.
     ///
-    /// Nothing waits for the disk: the files are renamed into place unsynced and the snapshot
-    /// rebuilt from them (the page cache), then synced to disk on a thread of their own. On a
-    /// busy disk an fsync can take seconds, and a certificate must not expire (nor reloads
-    /// stall) waiting for it.
+    /// Nothing waits for the disk: the files are renamed into place unsynced, then synced on
+    /// a thread of their own. On a busy disk an fsync can take seconds, and a certificate
+    /// must not expire (nor reloads stall) waiting for it.
     pub fn install_files(&self, files: &[(&Path, &[u8], u32)]) -> Result<u64, InstallError> {
         let written = {
-            let cp = self.cp_lock();
+            let mut src = self.sources();
+            let prev = self.current.load_full();
+            let mut pems = src.pems.clone();
             for (path, bytes, mode) in files {
                 write_replacing(path, bytes, *mode, false).map_err(|source| {
                     InstallError::Write {
@@ -278,8 +262,29 @@ impl Store {
                         source,
                     }
                 })?;
+                pems = pems.with(&prev.tls_paths, path, bytes);
             }
-            self.rebuild(cp.as_ref()).map_err(InstallError::Rejected)
+            let b = self.builder();
+            let built = b.config(&src.text).and_then(|config| {
+                b.snapshot(
+                    config,
+                    src.cp_policy.as_ref(),
+                    &pems,
+                    None,
+                    prev.version + 1,
+                    Some(&prev),
+                )
+            });
+            match built {
+                Ok(next) => {
+                    src.pems = pems;
+                    Ok(self.swap_in(next))
+                }
+                Err(e) => {
+                    self.metrics.config_rejected.inc();
+                    Err(InstallError::Rejected(e))
+                }
+            }
         };
         if let Ok(v) = &written {
             log::info!("installed {} file(s): config v{v}", files.len());
@@ -298,27 +303,8 @@ impl Store {
         written
     }
 
-    fn rebuild(&self, cp: Option<&PolicySnapshot>) -> Result<u64, ConfigError> {
-        let prev = self.current.load_full();
-        let next = match load_snapshot(
-            &self.path,
-            prev.version + 1,
-            Some(&prev),
-            &self.metrics,
-            cp,
-            self.listening.get(),
-        ) {
-            Ok(next) => next,
-            Err(e) => {
-                self.metrics.config_rejected.inc();
-                return Err(e);
-            }
-        };
-        Ok(self.swap_in(next))
-    }
-
-    /// Put `next` in force: its gauges, the swap, and a wake-up for the watchers of [`Store::subscribe`].
-    /// The one place a snapshot is swapped in.
+    /// Put `next` in force: its gauges, the swap, and a wake-up for the watchers of
+    /// [`Store::subscribe`]. The one place a snapshot is swapped in.
     fn swap_in(&self, next: Snapshot) -> u64 {
         let version = next.version;
         observe(&self.metrics, &next);
@@ -330,23 +316,6 @@ impl Store {
     /// The config file this store follows.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-/// Sync installed files and their directories, warning about failures and slow disks.
-fn sync_to_disk(paths: &[PathBuf]) {
-    let started = std::time::Instant::now();
-    for path in paths {
-        if let Err(e) = sync_file_and_dir(path) {
-            log::warn!("cannot sync {} to disk: {e}", path.display());
-        }
-    }
-    if started.elapsed() > Duration::from_secs(1) {
-        log::warn!(
-            "syncing {} file(s) to disk took {} ms",
-            paths.len(),
-            started.elapsed().as_millis()
-        );
     }
 }
 
@@ -366,185 +335,6 @@ pub enum InstallError {
     /// force stays.
     #[error("{0}")]
     Rejected(ConfigError),
-}
-
-/// Write `bytes` to `path` atomically: a temporary file in the same directory (created with
-/// `mode`), synced, then renamed over `path`. Readers see the old or the new file, never a
-/// part of one.
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    write_replacing(path, bytes, mode, true)
-}
-
-/// Flush a file and its directory entry to disk.
-fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Temporary file (created with `mode`), optionally synced, renamed over `path`.
-fn write_replacing(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.weft-tmp"));
-    // A temporary file left by a crash may have another mode; `mode` applies on creation only.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    if sync {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
-fn observe(metrics: &Metrics, snap: &Snapshot) {
-    metrics
-        .config_version
-        .set(i64::try_from(snap.version).unwrap_or(i64::MAX));
-    let expiry = snap
-        .tls
-        .not_after
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics.cert_expiry.set(expiry);
-}
-
-/// Dedicated outbound ports must not take a port a listener is bound to. The validator
-/// checks the configured ports; a listener configured with port 0 has its port only once it is
-/// bound, so the bound ports are checked here.
-fn bound_port_clashes(config: &Config, bound: Option<&Listen>) -> Vec<FieldError> {
-    let Some(b) = bound else {
-        return Vec::new();
-    };
-    let mut taken = vec![b.outbound.port(), b.inbound.port(), b.admin.port()];
-    taken.extend(b.metrics.map(|m| m.port()));
-    config
-        .services
-        .iter()
-        .enumerate()
-        .filter_map(|(i, svc)| {
-            let p = svc.port.filter(|p| taken.contains(p))?;
-            Some(FieldError {
-                field: format!("services[{i}].port"),
-                reason: format!("port {p} is already used by another listener"),
-            })
-        })
-        .collect()
-}
-
-/// The settings a running sidecar cannot take up without a restart (listeners, workers, the
-/// access log and span export, the control plane, the app): an error per one `config` changes
-/// from `p`.
-fn fixed_for_life(config: &Config, p: &Snapshot) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    let fixed = |field: &str, reason: String| FieldError {
-        field: field.to_owned(),
-        reason,
-    };
-    if config.listen != p.listen {
-        errors.push(fixed(
-            "listen",
-            "listeners cannot change without a restart".into(),
-        ));
-    }
-    if config.access_log != p.access_log {
-        errors.push(fixed(
-            "access_log",
-            "cannot change without a restart".into(),
-        ));
-    }
-    let t = (&config.tracing, &p.tracing);
-    if t.0.collector != t.1.collector {
-        errors.push(fixed(
-            "tracing.collector",
-            "cannot change without a restart".into(),
-        ));
-    }
-    if t.0.max_queue != t.1.max_queue {
-        errors.push(fixed(
-            "tracing.max_queue",
-            "cannot change without a restart".into(),
-        ));
-    }
-    if t.0.export_interval != t.1.export_interval {
-        errors.push(fixed(
-            "tracing.export_interval",
-            "cannot change without a restart".into(),
-        ));
-    }
-    if config.control_plane != p.control_plane {
-        errors.push(fixed(
-            "control_plane",
-            "cannot change without a restart".into(),
-        ));
-    }
-    if config.workers != p.workers {
-        errors.push(fixed("workers", "cannot change without a restart".into()));
-    }
-    if config.own.app != p.own.app || config.own.protocol != p.own.protocol {
-        errors.push(fixed(
-            "service",
-            "app address and protocol cannot change without a restart".into(),
-        ));
-    }
-    errors
-}
-
-fn load_snapshot(
-    path: &Path,
-    version: u64,
-    prev: Option<&Snapshot>,
-    metrics: &Arc<Metrics>,
-    cp_policy: Option<&PolicySnapshot>,
-    bound: Option<&Listen>,
-) -> Result<Snapshot, ConfigError> {
-    let mut config = weft_policy::load(path)?;
-    let invalid = |errors| ConfigError::Invalid {
-        file: path.to_owned(),
-        errors,
-    };
-    if let (Some(policy), Some(_)) = (cp_policy, &config.control_plane) {
-        let (local, _) = config.into_parts();
-        let source = PathBuf::from(format!("control-plane snapshot {}", policy.version));
-        let policy = weft_policy::validate_snapshot(policy.clone(), &local).map_err(|errors| {
-            ConfigError::Invalid {
-                file: source.clone(),
-                errors,
-            }
-        })?;
-        config = Config::from_parts(local, policy);
-        let clashes = bound_port_clashes(&config, bound);
-        if !clashes.is_empty() {
-            return Err(ConfigError::Invalid {
-                file: source,
-                errors: clashes,
-            });
-        }
-    } else {
-        let clashes = bound_port_clashes(&config, bound);
-        if !clashes.is_empty() {
-            return Err(invalid(clashes));
-        }
-    }
-    if let Some(p) = prev {
-        let errors = fixed_for_life(&config, p);
-        if !errors.is_empty() {
-            return Err(invalid(errors));
-        }
-    }
-    let tls = material::load(&config.tls, &config.own.identity).map_err(|e| invalid(vec![e]))?;
-    Ok(Snapshot::build(config, tls, version, prev, metrics))
 }
 
 /// Test fixtures shared by the modules whose tests need a real [`Store`].
@@ -583,5 +373,76 @@ pub(crate) mod test_support {
         let metrics = crate::telemetry::metrics::Metrics::new().expect("metrics");
         let store = Store::open(&config, metrics).expect("store");
         (dir, store, ca)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::test_support::{orders, store_with_files};
+
+    #[test]
+    fn a_reload_with_nothing_changed_builds_nothing() {
+        let (dir, store, _ca) = store_with_files(21);
+        let v = store.load().version;
+        assert_eq!(store.reload().expect("reload"), v);
+        assert_eq!(store.load().version, v, "no new snapshot");
+        // A changed config: rebuilt, with the same TLS material (the files did not change).
+        let tls = store.load().tls.clone();
+        let config = dir.path().join("sidecar.yaml");
+        let text = std::fs::read_to_string(&config).expect("read") + "idle_timeout: 30s\n";
+        std::fs::write(&config, text).expect("write");
+        assert_eq!(store.reload().expect("reload"), v + 1);
+        assert!(std::sync::Arc::ptr_eq(&tls, &store.load().tls));
+        assert_eq!(store.load().idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn installed_certificates_are_in_force_at_once_and_do_not_echo_as_a_reload() {
+        let (dir, store, ca) = store_with_files(22);
+        let v = store.load().version;
+        let issued = ca
+            .issue(&orders(), Duration::from_secs(7200))
+            .expect("issue");
+        let (cert, key) = (dir.path().join("o.crt"), dir.path().join("o.key"));
+        store
+            .install_files(&[
+                (&key, issued.key_pem.as_bytes(), 0o600),
+                (&cert, issued.cert_pem.as_bytes(), 0o644),
+            ])
+            .expect("install");
+        let snap = store.load();
+        assert_eq!(snap.version, v + 1);
+        assert_eq!(snap.tls.client.chain_pem, issued.cert_pem, "the new certificate");
+        // The file watcher then sees the files it wrote: nothing more is built.
+        assert_eq!(store.reload().expect("reload"), v + 1);
+    }
+
+    #[test]
+    fn a_control_plane_policy_is_joined_with_the_config_in_memory() {
+        let (dir, _static, _ca) = store_with_files(23);
+        let config = dir.path().join("sidecar.yaml");
+        let text = std::fs::read_to_string(&config).expect("read");
+        std::fs::write(
+            &config,
+            text + "control_plane: {address: \"127.0.0.1:9\", identity: spiffe://weft.local/ns/weft-system/sa/control-plane}\n",
+        )
+        .expect("write");
+        let metrics = crate::telemetry::metrics::Metrics::new().expect("metrics");
+        let store = super::Store::open(&config, metrics).expect("control-plane mode");
+        let v = store.load().version;
+        // The file is unreadable now; a policy still applies: it is joined with the text the
+        // store holds, and no file is read.
+        std::fs::write(&config, "not: [valid").expect("garble");
+        let policy: weft_policy::wire::PolicySnapshot = serde_json::from_str(
+            r#"{"version": "p1", "services": [{"name": "users", "identity": "spiffe://weft.local/ns/default/sa/users", "endpoints": [{"address": "127.0.0.1:7"}]}]}"#,
+        )
+        .expect("policy");
+        assert_eq!(store.apply_policy(policy).expect("apply"), v + 1);
+        assert_eq!(store.control_plane_version().as_deref(), Some("p1"));
+        assert!(store.load().routes.for_host("users").is_some());
+        assert!(store.reload().is_err(), "the garbled file is refused on reload");
+        assert_eq!(store.load().version, v + 1, "and the snapshot in force stays");
     }
 }
