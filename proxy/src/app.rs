@@ -22,6 +22,7 @@ use crate::outbound::connector::{IdentitySync, OutboundProxies};
 use crate::outbound::Outbound;
 use crate::store::Store;
 use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::hop::Reporters;
 use crate::telemetry::trace::Tracer;
 use weft_policy::Listen;
 
@@ -53,13 +54,12 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf());
     server.bootstrap();
 
-    let (access_log, tracer) = telemetry(&store, &drain)?;
+    let report = telemetry(&store, &drain)?;
     let traffic = Proxies {
         store: &store,
         drain: &drain,
         conf,
-        access_log,
-        tracer: tracer.clone(),
+        report: report.clone(),
     };
     traffic.add_services(&mut server, &listening, vec![outbound_l, inbound_l])?;
 
@@ -76,7 +76,7 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
         listening.inbound,
         listening.admin,
         snap.version,
-        match &tracer {
+        match &report.tracer {
             Some(t) => format!(
                 "spans to {} (sampling {})",
                 t.collector, snap.tracing.sampling
@@ -108,9 +108,7 @@ fn write_ready_file(path: &Path, l: &Listen) -> std::io::Result<()> {
 }
 
 /// The access log and the span exporter, when configured; queued spans are flushed at exit.
-type Telemetry = (Option<Arc<AccessLog>>, Option<Arc<Tracer>>);
-
-fn telemetry(store: &Store, drain: &Drain) -> anyhow::Result<Telemetry> {
+fn telemetry(store: &Store, drain: &Drain) -> anyhow::Result<Reporters> {
     let snap = store.load();
     let access_log = match &snap.access_log {
         Some(path) => Some(Arc::new(
@@ -141,7 +139,7 @@ fn telemetry(store: &Store, drain: &Drain) -> anyhow::Result<Telemetry> {
         }
         None => None,
     };
-    Ok((access_log, tracer))
+    Ok(Reporters { access_log, tracer })
 }
 
 /// What the traffic services are built from.
@@ -149,8 +147,7 @@ struct Proxies<'a> {
     store: &'a Arc<Store>,
     drain: &'a Arc<Drain>,
     conf: Arc<ServerConf>,
-    access_log: Option<Arc<AccessLog>>,
-    tracer: Option<Arc<Tracer>>,
+    report: Reporters,
 }
 
 impl Proxies<'_> {
@@ -167,23 +164,13 @@ impl Proxies<'_> {
         let outbound = Arc::new(
             OutboundProxies::new(
                 self.conf.clone(),
-                Outbound::new(
-                    self.store.clone(),
-                    self.drain.clone(),
-                    self.access_log.clone(),
-                    self.tracer.clone(),
-                ),
+                Outbound::new(self.store.clone(), self.drain.clone(), self.report.clone()),
                 snap.tls.client.clone(),
             )
             .context("outbound proxy")?,
         );
         let mut inbound = HttpProxy::new(
-            InboundHttp::new(
-                self.store.clone(),
-                self.drain.clone(),
-                self.access_log.clone(),
-                self.tracer.clone(),
-            ),
+            InboundHttp::new(self.store.clone(), self.drain.clone(), self.report.clone()),
             self.conf.clone(),
         );
         inbound.handle_init_modules();

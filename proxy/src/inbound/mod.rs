@@ -22,9 +22,9 @@ use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
 use crate::outbound::MAX_H2_STREAMS;
 use crate::store::{Snapshot, Store};
-use crate::telemetry::access_log::{AccessLog, Record};
-use crate::telemetry::metrics::{self, RouteMetrics};
-use crate::telemetry::trace::{Hop, SpanRecord, Tracer};
+use crate::telemetry::access_log::Record;
+use crate::telemetry::hop::{Ending, HopState, Reporters};
+use crate::telemetry::metrics::{self};
 use accept::PeerIdentity;
 use weft_policy::Protocol;
 
@@ -36,23 +36,16 @@ pub const CALLER_HEADER: &str = "x-weft-caller";
 pub struct InboundHttp {
     store: Arc<Store>,
     drain: Arc<Drain>,
-    access_log: Option<Arc<AccessLog>>,
-    tracer: Option<Arc<Tracer>>,
+    report: Reporters,
 }
 
 impl InboundHttp {
-    /// Inbound proxy reading config from `store`; spans go to `tracer` when there is one.
-    pub fn new(
-        store: Arc<Store>,
-        drain: Arc<Drain>,
-        access_log: Option<Arc<AccessLog>>,
-        tracer: Option<Arc<Tracer>>,
-    ) -> Self {
+    /// Inbound proxy reading config from `store`, reporting finished requests to `report`.
+    pub fn new(store: Arc<Store>, drain: Arc<Drain>, report: Reporters) -> Self {
         Self {
             store,
             drain,
-            access_log,
-            tracer,
+            report,
         }
     }
 }
@@ -63,13 +56,8 @@ pub struct InCtx {
     snap: Option<Arc<Snapshot>>,
     caller: Option<HeaderValue>,
     caller_id: Option<Arc<str>>,
-    metrics: Option<Arc<RouteMetrics>>,
-    start: Option<std::time::Instant>,
-    flag: Option<&'static str>,
-    /// Trace context of this request.
-    trace: Hop,
-    /// `grpc-status` of the response, when recording a span.
-    grpc_status: Option<u32>,
+    /// What is reported when the request ends.
+    hop: HopState,
     _working: Option<Working>,
 }
 
@@ -89,12 +77,11 @@ impl ProxyHttp for InboundHttp {
     /// The caller's identity, then the authorize stage; a refusal is answered here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut InCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
-        ctx.start = Some(std::time::Instant::now());
         let snap = self.store.load();
         ctx.snap = Some(snap.clone());
-        ctx.trace = Hop::start(
+        ctx.hop.begin(
             &session.req_header().headers,
-            self.tracer.is_some(),
+            &self.report,
             snap.tracing.sampling,
         );
         let peer = session
@@ -103,7 +90,7 @@ impl ProxyHttp for InboundHttp {
             .and_then(|s| s.extension.get::<PeerIdentity>());
         if let Some(p) = peer {
             p.metrics.request();
-            ctx.metrics = Some(p.metrics.clone());
+            ctx.hop.metrics = Some(p.metrics.clone());
             ctx.caller = Some(p.header.clone());
             ctx.caller_id = Some(p.uri.clone());
         }
@@ -116,7 +103,7 @@ impl ProxyHttp for InboundHttp {
         match checked {
             Ok(()) => Ok(false),
             Err(reject) => {
-                ctx.flag = Some(reject.respond(session, ctx.metrics.as_deref()).await);
+                ctx.hop.flag = Some(reject.respond(session, ctx.hop.metrics.as_deref()).await);
                 Ok(true)
             }
         }
@@ -153,7 +140,7 @@ impl ProxyHttp for InboundHttp {
         if let Some(caller) = &ctx.caller {
             req.insert_header(CALLER_HEADER, caller.clone())?;
         }
-        ctx.trace.propagate(req)
+        ctx.hop.trace.propagate(req)
     }
 
     async fn upstream_response_filter(
@@ -162,8 +149,8 @@ impl ProxyHttp for InboundHttp {
         resp: &mut pingora_http::ResponseHeader,
         ctx: &mut InCtx,
     ) -> Result<()> {
-        if ctx.trace.recording {
-            ctx.grpc_status = weft_resilience::retry::grpc_status(&resp.headers);
+        if ctx.hop.trace.recording {
+            ctx.hop.grpc_status = weft_resilience::retry::grpc_status(&resp.headers);
         }
         Ok(())
     }
@@ -174,47 +161,29 @@ impl ProxyHttp for InboundHttp {
         trailers: &mut http::HeaderMap,
         ctx: &mut InCtx,
     ) -> Result<()> {
-        if ctx.trace.recording {
-            ctx.grpc_status = weft_resilience::retry::grpc_status(trailers).or(ctx.grpc_status);
-        }
+        ctx.hop.trailers(trailers);
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InCtx) {
-        let Some((status, elapsed)) = metrics::finish(session, ctx.start, ctx.metrics.as_deref())
-        else {
+        let ending = Ending {
+            direction: metrics::Direction::Inbound,
+            server: ctx.snap.as_ref().map(|s| s.own.app),
+            retries: None,
+        };
+        let Some((status, elapsed)) = self.report.finish(session, &ctx.hop, ending) else {
             return;
         };
-        let app = ctx.snap.as_ref().map(|s| s.own.app);
-        if let (Some(tracer), Some((trace_id, span_id))) = (&self.tracer, ctx.trace.span()) {
-            tracer.record(SpanRecord {
-                trace_id,
-                span_id,
-                parent: ctx.trace.parent,
-                flags: ctx.trace.flags,
-                direction: metrics::Direction::Inbound,
-                labels: ctx.metrics.clone(),
-                method: session.req_header().method.clone(),
-                uri: session.req_header().uri.clone(),
-                status,
-                grpc_status: ctx.grpc_status,
-                server: app,
-                retries: None,
-                flag: ctx.flag,
-                end: std::time::SystemTime::now(),
-                duration: elapsed,
-            });
-        }
-        let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
+        let (Some(log), Some(snap)) = (&self.report.access_log, &ctx.snap) else {
             return;
         };
         log.record(Record {
-            trace_id: ctx.trace.trace_id,
+            trace_id: ctx.hop.trace.trace_id,
             src_identity: ctx.caller_id.clone().unwrap_or_else(|| "".into()),
             dst_identity: snap.identity.clone(),
             route: "inbound".into(),
             endpoint: Some(snap.own.app),
-            ..Record::from_session(session, "inbound", status, elapsed, ctx.flag)
+            ..Record::from_session(session, "inbound", status, elapsed, ctx.hop.flag)
         });
     }
 
@@ -230,7 +199,7 @@ impl ProxyHttp for InboundHttp {
             .map(|s| format!("app {} at {}", s.own.name, s.own.app))
             .unwrap_or_default();
         let failure = Failure::from_pingora(e, None, &app);
-        ctx.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
+        ctx.hop.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
         errors::answer(session, failure).await
     }
 }

@@ -238,7 +238,11 @@ mod tests {
     }
 
     fn proxies(store: &Arc<Store>) -> Arc<OutboundProxies> {
-        let app = Outbound::new(store.clone(), Arc::new(Drain::default()), None, None);
+        let app = Outbound::new(
+            store.clone(),
+            Arc::new(Drain::default()),
+            crate::telemetry::hop::Reporters::default(),
+        );
         let conf = Arc::new(ServerConf::default());
         Arc::new(OutboundProxies::new(conf, app, store.load().tls.client.clone()).expect("proxy"))
     }

@@ -12,8 +12,7 @@ use crate::outbound::balance::InFlight;
 use crate::outbound::endpoint::Chosen;
 use crate::outbound::route::{Destination, RouteState};
 use crate::store::Snapshot;
-use crate::telemetry::metrics::RouteMetrics;
-use crate::telemetry::trace::Hop;
+use crate::telemetry::hop::HopState;
 
 /// Per-request state.
 #[derive(Default)]
@@ -32,12 +31,6 @@ pub struct OutCtx {
     pub(super) in_flight: Option<InFlight>,
     /// A failure the sidecar raised itself, for `fail_to_proxy` to send.
     pub(super) failure: Option<Failure>,
-    /// The series the request is counted in.
-    pub(super) metrics: Option<Arc<RouteMetrics>>,
-    /// When the request arrived.
-    pub(super) start: Option<Instant>,
-    /// The access log's response flag.
-    pub(super) flag: Option<&'static str>,
     /// Attempts sent to endpoints so far.
     pub(super) attempts: u32,
     /// Endpoints tried (bit per index below 64), so a retry goes elsewhere.
@@ -48,10 +41,8 @@ pub struct OutCtx {
     pub(super) retry_decided: bool,
     /// The concurrency slot, held until the request is logged.
     pub(super) permit: Option<Permit>,
-    /// Trace context of this request.
-    pub(super) trace: Hop,
-    /// `grpc-status` of the response, when recording a span.
-    pub(super) grpc_status: Option<u32>,
+    /// What is reported when the request ends.
+    pub(super) hop: HopState,
     /// Keeps a draining sidecar up until the request ends.
     pub(super) _working: Option<Working>,
 }

@@ -30,9 +30,9 @@ use crate::clock;
 use crate::drain::Drain;
 use crate::errors::{self, Failure, Reject};
 use crate::store::Store;
-use crate::telemetry::access_log::{AccessLog, Record};
+use crate::telemetry::access_log::Record;
+use crate::telemetry::hop::{Ending, Reporters};
 use crate::telemetry::metrics::{self, Event};
-use crate::telemetry::trace::{Hop, SpanRecord, Tracer};
 
 pub use ctx::OutCtx;
 pub use endpoint::{MAX_H2_STREAMS, POOL_IDLE_TIMEOUT};
@@ -44,23 +44,16 @@ use outcome::{Attempt, Verdict};
 pub struct Outbound {
     store: Arc<Store>,
     drain: Arc<Drain>,
-    access_log: Option<Arc<AccessLog>>,
-    tracer: Option<Arc<Tracer>>,
+    report: Reporters,
 }
 
 impl Outbound {
-    /// Outbound proxy reading config from `store`; spans go to `tracer` when there is one.
-    pub fn new(
-        store: Arc<Store>,
-        drain: Arc<Drain>,
-        access_log: Option<Arc<AccessLog>>,
-        tracer: Option<Arc<Tracer>>,
-    ) -> Self {
+    /// Outbound proxy reading config from `store`, reporting finished requests to `report`.
+    pub fn new(store: Arc<Store>, drain: Arc<Drain>, report: Reporters) -> Self {
         Self {
             store,
             drain,
-            access_log,
-            tracer,
+            report,
         }
     }
 }
@@ -88,16 +81,15 @@ impl ProxyHttp for Outbound {
     /// Routing, then admission; a rejection is answered here (the connection stays usable).
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutCtx) -> Result<bool> {
         ctx._working = Some(self.drain.enter());
-        ctx.start = Some(Instant::now());
         let snap = self.store.load();
         ctx.snap = Some(snap.clone());
-        ctx.trace = Hop::start(
+        ctx.hop.begin(
             &session.req_header().headers,
-            self.tracer.is_some(),
+            &self.report,
             snap.tracing.sampling,
         );
         if let Err(reject) = self.route(session, ctx) {
-            ctx.flag = Some(reject.respond(session, ctx.metrics.as_deref()).await);
+            ctx.hop.flag = Some(reject.respond(session, ctx.hop.metrics.as_deref()).await);
             return Ok(true);
         }
         errors::idle_keepalive(session, snap.idle_timeout);
@@ -110,7 +102,7 @@ impl ProxyHttp for Outbound {
                 Ok(false)
             }
             Err(reject) => {
-                ctx.flag = Some(reject.respond(session, ctx.metrics.as_deref()).await);
+                ctx.hop.flag = Some(reject.respond(session, ctx.hop.metrics.as_deref()).await);
                 Ok(true)
             }
         }
@@ -163,7 +155,7 @@ impl ProxyHttp for Outbound {
         req: &mut RequestHeader,
         ctx: &mut OutCtx,
     ) -> Result<()> {
-        ctx.trace.propagate(req)?;
+        ctx.hop.trace.propagate(req)?;
         match &ctx.route {
             Some(rs) => rs.edit_request(req),
             None => Ok(()),
@@ -178,7 +170,7 @@ impl ProxyHttp for Outbound {
     ) -> Result<()> {
         let status = resp.status.as_u16();
         let grpc = weft_resilience::retry::grpc_status(&resp.headers);
-        ctx.grpc_status = grpc;
+        ctx.hop.grpc_status = grpc;
         // Nothing has gone downstream yet: the header is still in our hands, so a retry on a
         // response status is as safe here as one on a connect failure.
         if self.settle(session, ctx, &Attempt::Response { status, grpc }) {
@@ -199,9 +191,7 @@ impl ProxyHttp for Outbound {
         trailers: &mut http::HeaderMap,
         ctx: &mut OutCtx,
     ) -> Result<()> {
-        if ctx.trace.recording {
-            ctx.grpc_status = weft_resilience::retry::grpc_status(trailers).or(ctx.grpc_status);
-        }
+        ctx.hop.trailers(trailers);
         Ok(())
     }
 
@@ -246,40 +236,25 @@ impl ProxyHttp for Outbound {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutCtx) {
         ctx.permit = None;
-        let Some((status, elapsed)) = metrics::finish(session, ctx.start, ctx.metrics.as_deref())
-        else {
+        let endpoint = ctx.endpoint_addr();
+        let ending = Ending {
+            direction: metrics::Direction::Outbound,
+            server: endpoint,
+            retries: Some(ctx.attempts.saturating_sub(1)),
+        };
+        let Some((status, elapsed)) = self.report.finish(session, &ctx.hop, ending) else {
             return;
         };
         if ctx.attempts > 1 {
-            if let Some(m) = &ctx.metrics {
+            if let Some(m) = &ctx.hop.metrics {
                 m.event(endpoint::retried_event(status));
             }
         }
-        let endpoint = ctx.endpoint_addr();
-        if let (Some(tracer), Some((trace_id, span_id))) = (&self.tracer, ctx.trace.span()) {
-            tracer.record(SpanRecord {
-                trace_id,
-                span_id,
-                parent: ctx.trace.parent,
-                flags: ctx.trace.flags,
-                direction: metrics::Direction::Outbound,
-                labels: ctx.metrics.clone(),
-                method: session.req_header().method.clone(),
-                uri: session.req_header().uri.clone(),
-                status,
-                grpc_status: ctx.grpc_status,
-                server: endpoint,
-                retries: Some(ctx.attempts.saturating_sub(1)),
-                flag: ctx.flag,
-                end: std::time::SystemTime::now(),
-                duration: elapsed,
-            });
-        }
-        let (Some(log), Some(snap)) = (&self.access_log, &ctx.snap) else {
+        let (Some(log), Some(snap)) = (&self.report.access_log, &ctx.snap) else {
             return;
         };
         log.record(Record {
-            trace_id: ctx.trace.trace_id,
+            trace_id: ctx.hop.trace.trace_id,
             src_identity: snap.identity.clone(),
             dst_identity: ctx
                 .dest
@@ -291,7 +266,7 @@ impl ProxyHttp for Outbound {
                 .map_or_else(|| "unmatched".into(), |rs| rs.name.clone()),
             endpoint,
             retries: ctx.attempts.saturating_sub(1),
-            ..Record::from_session(session, "outbound", status, elapsed, ctx.flag)
+            ..Record::from_session(session, "outbound", status, elapsed, ctx.hop.flag)
         });
     }
 
@@ -305,7 +280,7 @@ impl ProxyHttp for Outbound {
             .failure
             .take()
             .or_else(|| Failure::from_pingora(e, ctx.timeout(), &ctx.endpoint_name()));
-        ctx.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
+        ctx.hop.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
         errors::answer(session, failure).await
     }
 }
@@ -324,7 +299,7 @@ impl Outbound {
             .map(|a| a.port());
         let Some(d) = snap.routes.destination(port, host(req)) else {
             snap.routes.unknown_host.request();
-            ctx.metrics = Some(snap.routes.unknown_host.clone());
+            ctx.hop.metrics = Some(snap.routes.unknown_host.clone());
             return Err(Reject::UnknownHost(
                 host(req).unwrap_or("(none)").to_owned(),
             ));
@@ -332,7 +307,7 @@ impl Outbound {
         ctx.dest = Some(d.clone());
         let Some(rs) = d.route(&req.method, req.uri.path(), req) else {
             d.unmatched.request();
-            ctx.metrics = Some(d.unmatched.clone());
+            ctx.hop.metrics = Some(d.unmatched.clone());
             return Err(Reject::NoRouteMatch {
                 service: d.name.clone(),
                 method: req.method.to_string(),
@@ -340,7 +315,7 @@ impl Outbound {
             });
         };
         rs.metrics.request();
-        ctx.metrics = Some(rs.metrics.clone());
+        ctx.hop.metrics = Some(rs.metrics.clone());
         // Checked: a deadline past the clock's range (the policy caps timeouts, but this is
         // the request path) means none, never a panic.
         ctx.deadline = rs.route.timeout.and_then(|t| Instant::now().checked_add(t));
@@ -410,7 +385,7 @@ impl Outbound {
 /// Record a rejection the sidecar raised while choosing an endpoint (counted now), for
 /// `fail_to_proxy` to send.
 fn fail(ctx: &mut OutCtx, reject: &Reject) -> Box<Error> {
-    let f = reject.counted(ctx.metrics.as_deref());
+    let f = reject.counted(ctx.hop.metrics.as_deref());
     let e = f.to_error();
     ctx.failure = Some(f);
     e

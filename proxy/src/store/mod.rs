@@ -414,7 +414,10 @@ mod tests {
             .expect("install");
         let snap = store.load();
         assert_eq!(snap.version, v + 1);
-        assert_eq!(snap.tls.client.chain_pem, issued.cert_pem, "the new certificate");
+        assert_eq!(
+            snap.tls.client.chain_pem, issued.cert_pem,
+            "the new certificate"
+        );
         // The file watcher then sees the files it wrote: nothing more is built.
         assert_eq!(store.reload().expect("reload"), v + 1);
     }
@@ -442,7 +445,14 @@ mod tests {
         assert_eq!(store.apply_policy(policy).expect("apply"), v + 1);
         assert_eq!(store.control_plane_version().as_deref(), Some("p1"));
         assert!(store.load().routes.for_host("users").is_some());
-        assert!(store.reload().is_err(), "the garbled file is refused on reload");
-        assert_eq!(store.load().version, v + 1, "and the snapshot in force stays");
+        assert!(
+            store.reload().is_err(),
+            "the garbled file is refused on reload"
+        );
+        assert_eq!(
+            store.load().version,
+            v + 1,
+            "and the snapshot in force stays"
+        );
     }
 }

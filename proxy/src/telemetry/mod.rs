@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod events;
+pub mod hop;
 pub mod metrics;
 pub mod names;
 pub mod trace;
