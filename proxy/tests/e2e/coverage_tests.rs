@@ -153,10 +153,7 @@ async fn sigterm_drain_turns_unready_sends_goaway_and_exits_at_the_drain_timeout
         "services:\n{}",
         service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
     );
-    let mut fe = Sidecar::start_edited(&pki, spec, |h| {
-        h.replace("drain_timeout: 10s\n", "drain_timeout: 2s\n")
-    })
-    .await;
+    let mut fe = Sidecar::start_edited(&pki, spec, |f| f.drain_timeout = Some("2s".into())).await;
     assert!(fe.head.contains("drain_timeout: 2s\n"), "{}", fe.head);
 
     // An idle HTTP/2 connection (one request done on it).

@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use weft_certs::{CertificateAuthority, Identity};
+pub use weft_policy::wire;
 pub use weft_testkit::process::{self as guarded, Guard};
 
 pub const TD: &str = "weft.local";
@@ -155,32 +156,36 @@ pub fn service_yaml(
 }
 
 impl Sidecar {
-    pub fn config_text(
-        spec: &Spec,
-        outbound: SocketAddr,
-        inbound: SocketAddr,
-        admin: SocketAddr,
-    ) -> String {
-        let metrics = spec
-            .metrics
-            .map_or_else(String::new, |m| format!(", metrics: \"{m}\""));
-        format!(
-            "service:\n  name: {}\n  identity: {}\n  app: \"{}\"\n  protocol: {}\n\
-             listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"{metrics}}}\n\
-             tls: {{cert: {}.crt, key: {}.key, trust_bundle: ca.crt}}\n\
-             drain_timeout: 10s\n{}",
-            spec.name,
-            spiffe(spec.name),
-            spec.app,
-            spec.protocol,
-            spec.cert,
-            spec.cert,
-            spec.rest
-        )
+    /// The config file of `spec` without its `services`/`routes` part (those come as YAML in
+    /// `spec.rest`), every listener on port 0 (the sidecar reports the ports it gets).
+    pub fn config_head(spec: &Spec) -> wire::ConfigFile {
+        let addr = |a: SocketAddr| Some(a.to_string());
+        wire::ConfigFile {
+            service: wire::OwnService {
+                name: spec.name.to_owned(),
+                identity: spiffe(spec.name),
+                app: spec.app.to_string(),
+                protocol: Some(spec.protocol.to_owned()),
+                ..Default::default()
+            },
+            listen: wire::Listen {
+                outbound: addr(ANY_PORT),
+                inbound: addr(ANY_PORT),
+                admin: addr(ANY_PORT),
+                metrics: spec.metrics.and_then(addr),
+            },
+            tls: wire::Tls {
+                cert: format!("{}.crt", spec.cert),
+                key: format!("{}.key", spec.cert),
+                trust_bundle: "ca.crt".to_owned(),
+            },
+            drain_timeout: Some("10s".to_owned()),
+            ..Default::default()
+        }
     }
 
     pub async fn start(pki: &Pki, spec: Spec<'_>) -> Sidecar {
-        Self::start_edited(pki, spec, |head| head).await
+        Self::start_edited(pki, spec, |_| {}).await
     }
 
     /// [`Sidecar::start`] with the config head edited by `edit`: for keys the head already
@@ -188,12 +193,14 @@ impl Sidecar {
     pub async fn start_edited(
         pki: &Pki,
         mut spec: Spec<'_>,
-        edit: impl FnOnce(String) -> String,
+        edit: impl FnOnce(&mut wire::ConfigFile),
     ) -> Sidecar {
         let tag = unique_tag(spec.name);
         let config = pki.path().join(format!("{tag}.yaml"));
         let rest = std::mem::take(&mut spec.rest);
-        let head = edit(Self::config_text(&spec, ANY_PORT, ANY_PORT, ANY_PORT));
+        let mut file = Self::config_head(&spec);
+        edit(&mut file);
+        let head = serde_yaml::to_string(&file).expect("config YAML");
         std::fs::write(&config, format!("{head}{rest}")).expect("write config");
         let log = pki.path().join(format!("{tag}.log"));
         let ready = pki.path().join(format!("{tag}.ready"));
@@ -926,18 +933,37 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
     } = spec;
     let (outbound, inbound, admin) = (ANY_PORT, ANY_PORT, ANY_PORT);
     let tag = unique_tag(name);
-    let token = token
-        .map(|t| format!(", join_token_file: {}, bootstrap_timeout: 3s", t.display()))
-        .unwrap_or_default();
-    let head = format!(
-        "service:\n  name: {name}\n  identity: {}\n  app: \"{app}\"\n  protocol: {protocol}\n  labels: {{version: {version}}}\n\
-         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
-         tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
-         drain_timeout: 10s\n\
-         control_plane: {{address: \"{cp}\", identity: {CP_IDENTITY}, state_file: {}.cp.json{token}}}\n",
-        spiffe(identity),
-        tag
-    );
+    let file = wire::ConfigFile {
+        service: wire::OwnService {
+            name: name.to_owned(),
+            identity: spiffe(identity),
+            app: app.to_string(),
+            protocol: Some(protocol.to_owned()),
+            labels: [("version".to_owned(), version.to_owned())].into(),
+            ..Default::default()
+        },
+        listen: wire::Listen {
+            outbound: Some(outbound.to_string()),
+            inbound: Some(inbound.to_string()),
+            admin: Some(admin.to_string()),
+            metrics: None,
+        },
+        tls: wire::Tls {
+            cert: format!("{cert}.crt"),
+            key: format!("{cert}.key"),
+            trust_bundle: "ca.crt".to_owned(),
+        },
+        drain_timeout: Some("10s".to_owned()),
+        control_plane: Some(wire::ControlPlane {
+            address: cp.to_string(),
+            identity: CP_IDENTITY.to_owned(),
+            state_file: Some(format!("{tag}.cp.json")),
+            join_token_file: token.map(|t| t.display().to_string()),
+            bootstrap_timeout: token.map(|_| "3s".to_owned()),
+        }),
+        ..Default::default()
+    };
+    let head = serde_yaml::to_string(&file).expect("config YAML");
     let config = pki.path().join(format!("{tag}.yaml"));
     std::fs::write(&config, &head).expect("write config");
     let log = pki.path().join(format!("{tag}.log"));

@@ -320,10 +320,13 @@ async fn inbound_rate_limits_are_per_caller() {
     // The inbound limit lives on the sidecar's own service block.
     spec.rest = String::new();
     let orders = Sidecar::start(&pki, spec).await;
-    let head = orders.head.replace(
-        "  protocol: http\n",
-        "  protocol: http\n  rate_limit: {requests_per_second: 20, burst: 5, per_caller: true}\n",
-    );
+    let mut file: wire::ConfigFile = serde_yaml::from_str(&orders.head).expect("head");
+    file.service.rate_limit = Some(wire::RateLimit {
+        requests_per_second: 20.0,
+        burst: Some(5),
+        per_caller: Some(true),
+    });
+    let head = serde_yaml::to_string(&file).expect("YAML");
     std::fs::write(&orders.config, &head).expect("config");
     orders.wait_version(2).await;
     let mut callers = Vec::new();
