@@ -178,16 +178,6 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
-/// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (a socket per simulated
-/// sidecar); returns (before, after, hard).
-pub fn raise_nofile_limit() -> anyhow::Result<(u64, u64, u64)> {
-    let (soft, hard) = rlimit::Resource::NOFILE
-        .get()
-        .context("reading RLIMIT_NOFILE")?;
-    let now = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    Ok((soft, now, hard))
-}
-
 /// What one simulated sidecar has seen: each snapshot version with when its ACK was sent.
 #[derive(Debug, Default)]
 struct Seen {

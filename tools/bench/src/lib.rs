@@ -25,24 +25,23 @@
 //! observability scenario's ([`observability`]) and the report
 //! ([`report`]).
 //!
-//! `weft-bench --peers` compares the Weft pair with HAProxy and NGINX pairs
-//! set up as sidecars with the same hops ([`peers`], [`peer_load`]): HTTP/1.1,
-//! gRPC and TCP throughput, latency, CPU per request and memory.
+//! The comparison with HAProxy and NGINX pairs (`weft-bench-peers`) is a crate
+//! of its own, `weft-bench-peers` in `tools/bench-peers/`, built on this one.
 //!
 //! `weft-bench --cp-push` instead measures the control plane's push at
 //! scale ([`cp_push`]): 100 … 1000 simulated sidecars on one real
 //! `weft-control-plane`, the time until all have ACKed a policy change, and
 //! the control plane's memory.
 
+pub mod cli;
 pub mod collector;
 pub mod cp_push;
 pub mod http1;
 pub mod load;
 pub mod mesh;
 pub mod observability;
-pub mod peer_load;
-pub mod peers;
 pub mod procfs;
 pub mod report;
 pub mod resilience;
+pub mod results;
 pub mod stats;

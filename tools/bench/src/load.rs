@@ -178,19 +178,19 @@ pub struct SaturationResult {
 }
 
 /// What a measured window saw.
-pub(crate) struct Window {
+pub struct Window {
     /// How much the counter grew inside the window.
-    pub(crate) count: u64,
+    pub count: u64,
     /// CPU use inside the window.
-    pub(crate) cpu: CpuDelta,
+    pub cpu: CpuDelta,
     /// Peak RSS (KiB) of each watched process over the whole run.
-    pub(crate) peak_rss_kib: Vec<u64>,
+    pub peak_rss_kib: Vec<u64>,
 }
 
 /// The measuring half of every closed-loop run: sample the watched processes' RSS until
 /// `stop`, read `counter` and the CPU counters at `window_start` and `stop`, then wait for the
 /// load `tasks` to finish.
-pub(crate) async fn measure_window(
+pub async fn measure_window(
     watch: &[u32],
     rss_interval: Duration,
     window_start: Instant,
@@ -226,12 +226,17 @@ pub(crate) struct CpuSnapshot {
 }
 
 /// CPU use between two snapshots.
-pub(crate) struct CpuDelta {
-    pub(crate) seconds: f64,
-    pub(crate) procs: Vec<f64>,
-    pub(crate) own: f64,
-    pub(crate) others: f64,
-    pub(crate) busy_pct: Vec<Option<f64>>,
+pub struct CpuDelta {
+    /// Wall-clock seconds between the snapshots.
+    pub seconds: f64,
+    /// CPU seconds of each watched process.
+    pub procs: Vec<f64>,
+    /// CPU seconds of this process (the load generator).
+    pub own: f64,
+    /// CPU seconds of every other user-space process on the machine.
+    pub others: f64,
+    /// How busy each CPU was, percent.
+    pub busy_pct: Vec<Option<f64>>,
 }
 
 impl CpuSnapshot {

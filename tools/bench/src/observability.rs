@@ -25,7 +25,8 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::load::SaturationResult;
-use crate::report::{check, fmt_num, fmt_opt, TargetCheck, DISTURBED_PCT, SIDECAR_A, SIDECAR_B};
+use crate::report::{fmt_num, fmt_opt};
+use crate::results::{check, TargetCheck, DISTURBED_PCT, SIDECAR_A, SIDECAR_B};
 use crate::stats::{median, median_opt, ratio};
 
 /// The largest throughput cost of access logs (on both sidecars, against

@@ -4,12 +4,17 @@
 //! scenario's in [`crate::observability`].
 
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
 
 use serde::Serialize;
 
 use crate::load::{RateResult, SaturationResult};
 use crate::observability::ObservabilityReport;
 use crate::resilience::ResilienceReport;
+use crate::results::{check, TargetCheck, APP, DISTURBED_PCT, SIDECAR_A, SIDECAR_B};
 use crate::stats::{median, median_opt, ratio};
 
 /// Which path the load takes.
@@ -31,13 +36,6 @@ impl Scenario {
         }
     }
 }
-
-/// Index of the app in the watched processes.
-pub const APP: usize = 0;
-/// Index of sidecar A (client side) in the watched processes.
-pub const SIDECAR_A: usize = 1;
-/// Index of sidecar B (app side) in the watched processes.
-pub const SIDECAR_B: usize = 2;
 
 /// The benchmark's settings, recorded with the results.
 #[derive(Debug, Clone, Serialize)]
@@ -318,19 +316,6 @@ pub struct Ratios {
     pub p999: Option<f64>,
 }
 
-/// One of the targets and whether the measurement meets it.
-#[derive(Debug, Clone, Serialize)]
-pub struct TargetCheck {
-    /// What is measured.
-    pub what: String,
-    /// The target, as text.
-    pub target: String,
-    /// The measured value (`None` if it could not be measured).
-    pub measured: Option<f64>,
-    /// Whether the target is met.
-    pub met: bool,
-}
-
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -364,10 +349,6 @@ pub struct Report {
 }
 
 const MIB: f64 = 1024.0;
-
-/// Other work on the benchmark's CPUs above this (percent of one CPU) marks a
-/// run as disturbed.
-pub const DISTURBED_PCT: f64 = 10.0;
 
 impl Report {
     /// Builds the report from the runs.
@@ -678,19 +659,28 @@ impl Report {
     }
 }
 
-/// A target check: `measured` meets `target` if `ok` says so.
-pub fn check(
-    what: &str,
-    target: &str,
-    measured: Option<f64>,
-    ok: impl Fn(f64) -> bool,
-) -> TargetCheck {
-    TargetCheck {
-        what: what.to_owned(),
-        target: target.to_owned(),
-        measured,
-        met: measured.is_some_and(ok),
-    }
+/// The one way a report leaves the benchmark: writes `<stem>.md` and `<stem>.json` into `out_dir`, then the Markdown to stdout.
+pub fn write(
+    out_dir: &Path,
+    stem: &str,
+    md: &str,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let md_path = out_dir.join(format!("{stem}.md"));
+    let json_path = out_dir.join(format!("{stem}.json"));
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
+    // Files first, then stdout: a closed stdout (e.g. `| head`) must neither lose them nor
+    // panic.
+    let _ = writeln!(std::io::stdout(), "{md}");
+    eprintln!(
+        "weft-bench: wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
 }
 
 /// `x` with `prec` decimals and thin grouping of thousands (`12 345.6`).

@@ -28,7 +28,8 @@ use serde::Serialize;
 
 use crate::load::{SaturationResult, StatusRateResult};
 use crate::mesh::APP_ID;
-use crate::report::{check, fmt_num, fmt_opt, TargetCheck, DISTURBED_PCT};
+use crate::report::{fmt_num, fmt_opt};
+use crate::results::{check, TargetCheck, DISTURBED_PCT};
 use crate::stats::{median, median_opt, ratio};
 
 /// The largest healthy-path throughput cost of the policies the issue allows, percent.
@@ -352,7 +353,7 @@ impl HealthyRun {
     /// Builds the record.
     pub fn new(run: usize, policies: Policies, saturation: SaturationResult) -> Self {
         let cpu = |i: usize| saturation.cpu_seconds.get(i).copied().unwrap_or(0.0);
-        let pair = cpu(crate::report::SIDECAR_A) + cpu(crate::report::SIDECAR_B);
+        let pair = cpu(crate::results::SIDECAR_A) + cpu(crate::results::SIDECAR_B);
         let pair_cpu_s_per_100k =
             (saturation.requests > 0).then(|| pair / saturation.requests as f64 * 1e5);
         let other_work_pct = pct_of_one_cpu(saturation.others_cpu_seconds, saturation.seconds);

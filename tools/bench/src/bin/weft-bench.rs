@@ -23,29 +23,21 @@
 //! the markdown table to stdout and to `target/bench/weft-bench.md`, the full
 //! results to `target/bench/weft-bench.json`.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use clap::Parser;
-use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
-use nix::unistd::Pid;
-use tempfile::TempDir;
 
+use weft_benches::cli::{self, parse_duration, pin_self, until_interrupted, TempGuard};
 use weft_benches::cp_push::{self, CpPushConfig};
 use weft_benches::http1::get_request;
 use weft_benches::load::{self, RateConfig, SaturationConfig, Target};
-use weft_benches::mesh::{Binaries, ChildGuard, Mesh, ObservabilityMesh, ResilienceMesh};
+use weft_benches::mesh::{Binaries, Mesh, ObservabilityMesh, ResilienceMesh};
 use weft_benches::observability::{
     ObsConfig, ObsRun, ObsVariant, ObservabilityReport, PairLifetime,
-};
-use weft_benches::peer_load::{self, GrpcConfig, TcpConfig};
-use weft_benches::peers::{
-    self, Column, Pair, PeerRun, PeersConfig, PeersFound, PeersReport, Sizing, Workload,
 };
 use weft_benches::procfs;
 use weft_benches::report::{BenchConfig, Report, RunRecord, Scenario};
@@ -122,19 +114,6 @@ struct Args {
     /// Sidecar counts of --cp-push, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "100,250,500,1000")]
     cp_sidecars: Vec<usize>,
-    /// Instead of the load scenarios: Weft vs. HAProxy vs. NGINX sidecar pairs
-    /// (and direct) on HTTP/1.1, gRPC and TCP; writes peers.md and .json.
-    #[arg(long)]
-    peers: bool,
-    /// --peers: gRPC calls in flight (spread over --grpc-channels HTTP/2 connections).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
-    grpc_concurrency: u16,
-    /// --peers: HTTP/2 connections of the gRPC load.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
-    grpc_channels: u16,
-    /// --peers: TCP connections of the throughput load.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
-    tcp_connections: u16,
     /// Policy changes per sidecar count and run of --cp-push.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     cp_changes: u16,
@@ -147,13 +126,6 @@ struct Args {
     /// optimised build of `scripts/build-pgo` (PGO + BOLT); reports name its `--version`.
     #[arg(long, value_name = "PATH")]
     proxy: Option<PathBuf>,
-    /// --peers: a second Weft column, "weft-baseline", running this `weft-proxy` (e.g. the
-    /// plain release build when --proxy is the optimised one).
-    #[arg(long, value_name = "PATH")]
-    baseline_proxy: Option<PathBuf>,
-    /// --peers: Weft and direct only, even when HAProxy or NGINX is installed.
-    #[arg(long)]
-    only_weft: bool,
     /// --drive: an open loop at this many requests/s over --latency-connections instead of
     /// the saturation load; prints latency percentiles.
     #[arg(long, value_name = "RPS")]
@@ -161,58 +133,6 @@ struct Args {
     /// --drive: the Host header and path of the requests.
     #[arg(long, default_value = "app/")]
     drive_url: String,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = match s.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
-        Ok(_) => return Err(format!("bad duration {s:?}")),
-        Err(_) => humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))?,
-    };
-    if d > Duration::from_secs(3600) {
-        return Err(format!("duration {s:?} is over an hour"));
-    }
-    Ok(d)
-}
-
-/// The temporary directory; kept (and its path printed) unless the
-/// benchmark finished cleanly, so the sidecars' stderr survives failures
-/// and panics.
-struct TempGuard {
-    dir: Option<TempDir>,
-    keep: bool,
-}
-
-impl TempGuard {
-    fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("weft-bench-")
-            .tempdir()
-            .context("creating a temporary directory")?;
-        Ok(TempGuard {
-            dir: Some(dir),
-            keep: true,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map_or(Path::new("/nonexistent"), TempDir::path)
-    }
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            if self.keep {
-                eprintln!(
-                    "weft-bench: kept {} (certs, configs, processes' stderr)",
-                    dir.keep().display()
-                );
-            }
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -224,20 +144,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Pins the calling thread (the only one so far; threads started later
-/// inherit it) to `core`.
-fn pin_self(core: usize) -> anyhow::Result<()> {
-    let allowed = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
-    ensure!(
-        allowed.is_set(core).unwrap_or(false),
-        "CPU {core} is not available to this process; see --loadgen-core/--server-core"
-    );
-    let mut set = CpuSet::new();
-    set.set(core).context("CPU index out of range")?;
-    sched_setaffinity(Pid::from_raw(0), &set).context("sched_setaffinity")?;
-    Ok(())
 }
 
 fn real_main(mut args: Args) -> anyhow::Result<()> {
@@ -276,9 +182,6 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     if args.cp_push {
         return cp_push_main(&args, &bin_dir, &out_dir);
     }
-    if args.peers {
-        return peers_main(&args, &bin_dir, &out_dir);
-    }
     if let Some(addr) = args.drive {
         return drive_main(&args, addr);
     }
@@ -289,7 +192,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     let mut temp = TempGuard::new()?;
     // On success the processes are gone (the mesh was dropped in `run`).
     let report = until_interrupted(run(&args, &bins, temp.path(), cpus))?;
-    write_report(&out_dir, "weft-bench", &report.markdown(), &report)?;
+    weft_benches::report::write(&out_dir, "weft-bench", &report.markdown(), &report)?;
     if report.flags.is_empty() {
         temp.keep = args.keep_temp;
     } else {
@@ -308,7 +211,7 @@ fn cp_push_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<(
         "--cp-sidecars must be counts in 1..=10000"
     );
     // A socket per simulated sidecar: the soft limit is often 1024.
-    let nofile = cp_push::raise_nofile_limit()?;
+    let nofile = cli::raise_nofile_limit()?;
     eprintln!(
         "weft-bench: open-files limit {} (was {}, hard {})",
         nofile.1, nofile.0, nofile.2
@@ -325,7 +228,7 @@ fn cp_push_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<(
     let mut temp = TempGuard::new()?;
     // The control planes and the simulated sidecars are gone (dropped in `run`).
     let report = until_interrupted(cp_push::run(&cfg, temp.path(), nofile))?;
-    write_report(out_dir, "cp-push", &report.markdown(), &report)?;
+    weft_benches::report::write(out_dir, "cp-push", &report.markdown(), &report)?;
     temp.keep = args.keep_temp;
     Ok(())
 }
@@ -372,367 +275,6 @@ fn drive_main(args: &Args, addr: std::net::SocketAddr) -> anyhow::Result<()> {
         r.requests, r.seconds, r.rps, r.errors, r.error_samples
     );
     Ok(())
-}
-
-/// Run `work` on a current-thread runtime until it ends or Ctrl-C or SIGTERM arrives (a CI
-/// timeout or `kill PID` must not leave the pairs and apps running); the runtime, and every
-/// process `work` still held, is gone on return.
-fn until_interrupted<T>(
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
-        tokio::select! {
-            r = work => r,
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for ctrl-c")?;
-                bail!("interrupted");
-            }
-            _ = term.recv() => bail!("terminated (SIGTERM)"),
-        }
-    })
-}
-
-/// Write `<stem>.md` and `<stem>.json` into `out_dir`, then the Markdown to stdout.
-fn write_report(
-    out_dir: &Path,
-    stem: &str,
-    md: &str,
-    report: &impl serde::Serialize,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let md_path = out_dir.join(format!("{stem}.md"));
-    let json_path = out_dir.join(format!("{stem}.json"));
-    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
-    let json = serde_json::to_string_pretty(report)?;
-    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
-    // Files first, then stdout: a closed stdout (e.g. `| head`) must neither lose them nor
-    // panic.
-    let _ = writeln!(std::io::stdout(), "{md}");
-    eprintln!(
-        "weft-bench: wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
-}
-
-/// `--peers`: Weft vs. HAProxy vs. NGINX pairs; writes peers.md and .json to `out_dir`.
-fn peers_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
-    let bins = Binaries::in_dir(bin_dir, args.proxy.as_deref())?;
-    // HAProxy's maxconn and NGINX's worker_connections follow the open-files limit.
-    let nofile = cp_push::raise_nofile_limit()?;
-    pin_self(args.loadgen_core)?;
-    let mut temp = TempGuard::new()?;
-    // Every process has ended (dropped in `run_peers`).
-    let report = until_interrupted(run_peers(args, &bins, temp.path(), nofile.1))?;
-    write_report(out_dir, "peers", &report.markdown(), &report)?;
-    let errors: u64 = report.runs.iter().map(PeerRun::errors).sum();
-    if errors == 0 {
-        temp.keep = args.keep_temp;
-    } else {
-        eprintln!("weft-bench: {errors} error(s) in the runs; see the per-run table");
-    }
-    Ok(())
-}
-
-/// Starts an app per workload, then, `--runs` times, for each workload every
-/// column (direct and each pair found) in a rotating order: a fresh pair
-/// (its idle RSS), the load, the pair ended. Returns the results.
-async fn run_peers(
-    args: &Args,
-    bins: &Binaries,
-    dir: &Path,
-    nofile: u64,
-) -> anyhow::Result<PeersReport> {
-    let mut found = PeersFound::detect();
-    if args.only_weft {
-        found.haproxy = None;
-        found.nginx = None;
-        found.versions.clear();
-        found
-            .skipped
-            .push("HAProxy and NGINX pairs: --only-weft".into());
-    }
-    found
-        .versions
-        .insert("weft-proxy".into(), bins.proxy_version());
-    if let Some(p) = &args.baseline_proxy {
-        ensure!(p.is_file(), "--baseline-proxy {} not found", p.display());
-        weft_benches::mesh::drop_cached(p);
-        found.versions.insert(
-            "weft-proxy (weft-baseline)".into(),
-            weft_benches::mesh::version_of(p, "--version"),
-        );
-        found.weft_baseline = Some(p.clone());
-    }
-    for s in &found.skipped {
-        eprintln!("weft-bench: {s}");
-    }
-    for (k, v) in &found.versions {
-        eprintln!("weft-bench: {k}: {v}");
-    }
-    weft_benches::mesh::write_certs(dir).context("generating certificates")?;
-    peers::write_combined_pems(dir)?;
-    let sizing = Sizing::new(
-        nofile,
-        u64::from(
-            args.connections
-                .max(args.latency_connections)
-                .max(args.grpc_concurrency),
-        ),
-    );
-    // One app per workload, for the whole comparison (idle between its runs).
-    let mut apps = Vec::new();
-    for w in Workload::ALL {
-        let addr = weft_benches::mesh::loopback(weft_benches::mesh::free_ports(1)?[0]);
-        let mut cmd = weft_benches::mesh::pinned(args.server_core, &bins.sample);
-        cmd.args([
-            w.as_str(),
-            "--listen",
-            &addr.to_string(),
-            "--name",
-            "app",
-            "--threads",
-            "1",
-        ]);
-        let mut child = ChildGuard::spawn(
-            &format!("app ({})", w.as_str()),
-            cmd,
-            &dir.join(format!("peers-app-{}.stderr", w.as_str())),
-        )?;
-        let ready_timeout = weft_benches::mesh::READY_TIMEOUT;
-        let deadline = tokio::time::Instant::now() + ready_timeout;
-        let mut last = None;
-        // Bounded in count and by READY_TIMEOUT.
-        for _ in 0..(ready_timeout.as_millis() / 50 + 1) {
-            child.check_alive()?;
-            match peers::one_through(w, addr).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if let Some(e) = last {
-            bail!("app ({}) not ready at {addr}: {e:#}", w.as_str());
-        }
-        apps.push((w, addr, child));
-    }
-    let columns = found.columns();
-    eprintln!(
-        "weft-bench: peers: {} on CPU {}, load on CPU {}",
-        columns
-            .iter()
-            .map(|c| c.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        args.server_core,
-        args.loadgen_core
-    );
-
-    // The negotiated TLS suite per pair, and the HTTP configs for the record.
-    let mut negotiated = BTreeMap::new();
-    let mut configs = BTreeMap::new();
-    let http_app = apps[0].1;
-    for &col in columns.iter().filter(|c| **c != Column::Direct) {
-        let pair = Pair::start(
-            col,
-            Workload::Http,
-            http_app,
-            dir,
-            bins,
-            &found,
-            args.server_core,
-            sizing,
-        )
-        .await?;
-        let alpn: &[&str] = if col.is_weft() {
-            &["h2"]
-        } else {
-            &["http/1.1"]
-        };
-        let n = peers::probe_tls(dir, pair.tls, alpn)
-            .await
-            .with_context(|| format!("TLS probe of the {} pair", col.as_str()))?;
-        eprintln!(
-            "weft-bench: {} pair: B's TLS listener negotiated {} {} (ALPN {})",
-            col.as_str(),
-            n.version,
-            n.suite,
-            n.alpn.as_deref().unwrap_or("none")
-        );
-        negotiated.insert(col.as_str().to_owned(), n);
-        for side in ["a", "b"] {
-            let ext = match col {
-                Column::Weft | Column::WeftBaseline => "yaml",
-                Column::Haproxy => "cfg",
-                _ => "conf",
-            };
-            let f = dir.join(format!("peers-{}-http-{side}.{ext}", col.as_str()));
-            if let Ok(text) = std::fs::read_to_string(&f) {
-                configs.insert(format!("{}-{side}", col.as_str()), text);
-            }
-        }
-        drop(pair);
-    }
-
-    let sat_cfg = SaturationConfig {
-        connections: usize::from(args.connections),
-        warmup: args.warmup,
-        duration: args.duration,
-        rss_interval: Duration::from_millis(100),
-    };
-    let rate_cfg = RateConfig {
-        connections: usize::from(args.latency_connections),
-        rate: args.rate,
-        warmup: args.warmup,
-        duration: args.duration,
-    };
-    let grpc_cfg = GrpcConfig {
-        channels: usize::from(args.grpc_channels),
-        concurrency: usize::from(args.grpc_concurrency),
-        warmup: args.warmup,
-        duration: args.duration,
-        rss_interval: Duration::from_millis(100),
-    };
-    let tcp_cfg = TcpConfig {
-        connections: usize::from(args.tcp_connections),
-        warmup: args.warmup,
-        duration: args.duration,
-        rss_interval: Duration::from_millis(100),
-    };
-    let request: Arc<[u8]> = get_request("app", "/").into();
-    let settle = Duration::from_millis(300);
-    let mut runs = Vec::new();
-    for run in 1..=usize::from(args.runs) {
-        for (w, app_addr, app) in apps.iter_mut() {
-            let (w, app_addr) = (*w, *app_addr);
-            for col in Column::order(&columns, run) {
-                if !found.supports(col, w) {
-                    continue;
-                }
-                let mut pair = match col {
-                    Column::Direct => None,
-                    _ => Some(
-                        Pair::start(
-                            col,
-                            w,
-                            app_addr,
-                            dir,
-                            bins,
-                            &found,
-                            args.server_core,
-                            sizing,
-                        )
-                        .await?,
-                    ),
-                };
-                // Let start-up settle, then the idle RSS before the load.
-                tokio::time::sleep(settle).await;
-                let mut rec = PeerRun {
-                    run,
-                    workload: w,
-                    column: col,
-                    idle_rss_kib: None,
-                    saturation: None,
-                    latency: None,
-                    tcp: None,
-                };
-                let (entry, watch) = match &pair {
-                    Some(p) => {
-                        let [a, b] = p.pids();
-                        rec.idle_rss_kib = Some([procfs::rss_kib(a)?, procfs::rss_kib(b)?]);
-                        (p.entry, vec![app.pid(), a, b])
-                    }
-                    None => (app_addr, vec![app.pid()]),
-                };
-                match w {
-                    Workload::Http => {
-                        let t = Target {
-                            addr: entry,
-                            request: request.clone(),
-                        };
-                        rec.saturation = Some(load::saturate(&t, sat_cfg, &watch).await?);
-                        tokio::time::sleep(settle).await;
-                        rec.latency = Some(load::fixed_rate(&t, rate_cfg, &watch).await?);
-                    }
-                    Workload::Grpc => {
-                        rec.saturation =
-                            Some(peer_load::grpc_saturate(entry, grpc_cfg, &watch).await?);
-                    }
-                    Workload::Tcp => {
-                        rec.tcp = Some(peer_load::tcp_throughput(entry, tcp_cfg, &watch).await?);
-                    }
-                }
-                app.check_alive()?;
-                if let Some(p) = pair.as_mut() {
-                    p.check_alive()?;
-                }
-                let p = rec.latency.as_ref().and_then(|l| l.latency);
-                eprintln!(
-                    "weft-bench: run {run}/{} {:<4} {:<7} {:>10.1} {}{}, pair CPU-s/100k {}, errors {}",
-                    args.runs,
-                    w.as_str(),
-                    col.as_str(),
-                    rec.throughput().unwrap_or(f64::NAN),
-                    if w == Workload::Tcp { "MB/s" } else { "req/s" },
-                    p.map_or(String::new(), |p| format!(
-                        ", p50 {:.0} µs, p99 {:.0} µs",
-                        p.p50_us, p.p99_us
-                    )),
-                    rec.pair_cpu_per_100k()
-                        .map_or_else(|| "–".to_owned(), |x| format!("{x:.3}")),
-                    rec.errors(),
-                );
-                if rec.errors() > 0 {
-                    let samples: Vec<&String> = rec
-                        .saturation
-                        .iter()
-                        .flat_map(|s| &s.error_samples)
-                        .chain(rec.latency.iter().flat_map(|l| &l.error_samples))
-                        .chain(rec.tcp.iter().flat_map(|t| &t.error_samples))
-                        .collect();
-                    eprintln!("weft-bench: errors, e.g.: {samples:?}");
-                }
-                runs.push(rec);
-                // Ends both proxies (by PID) before the next column starts.
-                drop(pair);
-                tokio::time::sleep(settle).await;
-            }
-        }
-    }
-    drop(apps);
-    Ok(PeersReport::new(
-        PeersConfig {
-            runs: usize::from(args.runs),
-            duration_s: args.duration.as_secs_f64(),
-            warmup_s: args.warmup.as_secs_f64(),
-            connections: sat_cfg.connections,
-            rate: args.rate,
-            latency_connections: rate_cfg.connections,
-            grpc_channels: grpc_cfg.channels,
-            grpc_concurrency: grpc_cfg.concurrency,
-            tcp_connections: tcp_cfg.connections,
-            sizing,
-            loadgen_core: args.loadgen_core,
-            server_core: args.server_core,
-        },
-        found,
-        negotiated,
-        configs,
-        runs,
-    ))
 }
 
 async fn run(args: &Args, bins: &Binaries, dir: &Path, cpus: usize) -> anyhow::Result<Report> {

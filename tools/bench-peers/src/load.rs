@@ -1,8 +1,8 @@
-//! Load of the peer comparison (`weft-bench --peers`) beyond HTTP/1.1: a
+//! Load of the peer comparison (`weft-bench-peers`) beyond HTTP/1.1: a
 //! closed loop of gRPC unary calls over HTTP/2 (the `weft-sample grpc` Echo
 //! service) and bulk TCP through an echo (`weft-sample tcp`).
 //!
-//! Both run on the calling tokio runtime like [`crate::load`], measure the
+//! Both run on the calling tokio runtime like [`weft_benches::load`], measure the
 //! watched processes' CPU over the window and sample their RSS; every loop is
 //! bounded in time and in count.
 
@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weft_samples::grpc::{EchoClient, EchoRequest};
 
-use crate::load::{measure_window, SaturationResult, Window};
+use weft_benches::load::{measure_window, SaturationResult, Window};
 
 /// Most calls one gRPC task makes in one run (a safety bound; the time limit
 /// ends runs long before).
