@@ -40,6 +40,7 @@ pub mod http1;
 pub mod load;
 pub mod mesh;
 pub mod observability;
+pub mod pair;
 pub mod procfs;
 pub mod report;
 pub mod resilience;

@@ -81,6 +81,16 @@ pub fn percentiles(h: &Histogram<u64>) -> Option<Percentiles> {
     })
 }
 
+/// `cpu_s` CPU seconds over `seconds` of wall time, in percent of one CPU (0 for an empty
+/// window).
+pub fn pct_of_one_cpu(cpu_s: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        cpu_s / seconds * 100.0
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

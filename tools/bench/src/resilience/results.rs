@@ -1,25 +1,6 @@
-//! The resilience scenarios: their sidecar configs (without and with the
-//! resilience policies), their per-run records, medians and report section.
-//!
-//! * **One of three endpoints fails**: three instances of the service `app`,
-//!   each behind its own inbound sidecar, one of them answering every request
-//!   with 500; the client drives an outbound sidecar that lists the three
-//!   endpoints, open loop at a fixed rate. Measured: the client-visible
-//!   success rate (2xx share), successful requests per second and latency.
-//!   Both variants run with the default balancer (P2C on peak-EWMA latency)
-//!   and again with round robin: P2C charges every 5xx as a one-second
-//!   answer and so, policies or not, all but stops sending to the failing
-//!   endpoint; round robin keeps sending it a third of the requests, which
-//!   is what shows what the policies themselves do.
-//! * **Healthy path cost**: the benchmark's sidecar pair (one healthy
-//!   endpoint), outbound config without vs. with the policies, saturation
-//!   throughput. The policies must cost less than [`MAX_HEALTHY_COST_PCT`].
-//!
-//! They run after the pair's direct / weft runs. Each variant has its own
-//! outbound sidecar (same binary, configs that differ only in the policy
-//! fields and the balancer), started once and kept for all runs, so
-//! the with-policies sidecar's outlier state carries over from run to run as
-//! it would in production.
+//! The resilience scenarios' results: each failing-endpoint and healthy-path run, their
+//! medians, and the scenarios' targets and flags ([`ResilienceReport`]).
+//! [`crate::report`] writes their Markdown.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,216 +8,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::load::{SaturationResult, StatusRateResult};
-use crate::mesh::APP_ID;
-use crate::report::{fmt_num, fmt_opt};
 use crate::results::{check, TargetCheck, DISTURBED_PCT};
-use crate::stats::{median, median_opt, ratio};
+use crate::stats::{median, median_opt, pct_of_one_cpu, ratio};
 
-/// The largest healthy-path throughput cost of the policies the issue allows, percent.
-pub const MAX_HEALTHY_COST_PCT: f64 = 5.0;
-
-/// The with-policies success rate this benchmark expects (percent) when one
-/// of three endpoints fails.
-pub const MIN_SUCCESS_WITH_POLICIES_PCT: f64 = 99.9;
-
-/// Endpoints of the service in the failing-endpoint scenario.
-pub const ENDPOINTS: usize = 3;
-
-/// The status the failing endpoint answers every request with.
-pub const FAIL_STATUS: u16 = 500;
-
-/// The outbound sidecar's load balancer in the failing-endpoint scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balancer {
-    /// The default: power of two choices on peak-EWMA latency (no
-    /// `load_balancer` line in the config).
-    P2cEwma,
-    /// `load_balancer: round_robin`.
-    RoundRobin,
-}
-
-impl Balancer {
-    /// Both, default first.
-    pub const ALL: [Balancer; 2] = [Balancer::P2cEwma, Balancer::RoundRobin];
-
-    /// The config value: `p2c_ewma` / `round_robin`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balancer::P2cEwma => "p2c_ewma",
-            Balancer::RoundRobin => "round_robin",
-        }
-    }
-
-    /// Name in tables.
-    pub fn label(self) -> &'static str {
-        match self {
-            Balancer::P2cEwma => "P2C (default)",
-            Balancer::RoundRobin => "round robin",
-        }
-    }
-}
-
-/// One variant of the failing-endpoint scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Variant {
-    /// The outbound sidecar's balancer.
-    pub balancer: Balancer,
-    /// Without or with the policies.
-    pub policies: Policies,
-}
-
-impl Variant {
-    /// Every variant, in the order of [`Variant::index`].
-    pub const ALL: [Variant; 4] = [
-        Variant::new(Balancer::P2cEwma, Policies::Without),
-        Variant::new(Balancer::P2cEwma, Policies::With),
-        Variant::new(Balancer::RoundRobin, Policies::Without),
-        Variant::new(Balancer::RoundRobin, Policies::With),
-    ];
-
-    /// The variant.
-    pub const fn new(balancer: Balancer, policies: Policies) -> Self {
-        Variant { balancer, policies }
-    }
-
-    /// Position in [`Variant::ALL`].
-    pub fn index(self) -> usize {
-        let b = match self.balancer {
-            Balancer::P2cEwma => 0,
-            Balancer::RoundRobin => 2,
-        };
-        b + self.policies.index()
-    }
-
-    /// `<balancer>-<without|with>`, e.g. `round_robin-with`.
-    pub fn key(self) -> String {
-        format!("{}-{}", self.balancer.as_str(), self.policies.as_str())
-    }
-
-    /// Name in messages, e.g. `round robin, with policies`.
-    pub fn label(self) -> String {
-        format!("{}, {}", self.balancer.label(), self.policies.label())
-    }
-
-    /// The order the variants run in during run `run` (from 1): balancer by
-    /// balancer, each pair in [`Policies::order`].
-    pub fn order(run: usize) -> [Variant; 4] {
-        let [a, b] = Policies::order(run);
-        [
-            Variant::new(Balancer::P2cEwma, a),
-            Variant::new(Balancer::P2cEwma, b),
-            Variant::new(Balancer::RoundRobin, a),
-            Variant::new(Balancer::RoundRobin, b),
-        ]
-    }
-}
-
-/// Whether the outbound sidecar's config carries the resilience policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policies {
-    /// Outlier detection off (`consecutive_failures: 0`), no retry, no rate
-    /// limit; everything else default.
-    Without,
-    /// Outlier detection, retry budget, limits, retries and a rate limit
-    /// (never reached): see [`services_yaml`].
-    With,
-}
-
-impl Policies {
-    /// Both variants.
-    pub const BOTH: [Policies; 2] = [Policies::Without, Policies::With];
-
-    /// Short name: `without` / `with`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policies::Without => "without",
-            Policies::With => "with",
-        }
-    }
-
-    /// Name in tables: `without policies` / `with policies`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Policies::Without => "without policies",
-            Policies::With => "with policies",
-        }
-    }
-
-    /// Index into per-variant arrays (`Without` 0, `With` 1).
-    pub fn index(self) -> usize {
-        match self {
-            Policies::Without => 0,
-            Policies::With => 1,
-        }
-    }
-
-    /// The order the two variants run in during run `run` (from 1):
-    /// alternating (without, with), (with, without), ... so that neither
-    /// always goes first.
-    pub fn order(run: usize) -> [Policies; 2] {
-        if run % 2 == 1 {
-            [Policies::Without, Policies::With]
-        } else {
-            [Policies::With, Policies::Without]
-        }
-    }
-}
-
-/// The `services:` and `routes:` part of an outbound sidecar's config: the
-/// service `app` (identity [`APP_ID`]) at the sidecars listening on
-/// `127.0.0.1:<port>` for each of `endpoint_ports`, with one catch-all route
-/// `all`, without or with the resilience policies, with `balancer` (the
-/// default one is left implicit).
-pub fn services_yaml(endpoint_ports: &[u16], policies: Policies, balancer: Balancer) -> String {
-    let endpoints: Vec<String> = endpoint_ports
-        .iter()
-        .map(|p| format!("{{address: \"127.0.0.1:{p}\"}}"))
-        .collect();
-    let mut s = format!(
-        "services:\n\
-         \x20 - name: app\n\
-         \x20   identity: \"{APP_ID}\"\n\
-         \x20   endpoints: [{}]\n",
-        endpoints.join(", ")
-    );
-    if balancer != Balancer::P2cEwma {
-        let _ = writeln!(s, "    load_balancer: {}", balancer.as_str());
-    }
-    match policies {
-        Policies::Without => {
-            s.push_str(
-                "    outlier_detection: {consecutive_failures: 0}\n\
-                 routes:\n\
-                 \x20 - name: all\n\
-                 \x20   service: app\n",
-            );
-        }
-        Policies::With => {
-            s.push_str(
-                "    outlier_detection: {consecutive_failures: 5, base_ejection_time: 10s, max_ejection_time: 300s, max_ejected_percent: 50, failures: 5xx}\n\
-                 \x20   retry_budget: {ratio: 0.2, min_per_second: 10, window: 10s}\n\
-                 \x20   limits: {max_in_flight: 1024, max_pending: 1024, queue_timeout: 1s}\n\
-                 routes:\n\
-                 \x20 - name: all\n\
-                 \x20   service: app\n\
-                 \x20   retry:\n\
-                 \x20     on: [5xx, connect-failure, refused-stream, reset]\n\
-                 \x20     attempts: 3\n\
-                 \x20     backoff: {base: 25ms, max: 250ms}\n\
-                 \x20   rate_limit: {requests_per_second: 1000000000, burst: 1000000}\n",
-            );
-        }
-    }
-    s
-}
-
-/// Whether `weft-proxy --check` output says the config has fields it does
-/// not know (a proxy built before the resilience policies).
-pub fn is_unknown_field_error(check_output: &str) -> bool {
-    check_output.contains("unknown field")
-}
+use super::variant::*;
 
 /// The resilience scenarios' settings, recorded with the results.
 #[derive(Debug, Clone, Serialize)]
@@ -267,14 +42,6 @@ pub struct ResilienceConfig {
     /// run), by [`Variant::key`]. (The healthy-path ones are the P2C ones
     /// with the pair's one endpoint.)
     pub services_yaml: BTreeMap<String, String>,
-}
-
-fn pct_of_one_cpu(cpu_s: f64, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        cpu_s / seconds * 100.0
-    } else {
-        0.0
-    }
 }
 
 /// One variant's fixed-rate run in the failing-endpoint scenario.
@@ -570,7 +337,7 @@ impl ResilienceReport {
     pub fn targets(&self) -> Vec<TargetCheck> {
         let mut t = vec![check(
             "healthy path: pair throughput with policies, % of without",
-            &format!(">= {}", fmt_num(100.0 - MAX_HEALTHY_COST_PCT, 0)),
+            &format!(">= {}", 100.0 - MAX_HEALTHY_COST_PCT),
             self.healthy.ratio.map(|r| r * 100.0),
             |v| v >= 100.0 - MAX_HEALTHY_COST_PCT,
         )];
@@ -580,7 +347,7 @@ impl ResilienceReport {
                     "one of three endpoints fails, {}: success rate with policies, %",
                     f.balancer.label()
                 ),
-                &format!(">= {}", fmt_num(MIN_SUCCESS_WITH_POLICIES_PCT, 1)),
+                &format!(">= {MIN_SUCCESS_WITH_POLICIES_PCT:.1}"),
                 f.success_rate.map(|r| r * 100.0),
                 |v| v >= MIN_SUCCESS_WITH_POLICIES_PCT,
             ));
@@ -611,285 +378,17 @@ impl ResilienceReport {
             .map(|r| format!("run {} failing endpoint {}", r.run, r.variant().label()));
         healthy.chain(fail).collect()
     }
-
-    /// Appends the report section (markdown) to `s`.
-    pub fn write_markdown(&self, s: &mut String) {
-        let c = &self.config;
-        let runs = self.failing.iter().map(|f| f.runs).max().unwrap_or(0);
-        let _ = writeln!(s, "\n## Resilience: one of three endpoints fails\n");
-        let _ = writeln!(
-            s,
-            "Three `weft-sample http` instances of `app`, each behind its own inbound sidecar (own workload \
-             certificate, same identity); {} of them answers every request with {}. The load generator drives an \
-             outbound sidecar whose config lists the three endpoints: {}, {} req/s over {} keep-alive connections, \
-             `GET /`, {} s after {} s warm-up, latency from each request's scheduled send time (no coordinated \
-             omission). After the direct / weft runs; medians of {} interleaved run(s) per variant; each variant has \
-             its own outbound sidecar, kept across runs. *Without policies*: outlier detection off (`consecutive_failures: 0`), no retry, \
-             no rate limit. *With policies*: outlier detection (5 consecutive 5xx, `failures: 5xx`, \
-             10 s base ejection), retry budget 20 % + 10/s, limits, retries on 5xx / \
-             connect-failure / refused-stream / reset (3 attempts, 25–250 ms backoff), a rate limit too high to \
-             reach. Both run with the default balancer (P2C on peak-EWMA latency, which charges any 5xx as a 1 s \
-             answer and so all but stops choosing the failing endpoint, policies or not) and with round robin \
-             (a third of the requests keep going to the failing endpoint: what the policies themselves do).\n",
-            c.failing_endpoints,
-            c.fail_status,
-            c.load,
-            fmt_num(c.rate, 0),
-            c.connections,
-            fmt_num(c.duration_s, 1),
-            fmt_num(c.warmup_s, 1),
-            runs,
-        );
-        let _ = writeln!(
-            s,
-            "| balancer | variant | success rate (2xx) | worst run | 2xx req/s | p50 µs | p99 µs | p99.9 µs | p99 of 2xx µs | non-2xx | no answer |"
-        );
-        let _ = writeln!(
-            s,
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        );
-        let pct = |x: Option<f64>| fmt_opt(x.map(|v| v * 100.0), 2) + " %";
-        for f in &self.failing {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                f.balancer.label(),
-                f.policies.label(),
-                pct(f.success_rate),
-                pct(f.success_rate_min),
-                fmt_opt(f.ok_rps, 0),
-                fmt_opt(f.p50_us, 0),
-                fmt_opt(f.p99_us, 0),
-                fmt_opt(f.p999_us, 0),
-                fmt_opt(f.p99_2xx_us, 0),
-                fmt_num(f.non_2xx() as f64, 0),
-                fmt_num((f.transport_errors + f.missed) as f64, 0),
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\nLatency percentiles are over every answered request (any status); \"non-2xx\" and \"no answer\" \
-             are totals over all runs' measured windows."
-        );
-
-        let h = &self.healthy;
-        let _ = writeln!(
-            s,
-            "\n**Healthy path cost** (the pair above, one healthy endpoint; closed loop, {} connections, {} s; \
-             outbound config without vs. with the same policies, interleaved, medians of {} run(s)): \
-             {} req/s without, {} req/s with policies: **with / without = {}** (cost {} %, must be under {} %: {}); \
-             median of the per-run ratios {}. Pair CPU s / 100k requests: {} without, {} with.",
-            c.healthy_connections,
-            fmt_num(c.healthy_duration_s, 1),
-            h.runs,
-            fmt_opt(h.without_rps, 0),
-            fmt_opt(h.with_rps, 0),
-            h.ratio
-                .map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3))),
-            fmt_opt(h.cost_pct, 1),
-            fmt_num(MAX_HEALTHY_COST_PCT, 0),
-            match h.cost_pct {
-                Some(c) if c < MAX_HEALTHY_COST_PCT => "met",
-                Some(_) => "**not met**",
-                None => "not measured",
-            },
-            h.paired_ratio_median
-                .map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3))),
-            fmt_opt(h.without_pair_cpu_s_per_100k, 3),
-            fmt_opt(h.with_pair_cpu_s_per_100k, 3),
-        );
-
-        let other = |o: f64| {
-            if o > DISTURBED_PCT {
-                format!("**{}**", fmt_num(o, 0))
-            } else {
-                fmt_num(o, 0)
-            }
-        };
-        let _ = writeln!(
-            s,
-            "\n| run | healthy path | req/s | pair CPU/100k | other work % | errors |"
-        );
-        let _ = writeln!(s, "| ---: | --- | ---: | ---: | ---: | ---: |");
-        for r in &self.healthy_runs {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} |",
-                r.run,
-                r.policies.label(),
-                fmt_num(r.saturation.rps, 0),
-                fmt_opt(r.pair_cpu_s_per_100k, 3),
-                other(r.other_work_pct),
-                r.saturation.errors,
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\n| run | failing endpoint | success % | 2xx req/s | p50 µs | p99 µs | non-2xx | other work % | no answer |"
-        );
-        let _ = writeln!(
-            s,
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        );
-        for r in &self.fail_runs {
-            let x = &r.result;
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.run,
-                r.variant().label(),
-                fmt_opt(x.success_rate.map(|v| v * 100.0), 2),
-                fmt_num(x.ok_rps, 0),
-                fmt_opt(x.latency.map(|p| p.p50_us), 0),
-                fmt_opt(x.latency.map(|p| p.p99_us), 0),
-                fmt_num(
-                    x.statuses
-                        .iter()
-                        .filter(|(c, _)| !(200..300).contains(*c))
-                        .map(|(_, n)| n)
-                        .sum::<u64>() as f64,
-                    0
-                ),
-                other(r.other_work_pct),
-                x.transport_errors_total + x.missed,
-            );
-        }
-    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::resilience::config::services_yaml;
     use crate::stats::Percentiles;
 
     const P2C: Balancer = Balancer::P2cEwma;
     const RR: Balancer = Balancer::RoundRobin;
-
-    #[test]
-    fn without_policies_disables_outlier_detection_only() {
-        let y = services_yaml(&[1001], Policies::Without, P2C);
-        assert_eq!(
-            y,
-            "services:\n\
-             \x20 - name: app\n\
-             \x20   identity: \"spiffe://weft.local/ns/default/sa/app\"\n\
-             \x20   endpoints: [{address: \"127.0.0.1:1001\"}]\n\
-             \x20   outlier_detection: {consecutive_failures: 0}\n\
-             routes:\n\
-             \x20 - name: all\n\
-             \x20   service: app\n"
-        );
-        for absent in [
-            "retry",
-            "rate_limit",
-            "limits",
-            "retry_budget",
-            "load_balancer",
-        ] {
-            assert!(!y.contains(absent), "{absent} in\n{y}");
-        }
-    }
-
-    #[test]
-    fn with_policies_is_the_agreed_block() {
-        let y = services_yaml(&[1001, 1002, 1003], Policies::With, P2C);
-        assert_eq!(
-            y,
-            r#"services:
-  - name: app
-    identity: "spiffe://weft.local/ns/default/sa/app"
-    endpoints: [{address: "127.0.0.1:1001"}, {address: "127.0.0.1:1002"}, {address: "127.0.0.1:1003"}]
-    outlier_detection: {consecutive_failures: 5, base_ejection_time: 10s, max_ejection_time: 300s, max_ejected_percent: 50, failures: 5xx}
-    retry_budget: {ratio: 0.2, min_per_second: 10, window: 10s}
-    limits: {max_in_flight: 1024, max_pending: 1024, queue_timeout: 1s}
-routes:
-  - name: all
-    service: app
-    retry:
-      on: [5xx, connect-failure, refused-stream, reset]
-      attempts: 3
-      backoff: {base: 25ms, max: 250ms}
-    rate_limit: {requests_per_second: 1000000000, burst: 1000000}
-"#
-        );
-        // Both variants differ only in the policy lines.
-        let without = services_yaml(&[1001, 1002, 1003], Policies::Without, P2C);
-        let common = |y: &str| -> Vec<String> {
-            y.lines()
-                .filter(|l| {
-                    ![
-                        "outlier_detection",
-                        "retry",
-                        "limits",
-                        "on:",
-                        "attempts",
-                        "backoff",
-                        "rate_limit",
-                    ]
-                    .iter()
-                    .any(|k| l.trim_start().starts_with(k))
-                })
-                .map(str::to_owned)
-                .collect()
-        };
-        assert_eq!(common(&y), common(&without));
-    }
-
-    #[test]
-    fn round_robin_adds_one_line() {
-        for p in Policies::BOTH {
-            let p2c = services_yaml(&[1, 2, 3], p, P2C);
-            let rr = services_yaml(&[1, 2, 3], p, RR);
-            let mut lines: Vec<&str> = rr.lines().collect();
-            assert_eq!(lines.remove(4), "    load_balancer: round_robin", "{rr}");
-            assert_eq!(lines, p2c.lines().collect::<Vec<_>>());
-        }
-    }
-
-    #[test]
-    fn variant_order_alternates() {
-        assert_eq!(Policies::order(1), [Policies::Without, Policies::With]);
-        assert_eq!(Policies::order(2), [Policies::With, Policies::Without]);
-        assert_eq!(Policies::order(3), [Policies::Without, Policies::With]);
-        assert_eq!(Policies::With.index(), 1);
-        assert_eq!(
-            serde_json::to_value(Policies::Without).unwrap(),
-            serde_json::json!("without")
-        );
-        assert_eq!(
-            serde_json::to_value(Variant::new(RR, Policies::With)).unwrap(),
-            serde_json::json!({"balancer": "round_robin", "policies": "with"})
-        );
-        for (i, v) in Variant::ALL.into_iter().enumerate() {
-            assert_eq!(v.index(), i);
-        }
-        assert_eq!(
-            Variant::order(2),
-            [
-                Variant::new(P2C, Policies::With),
-                Variant::new(P2C, Policies::Without),
-                Variant::new(RR, Policies::With),
-                Variant::new(RR, Policies::Without),
-            ]
-        );
-        assert_eq!(
-            Variant::new(RR, Policies::Without).key(),
-            "round_robin-without"
-        );
-        assert_eq!(
-            Variant::new(P2C, Policies::With).label(),
-            "P2C (default), with policies"
-        );
-    }
-
-    #[test]
-    fn unknown_field_detection() {
-        assert!(is_unknown_field_error(
-            "a.yaml:7:5: services[0]: unknown field `outlier_detection`, expected one of `name`"
-        ));
-        assert!(!is_unknown_field_error("a.yaml: tls.cert: no such file"));
-    }
 
     fn pct(p50: f64, p99: f64) -> Percentiles {
         Percentiles {
@@ -980,7 +479,7 @@ routes:
         }
     }
 
-    fn report() -> ResilienceReport {
+    pub(crate) fn report() -> ResilienceReport {
         let rr = |p| Variant::new(RR, p);
         let p2c = |p| Variant::new(P2C, p);
         let (wo, w) = (Policies::Without, Policies::With);
@@ -1098,37 +597,5 @@ routes:
         let mut md = String::new();
         rep.write_markdown(&mut md);
         assert!(md.contains("**not met**"), "{md}");
-    }
-
-    #[test]
-    fn markdown_section() {
-        let rep = report();
-        let mut md = String::new();
-        rep.write_markdown(&mut md);
-        assert!(
-            md.contains("## Resilience: one of three endpoints fails"),
-            "{md}"
-        );
-        for row in [
-            "| P2C (default) | without policies | 100.00 % | 99.97 % | 2 000 | 100 | 300 | 600 | 290 | 2 | 0 |",
-            "| round robin | without policies | 66.67 % | 65.00 % | 1 333 | 100 | 310 | 620 | 300 | 6 000 | 0 |",
-            "| round robin | with policies | 100.00 % | 99.90 % | 2 000 | 100 | 400 | 800 | 390 | 6 | 0 |",
-            "**with / without = 0.956×** (cost 4.4 %, must be under 5 %: met)",
-            "| 2 | with policies | 19 000 | 4.211 | 0 | 0 |",
-            "| 2 | without policies | 21 000 | 3.810 | 0 | 1 |",
-            "| 2 | round robin, with policies | 99.90 | 1 998 | 100 | 30 000 | 6 | **30** | 0 |",
-            "| 2 | round robin, without policies | 65.00 | 1 300 | 100 | 320 | 2 100 | **30** | 0 |",
-        ] {
-            assert!(md.contains(row), "{row} missing in\n{md}");
-        }
-        let json = serde_json::to_value(&rep).unwrap();
-        assert_eq!(json["fail_runs"].as_array().unwrap().len(), 12);
-        assert_eq!(json["fail_runs"][0]["policies"], "without");
-        assert_eq!(json["fail_runs"][2]["balancer"], "round_robin");
-        assert_eq!(json["failing"][2]["statuses"]["500"], 6000);
-        assert!(json["config"]["services_yaml"]["round_robin-with"]
-            .as_str()
-            .unwrap()
-            .contains("load_balancer: round_robin"));
     }
 }

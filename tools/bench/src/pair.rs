@@ -1,13 +1,9 @@
-//! The benchmark's results: per-run records, medians, ratios to direct, the
-//! issue's targets, and their rendering as a markdown table. The resilience
-//! scenarios' part is in [`crate::resilience`], the observability
-//! scenario's in [`crate::observability`].
+//! The benchmark's main scenario, direct vs. the Weft pair: per-run records, what is
+//! derived from them (CPU per request, other work on the machine), medians, ratios to
+//! direct and the issue's targets, gathered in [`Report`] with the other scenarios'
+//! results. [`crate::report`] writes its Markdown.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::Path;
-
-use anyhow::Context as _;
 
 use serde::Serialize;
 
@@ -15,7 +11,7 @@ use crate::load::{RateResult, SaturationResult};
 use crate::observability::ObservabilityReport;
 use crate::resilience::ResilienceReport;
 use crate::results::{check, TargetCheck, APP, DISTURBED_PCT, SIDECAR_A, SIDECAR_B};
-use crate::stats::{median, median_opt, ratio};
+use crate::stats::{median, median_opt, pct_of_one_cpu, ratio};
 
 /// Which path the load takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,14 +101,6 @@ impl OtherWork {
     /// The larger of the two.
     pub fn max(&self) -> f64 {
         self.saturation_pct.max(self.latency_pct)
-    }
-}
-
-fn pct_of_one_cpu(cpu_s: f64, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        cpu_s / seconds * 100.0
-    } else {
-        0.0
     }
 }
 
@@ -435,283 +423,6 @@ impl Report {
         self.resilience = Some(resilience);
         self
     }
-
-    /// The report as markdown.
-    pub fn markdown(&self) -> String {
-        let c = &self.config;
-        let (d, w, r) = (&self.direct, &self.weft, &self.ratios);
-        let mut s = String::new();
-        let _ = writeln!(s, "# weft-bench: direct vs. Weft sidecar pair\n");
-        let _ = writeln!(
-            s,
-            "Medians of {} interleaved run(s) per scenario. Saturation: closed loop, {} connections, {} s after {} s warm-up. \
-             Latency: open loop at {} req/s over {} connections, {} s, measured from each request's scheduled send time. \
-             Load generator on CPU {}; app + sidecars (workers: 1) on CPU {}. HTTP/1.1 keep-alive `GET /`. \
-             Sidecars: `{}`.\n",
-            c.runs, c.connections, fmt_num(c.duration_s, 1), fmt_num(c.warmup_s, 1), fmt_num(c.rate, 0),
-            c.latency_connections, fmt_num(c.duration_s, 1), c.loadgen_core, c.server_core, c.proxy_version
-        );
-        let bg = |core: usize| self.background_busy_pct.get(core).copied().flatten();
-        let _ = writeln!(
-            s,
-            "Background load before the runs (other work on the machine): CPU {} {} %, CPU {} {} %.{}\n",
-            c.loadgen_core,
-            fmt_opt(bg(c.loadgen_core), 0),
-            c.server_core,
-            fmt_opt(bg(c.server_core), 0),
-            if [c.loadgen_core, c.server_core]
-                .iter()
-                .any(|&i| bg(i).is_some_and(|b| b > 10.0))
-            {
-                " **The machine was not quiet: the numbers are disturbed.**"
-            } else {
-                ""
-            }
-        );
-        let _ = writeln!(s, "| metric | direct | weft | weft / direct |");
-        let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
-        let mut row =
-            |name: &str, dv: Option<f64>, wv: Option<f64>, prec: usize, rat: Option<f64>| {
-                let _ = writeln!(
-                    s,
-                    "| {name} | {} | {} | {} |",
-                    fmt_opt(dv, prec),
-                    fmt_opt(wv, prec),
-                    rat.map_or_else(|| "–".to_owned(), |x| format!("{}×", fmt_num(x, 3)))
-                );
-            };
-        row(
-            "saturation throughput (req/s)",
-            d.throughput_rps,
-            w.throughput_rps,
-            0,
-            r.throughput,
-        );
-        row(
-            &format!("latency p50 @ {} req/s (µs)", fmt_num(c.rate, 0)),
-            d.p50_us,
-            w.p50_us,
-            0,
-            r.p50,
-        );
-        row("latency p99 (µs)", d.p99_us, w.p99_us, 0, r.p99);
-        row("latency p99.9 (µs)", d.p999_us, w.p999_us, 0, r.p999);
-        row(
-            "latency run achieved rate (req/s)",
-            d.achieved_rps,
-            w.achieved_rps,
-            0,
-            None,
-        );
-        row(
-            "app CPU s / 100k req",
-            d.app_cpu_s_per_100k,
-            w.app_cpu_s_per_100k,
-            3,
-            ratio(w.app_cpu_s_per_100k, d.app_cpu_s_per_100k),
-        );
-        row(
-            "sidecar pair CPU s / 100k req (saturation)",
-            d.pair_cpu_s_per_100k,
-            w.pair_cpu_s_per_100k,
-            3,
-            None,
-        );
-        row(
-            &format!(
-                "sidecar pair CPU s / 100k req (at {} req/s)",
-                fmt_num(c.rate, 0)
-            ),
-            d.pair_cpu_s_per_100k_at_rate,
-            w.pair_cpu_s_per_100k_at_rate,
-            3,
-            None,
-        );
-        row(
-            &format!("CPU {} busy, all (%) (saturation)", c.server_core),
-            d.server_core_busy_pct,
-            w.server_core_busy_pct,
-            0,
-            None,
-        );
-        row(
-            "… of which app + sidecars, per-process (%)",
-            d.server_procs_cpu_pct,
-            w.server_procs_cpu_pct,
-            0,
-            None,
-        );
-        row(
-            &format!("CPU {} busy, all (%) (saturation)", c.loadgen_core),
-            d.loadgen_core_busy_pct,
-            w.loadgen_core_busy_pct,
-            0,
-            None,
-        );
-        row(
-            "… of which load generator, per-process (%)",
-            d.loadgen_proc_cpu_pct,
-            w.loadgen_proc_cpu_pct,
-            0,
-            None,
-        );
-        row(
-            "errors + unsent (all runs)",
-            Some((d.errors + d.missed) as f64),
-            Some((w.errors + w.missed) as f64),
-            0,
-            None,
-        );
-
-        let _ = writeln!(
-            s,
-            "\n| process (VmRSS, MiB) | idle | peak under load, median | peak under load, max |"
-        );
-        let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
-        for (i, name) in [
-            (SIDECAR_A, "sidecar A (client side)"),
-            (SIDECAR_B, "sidecar B (app side)"),
-            (APP, "app"),
-        ] {
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {} | {} |",
-                fmt_num(self.idle_rss_kib[i] as f64 / MIB, 1),
-                fmt_opt(w.peak_rss_kib[i].map(|k| k / MIB), 1),
-                fmt_opt(w.peak_rss_kib_max[i].map(|k| k as f64 / MIB), 1),
-            );
-        }
-
-        if let Some(obs) = &self.observability {
-            obs.write_markdown(&mut s);
-        }
-        if let Some(res) = &self.resilience {
-            res.write_markdown(&mut s);
-            let _ = writeln!(s);
-        }
-
-        let _ = writeln!(s, "\n| target | goal | measured | met |");
-        let _ = writeln!(s, "| --- | ---: | ---: | :---: |");
-        for t in &self.targets {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} |",
-                t.what,
-                t.target,
-                fmt_opt(t.measured, 2),
-                if t.met { "yes" } else { "**no**" }
-            );
-        }
-
-        let _ = writeln!(s, "\n| run | scenario | req/s | p50 µs | p99 µs | p99.9 µs | app CPU/100k | pair CPU/100k | other work % | errors |");
-        let _ = writeln!(
-            s,
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        );
-        for run in &self.runs {
-            let lat = run.latency.latency;
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                run.run,
-                run.scenario.as_str(),
-                fmt_num(run.saturation.rps, 0),
-                fmt_opt(lat.map(|p| p.p50_us), 0),
-                fmt_opt(lat.map(|p| p.p99_us), 0),
-                fmt_opt(lat.map(|p| p.p999_us), 0),
-                fmt_opt(run.derived.app_cpu_s_per_100k, 3),
-                fmt_opt(run.derived.pair_cpu_s_per_100k, 3),
-                match run.derived.other_work.max() {
-                    o if o > DISTURBED_PCT => format!("**{}**", fmt_num(o, 0)),
-                    o => fmt_num(o, 0),
-                },
-                run.saturation.errors + run.latency.errors + run.latency.missed,
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\n\"other work\": CPU time, in % of one CPU, that other user-space processes on the machine \
-             (not the load generator, the app or the sidecars) used during the run's saturation or latency window, \
-             whichever is larger (from /proc/PID/stat)."
-        );
-        if !self.disturbed.is_empty() {
-            let _ = writeln!(
-                s,
-                "**Disturbed runs** (other work over {DISTURBED_PCT} %): {}.",
-                self.disturbed.join(", ")
-            );
-        }
-        if self.flags.is_empty() && self.resilience.is_some() {
-            let _ = writeln!(
-                s,
-                "\nNo errors: every response was 200, apart from the failing endpoint's answers, which the \
-                 resilience scenario counts; every request got an answer."
-            );
-        } else if self.flags.is_empty() {
-            let _ = writeln!(s, "\nNo errors: every response was 200.");
-        } else {
-            let _ = writeln!(s, "\n**Flagged runs** (errors or unsent requests):\n");
-            for f in &self.flags {
-                let _ = writeln!(s, "- {f}");
-            }
-        }
-        s
-    }
-}
-
-/// The one way a report leaves the benchmark: writes `<stem>.md` and `<stem>.json` into `out_dir`, then the Markdown to stdout.
-pub fn write(
-    out_dir: &Path,
-    stem: &str,
-    md: &str,
-    report: &impl serde::Serialize,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let md_path = out_dir.join(format!("{stem}.md"));
-    let json_path = out_dir.join(format!("{stem}.json"));
-    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
-    let json = serde_json::to_string_pretty(report)?;
-    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
-    // Files first, then stdout: a closed stdout (e.g. `| head`) must neither lose them nor
-    // panic.
-    let _ = writeln!(std::io::stdout(), "{md}");
-    eprintln!(
-        "weft-bench: wrote {} and {}",
-        md_path.display(),
-        json_path.display()
-    );
-    Ok(())
-}
-
-/// `x` with `prec` decimals and thin grouping of thousands (`12 345.6`).
-pub fn fmt_num(x: f64, prec: usize) -> String {
-    if !x.is_finite() {
-        return x.to_string();
-    }
-    let s = format!("{:.*}", prec, x.abs());
-    let (int, frac) = s
-        .split_once('.')
-        .map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
-    let mut out = String::new();
-    if x < 0.0 && s.chars().any(|c| c.is_ascii_digit() && c != '0') {
-        out.push('-');
-    }
-    for (i, ch) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            out.push(' ');
-        }
-        out.push(ch);
-    }
-    if let Some(f) = frac {
-        out.push('.');
-        out.push_str(f);
-    }
-    out
-}
-
-/// [`fmt_num`], or `–` for `None`.
-pub fn fmt_opt(x: Option<f64>, prec: usize) -> String {
-    x.map_or_else(|| "–".to_owned(), |v| fmt_num(v, prec))
 }
 
 #[cfg(test)]
@@ -719,17 +430,6 @@ pub fn fmt_opt(x: Option<f64>, prec: usize) -> String {
 mod tests {
     use super::*;
     use crate::stats::Percentiles;
-
-    #[test]
-    fn number_formatting() {
-        assert_eq!(fmt_num(0.0, 0), "0");
-        assert_eq!(fmt_num(999.0, 0), "999");
-        assert_eq!(fmt_num(1234.5, 1), "1 234.5");
-        assert_eq!(fmt_num(1234567.0, 0), "1 234 567");
-        assert_eq!(fmt_num(-1234.0, 0), "-1 234");
-        assert_eq!(fmt_num(0.1234, 3), "0.123");
-        assert_eq!(fmt_opt(None, 2), "–");
-    }
 
     fn run(run: usize, scenario: Scenario, rps: f64, p50: f64, errors: u64) -> RunRecord {
         let secs = 5.0;

@@ -1,0 +1,173 @@
+//! The control-plane push scenario's inputs: its settings ([`CpPushConfig`]), the policy
+//! directory it writes (services and the routes a change rewrites) and small readers of
+//! `/proc` status and the control plane's metrics.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// The mesh's trust domain.
+pub const TRUST_DOMAIN: &str = "weft.local";
+/// Services in the benchmark's policy; sidecar `i` belongs to service `i % SERVICES`.
+pub const SERVICES: usize = 50;
+/// Sidecar counts measured by default.
+pub const DEFAULT_SIDECARS: [usize; 4] = [100, 250, 500, 1000];
+/// The issue's targets: every sidecar ACKed within this long after the change …
+pub const TARGET_ACK: Duration = Duration::from_secs(2);
+/// … and the control plane's RSS under this many MiB.
+pub const TARGET_RSS_MIB: f64 = 150.0;
+/// Limit on one sidecar's TCP + TLS + stream set-up (a storm of 1000 on one CPU takes a while).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Limit on the whole connect storm, until all are in sync.
+pub(crate) const STORM_TIMEOUT: Duration = Duration::from_secs(90);
+/// Limit on every sidecar ACKing a policy change.
+pub(crate) const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the control plane's metrics are polled while waiting.
+pub(crate) const POLL: Duration = Duration::from_millis(20);
+/// Name of the policy file with the routes (rewritten by each change).
+pub(crate) const ROUTES_FILE: &str = "routes.yaml";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CpPushConfig {
+    /// Sidecar counts, in order.
+    pub sidecars: Vec<usize>,
+    /// Runs per sidecar count (a fresh control plane each).
+    pub runs: usize,
+    /// Policy changes per run.
+    pub changes: usize,
+    /// CPU the control plane is pinned to.
+    pub server_core: usize,
+    /// CPU this process (the simulated sidecars) is pinned to.
+    pub client_core: usize,
+    /// The `weft-control-plane` binary.
+    pub binary: PathBuf,
+}
+
+/// Name of service `i`.
+pub fn service_name(i: usize) -> String {
+    format!("svc-{i:02}")
+}
+
+/// SPIFFE identity of service `i`.
+pub fn service_identity(i: usize) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{}", service_name(i))
+}
+
+/// `services.yaml`: every service with its identity (endpoints come from the sidecars).
+pub fn services_yaml() -> String {
+    let mut out = String::from("services:\n");
+    for i in 0..SERVICES {
+        let _ = write!(
+            out,
+            "  - name: {}\n    identity: {}\n",
+            service_name(i),
+            service_identity(i)
+        );
+    }
+    out
+}
+
+/// `routes.yaml`: one route per service, split between subsets `version: v1` and `v2`; the
+/// routes to services 0 and 1 send `canary` percent to v2, the others 10.
+pub fn routes_yaml(canary: u32) -> String {
+    let mut out = String::from("routes:\n");
+    for i in 0..SERVICES {
+        let v2 = if i < 2 { canary } else { 10 };
+        let _ = write!(
+            out,
+            "  - name: {svc}-api\n    service: {svc}\n    match:\n      path: {{prefix: /api}}\n    \
+             backends:\n      - {{subset: {{version: v1}}, weight: {v1}}}\n      - {{subset: {{version: v2}}, weight: {v2}}}\n    \
+             timeout: 2s\n    retry:\n      on: [connect-failure, refused-stream]\n      attempts: 2\n",
+            svc = service_name(i),
+            v1 = 100 - v2,
+        );
+    }
+    out
+}
+
+/// The canary weight of change `k` (from 1): 20, 30, … 90, 10, 20, …; change 0 is the
+/// initial 10.
+pub fn canary_of_change(k: usize) -> u32 {
+    // k % 9 < 9, so this fits.
+    10 + 10 * u32::try_from(k % 9).unwrap_or(0)
+}
+
+/// Writes `text` to `dir/name` atomically (write a dot file, then rename), as operators'
+/// tooling should; the control plane never reads half a file.
+pub fn write_atomically(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+/// `VmRSS` and `VmHWM` (KiB) from the text of `/proc/PID/status`.
+pub fn parse_rss_hwm_kib(status: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, KiB.
+pub(crate) fn rss_hwm_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_rss_hwm_kib(&status).with_context(|| format!("no VmRSS/VmHWM for pid {pid}"))
+}
+
+/// The value of the sample `name` (with its labels, exactly) in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The `q` quantile (nearest rank) of sorted `v`.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_has_a_route_per_service_and_changes_two() {
+        let s = services_yaml();
+        assert_eq!(s.matches("  - name: svc-").count(), SERVICES);
+        let (a, b) = (routes_yaml(10), routes_yaml(20));
+        assert_eq!(a.matches("backends:").count(), SERVICES);
+        let differing = a.lines().zip(b.lines()).filter(|(x, y)| x != y).count();
+        assert_eq!(differing, 4, "v1 and v2 weights of two routes");
+        assert_eq!(canary_of_change(0), 10);
+        assert_eq!(canary_of_change(1), 20);
+        assert_eq!(canary_of_change(9), 10);
+    }
+
+    #[test]
+    fn parses_status_metrics_and_quantiles() {
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(parse_rss_hwm_kib(status), Some((1024, 2048)));
+        let text =
+            "weft_cp_sidecars{state=\"connected\"} 12\nweft_cp_sidecars{state=\"in_sync\"} 7\n";
+        assert_eq!(
+            metric_value(text, "weft_cp_sidecars{state=\"in_sync\"}"),
+            Some(7.0)
+        );
+        assert_eq!(metric_value(text, "weft_cp_sidecars{state=\"x\"}"), None);
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(500.0));
+        assert_eq!(quantile(&v, 0.99), Some(990.0));
+        assert_eq!(quantile(&v, 1.0), Some(1000.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+}
