@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use weft_benches::mesh::{self, SidecarPorts, APP_ID, CLIENT_ID};
+use weft_benches::mesh::{self, SidecarPorts, APP_ID};
+use weft_policy::wire::ConfigFile;
 
 use crate::model::{PairPorts, Sizing, Workload, APP_DNS, NGINX_STREAM_MODULE, TLS13_SUITE};
 
@@ -275,23 +276,22 @@ pub fn nginx_server_cfg(
 }
 
 /// Config of Weft sidecar B (the app's) for workload `w`.
-pub fn weft_server_cfg(w: Workload, ports: PairPorts, app: SocketAddr) -> String {
-    let protocol = w.as_str();
-    format!(
-        "service: {{name: app, identity: \"{APP_ID}\", app: \"{app}\", protocol: {protocol}}}\n\
-         listen: {{outbound: \"127.0.0.1:{o}\", inbound: \"127.0.0.1:{i}\", admin: \"127.0.0.1:{a}\"}}\n\
-         tls: {{cert: app.crt, key: app.key, trust_bundle: ca.crt}}\n\
-         workers: 1\n",
-        o = ports.weft[3],
-        i = ports.tls,
-        a = ports.weft[2],
-    )
+pub fn weft_server_cfg(w: Workload, ports: PairPorts, app: SocketAddr) -> ConfigFile {
+    let sp = SidecarPorts {
+        outbound: ports.weft[3],
+        inbound: ports.tls,
+        admin: ports.weft[2],
+    };
+    let mut cfg = mesh::sidecar("app", APP_ID, app.port(), w.as_str(), sp, "app");
+    // The app may listen elsewhere than 127.0.0.1 (it does not today).
+    cfg.service.app = app.to_string();
+    cfg
 }
 
 /// Config of Weft sidecar A (the client's) for workload `w`: HTTP on its
 /// outbound listener (`Host: app`), gRPC and TCP on a port of the service's
 /// own (`ports.entry`).
-pub fn weft_client_cfg(w: Workload, ports: PairPorts) -> String {
+pub fn weft_client_cfg(w: Workload, ports: PairPorts) -> ConfigFile {
     let sp = SidecarPorts {
         outbound: if w == Workload::Http {
             ports.entry
@@ -302,27 +302,14 @@ pub fn weft_client_cfg(w: Workload, ports: PairPorts) -> String {
         admin: ports.weft[0],
     };
     if w == Workload::Http {
-        return mesh::client_sidecar_yaml(ports.weft[4], sp, ports.tls);
+        return mesh::client_sidecar(ports.weft[4], sp, ports.tls);
     }
-    format!(
-        "service: {{name: client, identity: \"{CLIENT_ID}\", app: \"127.0.0.1:{unused}\", protocol: http}}\n\
-         listen: {{outbound: \"127.0.0.1:{o}\", inbound: \"127.0.0.1:{i}\", admin: \"127.0.0.1:{a}\"}}\n\
-         tls: {{cert: client.crt, key: client.key, trust_bundle: ca.crt}}\n\
-         workers: 1\n\
-         services:\n\
-         \x20 - name: app\n\
-         \x20   identity: \"{APP_ID}\"\n\
-         \x20   protocol: {protocol}\n\
-         \x20   port: {entry}\n\
-         \x20   endpoints: [{{address: \"127.0.0.1:{tls}\"}}]\n",
-        unused = ports.weft[3],
-        o = sp.outbound,
-        i = sp.inbound,
-        a = sp.admin,
-        protocol = w.as_str(),
-        entry = ports.entry,
-        tls = ports.tls,
-    )
+    let mut cfg = mesh::client_sidecar_base(ports.weft[3], sp);
+    let mut app = mesh::app_service(&[ports.tls]);
+    app.protocol = Some(w.as_str().to_owned());
+    app.port = Some(ports.entry);
+    cfg.services.push(app);
+    cfg
 }
 
 #[cfg(test)]
@@ -426,11 +413,20 @@ mod tests {
     fn weft_configs_per_workload() {
         let app: SocketAddr = "127.0.0.1:1009".parse().unwrap();
         let b = weft_server_cfg(Workload::Grpc, ports(), app);
-        assert!(b.contains("protocol: grpc") && b.contains("inbound: \"127.0.0.1:1002\""));
+        assert_eq!(b.service.protocol.as_deref(), Some("grpc"));
+        assert_eq!(b.service.app, "127.0.0.1:1009");
+        assert_eq!(b.listen.inbound.as_deref(), Some("127.0.0.1:1002"));
         let a = weft_client_cfg(Workload::Tcp, ports());
-        assert!(a.contains("protocol: tcp") && a.contains("port: 1001"));
-        assert!(a.contains("address: \"127.0.0.1:1002\""));
+        let s = &a.services[0];
+        assert_eq!((s.protocol.as_deref(), s.port), (Some("tcp"), Some(1001)));
+        assert_eq!(s.endpoints[0].address, "127.0.0.1:1002");
         let h = weft_client_cfg(Workload::Http, ports());
-        assert!(h.contains("outbound: \"127.0.0.1:1001\"") && h.contains("127.0.0.1:1002"));
+        assert_eq!(h.listen.outbound.as_deref(), Some("127.0.0.1:1001"));
+        assert_eq!(h.services[0].endpoints[0].address, "127.0.0.1:1002");
+        let y = mesh::to_yaml(&h).unwrap();
+        assert!(
+            y.contains("127.0.0.1:1001") && y.contains("127.0.0.1:1002"),
+            "{y}"
+        );
     }
 }

@@ -185,8 +185,8 @@ impl Pair {
                 };
                 let (a_file, b_file) =
                     (dir.join(stem("a") + ".yaml"), dir.join(stem("b") + ".yaml"));
-                std::fs::write(&a_file, weft_client_cfg(w, ports))?;
-                std::fs::write(&b_file, weft_server_cfg(w, ports, app))?;
+                mesh::write_config(&a_file, &weft_client_cfg(w, ports))?;
+                mesh::write_config(&b_file, &weft_server_cfg(w, ports, app))?;
                 mesh::check_config(bins, &a_file)?;
                 mesh::check_config(bins, &b_file)?;
                 let mut a = mesh::pinned(core, proxy);

@@ -53,21 +53,14 @@ impl Mesh {
         let unused_app_port = p[7];
         let b_cfg = dir.join("sidecar-b.yaml");
         let a_cfg = dir.join("sidecar-a.yaml");
-        let log = |name: &str| {
-            if access_log {
-                format!("access_log: {name}\n")
-            } else {
-                String::new()
-            }
-        };
-        std::fs::write(
-            &b_cfg,
-            app_sidecar_yaml(app_port, b_ports) + &log("access-b.log"),
-        )?;
-        std::fs::write(
-            &a_cfg,
-            client_sidecar_yaml(unused_app_port, a_ports, b_ports.inbound) + &log("access-a.log"),
-        )?;
+        let mut b = app_sidecar(app_port, b_ports);
+        let mut a = client_sidecar(unused_app_port, a_ports, b_ports.inbound);
+        if access_log {
+            b.access_log = Some("access-b.log".into());
+            a.access_log = Some("access-a.log".into());
+        }
+        write_config(&b_cfg, &b)?;
+        write_config(&a_cfg, &a)?;
         for cfg in [&b_cfg, &a_cfg] {
             check_config(bins, cfg)?;
         }

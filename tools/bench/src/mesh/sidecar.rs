@@ -1,9 +1,15 @@
-//! The mesh's identities and the sidecars' config files: the trust domain, the client's and
-//! the app's SPIFFE IDs, the workload certificates written for a run, and the YAML of the
-//! pair's two sidecars (the other scenarios build theirs on [`client_sidecar_head`]).
+//! The mesh's identities and the sidecars' configs: the trust domain, the client's and the
+//! app's SPIFFE IDs, the workload certificates written for a run, and the pair's two sidecar
+//! configs, built from the policy crate's own file types ([`weft_policy::wire::ConfigFile`])
+//! and written with serde, so a config the bench writes is one the sidecar's parser has the
+//! types for (the other scenarios build theirs on [`client_sidecar_base`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use weft_policy::wire::{ConfigFile, Endpoint, Listen, OwnService, Service, Tls};
 
 /// App instances of the failing-endpoint scenario, each with its own certificate
 /// ([`write_certs`]).
@@ -17,6 +23,7 @@ pub const CLIENT_ID: &str = "spiffe://weft.local/ns/default/sa/client";
 
 /// SPIFFE identity of the app's side (sidecar B).
 pub const APP_ID: &str = "spiffe://weft.local/ns/default/sa/app";
+
 /// Ports of one sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SidecarPorts {
@@ -28,48 +35,118 @@ pub struct SidecarPorts {
     pub admin: u16,
 }
 
+/// `127.0.0.1:<port>` as the configs write addresses.
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// A sidecar's own part: service `name` of `identity` whose app is at `127.0.0.1:app_port`
+/// speaking `protocol`, its three listeners, the workload certificate `<cert>.crt` /
+/// `<cert>.key` with the mesh CA, one worker; no services or routes yet.
+pub fn sidecar(
+    name: &str,
+    identity: &str,
+    app_port: u16,
+    protocol: &str,
+    ports: SidecarPorts,
+    cert: &str,
+) -> ConfigFile {
+    ConfigFile {
+        service: OwnService {
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            app: local(app_port),
+            protocol: Some(protocol.to_owned()),
+            rate_limit: None,
+            labels: BTreeMap::new(),
+        },
+        listen: Listen {
+            outbound: Some(local(ports.outbound)),
+            inbound: Some(local(ports.inbound)),
+            admin: Some(local(ports.admin)),
+            metrics: None,
+        },
+        tls: Tls {
+            cert: format!("{cert}.crt"),
+            key: format!("{cert}.key"),
+            trust_bundle: "ca.crt".to_owned(),
+        },
+        workers: Some(1),
+        drain_timeout: None,
+        connect_timeout: None,
+        access_log: None,
+        idle_timeout: None,
+        tracing: None,
+        control_plane: None,
+        services: Vec::new(),
+        routes: Vec::new(),
+        authorization: None,
+    }
+}
+
 /// Config of sidecar B, beside the app (service `app`).
-pub fn app_sidecar_yaml(app_port: u16, ports: SidecarPorts) -> String {
-    app_sidecar_yaml_with_cert(app_port, ports, "app")
+pub fn app_sidecar(app_port: u16, ports: SidecarPorts) -> ConfigFile {
+    app_sidecar_with_cert(app_port, ports, "app")
 }
 
 /// Config of a sidecar beside an instance of the app (service `app`), with
 /// the workload certificate `<cert>.crt` / `<cert>.key`.
-pub fn app_sidecar_yaml_with_cert(app_port: u16, ports: SidecarPorts, cert: &str) -> String {
-    format!(
-        "service: {{name: app, identity: \"{APP_ID}\", app: \"127.0.0.1:{app_port}\", protocol: http}}\n\
-         listen: {{outbound: \"127.0.0.1:{o}\", inbound: \"127.0.0.1:{i}\", admin: \"127.0.0.1:{a}\"}}\n\
-         tls: {{cert: {cert}.crt, key: {cert}.key, trust_bundle: ca.crt}}\n\
-         workers: 1\n",
-        o = ports.outbound,
-        i = ports.inbound,
-        a = ports.admin,
-    )
+pub fn app_sidecar_with_cert(app_port: u16, ports: SidecarPorts, cert: &str) -> ConfigFile {
+    sidecar("app", APP_ID, app_port, "http", ports, cert)
+}
+
+/// The service `app` a client-side sidecar may call, at the sidecars listening on
+/// `endpoint_ports`.
+pub fn app_service(endpoint_ports: &[u16]) -> Service {
+    Service {
+        name: "app".to_owned(),
+        hosts: Vec::new(),
+        identity: APP_ID.to_owned(),
+        protocol: None,
+        port: None,
+        load_balancer: None,
+        endpoints: endpoint_ports
+            .iter()
+            .map(|&p| Endpoint {
+                address: local(p),
+                labels: BTreeMap::new(),
+            })
+            .collect(),
+        retry_budget: None,
+        outlier_detection: None,
+        limits: None,
+    }
 }
 
 /// Config of sidecar A, beside the client (service `client`, may call `app`
 /// at `app_inbound`, sidecar B's inbound port). `unused_app_port` is where
 /// its own (absent) app would be.
-pub fn client_sidecar_yaml(unused_app_port: u16, ports: SidecarPorts, app_inbound: u16) -> String {
-    client_sidecar_head(unused_app_port, ports)
-        + &format!(
-            "services:\n\
-             \x20 - name: app\n\
-             \x20   identity: \"{APP_ID}\"\n\
-             \x20   endpoints: [{{address: \"127.0.0.1:{app_inbound}\"}}]\n"
-        )
+pub fn client_sidecar(unused_app_port: u16, ports: SidecarPorts, app_inbound: u16) -> ConfigFile {
+    let mut cfg = client_sidecar_base(unused_app_port, ports);
+    cfg.services.push(app_service(&[app_inbound]));
+    cfg
 }
-/// The part of a client-side sidecar's config before `services:`.
-pub fn client_sidecar_head(unused_app_port: u16, ports: SidecarPorts) -> String {
-    format!(
-        "service: {{name: client, identity: \"{CLIENT_ID}\", app: \"127.0.0.1:{unused_app_port}\", protocol: http}}\n\
-         listen: {{outbound: \"127.0.0.1:{o}\", inbound: \"127.0.0.1:{i}\", admin: \"127.0.0.1:{a}\"}}\n\
-         tls: {{cert: client.crt, key: client.key, trust_bundle: ca.crt}}\n\
-         workers: 1\n",
-        o = ports.outbound,
-        i = ports.inbound,
-        a = ports.admin,
+
+/// A client-side sidecar's own part (service `client`), before its services and routes.
+pub fn client_sidecar_base(unused_app_port: u16, ports: SidecarPorts) -> ConfigFile {
+    sidecar(
+        "client",
+        CLIENT_ID,
+        unused_app_port,
+        "http",
+        ports,
+        "client",
     )
+}
+
+/// The config as the YAML file `weft-proxy --config` reads.
+pub fn to_yaml(cfg: &ConfigFile) -> anyhow::Result<String> {
+    serde_yaml::to_string(cfg).context("serializing a sidecar config")
+}
+
+/// Writes `cfg` as YAML to `path`.
+pub fn write_config(path: &Path, cfg: &ConfigFile) -> anyhow::Result<()> {
+    std::fs::write(path, to_yaml(cfg)?).with_context(|| format!("writing {}", path.display()))
 }
 
 /// File stem of the workload certificate of app instance `i` (from 1) in
@@ -110,7 +187,7 @@ mod tests {
             inbound: 1002,
             admin: 1003,
         };
-        let b = app_sidecar_yaml(1000, ports);
+        let b = to_yaml(&app_sidecar(1000, ports)).unwrap();
         for s in [
             "127.0.0.1:1000",
             "127.0.0.1:1001",
@@ -121,16 +198,18 @@ mod tests {
         ] {
             assert!(b.contains(s), "{s} missing in\n{b}");
         }
-        let a = client_sidecar_yaml(2000, ports, 3002);
-        for s in [
-            "127.0.0.1:2000",
-            "address: \"127.0.0.1:3002\"",
-            CLIENT_ID,
-            APP_ID,
-            "  - name: app\n    identity:",
-        ] {
-            assert!(a.contains(s), "{s} missing in\n{a}");
+        let a = client_sidecar(2000, ports, 3002);
+        let y = to_yaml(&a).unwrap();
+        for s in ["127.0.0.1:2000", "127.0.0.1:3002", CLIENT_ID, APP_ID] {
+            assert!(y.contains(s), "{s} missing in\n{y}");
         }
+        assert_eq!(a.services.len(), 1);
+        assert_eq!(a.services[0].name, "app");
+        assert_eq!(a.services[0].identity, APP_ID);
+        assert_eq!(a.services[0].endpoints[0].address, "127.0.0.1:3002");
+        // What the file says is what the sidecar's parser reads back.
+        let back: ConfigFile = serde_yaml::from_str(&y).unwrap();
+        assert_eq!(back, a);
     }
     #[test]
     fn certs_are_written() {

@@ -79,10 +79,10 @@ impl ObservabilityMesh {
             .into_iter()
             .filter(|v| v.sampling().is_some())
         {
-            let yaml =
-                client_sidecar_yaml(4, ports, 5) + &v.config_lines(Side::Client, loopback(6));
+            let mut sidecar = client_sidecar(4, ports, 5);
+            v.apply(&mut sidecar, Side::Client, loopback(6));
             let cfg = dir.join(format!("check-obs-{}.yaml", v.key()));
-            std::fs::write(&cfg, yaml)?;
+            write_config(&cfg, &sidecar)?;
             check_config(bins, &cfg).map_err(|e| {
                 if crate::resilience::is_unknown_field_error(&format!("{e:#}")) {
                     e.context(
@@ -155,15 +155,12 @@ impl ObservabilityMesh {
         let b_cfg = dir.join(format!("sidecar-obs-{}-b.yaml", v.key()));
         let a_cfg = dir.join(format!("sidecar-obs-{}-a.yaml", v.key()));
         let first = !b_cfg.exists();
-        std::fs::write(
-            &b_cfg,
-            app_sidecar_yaml(self.app_port, b_ports) + &v.config_lines(Side::App, c_addr),
-        )?;
-        std::fs::write(
-            &a_cfg,
-            client_sidecar_yaml(unused_app_port, a_ports, b_ports.inbound)
-                + &v.config_lines(Side::Client, c_addr),
-        )?;
+        let mut b = app_sidecar(self.app_port, b_ports);
+        v.apply(&mut b, Side::App, c_addr);
+        write_config(&b_cfg, &b)?;
+        let mut a = client_sidecar(unused_app_port, a_ports, b_ports.inbound);
+        v.apply(&mut a, Side::Client, c_addr);
+        write_config(&a_cfg, &a)?;
         if first {
             for cfg in [&b_cfg, &a_cfg] {
                 check_config(&self.bins, cfg)?;

@@ -420,7 +420,7 @@ mod tests {
             "## Observability cost",
             "| baseline (defaults) | – (metrics on; no access log; no `tracing`) | 20 500 | 1.000× | – | 1.000× |",
             "| access log | `access_log: access-access-log-a.log` | 19 000 | 0.927× | 7.3 % | 0.940× |",
-            "| access log + tracing 100 % | `access_log: access-access-log+tracing-100-a.log<br>tracing: {collector: \"http://127.0.0.1:4317\", sampling: 1.0, max_queue: 65536}` | 14 000 |",
+            "| access log + tracing 100 % | `access_log: access-access-log+tracing-100-a.log<br>tracing: {\"collector\":\"http://127.0.0.1:4317\",\"sampling\":1.0,\"max_queue\":65536}` | 14 000 |",
             "= **0.927×** of the default settings, cost **7.3 %** (bound: under 10 %: met)",
             "| tracing 100 % | 270 000 / 270 000 | 270 000 / 270 000 | 0 / 0 | 0 | 540 000 | 12 |",
             "| tracing 0 % | 356 400 / 356 400 | 0 / 0 | 0 / 0 | 0 | 0 | – |",
@@ -442,7 +442,7 @@ mod tests {
         assert!(json["config"]["config_lines"]["tracing-0"]
             .as_str()
             .unwrap()
-            .contains("sampling: 0.0"));
+            .contains("\"sampling\":0.0"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use serde::Serialize;
+use weft_policy::wire::{ConfigFile, Tracing};
 
 /// The largest throughput cost of access logs (on both sidecars, against
 /// the default settings) the issue allows, percent.
@@ -162,28 +163,42 @@ impl ObsVariant {
         format!("access-{}-{}.log", self.key(), side.letter())
     }
 
-    /// The lines this variant adds to the top level of `side`'s config
-    /// (empty for the baseline): the access log, the `tracing` block with
-    /// the collector at `collector`.
+    /// The `tracing` block of this variant's sidecars, exporting to `collector` (none for
+    /// the variants without tracing).
+    pub fn tracing(self, collector: SocketAddr) -> Option<Tracing> {
+        self.sampling().map(|p| Tracing {
+            collector: Some(format!("http://{collector}")),
+            sampling: Some(p),
+            // The bounded export queue only matters when spans are exported.
+            max_queue: (p > 0.0).then_some(TRACE_MAX_QUEUE),
+            export_interval: None,
+        })
+    }
+
+    /// What this variant sets in `side`'s config (nothing for the baseline): the access
+    /// log, and the `tracing` block with the collector at `collector`.
+    pub fn apply(self, cfg: &mut ConfigFile, side: Side, collector: SocketAddr) {
+        if self.access_log() {
+            cfg.access_log = Some(self.access_log_file(side));
+        }
+        cfg.tracing = self.tracing(collector);
+    }
+
+    /// For the report: the top-level lines [`ObsVariant::apply`] adds to `side`'s config,
+    /// `key: value` with the `tracing` block serialized as JSON (YAML's flow style, so a
+    /// table cell reads like the config); empty for the baseline.
     pub fn config_lines(self, side: Side, collector: SocketAddr) -> String {
         let mut s = String::new();
         if self.access_log() {
-            let _ = writeln!(s, "access_log: {}", self.access_log_file(side));
+            let log = serde_yaml::to_string(&self.access_log_file(side)).unwrap_or_default();
+            let _ = writeln!(s, "access_log: {}", log.trim_end());
         }
-        match self.sampling() {
-            Some(p) if p > 0.0 => {
-                let _ = writeln!(
-                    s,
-                    "tracing: {{collector: \"http://{collector}\", sampling: {p:.1}, max_queue: {TRACE_MAX_QUEUE}}}"
-                );
-            }
-            Some(p) => {
-                let _ = writeln!(
-                    s,
-                    "tracing: {{collector: \"http://{collector}\", sampling: {p:.1}}}"
-                );
-            }
-            None => {}
+        if let Some(t) = self.tracing(collector) {
+            let _ = writeln!(
+                s,
+                "tracing: {}",
+                serde_json::to_string(&t).unwrap_or_default()
+            );
         }
         s
     }
@@ -233,17 +248,23 @@ mod tests {
         );
         assert_eq!(
             ObsVariant::Tracing0.config_lines(Side::App, c),
-            "tracing: {collector: \"http://127.0.0.1:4317\", sampling: 0.0}\n"
+            "tracing: {\"collector\":\"http://127.0.0.1:4317\",\"sampling\":0.0}\n"
         );
         assert_eq!(
             ObsVariant::Tracing100.config_lines(Side::Client, c),
-            "tracing: {collector: \"http://127.0.0.1:4317\", sampling: 1.0, max_queue: 65536}\n"
+            "tracing: {\"collector\":\"http://127.0.0.1:4317\",\"sampling\":1.0,\"max_queue\":65536}\n"
         );
         assert_eq!(
             ObsVariant::AccessLogTracing100.config_lines(Side::Client, c),
             "access_log: access-access-log+tracing-100-a.log\n\
-             tracing: {collector: \"http://127.0.0.1:4317\", sampling: 1.0, max_queue: 65536}\n"
+             tracing: {\"collector\":\"http://127.0.0.1:4317\",\"sampling\":1.0,\"max_queue\":65536}\n"
         );
+        // The lines are what `apply` sets, read back as YAML.
+        for v in ObsVariant::ALL {
+            let y = v.config_lines(Side::Client, c);
+            let back: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+            assert_eq!(back.get("tracing").is_some(), v.sampling().is_some(), "{y}");
+        }
         for v in ObsVariant::ALL {
             let y = v.config_lines(Side::Client, c);
             assert_eq!(y.contains("access_log"), v.access_log(), "{y}");

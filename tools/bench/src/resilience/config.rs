@@ -1,59 +1,129 @@
-//! The resilience scenarios' outbound sidecar configs: the `services:` part without and
-//! with the policies, for a balancer, and the whole client-side config built on
-//! [`crate::mesh::client_sidecar_head`].
+//! The resilience scenarios' outbound sidecar configs: the policy part (`services:` and
+//! `routes:`) without and with the policies, for a balancer, built from the policy crate's
+//! types, and the whole client-side config on [`crate::mesh::client_sidecar_base`].
 
-use std::fmt::Write as _;
+use weft_policy::wire::{
+    Backoff, ConfigFile, Limits, OutlierDetection, PolicySnapshot, RateLimit, Retry, RetryBudget,
+    Route,
+};
 
-use crate::mesh::APP_ID;
+use crate::mesh::{app_service, client_sidecar_base, SidecarPorts};
 
-use super::variant::*;
+use super::variant::{Balancer, Policies};
 
-/// The `services:` and `routes:` part of an outbound sidecar's config: the
-/// service `app` (identity [`APP_ID`]) at the sidecars listening on
-/// `127.0.0.1:<port>` for each of `endpoint_ports`, with one catch-all route
-/// `all`, without or with the resilience policies, with `balancer` (the
-/// default one is left implicit).
-pub fn services_yaml(endpoint_ports: &[u16], policies: Policies, balancer: Balancer) -> String {
-    let endpoints: Vec<String> = endpoint_ports
-        .iter()
-        .map(|p| format!("{{address: \"127.0.0.1:{p}\"}}"))
-        .collect();
-    let mut s = format!(
-        "services:\n\
-         \x20 - name: app\n\
-         \x20   identity: \"{APP_ID}\"\n\
-         \x20   endpoints: [{}]\n",
-        endpoints.join(", ")
-    );
+/// The policy part of an outbound sidecar's config: the service `app` (identity
+/// [`crate::mesh::APP_ID`]) at the sidecars listening on `127.0.0.1:<port>` for each of
+/// `endpoint_ports`, with one catch-all route `all`, without or with the resilience
+/// policies, with `balancer` (the default one is left implicit).
+///
+/// Without policies, outlier detection is turned off (`consecutive_failures: 0`): it is the
+/// one resilience feature on by default. With them: outlier detection, a retry budget,
+/// limits, and on the route retries on 5xx and connection failures plus a rate limit far
+/// above any load (so it costs its bookkeeping but never rejects).
+pub fn policy_part(
+    endpoint_ports: &[u16],
+    policies: Policies,
+    balancer: Balancer,
+) -> PolicySnapshot {
+    let mut app = app_service(endpoint_ports);
     if balancer != Balancer::P2cEwma {
-        let _ = writeln!(s, "    load_balancer: {}", balancer.as_str());
+        app.load_balancer = Some(balancer.as_str().to_owned());
     }
+    let mut route = Route {
+        name: "all".to_owned(),
+        service: "app".to_owned(),
+        from: None,
+        matches: Default::default(),
+        backends: Vec::new(),
+        timeout: None,
+        rewrite: None,
+        request_headers: None,
+        retry: None,
+        rate_limit: None,
+        fault: None,
+    };
     match policies {
         Policies::Without => {
-            s.push_str(
-                "    outlier_detection: {consecutive_failures: 0}\n\
-                 routes:\n\
-                 \x20 - name: all\n\
-                 \x20   service: app\n",
-            );
+            app.outlier_detection = Some(OutlierDetection {
+                consecutive_failures: Some(0),
+                ..Default::default()
+            });
         }
         Policies::With => {
-            s.push_str(
-                "    outlier_detection: {consecutive_failures: 5, base_ejection_time: 10s, max_ejection_time: 300s, max_ejected_percent: 50, failures: 5xx}\n\
-                 \x20   retry_budget: {ratio: 0.2, min_per_second: 10, window: 10s}\n\
-                 \x20   limits: {max_in_flight: 1024, max_pending: 1024, queue_timeout: 1s}\n\
-                 routes:\n\
-                 \x20 - name: all\n\
-                 \x20   service: app\n\
-                 \x20   retry:\n\
-                 \x20     on: [5xx, connect-failure, refused-stream, reset]\n\
-                 \x20     attempts: 3\n\
-                 \x20     backoff: {base: 25ms, max: 250ms}\n\
-                 \x20   rate_limit: {requests_per_second: 1000000000, burst: 1000000}\n",
-            );
+            app.outlier_detection = Some(OutlierDetection {
+                consecutive_failures: Some(5),
+                base_ejection_time: Some("10s".into()),
+                max_ejection_time: Some("300s".into()),
+                max_ejected_percent: Some(50),
+                failures: Some("5xx".into()),
+            });
+            app.retry_budget = Some(RetryBudget {
+                ratio: Some(0.2),
+                min_per_second: Some(10),
+                window: Some("10s".into()),
+            });
+            app.limits = Some(Limits {
+                max_in_flight: Some(1024),
+                max_pending: Some(1024),
+                queue_timeout: Some("1s".into()),
+                max_connections: None,
+            });
+            route.retry = Some(Retry {
+                on: Some(
+                    ["5xx", "connect-failure", "refused-stream", "reset"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+                attempts: Some(3),
+                backoff: Some(Backoff {
+                    base: Some("25ms".into()),
+                    max: Some("250ms".into()),
+                }),
+                ..Default::default()
+            });
+            route.rate_limit = Some(RateLimit {
+                requests_per_second: 1_000_000_000.0,
+                burst: Some(1_000_000),
+                per_caller: None,
+            });
         }
     }
-    s
+    PolicySnapshot {
+        version: String::new(),
+        services: vec![app],
+        routes: vec![route],
+        authorization: None,
+    }
+}
+
+/// [`policy_part`] as the YAML the report records for each variant.
+pub fn services_yaml(
+    endpoint_ports: &[u16],
+    policies: Policies,
+    balancer: Balancer,
+) -> anyhow::Result<String> {
+    Ok(serde_yaml::to_string(&policy_part(
+        endpoint_ports,
+        policies,
+        balancer,
+    ))?)
+}
+
+/// Config of an outbound sidecar beside the client (service `client`) that
+/// may call `app` at the sidecars listening on `app_inbound_ports`, without
+/// or with the resilience policies, with `balancer` ([`policy_part`]).
+pub fn policy_client_sidecar(
+    unused_app_port: u16,
+    ports: SidecarPorts,
+    app_inbound_ports: &[u16],
+    policies: Policies,
+    balancer: Balancer,
+) -> ConfigFile {
+    let policy = policy_part(app_inbound_ports, policies, balancer);
+    let mut cfg = client_sidecar_base(unused_app_port, ports);
+    cfg.services = policy.services;
+    cfg.routes = policy.routes;
+    cfg
 }
 
 /// Whether `weft-proxy --check` output says the config has fields it does
@@ -72,9 +142,8 @@ mod tests {
 
     #[test]
     fn without_policies_disables_outlier_detection_only() {
-        let y = services_yaml(&[1001], Policies::Without, P2C);
-        assert_eq!(
-            y,
+        let p = policy_part(&[1001], Policies::Without, P2C);
+        let expected: PolicySnapshot = serde_yaml::from_str(
             "services:\n\
              \x20 - name: app\n\
              \x20   identity: \"spiffe://weft.local/ns/default/sa/app\"\n\
@@ -82,8 +151,11 @@ mod tests {
              \x20   outlier_detection: {consecutive_failures: 0}\n\
              routes:\n\
              \x20 - name: all\n\
-             \x20   service: app\n"
-        );
+             \x20   service: app\n",
+        )
+        .unwrap();
+        assert_eq!(p, expected);
+        let y = services_yaml(&[1001], Policies::Without, P2C).unwrap();
         for absent in [
             "retry",
             "rate_limit",
@@ -97,9 +169,8 @@ mod tests {
 
     #[test]
     fn with_policies_is_the_agreed_block() {
-        let y = services_yaml(&[1001, 1002, 1003], Policies::With, P2C);
-        assert_eq!(
-            y,
+        let p = policy_part(&[1001, 1002, 1003], Policies::With, P2C);
+        let expected: PolicySnapshot = serde_yaml::from_str(
             r#"services:
   - name: app
     identity: "spiffe://weft.local/ns/default/sa/app"
@@ -115,41 +186,36 @@ routes:
       attempts: 3
       backoff: {base: 25ms, max: 250ms}
     rate_limit: {requests_per_second: 1000000000, burst: 1000000}
-"#
-        );
-        // Both variants differ only in the policy lines.
-        let without = services_yaml(&[1001, 1002, 1003], Policies::Without, P2C);
-        let common = |y: &str| -> Vec<String> {
-            y.lines()
-                .filter(|l| {
-                    ![
-                        "outlier_detection",
-                        "retry",
-                        "limits",
-                        "on:",
-                        "attempts",
-                        "backoff",
-                        "rate_limit",
-                    ]
-                    .iter()
-                    .any(|k| l.trim_start().starts_with(k))
-                })
-                .map(str::to_owned)
-                .collect()
-        };
-        assert_eq!(common(&y), common(&without));
+"#,
+        )
+        .unwrap();
+        assert_eq!(p, expected);
+        // Both variants differ only in the policy fields.
+        let mut without = policy_part(&[1001, 1002, 1003], Policies::Without, P2C);
+        let mut with = p;
+        for p in [&mut without, &mut with] {
+            p.services[0].outlier_detection = None;
+            p.services[0].retry_budget = None;
+            p.services[0].limits = None;
+            p.routes[0].retry = None;
+            p.routes[0].rate_limit = None;
+        }
+        assert_eq!(with, without);
     }
 
     #[test]
-    fn round_robin_adds_one_line() {
+    fn round_robin_adds_one_field() {
         for p in Policies::BOTH {
-            let p2c = services_yaml(&[1, 2, 3], p, P2C);
-            let rr = services_yaml(&[1, 2, 3], p, RR);
-            let mut lines: Vec<&str> = rr.lines().collect();
-            assert_eq!(lines.remove(4), "    load_balancer: round_robin", "{rr}");
-            assert_eq!(lines, p2c.lines().collect::<Vec<_>>());
+            let p2c = policy_part(&[1, 2, 3], p, P2C);
+            let mut rr = policy_part(&[1, 2, 3], p, RR);
+            assert_eq!(rr.services[0].load_balancer.as_deref(), Some("round_robin"));
+            rr.services[0].load_balancer = None;
+            assert_eq!(rr, p2c);
+            let y = services_yaml(&[1, 2, 3], p, RR).unwrap();
+            assert!(y.contains("load_balancer: round_robin"), "{y}");
         }
     }
+
     #[test]
     fn unknown_field_detection() {
         assert!(is_unknown_field_error(

@@ -15,20 +15,6 @@ use crate::mesh::*;
 use super::config::*;
 use super::variant::*;
 
-/// Config of an outbound sidecar beside the client (service `client`) that
-/// may call `app` at the sidecars listening on `app_inbound_ports`, without
-/// or with the resilience policies, with `balancer`
-/// ([`services_yaml`]).
-pub fn policy_client_sidecar_yaml(
-    unused_app_port: u16,
-    ports: SidecarPorts,
-    app_inbound_ports: &[u16],
-    policies: Policies,
-    balancer: Balancer,
-) -> String {
-    client_sidecar_head(unused_app_port, ports)
-        + &services_yaml(app_inbound_ports, policies, balancer)
-}
 /// An outbound sidecar of the resilience scenarios.
 #[derive(Debug)]
 pub struct PolicySidecar {
@@ -123,9 +109,9 @@ impl ResilienceMesh {
             admin: 3,
         };
         for v in Variant::ALL {
-            let yaml = policy_client_sidecar_yaml(4, ports, &[5, 6, 7], v.policies, v.balancer);
+            let sidecar = policy_client_sidecar(4, ports, &[5, 6, 7], v.policies, v.balancer);
             let cfg = dir.join(format!("check-{}.yaml", v.key()));
-            std::fs::write(&cfg, yaml)?;
+            write_config(&cfg, &sidecar)?;
             check_policy_config(bins, &cfg)?;
         }
         Ok(())
@@ -158,9 +144,9 @@ impl ResilienceMesh {
                 admin: port()?,
             };
             let cfg = dir.join(format!("sidecar-app-{i}.yaml"));
-            std::fs::write(
+            write_config(
                 &cfg,
-                app_sidecar_yaml_with_cert(app_port, ports, &instance_cert(i)),
+                &app_sidecar_with_cert(app_port, ports, &instance_cert(i)),
             )?;
             check_config(bins, &cfg)?;
             instances.push((i, app_port, ports, cfg));
@@ -184,19 +170,18 @@ impl ResilienceMesh {
                 inbound: port()?,
                 admin: port()?,
             };
-            let yaml =
-                policy_client_sidecar_yaml(port()?, ports, &endpoints, v.policies, v.balancer);
+            let sidecar = policy_client_sidecar(port()?, ports, &endpoints, v.policies, v.balancer);
             let stem = if kind == "healthy" {
                 format!("{kind}-{}", v.policies.as_str())
             } else {
                 services_yaml.insert(
                     v.key(),
-                    super::config::services_yaml(&endpoints, v.policies, v.balancer),
+                    super::config::services_yaml(&endpoints, v.policies, v.balancer)?,
                 );
                 format!("{kind}-{}", v.key())
             };
             let cfg = dir.join(format!("sidecar-{stem}.yaml"));
-            std::fs::write(&cfg, &yaml)?;
+            write_config(&cfg, &sidecar)?;
             check_policy_config(bins, &cfg)?;
             outbound.push((kind, v, ports, cfg, stem));
         }
@@ -469,27 +454,36 @@ mod tests {
             inbound: 1002,
             admin: 1003,
         };
-        let head = client_sidecar_head(1000, ports);
+        let base = client_sidecar_base(1000, ports);
         for p in Policies::BOTH {
             for b in Balancer::ALL {
-                let y = policy_client_sidecar_yaml(1000, ports, &[3001, 3002, 3003], p, b);
-                assert!(y.starts_with(&head), "{y}");
-                assert!(y.ends_with(&services_yaml(&[3001, 3002, 3003], p, b)));
+                let c = policy_client_sidecar(1000, ports, &[3001, 3002, 3003], p, b);
+                let part = policy_part(&[3001, 3002, 3003], p, b);
+                assert_eq!(c.services, part.services);
+                assert_eq!(c.routes, part.routes);
+                assert_eq!(
+                    (c.service, c.listen, c.tls),
+                    (base.service.clone(), base.listen.clone(), base.tls.clone())
+                );
             }
         }
-        // The plain client config is the same head and one endpoint.
-        let plain = client_sidecar_yaml(1000, ports, 3001);
-        assert!(plain.starts_with(&head));
-        assert!(!plain.contains("outlier_detection"));
-        let b = app_sidecar_yaml_with_cert(1000, ports, &instance_cert(2));
-        assert!(
-            b.contains("tls: {cert: app-2.crt, key: app-2.key, trust_bundle: ca.crt}"),
-            "{b}"
-        );
-        assert!(b.contains(APP_ID));
+        // The plain client config is the same base and one endpoint, without policies.
+        let plain = client_sidecar(1000, ports, 3001);
+        assert_eq!(plain.service, base.service);
+        assert!(plain.services[0].outlier_detection.is_none());
+        let b = app_sidecar_with_cert(1000, ports, &instance_cert(2));
         assert_eq!(
-            app_sidecar_yaml(1000, ports),
-            app_sidecar_yaml_with_cert(1000, ports, "app")
+            (
+                b.tls.cert.as_str(),
+                b.tls.key.as_str(),
+                b.tls.trust_bundle.as_str()
+            ),
+            ("app-2.crt", "app-2.key", "ca.crt")
+        );
+        assert_eq!(b.service.identity, APP_ID);
+        assert_eq!(
+            app_sidecar(1000, ports),
+            app_sidecar_with_cert(1000, ports, "app")
         );
     }
     #[test]

@@ -474,7 +474,12 @@ pub(crate) mod tests {
             healthy_duration_s: 5.0,
             services_yaml: Variant::ALL
                 .into_iter()
-                .map(|v| (v.key(), services_yaml(&[1, 2, 3], v.policies, v.balancer)))
+                .map(|v| {
+                    (
+                        v.key(),
+                        services_yaml(&[1, 2, 3], v.policies, v.balancer).unwrap(),
+                    )
+                })
                 .collect(),
         }
     }

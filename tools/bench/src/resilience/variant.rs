@@ -2,7 +2,6 @@
 //! balancer ([`Balancer`]), their combinations ([`Variant`]) and run orders, and the
 //! scenarios' fixed numbers (endpoints, fail status, the bounds).
 
-
 use serde::Serialize;
 
 use crate::mesh::APP_INSTANCES;
