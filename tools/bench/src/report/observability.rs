@@ -13,6 +13,16 @@ use super::{fmt_num, fmt_opt};
 impl ObservabilityReport {
     /// Appends the report section (markdown) to `s`.
     pub fn write_markdown(&self, s: &mut String) {
+        self.write_variants(s);
+        self.write_bound(s);
+        self.write_access_logs(s);
+        self.write_spans(s);
+        self.write_idle(s);
+        self.write_runs(s);
+    }
+
+    /// The heading, the settings and one row per variant.
+    fn write_variants(&self, s: &mut String) {
         let c = &self.config;
         let _ = writeln!(s, "\n## Observability cost\n");
         let _ = writeln!(
@@ -37,8 +47,6 @@ impl ObservabilityReport {
             s,
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
-        let x =
-            |r: Option<f64>| r.map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3)));
         for v in &self.variants {
             let lines = c
                 .config_lines
@@ -55,21 +63,24 @@ impl ObservabilityReport {
                 v.variant.label(),
                 lines,
                 fmt_opt(v.rps, 0),
-                x(v.ratio),
+                times(v.ratio),
                 if v.variant == ObsVariant::Baseline {
                     "–".to_owned()
                 } else {
                     fmt_opt(v.cost_pct, 1) + " %"
                 },
-                x(v.paired_ratio_median),
+                times(v.paired_ratio_median),
                 fmt_opt(v.pair_cpu_s_per_100k, 3),
-                x(v.cpu_ratio),
+                times(v.cpu_ratio),
                 fmt_opt(v.server_core_busy_pct, 0),
                 fmt_opt(v.loadgen_core_busy_pct, 0),
                 v.errors,
             );
         }
+    }
 
+    /// The access-log bound against the baseline, and the disturbed runs.
+    fn write_bound(&self, s: &mut String) {
         let base = self.summary(ObsVariant::Baseline);
         let log = self.summary(ObsVariant::AccessLog);
         let _ = writeln!(
@@ -82,7 +93,7 @@ impl ObservabilityReport {
             fmt_opt(base.and_then(|b| b.rps), 0),
             fmt_opt(base.and_then(|b| b.pair_cpu_s_per_100k), 3),
             fmt_opt(log.and_then(|l| l.rps), 0),
-            x(log.and_then(|l| l.ratio)),
+            times(log.and_then(|l| l.ratio)),
             fmt_opt(log.and_then(|l| l.cost_pct), 1),
             fmt_num(MAX_ACCESS_LOG_COST_PCT, 0),
             match log.and_then(|l| l.cost_pct) {
@@ -90,7 +101,7 @@ impl ObservabilityReport {
                 Some(_) => "**not met**",
                 None => "not measured",
             },
-            x(log.and_then(|l| l.cpu_ratio)),
+            times(log.and_then(|l| l.cpu_ratio)),
         );
         let checked =
             |r: &&ObsRun| matches!(r.variant, ObsVariant::Baseline | ObsVariant::AccessLog);
@@ -108,10 +119,13 @@ impl ObservabilityReport {
                  a few seconds apart, is the better estimate, and a quiet machine the real answer.",
                 self.runs.iter().filter(checked).count(),
                 fmt_num(DISTURBED_PCT, 0),
-                x(log.and_then(|l| l.paired_ratio_median)),
+                times(log.and_then(|l| l.paired_ratio_median)),
             );
         }
+    }
 
+    /// The access log lines written and dropped per variant.
+    fn write_access_logs(&self, s: &mut String) {
         let logged: Vec<&ObsSummary> = self
             .variants
             .iter()
@@ -141,7 +155,11 @@ impl ObservabilityReport {
                 parts.join("; ")
             );
         }
+    }
 
+    /// The spans requested, exported, dropped and received per tracing variant.
+    fn write_spans(&self, s: &mut String) {
+        let c = &self.config;
         let traced: Vec<&ObsSummary> = self
             .variants
             .iter()
@@ -198,6 +216,11 @@ impl ObservabilityReport {
                  dropped); their counts are low."
             );
         }
+    }
+
+    /// The idle sidecars' CPU during the runs.
+    fn write_idle(&self, s: &mut String) {
+        let c = &self.config;
         let idle = median_opt(self.runs.iter().map(|r| Some(r.idle_sidecars_cpu_pct)));
         let idle_max = self
             .runs
@@ -216,7 +239,10 @@ impl ObservabilityReport {
             fmt_opt(idle, 1),
             fmt_opt(idle_max, 1),
         );
+    }
 
+    /// Every run.
+    fn write_runs(&self, s: &mut String) {
         let other = |o: f64| {
             if o > DISTURBED_PCT {
                 format!("**{}**", fmt_num(o, 0))
@@ -245,7 +271,7 @@ impl ObservabilityReport {
                 r.run,
                 r.variant.label(),
                 fmt_num(r.saturation.rps, 0),
-                x(ratio(Some(r.saturation.rps), base)),
+                times(ratio(Some(r.saturation.rps), base)),
                 fmt_opt(r.pair_cpu_s_per_100k, 3),
                 if r.variant.sampling().is_some() {
                     format!(
@@ -262,4 +288,9 @@ impl ObservabilityReport {
             );
         }
     }
+}
+
+/// A ratio as `0.927×`, or `–`.
+fn times(r: Option<f64>) -> String {
+    r.map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3)))
 }

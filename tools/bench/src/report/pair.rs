@@ -14,9 +14,19 @@ const MIB: f64 = 1024.0;
 impl Report {
     /// The report as markdown.
     pub fn markdown(&self) -> String {
-        let c = &self.config;
-        let (d, w, r) = (&self.direct, &self.weft, &self.ratios);
         let mut s = String::new();
+        self.write_header(&mut s);
+        self.write_medians(&mut s);
+        self.write_memory(&mut s);
+        self.write_sections(&mut s);
+        self.write_targets(&mut s);
+        self.write_runs(&mut s);
+        s
+    }
+
+    /// The title, the settings and the background load before the runs.
+    fn write_header(&self, s: &mut String) {
+        let c = &self.config;
         let _ = writeln!(s, "# weft-bench: direct vs. Weft sidecar pair\n");
         let _ = writeln!(
             s,
@@ -44,6 +54,12 @@ impl Report {
                 ""
             }
         );
+    }
+
+    /// The medians of direct and weft side by side, with their ratio.
+    fn write_medians(&self, s: &mut String) {
+        let c = &self.config;
+        let (d, w, r) = (&self.direct, &self.weft, &self.ratios);
         let _ = writeln!(s, "| metric | direct | weft | weft / direct |");
         let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
         let mut row =
@@ -138,7 +154,11 @@ impl Report {
             0,
             None,
         );
+    }
 
+    /// The processes' memory, idle and under load.
+    fn write_memory(&self, s: &mut String) {
+        let w = &self.weft;
         let _ = writeln!(
             s,
             "\n| process (VmRSS, MiB) | idle | peak under load, median | peak under load, max |"
@@ -157,15 +177,21 @@ impl Report {
                 fmt_opt(w.peak_rss_kib_max[i].map(|k| k as f64 / MIB), 1),
             );
         }
+    }
 
+    /// The observability and resilience sections, when they ran.
+    fn write_sections(&self, s: &mut String) {
         if let Some(obs) = &self.observability {
-            obs.write_markdown(&mut s);
+            obs.write_markdown(s);
         }
         if let Some(res) = &self.resilience {
-            res.write_markdown(&mut s);
+            res.write_markdown(s);
             let _ = writeln!(s);
         }
+    }
 
+    /// The targets and whether each is met.
+    fn write_targets(&self, s: &mut String) {
         let _ = writeln!(s, "\n| target | goal | measured | met |");
         let _ = writeln!(s, "| --- | ---: | ---: | :---: |");
         for t in &self.targets {
@@ -178,7 +204,10 @@ impl Report {
                 if t.met { "yes" } else { "**no**" }
             );
         }
+    }
 
+    /// Every run, then the notes on disturbed and flagged runs.
+    fn write_runs(&self, s: &mut String) {
         let _ = writeln!(s, "\n| run | scenario | req/s | p50 µs | p99 µs | p99.9 µs | app CPU/100k | pair CPU/100k | other work % | errors |");
         let _ = writeln!(
             s,
@@ -231,6 +260,5 @@ impl Report {
                 let _ = writeln!(s, "- {f}");
             }
         }
-        s
     }
 }

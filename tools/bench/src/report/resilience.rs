@@ -10,6 +10,13 @@ use super::{fmt_num, fmt_opt};
 impl ResilienceReport {
     /// Appends the report section (markdown) to `s`.
     pub fn write_markdown(&self, s: &mut String) {
+        self.write_failing(s);
+        self.write_healthy(s);
+        self.write_runs(s);
+    }
+
+    /// The failing-endpoint scenario: settings and one row per variant.
+    fn write_failing(&self, s: &mut String) {
         let c = &self.config;
         let runs = self.failing.iter().map(|f| f.runs).max().unwrap_or(0);
         let _ = writeln!(s, "\n## Resilience: one of three endpoints fails\n");
@@ -67,7 +74,11 @@ impl ResilienceReport {
             "\nLatency percentiles are over every answered request (any status); \"non-2xx\" and \"no answer\" \
              are totals over all runs' measured windows."
         );
+    }
 
+    /// The healthy path without vs. with the policies.
+    fn write_healthy(&self, s: &mut String) {
+        let c = &self.config;
         let h = &self.healthy;
         let _ = writeln!(
             s,
@@ -94,7 +105,10 @@ impl ResilienceReport {
             fmt_opt(h.without_pair_cpu_s_per_100k, 3),
             fmt_opt(h.with_pair_cpu_s_per_100k, 3),
         );
+    }
 
+    /// Every run of both scenarios.
+    fn write_runs(&self, s: &mut String) {
         let other = |o: f64| {
             if o > DISTURBED_PCT {
                 format!("**{}**", fmt_num(o, 0))
