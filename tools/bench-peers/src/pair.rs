@@ -160,6 +160,7 @@ impl Pair {
     /// Writes the configs of `col`'s pair for workload `w` in front of `app`
     /// into `dir`, starts both proxies pinned to `core` and waits (bounded)
     /// until a request, call or echo goes through.
+    // Long: one match arm per proxy (its config files and command line), then the common start and wait.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         col: Column,

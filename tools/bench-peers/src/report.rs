@@ -9,6 +9,7 @@ use crate::results::PeersReport;
 
 impl PeersReport {
     /// The markdown report.
+    // Long: the report's sections in print order; the throughput and latency tables share one column list and lookups.
     pub fn markdown(&self) -> String {
         let c = &self.config;
         let mut md =

@@ -197,6 +197,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Starts an app per workload, then, `--runs` times, for each workload every
 /// column (direct and each pair found) in a rotating order: a fresh pair
 /// (its idle RSS), the load, the pair ended. Returns the results.
+// Long: the comparison in order (peers, apps, probes, the interleaved runs, the report), each step a call.
 async fn run_peers(
     args: &Args,
     bins: &Binaries,

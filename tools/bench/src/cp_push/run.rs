@@ -97,6 +97,7 @@ impl ControlPlane {
     }
 }
 /// One run at `n` sidecars against a fresh control plane.
+// Long: one sidecar count's run in order: the connect storm, the idle memory, then each policy change and its ACKs.
 pub(crate) async fn run_size(
     cfg: &CpPushConfig,
     dir: &Path,

@@ -89,6 +89,7 @@ pub(crate) async fn wait_until(t: Instant) {
 /// a stall that delays later requests counts against them too (no
 /// coordinated omission). Measures the CPU use of the processes in `watch`
 /// and of every CPU over the window.
+// Long: one task per connection whose scheduled-send loop shares the run's counters and bounds; split, every piece would take the same captures.
 pub async fn fixed_rate(
     target: &Target,
     cfg: RateConfig,

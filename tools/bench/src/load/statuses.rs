@@ -116,6 +116,7 @@ pub struct StatusRateResult {
 /// fail: every answer is a result (counted by status), not an error. Latency
 /// is recorded for every answered request and, separately, for the 2xx
 /// ones, from each request's scheduled send time.
+// Long: one task per connection whose send/receive loop shares the run's counters and bounds; split, every piece would take the same captures.
 pub async fn fixed_rate_statuses(
     target: &Target,
     cfg: RateConfig,

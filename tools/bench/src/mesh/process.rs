@@ -199,6 +199,18 @@ pub fn check_config(bins: &Binaries, cfg: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The last lines of each child's stderr, for a flagged run.
+pub fn show_stderr<'a>(children: impl IntoIterator<Item = &'a ChildGuard>) {
+    for child in children {
+        eprintln!(
+            "weft-bench: {} stderr ({}), last lines:\n{}",
+            child.name(),
+            child.stderr_path().display(),
+            child.stderr_tail(20)
+        );
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -57,6 +57,7 @@ impl Report {
     }
 
     /// The medians of direct and weft side by side, with their ratio.
+    // Long: one row call per metric of the table, in print order.
     fn write_medians(&self, s: &mut String) {
         let c = &self.config;
         let (d, w, r) = (&self.direct, &self.weft, &self.ratios);

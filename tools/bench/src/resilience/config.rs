@@ -1,7 +1,11 @@
-//! The resilience scenarios' outbound sidecar configs: the policy part (`services:` and
-//! `routes:`) without and with the policies, for a balancer, built from the policy crate's
-//! types, and the whole client-side config on [`crate::mesh::client_sidecar_base`].
+//! The resilience scenarios' settings and outbound sidecar configs: the policy part
+//! (`services:` and `routes:`) without and with the policies, for a balancer, built from the
+//! policy crate's types, the whole client-side config on [`crate::mesh::client_sidecar_base`],
+//! and the settings recorded with the results ([`ResilienceConfig`]).
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 use weft_policy::wire::{
     Backoff, ConfigFile, Limits, OutlierDetection, PolicySnapshot, RateLimit, Retry, RetryBudget,
     Route,
@@ -124,6 +128,37 @@ pub fn policy_client_sidecar(
     cfg.services = policy.services;
     cfg.routes = policy.routes;
     cfg
+}
+
+/// The resilience scenarios' settings, recorded with the results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResilienceConfig {
+    /// Endpoints of the service in the failing-endpoint scenario.
+    pub endpoints: usize,
+    /// Of those, answering every request with `fail_status`.
+    pub failing_endpoints: usize,
+    /// The failing endpoint's status.
+    pub fail_status: u16,
+    /// How the failing-endpoint scenario loads the sidecar.
+    pub load: String,
+    /// The balancers it runs both variants with.
+    pub balancers: Vec<Balancer>,
+    /// Its request rate, requests per second.
+    pub rate: f64,
+    /// Its keep-alive connections.
+    pub connections: usize,
+    /// Its warm-up, seconds.
+    pub warmup_s: f64,
+    /// Its measured window, seconds.
+    pub duration_s: f64,
+    /// Connections of the healthy-path saturation runs.
+    pub healthy_connections: usize,
+    /// Measured window of the healthy-path saturation runs, seconds.
+    pub healthy_duration_s: f64,
+    /// The failing-endpoint outbound sidecars' `services:` / `routes:` (as
+    /// run), by [`Variant::key`]. (The healthy-path ones are the P2C ones
+    /// with the pair's one endpoint.)
+    pub services_yaml: BTreeMap<String, String>,
 }
 
 /// Whether `weft-proxy --check` output says the config has fields it does

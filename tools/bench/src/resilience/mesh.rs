@@ -122,6 +122,7 @@ impl ResilienceMesh {
     /// that does not know the policy fields fails here, before anything
     /// starts), starts every process pinned to CPU `core` and waits until
     /// all are ready. `app_inbound` is the mesh's sidecar B inbound port.
+    // Long: the scenario's processes in start order (instances, their sidecars, the outbound sidecars), each step a few lines with its own checks.
     pub async fn start(
         dir: &Path,
         bins: &Binaries,

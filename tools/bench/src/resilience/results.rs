@@ -11,38 +11,8 @@ use crate::load::{SaturationResult, StatusRateResult};
 use crate::results::{check, TargetCheck, DISTURBED_PCT};
 use crate::stats::{median, median_opt, pct_of_one_cpu, ratio};
 
+use super::config::ResilienceConfig;
 use super::variant::*;
-
-/// The resilience scenarios' settings, recorded with the results.
-#[derive(Debug, Clone, Serialize)]
-pub struct ResilienceConfig {
-    /// Endpoints of the service in the failing-endpoint scenario.
-    pub endpoints: usize,
-    /// Of those, answering every request with `fail_status`.
-    pub failing_endpoints: usize,
-    /// The failing endpoint's status.
-    pub fail_status: u16,
-    /// How the failing-endpoint scenario loads the sidecar.
-    pub load: String,
-    /// The balancers it runs both variants with.
-    pub balancers: Vec<Balancer>,
-    /// Its request rate, requests per second.
-    pub rate: f64,
-    /// Its keep-alive connections.
-    pub connections: usize,
-    /// Its warm-up, seconds.
-    pub warmup_s: f64,
-    /// Its measured window, seconds.
-    pub duration_s: f64,
-    /// Connections of the healthy-path saturation runs.
-    pub healthy_connections: usize,
-    /// Measured window of the healthy-path saturation runs, seconds.
-    pub healthy_duration_s: f64,
-    /// The failing-endpoint outbound sidecars' `services:` / `routes:` (as
-    /// run), by [`Variant::key`]. (The healthy-path ones are the P2C ones
-    /// with the pair's one endpoint.)
-    pub services_yaml: BTreeMap<String, String>,
-}
 
 /// One variant's fixed-rate run in the failing-endpoint scenario.
 #[derive(Debug, Clone, Serialize)]

@@ -19,6 +19,7 @@ use crate::args::Args;
 /// verifies each pair and runs, `--runs` times, every variant once
 /// (saturation, same settings as the pair's), one at a time, in the rotating
 /// order of [`ObsVariant::order`]. Returns their results.
+// Long: one loop over runs and variants with each run's counting, load and progress line inline, in the order they happen.
 pub async fn run_observability(
     args: &Args,
     dir: &Path,
@@ -123,14 +124,7 @@ pub async fn run_observability(
                 eprintln!("weft-bench: flagged: {flag}");
                 if lifetime == PairLifetime::PerRun {
                     // The pair ends now (and a restart overwrites its stderr): show it.
-                    for child in om.children() {
-                        eprintln!(
-                            "weft-bench: {} stderr ({}), last lines:\n{}",
-                            child.name(),
-                            child.stderr_path().display(),
-                            child.stderr_tail(20)
-                        );
-                    }
+                    weft_benches::mesh::show_stderr(om.children());
                 }
             }
             if lifetime == PairLifetime::PerRun {

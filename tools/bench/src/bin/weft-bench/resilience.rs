@@ -19,6 +19,7 @@ use crate::args::Args;
 /// times: the healthy path without and with policies (saturation, through
 /// the pair's sidecar B and app), then every failing-endpoint variant (open
 /// loop). Returns their results.
+// Long: the two scenarios' run loops (healthy path, then failing endpoint) with their progress lines, in run order.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_resilience(
     args: &Args,
