@@ -2,11 +2,12 @@
 //! directory it writes (services and the routes a change rewrites) and small readers of
 //! `/proc` status and the control plane's metrics.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use weft_policy::wire::{Backend, Match, MeshFile, PathMatch, Retry, Route, Service};
 
 /// The mesh's trust domain.
 pub const TRUST_DOMAIN: &str = "weft.local";
@@ -57,35 +58,75 @@ pub fn service_identity(i: usize) -> String {
 }
 
 /// `services.yaml`: every service with its identity (endpoints come from the sidecars).
-pub fn services_yaml() -> String {
-    let mut out = String::from("services:\n");
-    for i in 0..SERVICES {
-        let _ = write!(
-            out,
-            "  - name: {}\n    identity: {}\n",
-            service_name(i),
-            service_identity(i)
-        );
+pub fn services_file() -> MeshFile {
+    MeshFile {
+        services: (0..SERVICES)
+            .map(|i| Service {
+                name: service_name(i),
+                hosts: Vec::new(),
+                identity: service_identity(i),
+                protocol: None,
+                port: None,
+                load_balancer: None,
+                endpoints: Vec::new(),
+                retry_budget: None,
+                outlier_detection: None,
+                limits: None,
+            })
+            .collect(),
+        routes: Vec::new(),
+        authorization: Vec::new(),
     }
-    out
 }
 
 /// `routes.yaml`: one route per service, split between subsets `version: v1` and `v2`; the
 /// routes to services 0 and 1 send `canary` percent to v2, the others 10.
-pub fn routes_yaml(canary: u32) -> String {
-    let mut out = String::from("routes:\n");
-    for i in 0..SERVICES {
+pub fn routes_file(canary: u32) -> MeshFile {
+    let backend = |version: &str, weight: u32| Backend {
+        subset: BTreeMap::from([("version".to_owned(), version.to_owned())]),
+        weight: Some(weight),
+    };
+    let route = |i: usize| {
         let v2 = if i < 2 { canary } else { 10 };
-        let _ = write!(
-            out,
-            "  - name: {svc}-api\n    service: {svc}\n    match:\n      path: {{prefix: /api}}\n    \
-             backends:\n      - {{subset: {{version: v1}}, weight: {v1}}}\n      - {{subset: {{version: v2}}, weight: {v2}}}\n    \
-             timeout: 2s\n    retry:\n      on: [connect-failure, refused-stream]\n      attempts: 2\n",
-            svc = service_name(i),
-            v1 = 100 - v2,
-        );
+        Route {
+            name: format!("{}-api", service_name(i)),
+            service: service_name(i),
+            from: None,
+            matches: Match {
+                path: Some(PathMatch {
+                    exact: None,
+                    prefix: Some("/api".to_owned()),
+                    regex: None,
+                }),
+                method: None,
+                headers: Vec::new(),
+            },
+            backends: vec![backend("v1", 100 - v2), backend("v2", v2)],
+            timeout: Some("2s".to_owned()),
+            rewrite: None,
+            request_headers: None,
+            retry: Some(Retry {
+                on: Some(vec![
+                    "connect-failure".to_owned(),
+                    "refused-stream".to_owned(),
+                ]),
+                attempts: Some(2),
+                ..Default::default()
+            }),
+            rate_limit: None,
+            fault: None,
+        }
+    };
+    MeshFile {
+        services: Vec::new(),
+        routes: (0..SERVICES).map(route).collect(),
+        authorization: Vec::new(),
     }
-    out
+}
+
+/// A policy-directory file as the YAML the control plane reads.
+pub fn to_yaml(file: &MeshFile) -> anyhow::Result<String> {
+    serde_yaml::to_string(file).context("serializing a policy file")
 }
 
 /// The canary weight of change `k` (from 1): 20, 30, … 90, 10, 20, …; change 0 is the
@@ -142,12 +183,20 @@ mod tests {
 
     #[test]
     fn policy_has_a_route_per_service_and_changes_two() {
-        let s = services_yaml();
-        assert_eq!(s.matches("  - name: svc-").count(), SERVICES);
-        let (a, b) = (routes_yaml(10), routes_yaml(20));
-        assert_eq!(a.matches("backends:").count(), SERVICES);
-        let differing = a.lines().zip(b.lines()).filter(|(x, y)| x != y).count();
-        assert_eq!(differing, 4, "v1 and v2 weights of two routes");
+        let s = services_file();
+        assert_eq!(s.services.len(), SERVICES);
+        assert_eq!(s.services[3].identity, service_identity(3));
+        let (a, b) = (routes_file(10), routes_file(20));
+        assert_eq!(a.routes.len(), SERVICES);
+        assert!(a.routes.iter().all(|r| r.backends.len() == 2));
+        let differing: Vec<usize> = (0..SERVICES)
+            .filter(|&i| a.routes[i] != b.routes[i])
+            .collect();
+        assert_eq!(differing, vec![0, 1], "the v1 and v2 weights of two routes");
+        assert_eq!(b.routes[0].backends[1].weight, Some(20));
+        // What is written is what the control plane's parser reads back.
+        let back: MeshFile = serde_yaml::from_str(&to_yaml(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
         assert_eq!(canary_of_change(0), 10);
         assert_eq!(canary_of_change(1), 20);
         assert_eq!(canary_of_change(9), 10);

@@ -32,8 +32,12 @@ impl ControlPlane {
     pub(crate) async fn start(cfg: &CpPushConfig, dir: &Path, name: &str) -> anyhow::Result<Self> {
         let policy_dir = dir.join(format!("{name}-policy"));
         std::fs::create_dir_all(&policy_dir)?;
-        write_atomically(&policy_dir, "services.yaml", &services_yaml())?;
-        write_atomically(&policy_dir, ROUTES_FILE, &routes_yaml(canary_of_change(0)))?;
+        write_atomically(&policy_dir, "services.yaml", &to_yaml(&services_file())?)?;
+        write_atomically(
+            &policy_dir,
+            ROUTES_FILE,
+            &to_yaml(&routes_file(canary_of_change(0)))?,
+        )?;
         let ports = free_ports(2)?;
         let (listen, admin) = (loopback(ports[0]), loopback(ports[1]));
         let mut cmd = pinned(cfg.server_core, &cfg.binary);
@@ -148,7 +152,7 @@ pub(crate) async fn run_size(
     for k in 1..=cfg.changes {
         let before = fleet.versions();
         let canary = canary_of_change(k);
-        write_atomically(&cp.policy_dir, ROUTES_FILE, &routes_yaml(canary))?;
+        write_atomically(&cp.policy_dir, ROUTES_FILE, &to_yaml(&routes_file(canary))?)?;
         let t0 = Instant::now();
         let limit = t0 + CHANGE_TIMEOUT;
         let mut cp_in_sync_ms = None;
