@@ -3,7 +3,7 @@
 //! CPU, running the work until it ends or a signal arrives, and the open-files limit. One copy
 //! here, so the two binaries cannot drift apart in how they clean up after themselves.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
@@ -113,4 +113,27 @@ pub fn raise_nofile_limit() -> anyhow::Result<(u64, u64, u64)> {
         .context("reading RLIMIT_NOFILE")?;
     let now = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
     Ok((soft, now, hard))
+}
+
+/// The directory of the binaries to run (`--bin-dir`, else this executable's) and where the
+/// reports go (`--out-dir`, else `bench/` beside the binaries' directory, i.e. target/bench).
+pub fn bin_and_out_dirs(
+    bin_dir: Option<&Path>,
+    out_dir: Option<&Path>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let bin_dir = match bin_dir {
+        Some(d) => d.to_owned(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .parent()
+            .context("this executable has no directory")?
+            .to_owned(),
+    };
+    let out_dir = match out_dir {
+        Some(d) => d.to_owned(),
+        None => bin_dir
+            .parent()
+            .map_or_else(|| bin_dir.join("bench"), |p| p.join("bench")),
+    };
+    Ok((bin_dir, out_dir))
 }

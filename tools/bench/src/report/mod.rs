@@ -9,6 +9,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::results::DISTURBED_PCT;
+
 mod cp_push;
 mod observability;
 mod pair;
@@ -67,6 +69,21 @@ pub fn fmt_num(x: f64, prec: usize) -> String {
 /// [`fmt_num`], or `–` for `None`.
 pub fn fmt_opt(x: Option<f64>, prec: usize) -> String {
     x.map_or_else(|| "–".to_owned(), |v| fmt_num(v, prec))
+}
+
+/// A ratio as `0.927×`, or `–`.
+pub fn fmt_times(r: Option<f64>) -> String {
+    r.map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3)))
+}
+
+/// Other work on the machine during a run (percent of one CPU), in bold when it marks the
+/// run as disturbed.
+pub fn fmt_other_work(pct: f64) -> String {
+    if pct > DISTURBED_PCT {
+        format!("**{}**", fmt_num(pct, 0))
+    } else {
+        fmt_num(pct, 0)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::observability::{
 use crate::results::DISTURBED_PCT;
 use crate::stats::{median_opt, ratio};
 
-use super::{fmt_num, fmt_opt};
+use super::{fmt_num, fmt_opt, fmt_other_work, fmt_times};
 
 impl ObservabilityReport {
     /// Appends the report section (markdown) to `s`.
@@ -63,15 +63,15 @@ impl ObservabilityReport {
                 v.variant.label(),
                 lines,
                 fmt_opt(v.rps, 0),
-                times(v.ratio),
+                fmt_times(v.ratio),
                 if v.variant == ObsVariant::Baseline {
                     "–".to_owned()
                 } else {
                     fmt_opt(v.cost_pct, 1) + " %"
                 },
-                times(v.paired_ratio_median),
+                fmt_times(v.paired_ratio_median),
                 fmt_opt(v.pair_cpu_s_per_100k, 3),
-                times(v.cpu_ratio),
+                fmt_times(v.cpu_ratio),
                 fmt_opt(v.server_core_busy_pct, 0),
                 fmt_opt(v.loadgen_core_busy_pct, 0),
                 v.errors,
@@ -93,7 +93,7 @@ impl ObservabilityReport {
             fmt_opt(base.and_then(|b| b.rps), 0),
             fmt_opt(base.and_then(|b| b.pair_cpu_s_per_100k), 3),
             fmt_opt(log.and_then(|l| l.rps), 0),
-            times(log.and_then(|l| l.ratio)),
+            fmt_times(log.and_then(|l| l.ratio)),
             fmt_opt(log.and_then(|l| l.cost_pct), 1),
             fmt_num(MAX_ACCESS_LOG_COST_PCT, 0),
             match log.and_then(|l| l.cost_pct) {
@@ -101,7 +101,7 @@ impl ObservabilityReport {
                 Some(_) => "**not met**",
                 None => "not measured",
             },
-            times(log.and_then(|l| l.cpu_ratio)),
+            fmt_times(log.and_then(|l| l.cpu_ratio)),
         );
         let checked =
             |r: &&ObsRun| matches!(r.variant, ObsVariant::Baseline | ObsVariant::AccessLog);
@@ -119,7 +119,7 @@ impl ObservabilityReport {
                  a few seconds apart, is the better estimate, and a quiet machine the real answer.",
                 self.runs.iter().filter(checked).count(),
                 fmt_num(DISTURBED_PCT, 0),
-                times(log.and_then(|l| l.paired_ratio_median)),
+                fmt_times(log.and_then(|l| l.paired_ratio_median)),
             );
         }
     }
@@ -243,13 +243,6 @@ impl ObservabilityReport {
 
     /// Every run.
     fn write_runs(&self, s: &mut String) {
-        let other = |o: f64| {
-            if o > DISTURBED_PCT {
-                format!("**{}**", fmt_num(o, 0))
-            } else {
-                fmt_num(o, 0)
-            }
-        };
         let _ = writeln!(
             s,
             "\n| run | variant | req/s | × run's baseline | pair CPU/100k | spans exported / dropped | idle sidecars CPU % | other work % | errors |"
@@ -271,7 +264,7 @@ impl ObservabilityReport {
                 r.run,
                 r.variant.label(),
                 fmt_num(r.saturation.rps, 0),
-                times(ratio(Some(r.saturation.rps), base)),
+                fmt_times(ratio(Some(r.saturation.rps), base)),
                 fmt_opt(r.pair_cpu_s_per_100k, 3),
                 if r.variant.sampling().is_some() {
                     format!(
@@ -283,14 +276,9 @@ impl ObservabilityReport {
                     "–".to_owned()
                 },
                 fmt_num(r.idle_sidecars_cpu_pct, 1),
-                other(r.other_work_pct),
+                fmt_other_work(r.other_work_pct),
                 r.saturation.errors,
             );
         }
     }
-}
-
-/// A ratio as `0.927×`, or `–`.
-fn times(r: Option<f64>) -> String {
-    r.map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3)))
 }

@@ -7,7 +7,7 @@ use crate::pair::Report;
 use crate::results::{APP, DISTURBED_PCT, SIDECAR_A, SIDECAR_B};
 use crate::stats::ratio;
 
-use super::{fmt_num, fmt_opt};
+use super::{fmt_num, fmt_opt, fmt_other_work, fmt_times};
 
 const MIB: f64 = 1024.0;
 
@@ -70,7 +70,7 @@ impl Report {
                     "| {name} | {} | {} | {} |",
                     fmt_opt(dv, prec),
                     fmt_opt(wv, prec),
-                    rat.map_or_else(|| "–".to_owned(), |x| format!("{}×", fmt_num(x, 3)))
+                    fmt_times(rat)
                 );
             };
         row(
@@ -227,10 +227,7 @@ impl Report {
                 fmt_opt(lat.map(|p| p.p999_us), 0),
                 fmt_opt(run.derived.app_cpu_s_per_100k, 3),
                 fmt_opt(run.derived.pair_cpu_s_per_100k, 3),
-                match run.derived.other_work.max() {
-                    o if o > DISTURBED_PCT => format!("**{}**", fmt_num(o, 0)),
-                    o => fmt_num(o, 0),
-                },
+                fmt_other_work(run.derived.other_work.max()),
                 run.saturation.errors + run.latency.errors + run.latency.missed,
             );
         }

@@ -3,9 +3,8 @@
 use std::fmt::Write as _;
 
 use crate::resilience::{ResilienceReport, MAX_HEALTHY_COST_PCT};
-use crate::results::DISTURBED_PCT;
 
-use super::{fmt_num, fmt_opt};
+use super::{fmt_num, fmt_opt, fmt_other_work, fmt_times};
 
 impl ResilienceReport {
     /// Appends the report section (markdown) to `s`.
@@ -91,8 +90,7 @@ impl ResilienceReport {
             h.runs,
             fmt_opt(h.without_rps, 0),
             fmt_opt(h.with_rps, 0),
-            h.ratio
-                .map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3))),
+            fmt_times(h.ratio),
             fmt_opt(h.cost_pct, 1),
             fmt_num(MAX_HEALTHY_COST_PCT, 0),
             match h.cost_pct {
@@ -100,8 +98,7 @@ impl ResilienceReport {
                 Some(_) => "**not met**",
                 None => "not measured",
             },
-            h.paired_ratio_median
-                .map_or_else(|| "–".to_owned(), |r| format!("{}×", fmt_num(r, 3))),
+            fmt_times(h.paired_ratio_median),
             fmt_opt(h.without_pair_cpu_s_per_100k, 3),
             fmt_opt(h.with_pair_cpu_s_per_100k, 3),
         );
@@ -109,13 +106,6 @@ impl ResilienceReport {
 
     /// Every run of both scenarios.
     fn write_runs(&self, s: &mut String) {
-        let other = |o: f64| {
-            if o > DISTURBED_PCT {
-                format!("**{}**", fmt_num(o, 0))
-            } else {
-                fmt_num(o, 0)
-            }
-        };
         let _ = writeln!(
             s,
             "\n| run | healthy path | req/s | pair CPU/100k | other work % | errors |"
@@ -129,7 +119,7 @@ impl ResilienceReport {
                 r.policies.label(),
                 fmt_num(r.saturation.rps, 0),
                 fmt_opt(r.pair_cpu_s_per_100k, 3),
-                other(r.other_work_pct),
+                fmt_other_work(r.other_work_pct),
                 r.saturation.errors,
             );
         }
@@ -160,7 +150,7 @@ impl ResilienceReport {
                         .sum::<u64>() as f64,
                     0
                 ),
-                other(r.other_work_pct),
+                fmt_other_work(r.other_work_pct),
                 x.transport_errors_total + x.missed,
             );
         }

@@ -71,20 +71,8 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
         args.loadgen_core != args.server_core,
         "--loadgen-core and --server-core must differ"
     );
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .context("locating this executable")?
-            .parent()
-            .context("this executable has no directory")?
-            .to_owned(),
-    };
-    let out_dir = match &args.out_dir {
-        Some(d) => d.clone(),
-        None => bin_dir
-            .parent()
-            .map_or_else(|| bin_dir.join("bench"), |p| p.join("bench")),
-    };
+    let (bin_dir, out_dir) =
+        cli::bin_and_out_dirs(args.bin_dir.as_deref(), args.out_dir.as_deref())?;
     if args.cp_push {
         return cp_push_main(&args, &bin_dir, &out_dir);
     }
