@@ -16,6 +16,7 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,10 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::utils::tls::CertKey;
 use pingora_http::RequestHeader;
 use rustls::pki_types::pem::PemObject;
+use weft_benches::mesh::SidecarPorts;
+use weft_policy::wire::{
+    Backend, ConfigFile, Endpoint, HeaderMatch, Match, PathMatch, Rewrite, Route,
+};
 use weft_proxy::metrics::Metrics;
 use weft_proxy::state::{self, Store};
 
@@ -34,45 +39,88 @@ const SERVICES: usize = 20;
 /// Endpoints per service (half `version: v1`, half `v2`).
 const ENDPOINTS: usize = 4;
 
-/// A client sidecar's config: `SERVICES` services of `ENDPOINTS` endpoints
-/// each (every other one round robin), each with six routes of the kinds a
-/// mesh uses (header canary, exact path, method + prefix, regex, prefix with
-/// a rewrite, weighted catch-all).
-fn config_yaml(ports: [u16; 4]) -> String {
-    let mut y = format!(
-        "service: {{name: client, identity: \"spiffe://weft.local/ns/default/sa/client\", app: \"127.0.0.1:{}\", protocol: http}}\n\
-         listen: {{outbound: \"127.0.0.1:{}\", inbound: \"127.0.0.1:{}\", admin: \"127.0.0.1:{}\"}}\n\
-         tls: {{cert: client.crt, key: client.key, trust_bundle: ca.crt}}\n\
-         workers: 1\n\
-         services:\n",
-        ports[0], ports[1], ports[2], ports[3]
-    );
+/// The sidecar config: `SERVICES` services of `ENDPOINTS` labelled endpoints each (every
+/// other one round robin), each with six routes (header match, exact, method + prefix,
+/// regex, rewrite, weighted subsets), built from the policy crate's file types.
+fn config(ports: [u16; 4]) -> ConfigFile {
+    let sidecar = SidecarPorts {
+        outbound: ports[1],
+        inbound: ports[2],
+        admin: ports[3],
+    };
+    let mut cfg = weft_benches::mesh::client_sidecar_base(ports[0], sidecar);
     for s in 0..SERVICES {
-        y += &format!(
-            "  - name: svc-{s}\n    identity: \"spiffe://weft.local/ns/default/sa/app\"\n{}    endpoints:\n",
-            if s % 2 == 1 { "    load_balancer: round_robin\n" } else { "" }
-        );
-        for e in 0..ENDPOINTS {
-            y += &format!(
-                "      - {{address: \"127.0.0.{}:{}\", labels: {{version: v{}}}}}\n",
-                s + 2,
-                8000 + e,
-                1 + e % 2
-            );
-        }
+        let mut svc = weft_benches::mesh::app_service(&[]);
+        svc.name = format!("svc-{s}");
+        svc.load_balancer = (s % 2 == 1).then(|| "round_robin".to_owned());
+        svc.endpoints = (0..ENDPOINTS)
+            .map(|e| Endpoint {
+                address: format!("127.0.0.{}:{}", s + 2, 8000 + e),
+                labels: version(1 + e % 2),
+            })
+            .collect();
+        cfg.services.push(svc);
     }
-    y += "routes:\n";
     for s in 0..SERVICES {
-        y += &format!(
-            "  - {{name: canary, service: svc-{s}, match: {{path: {{prefix: /api}}, headers: [{{name: x-canary, exact: always}}]}}, backends: [{{subset: {{version: v2}}}}]}}\n\
-             \x20 - {{name: health, service: svc-{s}, match: {{path: {{exact: /healthz}}}}}}\n\
-             \x20 - {{name: writes, service: svc-{s}, match: {{method: POST, path: {{prefix: /api/orders}}}}}}\n\
-             \x20 - {{name: items, service: svc-{s}, match: {{path: {{regex: \"/api/items/[0-9]+\"}}}}}}\n\
-             \x20 - {{name: legacy, service: svc-{s}, match: {{path: {{prefix: /v1}}}}, rewrite: {{prefix: /api}}}}\n\
-             \x20 - {{name: rest, service: svc-{s}, backends: [{{subset: {{version: v1}}, weight: 90}}, {{subset: {{version: v2}}, weight: 10}}]}}\n"
-        );
+        let route = |name: &str, matches: Match| Route {
+            name: name.to_owned(),
+            service: format!("svc-{s}"),
+            from: None,
+            matches,
+            backends: Vec::new(),
+            timeout: None,
+            rewrite: None,
+            request_headers: None,
+            retry: None,
+            rate_limit: None,
+            fault: None,
+        };
+        let path = |exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>| Match {
+            path: Some(PathMatch {
+                exact: exact.map(str::to_owned),
+                prefix: prefix.map(str::to_owned),
+                regex: regex.map(str::to_owned),
+            }),
+            ..Match::default()
+        };
+        let mut canary = route("canary", path(None, Some("/api"), None));
+        canary.matches.headers = vec![HeaderMatch {
+            name: "x-canary".to_owned(),
+            exact: Some("always".to_owned()),
+            regex: None,
+        }];
+        canary.backends = vec![backend(2, None)];
+        let mut writes = route("writes", path(None, Some("/api/orders"), None));
+        writes.matches.method = Some("POST".to_owned());
+        let mut legacy = route("legacy", path(None, Some("/v1"), None));
+        legacy.rewrite = Some(Rewrite {
+            prefix: "/api".to_owned(),
+        });
+        let mut rest = route("rest", Match::default());
+        rest.backends = vec![backend(1, Some(90)), backend(2, Some(10))];
+        cfg.routes.extend([
+            canary,
+            route("health", path(Some("/healthz"), None, None)),
+            writes,
+            route("items", path(None, None, Some("/api/items/[0-9]+"))),
+            legacy,
+            rest,
+        ]);
     }
-    y
+    cfg
+}
+
+/// The subset label `version: v<n>`.
+fn version(n: usize) -> BTreeMap<String, String> {
+    BTreeMap::from([("version".to_owned(), format!("v{n}"))])
+}
+
+/// A backend: the subset `version: v<n>`, with `weight`.
+fn backend(n: usize, weight: Option<u32>) -> Backend {
+    Backend {
+        subset: version(n),
+        weight,
+    }
 }
 
 /// Writes certificates and the config into `dir`; opens a store on it.
@@ -80,7 +128,7 @@ fn store(dir: &Path) -> Store {
     weft_benches::mesh::write_certs(dir).expect("certificates");
     let p = weft_benches::mesh::free_ports(4).expect("ports");
     let path = dir.join("sidecar.yaml");
-    std::fs::write(&path, config_yaml([p[0], p[1], p[2], p[3]])).expect("config");
+    weft_benches::mesh::write_config(&path, &config([p[0], p[1], p[2], p[3]])).expect("config");
     let metrics = Metrics::new().expect("metrics");
     Store::open(&path, metrics).expect("the benchmark's config is valid")
 }
