@@ -5,7 +5,7 @@
 //! peer's client certificate into the connection-pool key on every request, twice (to find a
 //! pooled connection and to return it), and that hash formats each certificate serial as hex
 //! with one allocation per byte: 320 ns a hash, against 16 ns without the certificate (the
-//! `pool key` group of `benches/benches/proxy_hot_path.rs`). A per-peer certificate or CA also
+//! `pool key` group of `tools/bench/benches/proxy_hot_path.rs`). A per-peer certificate or CA also
 //! makes Pingora build a fresh rustls config for every new connection. A connector built once
 //! per identity does neither.
 //!

@@ -1,0 +1,199 @@
+//! The peer comparison's Markdown report, written from the results it is given
+//! ([`PeersReport`]) with the formatting helpers of [`weft_benches::report`].
+
+use weft_benches::report::{fmt_num, fmt_opt};
+use weft_benches::stats::ratio;
+
+use crate::model::{Column, Workload};
+use crate::results::PeersReport;
+
+impl PeersReport {
+    /// The markdown report.
+    // Long: the report's sections in print order; the throughput and latency tables share one column list and lookups.
+    pub fn markdown(&self) -> String {
+        let c = &self.config;
+        let mut md =
+            String::from("# weft-bench-peers: Weft vs. HAProxy vs. NGINX sidecar pairs\n\n");
+        md += &format!(
+            "Each pair: client → proxy A (plain, loopback) → mutual TLS 1.3 (client certificate both ways, \
+             verified against the mesh CA) → proxy B → app; one worker each; apps and proxies on CPU {}, \
+             load generator on CPU {}. {} run(s), columns interleaved (order per run from a balanced Latin square), medians and paired ratios; \
+             {} s measured after {} s warm-up. HTTP: {} keep-alive connections (saturation), open loop at {} req/s \
+             over {} connections (latency from the scheduled send time). gRPC: unary Echo, {} calls in flight \
+             over {} HTTP/2 connections. TCP: {} connections writing 64 KiB chunks through an echo, MB/s echoed back.\n\n",
+            c.server_core,
+            c.loadgen_core,
+            c.runs,
+            fmt_num(c.duration_s, 1),
+            fmt_num(c.warmup_s, 1),
+            c.connections,
+            fmt_num(c.rate, 0),
+            c.latency_connections,
+            c.grpc_concurrency,
+            c.grpc_channels,
+            c.tcp_connections,
+        );
+        for (k, v) in &self.found.versions {
+            md += &format!("- {k}: {v}\n");
+        }
+        for s in &self.found.skipped {
+            md += &format!("- **skipped**: {s}\n");
+        }
+        for (k, n) in &self.negotiated {
+            md += &format!(
+                "- {k}: probe handshake with B's TLS listener negotiated {} {} (ALPN {})\n",
+                n.version,
+                n.suite,
+                n.alpn.as_deref().unwrap_or("none")
+            );
+        }
+        md += "\n";
+        let get = |w: Workload, col: Column| {
+            self.summary
+                .get(w.as_str())
+                .and_then(|m| m.get(col.as_str()))
+        };
+        let cols: Vec<Column> = Column::ALL
+            .into_iter()
+            .filter(|&col| Workload::ALL.iter().any(|&w| get(w, col).is_some()))
+            .collect();
+        md += "## Throughput\n\n| | HTTP/1.1 req/s | × direct | × best peer | gRPC req/s | × direct | × best peer | TCP MB/s | × direct | × best peer |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for &col in &cols {
+            md += &format!("| {} ", col.as_str());
+            for w in Workload::ALL {
+                match get(w, col) {
+                    Some(s) => {
+                        md += &format!(
+                            "| {} | {} | {} ",
+                            fmt_opt(s.throughput, if w == Workload::Tcp { 1 } else { 0 }),
+                            fmt_opt(s.vs_direct, 2),
+                            fmt_opt(s.vs_best_peer, 2)
+                        )
+                    }
+                    None => md += "| not run | | ",
+                }
+            }
+            md += "|\n";
+        }
+        let paired: Vec<String> = Workload::ALL
+            .into_iter()
+            .flat_map(|w| cols.iter().map(move |&c| (w, c)))
+            .filter(|(_, c)| c.is_weft())
+            .filter_map(|(w, c)| {
+                let [m, lo, hi] = get(w, c)?.per_run_vs_best_peer?;
+                Some(format!(
+                    "{} {}: {} ({}–{})",
+                    c.as_str(),
+                    w.as_str(),
+                    fmt_num(m, 2),
+                    fmt_num(lo, 2),
+                    fmt_num(hi, 2)
+                ))
+            })
+            .collect();
+        if !paired.is_empty() {
+            md += &format!(
+                "\nPaired, × the best peer of the same run (median, lowest–highest over the runs): {}.\n",
+                paired.join("; ")
+            );
+        }
+        md += "\n## Latency, CPU and memory\n\n| | HTTP p50 µs | p99 µs | p99.9 µs | pair CPU-s / 100k HTTP | × best peer | pair CPU-s / 100k gRPC | × best peer | pair CPU-s / GB TCP | RSS idle A / B MiB | RSS under HTTP load A / B MiB | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        let best_cpu = |w: Workload| {
+            self.summary.get(w.as_str()).and_then(|m| {
+                m.iter()
+                    .filter(|(k, _)| *k == "haproxy" || *k == "nginx")
+                    .filter_map(|(_, s)| s.pair_cpu_per_100k)
+                    .min_by(f64::total_cmp)
+            })
+        };
+        let rss = |x: Option<[f64; 2]>| {
+            x.map_or_else(
+                || "–".to_owned(),
+                |[a, b]| format!("{} / {}", fmt_num(a, 1), fmt_num(b, 1)),
+            )
+        };
+        for &col in &cols {
+            let h = get(Workload::Http, col);
+            let g = get(Workload::Grpc, col);
+            let t = get(Workload::Tcp, col);
+            let errors: u64 = [h, g, t].iter().flatten().map(|s| s.errors).sum();
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                col.as_str(),
+                fmt_opt(h.and_then(|s| s.p50_us), 0),
+                fmt_opt(h.and_then(|s| s.p99_us), 0),
+                fmt_opt(h.and_then(|s| s.p999_us), 0),
+                fmt_opt(h.and_then(|s| s.pair_cpu_per_100k), 3),
+                fmt_opt(
+                    ratio(
+                        h.and_then(|s| s.pair_cpu_per_100k),
+                        best_cpu(Workload::Http)
+                    ),
+                    2
+                ),
+                fmt_opt(g.and_then(|s| s.pair_cpu_per_100k), 3),
+                fmt_opt(
+                    ratio(
+                        g.and_then(|s| s.pair_cpu_per_100k),
+                        best_cpu(Workload::Grpc)
+                    ),
+                    2
+                ),
+                fmt_opt(t.and_then(|s| s.pair_cpu_per_gb), 2),
+                rss(h.and_then(|s| s.idle_rss_mib)),
+                rss(h.and_then(|s| s.load_rss_mib)),
+                errors,
+            );
+        }
+        md += "\nCPU per 100k requests / per GB: both proxies' utime + stime from /proc over the saturation \
+               window. RSS: VmRSS after start (idle) and the peak sampled every 100 ms under load.\n\n";
+        md += "## Issue 6 targets (benchmarks, not tests)\n\n| what | target | measured | met |\n|---|---|---:|---|\n";
+        for t in &self.targets {
+            md += &format!(
+                "| {} | {} | {} | {} |\n",
+                t.what,
+                t.target,
+                fmt_opt(t.measured, 2),
+                if t.measured.is_none() {
+                    "n/a"
+                } else if t.met {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            );
+        }
+        let other: Vec<String> = self
+            .runs
+            .iter()
+            .map(|r| r.other_work_s())
+            .filter(|&s| s > 0.5)
+            .map(|s| fmt_num(s, 1))
+            .collect();
+        if !other.is_empty() {
+            md += &format!(
+                "\nOther processes on the machine used CPU during {} run(s) (CPU-s per run: {}): the numbers \
+                 are only meaningful on an otherwise idle machine.\n",
+                other.len(),
+                other.join(", ")
+            );
+        }
+        md += "\n## Per run\n\n| run | workload | column | throughput | p50 µs | p99 µs | pair CPU-s / 100k | errors | other work CPU-s |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n";
+        for r in &self.runs {
+            let p = r.latency.as_ref().and_then(|l| l.latency);
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.run,
+                r.workload.as_str(),
+                r.column.as_str(),
+                fmt_opt(r.throughput(), 1),
+                fmt_opt(p.map(|p| p.p50_us), 0),
+                fmt_opt(p.map(|p| p.p99_us), 0),
+                fmt_opt(r.pair_cpu_per_100k(), 3),
+                r.errors(),
+                fmt_num(r.other_work_s(), 2),
+            );
+        }
+        md
+    }
+}
