@@ -24,11 +24,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
-use weft_certs::Identity;
-use weft_wire::v1::control_plane_server::ControlPlane;
-use weft_wire::v1::{
+use weft_api::v1::control_plane_server::ControlPlane;
+use weft_api::v1::{
     sidecar_message, CertifyRequest, CertifyResponse, ControlMessage, SidecarMessage,
 };
+use weft_certs::Identity;
 
 use crate::attest::Credential;
 use crate::hub::{Hub, SidecarEntry};

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
+use weft_api::v1::{control_message, ControlMessage};
 use weft_policy::wire::Endpoint;
-use weft_wire::v1::{control_message, ControlMessage};
 
 use crate::policy::{MeshPolicy, PolicyErrors};
 use crate::source::{LastGood, Update};
@@ -418,7 +418,7 @@ fn build(
     };
     Some(Built {
         msg: ControlMessage {
-            kind: Some(control_message::Kind::Snapshot(weft_wire::v1::Snapshot {
+            kind: Some(control_message::Kind::Snapshot(weft_api::v1::Snapshot {
                 version: snap.version.clone(),
                 policy_json: json,
                 trust_bundle_pem: trust_bundle_pem.to_owned(),
@@ -509,7 +509,7 @@ mod tests {
         rx
     }
 
-    fn snapshot(rx: &watch::Receiver<Option<ControlMessage>>) -> weft_wire::v1::Snapshot {
+    fn snapshot(rx: &watch::Receiver<Option<ControlMessage>>) -> weft_api::v1::Snapshot {
         match rx.borrow().clone() {
             Some(ControlMessage {
                 kind: Some(control_message::Kind::Snapshot(s)),

@@ -28,7 +28,7 @@ use tonic::codec::Codec as _;
 use tonic::server::NamedService;
 use tonic::Status;
 use tower_service::Service;
-use weft_wire::v1::{control_message, ControlMessage, SidecarMessage, Snapshot};
+use weft_api::v1::{control_message, ControlMessage, SidecarMessage, Snapshot};
 
 use crate::grpc::{open_stream, PeerIdentity};
 use crate::hub::Hub;

@@ -29,8 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use weft_api::v1::control_plane_server::ControlPlaneServer;
 use weft_certs::Identity;
-use weft_wire::v1::control_plane_server::ControlPlaneServer;
 
 use crate::auth::AdminToken;
 use crate::ca_store::{CaStore, CaStoreOptions};

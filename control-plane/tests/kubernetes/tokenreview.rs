@@ -21,13 +21,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
+use weft_api::v1::control_plane_client::ControlPlaneClient;
+use weft_api::v1::CertifyRequest;
 use weft_certs::{CertificateAuthority, Identity};
 use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
 use weft_control_plane::server::{self, Running, ServerConfig};
 use weft_control_plane::tokenreview::KubeConnection;
 use weft_control_plane::tokens::{JoinTokenStore, NewToken};
-use weft_wire::v1::control_plane_client::ControlPlaneClient;
-use weft_wire::v1::CertifyRequest;
 
 const TD: &str = "weft.local";
 /// The control plane's own credential at the stand-in API (what its ServiceAccount would have).

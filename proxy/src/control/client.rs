@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use weft_wire::v1::control_plane_client::ControlPlaneClient;
-use weft_wire::v1::{
+use weft_api::v1::control_plane_client::ControlPlaneClient;
+use weft_api::v1::{
     control_message, sidecar_message, Ack, Certificate, Draining, Hello, Nack, SidecarMessage,
 };
 
@@ -180,7 +180,7 @@ const DRAIN_ANNOUNCE_LIMIT: Duration = Duration::from_secs(1);
 /// hold keeps the process alive until then.
 async fn announce_drain(
     tx: &mpsc::Sender<SidecarMessage>,
-    inbound: &mut tonic::Streaming<weft_wire::v1::ControlMessage>,
+    inbound: &mut tonic::Streaming<weft_api::v1::ControlMessage>,
 ) {
     let sent = tx
         .send(SidecarMessage {
@@ -204,7 +204,7 @@ pub(crate) fn unix_secs(t: std::time::SystemTime) -> i64 {
 }
 
 /// Decode and apply one snapshot; the error is the NACK reason.
-fn apply(store: &Store, s: &weft_wire::v1::Snapshot) -> Result<u64, String> {
+fn apply(store: &Store, s: &weft_api::v1::Snapshot) -> Result<u64, String> {
     crate::identity::certify::take_trust_bundle(store, &s.trust_bundle_pem)?;
     let mut policy: PolicySnapshot =
         serde_json::from_slice(&s.policy_json).map_err(|e| format!("undecodable policy: {e}"))?;

@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime};
 
 use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::watch;
+use weft_api::v1::control_plane_client::ControlPlaneClient;
+use weft_api::v1::CertifyRequest;
 use weft_certs::Identity;
-use weft_wire::v1::control_plane_client::ControlPlaneClient;
-use weft_wire::v1::CertifyRequest;
 
 use crate::identity::material;
 use crate::store::{write_atomically, InstallError, Store};

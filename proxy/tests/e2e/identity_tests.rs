@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use weft_api::v1::control_plane_client::ControlPlaneClient;
+use weft_api::v1::CertifyRequest;
 use weft_control_plane::server::Running;
 use weft_control_plane::tokens::{JoinTokenStore, NewToken};
-use weft_wire::v1::control_plane_client::ControlPlaneClient;
-use weft_wire::v1::CertifyRequest;
 
 use crate::harness::*;
 
@@ -473,9 +473,9 @@ async fn certify_issues_only_the_token_s_identity_and_renews_with_the_certificat
     );
 
     // The stream itself still requires a client certificate.
-    let hello = weft_wire::v1::SidecarMessage {
-        kind: Some(weft_wire::v1::sidecar_message::Kind::Hello(
-            weft_wire::v1::Hello {
+    let hello = weft_api::v1::SidecarMessage {
+        kind: Some(weft_api::v1::sidecar_message::Kind::Hello(
+            weft_api::v1::Hello {
                 service: "frontend".into(),
                 endpoint_address: "127.0.0.1:1".into(),
                 ..Default::default()

@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
+use weft_api::v1::control_plane_client::ControlPlaneClient;
+use weft_api::v1::{control_message, sidecar_message, Ack, Hello, SidecarMessage};
 use weft_certs::{CertificateAuthority, Identity};
-use weft_wire::v1::control_plane_client::ControlPlaneClient;
-use weft_wire::v1::{control_message, sidecar_message, Ack, Hello, SidecarMessage};
 
 use super::policy::*;
 
