@@ -18,6 +18,7 @@
 //!   parsing at a line.
 
 mod authz;
+pub mod lenient;
 mod locate;
 mod matching;
 pub mod model;

@@ -145,7 +145,7 @@ pub struct LocalFile {
 /// The mesh policy one sidecar follows: whom it may call (services with their endpoints and
 /// traffic policies), its routes to them, and who may call its own app. The policy part of a
 /// static [`ConfigFile`], with the same field names; the control plane sends one per sidecar.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySnapshot {
     /// Content version set by the control plane (a hash of the rest); empty in a static file.
@@ -247,7 +247,7 @@ impl TrafficPolicy {
 }
 
 /// Inbound authorization: allow rules and what happens to requests no rule allows.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Authorization {
     /// `allow` (the default) or `deny`.
@@ -369,7 +369,7 @@ pub struct Tls {
 }
 
 /// A mesh service this sidecar may call.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     /// Service name; also the Host it answers to.
@@ -403,7 +403,7 @@ pub struct Service {
 }
 
 /// One endpoint of a service.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// host:port of the endpoint's inbound sidecar listener.

@@ -206,12 +206,58 @@ pub(crate) fn unix_secs(t: std::time::SystemTime) -> i64 {
 /// Decode and apply one snapshot; the error is the NACK reason.
 fn apply(store: &Store, s: &weft_api::v1::Snapshot) -> Result<u64, String> {
     crate::identity::certify::take_trust_bundle(store, &s.trust_bundle_pem)?;
-    let mut policy: PolicySnapshot =
-        serde_json::from_slice(&s.policy_json).map_err(|e| format!("undecodable policy: {e}"))?;
+    // Forward compatible: a newer control plane's fields are ignored (and counted), not a NACK.
+    let (mut policy, ignored): (PolicySnapshot, _) =
+        weft_policy::lenient::from_json(&s.policy_json)
+            .map_err(|e| format!("undecodable policy: {e}"))?;
+    if !ignored.is_empty() {
+        store
+            .metrics
+            .control_plane_unknown_fields
+            .inc_by(ignored.len() as u64);
+        log::info!(
+            "control-plane snapshot {}: ignoring fields this sidecar does not know: {}",
+            s.version,
+            ignored.join(", ")
+        );
+    }
     policy.version = s.version.clone();
     let v = store.apply_policy(policy).map_err(|e| e.to_string())?;
     if let Err(e) = store.persist_policy() {
         log::warn!("cannot keep the control-plane snapshot: {e}");
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_control_planes_fields_are_ignored_counted_and_acked() {
+        let (_dir, store, ca) = crate::store::test_support::store_in_control_plane_mode(31);
+        let policy = br#"{"services": [{"name": "users", "identity": "spiffe://weft.local/ns/default/sa/users",
+            "endpoints": [{"address": "127.0.0.1:7", "zone": "b"}], "slow_start": "30s"}], "compression": "zstd"}"#;
+        let snapshot = weft_api::v1::Snapshot {
+            version: "p2".to_owned(),
+            policy_json: policy.to_vec().into(),
+            trust_bundle_pem: ca.cert_pem().to_owned(),
+        };
+        let before = store.load().version;
+        assert_eq!(apply(&store, &snapshot), Ok(before + 1), "ACKed");
+        assert_eq!(store.metrics.control_plane_unknown_fields.get(), 3);
+        assert!(
+            store.load().routes.for_host("users").is_some(),
+            "the policy is in force"
+        );
+        assert_eq!(store.control_plane_version().as_deref(), Some("p2"));
+        // A field of the right name with a value of the wrong kind is still refused.
+        let bad = weft_api::v1::Snapshot {
+            policy_json: br#"{"services": [{"name": 7}]}"#.to_vec().into(),
+            ..snapshot
+        };
+        assert!(apply(&store, &bad)
+            .expect_err("NACK")
+            .contains("undecodable policy"));
+    }
 }

@@ -374,6 +374,24 @@ pub(crate) mod test_support {
         let store = Store::open(&config, metrics).expect("store");
         (dir, store, ca)
     }
+
+    /// [`store_with_files`] with a `control_plane` (nothing listens there): the policy comes
+    /// from [`Store::apply_policy`].
+    pub fn store_in_control_plane_mode(
+        seed: u64,
+    ) -> (tempfile::TempDir, Store, CertificateAuthority) {
+        let (dir, _static, ca) = store_with_files(seed);
+        let config = dir.path().join("sidecar.yaml");
+        let text = std::fs::read_to_string(&config).expect("read");
+        std::fs::write(
+            &config,
+            text + "control_plane: {address: \"127.0.0.1:9\", identity: spiffe://weft.local/ns/weft-system/sa/control-plane}\n",
+        )
+        .expect("write");
+        let metrics = crate::telemetry::metrics::Metrics::new().expect("metrics");
+        let store = Store::open(&config, metrics).expect("control-plane mode");
+        (dir, store, ca)
+    }
 }
 
 #[cfg(test)]
@@ -424,16 +442,8 @@ mod tests {
 
     #[test]
     fn a_control_plane_policy_is_joined_with_the_config_in_memory() {
-        let (dir, _static, _ca) = store_with_files(23);
+        let (dir, store, _ca) = super::test_support::store_in_control_plane_mode(23);
         let config = dir.path().join("sidecar.yaml");
-        let text = std::fs::read_to_string(&config).expect("read");
-        std::fs::write(
-            &config,
-            text + "control_plane: {address: \"127.0.0.1:9\", identity: spiffe://weft.local/ns/weft-system/sa/control-plane}\n",
-        )
-        .expect("write");
-        let metrics = crate::telemetry::metrics::Metrics::new().expect("metrics");
-        let store = super::Store::open(&config, metrics).expect("control-plane mode");
         let v = store.load().version;
         // The file is unreadable now; a policy still applies: it is joined with the text the
         // store holds, and no file is read.

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub control_plane_connected: IntGauge,
     /// Control-plane snapshots, `result` = ack | nack.
     pub control_plane_snapshots: IntCounterVec,
+    /// Snapshot fields ignored because this sidecar does not know them.
+    pub control_plane_unknown_fields: IntCounter,
     /// Certificate expiry, Unix seconds.
     pub cert_expiry: Gauge,
     /// Inbound handshakes, `result` = ok | refused.
@@ -180,6 +182,10 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let control_plane_unknown_fields = IntCounter::new(
+            names::CONTROL_PLANE_UNKNOWN_FIELDS,
+            "Fields of control-plane snapshots this sidecar does not know (ignored).",
+        )?;
         let cert_expiry = Gauge::new(
             names::CERT_EXPIRY,
             "When the workload certificate expires (Unix seconds).",
@@ -215,6 +221,7 @@ impl Metrics {
         registry.register(Box::new(config_rejected.clone()))?;
         registry.register(Box::new(control_plane_connected.clone()))?;
         registry.register(Box::new(control_plane_snapshots.clone()))?;
+        registry.register(Box::new(control_plane_unknown_fields.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(tcp_opened.clone()))?;
@@ -332,6 +339,7 @@ impl Metrics {
             config_rejected,
             control_plane_connected,
             control_plane_snapshots,
+            control_plane_unknown_fields,
             cert_expiry,
             tls_handshakes,
             cert_renewals,

@@ -20,6 +20,9 @@ pub const CONFIG_REJECTED: &str = weft!("config_rejected_total");
 pub const CONTROL_PLANE_CONNECTED: &str = weft!("control_plane_connected");
 /// Control-plane snapshots applied (ACKed) and refused (NACKed), by result (counter).
 pub const CONTROL_PLANE_SNAPSHOTS: &str = weft!("control_plane_snapshots_total");
+/// Fields of control-plane snapshots this sidecar does not know and ignored (a newer control
+/// plane's), summed over snapshots (counter).
+pub const CONTROL_PLANE_UNKNOWN_FIELDS: &str = weft!("control_plane_unknown_fields_total");
 /// When the workload certificate expires, Unix seconds (gauge).
 pub const CERT_EXPIRY: &str = weft!("certificate_expiry_timestamp_seconds");
 /// Workload certificate renewals with the control plane, by result (counter).
