@@ -12,7 +12,7 @@ use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
-use crate::state::{self, DirLock, PRIVATE_MODE};
+use crate::files::{self, DirLock, PRIVATE_MODE};
 
 /// The admin token file in the state directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -80,17 +80,21 @@ impl AdminToken {
             path: path.clone(),
             source,
         };
-        state::create_dir(state_dir).map_err(io)?;
+        files::create_dir(state_dir).map_err(io)?;
         // Two first starts at once must not write two different tokens.
         let _lock = DirLock::acquire(state_dir).map_err(io)?;
-        if !state::exists(&path) {
+        if !files::exists(&path) {
             let mut secret = [0u8; 32];
             SystemRandom::new()
                 .fill(&mut secret)
                 .map_err(|_| AuthError::Rng)?;
             let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-            state::write_atomically(&path, format!("{token}\n").as_bytes(), PRIVATE_MODE)
-                .map_err(io)?;
+            weft_certs::files::write_atomically(
+                &path,
+                format!("{token}\n").as_bytes(),
+                PRIVATE_MODE,
+            )
+            .map_err(io)?;
             log::info!("created the admin token {}", path.display());
         }
         Self::read(&path)

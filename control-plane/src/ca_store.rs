@@ -29,7 +29,7 @@ use weft_certs::{
 };
 
 pub use crate::certs::{CA_CERT_FILE, CA_KEY_FILE};
-use crate::state::{self, DirLock, PRIVATE_MODE, PUBLIC_MODE};
+use crate::files::{self, DirLock, PRIVATE_MODE, PUBLIC_MODE};
 
 /// File of extra trusted roots (PEM, any number of `CERTIFICATE` blocks) in a state directory.
 pub const EXTRA_ROOTS_FILE: &str = "extra_roots.pem";
@@ -211,7 +211,7 @@ impl CaStore {
         options: CaStoreOptions,
     ) -> Result<Self, CaStoreError> {
         validate_trust_domain(trust_domain)?;
-        state::create_dir(state_dir).map_err(|e| io_error(state_dir, e))?;
+        files::create_dir(state_dir).map_err(|e| io_error(state_dir, e))?;
         let _lock = DirLock::acquire(state_dir).map_err(|e| io_error(state_dir, e))?;
 
         let (ca, cert_path, origin) = match &options.root {
@@ -253,7 +253,7 @@ impl CaStore {
         let mut bundle_der = vec![ca.cert_der().clone()];
         let mut extra_files = Vec::with_capacity(options.extra_roots.len() + 1);
         let in_state_dir = state_dir.join(EXTRA_ROOTS_FILE);
-        if state::exists(&in_state_dir) {
+        if files::exists(&in_state_dir) {
             extra_files.push(in_state_dir);
         }
         extra_files.extend(options.extra_roots.iter().cloned());
@@ -323,15 +323,15 @@ fn open_state_dir_root(
 ) -> Result<(CertificateAuthority, PathBuf, RootOrigin), CaStoreError> {
     let cert_path = state_dir.join(CA_CERT_FILE);
     let key_path = state_dir.join(CA_KEY_FILE);
-    match (state::exists(&cert_path), state::exists(&key_path)) {
+    match (files::exists(&cert_path), files::exists(&key_path)) {
         (false, false) => {
             let ca = CertificateAuthority::generate(trust_domain, validity)
                 .map_err(CaStoreError::Generate)?;
             // Key first: a crash in between leaves a key without a certificate, which the next
             // start reports ([`CaStoreError::Incomplete`]) instead of silently replacing.
-            state::write_atomically(&key_path, ca.key_pem().as_bytes(), PRIVATE_MODE)
+            weft_certs::files::write_atomically(&key_path, ca.key_pem().as_bytes(), PRIVATE_MODE)
                 .map_err(|e| io_error(&key_path, e))?;
-            state::write_atomically(&cert_path, ca.cert_pem().as_bytes(), PUBLIC_MODE)
+            weft_certs::files::write_atomically(&cert_path, ca.cert_pem().as_bytes(), PUBLIC_MODE)
                 .map_err(|e| io_error(&cert_path, e))?;
             Ok((ca, cert_path, RootOrigin::Created))
         }

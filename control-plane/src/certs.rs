@@ -15,7 +15,7 @@ use weft_certs::{
     trust_domain_from_ca_cert_der, CertificateAuthority, Identity,
 };
 
-use crate::state::{self, PRIVATE_MODE as KEY_MODE, PUBLIC_MODE as CERT_MODE};
+use crate::files::{self, PRIVATE_MODE as KEY_MODE, PUBLIC_MODE as CERT_MODE};
 
 /// File name of the CA certificate in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.crt";
@@ -137,7 +137,7 @@ pub fn init(dir: &Path, trust_domain: &str, validity: Duration, force: bool) -> 
     let key_path = dir.join(CA_KEY_FILE);
     if !force {
         for path in [&cert_path, &key_path] {
-            if state::exists(path) {
+            if files::exists(path) {
                 return Err(CertsError::CaExists(path.clone()));
             }
         }
@@ -148,7 +148,7 @@ pub fn init(dir: &Path, trust_domain: &str, validity: Duration, force: bool) -> 
             source,
         }
     })?;
-    state::create_dir(dir).map_err(|source| io_error(dir, source))?;
+    files::create_dir(dir).map_err(|source| io_error(dir, source))?;
     write_atomically(&key_path, ca.key_pem().as_bytes(), KEY_MODE)?;
     write_atomically(&cert_path, ca.cert_pem().as_bytes(), CERT_MODE)?;
     Ok(InitReport {
@@ -312,7 +312,8 @@ fn read_to_string(path: &Path) -> Result<String> {
 }
 
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    state::write_atomically(path, contents, mode).map_err(|source| io_error(path, source))
+    weft_certs::files::write_atomically(path, contents, mode)
+        .map_err(|source| io_error(path, source))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{self, PRIVATE_MODE};
+use crate::files::{self, PRIVATE_MODE};
 
 /// Directory of history entries in the state directory.
 pub const HISTORY_DIR: &str = "history";
@@ -139,7 +139,7 @@ impl History {
     /// The history of `state_dir` (its `history/` directory is created, mode 0700).
     pub fn open(state_dir: &Path) -> Result<Self, HistoryError> {
         let dir = state_dir.join(HISTORY_DIR);
-        state::create_dir(&dir).map_err(io_err(&dir))?;
+        files::create_dir(&dir).map_err(io_err(&dir))?;
         Ok(History {
             dir,
             audit: state_dir.join(AUDIT_LOG),
@@ -248,7 +248,7 @@ impl History {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        state::write_atomically(&path, &json, PRIVATE_MODE).map_err(io_err(&path))?;
+        weft_certs::files::write_atomically(&path, &json, PRIVATE_MODE).map_err(io_err(&path))?;
         let kept = entries.len() + 1;
         if kept > self.limit {
             for (_, old) in entries.iter().take(kept - self.limit) {

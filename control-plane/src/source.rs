@@ -147,7 +147,7 @@ impl DirSource {
             if std::fs::read_to_string(&path).is_ok_and(|old| old == *text) {
                 continue;
             }
-            crate::state::write_atomically(&path, text.as_bytes(), POLICY_FILE_MODE)?;
+            weft_certs::files::write_atomically(&path, text.as_bytes(), POLICY_FILE_MODE)?;
         }
         if exact {
             for path in self.files()? {

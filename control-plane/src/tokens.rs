@@ -23,7 +23,7 @@ use weft_certs::{
 };
 
 use crate::attest::{AttestError, Attestor, Credential};
-use crate::state::{self, DirLock, PRIVATE_MODE};
+use crate::files::{self, DirLock, PRIVATE_MODE};
 
 /// File of join token hashes in a state directory.
 pub const JOIN_TOKENS_FILE: &str = "join-tokens.json";
@@ -239,7 +239,7 @@ impl JoinTokenStore {
             }
         }
 
-        state::create_dir(&self.state_dir).map_err(|e| self.io_error(&self.state_dir, e))?;
+        files::create_dir(&self.state_dir).map_err(|e| self.io_error(&self.state_dir, e))?;
         let _lock = DirLock::acquire(&self.state_dir).map_err(|e| self.io_error_dir(e))?;
         let mut file = self.load()?;
 
@@ -282,7 +282,7 @@ impl JoinTokenStore {
     pub fn revoke(&self, id: &str) -> Result<Revocation, TokenError> {
         let id = parse_token(id.trim()).map_or(id.trim(), |(id, _)| id);
         let unknown = || TokenError::UnknownId { id: id.to_owned() };
-        if !state::exists(&self.state_dir) {
+        if !files::exists(&self.state_dir) {
             return Err(unknown());
         }
         let _lock = DirLock::acquire(&self.state_dir).map_err(|e| self.io_error_dir(e))?;
@@ -364,7 +364,7 @@ impl JoinTokenStore {
             reason: e.to_string(),
         })?;
         text.push('\n');
-        state::write_atomically(&path, text.as_bytes(), PRIVATE_MODE)
+        weft_certs::files::write_atomically(&path, text.as_bytes(), PRIVATE_MODE)
             .map_err(|e| self.io_error(&path, e))
     }
 
