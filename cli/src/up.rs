@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use weft_control_plane::ca_store::CaStoreOptions;
+use weft_control_plane::ca::ca_store::CaStoreOptions;
+use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
-use weft_control_plane::tokens::{JoinTokenStore, NewToken};
 
 use crate::view;
 
@@ -468,8 +468,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         admin: ports.next()?,
         trust_domain: TRUST_DOMAIN.to_owned(),
         ca: CaStoreOptions::default(),
-        grace: weft_control_plane::hub::DEFAULT_GRACE,
-        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+        grace: weft_control_plane::push::hub::DEFAULT_GRACE,
+        poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
         cert_lifetime: args.cert_lifetime,
         kubernetes_tokens: None,
@@ -477,7 +477,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await
     .context("starting the control plane")?;
     let trust_bundle =
-        std::fs::read_to_string(state_dir.join(weft_control_plane::ca_store::CA_CERT_FILE))
+        std::fs::read_to_string(state_dir.join(weft_control_plane::ca::ca_store::CA_CERT_FILE))
             .context("reading the mesh root")?;
 
     // Sidecars and apps.
@@ -694,8 +694,8 @@ mod tests {
         for (name, text) in POLICY {
             std::fs::write(dir.path().join(name), text).expect("write");
         }
-        let source = weft_control_plane::source::DirSource::new(dir.path());
-        use weft_control_plane::source::PolicySource as _;
+        let source = weft_control_plane::policy::source::DirSource::new(dir.path());
+        use weft_control_plane::policy::source::PolicySource as _;
         let policy = source.load().expect("the shop policy validates");
         let names: Vec<_> = policy.services().iter().map(|s| s.name.clone()).collect();
         assert_eq!(names.len(), 4, "{names:?}");

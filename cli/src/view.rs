@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use weft_control_plane::hub::Hub;
+use weft_control_plane::push::hub::Hub;
 use weft_control_plane::top::{self, Sample};
 
 use crate::up::{Instance, Traffic};

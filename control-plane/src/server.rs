@@ -1,9 +1,9 @@
-//! The control-plane server: wires the CA, the policy source, the push ([`crate::hub`], served
+//! The control-plane server: wires the CA, the policy source, the push ([`crate::push::hub`], served
 //! to sidecars by `grpc`) and the operator API (`admin`), and runs them on the current Tokio
 //! runtime.
 //!
 //! - The policy directory is watched ([`DirSource`]); an invalid change is logged with file,
-//!   line and reason, shown in `/status`, and not pushed ([`crate::source::LastGood`]).
+//!   line and reason, shown in `/status`, and not pushed ([`crate::policy::source::LastGood`]).
 //! - The sidecars' port is gRPC over mutual TLS with the control plane's own workload
 //!   certificate, issued from the mesh CA at start. A client certificate is optional at the TLS
 //!   level so a sidecar without one can bootstrap with a join token (`Certify`); the stream
@@ -32,17 +32,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_certs::Identity;
 use weft_wire::v1::control_plane_server::ControlPlaneServer;
 
-use crate::auth::AdminToken;
-use crate::ca_store::{CaStore, CaStoreOptions};
-use crate::history::History;
-use crate::hub::Hub;
-pub use crate::issuer::DEFAULT_CERT_LIFETIME;
-use crate::issuer::{Issuer, IssuerOptions};
-use crate::kube::source::{KubeOptions, KubeSource};
-use crate::ops::Ops;
-use crate::source::{DirSource, PolicySource, Watch};
-use crate::tokenreview::{KubeConnection, TokenReviewAttestor};
-use crate::tokens::JoinTokenAttestor;
+use crate::ca::ca_store::{CaStore, CaStoreOptions};
+pub use crate::ca::issuer::DEFAULT_CERT_LIFETIME;
+use crate::ca::issuer::{Issuer, IssuerOptions};
+use crate::ca::tokenreview::{KubeConnection, TokenReviewAttestor};
+use crate::ca::tokens::JoinTokenAttestor;
+use crate::operator::auth::AdminToken;
+use crate::operator::history::History;
+use crate::operator::ops::Ops;
+use crate::policy::kube::source::{KubeOptions, KubeSource};
+use crate::policy::source::{DirSource, PolicySource, Watch};
+use crate::push::hub::Hub;
 
 /// Namespace and service account of the control plane's own identity.
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
@@ -270,7 +270,7 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
     );
     let join_tokens =
         JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
-    let service_account_tokens: Option<Arc<dyn crate::attest::Attestor>> =
+    let service_account_tokens: Option<Arc<dyn crate::ca::attest::Attestor>> =
         match &config.kubernetes_tokens {
             Some(connection) => {
                 let client = connection
@@ -286,7 +286,7 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
             }
             None => None,
         };
-    let attestor = crate::attest::ByKind::new(Arc::new(join_tokens), service_account_tokens);
+    let attestor = crate::ca::attest::ByKind::new(Arc::new(join_tokens), service_account_tokens);
     let issuer = Arc::new(
         Issuer::new(
             store.clone(),
@@ -374,15 +374,16 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         .with_context(|| format!("binding {}", config.admin))?;
     let admin = admin_listener.local_addr()?;
 
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<crate::grpc::TlsConn, std::io::Error>>(64);
+    let (conn_tx, conn_rx) =
+        mpsc::channel::<Result<crate::push::grpc::TlsConn, std::io::Error>>(64);
     tasks.push(tokio::spawn(async move {
         loop {
-            let (tcp, peer) = accept(&listener, "sidecar port").await;
+            let (tcp, peer) = crate::net::accept(&listener, "sidecar port").await;
             let (tls, conn_tx) = (tls.clone(), conn_tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                     Ok(Ok(s)) => {
-                        let _ = conn_tx.send(Ok(crate::grpc::TlsConn(s))).await;
+                        let _ = conn_tx.send(Ok(crate::push::grpc::TlsConn(s))).await;
                     }
                     Ok(Err(e)) => log::warn!("TLS handshake from {peer}: {e}"),
                     Err(_) => log::warn!("TLS handshake from {peer}: timed out"),
@@ -391,9 +392,9 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         }
     }));
     // Stream is served by push_stream (snapshots shared, not copied per stream).
-    let svc = crate::push_stream::PushRouter::new(
+    let svc = crate::push::push_stream::PushRouter::new(
         hub.clone(),
-        ControlPlaneServer::new(crate::grpc::Service {
+        ControlPlaneServer::new(crate::push::grpc::Service {
             hub: hub.clone(),
             issuer,
         }),
@@ -409,15 +410,15 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         }
     }));
     let admin_token_file = token.path().to_owned();
-    tasks.push(tokio::spawn(crate::admin::serve_admin(
+    tasks.push(tokio::spawn(crate::operator::api::serve_admin(
         admin_listener,
-        Arc::new(crate::admin::Admin {
+        Arc::new(crate::operator::api::Admin {
             hub: hub.clone(),
             ops,
             token,
             // Both conditions hold by now: the CA opened and the policy loaded, or start
             // failed. A source that can start without a policy flips `policy` later.
-            readiness: Arc::new(crate::admin::Readiness::new(true, true)),
+            readiness: Arc::new(crate::operator::api::Readiness::new(true, true)),
         }),
     )));
     log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
@@ -429,21 +430,4 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         tasks,
         _watch: watch,
     })
-}
-
-/// The next connection on `listener`. An accept error (such as running out of file
-/// descriptors) is logged and retried after a short pause, so the loop never spins.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    what: &str,
-) -> (tokio::net::TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(c) => return c,
-            Err(e) => {
-                log::warn!("{what} accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use weft_certs::{identity_from_cert_der, parse_cert_chain_pem, CertificateAuthority, Identity};
-use weft_control_plane::certs::{self, CertSubject, CertsError};
+use weft_control_plane::ca::certs::{self, CertSubject, CertsError};
 use weft_testkit::process::output_within;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);

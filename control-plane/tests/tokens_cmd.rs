@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_certs::{generate_csr, Identity};
-use weft_control_plane::attest::Credential;
-use weft_control_plane::ca_store::{CaStore, CaStoreOptions};
-use weft_control_plane::issuer::{IssueError, Issuer, IssuerOptions};
-use weft_control_plane::tokens::{JoinTokenAttestor, JOIN_TOKENS_FILE};
+use weft_control_plane::ca::attest::Credential;
+use weft_control_plane::ca::ca_store::{CaStore, CaStoreOptions};
+use weft_control_plane::ca::issuer::{IssueError, Issuer, IssuerOptions};
+use weft_control_plane::ca::tokens::{JoinTokenAttestor, JOIN_TOKENS_FILE};
 use weft_testkit::process::output_within;
 
 struct Out {

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weft_control_plane::certs::{self, CertsError};
-use weft_control_plane::ctl::{self, Connection, OpsCommand};
-use weft_control_plane::tokens::{JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo};
+use weft_control_plane::ca::certs::{self, CertsError};
+use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo};
+use weft_control_plane::operator::client::{self as ctl, Connection, OpsCommand};
 
 /// Exit status of input that is invalid or refused: calling again unchanged cannot help.
 const EXIT_INVALID: u8 = ctl::EXIT_REFUSED;
@@ -101,7 +101,7 @@ enum TokensCommand {
         /// The service whose sidecar will present the token.
         service: String,
         /// Namespace of the identity the token proves.
-        #[arg(long, default_value = weft_control_plane::tokens::DEFAULT_NAMESPACE)]
+        #[arg(long, default_value = weft_control_plane::ca::tokens::DEFAULT_NAMESPACE)]
         namespace: String,
         /// Service account of the identity the token proves [default: SERVICE].
         #[arg(long)]

@@ -311,13 +311,13 @@ impl InjectArgs {
 }
 
 /// `weftctl inject`: read the manifests, inject, write YAML to `out`. Invalid input (or bad
-/// flag values) is [`crate::ctl::CtlError::Refused`] (exit 1) naming the object; an
+/// flag values) is [`crate::operator::client::CtlError::Refused`] (exit 1) naming the object; an
 /// unreadable file is a usage error (exit 2).
 pub fn run_cli(
     args: &InjectArgs,
     out: &mut dyn std::io::Write,
-) -> Result<(), crate::ctl::CtlError> {
-    use crate::ctl::CtlError;
+) -> Result<(), crate::operator::client::CtlError> {
+    use crate::operator::client::CtlError;
     use std::io::Read as _;
     let settings = args.settings();
     settings

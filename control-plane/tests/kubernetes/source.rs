@@ -11,10 +11,10 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use serde_json::{json, Value};
-use weft_control_plane::kube::mapping::{self, Kind, Objects};
-use weft_control_plane::kube::source::{KubeOptions, KubeSource};
-use weft_control_plane::policy::MeshPolicy;
-use weft_control_plane::source::PolicySource;
+use weft_control_plane::policy::kube::mapping::{self, Kind, Objects};
+use weft_control_plane::policy::kube::source::{KubeOptions, KubeSource};
+use weft_control_plane::policy::mesh::MeshPolicy;
+use weft_control_plane::policy::source::PolicySource;
 use weft_testkit::process::{output_within, spawn};
 use weft_testkit::wait;
 
@@ -574,7 +574,7 @@ fn checked_in_crds_match_the_generated_ones() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/crds");
     let mut drifted = Vec::new();
-    for (file, text) in weft_control_plane::kube::crds::render() {
+    for (file, text) in weft_control_plane::policy::kube::crds::render() {
         let path = dir.join(file);
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
             drifted.push(path.display().to_string());
@@ -590,19 +590,19 @@ fn checked_in_crds_match_the_generated_ones() {
 
 #[test]
 fn apply_and_rollback_are_refused_when_the_policy_comes_from_kubernetes() {
-    use weft_control_plane::history::History;
-    use weft_control_plane::hub::Hub;
-    use weft_control_plane::ops::{Ops, READ_ONLY_SOURCE};
+    use weft_control_plane::operator::history::History;
+    use weft_control_plane::operator::ops::{Ops, READ_ONLY_SOURCE};
+    use weft_control_plane::push::hub::Hub;
 
     struct Fixed(MeshPolicy);
     impl PolicySource for Fixed {
-        fn load(&self) -> Result<MeshPolicy, weft_control_plane::policy::PolicyErrors> {
+        fn load(&self) -> Result<MeshPolicy, weft_control_plane::policy::mesh::PolicyErrors> {
             Ok(self.0.clone())
         }
         fn watch(
             &self,
             _: Box<dyn Fn() + Send>,
-        ) -> std::io::Result<weft_control_plane::source::Watch> {
+        ) -> std::io::Result<weft_control_plane::policy::source::Watch> {
             Err(std::io::Error::other("not watched here"))
         }
         fn describe(&self) -> String {

@@ -22,8 +22,8 @@ use tokio::sync::{watch, Notify};
 use weft_policy::wire::Endpoint;
 use weft_wire::v1::{control_message, ControlMessage};
 
-use crate::policy::{MeshPolicy, PolicyErrors};
-use crate::source::{LastGood, Update};
+use crate::policy::mesh::{MeshPolicy, PolicyErrors};
+use crate::policy::source::{LastGood, Update};
 
 /// How long a disconnected sidecar's endpoint stays registered.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);

@@ -1,6 +1,6 @@
 //! Where the mesh policy comes from. A [`PolicySource`] loads the whole policy and says when it
 //! may have changed; [`DirSource`] reads a directory of YAML files,
-//! [`crate::kube::source::KubeSource`] the Kubernetes API. [`LastGood`] keeps the policy in force: an invalid change is refused with its
+//! [`crate::policy::kube::source::KubeSource`] the Kubernetes API. [`LastGood`] keeps the policy in force: an invalid change is refused with its
 //! errors and the last good policy stays.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crate::policy::{file_name, MeshPolicy, PolicyErrors};
+use crate::policy::mesh::{file_name, MeshPolicy, PolicyErrors};
 
 /// How often [`DirSource`] looks at its directory.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);

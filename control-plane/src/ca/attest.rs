@@ -1,17 +1,18 @@
 //! Attestation: turning the credential a workload presents into the identity it may have.
 //!
-//! Two credentials: a join token ([`crate::tokens::JoinTokenAttestor`], local mode and any host)
+//! Two credentials: a join token ([`crate::ca::tokens::JoinTokenAttestor`], local mode and any host)
 //! and, on Kubernetes, a projected service account token
-//! ([`crate::tokenreview::TokenReviewAttestor`], verified by the API server's TokenReview).
+//! ([`crate::ca::tokenreview::TokenReviewAttestor`], verified by the API server's TokenReview).
 //! [`Credential::from_presented`] tells them apart by form; [`ByKind`] sends each to its own
 //! attestor. The issuer does not change.
 
 use std::fmt;
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use weft_certs::{Identity, IdentityError};
-
-use crate::tokens::TokenError;
 
 /// What a workload presents to prove who it is.
 ///
@@ -77,7 +78,7 @@ impl fmt::Debug for Credential {
 ///
 /// Synchronous: the join-token attestor reads a small local file, and the issuer is called off
 /// the runtime's workers (`spawn_blocking`, as signing costs CPU anyway). An attestor that
-/// must call out, such as [`crate::tokenreview::TokenReviewAttestor`], blocks that thread on
+/// must call out, such as [`crate::ca::tokenreview::TokenReviewAttestor`], blocks that thread on
 /// its request; see its documentation.
 pub trait Attestor: Send + Sync {
     /// Returns the identity `credential` proves, or why it proves none.
@@ -248,5 +249,54 @@ mod tests {
         );
         assert!(e.is_refusal());
         assert!(!AttestError::Unavailable("down".into()).is_refusal());
+    }
+}
+
+/// Errors of join token management ([`crate::ca::tokens::JoinTokenStore`]). Defined here, beside
+/// the attestation errors that carry it, so the attestor and the store import each other one way.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The service, namespace or service account is not a valid name.
+    #[error(transparent)]
+    InvalidName(#[from] IdentityError),
+    /// The TTL is zero or longer than [`MAX_TOKEN_TTL`](crate::ca::tokens::MAX_TOKEN_TTL).
+    #[error("invalid token TTL {}: must be more than 0 and at most 10 years", humantime::format_duration(*.0))]
+    InvalidTtl(Duration),
+    /// No token has this id.
+    #[error("no join token with id {id:?} (weftctl tokens list shows them)")]
+    UnknownId {
+        /// The id asked for.
+        id: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The token file is not valid.
+    #[error("{path}: not a valid join token file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The system random number generator failed.
+    #[error("system random number generator failed")]
+    Rng,
+}
+
+impl TokenError {
+    /// Whether the request itself was wrong (a bad name, TTL or id), as opposed to a failure.
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidName(_) | Self::InvalidTtl(_) | Self::UnknownId { .. }
+        )
     }
 }

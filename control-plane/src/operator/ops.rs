@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
-use crate::history::{now_rfc3339, Action, AuditRecord, History, HistoryEntry, HistoryError};
-use crate::hub::Hub;
-use crate::policy::{MeshPolicy, PolicyErrors};
-use crate::source::{check_file_name, DirSource, PolicySource, Update};
+use crate::operator::history::{
+    now_rfc3339, Action, AuditRecord, History, HistoryEntry, HistoryError,
+};
+use crate::policy::mesh::{MeshPolicy, PolicyErrors};
+use crate::policy::source::{check_file_name, DirSource, PolicySource, Update};
+use crate::push::hub::Hub;
 
 /// Policy files: name to text.
 type Files = BTreeMap<String, String>;
@@ -206,7 +208,11 @@ impl Ops {
                 let files = match &self.source {
                     Source::Dir(d) => d
                         .files()
-                        .map(|f| f.iter().map(|p| crate::policy::file_name(p)).collect())
+                        .map(|f| {
+                            f.iter()
+                                .map(|p| crate::policy::mesh::file_name(p))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     Source::ReadOnly(_) => before.file_texts().into_keys().collect(),
                 };

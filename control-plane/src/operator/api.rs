@@ -1,7 +1,7 @@
 //! The operator API: plain HTTP on a loopback address.
 //!
 //! `/live`, `/ready` and `/metrics` are open (probes and Prometheus); everything else requires
-//! `Authorization: Bearer <admin token>` ([`crate::auth`]) and answers 401 without it. The
+//! `Authorization: Bearer <admin token>` ([`crate::operator::auth`]) and answers 401 without it. The
 //! JSON API lives under `/v1/` (see docs/OPERATIONS.md); `GET /status` is the older name of
 //! `GET /v1/status`.
 
@@ -17,10 +17,10 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use crate::auth::{AdminToken, ADMIN_TOKEN_NAME};
-use crate::hub::Hub;
-use crate::ops::{Ops, OpsError};
-use crate::policy::{file_name, PolicyError, PolicyErrors};
+use crate::operator::auth::{AdminToken, ADMIN_TOKEN_NAME};
+use crate::operator::ops::{Ops, OpsError};
+use crate::policy::mesh::{file_name, PolicyError, PolicyErrors};
+use crate::push::hub::Hub;
 
 /// Largest request body accepted (a whole policy directory fits many times over).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -86,7 +86,7 @@ fn refused(status: StatusCode, message: impl Into<String>) -> Refusal {
 
 pub(crate) async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let (tcp, _) = crate::server::accept(&listener, "admin").await;
+        let (tcp, _) = crate::net::accept(&listener, "admin").await;
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc =
@@ -338,7 +338,7 @@ async fn result(
             let ops = admin.ops.clone();
             let list = blocking(move || Ok(ops.history().list()?)).await?;
             ok(serde_json::json!({
-                "limit": crate::history::HISTORY_LIMIT,
+                "limit": crate::operator::history::HISTORY_LIMIT,
                 "history": list,
             }))
         }

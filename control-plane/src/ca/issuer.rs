@@ -12,8 +12,8 @@ use weft_certs::{
     not_after_from_cert_der, not_before_from_cert_der, parse_cert_chain_pem, Identity,
 };
 
-use crate::attest::{AttestError, Attestor, Credential};
-use crate::ca_store::CaStore;
+use crate::ca::attest::{AttestError, Attestor, Credential};
+use crate::ca::ca_store::CaStore;
 
 /// Lifetime of workload certificates unless configured otherwise.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);

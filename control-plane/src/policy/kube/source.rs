@@ -32,8 +32,8 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
 use super::mapping::{self, Kind, ObjectKey, Objects};
-use crate::policy::{MeshPolicy, PolicyErrors};
-use crate::source::{PolicySource, Watch};
+use crate::policy::mesh::{MeshPolicy, PolicyErrors};
+use crate::policy::source::{PolicySource, Watch};
 
 /// The name the Kubernetes policy goes by in history (one YAML document).
 pub const POLICY_DOCUMENT: &str = "kubernetes.yaml";
@@ -240,7 +240,7 @@ impl KubeSource {
                 current.insert(key, mapping::accepted_condition(o));
             }
         }
-        let now = crate::history::now_rfc3339();
+        let now = crate::operator::history::now_rfc3339();
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         // Forget resources that are gone, so one recreated under the same name gets its
         // condition.

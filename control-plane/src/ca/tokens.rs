@@ -22,7 +22,8 @@ use weft_certs::{
     validate_namespace, validate_service_account, validate_trust_domain, Identity, IdentityError,
 };
 
-use crate::attest::{AttestError, Attestor, Credential};
+pub use crate::ca::attest::TokenError;
+use crate::ca::attest::{AttestError, Attestor, Credential};
 use crate::files::{self, DirLock, PRIVATE_MODE};
 
 /// File of join token hashes in a state directory.
@@ -36,54 +37,6 @@ const TOKEN_PREFIX: &str = "wjt1_";
 const ID_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
 const FILE_VERSION: u32 = 1;
-
-/// Errors of join token management.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TokenError {
-    /// The service, namespace or service account is not a valid name.
-    #[error(transparent)]
-    InvalidName(#[from] IdentityError),
-    /// The TTL is zero or longer than [`MAX_TOKEN_TTL`].
-    #[error("invalid token TTL {}: must be more than 0 and at most 10 years", humantime::format_duration(*.0))]
-    InvalidTtl(Duration),
-    /// No token has this id.
-    #[error("no join token with id {id:?} (weftctl tokens list shows them)")]
-    UnknownId {
-        /// The id asked for.
-        id: String,
-    },
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The token file is not valid.
-    #[error("{path}: not a valid join token file: {reason}")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The system random number generator failed.
-    #[error("system random number generator failed")]
-    Rng,
-}
-
-impl TokenError {
-    /// Whether the request itself was wrong (a bad name, TTL or id), as opposed to a failure.
-    pub fn is_invalid_request(&self) -> bool {
-        matches!(
-            self,
-            Self::InvalidName(_) | Self::InvalidTtl(_) | Self::UnknownId { .. }
-        )
-    }
-}
 
 /// What to bind a new token to.
 #[derive(Debug, Clone, PartialEq, Eq)]

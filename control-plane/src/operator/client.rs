@@ -17,8 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::admin::ACTOR_HEADER;
-use crate::policy::{file_name, MeshPolicy};
+use crate::operator::api::ACTOR_HEADER;
+use crate::policy::mesh::{file_name, MeshPolicy};
 
 /// Where `weftctl` finds the operator API unless told otherwise: `weft-control-plane`'s
 /// default `--admin` address.
@@ -219,7 +219,7 @@ pub async fn run(
 
 /// `weftctl crds`: the CRDs as one YAML stream on `out`, or one file each in `dir`.
 fn crds(dir: Option<&Path>, out: &mut dyn Write) -> Result<(), CtlError> {
-    let rendered = crate::kube::crds::render();
+    let rendered = crate::policy::kube::crds::render();
     match dir {
         None => {
             for (i, (_, text)) in rendered.iter().enumerate() {

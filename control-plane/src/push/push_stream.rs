@@ -9,7 +9,7 @@
 //! then the JSON itself, the [`Bytes`] the push built once for the service. The receiver
 //! decodes one ordinary `ControlMessage`: protobuf allows fields in any order.
 //!
-//! Everything else (the `Hello` checks, registration, ACKs) is [`crate::grpc::open_stream`],
+//! Everything else (the `Hello` checks, registration, ACKs) is [`crate::push::grpc::open_stream`],
 //! the same code tonic's `stream` method runs; other methods go to tonic unchanged.
 
 use std::convert::Infallible;
@@ -30,8 +30,8 @@ use tonic::Status;
 use tower_service::Service;
 use weft_wire::v1::{control_message, ControlMessage, SidecarMessage, Snapshot};
 
-use crate::grpc::{open_stream, PeerIdentity};
-use crate::hub::Hub;
+use crate::push::grpc::{open_stream, PeerIdentity};
+use crate::push::hub::Hub;
 
 /// The path of `weft.control.v1.ControlPlane/Stream`.
 const STREAM_PATH: &str = "/weft.control.v1.ControlPlane/Stream";

@@ -30,9 +30,9 @@ use weft_wire::v1::{
     sidecar_message, CertifyRequest, CertifyResponse, ControlMessage, SidecarMessage,
 };
 
-use crate::attest::Credential;
-use crate::hub::{Hub, SidecarEntry};
-use crate::issuer::{IssueError, Issued, Issuer};
+use crate::ca::attest::Credential;
+use crate::ca::issuer::{IssueError, Issued, Issuer};
+use crate::push::hub::{Hub, SidecarEntry};
 
 /// The authenticated client of a connection, from its certificate.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ impl ControlPlane for Service {
         }
     }
 
-    /// Served by [`crate::push_stream`] on the server (without a copy of each snapshot per
+    /// Served by [`crate::push::push_stream`] on the server (without a copy of each snapshot per
     /// stream); this is the same stream through tonic's encoder.
     async fn stream(
         &self,

@@ -23,7 +23,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use kube::api::PostParams;
 use weft_certs::Identity;
 
-use crate::attest::{AttestError, Attestor, Credential};
+use crate::ca::attest::{AttestError, Attestor, Credential};
 
 /// The audience sidecars' projected tokens are minted for (`serviceAccountToken.audience` in
 /// the injected pod), and the one every review asks the API server to check.
@@ -67,7 +67,7 @@ impl KubeConnection {
             Self::Infer => None,
             Self::Kubeconfig(path) => Some(path.as_path()),
         };
-        let mut config = crate::kube::client_config(kubeconfig)
+        let mut config = crate::policy::kube::client_config(kubeconfig)
             .await
             .map_err(KubeClientError::Config)?;
         config.connect_timeout = Some(CONNECT_TIMEOUT);

@@ -7,7 +7,7 @@
 //! | [`CA_CERT_FILE`] (`ca.crt`, 0644) | the root created on first start (the same layout `weftctl certs init` writes) |
 //! | [`CA_KEY_FILE`] (`ca.key`, 0600) | its private key; refused if readable by group or others |
 //! | [`EXTRA_ROOTS_FILE`] (`extra_roots.pem`, optional) | more roots to trust, not to sign with: the previous root while a rotation overlaps |
-//! | [`JOIN_TOKENS_FILE`](crate::tokens::JOIN_TOKENS_FILE) | join tokens, hashed (see [`crate::tokens`]) |
+//! | [`JOIN_TOKENS_FILE`](crate::ca::tokens::JOIN_TOKENS_FILE) | join tokens, hashed (see [`crate::ca::tokens`]) |
 //!
 //! **Rotating the root**: put the current `ca.crt` into `extra_roots.pem`, switch the signing
 //! root (an operator-supplied one with [`RootSource::Files`], or move `ca.crt`/`ca.key` away so a
@@ -28,7 +28,7 @@ use weft_certs::{
     CertificateAuthority, IdentityError,
 };
 
-pub use crate::certs::{CA_CERT_FILE, CA_KEY_FILE};
+pub use crate::ca::certs::{CA_CERT_FILE, CA_KEY_FILE};
 use crate::files::{self, DirLock, PRIVATE_MODE, PUBLIC_MODE};
 
 /// File of extra trusted roots (PEM, any number of `CERTIFICATE` blocks) in a state directory.
@@ -146,7 +146,7 @@ pub enum CaStoreError {
         source: weft_certs::Error,
     },
     /// The signing root has expired.
-    #[error("signing root {path} expired at {}", crate::certs::rfc3339(*.not_after))]
+    #[error("signing root {path} expired at {}", crate::ca::certs::rfc3339(*.not_after))]
     RootExpired {
         /// The certificate file.
         path: PathBuf,
