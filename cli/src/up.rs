@@ -14,7 +14,6 @@
 use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -202,16 +201,8 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("{}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    weft_certs::files::write_atomically(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("{}", path.display()))
 }
 
 fn sidecar_config(i: &Instance, protocol: &str, cp: SocketAddr) -> String {

@@ -151,9 +151,9 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
             .as_str()
             .map(Into::into),
     };
-    rt.block_on(weft_control_plane::operator::client::run(
+    rt.block_on(weft_cli::ctl::run(
         &conn,
-        weft_control_plane::operator::client::OpsCommand::Top {
+        weft_cli::ctl::Command::Top {
             sidecars: Vec::new(),
             interval: Duration::from_secs(3),
             count: Some(1),

@@ -12,7 +12,8 @@
 //!   admission webhook ([`inject::webhook`]).
 //! - [`server`]: assembles them; the `weft-control-plane` binary runs it.
 //!
-//! The `weftctl` command-line tool is the `weft-cli` crate's.
+//! The `weftctl` command-line tool is the `weft-cli` crate's; it runs the operator API's client,
+//! [`operator::client`], and the injection of [`inject`].
 
 pub mod ca;
 mod files;
@@ -22,7 +23,6 @@ pub mod operator;
 pub mod policy;
 pub mod push;
 pub mod server;
-pub mod top;
 
 // The paths the proxy's end-to-end tests import (`proxy/tests/e2e/`); they go once those
 // tests import the modules above.

@@ -6,15 +6,16 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use weft_cli::ctl::{self, Command as CtlCommand};
 use weft_control_plane::ca::certs::{self, CertsError};
 use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo};
-use weft_control_plane::operator::client::{self as ctl, Connection, OpsCommand};
+use weft_control_plane::operator::client::{self as api, Connection};
 
 /// Exit status of input that is invalid or refused: calling again unchanged cannot help.
-const EXIT_INVALID: u8 = ctl::EXIT_REFUSED;
+const EXIT_INVALID: u8 = api::EXIT_REFUSED;
 /// Exit status of a usage, connection or authentication error, or any other failure (files
 /// missing or unreadable, I/O errors, ...).
-const EXIT_FAILURE: u8 = ctl::EXIT_FAILURE;
+const EXIT_FAILURE: u8 = api::EXIT_FAILURE;
 
 /// Command-line tool of the Weft service mesh.
 #[derive(Debug, Parser)]
@@ -48,7 +49,7 @@ enum Command {
     #[command(subcommand)]
     Tokens(TokensCommand),
     #[command(flatten)]
-    Ops(OpsCommand),
+    Ops(CtlCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,7 +159,7 @@ fn main() -> ExitCode {
 }
 
 /// Run an operator command on a small single-threaded runtime (one request at a time).
-fn run_ops(connection: &Connection, command: OpsCommand) -> ExitCode {
+fn run_ops(connection: &Connection, command: CtlCommand) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

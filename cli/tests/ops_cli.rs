@@ -1,13 +1,15 @@
-//! The operator API and `weftctl`'s operator commands, through the real binaries: a
-//! `weft-control-plane` process on loopback (OS-assigned ports) and `weftctl` processes.
+//! The operator API and `weftctl`'s operator commands: `weftctl` processes (the real binary)
+//! against a control plane on loopback (OS-assigned ports), run in this test's process with
+//! the defaults of the `weft-control-plane` binary (cargo builds that binary only for its own
+//! crate's tests).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use weft_testkit::process::{output_within, spawn, Guard};
+use weft_testkit::process::output_within;
 
 /// A loopback port reserved for this test process (see `weft_testkit::ports`).
 fn free_addr() -> SocketAddr {
@@ -63,51 +65,54 @@ fn http(
 }
 
 struct Cp {
-    // Declared first, so the process group is killed before the directory is removed.
-    child: Guard,
+    // Declared first, so the control plane stops before its runtime and directory go.
+    running: weft_control_plane::server::Running,
+    _rt: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
     admin: SocketAddr,
 }
 
 impl Cp {
     fn start(policy_text: &str) -> Cp {
+        use weft_control_plane::server::{self, ServerConfig};
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy");
         std::fs::create_dir(&policy).expect("mkdir");
         std::fs::write(policy.join("mesh.yaml"), policy_text).expect("write");
-        let admin = free_addr();
-        let child = spawn(
-            Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-                .arg("--policy-dir")
-                .arg(&policy)
-                .arg("--state-dir")
-                .arg(dir.path().join("state"))
-                .arg("--listen")
-                .arg(free_addr().to_string())
-                .arg("--admin")
-                .arg(admin.to_string())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("cp.log")).expect("log")),
-        )
-        .expect("spawn");
-        let mut cp = Cp { child, dir, admin };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // What `weft-control-plane --policy-dir P --state-dir S --listen A --admin B` runs.
+        let config = ServerConfig {
+            policy_dir: policy,
+            state_dir: dir.path().join("state"),
+            listen: free_addr(),
+            admin: free_addr(),
+            trust_domain: "weft.local".to_owned(),
+            ca: Default::default(),
+            grace: weft_control_plane::push::hub::DEFAULT_GRACE,
+            poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,
+            admin_token_file: None,
+            cert_lifetime: server::DEFAULT_CERT_LIFETIME,
+            kubernetes_tokens: None,
+        };
+        let running = rt
+            .block_on(server::start_with(config, server::PolicyFrom::Directory))
+            .expect("control plane");
+        let admin = running.admin;
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_err() {
-            if let Some(exit) = cp.child.status() {
-                panic!("the control plane ended ({exit}):\n{}", cp.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no admin listener:\n{}",
-                cp.log()
-            );
+            assert!(Instant::now() < deadline, "no admin listener");
             std::thread::sleep(Duration::from_millis(50));
         }
-        cp
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("cp.log")).unwrap_or_default()
+        Cp {
+            running,
+            _rt: rt,
+            dir,
+            admin,
+        }
     }
 
     fn policy_dir(&self) -> PathBuf {
@@ -518,7 +523,11 @@ fn apply_dry_run_history_audit_invalid_apply_and_rollback() {
     .expect("rename");
     let deadline = Instant::now() + Duration::from_secs(5);
     while cp.version() == v0 {
-        assert!(Instant::now() < deadline, "edit not seen:\n{}", cp.log());
+        assert!(
+            Instant::now() < deadline,
+            "edit not seen: {}",
+            cp.running.hub.status()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = cp.weftctl(&["history"]);
