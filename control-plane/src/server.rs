@@ -114,11 +114,7 @@ impl Drop for Running {
         for t in &self.tasks {
             t.abort();
         }
-        let mut st = self.hub.lock();
-        for s in st.sidecars.values_mut() {
-            s.tx = None;
-            s.connected = false;
-        }
+        self.hub.disconnect_all();
     }
 }
 

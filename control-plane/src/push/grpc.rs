@@ -32,7 +32,7 @@ use weft_wire::v1::{
 
 use crate::ca::attest::Credential;
 use crate::ca::issuer::{IssueError, Issued, Issuer};
-use crate::push::hub::{Hub, SidecarEntry};
+use crate::push::hub::{Hub, Registration};
 
 /// The authenticated client of a connection, from its certificate.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ impl ControlPlane for Service {
             join_token,
         } = req.into_inner();
         let issuer = self.issuer.clone();
-        let trust_domain = self.hub.trust_domain.clone();
+        let trust_domain = self.hub.trust_domain().to_owned();
         let how = if join_token.trim().is_empty() {
             "renewal"
         } else {
@@ -182,7 +182,7 @@ pub(crate) async fn open_stream(
             }) => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        if peer.trust_domain() != hub.trust_domain || peer.service_account() != hello.service {
+        if peer.trust_domain() != hub.trust_domain() || peer.service_account() != hello.service {
             log::warn!(
                 "refused {peer}: Hello names service {:?}, the certificate does not",
                 hello.service
@@ -205,51 +205,22 @@ pub(crate) async fn open_stream(
         }
         // The push puts each new snapshot in this slot; the stream sends the latest one.
         let (tx, rx) = watch::channel(None);
-        let id = {
-            let mut st = hub.lock();
-            if let Some(s) = st
-                .policy
-                .current()
-                .services()
-                .iter()
-                .find(|s| s.name == hello.service)
-            {
-                if s.identity != peer.to_string() {
-                    return Err(Status::permission_denied(format!(
-                        "service {} has identity {}, not {peer}",
-                        s.name, s.identity
-                    )));
-                }
-            }
-            let id = st.next_id;
-            st.next_id += 1;
-            st.sidecars.insert(
-                id,
-                SidecarEntry {
-                    service: hello.service.clone(),
-                    identity: peer.to_string(),
-                    endpoint: endpoint.to_string(),
-                    labels: hello.labels.into_iter().collect(),
-                    sent: None,
-                    sent_at: None,
-                    acked: None,
-                    nack: None,
-                    connected: true,
-                    since: SystemTime::now(),
-                    cert_not_after: unix_time(hello.cert_not_after_unix),
-                    // Only a well-formed address is kept: it is shown and scraped as is.
-                    admin: hello
-                        .admin_address
-                        .parse::<SocketAddr>()
-                        .ok()
-                        .map(|a| a.to_string()),
-                    tx: Some(tx),
-                },
-            );
-            id
+        let registration = Registration {
+            peer: peer.clone(),
+            service: hello.service,
+            endpoint,
+            labels: hello.labels.into_iter().collect(),
+            cert_not_after: unix_time(hello.cert_not_after_unix),
+            // Only a well-formed address is kept: it is shown and scraped as is.
+            admin: hello
+                .admin_address
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| a.to_string()),
         };
-        // Coalesced with the other registrations of a connect storm (see `Hub::run_pusher`).
-        hub.request_push();
+        let id = hub
+            .register(registration, tx)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         log::info!("sidecar {peer} connected, endpoint {endpoint}");
         tokio::spawn(follow(hub, id, inbound));
         Ok(rx)
@@ -307,55 +278,30 @@ async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) 
                 break;
             }
         };
-        let mut guard = hub.lock();
-        let st = &mut *guard;
-        let Some(s) = st.sidecars.get_mut(&id) else {
-            break;
-        };
-        match msg.kind {
-            Some(sidecar_message::Kind::Ack(a)) => {
-                log::debug!("{} at {} ACKed {}", s.service, s.endpoint, a.version);
-                if s.sent.as_deref() == Some(a.version.as_str()) {
-                    if let Some(at) = s.sent_at.take() {
-                        st.push_duration.observe(at.elapsed());
-                    }
-                }
-                s.acked = Some(a.version);
-            }
-            Some(sidecar_message::Kind::Nack(n)) => {
-                log::warn!(
-                    "{} at {} NACKed {}: {}",
-                    s.service,
-                    s.endpoint,
-                    n.version,
-                    n.reason
-                );
-                s.nack = Some((n.version, n.reason));
-            }
+        let registered = match msg.kind {
+            Some(sidecar_message::Kind::Ack(a)) => hub.ack(id, a.version),
+            Some(sidecar_message::Kind::Nack(n)) => hub.nack(id, n.version, n.reason),
             Some(sidecar_message::Kind::Certificate(c)) => {
-                if let Some(t) = unix_time(c.not_after_unix) {
-                    s.cert_not_after = Some(t);
-                }
+                hub.certificate(id, unix_time(c.not_after_unix))
             }
             Some(sidecar_message::Kind::Draining(_)) => {
-                drop(guard);
-                hub.withdraw(id);
-                return;
+                if hub.withdraw(id) {
+                    return;
+                }
+                false
             }
-            _ => log::warn!("sidecar stream {id}: unexpected message"),
+            _ => {
+                let registered = hub.is_registered(id);
+                if registered {
+                    log::warn!("sidecar stream {id}: unexpected message");
+                }
+                registered
+            }
+        };
+        if !registered {
+            break;
         }
     }
-    {
-        let mut st = hub.lock();
-        if let Some(s) = st.sidecars.get_mut(&id) {
-            log::info!("sidecar {} at {} disconnected", s.service, s.endpoint);
-            s.connected = false;
-            s.tx = None;
-        }
-    }
-    tokio::time::sleep(hub.grace).await;
-    let removed = hub.lock().sidecars.remove(&id).is_some();
-    if removed {
-        hub.request_push();
-    }
+    hub.disconnected(id);
+    hub.expire(id).await;
 }
