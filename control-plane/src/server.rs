@@ -41,6 +41,7 @@ use crate::operator::auth::AdminToken;
 use crate::operator::history::History;
 use crate::operator::ops::Ops;
 use crate::policy::kube::source::{KubeOptions, KubeSource};
+use crate::policy::mesh::MeshPolicy;
 use crate::policy::source::{DirSource, PolicySource, Watch};
 use crate::push::hub::Hub;
 
@@ -258,8 +259,71 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     start_with(config, PolicyFrom::Directory).await
 }
 
-/// [`start`] with the policy from `from`.
+/// [`start`] with the policy from `from`: the CA, the policy and its source, the push, then
+/// the two listeners, in that order (the first failure is the error).
 pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Result<Running> {
+    let ca = ca(&config).await?;
+    let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
+        .context("operator API token")?;
+    let history = History::open(&config.state_dir).context("policy history")?;
+    let policy = policy_source(&config, from).await?;
+    let hub = Arc::new(Hub::new(
+        policy.initial,
+        ca.store.trust_bundle_pem().to_owned(),
+        ca.store.trust_domain().to_owned(),
+        config.grace,
+    ));
+    let ops = Arc::new(match policy.dir {
+        Some(dir) => Ops::new(hub.clone(), dir, history),
+        None => Ops::read_only(hub.clone(), policy.source, history),
+    });
+    ops.record_start()
+        .context("recording the policy in history")?;
+
+    let mut tasks = vec![
+        tokio::spawn(
+            ca.serving
+                .clone()
+                .renew(ca.store.clone(), config.cert_lifetime),
+        ),
+        tokio::spawn(hub.clone().run_pusher()),
+        tokio::spawn(reload_on_change(ops.clone(), policy.changed)),
+    ];
+
+    let listener = bind_sidecar_listener(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let listen = listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding {}", config.admin))?;
+    let admin = admin_listener.local_addr()?;
+
+    tasks.extend(serve_sidecars(listener, ca.tls, hub.clone(), ca.issuer));
+    let admin_token_file = token.path().to_owned();
+    tasks.push(serve_operators(admin_listener, hub.clone(), ops, token));
+    log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
+    Ok(Running {
+        listen,
+        admin,
+        hub,
+        admin_token_file,
+        tasks,
+        _watch: policy.watch,
+    })
+}
+
+/// The certificate authority as the server uses it.
+struct Ca {
+    store: Arc<CaStore>,
+    issuer: Arc<Issuer>,
+    serving: Arc<ServingCert>,
+    tls: TlsAcceptor,
+}
+
+/// Open the CA in the state directory, the attestors of `Certify` (join tokens, and service
+/// account tokens when configured), the issuer, and the control plane's own serving
+/// certificate and TLS acceptor.
+async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
     let store = Arc::new(
         CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
             .context("certificate authority")?,
@@ -298,9 +362,29 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
     let serving =
         Arc::new(ServingCert::new(&store, config.cert_lifetime).context("serving certificate")?);
     let tls = TlsAcceptor::from(Arc::new(tls_config(&store, serving.clone())?));
-    let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
-        .context("operator API token")?;
-    let history = History::open(&config.state_dir).context("policy history")?;
+    Ok(Ca {
+        store,
+        issuer,
+        serving,
+        tls,
+    })
+}
+
+/// The policy in force at start and where its changes come from.
+struct Policy {
+    initial: MeshPolicy,
+    source: Arc<dyn PolicySource>,
+    /// The directory, when the policy comes from one (operators may change it).
+    dir: Option<DirSource>,
+    /// Keeps the source watched.
+    watch: Watch,
+    /// One message per change the source saw.
+    changed: mpsc::UnboundedReceiver<()>,
+}
+
+/// Connect the policy source, watch it, and load the policy; an invalid policy at start is an
+/// error (there is nothing good to keep in force).
+async fn policy_source(config: &ServerConfig, from: PolicyFrom) -> anyhow::Result<Policy> {
     let (source, dir): (Arc<dyn PolicySource>, Option<DirSource>) = match from {
         PolicyFrom::Directory => {
             let dir = DirSource::new(&config.policy_dir).with_interval(config.poll_interval);
@@ -314,65 +398,51 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
             (Arc::new(kube), None)
         }
     };
-    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    let (changed_tx, changed) = mpsc::unbounded_channel::<()>();
     let watch = source
         .watch(Box::new(move || {
             let _ = changed_tx.send(());
         }))
         .with_context(|| format!("watching {}", source.describe()))?;
-    let policy = source
+    let initial = source
         .load()
         .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
     log::info!(
         "policy {} from {} ({} services)",
-        policy.version(),
+        initial.version(),
         source.describe(),
-        policy.services().len()
+        initial.services().len()
     );
-    let hub = Arc::new(Hub::new(
-        policy,
-        store.trust_bundle_pem().to_owned(),
-        store.trust_domain().to_owned(),
-        config.grace,
-    ));
+    Ok(Policy {
+        initial,
+        source,
+        dir,
+        watch,
+        changed,
+    })
+}
 
-    let ops = Arc::new(match dir {
-        Some(dir) => Ops::new(hub.clone(), dir, history),
-        None => Ops::read_only(hub.clone(), source, history),
-    });
-    ops.record_start()
-        .context("recording the policy in history")?;
-
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(
-        serving.renew(store.clone(), config.cert_lifetime),
-    ));
-    tasks.push(tokio::spawn(hub.clone().run_pusher()));
-    {
+/// Reload the policy (off the runtime's workers) each time the source says it changed.
+async fn reload_on_change(ops: Arc<Ops>, mut changed: mpsc::UnboundedReceiver<()>) {
+    while changed.recv().await.is_some() {
         let ops = ops.clone();
-        tasks.push(tokio::spawn(async move {
-            while changed.recv().await.is_some() {
-                let ops = ops.clone();
-                if let Err(e) =
-                    tokio::task::spawn_blocking(move || ops.reload_from_directory()).await
-                {
-                    log::error!("policy load task: {e}");
-                }
-            }
-        }));
+        if let Err(e) = tokio::task::spawn_blocking(move || ops.reload_from_directory()).await {
+            log::error!("policy load task: {e}");
+        }
     }
+}
 
-    let listener = bind_sidecar_listener(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let listen = listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("binding {}", config.admin))?;
-    let admin = admin_listener.local_addr()?;
-
+/// Serve the sidecars on `listener`: TLS handshakes (10 s at most each), then gRPC, the
+/// `Stream` method by `push_stream` (snapshots shared, not copied per stream).
+fn serve_sidecars(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    hub: Arc<Hub>,
+    issuer: Arc<Issuer>,
+) -> [tokio::task::JoinHandle<()>; 2] {
     let (conn_tx, conn_rx) =
         mpsc::channel::<Result<crate::push::grpc::TlsConn, std::io::Error>>(64);
-    tasks.push(tokio::spawn(async move {
+    let accept = tokio::spawn(async move {
         loop {
             let (tcp, peer) = crate::net::accept(&listener, "sidecar port").await;
             let (tls, conn_tx) = (tls.clone(), conn_tx.clone());
@@ -386,16 +456,12 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
                 }
             });
         }
-    }));
-    // Stream is served by push_stream (snapshots shared, not copied per stream).
+    });
     let svc = crate::push::push_stream::PushRouter::new(
         hub.clone(),
-        ControlPlaneServer::new(crate::push::grpc::Service {
-            hub: hub.clone(),
-            issuer,
-        }),
+        ControlPlaneServer::new(crate::push::grpc::Service { hub, issuer }),
     );
-    tasks.push(tokio::spawn(async move {
+    let serve = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(svc)
@@ -404,26 +470,26 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         if let Err(e) = r {
             log::error!("gRPC server: {e}");
         }
-    }));
-    let admin_token_file = token.path().to_owned();
-    tasks.push(tokio::spawn(crate::operator::api::serve_admin(
-        admin_listener,
+    });
+    [accept, serve]
+}
+
+/// Serve the operator API on `listener`.
+fn serve_operators(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    ops: Arc<Ops>,
+    token: AdminToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(crate::operator::api::serve_admin(
+        listener,
         Arc::new(crate::operator::api::Admin {
-            hub: hub.clone(),
+            hub,
             ops,
             token,
             // Both conditions hold by now: the CA opened and the policy loaded, or start
             // failed. A source that can start without a policy flips `policy` later.
             readiness: Arc::new(crate::operator::api::Readiness::new(true, true)),
         }),
-    )));
-    log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
-    Ok(Running {
-        listen,
-        admin,
-        hub,
-        admin_token_file,
-        tasks,
-        _watch: watch,
-    })
+    ))
 }
