@@ -11,12 +11,11 @@
 //! every app is a real `weft-sample` process. All ports are chosen by the OS. What runs where
 //! is written to `<dir>/up.json`.
 
-use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,14 +24,13 @@ use weft_control_plane::ca::ca_store::CaStoreOptions;
 use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
 
+use crate::mesh::{Children, Instance, Ports, Traffic};
 use crate::view;
 
 /// The trust domain of the local mesh.
 pub const TRUST_DOMAIN: &str = "weft.local";
 /// How long every sidecar may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long children get to exit after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The shop's policy, as shipped in `deploy/examples/shop/`.
 const POLICY: [(&str, &str); 3] = [
@@ -78,109 +76,6 @@ pub struct UpArgs {
     /// control plane's default. Try `30s` to watch rotation happen.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     cert_lifetime: Duration,
-}
-
-/// One sidecar of the mesh and the app beside it.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    /// Instance name, e.g. `orders-v2`.
-    pub name: String,
-    /// Mesh service.
-    pub service: &'static str,
-    /// `version` label, if any.
-    pub version: Option<&'static str>,
-    /// Sidecar admin address (metrics, readiness).
-    pub admin: SocketAddr,
-    /// Sidecar outbound listener (the app's way into the mesh).
-    pub outbound: SocketAddr,
-    /// Sidecar inbound listener (mTLS).
-    pub inbound: SocketAddr,
-    /// The app's address.
-    pub app: SocketAddr,
-}
-
-/// Hands out loopback ports the OS says are free, never the same one twice.
-#[derive(Default)]
-struct Ports(BTreeSet<u16>);
-
-impl Ports {
-    fn next(&mut self) -> anyhow::Result<SocketAddr> {
-        for _ in 0..100 {
-            let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-            if self.0.insert(addr.port()) {
-                return Ok(addr);
-            }
-        }
-        bail!("no free loopback port found")
-    }
-}
-
-/// The child processes; any still running when this is dropped get SIGKILL, so an error
-/// half-way through never leaves processes behind.
-#[derive(Default)]
-struct Children(Vec<(String, Child)>);
-
-impl Children {
-    fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
-        let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let pid = child.id();
-        self.0.push((name.to_owned(), child));
-        Ok(pid)
-    }
-
-    /// The first child that exited on its own, with its status.
-    fn exited(&mut self) -> Option<String> {
-        self.0.iter_mut().find_map(|(name, c)| match c.try_wait() {
-            Ok(Some(status)) => Some(format!("{name} exited ({status})")),
-            _ => None,
-        })
-    }
-
-    /// SIGTERM every child (they drain), wait up to [`STOP_TIMEOUT`], SIGKILL the rest.
-    async fn stop(&mut self) -> usize {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        for (_, c) in &self.0 {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self
-                .0
-                .iter_mut()
-                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let n = self.0.len();
-        for (name, mut c) in self.0.drain(..) {
-            if !matches!(c.try_wait(), Ok(Some(_))) {
-                log::warn!("{name} did not stop within {STOP_TIMEOUT:?}; killing it");
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        n
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Where the other binaries are: beside this one (cargo builds them all into one directory).
@@ -303,34 +198,6 @@ async fn wait_ready(
     Ok(())
 }
 
-/// Counts of the traffic generator.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    /// Requests answered 2xx.
-    pub ok: AtomicU64,
-    /// Requests that failed (non-2xx or no answer).
-    pub failed: AtomicU64,
-    /// Ticks skipped because too many requests were in flight.
-    pub skipped: AtomicU64,
-    /// Why the latest failed request failed (status and the body's first line).
-    pub last_error: std::sync::Mutex<Option<String>>,
-}
-
-impl Traffic {
-    fn failed(&self, why: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    /// Why the latest failed request failed.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
 /// Send `rate` requests a second to frontend through the loadgen sidecar, forever.
 async fn generate(client: view::Client, loadgen: SocketAddr, rate: u32, traffic: Arc<Traffic>) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
@@ -418,6 +285,8 @@ fn start_prometheus(
 }
 
 /// Run the mesh until Ctrl-C, SIGTERM or `--duration`.
+// Long (about 165 lines): the start-up is one ordered script (control plane, apps, sidecars,
+// readiness, traffic, view) whose steps share the children to stop on any failure.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The stop signals are registered before anything starts: a SIGTERM or Ctrl-C during
     // start-up is then held until the mesh is up and stops it in order, instead of ending this
@@ -678,6 +547,7 @@ fn print_where(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn the_shipped_policy_is_valid() {

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use weft_cli::top::{self, Sample};
 use weft_control_plane::push::hub::Hub;
 
-use crate::up::{Instance, Traffic};
+use crate::mesh::{Instance, Traffic};
 
 /// How long one HTTP call of the view or the generator may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);

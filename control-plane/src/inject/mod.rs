@@ -342,6 +342,10 @@ struct Workload<'a> {
     described: &'a str,
 }
 
+/// Inject the sidecar into one pod template: read the annotations, then add the config,
+/// container, volumes and env, in the order the pod spec wants them.
+// Long (about 170 lines): a straight sequence of edits to one pod spec, each commented,
+// that reads best in the order Kubernetes sees the result.
 fn inject_template(
     template: &mut Value,
     workload: &Workload<'_>,

@@ -340,6 +340,8 @@ impl PolicySource for KubeSource {
 
 /// The watcher thread's life: connect, start the reflectors, report ready (or why not), write
 /// statuses, until shut down.
+// Long (about 100 lines) because it is one `select!` loop over the reflectors, the
+// subscribers and the status writes, whose arms share the loop's state.
 async fn run(
     options: KubeOptions,
     subscribers: Subscribers,

@@ -13,6 +13,8 @@ use super::{
 };
 
 /// The mesh services: Services whose EndpointSlices name pods running the sidecar.
+// Long (about 155 lines): the join of Services, EndpointSlices and Pods is one loop whose
+// steps (ready pods, ports, protocol, identity) each feed the next.
 pub(super) fn discover(objects: &Objects, trust_domain: &str) -> Vec<(ObjectKey, wire::Service)> {
     let pods: HashMap<(&str, &str), &Pod> = objects
         .pods
