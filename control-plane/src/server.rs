@@ -1,6 +1,6 @@
-//! The control-plane server: wires the CA, the policy source, the push ([`crate::push::hub`], served
-//! to sidecars by `grpc`) and the operator API (`admin`), and runs them on the current Tokio
-//! runtime.
+//! The control-plane server: wires the CA ([`crate::ca`]), the policy source
+//! ([`crate::policy`]), the push ([`crate::push`], served to sidecars by `push::grpc`) and the
+//! operator API ([`crate::operator::api`]), and runs them on the current Tokio runtime.
 //!
 //! - The policy directory is watched ([`DirSource`]); an invalid change is logged with file,
 //!   line and reason, shown in `/status`, and not pushed ([`crate::policy::source::LastGood`]).

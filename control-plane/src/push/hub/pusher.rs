@@ -21,7 +21,7 @@ impl Hub {
         self.push_requested.notify_one();
     }
 
-    /// The push task: one push round per wake-up ([`Hub::request_push`]), rounds at least
+    /// The push task: one push round per wake-up (`Hub::request_push`), rounds at least
     /// [`PUSH_MIN_INTERVAL`] apart. Runs until its task is aborted.
     pub async fn run_pusher(self: std::sync::Arc<Self>) {
         loop {
