@@ -142,11 +142,12 @@ pub(super) fn push_changed(st: &mut HubState, trust_bundle_pem: &str) {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use tokio::sync::watch;
+    use weft_certs::Identity;
 
-    use crate::push::hub::{SidecarEntry, DEFAULT_GRACE};
+    use crate::push::hub::{Registration, DEFAULT_GRACE};
 
     fn hub() -> Arc<Hub> {
         let text = "services:\n\
@@ -161,30 +162,19 @@ mod tests {
         ))
     }
 
-    /// Register a sidecar as `grpc` does, without pushing; returns its snapshot slot.
+    /// Register a sidecar as `grpc` does (its push request is served only where a test runs
+    /// the push task); returns its snapshot slot.
     fn register(hub: &Hub, service: &str, port: u16) -> watch::Receiver<Option<ControlMessage>> {
         let (tx, rx) = watch::channel(None);
-        let mut st = hub.lock();
-        let id = st.next_id;
-        st.next_id += 1;
-        st.sidecars.insert(
-            id,
-            SidecarEntry {
-                service: service.to_owned(),
-                identity: format!("spiffe://weft.local/ns/default/sa/{service}"),
-                endpoint: format!("127.0.0.1:{port}"),
-                labels: BTreeMap::new(),
-                sent: None,
-                sent_at: None,
-                acked: None,
-                nack: None,
-                connected: true,
-                since: SystemTime::now(),
-                cert_not_after: None,
-                admin: None,
-                tx: Some(tx),
-            },
-        );
+        let registration = Registration {
+            peer: Identity::new("weft.local", "default", service).expect("identity"),
+            service: service.to_owned(),
+            endpoint: ([127, 0, 0, 1], port).into(),
+            labels: BTreeMap::new(),
+            cert_not_after: None,
+            admin: None,
+        };
+        hub.register(registration, tx).expect("registered");
         rx
     }
 
