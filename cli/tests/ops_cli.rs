@@ -521,16 +521,29 @@ fn apply_dry_run_history_audit_invalid_apply_and_rollback() {
         cp.policy_dir().join("mesh.yaml"),
     )
     .expect("rename");
+    // The status shows the new version a moment before the history records it (the hub takes
+    // the policy first, then the history is written): wait for both.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cp.version() == v0 {
+    let out = loop {
+        let version = cp.version();
+        if version != v0 {
+            let out = cp.weftctl(&["history"]);
+            if out
+                .stdout
+                .lines()
+                .nth(1)
+                .is_some_and(|row| row.contains(&version))
+            {
+                break out;
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "edit not seen: {}",
             cp.running.hub.status()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = cp.weftctl(&["history"]);
+    };
     let newest = out.stdout.lines().nth(1).expect("row");
     assert!(
         newest.contains("policy-directory") && newest.ends_with("file-change"),
