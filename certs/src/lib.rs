@@ -9,9 +9,12 @@
 //!   [`not_after_from_cert_der`], [`trust_domain_from_ca_cert_der`]; PEM: [`parse_cert_chain_pem`],
 //!   [`cert_pem_from_der`], [`key_pem_from_der`].
 //! - Rotation timing: [`renew_at`], when a workload renews its certificate.
+//! - [`files`]: the one atomic file write (exact mode, temporary file, rename, directory sync)
+//!   every component writes its keys, certificates and state through.
 
 mod ca;
 mod error;
+pub mod files;
 mod identity;
 mod parse;
 mod rotation;

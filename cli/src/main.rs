@@ -4,6 +4,7 @@
 //! sample's services with a sidecar beside each, a steady traffic generator, and a live view
 //! of what the mesh carries. Ctrl-C stops everything.
 
+mod mesh;
 mod up;
 mod view;
 

@@ -11,29 +11,26 @@
 //! every app is a real `weft-sample` process. All ports are chosen by the OS. What runs where
 //! is written to `<dir>/up.json`.
 
-use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use weft_control_plane::ca_store::CaStoreOptions;
+use weft_control_plane::ca::ca_store::CaStoreOptions;
+use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
-use weft_control_plane::tokens::{JoinTokenStore, NewToken};
 
+use crate::mesh::{Children, Instance, Ports, Traffic};
 use crate::view;
 
 /// The trust domain of the local mesh.
 pub const TRUST_DOMAIN: &str = "weft.local";
 /// How long every sidecar may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long children get to exit after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The shop's policy, as shipped in `deploy/examples/shop/`.
 const POLICY: [(&str, &str); 3] = [
@@ -81,109 +78,6 @@ pub struct UpArgs {
     cert_lifetime: Duration,
 }
 
-/// One sidecar of the mesh and the app beside it.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    /// Instance name, e.g. `orders-v2`.
-    pub name: String,
-    /// Mesh service.
-    pub service: &'static str,
-    /// `version` label, if any.
-    pub version: Option<&'static str>,
-    /// Sidecar admin address (metrics, readiness).
-    pub admin: SocketAddr,
-    /// Sidecar outbound listener (the app's way into the mesh).
-    pub outbound: SocketAddr,
-    /// Sidecar inbound listener (mTLS).
-    pub inbound: SocketAddr,
-    /// The app's address.
-    pub app: SocketAddr,
-}
-
-/// Hands out loopback ports the OS says are free, never the same one twice.
-#[derive(Default)]
-struct Ports(BTreeSet<u16>);
-
-impl Ports {
-    fn next(&mut self) -> anyhow::Result<SocketAddr> {
-        for _ in 0..100 {
-            let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-            if self.0.insert(addr.port()) {
-                return Ok(addr);
-            }
-        }
-        bail!("no free loopback port found")
-    }
-}
-
-/// The child processes; any still running when this is dropped get SIGKILL, so an error
-/// half-way through never leaves processes behind.
-#[derive(Default)]
-struct Children(Vec<(String, Child)>);
-
-impl Children {
-    fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
-        let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let pid = child.id();
-        self.0.push((name.to_owned(), child));
-        Ok(pid)
-    }
-
-    /// The first child that exited on its own, with its status.
-    fn exited(&mut self) -> Option<String> {
-        self.0.iter_mut().find_map(|(name, c)| match c.try_wait() {
-            Ok(Some(status)) => Some(format!("{name} exited ({status})")),
-            _ => None,
-        })
-    }
-
-    /// SIGTERM every child (they drain), wait up to [`STOP_TIMEOUT`], SIGKILL the rest.
-    async fn stop(&mut self) -> usize {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        for (_, c) in &self.0 {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self
-                .0
-                .iter_mut()
-                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let n = self.0.len();
-        for (name, mut c) in self.0.drain(..) {
-            if !matches!(c.try_wait(), Ok(Some(_))) {
-                log::warn!("{name} did not stop within {STOP_TIMEOUT:?}; killing it");
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        n
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Where the other binaries are: beside this one (cargo builds them all into one directory).
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating weft")?;
@@ -202,16 +96,8 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("{}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    weft_certs::files::write_atomically(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("{}", path.display()))
 }
 
 fn sidecar_config(i: &Instance, protocol: &str, cp: SocketAddr) -> String {
@@ -312,34 +198,6 @@ async fn wait_ready(
     Ok(())
 }
 
-/// Counts of the traffic generator.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    /// Requests answered 2xx.
-    pub ok: AtomicU64,
-    /// Requests that failed (non-2xx or no answer).
-    pub failed: AtomicU64,
-    /// Ticks skipped because too many requests were in flight.
-    pub skipped: AtomicU64,
-    /// Why the latest failed request failed (status and the body's first line).
-    pub last_error: std::sync::Mutex<Option<String>>,
-}
-
-impl Traffic {
-    fn failed(&self, why: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    /// Why the latest failed request failed.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
 /// Send `rate` requests a second to frontend through the loadgen sidecar, forever.
 async fn generate(client: view::Client, loadgen: SocketAddr, rate: u32, traffic: Arc<Traffic>) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
@@ -427,6 +285,8 @@ fn start_prometheus(
 }
 
 /// Run the mesh until Ctrl-C, SIGTERM or `--duration`.
+// Long (about 165 lines): the start-up is one ordered script (control plane, apps, sidecars,
+// readiness, traffic, view) whose steps share the children to stop on any failure.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The stop signals are registered before anything starts: a SIGTERM or Ctrl-C during
     // start-up is then held until the mesh is up and stops it in order, instead of ending this
@@ -468,8 +328,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         admin: ports.next()?,
         trust_domain: TRUST_DOMAIN.to_owned(),
         ca: CaStoreOptions::default(),
-        grace: weft_control_plane::hub::DEFAULT_GRACE,
-        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+        grace: weft_control_plane::push::hub::DEFAULT_GRACE,
+        poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
         cert_lifetime: args.cert_lifetime,
         kubernetes_tokens: None,
@@ -477,7 +337,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await
     .context("starting the control plane")?;
     let trust_bundle =
-        std::fs::read_to_string(state_dir.join(weft_control_plane::ca_store::CA_CERT_FILE))
+        std::fs::read_to_string(state_dir.join(weft_control_plane::ca::ca_store::CA_CERT_FILE))
             .context("reading the mesh root")?;
 
     // Sidecars and apps.
@@ -687,6 +547,7 @@ fn print_where(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn the_shipped_policy_is_valid() {
@@ -694,8 +555,8 @@ mod tests {
         for (name, text) in POLICY {
             std::fs::write(dir.path().join(name), text).expect("write");
         }
-        let source = weft_control_plane::source::DirSource::new(dir.path());
-        use weft_control_plane::source::PolicySource as _;
+        let source = weft_control_plane::policy::source::DirSource::new(dir.path());
+        use weft_control_plane::policy::source::PolicySource as _;
         let policy = source.load().expect("the shop policy validates");
         let names: Vec<_> = policy.services().iter().map(|s| s.name.clone()).collect();
         assert_eq!(names.len(), 4, "{names:?}");

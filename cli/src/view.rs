@@ -1,6 +1,6 @@
 //! The live view of `weft up`: every second, scrape every sidecar's metrics and show per
 //! route requests/s, success rate, p50/p99, retries and open breakers
-//! ([`weft_control_plane::top`]), with the traffic generator's counts and the control
+//! ([`weft_cli::top`]), with the traffic generator's counts and the control
 //! plane's policy version.
 
 use std::fmt::Write as _;
@@ -14,10 +14,10 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use weft_control_plane::hub::Hub;
-use weft_control_plane::top::{self, Sample};
+use weft_cli::top::{self, Sample};
+use weft_control_plane::push::hub::Hub;
 
-use crate::up::{Instance, Traffic};
+use crate::mesh::{Instance, Traffic};
 
 /// How long one HTTP call of the view or the generator may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);

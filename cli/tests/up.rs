@@ -145,15 +145,15 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         .expect("runtime");
     let mut out = Vec::new();
     // The sidecars are found through the control plane, which they told their admin address.
-    let conn = weft_control_plane::ctl::Connection {
+    let conn = weft_control_plane::operator::client::Connection {
         server: status["control_plane"]["admin"].as_str().map(str::to_owned),
         token_file: status["control_plane"]["admin_token_file"]
             .as_str()
             .map(Into::into),
     };
-    rt.block_on(weft_control_plane::ctl::run(
+    rt.block_on(weft_cli::ctl::run(
         &conn,
-        weft_control_plane::ctl::OpsCommand::Top {
+        weft_cli::ctl::Command::Top {
             sidecars: Vec::new(),
             interval: Duration::from_secs(3),
             count: Some(1),

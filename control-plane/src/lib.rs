@@ -1,44 +1,31 @@
-//! Weft control plane.
+//! Weft control plane: the server that pushes the mesh policy to sidecars, issues their
+//! certificates and serves the operator API. Directories by role:
 //!
-//! - The mesh certificate authority service, as a library a server calls directly:
-//!   [`ca_store::CaStore`] (signing root and trust bundle in a state directory),
-//!   [`attest`] (credentials to identities; [`tokens::JoinTokenAttestor`] for local mode) and
-//!   [`issuer::Issuer`] (credential + CSR to certificate).
-//! - [`tokens`]: join tokens, managed with `weftctl tokens`; [`tokenreview`]: Kubernetes
-//!   service account tokens as credentials, verified with the API server's TokenReview.
-//! - [`certs`]: the logic of `weftctl certs`, a file-based mesh CA that issues workload
-//!   certificates (keys included) for static configuration.
-//! - [`policy`]: the mesh policy ([`policy::MeshPolicy`]), validated with the sidecar's own
-//!   code (`weft-policy`) and cut into one snapshot per calling service; [`source`]: where it
-//!   comes from ([`source::DirSource`], a watched directory of YAML files) and
-//!   [`source::LastGood`], which keeps the last valid policy in force.
-//! - [`server`]: the push to sidecars (`weft.control.v1` over mTLS), certificate issuance to
-//!   sidecars (`Certify`: join token or renewal, through [`issuer::Issuer`]) and the operator
-//!   API (bearer token: [`auth`]); the `weft-control-plane` binary runs it.
-//! - [`ops`]: operators' validate, apply and rollback; [`history`]: every accepted version's
-//!   files and the audit log; [`ctl`]: the client side, the operator commands of `weftctl`;
-//!   [`top`]: the live per-route numbers of `weftctl top` and `weft up`.
+//! - [`policy`]: the mesh policy ([`policy::mesh::MeshPolicy`]) and its sources (a watched
+//!   directory, [`policy::source`]; the Kubernetes API, [`policy::kube`]).
+//! - [`push`]: the push to sidecars (`weft.control.v1` over mTLS), through [`push::hub::Hub`].
+//! - [`ca`]: the mesh certificate authority: root and trust bundle, attestation (join tokens,
+//!   Kubernetes TokenReview), issuance.
+//! - [`operator`]: the operator API, its token, validate/apply/rollback, history and audit log,
+//!   and the API's client.
 //! - [`inject`]: the Kubernetes sidecar injection of `weftctl inject` and of the mutating
 //!   admission webhook ([`inject::webhook`]).
+//! - [`server`]: assembles them; the `weft-control-plane` binary runs it.
+//!
+//! The `weftctl` command-line tool is the `weft-cli` crate's; it runs the operator API's client,
+//! [`operator::client`], and the injection of [`inject`].
 
-pub mod admin;
-pub mod attest;
-pub mod auth;
-pub mod ca_store;
-pub mod certs;
-pub mod ctl;
-mod grpc;
-pub mod history;
-pub mod hub;
+pub mod ca;
+mod files;
 pub mod inject;
-pub mod issuer;
-pub mod kube;
-pub mod ops;
+mod net;
+pub mod operator;
 pub mod policy;
-mod push_stream;
+pub mod push;
 pub mod server;
-pub mod source;
-mod state;
-pub mod tokenreview;
-pub mod tokens;
-pub mod top;
+
+// The paths the proxy's end-to-end tests import (`proxy/tests/e2e/`); they go once those
+// tests import the modules above.
+pub use ca::{ca_store, tokens};
+pub use operator::client as ctl;
+pub use policy::source;

@@ -1,9 +1,9 @@
-//! The control-plane server: wires the CA, the policy source, the push ([`crate::hub`], served
-//! to sidecars by `grpc`) and the operator API (`admin`), and runs them on the current Tokio
-//! runtime.
+//! The control-plane server: wires the CA ([`crate::ca`]), the policy source
+//! ([`crate::policy`]), the push ([`crate::push`], served to sidecars by `push::grpc`) and the
+//! operator API ([`crate::operator::api`]), and runs them on the current Tokio runtime.
 //!
 //! - The policy directory is watched ([`DirSource`]); an invalid change is logged with file,
-//!   line and reason, shown in `/status`, and not pushed ([`crate::source::LastGood`]).
+//!   line and reason, shown in `/status`, and not pushed ([`crate::policy::source::LastGood`]).
 //! - The sidecars' port is gRPC over mutual TLS with the control plane's own workload
 //!   certificate, issued from the mesh CA at start. A client certificate is optional at the TLS
 //!   level so a sidecar without one can bootstrap with a join token (`Certify`); the stream
@@ -32,17 +32,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_api::v1::control_plane_server::ControlPlaneServer;
 use weft_certs::Identity;
 
-use crate::auth::AdminToken;
-use crate::ca_store::{CaStore, CaStoreOptions};
-use crate::history::History;
-use crate::hub::Hub;
-pub use crate::issuer::DEFAULT_CERT_LIFETIME;
-use crate::issuer::{Issuer, IssuerOptions};
-use crate::kube::source::{KubeOptions, KubeSource};
-use crate::ops::Ops;
-use crate::source::{DirSource, PolicySource, Watch};
-use crate::tokenreview::{KubeConnection, TokenReviewAttestor};
-use crate::tokens::JoinTokenAttestor;
+use crate::ca::ca_store::{CaStore, CaStoreOptions};
+pub use crate::ca::issuer::DEFAULT_CERT_LIFETIME;
+use crate::ca::issuer::{Issuer, IssuerOptions};
+use crate::ca::tokenreview::{KubeConnection, TokenReviewAttestor};
+use crate::ca::tokens::JoinTokenAttestor;
+use crate::operator::auth::AdminToken;
+use crate::operator::history::History;
+use crate::operator::ops::Ops;
+use crate::policy::kube::source::{KubeOptions, KubeSource};
+use crate::policy::mesh::MeshPolicy;
+use crate::policy::source::{DirSource, PolicySource, Watch};
+use crate::push::hub::Hub;
 
 /// Namespace and service account of the control plane's own identity.
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
@@ -114,11 +115,7 @@ impl Drop for Running {
         for t in &self.tasks {
             t.abort();
         }
-        let mut st = self.hub.lock();
-        for s in st.sidecars.values_mut() {
-            s.tx = None;
-            s.connected = false;
-        }
+        self.hub.disconnect_all();
     }
 }
 
@@ -262,15 +259,78 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     start_with(config, PolicyFrom::Directory).await
 }
 
-/// [`start`] with the policy from `from`.
+/// [`start`] with the policy from `from`: the CA, the policy and its source, the push, then
+/// the two listeners, in that order (the first failure is the error).
 pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Result<Running> {
+    let ca = ca(&config).await?;
+    let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
+        .context("operator API token")?;
+    let history = History::open(&config.state_dir).context("policy history")?;
+    let policy = policy_source(&config, from).await?;
+    let hub = Arc::new(Hub::new(
+        policy.initial,
+        ca.store.trust_bundle_pem().to_owned(),
+        ca.store.trust_domain().to_owned(),
+        config.grace,
+    ));
+    let ops = Arc::new(match policy.dir {
+        Some(dir) => Ops::new(hub.clone(), dir, history),
+        None => Ops::read_only(hub.clone(), policy.source, history),
+    });
+    ops.record_start()
+        .context("recording the policy in history")?;
+
+    let mut tasks = vec![
+        tokio::spawn(
+            ca.serving
+                .clone()
+                .renew(ca.store.clone(), config.cert_lifetime),
+        ),
+        tokio::spawn(hub.clone().run_pusher()),
+        tokio::spawn(reload_on_change(ops.clone(), policy.changed)),
+    ];
+
+    let listener = bind_sidecar_listener(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let listen = listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding {}", config.admin))?;
+    let admin = admin_listener.local_addr()?;
+
+    tasks.extend(serve_sidecars(listener, ca.tls, hub.clone(), ca.issuer));
+    let admin_token_file = token.path().to_owned();
+    tasks.push(serve_operators(admin_listener, hub.clone(), ops, token));
+    log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
+    Ok(Running {
+        listen,
+        admin,
+        hub,
+        admin_token_file,
+        tasks,
+        _watch: policy.watch,
+    })
+}
+
+/// The certificate authority as the server uses it.
+struct Ca {
+    store: Arc<CaStore>,
+    issuer: Arc<Issuer>,
+    serving: Arc<ServingCert>,
+    tls: TlsAcceptor,
+}
+
+/// Open the CA in the state directory, the attestors of `Certify` (join tokens, and service
+/// account tokens when configured), the issuer, and the control plane's own serving
+/// certificate and TLS acceptor.
+async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
     let store = Arc::new(
         CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
             .context("certificate authority")?,
     );
     let join_tokens =
         JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
-    let service_account_tokens: Option<Arc<dyn crate::attest::Attestor>> =
+    let service_account_tokens: Option<Arc<dyn crate::ca::attest::Attestor>> =
         match &config.kubernetes_tokens {
             Some(connection) => {
                 let client = connection
@@ -286,7 +346,7 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
             }
             None => None,
         };
-    let attestor = crate::attest::ByKind::new(Arc::new(join_tokens), service_account_tokens);
+    let attestor = crate::ca::attest::ByKind::new(Arc::new(join_tokens), service_account_tokens);
     let issuer = Arc::new(
         Issuer::new(
             store.clone(),
@@ -302,9 +362,29 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
     let serving =
         Arc::new(ServingCert::new(&store, config.cert_lifetime).context("serving certificate")?);
     let tls = TlsAcceptor::from(Arc::new(tls_config(&store, serving.clone())?));
-    let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
-        .context("operator API token")?;
-    let history = History::open(&config.state_dir).context("policy history")?;
+    Ok(Ca {
+        store,
+        issuer,
+        serving,
+        tls,
+    })
+}
+
+/// The policy in force at start and where its changes come from.
+struct Policy {
+    initial: MeshPolicy,
+    source: Arc<dyn PolicySource>,
+    /// The directory, when the policy comes from one (operators may change it).
+    dir: Option<DirSource>,
+    /// Keeps the source watched.
+    watch: Watch,
+    /// One message per change the source saw.
+    changed: mpsc::UnboundedReceiver<()>,
+}
+
+/// Connect the policy source, watch it, and load the policy; an invalid policy at start is an
+/// error (there is nothing good to keep in force).
+async fn policy_source(config: &ServerConfig, from: PolicyFrom) -> anyhow::Result<Policy> {
     let (source, dir): (Arc<dyn PolicySource>, Option<DirSource>) = match from {
         PolicyFrom::Directory => {
             let dir = DirSource::new(&config.policy_dir).with_interval(config.poll_interval);
@@ -318,87 +398,70 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
             (Arc::new(kube), None)
         }
     };
-    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    let (changed_tx, changed) = mpsc::unbounded_channel::<()>();
     let watch = source
         .watch(Box::new(move || {
             let _ = changed_tx.send(());
         }))
         .with_context(|| format!("watching {}", source.describe()))?;
-    let policy = source
+    let initial = source
         .load()
         .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
     log::info!(
         "policy {} from {} ({} services)",
-        policy.version(),
+        initial.version(),
         source.describe(),
-        policy.services().len()
+        initial.services().len()
     );
-    let hub = Arc::new(Hub::new(
-        policy,
-        store.trust_bundle_pem().to_owned(),
-        store.trust_domain().to_owned(),
-        config.grace,
-    ));
+    Ok(Policy {
+        initial,
+        source,
+        dir,
+        watch,
+        changed,
+    })
+}
 
-    let ops = Arc::new(match dir {
-        Some(dir) => Ops::new(hub.clone(), dir, history),
-        None => Ops::read_only(hub.clone(), source, history),
-    });
-    ops.record_start()
-        .context("recording the policy in history")?;
-
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(
-        serving.renew(store.clone(), config.cert_lifetime),
-    ));
-    tasks.push(tokio::spawn(hub.clone().run_pusher()));
-    {
+/// Reload the policy (off the runtime's workers) each time the source says it changed.
+async fn reload_on_change(ops: Arc<Ops>, mut changed: mpsc::UnboundedReceiver<()>) {
+    while changed.recv().await.is_some() {
         let ops = ops.clone();
-        tasks.push(tokio::spawn(async move {
-            while changed.recv().await.is_some() {
-                let ops = ops.clone();
-                if let Err(e) =
-                    tokio::task::spawn_blocking(move || ops.reload_from_directory()).await
-                {
-                    log::error!("policy load task: {e}");
-                }
-            }
-        }));
+        if let Err(e) = tokio::task::spawn_blocking(move || ops.reload_from_directory()).await {
+            log::error!("policy load task: {e}");
+        }
     }
+}
 
-    let listener = bind_sidecar_listener(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let listen = listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("binding {}", config.admin))?;
-    let admin = admin_listener.local_addr()?;
-
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<crate::grpc::TlsConn, std::io::Error>>(64);
-    tasks.push(tokio::spawn(async move {
+/// Serve the sidecars on `listener`: TLS handshakes (10 s at most each), then gRPC, the
+/// `Stream` method by `push_stream` (snapshots shared, not copied per stream).
+fn serve_sidecars(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    hub: Arc<Hub>,
+    issuer: Arc<Issuer>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let (conn_tx, conn_rx) =
+        mpsc::channel::<Result<crate::push::grpc::TlsConn, std::io::Error>>(64);
+    let accept = tokio::spawn(async move {
         loop {
-            let (tcp, peer) = accept(&listener, "sidecar port").await;
+            let (tcp, peer) = crate::net::accept(&listener, "sidecar port").await;
             let (tls, conn_tx) = (tls.clone(), conn_tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                     Ok(Ok(s)) => {
-                        let _ = conn_tx.send(Ok(crate::grpc::TlsConn(s))).await;
+                        let _ = conn_tx.send(Ok(crate::push::grpc::TlsConn(s))).await;
                     }
                     Ok(Err(e)) => log::warn!("TLS handshake from {peer}: {e}"),
                     Err(_) => log::warn!("TLS handshake from {peer}: timed out"),
                 }
             });
         }
-    }));
-    // Stream is served by push_stream (snapshots shared, not copied per stream).
-    let svc = crate::push_stream::PushRouter::new(
+    });
+    let svc = crate::push::push_stream::PushRouter::new(
         hub.clone(),
-        ControlPlaneServer::new(crate::grpc::Service {
-            hub: hub.clone(),
-            issuer,
-        }),
+        ControlPlaneServer::new(crate::push::grpc::Service { hub, issuer }),
     );
-    tasks.push(tokio::spawn(async move {
+    let serve = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(svc)
@@ -407,43 +470,26 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         if let Err(e) = r {
             log::error!("gRPC server: {e}");
         }
-    }));
-    let admin_token_file = token.path().to_owned();
-    tasks.push(tokio::spawn(crate::admin::serve_admin(
-        admin_listener,
-        Arc::new(crate::admin::Admin {
-            hub: hub.clone(),
+    });
+    [accept, serve]
+}
+
+/// Serve the operator API on `listener`.
+fn serve_operators(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    ops: Arc<Ops>,
+    token: AdminToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(crate::operator::api::serve_admin(
+        listener,
+        Arc::new(crate::operator::api::Admin {
+            hub,
             ops,
             token,
             // Both conditions hold by now: the CA opened and the policy loaded, or start
             // failed. A source that can start without a policy flips `policy` later.
-            readiness: Arc::new(crate::admin::Readiness::new(true, true)),
+            readiness: Arc::new(crate::operator::api::Readiness::new(true, true)),
         }),
-    )));
-    log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
-    Ok(Running {
-        listen,
-        admin,
-        hub,
-        admin_token_file,
-        tasks,
-        _watch: watch,
-    })
-}
-
-/// The next connection on `listener`. An accept error (such as running out of file
-/// descriptors) is logged and retried after a short pause, so the loop never spins.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    what: &str,
-) -> (tokio::net::TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(c) => return c,
-            Err(e) => {
-                log::warn!("{what} accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    ))
 }

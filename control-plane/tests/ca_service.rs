@@ -12,14 +12,14 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use weft_certs::{generate_csr, parse_cert_chain_pem, CertificateAuthority, Identity};
-use weft_control_plane::attest::{AttestError, Attestor, Credential};
-use weft_control_plane::ca_store::{
+use weft_control_plane::ca::attest::{AttestError, Attestor, Credential};
+use weft_control_plane::ca::ca_store::{
     CaStore, CaStoreError, CaStoreOptions, RootOrigin, RootSource, EXTRA_ROOTS_FILE,
 };
-use weft_control_plane::issuer::{
+use weft_control_plane::ca::issuer::{
     IssueError, Issued, Issuer, IssuerConfigError, IssuerOptions, MAX_CERT_LIFETIME,
 };
-use weft_control_plane::tokens::{
+use weft_control_plane::ca::tokens::{
     JoinTokenAttestor, JoinTokenStore, NewToken, Revocation, TokenError, TokenStatus,
     JOIN_TOKENS_FILE,
 };
@@ -591,7 +591,7 @@ fn garbage_and_tampered_csrs_are_refused() {
     assert!(matches!(issue(&ca_csr), Err(IssueError::CsrRequestsCa)));
 
     // Oversized input is not parsed at all.
-    let huge = "A".repeat(weft_control_plane::issuer::MAX_CSR_PEM_LEN + 1);
+    let huge = "A".repeat(weft_control_plane::ca::issuer::MAX_CSR_PEM_LEN + 1);
     assert!(matches!(issue(&huge), Err(IssueError::CsrTooLarge { .. })));
 
     // The credential is checked before the CSR: a stranger learns nothing about its CSR.

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use weft_control_plane::policy::{MeshPolicy, PolicyError, PolicyErrors};
-use weft_control_plane::source::{DirSource, LastGood, PolicySource, Update};
+use weft_control_plane::policy::mesh::{MeshPolicy, PolicyError, PolicyErrors};
+use weft_control_plane::policy::source::{DirSource, LastGood, PolicySource, Update};
 use weft_policy::wire::PolicySnapshot;
 
 const SERVICES: &str = "\

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
-use weft_control_plane::hub::DEFAULT_GRACE;
+use weft_control_plane::ca::ca_store::{CaStoreOptions, RootSource};
 use weft_control_plane::inject::webhook::{self, WebhookConfig};
 use weft_control_plane::inject::Settings;
-use weft_control_plane::kube::source::KubeOptions;
+use weft_control_plane::policy::kube::source::KubeOptions;
+use weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL;
+use weft_control_plane::push::hub::DEFAULT_GRACE;
 use weft_control_plane::server::{self, ServerConfig};
-use weft_control_plane::source::DEFAULT_POLL_INTERVAL;
 
 /// Weft control plane.
 #[derive(Parser, Debug)]
@@ -153,7 +153,7 @@ fn main() {
         cert_lifetime: args.cert_lifetime,
         kubernetes_tokens: args
             .kubernetes_tokens
-            .then_some(weft_control_plane::tokenreview::KubeConnection::Infer),
+            .then_some(weft_control_plane::ca::tokenreview::KubeConnection::Infer),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -26,10 +26,15 @@
 //! Annotations `weft.dev/*` on the pod template (or else on the workload itself) opt out or
 //! tune; a bad value is an [`InjectError`] naming the object and the annotation.
 
+mod annotations;
+mod template;
 pub mod webhook;
 
+use annotations::{app_port, log_level, protocol, quantity, service_name, tuned, Tuning};
+pub use template::sidecar_config;
+use template::{sidecar_container, strip, volumes_added};
+
 use serde_json::{json, Map, Value};
-use weft_policy::wire;
 
 /// Name of the injected sidecar container.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -276,70 +281,6 @@ pub fn inject_object(object: &Value, settings: &Settings) -> Result<Value, Injec
     Ok(out)
 }
 
-/// The flags of `weftctl inject`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct InjectArgs {
-    /// Manifest file to read, `-` for standard input.
-    #[arg(
-        short = 'f',
-        long = "filename",
-        default_value = "-",
-        value_name = "FILE"
-    )]
-    pub file: std::path::PathBuf,
-    /// The control plane's sidecar address (`host:port`) the sidecars connect to.
-    #[arg(long, default_value = DEFAULT_CONTROL_PLANE, value_name = "ADDR")]
-    pub control_plane: String,
-    /// The mesh trust domain.
-    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: String,
-    /// The sidecar image.
-    #[arg(long, default_value = DEFAULT_IMAGE)]
-    pub image: String,
-}
-
-impl InjectArgs {
-    /// The injection settings these flags give (defaults for the rest).
-    pub fn settings(&self) -> Settings {
-        Settings {
-            control_plane: self.control_plane.clone(),
-            trust_domain: self.trust_domain.clone(),
-            image: self.image.clone(),
-            ..Settings::default()
-        }
-    }
-}
-
-/// `weftctl inject`: read the manifests, inject, write YAML to `out`. Invalid input (or bad
-/// flag values) is [`crate::ctl::CtlError::Refused`] (exit 1) naming the object; an
-/// unreadable file is a usage error (exit 2).
-pub fn run_cli(
-    args: &InjectArgs,
-    out: &mut dyn std::io::Write,
-) -> Result<(), crate::ctl::CtlError> {
-    use crate::ctl::CtlError;
-    use std::io::Read as _;
-    let settings = args.settings();
-    settings
-        .validate()
-        .map_err(|e| CtlError::Refused(e.to_string()))?;
-    let (name, text) = if args.file.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| CtlError::Usage(format!("cannot read standard input: {e}")))?;
-        ("standard input".to_owned(), text)
-    } else {
-        let text = std::fs::read_to_string(&args.file)
-            .map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", args.file.display())))?;
-        (args.file.display().to_string(), text)
-    };
-    let injected =
-        inject_yaml(&text, &settings).map_err(|e| CtlError::Refused(format!("{name}: {e}")))?;
-    out.write_all(injected.as_bytes())
-        .map_err(|e| CtlError::Server(format!("writing output: {e}")))
-}
-
 /// JSON pointer of the pod template (`metadata` + `spec`) of each kind that has one.
 fn pod_template_path(kind: &str) -> Option<&'static str> {
     match kind {
@@ -391,17 +332,6 @@ fn pointer_mut_or_create<'a>(root: &'a mut Value, pointer: &str) -> Option<&'a m
     here.is_object().then_some(here)
 }
 
-/// The tuning read from annotations, with defaults from the settings.
-struct Tuning {
-    service: Option<String>,
-    app_port: Option<u16>,
-    protocol: Option<String>,
-    cpu_request: String,
-    memory_request: String,
-    memory_limit: String,
-    log_level: String,
-}
-
 /// What the pod template inherits from the object around it.
 struct Workload<'a> {
     /// The object's own annotations (the template's win).
@@ -412,6 +342,10 @@ struct Workload<'a> {
     described: &'a str,
 }
 
+/// Inject the sidecar into one pod template: read the annotations, then add the config,
+/// container, volumes and env, in the order the pod spec wants them.
+// Long (about 170 lines): a straight sequence of edits to one pod spec, each commented,
+// that reads best in the order Kubernetes sees the result.
 fn inject_template(
     template: &mut Value,
     workload: &Workload<'_>,
@@ -586,38 +520,6 @@ fn inject_template(
     Ok(())
 }
 
-/// Take out what an earlier injection added (any version), so injection can start afresh.
-fn strip(spec: &mut Map<String, Value>) {
-    fn remove_named(spec: &mut Map<String, Value>, key: &str, names: &[&str]) {
-        if let Some(list) = spec.get_mut(key).and_then(Value::as_array_mut) {
-            list.retain(|item| {
-                !item
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| names.contains(&n))
-            });
-            if list.is_empty() {
-                spec.remove(key);
-            }
-        }
-    }
-    remove_named(spec, "initContainers", &[PROXY_CONTAINER]);
-    remove_named(spec, "volumes", &[IDENTITY_VOLUME, DATA_VOLUME]);
-    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-        for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-            remove_named(c, "env", &[PROXY_ENV]);
-        }
-    }
-}
-
-fn tuned(
-    given: Option<String>,
-    default: &str,
-    check: fn(&str) -> Result<String, String>,
-) -> Result<String, String> {
-    check(given.as_deref().unwrap_or(default))
-}
-
 /// The mesh service name when no annotation gives it: the pod's `app.kubernetes.io/name` or
 /// `app` label, else the workload's name (a Pod's own name; a pod a controller creates has
 /// none yet, only `generateName`), else its service account.
@@ -648,224 +550,6 @@ fn default_service(
         object: object.to_owned(),
         reason: format!("mesh service name {reason}; set the annotation {ANNOTATION_SERVICE}"),
     })
-}
-
-/// The sidecar's config: its own service `<service>.$(POD_NAMESPACE)` with the identity of
-/// the pod's service account, the app on localhost, inbound on every address, the admin
-/// port on loopback, the read-only metrics port on every address, the
-/// control plane with the ServiceAccount token as the join credential, and key, certificate
-/// and persisted policy in the data volume (relative paths resolve against the config
-/// file's directory, [`DATA_DIR`]).
-///
-/// `$(POD_NAMESPACE)` and `$(SERVICE_ACCOUNT)` are expanded by the kubelet (they are env
-/// vars defined before `WEFT_CONFIG` in the sidecar container).
-pub fn sidecar_config(
-    settings: &Settings,
-    service: &str,
-    app_port: u16,
-    protocol: Option<&str>,
-) -> String {
-    let td = &settings.trust_domain;
-    let config = wire::ConfigFile {
-        service: wire::OwnService {
-            name: format!("{service}.$(POD_NAMESPACE)"),
-            identity: format!("spiffe://{td}/ns/$(POD_NAMESPACE)/sa/$(SERVICE_ACCOUNT)"),
-            app: format!("127.0.0.1:{app_port}"),
-            protocol: protocol.map(str::to_owned),
-            rate_limit: None,
-            labels: Default::default(),
-        },
-        listen: wire::Listen {
-            outbound: Some(format!("127.0.0.1:{OUTBOUND_PORT}")),
-            inbound: Some(format!("0.0.0.0:{INBOUND_PORT}")),
-            admin: Some(format!("127.0.0.1:{ADMIN_PORT}")),
-            metrics: Some(format!("0.0.0.0:{METRICS_PORT}")),
-        },
-        tls: wire::Tls {
-            cert: "cert.pem".to_owned(),
-            key: "key.pem".to_owned(),
-            trust_bundle: format!("{IDENTITY_DIR}/ca.crt"),
-        },
-        workers: None,
-        drain_timeout: None,
-        connect_timeout: None,
-        access_log: None,
-        idle_timeout: None,
-        tracing: None,
-        control_plane: Some(wire::ControlPlane {
-            address: settings.control_plane.clone(),
-            identity: format!(
-                "spiffe://{td}/ns/{}/sa/{}",
-                crate::server::CONTROL_PLANE_NAMESPACE,
-                crate::server::CONTROL_PLANE_SERVICE_ACCOUNT
-            ),
-            state_file: Some("policy.json".to_owned()),
-            join_token_file: Some(format!("{IDENTITY_DIR}/token")),
-            bootstrap_timeout: None,
-        }),
-        services: Vec::new(),
-        routes: Vec::new(),
-        authorization: None,
-    };
-    // Plain structs of strings always serialize.
-    serde_yaml::to_string(&config).unwrap_or_default()
-}
-
-/// An `httpGet` probe on the sidecar's read-only metrics port: the admin API stays on the
-/// pod's loopback, where the kubelet's probes (sent to the pod IP) cannot reach it.
-fn metrics_probe(path: &str, period: u32, failures: u32) -> Value {
-    json!({
-        "httpGet": {"path": path, "port": METRICS_PORT_NAME},
-        "periodSeconds": period,
-        "failureThreshold": failures,
-        "timeoutSeconds": 2,
-    })
-}
-
-fn field_env(name: &str, path: &str) -> Value {
-    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-}
-
-fn sidecar_container(settings: &Settings, tuning: &Tuning, config: &str) -> Value {
-    json!({
-        "name": PROXY_CONTAINER,
-        "image": settings.image,
-        "imagePullPolicy": "IfNotPresent",
-        // A native sidecar: started before the app containers (once its startup probe
-        // passes) and stopped after them, so Jobs complete when their app exits.
-        "restartPolicy": "Always",
-        "args": ["--config", CONFIG_PATH, "--config-env", CONFIG_ENV],
-        "env": [
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("POD_IP", "status.podIP"),
-            field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            {"name": "WEFT_LOG", "value": tuning.log_level},
-            // Last: it refers to the vars above, which the kubelet expands in order.
-            {"name": CONFIG_ENV, "value": config},
-        ],
-        // The inbound and read-only metrics ports; the admin port listens on loopback.
-        "ports": [
-            {"name": INBOUND_PORT_NAME, "containerPort": INBOUND_PORT, "protocol": "TCP"},
-            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
-        ],
-        // Up to two minutes to obtain the first certificate and policy before the kubelet
-        // restarts the sidecar; the app waits for it.
-        "startupProbe": metrics_probe("/ready", 1, 120),
-        "readinessProbe": metrics_probe("/ready", 5, 3),
-        "livenessProbe": metrics_probe("/live", 10, 3),
-        "resources": {
-            "requests": {"cpu": tuning.cpu_request, "memory": tuning.memory_request},
-            "limits": {"memory": tuning.memory_limit},
-        },
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": PROXY_UID,
-            "runAsGroup": PROXY_UID,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [
-            {"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": true},
-            {"name": DATA_VOLUME, "mountPath": DATA_DIR},
-        ],
-    })
-}
-
-fn volumes_added() -> [Value; 2] {
-    [
-        json!({
-            "name": IDENTITY_VOLUME,
-            "projected": {
-                // Readable by the sidecar's user whatever the pod's other containers run as.
-                "defaultMode": 0o444,
-                "sources": [
-                    {"serviceAccountToken": {
-                        "audience": TOKEN_AUDIENCE,
-                        "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
-                        "path": "token",
-                    }},
-                    {"configMap": {
-                        "name": TRUST_BUNDLE_CONFIGMAP,
-                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                    }},
-                ],
-            },
-        }),
-        // Memory-backed: the private key never touches the node's disk.
-        json!({
-            "name": DATA_VOLUME,
-            "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"},
-        }),
-    ]
-}
-
-fn service_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not a Kubernetes Service name (1-63 of a-z, 0-9 and '-')"
-        ))
-    }
-}
-
-fn app_port(s: &str) -> Result<u16, String> {
-    let port = s
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{s:?} is not a port number (1-65535)"))?;
-    if [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, METRICS_PORT].contains(&port) {
-        return Err(format!("{port} is one of the sidecar's own ports"));
-    }
-    Ok(port)
-}
-
-fn protocol(s: &str) -> Result<String, String> {
-    match s {
-        "http" | "grpc" | "tcp" => Ok(s.to_owned()),
-        _ => Err(format!("{s:?}: want http, grpc or tcp")),
-    }
-}
-
-fn log_level(s: &str) -> Result<String, String> {
-    match s.to_ascii_lowercase().as_str() {
-        l @ ("off" | "error" | "warn" | "info" | "debug" | "trace") => Ok(l.to_owned()),
-        _ => Err(format!(
-            "{s:?}: want off, error, warn, info, debug or trace"
-        )),
-    }
-}
-
-/// A Kubernetes resource quantity (`100m`, `64Mi`, `1.5`, `2e3`), not negative.
-fn quantity(s: &str) -> Result<String, String> {
-    let bad = || format!("{s:?} is not a Kubernetes quantity (such as 100m or 64Mi)");
-    let digits_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(digits_end);
-    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
-    let suffix_ok = matches!(
-        suffix,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || suffix
-        .strip_prefix(['e', 'E'])
-        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
-        .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
-    if number_ok && suffix_ok {
-        Ok(s.to_owned())
-    } else {
-        Err(bad())
-    }
 }
 
 #[cfg(test)]

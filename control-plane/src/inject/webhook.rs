@@ -124,7 +124,7 @@ async fn accept_loop(
     settings: Arc<Settings>,
 ) {
     loop {
-        let (tcp, peer) = crate::server::accept(&listener, "webhook").await;
+        let (tcp, peer) = crate::net::accept(&listener, "webhook").await;
         let (acceptor, settings) = (acceptor.clone(), settings.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {

@@ -11,10 +11,10 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use serde_json::{json, Value};
-use weft_control_plane::kube::mapping::{self, Kind, Objects};
-use weft_control_plane::kube::source::{KubeOptions, KubeSource};
-use weft_control_plane::policy::MeshPolicy;
-use weft_control_plane::source::PolicySource;
+use weft_control_plane::policy::kube::mapping::{self, Kind, Objects};
+use weft_control_plane::policy::kube::source::{KubeOptions, KubeSource};
+use weft_control_plane::policy::mesh::MeshPolicy;
+use weft_control_plane::policy::source::PolicySource;
 use weft_testkit::process::{output_within, spawn};
 use weft_testkit::wait;
 
@@ -574,7 +574,7 @@ fn checked_in_crds_match_the_generated_ones() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/crds");
     let mut drifted = Vec::new();
-    for (file, text) in weft_control_plane::kube::crds::render() {
+    for (file, text) in weft_control_plane::policy::kube::crds::render() {
         let path = dir.join(file);
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
             drifted.push(path.display().to_string());
@@ -590,19 +590,19 @@ fn checked_in_crds_match_the_generated_ones() {
 
 #[test]
 fn apply_and_rollback_are_refused_when_the_policy_comes_from_kubernetes() {
-    use weft_control_plane::history::History;
-    use weft_control_plane::hub::Hub;
-    use weft_control_plane::ops::{Ops, READ_ONLY_SOURCE};
+    use weft_control_plane::operator::history::History;
+    use weft_control_plane::operator::ops::{Ops, READ_ONLY_SOURCE};
+    use weft_control_plane::push::hub::Hub;
 
     struct Fixed(MeshPolicy);
     impl PolicySource for Fixed {
-        fn load(&self) -> Result<MeshPolicy, weft_control_plane::policy::PolicyErrors> {
+        fn load(&self) -> Result<MeshPolicy, weft_control_plane::policy::mesh::PolicyErrors> {
             Ok(self.0.clone())
         }
         fn watch(
             &self,
             _: Box<dyn Fn() + Send>,
-        ) -> std::io::Result<weft_control_plane::source::Watch> {
+        ) -> std::io::Result<weft_control_plane::policy::source::Watch> {
             Err(std::io::Error::other("not watched here"))
         }
         fn describe(&self) -> String {
@@ -1409,6 +1409,7 @@ fn the_shop_example_policy_is_accepted_whole() {
 #[test]
 fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
     use std::process::{Command, Stdio};
+    use weft_control_plane::operator::client::{self, Connection, Kind, OpsCommand};
 
     /// A loopback port reserved for this test process (see `weft_testkit::ports`).
     fn free_addr() -> std::net::SocketAddr {
@@ -1442,15 +1443,24 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
             .stderr(log),
     )
     .expect("spawn");
-    // (exit, stdout, stderr) of `weftctl --server ... ARGS`.
-    let weftctl = |args: &[&str]| {
-        output_within(
-            Command::new(env!("CARGO_BIN_EXE_weftctl"))
-                .args(["--server", &format!("http://{admin}"), "--token-file"])
-                .arg(state.join("admin.token"))
-                .args(args),
-            Duration::from_secs(30),
-        )
+    // (exit code, stdout, stderr) of `weftctl --server ... COMMAND`: the operator API client
+    // the binary runs, in process (the binary is the weft-cli crate's), with its exit status.
+    let weftctl = |command: OpsCommand| {
+        let conn = Connection {
+            server: Some(format!("http://{admin}")),
+            token_file: Some(state.join("admin.token")),
+        };
+        let mut out = Vec::new();
+        let r = rt.block_on(client::run(&conn, command, &mut out));
+        let out = String::from_utf8_lossy(&out).into_owned();
+        match r {
+            Ok(()) => (Some(0), out, String::new()),
+            Err(e) => (
+                Some(i32::from(e.exit_code())),
+                out,
+                format!("weftctl: {e}\n"),
+            ),
+        }
     };
     let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
     let mut services = String::new();
@@ -1458,9 +1468,11 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
         Duration::from_secs(20),
         "the control plane's services",
         || {
-            let (exit, out, _) = weftctl(&["get", "services"]);
+            let (exit, out, _) = weftctl(OpsCommand::Get {
+                kind: Kind::Services,
+            });
             services = out;
-            exit.success()
+            exit == Some(0)
         },
     );
     assert!(
@@ -1472,10 +1484,15 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
 
     let file = tmp.path().join("extra.yaml");
     std::fs::write(&file, "services: []\n").expect("write");
-    let (exit, _, err) = weftctl(&["apply", "-f", &file.display().to_string()]);
-    assert_eq!(exit.code(), Some(1), "{err}");
+    let (exit, _, err) = weftctl(OpsCommand::Apply {
+        files: vec![file.clone()],
+        dry_run: false,
+    });
+    assert_eq!(exit, Some(1), "{err}");
     assert!(err.contains("kubectl apply"), "{err}");
-    let (_, _, err) = weftctl(&["rollback", "0123456789abcdef"]);
+    let (_, _, err) = weftctl(OpsCommand::Rollback {
+        version: "0123456789abcdef".to_owned(),
+    });
     assert!(err.contains("kubectl apply"), "{err}");
 
     // --policy-dir and --kubernetes exclude each other.

@@ -24,10 +24,10 @@ use tonic::Code;
 use weft_api::v1::control_plane_client::ControlPlaneClient;
 use weft_api::v1::CertifyRequest;
 use weft_certs::{CertificateAuthority, Identity};
-use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
+use weft_control_plane::ca::ca_store::{CaStoreOptions, RootSource};
+use weft_control_plane::ca::tokenreview::KubeConnection;
+use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
-use weft_control_plane::tokenreview::KubeConnection;
-use weft_control_plane::tokens::{JoinTokenStore, NewToken};
 
 const TD: &str = "weft.local";
 /// The control plane's own credential at the stand-in API (what its ServiceAccount would have).
@@ -259,7 +259,7 @@ async fn start_cp(mesh: &Mesh, state: &str, kubeconfig: PathBuf) -> Running {
             ..CaStoreOptions::default()
         },
         grace: Duration::from_secs(2),
-        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+        poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
         cert_lifetime: Duration::from_secs(3600),
         kubernetes_tokens: Some(KubeConnection::Kubeconfig(kubeconfig)),

@@ -1,0 +1,377 @@
+//! `weftctl`: command-line tool of the Weft service mesh.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weft_cli::ctl::{self, Command as CtlCommand};
+use weft_control_plane::ca::certs::{self, CertsError};
+use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo};
+use weft_control_plane::operator::client::{self as api, Connection};
+
+/// Exit status of input that is invalid or refused: calling again unchanged cannot help.
+const EXIT_INVALID: u8 = api::EXIT_REFUSED;
+/// Exit status of a usage, connection or authentication error, or any other failure (files
+/// missing or unreadable, I/O errors, ...).
+const EXIT_FAILURE: u8 = api::EXIT_FAILURE;
+
+/// Command-line tool of the Weft service mesh.
+#[derive(Debug, Parser)]
+#[command(
+    name = "weftctl",
+    version,
+    about,
+    after_help = "Exit status: 0 success; 1 refused or invalid input (policy validation \
+                  errors, a refused apply, an unknown version, bad names or values, an existing \
+                  CA without --force, an unknown token id); 2 usage, connection or \
+                  authentication error, or any other failure.\n\n\
+                  Operator commands (validate needs no server) talk to the control plane's \
+                  operator API: --server (or WEFT_SERVER; default http://127.0.0.1:7071) and \
+                  the admin token from --token-file (or WEFT_ADMIN_TOKEN_FILE, or the token \
+                  itself in WEFT_ADMIN_TOKEN)."
+)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the mesh CA and workload certificates kept in a directory.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Manage join tokens: how a service's sidecar proves who it is to the control plane in
+    /// local mode.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    #[command(flatten)]
+    Ops(CtlCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a CA: writes DIR/ca.crt and DIR/ca.key (mode 0600).
+    Init {
+        /// Directory to write the CA into (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Trust domain the CA signs for.
+        #[arg(long, default_value = certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Validity of the CA certificate, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a workload certificate from the CA in DIR: writes DIR/NAME.crt and DIR/NAME.key (mode 0600).
+    Issue {
+        /// Directory holding the CA (from `weftctl certs init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Namespace of the workload.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Service account of the workload; also names the files written.
+        #[arg(long)]
+        service_account: String,
+        /// Validity of the certificate, in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Print the identity and expiry of a certificate (PEM file).
+    Show {
+        /// Certificate file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a join token for SERVICE and print it (once: only its hash is kept) on standard
+    /// output.
+    Create {
+        /// The control plane's state directory (created if missing).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The service whose sidecar will present the token.
+        service: String,
+        /// Namespace of the identity the token proves.
+        #[arg(long, default_value = weft_control_plane::ca::tokens::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// Service account of the identity the token proves [default: SERVICE].
+        #[arg(long)]
+        service_account: Option<String>,
+        /// Make the token expire after this long (such as `1h` or `7d`) [default: never].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// List join tokens (ids, identities, status; never secrets).
+    List {
+        /// The control plane's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Revoke a join token: it is refused from now on.
+    Revoke {
+        /// The control plane's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Id of the token (as `weftctl tokens list` shows it), or the whole token.
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` also arrive here, and are not errors. A bad value is
+            // invalid input; anything else (missing or unknown arguments) is a usage error.
+            return if !e.use_stderr() {
+                ExitCode::SUCCESS
+            } else if matches!(
+                e.kind(),
+                clap::error::ErrorKind::InvalidValue | clap::error::ErrorKind::ValueValidation
+            ) {
+                ExitCode::from(EXIT_INVALID)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            };
+        }
+    };
+    if let Command::Ops(command) = cli.command {
+        return run_ops(&cli.connection, command);
+    }
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftctl: {}", message(&e));
+            ExitCode::from(exit_status(&e))
+        }
+    }
+}
+
+/// Run an operator command on a small single-threaded runtime (one request at a time).
+fn run_ops(connection: &Connection, command: CtlCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weftctl: runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match rt.block_on(ctl::run(connection, command, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            drop(out);
+            eprintln!("weftctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The error and its causes on one line. Our error types already include their source in
+/// their message, so a cause whose text is already there is not repeated.
+fn message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
+}
+
+/// 1 when some error in the chain says the request was invalid, else 2.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    let invalid = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<CertsError>()
+            .is_some_and(CertsError::is_invalid_request)
+            || cause
+                .downcast_ref::<TokenError>()
+                .is_some_and(TokenError::is_invalid_request)
+    });
+    if invalid {
+        EXIT_INVALID
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Certs(command) => run_certs(command),
+        Command::Tokens(command) => run_tokens(command),
+        // Handled by run_ops before.
+        Command::Ops(_) => Ok(()),
+    }
+}
+
+fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init {
+            dir,
+            trust_domain,
+            days,
+            force,
+        } => {
+            let validity = Duration::from_secs(days.saturating_mul(24 * 3600));
+            let report = certs::init(&dir, &trust_domain, validity, force)
+                .context("cannot create the CA")?;
+            println!("{report}");
+        }
+        CertsCommand::Issue {
+            dir,
+            namespace,
+            service_account,
+            hours,
+        } => {
+            let validity = Duration::from_secs(hours.saturating_mul(3600));
+            let report = certs::issue(&dir, &namespace, &service_account, validity)
+                .context("cannot issue the certificate")?;
+            println!("{report}");
+        }
+        CertsCommand::Show { file } => {
+            let summary = certs::show(&file).context("cannot read the certificate")?;
+            println!("{summary}");
+        }
+    }
+    Ok(())
+}
+
+fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
+    match command {
+        TokensCommand::Create {
+            state_dir,
+            service,
+            namespace,
+            service_account,
+            ttl,
+        } => {
+            let request = NewToken {
+                service,
+                namespace,
+                service_account,
+                ttl,
+            };
+            let store = JoinTokenStore::new(&state_dir);
+            let created = store
+                .create(&request)
+                .context("cannot create the join token")?;
+            // Only the token on standard output, so `TOKEN=$(weftctl tokens create ...)` works.
+            println!("{}", created.token);
+            let info = &created.info;
+            eprintln!(
+                "created join token {} for service {}",
+                info.id, info.service
+            );
+            match trust_domain(&state_dir).and_then(|td| info.identity(&td).ok()) {
+                Some(identity) => eprintln!("identity: {identity}"),
+                None => eprintln!(
+                    "identity: namespace {}, service account {} (in the control plane's trust domain)",
+                    info.namespace, info.service_account
+                ),
+            }
+            eprintln!("expires:  {}", expiry(info.expires));
+            eprintln!(
+                "The token is shown only now; {} keeps only its hash.",
+                store.path().display()
+            );
+        }
+        TokensCommand::List { state_dir } => {
+            let store = JoinTokenStore::new(&state_dir);
+            let tokens = store.list().context("cannot list join tokens")?;
+            if tokens.is_empty() {
+                eprintln!("no join tokens in {}", state_dir.display());
+            } else {
+                print!("{}", token_table(&tokens, SystemTime::now()));
+            }
+        }
+        TokensCommand::Revoke { state_dir, id } => {
+            let store = JoinTokenStore::new(&state_dir);
+            match store.revoke(&id).context("cannot revoke the join token")? {
+                Revocation::Revoked(info) => println!(
+                    "revoked join token {} (service {}, namespace {})",
+                    info.id, info.service, info.namespace
+                ),
+                Revocation::AlreadyRevoked(info) => println!(
+                    "join token {} (service {}) was already revoked",
+                    info.id, info.service
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The trust domain of the root in `state_dir`, if there is one yet.
+fn trust_domain(state_dir: &Path) -> Option<String> {
+    let pem = std::fs::read_to_string(state_dir.join(certs::CA_CERT_FILE)).ok()?;
+    let der = weft_certs::parse_cert_chain_pem(&pem)
+        .ok()?
+        .into_iter()
+        .next()?;
+    weft_certs::trust_domain_from_ca_cert_der(&der).ok()
+}
+
+fn expiry(expires: Option<SystemTime>) -> String {
+    expires.map_or_else(|| "never".to_owned(), certs::rfc3339)
+}
+
+fn token_table(tokens: &[TokenInfo], now: SystemTime) -> String {
+    let header = [
+        "ID",
+        "SERVICE",
+        "NAMESPACE",
+        "SERVICE ACCOUNT",
+        "CREATED",
+        "EXPIRES",
+        "STATUS",
+    ]
+    .map(str::to_owned);
+    let rows: Vec<[String; 7]> = tokens
+        .iter()
+        .map(|t| {
+            [
+                t.id.clone(),
+                t.service.clone(),
+                t.namespace.clone(),
+                t.service_account.clone(),
+                certs::rfc3339(t.created),
+                expiry(t.expires),
+                t.status(now).to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,147 @@
+//! The parts of `weft up`'s local mesh that both its runner (`up`) and its live view (`view`)
+//! know: the instances (a sidecar and its app each), the traffic generator's counts, and the
+//! loopback ports and child processes the runner hands out and supervises.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// How long children get to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One sidecar of the mesh and the app beside it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Instance name, e.g. `orders-v2`.
+    pub name: String,
+    /// Mesh service.
+    pub service: &'static str,
+    /// `version` label, if any.
+    pub version: Option<&'static str>,
+    /// Sidecar admin address (metrics, readiness).
+    pub admin: SocketAddr,
+    /// Sidecar outbound listener (the app's way into the mesh).
+    pub outbound: SocketAddr,
+    /// Sidecar inbound listener (mTLS).
+    pub inbound: SocketAddr,
+    /// The app's address.
+    pub app: SocketAddr,
+}
+
+/// Hands out loopback ports the OS says are free, never the same one twice.
+#[derive(Default)]
+pub struct Ports(BTreeSet<u16>);
+
+impl Ports {
+    pub fn next(&mut self) -> anyhow::Result<SocketAddr> {
+        for _ in 0..100 {
+            let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            if self.0.insert(addr.port()) {
+                return Ok(addr);
+            }
+        }
+        bail!("no free loopback port found")
+    }
+}
+
+/// The child processes; any still running when this is dropped get SIGKILL, so an error
+/// half-way through never leaves processes behind.
+#[derive(Default)]
+pub struct Children(Vec<(String, Child)>);
+
+impl Children {
+    pub fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
+        let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let pid = child.id();
+        self.0.push((name.to_owned(), child));
+        Ok(pid)
+    }
+
+    /// The first child that exited on its own, with its status.
+    pub fn exited(&mut self) -> Option<String> {
+        self.0.iter_mut().find_map(|(name, c)| match c.try_wait() {
+            Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+            _ => None,
+        })
+    }
+
+    /// SIGTERM every child (they drain), wait up to [`STOP_TIMEOUT`], SIGKILL the rest.
+    pub async fn stop(&mut self) -> usize {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for (_, c) in &self.0 {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self
+                .0
+                .iter_mut()
+                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let n = self.0.len();
+        for (name, mut c) in self.0.drain(..) {
+            if !matches!(c.try_wait(), Ok(Some(_))) {
+                log::warn!("{name} did not stop within {STOP_TIMEOUT:?}; killing it");
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Counts of the traffic generator.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Requests answered 2xx.
+    pub ok: AtomicU64,
+    /// Requests that failed (non-2xx or no answer).
+    pub failed: AtomicU64,
+    /// Ticks skipped because too many requests were in flight.
+    pub skipped: AtomicU64,
+    /// Why the latest failed request failed (status and the body's first line).
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Traffic {
+    /// Count a failed request, and why it failed.
+    pub fn failed(&self, why: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Why the latest failed request failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}

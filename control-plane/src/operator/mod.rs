@@ -1,0 +1,11 @@
+//! The operators' side: the HTTP API ([`api`], bearer token: [`auth`]), validate, apply and
+//! rollback ([`ops`]), every accepted version's files and the audit log ([`history`]), and the
+//! API's client ([`client`]: what `weftctl`'s operator commands run) with its text
+//! ([`tables`]).
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod history;
+pub mod ops;
+pub mod tables;

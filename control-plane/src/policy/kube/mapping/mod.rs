@@ -1,0 +1,487 @@
+//! From the Kubernetes objects of the moment to the mesh policy: pure functions, no client.
+//!
+//! - **Services**: a Kubernetes Service is a mesh service when pods its EndpointSlices name
+//!   run the sidecar (a container or init container named [`SIDECAR_CONTAINER`]). It is named
+//!   `<service>.<namespace>` and also answers to `<service>.<namespace>.svc` and
+//!   `<service>.<namespace>.svc.cluster.local`; its identity is its pods' service account
+//!   (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`); its protocol comes from
+//!   the annotation `weft.dev/protocol`, else the first port's `appProtocol` (`http`, `grpc`,
+//!   `kubernetes.io/h2c` is grpc, `tcp`); its endpoints are the ready endpoints of its
+//!   EndpointSlices whose pod runs the sidecar, as `<pod IP>:15006` (the sidecar's inbound
+//!   port) with the pod's labels (for subsets such as `version: v2`).
+//! - **Resources** ([`super::crds`]): a service named in a resource (`service`, a route's
+//!   `from`) is of the resource's namespace (`orders` in `shop` is `orders.shop`) unless it
+//!   names its namespace itself (`orders.shop`). A `MeshRoute` without `spec.name` takes its
+//!   `metadata.name`. A `TrafficPolicy` merges into its service.
+//! - **One by one**: every resource is read on its own (the resources come in untyped, so one
+//!   that does not parse, say written against a newer CRD, fails alone and never the list)
+//!   and validated with the policy crate's own checks; an invalid one is left out alone, with a [`Verdict`] naming it and saying why
+//!   (`MeshRoute shop/orders-api: spec.match.path.regex: bad regex ...`), and the rest stays in
+//!   force.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
+use serde::de::DeserializeOwned;
+use weft_policy::wire::{self, MeshFile};
+use weft_policy::FieldError;
+
+use discover::discover;
+
+mod discover;
+
+use super::crds::{Condition, PolicyStatus, ACCEPTED};
+
+/// The name of the injected sidecar container: a pod running it is part of the mesh.
+pub const SIDECAR_CONTAINER: &str = "weft-proxy";
+/// The sidecar's inbound mTLS port: every endpoint's port.
+pub const SIDECAR_INBOUND_PORT: u16 = 15006;
+/// Service annotation naming the protocol (`http`, `grpc`, `tcp`), over `appProtocol`.
+pub const PROTOCOL_ANNOTATION: &str = "weft.dev/protocol";
+/// Service annotation giving the service a dedicated outbound port on the callers' loopback
+/// (a `tcp` service without it gets its first Service port).
+pub const PORT_ANNOTATION: &str = "weft.dev/port";
+/// The cluster's DNS domain, for the long host name.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The EndpointSlice label naming its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Pod labels that change with every rollout and select nothing a route would name.
+const NOISY_LABELS: [&str; 2] = ["pod-template-hash", "controller-revision-hash"];
+
+/// The objects the mapping reads: everything of these kinds the API server holds now.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// Services.
+    pub services: Vec<KubeService>,
+    /// EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// `MeshRoute` resources, untyped: each is read on its own.
+    pub routes: Vec<DynamicObject>,
+    /// `TrafficPolicy` resources, untyped.
+    pub traffic_policies: Vec<DynamicObject>,
+    /// `AuthorizationPolicy` resources, untyped.
+    pub authorization: Vec<DynamicObject>,
+}
+
+/// The spec of a policy resource as `T`, or why it cannot be read (`spec: unknown field ...`).
+/// The resources of one kind in namespace/name order (so the policy and its version do not
+/// depend on the order the API listed them in), each with its generation and parsed spec; a
+/// resource whose spec does not parse gets its verdict in `unreadable` and is left out alone.
+fn parsed<T: DeserializeOwned>(
+    objects: &[DynamicObject],
+    kind: Kind,
+    unreadable: &mut Vec<Verdict>,
+) -> Vec<(ObjectKey, Option<i64>, T)> {
+    let mut sorted: Vec<&DynamicObject> = objects.iter().collect();
+    sorted.sort_by_key(|o| key_of(kind, &o.metadata));
+    let mut out = Vec::with_capacity(sorted.len());
+    for o in sorted {
+        let key = key_of(kind, &o.metadata);
+        let generation = o.metadata.generation;
+        match spec_of(o) {
+            Ok(spec) => out.push((key, generation, spec)),
+            Err(e) => unreadable.push(Verdict {
+                key,
+                generation,
+                result: Err(e),
+            }),
+        }
+    }
+    out
+}
+
+fn spec_of<T: DeserializeOwned>(object: &DynamicObject) -> Result<T, Rejection> {
+    let spec = object
+        .data
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::from_value(spec).map_err(|e| Rejection {
+        reason: "Invalid",
+        message: format!("spec: {e}"),
+    })
+}
+
+/// The `Accepted` condition a policy resource carries now, if any (an unreadable status reads
+/// as none, and is then rewritten).
+pub fn accepted_condition(object: &DynamicObject) -> Option<Condition> {
+    let status: PolicyStatus = serde_json::from_value(object.data.get("status")?.clone()).ok()?;
+    status.conditions.into_iter().find(|c| c.type_ == ACCEPTED)
+}
+
+/// The kinds of object a [`Verdict`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// A Kubernetes Service (no condition is written on it; its rejection is logged).
+    Service,
+    /// A `MeshRoute`.
+    MeshRoute,
+    /// A `TrafficPolicy`.
+    TrafficPolicy,
+    /// An `AuthorizationPolicy`.
+    AuthorizationPolicy,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Service => "Service",
+            Kind::MeshRoute => "MeshRoute",
+            Kind::TrafficPolicy => "TrafficPolicy",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        })
+    }
+}
+
+/// Which object: kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Why an object was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// A CamelCase word: `Invalid`, `Conflict` or `ServiceNotFound`.
+    pub reason: &'static str,
+    /// Every problem, `field: reason`, joined with `; `.
+    pub message: String,
+}
+
+/// What became of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The object.
+    pub key: ObjectKey,
+    /// Its `metadata.generation`.
+    pub generation: Option<i64>,
+    /// In force, or left out and why.
+    pub result: Result<(), Rejection>,
+}
+
+impl Verdict {
+    /// The `Accepted` condition for this verdict; `lastTransitionTime` is kept from `previous`
+    /// when the status does not change, else `now` (RFC 3339).
+    pub fn condition(&self, previous: Option<&Condition>, now: &str) -> Condition {
+        let (status, reason, message) = match &self.result {
+            Ok(()) => ("True", "Accepted", "in force".to_owned()),
+            Err(r) => ("False", r.reason, r.message.clone()),
+        };
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now.to_owned(),
+        };
+        Condition {
+            type_: ACCEPTED.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time,
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.result {
+            Ok(()) => write!(f, "{}: accepted", self.key),
+            Err(r) => write!(f, "{}: {}", self.key, r.message),
+        }
+    }
+}
+
+/// The mesh policy the objects make, and a verdict per resource (and per rejected Service).
+#[derive(Debug, Clone, Default)]
+pub struct Mapped {
+    /// The accepted part, valid as a whole ([`weft_policy::validate_mesh_dynamic`]).
+    pub mesh: MeshFile,
+    /// One per policy resource, and one per Service left out; in object order.
+    pub verdicts: Vec<Verdict>,
+}
+
+impl Mapped {
+    /// The verdicts that left something out.
+    pub fn rejected(&self) -> impl Iterator<Item = &Verdict> {
+        self.verdicts.iter().filter(|v| v.result.is_err())
+    }
+}
+
+/// `<name>.<namespace>` for a name without a dot; a dotted name already names its namespace.
+pub fn qualify(name: &str, namespace: &str) -> String {
+    if name.contains('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.{namespace}")
+    }
+}
+
+/// Whether the pod runs the Weft sidecar.
+pub fn has_sidecar(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers.iter().any(|c| c.name == SIDECAR_CONTAINER)
+            || s.init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == SIDECAR_CONTAINER)
+    })
+}
+
+/// The mesh policy of `objects`, in `trust_domain`.
+// Long (about 125 lines): one pass per resource kind in a fixed order (services, traffic
+// policies, then routes and authorization together), each judged against what came before.
+pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
+    let mut verdicts = Vec::new();
+
+    // Services, in namespace/name order so the policy (and its version) does not depend on
+    // the order the API listed them in.
+    let mut services: Vec<(ObjectKey, wire::Service)> = discover(objects, trust_domain);
+    services.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut mesh = MeshFile {
+        services: services.iter().map(|(_, s)| s.clone()).collect(),
+        ..MeshFile::default()
+    };
+    let mut service_keys: Vec<ObjectKey> = services.into_iter().map(|(k, _)| k).collect();
+    let mut no_keys = Vec::new();
+    let mut no_keys2 = Vec::new();
+    settle(
+        &mut mesh,
+        &mut service_keys,
+        &mut no_keys,
+        &mut no_keys2,
+        &mut verdicts,
+    );
+
+    // Traffic policies, one per service, each checked on its own service.
+    let tps: Vec<(ObjectKey, Option<i64>, wire::TrafficPolicy)> = parsed(
+        &objects.traffic_policies,
+        Kind::TrafficPolicy,
+        &mut verdicts,
+    );
+    let mut applied: HashMap<String, ObjectKey> = HashMap::new();
+    for (key, generation, mut spec) in tps {
+        spec.service = qualify(&spec.service, &key.namespace);
+        let result = match mesh.services.iter().position(|s| s.name == spec.service) {
+            None => Err(service_not_found(&spec.service)),
+            Some(i) => match applied.get(&spec.service) {
+                Some(other) => Err(Rejection {
+                    reason: "Conflict",
+                    message: format!(
+                        "spec.service: service {:?} already has {other}",
+                        spec.service
+                    ),
+                }),
+                None => {
+                    let mut svc = mesh.services[i].clone();
+                    spec.apply_to(&mut svc);
+                    let alone = MeshFile {
+                        services: vec![svc.clone()],
+                        ..MeshFile::default()
+                    };
+                    match weft_policy::validate_mesh_dynamic(alone) {
+                        Ok(()) => {
+                            mesh.services[i] = svc;
+                            applied.insert(spec.service.clone(), key.clone());
+                            Ok(())
+                        }
+                        Err(errors) => Err(invalid(&errors, "traffic")),
+                    }
+                }
+            },
+        };
+        verdicts.push(Verdict {
+            key,
+            generation,
+            result,
+        });
+    }
+
+    // Routes and authorization, settled together (a route's callers and an authorization
+    // block name services; both are judged against the services accepted above).
+    let mut route_keys = Vec::new();
+    let mut generations: HashMap<ObjectKey, Option<i64>> = HashMap::new();
+    // Resources whose spec does not even parse.
+    let mut unreadable: Vec<Verdict> = Vec::new();
+    let routes: Vec<(ObjectKey, Option<i64>, wire::Route)> =
+        parsed(&objects.routes, Kind::MeshRoute, &mut unreadable);
+    for (key, generation, mut route) in routes {
+        if route.name.is_empty() {
+            route.name = key.name.clone();
+        }
+        route.service = qualify(&route.service, &key.namespace);
+        if let Some(from) = route.from.as_mut() {
+            for c in from.iter_mut() {
+                *c = qualify(c, &key.namespace);
+            }
+        }
+        mesh.routes.push(route);
+        generations.insert(key.clone(), generation);
+        route_keys.push(key);
+    }
+    let authz: Vec<(ObjectKey, Option<i64>, wire::ServiceAuthorization)> = parsed(
+        &objects.authorization,
+        Kind::AuthorizationPolicy,
+        &mut unreadable,
+    );
+    let mut authz_keys = Vec::new();
+    for (key, generation, mut block) in authz {
+        block.service = qualify(&block.service, &key.namespace);
+        mesh.authorization.push(block);
+        generations.insert(key.clone(), generation);
+        authz_keys.push(key);
+    }
+    let mut no_services = Vec::new();
+    let mut rejected = Vec::new();
+    settle(
+        &mut mesh,
+        &mut no_services,
+        &mut route_keys,
+        &mut authz_keys,
+        &mut rejected,
+    );
+    let rejected: HashMap<ObjectKey, Rejection> = rejected
+        .into_iter()
+        .filter_map(|v| v.result.err().map(|r| (v.key, r)))
+        .collect();
+    let mut rest: Vec<Verdict> = generations
+        .into_iter()
+        .map(|(key, generation)| Verdict {
+            result: rejected.get(&key).cloned().map_or(Ok(()), Err),
+            key,
+            generation,
+        })
+        .collect();
+    rest.extend(unreadable);
+    rest.sort_by(|a, b| a.key.cmp(&b.key));
+    verdicts.extend(rest);
+    Mapped { mesh, verdicts }
+}
+
+/// Validate `mesh` and leave out every item an error names (each section's items parallel
+/// to its keys), with a verdict, until what is left is valid. Removing an item can only make
+/// others fail that named it (a route to a rejected service), which the next round catches,
+/// so this ends within one round per item.
+fn settle(
+    mesh: &mut MeshFile,
+    services: &mut Vec<ObjectKey>,
+    routes: &mut Vec<ObjectKey>,
+    authz: &mut Vec<ObjectKey>,
+    verdicts: &mut Vec<Verdict>,
+) {
+    let rounds = mesh.services.len() + mesh.routes.len() + mesh.authorization.len() + 1;
+    for _ in 0..rounds {
+        let Err(errors) = weft_policy::validate_mesh_dynamic(mesh.clone()) else {
+            return;
+        };
+        // Section and index to the errors naming that item.
+        let mut by_item: BTreeMap<(&'static str, usize), Vec<FieldError>> = BTreeMap::new();
+        for e in errors {
+            match item_of(&e.field) {
+                Some(item) => by_item.entry(item).or_default().push(e),
+                None => log::error!("policy error naming no resource: {e}"),
+            }
+        }
+        if by_item.is_empty() {
+            // Nothing to leave out; the source reports the policy as invalid when it builds
+            // it, and the last good policy stays.
+            return;
+        }
+        // Highest index first, so removing one leaves the other indexes in place.
+        for ((section, index), errs) in by_item.into_iter().rev() {
+            let (keys, len) = match section {
+                "services" => (&mut *services, mesh.services.len()),
+                "routes" => (&mut *routes, mesh.routes.len()),
+                _ => (&mut *authz, mesh.authorization.len()),
+            };
+            if index >= len || index >= keys.len() {
+                continue;
+            }
+            match section {
+                "services" => drop(mesh.services.remove(index)),
+                "routes" => drop(mesh.routes.remove(index)),
+                _ => drop(mesh.authorization.remove(index)),
+            }
+            let key = keys.remove(index);
+            verdicts.push(Verdict {
+                key,
+                generation: None,
+                result: Err(invalid(&errs, section)),
+            });
+        }
+    }
+}
+
+/// `("routes", 3)` for `routes[3].match`.
+fn item_of(field: &str) -> Option<(&'static str, usize)> {
+    let (section, rest) = field.split_once('[')?;
+    let section = match section {
+        "services" => "services",
+        "routes" => "routes",
+        "authorization" => "authorization",
+        _ => return None,
+    };
+    let index = rest.split_once(']')?.0.parse().ok()?;
+    Some((section, index))
+}
+
+/// An `Invalid` rejection from field errors of one item: `routes[3].match.path` reads
+/// `spec.match.path`, as does a TrafficPolicy's `services[0].retry_budget` (section
+/// `traffic`: `spec.retry_budget`); a Service's own fields have no `spec.` (`port`).
+fn invalid(errors: &[FieldError], section: &str) -> Rejection {
+    let message = errors
+        .iter()
+        .map(|e| {
+            let tail = e.field.split_once(']').map_or(e.field.as_str(), |(_, t)| t);
+            let field = match section {
+                "services" => tail.trim_start_matches('.').to_owned(),
+                _ => format!("spec{tail}"),
+            };
+            if field.is_empty() {
+                e.reason.clone()
+            } else {
+                format!("{field}: {}", e.reason)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Rejection {
+        reason: "Invalid",
+        message,
+    }
+}
+
+fn service_not_found(name: &str) -> Rejection {
+    Rejection {
+        reason: "ServiceNotFound",
+        message: format!(
+            "spec.service: no mesh service {name:?} (a Service whose pods run the {SIDECAR_CONTAINER} sidecar)"
+        ),
+    }
+}
+
+fn key_of(
+    kind: Kind,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,25 @@
+//! Kubernetes as the policy source: the policy resources ([`crds`]), the mapping from
+//! Services, EndpointSlices, Pods and those resources to the mesh policy ([`mapping`], pure),
+//! and the watching source behind [`crate::policy::source::PolicySource`] ([`source::KubeSource`]).
+
+pub mod crds;
+pub mod mapping;
+pub mod source;
+
+/// The API client configuration every Kubernetes caller here uses (the policy source and the
+/// TokenReview attestor): the kubeconfig at `kubeconfig` when given, else what
+/// `kube::Config::infer` finds (the pod's service account in a cluster, else `KUBECONFIG`).
+/// The error says which file or why inference failed.
+pub async fn client_config(kubeconfig: Option<&std::path::Path>) -> Result<::kube::Config, String> {
+    use ::kube::config::{KubeConfigOptions, Kubeconfig};
+    match kubeconfig {
+        Some(path) => {
+            let file =
+                Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            ::kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => ::kube::Config::infer().await.map_err(|e| e.to_string()),
+    }
+}

@@ -1,0 +1,553 @@
+//! [`KubeSource`]: the mesh policy from the Kubernetes API, behind the same
+//! [`PolicySource`] trait as the policy directory.
+//!
+//! Reflectors (`kube::runtime`: list, then watch; a closed watch resumes from the last
+//! resource version, and `410 Gone` relists) keep Services, EndpointSlices, Pods and the
+//! three policy resources of every namespace in memory. [`PolicySource::load`] maps what they
+//! hold ([`super::mapping`]) and writes each policy resource's `Accepted` condition back with
+//! a status patch when it changes. [`PolicySource::watch`] calls back, debounced, after any
+//! change.
+//!
+//! The trait is synchronous and its callers are too (the server reloads on a blocking
+//! thread), so the client and reflectors run on a runtime of their own, on a thread of their
+//! own: nothing here ever blocks a Tokio worker of the caller's runtime.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ::kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use ::kube::runtime::reflector::{self, Store};
+use ::kube::runtime::{watcher, WatchStreamExt};
+use ::kube::{Api, Client, Resource};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
+use super::mapping::{self, Kind, ObjectKey, Objects};
+use crate::policy::mesh::{MeshPolicy, PolicyErrors};
+use crate::policy::source::{PolicySource, Watch};
+
+/// The name the Kubernetes policy goes by in history (one YAML document).
+pub const POLICY_DOCUMENT: &str = "kubernetes.yaml";
+
+/// How to reach the API server and map what it holds.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// The mesh trust domain (identities are `spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    pub trust_domain: String,
+    /// A kubeconfig file to use instead of the usual inference (in-cluster service account,
+    /// else `KUBECONFIG`, else `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// How long [`KubeSource::connect`] waits for the first complete list of every kind.
+    pub sync_timeout: Duration,
+    /// How long [`PolicySource::watch`] gathers changes before it calls back once.
+    pub debounce: Duration,
+}
+
+impl KubeOptions {
+    /// Defaults for `trust_domain`: inferred client, 60 s to sync, 100 ms debounce.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        KubeOptions {
+            trust_domain: trust_domain.into(),
+            kubeconfig: None,
+            sync_timeout: Duration::from_secs(60),
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why the source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No usable client configuration (no in-cluster account, no kubeconfig).
+    #[error("Kubernetes client configuration: {0}")]
+    Config(String),
+    /// The client could not be built.
+    #[error("Kubernetes client: {0}")]
+    Client(String),
+    /// The first lists did not complete in time.
+    #[error(
+        "the Kubernetes API did not list {0} within {1:?} (is the API server reachable, are \
+         the weft.dev CRDs installed and may the control plane's service account list and \
+         watch them?)"
+    )]
+    Sync(String, Duration),
+    /// The source's thread or runtime could not start.
+    #[error("starting the Kubernetes watcher: {0}")]
+    Start(String),
+}
+
+/// The object stores the reflectors keep.
+#[derive(Clone)]
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    // The policy resources untyped: one that does not parse must not fail the whole list.
+    routes: Store<DynamicObject>,
+    traffic: Store<DynamicObject>,
+    authz: Store<DynamicObject>,
+}
+
+/// A status condition to write on one resource.
+struct StatusWrite {
+    key: ObjectKey,
+    condition: Condition,
+}
+
+/// What the watcher thread hands over once synced: the stores, the status writer's queue and
+/// the API server's URL.
+type Started = (Stores, tmpsc::UnboundedSender<StatusWrite>, String);
+
+/// Subscribers of [`PolicySource::watch`], told of every store change.
+type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
+
+/// The mesh policy from the Kubernetes API.
+pub struct KubeSource {
+    stores: Stores,
+    trust_domain: String,
+    server: String,
+    debounce: Duration,
+    subscribers: Subscribers,
+    status: tmpsc::UnboundedSender<StatusWrite>,
+    /// The condition last sent per resource (sent, not yet seen back in the store), so an
+    /// unchanged verdict is not patched again on every load.
+    sent: Arc<Mutex<HashMap<ObjectKey, Condition>>>,
+    /// The verdicts last logged, so each rejection is logged once.
+    logged: Mutex<HashMap<ObjectKey, String>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("server", &self.server)
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Connect, start watching every kind, and wait until each has been listed once (so the
+    /// first [`load`](PolicySource::load) sees the whole cluster, never a part of it). Blocks
+    /// the calling thread: call it from a blocking context.
+    pub fn connect(options: KubeOptions) -> Result<Self, KubeError> {
+        let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
+        let sent: Arc<Mutex<HashMap<ObjectKey, Condition>>> = Arc::default();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let thread = {
+            let subscribers = subscribers.clone();
+            let sent = sent.clone();
+            let options = options.clone();
+            std::thread::Builder::new()
+                .name("weft-kube".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(KubeError::Start(e.to_string())));
+                            return;
+                        }
+                    };
+                    rt.block_on(run(options, subscribers, sent, ready_tx, shutdown_rx));
+                })
+                .map_err(|e| KubeError::Start(e.to_string()))?
+        };
+        let started = ready_rx
+            .recv()
+            .map_err(|_| KubeError::Start("the watcher thread ended".into()))
+            .and_then(|r| r);
+        let (stores, status, server) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = shutdown.send(());
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
+        Ok(KubeSource {
+            stores,
+            trust_domain: options.trust_domain,
+            server,
+            debounce: options.debounce,
+            subscribers,
+            status,
+            sent,
+            logged: Mutex::new(HashMap::new()),
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The objects the stores hold now.
+    pub fn objects(&self) -> Objects {
+        fn all<K>(s: &Store<K>) -> Vec<K>
+        where
+            K: ::kube::Resource + Clone + 'static,
+            K::DynamicType: std::hash::Hash + Eq + Clone,
+        {
+            s.state().iter().map(|o| (**o).clone()).collect()
+        }
+        Objects {
+            services: all(&self.stores.services),
+            endpoint_slices: all(&self.stores.slices),
+            pods: all(&self.stores.pods),
+            routes: all(&self.stores.routes),
+            traffic_policies: all(&self.stores.traffic),
+            authorization: all(&self.stores.authz),
+        }
+    }
+
+    /// Queue the status writes `mapped` calls for: a resource whose `Accepted` condition (as
+    /// the store has it, or as last sent) already says the same is left alone.
+    fn write_statuses(&self, objects: &Objects, mapped: &mapping::Mapped) {
+        let mut current: HashMap<ObjectKey, Option<Condition>> = HashMap::new();
+        for (kind, list) in [
+            (Kind::MeshRoute, &objects.routes),
+            (Kind::TrafficPolicy, &objects.traffic_policies),
+            (Kind::AuthorizationPolicy, &objects.authorization),
+        ] {
+            for o in list {
+                let key = ObjectKey {
+                    kind,
+                    namespace: o.metadata.namespace.clone().unwrap_or_default(),
+                    name: o.metadata.name.clone().unwrap_or_default(),
+                };
+                current.insert(key, mapping::accepted_condition(o));
+            }
+        }
+        let now = crate::operator::history::now_rfc3339();
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget resources that are gone, so one recreated under the same name gets its
+        // condition.
+        sent.retain(|k, _| current.contains_key(k));
+        for v in &mapped.verdicts {
+            let Some(previous) = current.get(&v.key) else {
+                continue; // a Service: nothing to write on it
+            };
+            let wanted = v.condition(previous.as_ref(), &now);
+            let same = |c: &Condition| {
+                c.status == wanted.status
+                    && c.reason == wanted.reason
+                    && c.message == wanted.message
+                    && c.observed_generation == wanted.observed_generation
+            };
+            if previous.as_ref().is_some_and(same) {
+                sent.remove(&v.key);
+                continue;
+            }
+            if sent.get(&v.key).is_some_and(same) {
+                continue;
+            }
+            sent.insert(v.key.clone(), wanted.clone());
+            let _ = self.status.send(StatusWrite {
+                key: v.key.clone(),
+                condition: wanted,
+            });
+        }
+    }
+
+    /// Log each verdict that left something out, once while it stands.
+    fn log_rejections(&self, mapped: &mapping::Mapped) {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = HashMap::new();
+        for v in mapped.rejected() {
+            let line = v.to_string();
+            if logged.get(&v.key) != Some(&line) {
+                log::warn!("policy: left out {line}");
+            }
+            now.insert(v.key.clone(), line);
+        }
+        for k in logged.keys() {
+            if !now.contains_key(k) {
+                log::info!("policy: {k} is accepted again, or gone");
+            }
+        }
+        *logged = now;
+    }
+}
+
+impl PolicySource for KubeSource {
+    fn load(&self) -> Result<MeshPolicy, PolicyErrors> {
+        let objects = self.objects();
+        let mapped = mapping::map(&objects, &self.trust_domain);
+        self.log_rejections(&mapped);
+        self.write_statuses(&objects, &mapped);
+        MeshPolicy::from_mesh(POLICY_DOCUMENT, mapped.mesh)
+    }
+
+    fn watch(&self, on_change: Box<dyn Fn() + Send>) -> io::Result<Watch> {
+        let (events_tx, events) = mpsc::channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(events_tx);
+        let (stop, stopped) = mpsc::channel::<()>();
+        let debounce = self.debounce;
+        let thread = std::thread::Builder::new()
+            .name("weft-kube-watch".into())
+            .spawn(move || loop {
+                // A message or a dropped sender both mean stop.
+                if !matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+                    return;
+                }
+                match events.recv_timeout(Duration::from_millis(50)) {
+                    Ok(()) => {
+                        // Gather the burst (a relist is many events), then call back once.
+                        let until = Instant::now() + debounce;
+                        while let Some(left) = until.checked_duration_since(Instant::now()) {
+                            if events.recv_timeout(left).is_err() {
+                                break;
+                            }
+                        }
+                        on_change();
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            })?;
+        Ok(Watch::from_thread(stop, thread))
+    }
+
+    fn describe(&self) -> String {
+        format!("Kubernetes API {}", self.server)
+    }
+}
+
+/// The watcher thread's life: connect, start the reflectors, report ready (or why not), write
+/// statuses, until shut down.
+// Long (about 100 lines) because it is one `select!` loop over the reflectors, the
+// subscribers and the status writes, whose arms share the loop's state.
+async fn run(
+    options: KubeOptions,
+    subscribers: Subscribers,
+    sent: Arc<Mutex<HashMap<ObjectKey, Condition>>>,
+    ready: mpsc::Sender<Result<Started, KubeError>>,
+    shutdown: oneshot::Receiver<()>,
+) {
+    let config = super::client_config(options.kubeconfig.as_deref())
+        .await
+        .map_err(KubeError::Config);
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let server = config.cluster_url.to_string();
+    let client = match Client::try_from(config) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(KubeError::Client(e.to_string())));
+            return;
+        }
+    };
+    let mut tasks = Vec::new();
+    let (services, t) = reflect::<Service>(&client, &subscribers);
+    tasks.push(t);
+    let (slices, t) = reflect::<EndpointSlice>(&client, &subscribers);
+    tasks.push(t);
+    let (pods, t) = reflect::<Pod>(&client, &subscribers);
+    tasks.push(t);
+    let (routes, t) = reflect_untyped::<MeshRoute>(&client, &subscribers);
+    tasks.push(t);
+    let (traffic, t) = reflect_untyped::<TrafficPolicy>(&client, &subscribers);
+    tasks.push(t);
+    let (authz, t) = reflect_untyped::<AuthorizationPolicy>(&client, &subscribers);
+    tasks.push(t);
+    let stores = Stores {
+        services,
+        slices,
+        pods,
+        routes,
+        traffic,
+        authz,
+    };
+
+    let synced = async {
+        let waits: [(&str, BoxFuture<'_, ()>); 6] = [
+            ("services", wait(&stores.services).boxed()),
+            ("endpointslices", wait(&stores.slices).boxed()),
+            ("pods", wait(&stores.pods).boxed()),
+            ("meshroutes.weft.dev", wait(&stores.routes).boxed()),
+            ("trafficpolicies.weft.dev", wait(&stores.traffic).boxed()),
+            (
+                "authorizationpolicies.weft.dev",
+                wait(&stores.authz).boxed(),
+            ),
+        ];
+        for (name, w) in waits {
+            if tokio::time::timeout_at(deadline(options.sync_timeout), w)
+                .await
+                .is_err()
+            {
+                return Err(KubeError::Sync(name.to_owned(), options.sync_timeout));
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = synced.await {
+        let _ = ready.send(Err(e));
+        for t in tasks {
+            t.abort();
+        }
+        return;
+    }
+
+    let (status_tx, mut status_rx) = tmpsc::unbounded_channel::<StatusWrite>();
+    if ready.send(Ok((stores, status_tx, server))).is_err() {
+        return;
+    }
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(w) = status_rx.recv().await {
+                if let Err(e) = write_status(&client, &w).await {
+                    log::warn!("writing the status of {}: {e}", w.key);
+                    // Forget it, so the next load tries again.
+                    sent.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&w.key);
+                }
+            }
+        })
+    };
+    tasks.push(writer);
+    let _ = shutdown.await;
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn deadline(after: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + after
+}
+
+async fn wait<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    // An error means the writer is gone (the task ended): never ready, the timeout says so.
+    if store.wait_until_ready().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A reflector over every `K` of the cluster, telling `subscribers` of each event.
+fn reflect<K>(client: &Client, subscribers: &Subscribers) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let api: Api<K> = Api::all(client.clone());
+    (store, spawn_reflector(api, writer, subscribers.clone()))
+}
+
+/// A reflector over every `K` of the cluster as untyped objects.
+fn reflect_untyped<K>(
+    client: &Client,
+    subscribers: &Subscribers,
+) -> (Store<DynamicObject>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+    let store = writer.as_reader();
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    (store, spawn_reflector(api, writer, subscribers.clone()))
+}
+
+/// Run `writer`'s reflector over `api`'s list and watch; every event (a relist's too) tells
+/// the subscribers.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    subscribers: Subscribers,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    let plural = api
+        .resource_url()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    tokio::spawn(async move {
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        );
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    let mut subs = subscribers.lock().unwrap_or_else(|e| e.into_inner());
+                    subs.retain(|s| s.send(()).is_ok());
+                }
+                // The watcher relists or rewatches by itself, with backoff.
+                Err(e) => log::warn!("watching {plural}: {e}"),
+            }
+        }
+    })
+}
+
+/// Patch one resource's `status.conditions` (the control plane owns them all).
+async fn write_status(client: &Client, w: &StatusWrite) -> Result<(), ::kube::Error> {
+    let patch = serde_json::json!({ "status": { "conditions": [w.condition] } });
+    let params = PatchParams::default();
+    let (ns, name) = (w.key.namespace.as_str(), w.key.name.as_str());
+    match w.key.kind {
+        Kind::MeshRoute => {
+            Api::<MeshRoute>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &Patch::Merge(&patch))
+                .await?;
+        }
+        Kind::TrafficPolicy => {
+            Api::<TrafficPolicy>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &Patch::Merge(&patch))
+                .await?;
+        }
+        Kind::AuthorizationPolicy => {
+            Api::<AuthorizationPolicy>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &Patch::Merge(&patch))
+                .await?;
+        }
+        Kind::Service => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! The sidecars' gRPC service (`weft.control.v1` over mutual TLS).
+//!
+//! Sidecars connect with their workload certificates (from the mesh CA) and say `Hello` first;
+//! the service they name must be their certificate's service account (and, when the policy
+//! lists the service, its identity). Their inbound address and labels are registered as an
+//! endpoint of that service, withdrawn [`Hub::grace`] after the stream ends.
+//!
+//! `Certify` issues workload certificates for CSRs: with a credential in the request's token
+//! field (bootstrap; the connection may have no client certificate), a join token or, with
+//! `--kubernetes-tokens`, a projected service account token (told apart by form:
+//! [`Credential::from_presented`]), or with the caller's current certificate (renewal).
+//! `Stream` requires a client certificate.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt as _;
+use tonic::{Request, Response, Status, Streaming};
+use weft_api::v1::control_plane_server::ControlPlane;
+use weft_api::v1::{
+    sidecar_message, CertifyRequest, CertifyResponse, ControlMessage, SidecarMessage,
+};
+use weft_certs::Identity;
+
+use crate::ca::attest::Credential;
+use crate::ca::issuer::{IssueError, Issued, Issuer};
+use crate::push::hub::{Hub, Registration};
+
+/// The authenticated client of a connection, from its certificate.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Option<Identity>);
+
+/// A TLS connection that tells tonic who the client is.
+pub(crate) struct TlsConn(pub(crate) TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerIdentity;
+    fn connect_info(&self) -> PeerIdentity {
+        let (_, conn) = self.0.get_ref();
+        let id = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| weft_certs::identity_from_cert_der(c.as_ref()).ok());
+        PeerIdentity(id)
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+pub(crate) struct Service {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) issuer: Arc<Issuer>,
+}
+type SnapshotStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for Service {
+    type StreamStream = SnapshotStream;
+
+    /// Bootstrap (join token or service account token, no client certificate needed) or
+    /// renewal (no token, the verified client certificate's identity). The identity comes from the credential only; the CSR
+    /// can at most agree with it.
+    async fn certify(
+        &self,
+        req: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let peer = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone());
+        let CertifyRequest {
+            csr_pem,
+            join_token,
+        } = req.into_inner();
+        let issuer = self.issuer.clone();
+        let trust_domain = self.hub.trust_domain().to_owned();
+        let how = if join_token.trim().is_empty() {
+            "renewal"
+        } else {
+            Credential::from_presented(&join_token).kind()
+        };
+        // Attestation reads the token file or waits for the API server's TokenReview, and
+        // signing costs a few milliseconds of CPU: keep all of it off the runtime's workers.
+        let result = tokio::task::spawn_blocking(move || {
+            certify_blocking(&issuer, &trust_domain, peer, &join_token, &csr_pem)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("certificate task failed: {e}")))
+        .and_then(|r| r);
+        match result {
+            Ok(issued) => {
+                self.hub.count_certify(true);
+                log::info!(
+                    "issued a certificate to {} ({how}), valid until {}",
+                    issued.identity,
+                    humantime::format_rfc3339_seconds(issued.not_after)
+                );
+                Ok(Response::new(CertifyResponse {
+                    cert_chain_pem: issued.chain_pem,
+                    trust_bundle_pem: self.issuer.trust_bundle_pem().to_owned(),
+                }))
+            }
+            Err(status) => {
+                self.hub.count_certify(false);
+                log::warn!("certificate refused ({how}): {}", status.message());
+                Err(status)
+            }
+        }
+    }
+
+    /// Served by [`crate::push::push_stream`] on the server (without a copy of each snapshot per
+    /// stream); this is the same stream through tonic's encoder.
+    async fn stream(
+        &self,
+        req: Request<Streaming<SidecarMessage>>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let peer = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone());
+        let rx = open_stream(self.hub.clone(), peer, req.into_inner()).await?;
+        let snapshots = WatchStream::from_changes(rx).filter_map(|m| m.map(Ok));
+        Ok(Response::new(Box::pin(snapshots)))
+    }
+}
+
+/// Open a sidecar stream: check its `Hello` against its certificate, register its endpoint,
+/// ask for a push and follow its answers. Returns the slot its snapshots are put in.
+pub(crate) async fn open_stream(
+    hub: Arc<Hub>,
+    peer: Option<Identity>,
+    mut inbound: Streaming<SidecarMessage>,
+) -> Result<watch::Receiver<Option<ControlMessage>>, Status> {
+    {
+        let peer = peer.ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
+        let hello = match inbound.message().await? {
+            Some(SidecarMessage {
+                kind: Some(sidecar_message::Kind::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        if peer.trust_domain() != hub.trust_domain() || peer.service_account() != hello.service {
+            log::warn!(
+                "refused {peer}: Hello names service {:?}, the certificate does not",
+                hello.service
+            );
+            return Err(Status::permission_denied(format!(
+                "{peer} may not speak for service {:?}",
+                hello.service
+            )));
+        }
+        let endpoint: SocketAddr = hello.endpoint_address.parse().map_err(|e| {
+            Status::invalid_argument(format!(
+                "bad endpoint address {:?}: {e}",
+                hello.endpoint_address
+            ))
+        })?;
+        if endpoint.ip().is_unspecified() || endpoint.port() == 0 {
+            return Err(Status::invalid_argument(format!(
+                "endpoint address {endpoint} is not reachable by other sidecars; set listen.inbound to the sidecar's own address"
+            )));
+        }
+        // The push puts each new snapshot in this slot; the stream sends the latest one.
+        let (tx, rx) = watch::channel(None);
+        let registration = Registration {
+            peer: peer.clone(),
+            service: hello.service,
+            endpoint,
+            labels: hello.labels.into_iter().collect(),
+            cert_not_after: unix_time(hello.cert_not_after_unix),
+            // Only a well-formed address is kept: it is shown and scraped as is.
+            admin: hello
+                .admin_address
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| a.to_string()),
+        };
+        let id = hub
+            .register(registration, tx)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        log::info!("sidecar {peer} connected, endpoint {endpoint}");
+        tokio::spawn(follow(hub, id, inbound));
+        Ok(rx)
+    }
+}
+
+/// Decide the identity (token first, else the client certificate) and issue; the error is
+/// the status to answer, with a message that names the reason but never the token's secret.
+fn certify_blocking(
+    issuer: &Issuer,
+    trust_domain: &str,
+    peer: Option<Identity>,
+    join_token: &str,
+    csr_pem: &str,
+) -> Result<Issued, Status> {
+    let result = if !join_token.trim().is_empty() {
+        issuer.issue(&Credential::from_presented(join_token), csr_pem)
+    } else {
+        let Some(peer) = peer else {
+            return Err(Status::unauthenticated(
+                "no credential: present a join token, or renew with a valid workload certificate",
+            ));
+        };
+        if peer.trust_domain() != trust_domain {
+            return Err(Status::permission_denied(format!(
+                "{peer} is not in trust domain {trust_domain}"
+            )));
+        }
+        issuer.issue_to(peer, csr_pem)
+    };
+    result.map_err(|e| match &e {
+        IssueError::BadCredential(_) => Status::unauthenticated(e.to_string()),
+        IssueError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
+        IssueError::Attestation(_) => Status::unavailable(e.to_string()),
+        IssueError::Signing(_) => Status::internal(e.to_string()),
+        _ if e.is_caller_error() => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    })
+}
+
+/// A Unix time in seconds from the wire; 0 and negative mean unknown.
+fn unix_time(secs: i64) -> Option<SystemTime> {
+    let secs = u64::try_from(secs).ok().filter(|s| *s > 0)?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
+/// Record a sidecar's ACKs and NACKs until its stream ends, then withdraw it after the grace.
+async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                log::debug!("sidecar stream {id}: {e}");
+                break;
+            }
+        };
+        let registered = match msg.kind {
+            Some(sidecar_message::Kind::Ack(a)) => hub.ack(id, a.version),
+            Some(sidecar_message::Kind::Nack(n)) => hub.nack(id, n.version, n.reason),
+            Some(sidecar_message::Kind::Certificate(c)) => {
+                hub.certificate(id, unix_time(c.not_after_unix))
+            }
+            Some(sidecar_message::Kind::Draining(_)) => {
+                if hub.withdraw(id) {
+                    return;
+                }
+                false
+            }
+            _ => {
+                let registered = hub.is_registered(id);
+                if registered {
+                    log::warn!("sidecar stream {id}: unexpected message");
+                }
+                registered
+            }
+        };
+        if !registered {
+            break;
+        }
+    }
+    hub.disconnected(id);
+    hub.expire(id).await;
+}

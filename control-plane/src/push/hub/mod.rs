@@ -1,0 +1,366 @@
+//! The push state: the policy in force, every sidecar stream (live or in its grace period),
+//! what each was sent and what it answered, and the control plane's metrics.
+//!
+//! Each sidecar gets [`MeshPolicy::snapshot_with_endpoints`] for its service, and again whenever
+//! that snapshot's version changes (policy change or endpoint change).
+//!
+//! A push builds each service's snapshot and its JSON once and hands the same bytes to all of
+//! that service's sidecars. Registrations and withdrawals do not push themselves: they ask the
+//! push task ([`Hub::run_pusher`]) for a push, and requests that arrive while it pushes (a
+//! connect storm) are served together by its next round, at most every
+//! [`PUSH_MIN_INTERVAL`]. Each sidecar holds one snapshot slot, not a queue: a sidecar that
+//! has not yet taken a snapshot when a newer one is pushed gets only the newer one; the stream
+//! sends it without copying the JSON (`push_stream`).
+//!
+//! The hub owns its state: the streams (`grpc`) register, ACK, NACK, report certificates and
+//! withdraw through its methods here; the push rounds are in `pusher`, the metrics and status
+//! documents in `metrics`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{watch, Notify};
+use weft_api::v1::ControlMessage;
+use weft_certs::Identity;
+
+use crate::policy::mesh::{MeshPolicy, PolicyErrors};
+use crate::policy::source::{LastGood, Update};
+
+use metrics::PushHistogram;
+use pusher::push_changed;
+
+mod metrics;
+mod pusher;
+
+/// How long a disconnected sidecar's endpoint stays registered.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+/// Shortest time between the starts of two push rounds of [`Hub::run_pusher`]: the requests
+/// of a connect storm that arrive meanwhile are served by one round, while a lone request is
+/// served at once.
+pub const PUSH_MIN_INTERVAL: Duration = Duration::from_millis(5);
+pub use metrics::PUSH_DURATION_BUCKETS;
+
+/// One sidecar stream, live or within its grace period.
+#[derive(Debug)]
+struct SidecarEntry {
+    service: String,
+    identity: String,
+    endpoint: String,
+    /// The sidecar's admin address (metrics), if it reported a valid one.
+    admin: Option<String>,
+    labels: BTreeMap<String, String>,
+    sent: Option<String>,
+    /// When `sent` was sent; taken when the sidecar ACKs it.
+    sent_at: Option<Instant>,
+    acked: Option<String>,
+    nack: Option<(String, String)>,
+    connected: bool,
+    since: SystemTime,
+    /// Expiry of the certificate the sidecar says it serves with.
+    cert_not_after: Option<SystemTime>,
+    tx: Option<SnapshotSlot>,
+}
+
+/// Where a sidecar stream's next snapshot is put: the latest one only, so a slow sidecar costs
+/// one pending snapshot, not a queue of superseded ones. The stream ends when it is dropped.
+type SnapshotSlot = watch::Sender<Option<ControlMessage>>;
+
+/// What the hub's lock guards.
+struct HubState {
+    policy: LastGood,
+    policy_error: Option<String>,
+    sidecars: BTreeMap<u64, SidecarEntry>,
+    next_id: u64,
+    pushes: u64,
+    rejected: u64,
+    push_duration: PushHistogram,
+}
+
+/// The shared state of the push: the policy in force, every sidecar, and what each was sent.
+pub struct Hub {
+    state: Mutex<HubState>,
+    trust_bundle_pem: String,
+    trust_domain: String,
+    grace: Duration,
+    /// Certificates issued through `Certify`.
+    certs_issued: AtomicU64,
+    /// `Certify` requests refused (bad credential or CSR) or failed.
+    certs_refused: AtomicU64,
+    /// Wakes [`Hub::run_pusher`]; one stored permit stands for any number of requests.
+    push_requested: Notify,
+    /// Push rounds run by [`Hub::run_pusher`].
+    push_rounds: AtomicU64,
+}
+
+impl Hub {
+    /// A hub with `policy` in force and no sidecars yet.
+    pub fn new(
+        policy: MeshPolicy,
+        trust_bundle_pem: String,
+        trust_domain: String,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            state: Mutex::new(HubState {
+                policy: LastGood::new(policy),
+                policy_error: None,
+                sidecars: BTreeMap::new(),
+                next_id: 1,
+                pushes: 0,
+                rejected: 0,
+                push_duration: PushHistogram::default(),
+            }),
+            trust_bundle_pem,
+            trust_domain,
+            grace,
+            certs_issued: AtomicU64::new(0),
+            certs_refused: AtomicU64::new(0),
+            push_requested: Notify::new(),
+            push_rounds: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one `Certify` answer: issued, or refused/failed.
+    pub(crate) fn count_certify(&self, issued: bool) {
+        let c = if issued {
+            &self.certs_issued
+        } else {
+            &self.certs_refused
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take in a freshly loaded policy: push changed snapshots, or log and record the errors.
+    pub fn update_policy(&self, loaded: Result<MeshPolicy, PolicyErrors>) {
+        self.take_policy(loaded);
+    }
+
+    /// [`update_policy`](Self::update_policy), saying what it did, so the caller can record
+    /// the change in history and the audit log.
+    pub fn take_policy(&self, loaded: Result<MeshPolicy, PolicyErrors>) -> Update {
+        let mut st = self.lock();
+        let update = st.policy.update(loaded);
+        match &update {
+            Update::Unchanged => {
+                st.policy_error = None;
+            }
+            Update::Applied { from, to } => {
+                st.policy_error = None;
+                log::info!("policy {from} -> {to}: pushing changed snapshots");
+                push_changed(&mut st, &self.trust_bundle_pem);
+            }
+            Update::Rejected(errors) => {
+                for e in errors.iter() {
+                    log::error!("policy rejected: {e}");
+                }
+                log::error!(
+                    "policy change rejected; keeping version {}",
+                    st.policy.current().version()
+                );
+                st.policy_error = Some(errors.to_string());
+                st.rejected += 1;
+            }
+        }
+        update
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> std::sync::Arc<MeshPolicy> {
+        self.lock().policy.current().clone()
+    }
+
+    /// The trust domain a sidecar's certificate must be in.
+    pub(crate) fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Register a sidecar stream whose `Hello` checked out, and ask for a push: its endpoint
+    /// joins its callers' snapshots, and its own snapshots go to `slot`. Refused when the
+    /// policy names the service with another identity. Returns the stream's id.
+    pub(crate) fn register(
+        &self,
+        hello: Registration,
+        slot: SnapshotSlot,
+    ) -> Result<u64, RegisterError> {
+        let id = {
+            let mut st = self.lock();
+            if let Some(s) = st
+                .policy
+                .current()
+                .services()
+                .iter()
+                .find(|s| s.name == hello.service)
+            {
+                if s.identity != hello.peer.to_string() {
+                    return Err(RegisterError::IdentityMismatch {
+                        service: s.name.clone(),
+                        identity: s.identity.clone(),
+                        peer: hello.peer.to_string(),
+                    });
+                }
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            st.sidecars.insert(
+                id,
+                SidecarEntry {
+                    service: hello.service,
+                    identity: hello.peer.to_string(),
+                    endpoint: hello.endpoint.to_string(),
+                    labels: hello.labels,
+                    sent: None,
+                    sent_at: None,
+                    acked: None,
+                    nack: None,
+                    connected: true,
+                    since: SystemTime::now(),
+                    cert_not_after: hello.cert_not_after,
+                    admin: hello.admin,
+                    tx: Some(slot),
+                },
+            );
+            id
+        };
+        // Coalesced with the other registrations of a connect storm (see `Hub::run_pusher`).
+        self.request_push();
+        Ok(id)
+    }
+
+    /// Sidecar stream `id` ACKed `version`; a push of it that was waiting for this ACK is
+    /// observed in the push-duration histogram. False when `id` is not registered.
+    pub(crate) fn ack(&self, id: u64, version: String) -> bool {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(s) = st.sidecars.get_mut(&id) else {
+            return false;
+        };
+        log::debug!("{} at {} ACKed {}", s.service, s.endpoint, version);
+        if s.sent.as_deref() == Some(version.as_str()) {
+            if let Some(at) = s.sent_at.take() {
+                st.push_duration.observe(at.elapsed());
+            }
+        }
+        s.acked = Some(version);
+        true
+    }
+
+    /// Sidecar stream `id` NACKed `version` for `reason`. False when `id` is not registered.
+    pub(crate) fn nack(&self, id: u64, version: String, reason: String) -> bool {
+        let mut st = self.lock();
+        let Some(s) = st.sidecars.get_mut(&id) else {
+            return false;
+        };
+        log::warn!(
+            "{} at {} NACKed {}: {}",
+            s.service,
+            s.endpoint,
+            version,
+            reason
+        );
+        s.nack = Some((version, reason));
+        true
+    }
+
+    /// Sidecar stream `id` serves with a certificate expiring at `not_after` (unknown: kept as
+    /// it was). False when `id` is not registered.
+    pub(crate) fn certificate(&self, id: u64, not_after: Option<SystemTime>) -> bool {
+        let mut st = self.lock();
+        let Some(s) = st.sidecars.get_mut(&id) else {
+            return false;
+        };
+        if let Some(t) = not_after {
+            s.cert_not_after = Some(t);
+        }
+        true
+    }
+
+    /// Whether sidecar stream `id` is registered (connected or within its grace period).
+    pub(crate) fn is_registered(&self, id: u64) -> bool {
+        self.lock().sidecars.contains_key(&id)
+    }
+
+    /// Withdraw sidecar stream `id` at once (it is draining): its endpoint leaves the
+    /// snapshots of its callers now, not after the grace period. False when `id` is not
+    /// registered.
+    pub(crate) fn withdraw(&self, id: u64) -> bool {
+        let mut st = self.lock();
+        if let Some(s) = st.sidecars.remove(&id) {
+            log::info!(
+                "sidecar {} at {} is draining: endpoint withdrawn",
+                s.service,
+                s.endpoint
+            );
+            push_changed(&mut st, &self.trust_bundle_pem);
+            return true;
+        }
+        false
+    }
+
+    /// Sidecar stream `id` ended: it is sent nothing more, and its endpoint stays in its
+    /// callers' snapshots for the grace period ([`Hub::expire`]).
+    pub(crate) fn disconnected(&self, id: u64) {
+        let mut st = self.lock();
+        if let Some(s) = st.sidecars.get_mut(&id) {
+            log::info!("sidecar {} at {} disconnected", s.service, s.endpoint);
+            s.connected = false;
+            s.tx = None;
+        }
+    }
+
+    /// After the grace period, withdraw disconnected sidecar stream `id` (unless a drain did
+    /// already) and ask for a push.
+    pub(crate) async fn expire(&self, id: u64) {
+        tokio::time::sleep(self.grace).await;
+        let removed = self.lock().sidecars.remove(&id).is_some();
+        if removed {
+            self.request_push();
+        }
+    }
+
+    /// End every sidecar stream (the control plane stops): each is marked disconnected.
+    pub(crate) fn disconnect_all(&self) {
+        let mut st = self.lock();
+        for s in st.sidecars.values_mut() {
+            s.tx = None;
+            s.connected = false;
+        }
+    }
+}
+
+/// A sidecar's `Hello`, checked against its certificate: what [`Hub::register`] records.
+pub(crate) struct Registration {
+    /// The identity its certificate proves.
+    pub(crate) peer: Identity,
+    /// The service it speaks for.
+    pub(crate) service: String,
+    /// Its inbound address, which its callers are sent.
+    pub(crate) endpoint: SocketAddr,
+    /// Its labels (subsets of routes select on them).
+    pub(crate) labels: BTreeMap<String, String>,
+    /// Expiry of the certificate it serves with, if it said.
+    pub(crate) cert_not_after: Option<SystemTime>,
+    /// Its admin address (metrics), if it reported a valid one.
+    pub(crate) admin: Option<String>,
+}
+
+/// Why [`Hub::register`] refused a sidecar.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegisterError {
+    /// The policy names the service with another identity than the sidecar's certificate.
+    #[error("service {service} has identity {identity}, not {peer}")]
+    IdentityMismatch {
+        /// The service.
+        service: String,
+        /// Its identity in the policy.
+        identity: String,
+        /// The identity the sidecar's certificate proves.
+        peer: String,
+    },
+}

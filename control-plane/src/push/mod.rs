@@ -1,0 +1,7 @@
+//! The push to sidecars over `weft.control.v1`: [`hub::Hub`] holds the policy in force and
+//! every connected sidecar's slot, `grpc` serves the streams and certificate issuance, and
+//! `push_stream` frames one encoded snapshot for every stream without a copy each.
+
+pub(crate) mod grpc;
+pub mod hub;
+pub(crate) mod push_stream;
