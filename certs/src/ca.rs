@@ -101,6 +101,7 @@ impl CertificateAuthority {
     /// the same key, subject and validity (2020-01-01 to 2100-01-01), so CAs generated from one
     /// seed in different processes trust each other's certificates; the certificate bytes still
     /// differ because ECDSA signatures are randomized.
+    #[cfg(feature = "test-util")]
     pub fn generate_seeded(trust_domain: &str, seed: u64) -> Result<Self> {
         validate_trust_domain(trust_domain)?;
         let key = seeded_p256_key(seed)?;
@@ -517,6 +518,7 @@ fn random_serial<const N: usize>() -> Result<[u8; N]> {
     Ok(serial)
 }
 
+#[cfg(feature = "test-util")]
 fn seeded_bytes(purpose: &[u8], seed: u64, counter: u32) -> ring::digest::Digest {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(b"weft-certs seeded CA v1\0");
@@ -532,6 +534,7 @@ fn seeded_bytes(purpose: &[u8], seed: u64, counter: u32) -> ring::digest::Digest
 /// fixed-output test RNG is the one way to feed it chosen bytes. A candidate scalar out of range
 /// (probability about 2^-32) makes ring give up, and the next counter value is tried.
 #[allow(deprecated)]
+#[cfg(feature = "test-util")]
 fn seeded_p256_key(seed: u64) -> Result<KeyPair> {
     use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
     for counter in 0..16 {

@@ -23,9 +23,3 @@ pub mod operator;
 pub mod policy;
 pub mod push;
 pub mod server;
-
-// The paths the proxy's end-to-end tests import (`proxy/tests/e2e/`); they go once those
-// tests import the modules above.
-pub use ca::{ca_store, tokens};
-pub use operator::client as ctl;
-pub use policy::source;

@@ -256,11 +256,9 @@ impl Store {
             let prev = self.current.load_full();
             let mut pems = src.pems.clone();
             for (path, bytes, mode) in files {
-                write_replacing(path, bytes, *mode, false).map_err(|source| {
-                    InstallError::Write {
-                        path: path.to_path_buf(),
-                        source,
-                    }
+                write_replacing(path, bytes, *mode).map_err(|source| InstallError::Write {
+                    path: path.to_path_buf(),
+                    source,
                 })?;
                 pems = pems.with(&prev.tls_paths, path, bytes);
             }

@@ -870,7 +870,7 @@ pub async fn start_control_plane_with(
     grace: Duration,
     cert_lifetime: Duration,
 ) -> weft_control_plane::server::Running {
-    use weft_control_plane::ca_store::{CaStoreOptions, RootSource};
+    use weft_control_plane::ca::ca_store::{CaStoreOptions, RootSource};
     std::fs::write(pki.path().join("ca.key"), pki.ca.key_pem()).expect("ca key");
     weft_control_plane::server::start(weft_control_plane::server::ServerConfig {
         policy_dir: policy_dir.to_owned(),
@@ -886,7 +886,7 @@ pub async fn start_control_plane_with(
             extra_roots: Vec::new(),
         },
         grace,
-        poll_interval: weft_control_plane::source::DEFAULT_POLL_INTERVAL,
+        poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,
         admin_token_file: None,
         cert_lifetime,
         kubernetes_tokens: None,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use weft_api::v1::control_plane_client::ControlPlaneClient;
 use weft_api::v1::CertifyRequest;
+use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::Running;
-use weft_control_plane::tokens::{JoinTokenStore, NewToken};
 
 use crate::harness::*;
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use weft_control_plane::ctl::{self, Connection, CtlError, OpsCommand};
+use weft_control_plane::operator::client::{self as ctl, Connection, CtlError, OpsCommand};
 use weft_control_plane::server::Running;
 
 use crate::control_plane_tests::{policy, start_sidecar, v2_share};
