@@ -225,7 +225,15 @@ pub async fn inbound(
     metrics: &Metrics,
 ) {
     let app = snap.own.app;
-    let caller = caller.as_deref().unwrap_or_default();
+    // A tunnel needs a proven SPIFFE identity, whatever the rules say.
+    let Some(caller) = caller.as_deref() else {
+        metrics
+            .tcp_rejected
+            .with_label_values(&["inbound", &snap.own.name, "denied"])
+            .inc();
+        log::info!("tcp tunnel without a mesh identity refused");
+        return;
+    };
     if !snap.authz.allows_tcp(caller) {
         metrics
             .tcp_rejected

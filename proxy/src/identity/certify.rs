@@ -236,12 +236,14 @@ async fn obtain(
             ),
         })??
         .into_inner();
+    // Checked only (the store builds what serves); the protocol of its acceptor does not matter.
     let material = material::from_pem(
         paths,
         answer.cert_chain_pem.as_bytes(),
         key_pem.as_bytes(),
         bundle_pem,
         identity,
+        weft_policy::Protocol::Http,
     )
     .map_err(|e| CertifyError::BadAnswer {
         address: address.clone(),
@@ -324,7 +326,8 @@ pub fn bootstrap_if_needed(config_path: &Path) -> Result<(), CertifyError> {
     };
     let identity = config.own.identity.clone();
     let paths = config.tls.clone();
-    let why = match material::load(&paths, &identity) {
+    // Checked only: whether the files make usable material (the protocol does not matter).
+    let why = match material::load(&paths, &identity, weft_policy::Protocol::Http) {
         Ok(_) => return Ok(()),
         Err(e) => e,
     };

@@ -14,7 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_certs::Identity;
 
-use weft_policy::{FieldError, TlsPaths};
+use weft_policy::{FieldError, Protocol, TlsPaths};
 
 /// ALPN protocol of an opaque TCP tunnel between sidecars.
 pub const ALPN_TCP: &[u8] = b"weft-tcp";
@@ -105,11 +105,15 @@ fn certs(pem: &[u8], path: &Path, field: &str) -> Result<Vec<CertificateDer<'sta
 ///
 /// Refuses a certificate that does not carry `expected`, has expired, or does not chain to the
 /// trust bundle, so a sidecar never serves with an identity it cannot prove.
-pub fn load(paths: &TlsPaths, expected: &Identity) -> Result<TlsMaterial, FieldError> {
+pub fn load(
+    paths: &TlsPaths,
+    expected: &Identity,
+    inbound: Protocol,
+) -> Result<TlsMaterial, FieldError> {
     let cert_pem = read(&paths.cert, "tls.cert")?;
     let bundle_pem = read(&paths.trust_bundle, "tls.trust_bundle")?;
     let key_pem = read(&paths.key, "tls.key")?;
-    from_pem(paths, &cert_pem, &key_pem, &bundle_pem, expected)
+    from_pem(paths, &cert_pem, &key_pem, &bundle_pem, expected, inbound)
 }
 
 /// Parse the mesh roots of a trust bundle (PEM, one or more certificates); `path` names it in
@@ -128,6 +132,7 @@ pub fn from_pem(
     key_pem: &[u8],
     bundle_pem: &[u8],
     expected: &Identity,
+    inbound: Protocol,
 ) -> Result<TlsMaterial, FieldError> {
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -180,7 +185,13 @@ pub fn from_pem(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| ferr("tls.key", format!("key does not fit certificate: {e}")))?;
-    server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_TCP.to_vec()];
+    // Only the ALPN of this sidecar's own protocol: a caller asking an HTTP service for a TCP
+    // tunnel (which would carry its own `x-weft-caller` header to the app, past authorization)
+    // or a TCP service for HTTP fails the handshake.
+    server.alpn_protocols = vec![match inbound {
+        Protocol::Tcp => ALPN_TCP.to_vec(),
+        Protocol::Http | Protocol::Grpc => ALPN_H2.to_vec(),
+    }];
 
     let mut tcp_client = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_root_certificates(store)

@@ -219,6 +219,7 @@ impl Builder<'_> {
                     &pems.key,
                     &pems.bundle,
                     &config.own.identity,
+                    config.own.protocol,
                 )
                 .map_err(|e| invalid(vec![e]))?,
             ),

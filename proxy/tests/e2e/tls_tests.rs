@@ -116,3 +116,43 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
     );
     assert_ne!(r.served_by(), "payments");
 }
+
+/// A workload holding a mesh certificate asks an HTTP service's inbound port for a TCP tunnel
+/// (ALPN `weft-tcp`), through which it would write its own `x-weft-caller` to the app past the
+/// HTTP authorization: the inbound port offers only its service's protocol, so the handshake
+/// fails; the same certificate asking for HTTP/2 gets through (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_to_an_http_service_is_refused_at_the_handshake() {
+    let pki = Pki::new(24);
+    let (_fe, orders) = pair(&pki, "").await;
+    // No refusal yet may mean no series yet: the baseline is the only read allowed to find none.
+    let before = try_metric(
+        orders.admin,
+        "weft_tls_handshakes_total",
+        &[("result", "refused")],
+    )
+    .await
+    .unwrap_or(0.0);
+    let mut tunnel = client_config(&pki, Some((&pki, "frontend")));
+    tunnel.alpn_protocols = vec![b"weft-tcp".to_vec()];
+    match handshake(orders.inbound, Arc::new(tunnel)).await {
+        Ok(_) => panic!("an HTTP service accepted a TCP tunnel"),
+        Err(e) => assert!(e.to_lowercase().contains("protocol"), "{e}"),
+    }
+    wait_metric(
+        orders.admin,
+        "weft_tls_handshakes_total",
+        &[("result", "refused")],
+        before + 1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        try_request(
+            orders.inbound,
+            client_config(&pki, Some((&pki, "frontend")))
+        )
+        .await,
+        Ok(200)
+    );
+}
