@@ -225,21 +225,13 @@ pub async fn inbound(
     metrics: &Metrics,
 ) {
     let app = snap.own.app;
-    // A tunnel needs a proven SPIFFE identity, whatever the rules say.
-    let Some(caller) = caller.as_deref() else {
+    // A tunnel needs a proven SPIFFE identity that a rule allows.
+    if !caller.as_deref().is_some_and(|c| snap.authz.allows_tcp(c)) {
         metrics
             .tcp_rejected
             .with_label_values(&["inbound", &snap.own.name, "denied"])
             .inc();
-        log::info!("tcp tunnel without a mesh identity refused");
-        return;
-    };
-    if !snap.authz.allows_tcp(caller) {
-        metrics
-            .tcp_rejected
-            .with_label_values(&["inbound", &snap.own.name, "denied"])
-            .inc();
-        log::info!("tcp tunnel from {caller:?} denied: no authorization rule allows it");
+        log::info!("tcp tunnel from {caller:?} denied: no mesh identity, or no authorization rule allows it");
         return;
     }
     match timeout(snap.connect_timeout, TcpStream::connect(app)).await {

@@ -276,7 +276,10 @@ pub fn parse_grpc_status(value: &[u8]) -> Option<u32> {
 /// The `grpc-status` of a header block (response headers or trailers), if it carries a
 /// numeric one.
 pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    parse_grpc_status(headers.get("grpc-status")?.as_bytes())
+    // A `HeaderName`, not a string: a string key is parsed and hashed anew on every lookup,
+    // and this runs on every response.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    parse_grpc_status(headers.get(GRPC_STATUS)?.as_bytes())
 }
 
 #[cfg(test)]

@@ -453,26 +453,22 @@ pub fn client_identity(
 
 /// [`spawn_proxy`] with `--ready-file <ready>`: the sidecar writes its bound addresses there.
 pub fn spawn_proxy_reporting(config: &Path, log: &Path, ready: &Path) -> Guard {
-    guarded::spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .arg("--config")
-            .arg(config)
-            .arg("--ready-file")
-            .arg(ready)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).expect("log file")),
-    )
-    .expect("spawn weft-proxy")
+    spawn_proxy_with(config, log, Some(ready))
 }
 
 /// Start `weft-proxy --config <config>` guarded, its stderr to `log`.
 pub fn spawn_proxy(config: &Path, log: &Path) -> Guard {
+    spawn_proxy_with(config, log, None)
+}
+
+fn spawn_proxy_with(config: &Path, log: &Path, ready: Option<&Path>) -> Guard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
+    cmd.arg("--config").arg(config);
+    if let Some(ready) = ready {
+        cmd.arg("--ready-file").arg(ready);
+    }
     guarded::spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("log file")),
     )

@@ -32,10 +32,6 @@ pub use export::Tracer;
 /// The W3C `traceparent` header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// gRPC's status header (a response header, or a trailer). A `HeaderName`, not a string: a
-/// string key is parsed and hashed anew on every lookup.
-pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-
 /// The sampled bit of the trace flags.
 pub const SAMPLED: u8 = 0x01;
 
