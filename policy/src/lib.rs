@@ -310,7 +310,11 @@ impl Validator<'_> {
                     "must name a file (or be left out)",
                 );
             }
+            let bootstrap_authorization = cp
+                .bootstrap_authorization
+                .map(|a| self.authorization_at("control_plane.bootstrap_authorization", Some(a)));
             Some(ControlPlane {
+                bootstrap_authorization,
                 address: address?,
                 identity: identity?,
                 state_file: cp.state_file.map(|f| self.base.join(f)),

@@ -100,6 +100,8 @@ pub struct ControlPlane {
     pub join_token_file: Option<PathBuf>,
     /// How long to keep trying to obtain the first certificate before giving up.
     pub bootstrap_timeout: Duration,
+    /// Who may call the app before the first snapshot; `None`: nobody (fail closed).
+    pub bootstrap_authorization: Option<Authorization>,
 }
 
 /// What belongs to one sidecar and never comes from the control plane.

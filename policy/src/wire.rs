@@ -335,6 +335,10 @@ pub struct ControlPlane {
     /// (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_timeout: Option<String>,
+    /// Who may call the app until the first control-plane snapshot is applied or restored.
+    /// Left out, inbound requests are refused (503 `no_policy`) until then: fail closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_authorization: Option<Authorization>,
 }
 
 /// Listener addresses; each has a default.

@@ -71,6 +71,9 @@ pub enum Reject {
     NoIdentity,
     /// Inbound: the caller's certificate expired since its connection was opened.
     CertExpired,
+    /// Inbound: no authorization policy is known yet (control-plane mode before the first
+    /// snapshot, with no bootstrap policy): fail closed.
+    NoPolicy,
     /// Inbound: no authorization rule of `service` allows `caller` to make this request.
     Denied {
         /// This sidecar's service.
@@ -213,6 +216,13 @@ impl Reject {
             Reject::CertExpired => {
                 Failure::new(403, "cert_expired", "caller certificate expired")
             }
+            // 503, not 403: nothing was decided about this caller, and the policy is on its
+            // way; a client may retry.
+            Reject::NoPolicy => Failure::new(
+                503,
+                "no_policy",
+                "no authorization policy yet: waiting for the control plane's first snapshot",
+            ),
             Reject::Denied {
                 service,
                 caller,
@@ -241,6 +251,7 @@ impl Reject {
             }),
             Reject::BreakerOpen { .. } => Event::Rejected(RejectLabel::BreakerOpen),
             Reject::CertExpired => Event::Rejected(RejectLabel::CertExpired),
+            Reject::NoPolicy => Event::Rejected(RejectLabel::NoPolicy),
             Reject::Denied { .. } => Event::Rejected(RejectLabel::Denied),
             Reject::UnknownHost(_)
             | Reject::NoRouteMatch { .. }
@@ -518,6 +529,7 @@ mod tests {
             (403, "denied", s("caller has no mesh identity"))
         );
         assert_eq!(f(Reject::CertExpired).1, "cert_expired");
+        assert_eq!(f(Reject::NoPolicy).0, 503);
         assert_eq!(
             f(Reject::Denied {
                 service: s("orders"),
@@ -571,6 +583,7 @@ mod tests {
                 route: "r".into(),
             },
             Reject::CertExpired,
+            Reject::NoPolicy,
             Reject::Denied {
                 service: "o".into(),
                 caller: "c".into(),

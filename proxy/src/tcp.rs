@@ -22,7 +22,7 @@ use crate::clock;
 use crate::identity::material::ALPN_TCP;
 use crate::outbound::endpoint::{self, Chosen};
 use crate::outbound::route::Destination;
-use crate::store::Snapshot;
+use crate::store::{PolicySource, Snapshot};
 use crate::telemetry::metrics::Metrics;
 
 /// Connect attempts for one tunnel: a refused or failed connect never reached the app, so
@@ -225,6 +225,15 @@ pub async fn inbound(
     metrics: &Metrics,
 ) {
     let app = snap.own.app;
+    // Fail closed before the first control-plane snapshot.
+    if snap.policy == PolicySource::Pending {
+        metrics
+            .tcp_rejected
+            .with_label_values(&["inbound", &snap.own.name, "no_policy"])
+            .inc();
+        log::info!("tcp tunnel from {caller:?} refused: no authorization policy yet");
+        return;
+    }
     // A tunnel needs a proven SPIFFE identity that a rule allows.
     if !caller.as_deref().is_some_and(|c| snap.authz.allows_tcp(c)) {
         metrics

@@ -65,6 +65,8 @@ pub fn sidecar_config(
             state_file: Some("policy.json".to_owned()),
             join_token_file: Some(format!("{IDENTITY_DIR}/token")),
             bootstrap_timeout: None,
+            // Fail closed until the first snapshot: the pod is not ready before it either.
+            bootstrap_authorization: None,
         }),
         services: Vec::new(),
         routes: Vec::new(),

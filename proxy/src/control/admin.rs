@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 use weft_resilience::outlier::HealthState;
 
-use crate::store::Snapshot;
+use crate::store::{PolicySource, Snapshot};
 use weft_policy::{HeaderValueMatch, LbPolicy, Listen, PathMatch, Protocol};
 
 fn protocol(p: Protocol) -> &'static str {
@@ -120,6 +120,12 @@ pub fn config_dump(s: &Snapshot, listening: &Listen) -> Value {
             "export_interval_ms": s.tracing.export_interval.as_millis() as u64,
         },
         "services": destinations,
+        "policy_source": match s.policy {
+            PolicySource::File => "file",
+            PolicySource::ControlPlane => "control_plane",
+            PolicySource::Bootstrap => "bootstrap",
+            PolicySource::Pending => "pending (inbound refused)",
+        },
         "authorization": {
             "default": if s.authz.default_allow { "allow" } else { "deny" },
             "rules": s.authz.rules.iter().map(|r| json!({

@@ -1,7 +1,7 @@
 //! The control thread: admin HTTP (loopback), config reload on SIGHUP and on file change,
-//! and, when `control_plane` is set, the control-plane client ([`crate::control::client`]) and
-//! certificate rotation ([`crate::identity::certify::rotate`]).
+//! and, when `control_plane` is set, the control-plane client ([`crate::control::client`]).
 //! It runs on its own single-threaded runtime so control work never delays traffic.
+//! Certificate rotation ([`crate::identity::certify::rotate`]) has a thread of its own.
 
 pub mod admin;
 pub mod channel;
@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::drain::Drain;
-use crate::store::Store;
+use crate::store::{PolicySource, Store};
 use weft_policy::Listen;
 
 /// How often the config and certificate files are checked for changes.
@@ -73,20 +73,17 @@ pub fn spawn(
         None => None,
     };
     store.set_listening(listening.clone());
+    let renewals = match store.load().control_plane.clone() {
+        Some(cp) => Some((spawn_renewal(store.clone(), cp.clone())?, cp)),
+        None => None,
+    };
     std::thread::Builder::new()
         .name("weft-control".into())
         .spawn(move || {
             rt.block_on(async move {
                 tokio::spawn(reload_on_sighup(store.clone()));
                 tokio::spawn(reload_on_change(store.clone()));
-                if let Some(cp) = store.load().control_plane.clone() {
-                    let (renewed, renewals) =
-                        tokio::sync::watch::channel(store.load().tls.not_after);
-                    tokio::spawn(crate::identity::certify::rotate(
-                        store.clone(),
-                        cp.clone(),
-                        renewed,
-                    ));
+                if let Some((renewals, cp)) = renewals {
                     tokio::spawn(crate::control::client::run(
                         store.clone(),
                         cp,
@@ -106,6 +103,24 @@ pub fn spawn(
             })
         })?;
     Ok(listening)
+}
+
+/// Start certificate renewal on a thread of its own, so that nothing the admin and metrics
+/// listeners do (a slow `/metrics` render, a flood of connections) delays a renewal, and a
+/// renewal that waits on the control plane delays no scrape. Returns the channel each renewed
+/// expiry is sent on (the control-plane stream reports it).
+fn spawn_renewal(
+    store: Arc<Store>,
+    cp: weft_policy::ControlPlane,
+) -> anyhow::Result<tokio::sync::watch::Receiver<SystemTime>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (renewed, renewals) = tokio::sync::watch::channel(store.load().tls.not_after);
+    std::thread::Builder::new()
+        .name("weft-renewal".into())
+        .spawn(move || rt.block_on(crate::identity::certify::rotate(store, cp, renewed)))?;
+    Ok(renewals)
 }
 
 /// Reload on a blocking thread: a reload reads files and may wait for the rebuild lock (held
@@ -292,10 +307,17 @@ fn handle(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "certificate expired\n".into(),
                 )
-            } else if snap.control_plane.is_some() && store.control_plane_version().is_none() {
+            } else if snap.policy == PolicySource::Pending {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "waiting for the first control-plane snapshot\n".into(),
+                    "waiting for the first control-plane snapshot (inbound refused: fail closed)\n"
+                        .into(),
+                )
+            } else if snap.policy == PolicySource::Bootstrap {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for the first control-plane snapshot (serving the bootstrap policy)\n"
+                        .into(),
                 )
             } else if snap.control_plane.is_some() {
                 let link = if store.control_plane_connected() {

@@ -420,7 +420,7 @@ async fn renew_once(store: &Arc<Store>, cp: &ControlPlane) -> Result<SystemTime,
     })?
 }
 
-/// Renew the workload certificate before it expires, forever (on the control thread).
+/// Renew the workload certificate before it expires, forever (on the renewal thread).
 ///
 /// Each renewed expiry is sent on `renewed` (the control-plane stream reports it). Counts
 /// `weft_cert_renewals_total{result}`.

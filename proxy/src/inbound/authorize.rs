@@ -7,7 +7,7 @@ use weft_resilience::Nanos;
 
 use crate::errors::{RateScope, Reject};
 use crate::inbound::accept::PeerIdentity;
-use crate::store::Snapshot;
+use crate::store::{PolicySource, Snapshot};
 
 /// The caller of a request: its connection must have proven a mesh identity whose
 /// certificate has not expired since.
@@ -21,14 +21,18 @@ pub fn caller(peer: Option<&PeerIdentity>) -> Result<&PeerIdentity, Reject> {
     Ok(p)
 }
 
-/// Whether `caller` may make request `req` to this sidecar's app at `now`: an authorization
-/// rule must allow it, then the inbound rate limit must have a token for it.
+/// Whether `caller` may make request `req` to this sidecar's app at `now`: a policy must be
+/// known (fail closed before the first control-plane snapshot), an authorization rule must
+/// allow it, then the inbound rate limit must have a token for it.
 pub fn authorize(
     snap: &Snapshot,
     caller: &str,
     req: &RequestHeader,
     now: Nanos,
 ) -> Result<(), Reject> {
+    if snap.policy == PolicySource::Pending {
+        return Err(Reject::NoPolicy);
+    }
     if snap
         .authz
         .check_http(caller, &req.method, req.uri.path())

@@ -23,7 +23,7 @@ use crate::telemetry::metrics::Metrics;
 pub use persist::write_atomically;
 use persist::{sync_to_disk, write_replacing};
 use snapshot::{observe, Builder};
-pub use snapshot::{Pems, Snapshot, MAX_RATE_KEYS};
+pub use snapshot::{Pems, PolicySource, Snapshot, MAX_RATE_KEYS};
 
 /// What the snapshot in force was built from. Behind the store's lock, which also serializes
 /// rebuilds.
@@ -99,6 +99,17 @@ impl Store {
                 ),
                 Err(e) => log::warn!("cannot use {}: {e}; starting with no policy", file.display()),
             }
+        }
+        match store.load().policy {
+            PolicySource::Pending => log::warn!(
+                "no policy yet: inbound requests and tunnels are refused (503 no_policy) until the \
+                 control plane's first snapshot; control_plane.bootstrap_authorization would \
+                 allow some before it"
+            ),
+            PolicySource::Bootstrap => log::info!(
+                "serving control_plane.bootstrap_authorization until the first control-plane snapshot"
+            ),
+            PolicySource::File | PolicySource::ControlPlane => {}
         }
         Ok(store)
     }

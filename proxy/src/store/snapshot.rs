@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub inbound_rate: Option<Buckets>,
     /// Who may call the app.
     pub authz: weft_policy::Authorization,
+    /// Where `authz` came from; [`PolicySource::Pending`] refuses every inbound request.
+    pub policy: PolicySource,
     /// Access log target (fixed for the process's life).
     pub access_log: Option<PathBuf>,
     /// Tracing: `sampling` reloads; collector, queue and interval are fixed for the process's
@@ -52,6 +54,21 @@ pub struct Snapshot {
     pub control_plane: Option<weft_policy::ControlPlane>,
     /// Callable services and how requests find them.
     pub routes: Routes,
+}
+
+/// Where a snapshot's policy (services, routes, authorization) came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The config file (static mode).
+    File,
+    /// A control-plane snapshot, pushed or restored from the state file.
+    ControlPlane,
+    /// Control-plane mode before the first snapshot: the file's
+    /// `control_plane.bootstrap_authorization`.
+    Bootstrap,
+    /// Control-plane mode before the first snapshot with no bootstrap policy: the inbound side
+    /// refuses every request and tunnel (fail closed) until a snapshot arrives.
+    Pending,
 }
 
 /// Most distinct callers tracked by a per-caller limit; later ones share one bucket.
@@ -90,6 +107,7 @@ impl Snapshot {
             idle_timeout: config.idle_timeout,
             inbound_rate,
             authz: config.authorization,
+            policy: PolicySource::File,
             access_log: config.access_log,
             tracing: config.tracing,
             identity,
@@ -185,6 +203,17 @@ impl Builder<'_> {
             errors,
         };
         let mut source = self.path.to_owned();
+        let origin = match (cp, &config.control_plane) {
+            (_, None) => PolicySource::File,
+            (Some(_), Some(_)) => PolicySource::ControlPlane,
+            (None, Some(c)) => match &c.bootstrap_authorization {
+                Some(a) => {
+                    config.authorization = a.clone();
+                    PolicySource::Bootstrap
+                }
+                None => PolicySource::Pending,
+            },
+        };
         if let (Some(policy), Some(_)) = (cp, &config.control_plane) {
             let (local, _) = config.into_parts();
             source = PathBuf::from(format!("control-plane snapshot {}", policy.version));
@@ -224,7 +253,9 @@ impl Builder<'_> {
                 .map_err(|e| invalid(vec![e]))?,
             ),
         };
-        Ok(Snapshot::build(config, tls, version, prev, self.metrics))
+        let mut snapshot = Snapshot::build(config, tls, version, prev, self.metrics);
+        snapshot.policy = origin;
+        Ok(snapshot)
     }
 }
 

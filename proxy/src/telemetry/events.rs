@@ -19,6 +19,9 @@ pub enum RejectLabel {
     Denied,
     /// The caller's certificate expired since its connection was opened (inbound).
     CertExpired,
+    /// No authorization policy yet: a control-plane sidecar before its first snapshot, with no
+    /// bootstrap policy (inbound; fail closed).
+    NoPolicy,
 }
 
 impl RejectLabel {
@@ -32,6 +35,7 @@ impl RejectLabel {
             RejectLabel::BreakerOpen => "breaker_open",
             RejectLabel::Denied => "denied",
             RejectLabel::CertExpired => "cert_expired",
+            RejectLabel::NoPolicy => "no_policy",
         }
     }
 }
@@ -54,7 +58,7 @@ pub enum Event {
 }
 
 /// Series slots per route: one per [`Event`] (see [`Event::slot`]).
-pub const EVENT_SLOTS: usize = 16;
+pub const EVENT_SLOTS: usize = 17;
 
 impl Event {
     /// The event's own slot among [`EVENT_SLOTS`].
@@ -71,9 +75,9 @@ impl Event {
                 S::Succeeded | S::NotRetryable => 6,
             },
             Event::Rejected(r) => 7 + r as usize,
-            // After the seven rejection slots (7..=13).
-            Event::FaultDelay => 14,
-            Event::FaultAbort => 15,
+            // After the eight rejection slots (7..=14).
+            Event::FaultDelay => 15,
+            Event::FaultAbort => 16,
         }
     }
 }

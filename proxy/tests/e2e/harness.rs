@@ -956,6 +956,7 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
             state_file: Some(format!("{tag}.cp.json")),
             join_token_file: token.map(|t| t.display().to_string()),
             bootstrap_timeout: token.map(|_| "3s".to_owned()),
+            bootstrap_authorization: None,
         }),
         ..Default::default()
     };

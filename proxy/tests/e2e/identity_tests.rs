@@ -396,6 +396,7 @@ async fn certify_client(
         state_file: None,
         join_token_file: None,
         bootstrap_timeout: Duration::from_secs(1),
+        bootstrap_authorization: None,
     };
     let channel = weft_proxy::control::channel::connect(&target, tls)
         .await

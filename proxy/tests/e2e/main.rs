@@ -6,6 +6,7 @@ mod admin_tests;
 mod authz_tests;
 mod control_plane_tests;
 mod coverage_tests;
+mod fail_closed_tests;
 mod harness;
 mod http_tests;
 mod identity_tests;
