@@ -288,6 +288,15 @@ impl Validator<'_> {
             DEFAULT_CONNECT_TIMEOUT,
         );
         let idle_timeout = self.duration("idle_timeout", raw.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        let max_connections_per_listener = raw
+            .max_connections_per_listener
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_LISTENER);
+        if !(1..=1_000_000).contains(&max_connections_per_listener) {
+            self.err(
+                "max_connections_per_listener",
+                format!("must be 1 to 1000000, got {max_connections_per_listener}"),
+            );
+        }
         let tracing = self.tracing(raw.tracing.unwrap_or_default());
         let access_log = raw.access_log.map(|p| {
             if p == "-" {
@@ -339,6 +348,7 @@ impl Validator<'_> {
                 connect_timeout,
                 access_log,
                 idle_timeout,
+                max_connections_per_listener,
                 tracing,
                 control_plane,
             }),

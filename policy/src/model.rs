@@ -38,6 +38,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Default idle limit for client connections and TCP tunnels (Envoy's TCP proxy default).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default connections per traffic listener: far above what one workload's callers hold, low
+/// enough that a flood of idle connections cannot exhaust the sidecar's file descriptors or
+/// memory (a few tens of KiB each with TLS).
+pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: usize = 4096;
 /// Default requests in flight to one service (Envoy's circuit-breaker default).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Default requests waiting for an in-flight slot (Envoy's default).
@@ -77,6 +81,8 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     /// Idle limit for client connections and TCP tunnels.
     pub idle_timeout: Duration,
+    /// Connections each traffic listener holds at once.
+    pub max_connections_per_listener: usize,
     /// Distributed tracing.
     pub tracing: Tracing,
     /// The control plane the policy part comes from; `None` in static mode.
@@ -123,6 +129,8 @@ pub struct Local {
     pub access_log: Option<PathBuf>,
     /// Idle limit for client connections and TCP tunnels.
     pub idle_timeout: Duration,
+    /// Connections each traffic listener holds at once.
+    pub max_connections_per_listener: usize,
     /// Distributed tracing.
     pub tracing: Tracing,
     /// The control plane the policy part comes from; `None` in static mode.
@@ -159,6 +167,7 @@ impl Config {
             connect_timeout: local.connect_timeout,
             access_log: local.access_log,
             idle_timeout: local.idle_timeout,
+            max_connections_per_listener: local.max_connections_per_listener,
             tracing: local.tracing,
             control_plane: local.control_plane,
             services: policy.services,
@@ -178,6 +187,7 @@ impl Config {
                 connect_timeout: self.connect_timeout,
                 access_log: self.access_log,
                 idle_timeout: self.idle_timeout,
+                max_connections_per_listener: self.max_connections_per_listener,
                 tracing: self.tracing,
                 control_plane: self.control_plane,
             },

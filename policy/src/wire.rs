@@ -43,6 +43,10 @@ pub struct ConfigFile {
     /// Close client connections and TCP tunnels idle this long (default 1h).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Connections each traffic listener (outbound, inbound, each dedicated port) holds at once;
+    /// more are closed at accept (default 4096).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_listener: Option<usize>,
     /// Distributed tracing (default: propagate W3C trace context, export nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
@@ -74,6 +78,7 @@ impl ConfigFile {
                 connect_timeout: self.connect_timeout,
                 access_log: self.access_log,
                 idle_timeout: self.idle_timeout,
+                max_connections_per_listener: self.max_connections_per_listener,
                 tracing: self.tracing,
                 control_plane: self.control_plane,
             },
@@ -97,6 +102,7 @@ impl ConfigFile {
             connect_timeout: local.connect_timeout,
             access_log: local.access_log,
             idle_timeout: local.idle_timeout,
+            max_connections_per_listener: local.max_connections_per_listener,
             tracing: local.tracing,
             control_plane: local.control_plane,
             services: policy.services,
@@ -133,6 +139,10 @@ pub struct LocalFile {
     /// Close client connections and TCP tunnels idle this long (default 1h).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Connections each traffic listener (outbound, inbound, each dedicated port) holds at once;
+    /// more are closed at accept (default 4096).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_listener: Option<usize>,
     /// Distributed tracing (default: propagate W3C trace context, export nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,

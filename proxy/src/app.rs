@@ -182,6 +182,7 @@ impl Proxies<'_> {
             inbound: Arc::new(inbound),
             outbound_port: listening.outbound.port(),
             inbound_port: listening.inbound.port(),
+            open: Arc::default(),
         };
         let ports = Arc::new(traffic.clone());
         let mut service = Service::new("weft traffic".to_owned(), traffic);

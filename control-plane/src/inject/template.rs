@@ -54,6 +54,7 @@ pub fn sidecar_config(
         connect_timeout: None,
         access_log: None,
         idle_timeout: None,
+        max_connections_per_listener: None,
         tracing: None,
         control_plane: Some(wire::ControlPlane {
             address: settings.control_plane.clone(),

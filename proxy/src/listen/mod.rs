@@ -5,6 +5,7 @@
 //! [`ports::PortManager`].
 
 pub mod bound;
+pub mod limit;
 pub mod ports;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::inbound::InboundHttp;
 use crate::outbound::connector::OutboundProxies;
 use crate::store::Store;
 use crate::tcp;
+use limit::Listener;
 use weft_policy::Protocol;
 
 /// How long a new plaintext connection may take to send its first bytes (matches Pingora's
@@ -92,6 +94,8 @@ pub struct Traffic {
     pub(crate) inbound: Arc<HttpProxy<InboundHttp>>,
     pub(crate) outbound_port: u16,
     pub(crate) inbound_port: u16,
+    /// Connections each listener holds (the cap: `max_connections_per_listener`).
+    pub(crate) open: Arc<limit::Open>,
 }
 
 impl Traffic {
@@ -218,6 +222,25 @@ impl ServerApp for Traffic {
         let port = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))?;
+        let listener = match port {
+            p if p == self.inbound_port => Listener::Inbound,
+            p if p == self.outbound_port => Listener::Outbound,
+            _ => Listener::Dedicated,
+        };
+        let max = self.store.load().max_connections_per_listener;
+        let Some(_held) = self.open.try_hold(listener, max) else {
+            // Closed at once (the stream is dropped), never queued: a flood cannot hold more.
+            self.store
+                .metrics
+                .connections_refused
+                .with_label_values(&[listener.as_str(), "limit"])
+                .inc();
+            log::debug!(
+                "{} listener holds {max} connections; closing a new one",
+                listener.as_str()
+            );
+            return None;
+        };
         if port == self.inbound_port {
             return self.inbound_conn(stream, shutdown).await;
         }

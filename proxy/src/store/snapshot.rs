@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub connect_timeout: Duration,
     /// Idle limit for client connections and TCP tunnels.
     pub idle_timeout: Duration,
+    /// Connections each traffic listener holds at once; more are closed at accept.
+    pub max_connections_per_listener: usize,
     /// Inbound rate limit.
     pub inbound_rate: Option<Buckets>,
     /// Who may call the app.
@@ -105,6 +107,7 @@ impl Snapshot {
             drain_timeout: config.drain_timeout,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
+            max_connections_per_listener: config.max_connections_per_listener,
             inbound_rate,
             authz: config.authorization,
             policy: PolicySource::File,

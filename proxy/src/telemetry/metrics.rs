@@ -90,6 +90,8 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     /// Inbound handshakes, `result` = ok | refused.
     pub tls_handshakes: IntCounterVec,
+    /// Connections a traffic listener closed at accept because it held its limit.
+    pub connections_refused: IntCounterVec,
     /// Certificate renewals, `result` = ok | error.
     pub cert_renewals: IntCounterVec,
     /// TCP tunnels opened, by `direction`, `dst_service`.
@@ -204,6 +206,14 @@ impl Metrics {
         for r in ["ok", "error"] {
             cert_renewals.with_label_values(&[r]);
         }
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                names::CONNECTIONS_REFUSED,
+                "Connections a traffic listener closed at accept, by listener and reason.",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(cert_renewals.clone()))?;
         let tcp = ["direction", "dst_service"];
         let tcp_opened =
@@ -342,6 +352,7 @@ impl Metrics {
             control_plane_unknown_fields,
             cert_expiry,
             tls_handshakes,
+            connections_refused,
             cert_renewals,
             tcp_opened,
             tcp_closed,

@@ -29,6 +29,8 @@ pub const CERT_EXPIRY: &str = weft!("certificate_expiry_timestamp_seconds");
 pub const CERT_RENEWALS: &str = weft!("cert_renewals_total");
 /// Inbound TLS handshakes, by result (counter).
 pub const TLS_HANDSHAKES: &str = weft!("tls_handshakes_total");
+/// Connections a traffic listener closed at accept.
+pub const CONNECTIONS_REFUSED: &str = weft!("connections_refused_total");
 /// TCP tunnels opened, by direction and destination (counter).
 pub const TCP_OPENED: &str = weft!("tcp_connections_opened_total");
 /// TCP tunnels closed (counter).

@@ -119,7 +119,7 @@ async fn metrics_listener_serves_only_read_only_endpoints() {
 }
 
 /// Whether the peer has closed `s` (EOF or reset), read without waiting.
-fn closed(s: &tokio::net::TcpStream) -> bool {
+pub(crate) fn closed(s: &tokio::net::TcpStream) -> bool {
     let mut b = [0u8; 64];
     match s.try_read(&mut b) {
         Ok(0) => true,

@@ -11,6 +11,7 @@ mod harness;
 mod http_tests;
 mod identity_tests;
 mod lifecycle_tests;
+mod listener_tests;
 mod metrics_tests;
 mod ops_tests;
 mod prometheus_tests;
