@@ -324,7 +324,10 @@ fn the_control_plane_runs_as_the_contract_says() {
             assert!(addr.ip().is_loopback(), "{arg}");
         }
     }
-    assert!(!args.contains(&"--insecure-plaintext-operator-api"), "{args:?}");
+    assert!(
+        !args.contains(&"--insecure-plaintext-operator-api"),
+        "{args:?}"
+    );
     // Every flag the Deployment passes is one the binary has.
     let help = run_within(
         Command::new(env!("CARGO_BIN_EXE_weft-control-plane")).arg("--help"),

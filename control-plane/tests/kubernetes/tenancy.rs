@@ -217,7 +217,6 @@ fn kube_source_refuses_the_takeover_and_says_why_in_the_status() {
         services: policy.services().to_vec(),
         routes: policy.routes().to_vec(),
         authorization: policy.authorization().to_vec(),
-        ..MeshFile::default()
     };
     assert_shop_holds_orders(&mesh);
 

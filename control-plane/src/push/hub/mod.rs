@@ -452,3 +452,85 @@ pub(crate) enum RegisterError {
         max: usize,
     },
 }
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn policy(extra_hosts: usize) -> MeshPolicy {
+        let hosts: String = (0..extra_hosts)
+            .map(|i| format!("      - host-{i}.example.internal\n"))
+            .collect();
+        let hosts = if hosts.is_empty() {
+            String::new()
+        } else {
+            format!("    hosts:\n{hosts}")
+        };
+        let text = format!(
+            "services:\n  - name: a\n    identity: spiffe://weft.local/ns/default/sa/a\n{hosts}"
+        );
+        MeshPolicy::from_texts(&[("p.yaml".into(), text)]).expect("valid")
+    }
+
+    fn registration(port: u16) -> Registration {
+        Registration {
+            peer: Identity::new("weft.local", "default", "a").expect("identity"),
+            service: "a".to_owned(),
+            endpoint: ([127, 0, 0, 1], port).into(),
+            labels: BTreeMap::new(),
+            cert_not_after: None,
+            admin: None,
+        }
+    }
+
+    #[test]
+    fn a_registration_flood_of_one_identity_is_refused_beyond_the_limit() {
+        let hub = Hub::new(policy(0), "PEM".into(), "weft.local".into(), DEFAULT_GRACE)
+            .with_limits(HubLimits {
+                max_streams_per_identity: 3,
+                ..HubLimits::default()
+            });
+        let ids: Vec<u64> = (0..3)
+            .map(|i| {
+                hub.register(registration(1000 + i), watch::channel(None).0)
+                    .expect("within the limit")
+            })
+            .collect();
+        for i in 0..50 {
+            let e = hub
+                .register(registration(2000 + i), watch::channel(None).0)
+                .expect_err("over the limit");
+            assert!(
+                matches!(e, RegisterError::TooManyStreams { max: 3, .. }),
+                "{e}"
+            );
+        }
+        // The registered ones are still served; one leaving makes room for one more.
+        assert!(ids.iter().all(|id| hub.is_registered(*id)));
+        hub.disconnected(ids[0]);
+        hub.register(registration(3000), watch::channel(None).0)
+            .expect("room again");
+    }
+
+    #[test]
+    fn a_policy_with_an_oversized_snapshot_is_refused_and_the_last_good_stays() {
+        let hub = Hub::new(policy(0), "PEM".into(), "weft.local".into(), DEFAULT_GRACE)
+            .with_limits(HubLimits {
+                max_snapshot_bytes: 4096,
+                ..HubLimits::default()
+            });
+        let good = hub.policy().version().to_owned();
+        match hub.take_policy(Ok(policy(200))) {
+            Update::Rejected(errors) => {
+                let text = errors.to_string();
+                assert!(text.contains("over the limit of 4096"), "{text}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert_eq!(hub.policy().version(), good);
+        assert!(matches!(
+            hub.take_policy(Ok(policy(2))),
+            Update::Applied { .. }
+        ));
+    }
+}
