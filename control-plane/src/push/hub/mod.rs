@@ -457,18 +457,16 @@ pub(crate) enum RegisterError {
 mod limit_tests {
     use super::*;
 
-    fn policy(extra_hosts: usize) -> MeshPolicy {
-        let hosts: String = (0..extra_hosts)
-            .map(|i| format!("      - host-{i}.example.internal\n"))
-            .collect();
-        let hosts = if hosts.is_empty() {
-            String::new()
-        } else {
-            format!("    hosts:\n{hosts}")
-        };
-        let text = format!(
-            "services:\n  - name: a\n    identity: spiffe://weft.local/ns/default/sa/a\n{hosts}"
-        );
+    /// Service `a` and `others` more, every one a destination in `a`'s snapshot.
+    fn policy(others: usize) -> MeshPolicy {
+        let mut text =
+            "services:\n  - name: a\n    identity: spiffe://weft.local/ns/default/sa/a\n"
+                .to_owned();
+        for i in 0..others {
+            text.push_str(&format!(
+                "  - name: s{i}\n    identity: spiffe://weft.local/ns/default/sa/s{i}\n"
+            ));
+        }
         MeshPolicy::from_texts(&[("p.yaml".into(), text)]).expect("valid")
     }
 
