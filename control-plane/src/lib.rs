@@ -18,7 +18,7 @@
 pub mod ca;
 mod files;
 pub mod inject;
-mod net;
+pub mod net;
 pub mod operator;
 pub mod policy;
 pub mod push;

@@ -96,6 +96,8 @@ pub struct Running {
     pub listen: SocketAddr,
     /// The operator API address actually bound.
     pub admin: SocketAddr,
+    /// The metrics listener's address actually bound, if any.
+    pub metrics: Option<SocketAddr>,
     /// The push state.
     pub hub: Arc<Hub>,
     /// The file holding the operator API's bearer token.
@@ -244,6 +246,72 @@ fn bind_sidecar_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(SIDECAR_LISTEN_BACKLOG)
 }
 
+/// The bounds of the sidecars' port (gRPC over mutual TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SidecarLimits {
+    /// Connections at once; as many again may wait `handshake_timeout` for a slot, any beyond
+    /// are closed at once.
+    pub max_connections: usize,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// HTTP/2 streams at once per connection (a sidecar uses one, and `Certify` calls).
+    pub max_streams_per_connection: u32,
+    /// Largest gRPC message decoded (a `Certify` CSR, a sidecar's ACK).
+    pub max_message_bytes: usize,
+    /// Longest a unary call (`Certify`) may take; streams are not limited.
+    pub unary_timeout: Duration,
+    /// HTTP/2 PING interval; a peer that does not answer within `keepalive_timeout` is
+    /// closed.
+    pub keepalive_interval: Duration,
+    /// See `keepalive_interval`.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for SidecarLimits {
+    fn default() -> Self {
+        SidecarLimits {
+            max_connections: 16_384,
+            handshake_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 16,
+            max_message_bytes: 1024 * 1024,
+            unary_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How the listeners are bounded and exposed, beyond [`ServerConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The operator API's bounds (and the metrics listener's).
+    pub admin: crate::net::Limits,
+    /// The sidecars' port's bounds.
+    pub sidecars: SidecarLimits,
+    /// Streams per identity and snapshot size.
+    pub hub: crate::push::hub::HubLimits,
+    /// A second plain HTTP listener serving only `/live`, `/ready` and `/metrics`, on any
+    /// address (kubelet probes, Prometheus), so the operator API can stay on loopback.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve the plaintext operator API on a non-loopback address anyway
+    /// (`--insecure-plaintext-operator-api`): its bearer token then crosses the network in
+    /// the clear.
+    pub insecure_plaintext_admin: bool,
+}
+
+/// Why the control plane refuses a plaintext operator API beyond loopback.
+pub fn check_admin_address(addr: SocketAddr, insecure: bool) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() || insecure {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the operator API is plain HTTP and would listen on {addr}, beyond loopback: its bearer \
+         token would cross the network in the clear. Bind it to 127.0.0.1 (use `kubectl \
+         port-forward` or an SSH tunnel to reach it; --metrics-listen serves /live, /ready and \
+         /metrics on any address), or pass --insecure-plaintext-operator-api to do it anyway"
+    )
+}
+
 /// Where [`start_with`] takes the mesh policy from.
 #[derive(Debug, Clone)]
 pub enum PolicyFrom {
@@ -259,20 +327,36 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     start_with(config, PolicyFrom::Directory).await
 }
 
-/// [`start`] with the policy from `from`: the CA, the policy and its source, the push, then
-/// the two listeners, in that order (the first failure is the error).
+/// [`start`] with the policy from `from`, with the default [`ServeOptions`].
 pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Result<Running> {
+    start_bounded(config, from, ServeOptions::default()).await
+}
+
+/// [`start`] with the policy from `from` and the listeners as `options` say: the CA, the
+/// policy and its source, the push, then the listeners, in that order (the first failure is
+/// the error). A plaintext operator API beyond loopback is refused first
+/// ([`check_admin_address`]).
+pub async fn start_bounded(
+    config: ServerConfig,
+    from: PolicyFrom,
+    options: ServeOptions,
+) -> anyhow::Result<Running> {
+    check_admin_address(config.admin, options.insecure_plaintext_admin)?;
     let ca = ca(&config).await?;
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
     let history = History::open(&config.state_dir).context("policy history")?;
     let policy = policy_source(&config, from).await?;
-    let hub = Arc::new(Hub::new(
-        policy.initial,
+    let hub = Hub::new(
+        policy.initial.clone(),
         ca.store.trust_bundle_pem().to_owned(),
         ca.store.trust_domain().to_owned(),
         config.grace,
-    ));
+    )
+    .with_limits(options.hub);
+    hub.check_snapshots(&policy.initial)
+        .map_err(|e| anyhow::anyhow!("the policy is refused:\n{e}"))?;
+    let hub = Arc::new(hub);
     let ops = Arc::new(match policy.dir {
         Some(dir) => Ops::new(hub.clone(), dir, history),
         None => Ops::read_only(hub.clone(), policy.source, history),
@@ -297,14 +381,42 @@ pub async fn start_with(config: ServerConfig, from: PolicyFrom) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", config.admin))?;
     let admin = admin_listener.local_addr()?;
+    let metrics_listener = match options.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
 
-    tasks.extend(serve_sidecars(listener, ca.tls, hub.clone(), ca.issuer));
+    tasks.extend(serve_sidecars(
+        listener,
+        ca.tls,
+        hub.clone(),
+        ca.issuer,
+        options.sidecars,
+    ));
     let admin_token_file = token.path().to_owned();
-    tasks.push(serve_operators(admin_listener, hub.clone(), ops, token));
+    let operators = Operators {
+        hub: hub.clone(),
+        ops,
+        token,
+        limits: options.admin,
+    };
+    if let Some(l) = metrics_listener {
+        tasks.push(operators.serve(l, true));
+    }
+    tasks.push(operators.serve(admin_listener, false));
     log::info!("control plane: sidecars on {listen} (mTLS), operator API on http://{admin}");
     Ok(Running {
         listen,
         admin,
+        metrics,
         hub,
         admin_token_file,
         tasks,
@@ -432,24 +544,34 @@ async fn reload_on_change(ops: Arc<Ops>, mut changed: mpsc::UnboundedReceiver<()
     }
 }
 
-/// Serve the sidecars on `listener`: TLS handshakes (10 s at most each), then gRPC, the
-/// `Stream` method by `push_stream` (snapshots shared, not copied per stream).
+/// Serve the sidecars on `listener` within `limits`: a connection slot, the TLS handshake in
+/// time, then gRPC, the `Stream` method by `push_stream` (snapshots shared, not copied per
+/// stream).
 fn serve_sidecars(
     listener: TcpListener,
     tls: TlsAcceptor,
     hub: Arc<Hub>,
     issuer: Arc<Issuer>,
+    limits: SidecarLimits,
 ) -> [tokio::task::JoinHandle<()>; 2] {
-    let (conn_tx, conn_rx) =
-        mpsc::channel::<Result<crate::push::grpc::TlsConn, std::io::Error>>(64);
+    type Conn = crate::net::Slotted<crate::push::grpc::TlsConn>;
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<Conn, std::io::Error>>(64);
+    let gate = crate::net::Gate::new(limits.max_connections, limits.handshake_timeout);
     let accept = tokio::spawn(async move {
         loop {
             let (tcp, peer) = crate::net::accept(&listener, "sidecar port").await;
-            let (tls, conn_tx) = (tls.clone(), conn_tx.clone());
+            let (tls, conn_tx, gate) = (tls.clone(), conn_tx.clone(), gate.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
+                let Some(slot) = gate.enter().await else {
+                    log::warn!(
+                        "sidecar port: closing the connection from {peer}: too many connections"
+                    );
+                    return;
+                };
+                match tokio::time::timeout(limits.handshake_timeout, tls.accept(tcp)).await {
                     Ok(Ok(s)) => {
-                        let _ = conn_tx.send(Ok(crate::push::grpc::TlsConn(s))).await;
+                        let conn = crate::net::Slotted::new(crate::push::grpc::TlsConn(s), slot);
+                        let _ = conn_tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => log::warn!("TLS handshake from {peer}: {e}"),
                     Err(_) => log::warn!("TLS handshake from {peer}: timed out"),
@@ -457,13 +579,20 @@ fn serve_sidecars(
             });
         }
     });
-    let svc = crate::push::push_stream::PushRouter::new(
-        hub.clone(),
-        ControlPlaneServer::new(crate::push::grpc::Service { hub, issuer }),
-    );
+    let grpc = ControlPlaneServer::new(crate::push::grpc::Service {
+        hub: hub.clone(),
+        issuer,
+    })
+    .max_decoding_message_size(limits.max_message_bytes);
+    let svc = crate::push::push_stream::PushRouter::new(hub, grpc);
     let serve = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_concurrent_streams(Some(limits.max_streams_per_connection))
+            .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
+            .http2_max_header_list_size(Some(16 * 1024))
+            .timeout(limits.unary_timeout)
             .add_service(svc)
             .serve_with_incoming(ReceiverStream::new(conn_rx))
             .await;
@@ -474,22 +603,29 @@ fn serve_sidecars(
     [accept, serve]
 }
 
-/// Serve the operator API on `listener`.
-fn serve_operators(
-    listener: TcpListener,
+/// What the operator API and the metrics listener serve.
+struct Operators {
     hub: Arc<Hub>,
     ops: Arc<Ops>,
     token: AdminToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(crate::operator::api::serve_admin(
-        listener,
-        Arc::new(crate::operator::api::Admin {
-            hub,
-            ops,
-            token,
-            // Both conditions hold by now: the CA opened and the policy loaded, or start
-            // failed. A source that can start without a policy flips `policy` later.
-            readiness: Arc::new(crate::operator::api::Readiness::new(true, true)),
-        }),
-    ))
+    limits: crate::net::Limits,
+}
+
+impl Operators {
+    /// Serve on `listener`: the whole operator API, or with `open_only` the open endpoints.
+    fn serve(&self, listener: TcpListener, open_only: bool) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(crate::operator::api::serve_admin(
+            listener,
+            Arc::new(crate::operator::api::Admin {
+                hub: self.hub.clone(),
+                ops: self.ops.clone(),
+                token: self.token.clone(),
+                // Both conditions hold by now: the CA opened and the policy loaded, or start
+                // failed. A source that can start without a policy flips `policy` later.
+                readiness: Arc::new(crate::operator::api::Readiness::new(true, true)),
+            }),
+            self.limits,
+            open_only,
+        ))
+    }
 }

@@ -9,10 +9,11 @@ use clap::Parser;
 use weft_control_plane::ca::ca_store::{CaStoreOptions, RootSource};
 use weft_control_plane::inject::webhook::{self, WebhookConfig};
 use weft_control_plane::inject::Settings;
+use weft_control_plane::net::Limits;
 use weft_control_plane::policy::kube::source::KubeOptions;
 use weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL;
-use weft_control_plane::push::hub::DEFAULT_GRACE;
-use weft_control_plane::server::{self, ServerConfig};
+use weft_control_plane::push::hub::{HubLimits, DEFAULT_GRACE};
+use weft_control_plane::server::{self, ServeOptions, ServerConfig, SidecarLimits};
 
 /// Weft control plane.
 #[derive(Parser, Debug)]
@@ -37,9 +38,42 @@ struct Args {
     /// Sidecars' address (gRPC over mTLS).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Operator API address (plain HTTP with a bearer token; keep it on loopback).
+    /// Operator API address (plain HTTP with a bearer token): loopback only, unless
+    /// --insecure-plaintext-operator-api.
     #[arg(long, default_value = "127.0.0.1:7071")]
     admin: SocketAddr,
+    /// Serve the operator API on a non-loopback --admin address anyway, its bearer token in
+    /// the clear on the network. Without it the control plane refuses to start so.
+    #[arg(long)]
+    insecure_plaintext_operator_api: bool,
+    /// Also serve only /live, /ready and /metrics (no token, no operator API) on this address,
+    /// such as 0.0.0.0:7072 for kubelet probes and Prometheus [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Operator API (and metrics listener) connections at once; as many again wait up to
+    /// --admin-header-timeout for a slot, any beyond are closed.
+    #[arg(long, default_value_t = 64)]
+    admin_max_connections: usize,
+    /// Longest an operator API client may take to send a request's headers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    admin_header_timeout: Duration,
+    /// Operator API connections with no request in flight are closed after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    admin_idle_timeout: Duration,
+    /// Sidecar connections at once (each sidecar holds one).
+    #[arg(long, default_value_t = 16_384)]
+    sidecar_max_connections: usize,
+    /// Longest a TLS handshake may take, on the sidecars' port and the webhook's.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Live sidecar streams one SPIFFE identity may hold (every replica of a service shares
+    /// its identity); the next Hello is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = weft_control_plane::push::hub::DEFAULT_MAX_STREAMS_PER_IDENTITY)]
+    max_streams_per_identity: usize,
+    /// Largest compiled snapshot of one service, in bytes; a policy making a larger one is
+    /// refused and the last good one stays.
+    #[arg(long, default_value_t = weft_control_plane::push::hub::DEFAULT_MAX_SNAPSHOT_BYTES)]
+    max_snapshot_bytes: usize,
     /// File holding the operator API's bearer token [default: STATE_DIR/admin.token, created
     /// on first start].
     #[arg(long)]
@@ -155,6 +189,29 @@ fn main() {
             .kubernetes_tokens
             .then_some(weft_control_plane::ca::tokenreview::KubeConnection::Infer),
     };
+    let options = ServeOptions {
+        admin: Limits {
+            max_connections: args.admin_max_connections,
+            header_read_timeout: args.admin_header_timeout,
+            idle_timeout: args.admin_idle_timeout,
+            ..Limits::default()
+        },
+        sidecars: SidecarLimits {
+            max_connections: args.sidecar_max_connections,
+            handshake_timeout: args.tls_handshake_timeout,
+            ..SidecarLimits::default()
+        },
+        hub: HubLimits {
+            max_streams_per_identity: args.max_streams_per_identity,
+            max_snapshot_bytes: args.max_snapshot_bytes,
+        },
+        metrics_listen: args.metrics_listen,
+        insecure_plaintext_admin: args.insecure_plaintext_operator_api,
+    };
+    let webhook_limits = Limits {
+        handshake_timeout: args.tls_handshake_timeout,
+        ..webhook::default_limits()
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,9 +223,9 @@ fn main() {
         }
     };
     let result: anyhow::Result<()> = rt.block_on(async {
-        let _running = server::start_with(config, from).await?;
+        let _running = server::start_bounded(config, from, options).await?;
         let _webhook = match webhook {
-            Some(w) => Some(webhook::start(w).await?),
+            Some(w) => Some(webhook::start_with_limits(w, webhook_limits).await?),
             None => None,
         };
         tokio::signal::ctrl_c().await?;

@@ -15,7 +15,6 @@
 //! changes (cert-manager or the installer rotate the Secret; the kubelet updates the mounted
 //! files), checked at most every [`CERT_RECHECK`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -90,8 +88,17 @@ impl Drop for Webhook {
     }
 }
 
-/// Load the certificate, bind and serve on the current Tokio runtime.
+/// Load the certificate, bind and serve on the current Tokio runtime, within
+/// [`default_limits`].
 pub async fn start(config: WebhookConfig) -> Result<Webhook, WebhookError> {
+    start_with_limits(config, default_limits()).await
+}
+
+/// [`start`] within `limits`.
+pub async fn start_with_limits(
+    config: WebhookConfig,
+    limits: crate::net::Limits,
+) -> Result<Webhook, WebhookError> {
     config.settings.validate()?;
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -114,7 +121,7 @@ pub async fn start(config: WebhookConfig) -> Result<Webhook, WebhookError> {
     })?;
     let settings = Arc::new(config.settings);
     log::info!("injection webhook on https://{addr}{PATH}");
-    let task = tokio::spawn(accept_loop(listener, acceptor, settings));
+    let task = tokio::spawn(accept_loop(listener, acceptor, settings, limits));
     Ok(Webhook { addr, task })
 }
 
@@ -122,33 +129,23 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     settings: Arc<Settings>,
+    limits: crate::net::Limits,
 ) {
-    loop {
-        let (tcp, peer) = crate::net::accept(&listener, "webhook").await;
-        let (acceptor, settings) = (acceptor.clone(), settings.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    log::warn!("webhook TLS handshake from {peer}: {e}");
-                    return;
-                }
-                Err(_) => {
-                    log::warn!("webhook TLS handshake from {peer}: timed out");
-                    return;
-                }
-            };
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let settings = settings.clone();
-                    async move { Ok::<_, Infallible>(handle(&settings, req).await) }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
+    crate::net::serve_http1(listener, Some(acceptor), limits, "webhook", move |req| {
+        let settings = settings.clone();
+        async move { handle(&settings, req).await }
+    })
+    .await;
+}
+
+/// The webhook's bounds: the API server's calls (one per pod created) at once, and the
+/// handshake and headers within [`READ_TIMEOUT`].
+pub fn default_limits() -> crate::net::Limits {
+    crate::net::Limits {
+        max_connections: 256,
+        handshake_timeout: READ_TIMEOUT,
+        header_read_timeout: READ_TIMEOUT,
+        idle_timeout: Duration::from_secs(90),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The operator API: plain HTTP on a loopback address.
+//! The operator API: plain HTTP on a loopback address (the control plane refuses to start
+//! with it elsewhere unless told so), bounded by [`crate::net::Limits`].
 //!
 //! `/live`, `/ready` and `/metrics` are open (probes and Prometheus); everything else requires
 //! `Authorization: Bearer <admin token>` ([`crate::operator::auth`]) and answers 401 without it. The
@@ -6,14 +7,12 @@
 //! `GET /v1/status`.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -24,6 +23,8 @@ use crate::push::hub::Hub;
 
 /// Largest request body accepted (a whole policy directory fits many times over).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Longest a client may take to send a request body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Header naming the person behind a request (weftctl sends the local `$USER`).
 pub const ACTOR_HEADER: &str = "x-weft-actor";
 
@@ -76,7 +77,7 @@ impl Readiness {
     }
 }
 
-type Response = hyper::Response<Full<Bytes>>;
+type Response = hyper::Response<crate::net::Body>;
 /// An early answer (an error) from a handler step; boxed, as a response is large.
 type Refusal = Box<Response>;
 
@@ -84,22 +85,33 @@ fn refused(status: StatusCode, message: impl Into<String>) -> Refusal {
     Box::new(error(status, message))
 }
 
-pub(crate) async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
-    loop {
-        let (tcp, _) = crate::net::accept(&listener, "admin").await;
+/// Serve the operator API on `listener` within `limits`; `open_only`: only the open endpoints
+/// (`/live`, `/ready`, `/metrics`), for a listener that may face the network.
+pub(crate) async fn serve_admin(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    limits: crate::net::Limits,
+    open_only: bool,
+) {
+    let what = if open_only { "metrics" } else { "admin" };
+    crate::net::serve_http1(listener, None, limits, what, move |req| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(handle(&admin, req).await) }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
+        async move {
+            if open_only && !OPEN_PATHS.contains(&req.uri().path()) {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "this listener serves only /live, /ready and /metrics; the operator API is \
+                     on the --admin address",
+                );
+            }
+            handle(&admin, req).await
+        }
+    })
+    .await;
 }
+
+/// The endpoints served without a token.
+const OPEN_PATHS: [&str; 3] = ["/live", "/ready", "/metrics"];
 
 fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response {
     let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
@@ -196,7 +208,15 @@ struct RollbackRequest {
 async fn body_json<T: serde::de::DeserializeOwned>(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<T, Refusal> {
-    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    // The connection's idle timeout does not run while a request is in flight.
+    let Ok(read) = tokio::time::timeout(BODY_READ_TIMEOUT, body).await else {
+        return Err(refused(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+        ));
+    };
+    let bytes = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return Err(refused(

@@ -32,7 +32,7 @@ use weft_certs::Identity;
 
 use crate::ca::attest::Credential;
 use crate::ca::issuer::{IssueError, Issued, Issuer};
-use crate::push::hub::{Hub, Registration};
+use crate::push::hub::{Hub, RegisterError, Registration};
 
 /// The authenticated client of a connection, from its certificate.
 #[derive(Debug, Clone)]
@@ -218,9 +218,13 @@ pub(crate) async fn open_stream(
                 .ok()
                 .map(|a| a.to_string()),
         };
-        let id = hub
-            .register(registration, tx)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let id = hub.register(registration, tx).map_err(|e| match e {
+            RegisterError::TooManyStreams { .. } => {
+                log::warn!("refused a stream of {peer}: {e}");
+                Status::resource_exhausted(e.to_string())
+            }
+            RegisterError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
+        })?;
         log::info!("sidecar {peer} connected, endpoint {endpoint}");
         tokio::spawn(follow(hub, id, inbound));
         Ok(rx)

@@ -5,4 +5,5 @@
 mod inject;
 mod manifests;
 mod source;
+mod tenancy;
 mod tokenreview;

@@ -307,7 +307,8 @@ fn the_control_plane_runs_as_the_contract_says() {
         "--kubernetes",
         "--kubernetes-tokens",
         "--listen=0.0.0.0:7070",
-        "--admin=0.0.0.0:7071",
+        "--admin=127.0.0.1:7071",
+        "--metrics-listen=0.0.0.0:7072",
         "--webhook-listen=0.0.0.0:8443",
         "--ca-cert=/etc/weft/ca/ca.crt",
         "--ca-key=/etc/weft/ca/ca.key",
@@ -316,6 +317,17 @@ fn the_control_plane_runs_as_the_contract_says() {
     ] {
         assert!(args.contains(&want), "missing {want} in {args:?}");
     }
+    // The plaintext operator API never leaves the pod's loopback.
+    for arg in &args {
+        if let Some(addr) = arg.strip_prefix("--admin=") {
+            let addr: std::net::SocketAddr = addr.parse().expect("--admin address");
+            assert!(addr.ip().is_loopback(), "{arg}");
+        }
+    }
+    assert!(
+        !args.contains(&"--insecure-plaintext-operator-api"),
+        "{args:?}"
+    );
     // Every flag the Deployment passes is one the binary has.
     let help = run_within(
         Command::new(env!("CARGO_BIN_EXE_weft-control-plane")).arg("--help"),
@@ -330,7 +342,8 @@ fn the_control_plane_runs_as_the_contract_says() {
     assert_eq!(c["image"], "weft-control-plane:0.1.0");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
     let mounts = c["volumeMounts"].as_sequence().expect("mounts");
     for secret_mount in ["ca", "admin-token", "webhook-tls"] {
         let m = mounts
@@ -345,14 +358,14 @@ fn the_control_plane_runs_as_the_contract_says() {
         pod["metadata"]["annotations"]["prometheus.io/scrape"],
         "true"
     );
-    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "7071");
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "7072");
     let ports: BTreeSet<u64> = find(&docs, "Service", "weft-control-plane")["spec"]["ports"]
         .as_sequence()
         .expect("ports")
         .iter()
         .filter_map(|p| p["port"].as_u64())
         .collect();
-    assert_eq!(ports, BTreeSet::from([7070, 7071, 8443]));
+    assert_eq!(ports, BTreeSet::from([7070, 7072, 8443]));
     for d in &docs {
         if kind(d) != "Namespace" && kind(d) != "CustomResourceDefinition" {
             let cluster_scoped = matches!(
@@ -444,9 +457,9 @@ fn the_network_policy_admits_sidecars_the_api_server_and_monitoring_only() {
     );
     // 8443: any source (the API server is not a pod).
     assert!(rule_for(8443)["from"].is_null());
-    // 7071: only namespaces labelled for monitoring.
+    // 7072 (metrics, probes): only namespaces labelled for monitoring.
     assert_eq!(
-        rule_for(7071)["from"][0]["namespaceSelector"]["matchLabels"]["weft.dev/monitoring"],
+        rule_for(7072)["from"][0]["namespaceSelector"]["matchLabels"]["weft.dev/monitoring"],
         "enabled"
     );
     let egress_ports: BTreeSet<u64> = np["spec"]["egress"]

@@ -18,12 +18,12 @@ use weft_control_plane::policy::source::PolicySource;
 use weft_testkit::process::{output_within, spawn};
 use weft_testkit::wait;
 
-const TD: &str = "cluster.test";
+pub(crate) const TD: &str = "cluster.test";
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures: objects as `kubectl get -o json` shows them (trimmed of managedFields).
 
-fn meta(ns: &str, name: &str, uid: &str) -> Value {
+pub(crate) fn meta(ns: &str, name: &str, uid: &str) -> Value {
     json!({
         "name": name,
         "namespace": ns,
@@ -33,7 +33,7 @@ fn meta(ns: &str, name: &str, uid: &str) -> Value {
     })
 }
 
-fn service(name: &str, app_protocol: Option<&str>) -> Value {
+pub(crate) fn service(name: &str, app_protocol: Option<&str>) -> Value {
     let mut port = json!({"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080});
     if let Some(p) = app_protocol {
         port["appProtocol"] = json!(p);
@@ -59,7 +59,14 @@ fn service(name: &str, app_protocol: Option<&str>) -> Value {
     })
 }
 
-fn pod(name: &str, app: &str, version: &str, account: &str, ip: &str, sidecar: bool) -> Value {
+pub(crate) fn pod(
+    name: &str,
+    app: &str,
+    version: &str,
+    account: &str,
+    ip: &str,
+    sidecar: bool,
+) -> Value {
     let mut m = meta("shop", name, &format!("pod-{name}"));
     m["labels"] = json!({"app": app, "version": version, "pod-template-hash": "7d9f8c6b5"});
     m["annotations"] = json!({"weft.dev/service": format!("{app}.shop")});
@@ -111,7 +118,7 @@ fn pod(name: &str, app: &str, version: &str, account: &str, ip: &str, sidecar: b
 }
 
 /// `endpoints`: (ip, pod name, ready).
-fn slice(
+pub(crate) fn slice(
     name: &str,
     service: &str,
     app_protocol: Option<&str>,
@@ -147,7 +154,13 @@ fn slice(
     })
 }
 
-fn resource(kind: &str, name: &str, generation: i64, spec: Value) -> Value {
+/// `value` with `metadata.creationTimestamp` set to `at`.
+pub(crate) fn created(mut value: Value, at: &str) -> Value {
+    value["metadata"]["creationTimestamp"] = json!(at);
+    value
+}
+
+pub(crate) fn resource(kind: &str, name: &str, generation: i64, spec: Value) -> Value {
     let mut m = meta("shop", name, &format!("{kind}-{name}"));
     m["generation"] = json!(generation);
     json!({"apiVersion": "weft.dev/v1alpha1", "kind": kind, "metadata": m, "spec": spec})
@@ -195,7 +208,7 @@ fn orders_breaker() -> Value {
     )
 }
 
-fn orders_authz() -> Value {
+pub(crate) fn orders_authz() -> Value {
     resource(
         "AuthorizationPolicy",
         "orders",
@@ -210,7 +223,7 @@ fn orders_authz() -> Value {
 
 /// The shop: frontend calls orders (v1 and v2 pods) and payments (gRPC); legacy runs no
 /// sidecar.
-fn shop() -> Vec<Value> {
+pub(crate) fn shop() -> Vec<Value> {
     vec![
         service("frontend", Some("http")),
         service("orders", Some("http")),
@@ -291,7 +304,7 @@ fn shop() -> Vec<Value> {
 }
 
 /// Typed objects from JSON values, by `kind`.
-fn objects(values: &[Value]) -> Objects {
+pub(crate) fn objects(values: &[Value]) -> Objects {
     fn de<T: serde::de::DeserializeOwned>(v: &Value) -> T {
         serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
     }
@@ -459,11 +472,14 @@ fn endpoints_follow_readiness_and_deletions() {
 fn invalid_and_conflicting_resources_are_left_out_one_by_one() {
     let mut values = shop();
     // A second TrafficPolicy for orders: a conflict; one for an unknown service; an invalid one.
-    values.push(resource(
-        "TrafficPolicy",
-        "orders-again",
-        1,
-        json!({"service": "orders", "load_balancer": "random"}),
+    values.push(created(
+        resource(
+            "TrafficPolicy",
+            "orders-again",
+            1,
+            json!({"service": "orders", "load_balancer": "random"}),
+        ),
+        "2026-11-20T09:05:00Z",
     ));
     values.push(resource(
         "TrafficPolicy",
@@ -505,11 +521,14 @@ fn invalid_and_conflicting_resources_are_left_out_one_by_one() {
         json!({"service": "payments", "rules": "everyone"}),
     ));
     // A second authorization block for orders.
-    values.push(resource(
-        "AuthorizationPolicy",
-        "orders-more",
-        1,
-        json!({"service": "orders", "default": "allow"}),
+    values.push(created(
+        resource(
+            "AuthorizationPolicy",
+            "orders-more",
+            1,
+            json!({"service": "orders", "default": "allow"}),
+        ),
+        "2026-11-20T09:05:00Z",
     ));
     let mapped = mapping::map(&objects(&values), TD);
     let verdict = |kind: Kind, name: &str| {
@@ -527,8 +546,8 @@ fn invalid_and_conflicting_resources_are_left_out_one_by_one() {
             .map(|r| (r.reason, r.message))
     };
     let (why, msg) = reason(Kind::TrafficPolicy, "orders-again").expect("conflict");
-    assert_eq!(why, "Conflict");
-    assert!(msg.contains("TrafficPolicy shop/orders"), "{msg}");
+    assert_eq!(why, "Conflicted");
+    assert!(msg.contains("TrafficPolicy shop/orders "), "{msg}");
     assert_eq!(
         reason(Kind::TrafficPolicy, "nobody").expect("not found").0,
         "ServiceNotFound"
@@ -645,7 +664,7 @@ fn apply_and_rollback_are_refused_when_the_policy_comes_from_kubernetes() {
 /// (newline-delimited JSON events, a BOOKMARK, `ERROR` with a `410 Gone` Status once the
 /// version asked for is compacted away) for the six collections the source watches, and the
 /// status PATCH of the policy resources, recorded.
-mod standin {
+pub(crate) mod standin {
     use std::collections::{BTreeMap, HashMap};
     use std::convert::Infallible;
     use std::net::SocketAddr;
@@ -876,9 +895,13 @@ mod standin {
         }
 
         pub fn get(&self, kind: &str, name: &str) -> Value {
+            self.get_in(kind, "shop", name)
+        }
+
+        pub fn get_in(&self, kind: &str, namespace: &str, name: &str) -> Value {
             let st = self.lock();
             let c = st.collection_of(kind);
-            st.collections[c].objects[&("shop".to_owned(), name.to_owned())].clone()
+            st.collections[c].objects[&(namespace.to_owned(), name.to_owned())].clone()
         }
 
         /// Compact history: every open watch gets `ERROR 410 Gone` and is closed, and so will
@@ -1094,7 +1117,7 @@ mod standin {
     }
 }
 
-fn kubeconfig(dir: &std::path::Path, api: &standin::ApiServer) -> std::path::PathBuf {
+pub(crate) fn kubeconfig(dir: &std::path::Path, api: &standin::ApiServer) -> std::path::PathBuf {
     use base64::Engine as _;
     let ca = base64::engine::general_purpose::STANDARD.encode(&api.ca_pem);
     let text = format!(
@@ -1110,12 +1133,12 @@ fn kubeconfig(dir: &std::path::Path, api: &standin::ApiServer) -> std::path::Pat
 }
 
 /// Poll `cond` until it holds, for at most `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     wait::until(what, limit, || cond().then_some(()));
 }
 
 /// Wait for a change notification and a loaded policy that satisfies `cond`.
-fn wait_for_policy(
+pub(crate) fn wait_for_policy(
     source: &KubeSource,
     changes: &std::sync::mpsc::Receiver<()>,
     what: &str,
@@ -1146,7 +1169,7 @@ fn routes_of(p: &MeshPolicy) -> Vec<String> {
     p.routes().iter().map(|r| r.name.clone()).collect()
 }
 
-fn conditions(patch: &Value) -> (String, String, String) {
+pub(crate) fn conditions(patch: &Value) -> (String, String, String) {
     let c = &patch["status"]["conditions"][0];
     let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
     (s("type"), s("status"), s("message"))

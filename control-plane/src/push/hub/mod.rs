@@ -42,6 +42,32 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// served at once.
 pub const PUSH_MIN_INTERVAL: Duration = Duration::from_millis(5);
 pub use metrics::PUSH_DURATION_BUCKETS;
+/// Default of [`HubLimits::max_streams_per_identity`]: every replica of a service shares its
+/// identity, so this is a bound on replicas per service account, far above any real one.
+pub const DEFAULT_MAX_STREAMS_PER_IDENTITY: usize = 1024;
+/// Default of [`HubLimits::max_snapshot_bytes`]: under the 4 MiB a sidecar's gRPC client
+/// decodes by default, with room for the trust bundle and the endpoints registered later.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 2 * 1024 * 1024;
+
+/// What the hub bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubLimits {
+    /// Live sidecar streams one SPIFFE identity may hold; the next `Hello` is refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_streams_per_identity: usize,
+    /// Largest compiled snapshot (JSON) of any one service; a policy making a larger one is
+    /// refused at load and the last good one stays.
+    pub max_snapshot_bytes: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits {
+            max_streams_per_identity: DEFAULT_MAX_STREAMS_PER_IDENTITY,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+        }
+    }
+}
 
 /// One sidecar stream, live or within its grace period.
 #[derive(Debug)]
@@ -93,6 +119,7 @@ pub struct Hub {
     push_requested: Notify,
     /// Push rounds run by [`Hub::run_pusher`].
     push_rounds: AtomicU64,
+    limits: HubLimits,
 }
 
 impl Hub {
@@ -120,7 +147,47 @@ impl Hub {
             certs_refused: AtomicU64::new(0),
             push_requested: Notify::new(),
             push_rounds: AtomicU64::new(0),
+            limits: HubLimits::default(),
         }
+    }
+
+    /// This hub with `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: HubLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// `loaded`, or why it is refused: a service's compiled snapshot over
+    /// [`HubLimits::max_snapshot_bytes`] (it would be refused by the sidecars, or cost every
+    /// push that much per sidecar).
+    fn bounded(
+        &self,
+        loaded: Result<MeshPolicy, PolicyErrors>,
+    ) -> Result<MeshPolicy, PolicyErrors> {
+        let policy = loaded?;
+        self.check_snapshots(&policy)?;
+        Ok(policy)
+    }
+
+    /// Whether every service's compiled snapshot of `policy` is within
+    /// [`HubLimits::max_snapshot_bytes`], else which is not.
+    pub fn check_snapshots(&self, policy: &MeshPolicy) -> Result<(), PolicyErrors> {
+        let max = self.limits.max_snapshot_bytes;
+        for s in policy.services() {
+            let size = serde_json::to_vec(&policy.snapshot_for(&s.name)).map_or(0, |j| j.len());
+            if size > max {
+                let file = policy.files().first().cloned().unwrap_or_default();
+                return Err(PolicyErrors::file(
+                    file,
+                    format!(
+                        "the snapshot of service {:?} is {size} bytes, over the limit of {max} \
+                         (--max-snapshot-bytes); nothing was changed",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Count one `Certify` answer: issued, or refused/failed.
@@ -145,6 +212,7 @@ impl Hub {
     /// [`update_policy`](Self::update_policy), saying what it did, so the caller can record
     /// the change in history and the audit log.
     pub fn take_policy(&self, loaded: Result<MeshPolicy, PolicyErrors>) -> Update {
+        let loaded = self.bounded(loaded);
         let mut st = self.lock();
         let update = st.policy.update(loaded);
         match &update {
@@ -205,6 +273,18 @@ impl Hub {
                         peer: hello.peer.to_string(),
                     });
                 }
+            }
+            let identity = hello.peer.to_string();
+            let live = st
+                .sidecars
+                .values()
+                .filter(|s| s.connected && s.identity == identity)
+                .count();
+            if live >= self.limits.max_streams_per_identity {
+                return Err(RegisterError::TooManyStreams {
+                    identity,
+                    max: self.limits.max_streams_per_identity,
+                });
             }
             let id = st.next_id;
             st.next_id += 1;
@@ -363,4 +443,92 @@ pub(crate) enum RegisterError {
         /// The identity the sidecar's certificate proves.
         peer: String,
     },
+    /// The identity already holds as many live streams as allowed.
+    #[error("{identity} already holds {max} live streams, the most one identity may")]
+    TooManyStreams {
+        /// The identity.
+        identity: String,
+        /// The limit.
+        max: usize,
+    },
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// Service `a` and `others` more, every one a destination in `a`'s snapshot.
+    fn policy(others: usize) -> MeshPolicy {
+        let mut text =
+            "services:\n  - name: a\n    identity: spiffe://weft.local/ns/default/sa/a\n"
+                .to_owned();
+        for i in 0..others {
+            text.push_str(&format!(
+                "  - name: s{i}\n    identity: spiffe://weft.local/ns/default/sa/s{i}\n"
+            ));
+        }
+        MeshPolicy::from_texts(&[("p.yaml".into(), text)]).expect("valid")
+    }
+
+    fn registration(port: u16) -> Registration {
+        Registration {
+            peer: Identity::new("weft.local", "default", "a").expect("identity"),
+            service: "a".to_owned(),
+            endpoint: ([127, 0, 0, 1], port).into(),
+            labels: BTreeMap::new(),
+            cert_not_after: None,
+            admin: None,
+        }
+    }
+
+    #[test]
+    fn a_registration_flood_of_one_identity_is_refused_beyond_the_limit() {
+        let hub = Hub::new(policy(0), "PEM".into(), "weft.local".into(), DEFAULT_GRACE)
+            .with_limits(HubLimits {
+                max_streams_per_identity: 3,
+                ..HubLimits::default()
+            });
+        let ids: Vec<u64> = (0..3)
+            .map(|i| {
+                hub.register(registration(1000 + i), watch::channel(None).0)
+                    .expect("within the limit")
+            })
+            .collect();
+        for i in 0..50 {
+            let e = hub
+                .register(registration(2000 + i), watch::channel(None).0)
+                .expect_err("over the limit");
+            assert!(
+                matches!(e, RegisterError::TooManyStreams { max: 3, .. }),
+                "{e}"
+            );
+        }
+        // The registered ones are still served; one leaving makes room for one more.
+        assert!(ids.iter().all(|id| hub.is_registered(*id)));
+        hub.disconnected(ids[0]);
+        hub.register(registration(3000), watch::channel(None).0)
+            .expect("room again");
+    }
+
+    #[test]
+    fn a_policy_with_an_oversized_snapshot_is_refused_and_the_last_good_stays() {
+        let hub = Hub::new(policy(0), "PEM".into(), "weft.local".into(), DEFAULT_GRACE)
+            .with_limits(HubLimits {
+                max_snapshot_bytes: 4096,
+                ..HubLimits::default()
+            });
+        let good = hub.policy().version().to_owned();
+        match hub.take_policy(Ok(policy(200))) {
+            Update::Rejected(errors) => {
+                let text = errors.to_string();
+                assert!(text.contains("over the limit of 4096"), "{text}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert_eq!(hub.policy().version(), good);
+        assert!(matches!(
+            hub.take_policy(Ok(policy(2))),
+            Update::Applied { .. }
+        ));
+    }
 }

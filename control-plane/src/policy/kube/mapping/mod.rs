@@ -13,6 +13,10 @@
 //!   `from`) is of the resource's namespace (`orders` in `shop` is `orders.shop`) unless it
 //!   names its namespace itself (`orders.shop`). A `MeshRoute` without `spec.name` takes its
 //!   `metadata.name`. A `TrafficPolicy` merges into its service.
+//! - **Tenancy** ([`tenancy`]): a resource's `service` must be of its own namespace (else
+//!   `CrossNamespace`; callers in `from` may be anywhere), and of resources claiming the same
+//!   service's traffic policy or authorization, or the same route name, the oldest holds it
+//!   (the others `Conflicted`; a tie refuses them all). Never the first by name.
 //! - **One by one**: every resource is read on its own (the resources come in untyped, so one
 //!   that does not parse, say written against a newer CRD, fails alone and never the list)
 //!   and validated with the policy crate's own checks; an invalid one is left out alone, with a [`Verdict`] naming it and saying why
@@ -24,6 +28,7 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use serde::de::DeserializeOwned;
 use weft_policy::wire::{self, MeshFile};
@@ -32,6 +37,9 @@ use weft_policy::FieldError;
 use discover::discover;
 
 mod discover;
+mod tenancy;
+
+pub use tenancy::{CONFLICTED, CROSS_NAMESPACE};
 
 use super::crds::{Condition, PolicyStatus, ACCEPTED};
 
@@ -68,15 +76,23 @@ pub struct Objects {
     pub authorization: Vec<DynamicObject>,
 }
 
+/// One policy resource, read: which, its generation and creation time, and its spec.
+struct Parsed<T> {
+    key: ObjectKey,
+    generation: Option<i64>,
+    created: Option<Time>,
+    spec: T,
+}
+
 /// The spec of a policy resource as `T`, or why it cannot be read (`spec: unknown field ...`).
 /// The resources of one kind in namespace/name order (so the policy and its version do not
-/// depend on the order the API listed them in), each with its generation and parsed spec; a
-/// resource whose spec does not parse gets its verdict in `unreadable` and is left out alone.
+/// depend on the order the API listed them in); a resource whose spec does not parse gets its
+/// verdict in `unreadable` and is left out alone.
 fn parsed<T: DeserializeOwned>(
     objects: &[DynamicObject],
     kind: Kind,
     unreadable: &mut Vec<Verdict>,
-) -> Vec<(ObjectKey, Option<i64>, T)> {
+) -> Vec<Parsed<T>> {
     let mut sorted: Vec<&DynamicObject> = objects.iter().collect();
     sorted.sort_by_key(|o| key_of(kind, &o.metadata));
     let mut out = Vec::with_capacity(sorted.len());
@@ -84,7 +100,12 @@ fn parsed<T: DeserializeOwned>(
         let key = key_of(kind, &o.metadata);
         let generation = o.metadata.generation;
         match spec_of(o) {
-            Ok(spec) => out.push((key, generation, spec)),
+            Ok(spec) => out.push(Parsed {
+                key,
+                generation,
+                created: o.metadata.creation_timestamp.clone(),
+                spec,
+            }),
             Err(e) => unreadable.push(Verdict {
                 key,
                 generation,
@@ -93,6 +114,52 @@ fn parsed<T: DeserializeOwned>(
         }
     }
     out
+}
+
+/// Of `items`, those of their own namespace's service and holding their claim (`claim`: the
+/// field and what it claims); the others get their verdict in `verdicts`.
+fn admitted<T>(
+    items: Vec<Parsed<T>>,
+    service: impl Fn(&T) -> &str,
+    claim: impl Fn(&T) -> (&'static str, String),
+    verdicts: &mut Vec<Verdict>,
+) -> Vec<Parsed<T>> {
+    let mut own = Vec::with_capacity(items.len());
+    for p in items {
+        match tenancy::foreign(p.key.kind, &p.key.namespace, service(&p.spec)) {
+            Some(r) => verdicts.push(Verdict {
+                key: p.key,
+                generation: p.generation,
+                result: Err(r),
+            }),
+            None => own.push(p),
+        }
+    }
+    let refused = tenancy::contest(
+        own.iter()
+            .map(|p| {
+                let (field, what) = claim(&p.spec);
+                tenancy::Claim {
+                    key: &p.key,
+                    field,
+                    created: p.created.as_ref(),
+                    what,
+                }
+            })
+            .collect(),
+    );
+    let mut kept = Vec::with_capacity(own.len());
+    for p in own {
+        match refused.get(&p.key) {
+            Some(r) => verdicts.push(Verdict {
+                key: p.key,
+                generation: p.generation,
+                result: Err(r.clone()),
+            }),
+            None => kept.push(p),
+        }
+    }
+    kept
 }
 
 fn spec_of<T: DeserializeOwned>(object: &DynamicObject) -> Result<T, Rejection> {
@@ -244,7 +311,7 @@ pub fn has_sidecar(pod: &Pod) -> bool {
 }
 
 /// The mesh policy of `objects`, in `trust_domain`.
-// Long (about 125 lines): one pass per resource kind in a fixed order (services, traffic
+// Long (about 90 lines): one pass per resource kind in a fixed order (services, traffic
 // policies, then routes and authorization together), each judged against what came before.
 pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     let mut verdicts = Vec::new();
@@ -268,59 +335,20 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
         &mut verdicts,
     );
 
-    // Traffic policies, one per service, each checked on its own service.
-    let tps: Vec<(ObjectKey, Option<i64>, wire::TrafficPolicy)> = parsed(
-        &objects.traffic_policies,
-        Kind::TrafficPolicy,
-        &mut verdicts,
-    );
-    let mut applied: HashMap<String, ObjectKey> = HashMap::new();
-    for (key, generation, mut spec) in tps {
-        spec.service = qualify(&spec.service, &key.namespace);
-        let result = match mesh.services.iter().position(|s| s.name == spec.service) {
-            None => Err(service_not_found(&spec.service)),
-            Some(i) => match applied.get(&spec.service) {
-                Some(other) => Err(Rejection {
-                    reason: "Conflict",
-                    message: format!(
-                        "spec.service: service {:?} already has {other}",
-                        spec.service
-                    ),
-                }),
-                None => {
-                    let mut svc = mesh.services[i].clone();
-                    spec.apply_to(&mut svc);
-                    let alone = MeshFile {
-                        services: vec![svc.clone()],
-                        ..MeshFile::default()
-                    };
-                    match weft_policy::validate_mesh_dynamic(alone) {
-                        Ok(()) => {
-                            mesh.services[i] = svc;
-                            applied.insert(spec.service.clone(), key.clone());
-                            Ok(())
-                        }
-                        Err(errors) => Err(invalid(&errors, "traffic")),
-                    }
-                }
-            },
-        };
-        verdicts.push(Verdict {
-            key,
-            generation,
-            result,
-        });
-    }
+    apply_traffic_policies(objects, &mut mesh, &mut verdicts);
 
     // Routes and authorization, settled together (a route's callers and an authorization
     // block name services; both are judged against the services accepted above).
     let mut route_keys = Vec::new();
     let mut generations: HashMap<ObjectKey, Option<i64>> = HashMap::new();
-    // Resources whose spec does not even parse.
-    let mut unreadable: Vec<Verdict> = Vec::new();
-    let routes: Vec<(ObjectKey, Option<i64>, wire::Route)> =
-        parsed(&objects.routes, Kind::MeshRoute, &mut unreadable);
-    for (key, generation, mut route) in routes {
+    // Resources whose spec does not even parse, of another namespace's service, or conflicted.
+    let mut refused: Vec<Verdict> = Vec::new();
+    let mut routes: Vec<Parsed<wire::Route>> =
+        parsed(&objects.routes, Kind::MeshRoute, &mut refused);
+    for Parsed {
+        key, spec: route, ..
+    } in &mut routes
+    {
         if route.name.is_empty() {
             route.name = key.name.clone();
         }
@@ -330,21 +358,47 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
                 *c = qualify(c, &key.namespace);
             }
         }
-        mesh.routes.push(route);
-        generations.insert(key.clone(), generation);
-        route_keys.push(key);
     }
-    let authz: Vec<(ObjectKey, Option<i64>, wire::ServiceAuthorization)> = parsed(
+    let routes = admitted(
+        routes,
+        |r| &r.service,
+        |r| {
+            (
+                "spec.name",
+                format!("route {:?} of service {:?}", r.name, r.service),
+            )
+        },
+        &mut refused,
+    );
+    for p in routes {
+        mesh.routes.push(p.spec);
+        generations.insert(p.key.clone(), p.generation);
+        route_keys.push(p.key);
+    }
+    let mut authz: Vec<Parsed<wire::ServiceAuthorization>> = parsed(
         &objects.authorization,
         Kind::AuthorizationPolicy,
-        &mut unreadable,
+        &mut refused,
+    );
+    for p in &mut authz {
+        p.spec.service = qualify(&p.spec.service, &p.key.namespace);
+    }
+    let authz = admitted(
+        authz,
+        |a| &a.service,
+        |a| {
+            (
+                "spec.service",
+                format!("the authorization of service {:?}", a.service),
+            )
+        },
+        &mut refused,
     );
     let mut authz_keys = Vec::new();
-    for (key, generation, mut block) in authz {
-        block.service = qualify(&block.service, &key.namespace);
-        mesh.authorization.push(block);
-        generations.insert(key.clone(), generation);
-        authz_keys.push(key);
+    for p in authz {
+        mesh.authorization.push(p.spec);
+        generations.insert(p.key.clone(), p.generation);
+        authz_keys.push(p.key);
     }
     let mut no_services = Vec::new();
     let mut rejected = Vec::new();
@@ -367,10 +421,61 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
             generation,
         })
         .collect();
-    rest.extend(unreadable);
+    rest.extend(refused);
     rest.sort_by(|a, b| a.key.cmp(&b.key));
     verdicts.extend(rest);
     Mapped { mesh, verdicts }
+}
+
+/// Merge each admitted traffic policy into its service, each checked on its own service.
+fn apply_traffic_policies(objects: &Objects, mesh: &mut MeshFile, verdicts: &mut Vec<Verdict>) {
+    let mut tps: Vec<Parsed<wire::TrafficPolicy>> =
+        parsed(&objects.traffic_policies, Kind::TrafficPolicy, verdicts);
+    for p in &mut tps {
+        p.spec.service = qualify(&p.spec.service, &p.key.namespace);
+    }
+    let tps = admitted(
+        tps,
+        |t| &t.service,
+        |t| {
+            (
+                "spec.service",
+                format!("the traffic policy of service {:?}", t.service),
+            )
+        },
+        verdicts,
+    );
+    for Parsed {
+        key,
+        generation,
+        spec,
+        ..
+    } in tps
+    {
+        let result = match mesh.services.iter().position(|s| s.name == spec.service) {
+            None => Err(service_not_found(&spec.service)),
+            Some(i) => {
+                let mut svc = mesh.services[i].clone();
+                spec.apply_to(&mut svc);
+                let alone = MeshFile {
+                    services: vec![svc.clone()],
+                    ..MeshFile::default()
+                };
+                match weft_policy::validate_mesh_dynamic(alone) {
+                    Ok(()) => {
+                        mesh.services[i] = svc;
+                        Ok(())
+                    }
+                    Err(errors) => Err(invalid(&errors, "traffic")),
+                }
+            }
+        };
+        verdicts.push(Verdict {
+            key,
+            generation,
+            result,
+        });
+    }
 }
 
 /// Validate `mesh` and leave out every item an error names (each section's items parallel
