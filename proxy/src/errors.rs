@@ -82,6 +82,9 @@ pub enum Reject {
         /// The request's path.
         path: String,
     },
+    /// Either way: the request path has no canonical form (answered before routing and
+    /// authorization see it). The path itself is not echoed back.
+    BadPath(weft_policy::path::PathError),
 }
 
 /// Whose rate limit refused a request.
@@ -209,6 +212,7 @@ impl Reject {
                     "breaker open: every endpoint of {service} for route {route:?} is ejected after consecutive failures"
                 ),
             ),
+            Reject::BadPath(e) => Failure::new(400, "bad_path", format!("bad path: {e}")),
             Reject::NoIdentity => Failure::new(403, "denied", "caller has no mesh identity"),
             Reject::CertExpired => {
                 Failure::new(403, "cert_expired", "caller certificate expired")
@@ -242,6 +246,7 @@ impl Reject {
             Reject::BreakerOpen { .. } => Event::Rejected(RejectLabel::BreakerOpen),
             Reject::CertExpired => Event::Rejected(RejectLabel::CertExpired),
             Reject::Denied { .. } => Event::Rejected(RejectLabel::Denied),
+            Reject::BadPath(_) => Event::Rejected(RejectLabel::BadPath),
             Reject::UnknownHost(_)
             | Reject::NoRouteMatch { .. }
             | Reject::Timeout { .. }
@@ -528,6 +533,14 @@ mod tests {
             .2,
             "denied: no authorization rule of orders allows spiffe://a to POST /p"
         );
+        assert_eq!(
+            f(Reject::BadPath(weft_policy::path::PathError::EncodedSlash)),
+            (
+                400,
+                "bad_path",
+                s("bad path: an encoded slash (%2F) in the path")
+            )
+        );
     }
 
     #[test]
@@ -577,6 +590,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/".into(),
             },
+            Reject::BadPath(weft_policy::path::PathError::EncodedSlash),
         ];
         for r in rejections {
             match r.event() {

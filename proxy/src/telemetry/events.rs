@@ -19,6 +19,8 @@ pub enum RejectLabel {
     Denied,
     /// The caller's certificate expired since its connection was opened (inbound).
     CertExpired,
+    /// The request path has no canonical form (`weft_policy::path`).
+    BadPath,
 }
 
 impl RejectLabel {
@@ -32,6 +34,7 @@ impl RejectLabel {
             RejectLabel::BreakerOpen => "breaker_open",
             RejectLabel::Denied => "denied",
             RejectLabel::CertExpired => "cert_expired",
+            RejectLabel::BadPath => "bad_path",
         }
     }
 }
@@ -54,7 +57,7 @@ pub enum Event {
 }
 
 /// Series slots per route: one per [`Event`] (see [`Event::slot`]).
-pub const EVENT_SLOTS: usize = 16;
+pub const EVENT_SLOTS: usize = 17;
 
 impl Event {
     /// The event's own slot among [`EVENT_SLOTS`].
@@ -71,9 +74,9 @@ impl Event {
                 S::Succeeded | S::NotRetryable => 6,
             },
             Event::Rejected(r) => 7 + r as usize,
-            // After the seven rejection slots (7..=13).
-            Event::FaultDelay => 14,
-            Event::FaultAbort => 15,
+            // After the eight rejection slots (7..=14).
+            Event::FaultDelay => 15,
+            Event::FaultAbort => 16,
         }
     }
 }

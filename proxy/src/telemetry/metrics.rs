@@ -568,6 +568,7 @@ mod tests {
                 RejectLabel::BreakerOpen,
                 RejectLabel::Denied,
                 RejectLabel::CertExpired,
+                RejectLabel::BadPath,
             ]
             .map(Event::Rejected),
         );
