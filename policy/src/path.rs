@@ -85,7 +85,9 @@ fn is_plainly_canonical(raw: &str) -> bool {
     let b = raw.as_bytes();
     b.iter()
         .all(|&c| c.is_ascii_graphic() && c != b'%' && c != b'\\')
-        && !b.windows(2).any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
+        && !b
+            .windows(2)
+            .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
 }
 
 /// Unreserved characters (RFC 3986 §2.3): their escapes mean the same as the character.
@@ -121,9 +123,7 @@ fn decode(raw: &str, opts: &PathOptions) -> Result<String, PathError> {
                 match v {
                     _ if is_unreserved(v) => out.push(char::from(v)),
                     b'/' if !opts.keep_escaped_slashes => return Err(PathError::EncodedSlash),
-                    b'\\' if !opts.keep_escaped_slashes => {
-                        return Err(PathError::EncodedBackslash)
-                    }
+                    b'\\' if !opts.keep_escaped_slashes => return Err(PathError::EncodedBackslash),
                     0..=0x1f | 0x7f => return Err(PathError::EncodedControl(v)),
                     _ => {
                         out.push('%');
@@ -258,8 +258,14 @@ mod tests {
 
     #[test]
     fn a_canonical_path_is_borrowed() {
-        assert!(matches!(canonicalize("/api/v1/x", &PathOptions::default()), Ok(Cow::Borrowed(_))));
-        assert!(matches!(canonicalize("/a%20b", &PathOptions::default()), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            canonicalize("/api/v1/x", &PathOptions::default()),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            canonicalize("/a%20b", &PathOptions::default()),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     /// A small deterministic generator (xorshift), so the property test needs no dependency
@@ -276,9 +282,41 @@ mod tests {
 
         fn path(&mut self) -> String {
             const PIECES: &[&str] = &[
-                "/", "/", "//", ".", "..", "a", "B", "%2e", "%2E", "%2f", "%2F", "%5c", "%41",
-                "%7e", "%3f", "%3F", "%25", "%", "%z", "%0", "%00", ";", "\\", " ", "é", "~",
-                "-", "_", "x.y", "*", "?", "#", "%2e%2e", ".%2e", "%25%32%65",
+                "/",
+                "/",
+                "//",
+                ".",
+                "..",
+                "a",
+                "B",
+                "%2e",
+                "%2E",
+                "%2f",
+                "%2F",
+                "%5c",
+                "%41",
+                "%7e",
+                "%3f",
+                "%3F",
+                "%25",
+                "%",
+                "%z",
+                "%0",
+                "%00",
+                ";",
+                "\\",
+                " ",
+                "é",
+                "~",
+                "-",
+                "_",
+                "x.y",
+                "*",
+                "?",
+                "#",
+                "%2e%2e",
+                ".%2e",
+                "%25%32%65",
             ];
             let n = self.next() % 12;
             let mut s = String::new();
@@ -315,6 +353,9 @@ mod tests {
                 );
             }
         }
-        assert!(accepted > 10_000, "the generator exercises accepted paths: {accepted}");
+        assert!(
+            accepted > 10_000,
+            "the generator exercises accepted paths: {accepted}"
+        );
     }
 }

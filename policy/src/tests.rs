@@ -742,7 +742,10 @@ fn escaped_slashes_is_keep_or_reject_and_an_unknown_value_is_located() {
     assert!(c.services[0].paths.keep_escaped_slashes);
     assert!(c.authorization.paths.keep_escaped_slashes);
     let c = parse_str(BASE).expect("valid");
-    assert!(!c.services[0].paths.keep_escaped_slashes, "reject by default");
+    assert!(
+        !c.services[0].paths.keep_escaped_slashes,
+        "reject by default"
+    );
     assert!(!c.authorization.paths.keep_escaped_slashes);
 
     let bad = format!("{BASE}authorization:\n  escaped_slashes: decode\n");
@@ -767,13 +770,24 @@ fn rule_paths_must_be_canonical() {
         )
     ));
     for (field, says) in [
-        ("routes[0].match.path.prefix", "requests are matched as \"/api\""),
-        ("routes[1].match.path.exact", "requests are matched as \"/a/\""),
-        ("authorization.rules[0].paths[0]", "requests are matched as \"/admin\""),
+        (
+            "routes[0].match.path.prefix",
+            "requests are matched as \"/api\"",
+        ),
+        (
+            "routes[1].match.path.exact",
+            "requests are matched as \"/a/\"",
+        ),
+        (
+            "authorization.rules[0].paths[0]",
+            "requests are matched as \"/admin\"",
+        ),
         ("authorization.rules[0].paths[1]", "encoded slash"),
     ] {
         assert!(
-            errors.iter().any(|e| e.field == field && e.reason.contains(says)),
+            errors
+                .iter()
+                .any(|e| e.field == field && e.reason.contains(says)),
             "no {field} error saying {says:?} in {errors:?}"
         );
     }
@@ -790,12 +804,28 @@ fn regexes_are_bounded_in_length_and_compiled_size() {
     assert!(
         errors
             .iter()
-            .any(|e| e.field == "routes[0].match.path.regex" && e.reason.contains("longer than the limit")),
+            .any(|e| e.field == "routes[0].match.path.regex"
+                && e.reason.contains("longer than the limit")),
         "{errors:?}"
     );
     assert!(
-        errors.iter().any(|e| e.field == "routes[1].match.headers[0].regex"
-            && e.reason.contains("size limit")),
+        errors
+            .iter()
+            .any(|e| e.field == "routes[1].match.headers[0].regex"
+                && e.reason.contains("size limit")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_burst_above_a_billion_is_refused() {
+    let errors = invalid(&with_routes(
+        "  - {name: r, service: orders, rate_limit: {requests_per_second: 5, burst: 4000000000}}\n",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "routes[0].rate_limit.burst" && e.reason.contains("got 4000000000")),
         "{errors:?}"
     );
 }

@@ -59,7 +59,11 @@ mod tests {
                 keep_escaped_slashes: keep,
             },
         )?;
-        let pq = req.uri.path_and_query().map_or("", |p| p.as_str()).to_owned();
+        let pq = req
+            .uri
+            .path_and_query()
+            .map_or("", |p| p.as_str())
+            .to_owned();
         Ok((pq, req.raw_path().to_vec()))
     }
 
@@ -67,7 +71,11 @@ mod tests {
     fn the_path_becomes_canonical_and_the_query_is_kept_byte_for_byte() {
         let (pq, wire) = run("GET", "/public/%2e%2e/admin?a=%2e%2e/x&b=..%2F#", false).expect("ok");
         assert_eq!(pq, "/admin?a=%2e%2e/x&b=..%2F");
-        assert_eq!(wire, pq.as_bytes(), "what goes on the wire is the canonical form");
+        assert_eq!(
+            wire,
+            pq.as_bytes(),
+            "what goes on the wire is the canonical form"
+        );
         let (pq, _) = run("GET", "//a/./b?", false).expect("ok");
         assert_eq!(pq, "/a/b?", "an empty query stays");
         let (pq, _) = run("GET", "/x%2fy", true).expect("ok");
@@ -77,7 +85,10 @@ mod tests {
     #[test]
     fn an_absolute_form_target_goes_on_in_origin_form() {
         let (pq, wire) = run("GET", "http://orders/public/../admin?q=1", false).expect("ok");
-        assert_eq!((pq.as_str(), wire.as_slice()), ("/admin?q=1", &b"/admin?q=1"[..]));
+        assert_eq!(
+            (pq.as_str(), wire.as_slice()),
+            ("/admin?q=1", &b"/admin?q=1"[..])
+        );
         let (_, wire) = run("GET", "http://orders/ok?q=1", false).expect("ok");
         assert_eq!(wire, b"/ok?q=1");
     }

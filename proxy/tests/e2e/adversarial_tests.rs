@@ -59,7 +59,10 @@ impl Seen {
     /// The attack failed: the mesh answered `want` itself, and the app saw nothing.
     fn refused(&self, want: u16, what: &str) {
         assert_eq!(self.status, want, "{what}: {self:?}");
-        assert!(!self.error.is_empty(), "{what}: not the mesh's answer: {self:?}");
+        assert!(
+            !self.error.is_empty(),
+            "{what}: not the mesh's answer: {self:?}"
+        );
         assert!(self.echo.is_null(), "{what}: the app answered: {self:?}");
     }
 }
@@ -210,8 +213,17 @@ async fn path_tricks_through_the_outbound_port_never_reach_the_app_as_admin() {
     http1(frontend.outbound, "orders", "http://orders/public/../admin")
         .await
         .refused(403, "absolute-form");
-    let ok = http1(frontend.outbound, "orders", "http://orders/public/./x?y=%2e").await;
-    assert_eq!((ok.status, ok.app_path()), (200, "/public/x?y=%2e"), "{ok:?}");
+    let ok = http1(
+        frontend.outbound,
+        "orders",
+        "http://orders/public/./x?y=%2e",
+    )
+    .await;
+    assert_eq!(
+        (ok.status, ok.app_path()),
+        (200, "/public/x?y=%2e"),
+        "{ok:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,8 +288,16 @@ async fn a_forged_caller_header_never_reaches_the_app() {
 
     let mut send = attacker(&pki, orders.inbound).await;
     let r = h2(&mut send, "orders", "/public/x", &forge).await;
-    assert_eq!((r.status, r.app_caller()), (200, verified.as_str()), "{r:?}");
-    assert_eq!(r.echo["headers"]["x-weft-caller"], verified.as_str(), "{r:?}");
+    assert_eq!(
+        (r.status, r.app_caller()),
+        (200, verified.as_str()),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.echo["headers"]["x-weft-caller"],
+        verified.as_str(),
+        "{r:?}"
+    );
 
     let tcp = tokio::net::TcpStream::connect(frontend.outbound)
         .await
@@ -285,7 +305,11 @@ async fn a_forged_caller_header_never_reaches_the_app() {
     let mut send = h2_over(tcp).await;
     for service in ["orders", "payments"] {
         let r = h2(&mut send, service, "/public/x", &forge).await;
-        assert_eq!((r.status, r.app_caller()), (200, verified.as_str()), "{service}: {r:?}");
+        assert_eq!(
+            (r.status, r.app_caller()),
+            (200, verified.as_str()),
+            "{service}: {r:?}"
+        );
     }
 }
 

@@ -2,8 +2,8 @@
 //! One test binary so the whole suite shares one build.
 
 mod access_log_tests;
-mod adversarial_tests;
 mod admin_tests;
+mod adversarial_tests;
 mod authz_tests;
 mod control_plane_tests;
 mod coverage_tests;

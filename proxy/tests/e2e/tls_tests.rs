@@ -8,7 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 use crate::pair;
 
-pub(crate) fn client_config(pki_for_roots: &Pki, client_cert: Option<(&Pki, &str)>) -> rustls::ClientConfig {
+pub(crate) fn client_config(
+    pki_for_roots: &Pki,
+    client_cert: Option<(&Pki, &str)>,
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(pki_for_roots.ca.cert_der().clone())
