@@ -320,7 +320,7 @@ mod tests {
             ];
             let n = self.next() % 12;
             let mut s = String::new();
-            if self.next() % 8 != 0 {
+            if !self.next().is_multiple_of(8) {
                 s.push('/');
             }
             for _ in 0..n {
