@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use http::Method;
 
 use super::{wire, Validator};
+use crate::path::PathOptions;
 
 /// Who may call this sidecar's app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub struct Authorization {
     pub default_allow: bool,
     /// Allow rules, in order.
     pub rules: Vec<AuthzRule>,
+    /// How inbound request paths are canonicalized (`escaped_slashes`).
+    pub paths: PathOptions,
 }
 
 impl Default for Authorization {
@@ -22,6 +25,7 @@ impl Default for Authorization {
         Self {
             default_allow: true,
             rules: Vec::new(),
+            paths: PathOptions::default(),
         }
     }
 }
@@ -105,6 +109,7 @@ impl Validator<'_> {
                 true
             }
         };
+        let paths_opts = super::path_options(raw.escaped_slashes);
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, r) in raw.rules.into_iter().enumerate() {
@@ -135,6 +140,7 @@ impl Validator<'_> {
             let mut paths = Vec::new();
             for (j, p) in r.paths.iter().enumerate() {
                 if p.starts_with('/') {
+                    self.canonical(&format!("{f}.paths[{j}]"), p, &paths_opts);
                     let trimmed = p.trim_end_matches('/');
                     paths.push(if trimmed.is_empty() {
                         "/".to_owned()
@@ -168,6 +174,7 @@ impl Validator<'_> {
         Authorization {
             default_allow,
             rules,
+            paths: paths_opts,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod lenient;
 mod locate;
 mod matching;
 pub mod model;
+pub mod path;
 mod resilience;
 pub mod wire;
 
@@ -33,7 +34,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use weft_certs::Identity;
 
 pub use locate::{locate, Location};
@@ -240,6 +241,25 @@ impl Validator<'_> {
             Err(reason) => {
                 self.err(field, reason);
                 None
+            }
+        }
+    }
+
+    /// A path a rule compares with requests must be canonical ([`path::canonicalize`]), or
+    /// no request could ever match it (requests are canonicalized first); false if not.
+    fn canonical(&mut self, field: &str, p: &str, opts: &path::PathOptions) -> bool {
+        match path::canonicalize(p, opts) {
+            Ok(c) if c == p => true,
+            Ok(c) => {
+                self.err(
+                    field,
+                    format!("{p:?} is not a canonical path (requests are matched as {c:?})"),
+                );
+                false
+            }
+            Err(e) => {
+                self.err(field, format!("{p:?} can never match a request: {e}"));
+                false
             }
         }
     }
@@ -699,6 +719,7 @@ impl Validator<'_> {
         let retry_budget = self.retry_budget(f, raw.retry_budget);
         let (outlier, outlier_counts_5xx) = self.outlier(f, raw.outlier_detection);
         let limits = self.limits(f, raw.limits);
+        let paths = path_options(raw.escaped_slashes);
         let mut endpoints = Vec::with_capacity(raw.endpoints.len());
         let mut seen = HashSet::new();
         for (i, e) in raw.endpoints.into_iter().enumerate() {
@@ -731,12 +752,13 @@ impl Validator<'_> {
             outlier,
             outlier_counts_5xx,
             limits,
+            paths,
         })
     }
 
     fn route(&mut self, f: &str, raw: wire::Route, svc: &Service) -> Option<Route> {
         let name = self.check(format!("{f}.name"), service_name(&raw.name));
-        let matcher = self.route_match(f, raw.matches);
+        let matcher = self.route_match(f, raw.matches, svc);
         let mut backends = Vec::new();
         for (i, b) in raw.backends.into_iter().enumerate() {
             let backend = Backend {
@@ -795,7 +817,8 @@ impl Validator<'_> {
                 }),
             ) => {
                 if r.prefix.starts_with('/') {
-                    Some(r.prefix)
+                    self.canonical(&format!("{f}.rewrite.prefix"), &r.prefix, &svc.paths)
+                        .then_some(r.prefix)
                 } else {
                     self.err(
                         format!("{f}.rewrite.prefix"),
@@ -849,13 +872,17 @@ impl Validator<'_> {
         })
     }
 
-    fn route_match(&mut self, f: &str, raw: wire::Match) -> Option<RouteMatch> {
+    fn route_match(&mut self, f: &str, raw: wire::Match, svc: &Service) -> Option<RouteMatch> {
         let mut ok = true;
         let path = match raw.path {
             None => None,
             Some(p) => match (p.exact, p.prefix, p.regex) {
-                (Some(e), None, None) if e.starts_with('/') => Some(PathMatch::Exact(e)),
+                (Some(e), None, None) if e.starts_with('/') => {
+                    ok &= self.canonical(&format!("{f}.match.path.exact"), &e, &svc.paths);
+                    Some(PathMatch::Exact(e))
+                }
                 (None, Some(p), None) if p.starts_with('/') => {
+                    ok &= self.canonical(&format!("{f}.match.path.prefix"), &p, &svc.paths);
                     // `/api/` and `/api` mean the same segment prefix.
                     let trimmed = p.trim_end_matches('/');
                     Some(PathMatch::Prefix(if trimmed.is_empty() {
@@ -987,8 +1014,32 @@ fn same_match(a: &RouteMatch, b: &RouteMatch) -> bool {
     path_eq && a.method == b.method && headers_eq
 }
 
+/// The longest regex a policy may give, in characters.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// The most memory one compiled regex may take (`RegexBuilder::size_limit`): a short pattern
+/// such as `(a{1000}){1000}` would otherwise compile to hundreds of megabytes in every
+/// sidecar that receives it.
+pub const MAX_REGEX_SIZE: usize = 1 << 20;
+
 fn anchored(r: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{r})$")).map_err(|e| format!("bad regex {r:?}: {e}"))
+    if r.len() > MAX_REGEX_LEN {
+        return Err(format!(
+            "regex of {} characters is longer than the limit of {MAX_REGEX_LEN}",
+            r.len()
+        ));
+    }
+    RegexBuilder::new(&format!("^(?:{r})$"))
+        .size_limit(MAX_REGEX_SIZE)
+        .dfa_size_limit(MAX_REGEX_SIZE)
+        .build()
+        .map_err(|e| format!("bad regex {r:?}: {e}"))
+}
+
+/// The domain form of an `escaped_slashes` setting (absent is `reject`).
+fn path_options(raw: Option<wire::EscapedSlashes>) -> path::PathOptions {
+    path::PathOptions {
+        keep_escaped_slashes: raw == Some(wire::EscapedSlashes::Keep),
+    }
 }
 
 fn service_name(s: &str) -> Result<String, String> {

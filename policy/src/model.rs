@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::authz::{Allowed, Authorization, AuthzRule};
+pub use crate::path::PathOptions;
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use regex::Regex;
@@ -347,6 +348,8 @@ pub struct Service {
     pub outlier_counts_5xx: bool,
     /// Concurrency limits.
     pub limits: Limits,
+    /// How request paths to it are canonicalized (`escaped_slashes`).
+    pub paths: PathOptions,
 }
 
 /// An endpoint of a service.

@@ -191,8 +191,11 @@ impl Validator<'_> {
         let burst = raw
             .burst
             .unwrap_or_else(|| rps.ceil().clamp(1.0, 1e9) as u32);
-        if burst == 0 {
-            self.err(format!("{f}.burst"), "must be at least 1");
+        if !(1..=1_000_000_000).contains(&burst) {
+            self.err(
+                format!("{f}.burst"),
+                format!("must be 1 to 1000000000, got {burst}"),
+            );
         }
         let per_caller = raw.per_caller.unwrap_or(false);
         if per_caller && !inbound {

@@ -729,3 +729,103 @@ fn port_zero_listeners_are_valid_and_need_not_be_distinct() {
     let errors = invalid(&text);
     assert!(errors.iter().any(|e| e.field == "listen"), "{errors:?}");
 }
+
+/// `escaped_slashes` is a per-service option (outbound) and an authorization option
+/// (inbound); a value that is neither `reject` nor `keep` is refused at its line and column.
+#[test]
+fn escaped_slashes_is_keep_or_reject_and_an_unknown_value_is_located() {
+    let c = parse_str(&format!(
+        "{}    escaped_slashes: keep\nauthorization:\n  escaped_slashes: keep\n",
+        BASE.trim_end_matches('\n').to_owned() + "\n"
+    ))
+    .expect("valid");
+    assert!(c.services[0].paths.keep_escaped_slashes);
+    assert!(c.authorization.paths.keep_escaped_slashes);
+    let c = parse_str(BASE).expect("valid");
+    assert!(
+        !c.services[0].paths.keep_escaped_slashes,
+        "reject by default"
+    );
+    assert!(!c.authorization.paths.keep_escaped_slashes);
+
+    let bad = format!("{BASE}authorization:\n  escaped_slashes: decode\n");
+    match parse_str(&bad) {
+        Err(e @ ConfigError::Syntax { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with("weft.yaml:14:20: "), "{msg}");
+            assert!(msg.contains("unknown variant `decode`"), "{msg}");
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+/// Requests are matched in canonical form, so a rule path that is not canonical could never
+/// match: it is refused with the form requests take.
+#[test]
+fn rule_paths_must_be_canonical() {
+    let errors = invalid(&format!(
+        "{}authorization:\n  default: deny\n  rules:\n    - {{name: a, from: [\"*\"], paths: [/public/../admin, /x%2Fy]}}\n",
+        with_routes(
+            "  - {name: r, service: orders, match: {path: {prefix: //api}}}\n  - {name: s, service: orders, match: {path: {exact: /a/%2e}}}\n"
+        )
+    ));
+    for (field, says) in [
+        (
+            "routes[0].match.path.prefix",
+            "requests are matched as \"/api\"",
+        ),
+        (
+            "routes[1].match.path.exact",
+            "requests are matched as \"/a/\"",
+        ),
+        (
+            "authorization.rules[0].paths[0]",
+            "requests are matched as \"/admin\"",
+        ),
+        ("authorization.rules[0].paths[1]", "encoded slash"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.reason.contains(says)),
+            "no {field} error saying {says:?} in {errors:?}"
+        );
+    }
+}
+
+/// A short regex can compile to a huge program; every policy regex has a length and a
+/// compiled-size limit.
+#[test]
+fn regexes_are_bounded_in_length_and_compiled_size() {
+    let long = "a".repeat(MAX_REGEX_LEN + 1);
+    let errors = invalid(&with_routes(&format!(
+        "  - {{name: r, service: orders, match: {{path: {{regex: \"{long}\"}}}}}}\n  - {{name: s, service: orders, match: {{headers: [{{name: x, regex: \"(a{{1000}}){{1000}}\"}}]}}}}\n"
+    )));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "routes[0].match.path.regex"
+                && e.reason.contains("longer than the limit")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "routes[1].match.headers[0].regex"
+                && e.reason.contains("size limit")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_burst_above_a_billion_is_refused() {
+    let errors = invalid(&with_routes(
+        "  - {name: r, service: orders, rate_limit: {requests_per_second: 5, burst: 4000000000}}\n",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "routes[0].rate_limit.burst" && e.reason.contains("got 4000000000")),
+        "{errors:?}"
+    );
+}

@@ -202,6 +202,10 @@ pub struct ServiceAuthorization {
     /// Allow rules; a request any rule matches is allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthzRule>,
+    /// Inbound requests whose path holds `%2F` or `%5C`: `reject` (the default, 400) or
+    /// `keep` (forwarded encoded; `paths` compare the encoded form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<EscapedSlashes>,
 }
 
 impl ServiceAuthorization {
@@ -210,6 +214,7 @@ impl ServiceAuthorization {
         Authorization {
             default: self.default.clone(),
             rules: self.rules.clone(),
+            escaped_slashes: self.escaped_slashes,
         }
     }
 }
@@ -266,6 +271,10 @@ pub struct Authorization {
     /// Allow rules; a request any rule matches is allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthzRule>,
+    /// Inbound requests whose path holds `%2F` or `%5C`: `reject` (the default, 400) or
+    /// `keep` (forwarded encoded; `paths` compare the encoded form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<EscapedSlashes>,
 }
 
 /// One allow rule; every given condition must hold.
@@ -414,6 +423,21 @@ pub struct Service {
     /// Concurrency limits towards this service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Requests to this service whose path holds `%2F` or `%5C`: `reject` (the default, 400)
+    /// or `keep` (forwarded encoded; path rules compare the encoded form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<EscapedSlashes>,
+}
+
+/// What a sidecar does with an escaped slash or backslash (`%2F`, `%5C`) in a request path.
+/// A serde enum, so an unknown value is an error at its line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Answer 400 (the default): servers disagree on whether `%2F` separates segments.
+    Reject,
+    /// Forward the escape unchanged (hex upper-cased), never decoded, never a separator.
+    Keep,
 }
 
 /// One endpoint of a service.

@@ -85,6 +85,9 @@ pub enum Reject {
         /// The request's path.
         path: String,
     },
+    /// Either way: the request path has no canonical form (answered before routing and
+    /// authorization see it). The path itself is not echoed back.
+    BadPath(weft_policy::path::PathError),
 }
 
 /// Whose rate limit refused a request.
@@ -212,6 +215,7 @@ impl Reject {
                     "breaker open: every endpoint of {service} for route {route:?} is ejected after consecutive failures"
                 ),
             ),
+            Reject::BadPath(e) => Failure::new(400, "bad_path", format!("bad path: {e}")),
             Reject::NoIdentity => Failure::new(403, "denied", "caller has no mesh identity"),
             Reject::CertExpired => {
                 Failure::new(403, "cert_expired", "caller certificate expired")
@@ -253,6 +257,7 @@ impl Reject {
             Reject::CertExpired => Event::Rejected(RejectLabel::CertExpired),
             Reject::NoPolicy => Event::Rejected(RejectLabel::NoPolicy),
             Reject::Denied { .. } => Event::Rejected(RejectLabel::Denied),
+            Reject::BadPath(_) => Event::Rejected(RejectLabel::BadPath),
             Reject::UnknownHost(_)
             | Reject::NoRouteMatch { .. }
             | Reject::Timeout { .. }
@@ -540,6 +545,14 @@ mod tests {
             .2,
             "denied: no authorization rule of orders allows spiffe://a to POST /p"
         );
+        assert_eq!(
+            f(Reject::BadPath(weft_policy::path::PathError::EncodedSlash)),
+            (
+                400,
+                "bad_path",
+                s("bad path: an encoded slash (%2F) in the path")
+            )
+        );
     }
 
     #[test]
@@ -590,6 +603,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/".into(),
             },
+            Reject::BadPath(weft_policy::path::PathError::EncodedSlash),
         ];
         for r in rejections {
             match r.event() {

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod control;
 pub mod drain;
 pub mod errors;
+pub mod http_path;
 pub mod identity;
 pub mod inbound;
 pub mod listen;

@@ -20,6 +20,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::clock;
 use crate::drain::{Drain, Working};
 use crate::errors::{self, Failure};
+use crate::http_path;
 use crate::outbound::MAX_H2_STREAMS;
 use crate::store::{Snapshot, Store};
 use crate::telemetry::access_log::Record;
@@ -98,6 +99,8 @@ impl ProxyHttp for InboundHttp {
             .map(|p| p.uri.clone())
             .and_then(|caller| {
                 errors::idle_keepalive(session, snap.idle_timeout);
+                // The path stage before authorization reads the path; the app gets the same.
+                http_path::canonical(session.req_header_mut(), &snap.authz.paths)?;
                 authorize::authorize(&snap, &caller, session.req_header(), clock::now())
             });
         match checked {

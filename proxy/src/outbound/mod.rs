@@ -29,6 +29,7 @@ use weft_resilience::retry::{Attempt as RetryAttempt, Decision, Outcome, StopRea
 use crate::clock;
 use crate::drain::Drain;
 use crate::errors::{self, Failure, Reject};
+use crate::http_path;
 use crate::store::Store;
 use crate::telemetry::access_log::Record;
 use crate::telemetry::hop::{Ending, Reporters};
@@ -288,23 +289,29 @@ impl ProxyHttp for Outbound {
 impl Outbound {
     /// The routing stage: the destination (by dedicated port, else Host), then the first
     /// route that matches. Sets the series the request counts in, found or not.
-    fn route(&self, session: &Session, ctx: &mut OutCtx) -> std::result::Result<(), Reject> {
+    fn route(&self, session: &mut Session, ctx: &mut OutCtx) -> std::result::Result<(), Reject> {
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
         };
-        let req = session.req_header();
         let port = session
             .server_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.port());
-        let Some(d) = snap.routes.destination(port, host(req)) else {
+        let Some(d) = snap.routes.destination(port, host(session.req_header())) else {
             snap.routes.unknown_host.request();
             ctx.hop.metrics = Some(snap.routes.unknown_host.clone());
             return Err(Reject::UnknownHost(
-                host(req).unwrap_or("(none)").to_owned(),
+                host(session.req_header()).unwrap_or("(none)").to_owned(),
             ));
         };
         ctx.dest = Some(d.clone());
+        // The path stage, with the destination's options, before any route reads the path.
+        if let Err(reject) = http_path::canonical(session.req_header_mut(), &d.paths) {
+            d.unmatched.request();
+            ctx.hop.metrics = Some(d.unmatched.clone());
+            return Err(reject);
+        }
+        let req = session.req_header();
         let Some(rs) = d.route(&req.method, req.uri.path(), req) else {
             d.unmatched.request();
             ctx.hop.metrics = Some(d.unmatched.clone());

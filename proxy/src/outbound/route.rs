@@ -69,8 +69,10 @@ pub struct Destination {
     pub routes: Vec<Arc<RouteState>>,
     /// Every endpoint index (the TCP path's candidate list).
     pub all: Vec<usize>,
-    /// Series for requests no route matches.
+    /// Series for requests no route matches (and paths refused before routing).
     pub unmatched: Arc<RouteMetrics>,
+    /// How request paths to it are canonicalized.
+    pub paths: weft_policy::PathOptions,
     all_rr: AtomicUsize,
 }
 
@@ -290,6 +292,7 @@ impl Destination {
             .map(|route| Arc::new(RouteState::build(route, &svc.endpoints, &svc.name, caller)))
             .collect();
         Destination {
+            paths: svc.paths,
             unmatched: caller.series(&svc.name, "unmatched"),
             name: svc.name,
             protocol: svc.protocol,

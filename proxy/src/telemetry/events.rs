@@ -22,6 +22,8 @@ pub enum RejectLabel {
     /// No authorization policy yet: a control-plane sidecar before its first snapshot, with no
     /// bootstrap policy (inbound; fail closed).
     NoPolicy,
+    /// The request path has no canonical form (`weft_policy::path`).
+    BadPath,
 }
 
 impl RejectLabel {
@@ -36,6 +38,7 @@ impl RejectLabel {
             RejectLabel::Denied => "denied",
             RejectLabel::CertExpired => "cert_expired",
             RejectLabel::NoPolicy => "no_policy",
+            RejectLabel::BadPath => "bad_path",
         }
     }
 }
@@ -58,7 +61,7 @@ pub enum Event {
 }
 
 /// Series slots per route: one per [`Event`] (see [`Event::slot`]).
-pub const EVENT_SLOTS: usize = 17;
+pub const EVENT_SLOTS: usize = 18;
 
 impl Event {
     /// The event's own slot among [`EVENT_SLOTS`].
@@ -75,9 +78,9 @@ impl Event {
                 S::Succeeded | S::NotRetryable => 6,
             },
             Event::Rejected(r) => 7 + r as usize,
-            // After the eight rejection slots (7..=14).
-            Event::FaultDelay => 15,
-            Event::FaultAbort => 16,
+            // After the nine rejection slots (7..=15).
+            Event::FaultDelay => 16,
+            Event::FaultAbort => 17,
         }
     }
 }

@@ -580,6 +580,7 @@ mod tests {
                 RejectLabel::Denied,
                 RejectLabel::CertExpired,
                 RejectLabel::NoPolicy,
+                RejectLabel::BadPath,
             ]
             .map(Event::Rejected),
         );

@@ -133,6 +133,7 @@ async fn a_bootstrap_authorization_applies_until_the_first_snapshot() {
             paths: Vec::new(),
             methods: Vec::new(),
         }],
+        ..Default::default()
     });
     std::fs::write(&orders.config, serde_yaml::to_string(&file).expect("yaml")).expect("write");
     let log = orders.log.with_extension("2.log");

@@ -3,6 +3,7 @@
 
 mod access_log_tests;
 mod admin_tests;
+mod adversarial_tests;
 mod authz_tests;
 mod control_plane_tests;
 mod coverage_tests;

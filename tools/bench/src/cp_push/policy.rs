@@ -72,6 +72,7 @@ pub fn services_file() -> MeshFile {
                 retry_budget: None,
                 outlier_detection: None,
                 limits: None,
+                escaped_slashes: None,
             })
             .collect(),
         routes: Vec::new(),

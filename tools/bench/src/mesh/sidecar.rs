@@ -116,6 +116,7 @@ pub fn app_service(endpoint_ports: &[u16]) -> Service {
         retry_budget: None,
         outlier_detection: None,
         limits: None,
+        escaped_slashes: None,
     }
 }
 

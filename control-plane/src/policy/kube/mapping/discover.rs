@@ -166,6 +166,7 @@ pub(super) fn discover(objects: &Objects, trust_domain: &str) -> Vec<(ObjectKey,
                 retry_budget: None,
                 outlier_detection: None,
                 limits: None,
+                escaped_slashes: None,
             },
         ));
     }
