@@ -228,18 +228,24 @@ impl ServerApp for Traffic {
             _ => Listener::Dedicated,
         };
         let max = self.store.load().max_connections_per_listener;
-        let Some(_held) = self.open.try_hold(listener, max) else {
-            // Closed at once (the stream is dropped), never queued: a flood cannot hold more.
-            self.store
-                .metrics
-                .connections_refused
-                .with_label_values(&[listener.as_str(), "limit"])
-                .inc();
-            log::debug!(
-                "{} listener holds {max} connections; closing a new one",
-                listener.as_str()
-            );
-            return None;
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _held = match self.open.try_hold(listener, max, peer) {
+            Ok(held) => held,
+            Err(why) => {
+                // Closed at once (the stream is dropped), never queued: a flood cannot hold more.
+                self.store
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&[listener.as_str(), why.as_str()])
+                    .inc();
+                log::debug!(
+                    "{} listener: {why:?} (cap {max}); closing a connection from {peer:?}",
+                    listener.as_str()
+                );
+                return None;
+            }
         };
         if port == self.inbound_port {
             return self.inbound_conn(stream, shutdown).await;

@@ -54,12 +54,13 @@ async fn traffic_listeners_cap_their_connections_and_close_silent_ones() {
             "inbound",
         ),
     ] {
-        // CAP silent connections are held; one more is closed at once and counted.
+        // CAP silent connections are held; one more is closed at once and counted. Each from
+        // its own address, so that the inbound port's per-peer share is not what refuses.
         let mut held = Vec::new();
-        for _ in 0..CAP {
-            held.push(connect(addr).await);
+        for i in 0..CAP {
+            held.push(connect_from([127, 0, 1, 10 + i as u8], addr).await);
         }
-        let extra = connect(addr).await;
+        let extra = connect_from([127, 0, 1, 100], addr).await;
         wait_closed(
             &format!("{name}: the connection over the cap to be closed"),
             &extra,
@@ -99,5 +100,65 @@ async fn traffic_listeners_cap_their_connections_and_close_silent_ones() {
             .await
             .is_err(),
         "a connection under the cap was closed"
+    );
+}
+
+/// A silent connection from `ip` (a loopback address of the test's choosing) to `addr`.
+async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::from((ip, 0))).expect("bind");
+    s.connect(addr).await.expect("connect")
+}
+
+/// One hostile workload (its own address, 127.0.0.2) holding as many silent connections to
+/// the inbound port as it can gets a quarter of the cap; the next is closed at once, and a
+/// legitimate caller from another address is served meanwhile, with the sidecar's memory
+/// barely moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_take_the_inbound_port_from_the_others() {
+    const CAP: usize = 64;
+    let pki = Pki::new(95);
+    pki.issue("frontend");
+    pki.issue("orders");
+    let mut spec = Spec::new("orders", http_app("orders-v1").await);
+    spec.rest = format!("max_connections_per_listener: {CAP}\n");
+    let orders = Sidecar::start(&pki, spec).await;
+    let mut spec = Spec::new("frontend", http_app("frontend").await);
+    spec.rest = format!(
+        "services:\n{}",
+        service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
+    );
+    let fe = Sidecar::start(&pki, spec).await;
+    let before = orders.rss_kib();
+
+    let share = CAP / 4;
+    let mut held = Vec::new();
+    for _ in 0..share {
+        held.push(connect_from([127, 0, 0, 2], orders.inbound).await);
+    }
+    let extra = connect_from([127, 0, 0, 2], orders.inbound).await;
+    wait_closed(
+        "the hostile peer's connection over its share to be closed",
+        &extra,
+        Duration::from_secs(3),
+    )
+    .await;
+    wait_metric(
+        orders.admin,
+        "weft_connections_refused_total",
+        &[("listener", "inbound"), ("reason", "peer_limit")],
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    // The others are served while the hostile connections are still held.
+    let r = get(&client(), fe.outbound, "orders", "/while-flooded").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let open = held.iter().filter(|s| !closed(s)).count();
+    assert_eq!(open, share, "the hostile peer's share is still held");
+    let grown = orders.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "RSS grew {grown} KiB for {share} idle connections"
     );
 }
