@@ -353,6 +353,7 @@ async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
             Arc::new(attestor),
             IssuerOptions {
                 cert_lifetime: config.cert_lifetime,
+                ..IssuerOptions::default()
             },
         )
         .context("certificate issuer")?,

@@ -114,6 +114,7 @@ fn mesh(lifetime: Duration) -> Mesh {
         attestor,
         IssuerOptions {
             cert_lifetime: lifetime,
+            ..IssuerOptions::default()
         },
     )
     .expect("issuer");
@@ -763,6 +764,7 @@ fn certificate_lifetime_is_bounded() {
             attestor.clone(),
             IssuerOptions {
                 cert_lifetime: lifetime,
+                ..IssuerOptions::default()
             },
         )
     };
