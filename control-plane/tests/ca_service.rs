@@ -25,6 +25,9 @@ use weft_control_plane::ca::tokens::{
 };
 use x509_parser::extensions::GeneralName;
 
+#[path = "ca_service/renewal.rs"]
+mod renewal;
+
 const TD: &str = "weft.local";
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -1,5 +1,8 @@
 //! Admission of `Certify` calls: at most a few attest and sign at once, a bounded number wait
-//! for a turn for a bounded time, and the rest are refused at once.
+//! for a turn for a bounded time, and the rest are refused at once. The issuer keeps two
+//! gates: one for first attestations (anyone who can reach the port may call) and one for
+//! renewals (callers with a valid workload certificate), so an anonymous flood never delays
+//! a renewal.
 //!
 //! Each admitted call runs on the blocking thread pool (signing costs CPU; a TokenReview may
 //! wait up to its timeout on the API server). Unbounded, a flood of calls would take every
@@ -22,6 +25,27 @@ pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(5);
 /// Longest one call may take, waiting included (below the sidecar's own 10 s limit, so the
 /// sidecar hears why).
 pub const CALL_DEADLINE: Duration = Duration::from_secs(8);
+
+/// The bounds of one [`Admission`] gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls admitted at once (at least 1).
+    pub concurrency: usize,
+    /// Calls that may wait for a turn.
+    pub queue: usize,
+    /// Longest a call waits for a turn.
+    pub queue_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            concurrency: DEFAULT_CONCURRENCY,
+            queue: DEFAULT_QUEUE,
+            queue_wait: DEFAULT_QUEUE_WAIT,
+        }
+    }
+}
 
 /// Why a call was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,12 +74,6 @@ pub struct Admission {
     queue_wait: Duration,
 }
 
-impl Default for Admission {
-    fn default() -> Self {
-        Self::new(DEFAULT_CONCURRENCY, DEFAULT_QUEUE, DEFAULT_QUEUE_WAIT)
-    }
-}
-
 /// Counts a waiter while it waits (also when its future is dropped by a deadline).
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -66,15 +84,15 @@ impl Drop for Waiting<'_> {
 }
 
 impl Admission {
-    /// `concurrency` calls at once (at least 1), `queue` waiting at most `queue_wait` each.
-    pub fn new(concurrency: usize, queue: usize, queue_wait: Duration) -> Self {
-        let concurrency = concurrency.max(1);
+    /// A gate with these limits.
+    pub fn new(limits: Limits) -> Self {
+        let concurrency = limits.concurrency.max(1);
         Self {
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
-            queue,
+            queue: limits.queue,
             waiting: AtomicUsize::new(0),
-            queue_wait,
+            queue_wait: limits.queue_wait,
         }
     }
 
@@ -109,9 +127,13 @@ impl Admission {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn bounds_work_and_queue_and_wait() {
-        let gate = Admission::new(1, 1, Duration::from_secs(1));
+        let gate = Admission::new(Limits {
+            concurrency: 1,
+            queue: 1,
+            queue_wait: Duration::from_millis(50),
+        });
         let held = gate.admit().await.expect("free slot");
         let queued = gate.admit();
         tokio::pin!(queued);
@@ -123,7 +145,7 @@ mod tests {
         let permit = queued.await.expect("turn after release");
         // A waiter whose turn does not come within the wait is refused.
         let e = gate.admit().await.expect_err("times out");
-        assert_eq!(e, Refused::Timeout(Duration::from_secs(1)));
+        assert_eq!(e, Refused::Timeout(Duration::from_millis(50)));
         drop(permit);
         assert!(gate.admit().await.is_ok());
     }

@@ -12,7 +12,7 @@ use weft_certs::{
     not_after_from_cert_der, not_before_from_cert_der, parse_cert_chain_pem, Identity,
 };
 
-use crate::ca::admission::Admission;
+use crate::ca::admission::{Admission, Limits};
 use crate::ca::attest::{AttestError, Attestor, Credential};
 use crate::ca::ca_store::CaStore;
 use crate::ca::denied::DeniedSerials;
@@ -35,15 +35,15 @@ pub struct IssuerOptions {
     /// Lifetime of issued certificates, between [`MIN_CERT_LIFETIME`] and
     /// [`MAX_CERT_LIFETIME`]. A certificate never outlives the signing root, whatever this says.
     pub cert_lifetime: Duration,
-    /// The gate in front of attestation and signing (its defaults when `None`).
-    pub admission: Option<Admission>,
+    /// The bounds of each `Certify` gate (first attestations and renewals each have one).
+    pub admission: Limits,
 }
 
 impl Default for IssuerOptions {
     fn default() -> Self {
         Self {
             cert_lifetime: DEFAULT_CERT_LIFETIME,
-            admission: None,
+            admission: Limits::default(),
         }
     }
 }
@@ -189,7 +189,8 @@ pub struct Issuer {
     store: Arc<CaStore>,
     attestor: Arc<dyn Attestor>,
     cert_lifetime: Duration,
-    admission: Admission,
+    first: Admission,
+    renewal: Admission,
 }
 
 impl fmt::Debug for Issuer {
@@ -216,7 +217,8 @@ impl Issuer {
             store,
             attestor,
             cert_lifetime: lifetime,
-            admission: options.admission.unwrap_or_default(),
+            first: Admission::new(options.admission),
+            renewal: Admission::new(options.admission),
         })
     }
 
@@ -358,9 +360,14 @@ impl Issuer {
         &self.store
     }
 
-    /// The gate `Certify` calls pass before attesting and signing.
-    pub fn admission(&self) -> &Admission {
-        &self.admission
+    /// The gate a `Certify` call passes before attesting and signing: the renewals' gate for
+    /// a caller with a workload certificate, else the first attestations'.
+    pub fn admission(&self, renewal: bool) -> &Admission {
+        if renewal {
+            &self.renewal
+        } else {
+            &self.first
+        }
     }
 
     /// Lifetime of the certificates it issues.

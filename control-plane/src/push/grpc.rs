@@ -117,6 +117,7 @@ impl ControlPlane for Service {
         } = req.into_inner();
         let credential =
             (!join_token.trim().is_empty()).then(|| Credential::from_presented(&join_token));
+        let renewal = matches!(peer, Some(PeerIdentity(Some(_), Some(_))));
         let how = match (&peer, &credential) {
             (Some(PeerIdentity(Some(_), _)), Some(c)) => format!("renewal with a {}", c.kind()),
             (_, Some(c)) => c.kind().to_owned(),
@@ -126,7 +127,7 @@ impl ControlPlane for Service {
         let trust_domain = self.hub.trust_domain().to_owned();
         let call = async move {
             let permit = issuer
-                .admission()
+                .admission(renewal)
                 .admit()
                 .await
                 .map_err(|e| Status::resource_exhausted(e.to_string()))?;
