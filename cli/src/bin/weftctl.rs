@@ -294,14 +294,10 @@ enum Ttl {
 fn parse_ttl(text: &str) -> Result<Ttl, String> {
     match text.trim() {
         "never" | "0" => Ok(Ttl::Never),
+        // `0s` and the like stay a (refused) zero duration: only the two explicit spellings
+        // opt out of expiry.
         t => humantime::parse_duration(t)
-            .map(|d| {
-                if d.is_zero() {
-                    Ttl::Never
-                } else {
-                    Ttl::After(d)
-                }
-            })
+            .map(Ttl::After)
             .map_err(|e| format!("{e} (a duration such as 1h or 7d, or never)")),
     }
 }
