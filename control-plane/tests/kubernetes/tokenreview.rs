@@ -297,15 +297,34 @@ impl tower_service::Service<http::Uri> for Connector {
 }
 
 async fn client(mesh: &Mesh, cp: &Running) -> ControlPlaneClient<tonic::transport::Channel> {
+    client_with(mesh, cp, None).await
+}
+
+/// [`client`] presenting `held` (certificate chain PEM, key PEM) as its client certificate.
+async fn client_with(
+    mesh: &Mesh,
+    cp: &Running,
+    held: Option<(&str, &str)>,
+) -> ControlPlaneClient<tonic::transport::Channel> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(mesh.ca.cert_der().clone()).expect("root");
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
     .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut tls = match held {
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("chain");
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+            builder.with_client_auth_cert(chain, key).expect("client")
+        }
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = Connector {
         addr: cp.listen,
@@ -424,6 +443,50 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
         "spiffe://weft.local/ns/default/sa/frontend"
     );
     assert_eq!(api.reviews.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_identity_renews_only_with_a_token_the_api_still_authenticates() {
+    let api_pki = api_pki();
+    let api = stand_in_api(&api_pki).await;
+    let mesh = mesh();
+    let kubeconfig = write_kubeconfig(mesh.dir.path(), "kubeconfig", api.addr, &api_pki.ca_pem);
+    let cp = start_cp(&mesh, "state", kubeconfig).await;
+    let id = Identity::new(TD, "shop", "orders").expect("identity");
+    let (csr_pem, key) = weft_certs::generate_csr(&id).expect("csr");
+    let issued = client(&mesh, &cp)
+        .await
+        .certify(ask(&csr_pem, TOKEN_A))
+        .await
+        .expect("token A is accepted")
+        .into_inner();
+    let mut renewing = client_with(&mesh, &cp, Some((&issued.cert_chain_pem, &key))).await;
+
+    // By certificate alone the API cannot be asked: refused, saying what to present.
+    let e = renewing
+        .certify(ask(&csr_pem, ""))
+        .await
+        .expect_err("a service account identity does not renew by certificate alone");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains("presenting the service account token"),
+        "{}",
+        e.message()
+    );
+    // With the token the kubelet keeps fresh: re-reviewed, renewed.
+    let before = api.reviews.load(Ordering::SeqCst);
+    renewing
+        .certify(ask(&csr_pem, TOKEN_A))
+        .await
+        .expect("renews with a live token");
+    assert_eq!(api.reviews.load(Ordering::SeqCst), before + 1);
+    // A token the API no longer authenticates (its pod or service account deleted): refused.
+    let e = renewing
+        .certify(ask(&csr_pem, TOKEN_B))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("not authenticated"), "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
