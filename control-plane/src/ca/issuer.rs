@@ -16,6 +16,7 @@ use crate::ca::admission::{Admission, Limits};
 use crate::ca::attest::{AttestError, Attestor, Credential};
 use crate::ca::ca_store::CaStore;
 use crate::ca::denied::DeniedSerials;
+use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::provenance::{Provenance, Source, PROVENANCE_OID};
 
 /// Lifetime of workload certificates unless configured otherwise.
@@ -191,6 +192,7 @@ pub struct Issuer {
     cert_lifetime: Duration,
     first: Admission,
     renewal: Admission,
+    shared: Option<KubeRevocations>,
 }
 
 impl fmt::Debug for Issuer {
@@ -219,6 +221,7 @@ impl Issuer {
             cert_lifetime: lifetime,
             first: Admission::new(options.admission),
             renewal: Admission::new(options.admission),
+            shared: None,
         })
     }
 
@@ -235,7 +238,37 @@ impl Issuer {
     /// [`CertificateAuthority::sign_csr`](weft_certs::CertificateAuthority::sign_csr).
     pub fn issue(&self, credential: &Credential, csr_pem: &str) -> Result<Issued, IssueError> {
         let identity = self.attest(credential)?;
-        self.sign(identity, &Provenance::now(Source::of(credential)), csr_pem)
+        let provenance = Provenance::now(Source::of(credential));
+        self.check_shared(None, &provenance.source)?;
+        self.sign(identity, &provenance, csr_pem)
+    }
+
+    /// Also consult the revocations every replica shares (on Kubernetes, a ConfigMap): its
+    /// denied serials and revoked join tokens, on every call.
+    pub fn with_shared_revocations(mut self, shared: KubeRevocations) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Refuses a denied `serial` or a revoked join token per the shared revocations, if any.
+    fn check_shared(&self, serial: Option<&str>, source: &Source) -> Result<(), IssueError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let revoked = shared.read().map_err(IssueError::DeniedList)?;
+        if let Some(serial) = serial.filter(|s| revoked.serial_denied(s)) {
+            return Err(IssueError::Denied {
+                serial: serial.to_owned(),
+            });
+        }
+        match source {
+            Source::JoinToken(id) if revoked.token_revoked(id) => {
+                Err(IssueError::BadCredential(AttestError::Revoked {
+                    id: id.clone(),
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Renews the certificate `current` (DER; its chain and possession of its key already
@@ -276,6 +309,7 @@ impl Issuer {
             }
             None => self.recheck(current, &identity)?,
         };
+        self.check_shared(Some(&serial), &provenance.source)?;
         self.sign(identity, &provenance, csr_pem)
     }
 
