@@ -259,7 +259,7 @@ async fn an_expired_join_token_stops_renewal() {
     let site = site();
     let cp = site.start(Duration::from_secs(3600)).await;
     let tokens = site.tokens();
-    let token = token_for(&tokens, Some(Duration::from_secs(3)));
+    let token = token_for(&tokens, Some(Duration::from_secs(5)));
     let first = certify(&site, &cp, None, &token).await.expect("bootstrap");
     certify(&site, &cp, Some(&first), "")
         .await
@@ -307,9 +307,9 @@ async fn a_denied_serial_no_longer_renews_even_with_its_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_cannot_carry_an_identity_past_its_maximum_age() {
     let site = site();
-    // Two replicas on one root and state directory: one allows an hour, one three seconds.
+    // Two replicas on one root and state directory: one allows an hour, one six seconds.
     let hour = site.start(Duration::from_secs(3600)).await;
-    let short = site.start(Duration::from_secs(3)).await;
+    let short = site.start(Duration::from_secs(6)).await;
     let token = token_for(&site.tokens(), None);
     let first = certify(&site, &hour, None, &token)
         .await
@@ -324,7 +324,7 @@ async fn renewals_cannot_carry_an_identity_past_its_maximum_age() {
         .expect("renews within the age");
     let ends = not_after(&renewed);
     assert!(
-        ends <= attested + Duration::from_secs(4),
+        ends <= attested + Duration::from_secs(7),
         "renewed until {ends:?}, attested at {attested:?}"
     );
     assert!(not_after(&first) > ends + Duration::from_secs(60));
@@ -335,7 +335,7 @@ async fn renewals_cannot_carry_an_identity_past_its_maximum_age() {
     assert_eq!(not_after(&again), ends);
 
     weft_testkit::wait::until("the maximum age to pass", Duration::from_secs(10), || {
-        (SystemTime::now() >= attested + Duration::from_secs(3)).then_some(())
+        (SystemTime::now() >= attested + Duration::from_secs(6)).then_some(())
     });
     refused(
         certify(&site, &short, Some(&first), "").await,
@@ -349,7 +349,7 @@ async fn renewals_cannot_carry_an_identity_past_its_maximum_age() {
     let p = Provenance::of_cert(&leaf(&fresh))
         .expect("reads")
         .expect("provenance");
-    assert!(p.attested_at >= attested + Duration::from_secs(3), "{p:?}");
+    assert!(p.attested_at >= attested + Duration::from_secs(6), "{p:?}");
 }
 
 /// Floods `cp` with `Certify` calls presenting well-formed but unknown join tokens from
