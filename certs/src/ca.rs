@@ -257,13 +257,30 @@ impl CertificateAuthority {
         expected: &Identity,
         validity: Duration,
     ) -> Result<String> {
+        self.sign_csr_with(csr_pem, expected, validity, &[])
+    }
+
+    /// [`CertificateAuthority::sign_csr`], adding the non-critical extensions `extra` (object
+    /// identifier arcs and DER value each) that the CA itself vouches for, such as when and
+    /// with which credential the identity was attested.
+    pub fn sign_csr_with(
+        &self,
+        csr_pem: &str,
+        expected: &Identity,
+        validity: Duration,
+        extra: &[(&[u64], Vec<u8>)],
+    ) -> Result<String> {
         self.check_trust_domain(expected)?;
         let csr = parse_csr(csr_pem)?;
         if matches!(csr.params.is_ca, IsCa::Ca(_)) {
             return Err(Error::CsrRequestsCa);
         }
         check_requested_names(&csr.params, expected)?;
-        let params = self.leaf_params(expected, validity)?;
+        let mut params = self.leaf_params(expected, validity)?;
+        params.custom_extensions = extra
+            .iter()
+            .map(|(oid, value)| rcgen::CustomExtension::from_oid_content(oid, value.clone()))
+            .collect();
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(Error::Generate)?;

@@ -23,7 +23,8 @@ pub use ca::{generate_csr, CertificateAuthority, IssuedCert, CLOCK_SKEW_ALLOWANC
 pub use error::{Error, IdentityError, Result};
 pub use identity::{validate_namespace, validate_service_account, validate_trust_domain, Identity};
 pub use parse::{
-    cert_pem_from_der, identity_from_cert_der, key_pem_from_der, not_after_from_cert_der,
-    not_before_from_cert_der, parse_cert_chain_pem, trust_domain_from_ca_cert_der,
+    cert_pem_from_der, extension_from_cert_der, identity_from_cert_der, key_pem_from_der,
+    not_after_from_cert_der, not_before_from_cert_der, parse_cert_chain_pem,
+    serial_hex_from_cert_der, trust_domain_from_ca_cert_der,
 };
 pub use rotation::{renew_at, renewal_time};

@@ -105,6 +105,25 @@ fn pem_from_der(label: &str, der: &[u8]) -> String {
 }
 
 /// Parses a certificate without decoding its extensions' contents.
+/// The serial number of a certificate (DER), lowercase hex without separators.
+pub fn serial_hex_from_cert_der(der: &[u8]) -> Result<String> {
+    let cert = parse_shallow(der)?;
+    Ok(cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The value of the extension `oid` (arcs) of a certificate (DER), if it has exactly one.
+pub fn extension_from_cert_der(der: &[u8], oid: &[u64]) -> Result<Option<Vec<u8>>> {
+    let cert = parse_shallow(der)?;
+    let oid = x509_parser::der_parser::oid::Oid::from(oid)
+        .map_err(|_| Error::CertParse(X509Error::InvalidExtensions))?;
+    let ext = cert.get_extension_unique(&oid).map_err(Error::CertParse)?;
+    Ok(ext.map(|e| e.value.to_vec()))
+}
+
 fn parse_shallow(der: &[u8]) -> Result<X509Certificate<'_>> {
     let (_, cert) = X509CertificateParser::new()
         .with_deep_parse_extensions(false)

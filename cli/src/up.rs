@@ -348,8 +348,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for i in &instances {
         let sdir = dir.join("sidecars").join(&i.name);
         std::fs::create_dir_all(&sdir)?;
+        // `weft up`'s state directory lives as long as the session: its tokens need not
+        // expire (a certificate renews only while its token is valid).
         let token = tokens
-            .create(&NewToken::new(i.service))
+            .create(&NewToken {
+                ttl: None,
+                ..NewToken::new(i.service)
+            })
             .with_context(|| format!("join token for {}", i.name))?;
         write_private(&sdir.join("token"), &token.token)?;
         std::fs::write(sdir.join("ca.pem"), &trust_bundle)?;

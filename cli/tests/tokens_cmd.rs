@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use weft_certs::{generate_csr, Identity};
 use weft_control_plane::ca::attest::Credential;
@@ -59,7 +59,20 @@ fn create_list_revoke_and_use_a_token() {
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("expires:  never"), "{}", out.stderr);
+    // Tokens expire after 24 hours unless told otherwise.
+    let expires = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("expires:  "))
+        .expect("an expiry line");
+    let expires = humantime::parse_rfc3339(expires).expect("an RFC 3339 time");
+    let in_a_day = SystemTime::now() + Duration::from_secs(24 * 3600);
+    assert!(
+        expires <= in_a_day && expires + Duration::from_secs(120) > in_a_day,
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
     assert!(!out.stderr.contains(token));
     let token_id = &token[5..21];
 
@@ -245,4 +258,74 @@ fn exit_statuses() {
     let out = weftctl(&["tokens", "create", "--state-dir", dir, "orders"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stdout.is_empty(), "no token printed on failure");
+}
+
+#[test]
+fn a_token_that_never_expires_must_be_asked_for_and_is_warned_about() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = utf8(tmp.path());
+    for never in ["never", "0"] {
+        let out = weftctl(&[
+            "tokens",
+            "create",
+            "--state-dir",
+            dir,
+            "orders",
+            "--ttl",
+            never,
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.stderr.contains("expires:  never"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("warning: this token never expires"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn certs_deny_records_a_serial_the_issuer_then_refuses_to_renew() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let dir = utf8(&state);
+    let store =
+        Arc::new(CaStore::open(&state, "weft.local", CaStoreOptions::default()).expect("open"));
+    let out = weftctl(&["tokens", "create", "--state-dir", dir, "orders"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let credential = Credential::JoinToken(out.stdout.trim().to_owned());
+    let attestor = Arc::new(JoinTokenAttestor::new(&state, "weft.local").expect("attestor"));
+    let issuer = Issuer::new(store, attestor, IssuerOptions::default()).expect("issuer");
+    let orders = Identity::new("weft.local", "default", "orders").expect("identity");
+    let (csr, _) = generate_csr(&orders).expect("csr");
+    let issued = issuer.issue(&credential, &csr).expect("issue");
+    let leaf = weft_certs::parse_cert_chain_pem(&issued.chain_pem)
+        .expect("chain")
+        .remove(0);
+    issuer
+        .renew(&leaf, None, &csr)
+        .expect("renews before the denial");
+
+    // As `openssl x509 -serial` prints it: upper case.
+    let out = weftctl(&[
+        "certs",
+        "deny",
+        "--state-dir",
+        dir,
+        &issued.serial.to_uppercase(),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("denied serial"), "{}", out.stdout);
+    let e = issuer.renew(&leaf, None, &csr).expect_err("denied");
+    assert!(matches!(e, IssueError::Denied { .. }), "{e}");
+    let out = weftctl(&["certs", "deny", "--state-dir", dir, &issued.serial]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("already denied"), "{}", out.stdout);
+    let out = weftctl(&["certs", "deny", "--state-dir", dir, "not-hex"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not a certificate serial"),
+        "{}",
+        out.stderr
+    );
 }

@@ -35,6 +35,7 @@ use weft_certs::Identity;
 use crate::ca::ca_store::{CaStore, CaStoreOptions};
 pub use crate::ca::issuer::DEFAULT_CERT_LIFETIME;
 use crate::ca::issuer::{Issuer, IssuerOptions};
+use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::tokenreview::{KubeConnection, TokenReviewAttestor};
 use crate::ca::tokens::JoinTokenAttestor;
 use crate::operator::auth::AdminToken;
@@ -442,6 +443,7 @@ async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
     );
     let join_tokens =
         JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
+    let mut shared_revocations = None;
     let service_account_tokens: Option<Arc<dyn crate::ca::attest::Attestor>> =
         match &config.kubernetes_tokens {
             Some(connection) => {
@@ -450,6 +452,12 @@ async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
                     .await
                     .context("Kubernetes API for service account tokens")?;
                 log::info!("accepting Kubernetes service account tokens (TokenReview)");
+                // Revocations live in the API too, so every replica sees them.
+                shared_revocations = Some(KubeRevocations::new(
+                    client.clone(),
+                    KubeRevocations::own_namespace(),
+                    tokio::runtime::Handle::current(),
+                ));
                 Some(Arc::new(TokenReviewAttestor::new(
                     client,
                     config.trust_domain.clone(),
@@ -459,16 +467,19 @@ async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
             None => None,
         };
     let attestor = crate::ca::attest::ByKind::new(Arc::new(join_tokens), service_account_tokens);
-    let issuer = Arc::new(
-        Issuer::new(
-            store.clone(),
-            Arc::new(attestor),
-            IssuerOptions {
-                cert_lifetime: config.cert_lifetime,
-            },
-        )
-        .context("certificate issuer")?,
-    );
+    let mut issuer = Issuer::new(
+        store.clone(),
+        Arc::new(attestor),
+        IssuerOptions {
+            cert_lifetime: config.cert_lifetime,
+            ..IssuerOptions::default()
+        },
+    )
+    .context("certificate issuer")?;
+    if let Some(shared) = shared_revocations {
+        issuer = issuer.with_shared_revocations(shared);
+    }
+    let issuer = Arc::new(issuer);
     // The control plane's own certificate lives as long as the workload certificates it
     // issues, and is renewed the same way.
     let serving =

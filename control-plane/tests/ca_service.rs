@@ -25,6 +25,9 @@ use weft_control_plane::ca::tokens::{
 };
 use x509_parser::extensions::GeneralName;
 
+#[path = "ca_service/renewal.rs"]
+mod renewal;
+
 const TD: &str = "weft.local";
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -114,6 +117,7 @@ fn mesh(lifetime: Duration) -> Mesh {
         attestor,
         IssuerOptions {
             cert_lifetime: lifetime,
+            ..IssuerOptions::default()
         },
     )
     .expect("issuer");
@@ -763,6 +767,7 @@ fn certificate_lifetime_is_bounded() {
             attestor.clone(),
             IssuerOptions {
                 cert_lifetime: lifetime,
+                ..IssuerOptions::default()
             },
         )
     };

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weft_cli::ctl::{self, Command as CtlCommand};
 use weft_control_plane::ca::certs::{self, CertsError};
+use weft_control_plane::ca::denied::{normalize_serial, DeniedError, DeniedSerials};
 use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo};
 use weft_control_plane::operator::client::{self as api, Connection};
 
@@ -84,6 +85,16 @@ enum CertsCommand {
         #[arg(long, default_value_t = 24)]
         hours: u64,
     },
+    /// Deny a workload certificate's serial: the control plane of DIR refuses to renew it
+    /// from now on (the certificate itself works until it expires).
+    Deny {
+        /// The control plane's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The serial, hexadecimal (colons allowed), as the control plane logs it on issue
+        /// or `openssl x509 -serial` prints it.
+        serial: String,
+    },
     /// Print the identity and expiry of a certificate (PEM file).
     Show {
         /// Certificate file.
@@ -107,9 +118,11 @@ enum TokensCommand {
         /// Service account of the identity the token proves [default: SERVICE].
         #[arg(long)]
         service_account: Option<String>,
-        /// Make the token expire after this long (such as `1h` or `7d`) [default: never].
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ttl: Option<Duration>,
+        /// Make the token expire after this long (such as `1h` or `7d`); `never` (or `0`)
+        /// for a token that lasts until revoked. A certificate obtained with the token
+        /// renews only while the token is valid.
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: Ttl,
     },
     /// List join tokens (ids, identities, status; never secrets).
     List {
@@ -204,6 +217,10 @@ fn exit_status(e: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<TokenError>()
                 .is_some_and(TokenError::is_invalid_request)
+            || matches!(
+                cause.downcast_ref::<DeniedError>(),
+                Some(DeniedError::BadSerial(_))
+            )
     });
     if invalid {
         EXIT_INVALID
@@ -245,12 +262,44 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
                 .context("cannot issue the certificate")?;
             println!("{report}");
         }
+        CertsCommand::Deny { state_dir, serial } => {
+            let denied = DeniedSerials::new(&state_dir);
+            if denied.deny(&serial).context("cannot deny the serial")? {
+                println!(
+                    "denied serial {}: the control plane of {} no longer renews it",
+                    normalize_serial(&serial)?,
+                    state_dir.display()
+                );
+            } else {
+                println!("serial {} was already denied", normalize_serial(&serial)?);
+            }
+        }
         CertsCommand::Show { file } => {
             let summary = certs::show(&file).context("cannot read the certificate")?;
             println!("{summary}");
         }
     }
     Ok(())
+}
+
+/// A token's TTL on the command line: a duration, or none at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ttl {
+    /// Expires after this long.
+    After(Duration),
+    /// Never expires (until revoked).
+    Never,
+}
+
+fn parse_ttl(text: &str) -> Result<Ttl, String> {
+    match text.trim() {
+        "never" | "0" => Ok(Ttl::Never),
+        // `0s` and the like stay a (refused) zero duration: only the two explicit spellings
+        // opt out of expiry.
+        t => humantime::parse_duration(t)
+            .map(Ttl::After)
+            .map_err(|e| format!("{e} (a duration such as 1h or 7d, or never)")),
+    }
 }
 
 fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
@@ -262,6 +311,16 @@ fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
             service_account,
             ttl,
         } => {
+            let ttl = match ttl {
+                Ttl::After(d) => Some(d),
+                Ttl::Never => {
+                    eprintln!(
+                        "warning: this token never expires: whoever holds it can obtain and \
+                         renew {service}'s identity until it is revoked (weftctl tokens revoke)"
+                    );
+                    None
+                }
+            };
             let request = NewToken {
                 service,
                 namespace,

@@ -94,6 +94,11 @@ struct Args {
     /// about two thirds of it.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     cert_lifetime: Duration,
+    /// Longest an identity is renewed by certificate alone after its credential (join token
+    /// or service account token) was last checked; then the sidecar must present a live
+    /// credential again. A sidecar with a credential file presents it on every renewal.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    max_identity_age: Duration,
     /// Also accept Kubernetes projected service account tokens (audience `weft`) from
     /// bootstrapping sidecars, verified with the API server's TokenReview (in-cluster config or
     /// KUBECONFIG); the identity issued is the pod's service account. Join tokens keep working.
@@ -147,7 +152,10 @@ fn main() {
     env_logger::Builder::new().filter_level(level).init();
     let args = Args::parse();
     raise_nofile_limit();
-    let mut ca = CaStoreOptions::default();
+    let mut ca = CaStoreOptions {
+        max_identity_age: Some(args.max_identity_age),
+        ..CaStoreOptions::default()
+    };
     if let (Some(cert), Some(key)) = (args.ca_cert, args.ca_key) {
         ca.root = RootSource::Files { cert, key };
     }

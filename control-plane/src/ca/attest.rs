@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use weft_certs::{Identity, IdentityError};
 
+use crate::ca::provenance::Source;
+
 /// What a workload presents to prove who it is.
 ///
 /// `Debug` never shows the secret.
@@ -83,6 +85,17 @@ impl fmt::Debug for Credential {
 pub trait Attestor: Send + Sync {
     /// Returns the identity `credential` proves, or why it proves none.
     fn attest(&self, credential: &Credential) -> Result<Identity, AttestError>;
+
+    /// Checks, for a renewal by certificate alone, that the credential `identity` was attested
+    /// with (`source`, from the certificate's provenance) is still valid. An attestor that
+    /// cannot re-check without the credential itself refuses with
+    /// [`AttestError::CredentialRequired`].
+    fn recheck(&self, source: &Source, identity: &Identity) -> Result<(), AttestError> {
+        let _ = identity;
+        Err(AttestError::CredentialRequired {
+            kind: source.kind(),
+        })
+    }
 }
 
 /// Why a credential was not accepted.
@@ -124,6 +137,17 @@ pub enum AttestError {
         /// The token's id.
         id: String,
     },
+    /// A renewal by certificate alone cannot re-check this kind of credential: the workload
+    /// must present the credential again.
+    #[error("this identity was attested with a {kind}: renew by presenting the {kind} again")]
+    CredentialRequired {
+        /// The credential's kind.
+        kind: &'static str,
+    },
+    /// The certificate's provenance (which the CA signed) does not read: refused rather than
+    /// guessed at.
+    #[error(transparent)]
+    Provenance(#[from] crate::ca::provenance::ProvenanceError),
     /// The credential is genuine but bound to names that form no valid identity in this trust
     /// domain (a configuration error, such as a trust domain too long for the names).
     #[error("credential is bound to an invalid identity: {0}")]
@@ -188,6 +212,20 @@ impl ByKind {
 }
 
 impl Attestor for ByKind {
+    fn recheck(&self, source: &Source, identity: &Identity) -> Result<(), AttestError> {
+        match source {
+            Source::JoinToken(_) => self.join_token.recheck(source, identity),
+            Source::ServiceAccount => match &self.service_account_token {
+                Some(a) => a.recheck(source, identity),
+                None => Err(AttestError::UnsupportedCredential {
+                    kind: source.kind(),
+                }),
+            },
+            // Nothing to re-check: the maximum age alone bounds such a chain.
+            Source::Unknown => Ok(()),
+        }
+    }
+
     fn attest(&self, credential: &Credential) -> Result<Identity, AttestError> {
         match credential {
             Credential::JoinToken(_) => self.join_token.attest(credential),

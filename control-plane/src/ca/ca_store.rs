@@ -75,7 +75,15 @@ pub struct CaStoreOptions {
     /// PEM files of more roots to trust, besides [`EXTRA_ROOTS_FILE`] in the state directory.
     /// Each must exist and hold at least one CA certificate.
     pub extra_roots: Vec<PathBuf>,
+    /// How long an identity may be renewed by certificate alone after the credential that
+    /// proved it was last checked ([`DEFAULT_MAX_IDENTITY_AGE`] when `None`); then the workload
+    /// must attest again with a live credential.
+    pub max_identity_age: Option<Duration>,
 }
+
+/// Longest an identity lives through renewals by certificate alone unless configured
+/// otherwise: a stolen key stops renewing within this, even if nobody denies it.
+pub const DEFAULT_MAX_IDENTITY_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How [`CaStore::open`] obtained the signing root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +186,7 @@ pub struct CaStore {
     origin: RootOrigin,
     bundle_der: Vec<CertificateDer<'static>>,
     bundle_pem: String,
+    max_identity_age: Duration,
 }
 
 impl fmt::Debug for CaStore {
@@ -276,7 +285,14 @@ impl CaStore {
             origin,
             bundle_der,
             bundle_pem,
+            max_identity_age: options.max_identity_age.unwrap_or(DEFAULT_MAX_IDENTITY_AGE),
         })
+    }
+
+    /// How long renewals by certificate alone may carry an identity past its last attestation
+    /// ([`CaStoreOptions::max_identity_age`]).
+    pub fn max_identity_age(&self) -> Duration {
+        self.max_identity_age
     }
 
     /// The signing CA.

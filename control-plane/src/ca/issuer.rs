@@ -12,8 +12,12 @@ use weft_certs::{
     not_after_from_cert_der, not_before_from_cert_der, parse_cert_chain_pem, Identity,
 };
 
+use crate::ca::admission::{Admission, Limits};
 use crate::ca::attest::{AttestError, Attestor, Credential};
 use crate::ca::ca_store::CaStore;
+use crate::ca::denied::DeniedSerials;
+use crate::ca::kube_revocations::KubeRevocations;
+use crate::ca::provenance::{Provenance, Source, PROVENANCE_OID};
 
 /// Lifetime of workload certificates unless configured otherwise.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -27,17 +31,20 @@ pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_CSR_PEM_LEN: usize = 16 * 1024;
 
 /// Options of an [`Issuer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct IssuerOptions {
     /// Lifetime of issued certificates, between [`MIN_CERT_LIFETIME`] and
     /// [`MAX_CERT_LIFETIME`]. A certificate never outlives the signing root, whatever this says.
     pub cert_lifetime: Duration,
+    /// The bounds of each `Certify` gate (first attestations and renewals each have one).
+    pub admission: Limits,
 }
 
 impl Default for IssuerOptions {
     fn default() -> Self {
         Self {
             cert_lifetime: DEFAULT_CERT_LIFETIME,
+            admission: Limits::default(),
         }
     }
 }
@@ -68,6 +75,8 @@ pub struct Issued {
     pub not_before: SystemTime,
     /// The certificate's `notAfter`.
     pub not_after: SystemTime,
+    /// The certificate's serial, lowercase hex (what `weftctl certs deny` takes).
+    pub serial: String,
 }
 
 /// Why a certificate was not issued.
@@ -115,6 +124,38 @@ pub enum IssueError {
         /// The identity the credential proves.
         allowed: Identity,
     },
+    /// The certificate asking to be renewed has a denied serial (`weftctl certs deny`).
+    #[error("certificate serial {serial} is denied: it can no longer be renewed; the workload must attest again")]
+    Denied {
+        /// The serial, lowercase hex.
+        serial: String,
+    },
+    /// The list of denied serials could not be read (a failure on the control plane's side).
+    #[error("cannot read the denied serials: {0}")]
+    DeniedList(String),
+    /// The identity was attested longer ago than the maximum age allows renewing for.
+    #[error(
+        "this identity was attested at {} and may be renewed for at most {} since: attest again \
+         with a live credential (join token or service account token)",
+        humantime::format_rfc3339_seconds(*attested_at),
+        humantime::format_duration(*max_age)
+    )]
+    TooOld {
+        /// When it was last attested.
+        attested_at: SystemTime,
+        /// The configured maximum age.
+        max_age: Duration,
+    },
+    /// The credential presented with a renewal proves another identity than the certificate.
+    #[error(
+        "the certificate is for {certificate} but the credential presented is for {credential}"
+    )]
+    RenewalMismatch {
+        /// The certificate's identity.
+        certificate: Box<Identity>,
+        /// The credential's identity.
+        credential: Box<Identity>,
+    },
     /// Signing failed on the control plane's side (for example, the root has expired).
     #[error("cannot sign the certificate: {0}")]
     Signing(#[source] weft_certs::Error),
@@ -126,7 +167,19 @@ impl IssueError {
     /// A server answers the first kind with an "unauthenticated", "permission denied" or
     /// "invalid argument" status and the second with "internal" or "unavailable".
     pub fn is_caller_error(&self) -> bool {
-        !matches!(self, Self::Attestation(_) | Self::Signing(_))
+        !matches!(
+            self,
+            Self::Attestation(_) | Self::Signing(_) | Self::DeniedList(_)
+        )
+    }
+}
+
+/// Sorts an attestation error into the caller's fault and ours.
+fn attest_error(e: AttestError) -> IssueError {
+    if e.is_refusal() {
+        IssueError::BadCredential(e)
+    } else {
+        IssueError::Attestation(e)
     }
 }
 
@@ -137,6 +190,9 @@ pub struct Issuer {
     store: Arc<CaStore>,
     attestor: Arc<dyn Attestor>,
     cert_lifetime: Duration,
+    first: Admission,
+    renewal: Admission,
+    shared: Option<KubeRevocations>,
 }
 
 impl fmt::Debug for Issuer {
@@ -163,6 +219,9 @@ impl Issuer {
             store,
             attestor,
             cert_lifetime: lifetime,
+            first: Admission::new(options.admission),
+            renewal: Admission::new(options.admission),
+            shared: None,
         })
     }
 
@@ -173,36 +232,140 @@ impl Issuer {
     /// CSR. The CSR must parse, verify, use an ECDSA P-256 or Ed25519 key, not ask for a CA,
     /// and ask for no name but the attested identity's (its SPIFFE URI or DNS form; asking for
     /// none is fine): a join token for service A cannot obtain an identity for service B. The
-    /// certificate carries the attested identity's SPIFFE URI SAN and DNS SAN and lives for the
-    /// configured lifetime (at most until the root expires); see
+    /// certificate carries the attested identity's SPIFFE URI SAN and DNS SAN and its
+    /// [`Provenance`] (this credential, now), and lives for the configured lifetime (at most
+    /// until the root expires); see
     /// [`CertificateAuthority::sign_csr`](weft_certs::CertificateAuthority::sign_csr).
     pub fn issue(&self, credential: &Credential, csr_pem: &str) -> Result<Issued, IssueError> {
-        let identity = self.attestor.attest(credential).map_err(|e| {
-            if e.is_refusal() {
-                IssueError::BadCredential(e)
-            } else {
-                IssueError::Attestation(e)
-            }
-        })?;
-        self.issue_to(identity, csr_pem)
+        let identity = self.attest(credential)?;
+        let provenance = Provenance::now(Source::of(credential));
+        self.check_shared(None, &provenance.source)?;
+        self.sign(identity, &provenance, csr_pem)
     }
 
-    /// Issues a certificate for `identity`, already proven by other means, certifying the key
-    /// of `csr_pem`, with the same CSR checks as [`Issuer::issue`].
+    /// Also consult the revocations every replica shares (on Kubernetes, a ConfigMap): its
+    /// denied serials and revoked join tokens, on every call.
+    pub fn with_shared_revocations(mut self, shared: KubeRevocations) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Refuses a denied `serial` or a revoked join token per the shared revocations, if any.
+    fn check_shared(&self, serial: Option<&str>, source: &Source) -> Result<(), IssueError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let revoked = shared.read().map_err(IssueError::DeniedList)?;
+        if let Some(serial) = serial.filter(|s| revoked.serial_denied(s)) {
+            return Err(IssueError::Denied {
+                serial: serial.to_owned(),
+            });
+        }
+        match source {
+            Source::JoinToken(id) if revoked.token_revoked(id) => {
+                Err(IssueError::BadCredential(AttestError::Revoked {
+                    id: id.clone(),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Renews the certificate `current` (DER; its chain and possession of its key already
+    /// verified by the TLS handshake) for the key of `csr_pem`, re-attesting the identity.
     ///
-    /// For renewal: the caller authenticated with a certificate this CA issued (verified by
-    /// the TLS handshake), so the identity in that certificate is the credential.
-    pub fn issue_to(&self, identity: Identity, csr_pem: &str) -> Result<Issued, IssueError> {
+    /// Refused when `current`'s serial is denied ([`DeniedSerials`]). With a `credential`
+    /// (what a sidecar that has one presents on every renewal), it must prove `current`'s
+    /// identity, and the identity counts as attested now. Without, the credential named by
+    /// `current`'s [`Provenance`] is re-checked (a join token still there, neither revoked nor
+    /// expired; a service account token cannot be re-checked without itself, so it must be
+    /// presented), and the identity must be younger than the maximum age
+    /// ([`CaStore::max_identity_age`]) since it was last attested; the new certificate ends by
+    /// then at the latest.
+    pub fn renew(
+        &self,
+        current: &[u8],
+        credential: Option<&Credential>,
+        csr_pem: &str,
+    ) -> Result<Issued, IssueError> {
+        let identity = weft_certs::identity_from_cert_der(current).map_err(IssueError::Signing)?;
+        let serial = weft_certs::serial_hex_from_cert_der(current).map_err(IssueError::Signing)?;
+        let denied = DeniedSerials::new(self.store.state_dir());
+        match denied.is_denied(&serial) {
+            Ok(false) => {}
+            Ok(true) => return Err(IssueError::Denied { serial }),
+            Err(e) => return Err(IssueError::DeniedList(e.to_string())),
+        }
+        let provenance = match credential {
+            Some(credential) => {
+                let attested = self.attest(credential)?;
+                if attested != identity {
+                    return Err(IssueError::RenewalMismatch {
+                        certificate: Box::new(identity),
+                        credential: Box::new(attested),
+                    });
+                }
+                Provenance::now(Source::of(credential))
+            }
+            None => self.recheck(current, &identity)?,
+        };
+        self.check_shared(Some(&serial), &provenance.source)?;
+        self.sign(identity, &provenance, csr_pem)
+    }
+
+    /// The provenance of `current` after re-checking its credential and its age.
+    fn recheck(&self, current: &[u8], identity: &Identity) -> Result<Provenance, IssueError> {
+        let provenance = match Provenance::of_cert(current) {
+            Ok(Some(p)) => p,
+            Ok(None) => Provenance {
+                attested_at: not_before_from_cert_der(current).map_err(IssueError::Signing)?,
+                source: Source::Unknown,
+            },
+            Err(e) => return Err(IssueError::BadCredential(AttestError::Provenance(e))),
+        };
+        self.attestor
+            .recheck(&provenance.source, identity)
+            .map_err(attest_error)?;
+        let max_age = self.store.max_identity_age();
+        if provenance.attested_at + max_age <= SystemTime::now() {
+            return Err(IssueError::TooOld {
+                attested_at: provenance.attested_at,
+                max_age,
+            });
+        }
+        Ok(provenance)
+    }
+
+    fn attest(&self, credential: &Credential) -> Result<Identity, IssueError> {
+        self.attestor.attest(credential).map_err(attest_error)
+    }
+
+    /// Signs `csr_pem` for `identity` with `provenance`, for the configured lifetime but never
+    /// past the identity's maximum age.
+    fn sign(
+        &self,
+        identity: Identity,
+        provenance: &Provenance,
+        csr_pem: &str,
+    ) -> Result<Issued, IssueError> {
         if csr_pem.len() > MAX_CSR_PEM_LEN {
             return Err(IssueError::CsrTooLarge {
                 len: csr_pem.len(),
                 max: MAX_CSR_PEM_LEN,
             });
         }
+        let ends = provenance.attested_at + self.store.max_identity_age();
+        let left = ends.duration_since(SystemTime::now()).unwrap_or_default();
+        let lifetime = self.cert_lifetime.min(left).max(MIN_CERT_LIFETIME);
         let cert_pem = self
             .store
             .ca()
-            .sign_csr(csr_pem, &identity, self.cert_lifetime)
+            .sign_csr_with(
+                csr_pem,
+                &identity,
+                lifetime,
+                &[(PROVENANCE_OID, provenance.to_der())],
+            )
             .map_err(|e| csr_error(e, &identity))?;
         let leaf = parse_cert_chain_pem(&cert_pem)
             .ok()
@@ -210,11 +373,13 @@ impl Issuer {
             .ok_or(IssueError::Signing(weft_certs::Error::NoCertificates))?;
         let not_before = not_before_from_cert_der(&leaf).map_err(IssueError::Signing)?;
         let not_after = not_after_from_cert_der(&leaf).map_err(IssueError::Signing)?;
+        let serial = weft_certs::serial_hex_from_cert_der(&leaf).map_err(IssueError::Signing)?;
         Ok(Issued {
             identity,
             chain_pem: cert_pem,
             not_before,
             not_after,
+            serial,
         })
     }
 
@@ -227,6 +392,16 @@ impl Issuer {
     /// The CA store it signs with.
     pub fn ca_store(&self) -> &Arc<CaStore> {
         &self.store
+    }
+
+    /// The gate a `Certify` call passes before attesting and signing: the renewals' gate for
+    /// a caller with a workload certificate, else the first attestations'.
+    pub fn admission(&self, renewal: bool) -> &Admission {
+        if renewal {
+            &self.renewal
+        } else {
+            &self.first
+        }
     }
 
     /// Lifetime of the certificates it issues.

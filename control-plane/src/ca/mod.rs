@@ -4,9 +4,13 @@
 //! [`issuer::Issuer`] (credential + CSR to certificate), and [`certs`] (the file-based CA of
 //! `weftctl certs`, for static configuration).
 
+pub mod admission;
 pub mod attest;
 pub mod ca_store;
 pub mod certs;
+pub mod denied;
 pub mod issuer;
+pub mod kube_revocations;
+pub mod provenance;
 pub mod tokenreview;
 pub mod tokens;

@@ -6,8 +6,11 @@
 //! so reading that file does not yield usable tokens. A token is `wjt1_<id>_<secret>`: the id
 //! (16 hex digits) names it in `list` and `revoke` and in logs; the secret (256 random bits, 64
 //! hex digits) is what proves possession. Tokens may be used any number of times (every replica
-//! of a service and every restart) until they expire (if created with a TTL) or are revoked.
-//! Revoked tokens stay listed, so an attempt to use one is reported as such.
+//! of a service and every restart) until they expire ([`DEFAULT_TOKEN_TTL`] after creation
+//! unless created with another TTL or explicitly with none) or are revoked. A certificate
+//! obtained with a token renews only while that token is neither revoked nor expired (the
+//! issuer re-checks it by id, [`JoinTokenStore::check_id`]). Revoked tokens stay listed, so an
+//! attempt to use one is reported as such.
 
 use std::fmt;
 use std::fs;
@@ -24,12 +27,15 @@ use weft_certs::{
 
 pub use crate::ca::attest::TokenError;
 use crate::ca::attest::{AttestError, Attestor, Credential};
+use crate::ca::provenance::Source;
 use crate::files::{self, DirLock, PRIVATE_MODE};
 
 /// File of join token hashes in a state directory.
 pub const JOIN_TOKENS_FILE: &str = "join-tokens.json";
 /// Namespace a token is bound to unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// How long a token stays usable unless created with another TTL (or explicitly none).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest TTL a token may be created with.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -47,19 +53,20 @@ pub struct NewToken {
     pub namespace: String,
     /// The identity's service account; the service's name when `None`.
     pub service_account: Option<String>,
-    /// How long the token stays usable; forever (until revoked) when `None`.
+    /// How long the token stays usable; forever (until revoked) when `None`, which an operator
+    /// must ask for explicitly (`weftctl tokens create --ttl never`).
     pub ttl: Option<Duration>,
 }
 
 impl NewToken {
-    /// A token for `service` in the [`DEFAULT_NAMESPACE`], with service account = service name
-    /// and no expiry.
+    /// A token for `service` in the [`DEFAULT_NAMESPACE`], with service account = service name,
+    /// expiring after [`DEFAULT_TOKEN_TTL`].
     pub fn new(service: impl Into<String>) -> Self {
         Self {
             service: service.into(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             service_account: None,
-            ttl: None,
+            ttl: Some(DEFAULT_TOKEN_TTL),
         }
     }
 }
@@ -281,6 +288,24 @@ impl JoinTokenStore {
         }
     }
 
+    /// Checks, at time `now`, that the token with id `id` still exists and is neither revoked
+    /// nor expired: how a renewal re-checks the credential a certificate was obtained with (the
+    /// certificate names the token's id, never its secret).
+    pub fn check_id(&self, id: &str, now: SystemTime) -> Result<TokenInfo, AttestError> {
+        let file = self.load().map_err(AttestError::Store)?;
+        let info = file
+            .tokens
+            .iter()
+            .find(|t| t.id == id)
+            .map(TokenRecord::info)
+            .ok_or_else(|| AttestError::InvalidToken { id: id.to_owned() })?;
+        match info.status(now) {
+            TokenStatus::Active => Ok(info),
+            TokenStatus::Revoked => Err(AttestError::Revoked { id: info.id }),
+            TokenStatus::Expired => Err(AttestError::Expired { id: info.id }),
+        }
+    }
+
     fn load(&self) -> Result<TokenFile, TokenError> {
         let path = self.path();
         let text = match fs::read_to_string(&path) {
@@ -366,6 +391,26 @@ impl Attestor for JoinTokenAttestor {
             other => Err(AttestError::UnsupportedCredential { kind: other.kind() }),
         }
     }
+
+    fn recheck(&self, source: &Source, identity: &Identity) -> Result<(), AttestError> {
+        let Source::JoinToken(id) = source else {
+            return Err(AttestError::CredentialRequired {
+                kind: "service account token",
+            });
+        };
+        let info = self.store.check_id(id, SystemTime::now())?;
+        // The token binds one identity; a certificate naming another was not obtained with it.
+        if &info.identity(&self.trust_domain)? != identity {
+            return Err(AttestError::InvalidToken { id: id.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// The id of a presented join token (`wjt1_<id>_<secret>`), if it has the token's form: what a
+/// certificate's provenance names, never the secret.
+pub fn token_id(token: &str) -> Option<&str> {
+    parse_token(token.trim()).map(|(id, _)| id)
 }
 
 /// The token file.

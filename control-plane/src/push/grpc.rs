@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -30,13 +31,15 @@ use weft_api::v1::{
 };
 use weft_certs::Identity;
 
+use crate::ca::admission::CALL_DEADLINE;
 use crate::ca::attest::Credential;
 use crate::ca::issuer::{IssueError, Issued, Issuer};
 use crate::push::hub::{Hub, RegisterError, Registration};
 
-/// The authenticated client of a connection, from its certificate.
+/// The authenticated client of a connection, from its certificate: its identity and the
+/// certificate itself (DER; a renewal reads its serial and provenance).
 #[derive(Debug, Clone)]
-pub struct PeerIdentity(pub Option<Identity>);
+pub struct PeerIdentity(pub Option<Identity>, pub Option<CertificateDer<'static>>);
 
 /// A TLS connection that tells tonic who the client is.
 pub(crate) struct TlsConn(pub(crate) TlsStream<TcpStream>);
@@ -45,11 +48,9 @@ impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = PeerIdentity;
     fn connect_info(&self) -> PeerIdentity {
         let (_, conn) = self.0.get_ref();
-        let id = conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| weft_certs::identity_from_cert_der(c.as_ref()).ok());
-        PeerIdentity(id)
+        let leaf = conn.peer_certificates().and_then(|c| c.first());
+        let id = leaf.and_then(|c| weft_certs::identity_from_cert_der(c.as_ref()).ok());
+        PeerIdentity(id, leaf.map(|c| c.clone().into_owned()))
     }
 }
 
@@ -101,41 +102,61 @@ impl ControlPlane for Service {
     type StreamStream = SnapshotStream;
 
     /// Bootstrap (join token or service account token, no client certificate needed) or
-    /// renewal (no token, the verified client certificate's identity). The identity comes from the credential only; the CSR
-    /// can at most agree with it.
+    /// renewal (the verified client certificate, with the credential again when the sidecar
+    /// has one). The identity comes from the credential only; the CSR can at most agree with
+    /// it. Calls pass the issuer's [`Admission`](crate::ca::admission::Admission) gate and end
+    /// within [`CALL_DEADLINE`].
     async fn certify(
         &self,
         req: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
-        let peer = req
-            .extensions()
-            .get::<PeerIdentity>()
-            .and_then(|p| p.0.clone());
+        let peer = req.extensions().get::<PeerIdentity>().cloned();
         let CertifyRequest {
             csr_pem,
             join_token,
         } = req.into_inner();
+        let credential =
+            (!join_token.trim().is_empty()).then(|| Credential::from_presented(&join_token));
+        let renewal = matches!(peer, Some(PeerIdentity(Some(_), Some(_))));
+        let how = match (&peer, &credential) {
+            (Some(PeerIdentity(Some(_), _)), Some(c)) => format!("renewal with a {}", c.kind()),
+            (_, Some(c)) => c.kind().to_owned(),
+            _ => "renewal".to_owned(),
+        };
         let issuer = self.issuer.clone();
         let trust_domain = self.hub.trust_domain().to_owned();
-        let how = if join_token.trim().is_empty() {
-            "renewal"
-        } else {
-            Credential::from_presented(&join_token).kind()
+        let call = async move {
+            let permit = issuer
+                .admission(renewal)
+                .admit()
+                .await
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            // Attestation reads the token file or waits for the API server's TokenReview, and
+            // signing costs a few milliseconds of CPU: keep all of it off the runtime's
+            // workers. The permit goes with the work, so an abandoned call still holds its
+            // slot until the blocking thread is done with it.
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                certify_blocking(&issuer, &trust_domain, peer, credential, &csr_pem)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("certificate task failed: {e}")))?
         };
-        // Attestation reads the token file or waits for the API server's TokenReview, and
-        // signing costs a few milliseconds of CPU: keep all of it off the runtime's workers.
-        let result = tokio::task::spawn_blocking(move || {
-            certify_blocking(&issuer, &trust_domain, peer, &join_token, &csr_pem)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("certificate task failed: {e}")))
-        .and_then(|r| r);
+        let result = tokio::time::timeout(CALL_DEADLINE, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "no certificate within {}; retry with backoff",
+                    humantime::format_duration(CALL_DEADLINE)
+                )))
+            });
         match result {
             Ok(issued) => {
                 self.hub.count_certify(true);
                 log::info!(
-                    "issued a certificate to {} ({how}), valid until {}",
+                    "issued a certificate to {} ({how}), serial {}, valid until {}",
                     issued.identity,
+                    issued.serial,
                     humantime::format_rfc3339_seconds(issued.not_after)
                 );
                 Ok(Response::new(CertifyResponse {
@@ -231,34 +252,41 @@ pub(crate) async fn open_stream(
     }
 }
 
-/// Decide the identity (token first, else the client certificate) and issue; the error is
-/// the status to answer, with a message that names the reason but never the token's secret.
+/// Decide how to certify and issue: a renewal when a client certificate is presented (with
+/// the credential again if there is one), a first attestation with the credential otherwise;
+/// the error is the status to answer, with a message that names the reason but never the
+/// token's secret.
 fn certify_blocking(
     issuer: &Issuer,
     trust_domain: &str,
-    peer: Option<Identity>,
-    join_token: &str,
+    peer: Option<PeerIdentity>,
+    credential: Option<Credential>,
     csr_pem: &str,
 ) -> Result<Issued, Status> {
-    let result = if !join_token.trim().is_empty() {
-        issuer.issue(&Credential::from_presented(join_token), csr_pem)
-    } else {
-        let Some(peer) = peer else {
-            return Err(Status::unauthenticated(
+    let result =
+        match (peer, credential) {
+            (Some(PeerIdentity(Some(identity), Some(cert))), credential) => {
+                if identity.trust_domain() != trust_domain {
+                    return Err(Status::permission_denied(format!(
+                        "{identity} is not in trust domain {trust_domain}"
+                    )));
+                }
+                issuer.renew(cert.as_ref(), credential.as_ref(), csr_pem)
+            }
+            (_, Some(credential)) => issuer.issue(&credential, csr_pem),
+            (_, None) => return Err(Status::unauthenticated(
                 "no credential: present a join token, or renew with a valid workload certificate",
-            ));
+            )),
         };
-        if peer.trust_domain() != trust_domain {
-            return Err(Status::permission_denied(format!(
-                "{peer} is not in trust domain {trust_domain}"
-            )));
-        }
-        issuer.issue_to(peer, csr_pem)
-    };
     result.map_err(|e| match &e {
         IssueError::BadCredential(_) => Status::unauthenticated(e.to_string()),
-        IssueError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
-        IssueError::Attestation(_) => Status::unavailable(e.to_string()),
+        IssueError::IdentityMismatch { .. }
+        | IssueError::RenewalMismatch { .. }
+        | IssueError::Denied { .. }
+        | IssueError::TooOld { .. } => Status::permission_denied(e.to_string()),
+        IssueError::Attestation(_) | IssueError::DeniedList(_) => {
+            Status::unavailable(e.to_string())
+        }
         IssueError::Signing(_) => Status::internal(e.to_string()),
         _ if e.is_caller_error() => Status::invalid_argument(e.to_string()),
         _ => Status::internal(e.to_string()),

@@ -107,6 +107,8 @@ fn api_pki() -> ApiPki {
 struct StandInApi {
     addr: SocketAddr,
     reviews: Arc<AtomicUsize>,
+    /// The ConfigMap `weft-system/weft-revocations`'s data, if it exists.
+    revocations: Revocations,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -131,20 +133,22 @@ async fn stand_in_api(pki: &ApiPki) -> StandInApi {
     let addr = listener.local_addr().expect("addr");
     let reviews = Arc::new(AtomicUsize::new(0));
     let counted = reviews.clone();
+    let revocations = Revocations::default();
+    let stored = revocations.clone();
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            let (acceptor, counted, stored) = (acceptor.clone(), counted.clone(), stored.clone());
             connections.spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let svc = hyper::service::service_fn(move |req| {
-                    let counted = counted.clone();
-                    async move { Ok::<_, Infallible>(api_handle(req, &counted).await) }
+                    let (counted, stored) = (counted.clone(), stored.clone());
+                    async move { Ok::<_, Infallible>(api_handle(req, &counted, &stored).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
@@ -155,13 +159,31 @@ async fn stand_in_api(pki: &ApiPki) -> StandInApi {
     StandInApi {
         addr,
         reviews,
+        revocations,
         task,
     }
 }
 
+/// The data of the stand-in's one ConfigMap, `weft-system/weft-revocations` (absent: `None`),
+/// and how many times it was read.
+#[derive(Clone, Default)]
+struct Revocations {
+    data: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Revocations {
+    fn set(&self, data: serde_json::Value) {
+        *self.data.lock().expect("lock") = Some(data);
+    }
+}
+
+const REVOCATIONS_PATH: &str = "/api/v1/namespaces/weft-system/configmaps/weft-revocations";
+
 async fn api_handle(
     req: hyper::Request<hyper::body::Incoming>,
     reviews: &AtomicUsize,
+    revocations: &Revocations,
 ) -> hyper::Response<Full<Bytes>> {
     let reply = |status: u16, body: serde_json::Value| {
         hyper::Response::builder()
@@ -181,6 +203,18 @@ async fn api_handle(
             serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
                 "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401}),
         );
+    }
+    if req.method() == hyper::Method::GET && req.uri().path() == REVOCATIONS_PATH {
+        revocations.reads.fetch_add(1, Ordering::SeqCst);
+        let data = revocations.data.lock().expect("lock").clone();
+        if let Some(data) = data {
+            return reply(
+                200,
+                serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
+                    "metadata": {"name": "weft-revocations", "namespace": "weft-system"},
+                    "data": data}),
+            );
+        }
     }
     if req.method() != hyper::Method::POST
         || req.uri().path() != "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -297,15 +331,34 @@ impl tower_service::Service<http::Uri> for Connector {
 }
 
 async fn client(mesh: &Mesh, cp: &Running) -> ControlPlaneClient<tonic::transport::Channel> {
+    client_with(mesh, cp, None).await
+}
+
+/// [`client`] presenting `held` (certificate chain PEM, key PEM) as its client certificate.
+async fn client_with(
+    mesh: &Mesh,
+    cp: &Running,
+    held: Option<(&str, &str)>,
+) -> ControlPlaneClient<tonic::transport::Channel> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(mesh.ca.cert_der().clone()).expect("root");
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
     .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut tls = match held {
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("chain");
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+            builder.with_client_auth_cert(chain, key).expect("client")
+        }
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = Connector {
         addr: cp.listen,
@@ -424,6 +477,107 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
         "spiffe://weft.local/ns/default/sa/frontend"
     );
     assert_eq!(api.reviews.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_identity_renews_only_with_a_token_the_api_still_authenticates() {
+    let api_pki = api_pki();
+    let api = stand_in_api(&api_pki).await;
+    let mesh = mesh();
+    let kubeconfig = write_kubeconfig(mesh.dir.path(), "kubeconfig", api.addr, &api_pki.ca_pem);
+    let cp = start_cp(&mesh, "state", kubeconfig).await;
+    let id = Identity::new(TD, "shop", "orders").expect("identity");
+    let (csr_pem, key) = weft_certs::generate_csr(&id).expect("csr");
+    let issued = client(&mesh, &cp)
+        .await
+        .certify(ask(&csr_pem, TOKEN_A))
+        .await
+        .expect("token A is accepted")
+        .into_inner();
+    let mut renewing = client_with(&mesh, &cp, Some((&issued.cert_chain_pem, &key))).await;
+
+    // By certificate alone the API cannot be asked: refused, saying what to present.
+    let e = renewing
+        .certify(ask(&csr_pem, ""))
+        .await
+        .expect_err("a service account identity does not renew by certificate alone");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains("presenting the service account token"),
+        "{}",
+        e.message()
+    );
+    // With the token the kubelet keeps fresh: re-reviewed, renewed.
+    let before = api.reviews.load(Ordering::SeqCst);
+    renewing
+        .certify(ask(&csr_pem, TOKEN_A))
+        .await
+        .expect("renews with a live token");
+    assert_eq!(api.reviews.load(Ordering::SeqCst), before + 1);
+    // A token the API no longer authenticates (its pod or service account deleted): refused.
+    let e = renewing
+        .certify(ask(&csr_pem, TOKEN_B))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("not authenticated"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_denied_in_the_api_is_refused_by_every_replica() {
+    let api_pki = api_pki();
+    let api = stand_in_api(&api_pki).await;
+    let mesh = mesh();
+    let kubeconfig = write_kubeconfig(mesh.dir.path(), "kubeconfig", api.addr, &api_pki.ca_pem);
+    // Two replicas: one root, one API server, each its own (emptyDir) state directory.
+    let one = start_cp(&mesh, "state-1", kubeconfig.clone()).await;
+    let two = start_cp(&mesh, "state-2", kubeconfig).await;
+    let id = Identity::new(TD, "shop", "orders").expect("identity");
+    let (csr_pem, key) = weft_certs::generate_csr(&id).expect("csr");
+    let issued = client(&mesh, &one)
+        .await
+        .certify(ask(&csr_pem, TOKEN_A))
+        .await
+        .expect("token A is accepted")
+        .into_inner();
+    let held = Some((issued.cert_chain_pem.as_str(), key.as_str()));
+    let chain = weft_certs::parse_cert_chain_pem(&issued.cert_chain_pem).expect("chain");
+    let serial = weft_certs::serial_hex_from_cert_der(&chain[0]).expect("serial");
+    for cp in [&one, &two] {
+        client_with(&mesh, cp, held)
+            .await
+            .certify(ask(&csr_pem, TOKEN_A))
+            .await
+            .expect("renews before the denial");
+    }
+
+    // Denied where every replica looks: the API (as `kubectl edit` would write it).
+    api.revocations
+        .set(serde_json::json!({"denied-serials": format!("0123\n{}\n", serial.to_uppercase())}));
+    let reads = api.revocations.reads.load(Ordering::SeqCst);
+    for cp in [&one, &two] {
+        let e = client_with(&mesh, cp, held)
+            .await
+            .certify(ask(&csr_pem, TOKEN_A))
+            .await
+            .expect_err("denied at every replica");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("is denied"), "{}", e.message());
+    }
+    assert_eq!(api.revocations.reads.load(Ordering::SeqCst), reads + 2);
+    // Another certificate of the same service account still renews.
+    let (csr2, key2) = weft_certs::generate_csr(&id).expect("csr");
+    let other = client(&mesh, &two)
+        .await
+        .certify(ask(&csr2, TOKEN_A))
+        .await
+        .expect("a new attestation")
+        .into_inner();
+    client_with(&mesh, &one, Some((&other.cert_chain_pem, &key2)))
+        .await
+        .certify(ask(&csr2, TOKEN_A))
+        .await
+        .expect("another serial renews");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,8 @@
 //!   certificate starts the sidecar without the control plane.
 //! - **Rotation** ([`rotate`], on the control thread): at [`renewal_time`] (about two thirds of
 //!   the lifetime, with a little jitter) it renews over mutual TLS with the current certificate
-//!   and no token, writes key and certificate atomically and swaps the snapshot at once
+//!   and, when `control_plane.join_token_file` is set, the credential in it again (the control
+//!   plane re-attests it), writes key and certificate atomically and swaps the snapshot at once
 //!   ([`Store::install_files`]). On failure the current certificate keeps serving and the
 //!   renewal is retried with jittered backoff, well before expiry ([`retry_delay`]).
 
@@ -400,7 +401,12 @@ async fn renew_once(store: &Arc<Store>, cp: &ControlPlane) -> Result<SystemTime,
             anonymous_client(&bundle, &paths.trust_bundle)?,
             Some(read_token(file)?),
         ),
-        _ => (current_client, None),
+        // The credential goes along with the certificate on every renewal: the control plane
+        // re-attests it (a revoked token or a deleted service account stops renewing), and a
+        // service account token can only be re-checked by presenting it. The file is read
+        // each time because the kubelet refreshes a projected token.
+        (Some(file), false) => (current_client, Some(read_token(file)?)),
+        (None, _) => (current_client, None),
     };
     let got = obtain(cp, client, &identity, token.as_deref(), &paths, &bundle).await?;
     // Writing (fsync) and rebuilding block; keep them off the control thread's runtime so the

@@ -879,7 +879,7 @@ pub async fn start_control_plane_with(
                 cert: pki.path().join("ca.crt"),
                 key: pki.path().join("ca.key"),
             },
-            extra_roots: Vec::new(),
+            ..CaStoreOptions::default()
         },
         grace,
         poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,

@@ -561,3 +561,41 @@ async fn draining_sidecar_is_withdrawn_at_once_not_after_the_grace() {
     println!("withdrawn {:?} after SIGTERM", t.elapsed());
     assert_eq!(orders.wait_exit(Duration::from_secs(10)).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_whose_join_token_is_revoked_stops_renewing_and_logs_why() {
+    let pki = Pki::new(93);
+    let cp = start_cp(&pki, Duration::from_secs(2), Duration::from_secs(3)).await;
+    let fe_token = token_file(&pki, "frontend");
+    let fe_app = http_app("frontend").await;
+    let mut fe = spawn_sidecar(
+        &pki,
+        "frontend",
+        "frontend-boot",
+        fe_app,
+        cp.listen,
+        Some(&fe_token),
+    );
+    fe.wait_ready().await;
+    // It renews (with its certificate and its token) while the token is valid.
+    weft_testkit::wait::until_async("a renewal", Duration::from_secs(15), || async {
+        let ok = metric(fe.admin, "weft_cert_renewals_total", &[("result", "ok")]).await;
+        (ok >= 1.0).then_some(())
+    })
+    .await;
+    let token = std::fs::read_to_string(&fe_token).expect("token");
+    JoinTokenStore::new(pki.path().join("cp-state"))
+        .revoke(&token)
+        .expect("revoke");
+    // The next renewal is refused, and the sidecar says why.
+    weft_testkit::wait::until_async("a refused renewal", Duration::from_secs(15), || async {
+        let refused = metric(fe.admin, "weft_cert_renewals_total", &[("result", "error")]).await;
+        (refused >= 1.0 && fe.log_text().contains("was revoked")).then_some(())
+    })
+    .await;
+    assert!(
+        fe.log_text().contains("Unauthenticated"),
+        "{}",
+        fe.log_text()
+    );
+}
