@@ -109,6 +109,16 @@ struct Args {
     /// The webhook's private key (PEM).
     #[arg(long, requires = "webhook_listen", value_name = "FILE")]
     webhook_key: Option<PathBuf>,
+    /// Webhook connections at once (the API server's calls, one per pod created); as many
+    /// again wait up to --webhook-header-timeout for a slot, any beyond are closed.
+    #[arg(long, default_value_t = 256)]
+    webhook_max_connections: usize,
+    /// Longest a webhook client may take to send a request's headers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    webhook_header_timeout: Duration,
+    /// Webhook connections with no request in flight are closed after this long.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    webhook_idle_timeout: Duration,
     /// The sidecar image the webhook injects.
     #[arg(long, default_value = weft_control_plane::inject::DEFAULT_IMAGE, value_name = "IMAGE")]
     webhook_proxy_image: String,
@@ -209,8 +219,10 @@ fn main() {
         insecure_plaintext_admin: args.insecure_plaintext_operator_api,
     };
     let webhook_limits = Limits {
+        max_connections: args.webhook_max_connections,
         handshake_timeout: args.tls_handshake_timeout,
-        ..webhook::default_limits()
+        header_read_timeout: args.webhook_header_timeout,
+        idle_timeout: args.webhook_idle_timeout,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
