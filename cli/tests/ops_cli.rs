@@ -608,7 +608,7 @@ fn apply_over_the_snapshot_limit_writes_nothing() {
         .collect();
     let big = original.replacen("routes:\n", &format!("{services}routes:\n"), 1);
     let file = write(tmp.path(), "mesh.yaml", &big);
-    for dry in [true, false] {
+    for dry in [false, true] {
         let mut args = vec!["apply", "-f", file.as_str()];
         if dry {
             args.push("--dry-run");
