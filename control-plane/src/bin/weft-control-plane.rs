@@ -149,6 +149,36 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The listeners' and the hub's bounds the flags set: the server's, and the webhook's.
+fn bounds(args: &Args) -> (ServeOptions, Limits) {
+    let options = ServeOptions {
+        admin: Limits {
+            max_connections: args.admin_max_connections,
+            header_read_timeout: args.admin_header_timeout,
+            idle_timeout: args.admin_idle_timeout,
+            ..Limits::default()
+        },
+        sidecars: SidecarLimits {
+            max_connections: args.sidecar_max_connections,
+            handshake_timeout: args.tls_handshake_timeout,
+            ..SidecarLimits::default()
+        },
+        hub: HubLimits {
+            max_streams_per_identity: args.max_streams_per_identity,
+            max_snapshot_bytes: args.max_snapshot_bytes,
+        },
+        metrics_listen: args.metrics_listen,
+        insecure_plaintext_admin: args.insecure_plaintext_operator_api,
+    };
+    let webhook_limits = Limits {
+        max_connections: args.webhook_max_connections,
+        handshake_timeout: args.tls_handshake_timeout,
+        header_read_timeout: args.webhook_header_timeout,
+        idle_timeout: args.webhook_idle_timeout,
+    };
+    (options, webhook_limits)
+}
+
 fn main() {
     let level = std::env::var("RUST_LOG")
         .ok()
@@ -157,6 +187,7 @@ fn main() {
     env_logger::Builder::new().filter_level(level).init();
     let args = Args::parse();
     raise_nofile_limit();
+    let (options, webhook_limits) = bounds(&args);
     let mut ca = CaStoreOptions::default();
     if let (Some(cert), Some(key)) = (args.ca_cert, args.ca_key) {
         ca.root = RootSource::Files { cert, key };
@@ -198,31 +229,6 @@ fn main() {
         kubernetes_tokens: args
             .kubernetes_tokens
             .then_some(weft_control_plane::ca::tokenreview::KubeConnection::Infer),
-    };
-    let options = ServeOptions {
-        admin: Limits {
-            max_connections: args.admin_max_connections,
-            header_read_timeout: args.admin_header_timeout,
-            idle_timeout: args.admin_idle_timeout,
-            ..Limits::default()
-        },
-        sidecars: SidecarLimits {
-            max_connections: args.sidecar_max_connections,
-            handshake_timeout: args.tls_handshake_timeout,
-            ..SidecarLimits::default()
-        },
-        hub: HubLimits {
-            max_streams_per_identity: args.max_streams_per_identity,
-            max_snapshot_bytes: args.max_snapshot_bytes,
-        },
-        metrics_listen: args.metrics_listen,
-        insecure_plaintext_admin: args.insecure_plaintext_operator_api,
-    };
-    let webhook_limits = Limits {
-        max_connections: args.webhook_max_connections,
-        handshake_timeout: args.tls_handshake_timeout,
-        header_read_timeout: args.webhook_header_timeout,
-        idle_timeout: args.webhook_idle_timeout,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

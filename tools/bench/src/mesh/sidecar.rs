@@ -76,6 +76,7 @@ pub fn sidecar(
         connect_timeout: None,
         access_log: None,
         idle_timeout: None,
+        max_connections_per_listener: None,
         tracing: None,
         control_plane: None,
         services: Vec::new(),

@@ -311,9 +311,9 @@ pub fn has_sidecar(pod: &Pod) -> bool {
     })
 }
 
-/// The mesh policy of `objects`, in `trust_domain`.
-// Long (about 90 lines): one pass per resource kind in a fixed order (services, traffic
-// policies, then routes and authorization together), each judged against what came before.
+/// The mesh policy of `objects`, in `trust_domain`: one pass per resource kind in a fixed
+/// order (services, traffic policies, then routes and authorization together), each judged
+/// against what came before.
 pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     let mut verdicts = Vec::new();
 
@@ -344,57 +344,13 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     let mut generations: HashMap<ObjectKey, Option<i64>> = HashMap::new();
     // Resources whose spec does not even parse, of another namespace's service, or conflicted.
     let mut refused: Vec<Verdict> = Vec::new();
-    let mut routes: Vec<Parsed<wire::Route>> =
-        parsed(&objects.routes, Kind::MeshRoute, &mut refused);
-    for Parsed {
-        key, spec: route, ..
-    } in &mut routes
-    {
-        if route.name.is_empty() {
-            route.name = key.name.clone();
-        }
-        route.service = qualify(&route.service, &key.namespace);
-        if let Some(from) = route.from.as_mut() {
-            for c in from.iter_mut() {
-                *c = qualify(c, &key.namespace);
-            }
-        }
-    }
-    let routes = admitted(
-        routes,
-        |r| &r.service,
-        |r| {
-            (
-                "spec.name",
-                format!("route {:?} of service {:?}", r.name, r.service),
-            )
-        },
-        &mut refused,
-    );
+    let routes = admitted_routes(&objects.routes, &mut refused);
     for p in routes {
         mesh.routes.push(p.spec);
         generations.insert(p.key.clone(), p.generation);
         route_keys.push(p.key);
     }
-    let mut authz: Vec<Parsed<wire::ServiceAuthorization>> = parsed(
-        &objects.authorization,
-        Kind::AuthorizationPolicy,
-        &mut refused,
-    );
-    for p in &mut authz {
-        p.spec.service = qualify(&p.spec.service, &p.key.namespace);
-    }
-    let authz = admitted(
-        authz,
-        |a| &a.service,
-        |a| {
-            (
-                "spec.service",
-                format!("the authorization of service {:?}", a.service),
-            )
-        },
-        &mut refused,
-    );
+    let authz = admitted_authorization(&objects.authorization, &mut refused);
     let mut authz_keys = Vec::new();
     for p in authz {
         mesh.authorization.push(p.spec);
@@ -426,6 +382,65 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     rest.sort_by(|a, b| a.key.cmp(&b.key));
     verdicts.extend(rest);
     Mapped { mesh, verdicts }
+}
+
+/// The routes of their own namespace's services holding their names, named and qualified
+/// (`name` defaults to the resource's name; services without a namespace are the resource's);
+/// the others get their verdict in `refused`.
+fn admitted_routes(
+    objects: &[DynamicObject],
+    refused: &mut Vec<Verdict>,
+) -> Vec<Parsed<wire::Route>> {
+    let mut routes: Vec<Parsed<wire::Route>> = parsed(objects, Kind::MeshRoute, refused);
+    for Parsed {
+        key, spec: route, ..
+    } in &mut routes
+    {
+        if route.name.is_empty() {
+            route.name = key.name.clone();
+        }
+        route.service = qualify(&route.service, &key.namespace);
+        if let Some(from) = route.from.as_mut() {
+            for c in from.iter_mut() {
+                *c = qualify(c, &key.namespace);
+            }
+        }
+    }
+    admitted(
+        routes,
+        |r| &r.service,
+        |r| {
+            (
+                "spec.name",
+                format!("route {:?} of service {:?}", r.name, r.service),
+            )
+        },
+        refused,
+    )
+}
+
+/// The authorization of their own namespace's services, one per service (the oldest), the
+/// service qualified; the others get their verdict in `refused`.
+fn admitted_authorization(
+    objects: &[DynamicObject],
+    refused: &mut Vec<Verdict>,
+) -> Vec<Parsed<wire::ServiceAuthorization>> {
+    let mut authz: Vec<Parsed<wire::ServiceAuthorization>> =
+        parsed(objects, Kind::AuthorizationPolicy, refused);
+    for p in &mut authz {
+        p.spec.service = qualify(&p.spec.service, &p.key.namespace);
+    }
+    admitted(
+        authz,
+        |a| &a.service,
+        |a| {
+            (
+                "spec.service",
+                format!("the authorization of service {:?}", a.service),
+            )
+        },
+        refused,
+    )
 }
 
 /// Merge each admitted traffic policy into its service, each checked on its own service.
