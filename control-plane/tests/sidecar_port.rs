@@ -256,11 +256,15 @@ async fn a_registration_flood_of_one_identity_is_refused_and_the_others_are_serv
         registered.push(stream);
     }
 
-    // The flood: 40 more streams of the same identity, at once, over a connection of their
-    // own (the bound is per identity, not per connection).
-    let flood_client = mesh.client("orders").await;
+    // The flood: 40 more streams of the same identity, at once, over connections of their
+    // own (the bound is per identity, not per connection), 10 per connection (within the 16
+    // streams a connection may carry, so that bound does not answer first).
+    let mut flood_clients = Vec::new();
+    for _ in 0..4 {
+        flood_clients.push(mesh.client("orders").await);
+    }
     let flood = (0..40u16).map(|i| {
-        let mut c = flood_client.clone();
+        let mut c = flood_clients[usize::from(i % 4)].clone();
         async move { hello(&mut c, "orders", 30_000 + i).await.map(|_| ()) }
     });
     let refused = futures_util::future::join_all(flood).await;
