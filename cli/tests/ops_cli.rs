@@ -74,6 +74,11 @@ struct Cp {
 
 impl Cp {
     fn start(policy_text: &str) -> Cp {
+        Cp::start_bounded(policy_text, Default::default())
+    }
+
+    /// [`Cp::start`] with the listeners and hub bounded by `options`.
+    fn start_bounded(policy_text: &str, options: weft_control_plane::server::ServeOptions) -> Cp {
         use weft_control_plane::server::{self, ServerConfig};
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy");
@@ -99,7 +104,11 @@ impl Cp {
             kubernetes_tokens: None,
         };
         let running = rt
-            .block_on(server::start_with(config, server::PolicyFrom::Directory))
+            .block_on(server::start_bounded(
+                config,
+                server::PolicyFrom::Directory,
+                options,
+            ))
             .expect("control plane");
         let admin = running.admin;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -573,4 +582,53 @@ fn apply_dry_run_history_audit_invalid_apply_and_rollback() {
         .expect("history")
         .count();
     assert_eq!(kept, 5, "one file per accepted version");
+}
+
+/// A policy whose snapshots the hub refuses as too large is refused before anything is
+/// written: the operator reads why, the directory, the version in force and the history stay.
+#[test]
+fn apply_over_the_snapshot_limit_writes_nothing() {
+    let original = policy(90, 10);
+    let cp = Cp::start_bounded(
+        &original,
+        weft_control_plane::server::ServeOptions {
+            hub: weft_control_plane::push::hub::HubLimits {
+                max_snapshot_bytes: 4096,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let v0 = cp.version();
+    let history = cp.weftctl(&["history"]).stdout;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 100 more services: every one a destination in each service's snapshot.
+    let services: String = (0..100)
+        .map(|i| format!("  - name: s{i}\n    identity: spiffe://weft.local/ns/default/sa/s{i}\n"))
+        .collect();
+    let big = original.replacen("routes:\n", &format!("{services}routes:\n"), 1);
+    let file = write(tmp.path(), "mesh.yaml", &big);
+    for dry in [false, true] {
+        let mut args = vec!["apply", "-f", file.as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = cp.weftctl(&args);
+        assert_eq!(out.code, 1, "dry run {dry}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.contains("over the limit of 4096"),
+            "dry run {dry}: {}",
+            out.stdout
+        );
+        assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(cp.policy_dir().join("mesh.yaml")).expect("read"),
+        original,
+        "the refused policy was written"
+    );
+    assert_eq!(cp.version(), v0);
+    assert_eq!(cp.weftctl(&["history"]).stdout, history);
+    let last = cp.audit().pop().expect("audit");
+    assert_eq!(last["action"], "rejected", "{last}");
 }

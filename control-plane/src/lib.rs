@@ -18,8 +18,10 @@
 pub mod ca;
 mod files;
 pub mod inject;
+pub mod limits;
 pub mod net;
 pub mod operator;
 pub mod policy;
 pub mod push;
 pub mod server;
+mod sidecar_port;

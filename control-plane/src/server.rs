@@ -28,8 +28,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
-use weft_api::v1::control_plane_server::ControlPlaneServer;
 use weft_certs::Identity;
 
 use crate::ca::ca_store::{CaStore, CaStoreOptions};
@@ -38,6 +36,7 @@ use crate::ca::issuer::{Issuer, IssuerOptions};
 use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::tokenreview::{KubeConnection, TokenReviewAttestor};
 use crate::ca::tokens::JoinTokenAttestor;
+pub use crate::limits::{check_admin_address, ServeOptions, SidecarLimits};
 use crate::operator::auth::AdminToken;
 use crate::operator::history::History;
 use crate::operator::ops::Ops;
@@ -45,6 +44,8 @@ use crate::policy::kube::source::{KubeOptions, KubeSource};
 use crate::policy::mesh::MeshPolicy;
 use crate::policy::source::{DirSource, PolicySource, Watch};
 use crate::push::hub::Hub;
+pub use crate::sidecar_port::SIDECAR_LISTEN_BACKLOG;
+use crate::sidecar_port::{bind_sidecar_listener, serve_sidecars};
 
 /// Namespace and service account of the control plane's own identity.
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
@@ -227,90 +228,6 @@ fn tls_config(store: &CaStore, cert: Arc<ServingCert>) -> anyhow::Result<TlsServ
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
-}
-
-/// Accept-queue length of the sidecars' port (the kernel caps it at `net.core.somaxconn`).
-/// The standard library's 128 overflowed when 500 sidecars connected at once in
-/// `weft-bench --cp-push`: the dropped handshakes waited out a 1 s SYN retransmission.
-pub const SIDECAR_LISTEN_BACKLOG: u32 = 4096;
-
-/// Bind the sidecars' port with a [`SIDECAR_LISTEN_BACKLOG`] long accept queue.
-fn bind_sidecar_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As std's bind does: a restarted control plane can bind while old connections linger.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(SIDECAR_LISTEN_BACKLOG)
-}
-
-/// The bounds of the sidecars' port (gRPC over mutual TLS).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SidecarLimits {
-    /// Connections at once; as many again may wait `handshake_timeout` for a slot, any beyond
-    /// are closed at once.
-    pub max_connections: usize,
-    /// Longest a TLS handshake may take.
-    pub handshake_timeout: Duration,
-    /// HTTP/2 streams at once per connection (a sidecar uses one, and `Certify` calls).
-    pub max_streams_per_connection: u32,
-    /// Largest gRPC message decoded (a `Certify` CSR, a sidecar's ACK).
-    pub max_message_bytes: usize,
-    /// Longest a unary call (`Certify`) may take; streams are not limited.
-    pub unary_timeout: Duration,
-    /// HTTP/2 PING interval; a peer that does not answer within `keepalive_timeout` is
-    /// closed.
-    pub keepalive_interval: Duration,
-    /// See `keepalive_interval`.
-    pub keepalive_timeout: Duration,
-}
-
-impl Default for SidecarLimits {
-    fn default() -> Self {
-        SidecarLimits {
-            max_connections: 16_384,
-            handshake_timeout: Duration::from_secs(10),
-            max_streams_per_connection: 16,
-            max_message_bytes: 1024 * 1024,
-            unary_timeout: Duration::from_secs(30),
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(20),
-        }
-    }
-}
-
-/// How the listeners are bounded and exposed, beyond [`ServerConfig`].
-#[derive(Debug, Clone, Default)]
-pub struct ServeOptions {
-    /// The operator API's bounds (and the metrics listener's).
-    pub admin: crate::net::Limits,
-    /// The sidecars' port's bounds.
-    pub sidecars: SidecarLimits,
-    /// Streams per identity and snapshot size.
-    pub hub: crate::push::hub::HubLimits,
-    /// A second plain HTTP listener serving only `/live`, `/ready` and `/metrics`, on any
-    /// address (kubelet probes, Prometheus), so the operator API can stay on loopback.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Serve the plaintext operator API on a non-loopback address anyway
-    /// (`--insecure-plaintext-operator-api`): its bearer token then crosses the network in
-    /// the clear.
-    pub insecure_plaintext_admin: bool,
-}
-
-/// Why the control plane refuses a plaintext operator API beyond loopback.
-pub fn check_admin_address(addr: SocketAddr, insecure: bool) -> anyhow::Result<()> {
-    if addr.ip().is_loopback() || insecure {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "the operator API is plain HTTP and would listen on {addr}, beyond loopback: its bearer \
-         token would cross the network in the clear. Bind it to 127.0.0.1 (use `kubectl \
-         port-forward` or an SSH tunnel to reach it; --metrics-listen serves /live, /ready and \
-         /metrics on any address), or pass --insecure-plaintext-operator-api to do it anyway"
-    )
 }
 
 /// Where [`start_with`] takes the mesh policy from.
@@ -553,65 +470,6 @@ async fn reload_on_change(ops: Arc<Ops>, mut changed: mpsc::UnboundedReceiver<()
             log::error!("policy load task: {e}");
         }
     }
-}
-
-/// Serve the sidecars on `listener` within `limits`: a connection slot, the TLS handshake in
-/// time, then gRPC, the `Stream` method by `push_stream` (snapshots shared, not copied per
-/// stream).
-fn serve_sidecars(
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    hub: Arc<Hub>,
-    issuer: Arc<Issuer>,
-    limits: SidecarLimits,
-) -> [tokio::task::JoinHandle<()>; 2] {
-    type Conn = crate::net::Slotted<crate::push::grpc::TlsConn>;
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<Conn, std::io::Error>>(64);
-    let gate = crate::net::Gate::new(limits.max_connections, limits.handshake_timeout);
-    let accept = tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = crate::net::accept(&listener, "sidecar port").await;
-            let (tls, conn_tx, gate) = (tls.clone(), conn_tx.clone(), gate.clone());
-            tokio::spawn(async move {
-                let Some(slot) = gate.enter().await else {
-                    log::warn!(
-                        "sidecar port: closing the connection from {peer}: too many connections"
-                    );
-                    return;
-                };
-                match tokio::time::timeout(limits.handshake_timeout, tls.accept(tcp)).await {
-                    Ok(Ok(s)) => {
-                        let conn = crate::net::Slotted::new(crate::push::grpc::TlsConn(s), slot);
-                        let _ = conn_tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => log::warn!("TLS handshake from {peer}: {e}"),
-                    Err(_) => log::warn!("TLS handshake from {peer}: timed out"),
-                }
-            });
-        }
-    });
-    let grpc = ControlPlaneServer::new(crate::push::grpc::Service {
-        hub: hub.clone(),
-        issuer,
-    })
-    .max_decoding_message_size(limits.max_message_bytes);
-    let svc = crate::push::push_stream::PushRouter::new(hub, grpc);
-    let serve = tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(limits.keepalive_interval))
-            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-            .max_concurrent_streams(Some(limits.max_streams_per_connection))
-            .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
-            .http2_max_header_list_size(Some(16 * 1024))
-            .timeout(limits.unary_timeout)
-            .add_service(svc)
-            .serve_with_incoming(ReceiverStream::new(conn_rx))
-            .await;
-        if let Err(e) = r {
-            log::error!("gRPC server: {e}");
-        }
-    });
-    [accept, serve]
 }
 
 /// What the operator API and the metrics listener serve.

@@ -1,8 +1,10 @@
-//! Bounds on every control-plane listener, against the real `weft-control-plane` binary
-//! (operator API, sidecars' port) and the server in process (registration flood, snapshot
-//! size): slow and idle clients are closed after their timeout while a legitimate client is
-//! still served, connections beyond the cap are refused, the process's memory stays bounded,
-//! and a plaintext operator API beyond loopback is refused at start.
+//! Bounds on the control plane's listeners, against the real `weft-control-plane` binary
+//! (operator API, sidecars' port): slow and idle clients are closed after their timeout while
+//! a legitimate client is still served, connections beyond the cap are refused, the process's
+//! memory stays bounded, and a plaintext operator API beyond loopback is refused at start. The
+//! registration flood and the sidecars' connection cap over real mTLS are `sidecar_port.rs`;
+//! the webhook's bounds `kubernetes/webhook_bounds.rs`; the snapshot bound the hub's unit tests
+//! and `weft-cli`'s `ops_cli.rs`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -114,6 +114,16 @@ struct Args {
     /// The webhook's private key (PEM).
     #[arg(long, requires = "webhook_listen", value_name = "FILE")]
     webhook_key: Option<PathBuf>,
+    /// Webhook connections at once (the API server's calls, one per pod created); as many
+    /// again wait up to --webhook-header-timeout for a slot, any beyond are closed.
+    #[arg(long, default_value_t = 256)]
+    webhook_max_connections: usize,
+    /// Longest a webhook client may take to send a request's headers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    webhook_header_timeout: Duration,
+    /// Webhook connections with no request in flight are closed after this long.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    webhook_idle_timeout: Duration,
     /// The sidecar image the webhook injects.
     #[arg(long, default_value = weft_control_plane::inject::DEFAULT_IMAGE, value_name = "IMAGE")]
     webhook_proxy_image: String,
@@ -144,6 +154,36 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The listeners' and the hub's bounds the flags set: the server's, and the webhook's.
+fn bounds(args: &Args) -> (ServeOptions, Limits) {
+    let options = ServeOptions {
+        admin: Limits {
+            max_connections: args.admin_max_connections,
+            header_read_timeout: args.admin_header_timeout,
+            idle_timeout: args.admin_idle_timeout,
+            ..Limits::default()
+        },
+        sidecars: SidecarLimits {
+            max_connections: args.sidecar_max_connections,
+            handshake_timeout: args.tls_handshake_timeout,
+            ..SidecarLimits::default()
+        },
+        hub: HubLimits {
+            max_streams_per_identity: args.max_streams_per_identity,
+            max_snapshot_bytes: args.max_snapshot_bytes,
+        },
+        metrics_listen: args.metrics_listen,
+        insecure_plaintext_admin: args.insecure_plaintext_operator_api,
+    };
+    let webhook_limits = Limits {
+        max_connections: args.webhook_max_connections,
+        handshake_timeout: args.tls_handshake_timeout,
+        header_read_timeout: args.webhook_header_timeout,
+        idle_timeout: args.webhook_idle_timeout,
+    };
+    (options, webhook_limits)
+}
+
 fn main() {
     let level = std::env::var("RUST_LOG")
         .ok()
@@ -152,6 +192,7 @@ fn main() {
     env_logger::Builder::new().filter_level(level).init();
     let args = Args::parse();
     raise_nofile_limit();
+    let (options, webhook_limits) = bounds(&args);
     let mut ca = CaStoreOptions {
         max_identity_age: Some(args.max_identity_age),
         ..CaStoreOptions::default()
@@ -196,29 +237,6 @@ fn main() {
         kubernetes_tokens: args
             .kubernetes_tokens
             .then_some(weft_control_plane::ca::tokenreview::KubeConnection::Infer),
-    };
-    let options = ServeOptions {
-        admin: Limits {
-            max_connections: args.admin_max_connections,
-            header_read_timeout: args.admin_header_timeout,
-            idle_timeout: args.admin_idle_timeout,
-            ..Limits::default()
-        },
-        sidecars: SidecarLimits {
-            max_connections: args.sidecar_max_connections,
-            handshake_timeout: args.tls_handshake_timeout,
-            ..SidecarLimits::default()
-        },
-        hub: HubLimits {
-            max_streams_per_identity: args.max_streams_per_identity,
-            max_snapshot_bytes: args.max_snapshot_bytes,
-        },
-        metrics_listen: args.metrics_listen,
-        insecure_plaintext_admin: args.insecure_plaintext_operator_api,
-    };
-    let webhook_limits = Limits {
-        handshake_timeout: args.tls_handshake_timeout,
-        ..webhook::default_limits()
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -286,7 +286,20 @@ impl Ops {
     pub fn validate(&self, files: &BTreeMap<String, String>) -> Result<MeshPolicy, OpsError> {
         Self::check_names(files)?;
         let (_, merged) = self.merged(files)?;
-        self.dir()?.validate_set(&merged).map_err(OpsError::Invalid)
+        self.checked(self.dir()?, &merged)
+            .map_err(OpsError::Invalid)
+    }
+
+    /// The policy `files` make, valid and within the hub's bounds (a snapshot over
+    /// `--max-snapshot-bytes` is refused here, before anything is written), or why not.
+    fn checked(
+        &self,
+        dir: &DirSource,
+        files: &BTreeMap<String, String>,
+    ) -> Result<MeshPolicy, PolicyErrors> {
+        let policy = dir.validate_set(files)?;
+        self.hub.check_snapshots(&policy)?;
+        Ok(policy)
     }
 
     /// Apply `files` (added or replaced in the directory): validated first, then written
@@ -332,7 +345,7 @@ impl Ops {
         dry_run: bool,
     ) -> Result<Outcome, OpsError> {
         let before = self.hub.policy();
-        let policy = match self.dir()?.validate_set(&target) {
+        let policy = match self.checked(self.dir()?, &target) {
             Ok(p) => p,
             Err(errors) => {
                 if !dry_run {

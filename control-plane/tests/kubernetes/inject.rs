@@ -391,16 +391,16 @@ fn webhook_configuration_matches_the_server() {
 
 // ---- the webhook over HTTPS ----
 
-struct TestWebhook {
-    _hook: Option<webhook::Webhook>,
-    addr: std::net::SocketAddr,
-    tls: tokio_rustls::TlsConnector,
-    _dir: tempfile::TempDir,
+pub(super) struct TestWebhook {
+    pub(super) _hook: Option<webhook::Webhook>,
+    pub(super) addr: std::net::SocketAddr,
+    pub(super) tls: tokio_rustls::TlsConnector,
+    pub(super) _dir: tempfile::TempDir,
 }
 
 /// A CA and a serving certificate for `localhost` from it, written to `dir`: the
 /// certificate and key files, and a TLS connector trusting the CA.
-fn webhook_certs(dir: &Path) -> (PathBuf, PathBuf, tokio_rustls::TlsConnector) {
+pub(super) fn webhook_certs(dir: &Path) -> (PathBuf, PathBuf, tokio_rustls::TlsConnector) {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::default();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -476,7 +476,7 @@ impl TestWebhook {
             .expect("webhook answered in time")
     }
 
-    async fn review(&self, review: &Value) -> (u16, Value) {
+    pub(super) async fn review(&self, review: &Value) -> (u16, Value) {
         let (status, body) = self
             .post("POST", "/inject", review.to_string().into_bytes())
             .await;
@@ -487,7 +487,7 @@ impl TestWebhook {
 }
 
 /// An AdmissionReview as the API server sends it for a Pod created by a ReplicaSet.
-fn admission_review(uid: &str, pod: &Value) -> Value {
+pub(super) fn admission_review(uid: &str, pod: &Value) -> Value {
     json!({
         "kind": "AdmissionReview",
         "apiVersion": "admission.k8s.io/v1",
@@ -515,7 +515,7 @@ fn admission_review(uid: &str, pod: &Value) -> Value {
 
 /// The pod a ReplicaSet of the `deployment` case creates: generateName, no name, no
 /// namespace in the body (the review carries it).
-fn replicaset_pod() -> Value {
+pub(super) fn replicaset_pod() -> Value {
     let deployment = docs(&input("deployment")).remove(0);
     let template = &deployment["spec"]["template"];
     let mut metadata = template["metadata"].clone();
@@ -528,7 +528,7 @@ fn replicaset_pod() -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})
 }
 
-fn response(review: &Value) -> &Value {
+pub(super) fn response(review: &Value) -> &Value {
     &review["response"]
 }
 

@@ -20,10 +20,12 @@ pub const VERSION: &str = "v1alpha1";
 /// The condition type the control plane sets on every policy resource.
 pub const ACCEPTED: &str = "Accepted";
 
-/// A route to a mesh service (a policy file's `routes` item). `service` and the callers in
-/// `from` name services of the resource's namespace (`orders`) or of any namespace
-/// (`orders.shop`); `name` defaults to the resource's name. The routes of one service match in
-/// the order of their resources' namespace and name.
+/// A route to a mesh service of the resource's own namespace (a policy file's `routes` item).
+/// `service` names a service of that namespace (`orders`, or `orders.shop` in `shop`); naming
+/// another namespace's service is refused (`CrossNamespace`). The callers in `from` may be of
+/// any namespace (`web`, `web.frontend`). `name` defaults to the resource's name; of two routes
+/// of one service with the same name the older holds it (the other `Conflicted`). The routes
+/// of one service match in the order of their resources' names.
 #[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(transparent)]
 #[kube(
@@ -49,8 +51,10 @@ pub struct MeshRouteSpec {
     pub route: wire::Route,
 }
 
-/// The traffic policy of one service: load balancer, retry budget, outlier detection (the
-/// circuit breaker) and concurrency limits. One per service.
+/// The traffic policy of one service of the resource's own namespace (another namespace's
+/// service is refused, `CrossNamespace`): load balancer, retry budget, outlier detection (the
+/// circuit breaker) and concurrency limits. One per service: the oldest applies, the others
+/// are `Conflicted` (created in the same second, none applies).
 #[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(transparent)]
 #[kube(
@@ -76,7 +80,10 @@ pub struct TrafficPolicySpec {
     pub policy: wire::TrafficPolicy,
 }
 
-/// Who may call one service (a policy file's `authorization` item). One per service.
+/// Who may call one service of the resource's own namespace (a policy file's `authorization`
+/// item; another namespace's service is refused, `CrossNamespace`; callers may be of any
+/// namespace). One per service: the oldest applies, the others are `Conflicted` (created in
+/// the same second, none applies).
 #[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(transparent)]
 #[kube(
@@ -121,7 +128,8 @@ pub struct Condition {
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
-    /// A CamelCase word for programs (`Accepted`, `Invalid`, `Conflict`, `ServiceNotFound`).
+    /// A CamelCase word for programs (`Accepted`, `Invalid`, `CrossNamespace`, `Conflicted`,
+    /// `ServiceNotFound`).
     pub reason: String,
     /// What is wrong, for people.
     pub message: String,

@@ -23,7 +23,7 @@
 //!   (`MeshRoute shop/orders-api: spec.match.path.regex: bad regex ...`), and the rest stays in
 //!   force.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
@@ -32,11 +32,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use serde::de::DeserializeOwned;
 use weft_policy::wire::{self, MeshFile};
-use weft_policy::FieldError;
 
 use discover::discover;
+use settle::{invalid, settle};
 
 mod discover;
+mod settle;
 mod tenancy;
 
 pub use tenancy::{CONFLICTED, CROSS_NAMESPACE};
@@ -225,7 +226,7 @@ impl fmt::Display for ObjectKey {
 /// Why an object was left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// A CamelCase word: `Invalid`, `Conflict` or `ServiceNotFound`.
+    /// A CamelCase word: `Invalid`, `CrossNamespace`, `Conflicted` or `ServiceNotFound`.
     pub reason: &'static str,
     /// Every problem, `field: reason`, joined with `; `.
     pub message: String,
@@ -310,9 +311,9 @@ pub fn has_sidecar(pod: &Pod) -> bool {
     })
 }
 
-/// The mesh policy of `objects`, in `trust_domain`.
-// Long (about 90 lines): one pass per resource kind in a fixed order (services, traffic
-// policies, then routes and authorization together), each judged against what came before.
+/// The mesh policy of `objects`, in `trust_domain`: one pass per resource kind in a fixed
+/// order (services, traffic policies, then routes and authorization together), each judged
+/// against what came before.
 pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     let mut verdicts = Vec::new();
 
@@ -343,57 +344,13 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     let mut generations: HashMap<ObjectKey, Option<i64>> = HashMap::new();
     // Resources whose spec does not even parse, of another namespace's service, or conflicted.
     let mut refused: Vec<Verdict> = Vec::new();
-    let mut routes: Vec<Parsed<wire::Route>> =
-        parsed(&objects.routes, Kind::MeshRoute, &mut refused);
-    for Parsed {
-        key, spec: route, ..
-    } in &mut routes
-    {
-        if route.name.is_empty() {
-            route.name = key.name.clone();
-        }
-        route.service = qualify(&route.service, &key.namespace);
-        if let Some(from) = route.from.as_mut() {
-            for c in from.iter_mut() {
-                *c = qualify(c, &key.namespace);
-            }
-        }
-    }
-    let routes = admitted(
-        routes,
-        |r| &r.service,
-        |r| {
-            (
-                "spec.name",
-                format!("route {:?} of service {:?}", r.name, r.service),
-            )
-        },
-        &mut refused,
-    );
+    let routes = admitted_routes(&objects.routes, &mut refused);
     for p in routes {
         mesh.routes.push(p.spec);
         generations.insert(p.key.clone(), p.generation);
         route_keys.push(p.key);
     }
-    let mut authz: Vec<Parsed<wire::ServiceAuthorization>> = parsed(
-        &objects.authorization,
-        Kind::AuthorizationPolicy,
-        &mut refused,
-    );
-    for p in &mut authz {
-        p.spec.service = qualify(&p.spec.service, &p.key.namespace);
-    }
-    let authz = admitted(
-        authz,
-        |a| &a.service,
-        |a| {
-            (
-                "spec.service",
-                format!("the authorization of service {:?}", a.service),
-            )
-        },
-        &mut refused,
-    );
+    let authz = admitted_authorization(&objects.authorization, &mut refused);
     let mut authz_keys = Vec::new();
     for p in authz {
         mesh.authorization.push(p.spec);
@@ -425,6 +382,65 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     rest.sort_by(|a, b| a.key.cmp(&b.key));
     verdicts.extend(rest);
     Mapped { mesh, verdicts }
+}
+
+/// The routes of their own namespace's services holding their names, named and qualified
+/// (`name` defaults to the resource's name; services without a namespace are the resource's);
+/// the others get their verdict in `refused`.
+fn admitted_routes(
+    objects: &[DynamicObject],
+    refused: &mut Vec<Verdict>,
+) -> Vec<Parsed<wire::Route>> {
+    let mut routes: Vec<Parsed<wire::Route>> = parsed(objects, Kind::MeshRoute, refused);
+    for Parsed {
+        key, spec: route, ..
+    } in &mut routes
+    {
+        if route.name.is_empty() {
+            route.name = key.name.clone();
+        }
+        route.service = qualify(&route.service, &key.namespace);
+        if let Some(from) = route.from.as_mut() {
+            for c in from.iter_mut() {
+                *c = qualify(c, &key.namespace);
+            }
+        }
+    }
+    admitted(
+        routes,
+        |r| &r.service,
+        |r| {
+            (
+                "spec.name",
+                format!("route {:?} of service {:?}", r.name, r.service),
+            )
+        },
+        refused,
+    )
+}
+
+/// The authorization of their own namespace's services, one per service (the oldest), the
+/// service qualified; the others get their verdict in `refused`.
+fn admitted_authorization(
+    objects: &[DynamicObject],
+    refused: &mut Vec<Verdict>,
+) -> Vec<Parsed<wire::ServiceAuthorization>> {
+    let mut authz: Vec<Parsed<wire::ServiceAuthorization>> =
+        parsed(objects, Kind::AuthorizationPolicy, refused);
+    for p in &mut authz {
+        p.spec.service = qualify(&p.spec.service, &p.key.namespace);
+    }
+    admitted(
+        authz,
+        |a| &a.service,
+        |a| {
+            (
+                "spec.service",
+                format!("the authorization of service {:?}", a.service),
+            )
+        },
+        refused,
+    )
 }
 
 /// Merge each admitted traffic policy into its service, each checked on its own service.
@@ -475,99 +491,6 @@ fn apply_traffic_policies(objects: &Objects, mesh: &mut MeshFile, verdicts: &mut
             generation,
             result,
         });
-    }
-}
-
-/// Validate `mesh` and leave out every item an error names (each section's items parallel
-/// to its keys), with a verdict, until what is left is valid. Removing an item can only make
-/// others fail that named it (a route to a rejected service), which the next round catches,
-/// so this ends within one round per item.
-fn settle(
-    mesh: &mut MeshFile,
-    services: &mut Vec<ObjectKey>,
-    routes: &mut Vec<ObjectKey>,
-    authz: &mut Vec<ObjectKey>,
-    verdicts: &mut Vec<Verdict>,
-) {
-    let rounds = mesh.services.len() + mesh.routes.len() + mesh.authorization.len() + 1;
-    for _ in 0..rounds {
-        let Err(errors) = weft_policy::validate_mesh_dynamic(mesh.clone()) else {
-            return;
-        };
-        // Section and index to the errors naming that item.
-        let mut by_item: BTreeMap<(&'static str, usize), Vec<FieldError>> = BTreeMap::new();
-        for e in errors {
-            match item_of(&e.field) {
-                Some(item) => by_item.entry(item).or_default().push(e),
-                None => log::error!("policy error naming no resource: {e}"),
-            }
-        }
-        if by_item.is_empty() {
-            // Nothing to leave out; the source reports the policy as invalid when it builds
-            // it, and the last good policy stays.
-            return;
-        }
-        // Highest index first, so removing one leaves the other indexes in place.
-        for ((section, index), errs) in by_item.into_iter().rev() {
-            let (keys, len) = match section {
-                "services" => (&mut *services, mesh.services.len()),
-                "routes" => (&mut *routes, mesh.routes.len()),
-                _ => (&mut *authz, mesh.authorization.len()),
-            };
-            if index >= len || index >= keys.len() {
-                continue;
-            }
-            match section {
-                "services" => drop(mesh.services.remove(index)),
-                "routes" => drop(mesh.routes.remove(index)),
-                _ => drop(mesh.authorization.remove(index)),
-            }
-            let key = keys.remove(index);
-            verdicts.push(Verdict {
-                key,
-                generation: None,
-                result: Err(invalid(&errs, section)),
-            });
-        }
-    }
-}
-
-/// `("routes", 3)` for `routes[3].match`.
-fn item_of(field: &str) -> Option<(&'static str, usize)> {
-    let (section, rest) = field.split_once('[')?;
-    let section = match section {
-        "services" => "services",
-        "routes" => "routes",
-        "authorization" => "authorization",
-        _ => return None,
-    };
-    let index = rest.split_once(']')?.0.parse().ok()?;
-    Some((section, index))
-}
-
-/// An `Invalid` rejection from field errors of one item: `routes[3].match.path` reads
-/// `spec.match.path`, as does a TrafficPolicy's `services[0].retry_budget` (section
-/// `traffic`: `spec.retry_budget`); a Service's own fields have no `spec.` (`port`).
-fn invalid(errors: &[FieldError], section: &str) -> Rejection {
-    let message = errors
-        .iter()
-        .map(|e| {
-            let tail = e.field.split_once(']').map_or(e.field.as_str(), |(_, t)| t);
-            let field = match section {
-                "services" => tail.trim_start_matches('.').to_owned(),
-                _ => format!("spec{tail}"),
-            };
-            if field.is_empty() {
-                e.reason.clone()
-            } else {
-                format!("{field}: {}", e.reason)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    Rejection {
-        reason: "Invalid",
-        message,
     }
 }
 
