@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub sidecars: SidecarLimits,
     /// Streams per identity and snapshot size.
     pub hub: crate::push::hub::HubLimits,
+    /// The certificate authority's admission gates (first certificates and renewals each).
+    pub ca_admission: crate::ca::admission::Limits,
     /// A second plain HTTP listener serving only `/live`, `/ready` and `/metrics`, on any
     /// address (kubelet probes, Prometheus), so the operator API can stay on loopback.
     pub metrics_listen: Option<SocketAddr>,

@@ -260,7 +260,7 @@ pub async fn start_bounded(
     options: ServeOptions,
 ) -> anyhow::Result<Running> {
     check_admin_address(config.admin, options.insecure_plaintext_admin)?;
-    let ca = ca(&config).await?;
+    let ca = ca(&config, options.ca_admission).await?;
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
     let history = History::open(&config.state_dir).context("policy history")?;
@@ -353,7 +353,7 @@ struct Ca {
 /// Open the CA in the state directory, the attestors of `Certify` (join tokens, and service
 /// account tokens when configured), the issuer, and the control plane's own serving
 /// certificate and TLS acceptor.
-async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
+async fn ca(config: &ServerConfig, admission: crate::ca::admission::Limits) -> anyhow::Result<Ca> {
     let store = Arc::new(
         CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
             .context("certificate authority")?,
@@ -389,6 +389,7 @@ async fn ca(config: &ServerConfig) -> anyhow::Result<Ca> {
         Arc::new(attestor),
         IssuerOptions {
             cert_lifetime: config.cert_lifetime,
+            admission,
             ..IssuerOptions::default()
         },
     )

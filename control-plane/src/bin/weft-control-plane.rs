@@ -174,6 +174,8 @@ fn bounds(args: &Args) -> (ServeOptions, Limits) {
         },
         metrics_listen: args.metrics_listen,
         insecure_plaintext_admin: args.insecure_plaintext_operator_api,
+        // The documented gates (docs/OPERATIONS.md, "Workload identities").
+        ca_admission: Default::default(),
     };
     let webhook_limits = Limits {
         max_connections: args.webhook_max_connections,

@@ -60,27 +60,44 @@ impl Site {
 
     /// A control plane on this site whose identities live at most `max_age`.
     async fn start(&self, max_age: Duration) -> Running {
+        self.start_gated(max_age, Default::default()).await
+    }
+
+    /// [`Site::start`] with these admission gates in front of the CA.
+    async fn start_gated(
+        &self,
+        max_age: Duration,
+        gates: weft_control_plane::ca::admission::Limits,
+    ) -> Running {
         let d = self.dir.path();
-        server::start(ServerConfig {
-            policy_dir: d.join("policy"),
-            state_dir: self.state(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            admin: "127.0.0.1:0".parse().expect("addr"),
-            trust_domain: TD.to_owned(),
-            ca: CaStoreOptions {
-                root: RootSource::Files {
-                    cert: d.join("root.crt"),
-                    key: d.join("root.key"),
+        let options = server::ServeOptions {
+            ca_admission: gates,
+            ..Default::default()
+        };
+        server::start_bounded(
+            ServerConfig {
+                policy_dir: d.join("policy"),
+                state_dir: self.state(),
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                admin: "127.0.0.1:0".parse().expect("addr"),
+                trust_domain: TD.to_owned(),
+                ca: CaStoreOptions {
+                    root: RootSource::Files {
+                        cert: d.join("root.crt"),
+                        key: d.join("root.key"),
+                    },
+                    max_identity_age: Some(max_age),
+                    ..CaStoreOptions::default()
                 },
-                max_identity_age: Some(max_age),
-                ..CaStoreOptions::default()
+                grace: Duration::from_secs(2),
+                poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,
+                admin_token_file: None,
+                cert_lifetime: Duration::from_secs(3600),
+                kubernetes_tokens: None,
             },
-            grace: Duration::from_secs(2),
-            poll_interval: weft_control_plane::policy::source::DEFAULT_POLL_INTERVAL,
-            admin_token_file: None,
-            cert_lifetime: Duration::from_secs(3600),
-            kubernetes_tokens: None,
-        })
+            server::PolicyFrom::Directory,
+            options,
+        )
         .await
         .expect("control plane")
     }
@@ -392,7 +409,14 @@ async fn flood(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certify_flood_is_refused_while_a_renewal_succeeds_within_its_deadline() {
     let site = site();
-    let cp = site.start(Duration::from_secs(3600)).await;
+    // A small gate (one call at a time, four waiting), so that the flood overflows it however
+    // fast or loaded this machine is; the defaults (8 and 64) differ only in size.
+    let gates = weft_control_plane::ca::admission::Limits {
+        concurrency: 1,
+        queue: 4,
+        queue_wait: Duration::from_secs(2),
+    };
+    let cp = site.start_gated(Duration::from_secs(3600), gates).await;
     let token = token_for(&site.tokens(), None);
     let first = certify(&site, &cp, None, &token).await.expect("bootstrap");
     let (stop, exhausted, total) = (
