@@ -3,13 +3,13 @@
 //! Pingora's rustls connector panics on a malformed key or root, so everything handed to Pingora
 //! is parsed here first.
 
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use pingora_core::listeners::tls::Acceptor;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_certs::Identity;
@@ -85,7 +85,7 @@ fn read(path: &Path, field: &str) -> Result<Vec<u8>, FieldError> {
 }
 
 fn certs(pem: &[u8], path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, FieldError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(pem))
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| ferr(field, format!("{}: bad PEM: {e}", path.display())))?;
     if certs.is_empty() {
@@ -139,14 +139,13 @@ pub fn from_pem(
         .ok();
     let chain = certs(cert_pem, &paths.cert, "tls.cert")?;
     let roots_der = certs(bundle_pem, &paths.trust_bundle, "tls.trust_bundle")?;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(key_pem))
-        .map_err(|e| ferr("tls.key", format!("{}: bad PEM: {e}", paths.key.display())))?
-        .ok_or_else(|| {
-            ferr(
-                "tls.key",
-                format!("{}: no private key found", paths.key.display()),
-            )
-        })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => ferr(
+            "tls.key",
+            format!("{}: no private key found", paths.key.display()),
+        ),
+        e => ferr("tls.key", format!("{}: bad PEM: {e}", paths.key.display())),
+    })?;
 
     let identity = weft_certs::identity_from_cert_der(chain[0].as_ref())
         .map_err(|e| ferr("tls.cert", format!("no workload identity: {e}")))?;

@@ -67,7 +67,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Is this plaintext connection HTTP/2 with prior knowledge? Reads only while the bytes still
 /// match the preface, then puts them back. Pingora's own h2c check waits for 24 bytes, which
 /// hangs a shorter HTTP/1 request (`GET / HTTP/1.0` + CRLFs is 18) and never answers it.
-async fn sniff_h2c(stream: &mut L4Stream) -> std::io::Result<bool> {
+/// Public only for the fuzz target (fuzz/fuzz_targets/h2c_sniff.rs).
+#[doc(hidden)]
+pub async fn sniff_h2c(stream: &mut L4Stream) -> std::io::Result<bool> {
     let mut buf = [0u8; 24];
     let mut n = 0;
     while n < buf.len() {

@@ -226,6 +226,8 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
     use weft_certs::CertificateAuthority;
 
     use super::*;
@@ -278,9 +280,7 @@ mod tests {
             orders()
         );
         let file_key = std::fs::read(dir.path().join("o.key")).expect("key file");
-        let file_key = rustls_pemfile::private_key(&mut file_key.as_slice())
-            .expect("pem")
-            .expect("key");
+        let file_key = PrivateKeyDer::from_pem_slice(&file_key).expect("pem key");
         assert_eq!(private.secret_der(), file_key.secret_der());
         let mut store_roots = rustls::RootCertStore::empty();
         pingora_core::tls::load_ca_file_into_store(roots.path(), &mut store_roots).expect("roots");

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_testkit::wait::until_async;
@@ -38,7 +40,7 @@ async fn frontend_to(pki: &Pki, endpoint: SocketAddr, top: &str, extra: &str) ->
 
 /// The first certificate of a PEM chain, DER.
 fn leaf_der(pem: &str) -> Vec<u8> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .expect("a certificate")
         .expect("PEM")

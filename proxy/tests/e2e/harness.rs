@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use weft_certs::{CertificateAuthority, Identity};
 pub use weft_policy::wire;
@@ -442,12 +443,10 @@ pub fn client_identity(
 ) {
     let cert = std::fs::read(pki.path().join(format!("{sa}.crt"))).expect("cert");
     let key = std::fs::read(pki.path().join(format!("{sa}.key"))).expect("key");
-    let chain = rustls_pemfile::certs(&mut cert.as_slice())
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&cert)
         .collect::<Result<Vec<_>, _>>()
         .expect("pem");
-    let key = rustls_pemfile::private_key(&mut key.as_slice())
-        .expect("pem")
-        .expect("key");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key).expect("pem key");
     (chain, key)
 }
 
