@@ -390,7 +390,6 @@ async fn ca(config: &ServerConfig, admission: crate::ca::admission::Limits) -> a
         IssuerOptions {
             cert_lifetime: config.cert_lifetime,
             admission,
-            ..IssuerOptions::default()
         },
     )
     .context("certificate issuer")?;
