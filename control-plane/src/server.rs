@@ -292,25 +292,14 @@ pub async fn start_bounded(
         tokio::spawn(reload_on_change(ops.clone(), policy.changed)),
     ];
 
-    let listener = bind_sidecar_listener(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let listen = listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("binding {}", config.admin))?;
-    let admin = admin_listener.local_addr()?;
-    let metrics_listener = match options.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?,
-        ),
-        None => None,
-    };
-    let metrics = match &metrics_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
-    };
+    let Bound {
+        sidecars: listener,
+        listen,
+        admin: admin_listener,
+        admin_addr: admin,
+        metrics: metrics_listener,
+        metrics_addr: metrics,
+    } = bind(&config, options.metrics_listen).await?;
 
     tasks.extend(serve_sidecars(
         listener,
@@ -339,6 +328,48 @@ pub async fn start_bounded(
         admin_token_file,
         tasks,
         _watch: policy.watch,
+    })
+}
+
+/// The control plane's listeners, bound, with the addresses they got.
+struct Bound {
+    sidecars: TcpListener,
+    listen: SocketAddr,
+    admin: TcpListener,
+    admin_addr: SocketAddr,
+    metrics: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Bind the sidecars' port, the operator API and the optional metrics listener.
+async fn bind(config: &ServerConfig, metrics_listen: Option<SocketAddr>) -> anyhow::Result<Bound> {
+    let listener = bind_sidecar_listener(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let listen = listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding {}", config.admin))?;
+    let admin = admin_listener.local_addr()?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+
+    Ok(Bound {
+        sidecars: listener,
+        listen,
+        admin: admin_listener,
+        admin_addr: admin,
+        metrics: metrics_listener,
+        metrics_addr: metrics,
     })
 }
 

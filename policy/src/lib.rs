@@ -286,6 +286,38 @@ impl Validator<'_> {
         Some(Config::from_parts(local?, policy))
     }
 
+    /// The `control_plane` block: where the policy comes from, and how a first certificate
+    /// and a first policy are had.
+    fn control_plane(&mut self, cp: wire::ControlPlane) -> Option<ControlPlane> {
+        let address = self.check("control_plane.address", host_port(&cp.address));
+        let identity = self.check("control_plane.identity", identity(&cp.identity));
+        let bootstrap_timeout = self.duration(
+            "control_plane.bootstrap_timeout",
+            cp.bootstrap_timeout,
+            DEFAULT_BOOTSTRAP_TIMEOUT,
+        );
+        if cp.join_token_file.as_deref() == Some("") {
+            self.err(
+                "control_plane.join_token_file",
+                "must name a file (or be left out)",
+            );
+        }
+        let bootstrap_authorization = cp
+            .bootstrap_authorization
+            .map(|a| self.authorization_at("control_plane.bootstrap_authorization", Some(a)));
+        Some(ControlPlane {
+            bootstrap_authorization,
+            address: address?,
+            identity: identity?,
+            state_file: cp.state_file.map(|f| self.base.join(f)),
+            join_token_file: cp
+                .join_token_file
+                .filter(|f| !f.is_empty())
+                .map(|f| self.base.join(f)),
+            bootstrap_timeout,
+        })
+    }
+
     /// The sidecar-local part, and the ports its loopback listeners take (known when the
     /// listeners are valid, even if something else is not).
     fn local(&mut self, raw: wire::LocalFile) -> (Option<Local>, Vec<u16>) {
@@ -325,35 +357,7 @@ impl Validator<'_> {
                 self.base.join(p)
             }
         });
-        let control_plane = raw.control_plane.and_then(|cp| {
-            let address = self.check("control_plane.address", host_port(&cp.address));
-            let identity = self.check("control_plane.identity", identity(&cp.identity));
-            let bootstrap_timeout = self.duration(
-                "control_plane.bootstrap_timeout",
-                cp.bootstrap_timeout,
-                DEFAULT_BOOTSTRAP_TIMEOUT,
-            );
-            if cp.join_token_file.as_deref() == Some("") {
-                self.err(
-                    "control_plane.join_token_file",
-                    "must name a file (or be left out)",
-                );
-            }
-            let bootstrap_authorization = cp
-                .bootstrap_authorization
-                .map(|a| self.authorization_at("control_plane.bootstrap_authorization", Some(a)));
-            Some(ControlPlane {
-                bootstrap_authorization,
-                address: address?,
-                identity: identity?,
-                state_file: cp.state_file.map(|f| self.base.join(f)),
-                join_token_file: cp
-                    .join_token_file
-                    .filter(|f| !f.is_empty())
-                    .map(|f| self.base.join(f)),
-                bootstrap_timeout,
-            })
-        });
+        let control_plane = raw.control_plane.and_then(|cp| self.control_plane(cp));
         let reserved = listen
             .as_ref()
             .map(|l| vec![l.outbound.port(), l.admin.port()])

@@ -238,7 +238,7 @@ impl Issuer {
     /// [`CertificateAuthority::sign_csr`](weft_certs::CertificateAuthority::sign_csr).
     pub fn issue(&self, credential: &Credential, csr_pem: &str) -> Result<Issued, IssueError> {
         let identity = self.attest(credential)?;
-        let provenance = Provenance::now(Source::of(credential));
+        let provenance = Provenance::now(source_of(credential));
         self.check_shared(None, &provenance.source)?;
         self.sign(identity, &provenance, csr_pem)
     }
@@ -305,7 +305,7 @@ impl Issuer {
                         credential: Box::new(attested),
                     });
                 }
-                Provenance::now(Source::of(credential))
+                Provenance::now(source_of(credential))
             }
             None => self.recheck(current, &identity)?,
         };
@@ -424,5 +424,19 @@ fn csr_error(e: weft_certs::Error, identity: &Identity) -> IssueError {
             allowed: identity.clone(),
         },
         e => IssueError::Signing(e),
+    }
+}
+
+/// The provenance source of a presented credential: a join token by its id (never its
+/// secret), or the service account. Here, not in `provenance`, so that module needs neither
+/// the credential types nor the token store.
+fn source_of(credential: &Credential) -> Source {
+    match credential {
+        Credential::JoinToken(token) => Source::JoinToken(
+            crate::ca::tokens::token_id(token)
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        Credential::ServiceAccountToken(_) => Source::ServiceAccount,
     }
 }

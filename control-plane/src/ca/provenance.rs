@@ -33,25 +33,12 @@ pub enum Source {
 }
 
 impl Source {
-    /// The credential's kind, as [`crate::ca::attest::Credential::kind`] names it.
+    /// The credential's kind, as `Credential::kind` names it.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::JoinToken(_) => "join token",
             Self::ServiceAccount => "service account token",
             Self::Unknown => "credential",
-        }
-    }
-
-    /// The source of a presented credential.
-    pub fn of(credential: &crate::ca::attest::Credential) -> Self {
-        use crate::ca::attest::Credential;
-        match credential {
-            Credential::JoinToken(token) => Self::JoinToken(
-                crate::ca::tokens::token_id(token)
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
-            Credential::ServiceAccountToken(_) => Self::ServiceAccount,
         }
     }
 }
