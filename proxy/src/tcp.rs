@@ -19,10 +19,12 @@ use tokio_rustls::TlsConnector;
 use weft_resilience::outlier::Admission;
 
 use crate::clock;
+use crate::errors::Reject;
 use crate::identity::material::ALPN_TCP;
+use crate::inbound::authorize::{self, Ask};
 use crate::outbound::endpoint::{self, Chosen};
 use crate::outbound::route::Destination;
-use crate::store::{PolicySource, Snapshot};
+use crate::store::Snapshot;
 use crate::telemetry::metrics::Metrics;
 
 /// Connect attempts for one tunnel: a refused or failed connect never reached the app, so
@@ -225,22 +227,19 @@ pub async fn inbound(
     metrics: &Metrics,
 ) {
     let app = snap.own.app;
-    // Fail closed before the first control-plane snapshot.
-    if snap.policy == PolicySource::Pending {
+    // The same admission as a request's; a tunnel without a proven identity is denied.
+    let admitted = match caller.as_deref() {
+        Some(c) => authorize::admit(&snap, c, Ask::Tunnel),
+        None => Err(Reject::NoIdentity),
+    };
+    if let Err(reject) = admitted {
+        // The request path's flag (`denied`, `no_policy`) is the tunnel's reason label too.
+        let failure = reject.failure();
         metrics
             .tcp_rejected
-            .with_label_values(&["inbound", &snap.own.name, "no_policy"])
+            .with_label_values(&["inbound", &snap.own.name, failure.flag])
             .inc();
-        log::info!("tcp tunnel from {caller:?} refused: no authorization policy yet");
-        return;
-    }
-    // A tunnel needs a proven SPIFFE identity that a rule allows.
-    if !caller.as_deref().is_some_and(|c| snap.authz.allows_tcp(c)) {
-        metrics
-            .tcp_rejected
-            .with_label_values(&["inbound", &snap.own.name, "denied"])
-            .inc();
-        log::info!("tcp tunnel from {caller:?} denied: no mesh identity, or no authorization rule allows it");
+        log::info!("tcp tunnel from {caller:?} refused: {}", failure.reason);
         return;
     }
     match timeout(snap.connect_timeout, TcpStream::connect(app)).await {

@@ -118,16 +118,6 @@ async fn metrics_listener_serves_only_read_only_endpoints() {
     assert_eq!(admin(orders.admin, "GET", "/config_dump").await.0, 200);
 }
 
-/// Whether the peer has closed `s` (EOF or reset), read without waiting.
-pub(crate) fn closed(s: &tokio::net::TcpStream) -> bool {
-    let mut b = [0u8; 64];
-    match s.try_read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-    }
-}
-
 /// The admin listener holds no connection forever and no more than its cap: a client that
 /// sends nothing, or headers that never end, is closed after the header timeout (5 s), and
 /// beyond 64 open connections a new one is closed at once while the 64 are still open.
@@ -166,13 +156,10 @@ async fn admin_connections_have_a_header_timeout_and_a_cap() {
         held.push(connect().await);
     }
     let extra = connect().await;
-    weft_testkit::wait::until_async(
+    wait_closed(
         "the 65th connection to be closed",
+        &extra,
         Duration::from_secs(4),
-        || {
-            let c = closed(&extra);
-            async move { c.then_some(()) }
-        },
     )
     .await;
     let open = held.iter().filter(|s| !closed(s)).count();

@@ -1044,3 +1044,22 @@ impl Background {
         assert!(sent > 100);
     }
 }
+
+/// Whether the peer has closed `s` (EOF or reset), read without waiting.
+pub fn closed(s: &tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    match s.try_read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Waits (bounded) until the peer closes `s`.
+pub async fn wait_closed(what: &str, s: &tokio::net::TcpStream, limit: Duration) {
+    weft_testkit::wait::until_async(what, limit, || {
+        let c = closed(s);
+        async move { c.then_some(()) }
+    })
+    .await;
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::admin_tests::closed;
 use crate::harness::*;
 use crate::pair;
 
@@ -17,15 +16,6 @@ const CAP: usize = 4;
 
 async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
-}
-
-/// Waits (bounded) until the peer closes `s`.
-async fn wait_closed(what: &str, s: &TcpStream, limit: Duration) {
-    weft_testkit::wait::until_async(what, limit, || {
-        let c = closed(s);
-        async move { c.then_some(()) }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
