@@ -397,8 +397,14 @@ impl Validator<'_> {
     /// sidecar: every check a sidecar makes, plus the callers routes name and authorization per
     /// destination service.
     fn mesh(&mut self, raw: wire::MeshFile) {
+        // What each service says about escaped slashes, for the authorization blocks to agree.
+        let slashes: HashMap<String, wire::EscapedSlashes> = raw
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.escaped_slashes?)))
+            .collect();
         let (mut services, names) = self.services(raw.services, &[]);
-        self.mesh_authorization(raw.authorization, &names);
+        self.mesh_authorization(raw.authorization, &names, &slashes);
         self.routes(raw.routes, &mut services, &names, Scope::Mesh);
     }
 
@@ -559,10 +565,27 @@ impl Validator<'_> {
         &mut self,
         raw: Vec<wire::ServiceAuthorization>,
         names: &HashMap<String, usize>,
+        slashes: &HashMap<String, wire::EscapedSlashes>,
     ) {
         let mut seen = HashSet::new();
         for (i, a) in raw.into_iter().enumerate() {
             let f = format!("authorization[{i}]");
+            // Callers' sidecars canonicalize with the service's setting, its own inbound with
+            // this one: if they differ, one side forwards what the other refuses, or rules
+            // written for one form never see it.
+            if let (Some(inbound), Some(outbound)) = (a.escaped_slashes, slashes.get(&a.service)) {
+                if inbound != *outbound {
+                    self.err(
+                        format!("{f}.escaped_slashes"),
+                        format!(
+                            "{} here but {} on service {:?}: callers and the service's own sidecar must treat escaped slashes alike",
+                            inbound.as_str(),
+                            outbound.as_str(),
+                            a.service
+                        ),
+                    );
+                }
+            }
             if !names.contains_key(&a.service) {
                 self.err(
                     format!("{f}.service"),

@@ -240,6 +240,11 @@ pub struct TrafficPolicy {
     /// Concurrency limits towards this service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Requests to this service whose path holds `%2F` or `%5C`: `reject` (the default, 400)
+    /// or `keep`. One setting for both sides: callers' sidecars and the service's own
+    /// inbound canonicalize alike (an authorization block that says otherwise is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<EscapedSlashes>,
 }
 
 impl TrafficPolicy {
@@ -257,6 +262,9 @@ impl TrafficPolicy {
         }
         if self.limits.is_some() {
             service.limits = self.limits.clone();
+        }
+        if self.escaped_slashes.is_some() {
+            service.escaped_slashes = self.escaped_slashes;
         }
     }
 }
@@ -438,6 +446,16 @@ pub enum EscapedSlashes {
     Reject,
     /// Forward the escape unchanged (hex upper-cased), never decoded, never a separator.
     Keep,
+}
+
+impl EscapedSlashes {
+    /// The value as written in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscapedSlashes::Reject => "reject",
+            EscapedSlashes::Keep => "keep",
+        }
+    }
 }
 
 /// One endpoint of a service.

@@ -18,7 +18,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use weft_policy::wire::{MeshFile, PolicySnapshot, Route, Service, ServiceAuthorization};
+use weft_policy::wire::{
+    Authorization, MeshFile, PolicySnapshot, Route, Service, ServiceAuthorization,
+};
 
 /// One problem in the policy files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,12 +255,24 @@ impl MeshPolicy {
     ///
     /// A service the policy does not list gets every service and no authorization block.
     pub fn snapshot_for(&self, service: &str) -> PolicySnapshot {
+        // One escaped-slash setting per service, whichever side names it (validation refused
+        // the two disagreeing): callers canonicalize as the service's own inbound does.
+        let slashes = |name: &str| {
+            let own = self.mesh.services.iter().find(|s| s.name == name);
+            own.and_then(|s| s.escaped_slashes).or_else(|| {
+                let block = self.mesh.authorization.iter().find(|a| a.service == name);
+                block.and_then(|a| a.escaped_slashes)
+            })
+        };
         let services: Vec<Service> = self
             .mesh
             .services
             .iter()
             .filter(|s| s.name != service)
-            .cloned()
+            .map(|s| Service {
+                escaped_slashes: slashes(&s.name),
+                ..s.clone()
+            })
             .collect();
         let routes = self
             .mesh
@@ -275,12 +289,18 @@ impl MeshPolicy {
                 ..r.clone()
             })
             .collect();
-        let authorization = self
+        let mut authorization = self
             .mesh
             .authorization
             .iter()
             .find(|a| a.service == service)
             .map(ServiceAuthorization::to_sidecar);
+        if let Some(keep) = slashes(service) {
+            // No block allows every mesh identity, as a block with no rules does.
+            authorization
+                .get_or_insert_with(Authorization::default)
+                .escaped_slashes = Some(keep);
+        }
         let mut snapshot = PolicySnapshot {
             version: String::new(),
             services,
@@ -450,5 +470,83 @@ mod endpoint_tests {
             p.snapshot_with_endpoints("orders", &registered).version,
             p.snapshot_for("orders").version
         );
+    }
+}
+
+#[cfg(test)]
+mod escaped_slash_tests {
+    use super::*;
+    use weft_policy::wire::{EscapedSlashes, TrafficPolicy};
+
+    const SERVICES: &str = "services:\n  - name: frontend\n    identity: spiffe://weft.local/ns/default/sa/frontend\n  - name: orders\n    identity: spiffe://weft.local/ns/default/sa/orders\n    endpoints: [{address: \"10.0.0.1:15006\"}]\n";
+
+    fn policy(text: &str) -> Result<MeshPolicy, PolicyErrors> {
+        MeshPolicy::from_texts(&[("p.yaml".into(), text.to_owned())])
+    }
+
+    /// Both sides of `orders`: what frontend's sidecar does with `%2F` towards orders, and
+    /// what orders' own inbound does.
+    fn sides(p: &MeshPolicy) -> (Option<EscapedSlashes>, Option<EscapedSlashes>) {
+        let callers = p.snapshot_for("frontend");
+        let outbound = callers.services.iter().find(|s| s.name == "orders");
+        let own = p.snapshot_for("orders").authorization;
+        (
+            outbound.and_then(|s| s.escaped_slashes),
+            own.and_then(|a| a.escaped_slashes),
+        )
+    }
+
+    /// Set on either side (the service, or its authorization block), the setting reaches
+    /// both: callers never forward what the service's own sidecar refuses, nor the reverse.
+    #[test]
+    fn one_setting_reaches_callers_and_the_service_itself() {
+        let keep = Some(EscapedSlashes::Keep);
+        let on_service = SERVICES.replace(
+            "    endpoints: [{address: \"10.0.0.1:15006\"}]\n",
+            "    endpoints: [{address: \"10.0.0.1:15006\"}]\n    escaped_slashes: keep\n",
+        );
+        assert_eq!(sides(&policy(&on_service).expect("valid")), (keep, keep));
+        let on_authz = format!(
+            "{SERVICES}authorization:\n  - service: orders\n    escaped_slashes: keep\n    rules: [{{name: all, from: [\"*\"]}}]\n"
+        );
+        assert_eq!(sides(&policy(&on_authz).expect("valid")), (keep, keep));
+        assert_eq!(sides(&policy(SERVICES).expect("valid")), (None, None));
+    }
+
+    /// The two sides disagreeing is an error at the authorization block's field, with both
+    /// values named.
+    #[test]
+    fn disagreeing_sides_are_refused_at_the_field() {
+        let text = format!(
+            "{}authorization:\n  - service: orders\n    escaped_slashes: reject\n",
+            SERVICES.replace(
+                "    endpoints: [{address: \"10.0.0.1:15006\"}]\n",
+                "    endpoints: [{address: \"10.0.0.1:15006\"}]\n    escaped_slashes: keep\n",
+            )
+        );
+        let errors = policy(&text).expect_err("disagreement");
+        let e = errors.iter().next().expect("one error");
+        assert_eq!(e.field.as_deref(), Some("authorization[0].escaped_slashes"));
+        assert_eq!(e.location, Some((10, 22)), "{e}");
+        assert!(
+            e.reason
+                .contains("reject here but keep on service \"orders\""),
+            "{e}"
+        );
+    }
+
+    /// A `TrafficPolicy` (the Kubernetes resource) sets it like the service field does.
+    #[test]
+    fn a_traffic_policy_sets_it() {
+        let mut mesh: MeshFile = serde_yaml::from_str(SERVICES).expect("wire");
+        let tp = TrafficPolicy {
+            service: "orders".into(),
+            escaped_slashes: Some(EscapedSlashes::Keep),
+            ..TrafficPolicy::default()
+        };
+        tp.apply_to(&mut mesh.services[1]);
+        let p = MeshPolicy::from_mesh("kubernetes", mesh).expect("valid");
+        let keep = Some(EscapedSlashes::Keep);
+        assert_eq!(sides(&p), (keep, keep));
     }
 }

@@ -602,7 +602,7 @@ fn checked_in_crds_match_the_generated_ones() {
     assert!(
         drifted.is_empty(),
         "the CRDs in deploy/kubernetes/base/crds differ from the policy types (policy/src/wire.rs): {}\n\
-         regenerate them with: cargo run -p weft-control-plane --bin weftctl -- crds --out deploy/kubernetes/base/crds",
+         regenerate them with: cargo run -p weft-cli --bin weftctl -- crds --out deploy/kubernetes/base/crds",
         drifted.join(", ")
     );
 }
