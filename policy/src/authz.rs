@@ -109,7 +109,7 @@ impl Validator<'_> {
                 true
             }
         };
-        let paths_opts = super::path_options(raw.escaped_slashes);
+        let paths_opts = crate::fields::path_options(raw.escaped_slashes);
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, r) in raw.rules.into_iter().enumerate() {
@@ -117,64 +117,69 @@ impl Validator<'_> {
             if !names.insert(r.name.clone()) {
                 self.err(format!("{f}.name"), format!("duplicate rule {:?}", r.name));
             }
-            if r.from.is_empty() {
-                self.err(
-                    format!("{f}.from"),
-                    "name at least one caller identity, or \"*\" for any mesh identity",
-                );
-            }
-            let mut from = Vec::new();
-            let any = r.from.iter().any(|c| c == "*");
-            for (j, c) in r.from.iter().enumerate() {
-                if c == "*" {
-                    continue;
-                }
-                match super::identity(c) {
-                    Ok(id) => from.push(id.to_string()),
-                    Err(e) => self.err(format!("{f}.from[{j}]"), e),
-                }
-            }
-            if any {
-                from.clear();
-            }
-            let mut paths = Vec::new();
-            for (j, p) in r.paths.iter().enumerate() {
-                if p.starts_with('/') {
-                    self.canonical(&format!("{f}.paths[{j}]"), p, &paths_opts);
-                    let trimmed = p.trim_end_matches('/');
-                    paths.push(if trimmed.is_empty() {
-                        "/".to_owned()
-                    } else {
-                        trimmed.to_owned()
-                    });
-                } else {
-                    self.err(
-                        format!("{f}.paths[{j}]"),
-                        format!("must start with '/', got {p:?}"),
-                    );
-                }
-            }
-            let mut methods = Vec::new();
-            for (j, m) in r.methods.iter().enumerate() {
-                match Method::from_bytes(m.as_bytes()) {
-                    Ok(m) if m.as_str().bytes().all(|b| b.is_ascii_uppercase()) => methods.push(m),
-                    _ => self.err(
-                        format!("{f}.methods[{j}]"),
-                        format!("not an HTTP method in upper case: {m:?}"),
-                    ),
-                }
-            }
-            rules.push(AuthzRule {
-                name: r.name,
-                from,
-                paths,
-                methods,
-            });
+            rules.push(self.authz_rule(&f, r, &paths_opts));
         }
         Authorization {
             default_allow,
             rules,
             paths: paths_opts,
+        }
+    }
+
+    /// One allow rule: caller identities (or `*`), canonical path prefixes, upper-case methods.
+    fn authz_rule(&mut self, f: &str, r: wire::AuthzRule, paths_opts: &PathOptions) -> AuthzRule {
+        if r.from.is_empty() {
+            self.err(
+                format!("{f}.from"),
+                "name at least one caller identity, or \"*\" for any mesh identity",
+            );
+        }
+        let mut from = Vec::new();
+        let any = r.from.iter().any(|c| c == "*");
+        for (j, c) in r.from.iter().enumerate() {
+            if c == "*" {
+                continue;
+            }
+            match crate::fields::identity(c) {
+                Ok(id) => from.push(id.to_string()),
+                Err(e) => self.err(format!("{f}.from[{j}]"), e),
+            }
+        }
+        if any {
+            from.clear();
+        }
+        let mut paths = Vec::new();
+        for (j, p) in r.paths.iter().enumerate() {
+            if p.starts_with('/') {
+                self.canonical(&format!("{f}.paths[{j}]"), p, paths_opts);
+                let trimmed = p.trim_end_matches('/');
+                paths.push(if trimmed.is_empty() {
+                    "/".to_owned()
+                } else {
+                    trimmed.to_owned()
+                });
+            } else {
+                self.err(
+                    format!("{f}.paths[{j}]"),
+                    format!("must start with '/', got {p:?}"),
+                );
+            }
+        }
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.iter().enumerate() {
+            match Method::from_bytes(m.as_bytes()) {
+                Ok(m) if m.as_str().bytes().all(|b| b.is_ascii_uppercase()) => methods.push(m),
+                _ => self.err(
+                    format!("{f}.methods[{j}]"),
+                    format!("not an HTTP method in upper case: {m:?}"),
+                ),
+            }
+        }
+        AuthzRule {
+            name: r.name,
+            from,
+            paths,
+            methods,
         }
     }
 }

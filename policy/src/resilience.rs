@@ -7,7 +7,7 @@ use std::time::Duration;
 use weft_resilience::retry::grpc_code_from_name;
 
 use super::model::*;
-use super::{parse_duration, wire, Validator};
+use crate::{parse_duration, wire, Validator};
 
 /// Retry conditions a route may name, with what each means.
 pub const RETRY_CONDITIONS: &[&str] = &[
@@ -259,8 +259,30 @@ impl Validator<'_> {
             return RetryPolicy::default_policy();
         };
         let f = format!("{f}.retry");
+        let on = self.retry_on(&f, &raw);
+        let max_attempts = raw.attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS);
+        if !(1..=10).contains(&max_attempts) {
+            self.err(
+                format!("{f}.attempts"),
+                format!("must be 1 to 10, got {max_attempts}"),
+            );
+        }
+        let per_try_timeout = self.per_try_timeout(&f, raw.per_try_timeout.as_deref(), timeout);
+        let backoff = self.backoff(&f, raw.backoff);
+        RetryPolicy {
+            on,
+            max_attempts,
+            per_try_timeout,
+            backoff,
+            non_idempotent: raw.non_idempotent.unwrap_or(false),
+        }
+    }
+
+    /// What a retry is for: named conditions (the default three when none are given), HTTP
+    /// statuses and gRPC codes.
+    fn retry_on(&mut self, f: &str, raw: &wire::Retry) -> RetryOn {
         let mut on = RetryOn::default();
-        let names = raw.on.unwrap_or_else(|| {
+        let names = raw.on.clone().unwrap_or_else(|| {
             ["connect-failure", "refused-stream", "gateway-error"]
                 .map(str::to_owned)
                 .to_vec()
@@ -290,7 +312,7 @@ impl Validator<'_> {
                 );
             }
         }
-        on.statuses = raw.statuses;
+        on.statuses = raw.statuses.clone();
         for (i, c) in raw.grpc_codes.iter().enumerate() {
             let code = match c {
                 wire::NameOrNumber::Number(n) if (1..=16).contains(n) => Some(*n),
@@ -305,14 +327,17 @@ impl Validator<'_> {
                 ),
             }
         }
-        let max_attempts = raw.attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS);
-        if !(1..=10).contains(&max_attempts) {
-            self.err(
-                format!("{f}.attempts"),
-                format!("must be 1 to 10, got {max_attempts}"),
-            );
-        }
-        let per_try_timeout = raw.per_try_timeout.as_deref().map(|s| {
+        on
+    }
+
+    /// A per-try timeout, which must be below the route's whole-request `timeout`.
+    fn per_try_timeout(
+        &mut self,
+        f: &str,
+        raw: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Option<Duration> {
+        let per_try_timeout = raw.map(|s| {
             self.bounded(
                 &format!("{f}.per_try_timeout"),
                 Some(s),
@@ -332,8 +357,13 @@ impl Validator<'_> {
                 );
             }
         }
+        per_try_timeout
+    }
+
+    /// Retry backoff: base and max within 1 ms..60 s, max not below base.
+    fn backoff(&mut self, f: &str, raw: Option<wire::Backoff>) -> Backoff {
         let d = Backoff::default();
-        let backoff = match raw.backoff {
+        match raw {
             None => d,
             Some(b) => {
                 let range = (Duration::from_millis(1), Duration::from_secs(60));
@@ -354,13 +384,6 @@ impl Validator<'_> {
                 }
                 Backoff { base, max }
             }
-        };
-        RetryPolicy {
-            on,
-            max_attempts,
-            per_try_timeout,
-            backoff,
-            non_idempotent: raw.non_idempotent.unwrap_or(false),
         }
     }
 }

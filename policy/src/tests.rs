@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use http::Method;
 
 const BASE: &str = r#"
 service:
