@@ -1,23 +1,33 @@
 # weft-proxy: the sidecar (image weft-proxy:0.1.0; injected as the weft-proxy container).
 # Build from the repository root:
 #   docker build -f deploy/docker/proxy.Dockerfile -t weft-proxy:0.1.0 .
+# With no registry (as on this project's CI machines), scripts/build-images makes both base
+# images locally (Debian bookworm by mmdebstrap; the builder adds this machine's Rust 1.95) and
+# builds with buildah, passing them as RUST_IMAGE and RUNTIME_IMAGE.
 # Two stages: the Rust toolchain builds the release binary; the runtime image holds only that
 # binary and the CA certificates, and runs as an unprivileged user (65532, as the manifests'
-# securityContext expects). Unverified here: no container engine runs in this project's CI.
+# securityContext expects).
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM rust:1.95-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 # cmake builds zlib-ng for a Pingora dependency.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p weft-proxy --bin weft-proxy
+# The target directory and the crate registry are caches shared by the three images' builds
+# (BuildKit and buildah both keep them), so the second image compiles only its own crates. A
+# cache is not part of the image, so the binary is copied out in the same step.
+RUN --mount=type=cache,target=/src/target --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo build --release --locked -p weft-proxy --bin weft-proxy \
+ && cp target/release/weft-proxy /usr/local/bin/weft-proxy
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/weft-proxy /usr/local/bin/weft-proxy
+COPY --from=build /usr/local/bin/weft-proxy /usr/local/bin/weft-proxy
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/weft-proxy"]

@@ -3,6 +3,7 @@
 //! sidecar injection (`inject`), policy tenancy (`tenancy`) and the webhook's bounds
 //! (`webhook_bounds`).
 
+mod images;
 mod inject;
 mod manifests;
 mod source;
