@@ -39,7 +39,10 @@ impl Tools {
     pub fn find() -> Result<Tools, Error> {
         let find = |name: &str| -> Result<PathBuf, Error> {
             let path = std::env::var("PATH").unwrap_or_default();
-            let dirs: Vec<&str> = path.split(':').chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"]).collect();
+            let dirs: Vec<&str> = path
+                .split(':')
+                .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+                .collect();
             dirs.iter()
                 .map(|d| Path::new(d).join(name))
                 .find(|p| p.is_file())
@@ -92,7 +95,8 @@ fn qp(p: &Path) -> String {
 fn locate(target: &Path) -> Result<(PathBuf, Option<PathBuf>), Error> {
     for anc in target.ancestors() {
         if anc.exists() {
-            let real = std::fs::canonicalize(anc).map_err(crate::io_err(format!("resolve {}", anc.display())))?;
+            let real = std::fs::canonicalize(anc)
+                .map_err(crate::io_err(format!("resolve {}", anc.display())))?;
             let rest = target.strip_prefix(anc).unwrap_or(Path::new(""));
             if rest.as_os_str().is_empty() {
                 return Ok((real, None));
@@ -108,7 +112,11 @@ fn script(l: &Launch, t: &Tools) -> Result<String, Error> {
     let mut s = String::from("set -e\n");
     s.push_str(&format!("{} {}\n", qp(&t.hostname), q(&l.hostname)));
     // Targets and whether each must be a directory (a file subPath mounts onto a file).
-    let mut targets: Vec<(PathBuf, bool)> = l.mounts.iter().map(|m| (m.target.clone(), m.source.is_dir())).collect();
+    let mut targets: Vec<(PathBuf, bool)> = l
+        .mounts
+        .iter()
+        .map(|m| (m.target.clone(), m.source.is_dir()))
+        .collect();
     if let Some(wd) = &l.working_dir {
         targets.push((PathBuf::from(wd), true));
     }
@@ -136,7 +144,11 @@ fn script(l: &Launch, t: &Tools) -> Result<String, Error> {
         .collect();
     if !tops.is_empty() {
         let rw = l.scratch.join("rw");
-        s.push_str(&format!("{} -t tmpfs -o size=64m,mode=0755 tmpfs {}\n", qp(&t.mount), qp(&rw)));
+        s.push_str(&format!(
+            "{} -t tmpfs -o size=64m,mode=0755 tmpfs {}\n",
+            qp(&t.mount),
+            qp(&rw)
+        ));
         for (i, a) in tops.iter().enumerate() {
             let a_str = a.to_string_lossy();
             if a_str.contains([',', ':', '\n']) {
@@ -147,7 +159,11 @@ fn script(l: &Launch, t: &Tools) -> Result<String, Error> {
             s.push_str(&format!(
                 "{} -t overlay overlay -o {} {}\n",
                 qp(&t.mount),
-                q(format!("lowerdir={a_str},upperdir={},workdir={}", u.display(), w.display())),
+                q(format!(
+                    "lowerdir={a_str},upperdir={},workdir={}",
+                    u.display(),
+                    w.display()
+                )),
                 qp(a)
             ));
         }
@@ -157,19 +173,41 @@ fn script(l: &Launch, t: &Tools) -> Result<String, Error> {
             if *is_dir {
                 s.push_str(&format!("{} -p {}\n", qp(&t.mkdir), qp(real)));
             } else if let Some(parent) = real.parent() {
-                s.push_str(&format!("{} -p {}\n: > {}\n", qp(&t.mkdir), qp(parent), qp(real)));
+                s.push_str(&format!(
+                    "{} -p {}\n: > {}\n",
+                    qp(&t.mkdir),
+                    qp(parent),
+                    qp(real)
+                ));
             }
         }
     }
     for (m, (real, _, _)) in l.mounts.iter().zip(&located) {
-        s.push_str(&format!("{} --bind {} {}\n", qp(&t.mount), qp(&m.source), qp(real)));
+        s.push_str(&format!(
+            "{} --bind {} {}\n",
+            qp(&t.mount),
+            qp(&m.source),
+            qp(real)
+        ));
         if m.read_only {
-            s.push_str(&format!("{} -o remount,bind,ro {}\n", qp(&t.mount), qp(real)));
+            s.push_str(&format!(
+                "{} -o remount,bind,ro {}\n",
+                qp(&t.mount),
+                qp(real)
+            ));
         }
     }
-    s.push_str(&format!("{} --bind {} /etc/hosts\n", qp(&t.mount), qp(&l.hosts)));
+    s.push_str(&format!(
+        "{} --bind {} /etc/hosts\n",
+        qp(&t.mount),
+        qp(&l.hosts)
+    ));
     let resolv = l.hosts.with_file_name("resolv.conf");
-    s.push_str(&format!("{} --bind {} /etc/resolv.conf\n", qp(&t.mount), qp(&resolv)));
+    s.push_str(&format!(
+        "{} --bind {} /etc/resolv.conf\n",
+        qp(&t.mount),
+        qp(&resolv)
+    ));
     if l.read_only_root {
         s.push_str(&format!("{} -o remount,bind,ro /\n", qp(&t.mount)));
     }
@@ -240,17 +278,20 @@ pub(crate) fn command(l: &Launch, t: &Tools) -> Result<Command, Error> {
 /// environment, working directory and user.
 pub(crate) fn exec_command(pid: u32, l: &Launch, t: &Tools, argv: &[String]) -> Command {
     let mut c = Command::new(&t.nsenter);
-    c.arg(format!("--target={pid}")).args(["--mount", "--net", "--uts"]);
-    if let Some(wd) = &l.working_dir {
-        c.arg(format!("--wd={wd}"));
-    }
-    c.arg("--");
-    let p = privileges(l, t);
-    if p.is_empty() {
-        c.args(argv);
-    } else {
-        c.arg(&t.sh).arg("-c").arg(format!("exec {p} \"$@\"")).arg("exec").args(argv);
-    }
+    c.arg(format!("--target={pid}"))
+        .args(["--mount", "--net", "--uts", "--"]);
+    // The working directory may exist only in the container's mount namespace: change to it
+    // from inside (nsenter's --wd opens it before entering).
+    let cd = l
+        .working_dir
+        .as_ref()
+        .map(|wd| format!("cd {} && ", q(wd)))
+        .unwrap_or_default();
+    c.arg(&t.sh)
+        .arg("-c")
+        .arg(format!("{cd}exec {} \"$@\"", privileges(l, t)))
+        .arg("exec")
+        .args(argv);
     c.env_clear().envs(process_env(l));
     c
 }

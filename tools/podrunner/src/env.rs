@@ -94,7 +94,11 @@ impl PodFields {
         let spec = pod.spec.as_ref();
         PodFields {
             name: pod.metadata.name.clone().unwrap_or_default(),
-            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             ip,
             service_account: spec
@@ -156,26 +160,41 @@ pub async fn resolve(
             BTreeMap::new()
         };
         for (k, v) in data {
-            set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+            set(
+                &mut env,
+                format!("{prefix}{k}"),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
         }
     }
     for var in container.env.iter().flatten() {
         let value = if let Some(v) = &var.value {
             let defined = env.clone();
             expand(v, &|name| {
-                defined.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+                defined
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
             })
         } else if let Some(from) = &var.value_from {
             if let Some(f) = &from.field_ref {
                 fields.field(&f.field_path)?
             } else if let Some(r) = &from.config_map_key_ref {
-                let data = config_map_data(api, &fields.namespace, &r.name, r.optional.unwrap_or(false)).await?;
+                let data =
+                    config_map_data(api, &fields.namespace, &r.name, r.optional.unwrap_or(false))
+                        .await?;
                 key_of(&data, &r.key, &r.name, r.optional.unwrap_or(false))?
             } else if let Some(r) = &from.secret_key_ref {
-                let data = secret_data(api, &fields.namespace, &r.name, r.optional.unwrap_or(false)).await?;
+                let data =
+                    secret_data(api, &fields.namespace, &r.name, r.optional.unwrap_or(false))
+                        .await?;
                 key_of(&data, &r.key, &r.name, r.optional.unwrap_or(false))?
             } else {
-                return Err(Error::Unsupported(format!("env {}: resourceFieldRef", var.name)));
+                return Err(Error::Unsupported(format!(
+                    "env {}: resourceFieldRef",
+                    var.name
+                )));
             }
         } else {
             String::new()
@@ -187,11 +206,21 @@ pub async fn resolve(
 
 /// `command` + `args` expanded against the container's whole environment.
 pub fn expand_all(items: &[String], env: &[(String, String)]) -> Vec<String> {
-    let lookup = |name: &str| env.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     items.iter().map(|s| expand(s, &lookup)).collect()
 }
 
-fn key_of(data: &BTreeMap<String, Vec<u8>>, key: &str, name: &str, optional: bool) -> Result<String, Error> {
+fn key_of(
+    data: &BTreeMap<String, Vec<u8>>,
+    key: &str,
+    name: &str,
+    optional: bool,
+) -> Result<String, Error> {
     match data.get(key) {
         Some(v) => Ok(String::from_utf8_lossy(v).into_owned()),
         None if optional => Ok(String::new()),
@@ -214,11 +243,18 @@ pub(crate) async fn config_map_data(
                 .into_iter()
                 .map(|(k, v)| (k, v.0))
                 .collect();
-            out.extend(cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            out.extend(
+                cm.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes())),
+            );
             Ok(out)
         }
         None if optional => Ok(BTreeMap::new()),
-        None => Err(Error::Spec(format!("configmap {namespace}/{name} not found"))),
+        None => Err(Error::Spec(format!(
+            "configmap {namespace}/{name} not found"
+        ))),
     }
 }
 
@@ -231,9 +267,18 @@ pub(crate) async fn secret_data(
 ) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     match api.secret(namespace, name).await? {
         Some(s) => {
-            let mut out: BTreeMap<String, Vec<u8>> =
-                s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-            out.extend(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            let mut out: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            out.extend(
+                s.string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes())),
+            );
             Ok(out)
         }
         None if optional => Ok(BTreeMap::new()),

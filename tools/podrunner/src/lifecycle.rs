@@ -127,15 +127,26 @@ impl PodCtx {
             ports,
             node: self.node.clone(),
             exec: Arc::new(move |argv, timeout| {
-                ctx.exec(&name, &argv, timeout).map(|o| o.code.unwrap_or(-1))
+                ctx.exec(&name, &argv, timeout)
+                    .map(|o| o.code.unwrap_or(-1))
             }),
         }
     }
 
     /// Runs `argv` inside container `name` (its namespaces, environment and user).
-    pub fn exec(&self, name: &str, argv: &[String], timeout: Duration) -> Result<crate::ExecOutput, String> {
-        let pid = self.pid(name).ok_or_else(|| format!("container {name} is not running"))?;
-        let launch = self.launches.get(name).ok_or_else(|| format!("no container {name}"))?;
+    pub fn exec(
+        &self,
+        name: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<crate::ExecOutput, String> {
+        let pid = self
+            .pid(name)
+            .ok_or_else(|| format!("container {name} is not running"))?;
+        let launch = self
+            .launches
+            .get(name)
+            .ok_or_else(|| format!("no container {name}"))?;
         let mut cmd = container::exec_command(pid, launch, &self.tools, argv);
         crate::runner::output_within(&mut cmd, timeout)
     }
@@ -151,7 +162,9 @@ fn spawn(ctx: &PodCtx, c: &Ctr) -> Result<Guard, String> {
         .map_err(|e| format!("log file: {e}"))?;
     let err = log.try_clone().map_err(|e| format!("log file: {e}"))?;
     let mut cmd = container::command(&c.launch, &ctx.tools).map_err(|e| e.to_string())?;
-    cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(err);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err);
     weft_testkit::process::spawn(&mut cmd).map_err(|e| format!("start {name}: {e}"))
 }
 
@@ -178,7 +191,12 @@ async fn terminate(ctx: &PodCtx, name: &str, g: &mut Guard, deadline: Instant) -
 
 /// Runs one incarnation of `c` until it exits or is stopped. `Ok(exit)`; `Err` if it could
 /// not start. The second value says whether a stop was requested.
-async fn incarnation(ctx: &Arc<PodCtx>, c: &Ctr, restarts: u32, stop: &mut watch::Receiver<Option<Instant>>) -> Result<(Exit, bool), String> {
+async fn incarnation(
+    ctx: &Arc<PodCtx>,
+    c: &Ctr,
+    restarts: u32,
+    stop: &mut watch::Receiver<Option<Instant>>,
+) -> Result<(Exit, bool), String> {
     let name = c.spec.name.clone();
     let mut g = spawn(ctx, c)?;
     lock(&ctx.pids).insert(name.clone(), g.id());
@@ -253,7 +271,14 @@ pub(crate) async fn supervise(ctx: Arc<PodCtx>, c: Ctr) -> Option<Exit> {
         if stopped || !again {
             return last;
         }
-        let backoff = ctx.backoff.0.saturating_mul(1 << restarts.min(16)).min(ctx.backoff.1);
+        if restarts == ctx.max_restarts {
+            break;
+        }
+        let backoff = ctx
+            .backoff
+            .0
+            .saturating_mul(1 << restarts.min(16))
+            .min(ctx.backoff.1);
         ctx.state.event(&name, EventKind::BackOff { backoff });
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -280,13 +305,20 @@ async fn probe_task(ctx: Arc<PodCtx>, c: Ctr, kill: mpsc::Sender<()>) {
         })
         .await;
         if let Some(reason) = failed {
-            state.event(&name, EventKind::ProbeFailed { probe: "startup", reason });
+            state.event(
+                &name,
+                EventKind::ProbeFailed {
+                    probe: "startup",
+                    reason,
+                },
+            );
             let _ = kill.send(()).await;
             return;
         }
     }
-    state.update(&name, |s| s.started = true);
+    // The event first, then the state: whoever sees the state change finds the event logged.
     state.event(&name, EventKind::StartupSucceeded);
+    state.update(&name, |s| s.started = true);
     if c.init && !c.sidecar {
         // A regular init container runs to completion and is never ready.
         return;
@@ -296,15 +328,22 @@ async fn probe_task(ctx: Arc<PodCtx>, c: Ctr, kill: mpsc::Sender<()>) {
             Some(p) => {
                 probes::watch(p, &target, |v| {
                     let ready = v == Verdict::Success;
+                    state.event(
+                        &name,
+                        if ready {
+                            EventKind::Ready
+                        } else {
+                            EventKind::NotReady
+                        },
+                    );
                     state.update(&name, |s| s.ready = ready);
-                    state.event(&name, if ready { EventKind::Ready } else { EventKind::NotReady });
                     true
                 })
                 .await
             }
             None => {
-                state.update(&name, |s| s.ready = true);
                 state.event(&name, EventKind::Ready);
+                state.update(&name, |s| s.ready = true);
             }
         }
     };
@@ -320,7 +359,13 @@ async fn probe_task(ctx: Arc<PodCtx>, c: Ctr, kill: mpsc::Sender<()>) {
             })
             .await;
             if let Some(reason) = failed {
-                state.event(&name, EventKind::ProbeFailed { probe: "liveness", reason });
+                state.event(
+                    &name,
+                    EventKind::ProbeFailed {
+                        probe: "liveness",
+                        reason,
+                    },
+                );
                 let _ = kill.send(()).await;
             }
         }
@@ -329,7 +374,11 @@ async fn probe_task(ctx: Arc<PodCtx>, c: Ctr, kill: mpsc::Sender<()>) {
 }
 
 /// Waits until `pred` holds on the pod state or `task` ends; true if `pred` held.
-async fn until_or_ended(state: &PodState, task: &tokio::task::JoinHandle<Option<Exit>>, pred: impl Fn(&PodState) -> bool) -> bool {
+async fn until_or_ended(
+    state: &PodState,
+    task: &tokio::task::JoinHandle<Option<Exit>>,
+    pred: impl Fn(&PodState) -> bool,
+) -> bool {
     let mut changed = state.changed.subscribe();
     loop {
         if pred(state) {
@@ -356,7 +405,11 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, inits: Vec<Ctr>, apps: Vec<Ctr>, polic
         lock(&ctx.tasks).push(task.abort_handle());
         if c.sidecar {
             let started = |s: &PodState| {
-                s.containers.lock().unwrap_or_else(|e| e.into_inner()).get(&name).is_some_and(|c| c.started)
+                s.containers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&name)
+                    .is_some_and(|c| c.started)
             };
             until_or_ended(&state, &task, |s| started(s) || ctx.deadline().is_some()).await;
             let ok = started(&state) && ctx.deadline().is_none();
@@ -388,13 +441,21 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, inits: Vec<Ctr>, apps: Vec<Ctr>, polic
         all_ok &= t.await.ok().flatten().is_some_and(Exit::success);
     }
     // Apps end for good only when the pod completes (Never/OnFailure), gives up, or is deleted.
-    let phase = if all_ok && policy != Restart::Always { "Succeeded" } else { "Failed" };
+    let phase = if all_ok && policy != Restart::Always {
+        "Succeeded"
+    } else {
+        "Failed"
+    };
     finish(&ctx, sidecars, phase).await;
 }
 
 /// Stops the sidecars, last-started first, within the grace period (or the deletion's
 /// deadline), and records the pod's terminal phase.
-async fn finish(ctx: &Arc<PodCtx>, sidecars: Vec<(String, tokio::task::JoinHandle<Option<Exit>>)>, phase: &str) {
+async fn finish(
+    ctx: &Arc<PodCtx>,
+    sidecars: Vec<(String, tokio::task::JoinHandle<Option<Exit>>)>,
+    phase: &str,
+) {
     let deadline = ctx.deadline().unwrap_or_else(|| Instant::now() + ctx.grace);
     for (name, task) in sidecars.into_iter().rev() {
         ctx.stop(&name, deadline);
@@ -402,7 +463,12 @@ async fn finish(ctx: &Arc<PodCtx>, sidecars: Vec<(String, tokio::task::JoinHandl
     }
     if ctx.deadline().is_none() {
         ctx.state.set_phase(phase);
-        ctx.state.event("", EventKind::PodFinished { phase: phase.to_string() });
+        ctx.state.event(
+            "",
+            EventKind::PodFinished {
+                phase: phase.to_string(),
+            },
+        );
     }
 }
 

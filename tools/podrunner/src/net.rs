@@ -44,7 +44,11 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Result<(), Error> {
     }
     Err(Error::Command {
         cmd: format!("{program} {}", args.join(" ")),
-        reason: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        reason: format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
     })
 }
 
@@ -71,7 +75,8 @@ pub fn clean_stale() -> Vec<String> {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        if pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
             && ip(&["netns", "delete", &name]).is_ok()
         {
             deleted.push(name);
@@ -120,7 +125,15 @@ impl Node {
         let run = format!("{PREFIX}{}-{seq}", std::process::id());
         let ns = Netns::create(format!("{run}-node"))?;
         ip(&["-n", &ns.0, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &ns.0, "addr", "add", &format!("{GATEWAY}/24"), "dev", "br0"])?;
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{GATEWAY}/24"),
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", &ns.0, "link", "set", "br0", "up"])?;
         let (handle, stop, thread) = node_thread(&ns.0)?;
         let mut hosts = [false; 256];
@@ -178,12 +191,31 @@ impl Node {
         let ns = Netns::create(format!("{}-p{slot}", self.run))?;
         let veth = format!("vp{slot}");
         let node = &self.ns.0;
-        ip(&["-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.0])?;
+        ip(&[
+            "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns.0,
+        ])?;
         ip(&["-n", node, "link", "set", &veth, "master", "br0"])?;
         ip(&["-n", node, "link", "set", &veth, "up"])?;
-        ip(&["-n", &ns.0, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &ns.0, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns.0, "route", "add", "default", "via", &GATEWAY.to_string()])?;
+        ip(&[
+            "-n",
+            &ns.0,
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+        ])?;
         Ok(PodNet { ns, ip: addr })
     }
 
@@ -284,7 +316,11 @@ pub fn hosts_file(
     );
     for (ns, name, ips) in services {
         for ip in ips {
-            let short = if ns == pod_namespace { name.as_str() } else { "" };
+            let short = if ns == pod_namespace {
+                name.as_str()
+            } else {
+                ""
+            };
             s.push_str(&format!(
                 "{ip}\t{name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns} {short}\n"
             ));

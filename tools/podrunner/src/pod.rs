@@ -51,12 +51,24 @@ pub struct PodHandle {
 }
 
 /// Registers the pod, starts its lifecycle and its status reporter.
-pub(crate) fn launch(inner: Arc<Inner>, pod: Pod, spec: PodSpec, net: PodNet, dir: PathBuf, inits: Vec<Ctr>, apps: Vec<Ctr>) -> PodHandle {
+pub(crate) fn launch(
+    inner: Arc<Inner>,
+    pod: Pod,
+    spec: PodSpec,
+    net: PodNet,
+    dir: PathBuf,
+    inits: Vec<Ctr>,
+    apps: Vec<Ctr>,
+) -> PodHandle {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let all: Vec<&Ctr> = inits.iter().chain(apps.iter()).collect();
     let ctx = crate::runner::context(&inner, &spec, &net, &dir, &all);
-    let sidecars = inits.iter().filter(|c| c.sidecar).map(|c| c.spec.name.clone()).collect();
+    let sidecars = inits
+        .iter()
+        .filter(|c| c.sidecar)
+        .map(|c| c.spec.name.clone())
+        .collect();
     lock(&inner.pods).insert(
         (namespace.clone(), name.clone()),
         Registered {
@@ -68,7 +80,13 @@ pub(crate) fn launch(inner: Arc<Inner>, pod: Pod, spec: PodSpec, net: PodNet, di
         },
     );
     inner.refresh_hosts();
-    let reporter = tokio::spawn(report(Arc::clone(&inner), Arc::clone(&ctx), namespace.clone(), name.clone())).abort_handle();
+    let reporter = tokio::spawn(report(
+        Arc::clone(&inner),
+        Arc::clone(&ctx),
+        namespace.clone(),
+        name.clone(),
+    ))
+    .abort_handle();
     let policy = Restart::parse(spec.restart_policy.as_deref());
     let run = crate::runner::start_tasks(&ctx, inits, apps, policy);
     PodHandle {
@@ -89,23 +107,21 @@ pub(crate) fn launch(inner: Arc<Inner>, pod: Pod, spec: PodSpec, net: PodNet, di
 async fn report(inner: Arc<Inner>, ctx: Arc<PodCtx>, namespace: String, name: String) {
     let mut changed = ctx.state.changed.subscribe();
     let mut last: Option<PodStatus> = None;
-    let mut was_ready = false;
     loop {
         let status = ctx.state.status();
         if last.as_ref() != Some(&status) {
             // A failed update is retried with the next change, as a kubelet's status manager does.
-            if inner.opts.api.update_pod_status(&namespace, &name, status.clone()).await.is_ok() {
+            if inner
+                .opts
+                .api
+                .update_pod_status(&namespace, &name, status.clone())
+                .await
+                .is_ok()
+            {
                 last = Some(status);
             }
         }
-        let ready = ctx.state.ready();
-        if ready != was_ready {
-            was_ready = ready;
-            if let Some(p) = lock(&inner.pods).get_mut(&(namespace.clone(), name.clone())) {
-                p.ready = ready;
-            }
-            inner.refresh_hosts();
-        }
+        inner.set_ready(&namespace, &name, ctx.state.ready());
         if changed.changed().await.is_err() {
             return;
         }
@@ -131,6 +147,11 @@ impl PodHandle {
     /// The pod's network namespace (`/run/netns/<name>`).
     pub fn netns(&self) -> &str {
         self.net.as_ref().map_or("", PodNet::netns)
+    }
+
+    /// The process id of container `name` while it runs (the container's first process).
+    pub fn pid(&self, container: &str) -> Option<u32> {
+        self.ctx.pid(container)
     }
 
     /// The event log so far.
@@ -161,7 +182,12 @@ impl PodHandle {
     }
 
     /// Waits until `done` holds on the event log, and returns the log.
-    pub async fn wait_events(&self, what: &str, limit: Duration, done: impl Fn(&[PodEvent]) -> bool) -> Result<Vec<PodEvent>, Error> {
+    pub async fn wait_events(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[PodEvent]) -> bool,
+    ) -> Result<Vec<PodEvent>, Error> {
         let mut changed = self.ctx.state.changed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -169,9 +195,15 @@ impl PodHandle {
             if done(&events) {
                 return Ok(events);
             }
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
                 return Err(Error::Timeout {
-                    what: format!("{what}; pod {}/{} events: {events:#?}", self.namespace, self.name),
+                    what: format!(
+                        "{what}; pod {}/{} events: {events:#?}",
+                        self.namespace, self.name
+                    ),
                     limit,
                 });
             }
@@ -183,20 +215,34 @@ impl PodHandle {
         let mut changed = self.ctx.state.changed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         while !self.is_ready() {
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
                 return Err(Error::Timeout {
-                    what: format!("pod {}/{} ready; events: {:#?}", self.namespace, self.name, self.events()),
+                    what: format!(
+                        "pod {}/{} ready; events: {:#?}",
+                        self.namespace,
+                        self.name,
+                        self.events()
+                    ),
                     limit,
                 });
             }
         }
+        // The Services' names resolve to this pod from now on (the status reporter would do
+        // it too, a moment later).
+        self.inner.set_ready(&self.namespace, &self.name, true);
         Ok(())
     }
 
     /// Waits until the pod has finished (a Job's pod): its terminal phase.
     pub async fn wait_finished(&self, limit: Duration) -> Result<String, Error> {
         let events = self
-            .wait_events("the pod to finish", limit, |ev| ev.iter().any(|e| matches!(e.kind, EventKind::PodFinished { .. })))
+            .wait_events("the pod to finish", limit, |ev| {
+                ev.iter()
+                    .any(|e| matches!(e.kind, EventKind::PodFinished { .. }))
+            })
             .await?;
         Ok(events
             .iter()
@@ -209,13 +255,24 @@ impl PodHandle {
 
     /// Runs `argv` in container `container` (its namespaces, environment, working directory
     /// and user), like `kubectl exec`, killed after `timeout`.
-    pub async fn exec(&self, container: &str, argv: &[&str], timeout: Duration) -> Result<ExecOutput, Error> {
+    pub async fn exec(
+        &self,
+        container: &str,
+        argv: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecOutput, Error> {
         let ctx = Arc::clone(&self.ctx);
-        let (name, argv) = (container.to_string(), argv.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (name, argv) = (
+            container.to_string(),
+            argv.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
         tokio::task::spawn_blocking(move || ctx.exec(&name, &argv, timeout))
             .await
             .map_err(|e| Error::Spec(format!("exec task: {e}")))?
-            .map_err(|reason| Error::Command { cmd: format!("exec in {container}"), reason })
+            .map_err(|reason| Error::Command {
+                cmd: format!("exec in {container}"),
+                reason,
+            })
     }
 
     /// Deletes the pod as the kubelet does: SIGTERM to the app containers, then the sidecars in
@@ -227,7 +284,8 @@ impl PodHandle {
         let deadline = lifecycle::begin_delete(&self.ctx, &self.sidecars);
         if let Some(run) = self.run.take() {
             // The lifecycle ends by the deadline (SIGKILL) plus the time to reap.
-            let limit = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(10);
+            let limit =
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(10);
             if tokio::time::timeout(limit, run).await.is_err() {
                 self.ctx.kill_all();
             }
@@ -239,7 +297,11 @@ impl PodHandle {
             .filter(|e| e.kind == EventKind::Killed)
             .map(|e| e.container.clone())
             .collect();
-        Ok(DeleteReport { took, killed, events })
+        Ok(DeleteReport {
+            took,
+            killed,
+            events,
+        })
     }
 }
 

@@ -30,8 +30,14 @@ pub struct Timing {
 impl Timing {
     /// The timings of `p`, with the Kubernetes defaults.
     pub fn of(p: &Probe) -> Timing {
-        let secs = |v: Option<i32>, d: u64| Duration::from_secs(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(d));
-        let count = |v: Option<i32>, d: u32| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(d);
+        let secs = |v: Option<i32>, d: u64| {
+            Duration::from_secs(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(d))
+        };
+        let count = |v: Option<i32>, d: u32| {
+            v.and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(d)
+        };
         Timing {
             initial_delay: secs(p.initial_delay_seconds, 0),
             period: secs(p.period_seconds, 10).max(Duration::from_secs(1)),
@@ -57,7 +63,9 @@ pub(crate) struct Target {
 fn port(p: &IntOrString, ports: &BTreeMap<String, i32>) -> Result<u16, String> {
     let n = match p {
         IntOrString::Int(n) => *n,
-        IntOrString::String(name) => *ports.get(name).ok_or_else(|| format!("no port named {name}"))?,
+        IntOrString::String(name) => *ports
+            .get(name)
+            .ok_or_else(|| format!("no port named {name}"))?,
     };
     u16::try_from(n).map_err(|_| format!("port {n} out of range"))
 }
@@ -65,27 +73,41 @@ fn port(p: &IntOrString, ports: &BTreeMap<String, i32>) -> Result<u16, String> {
 /// Runs `probe` once; `Err` carries why it failed.
 pub(crate) async fn once(probe: &Probe, t: &Target, timeout: Duration) -> Result<(), String> {
     if let Some(h) = &probe.http_get {
-        if h.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
+        if h.scheme
+            .as_deref()
+            .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
+        {
             return Err("httpGet scheme HTTPS is not supported by the pod runner".into());
         }
         let host: Ipv4Addr = match h.host.as_deref() {
-            Some(h) if !h.is_empty() => h.parse().map_err(|_| format!("httpGet host {h} is not an IPv4 address"))?,
+            Some(h) if !h.is_empty() => h
+                .parse()
+                .map_err(|_| format!("httpGet host {h} is not an IPv4 address"))?,
             _ => t.pod_ip,
         };
         let addr = SocketAddr::from((host, port(&h.port, &t.ports)?));
         let path = h.path.clone().unwrap_or_else(|| "/".into());
-        let headers: Vec<(String, String)> =
-            h.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect();
+        let headers: Vec<(String, String)> = h
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect();
         return on_node(t, timeout, http_get(addr, path, headers)).await;
     }
     if let Some(s) = &probe.tcp_socket {
         let host: Ipv4Addr = match s.host.as_deref() {
-            Some(h) if !h.is_empty() => h.parse().map_err(|_| format!("tcpSocket host {h} is not an IPv4 address"))?,
+            Some(h) if !h.is_empty() => h
+                .parse()
+                .map_err(|_| format!("tcpSocket host {h} is not an IPv4 address"))?,
             _ => t.pod_ip,
         };
         let addr = SocketAddr::from((host, port(&s.port, &t.ports)?));
         return on_node(t, timeout, async move {
-            tokio::net::TcpStream::connect(addr).await.map(drop).map_err(|e| format!("connect {addr}: {e}"))
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| format!("connect {addr}: {e}"))
         })
         .await;
     }
@@ -95,7 +117,11 @@ pub(crate) async fn once(probe: &Probe, t: &Target, timeout: Duration) -> Result
         let code = tokio::task::spawn_blocking(move || exec(argv, timeout))
             .await
             .map_err(|e| format!("exec probe task: {e}"))??;
-        return if code == 0 { Ok(()) } else { Err(format!("exec probe exited {code}")) };
+        return if code == 0 {
+            Ok(())
+        } else {
+            Err(format!("exec probe exited {code}"))
+        };
     }
     Err("the probe has no httpGet, tcpSocket or exec handler (grpc is not supported)".into())
 }
@@ -114,14 +140,22 @@ where
 }
 
 /// One HTTP/1.1 GET; success is a status from 200 to 399, as the kubelet counts it.
-async fn http_get(addr: SocketAddr, path: String, headers: Vec<(String, String)>) -> Result<(), String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+async fn http_get(
+    addr: SocketAddr,
+    path: String,
+    headers: Vec<(String, String)>,
+) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     // Only the status line matters; read at most 1 KiB of it.
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 256];
@@ -137,7 +171,12 @@ async fn http_get(addr: SocketAddr, path: String, headers: Vec<(String, String)>
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP response: {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })?;
     if (200..400).contains(&code) {
         Ok(())
     } else {
@@ -203,8 +242,14 @@ mod tests {
 
     #[tokio::test]
     async fn http_status_decides_success() {
-        for (status, want) in [("200 OK", true), ("302 Found", true), ("503 Unavailable", false)] {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        for (status, want) in [
+            ("200 OK", true),
+            ("302 Found", true),
+            ("503 Unavailable", false),
+        ] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let addr = l.local_addr().expect("addr");
             let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
             let server = tokio::spawn(async move {
@@ -213,7 +258,11 @@ mod tests {
                 let _ = s.read(&mut req).await;
                 s.write_all(reply.as_bytes()).await.expect("reply");
             });
-            assert_eq!(http_get(addr, "/ready".into(), vec![]).await.is_ok(), want, "{status}");
+            assert_eq!(
+                http_get(addr, "/ready".into(), vec![]).await.is_ok(),
+                want,
+                "{status}"
+            );
             server.await.expect("server");
         }
     }

@@ -46,7 +46,10 @@ impl Images {
     /// Maps `image` (any tag, or exactly this reference) to an entrypoint: the image's
     /// ENTRYPOINT, to which the container's `args` are appended.
     pub fn with(mut self, image: &str, entrypoint: &[&str]) -> Self {
-        self.map.insert(repository(image).to_string(), entrypoint.iter().map(|s| s.to_string()).collect());
+        self.map.insert(
+            repository(image).to_string(),
+            entrypoint.iter().map(|s| s.to_string()).collect(),
+        );
         self
     }
 
@@ -56,7 +59,11 @@ impl Images {
     /// binaries the images of `deploy/docker` carry, not the images themselves.
     pub fn weft_binaries(dir: &Path) -> Self {
         let bin = |n: &str| dir.join(n).to_string_lossy().into_owned();
-        let (proxy, sample, cp) = (bin("weft-proxy"), bin("weft-sample"), bin("weft-control-plane"));
+        let (proxy, sample, cp) = (
+            bin("weft-proxy"),
+            bin("weft-sample"),
+            bin("weft-control-plane"),
+        );
         Images::new()
             .with("weft-proxy", &[&proxy])
             .with("weft/proxy", &[&proxy])
@@ -67,7 +74,9 @@ impl Images {
     }
 
     fn entrypoint(&self, image: &str) -> Option<&Vec<String>> {
-        self.map.get(image).or_else(|| self.map.get(repository(image)))
+        self.map
+            .get(image)
+            .or_else(|| self.map.get(repository(image)))
     }
 
     /// The argv Kubernetes runs: `command` + `args` when the container sets `command`, else the
@@ -142,20 +151,48 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Records whether a pod is ready (for the Services' names) and rewrites the hosts files
+    /// when that changed.
+    pub fn set_ready(&self, namespace: &str, name: &str, ready: bool) {
+        let changed = match lock(&self.pods).get_mut(&(namespace.to_string(), name.to_string())) {
+            Some(p) if p.ready != ready => {
+                p.ready = ready;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.refresh_hosts();
+        }
+    }
+
     /// Rewrites every pod's hosts file (in place: it is bind-mounted into the containers).
     pub fn refresh_hosts(&self) {
         let pods = lock(&self.pods).clone();
         let services = lock(&self.services).clone();
         let mut entries = Vec::new();
         for s in &services {
-            let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = s
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
             let name = s.metadata.name.clone().unwrap_or_default();
-            let Some(sel) = s.spec.as_ref().and_then(|s| s.selector.clone()).filter(|s| !s.is_empty()) else {
+            let Some(sel) = s
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .filter(|s| !s.is_empty())
+            else {
                 continue;
             };
             let ips: Vec<Ipv4Addr> = pods
                 .values()
-                .filter(|p| p.ready && p.namespace == ns && sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                .filter(|p| {
+                    p.ready
+                        && p.namespace == ns
+                        && sel.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                })
                 .map(|p| p.ip)
                 .collect();
             entries.push((ns, name, ips));
@@ -176,7 +213,8 @@ pub fn host_check() -> Result<(), String> {
     }
     Tools::find().map_err(|e| e.to_string())?;
     let probe = format!("{}{}-check", net::PREFIX, std::process::id());
-    net::ip(&["netns", "add", &probe]).map_err(|e| format!("cannot create a network namespace: {e}"))?;
+    net::ip(&["netns", "add", &probe])
+        .map_err(|e| format!("cannot create a network namespace: {e}"))?;
     net::ip(&["netns", "delete", &probe]).map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -220,7 +258,10 @@ impl Runner {
     pub fn apply_service(&self, svc: Service) {
         {
             let mut all = lock(&self.inner.services);
-            all.retain(|s| !(s.metadata.name == svc.metadata.name && s.metadata.namespace == svc.metadata.namespace));
+            all.retain(|s| {
+                !(s.metadata.name == svc.metadata.name
+                    && s.metadata.namespace == svc.metadata.namespace)
+            });
             all.push(svc);
         }
         self.inner.refresh_hosts();
@@ -230,10 +271,22 @@ impl Runner {
     /// once the pod is set up; the containers start in the background (see [`PodHandle`]).
     pub async fn start(&self, mut pod: Pod) -> Result<PodHandle, Error> {
         let inner = Arc::clone(&self.inner);
-        let spec = pod.spec.clone().ok_or_else(|| Error::Spec("pod has no spec".into()))?;
+        let spec = pod
+            .spec
+            .clone()
+            .ok_or_else(|| Error::Spec("pod has no spec".into()))?;
         validate(&spec)?;
-        let name = pod.metadata.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| Error::Spec("pod has no name".into()))?;
-        let namespace = pod.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::Spec("pod has no name".into()))?;
+        let namespace = pod
+            .metadata
+            .namespace
+            .get_or_insert_with(|| "default".into())
+            .clone();
         if pod.metadata.uid.is_none() {
             pod.metadata.uid = Some(format!("{name}-{}", inner.node.run_id()));
         }
@@ -262,18 +315,32 @@ fn validate(spec: &PodSpec) -> Result<(), Error> {
         return Err(Error::Unsupported("hostNetwork".into()));
     }
     let mut names = std::collections::BTreeSet::new();
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         if c.name.is_empty() || c.name.contains('/') || !names.insert(c.name.clone()) {
-            return Err(Error::Spec(format!("container name {:?} empty, invalid or repeated", c.name)));
+            return Err(Error::Spec(format!(
+                "container name {:?} empty, invalid or repeated",
+                c.name
+            )));
         }
     }
     Ok(())
 }
 
 /// Volumes, environments, command lines and launches of every container.
-async fn prepare(inner: &Inner, pod: &Pod, spec: &PodSpec, net: &net::PodNet, dir: &Path) -> Result<(Vec<Ctr>, Vec<Ctr>), Error> {
+async fn prepare(
+    inner: &Inner,
+    pod: &Pod,
+    spec: &PodSpec,
+    net: &net::PodNet,
+    dir: &Path,
+) -> Result<(Vec<Ctr>, Vec<Ctr>), Error> {
     for sub in ["volumes", "logs", "c"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(io_err(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(io_err(format!("create {}", dir.display())))?;
     }
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, "").map_err(io_err("write the hosts file"))?;
@@ -281,7 +348,8 @@ async fn prepare(inner: &Inner, pod: &Pod, spec: &PodSpec, net: &net::PodNet, di
     let resolv = format!("search {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:1\n");
     std::fs::write(dir.join("resolv.conf"), resolv).map_err(io_err("write resolv.conf"))?;
     let fields = PodFields::of(pod, net.ip(), &inner.opts.node_name, net::GATEWAY);
-    let dirs = volumes::materialize(pod, &fields, inner.opts.api.as_ref(), &dir.join("volumes")).await?;
+    let dirs =
+        volumes::materialize(pod, &fields, inner.opts.api.as_ref(), &dir.join("volumes")).await?;
     let policy = Restart::parse(spec.restart_policy.as_deref());
     let mut inits = Vec::new();
     for c in spec.init_containers.iter().flatten() {
@@ -292,11 +360,21 @@ async fn prepare(inner: &Inner, pod: &Pod, spec: &PodSpec, net: &net::PodNet, di
             (false, Restart::Never) => Restart::Never,
             _ => Restart::OnFailure,
         };
-        inits.push(ctr(inner, spec, c, &fields, &dirs, &hosts, dir, net, true, sidecar, restart).await?);
+        inits.push(
+            ctr(
+                inner, spec, c, &fields, &dirs, &hosts, dir, net, true, sidecar, restart,
+            )
+            .await?,
+        );
     }
     let mut apps = Vec::new();
     for c in &spec.containers {
-        apps.push(ctr(inner, spec, c, &fields, &dirs, &hosts, dir, net, false, false, policy).await?);
+        apps.push(
+            ctr(
+                inner, spec, c, &fields, &dirs, &hosts, dir, net, false, false, policy,
+            )
+            .await?,
+        );
     }
     Ok((inits, apps))
 }
@@ -319,14 +397,29 @@ async fn ctr(
     let argv = inner.opts.images.argv(c, &env)?;
     let pod_sc = spec.security_context.as_ref();
     let sc = c.security_context.as_ref();
-    let uid = sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user)).map(volumes::id).transpose()?;
-    let gid = sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)).map(volumes::id).transpose()?;
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user))
+        .map(volumes::id)
+        .transpose()?;
+    let gid = sc
+        .and_then(|s| s.run_as_group)
+        .or(pod_sc.and_then(|s| s.run_as_group))
+        .map(volumes::id)
+        .transpose()?;
     let mut groups = Vec::new();
-    for g in pod_sc.and_then(|s| s.fs_group).into_iter().chain(pod_sc.and_then(|s| s.supplemental_groups.clone()).into_iter().flatten()) {
+    for g in pod_sc.and_then(|s| s.fs_group).into_iter().chain(
+        pod_sc
+            .and_then(|s| s.supplemental_groups.clone())
+            .into_iter()
+            .flatten(),
+    ) {
         groups.push(volumes::id(g)?);
     }
     let scratch = dir.join("c").join(&c.name);
-    std::fs::create_dir_all(&scratch).map_err(io_err(format!("create {}", scratch.display())))?;
+    // `rw` is where the container's overlays get their tmpfs (container.rs).
+    std::fs::create_dir_all(scratch.join("rw"))
+        .map_err(io_err(format!("create {}", scratch.display())))?;
     let launch = Launch {
         argv,
         env,
@@ -334,7 +427,9 @@ async fn ctr(
         gid,
         groups,
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
-        read_only_root: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
+        read_only_root: sc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
         mounts: volumes::mounts_of(c, dirs)?,
         hosts: hosts.to_path_buf(),
         hostname: fields.name.clone(),
@@ -351,7 +446,13 @@ async fn ctr(
 }
 
 /// The pod's shared context and state.
-pub(crate) fn context(inner: &Inner, spec: &PodSpec, net: &net::PodNet, dir: &Path, all: &[&Ctr]) -> Arc<PodCtx> {
+pub(crate) fn context(
+    inner: &Inner,
+    spec: &PodSpec,
+    net: &net::PodNet,
+    dir: &Path,
+    all: &[&Ctr],
+) -> Arc<PodCtx> {
     let order = all.iter().map(|c| c.spec.name.clone()).collect();
     let states = all
         .iter()
@@ -365,7 +466,10 @@ pub(crate) fn context(inner: &Inner, spec: &PodSpec, net: &net::PodNet, dir: &Pa
             (c.spec.name.clone(), s)
         })
         .collect();
-    let grace = spec.termination_grace_period_seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(30);
+    let grace = spec
+        .termination_grace_period_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(30);
     Arc::new(PodCtx {
         state: Arc::new(PodState::new(order, states, net.ip(), net::GATEWAY)),
         tools: inner.tools.clone(),
@@ -375,8 +479,14 @@ pub(crate) fn context(inner: &Inner, spec: &PodSpec, net: &net::PodNet, dir: &Pa
         max_restarts: inner.opts.max_restarts,
         logs: dir.join("logs"),
         pids: Mutex::new(BTreeMap::new()),
-        launches: all.iter().map(|c| (c.spec.name.clone(), c.launch.clone())).collect(),
-        stops: all.iter().map(|c| (c.spec.name.clone(), watch::channel(None).0)).collect(),
+        launches: all
+            .iter()
+            .map(|c| (c.spec.name.clone(), c.launch.clone()))
+            .collect(),
+        stops: all
+            .iter()
+            .map(|c| (c.spec.name.clone(), watch::channel(None).0))
+            .collect(),
         deleting: Mutex::new(None),
         tasks: Mutex::new(Vec::new()),
     })
@@ -384,11 +494,18 @@ pub(crate) fn context(inner: &Inner, spec: &PodSpec, net: &net::PodNet, dir: &Pa
 
 /// Runs `cmd` to its end within `timeout` (killed after it), capturing up to 1 MiB of each
 /// output stream.
-pub(crate) fn output_within(cmd: &mut std::process::Command, timeout: Duration) -> Result<ExecOutput, String> {
+pub(crate) fn output_within(
+    cmd: &mut std::process::Command,
+    timeout: Duration,
+) -> Result<ExecOutput, String> {
     use std::io::Read as _;
     use std::process::Stdio;
-    let mut g = weft_testkit::process::spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))
-        .map_err(|e| format!("start {cmd:?}: {e}"))?;
+    let mut g = weft_testkit::process::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .map_err(|e| format!("start {cmd:?}: {e}"))?;
     let reader = |r: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -398,17 +515,32 @@ pub(crate) fn output_within(cmd: &mut std::process::Command, timeout: Duration) 
             String::from_utf8_lossy(&buf).into_owned()
         })
     };
-    let out = reader(g.take_stdout().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
-    let err = reader(g.take_stderr().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
+    let out = reader(
+        g.take_stdout()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    );
+    let err = reader(
+        g.take_stderr()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    );
     let exit = g.wait_within(timeout);
     drop(g);
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     let exit = exit.ok_or_else(|| format!("timed out after {timeout:?}; stderr: {stderr}"))?;
-    Ok(ExecOutput { code: exit.code(), stdout, stderr })
+    Ok(ExecOutput {
+        code: exit.code(),
+        stdout,
+        stderr,
+    })
 }
 
 /// `lifecycle` needs these when the pod starts.
-pub(crate) fn start_tasks(ctx: &Arc<PodCtx>, inits: Vec<Ctr>, apps: Vec<Ctr>, policy: Restart) -> tokio::task::JoinHandle<()> {
+pub(crate) fn start_tasks(
+    ctx: &Arc<PodCtx>,
+    inits: Vec<Ctr>,
+    apps: Vec<Ctr>,
+    policy: Restart,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(lifecycle::run(Arc::clone(ctx), inits, apps, policy))
 }

@@ -30,7 +30,8 @@ impl Workload {
         meta.uid = Some(format!("{pod_name}-{:x}", std::process::id()));
         let mut spec = self.template.spec.clone().unwrap_or_default();
         // Deployments and friends default to Always; the API server would have set it.
-        spec.restart_policy.get_or_insert_with(|| "Always".to_string());
+        spec.restart_policy
+            .get_or_insert_with(|| "Always".to_string());
         Pod {
             metadata: meta,
             spec: Some(spec),
@@ -79,7 +80,12 @@ fn collect(value: &Value, out: &mut Vec<Workload>) -> Result<(), Error> {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     let template = match kind {
         "List" => {
-            for item in value.get("items").and_then(Value::as_array).into_iter().flatten() {
+            for item in value
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 collect(item, out)?;
             }
             return Ok(());
@@ -99,7 +105,8 @@ fn collect(value: &Value, out: &mut Vec<Workload>) -> Result<(), Error> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let template = template.ok_or_else(|| Error::Manifest(format!("{kind} {name} has no pod template")))?;
+    let template =
+        template.ok_or_else(|| Error::Manifest(format!("{kind} {name} has no pod template")))?;
     let template: PodTemplateSpec = serde_json::from_value(template)
         .map_err(|e| Error::Manifest(format!("{kind} {name}: bad pod template: {e}")))?;
     let namespace = value
@@ -127,20 +134,30 @@ mod tests {
             kind: CronJob\nmetadata: {name: c}\nspec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: b, image: y}]\n---\n\
             kind: List\nitems:\n- kind: Pod\n  metadata: {name: p}\n  spec:\n    containers: [{name: c, image: z}]\n";
         let w = workloads(yaml).expect("parses");
-        let kinds: Vec<_> = w.iter().map(|w| (w.kind.as_str(), w.name.as_str())).collect();
+        let kinds: Vec<_> = w
+            .iter()
+            .map(|w| (w.kind.as_str(), w.name.as_str()))
+            .collect();
         assert_eq!(kinds, [("Deployment", "d"), ("CronJob", "c"), ("Pod", "p")]);
         let pod = w[0].pod("d-1");
         assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
-        assert_eq!(pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()), Some("Always"));
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()),
+            Some("Always")
+        );
         let job = w[1].pod("c-1");
-        assert_eq!(job.spec.as_ref().and_then(|s| s.restart_policy.as_deref()), Some("Never"));
+        assert_eq!(
+            job.spec.as_ref().and_then(|s| s.restart_policy.as_deref()),
+            Some("Never")
+        );
     }
 
     #[test]
     fn the_example_manifests_and_golden_injections_parse() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-        let shop = std::fs::read_to_string(format!("{root}/deploy/examples/kubernetes/shop-apps.yaml"))
-            .expect("shop-apps.yaml");
+        let shop =
+            std::fs::read_to_string(format!("{root}/deploy/examples/kubernetes/shop-apps.yaml"))
+                .expect("shop-apps.yaml");
         assert_eq!(workloads(&shop).expect("shop").len(), 4);
         assert_eq!(services(&shop).expect("services").len(), 3);
         let job = std::fs::read_to_string(format!(
@@ -155,7 +172,10 @@ mod tests {
 
     #[test]
     fn garbage_is_a_clear_error() {
-        assert!(matches!(workloads("kind: Job\nspec: 3\n"), Err(Error::Manifest(_))));
+        assert!(matches!(
+            workloads("kind: Job\nspec: 3\n"),
+            Err(Error::Manifest(_))
+        ));
         assert!(matches!(workloads(": : :\n\t-"), Err(Error::Manifest(_))));
     }
 }

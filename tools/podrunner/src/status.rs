@@ -110,7 +110,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PodState {
-    pub fn new(order: Vec<String>, containers: BTreeMap<String, CState>, ip: Ipv4Addr, host_ip: Ipv4Addr) -> Self {
+    pub fn new(
+        order: Vec<String>,
+        containers: BTreeMap<String, CState>,
+        ip: Ipv4Addr,
+        host_ip: Ipv4Addr,
+    ) -> Self {
         PodState {
             events: Mutex::new(Vec::new()),
             containers: Mutex::new(containers),
@@ -173,7 +178,10 @@ impl PodState {
         let phase = self.phase();
         *lock(&self.initialized)
             && phase == "Running"
-            && lock(&self.containers).values().filter(|c| !c.init || c.sidecar).all(|c| c.ready)
+            && lock(&self.containers)
+                .values()
+                .filter(|c| !c.init || c.sidecar)
+                .all(|c| c.ready)
     }
 
     /// The pod's Kubernetes status as of now.
@@ -181,7 +189,10 @@ impl PodState {
         let cs = lock(&self.containers).clone();
         let initialized = *lock(&self.initialized);
         let ready = self.ready();
-        let containers_ready = cs.values().filter(|c| !c.init || c.sidecar).all(|c| c.ready);
+        let containers_ready = cs
+            .values()
+            .filter(|c| !c.init || c.sidecar)
+            .all(|c| c.ready);
         let cond = |t: &str, ok: bool| PodCondition {
             type_: t.to_string(),
             status: if ok { "True" } else { "False" }.to_string(),
@@ -198,7 +209,9 @@ impl PodState {
         PodStatus {
             phase: Some(self.phase()),
             pod_ip: Some(self.ip.to_string()),
-            pod_ips: Some(vec![PodIP { ip: self.ip.to_string() }]),
+            pod_ips: Some(vec![PodIP {
+                ip: self.ip.to_string(),
+            }]),
             host_ip: Some(self.host_ip.to_string()),
             conditions: Some(vec![
                 cond("PodScheduled", true),
@@ -224,7 +237,14 @@ fn container_status(name: &str, c: &CState) -> ContainerStatus {
             terminated: Some(ContainerStateTerminated {
                 exit_code: code.unwrap_or(137),
                 signal: signal.as_ref().map(|_| 9),
-                reason: Some(if *code == Some(0) { "Completed" } else { "Error" }.into()),
+                reason: Some(
+                    if *code == Some(0) {
+                        "Completed"
+                    } else {
+                        "Error"
+                    }
+                    .into(),
+                ),
                 ..ContainerStateTerminated::default()
             }),
             ..ContainerState::default()

@@ -45,7 +45,10 @@ pub async fn materialize(
     api: &dyn ClusterApi,
     root: &Path,
 ) -> Result<BTreeMap<String, PathBuf>, Error> {
-    let spec = pod.spec.as_ref().ok_or_else(|| Error::Spec("pod has no spec".into()))?;
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Spec("pod has no spec".into()))?;
     let owner = owner_of(spec)?;
     let mut dirs = BTreeMap::new();
     for v in spec.volumes.iter().flatten() {
@@ -75,13 +78,25 @@ async fn fill(
     if let Some(cm) = &v.config_map {
         let optional = cm.optional.unwrap_or(false);
         let data = config_map_data(api, ns, &cm.name, optional).await?;
-        return write_keys(dir, &data, cm.items.as_deref(), cm.default_mode.unwrap_or(0o644), optional);
+        return write_keys(
+            dir,
+            &data,
+            cm.items.as_deref(),
+            cm.default_mode.unwrap_or(0o644),
+            optional,
+        );
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         let optional = s.optional.unwrap_or(false);
         let data = secret_data(api, ns, &name, optional).await?;
-        return write_keys(dir, &data, s.items.as_deref(), s.default_mode.unwrap_or(0o644), optional);
+        return write_keys(
+            dir,
+            &data,
+            s.items.as_deref(),
+            s.default_mode.unwrap_or(0o644),
+            optional,
+        );
     }
     if let Some(p) = &v.projected {
         let mode = p.default_mode.unwrap_or(0o644);
@@ -143,7 +158,9 @@ async fn project(
         }
         return Ok(());
     }
-    Err(Error::Unsupported("projected source (clusterTrustBundle)".into()))
+    Err(Error::Unsupported(
+        "projected source (clusterTrustBundle)".into(),
+    ))
 }
 
 /// Writes the keys of a ConfigMap or Secret: every key, or only `items` (to their paths).
@@ -195,7 +212,9 @@ fn write_file(dir: &Path, rel: &str, data: &[u8], mode: i32) -> Result<PathBuf, 
 pub(crate) fn relative(rel: &str) -> Result<&Path, Error> {
     let p = Path::new(rel);
     if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(Error::Spec(format!("path {rel:?} must be relative, without `..`")));
+        return Err(Error::Spec(format!(
+            "path {rel:?} must be relative, without `..`"
+        )));
     }
     Ok(p)
 }
@@ -219,7 +238,8 @@ fn chown_tree(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), Err
     nix::unistd::chown(path, uid, gid)
         .map_err(|e| io_err(format!("chown {}", path.display()))(e.into()))?;
     if path.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(io_err(format!("read {}", path.display())))?;
+        let entries =
+            std::fs::read_dir(path).map_err(io_err(format!("read {}", path.display())))?;
         for e in entries {
             let e = e.map_err(io_err(format!("read {}", path.display())))?;
             chown_tree(&e.path(), uid.map(|u| u.as_raw()), gid.map(|g| g.as_raw()))?;
@@ -237,13 +257,21 @@ fn owner_of(spec: &PodSpec) -> Result<Owner, Error> {
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
-        .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_user).or(pod_uid))
+        .map(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_user)
+                .or(pod_uid)
+        })
         .collect();
     let token_uid = match uids.into_iter().collect::<Vec<_>>().as_slice() {
         [Some(u)] => Some(id(*u)?),
         _ => None,
     };
-    Ok(Owner { fs_group, token_uid })
+    Ok(Owner {
+        fs_group,
+        token_uid,
+    })
 }
 
 /// A user or group id from the spec (an `int64` there).
@@ -259,7 +287,10 @@ pub fn mounts_of(
     let mut out = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
         let dir = dirs.get(&m.name).ok_or_else(|| {
-            Error::Spec(format!("container {}: no volume named {}", container.name, m.name))
+            Error::Spec(format!(
+                "container {}: no volume named {}",
+                container.name, m.name
+            ))
         })?;
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => dir.join(relative(sub)?),
@@ -267,7 +298,10 @@ pub fn mounts_of(
         };
         let target = PathBuf::from(&m.mount_path);
         if !target.is_absolute() {
-            return Err(Error::Spec(format!("mountPath {} is not absolute", m.mount_path)));
+            return Err(Error::Spec(format!(
+                "mountPath {} is not absolute",
+                m.mount_path
+            )));
         }
         out.push(Mount {
             source,

@@ -16,9 +16,12 @@ use weft_podrunner::InMemoryApi;
 /// into the pod) the app must listen on its pod IP instead of loopback: `--listen` becomes
 /// `$(POD_IP):8080`, with POD_IP from `status.podIP`, the way the injector feeds its sidecar.
 fn shop_pod(deployment: &str, pod_name: &str) -> Pod {
-    let shop = std::fs::read_to_string(support::root().join("deploy/examples/kubernetes/shop-apps.yaml"))
-        .expect("shop-apps.yaml");
-    let mut pod = spec::workload(&shop, "Deployment", deployment).expect("deployment").pod(pod_name);
+    let shop =
+        std::fs::read_to_string(support::root().join("deploy/examples/kubernetes/shop-apps.yaml"))
+            .expect("shop-apps.yaml");
+    let mut pod = spec::workload(&shop, "Deployment", deployment)
+        .expect("deployment")
+        .pod(pod_name);
     let c = &mut pod.spec.as_mut().expect("spec").containers[0];
     for a in c.args.iter_mut().flatten() {
         if a == "--listen=127.0.0.1:8080" {
@@ -46,33 +49,69 @@ async fn shop_pods_reach_each_other_by_service_name() {
     }
     let api = Arc::new(InMemoryApi::new());
     let runner = runner(&api);
-    let shop = std::fs::read_to_string(support::root().join("deploy/examples/kubernetes/shop-apps.yaml")).expect("shop");
+    let shop =
+        std::fs::read_to_string(support::root().join("deploy/examples/kubernetes/shop-apps.yaml"))
+            .expect("shop");
     for svc in spec::services(&shop).expect("services") {
         runner.apply_service(svc);
     }
-    let orders = runner.start(shop_pod("orders-v1", "orders-v1-7d9f")).await.expect("orders pod");
-    let frontend = runner.start(shop_pod("frontend", "frontend-5c2a")).await.expect("frontend pod");
+    let orders = runner
+        .start(shop_pod("orders-v1", "orders-v1-7d9f"))
+        .await
+        .expect("orders pod");
+    let frontend = runner
+        .start(shop_pod("frontend", "frontend-5c2a"))
+        .await
+        .expect("frontend pod");
     orders.wait_ready(LIMIT).await.expect("orders ready");
     frontend.wait_ready(LIMIT).await.expect("frontend ready");
     assert_ne!(orders.ip(), frontend.ip());
     assert_ne!(orders.netns(), frontend.netns());
 
-    // The frontend's container resolves the Service name to the orders pod's IP...
+    // The frontend's container has the Service name for the orders pod's IP in its /etc/hosts...
     let hosts = frontend
-        .exec("frontend", &["getent", "ahostsv4", "orders.shop.svc.cluster.local"], Duration::from_secs(10))
+        .exec("frontend", &["cat", "/etc/hosts"], Duration::from_secs(10))
         .await
-        .expect("getent");
-    assert_eq!(hosts.stdout.split_whitespace().next(), Some(orders.ip().to_string().as_str()), "{hosts:?}");
+        .expect("cat");
+    let entry = format!(
+        "{}\torders.shop.svc.cluster.local orders.shop.svc orders.shop orders\n",
+        orders.ip()
+    );
+    assert!(hosts.stdout.contains(&entry), "{hosts:?}");
     // ...and calls it by that name, from its own network namespace, as user 65532.
     let call = frontend
-        .exec("frontend", &["curl", "-sS", "-i", "-m", "10", "http://orders.shop.svc.cluster.local:8080/health"], Duration::from_secs(15))
+        .exec(
+            "frontend",
+            &[
+                "curl",
+                "-sS",
+                "-i",
+                "-m",
+                "10",
+                "http://orders.shop.svc.cluster.local:8080/health",
+            ],
+            Duration::from_secs(15),
+        )
         .await
         .expect("curl");
-    assert_eq!(call.code, Some(0), "{call:?}");
+    assert_eq!(
+        call.code,
+        Some(0),
+        "{call:?}; events {:#?}",
+        frontend.events()
+    );
     assert!(call.stdout.starts_with("HTTP/1.1 200"), "{call:?}");
     // The app was started with `--name=$(POD_NAME)` (fieldRef metadata.name).
-    assert!(call.stdout.to_ascii_lowercase().contains("x-served-by: orders-v1-7d9f"), "{call:?}");
-    let who = frontend.exec("frontend", &["id", "-u"], Duration::from_secs(10)).await.expect("id");
+    assert!(
+        call.stdout
+            .to_ascii_lowercase()
+            .contains("x-served-by: orders-v1-7d9f"),
+        "{call:?}"
+    );
+    let who = frontend
+        .exec("frontend", &["id", "-u"], Duration::from_secs(10))
+        .await
+        .expect("id");
     assert_eq!(who.stdout.trim(), "65532");
 
     // The node reaches the pod IP over the bridge, as a kubelet's probe would.
@@ -81,8 +120,12 @@ async fn shop_pods_reach_each_other_by_service_name() {
         .node()
         .handle()
         .spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect from the node");
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n").await.expect("write");
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect from the node");
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
             let mut out = String::new();
             s.read_to_string(&mut out).await.expect("read");
             out
@@ -92,9 +135,13 @@ async fn shop_pods_reach_each_other_by_service_name() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 
     // The status went through the API: pod IP and the Ready condition.
-    let statuses = api.statuses("shop", "orders-v1-7d9f");
-    let last = statuses.last().expect("a status update");
-    assert_eq!(last.pod_ip.as_deref(), Some(orders.ip().to_string().as_str()));
-    let ready = last.conditions.iter().flatten().find(|c| c.type_ == "Ready").expect("Ready condition");
-    assert_eq!(ready.status, "True");
+    let ip = orders.ip().to_string();
+    support::api_status(
+        "orders Ready with its IP through the API",
+        &api,
+        "shop",
+        "orders-v1-7d9f",
+        |s| s.pod_ip.as_deref() == Some(ip.as_str()) && support::condition(s, "Ready") == "True",
+    )
+    .await;
 }

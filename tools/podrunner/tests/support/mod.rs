@@ -34,7 +34,10 @@ pub fn can_run() -> bool {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/debug/deps/<test> → target/debug
-    exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// The path of a workspace binary; fails saying how to build it.
@@ -69,9 +72,57 @@ pub fn root() -> PathBuf {
 }
 
 /// Index of the first event of `container` matching `kind`; fails listing the log.
-pub fn index(events: &[weft_podrunner::PodEvent], container: &str, kind: impl Fn(&weft_podrunner::EventKind) -> bool) -> usize {
+pub fn index(
+    events: &[weft_podrunner::PodEvent],
+    container: &str,
+    kind: impl Fn(&weft_podrunner::EventKind) -> bool,
+) -> usize {
     events
         .iter()
         .position(|e| e.container == container && kind(&e.kind))
         .unwrap_or_else(|| panic!("no such event for {container} in {events:#?}"))
+}
+
+/// Waits until container `c` of `p` has printed `text` (polled: a log line changes no pod
+/// state); fails showing the log and the events.
+pub async fn wait_log(p: &weft_podrunner::PodHandle, c: &str, text: &str) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !p.logs(c).contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{c} did not print {text:?} within {LIMIT:?}; log:\n{}\nevents: {:#?}",
+            p.logs(c),
+            p.events()
+        );
+        tokio::time::sleep(weft_testkit::wait::POLL).await;
+    }
+}
+
+/// The status of a pod condition (`""` when absent).
+pub fn condition(s: &k8s_openapi::api::core::v1::PodStatus, kind: &str) -> String {
+    s.conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until the API has been sent a status of `namespace/name` for which `ok` holds.
+pub async fn api_status(
+    what: &str,
+    api: &InMemoryApi,
+    namespace: &str,
+    name: &str,
+    ok: impl Fn(&k8s_openapi::api::core::v1::PodStatus) -> bool,
+) -> k8s_openapi::api::core::v1::PodStatus {
+    weft_testkit::wait::until_async(what, LIMIT, || {
+        let found = api
+            .statuses(namespace, name)
+            .into_iter()
+            .rev()
+            .find(|s| ok(s));
+        async move { found }
+    })
+    .await
 }
