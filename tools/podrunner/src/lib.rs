@@ -26,6 +26,7 @@
 pub mod api;
 mod container;
 pub mod env;
+mod images;
 mod lifecycle;
 pub mod net;
 mod pod;

@@ -246,9 +246,7 @@ async fn incarnation(
 /// when it never ran).
 pub(crate) async fn supervise(ctx: Arc<PodCtx>, c: Ctr) -> Option<Exit> {
     let name = c.spec.name.clone();
-    let Some(stop_tx) = ctx.stops.get(&name) else {
-        return None;
-    };
+    let stop_tx = ctx.stops.get(&name)?;
     let mut stop = stop_tx.subscribe();
     let mut last = None;
     for restarts in 0..=ctx.max_restarts {
