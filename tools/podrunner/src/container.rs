@@ -209,7 +209,10 @@ fn script(l: &Launch, t: &Tools) -> Result<String, Error> {
         qp(&resolv)
     ));
     if l.read_only_root {
-        s.push_str(&format!("{} -o remount,bind,ro /\n", qp(&t.mount)));
+        // The overlays made for missing mount paths are read-only too, like the rest of `/`.
+        for a in tops.iter().map(|a| a.as_path()).chain([Path::new("/")]) {
+            s.push_str(&format!("{} -o remount,bind,ro {}\n", qp(&t.mount), qp(a)));
+        }
     }
     if let Some(wd) = &l.working_dir {
         s.push_str(&format!("cd {}\n", q(wd)));

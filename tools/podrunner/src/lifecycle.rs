@@ -189,6 +189,32 @@ async fn terminate(ctx: &PodCtx, name: &str, g: &mut Guard, deadline: Instant) -
     }
 }
 
+/// Waits until the container's setup (namespaces, mounts, user) has handed over to its
+/// command: the process is no longer `nsenter`, `unshare`, the setup script or `setpriv`. Only
+/// then is it "started" (as a runtime reports it), so probes and `exec` never enter a half-made
+/// container. `false` if the process ended first or the setup took over 30 s.
+async fn set_up(g: &mut Guard, tools: &Tools) -> bool {
+    let stages = [&tools.nsenter, &tools.unshare, &tools.setpriv]
+        .map(|p| p.as_os_str().as_encoded_bytes().to_vec());
+    let sh = tools.sh.as_os_str().as_encoded_bytes().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if g.status().is_some() {
+            return false;
+        }
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", g.id())) {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let setup_script =
+                args.first() == Some(&sh.as_slice()) && args.get(3) == Some(&&b"container"[..]);
+            if !setup_script && !stages.iter().any(|s| args.first() == Some(&s.as_slice())) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 /// Runs one incarnation of `c` until it exits or is stopped. `Ok(exit)`; `Err` if it could
 /// not start. The second value says whether a stop was requested.
 async fn incarnation(
@@ -200,6 +226,13 @@ async fn incarnation(
     let name = c.spec.name.clone();
     let mut g = spawn(ctx, c)?;
     lock(&ctx.pids).insert(name.clone(), g.id());
+    if !set_up(&mut g, &ctx.tools).await {
+        // The setup failed (its error is in the log) or hung: the container never started.
+        let _ = killpg(
+            Pid::from_raw(i32::try_from(g.id()).unwrap_or(i32::MAX)),
+            Signal::SIGKILL,
+        );
+    }
     ctx.state.update(&name, |s| {
         s.running = true;
         s.restarts = restarts;

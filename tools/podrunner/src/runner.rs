@@ -213,6 +213,11 @@ impl Runner {
         if pod.metadata.uid.is_none() {
             pod.metadata.uid = Some(format!("{name}-{}", inner.node.run_id()));
         }
+        if lock(&inner.pods).contains_key(&(namespace.clone(), name.clone())) {
+            return Err(Error::Spec(format!(
+                "pod {namespace}/{name} is already running"
+            )));
+        }
         let net = inner.node.attach(&name)?;
         let dir = inner.scratch.path().join(format!("{namespace}_{name}"));
         let setup = prepare(&inner, &pod, &spec, &net, &dir).await;

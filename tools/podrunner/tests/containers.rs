@@ -23,6 +23,7 @@ spec:
     command: [sh, -c, 'printf "ARG:%s\n" "$@"; echo started; exec sleep 300', sh]
     args: ["$(B)", "$$(A)", "$(NOPE)", "$(LATER)"]
     workingDir: /var/lib/weft-podrunner-test/work
+    securityContext: {readOnlyRootFilesystem: true}
     env:
     - {name: A, value: one}
     - {name: B, value: "$(A)-two"}
@@ -165,6 +166,13 @@ async fn env_expansion_field_refs_and_volumes_as_the_kubelet_makes_them() {
         "{err}"
     );
     assert_eq!(sh("echo kept > /var/lib/weft-podrunner-test/data/f && cat /var/lib/weft-podrunner-test/data/f").await.1, "kept");
+
+    // readOnlyRootFilesystem: the root is read-only, the emptyDir mounted on it is not.
+    let (code, _, err) = sh("echo x > /tmp/weft-podrunner-test-ro").await;
+    assert!(
+        code != Some(0) && err.contains("Read-only file system"),
+        "{err}"
+    );
 
     // None of the mount paths exist on the host: they live in the container's mount namespace.
     for host_path in [
