@@ -1,0 +1,326 @@
+//! Pod volumes as directories under the pod's scratch directory, filled the way the kubelet
+//! fills them: emptyDir (mode 0777), configMap and secret (one file per key or per listed item,
+//! `defaultMode`/`mode`, default 0644), projected (serviceAccountToken minted through
+//! [`ClusterApi::create_token`] with the audience and `expirationSeconds`, configMap, secret,
+//! downwardAPI). With `fsGroup` every file is group-owned by it; without, a projected token is
+//! owned by the pods' single `runAsUser` (the kubelet's rule, so a non-root sidecar can read a
+//! 0600 token). The directories are bind-mounted into each container by the container stage.
+//!
+//! Not implemented (a clear error): hostPath (it would expose the host), persistent volumes,
+//! CSI, and updates after start (a real kubelet refreshes ConfigMaps and tokens in place).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{KeyToPath, Pod, PodSpec, Volume, VolumeProjection};
+
+use crate::api::ClusterApi;
+use crate::env::{config_map_data, secret_data, PodFields};
+use crate::{io_err, Error};
+
+/// One bind mount of a container: a volume directory (or a path in it) at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory on the host (under the pod's scratch directory).
+    pub source: PathBuf,
+    /// The container's `mountPath`.
+    pub target: PathBuf,
+    /// `readOnly: true`: a read-only bind mount.
+    pub read_only: bool,
+}
+
+/// Ownership the kubelet gives volume files.
+#[derive(Debug, Clone, Copy, Default)]
+struct Owner {
+    fs_group: Option<u32>,
+    token_uid: Option<u32>,
+}
+
+/// Creates and fills every volume of `pod` under `root/<volume name>`; returns the directories.
+pub async fn materialize(
+    pod: &Pod,
+    fields: &PodFields,
+    api: &dyn ClusterApi,
+    root: &Path,
+) -> Result<BTreeMap<String, PathBuf>, Error> {
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Spec("pod has no spec".into()))?;
+    let owner = owner_of(spec)?;
+    let mut dirs = BTreeMap::new();
+    for v in spec.volumes.iter().flatten() {
+        let dir = root.join(safe_name(&v.name)?);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        fill(v, &dir, fields, api, owner).await?;
+        if let Some(g) = owner.fs_group {
+            chown_tree(&dir, None, Some(g))?;
+        }
+        dirs.insert(v.name.clone(), dir);
+    }
+    Ok(dirs)
+}
+
+async fn fill(
+    v: &Volume,
+    dir: &Path,
+    fields: &PodFields,
+    api: &dyn ClusterApi,
+    owner: Owner,
+) -> Result<(), Error> {
+    let ns = fields.namespace.as_str();
+    if v.empty_dir.is_some() {
+        return set_mode(dir, 0o777);
+    }
+    set_mode(dir, 0o755)?;
+    if let Some(cm) = &v.config_map {
+        let optional = cm.optional.unwrap_or(false);
+        let data = config_map_data(api, ns, &cm.name, optional).await?;
+        return write_keys(
+            dir,
+            &data,
+            cm.items.as_deref(),
+            cm.default_mode.unwrap_or(0o644),
+            optional,
+        );
+    }
+    if let Some(s) = &v.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        let optional = s.optional.unwrap_or(false);
+        let data = secret_data(api, ns, &name, optional).await?;
+        return write_keys(
+            dir,
+            &data,
+            s.items.as_deref(),
+            s.default_mode.unwrap_or(0o644),
+            optional,
+        );
+    }
+    if let Some(p) = &v.projected {
+        let mode = p.default_mode.unwrap_or(0o644);
+        for source in p.sources.iter().flatten() {
+            project(source, dir, mode, fields, api, owner).await?;
+        }
+        return Ok(());
+    }
+    Err(Error::Unsupported(format!(
+        "volume {}: only emptyDir, configMap, secret and projected volumes",
+        v.name
+    )))
+}
+
+async fn project(
+    source: &VolumeProjection,
+    dir: &Path,
+    mode: i32,
+    fields: &PodFields,
+    api: &dyn ClusterApi,
+    owner: Owner,
+) -> Result<(), Error> {
+    let ns = fields.namespace.as_str();
+    if let Some(t) = &source.service_account_token {
+        let spec = TokenRequestSpec {
+            audiences: t.audience.clone().into_iter().collect(),
+            expiration_seconds: Some(t.expiration_seconds.unwrap_or(3600)),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(fields.name.clone()),
+                uid: Some(fields.uid.clone()),
+            }),
+        };
+        let status = api.create_token(ns, &fields.service_account, spec).await?;
+        let path = write_file(dir, &t.path, status.token.as_bytes(), mode)?;
+        if owner.fs_group.is_none() && owner.token_uid.is_some() {
+            chown_tree(&path, owner.token_uid, None)?;
+        }
+        return Ok(());
+    }
+    if let Some(cm) = &source.config_map {
+        let optional = cm.optional.unwrap_or(false);
+        let data = config_map_data(api, ns, &cm.name, optional).await?;
+        return write_keys(dir, &data, cm.items.as_deref(), mode, optional);
+    }
+    if let Some(s) = &source.secret {
+        let optional = s.optional.unwrap_or(false);
+        let data = secret_data(api, ns, &s.name, optional).await?;
+        return write_keys(dir, &data, s.items.as_deref(), mode, optional);
+    }
+    if let Some(d) = &source.downward_api {
+        for item in d.items.iter().flatten() {
+            let Some(f) = &item.field_ref else {
+                return Err(Error::Unsupported("downwardAPI resourceFieldRef".into()));
+            };
+            let value = fields.field(&f.field_path)?;
+            write_file(dir, &item.path, value.as_bytes(), item.mode.unwrap_or(mode))?;
+        }
+        return Ok(());
+    }
+    Err(Error::Unsupported(
+        "projected source (clusterTrustBundle)".into(),
+    ))
+}
+
+/// Writes the keys of a ConfigMap or Secret: every key, or only `items` (to their paths).
+fn write_keys(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    mode: i32,
+    optional: bool,
+) -> Result<(), Error> {
+    match items {
+        None => {
+            for (k, v) in data {
+                write_file(dir, k, v, mode)?;
+            }
+        }
+        Some(items) => {
+            for item in items {
+                match data.get(&item.key) {
+                    Some(v) => {
+                        write_file(dir, &item.path, v, item.mode.unwrap_or(mode))?;
+                    }
+                    None if optional => {}
+                    None => return Err(Error::Spec(format!("key {} not found", item.key))),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `dir/rel` (a relative path without `..`, checked) with `mode`.
+fn write_file(dir: &Path, rel: &str, data: &[u8], mode: i32) -> Result<PathBuf, Error> {
+    let path = dir.join(relative(rel)?);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+    }
+    std::fs::write(&path, data).map_err(io_err(format!("write {}", path.display())))?;
+    let mode = u32::try_from(mode)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| Error::Spec(format!("file mode {mode} is not 0 to 0777")))?;
+    set_mode(&path, mode)?;
+    Ok(path)
+}
+
+/// A relative path of normal components only: volume item paths and `subPath` come from the
+/// spec and must not escape their volume.
+pub(crate) fn relative(rel: &str) -> Result<&Path, Error> {
+    let p = Path::new(rel);
+    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(Error::Spec(format!(
+            "path {rel:?} must be relative, without `..`"
+        )));
+    }
+    Ok(p)
+}
+
+fn safe_name(name: &str) -> Result<&str, Error> {
+    relative(name)?;
+    if name.contains('/') {
+        return Err(Error::Spec(format!("volume name {name:?}")));
+    }
+    Ok(name)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("chmod {}", path.display())))
+}
+
+fn chown_tree(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), Error> {
+    let uid = uid.map(nix::unistd::Uid::from_raw);
+    let gid = gid.map(nix::unistd::Gid::from_raw);
+    nix::unistd::chown(path, uid, gid)
+        .map_err(|e| io_err(format!("chown {}", path.display()))(e.into()))?;
+    if path.is_dir() {
+        let entries =
+            std::fs::read_dir(path).map_err(io_err(format!("read {}", path.display())))?;
+        for e in entries {
+            let e = e.map_err(io_err(format!("read {}", path.display())))?;
+            chown_tree(&e.path(), uid.map(|u| u.as_raw()), gid.map(|g| g.as_raw()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `fsGroup`, and the one `runAsUser` every container shares (if they share one).
+fn owner_of(spec: &PodSpec) -> Result<Owner, Error> {
+    let pod_ctx = spec.security_context.as_ref();
+    let fs_group = pod_ctx.and_then(|c| c.fs_group).map(id).transpose()?;
+    let pod_uid = pod_ctx.and_then(|c| c.run_as_user);
+    let uids: std::collections::BTreeSet<Option<i64>> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_user)
+                .or(pod_uid)
+        })
+        .collect();
+    let token_uid = match uids.into_iter().collect::<Vec<_>>().as_slice() {
+        [Some(u)] => Some(id(*u)?),
+        _ => None,
+    };
+    Ok(Owner {
+        fs_group,
+        token_uid,
+    })
+}
+
+/// A user or group id from the spec (an `int64` there).
+pub(crate) fn id(v: i64) -> Result<u32, Error> {
+    u32::try_from(v).map_err(|_| Error::Spec(format!("id {v} out of range")))
+}
+
+/// The bind mounts of one container's `volumeMounts`.
+pub fn mounts_of(
+    container: &k8s_openapi::api::core::v1::Container,
+    dirs: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<Mount>, Error> {
+    let mut out = Vec::new();
+    for m in container.volume_mounts.iter().flatten() {
+        let dir = dirs.get(&m.name).ok_or_else(|| {
+            Error::Spec(format!(
+                "container {}: no volume named {}",
+                container.name, m.name
+            ))
+        })?;
+        let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => dir.join(relative(sub)?),
+            None => dir.clone(),
+        };
+        let target = PathBuf::from(&m.mount_path);
+        if !target.is_absolute() {
+            return Err(Error::Spec(format!(
+                "mountPath {} is not absolute",
+                m.mount_path
+            )));
+        }
+        out.push(Mount {
+            source,
+            target,
+            read_only: m.read_only.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cannot_escape_the_volume() {
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "./."] {
+            assert!(relative(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(relative("a/b.crt").is_ok());
+    }
+}
