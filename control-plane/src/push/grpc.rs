@@ -222,7 +222,7 @@ pub(crate) async fn open_stream(
         Status::new(e.code(), e.to_string())
     };
     let endpoint =
-        join::endpoint(&peer, &hello.endpoint_address, from, hub.pods()).map_err(|e| refused(e))?;
+        join::endpoint(&peer, &hello.endpoint_address, from, hub.pods()).map_err(&refused)?;
     // The push puts each new snapshot in this slot; the stream sends the latest one.
     let (tx, rx) = watch::channel(None);
     let registration = Registration {

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,9 +32,9 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
 use super::mapping::{self, Kind, ObjectKey, Objects};
+use super::pods::KubePods;
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{PolicySource, Watch};
-use crate::push::join::PodDirectory;
 
 /// The name the Kubernetes policy goes by in history (one YAML document).
 pub const POLICY_DOCUMENT: &str = "kubernetes.yaml";
@@ -207,7 +206,7 @@ impl KubeSource {
 
     /// The pods this source watches, as the push asks who owns an endpoint's address.
     pub fn pods(&self) -> KubePods {
-        KubePods(self.stores.pods.clone())
+        KubePods::new(self.stores.pods.clone())
     }
 
     /// The objects the stores hold now.
@@ -295,34 +294,6 @@ impl KubeSource {
             }
         }
         *logged = now;
-    }
-}
-
-/// The Pod store of a [`KubeSource`], as a [`PodDirectory`]: a live pod is one in phase
-/// `Pending` (a native sidecar joins while its pod initializes) or `Running`; a finished one
-/// (`Succeeded`, `Failed`) no longer owns its IP, which may be another pod's by now.
-#[derive(Clone)]
-pub struct KubePods(Store<Pod>);
-
-impl PodDirectory for KubePods {
-    fn live_pod(&self, ip: IpAddr, namespace: &str, account: &str) -> Option<String> {
-        // Parsed, not compared as text: an IPv6 address has several spellings.
-        let is = |a: &str| a.parse::<IpAddr>().ok() == Some(ip);
-        self.0.state().iter().find_map(|pod| {
-            let meta = &pod.metadata;
-            let status = pod.status.as_ref()?;
-            let live = matches!(status.phase.as_deref(), Some("Pending" | "Running"));
-            let runs_as = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.as_deref())
-                .filter(|a| !a.is_empty())
-                .unwrap_or("default");
-            let has_ip = status.pod_ip.as_deref().is_some_and(is)
-                || status.pod_ips.iter().flatten().any(|p| is(&p.ip));
-            (live && has_ip && runs_as == account && meta.namespace.as_deref() == Some(namespace))
-                .then(|| meta.name.clone().unwrap_or_default())
-        })
     }
 }
 
