@@ -231,12 +231,7 @@ pub(crate) async fn open_stream(
         endpoint,
         labels: hello.labels.clone().into_iter().collect(),
         cert_not_after: unix_time(hello.cert_not_after_unix),
-        // Only a well-formed address is kept: it is shown and scraped as is.
-        admin: hello
-            .admin_address
-            .parse::<SocketAddr>()
-            .ok()
-            .map(|a| a.to_string()),
+        admin: scrape_address(&hub, &hello.admin_address, endpoint),
     };
     let id = hub.register(registration, tx).map_err(|e| match e {
         RegisterError::TooManyStreams { .. } => {
@@ -251,6 +246,17 @@ pub(crate) async fn open_stream(
     );
     tokio::spawn(follow(hub, id, inbound));
     Ok(rx)
+}
+
+/// Where the sidecar's metrics are scraped (`weftctl top`, shown by `status`). On Kubernetes
+/// its admin port is on the pod's loopback, out of reach: the injected read-only metrics port
+/// ([`crate::inject::METRICS_PORT`], `/metrics`) on the pod IP instead. Elsewhere the admin
+/// address it reported, if well-formed: it is shown and scraped as is.
+fn scrape_address(hub: &Hub, reported: &str, endpoint: SocketAddr) -> Option<String> {
+    if hub.pods().is_some() {
+        return Some(SocketAddr::new(endpoint.ip(), crate::inject::METRICS_PORT).to_string());
+    }
+    reported.parse::<SocketAddr>().ok().map(|a| a.to_string())
 }
 
 /// Decide how to certify and issue: a renewal when a client certificate is presented (with

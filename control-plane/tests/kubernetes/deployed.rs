@@ -281,9 +281,20 @@ async fn app(addr: SocketAddr, pod: String) -> tokio::task::JoinHandle<()> {
 /// One HTTP/1.1 request on its own connection: the status and body, or `None` when the
 /// connection fails or no answer comes within 5 s.
 async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    get_with(addr, host, path, "").await
+}
+
+/// [`get`] with extra header lines (`Name: value\r\n` each).
+async fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
     let call = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
         tcp.write_all(req.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         tcp.read_to_end(&mut raw).await.ok()?;
@@ -301,7 +312,8 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> 
 /// The shop's frontend and both orders versions, each pod with its own address and sidecar:
 /// every sidecar bootstraps from its service-account token, gets its snapshot and becomes
 /// ready; the frontend's app reaches both orders pods through the mesh, at their pod IPs, and
-/// orders sees the frontend's SPIFFE identity.
+/// orders sees the frontend's SPIFFE identity; the status lists each sidecar's metrics port on
+/// its pod IP for `weftctl top`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_sidecars_join_by_identity_and_serve_the_shop() {
     // Built by `cargo build` of the workspace (CI builds it before the tests).
@@ -472,6 +484,31 @@ async fn injected_sidecars_join_by_identity_and_serve_the_shop() {
         "{}",
         log(&cp_log)
     );
+
+    // `weftctl top` scrapes what the status lists: each sidecar's metrics port on its pod IP,
+    // never a loopback admin address.
+    let token = std::fs::read_to_string(tmp.path().join("state/admin.token")).expect("token");
+    let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+    let (code, body) = get_with(admin, "localhost", "/v1/status", &auth)
+        .await
+        .expect("status");
+    assert_eq!(code, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).expect("status JSON");
+    let scraped: std::collections::BTreeSet<String> = status["sidecars"]
+        .as_array()
+        .expect("sidecars")
+        .iter()
+        .filter_map(|s| s["admin"].as_str().map(str::to_owned))
+        .collect();
+    let want: std::collections::BTreeSet<String> =
+        pods.iter().map(|p| format!("{}:15020", p.ip)).collect();
+    assert_eq!(scraped, want, "{body}");
+    for target in &scraped {
+        let (code, metrics) = get(target.parse().expect("addr"), "localhost", "/metrics")
+            .await
+            .expect("metrics");
+        assert!(code == 200 && metrics.contains("weft_"), "{target}: {code}");
+    }
     for task in apps {
         task.abort();
     }
