@@ -272,6 +272,10 @@ pub async fn start_bounded(
         config.grace,
     )
     .with_limits(options.hub);
+    let hub = match policy.pods.clone() {
+        Some(pods) => hub.on_kubernetes(pods),
+        None => hub,
+    };
     hub.check_snapshots(&policy.initial)
         .map_err(|e| anyhow::anyhow!("the policy is refused:\n{e}"))?;
     let hub = Arc::new(hub);
@@ -447,6 +451,9 @@ struct Policy {
     source: Arc<dyn PolicySource>,
     /// The directory, when the policy comes from one (operators may change it).
     dir: Option<DirSource>,
+    /// The pods, when the policy comes from Kubernetes (sidecars' endpoints are checked
+    /// against them).
+    pods: Option<Arc<dyn crate::push::join::PodDirectory>>,
     /// Keeps the source watched.
     watch: Watch,
     /// One message per change the source saw.
@@ -456,6 +463,7 @@ struct Policy {
 /// Connect the policy source, watch it, and load the policy; an invalid policy at start is an
 /// error (there is nothing good to keep in force).
 async fn policy_source(config: &ServerConfig, from: PolicyFrom) -> anyhow::Result<Policy> {
+    let mut pods: Option<Arc<dyn crate::push::join::PodDirectory>> = None;
     let (source, dir): (Arc<dyn PolicySource>, Option<DirSource>) = match from {
         PolicyFrom::Directory => {
             let dir = DirSource::new(&config.policy_dir).with_interval(config.poll_interval);
@@ -466,6 +474,7 @@ async fn policy_source(config: &ServerConfig, from: PolicyFrom) -> anyhow::Resul
             let kube = tokio::task::spawn_blocking(move || KubeSource::connect(options))
                 .await
                 .context("connecting to the Kubernetes API")??;
+            pods = Some(Arc::new(kube.pods()));
             (Arc::new(kube), None)
         }
     };
@@ -488,6 +497,7 @@ async fn policy_source(config: &ServerConfig, from: PolicyFrom) -> anyhow::Resul
         initial,
         source,
         dir,
+        pods,
         watch,
         changed,
     })

@@ -49,6 +49,52 @@ pub fn find(name: &str) -> PathBuf {
     )
 }
 
+/// The path of workspace binary `bin` as cargo built it beside this test (a test runs from
+/// `<target>/<profile>/deps/`, the binaries are in `<target>/<profile>/`), so a test of one
+/// package can run another package's binary. Panics, saying what to build, when it is missing
+/// or older than any file under `sources` (workspace-relative directories it is built from):
+/// a stale binary would test old code.
+pub fn workspace_binary(bin: &str, sources: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("locating the test: {e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in <target>/<profile>/deps", exe.display()));
+    let path = dir.join(bin);
+    let build = format!("build it first: cargo build -p <its package> --bin {bin}");
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing; {build}", path.display()));
+    let root = workspace_root();
+    for s in sources {
+        if let Some(newer) = newer_than(&root.join(s), built) {
+            panic!(
+                "{} is older than {}; {build}",
+                path.display(),
+                newer.display()
+            );
+        }
+    }
+    path
+}
+
+/// A file under `dir` modified after `t`, if any (bounded by the tree's size).
+fn newer_than(dir: &Path, t: std::time::SystemTime) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.modified().is_ok_and(|m| m > t) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,9 @@
 //! The sidecars' gRPC service (`weft.control.v1` over mutual TLS).
 //!
 //! Sidecars connect with their workload certificates (from the mesh CA) and say `Hello` first;
-//! the service they name must be their certificate's service account (and, when the policy
-//! lists the service, its identity). Their inbound address and labels are registered as an
-//! endpoint of that service, withdrawn [`Hub::grace`] after the stream ends.
+//! the service they name must be one their certificate's identity may speak for, and their
+//! inbound address theirs ([`crate::push::join`]). Their inbound address and labels are
+//! registered as an endpoint of that service, withdrawn [`Hub::grace`] after the stream ends.
 //!
 //! `Certify` issues workload certificates for CSRs: with a credential in the request's token
 //! field (bootstrap; the connection may have no client certificate), a join token or, with
@@ -35,11 +35,17 @@ use crate::ca::admission::CALL_DEADLINE;
 use crate::ca::attest::Credential;
 use crate::ca::issuer::{IssueError, Issued, Issuer};
 use crate::push::hub::{Hub, RegisterError, Registration};
+use crate::push::join::{self, JoinError};
 
 /// The authenticated client of a connection, from its certificate: its identity and the
-/// certificate itself (DER; a renewal reads its serial and provenance).
+/// certificate itself (DER; a renewal reads its serial and provenance); and the connection's
+/// source address (on Kubernetes, the pod's IP).
 #[derive(Debug, Clone)]
-pub struct PeerIdentity(pub Option<Identity>, pub Option<CertificateDer<'static>>);
+pub struct PeerIdentity(
+    pub Option<Identity>,
+    pub Option<CertificateDer<'static>>,
+    pub Option<SocketAddr>,
+);
 
 /// A TLS connection that tells tonic who the client is.
 pub(crate) struct TlsConn(pub(crate) TlsStream<TcpStream>);
@@ -47,10 +53,14 @@ pub(crate) struct TlsConn(pub(crate) TlsStream<TcpStream>);
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = PeerIdentity;
     fn connect_info(&self) -> PeerIdentity {
-        let (_, conn) = self.0.get_ref();
+        let (tcp, conn) = self.0.get_ref();
         let leaf = conn.peer_certificates().and_then(|c| c.first());
         let id = leaf.and_then(|c| weft_certs::identity_from_cert_der(c.as_ref()).ok());
-        PeerIdentity(id, leaf.map(|c| c.clone().into_owned()))
+        PeerIdentity(
+            id,
+            leaf.map(|c| c.clone().into_owned()),
+            tcp.peer_addr().ok(),
+        )
     }
 }
 
@@ -117,9 +127,9 @@ impl ControlPlane for Service {
         } = req.into_inner();
         let credential =
             (!join_token.trim().is_empty()).then(|| Credential::from_presented(&join_token));
-        let renewal = matches!(peer, Some(PeerIdentity(Some(_), Some(_))));
+        let renewal = matches!(peer, Some(PeerIdentity(Some(_), Some(_), _)));
         let how = match (&peer, &credential) {
-            (Some(PeerIdentity(Some(_), _)), Some(c)) => format!("renewal with a {}", c.kind()),
+            (Some(PeerIdentity(Some(_), _, _)), Some(c)) => format!("renewal with a {}", c.kind()),
             (_, Some(c)) => c.kind().to_owned(),
             _ => "renewal".to_owned(),
         };
@@ -178,78 +188,75 @@ impl ControlPlane for Service {
         &self,
         req: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let peer = req
+        let (peer, from) = req
             .extensions()
             .get::<PeerIdentity>()
-            .and_then(|p| p.0.clone());
-        let rx = open_stream(self.hub.clone(), peer, req.into_inner()).await?;
+            .map_or((None, None), |p| (p.0.clone(), p.2));
+        let rx = open_stream(self.hub.clone(), peer, from, req.into_inner()).await?;
         let snapshots = WatchStream::from_changes(rx).filter_map(|m| m.map(Ok));
         Ok(Response::new(Box::pin(snapshots)))
     }
 }
 
-/// Open a sidecar stream: check its `Hello` against its certificate, register its endpoint,
-/// ask for a push and follow its answers. Returns the slot its snapshots are put in.
+/// Open a sidecar stream: check its `Hello` against its certificate and, on Kubernetes, its
+/// pod ([`crate::push::join`]; `from` is the connection's source address), register its
+/// endpoint, ask for a push and follow its answers. Returns the slot its snapshots are put in.
 pub(crate) async fn open_stream(
     hub: Arc<Hub>,
     peer: Option<Identity>,
+    from: Option<SocketAddr>,
     mut inbound: Streaming<SidecarMessage>,
 ) -> Result<watch::Receiver<Option<ControlMessage>>, Status> {
-    {
-        let peer = peer.ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
-        let hello = match inbound.message().await? {
-            Some(SidecarMessage {
-                kind: Some(sidecar_message::Kind::Hello(h)),
-            }) => h,
-            _ => return Err(Status::invalid_argument("the first message must be Hello")),
-        };
-        if peer.trust_domain() != hub.trust_domain() || peer.service_account() != hello.service {
-            log::warn!(
-                "refused {peer}: Hello names service {:?}, the certificate does not",
-                hello.service
-            );
-            return Err(Status::permission_denied(format!(
-                "{peer} may not speak for service {:?}",
-                hello.service
-            )));
+    let peer = peer.ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
+    let hello = match inbound.message().await? {
+        Some(SidecarMessage {
+            kind: Some(sidecar_message::Kind::Hello(h)),
+        }) => h,
+        _ => return Err(Status::invalid_argument("the first message must be Hello")),
+    };
+    let refused = |e: JoinError| {
+        log::warn!(
+            "refused {peer} (Hello for service {:?}): {e}",
+            hello.service
+        );
+        Status::new(e.code(), e.to_string())
+    };
+    let endpoint =
+        join::endpoint(&peer, &hello.endpoint_address, from, hub.pods()).map_err(&refused)?;
+    // The push puts each new snapshot in this slot; the stream sends the latest one.
+    let (tx, rx) = watch::channel(None);
+    let registration = Registration {
+        peer: peer.clone(),
+        service: hello.service.clone(),
+        endpoint,
+        labels: hello.labels.clone().into_iter().collect(),
+        cert_not_after: unix_time(hello.cert_not_after_unix),
+        admin: scrape_address(&hub, &hello.admin_address, endpoint),
+    };
+    let id = hub.register(registration, tx).map_err(|e| match e {
+        RegisterError::TooManyStreams { .. } => {
+            log::warn!("refused a stream of {peer}: {e}");
+            Status::resource_exhausted(e.to_string())
         }
-        let endpoint: SocketAddr = hello.endpoint_address.parse().map_err(|e| {
-            Status::invalid_argument(format!(
-                "bad endpoint address {:?}: {e}",
-                hello.endpoint_address
-            ))
-        })?;
-        if endpoint.ip().is_unspecified() || endpoint.port() == 0 {
-            return Err(Status::invalid_argument(format!(
-                "endpoint address {endpoint} is not reachable by other sidecars; set listen.inbound to the sidecar's own address"
-            )));
-        }
-        // The push puts each new snapshot in this slot; the stream sends the latest one.
-        let (tx, rx) = watch::channel(None);
-        let registration = Registration {
-            peer: peer.clone(),
-            service: hello.service,
-            endpoint,
-            labels: hello.labels.into_iter().collect(),
-            cert_not_after: unix_time(hello.cert_not_after_unix),
-            // Only a well-formed address is kept: it is shown and scraped as is.
-            admin: hello
-                .admin_address
-                .parse::<SocketAddr>()
-                .ok()
-                .map(|a| a.to_string()),
-        };
-        let id = hub.register(registration, tx).map_err(|e| match e {
-            RegisterError::TooManyStreams { .. } => {
-                log::warn!("refused a stream of {peer}: {e}");
-                Status::resource_exhausted(e.to_string())
-            }
-            RegisterError::IdentityMismatch { .. } => Status::permission_denied(e.to_string()),
-        })?;
-        log::info!("sidecar {peer} connected, endpoint {endpoint}");
-        tokio::spawn(follow(hub, id, inbound));
-        Ok(rx)
+        RegisterError::Refused(e) => refused(e),
+    })?;
+    log::info!(
+        "sidecar {peer} joined as {}, endpoint {endpoint}",
+        hello.service
+    );
+    tokio::spawn(follow(hub, id, inbound));
+    Ok(rx)
+}
+
+/// Where the sidecar's metrics are scraped (`weftctl top`, shown by `status`). On Kubernetes
+/// its admin port is on the pod's loopback, out of reach: the injected read-only metrics port
+/// ([`crate::inject::METRICS_PORT`], `/metrics`) on the pod IP instead. Elsewhere the admin
+/// address it reported, if well-formed: it is shown and scraped as is.
+fn scrape_address(hub: &Hub, reported: &str, endpoint: SocketAddr) -> Option<String> {
+    if hub.pods().is_some() {
+        return Some(SocketAddr::new(endpoint.ip(), crate::inject::METRICS_PORT).to_string());
     }
+    reported.parse::<SocketAddr>().ok().map(|a| a.to_string())
 }
 
 /// Decide how to certify and issue: a renewal when a client certificate is presented (with
@@ -265,7 +272,7 @@ fn certify_blocking(
 ) -> Result<Issued, Status> {
     let result =
         match (peer, credential) {
-            (Some(PeerIdentity(Some(identity), Some(cert))), credential) => {
+            (Some(PeerIdentity(Some(identity), Some(cert), _)), credential) => {
                 if identity.trust_domain() != trust_domain {
                     return Err(Status::permission_denied(format!(
                         "{identity} is not in trust domain {trust_domain}"

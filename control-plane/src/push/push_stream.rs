@@ -92,10 +92,10 @@ async fn serve_stream(
     hub: Arc<Hub>,
     req: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let peer = req
+    let (peer, from) = req
         .extensions()
         .get::<PeerIdentity>()
-        .and_then(|p| p.0.clone());
+        .map_or((None, None), |p| (p.0.clone(), p.2));
     let decoder = tonic_prost::ProstCodec::<ControlMessage, SidecarMessage>::default().decoder();
     let inbound = tonic::Streaming::new_request(
         decoder,
@@ -103,7 +103,7 @@ async fn serve_stream(
         None,
         Some(MAX_DECODING_MESSAGE_SIZE),
     );
-    match open_stream(hub, peer, inbound).await {
+    match open_stream(hub, peer, from, inbound).await {
         Ok(rx) => {
             let body = SnapshotBody {
                 snapshots: WatchStream::from_changes(rx),

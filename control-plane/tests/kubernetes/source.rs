@@ -704,6 +704,8 @@ pub(crate) mod standin {
         lists: HashMap<&'static str, usize>,
         watches: HashMap<&'static str, usize>,
         patches: Vec<(String, Value)>,
+        /// Tokens TokenReview authenticates: token -> (username, audiences).
+        tokens: HashMap<String, (String, Vec<String>)>,
     }
 
     impl State {
@@ -928,6 +930,18 @@ pub(crate) mod standin {
             self.lock().watches.get(plural).copied().unwrap_or(0)
         }
 
+        /// Make TokenReview authenticate `token` as service account `namespace/account` for
+        /// `audiences` (as the API server does a projected token the kubelet got for a pod).
+        pub fn token(&self, token: &str, namespace: &str, account: &str, audiences: &[&str]) {
+            self.lock().tokens.insert(
+                token.to_owned(),
+                (
+                    format!("system:serviceaccount:{namespace}:{account}"),
+                    audiences.iter().map(|a| (*a).to_owned()).collect(),
+                ),
+            );
+        }
+
         /// Status patches received: (`plural/namespace/name`, body).
         pub fn patches(&self) -> Vec<(String, Value)> {
             self.lock().patches.clone()
@@ -989,6 +1003,13 @@ pub(crate) mod standin {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
+        if req.method() == hyper::Method::POST && path == TOKEN_REVIEWS {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(status(StatusCode::BAD_REQUEST, "BadRequest", "body")),
+            };
+            return Ok(token_review(&state, &body));
+        }
         if req.method() == hyper::Method::PATCH {
             let content_type = req
                 .headers()
@@ -1070,6 +1091,29 @@ pub(crate) mod standin {
             hyper::header::HeaderValue::from_static("application/json"),
         );
         Ok(r)
+    }
+
+    const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+    /// A TokenReview: authenticated with the user and audiences [`ApiServer::token`] set, or
+    /// not, with the API server's error.
+    fn token_review(state: &Mutex<State>, body: &[u8]) -> Response<Body> {
+        let Ok(mut review) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+        };
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let known = state.lock().expect("state").tokens.get(token).cloned();
+        review["status"] = match known {
+            Some((username, audiences)) => json!({
+                "authenticated": true,
+                "user": {"username": username, "groups": ["system:serviceaccounts", "system:authenticated"]},
+                "audiences": audiences,
+            }),
+            None => {
+                json!({"user": {}, "error": "[invalid bearer token, token has been invalidated]"})
+            }
+        };
+        reply(StatusCode::CREATED, review)
     }
 
     /// `/apis/weft.dev/v1alpha1/namespaces/{ns}/{plural}/{name}/status`, merge patch.

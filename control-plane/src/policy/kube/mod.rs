@@ -1,9 +1,11 @@
 //! Kubernetes as the policy source: the policy resources ([`crds`]), the mapping from
 //! Services, EndpointSlices, Pods and those resources to the mesh policy ([`mapping`], pure),
-//! and the watching source behind [`crate::policy::source::PolicySource`] ([`source::KubeSource`]).
+//! the watching source behind [`crate::policy::source::PolicySource`] ([`source::KubeSource`]),
+//! and its pods as the owners of sidecars' addresses ([`pods::KubePods`]).
 
 pub mod crds;
 pub mod mapping;
+pub mod pods;
 pub mod source;
 
 /// The API client configuration every Kubernetes caller here uses (the policy source and the

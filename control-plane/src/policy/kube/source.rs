@@ -32,6 +32,7 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
 use super::mapping::{self, Kind, ObjectKey, Objects};
+use super::pods::KubePods;
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{PolicySource, Watch};
 
@@ -201,6 +202,11 @@ impl KubeSource {
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
+    }
+
+    /// The pods this source watches, as the push asks who owns an endpoint's address.
+    pub fn pods(&self) -> KubePods {
+        KubePods::new(self.stores.pods.clone())
     }
 
     /// The objects the stores hold now.

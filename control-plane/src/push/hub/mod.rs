@@ -28,6 +28,7 @@ use weft_certs::Identity;
 
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{LastGood, Update};
+use crate::push::join::{check_service, JoinError, PodDirectory};
 
 use metrics::PushHistogram;
 use pusher::push_changed;
@@ -103,6 +104,9 @@ struct HubState {
     pushes: u64,
     rejected: u64,
     push_duration: PushHistogram,
+    /// Whether registered sidecars' endpoints join their callers' snapshots: not on
+    /// Kubernetes, where the EndpointSlices are the endpoints.
+    registered_endpoints: bool,
 }
 
 /// The shared state of the push: the policy in force, every sidecar, and what each was sent.
@@ -120,6 +124,10 @@ pub struct Hub {
     /// Push rounds run by [`Hub::run_pusher`].
     push_rounds: AtomicU64,
     limits: HubLimits,
+    /// On Kubernetes, the pods: who owns an endpoint's address. Then the EndpointSlices,
+    /// which follow the pods' readiness, are the endpoints; a registration only opens the
+    /// stream (see `pusher::registered`).
+    pods: Option<std::sync::Arc<dyn PodDirectory>>,
 }
 
 impl Hub {
@@ -139,6 +147,7 @@ impl Hub {
                 pushes: 0,
                 rejected: 0,
                 push_duration: PushHistogram::default(),
+                registered_endpoints: true,
             }),
             trust_bundle_pem,
             trust_domain,
@@ -148,7 +157,24 @@ impl Hub {
             push_requested: Notify::new(),
             push_rounds: AtomicU64::new(0),
             limits: HubLimits::default(),
+            pods: None,
         }
+    }
+
+    /// This hub on Kubernetes: sidecars join by identity and their endpoints must be the
+    /// addresses of their own pods, which `pods` knows ([`crate::push::join`]).
+    pub fn on_kubernetes(mut self, pods: std::sync::Arc<dyn PodDirectory>) -> Self {
+        self.pods = Some(pods);
+        self.state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .registered_endpoints = false;
+        self
+    }
+
+    /// The pods, on Kubernetes.
+    pub(crate) fn pods(&self) -> Option<&dyn PodDirectory> {
+        self.pods.as_deref()
     }
 
     /// This hub with `limits` instead of the defaults.
@@ -249,9 +275,10 @@ impl Hub {
         &self.trust_domain
     }
 
-    /// Register a sidecar stream whose `Hello` checked out, and ask for a push: its endpoint
+    /// Register a sidecar stream whose endpoint checked out, and ask for a push: its endpoint
     /// joins its callers' snapshots, and its own snapshots go to `slot`. Refused when the
-    /// policy names the service with another identity. Returns the stream's id.
+    /// certificate may not speak for the service under the policy in force
+    /// ([`check_service`]). Returns the stream's id.
     pub(crate) fn register(
         &self,
         hello: Registration,
@@ -259,21 +286,13 @@ impl Hub {
     ) -> Result<u64, RegisterError> {
         let id = {
             let mut st = self.lock();
-            if let Some(s) = st
-                .policy
-                .current()
-                .services()
-                .iter()
-                .find(|s| s.name == hello.service)
-            {
-                if s.identity != hello.peer.to_string() {
-                    return Err(RegisterError::IdentityMismatch {
-                        service: s.name.clone(),
-                        identity: s.identity.clone(),
-                        peer: hello.peer.to_string(),
-                    });
-                }
-            }
+            check_service(
+                st.policy.current(),
+                &hello.peer,
+                &self.trust_domain,
+                &hello.service,
+                self.pods.is_some(),
+            )?;
             let identity = hello.peer.to_string();
             let live = st
                 .sidecars
@@ -433,16 +452,9 @@ pub(crate) struct Registration {
 /// Why [`Hub::register`] refused a sidecar.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RegisterError {
-    /// The policy names the service with another identity than the sidecar's certificate.
-    #[error("service {service} has identity {identity}, not {peer}")]
-    IdentityMismatch {
-        /// The service.
-        service: String,
-        /// Its identity in the policy.
-        identity: String,
-        /// The identity the sidecar's certificate proves.
-        peer: String,
-    },
+    /// The certificate may not speak for the service.
+    #[error(transparent)]
+    Refused(#[from] JoinError),
     /// The identity already holds as many live streams as allowed.
     #[error("{identity} already holds {max} live streams, the most one identity may")]
     TooManyStreams {

@@ -44,8 +44,13 @@ impl Hub {
     }
 }
 
-/// Endpoints registered by sidecars (connected or in grace), per service, sorted by address.
+/// Endpoints registered by sidecars (connected or in grace), per service, sorted by address;
+/// none on Kubernetes, where the EndpointSlices list the endpoints and follow the pods'
+/// readiness (a sidecar connects before its app is ready, and must not get traffic before).
 fn registered(st: &HubState) -> BTreeMap<String, Vec<Endpoint>> {
+    if !st.registered_endpoints {
+        return BTreeMap::new();
+    }
     let mut out: BTreeMap<String, BTreeMap<&str, &BTreeMap<String, String>>> = BTreeMap::new();
     for s in st.sidecars.values() {
         // The first registration of an address wins (the older stream, by id).
