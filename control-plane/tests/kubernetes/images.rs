@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_yaml::Value;
 use weft_testkit::process::output_within;
 
 use crate::manifests::{documents, pod_specs, render, repo};
