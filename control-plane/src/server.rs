@@ -44,6 +44,7 @@ use crate::policy::kube::source::{KubeOptions, KubeSource};
 use crate::policy::mesh::MeshPolicy;
 use crate::policy::source::{DirSource, PolicySource, Watch};
 use crate::push::hub::Hub;
+use crate::shared::{self, Credentials, Replicas};
 pub use crate::sidecar_port::SIDECAR_LISTEN_BACKLOG;
 use crate::sidecar_port::{bind_sidecar_listener, serve_sidecars};
 
@@ -260,10 +261,16 @@ pub async fn start_bounded(
     options: ServeOptions,
 ) -> anyhow::Result<Running> {
     check_admin_address(config.admin, options.insecure_plaintext_admin)?;
-    let ca = ca(&config, options.ca_admission).await?;
+    // With the policy from Kubernetes, tokens, denials and history live there too.
+    let replicas = Replicas::of(&from).await?;
+    let credentials = shared::credentials(replicas.as_ref(), &config.state_dir);
+    let ca = ca(&config, options.ca_admission, &credentials).await?;
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
-    let history = History::open(&config.state_dir).context("policy history")?;
+    let history = match &replicas {
+        Some(r) => r.history(),
+        None => History::open(&config.state_dir).context("policy history")?,
+    };
     let policy = policy_source(&config, from).await?;
     let hub = Hub::new(
         policy.initial.clone(),
@@ -275,11 +282,18 @@ pub async fn start_bounded(
     hub.check_snapshots(&policy.initial)
         .map_err(|e| anyhow::anyhow!("the policy is refused:\n{e}"))?;
     let hub = Arc::new(hub);
-    let ops = Arc::new(match policy.dir {
+    let mut ops = match policy.dir {
         Some(dir) => Ops::new(hub.clone(), dir, history),
         None => Ops::read_only(hub.clone(), policy.source, history),
-    });
-    ops.record_start()
+    };
+    if let Some(r) = &replicas {
+        ops = ops.with_leader(r.leader());
+    }
+    let ops = Arc::new(ops);
+    let recording = ops.clone();
+    tokio::task::spawn_blocking(move || recording.record_start())
+        .await
+        .context("recording the policy in history")?
         .context("recording the policy in history")?;
 
     let mut tasks = vec![
@@ -291,6 +305,7 @@ pub async fn start_bounded(
         tokio::spawn(hub.clone().run_pusher()),
         tokio::spawn(reload_on_change(ops.clone(), policy.changed)),
     ];
+    tasks.extend(replicas.as_ref().map(|r| r.hold_lease(ops.clone())));
 
     let Bound {
         sidecars: listener,
@@ -312,6 +327,7 @@ pub async fn start_bounded(
     let operators = Operators {
         hub: hub.clone(),
         ops,
+        credentials,
         token,
         limits: options.admin,
     };
@@ -384,13 +400,18 @@ struct Ca {
 /// Open the CA in the state directory, the attestors of `Certify` (join tokens, and service
 /// account tokens when configured), the issuer, and the control plane's own serving
 /// certificate and TLS acceptor.
-async fn ca(config: &ServerConfig, admission: crate::ca::admission::Limits) -> anyhow::Result<Ca> {
+async fn ca(
+    config: &ServerConfig,
+    admission: crate::ca::admission::Limits,
+    credentials: &Credentials,
+) -> anyhow::Result<Ca> {
     let store = Arc::new(
         CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
             .context("certificate authority")?,
     );
     let join_tokens =
-        JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
+        JoinTokenAttestor::with_store(credentials.tokens.clone(), &config.trust_domain)
+            .context("join tokens")?;
     let mut shared_revocations = None;
     let service_account_tokens: Option<Arc<dyn crate::ca::attest::Attestor>> =
         match &config.kubernetes_tokens {
@@ -423,7 +444,8 @@ async fn ca(config: &ServerConfig, admission: crate::ca::admission::Limits) -> a
             admission,
         },
     )
-    .context("certificate issuer")?;
+    .context("certificate issuer")?
+    .with_denied_serials(credentials.denied.clone());
     if let Some(shared) = shared_revocations {
         issuer = issuer.with_shared_revocations(shared);
     }
@@ -507,6 +529,7 @@ async fn reload_on_change(ops: Arc<Ops>, mut changed: mpsc::UnboundedReceiver<()
 struct Operators {
     hub: Arc<Hub>,
     ops: Arc<Ops>,
+    credentials: Credentials,
     token: AdminToken,
     limits: crate::net::Limits,
 }
@@ -519,6 +542,7 @@ impl Operators {
             Arc::new(crate::operator::api::Admin {
                 hub: self.hub.clone(),
                 ops: self.ops.clone(),
+                credentials: self.credentials.clone(),
                 token: self.token.clone(),
                 // Both conditions hold by now: the CA opened and the policy loaded, or start
                 // failed. A source that can start without a policy flips `policy` later.

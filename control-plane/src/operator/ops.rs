@@ -17,6 +17,7 @@ use crate::operator::history::{
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{check_file_name, DirSource, PolicySource, Update};
 use crate::push::hub::Hub;
+use crate::shared::lease::Leader;
 
 /// Policy files: name to text.
 type Files = BTreeMap<String, String>;
@@ -111,6 +112,8 @@ pub struct Ops {
     source: Source,
     history: History,
     lock: Mutex<()>,
+    /// With a shared history, whether this replica is its one writer now; `None`: always.
+    leader: Option<Arc<Leader>>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -134,6 +137,7 @@ impl Ops {
             source: Source::Dir(source),
             history,
             lock: Mutex::new(()),
+            leader: None,
         }
     }
 
@@ -145,7 +149,20 @@ impl Ops {
             source: Source::ReadOnly(source),
             history,
             lock: Mutex::new(()),
+            leader: None,
         }
+    }
+
+    /// Record history and audit only while `leader` says this replica is the writer (the
+    /// history is shared by replicas that all see the same changes: one records them).
+    pub fn with_leader(mut self, leader: Arc<Leader>) -> Self {
+        self.leader = Some(leader);
+        self
+    }
+
+    /// Whether this replica records history now.
+    fn writer(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| l.is_leader())
     }
 
     /// The policy directory, or the refusal when the policy comes from elsewhere.
@@ -169,6 +186,9 @@ impl Ops {
     /// (it is then the same version the control plane last ran).
     pub fn record_start(&self) -> Result<(), OpsError> {
         let _g = self.lock();
+        if !self.writer() {
+            return Ok(());
+        }
         let policy = self.hub.policy();
         let latest = self.history.latest()?;
         if latest.as_ref().map(|e| e.version.as_str()) == Some(policy.version()) {
@@ -192,6 +212,9 @@ impl Ops {
             Source::ReadOnly(s) => s.load(),
         };
         let update = self.hub.take_policy(loaded);
+        if !self.writer() {
+            return;
+        }
         let result = match update {
             Update::Unchanged => Ok(()),
             Update::Applied { .. } => {

@@ -25,7 +25,7 @@ use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
 use weft_kube_standin::{kubeconfig, ApiServer};
 
-const TD: &str = "weft.local";
+pub(crate) const TD: &str = "weft.local";
 /// Not a token the API server minted: not authenticated.
 const TOKEN_B: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJleHBpcmVkIn0.c2lnbmF0dXJlLUI";
 
@@ -58,12 +58,12 @@ async fn stand_in() -> StandIn {
     StandIn { server, a, c }
 }
 
-struct Mesh {
-    dir: tempfile::TempDir,
+pub(crate) struct Mesh {
+    pub(crate) dir: tempfile::TempDir,
     ca: CertificateAuthority,
 }
 
-fn mesh() -> Mesh {
+pub(crate) fn mesh() -> Mesh {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = CertificateAuthority::generate_seeded(TD, 71).expect("mesh CA");
     std::fs::write(dir.path().join("root.crt"), ca.cert_pem()).expect("root");
@@ -140,6 +140,16 @@ async fn client_with(
     cp: &Running,
     held: Option<(&str, &str)>,
 ) -> ControlPlaneClient<tonic::transport::Channel> {
+    client_at(mesh, cp.listen, held).await
+}
+
+/// A client of the control plane at `addr`, presenting `held` (certificate chain PEM, key
+/// PEM) as its client certificate when given.
+pub(crate) async fn client_at(
+    mesh: &Mesh,
+    addr: SocketAddr,
+    held: Option<(&str, &str)>,
+) -> ControlPlaneClient<tonic::transport::Channel> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(mesh.ca.cert_der().clone()).expect("root");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -161,7 +171,7 @@ async fn client_with(
     };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = Connector {
-        addr: cp.listen,
+        addr,
         tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
     };
     let channel = tonic::transport::Endpoint::from_static("http://control-plane")
@@ -173,12 +183,12 @@ async fn client_with(
     ControlPlaneClient::new(channel)
 }
 
-fn csr(namespace: &str, sa: &str) -> String {
+pub(crate) fn csr(namespace: &str, sa: &str) -> String {
     let id = Identity::new(TD, namespace, sa).expect("identity");
     weft_certs::generate_csr(&id).expect("csr").0
 }
 
-fn ask(csr: &str, token: &str) -> CertifyRequest {
+pub(crate) fn ask(csr: &str, token: &str) -> CertifyRequest {
     CertifyRequest {
         csr_pem: csr.to_owned(),
         join_token: token.to_owned(),
