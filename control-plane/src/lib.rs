@@ -21,6 +21,7 @@ pub mod ca;
 mod files;
 pub mod inject;
 pub mod limits;
+mod listeners;
 pub mod net;
 pub mod operator;
 pub mod policy;

@@ -37,6 +37,7 @@ use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::tokenreview::{KubeConnection, TokenReviewAttestor};
 use crate::ca::tokens::JoinTokenAttestor;
 pub use crate::limits::{check_admin_address, ServeOptions, SidecarLimits};
+use crate::listeners::{bind, Bound};
 use crate::operator::auth::AdminToken;
 use crate::operator::history::History;
 use crate::operator::ops::Ops;
@@ -45,8 +46,8 @@ use crate::policy::mesh::MeshPolicy;
 use crate::policy::source::{DirSource, PolicySource, Watch};
 use crate::push::hub::Hub;
 use crate::shared::{self, Credentials, Replicas};
+use crate::sidecar_port::serve_sidecars;
 pub use crate::sidecar_port::SIDECAR_LISTEN_BACKLOG;
-use crate::sidecar_port::{bind_sidecar_listener, serve_sidecars};
 
 /// Namespace and service account of the control plane's own identity.
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
@@ -267,10 +268,6 @@ pub async fn start_bounded(
     let ca = ca(&config, options.ca_admission, &credentials).await?;
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
-    let history = match &replicas {
-        Some(r) => r.history(),
-        None => History::open(&config.state_dir).context("policy history")?,
-    };
     let policy = policy_source(&config, from).await?;
     let hub = Hub::new(
         policy.initial.clone(),
@@ -282,19 +279,7 @@ pub async fn start_bounded(
     hub.check_snapshots(&policy.initial)
         .map_err(|e| anyhow::anyhow!("the policy is refused:\n{e}"))?;
     let hub = Arc::new(hub);
-    let mut ops = match policy.dir {
-        Some(dir) => Ops::new(hub.clone(), dir, history),
-        None => Ops::read_only(hub.clone(), policy.source, history),
-    };
-    if let Some(r) = &replicas {
-        ops = ops.with_leader(r.leader());
-    }
-    let ops = Arc::new(ops);
-    let recording = ops.clone();
-    tokio::task::spawn_blocking(move || recording.record_start())
-        .await
-        .context("recording the policy in history")?
-        .context("recording the policy in history")?;
+    let ops = operations(&config, &hub, &policy, replicas.as_ref()).await?;
 
     let mut tasks = vec![
         tokio::spawn(
@@ -347,46 +332,32 @@ pub async fn start_bounded(
     })
 }
 
-/// The control plane's listeners, bound, with the addresses they got.
-struct Bound {
-    sidecars: TcpListener,
-    listen: SocketAddr,
-    admin: TcpListener,
-    admin_addr: SocketAddr,
-    metrics: Option<TcpListener>,
-    metrics_addr: Option<SocketAddr>,
-}
-
-/// Bind the sidecars' port, the operator API and the optional metrics listener.
-async fn bind(config: &ServerConfig, metrics_listen: Option<SocketAddr>) -> anyhow::Result<Bound> {
-    let listener = bind_sidecar_listener(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let listen = listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("binding {}", config.admin))?;
-    let admin = admin_listener.local_addr()?;
-    let metrics_listener = match metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?,
-        ),
-        None => None,
+/// The operators' changes over the policy, recording history (only while holding the writer
+/// Lease when replicas share it), with the policy in force at start recorded.
+async fn operations(
+    config: &ServerConfig,
+    hub: &Arc<Hub>,
+    policy: &Policy,
+    replicas: Option<&Replicas>,
+) -> anyhow::Result<Arc<Ops>> {
+    let history = match replicas {
+        Some(r) => r.history(),
+        None => History::open(&config.state_dir).context("policy history")?,
     };
-    let metrics = match &metrics_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
+    let ops = match &policy.dir {
+        Some(dir) => Ops::new(hub.clone(), dir.clone(), history),
+        None => Ops::read_only(hub.clone(), policy.source.clone(), history),
     };
-
-    Ok(Bound {
-        sidecars: listener,
-        listen,
-        admin: admin_listener,
-        admin_addr: admin,
-        metrics: metrics_listener,
-        metrics_addr: metrics,
-    })
+    let ops = Arc::new(match replicas {
+        Some(r) => ops.with_leader(r.leader()),
+        None => ops,
+    });
+    // Off the workers: the history may be the Kubernetes API's (blocking calls).
+    let recording = ops.clone();
+    tokio::task::spawn_blocking(move || recording.record_start())
+        .await?
+        .context("recording the policy in history")?;
+    Ok(ops)
 }
 
 /// The certificate authority as the server uses it.

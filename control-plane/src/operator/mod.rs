@@ -9,4 +9,5 @@ pub mod client;
 pub mod history;
 pub mod ops;
 pub mod state_api;
+mod summary;
 pub mod tables;

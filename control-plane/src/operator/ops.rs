@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::operator::history::{
     now_rfc3339, Action, AuditRecord, History, HistoryEntry, HistoryError,
 };
+pub use crate::operator::summary::summary;
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{check_file_name, DirSource, PolicySource, Update};
 use crate::push::hub::Hub;
@@ -478,53 +479,6 @@ fn diffs(
         });
     }
     out
-}
-
-/// Items by name, each as its JSON, for comparing definitions.
-fn by_name<T: Serialize>(items: &[T], name: impl Fn(&T) -> &str) -> BTreeMap<String, String> {
-    items
-        .iter()
-        .map(|i| {
-            (
-                name(i).to_owned(),
-                serde_json::to_string(i).unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn compare(
-    a: &BTreeMap<String, String>,
-    b: &BTreeMap<String, String>,
-) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let added = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
-    let removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
-    let changed = a
-        .iter()
-        .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
-        .map(|(k, _)| k.clone())
-        .collect();
-    (added, removed, changed)
-}
-
-/// Services and routes added, removed and changed from `a` to `b`.
-pub fn summary(a: &MeshPolicy, b: &MeshPolicy) -> Summary {
-    let (services_added, services_removed, services_changed) = compare(
-        &by_name(a.services(), |s| &s.name),
-        &by_name(b.services(), |s| &s.name),
-    );
-    let (routes_added, routes_removed, routes_changed) = compare(
-        &by_name(a.routes(), |r| &r.name),
-        &by_name(b.routes(), |r| &r.name),
-    );
-    Summary {
-        services_added,
-        services_removed,
-        services_changed,
-        routes_added,
-        routes_removed,
-        routes_changed,
-    }
 }
 
 #[cfg(test)]

@@ -172,14 +172,9 @@ async fn agreed(a: &Replica, b: &Replica, entries: usize) -> Value {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_tokens_denials_history_and_the_writer_lease() {
-    let api = ApiServer::start(shop()).await;
-    let mesh = mesh();
-    let config = kubeconfig(mesh.dir.path(), &api);
-    let a = replica(&mesh, "a", &config).await;
-    let b = replica(&mesh, "b", &config).await;
-
+/// A token created through `a` joins through `b`; revoked through `b`, `a` refuses it and the
+/// renewal of the certificate it obtained.
+async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replica) {
     // A token created through A joins through B.
     let (status, created) = call(
         &a,
@@ -234,8 +229,10 @@ async fn two_replicas_share_tokens_denials_history_and_the_writer_lease() {
         .await
         .expect_err("A refuses to renew a revoked token's certificate");
     assert!(e.message().contains("revoked"), "{}", e.message());
+}
 
-    // A serial denied through A is refused on renewal by B.
+/// A serial denied through `a` is refused on renewal by `b`.
+async fn denials_are_shared(mesh: &Mesh, a: &Replica, b: &Replica) {
     let (_, other) = call(
         &b,
         "POST",
@@ -270,6 +267,18 @@ async fn two_replicas_share_tokens_denials_history_and_the_writer_lease() {
         .await
         .expect_err("B refuses a serial denied through A");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_tokens_denials_history_and_the_writer_lease() {
+    let api = ApiServer::start(shop()).await;
+    let mesh = mesh();
+    let config = kubeconfig(mesh.dir.path(), &api);
+    let a = replica(&mesh, "a", &config).await;
+    let b = replica(&mesh, "b", &config).await;
+
+    tokens_are_shared(&api, &mesh, &a, &b).await;
+    denials_are_shared(&mesh, &a, &b).await;
 
     // History and audit: one writer records, both list the same.
     agreed(&a, &b, 1).await;
