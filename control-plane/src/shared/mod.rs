@@ -128,17 +128,19 @@ mod tests {
             store.read("d.json").expect("read").expect("some").data,
             b"yyy"
         );
+        // Another writer changes it between every read and write: given up, bounded.
+        let mut n = 0;
         let always: Result<(), StoreError> = update(&store, "d.json", |_| {
-            store.write(
-                "d.json",
-                b"z",
-                store.read("d.json")?.as_ref().map(|v| v.version.as_str()),
-            )?;
+            n += 1;
+            let now = store.read("d.json")?;
+            let version = now.as_ref().map(|v| v.version.as_str());
+            store.write("d.json", format!("other {n}").as_bytes(), version)?;
             Ok((Some(b"w".to_vec()), ()))
         });
         assert!(
             matches!(always, Err(StoreError::Contended(_))),
             "{always:?}"
         );
+        assert_eq!(n, MAX_ATTEMPTS);
     }
 }
