@@ -177,7 +177,7 @@ async fn agreed(a: &Replica, b: &Replica, entries: usize) -> Value {
 async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replica) {
     // A token created through A joins through B.
     let (status, created) = call(
-        &a,
+        a,
         "POST",
         "/v1/tokens",
         Some(json!({"service": "frontend", "namespace": "shop"})),
@@ -195,14 +195,14 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
         &weft_certs::Identity::new(TD, "shop", "frontend").expect("identity"),
     )
     .expect("csr");
-    let issued = client_at(&mesh, b.listen, None)
+    let issued = client_at(mesh, b.listen, None)
         .await
         .certify(ask(&csr_pem, &token))
         .await
         .unwrap_or_else(|e| panic!("B accepts A's token: {e:?}\n{}", b.log()))
         .into_inner();
     let held = Some((issued.cert_chain_pem.as_str(), key.as_str()));
-    client_at(&mesh, a.listen, held)
+    client_at(mesh, a.listen, held)
         .await
         .certify(ask(&csr_pem, ""))
         .await
@@ -210,20 +210,20 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
 
     // Revoked through B: A refuses the token, and the renewal of what it obtained.
     let (status, v) = call(
-        &b,
+        b,
         "POST",
         "/v1/tokens/revoke",
         Some(json!({"id": created["id"]})),
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    let e = client_at(&mesh, a.listen, None)
+    let e = client_at(mesh, a.listen, None)
         .await
         .certify(ask(&csr("shop", "frontend"), &token))
         .await
         .expect_err("A refuses a token revoked through B");
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    let e = client_at(&mesh, a.listen, held)
+    let e = client_at(mesh, a.listen, held)
         .await
         .certify(ask(&csr_pem, ""))
         .await
@@ -234,7 +234,7 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
 /// A serial denied through `a` is refused on renewal by `b`.
 async fn denials_are_shared(mesh: &Mesh, a: &Replica, b: &Replica) {
     let (_, other) = call(
-        &b,
+        b,
         "POST",
         "/v1/tokens",
         Some(json!({"service": "orders", "namespace": "shop"})),
@@ -244,7 +244,7 @@ async fn denials_are_shared(mesh: &Mesh, a: &Replica, b: &Replica) {
         &weft_certs::Identity::new(TD, "shop", "orders").expect("identity"),
     )
     .expect("csr");
-    let cert = client_at(&mesh, a.listen, None)
+    let cert = client_at(mesh, a.listen, None)
         .await
         .certify(ask(&csr2, other["token"].as_str().expect("token")))
         .await
@@ -253,15 +253,9 @@ async fn denials_are_shared(mesh: &Mesh, a: &Replica, b: &Replica) {
         .cert_chain_pem;
     let chain = weft_certs::parse_cert_chain_pem(&cert).expect("chain");
     let serial = weft_certs::serial_hex_from_cert_der(&chain[0]).expect("serial");
-    let (status, v) = call(
-        &a,
-        "POST",
-        "/v1/certs/deny",
-        Some(json!({"serial": serial})),
-    )
-    .await;
+    let (status, v) = call(a, "POST", "/v1/certs/deny", Some(json!({"serial": serial}))).await;
     assert_eq!(status, 200, "{v}");
-    let e = client_at(&mesh, b.listen, Some((&cert, &key2)))
+    let e = client_at(mesh, b.listen, Some((&cert, &key2)))
         .await
         .certify(ask(&csr2, ""))
         .await
