@@ -10,6 +10,8 @@
 //!   and the API's client.
 //! - [`inject`]: the Kubernetes sidecar injection of `weftctl inject` and of the mutating
 //!   admission webhook ([`inject::webhook`]).
+//! - [`shared`]: state every replica shares (join tokens, denied serials, history, audit), in
+//!   the state directory or the Kubernetes API, and the Lease that picks the one writer.
 //! - [`server`]: assembles them; the `weft-control-plane` binary runs it.
 //!
 //! The `weftctl` command-line tool is the `weft-cli` crate's; it runs the operator API's client,
@@ -19,9 +21,11 @@ pub mod ca;
 mod files;
 pub mod inject;
 pub mod limits;
+mod listeners;
 pub mod net;
 pub mod operator;
 pub mod policy;
 pub mod push;
 pub mod server;
+pub mod shared;
 mod sidecar_port;

@@ -37,6 +37,7 @@ use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::tokenreview::{KubeConnection, TokenReviewAttestor};
 use crate::ca::tokens::JoinTokenAttestor;
 pub use crate::limits::{check_admin_address, ServeOptions, SidecarLimits};
+use crate::listeners::{bind, Bound};
 use crate::operator::auth::AdminToken;
 use crate::operator::history::History;
 use crate::operator::ops::Ops;
@@ -44,8 +45,9 @@ use crate::policy::kube::source::{KubeOptions, KubeSource};
 use crate::policy::mesh::MeshPolicy;
 use crate::policy::source::{DirSource, PolicySource, Watch};
 use crate::push::hub::Hub;
+use crate::shared::{self, Credentials, Replicas};
+use crate::sidecar_port::serve_sidecars;
 pub use crate::sidecar_port::SIDECAR_LISTEN_BACKLOG;
-use crate::sidecar_port::{bind_sidecar_listener, serve_sidecars};
 
 /// Namespace and service account of the control plane's own identity.
 pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
@@ -260,10 +262,12 @@ pub async fn start_bounded(
     options: ServeOptions,
 ) -> anyhow::Result<Running> {
     check_admin_address(config.admin, options.insecure_plaintext_admin)?;
-    let ca = ca(&config, options.ca_admission).await?;
+    // With the policy from Kubernetes, tokens, denials and history live there too.
+    let replicas = Replicas::of(&from).await?;
+    let credentials = shared::credentials(replicas.as_ref(), &config.state_dir);
+    let ca = ca(&config, options.ca_admission, &credentials).await?;
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
-    let history = History::open(&config.state_dir).context("policy history")?;
     let policy = policy_source(&config, from).await?;
     let hub = Hub::new(
         policy.initial.clone(),
@@ -279,12 +283,7 @@ pub async fn start_bounded(
     hub.check_snapshots(&policy.initial)
         .map_err(|e| anyhow::anyhow!("the policy is refused:\n{e}"))?;
     let hub = Arc::new(hub);
-    let ops = Arc::new(match policy.dir {
-        Some(dir) => Ops::new(hub.clone(), dir, history),
-        None => Ops::read_only(hub.clone(), policy.source, history),
-    });
-    ops.record_start()
-        .context("recording the policy in history")?;
+    let ops = operations(&config, &hub, &policy, replicas.as_ref()).await?;
 
     let mut tasks = vec![
         tokio::spawn(
@@ -295,6 +294,7 @@ pub async fn start_bounded(
         tokio::spawn(hub.clone().run_pusher()),
         tokio::spawn(reload_on_change(ops.clone(), policy.changed)),
     ];
+    tasks.extend(replicas.as_ref().map(|r| r.hold_lease(ops.clone())));
 
     let Bound {
         sidecars: listener,
@@ -316,6 +316,7 @@ pub async fn start_bounded(
     let operators = Operators {
         hub: hub.clone(),
         ops,
+        credentials,
         token,
         limits: options.admin,
     };
@@ -335,46 +336,32 @@ pub async fn start_bounded(
     })
 }
 
-/// The control plane's listeners, bound, with the addresses they got.
-struct Bound {
-    sidecars: TcpListener,
-    listen: SocketAddr,
-    admin: TcpListener,
-    admin_addr: SocketAddr,
-    metrics: Option<TcpListener>,
-    metrics_addr: Option<SocketAddr>,
-}
-
-/// Bind the sidecars' port, the operator API and the optional metrics listener.
-async fn bind(config: &ServerConfig, metrics_listen: Option<SocketAddr>) -> anyhow::Result<Bound> {
-    let listener = bind_sidecar_listener(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let listen = listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("binding {}", config.admin))?;
-    let admin = admin_listener.local_addr()?;
-    let metrics_listener = match metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?,
-        ),
-        None => None,
+/// The operators' changes over the policy, recording history (only while holding the writer
+/// Lease when replicas share it), with the policy in force at start recorded.
+async fn operations(
+    config: &ServerConfig,
+    hub: &Arc<Hub>,
+    policy: &Policy,
+    replicas: Option<&Replicas>,
+) -> anyhow::Result<Arc<Ops>> {
+    let history = match replicas {
+        Some(r) => r.history(),
+        None => History::open(&config.state_dir).context("policy history")?,
     };
-    let metrics = match &metrics_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
+    let ops = match &policy.dir {
+        Some(dir) => Ops::new(hub.clone(), dir.clone(), history),
+        None => Ops::read_only(hub.clone(), policy.source.clone(), history),
     };
-
-    Ok(Bound {
-        sidecars: listener,
-        listen,
-        admin: admin_listener,
-        admin_addr: admin,
-        metrics: metrics_listener,
-        metrics_addr: metrics,
-    })
+    let ops = Arc::new(match replicas {
+        Some(r) => ops.with_leader(r.leader()),
+        None => ops,
+    });
+    // Off the workers: the history may be the Kubernetes API's (blocking calls).
+    let recording = ops.clone();
+    tokio::task::spawn_blocking(move || recording.record_start())
+        .await?
+        .context("recording the policy in history")?;
+    Ok(ops)
 }
 
 /// The certificate authority as the server uses it.
@@ -388,13 +375,18 @@ struct Ca {
 /// Open the CA in the state directory, the attestors of `Certify` (join tokens, and service
 /// account tokens when configured), the issuer, and the control plane's own serving
 /// certificate and TLS acceptor.
-async fn ca(config: &ServerConfig, admission: crate::ca::admission::Limits) -> anyhow::Result<Ca> {
+async fn ca(
+    config: &ServerConfig,
+    admission: crate::ca::admission::Limits,
+    credentials: &Credentials,
+) -> anyhow::Result<Ca> {
     let store = Arc::new(
         CaStore::open(&config.state_dir, &config.trust_domain, config.ca.clone())
             .context("certificate authority")?,
     );
     let join_tokens =
-        JoinTokenAttestor::new(&config.state_dir, &config.trust_domain).context("join tokens")?;
+        JoinTokenAttestor::with_store(credentials.tokens.clone(), &config.trust_domain)
+            .context("join tokens")?;
     let mut shared_revocations = None;
     let service_account_tokens: Option<Arc<dyn crate::ca::attest::Attestor>> =
         match &config.kubernetes_tokens {
@@ -427,7 +419,8 @@ async fn ca(config: &ServerConfig, admission: crate::ca::admission::Limits) -> a
             admission,
         },
     )
-    .context("certificate issuer")?;
+    .context("certificate issuer")?
+    .with_denied_serials(credentials.denied.clone());
     if let Some(shared) = shared_revocations {
         issuer = issuer.with_shared_revocations(shared);
     }
@@ -517,6 +510,7 @@ async fn reload_on_change(ops: Arc<Ops>, mut changed: mpsc::UnboundedReceiver<()
 struct Operators {
     hub: Arc<Hub>,
     ops: Arc<Ops>,
+    credentials: Credentials,
     token: AdminToken,
     limits: crate::net::Limits,
 }
@@ -529,6 +523,7 @@ impl Operators {
             Arc::new(crate::operator::api::Admin {
                 hub: self.hub.clone(),
                 ops: self.ops.clone(),
+                credentials: self.credentials.clone(),
                 token: self.token.clone(),
                 // Both conditions hold by now: the CA opened and the policy loaded, or start
                 // failed. A source that can start without a policy flips `policy` later.

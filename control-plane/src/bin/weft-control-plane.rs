@@ -32,6 +32,11 @@ struct Args {
     /// account, else KUBECONFIG).
     #[arg(long)]
     kubernetes: bool,
+    /// With --kubernetes: how long the replicas' writer Lease lasts without renewal (the
+    /// holder renews every third of it); the shared policy history goes at most this long
+    /// without a writer after the writer dies.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, requires = "kubernetes")]
+    lease_duration: Duration,
     /// State directory of the certificate authority.
     #[arg(long)]
     state_dir: PathBuf,
@@ -217,7 +222,9 @@ fn main() {
         _ => None,
     };
     let from = if args.kubernetes {
-        server::PolicyFrom::Kubernetes(KubeOptions::new(&args.trust_domain))
+        let mut options = KubeOptions::new(&args.trust_domain);
+        options.lease_duration = args.lease_duration.max(Duration::from_secs(1));
+        server::PolicyFrom::Kubernetes(options)
     } else {
         server::PolicyFrom::Directory
     };

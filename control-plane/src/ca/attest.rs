@@ -327,6 +327,9 @@ pub enum TokenError {
     /// The system random number generator failed.
     #[error("system random number generator failed")]
     Rng,
+    /// The shared store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] crate::shared::StoreError),
 }
 
 impl TokenError {

@@ -6,14 +6,14 @@
 //! denied certificate still works until it expires (it is short-lived); it can no longer be
 //! renewed, by itself or together with a credential.
 
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{self, DirLock, PRIVATE_MODE};
+use crate::shared::file::FileDocs;
+use crate::shared::{self, Docs, StoreError};
 
 /// File of denied serials in a state directory.
 pub const DENIED_SERIALS_FILE: &str = "denied-serials.json";
@@ -36,15 +36,9 @@ pub enum DeniedError {
         /// The file.
         path: PathBuf,
     },
-    /// Reading or writing failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    /// Reading or writing the shared store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The file is not valid.
     #[error("{path}: not a valid denied-serials file: {reason}")]
     Corrupt {
@@ -55,10 +49,11 @@ pub enum DeniedError {
     },
 }
 
-/// The denied serials of a state directory. Holds no state: every call reads the file.
+/// The denied serials of a state directory, or of the Kubernetes API (any [`DocStore`]).
+/// Holds no state: every call reads the document.
 #[derive(Debug, Clone)]
 pub struct DeniedSerials {
-    state_dir: PathBuf,
+    docs: Docs,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,43 +94,43 @@ pub fn normalize_serial(serial: &str) -> Result<String, DeniedError> {
 impl DeniedSerials {
     /// The denied serials of `state_dir` (which need not exist yet).
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            state_dir: state_dir.into(),
-        }
+        Self::in_store(Arc::new(FileDocs::new(state_dir)))
     }
 
-    /// Path of the file.
+    /// The denied serials kept in `docs`.
+    pub fn in_store(docs: Docs) -> Self {
+        Self { docs }
+    }
+
+    /// Where they are kept (the file's path, or the ConfigMap).
     pub fn path(&self) -> PathBuf {
-        self.state_dir.join(DENIED_SERIALS_FILE)
+        PathBuf::from(self.docs.describe(DENIED_SERIALS_FILE))
     }
 
     /// Denies `serial`; returns false when it already was.
     pub fn deny(&self, serial: &str) -> Result<bool, DeniedError> {
         let serial = normalize_serial(serial)?;
-        files::create_dir(&self.state_dir).map_err(|e| self.io(&self.state_dir, e))?;
-        let _lock = DirLock::acquire(&self.state_dir).map_err(|e| self.io(&self.state_dir, e))?;
-        let mut file = self.load()?;
-        if file.serials.iter().any(|r| r.serial == serial) {
-            return Ok(false);
-        }
-        if file.serials.len() >= MAX_DENIED {
-            return Err(DeniedError::Full { path: self.path() });
-        }
-        file.serials.push(DeniedRecord {
-            serial,
-            denied_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        });
-        let path = self.path();
-        let mut text = serde_json::to_string_pretty(&file).map_err(|e| DeniedError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        text.push('\n');
-        weft_certs::files::write_atomically(&path, text.as_bytes(), PRIVATE_MODE)
-            .map_err(|e| self.io(&path, e))?;
-        Ok(true)
+        shared::update(self.docs.as_ref(), DENIED_SERIALS_FILE, |current| {
+            let mut file = self.parse(current)?;
+            if file.serials.iter().any(|r| r.serial == serial) {
+                return Ok((None, false));
+            }
+            if file.serials.len() >= MAX_DENIED {
+                return Err(DeniedError::Full { path: self.path() });
+            }
+            file.serials.push(DeniedRecord {
+                serial: serial.clone(),
+                denied_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            });
+            let mut text = serde_json::to_vec_pretty(&file).map_err(|e| DeniedError::Corrupt {
+                path: self.path(),
+                reason: e.to_string(),
+            })?;
+            text.push(b'\n');
+            Ok((Some(text), true))
+        })
     }
 
     /// Whether `serial` is denied.
@@ -150,22 +145,26 @@ impl DeniedSerials {
     }
 
     fn load(&self) -> Result<DeniedFile, DeniedError> {
-        let path = self.path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let current = self.docs.read(DENIED_SERIALS_FILE)?;
+        self.parse(current.as_ref().map(|c| c.data.as_slice()))
+    }
+
+    /// The document from its bytes (none, or empty: nothing denied yet).
+    fn parse(&self, bytes: Option<&[u8]>) -> Result<DeniedFile, DeniedError> {
+        let bytes = match bytes {
+            Some(b) if !b.is_empty() => b,
+            _ => {
                 return Ok(DeniedFile {
                     version: FILE_VERSION,
                     serials: Vec::new(),
                 })
             }
-            Err(e) => return Err(self.io(&path, e)),
         };
         let corrupt = |reason: String| DeniedError::Corrupt {
-            path: path.clone(),
+            path: self.path(),
             reason,
         };
-        let file: DeniedFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let file: DeniedFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if file.version != FILE_VERSION {
             return Err(corrupt(format!(
                 "version {} is not supported",
@@ -173,13 +172,6 @@ impl DeniedSerials {
             )));
         }
         Ok(file)
-    }
-
-    fn io(&self, path: &Path, source: io::Error) -> DeniedError {
-        DeniedError::Io {
-            path: path.to_owned(),
-            source,
-        }
     }
 }
 

@@ -193,6 +193,7 @@ pub struct Issuer {
     first: Admission,
     renewal: Admission,
     shared: Option<KubeRevocations>,
+    denied: DeniedSerials,
 }
 
 impl fmt::Debug for Issuer {
@@ -216,12 +217,13 @@ impl Issuer {
             return Err(IssuerConfigError::CertLifetime(lifetime));
         }
         Ok(Self {
-            store,
             attestor,
             cert_lifetime: lifetime,
             first: Admission::new(options.admission),
             renewal: Admission::new(options.admission),
             shared: None,
+            denied: DeniedSerials::new(store.state_dir()),
+            store,
         })
     }
 
@@ -247,6 +249,13 @@ impl Issuer {
     /// denied serials and revoked join tokens, on every call.
     pub fn with_shared_revocations(mut self, shared: KubeRevocations) -> Self {
         self.shared = Some(shared);
+        self
+    }
+
+    /// Take denied serials from `denied` instead of the state directory (on Kubernetes, the
+    /// API every replica shares).
+    pub fn with_denied_serials(mut self, denied: DeniedSerials) -> Self {
+        self.denied = denied;
         self
     }
 
@@ -290,8 +299,7 @@ impl Issuer {
     ) -> Result<Issued, IssueError> {
         let identity = weft_certs::identity_from_cert_der(current).map_err(IssueError::Signing)?;
         let serial = weft_certs::serial_hex_from_cert_der(current).map_err(IssueError::Signing)?;
-        let denied = DeniedSerials::new(self.store.state_dir());
-        match denied.is_denied(&serial) {
+        match self.denied.is_denied(&serial) {
             Ok(false) => {}
             Ok(true) => return Err(IssueError::Denied { serial }),
             Err(e) => return Err(IssueError::DeniedList(e.to_string())),

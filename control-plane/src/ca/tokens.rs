@@ -13,9 +13,8 @@
 //! attempt to use one is reported as such.
 
 use std::fmt;
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -28,7 +27,8 @@ use weft_certs::{
 pub use crate::ca::attest::TokenError;
 use crate::ca::attest::{AttestError, Attestor, Credential};
 use crate::ca::provenance::Source;
-use crate::files::{self, DirLock, PRIVATE_MODE};
+use crate::shared::file::FileDocs;
+use crate::shared::{self, Docs};
 
 /// File of join token hashes in a state directory.
 pub const JOIN_TOKENS_FILE: &str = "join-tokens.json";
@@ -158,26 +158,30 @@ pub enum Revocation {
     AlreadyRevoked(TokenInfo),
 }
 
-/// The join tokens of a state directory.
+/// The join tokens of a state directory, or of the Kubernetes API (any [`DocStore`]).
 ///
-/// Holds no state of its own: every call reads the file, so tokens created or revoked by
-/// `weftctl` take effect in a running control plane at once. Changes lock the state directory.
+/// Holds no state of its own: every call reads the document, so tokens created or revoked by
+/// `weftctl` or through any replica take effect in every running control plane at once.
+/// Changes are compare-and-swap ([`shared::update`]).
 #[derive(Debug, Clone)]
 pub struct JoinTokenStore {
-    state_dir: PathBuf,
+    docs: Docs,
 }
 
 impl JoinTokenStore {
     /// The tokens of `state_dir` (which need not exist yet).
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            state_dir: state_dir.into(),
-        }
+        Self::in_store(Arc::new(FileDocs::new(state_dir)))
     }
 
-    /// Path of the token file.
+    /// The tokens kept in `docs`.
+    pub fn in_store(docs: Docs) -> Self {
+        Self { docs }
+    }
+
+    /// Where the token hashes are kept (the file's path, or the Secret).
     pub fn path(&self) -> PathBuf {
-        self.state_dir.join(JOIN_TOKENS_FILE)
+        PathBuf::from(self.docs.describe(JOIN_TOKENS_FILE))
     }
 
     /// Creates a token bound to `request`'s identity and stores its hash.
@@ -199,37 +203,38 @@ impl JoinTokenStore {
             }
         }
 
-        files::create_dir(&self.state_dir).map_err(|e| self.io_error(&self.state_dir, e))?;
-        let _lock = DirLock::acquire(&self.state_dir).map_err(|e| self.io_error_dir(e))?;
-        let mut file = self.load()?;
-
         let rng = SystemRandom::new();
-        // 64-bit ids practically never collide; a few tries bound the loop should the RNG
-        // misbehave.
-        let mut id = None;
-        for _ in 0..8 {
-            let candidate = hex(&random::<ID_BYTES>(&rng)?);
-            if file.tokens.iter().all(|t| t.id != candidate) {
-                id = Some(candidate);
-                break;
+        let secret = hex(&random::<SECRET_BYTES>(&rng)?);
+        let info = shared::update(self.docs.as_ref(), JOIN_TOKENS_FILE, |current| {
+            let mut file = self.parse(current)?;
+            // 64-bit ids practically never collide; a few tries bound the loop should the
+            // RNG misbehave.
+            let mut id = None;
+            for _ in 0..8 {
+                let candidate = hex(&random::<ID_BYTES>(&rng)?);
+                if file.tokens.iter().all(|t| t.id != candidate) {
+                    id = Some(candidate);
+                    break;
+                }
             }
-        }
-        let id = id.ok_or(TokenError::Rng)?;
-        let token = format!("{TOKEN_PREFIX}{id}_{}", hex(&random::<SECRET_BYTES>(&rng)?));
-        let created = unix_secs(SystemTime::now());
-        let record = TokenRecord {
-            id,
-            service: request.service.clone(),
-            namespace: request.namespace.clone(),
-            service_account,
-            sha256: hex(&sha256(&token)),
-            created_unix: created,
-            expires_unix: request.ttl.map(|ttl| created.saturating_add(ttl.as_secs())),
-            revoked_unix: None,
-        };
-        let info = record.info();
-        file.tokens.push(record);
-        self.save(&file)?;
+            let id = id.ok_or(TokenError::Rng)?;
+            let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+            let created = unix_secs(SystemTime::now());
+            let record = TokenRecord {
+                id,
+                service: request.service.clone(),
+                namespace: request.namespace.clone(),
+                service_account: service_account.clone(),
+                sha256: hex(&sha256(&token)),
+                created_unix: created,
+                expires_unix: request.ttl.map(|ttl| created.saturating_add(ttl.as_secs())),
+                revoked_unix: None,
+            };
+            let info = record.info();
+            file.tokens.push(record);
+            Ok::<_, TokenError>((Some(self.render(&file)?), info))
+        })?;
+        let token = format!("{TOKEN_PREFIX}{}_{secret}", info.id);
         Ok(CreatedToken { token, info })
     }
 
@@ -242,23 +247,20 @@ impl JoinTokenStore {
     pub fn revoke(&self, id: &str) -> Result<Revocation, TokenError> {
         let id = parse_token(id.trim()).map_or(id.trim(), |(id, _)| id);
         let unknown = || TokenError::UnknownId { id: id.to_owned() };
-        if !files::exists(&self.state_dir) {
-            return Err(unknown());
-        }
-        let _lock = DirLock::acquire(&self.state_dir).map_err(|e| self.io_error_dir(e))?;
-        let mut file = self.load()?;
-        let record = file
-            .tokens
-            .iter_mut()
-            .find(|t| t.id == id)
-            .ok_or_else(unknown)?;
-        if record.revoked_unix.is_some() {
-            return Ok(Revocation::AlreadyRevoked(record.info()));
-        }
-        record.revoked_unix = Some(unix_secs(SystemTime::now()));
-        let info = record.info();
-        self.save(&file)?;
-        Ok(Revocation::Revoked(info))
+        shared::update(self.docs.as_ref(), JOIN_TOKENS_FILE, |current| {
+            let mut file = self.parse(current)?;
+            let record = file
+                .tokens
+                .iter_mut()
+                .find(|t| t.id == id)
+                .ok_or_else(unknown)?;
+            if record.revoked_unix.is_some() {
+                return Ok((None, Revocation::AlreadyRevoked(record.info())));
+            }
+            record.revoked_unix = Some(unix_secs(SystemTime::now()));
+            let info = record.info();
+            Ok((Some(self.render(&file)?), Revocation::Revoked(info)))
+        })
     }
 
     /// Checks a presented token at time `now` and returns what it is bound to.
@@ -307,17 +309,21 @@ impl JoinTokenStore {
     }
 
     fn load(&self) -> Result<TokenFile, TokenError> {
-        let path = self.path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TokenFile::default()),
-            Err(e) => return Err(self.io_error(&path, e)),
+        let current = self.docs.read(JOIN_TOKENS_FILE)?;
+        self.parse(current.as_ref().map(|c| c.data.as_slice()))
+    }
+
+    /// The token document from its bytes (none, or empty: no tokens yet).
+    fn parse(&self, bytes: Option<&[u8]>) -> Result<TokenFile, TokenError> {
+        let bytes = match bytes {
+            Some(b) if !b.is_empty() => b,
+            _ => return Ok(TokenFile::default()),
         };
         let corrupt = |reason: String| TokenError::Corrupt {
-            path: path.clone(),
+            path: self.path(),
             reason,
         };
-        let file: TokenFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let file: TokenFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if file.version != FILE_VERSION {
             return Err(corrupt(format!(
                 "version {} is not supported (expected {FILE_VERSION})",
@@ -335,26 +341,13 @@ impl JoinTokenStore {
         Ok(file)
     }
 
-    fn save(&self, file: &TokenFile) -> Result<(), TokenError> {
-        let path = self.path();
-        let mut text = serde_json::to_string_pretty(file).map_err(|e| TokenError::Corrupt {
-            path: path.clone(),
+    fn render(&self, file: &TokenFile) -> Result<Vec<u8>, TokenError> {
+        let mut text = serde_json::to_vec_pretty(file).map_err(|e| TokenError::Corrupt {
+            path: self.path(),
             reason: e.to_string(),
         })?;
-        text.push('\n');
-        weft_certs::files::write_atomically(&path, text.as_bytes(), PRIVATE_MODE)
-            .map_err(|e| self.io_error(&path, e))
-    }
-
-    fn io_error(&self, path: &Path, source: io::Error) -> TokenError {
-        TokenError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-
-    fn io_error_dir(&self, source: io::Error) -> TokenError {
-        self.io_error(&self.state_dir, source)
+        text.push(b'\n');
+        Ok(text)
     }
 }
 
@@ -368,9 +361,14 @@ pub struct JoinTokenAttestor {
 impl JoinTokenAttestor {
     /// An attestor for the tokens of `state_dir`, giving identities in `trust_domain`.
     pub fn new(state_dir: impl Into<PathBuf>, trust_domain: &str) -> Result<Self, IdentityError> {
+        Self::with_store(JoinTokenStore::new(state_dir), trust_domain)
+    }
+
+    /// An attestor for the tokens of `store`, giving identities in `trust_domain`.
+    pub fn with_store(store: JoinTokenStore, trust_domain: &str) -> Result<Self, IdentityError> {
         validate_trust_domain(trust_domain)?;
         Ok(Self {
-            store: JoinTokenStore::new(state_dir),
+            store,
             trust_domain: trust_domain.to_owned(),
         })
     }

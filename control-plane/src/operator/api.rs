@@ -34,6 +34,8 @@ pub(crate) struct Admin {
     pub(crate) ops: Arc<Ops>,
     pub(crate) token: AdminToken,
     pub(crate) readiness: Arc<Readiness>,
+    /// Join tokens and denied serials (the state directory's, or the shared ones).
+    pub(crate) credentials: crate::operator::state_api::Credentials,
 }
 
 /// What `GET /ready` answers: ready (200) once the control plane holds an accepted policy and
@@ -77,11 +79,11 @@ impl Readiness {
     }
 }
 
-type Response = hyper::Response<crate::net::Body>;
+pub(super) type Response = hyper::Response<crate::net::Body>;
 /// An early answer (an error) from a handler step; boxed, as a response is large.
-type Refusal = Box<Response>;
+pub(super) type Refusal = Box<Response>;
 
-fn refused(status: StatusCode, message: impl Into<String>) -> Refusal {
+pub(super) fn refused(status: StatusCode, message: impl Into<String>) -> Refusal {
     Box::new(error(status, message))
 }
 
@@ -123,11 +125,11 @@ fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response {
     r
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response {
     respond(status, "application/json", format!("{value:#}\n"))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
@@ -172,7 +174,7 @@ fn ops_error(e: OpsError) -> Response {
 }
 
 /// `admin` plus the sanitized `X-Weft-Actor`, e.g. `admin (alice)`.
-fn actor(req: &hyper::Request<hyper::body::Incoming>) -> String {
+pub(super) fn actor(req: &hyper::Request<hyper::body::Incoming>) -> String {
     let who: String = req
         .headers()
         .get(ACTOR_HEADER)
@@ -205,7 +207,7 @@ struct RollbackRequest {
     version: String,
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(
+pub(super) async fn body_json<T: serde::de::DeserializeOwned>(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<T, Refusal> {
     let body = Limited::new(req.into_body(), MAX_BODY).collect();
@@ -318,6 +320,9 @@ async fn result(
     method: &Method,
     path: &str,
 ) -> Result<Response, Refusal> {
+    if crate::operator::state_api::PATHS.contains(&path) {
+        return crate::operator::state_api::handle(admin, req, method, path).await;
+    }
     let allowed = match path {
         "/status" | "/v1/status" | "/v1/services" | "/v1/routes" | "/v1/endpoints"
         | "/v1/history" => Method::GET,
@@ -327,7 +332,8 @@ async fn result(
                 StatusCode::NOT_FOUND,
                 format!(
                     "no {path}; try GET /v1/status, /v1/services, /v1/routes, /v1/endpoints, \
-                     /v1/history, POST /v1/validate, /v1/apply, /v1/rollback, or GET /metrics"
+                     /v1/history, /v1/audit, /v1/tokens, POST /v1/validate, /v1/apply, \
+                     /v1/rollback, /v1/tokens, /v1/tokens/revoke, /v1/certs/deny, or GET /metrics"
                 ),
             ))
         }

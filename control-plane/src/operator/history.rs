@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::files::{self, PRIVATE_MODE};
+use crate::shared::{self, DocStore, Docs, StoreError, AUDIT_DOC, HISTORY_DOC};
 
 /// Directory of history entries in the state directory.
 pub const HISTORY_DIR: &str = "history";
@@ -127,12 +128,17 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// History and audit files of one state directory.
+/// Audit records kept in a shared store (the newest; a file's audit log keeps them all).
+pub const AUDIT_LIMIT: usize = 1000;
+
+/// History and audit of one state directory, or of a shared store (the Kubernetes API).
 #[derive(Debug, Clone)]
 pub struct History {
     dir: PathBuf,
     audit: PathBuf,
     limit: usize,
+    /// Entries and audit records as two documents of a shared store instead of files.
+    shared: Option<Docs>,
 }
 
 impl History {
@@ -144,7 +150,19 @@ impl History {
             dir,
             audit: state_dir.join(AUDIT_LOG),
             limit: HISTORY_LIMIT,
+            shared: None,
         })
+    }
+
+    /// The history and audit records kept in `docs` ([`HISTORY_DOC`], [`AUDIT_DOC`]): what
+    /// every replica reads, and the writer appends to.
+    pub fn in_store(docs: Docs) -> Self {
+        History {
+            dir: PathBuf::from(docs.describe(HISTORY_DOC)),
+            audit: PathBuf::from(docs.describe(AUDIT_DOC)),
+            limit: HISTORY_LIMIT,
+            shared: Some(docs),
+        }
     }
 
     /// Keep only `limit` entries (at least 1) instead of [`HISTORY_LIMIT`].
@@ -187,6 +205,9 @@ impl History {
 
     /// The newest entry, if any.
     pub fn latest(&self) -> Result<Option<HistoryEntry>, HistoryError> {
+        if let Some(docs) = &self.shared {
+            return Ok(self.shared_entries(docs.as_ref(), None)?.pop());
+        }
         match self.entries()?.last() {
             Some((_, path)) => Ok(Some(Self::read(path)?)),
             None => Ok(None),
@@ -195,9 +216,16 @@ impl History {
 
     /// Every kept entry without its files, newest first.
     pub fn list(&self) -> Result<Vec<HistorySummary>, HistoryError> {
+        let entries = match &self.shared {
+            Some(docs) => self.shared_entries(docs.as_ref(), None)?,
+            None => self
+                .entries()?
+                .iter()
+                .map(|(_, path)| Self::read(path))
+                .collect::<Result<_, _>>()?,
+        };
         let mut out = Vec::new();
-        for (_, path) in self.entries()?.iter().rev() {
-            let e = Self::read(path)?;
+        for e in entries.into_iter().rev() {
             out.push(HistorySummary {
                 seq: e.seq,
                 version: e.version,
@@ -212,6 +240,10 @@ impl History {
 
     /// The newest entry of `version`, if it is still kept.
     pub fn find(&self, version: &str) -> Result<Option<HistoryEntry>, HistoryError> {
+        if let Some(docs) = &self.shared {
+            let entries = self.shared_entries(docs.as_ref(), None)?;
+            return Ok(entries.into_iter().rev().find(|e| e.version == version));
+        }
         let suffix = format!("-{version}.json");
         for (_, path) in self.entries()?.iter().rev() {
             if path
@@ -233,6 +265,9 @@ impl History {
         action: Action,
         files: BTreeMap<String, String>,
     ) -> Result<HistoryEntry, HistoryError> {
+        if let Some(docs) = &self.shared {
+            return self.record_shared(docs.as_ref(), version, actor, action, files);
+        }
         let entries = self.entries()?;
         let seq = entries.last().map_or(1, |(s, _)| s + 1);
         let entry = HistoryEntry {
@@ -261,6 +296,9 @@ impl History {
     /// Append one line to the audit log (created with mode 0600). One `write` of the whole
     /// line on an `O_APPEND` file, so concurrent writers never interleave within a line.
     pub fn audit(&self, record: &AuditRecord) -> Result<(), HistoryError> {
+        if let Some(docs) = &self.shared {
+            return self.audit_shared(docs.as_ref(), record);
+        }
         let mut line = serde_json::to_vec(record).map_err(|e| HistoryError::Corrupt {
             path: self.audit.clone(),
             reason: e.to_string(),
@@ -274,6 +312,140 @@ impl History {
             .map_err(io_err(&self.audit))?;
         f.write_all(&line).map_err(io_err(&self.audit))?;
         Ok(())
+    }
+}
+
+impl History {
+    /// Every audit record kept, oldest first (a line of the log that does not parse is
+    /// skipped: the log is appended by hand-run tools too).
+    pub fn audit_records(&self) -> Result<Vec<AuditRecord>, HistoryError> {
+        if let Some(docs) = &self.shared {
+            return self.shared_doc(docs.as_ref(), AUDIT_DOC, None);
+        }
+        let text = match fs::read_to_string(&self.audit) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.audit)(e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    fn shared_error(&self, e: StoreError) -> HistoryError {
+        HistoryError::Io {
+            path: self.dir.clone(),
+            source: io::Error::other(e.to_string()),
+        }
+    }
+
+    /// A JSON array document of the shared store: `bytes` when given (a read already made),
+    /// else read now.
+    fn shared_doc<T: serde::de::DeserializeOwned>(
+        &self,
+        docs: &dyn DocStore,
+        name: &str,
+        bytes: Option<&[u8]>,
+    ) -> Result<Vec<T>, HistoryError> {
+        let read;
+        let bytes = match bytes {
+            Some(b) => Some(b),
+            None => {
+                read = docs.read(name).map_err(|e| self.shared_error(e))?;
+                read.as_ref().map(|v| v.data.as_slice())
+            }
+        };
+        match bytes {
+            Some(b) if !b.is_empty() => {
+                serde_json::from_slice(b).map_err(|e| HistoryError::Corrupt {
+                    path: PathBuf::from(docs.describe(name)),
+                    reason: e.to_string(),
+                })
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn shared_entries(
+        &self,
+        docs: &dyn DocStore,
+        bytes: Option<&[u8]>,
+    ) -> Result<Vec<HistoryEntry>, HistoryError> {
+        self.shared_doc(docs, HISTORY_DOC, bytes)
+    }
+
+    /// Appends an entry (the next sequence number) and drops the oldest beyond the limit or
+    /// the size a document may have; compare-and-swap, retried on conflict.
+    fn record_shared(
+        &self,
+        docs: &dyn DocStore,
+        version: &str,
+        actor: &str,
+        action: Action,
+        files: BTreeMap<String, String>,
+    ) -> Result<HistoryEntry, HistoryError> {
+        shared::update(docs, HISTORY_DOC, |current| {
+            let mut entries = self.shared_entries(docs, Some(current.unwrap_or_default()))?;
+            let entry = HistoryEntry {
+                seq: entries.last().map_or(1, |e| e.seq + 1),
+                version: version.to_owned(),
+                time: now_rfc3339(),
+                actor: actor.to_owned(),
+                action,
+                files: files.clone(),
+            };
+            entries.push(entry.clone());
+            let keep = entries.len().saturating_sub(self.limit);
+            entries.drain(..keep);
+            Ok((Some(self.bounded(&mut entries)?), entry))
+        })
+        .map_err(|e: SharedError| e.0)
+    }
+
+    /// Appends an audit record, keeping the newest [`AUDIT_LIMIT`].
+    fn audit_shared(&self, docs: &dyn DocStore, record: &AuditRecord) -> Result<(), HistoryError> {
+        shared::update(docs, AUDIT_DOC, |current| {
+            let mut records: Vec<AuditRecord> =
+                self.shared_doc(docs, AUDIT_DOC, Some(current.unwrap_or_default()))?;
+            records.push(record.clone());
+            let keep = records.len().saturating_sub(AUDIT_LIMIT);
+            records.drain(..keep);
+            Ok((Some(self.bounded(&mut records)?), ()))
+        })
+        .map_err(|e: SharedError| e.0)
+    }
+
+    /// `items` as JSON, the oldest dropped until it fits a shared document (the newest stays).
+    fn bounded<T: Serialize>(&self, items: &mut Vec<T>) -> Result<Vec<u8>, HistoryError> {
+        loop {
+            let json = serde_json::to_vec(items).map_err(|e| HistoryError::Corrupt {
+                path: self.dir.clone(),
+                reason: e.to_string(),
+            })?;
+            if json.len() <= crate::shared::kube::MAX_DOC_BYTES || items.len() <= 1 {
+                return Ok(json);
+            }
+            items.remove(0);
+        }
+    }
+}
+
+/// A history error inside [`shared::update`] (which needs `From<StoreError>`).
+struct SharedError(HistoryError);
+
+impl From<StoreError> for SharedError {
+    fn from(e: StoreError) -> Self {
+        SharedError(HistoryError::Io {
+            path: PathBuf::new(),
+            source: io::Error::other(e.to_string()),
+        })
+    }
+}
+
+impl From<HistoryError> for SharedError {
+    fn from(e: HistoryError) -> Self {
+        SharedError(e)
     }
 }
 

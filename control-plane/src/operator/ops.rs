@@ -14,9 +14,11 @@ use serde::Serialize;
 use crate::operator::history::{
     now_rfc3339, Action, AuditRecord, History, HistoryEntry, HistoryError,
 };
+pub use crate::operator::summary::summary;
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{check_file_name, DirSource, PolicySource, Update};
 use crate::push::hub::Hub;
+use crate::shared::lease::Leader;
 
 /// Policy files: name to text.
 type Files = BTreeMap<String, String>;
@@ -111,6 +113,8 @@ pub struct Ops {
     source: Source,
     history: History,
     lock: Mutex<()>,
+    /// With a shared history, whether this replica is its one writer now; `None`: always.
+    leader: Option<Arc<Leader>>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -134,6 +138,7 @@ impl Ops {
             source: Source::Dir(source),
             history,
             lock: Mutex::new(()),
+            leader: None,
         }
     }
 
@@ -145,7 +150,20 @@ impl Ops {
             source: Source::ReadOnly(source),
             history,
             lock: Mutex::new(()),
+            leader: None,
         }
+    }
+
+    /// Record history and audit only while `leader` says this replica is the writer (the
+    /// history is shared by replicas that all see the same changes: one records them).
+    pub fn with_leader(mut self, leader: Arc<Leader>) -> Self {
+        self.leader = Some(leader);
+        self
+    }
+
+    /// Whether this replica records history now.
+    fn writer(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| l.is_leader())
     }
 
     /// The policy directory, or the refusal when the policy comes from elsewhere.
@@ -169,6 +187,9 @@ impl Ops {
     /// (it is then the same version the control plane last ran).
     pub fn record_start(&self) -> Result<(), OpsError> {
         let _g = self.lock();
+        if !self.writer() {
+            return Ok(());
+        }
         let policy = self.hub.policy();
         let latest = self.history.latest()?;
         if latest.as_ref().map(|e| e.version.as_str()) == Some(policy.version()) {
@@ -192,6 +213,9 @@ impl Ops {
             Source::ReadOnly(s) => s.load(),
         };
         let update = self.hub.take_policy(loaded);
+        if !self.writer() {
+            return;
+        }
         let result = match update {
             Update::Unchanged => Ok(()),
             Update::Applied { .. } => {
@@ -455,53 +479,6 @@ fn diffs(
         });
     }
     out
-}
-
-/// Items by name, each as its JSON, for comparing definitions.
-fn by_name<T: Serialize>(items: &[T], name: impl Fn(&T) -> &str) -> BTreeMap<String, String> {
-    items
-        .iter()
-        .map(|i| {
-            (
-                name(i).to_owned(),
-                serde_json::to_string(i).unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn compare(
-    a: &BTreeMap<String, String>,
-    b: &BTreeMap<String, String>,
-) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let added = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
-    let removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
-    let changed = a
-        .iter()
-        .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
-        .map(|(k, _)| k.clone())
-        .collect();
-    (added, removed, changed)
-}
-
-/// Services and routes added, removed and changed from `a` to `b`.
-pub fn summary(a: &MeshPolicy, b: &MeshPolicy) -> Summary {
-    let (services_added, services_removed, services_changed) = compare(
-        &by_name(a.services(), |s| &s.name),
-        &by_name(b.services(), |s| &s.name),
-    );
-    let (routes_added, routes_removed, routes_changed) = compare(
-        &by_name(a.routes(), |r| &r.name),
-        &by_name(b.routes(), |r| &r.name),
-    );
-    Summary {
-        services_added,
-        services_removed,
-        services_changed,
-        routes_added,
-        routes_removed,
-        routes_changed,
-    }
 }
 
 #[cfg(test)]

@@ -36,18 +36,18 @@ use weft_testkit::process::{spawn, Guard};
 use weft_testkit::{ports, tools, wait};
 
 use super::inject::{admission_review, response, webhook_certs, TestWebhook};
-use super::source::{kubeconfig, slice, standin::ApiServer, TD};
+use super::source::{slice, TD};
+use weft_kube_standin::{kubeconfig, ApiServer};
 
 const NS: &str = "shop";
 /// How long a sidecar may take from start to ready (token, certificate, first snapshot).
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
-/// One pod of the shop: which Deployment's template, its name, address and token.
+/// One pod of the shop: which Deployment's template, its name and address.
 struct PodPlan {
     deployment: &'static str,
     name: String,
     ip: Ipv4Addr,
-    token: String,
 }
 
 /// The documents of the shop example.
@@ -339,7 +339,6 @@ async fn injected_sidecars_join_by_identity_and_serve_the_shop() {
             deployment,
             name: format!("{deployment}-7d4b9c8f6-p{n}"),
             ip: Ipv4Addr::new(127, a, b, n),
-            token: format!("eyJhbGciOiJSUzI1NiJ9.eyJwb2QiOi{n}In0.c2lnbmF0dXJl{n}"),
         })
         .collect();
     let docs = shop_apps();
@@ -412,10 +411,23 @@ async fn injected_sidecars_join_by_identity_and_serve_the_shop() {
         let pod = injected(&hook, &pod, &format!("uid-{i}")).await;
         let pod = scheduled(pod, plan, "Pending");
         let account = pod["spec"]["serviceAccountName"].as_str().expect("account");
-        api.token(&plan.token, NS, account, &["weft"]);
+        // The kubelet's TokenRequest for the projected token: bound to the pod, audience weft.
+        api.put(
+            serde_json::json!({"kind": "ServiceAccount", "apiVersion": "v1",
+            "metadata": {"name": account, "namespace": NS}}),
+        );
         api.put(pod.clone());
+        let token = api
+            .mint_token(
+                NS,
+                account,
+                &["weft"],
+                Duration::from_secs(3600),
+                Some(&plan.name),
+            )
+            .expect("a token");
         let root = tmp.path().join(&plan.name);
-        materialize_volumes(&pod, &root, &plan.token, &configmaps);
+        materialize_volumes(&pod, &root, &token, &configmaps);
         running.push((sidecar(&proxy, &pod, plan, &root), root, pod));
     }
 

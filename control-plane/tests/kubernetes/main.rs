@@ -2,12 +2,14 @@
 //! sidecar bootstrap with service account tokens verified by TokenReview (`tokenreview`), and
 //! sidecar injection (`inject`), policy tenancy (`tenancy`), the webhook's bounds
 //! (`webhook_bounds`), injected sidecars run as deployed against the control-plane binary
-//! (`deployed`), and the images built from deploy/docker (`images`).
+//! (`deployed`), the images built from deploy/docker (`images`), and two control-plane replicas
+//! sharing their state through the API (`replicas`).
 
 mod deployed;
 mod images;
 mod inject;
 mod manifests;
+mod replicas;
 mod source;
 mod tenancy;
 mod tokenreview;

@@ -12,7 +12,8 @@ use weft_control_plane::policy::kube::source::{KubeOptions, KubeSource};
 use weft_control_plane::policy::source::PolicySource;
 use weft_policy::wire::MeshFile;
 
-use super::source::{created, kubeconfig, objects, resource, shop, standin, wait_until, TD};
+use super::source::{created, objects, resource, shop, wait_until, TD};
+use weft_kube_standin::{self as standin, kubeconfig};
 
 /// `value` moved to namespace `ns`.
 fn in_namespace(mut value: Value, ns: &str) -> Value {

@@ -3,23 +3,18 @@
 //! so the kube-rs client path is the one a cluster uses) to review each token, and a real tonic
 //! client calls `Certify` over mutual-TLS-capable TLS 1.3.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tonic::Code;
 use weft_api::v1::control_plane_client::ControlPlaneClient;
 use weft_api::v1::CertifyRequest;
@@ -28,242 +23,47 @@ use weft_control_plane::ca::ca_store::{CaStoreOptions, RootSource};
 use weft_control_plane::ca::tokenreview::KubeConnection;
 use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
+use weft_kube_standin::{kubeconfig, ApiServer};
 
-const TD: &str = "weft.local";
-/// The control plane's own credential at the stand-in API (what its ServiceAccount would have).
-const CP_BEARER: &str = "control-plane-sa-token";
-/// Authenticated as `system:serviceaccount:shop:orders`, audience `weft`.
-const TOKEN_A: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzaG9wOm9yZGVycyJ9.c2lnbmF0dXJlLUE";
-/// Not authenticated.
+pub(crate) const TD: &str = "weft.local";
+/// Not a token the API server minted: not authenticated.
 const TOKEN_B: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJleHBpcmVkIn0.c2lnbmF0dXJlLUI";
-/// Authenticated, but for another audience only.
-const TOKEN_C: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.c2lnbmF0dXJlLUM";
 
-/// The stand-in API server's answer to a TokenReview for `token`, shaped as the API server
-/// serves it (`authentication.k8s.io/v1`, status with user, audiences, error).
-fn review_answer(token: &str) -> serde_json::Value {
-    let status = match token {
-        TOKEN_A => serde_json::json!({
-            "authenticated": true,
-            "user": {
-                "username": "system:serviceaccount:shop:orders",
-                "uid": "4b1e4b2c-8c43-4b2a-9d0c-0f4f3d6c1a11",
-                "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
-                "extra": {
-                    "authentication.kubernetes.io/pod-name": ["orders-v1-6d9f7c8b5-x2x9q"],
-                    "authentication.kubernetes.io/pod-uid": ["9a0d3f1e-2b7c-4d55-8a3e-5f1c2b7d9e01"]
-                }
-            },
-            "audiences": ["weft"]
-        }),
-        TOKEN_C => serde_json::json!({
-            "authenticated": true,
-            "user": { "username": "system:serviceaccount:shop:orders" },
-            "audiences": ["vault"]
-        }),
-        _ => serde_json::json!({
-            "user": {},
-            "error": "[invalid bearer token, token has been invalidated]"
-        }),
-    };
-    serde_json::json!({
-        "kind": "TokenReview",
-        "apiVersion": "authentication.k8s.io/v1",
-        "metadata": { "creationTimestamp": null },
-        "spec": { "token": token, "audiences": ["weft"] },
-        "status": status,
-    })
+/// The stand-in API server with the service account `shop/orders` and a pod running as it,
+/// and two tokens the kubelet would have minted for that pod: `a` for the audience `weft`,
+/// `c` for another audience only.
+struct StandIn {
+    server: ApiServer,
+    a: String,
+    c: String,
 }
 
-/// A test CA and a serving certificate for `localhost` and 127.0.0.1.
-struct ApiPki {
-    ca_pem: String,
-    cert: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+async fn stand_in() -> StandIn {
+    let server = ApiServer::start(vec![
+        serde_json::json!({"kind": "ServiceAccount", "apiVersion": "v1",
+            "metadata": {"name": "orders", "namespace": "shop"}}),
+        serde_json::json!({"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": "orders-v1-6d9f7c8b5-x2x9q", "namespace": "shop"},
+            "spec": {"serviceAccountName": "orders", "containers": [{"name": "orders"}]}}),
+    ])
+    .await;
+    let pod = Some("orders-v1-6d9f7c8b5-x2x9q");
+    let hour = Duration::from_secs(3600);
+    let a = server
+        .mint_token("shop", "orders", &["weft"], hour, pod)
+        .expect("token A");
+    let c = server
+        .mint_token("shop", "orders", &["vault"], hour, pod)
+        .expect("token C");
+    StandIn { server, a, c }
 }
 
-fn api_pki() -> ApiPki {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "stand-in kubernetes CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let cert = params.signed_by(&key, &ca).expect("server cert");
-    ApiPki {
-        ca_pem: ca.pem(),
-        cert: vec![cert.der().clone()],
-        key: PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key"),
-    }
-}
-
-/// The stand-in API server: answers TokenReview POSTs from a client bearing [`CP_BEARER`].
-struct StandInApi {
-    addr: SocketAddr,
-    reviews: Arc<AtomicUsize>,
-    /// The ConfigMap `weft-system/weft-revocations`'s data, if it exists.
-    revocations: Revocations,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for StandInApi {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn stand_in_api(pki: &ApiPki) -> StandInApi {
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(pki.cert.clone(), pki.key.clone_key())
-    .expect("server tls");
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let reviews = Arc::new(AtomicUsize::new(0));
-    let counted = reviews.clone();
-    let revocations = Revocations::default();
-    let stored = revocations.clone();
-    let task = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, counted, stored) = (acceptor.clone(), counted.clone(), stored.clone());
-            connections.spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req| {
-                    let (counted, stored) = (counted.clone(), stored.clone());
-                    async move { Ok::<_, Infallible>(api_handle(req, &counted, &stored).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    StandInApi {
-        addr,
-        reviews,
-        revocations,
-        task,
-    }
-}
-
-/// The data of the stand-in's one ConfigMap, `weft-system/weft-revocations` (absent: `None`),
-/// and how many times it was read.
-#[derive(Clone, Default)]
-struct Revocations {
-    data: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
-    reads: Arc<AtomicUsize>,
-}
-
-impl Revocations {
-    fn set(&self, data: serde_json::Value) {
-        *self.data.lock().expect("lock") = Some(data);
-    }
-}
-
-const REVOCATIONS_PATH: &str = "/api/v1/namespaces/weft-system/configmaps/weft-revocations";
-
-async fn api_handle(
-    req: hyper::Request<hyper::body::Incoming>,
-    reviews: &AtomicUsize,
-    revocations: &Revocations,
-) -> hyper::Response<Full<Bytes>> {
-    let reply = |status: u16, body: serde_json::Value| {
-        hyper::Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("response")
-    };
-    let authorized = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {CP_BEARER}"));
-    if !authorized {
-        return reply(
-            401,
-            serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401}),
-        );
-    }
-    if req.method() == hyper::Method::GET && req.uri().path() == REVOCATIONS_PATH {
-        revocations.reads.fetch_add(1, Ordering::SeqCst);
-        let data = revocations.data.lock().expect("lock").clone();
-        if let Some(data) = data {
-            return reply(
-                200,
-                serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
-                    "metadata": {"name": "weft-revocations", "namespace": "weft-system"},
-                    "data": data}),
-            );
-        }
-    }
-    if req.method() != hyper::Method::POST
-        || req.uri().path() != "/apis/authentication.k8s.io/v1/tokenreviews"
-    {
-        return reply(
-            404,
-            serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure", "message": "the server could not find the requested resource",
-                "reason": "NotFound", "code": 404}),
-        );
-    }
-    let body = req.into_body().collect().await.expect("body").to_bytes();
-    let review: serde_json::Value = serde_json::from_slice(&body).expect("review json");
-    assert_eq!(review["kind"], "TokenReview", "{review}");
-    assert_eq!(review["apiVersion"], "authentication.k8s.io/v1", "{review}");
-    assert_eq!(
-        review["spec"]["audiences"],
-        serde_json::json!(["weft"]),
-        "{review}"
-    );
-    reviews.fetch_add(1, Ordering::SeqCst);
-    let token = review["spec"]["token"].as_str().unwrap_or_default();
-    reply(201, review_answer(token))
-}
-
-/// A kubeconfig for `server`, trusting `ca_pem`, authenticating with [`CP_BEARER`].
-fn write_kubeconfig(dir: &Path, name: &str, server: SocketAddr, ca_pem: &str) -> PathBuf {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    \
-             server: https://{server}\n    certificate-authority-data: {ca}\n\
-             users:\n- name: control-plane\n  user:\n    token: {CP_BEARER}\n\
-             contexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: control-plane\n\
-             current-context: stand-in\n"
-        ),
-    )
-    .expect("kubeconfig");
-    path
-}
-
-struct Mesh {
-    dir: tempfile::TempDir,
+pub(crate) struct Mesh {
+    pub(crate) dir: tempfile::TempDir,
     ca: CertificateAuthority,
 }
 
-fn mesh() -> Mesh {
+pub(crate) fn mesh() -> Mesh {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = CertificateAuthority::generate_seeded(TD, 71).expect("mesh CA");
     std::fs::write(dir.path().join("root.crt"), ca.cert_pem()).expect("root");
@@ -340,6 +140,16 @@ async fn client_with(
     cp: &Running,
     held: Option<(&str, &str)>,
 ) -> ControlPlaneClient<tonic::transport::Channel> {
+    client_at(mesh, cp.listen, held).await
+}
+
+/// A client of the control plane at `addr`, presenting `held` (certificate chain PEM, key
+/// PEM) as its client certificate when given.
+pub(crate) async fn client_at(
+    mesh: &Mesh,
+    addr: SocketAddr,
+    held: Option<(&str, &str)>,
+) -> ControlPlaneClient<tonic::transport::Channel> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(mesh.ca.cert_der().clone()).expect("root");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -361,7 +171,7 @@ async fn client_with(
     };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = Connector {
-        addr: cp.listen,
+        addr,
         tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
     };
     let channel = tonic::transport::Endpoint::from_static("http://control-plane")
@@ -373,12 +183,12 @@ async fn client_with(
     ControlPlaneClient::new(channel)
 }
 
-fn csr(namespace: &str, sa: &str) -> String {
+pub(crate) fn csr(namespace: &str, sa: &str) -> String {
     let id = Identity::new(TD, namespace, sa).expect("identity");
     weft_certs::generate_csr(&id).expect("csr").0
 }
 
-fn ask(csr: &str, token: &str) -> CertifyRequest {
+pub(crate) fn ask(csr: &str, token: &str) -> CertifyRequest {
     CertifyRequest {
         csr_pem: csr.to_owned(),
         join_token: token.to_owned(),
@@ -402,10 +212,9 @@ async fn admin_get(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_tokens_get_exactly_their_service_account_identity() {
-    let api_pki = api_pki();
-    let api = stand_in_api(&api_pki).await;
+    let api = stand_in().await;
     let mesh = mesh();
-    let kubeconfig = write_kubeconfig(mesh.dir.path(), "kubeconfig", api.addr, &api_pki.ca_pem);
+    let kubeconfig = kubeconfig(mesh.dir.path(), &api.server);
     let cp = start_cp(&mesh, "state", kubeconfig).await;
     let mut sidecar = client(&mesh, &cp).await;
 
@@ -415,7 +224,7 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
 
     // Token A (shop/orders, audience weft) + CSR for that identity: issued, exactly it.
     let issued = sidecar
-        .certify(ask(&csr("shop", "orders"), TOKEN_A))
+        .certify(ask(&csr("shop", "orders"), &api.a))
         .await
         .expect("token A is accepted")
         .into_inner();
@@ -432,7 +241,7 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
     // Token A + a CSR for another identity (same namespace, or another namespace): refused.
     for (ns, sa) in [("shop", "payments"), ("default", "orders")] {
         let e = sidecar
-            .certify(ask(&csr(ns, sa), TOKEN_A))
+            .certify(ask(&csr(ns, sa), &api.a))
             .await
             .expect_err("another identity is refused");
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
@@ -445,7 +254,7 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
     }
 
     // Token B (not authenticated) and token C (another audience): unauthenticated.
-    for (token, why) in [(TOKEN_B, "not authenticated"), (TOKEN_C, "audience")] {
+    for (token, why) in [(TOKEN_B, "not authenticated"), (api.c.as_str(), "audience")] {
         let e = sidecar
             .certify(ask(&csr("shop", "orders"), token))
             .await
@@ -458,7 +267,7 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
             e.message()
         );
     }
-    assert_eq!(api.reviews.load(Ordering::SeqCst), 5, "one review per call");
+    assert_eq!(api.server.reviews(), 5, "one review per call");
 
     // Join tokens keep working beside service account tokens, without asking the API.
     let join = JoinTokenStore::new(mesh.dir.path().join("state"))
@@ -476,21 +285,20 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
             .to_string(),
         "spiffe://weft.local/ns/default/sa/frontend"
     );
-    assert_eq!(api.reviews.load(Ordering::SeqCst), 5);
+    assert_eq!(api.server.reviews(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_identity_renews_only_with_a_token_the_api_still_authenticates() {
-    let api_pki = api_pki();
-    let api = stand_in_api(&api_pki).await;
+    let api = stand_in().await;
     let mesh = mesh();
-    let kubeconfig = write_kubeconfig(mesh.dir.path(), "kubeconfig", api.addr, &api_pki.ca_pem);
+    let kubeconfig = kubeconfig(mesh.dir.path(), &api.server);
     let cp = start_cp(&mesh, "state", kubeconfig).await;
     let id = Identity::new(TD, "shop", "orders").expect("identity");
     let (csr_pem, key) = weft_certs::generate_csr(&id).expect("csr");
     let issued = client(&mesh, &cp)
         .await
-        .certify(ask(&csr_pem, TOKEN_A))
+        .certify(ask(&csr_pem, &api.a))
         .await
         .expect("token A is accepted")
         .into_inner();
@@ -508,27 +316,29 @@ async fn a_service_account_identity_renews_only_with_a_token_the_api_still_authe
         e.message()
     );
     // With the token the kubelet keeps fresh: re-reviewed, renewed.
-    let before = api.reviews.load(Ordering::SeqCst);
+    let before = api.server.reviews();
     renewing
-        .certify(ask(&csr_pem, TOKEN_A))
+        .certify(ask(&csr_pem, &api.a))
         .await
         .expect("renews with a live token");
-    assert_eq!(api.reviews.load(Ordering::SeqCst), before + 1);
-    // A token the API no longer authenticates (its pod or service account deleted): refused.
+    assert_eq!(api.server.reviews(), before + 1);
+    // The same token once its pod is deleted: the API no longer authenticates it, refused.
+    api.server
+        .delete_in("Pod", "shop", "orders-v1-6d9f7c8b5-x2x9q");
     let e = renewing
-        .certify(ask(&csr_pem, TOKEN_B))
+        .certify(ask(&csr_pem, &api.a))
         .await
         .expect_err("refused");
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("not authenticated"), "{}", e.message());
+    assert!(e.message().contains("has been deleted"), "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serial_denied_in_the_api_is_refused_by_every_replica() {
-    let api_pki = api_pki();
-    let api = stand_in_api(&api_pki).await;
+    let api = stand_in().await;
     let mesh = mesh();
-    let kubeconfig = write_kubeconfig(mesh.dir.path(), "kubeconfig", api.addr, &api_pki.ca_pem);
+    let kubeconfig = kubeconfig(mesh.dir.path(), &api.server);
     // Two replicas: one root, one API server, each its own (emptyDir) state directory.
     let one = start_cp(&mesh, "state-1", kubeconfig.clone()).await;
     let two = start_cp(&mesh, "state-2", kubeconfig).await;
@@ -536,7 +346,7 @@ async fn a_serial_denied_in_the_api_is_refused_by_every_replica() {
     let (csr_pem, key) = weft_certs::generate_csr(&id).expect("csr");
     let issued = client(&mesh, &one)
         .await
-        .certify(ask(&csr_pem, TOKEN_A))
+        .certify(ask(&csr_pem, &api.a))
         .await
         .expect("token A is accepted")
         .into_inner();
@@ -546,55 +356,58 @@ async fn a_serial_denied_in_the_api_is_refused_by_every_replica() {
     for cp in [&one, &two] {
         client_with(&mesh, cp, held)
             .await
-            .certify(ask(&csr_pem, TOKEN_A))
+            .certify(ask(&csr_pem, &api.a))
             .await
             .expect("renews before the denial");
     }
 
     // Denied where every replica looks: the API (as `kubectl edit` would write it).
-    api.revocations
-        .set(serde_json::json!({"denied-serials": format!("0123\n{}\n", serial.to_uppercase())}));
-    let reads = api.revocations.reads.load(Ordering::SeqCst);
+    api.server
+        .put(serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
+        "metadata": {"name": "weft-revocations", "namespace": "weft-system"},
+        "data": {"denied-serials": format!("0123\n{}\n", serial.to_uppercase())}}));
+    let reads = api.server.gets("configmaps");
     for cp in [&one, &two] {
         let e = client_with(&mesh, cp, held)
             .await
-            .certify(ask(&csr_pem, TOKEN_A))
+            .certify(ask(&csr_pem, &api.a))
             .await
             .expect_err("denied at every replica");
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
         assert!(e.message().contains("is denied"), "{}", e.message());
     }
-    assert_eq!(api.revocations.reads.load(Ordering::SeqCst), reads + 2);
+    assert_eq!(api.server.gets("configmaps"), reads + 2);
     // Another certificate of the same service account still renews.
     let (csr2, key2) = weft_certs::generate_csr(&id).expect("csr");
     let other = client(&mesh, &two)
         .await
-        .certify(ask(&csr2, TOKEN_A))
+        .certify(ask(&csr2, &api.a))
         .await
         .expect("a new attestation")
         .into_inner();
     client_with(&mesh, &one, Some((&other.cert_chain_pem, &key2)))
         .await
-        .certify(ask(&csr2, TOKEN_A))
+        .certify(ask(&csr2, &api.a))
         .await
         .expect("another serial renews");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_down_is_unavailable_not_a_refusal() {
-    let api_pki = api_pki();
+    let api = stand_in().await;
     // A port that was just free: nothing listens there, so connections are refused.
     let down = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
     let mesh = mesh();
-    let kubeconfig = write_kubeconfig(mesh.dir.path(), "kubeconfig-down", down, &api_pki.ca_pem);
+    let kubeconfig = mesh.dir.path().join("kubeconfig-down");
+    weft_kube_standin::write_kubeconfig(&kubeconfig, down, &api.server.ca_pem);
     let cp = start_cp(&mesh, "state-down", kubeconfig).await;
     let mut sidecar = client(&mesh, &cp).await;
     let started = std::time::Instant::now();
     let e = sidecar
-        .certify(ask(&csr("shop", "orders"), TOKEN_A))
+        .certify(ask(&csr("shop", "orders"), &api.a))
         .await
         .expect_err("no API, no certificate");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");

@@ -51,6 +51,10 @@ pub struct KubeOptions {
     pub sync_timeout: Duration,
     /// How long [`PolicySource::watch`] gathers changes before it calls back once.
     pub debounce: Duration,
+    /// How long the control plane's writer Lease lasts without renewal
+    /// ([`crate::shared::lease`]): the longest the shared history goes without a writer after
+    /// the writer dies.
+    pub lease_duration: Duration,
 }
 
 impl KubeOptions {
@@ -61,6 +65,7 @@ impl KubeOptions {
             kubeconfig: None,
             sync_timeout: Duration::from_secs(60),
             debounce: Duration::from_millis(100),
+            lease_duration: crate::shared::lease::DEFAULT_LEASE_DURATION,
         }
     }
 }

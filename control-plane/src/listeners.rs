@@ -1,0 +1,55 @@
+//! The control plane's listeners, bound before anything is served (the first failure is the
+//! start's error).
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::server::ServerConfig;
+use crate::sidecar_port::bind_sidecar_listener;
+
+/// The control plane's listeners, bound, with the addresses they got.
+pub(crate) struct Bound {
+    pub(crate) sidecars: TcpListener,
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin: TcpListener,
+    pub(crate) admin_addr: SocketAddr,
+    pub(crate) metrics: Option<TcpListener>,
+    pub(crate) metrics_addr: Option<SocketAddr>,
+}
+
+/// Bind the sidecars' port, the operator API and the optional metrics listener.
+pub(crate) async fn bind(
+    config: &ServerConfig,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<Bound> {
+    let listener = bind_sidecar_listener(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let listen = listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("binding {}", config.admin))?;
+    let admin = admin_listener.local_addr()?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+
+    Ok(Bound {
+        sidecars: listener,
+        listen,
+        admin: admin_listener,
+        admin_addr: admin,
+        metrics: metrics_listener,
+        metrics_addr: metrics,
+    })
+}
