@@ -21,7 +21,11 @@ struct Out {
 
 fn weftctl(args: &[&str]) -> Out {
     let (exit, stdout, stderr) = output_within(
-        Command::new(env!("CARGO_BIN_EXE_weftctl")).args(args),
+        Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(args)
+            .env_remove("WEFT_SERVER")
+            .env_remove("WEFT_ADMIN_TOKEN")
+            .env_remove("WEFT_ADMIN_TOKEN_FILE"),
         Duration::from_secs(30),
     );
     Out {
@@ -328,4 +332,50 @@ fn certs_deny_records_a_serial_the_issuer_then_refuses_to_renew() {
         "{}",
         out.stderr
     );
+}
+
+/// Without `--state-dir` the commands go to the operator API: a bad serial is refused before
+/// anything is sent (exit 1), a control plane that is not there is a connection failure (exit
+/// 2) naming the address, and without an admin token nothing is sent either.
+#[test]
+fn without_a_state_dir_the_commands_go_to_the_operator_api() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let token = tmp.path().join("admin.token");
+    fs::write(&token, "t0ken\n").expect("token");
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let api = ["--server", &server, "--token-file", utf8(&token)];
+
+    let out = weftctl(&[&api[..], &["certs", "deny", "zz:not-hex"]].concat());
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not a certificate serial"),
+        "{}",
+        out.stderr
+    );
+
+    for args in [
+        &["tokens", "list"][..],
+        &["tokens", "create", "orders"],
+        &["tokens", "revoke", "0123456789abcdef"],
+        &["certs", "deny", "0a:1b"],
+    ] {
+        let out = weftctl(&[&api[..], args].concat());
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("cannot reach the control plane") && out.stderr.contains(&server),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+
+    let out = weftctl(&["--server", &server, "tokens", "list"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("no admin token"), "{}", out.stderr);
 }

@@ -33,7 +33,6 @@ use weft_certs::Identity;
 use crate::ca::ca_store::{CaStore, CaStoreOptions};
 pub use crate::ca::issuer::DEFAULT_CERT_LIFETIME;
 use crate::ca::issuer::{Issuer, IssuerOptions};
-use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::tokenreview::{KubeConnection, TokenReviewAttestor};
 use crate::ca::tokens::JoinTokenAttestor;
 pub use crate::limits::{check_admin_address, ServeOptions, SidecarLimits};
@@ -262,9 +261,15 @@ pub async fn start_bounded(
     options: ServeOptions,
 ) -> anyhow::Result<Running> {
     check_admin_address(config.admin, options.insecure_plaintext_admin)?;
-    // With the policy from Kubernetes, tokens, denials and history live there too.
+    // With the policy from Kubernetes, tokens, denials and history live there too; tokens and
+    // denials also when only service account tokens are reviewed there.
     let replicas = Replicas::of(&from).await?;
-    let credentials = shared::credentials(replicas.as_ref(), &config.state_dir);
+    let credentials = shared::credentials(
+        replicas.as_ref(),
+        config.kubernetes_tokens.as_ref(),
+        &config.state_dir,
+    )
+    .await?;
     let ca = ca(&config, options.ca_admission, &credentials).await?;
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
@@ -387,7 +392,6 @@ async fn ca(
     let join_tokens =
         JoinTokenAttestor::with_store(credentials.tokens.clone(), &config.trust_domain)
             .context("join tokens")?;
-    let mut shared_revocations = None;
     let service_account_tokens: Option<Arc<dyn crate::ca::attest::Attestor>> =
         match &config.kubernetes_tokens {
             Some(connection) => {
@@ -396,12 +400,6 @@ async fn ca(
                     .await
                     .context("Kubernetes API for service account tokens")?;
                 log::info!("accepting Kubernetes service account tokens (TokenReview)");
-                // Revocations live in the API too, so every replica sees them.
-                shared_revocations = Some(KubeRevocations::new(
-                    client.clone(),
-                    KubeRevocations::own_namespace(),
-                    tokio::runtime::Handle::current(),
-                ));
                 Some(Arc::new(TokenReviewAttestor::new(
                     client,
                     config.trust_domain.clone(),
@@ -411,7 +409,7 @@ async fn ca(
             None => None,
         };
     let attestor = crate::ca::attest::ByKind::new(Arc::new(join_tokens), service_account_tokens);
-    let mut issuer = Issuer::new(
+    let issuer = Issuer::new(
         store.clone(),
         Arc::new(attestor),
         IssuerOptions {
@@ -421,9 +419,6 @@ async fn ca(
     )
     .context("certificate issuer")?
     .with_denied_serials(credentials.denied.clone());
-    if let Some(shared) = shared_revocations {
-        issuer = issuer.with_shared_revocations(shared);
-    }
     let issuer = Arc::new(issuer);
     // The control plane's own certificate lives as long as the workload certificates it
     // issues, and is renewed the same way.

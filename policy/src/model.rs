@@ -109,6 +109,8 @@ pub struct ControlPlane {
     pub bootstrap_timeout: Duration,
     /// Who may call the app before the first snapshot; `None`: nobody (fail closed).
     pub bootstrap_authorization: Option<Authorization>,
+    /// Where the mesh's roots come from.
+    pub trust_bundle: crate::wire::TrustBundleSource,
 }
 
 /// What belongs to one sidecar and never comes from the control plane.

@@ -60,6 +60,7 @@ impl Validator<'_> {
                 .filter(|f| !f.is_empty())
                 .map(|f| self.base.join(f)),
             bootstrap_timeout,
+            trust_bundle: cp.trust_bundle.unwrap_or_default(),
         })
     }
 

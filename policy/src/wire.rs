@@ -366,6 +366,25 @@ pub struct ControlPlane {
     /// Left out, inbound requests are refused (503 `no_policy`) until then: fail closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_authorization: Option<Authorization>,
+    /// Where the mesh's roots come from (default `pushed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<TrustBundleSource>,
+}
+
+/// Where a sidecar in control-plane mode takes the mesh's roots from. A serde enum, so an
+/// unknown value is an error at its line and column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustBundleSource {
+    /// The control plane's snapshots carry the roots; the sidecar writes them to
+    /// `tls.trust_bundle` and trusts a new root at once (local mode, `weft up`).
+    #[default]
+    Pushed,
+    /// `tls.trust_bundle` alone, kept by someone else (on Kubernetes the `weft-trust-bundle`
+    /// ConfigMap, mounted read only): the sidecar reloads it when it changes and never writes
+    /// it; a pushed bundle with other roots is logged and shown as
+    /// `weft_trust_bundle_differs 1`, never applied and never a NACK.
+    Mounted,
 }
 
 /// Listener addresses; each has a default.

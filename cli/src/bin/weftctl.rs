@@ -1,15 +1,16 @@
 //! `weftctl`: command-line tool of the Weft service mesh.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use weft_cli::credentials::{CredentialsError, Place};
 use weft_cli::ctl::{self, Command as CtlCommand};
 use weft_control_plane::ca::certs::{self, CertsError};
-use weft_control_plane::ca::denied::{normalize_serial, DeniedError, DeniedSerials};
-use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo};
+use weft_control_plane::ca::denied::normalize_serial;
+use weft_control_plane::ca::tokens::{NewToken, Revocation, TokenInfo};
 use weft_control_plane::operator::client::{self as api, Connection};
 
 /// Exit status of input that is invalid or refused: calling again unchanged cannot help.
@@ -31,7 +32,8 @@ const EXIT_FAILURE: u8 = api::EXIT_FAILURE;
                   Operator commands (validate needs no server) talk to the control plane's \
                   operator API: --server (or WEFT_SERVER; default http://127.0.0.1:7071) and \
                   the admin token from --token-file (or WEFT_ADMIN_TOKEN_FILE, or the token \
-                  itself in WEFT_ADMIN_TOKEN)."
+                  itself in WEFT_ADMIN_TOKEN). So do `tokens` and `certs deny` without \
+                  --state-dir (on Kubernetes the only way: the state lives in the API)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -45,8 +47,8 @@ enum Command {
     /// Manage the mesh CA and workload certificates kept in a directory.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Manage join tokens: how a service's sidecar proves who it is to the control plane in
-    /// local mode.
+    /// Manage join tokens: how a service's sidecar proves who it is to the control plane
+    /// without a Kubernetes service account token.
     #[command(subcommand)]
     Tokens(TokensCommand),
     #[command(flatten)]
@@ -85,12 +87,13 @@ enum CertsCommand {
         #[arg(long, default_value_t = 24)]
         hours: u64,
     },
-    /// Deny a workload certificate's serial: the control plane of DIR refuses to renew it
-    /// from now on (the certificate itself works until it expires).
+    /// Deny a workload certificate's serial: the control plane refuses to renew it from now
+    /// on, at every replica (the certificate itself works until it expires).
     Deny {
-        /// The control plane's state directory.
+        /// The control plane's state directory (local mode, beside the server); without it,
+        /// the control plane's operator API (--server).
         #[arg(long)]
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
         /// The serial, hexadecimal (colons allowed), as the control plane logs it on issue
         /// or `openssl x509 -serial` prints it.
         serial: String,
@@ -107,9 +110,10 @@ enum TokensCommand {
     /// Create a join token for SERVICE and print it (once: only its hash is kept) on standard
     /// output.
     Create {
-        /// The control plane's state directory (created if missing).
+        /// The control plane's state directory (local mode, beside the server; created if
+        /// missing); without it, the control plane's operator API (--server).
         #[arg(long)]
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
         /// The service whose sidecar will present the token.
         service: String,
         /// Namespace of the identity the token proves.
@@ -126,15 +130,17 @@ enum TokensCommand {
     },
     /// List join tokens (ids, identities, status; never secrets).
     List {
-        /// The control plane's state directory.
+        /// The control plane's state directory (local mode, beside the server); without it,
+        /// the control plane's operator API (--server).
         #[arg(long)]
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
     },
     /// Revoke a join token: it is refused from now on.
     Revoke {
-        /// The control plane's state directory.
+        /// The control plane's state directory (local mode, beside the server); without it,
+        /// the control plane's operator API (--server).
         #[arg(long)]
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
         /// Id of the token (as `weftctl tokens list` shows it), or the whole token.
         id: String,
     },
@@ -162,7 +168,7 @@ fn main() -> ExitCode {
     if let Command::Ops(command) = cli.command {
         return run_ops(&cli.connection, command);
     }
-    match run(cli.command) {
+    match run(&cli.connection, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weftctl: {}", message(&e));
@@ -210,35 +216,39 @@ fn message(e: &anyhow::Error) -> String {
 
 /// 1 when some error in the chain says the request was invalid, else 2.
 fn exit_status(e: &anyhow::Error) -> u8 {
-    let invalid = e.chain().any(|cause| {
-        cause
+    for cause in e.chain() {
+        if let Some(e) = cause.downcast_ref::<CredentialsError>() {
+            return e.exit_code();
+        }
+        if cause
             .downcast_ref::<CertsError>()
             .is_some_and(CertsError::is_invalid_request)
-            || cause
-                .downcast_ref::<TokenError>()
-                .is_some_and(TokenError::is_invalid_request)
-            || matches!(
-                cause.downcast_ref::<DeniedError>(),
-                Some(DeniedError::BadSerial(_))
-            )
-    });
-    if invalid {
-        EXIT_INVALID
-    } else {
-        EXIT_FAILURE
+        {
+            return EXIT_INVALID;
+        }
     }
+    EXIT_FAILURE
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(connection: &Connection, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Certs(command) => run_certs(command),
-        Command::Tokens(command) => run_tokens(command),
+        Command::Certs(command) => run_certs(connection, command),
+        Command::Tokens(command) => block_on(run_tokens(connection, command)),
         // Handled by run_ops before.
         Command::Ops(_) => Ok(()),
     }
 }
 
-fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
+/// Runs `f` on a small single-threaded runtime (the operator API's client is async).
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?
+        .block_on(f)
+}
+
+fn run_certs(connection: &Connection, command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init {
             dir,
@@ -263,15 +273,21 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
             println!("{report}");
         }
         CertsCommand::Deny { state_dir, serial } => {
-            let denied = DeniedSerials::new(&state_dir);
-            if denied.deny(&serial).context("cannot deny the serial")? {
+            let place = Place::new(state_dir, connection);
+            let newly = block_on(async {
+                Ok(place
+                    .deny(&serial)
+                    .await
+                    .context("cannot deny the serial")?)
+            })?;
+            let serial = normalize_serial(&serial)?;
+            if newly {
                 println!(
-                    "denied serial {}: the control plane of {} no longer renews it",
-                    normalize_serial(&serial)?,
-                    state_dir.display()
+                    "denied serial {serial}: {} no longer renews it",
+                    place.describe()
                 );
             } else {
-                println!("serial {} was already denied", normalize_serial(&serial)?);
+                println!("serial {serial} was already denied");
             }
         }
         CertsCommand::Show { file } => {
@@ -302,7 +318,7 @@ fn parse_ttl(text: &str) -> Result<Ttl, String> {
     }
 }
 
-fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
+async fn run_tokens(connection: &Connection, command: TokensCommand) -> anyhow::Result<()> {
     match command {
         TokensCommand::Create {
             state_dir,
@@ -327,9 +343,10 @@ fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
                 service_account,
                 ttl,
             };
-            let store = JoinTokenStore::new(&state_dir);
-            let created = store
+            let place = Place::new(state_dir, connection);
+            let created = place
                 .create(&request)
+                .await
                 .context("cannot create the join token")?;
             // Only the token on standard output, so `TOKEN=$(weftctl tokens create ...)` works.
             println!("{}", created.token);
@@ -338,7 +355,7 @@ fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
                 "created join token {} for service {}",
                 info.id, info.service
             );
-            match trust_domain(&state_dir).and_then(|td| info.identity(&td).ok()) {
+            match &created.identity {
                 Some(identity) => eprintln!("identity: {identity}"),
                 None => eprintln!(
                     "identity: namespace {}, service account {} (in the control plane's trust domain)",
@@ -348,21 +365,25 @@ fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
             eprintln!("expires:  {}", expiry(info.expires));
             eprintln!(
                 "The token is shown only now; {} keeps only its hash.",
-                store.path().display()
+                place.describe()
             );
         }
         TokensCommand::List { state_dir } => {
-            let store = JoinTokenStore::new(&state_dir);
-            let tokens = store.list().context("cannot list join tokens")?;
+            let place = Place::new(state_dir, connection);
+            let tokens = place.list().await.context("cannot list join tokens")?;
             if tokens.is_empty() {
-                eprintln!("no join tokens in {}", state_dir.display());
+                eprintln!("no join tokens in {}", place.describe());
             } else {
                 print!("{}", token_table(&tokens, SystemTime::now()));
             }
         }
         TokensCommand::Revoke { state_dir, id } => {
-            let store = JoinTokenStore::new(&state_dir);
-            match store.revoke(&id).context("cannot revoke the join token")? {
+            let place = Place::new(state_dir, connection);
+            let revoked = place
+                .revoke(&id)
+                .await
+                .context("cannot revoke the join token")?;
+            match revoked {
                 Revocation::Revoked(info) => println!(
                     "revoked join token {} (service {}, namespace {})",
                     info.id, info.service, info.namespace
@@ -375,16 +396,6 @@ fn run_tokens(command: TokensCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The trust domain of the root in `state_dir`, if there is one yet.
-fn trust_domain(state_dir: &Path) -> Option<String> {
-    let pem = std::fs::read_to_string(state_dir.join(certs::CA_CERT_FILE)).ok()?;
-    let der = weft_certs::parse_cert_chain_pem(&pem)
-        .ok()?
-        .into_iter()
-        .next()?;
-    weft_certs::trust_domain_from_ca_cert_der(&der).ok()
 }
 
 fn expiry(expires: Option<SystemTime>) -> String {

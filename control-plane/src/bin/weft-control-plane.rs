@@ -92,6 +92,10 @@ struct Args {
     /// Operator-supplied CA key (PEM).
     #[arg(long, requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// More roots to trust but not sign with (PEM file, repeatable): the previous root while a
+    /// rotation overlaps. Pushed to sidecars with the signing root.
+    #[arg(long, value_name = "PEM")]
+    extra_roots: Vec<PathBuf>,
     /// How long a disconnected sidecar's endpoint stays registered.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -202,6 +206,7 @@ fn main() {
     let (options, webhook_limits) = bounds(&args);
     let mut ca = CaStoreOptions {
         max_identity_age: Some(args.max_identity_age),
+        extra_roots: args.extra_roots,
         ..CaStoreOptions::default()
     };
     if let (Some(cert), Some(key)) = (args.ca_cert, args.ca_key) {

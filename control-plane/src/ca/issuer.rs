@@ -16,7 +16,6 @@ use crate::ca::admission::{Admission, Limits};
 use crate::ca::attest::{AttestError, Attestor, Credential};
 use crate::ca::ca_store::CaStore;
 use crate::ca::denied::DeniedSerials;
-use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::provenance::{Provenance, Source, PROVENANCE_OID};
 
 /// Lifetime of workload certificates unless configured otherwise.
@@ -192,7 +191,6 @@ pub struct Issuer {
     cert_lifetime: Duration,
     first: Admission,
     renewal: Admission,
-    shared: Option<KubeRevocations>,
     denied: DeniedSerials,
 }
 
@@ -221,7 +219,6 @@ impl Issuer {
             cert_lifetime: lifetime,
             first: Admission::new(options.admission),
             renewal: Admission::new(options.admission),
-            shared: None,
             denied: DeniedSerials::new(store.state_dir()),
             store,
         })
@@ -241,15 +238,7 @@ impl Issuer {
     pub fn issue(&self, credential: &Credential, csr_pem: &str) -> Result<Issued, IssueError> {
         let identity = self.attest(credential)?;
         let provenance = Provenance::now(source_of(credential));
-        self.check_shared(None, &provenance.source)?;
         self.sign(identity, &provenance, csr_pem)
-    }
-
-    /// Also consult the revocations every replica shares (on Kubernetes, a ConfigMap): its
-    /// denied serials and revoked join tokens, on every call.
-    pub fn with_shared_revocations(mut self, shared: KubeRevocations) -> Self {
-        self.shared = Some(shared);
-        self
     }
 
     /// Take denied serials from `denied` instead of the state directory (on Kubernetes, the
@@ -257,27 +246,6 @@ impl Issuer {
     pub fn with_denied_serials(mut self, denied: DeniedSerials) -> Self {
         self.denied = denied;
         self
-    }
-
-    /// Refuses a denied `serial` or a revoked join token per the shared revocations, if any.
-    fn check_shared(&self, serial: Option<&str>, source: &Source) -> Result<(), IssueError> {
-        let Some(shared) = &self.shared else {
-            return Ok(());
-        };
-        let revoked = shared.read().map_err(IssueError::DeniedList)?;
-        if let Some(serial) = serial.filter(|s| revoked.serial_denied(s)) {
-            return Err(IssueError::Denied {
-                serial: serial.to_owned(),
-            });
-        }
-        match source {
-            Source::JoinToken(id) if revoked.token_revoked(id) => {
-                Err(IssueError::BadCredential(AttestError::Revoked {
-                    id: id.clone(),
-                }))
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Renews the certificate `current` (DER; its chain and possession of its key already
@@ -317,7 +285,6 @@ impl Issuer {
             }
             None => self.recheck(current, &identity)?,
         };
-        self.check_shared(Some(&serial), &provenance.source)?;
         self.sign(identity, &provenance, csr_pem)
     }
 

@@ -10,7 +10,6 @@ pub mod ca_store;
 pub mod certs;
 pub mod denied;
 pub mod issuer;
-pub mod kube_revocations;
 pub mod provenance;
 pub mod tokenreview;
 pub mod tokens;

@@ -68,6 +68,10 @@ pub fn sidecar_config(
             bootstrap_timeout: None,
             // Fail closed until the first snapshot: the pod is not ready before it either.
             bootstrap_authorization: None,
+            // The roots are the weft-trust-bundle ConfigMap's, mounted read only: one place,
+            // which every pod of the namespace reads and the operator rotates
+            // (docs/KUBERNETES.md, "Rotating the mesh CA").
+            trust_bundle: Some(wire::TrustBundleSource::Mounted),
         }),
         services: Vec::new(),
         routes: Vec::new(),

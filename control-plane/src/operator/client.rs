@@ -149,6 +149,28 @@ pub async fn get(conn: &Connection, path: &str) -> Result<Value, CtlError> {
     Api::new(conn)?.get(path).await
 }
 
+/// `POST path` with the JSON `body` on the operator API: the answer's JSON, or the error a
+/// command reports (for commands built on the API, such as `weftctl tokens`).
+pub async fn post(conn: &Connection, path: &str, body: &Value) -> Result<Value, CtlError> {
+    Api::new(conn)?.post(path, body, &mut std::io::sink()).await
+}
+
+/// The operator API's URL `conn` names: `--server`, else [`SERVER_ENV`], else
+/// [`DEFAULT_SERVER`]; `http://` when no scheme is given.
+pub fn server_url(conn: &Connection) -> String {
+    let server = conn
+        .server
+        .clone()
+        .or_else(|| std::env::var(SERVER_ENV).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    let base = if server.contains("://") {
+        server
+    } else {
+        format!("http://{server}")
+    };
+    base.trim_end_matches('/').to_owned()
+}
+
 /// Run `command`, writing its output to `out`.
 pub async fn run(
     conn: &Connection,
@@ -292,22 +314,12 @@ fn read_token(path: &Path) -> Result<String, CtlError> {
 
 impl Api {
     fn new(conn: &Connection) -> Result<Self, CtlError> {
-        let server = conn
-            .server
-            .clone()
-            .or_else(|| std::env::var(SERVER_ENV).ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-        let base = if server.contains("://") {
-            server
-        } else {
-            format!("http://{server}")
-        };
+        let base = server_url(conn);
         if !base.starts_with("http://") {
             return Err(CtlError::Usage(format!(
                 "--server {base}: only http:// (the operator API listens on loopback)"
             )));
         }
-        let base = base.trim_end_matches('/').to_owned();
         // The flag first, then the token itself, then the token file from the environment.
         let token = match (&conn.token_file, std::env::var(TOKEN_ENV).ok()) {
             (Some(path), _) => read_token(path)?,

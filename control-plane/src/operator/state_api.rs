@@ -62,8 +62,10 @@ fn rfc3339(t: Option<SystemTime>) -> Option<String> {
     t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-fn info_json(info: &TokenInfo) -> serde_json::Value {
+/// A token as the API lists it; `identity` is the SPIFFE ID it proves in `trust_domain`.
+fn info_json(info: &TokenInfo, trust_domain: &str) -> serde_json::Value {
     serde_json::json!({
+        "identity": info.identity(trust_domain).ok().map(|i| i.to_string()),
         "id": info.id,
         "service": info.service,
         "namespace": info.namespace,
@@ -132,11 +134,13 @@ pub(crate) async fn handle(
     path: &str,
 ) -> Result<Response, Refusal> {
     let c = admin.credentials.clone();
+    let td = admin.hub.trust_domain().to_owned();
+    let info_json = |info: &TokenInfo| info_json(info, &td);
     let ok = |v: serde_json::Value| Ok(json(StatusCode::OK, &v));
     match (method, path) {
         (&Method::GET, "/v1/tokens") => {
             let list = blocking(move || c.tokens.list().map_err(token_error)).await?;
-            ok(serde_json::json!({"tokens": list.iter().map(info_json).collect::<Vec<_>>()}))
+            ok(serde_json::json!({"tokens": list.iter().map(&info_json).collect::<Vec<_>>()}))
         }
         (&Method::POST, "/v1/tokens") => {
             let body: CreateRequest = body_json(req).await?;

@@ -20,6 +20,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_DOC_BYTES: usize = 900 * 1024;
 /// The label on every object kept here.
 pub const LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "weft-control-plane");
+/// The control plane's namespace when `POD_NAMESPACE` is not set.
+pub const DEFAULT_NAMESPACE: &str = "weft-system";
+
+/// The control plane's own namespace, where its shared state lives: `POD_NAMESPACE` (the
+/// downward API), else [`DEFAULT_NAMESPACE`].
+pub fn own_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+}
 
 /// Documents in the Kubernetes API, read and written from blocking threads.
 #[derive(Clone)]

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::ca::denied::DeniedSerials;
-use crate::ca::kube_revocations::KubeRevocations;
 use crate::ca::tokenreview::KubeConnection;
 use crate::ca::tokens::JoinTokenStore;
 use crate::operator::history::History;
@@ -65,7 +64,7 @@ impl Replicas {
             .client()
             .await
             .context("Kubernetes API for the shared control-plane state")?;
-        let namespace = KubeRevocations::own_namespace();
+        let namespace = crate::shared::kube::own_namespace();
         let docs: Docs = Arc::new(KubeDocs::new(
             client.clone(),
             namespace.clone(),
@@ -122,13 +121,36 @@ impl Replicas {
     }
 }
 
-/// The join tokens and denied serials: `replicas`' shared ones, else `state_dir`'s.
-pub fn credentials(replicas: Option<&Replicas>, state_dir: &Path) -> Credentials {
-    match replicas {
-        Some(r) => r.credentials(),
-        None => Credentials {
+/// The join tokens and denied serials, in one place whatever the mode: `replicas`' shared
+/// ones; else, when the control plane reviews service account tokens through `tokens_api`,
+/// the same documents in that API (it runs on Kubernetes, where its state directory is one
+/// replica's `emptyDir`); else `state_dir`'s. Must be called on the runtime the stores drive
+/// their calls on.
+pub async fn credentials(
+    replicas: Option<&Replicas>,
+    tokens_api: Option<&KubeConnection>,
+    state_dir: &Path,
+) -> anyhow::Result<Credentials> {
+    if let Some(r) = replicas {
+        return Ok(r.credentials());
+    }
+    let Some(connection) = tokens_api else {
+        return Ok(Credentials {
             tokens: JoinTokenStore::new(state_dir),
             denied: DeniedSerials::new(state_dir),
-        },
-    }
+        });
+    };
+    let client = connection
+        .client()
+        .await
+        .context("Kubernetes API for join tokens and denied serials")?;
+    let docs: Docs = Arc::new(KubeDocs::new(
+        client,
+        crate::shared::kube::own_namespace(),
+        tokio::runtime::Handle::current(),
+    ));
+    Ok(Credentials {
+        tokens: JoinTokenStore::in_store(docs.clone()),
+        denied: DeniedSerials::in_store(docs),
+    })
 }

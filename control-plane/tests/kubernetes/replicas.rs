@@ -27,6 +27,7 @@ struct Replica {
     listen: SocketAddr,
     admin: SocketAddr,
     token: String,
+    token_file: PathBuf,
     log: PathBuf,
 }
 
@@ -96,14 +97,15 @@ async fn replica(mesh: &Mesh, name: &str, kubeconfig: &Path) -> Replica {
             .stderr(std::fs::File::create(&log).expect("log")),
     )
     .expect("spawn");
+    let token_file = state.join("admin.token");
     let mut r = Replica {
         process,
         listen,
         admin,
         token: String::new(),
+        token_file: token_file.clone(),
         log,
     };
-    let token_file = state.join("admin.token");
     r.token = wait::until_async("the replica's admin token", Duration::from_secs(30), || {
         let t = std::fs::read_to_string(&token_file).ok();
         async move { t.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) }
@@ -122,6 +124,11 @@ async fn replica(mesh: &Mesh, name: &str, kubeconfig: &Path) -> Replica {
 impl Replica {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `weftctl ARGS` against this replica's operator API: its standard output.
+    async fn weftctl(&self, args: &[&str]) -> String {
+        super::ctl::ok(self.admin, &self.token_file, args).await
     }
 
     /// The process id the Lease names this replica by.
@@ -173,23 +180,25 @@ async fn agreed(a: &Replica, b: &Replica, entries: usize) -> Value {
 }
 
 /// A token created through `a` joins through `b`; revoked through `b`, `a` refuses it and the
-/// renewal of the certificate it obtained.
+/// renewal of the certificate it obtained. Operators' calls are the real `weftctl`'s.
 async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replica) {
     // A token created through A joins through B.
-    let (status, created) = call(
-        a,
-        "POST",
-        "/v1/tokens",
-        Some(json!({"service": "frontend", "namespace": "shop"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}\n{}", a.log());
-    let token = created["token"].as_str().expect("the token").to_owned();
+    let token = a
+        .weftctl(&["tokens", "create", "frontend", "--namespace", "shop"])
+        .await;
+    let token = token.trim();
     assert!(
         api.get_in("Secret", "weft-system", "weft-join-tokens")["data"]
             .to_string()
             .len()
             > 10
+    );
+    // Listed the same through both.
+    let listed = b.weftctl(&["tokens", "list"]).await;
+    assert_eq!(listed, a.weftctl(&["tokens", "list"]).await);
+    assert!(
+        listed.contains(&token[5..21]) && listed.contains("active"),
+        "{listed}"
     );
     let (csr_pem, key) = weft_certs::generate_csr(
         &weft_certs::Identity::new(TD, "shop", "frontend").expect("identity"),
@@ -197,7 +206,7 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
     .expect("csr");
     let issued = client_at(mesh, b.listen, None)
         .await
-        .certify(ask(&csr_pem, &token))
+        .certify(ask(&csr_pem, token))
         .await
         .unwrap_or_else(|e| panic!("B accepts A's token: {e:?}\n{}", b.log()))
         .into_inner();
@@ -208,18 +217,14 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
         .await
         .expect("A renews it, by certificate");
 
-    // Revoked through B: A refuses the token, and the renewal of what it obtained.
-    let (status, v) = call(
-        b,
-        "POST",
-        "/v1/tokens/revoke",
-        Some(json!({"id": created["id"]})),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    // Revoked through B (by the whole token: only its id is sent): A refuses the token, and
+    // the renewal of what it obtained.
+    let said = b.weftctl(&["tokens", "revoke", token]).await;
+    assert!(said.starts_with("revoked join token"), "{said}");
+    assert!(a.weftctl(&["tokens", "list"]).await.contains("revoked"));
     let e = client_at(mesh, a.listen, None)
         .await
-        .certify(ask(&csr("shop", "frontend"), &token))
+        .certify(ask(&csr("shop", "frontend"), token))
         .await
         .expect_err("A refuses a token revoked through B");
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -231,30 +236,28 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
     assert!(e.message().contains("revoked"), "{}", e.message());
 }
 
-/// A serial denied through `a` is refused on renewal by `b`.
+/// A serial denied through `a` (with `weftctl certs deny`) is refused on renewal by `b`.
 async fn denials_are_shared(mesh: &Mesh, a: &Replica, b: &Replica) {
-    let (_, other) = call(
-        b,
-        "POST",
-        "/v1/tokens",
-        Some(json!({"service": "orders", "namespace": "shop"})),
-    )
-    .await;
+    let other = b
+        .weftctl(&["tokens", "create", "orders", "--namespace", "shop"])
+        .await;
     let (csr2, key2) = weft_certs::generate_csr(
         &weft_certs::Identity::new(TD, "shop", "orders").expect("identity"),
     )
     .expect("csr");
     let cert = client_at(mesh, a.listen, None)
         .await
-        .certify(ask(&csr2, other["token"].as_str().expect("token")))
+        .certify(ask(&csr2, other.trim()))
         .await
         .expect("B's token through A")
         .into_inner()
         .cert_chain_pem;
     let chain = weft_certs::parse_cert_chain_pem(&cert).expect("chain");
     let serial = weft_certs::serial_hex_from_cert_der(&chain[0]).expect("serial");
-    let (status, v) = call(a, "POST", "/v1/certs/deny", Some(json!({"serial": serial}))).await;
-    assert_eq!(status, 200, "{v}");
+    let said = a.weftctl(&["certs", "deny", &serial]).await;
+    assert!(said.contains("no longer renews"), "{said}");
+    let again = b.weftctl(&["certs", "deny", &serial]).await;
+    assert!(again.contains("already denied"), "{again}");
     let e = client_at(mesh, b.listen, Some((&cert, &key2)))
         .await
         .certify(ask(&csr2, ""))

@@ -21,7 +21,6 @@ use weft_api::v1::CertifyRequest;
 use weft_certs::{CertificateAuthority, Identity};
 use weft_control_plane::ca::ca_store::{CaStoreOptions, RootSource};
 use weft_control_plane::ca::tokenreview::KubeConnection;
-use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
 use weft_kube_standin::{kubeconfig, ApiServer};
 
@@ -269,12 +268,25 @@ async fn service_account_tokens_get_exactly_their_service_account_identity() {
     }
     assert_eq!(api.server.reviews(), 5, "one review per call");
 
-    // Join tokens keep working beside service account tokens, without asking the API.
-    let join = JoinTokenStore::new(mesh.dir.path().join("state"))
-        .create(&NewToken::new("frontend"))
-        .expect("join token");
+    // Join tokens keep working beside service account tokens, without a TokenReview; created
+    // as an operator does on Kubernetes (weftctl through the operator API: the tokens live in
+    // the Kubernetes API, not in this replica's state directory).
+    let join = super::ctl::ok(
+        cp.admin,
+        &cp.admin_token_file,
+        &["tokens", "create", "frontend"],
+    )
+    .await;
+    assert!(
+        !mesh.dir.path().join("state/join-tokens.json").exists(),
+        "no token in the replica's own directory"
+    );
+    assert!(api
+        .server
+        .try_get_in("Secret", "weft-system", "weft-join-tokens")
+        .is_some());
     let issued = sidecar
-        .certify(ask(&csr("default", "frontend"), &join.token))
+        .certify(ask(&csr("default", "frontend"), join.trim()))
         .await
         .expect("join token accepted")
         .into_inner();
@@ -361,11 +373,15 @@ async fn a_serial_denied_in_the_api_is_refused_by_every_replica() {
             .expect("renews before the denial");
     }
 
-    // Denied where every replica looks: the API (as `kubectl edit` would write it).
-    api.server
-        .put(serde_json::json!({"kind": "ConfigMap", "apiVersion": "v1",
-        "metadata": {"name": "weft-revocations", "namespace": "weft-system"},
-        "data": {"denied-serials": format!("0123\n{}\n", serial.to_uppercase())}}));
+    // Denied through one replica with the real weftctl, as an operator does: into the API
+    // every replica reads.
+    let said = super::ctl::ok(
+        one.admin,
+        &one.admin_token_file,
+        &["certs", "deny", &serial.to_uppercase()],
+    )
+    .await;
+    assert!(said.contains("no longer renews"), "{said}");
     let reads = api.server.gets("configmaps");
     for cp in [&one, &two] {
         let e = client_with(&mesh, cp, held)

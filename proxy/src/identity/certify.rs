@@ -507,8 +507,11 @@ pub async fn rotate(store: Arc<Store>, cp: ControlPlane, renewed: watch::Sender<
 }
 
 /// Take the trust bundle of a control-plane snapshot: refuse an empty or unparsable one (the
-/// error is the NACK reason); if its roots differ from `tls.trust_bundle`'s, write it there
-/// atomically and rebuild, so a second root (CA rotation) is trusted at once.
+/// error is the NACK reason). With `control_plane.trust_bundle: pushed`, if its roots differ
+/// from `tls.trust_bundle`'s, write it there atomically and rebuild, so a second root (CA
+/// rotation) is trusted at once. With `mounted` the file is someone else's (a read-only
+/// ConfigMap on Kubernetes) and the only source: nothing is written, and a difference is
+/// logged and shown in `weft_trust_bundle_differs`.
 pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
     if pem.trim().is_empty() {
         return Err("the snapshot's trust bundle is empty".to_owned());
@@ -524,7 +527,27 @@ pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
     }
     // Compared with the roots in force (in memory), not with the file.
     let current = material::trust_bundle(&store.trust_bundle_pem(), &path).ok();
-    if current.as_ref() == Some(&roots) {
+    let differs = current.as_ref() != Some(&roots);
+    let mounted = store
+        .load()
+        .control_plane
+        .as_ref()
+        .is_some_and(|cp| cp.trust_bundle == weft_policy::wire::TrustBundleSource::Mounted);
+    if mounted {
+        let gauge = &store.metrics.trust_bundle_differs;
+        if differs && gauge.get() == 0 {
+            log::warn!(
+                "the control plane's trust bundle ({} root(s)) differs from the mounted {}: \
+                 kept the mounted one (control_plane.trust_bundle: mounted); a CA rotation \
+                 must add the new root to the mounted bundle first",
+                roots.len(),
+                path.display()
+            );
+        }
+        gauge.set(i64::from(differs));
+        return Ok(());
+    }
+    if !differs {
         return Ok(());
     }
     store

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub control_plane_snapshots: IntCounterVec,
     /// Snapshot fields ignored because this sidecar does not know them.
     pub control_plane_unknown_fields: IntCounter,
+    /// 1 while the last pushed trust bundle's roots differ from the mounted ones in force.
+    pub trust_bundle_differs: IntGauge,
     /// Certificate expiry, Unix seconds.
     pub cert_expiry: Gauge,
     /// Inbound handshakes, `result` = ok | refused.
@@ -177,6 +179,10 @@ impl Metrics {
             names::CONTROL_PLANE_CONNECTED,
             "1 while connected to the control plane, else 0.",
         )?;
+        let trust_bundle_differs = IntGauge::new(
+            names::TRUST_BUNDLE_DIFFERS,
+            "1 while the control plane's roots differ from the mounted trust bundle in force.",
+        )?;
         let control_plane_snapshots = IntCounterVec::new(
             Opts::new(
                 names::CONTROL_PLANE_SNAPSHOTS,
@@ -232,6 +238,7 @@ impl Metrics {
         registry.register(Box::new(control_plane_connected.clone()))?;
         registry.register(Box::new(control_plane_snapshots.clone()))?;
         registry.register(Box::new(control_plane_unknown_fields.clone()))?;
+        registry.register(Box::new(trust_bundle_differs.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(tcp_opened.clone()))?;
@@ -350,6 +357,7 @@ impl Metrics {
             control_plane_connected,
             control_plane_snapshots,
             control_plane_unknown_fields,
+            trust_bundle_differs,
             cert_expiry,
             tls_handshakes,
             connections_refused,

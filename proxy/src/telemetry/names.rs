@@ -23,6 +23,9 @@ pub const CONTROL_PLANE_SNAPSHOTS: &str = weft!("control_plane_snapshots_total")
 /// Fields of control-plane snapshots this sidecar does not know and ignored (a newer control
 /// plane's), summed over snapshots (counter).
 pub const CONTROL_PLANE_UNKNOWN_FIELDS: &str = weft!("control_plane_unknown_fields_total");
+/// 1 while the roots the control plane pushes differ from the mounted trust bundle in force
+/// (`control_plane.trust_bundle: mounted`), else 0 (gauge).
+pub const TRUST_BUNDLE_DIFFERS: &str = weft!("trust_bundle_differs");
 /// When the workload certificate expires, Unix seconds (gauge).
 pub const CERT_EXPIRY: &str = weft!("certificate_expiry_timestamp_seconds");
 /// Workload certificate renewals with the control plane, by result (counter).

@@ -47,6 +47,7 @@ fn spawn_sidecar(
             app,
             cp,
             token: None,
+            mounted_bundle: None,
         },
     )
 }
@@ -65,7 +66,7 @@ pub(crate) fn policy(v1: u32, v2: u32) -> String {
 }
 
 /// Write a policy file atomically (write, then rename), as operators' tooling should.
-fn write_policy(dir: &Path, name: &str, text: &str) {
+pub(crate) fn write_policy(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, dir.join(name)).expect("rename");
@@ -513,6 +514,7 @@ async fn a_pushed_tcp_service_gets_its_dedicated_port_without_a_restart() {
             app,
             cp: cp.listen,
             token: None,
+            mounted_bundle: None,
         },
     );
     db.wait_ready().await;

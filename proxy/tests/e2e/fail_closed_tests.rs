@@ -25,6 +25,7 @@ async fn orders_without_control_plane(pki: &Pki, protocol: &str, app: SocketAddr
             app,
             cp: SocketAddr::from(([127, 0, 0, 1], free_port())),
             token: None,
+            mounted_bundle: None,
         },
     );
     s.wait_listening().await;

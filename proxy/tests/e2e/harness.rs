@@ -912,6 +912,9 @@ pub struct CpSidecar<'a> {
     pub cp: SocketAddr,
     /// A join token file.
     pub token: Option<&'a Path>,
+    /// A trust bundle of its own, `control_plane.trust_bundle: mounted` (as injected on
+    /// Kubernetes); `None`: the shared `ca.crt`, pushed.
+    pub mounted_bundle: Option<&'a Path>,
 }
 
 /// A sidecar process that takes its policy from the control plane.
@@ -925,6 +928,7 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
         app,
         cp,
         token,
+        mounted_bundle,
     } = spec;
     let (outbound, inbound, admin) = (ANY_PORT, ANY_PORT, ANY_PORT);
     let tag = unique_tag(name);
@@ -946,7 +950,8 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
         tls: wire::Tls {
             cert: format!("{cert}.crt"),
             key: format!("{cert}.key"),
-            trust_bundle: "ca.crt".to_owned(),
+            trust_bundle: mounted_bundle
+                .map_or_else(|| "ca.crt".to_owned(), |b| b.display().to_string()),
         },
         drain_timeout: Some("10s".to_owned()),
         control_plane: Some(wire::ControlPlane {
@@ -956,6 +961,7 @@ pub fn spawn_cp_sidecar(pki: &Pki, spec: CpSidecar<'_>) -> Sidecar {
             join_token_file: token.map(|t| t.display().to_string()),
             bootstrap_timeout: token.map(|_| "3s".to_owned()),
             bootstrap_authorization: None,
+            trust_bundle: mounted_bundle.map(|_| wire::TrustBundleSource::Mounted),
         }),
         ..Default::default()
     };

@@ -74,6 +74,7 @@ fn spawn_sidecar(
             app,
             cp,
             token,
+            mounted_bundle: None,
         },
     )
 }
@@ -397,6 +398,7 @@ async fn certify_client(
         join_token_file: None,
         bootstrap_timeout: Duration::from_secs(1),
         bootstrap_authorization: None,
+        trust_bundle: None,
     };
     let channel = weft_proxy::control::channel::connect(&target, tls)
         .await

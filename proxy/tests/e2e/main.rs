@@ -21,6 +21,7 @@ mod resilience_tests;
 mod routing_tests;
 mod tls_tests;
 mod trace_tests;
+mod trust_bundle_tests;
 
 use harness::*;
 
