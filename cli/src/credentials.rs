@@ -226,8 +226,8 @@ mod tests {
         let info = info_from_json(&v).expect("valid");
         assert_eq!(info.namespace, "shop");
         assert_eq!(
-            info.expires.expect("expires").duration_since(info.created),
-            Ok(Duration::from_secs(24 * 3600))
+            info.expires.expect("expires").duration_since(info.created).ok(),
+            Some(Duration::from_secs(24 * 3600))
         );
         assert!(info.revoked.is_none());
         let mut bad = v.clone();

@@ -398,7 +398,7 @@ async fn certify_client(
         join_token_file: None,
         bootstrap_timeout: Duration::from_secs(1),
         bootstrap_authorization: None,
-        trust_bundle: None,
+        trust_bundle: weft_policy::wire::TrustBundleSource::Pushed,
     };
     let channel = weft_proxy::control::channel::connect(&target, tls)
         .await
