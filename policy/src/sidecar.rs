@@ -176,6 +176,7 @@ impl Validator<'_> {
             protocol: protocol?,
             rate_limit,
             labels: raw.labels,
+            egress: raw.egress.unwrap_or_default(),
         })
     }
 
