@@ -262,6 +262,8 @@ pub struct OwnService {
     pub rate_limit: Option<RateLimit>,
     /// Labels of this sidecar's endpoint, registered with the control plane.
     pub labels: BTreeMap<String, String>,
+    /// Captured connections to addresses the mesh does not know: passed through or refused.
+    pub egress: crate::wire::Egress,
 }
 
 /// A token bucket's parameters.

@@ -177,6 +177,7 @@ impl Validator<'_> {
             protocol: protocol?,
             rate_limit,
             labels: raw.labels,
+            egress: raw.egress.unwrap_or_default(),
         })
     }
 

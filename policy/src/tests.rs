@@ -830,3 +830,23 @@ fn a_burst_above_a_billion_is_refused() {
         "{errors:?}"
     );
 }
+
+// --- service.egress ----------------------------------------------------------------------
+
+#[test]
+fn egress_is_allowed_by_default_denied_on_request_and_strict() {
+    assert_eq!(
+        parse_str(CP_LOCAL).expect("valid").own.egress,
+        wire::Egress::Allow
+    );
+    let deny = CP_LOCAL.replace("  labels:", "  egress: deny\n  labels:");
+    assert_eq!(
+        parse_str(&deny).expect("valid").own.egress,
+        wire::Egress::Deny
+    );
+    assert_eq!(wire::Egress::Deny.as_str(), "deny");
+    // Operators' files stay strict: an unknown value is an error naming where it is.
+    let bad = CP_LOCAL.replace("  labels:", "  egress: block\n  labels:");
+    let err = parse_str(&bad).expect_err("unknown value").to_string();
+    assert!(err.contains("block") && err.contains(":6:"), "{err}");
+}

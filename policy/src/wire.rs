@@ -339,6 +339,32 @@ pub struct OwnService {
     /// it registers the endpoint; unused in static mode.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// What happens to a captured connection the app opens to an address no mesh service
+    /// has: `allow` (the default: passed through as plain TCP) or `deny` (closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
+}
+
+/// Egress: a captured connection to an address the mesh does not know (not an endpoint's or a
+/// service's IP). A serde enum, so an unknown value is an error at its line and column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Egress {
+    /// Pass the connection through as plain TCP to its original destination (the default).
+    #[default]
+    Allow,
+    /// Close the connection at once.
+    Deny,
+}
+
+impl Egress {
+    /// The value as written in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::Allow => "allow",
+            Egress::Deny => "deny",
+        }
+    }
 }
 
 /// The control plane a sidecar takes its policy from.

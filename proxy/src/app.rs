@@ -183,6 +183,8 @@ impl Proxies<'_> {
             outbound_port: listening.outbound.port(),
             inbound_port: listening.inbound.port(),
             open: Arc::default(),
+            egress: Arc::default(),
+            access_log: self.report.access_log.clone(),
         };
         let ports = Arc::new(traffic.clone());
         let mut service = Service::new("weft traffic".to_owned(), traffic);

@@ -10,10 +10,12 @@
 //! one stage module apiece; [`tcp`] carries opaque tunnels; [`errors`] is the one place a
 //! rejection becomes a response. Around them: [`store`] (the config in force), [`identity`]
 //! (certificates), [`control`] (admin API, reloads, the control-plane client) and
-//! [`telemetry`] (metrics, access log, traces). [`app`] assembles them.
+//! [`telemetry`] (metrics, access log, traces). [`app`] assembles them. [`capture`] is
+//! `weft-proxy init`, which redirects a pod's traffic into the sidecar.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod capture;
 pub mod clock;
 pub mod control;
 pub mod drain;

@@ -44,8 +44,10 @@ fn elf_has_section(path: &std::path::Path, name: &str) -> std::io::Result<bool> 
 
 /// Weft sidecar proxy.
 #[derive(Parser, Debug)]
-#[command(about, disable_version_flag = true)]
+#[command(about, disable_version_flag = true, subcommand_negates_reqs = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Sidecar config file (YAML).
     #[arg(long, short, required_unless_present = "version")]
     config: Option<PathBuf>,
@@ -66,6 +68,39 @@ struct Args {
     /// Validate the config and its certificates, print the result, and exit.
     #[arg(long)]
     check: bool,
+}
+
+/// Subcommands beside running the sidecar.
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Redirect this network namespace's TCP into the sidecar (transparent capture).
+    ///
+    /// Like linkerd-init / istio-init, run once per pod before the app starts: outbound TCP
+    /// from every UID but --proxy-uid goes to the outbound listener, inbound TCP to the
+    /// inbound mTLS listener. Only the nftables table `inet weft` is written, in one atomic
+    /// transaction; running it again leaves the same ruleset; --remove deletes the table.
+    /// Needs CAP_NET_ADMIN and CAP_NET_RAW, nothing else. See docs/KUBERNETES.md,
+    /// "Transparent capture".
+    Init(weft_proxy::capture::InitArgs),
+}
+
+/// `weft-proxy init`: prints the script with `--dry-run`, else loads it and says so.
+fn init(args: &weft_proxy::capture::InitArgs) -> anyhow::Result<()> {
+    let script = weft_proxy::capture::run(args)?;
+    if args.dry_run {
+        print!("{script}");
+    } else if args.remove {
+        println!(
+            "weft-proxy init: table {} removed",
+            weft_proxy::capture::rules::TABLE
+        );
+    } else {
+        println!(
+            "weft-proxy init: table {} loaded",
+            weft_proxy::capture::rules::TABLE
+        );
+    }
+    Ok(())
 }
 
 /// `weft-proxy --config-env NAME`: write the config text held in env var `name` to `path`
@@ -100,6 +135,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     log::set_max_level(level);
     let args = Args::parse();
+    if let Some(Cmd::Init(init_args)) = &args.command {
+        return init(init_args);
+    }
     if args.version {
         println!("{} {}", env!("CARGO_PKG_NAME"), version());
         return Ok(());
@@ -157,6 +195,17 @@ mod tests {
         let args =
             Args::try_parse_from(["weft-proxy", "--config", "c.yaml", "--check"]).expect("args");
         assert!(args.check && args.config_env.is_none());
+    }
+
+    #[test]
+    fn init_needs_no_config() {
+        let args = Args::try_parse_from(["weft-proxy", "init", "--proxy-uid", "2102"])
+            .expect("init parses without --config");
+        assert!(matches!(args.command, Some(Cmd::Init(ref i)) if i.proxy_uid == Some(2102)));
+        assert!(
+            Args::try_parse_from(["weft-proxy", "init"]).is_err(),
+            "uid required"
+        );
     }
 
     #[test]

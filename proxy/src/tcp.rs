@@ -104,9 +104,16 @@ where
 /// Copy buffer per direction: one TLS record.
 const BUF: usize = 16 * 1024;
 
-/// Copy both ways until both sides close; count the tunnel and its bytes. `a` is the side
-/// that opened the tunnel, so a→b bytes are `sent`.
-async fn splice<A, B>(a: A, b: B, idle: Duration, metrics: &Metrics, direction: &str, dst: &str)
+/// Copy both ways until both sides close; count the tunnel and its bytes, and return them
+/// (sent, received). `a` is the side that opened the tunnel, so a→b bytes are `sent`.
+pub(crate) async fn splice<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    metrics: &Metrics,
+    direction: &str,
+    dst: &str,
+) -> (u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -134,6 +141,7 @@ where
         .tcp_bytes
         .with_label_values(&[direction, dst, "received"])
         .inc_by(received);
+    (sent, received)
 }
 
 /// Carry an app's connection to an endpoint of destination `d` (of the snapshot `snap`).

@@ -37,6 +37,7 @@ pub fn sidecar_config(
             protocol: protocol.map(str::to_owned),
             rate_limit: None,
             labels: Default::default(),
+            egress: None,
         },
         listen: wire::Listen {
             outbound: Some(format!("127.0.0.1:{OUTBOUND_PORT}")),

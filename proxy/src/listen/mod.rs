@@ -1,8 +1,9 @@
 //! Accepting traffic: every traffic listener is one Pingora service (one runtime with the
 //! configured worker threads), and [`Traffic`] dispatches each connection by the local port it
 //! arrived on: the inbound port to the mTLS handshake, the outbound port to HTTP (h2c sniffed),
-//! a dedicated port to its destination's HTTP or TCP path. Ports added after start are bound by
-//! [`ports::PortManager`].
+//! a dedicated port to its destination's HTTP or TCP path. A connection redirected to the
+//! outbound port by capture goes by its original destination (a mesh service's path, or
+//! egress). Ports added after start are bound by [`ports::PortManager`].
 
 pub mod bound;
 pub mod limit;
@@ -26,8 +27,10 @@ use crate::identity::material::ALPN_TCP;
 use crate::inbound::accept::{self, PeerIdentity};
 use crate::inbound::InboundHttp;
 use crate::outbound::connector::OutboundProxies;
+use crate::outbound::{egress, original_dst};
 use crate::store::Store;
 use crate::tcp;
+use crate::telemetry::access_log::AccessLog;
 use limit::Listener;
 use weft_policy::Protocol;
 
@@ -98,6 +101,10 @@ pub struct Traffic {
     pub(crate) inbound_port: u16,
     /// Connections each listener holds (the cap: `max_connections_per_listener`).
     pub(crate) open: Arc<limit::Open>,
+    /// Destination labels of egress connections (bounded).
+    pub(crate) egress: Arc<egress::Labels>,
+    /// Where egress connections are logged, when configured.
+    pub(crate) access_log: Option<Arc<AccessLog>>,
 }
 
 impl Traffic {
@@ -213,6 +220,41 @@ impl Traffic {
     }
 }
 
+impl Traffic {
+    /// A connection redirected by capture (`weft-proxy init`) from the app to `to`: a mesh
+    /// service's TCP tunnel or HTTP path (routed by Host, else by `to`), or egress.
+    async fn captured(
+        self: &Arc<Self>,
+        stream: Stream,
+        to: std::net::SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let snap = self.store.load();
+        match snap.routes.for_address(to).cloned() {
+            Some(dest) if dest.protocol == Protocol::Tcp => {
+                let _working = self.drain.enter();
+                tcp::outbound(stream, snap, dest, &self.store.metrics).await;
+                None
+            }
+            Some(_) => {
+                drop(snap);
+                self.outbound_http(stream, shutdown).await
+            }
+            None => {
+                let _working = self.drain.enter();
+                let ctx = egress::EgressCtx {
+                    snap,
+                    metrics: &self.store.metrics,
+                    labels: &self.egress,
+                    access_log: self.access_log.as_deref(),
+                };
+                egress::pass(stream, to, ctx).await;
+                None
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ServerApp for Traffic {
     async fn process_new(
@@ -253,6 +295,12 @@ impl ServerApp for Traffic {
             return self.inbound_conn(stream, shutdown).await;
         }
         if port == self.outbound_port {
+            let to = stream
+                .get_socket_digest()
+                .and_then(|d| original_dst::captured(&d));
+            if let Some(to) = to {
+                return self.captured(stream, to, shutdown).await;
+            }
             return self.outbound_http(stream, shutdown).await;
         }
         let snap = self.store.load();

@@ -3,8 +3,8 @@
 //! an endpoint's sidecar, which must prove the destination's identity.
 //!
 //! [`Outbound`] is the Pingora `ProxyHttp`; each phase calls one stage: [`route`] (destination,
-//! route, backend, rewrite), [`admit`] (rate, fault, limit, budget), [`endpoint`] (balancer,
-//! outlier admission, peer), [`outcome`] (the one classifier feeding balancer, outlier
+//! route, backend, rewrite; [`original_dst`] names a captured connection's service),
+//! [`admit`] (rate, fault, limit, budget), [`endpoint`] (balancer, outlier admission, peer), [`outcome`] (the one classifier feeding balancer, outlier
 //! detector and retries). Rejections are typed ([`crate::errors::Reject`]) and answered in one
 //! place; [`connector`] holds the mTLS client identity Pingora dials with.
 
@@ -12,7 +12,9 @@ pub mod admit;
 pub mod balance;
 pub mod connector;
 pub mod ctx;
+pub mod egress;
 pub mod endpoint;
+pub mod original_dst;
 pub mod outcome;
 pub mod route;
 
@@ -287,8 +289,9 @@ impl ProxyHttp for Outbound {
 }
 
 impl Outbound {
-    /// The routing stage: the destination (by dedicated port, else Host), then the first
-    /// route that matches. Sets the series the request counts in, found or not.
+    /// The routing stage: the destination (by dedicated port, else Host, else a captured
+    /// connection's original address), then the first route that matches. Sets the series
+    /// the request counts in, found or not.
     fn route(&self, session: &mut Session, ctx: &mut OutCtx) -> std::result::Result<(), Reject> {
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());
@@ -297,7 +300,8 @@ impl Outbound {
             .server_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.port());
-        let Some(d) = snap.routes.destination(port, host(session.req_header())) else {
+        let found = snap.routes.destination(port, host(session.req_header()));
+        let Some(d) = found.or_else(|| original_dst::for_session(session, &snap.routes)) else {
             snap.routes.unknown_host.request();
             ctx.hop.metrics = Some(snap.routes.unknown_host.clone());
             return Err(Reject::UnknownHost(

@@ -21,6 +21,7 @@ use weft_resilience::rate::TokenBucket;
 use weft_resilience::Nanos;
 
 use crate::outbound::balance::{self, EndpointStats};
+use crate::outbound::original_dst;
 use crate::telemetry::metrics::{Direction, Metrics, RouteLabels, RouteMetrics};
 
 /// Every callable service, with the indexes requests are routed by.
@@ -30,6 +31,8 @@ pub struct Routes {
     pub destinations: Vec<Arc<Destination>>,
     by_host: HashMap<String, usize>,
     by_port: HashMap<u16, usize>,
+    /// Captured connections' original destinations ([`Routes::for_address`]).
+    by_addr: original_dst::AddressIndex,
     /// Series for requests to an unknown host.
     pub unknown_host: Arc<RouteMetrics>,
 }
@@ -145,6 +148,7 @@ impl Routes {
             .unwrap_or_default();
         let mut by_host = HashMap::new();
         let mut by_port = HashMap::new();
+        let mut by_addr = original_dst::AddressIndex::default();
         let mut destinations = Vec::with_capacity(services.len());
         for svc in services {
             let idx = destinations.len();
@@ -154,6 +158,7 @@ impl Routes {
             if let Some(p) = svc.port {
                 by_port.insert(p, idx);
             }
+            by_addr.add(&svc, idx);
             let prev = old.get(svc.name.as_str()).copied();
             destinations.push(Arc::new(Destination::build(svc, prev, &caller)));
         }
@@ -161,6 +166,7 @@ impl Routes {
             destinations,
             by_host,
             by_port,
+            by_addr,
             unknown_host: caller.series("unknown", "unmatched"),
         }
     }
@@ -181,6 +187,13 @@ impl Routes {
     /// The destination served on a dedicated outbound port.
     pub fn for_port(&self, port: u16) -> Option<&Arc<Destination>> {
         self.destinations.get(*self.by_port.get(&port)?)
+    }
+
+    /// The destination a captured connection's original address names: an endpoint's
+    /// exact address, else a service's virtual IP (a host that is an IP address) or an
+    /// endpoint's IP on any port (a pod IP belongs to one service). `None`: egress.
+    pub fn for_address(&self, addr: SocketAddr) -> Option<&Arc<Destination>> {
+        self.destinations.get(self.by_addr.find(addr)?)
     }
 
     /// The routing stage's first step: the destination of a request that arrived on local

@@ -5,6 +5,7 @@ mod access_log_tests;
 mod admin_tests;
 mod adversarial_tests;
 mod authz_tests;
+mod capture_tests;
 mod control_plane_tests;
 mod coverage_tests;
 mod fail_closed_tests;

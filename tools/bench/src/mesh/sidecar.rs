@@ -59,6 +59,7 @@ pub fn sidecar(
             protocol: Some(protocol.to_owned()),
             rate_limit: None,
             labels: BTreeMap::new(),
+            egress: None,
         },
         listen: Listen {
             outbound: Some(local(ports.outbound)),

@@ -1,0 +1,461 @@
+//! Transparent capture (`weft-proxy init`) in real network namespaces: one per pod, each with
+//! its own IP on a bridge that lives in a "node" namespace the test creates, so nothing touches
+//! the host's network. Clients are unmodified `curl` runs with no proxy setting, as a UID other
+//! than the sidecar's; the server app listens on `0.0.0.0`.
+//!
+//! Needs root (network namespaces, nftables). Where they are unavailable the tests fail, unless
+//! `WEFT_NO_NETNS=1` says this machine cannot have them; then they say so and pass.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use weft_testkit::process::{self, Guard};
+use weft_testkit::wait;
+
+use crate::harness::{spiffe, Pki};
+
+/// The sidecar's listeners inside each pod (every pod has its own port space).
+const OUTBOUND: u16 = 15001;
+const INBOUND: u16 = 15006;
+const ADMIN: u16 = 15000;
+/// The port every app listens on, on `0.0.0.0`.
+const APP_PORT: u16 = 8080;
+/// The UID the unmodified client runs as (the sidecars run as root, UID 0).
+const APP_UID: &str = "65534";
+/// How long one command (curl, nft, ip) may take.
+const CMD_LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs `program args` to completion within [`CMD_LIMIT`]: (success, stdout, stderr).
+fn run(program: &str, args: &[&str]) -> (bool, String, String) {
+    let (exit, out, err) = process::output_within(Command::new(program).args(args), CMD_LIMIT);
+    (exit.success(), out, err)
+}
+
+/// Runs `ip args`, panicking with its stderr on failure.
+fn ip(args: &[&str]) {
+    let (ok, _, err) = run("ip", args);
+    assert!(ok, "ip {}: {err}", args.join(" "));
+}
+
+/// Runs `args` inside network namespace `ns`.
+fn in_ns(ns: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+/// A node namespace with a bridge (10.214.0.1/24) and pods on it, all deleted on drop.
+struct Net {
+    node: String,
+    pods: Vec<String>,
+}
+
+impl Net {
+    /// The node, or `None` when namespaces are unavailable and `WEFT_NO_NETNS=1` allows that.
+    fn create() -> Option<Net> {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node = format!("weftcap-{}-{seq}-node", std::process::id());
+        let (ok, _, err) = run("ip", &["netns", "add", &node]);
+        if !ok {
+            if std::env::var("WEFT_NO_NETNS").as_deref() == Ok("1") {
+                eprintln!(
+                    "SKIPPED: network namespaces unavailable ({}) and WEFT_NO_NETNS=1",
+                    err.trim()
+                );
+                return None;
+            }
+            panic!(
+                "network namespaces are unavailable ({}): run as root, or set WEFT_NO_NETNS=1 \
+                 on a machine that cannot have them",
+                err.trim()
+            );
+        }
+        let net = Net {
+            node,
+            pods: Vec::new(),
+        };
+        ip(&["-n", &net.node, "link", "set", "lo", "up"]);
+        ip(&["-n", &net.node, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &net.node,
+            "addr",
+            "add",
+            "10.214.0.1/24",
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &net.node, "link", "set", "br0", "up"]);
+        Some(net)
+    }
+
+    /// A pod namespace `<node>-<name>` whose `eth0` has 10.214.0.`host`.
+    fn pod(&mut self, name: &str, host: u8) -> Pod {
+        let ns = self.node.replace("-node", &format!("-{name}"));
+        ip(&["netns", "add", &ns]);
+        self.pods.push(ns.clone());
+        let veth = format!("v{name}");
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", &self.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        ip(&["-n", &self.node, "link", "set", &veth, "master", "br0"]);
+        ip(&["-n", &self.node, "link", "set", &veth, "up"]);
+        let addr = Ipv4Addr::new(10, 214, 0, host);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        Pod { ns, ip: addr }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Deleting a namespace takes its interfaces, and its nftables tables, with it.
+        for ns in self.pods.iter().chain(std::iter::once(&self.node)) {
+            let _ = run("ip", &["netns", "delete", ns]);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Pod {
+    ns: String,
+    ip: Ipv4Addr,
+}
+
+impl Pod {
+    /// `weft-proxy init ARGS` in this pod.
+    fn init(&self, args: &[&str]) {
+        let mut all = vec![env!("CARGO_BIN_EXE_weft-proxy"), "init"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = in_ns(&self.ns, &all);
+        assert!(ok, "init {args:?} in {}: {out}{err}", self.ns);
+    }
+
+    /// The whole nftables ruleset of this pod.
+    fn ruleset(&self) -> String {
+        let (ok, out, err) = in_ns(&self.ns, &["nft", "list", "ruleset"]);
+        assert!(
+            ok,
+            "nft list ruleset (is nftables installed? scripts/setup): {err}"
+        );
+        out
+    }
+
+    /// `curl URL` from this pod as an app would, with no proxy setting: as [`APP_UID`] when
+    /// `as_app`, else as root. (exit ok, body).
+    fn curl(&self, url: &str, as_app: bool) -> (bool, String) {
+        let mut args = vec![];
+        if as_app {
+            args.extend([
+                "setpriv",
+                "--reuid",
+                APP_UID,
+                "--regid",
+                APP_UID,
+                "--clear-groups",
+            ]);
+        }
+        args.extend(["curl", "-sS", "--noproxy", "*", "-m", "5", url]);
+        let (ok, out, err) = in_ns(&self.ns, &args);
+        (ok, if ok { out } else { err })
+    }
+
+    /// A sample HTTP app on `0.0.0.0:8080` inside this pod, named `name`: a runtime on a
+    /// thread that entered the pod's namespace (setns changes only the calling thread's).
+    fn app(&self, name: &'static str) -> AppThread {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.ns)).expect("open netns");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT))
+                    .await
+                    .expect("bind app");
+                weft_samples::http::serve(l, name);
+                let _ = tx.send(());
+                let _ = stopped.await;
+            });
+        });
+        rx.recv_timeout(CMD_LIMIT).expect("app listening");
+        AppThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts a sidecar in this pod (as root) from `config` and waits until it is ready.
+    fn sidecar(&self, dir: &Path, name: &str, config: &str) -> Sidecar {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).expect("write config");
+        let log = dir.join(format!("{name}.log"));
+        let ready = dir.join(format!("{name}.ready"));
+        let child = process::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_weft-proxy")])
+                .arg("--config")
+                .arg(&path)
+                .arg("--ready-file")
+                .arg(&ready)
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log")),
+        )
+        .expect("spawn weft-proxy");
+        let mut s = Sidecar {
+            child,
+            pod: self.clone(),
+            config: path,
+            log,
+        };
+        wait::until(&format!("sidecar {name} ready"), CMD_LIMIT, || {
+            assert!(
+                s.child.status().is_none(),
+                "{name} exited:\n{}",
+                s.log_text()
+            );
+            let (ok, out, _) = in_ns(
+                &self.ns,
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://127.0.0.1:{ADMIN}/ready"),
+                ],
+            );
+            (ready.exists() && ok && out == "200").then_some(())
+        });
+        s
+    }
+}
+
+/// An app's thread; stopped on drop.
+struct AppThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AppThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Sidecar {
+    child: Guard,
+    pod: Pod,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of metric `name` with all of `labels` (0 when absent).
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let url = format!("http://127.0.0.1:{ADMIN}/metrics");
+        let (ok, text, err) = in_ns(&self.pod.ns, &["curl", "-sS", &url]);
+        assert!(ok, "metrics: {err}");
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+            })
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A sidecar config for service `name` in `pod`; `rest` is appended (services, egress).
+fn config(name: &str, pod: &Pod, service_extra: &str, rest: &str) -> String {
+    format!(
+        "service:\n  name: {name}\n  identity: {}\n  app: \"127.0.0.1:{APP_PORT}\"\n{service_extra}\
+         listen:\n  outbound: \"127.0.0.1:{OUTBOUND}\"\n  inbound: \"{}:{INBOUND}\"\n  \
+         admin: \"127.0.0.1:{ADMIN}\"\n\
+         tls: {{cert: {name}.crt, key: {name}.key, trust_bundle: ca.crt}}\n{rest}",
+        spiffe(name),
+        pod.ip
+    )
+}
+
+/// The client's view of the mesh: `server`, whose one endpoint is the server pod's sidecar.
+fn client_services(server: &Pod) -> String {
+    format!(
+        "services:\n  - name: server\n    identity: {}\n    endpoints: [{{address: \"{}:{INBOUND}\"}}]\n",
+        spiffe("server"),
+        server.ip
+    )
+}
+
+/// Capture in the pod `pod` for sidecars running as root, with the default ports.
+fn capture(pod: &Pod) {
+    pod.init(&["--proxy-uid", "0"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it() {
+    let Some(mut net) = Net::create() else {
+        return;
+    };
+    let (client, server, outsider) = (
+        net.pod("client", 2),
+        net.pod("server", 3),
+        net.pod("other", 4),
+    );
+    let pki = Pki::new(14);
+    pki.issue("client");
+    pki.issue("server");
+    let _server_app = server.app("server-app");
+
+    capture(&server);
+    let _server_sidecar = server.sidecar(pki.path(), "server", &config("server", &server, "", ""));
+    capture(&client);
+    let client_sidecar = client.sidecar(
+        pki.path(),
+        "client",
+        &config("client", &client, "", &client_services(&server)),
+    );
+
+    // An unmodified client dials the server pod's IP and app port: captured by its pod's
+    // rules, carried over mTLS, and the app learns who called from the server's sidecar.
+    let url = format!("http://{}:{APP_PORT}/hello", server.ip);
+    let (ok, body) = client.curl(&url, true);
+    assert!(
+        ok,
+        "captured call failed: {body}\n{}",
+        client_sidecar.log_text()
+    );
+    let reply: serde_json::Value = serde_json::from_str(&body).expect("the app's JSON");
+    assert_eq!(reply["service"], "server-app", "{body}");
+    assert_eq!(reply["caller"], spiffe("client"), "crossed mTLS: {body}");
+    assert_eq!(reply["path"], "/hello", "{body}");
+
+    // A plaintext connection from a pod without a sidecar, straight to the app's pod IP and
+    // port: redirected into the inbound listener, which wants a mesh certificate.
+    let (ok, body) = outsider.curl(&url, false);
+    assert!(!ok, "plaintext reached the app around mTLS: {body}");
+    assert!(!body.contains("server-app"), "{body}");
+
+    // Idempotent: a second run leaves the same ruleset.
+    let before = server.ruleset();
+    assert!(before.contains("table inet weft"), "{before}");
+    capture(&server);
+    assert_eq!(server.ruleset(), before, "init twice changed the ruleset");
+
+    // Removal takes only the table it added; afterwards the plaintext call gets through,
+    // which shows the refusal above was capture's doing.
+    server.init(&["--remove"]);
+    assert!(!server.ruleset().contains("weft"), "{}", server.ruleset());
+    server.init(&["--remove"]);
+    let (ok, body) = outsider.curl(&url, false);
+    assert!(ok && body.contains("server-app"), "without capture: {body}");
+
+    // Deleting a pod's namespace takes its rules with it.
+    let client_ns = client.ns.clone();
+    drop(client_sidecar);
+    drop(net);
+    let (_, list, _) = run("ip", &["netns", "list"]);
+    assert!(!list.contains(&client_ns), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_passes_egress_through_until_policy_denies_it() {
+    let Some(mut net) = Net::create() else {
+        return;
+    };
+    let (client, server, outside) = (
+        net.pod("client", 2),
+        net.pod("server", 3),
+        net.pod("web", 5),
+    );
+    let pki = Pki::new(15);
+    pki.issue("client");
+    let _web = outside.app("web-app");
+    capture(&client);
+    let access_log = pki.path().join("client-access.log");
+    let rest = format!(
+        "access_log: {}\n{}",
+        access_log.display(),
+        client_services(&server)
+    );
+    let sidecar = client.sidecar(pki.path(), "client", &config("client", &client, "", &rest));
+
+    // Not a mesh address: passed through as plain TCP (no identity reaches that server).
+    let url = format!("http://{}:{APP_PORT}/out", outside.ip);
+    let dest = format!("{}:{APP_PORT}", outside.ip);
+    let (ok, body) = client.curl(&url, true);
+    assert!(ok, "egress failed: {body}\n{}", sidecar.log_text());
+    let reply: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(reply["service"], "web-app", "{body}");
+    assert!(
+        reply["caller"].is_null(),
+        "egress carries no mesh identity: {body}"
+    );
+    let opened = [("direction", "egress"), ("dst_service", dest.as_str())];
+    assert_eq!(
+        sidecar.metric("weft_tcp_connections_opened_total", &opened),
+        1.0
+    );
+    wait::until("the egress access-log line", CMD_LIMIT, || {
+        let text = std::fs::read_to_string(&access_log).ok()?;
+        text.lines()
+            .find(|l| l.contains("\"direction\":\"egress\"") && l.contains(&dest))
+            .map(str::to_owned)
+    });
+
+    // The policy says deny: the same call is refused once the sidecar has reloaded.
+    let version = sidecar.metric("weft_config_version", &[]);
+    // Written whole, then renamed: the file watcher never reads half of it.
+    let tmp = sidecar.config.with_extension("yaml.tmp");
+    std::fs::write(&tmp, config("client", &client, "  egress: deny\n", &rest)).expect("write");
+    std::fs::rename(&tmp, &sidecar.config).expect("rename");
+    sidecar.child.signal(nix::sys::signal::Signal::SIGHUP);
+    wait::until("the reload with `egress: deny`", CMD_LIMIT, || {
+        (sidecar.metric("weft_config_version", &[]) > version).then_some(())
+    });
+    let (ok, body) = client.curl(&url, true);
+    assert!(!ok, "egress passed after `egress: deny`: {body}");
+    let denied = [
+        ("direction", "egress"),
+        ("dst_service", dest.as_str()),
+        ("reason", "egress_denied"),
+    ];
+    assert!(sidecar.metric("weft_tcp_connections_rejected_total", &denied) >= 1.0);
+    assert_eq!(
+        sidecar.metric("weft_tcp_connections_opened_total", &opened),
+        1.0,
+        "no connection opened after the deny"
+    );
+}
