@@ -21,6 +21,7 @@ mod resilience_tests;
 mod routing_tests;
 mod tls_tests;
 mod trace_tests;
+mod upgrade_tests;
 
 use harness::*;
 
