@@ -88,6 +88,10 @@ pub enum Reject {
     /// Either way: the request path has no canonical form (answered before routing and
     /// authorization see it). The path itself is not echoed back.
     BadPath(weft_policy::path::PathError),
+    /// Either way: an `Upgrade` the mesh does not carry, or a malformed one (see
+    /// [`crate::upgrade::check`]); on the inbound side also a plain request on the HTTP/1.1
+    /// connection that exists only for upgrades.
+    BadUpgrade(String),
 }
 
 /// Whose rate limit refused a request.
@@ -216,6 +220,9 @@ impl Reject {
                 ),
             ),
             Reject::BadPath(e) => Failure::new(400, "bad_path", format!("bad path: {e}")),
+            Reject::BadUpgrade(why) => {
+                Failure::new(400, "bad_upgrade", format!("bad upgrade: {why}"))
+            }
             Reject::NoIdentity => Failure::new(403, "denied", "caller has no mesh identity"),
             Reject::CertExpired => {
                 Failure::new(403, "cert_expired", "caller certificate expired")
@@ -262,6 +269,7 @@ impl Reject {
             | Reject::NoRouteMatch { .. }
             | Reject::Timeout { .. }
             | Reject::NoEndpoint { .. }
+            | Reject::BadUpgrade(_)
             | Reject::NoIdentity => return None,
         })
     }

@@ -8,7 +8,8 @@
 //! Modules follow the request: [`listen`] accepts and dispatches by port; [`outbound`] and
 //! [`inbound`] are the two HTTP directions, each a thin Pingora `ProxyHttp` whose phases call
 //! one stage module apiece; [`tcp`] carries opaque tunnels; [`errors`] is the one place a
-//! rejection becomes a response. Around them: [`store`] (the config in force), [`identity`]
+//! rejection becomes a response; [`upgrade`] decides which HTTP/1.1 upgrades (WebSocket)
+//! cross the hop. Around them: [`store`] (the config in force), [`identity`]
 //! (certificates), [`control`] (admin API, reloads, the control-plane client) and
 //! [`telemetry`] (metrics, access log, traces). [`app`] assembles them. [`capture`] is
 //! `weft-proxy init`, which redirects a pod's traffic into the sidecar.
@@ -28,3 +29,4 @@ pub mod outbound;
 pub mod store;
 pub mod tcp;
 pub mod telemetry;
+pub mod upgrade;

@@ -20,6 +20,8 @@ use weft_policy::{FieldError, Protocol, TlsPaths};
 pub const ALPN_TCP: &[u8] = b"weft-tcp";
 /// ALPN protocol of HTTP between sidecars.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol of an HTTP/1.1 upgrade (WebSocket) between sidecars: see [`crate::upgrade`].
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// Everything TLS a snapshot needs, built and checked off the hot path.
 pub struct TlsMaterial {
@@ -184,13 +186,16 @@ pub fn from_pem(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| ferr("tls.key", format!("key does not fit certificate: {e}")))?;
-    // Only the ALPN of this sidecar's own protocol: a caller asking an HTTP service for a TCP
+    // Only the ALPNs of this sidecar's own protocol: a caller asking an HTTP service for a TCP
     // tunnel (which would carry its own `x-weft-caller` header to the app, past authorization)
-    // or a TCP service for HTTP fails the handshake.
-    server.alpn_protocols = vec![match inbound {
-        Protocol::Tcp => ALPN_TCP.to_vec(),
-        Protocol::Http | Protocol::Grpc => ALPN_H2.to_vec(),
-    }];
+    // or a TCP service for HTTP fails the handshake. An `http` service also takes HTTP/1.1,
+    // for upgrades only (`crate::upgrade`); `h2` comes first, so rustls picks it when a
+    // client offers both.
+    server.alpn_protocols = match inbound {
+        Protocol::Tcp => vec![ALPN_TCP.to_vec()],
+        Protocol::Http => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
+        Protocol::Grpc => vec![ALPN_H2.to_vec()],
+    };
 
     let mut tcp_client = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
         .with_root_certificates(store)

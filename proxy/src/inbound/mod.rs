@@ -26,6 +26,7 @@ use crate::store::{Snapshot, Store};
 use crate::telemetry::access_log::Record;
 use crate::telemetry::hop::{Ending, HopState, Reporters};
 use crate::telemetry::metrics::{self};
+use crate::upgrade;
 use accept::PeerIdentity;
 use weft_policy::Protocol;
 
@@ -59,6 +60,8 @@ pub struct InCtx {
     caller_id: Option<Arc<str>>,
     /// What is reported when the request ends.
     hop: HopState,
+    /// An upgrade ([`crate::upgrade`]), on the HTTP/1.1 connection the caller opened for it.
+    upgrade: bool,
     _working: Option<Working>,
 }
 
@@ -101,7 +104,9 @@ impl ProxyHttp for InboundHttp {
                 errors::idle_keepalive(session, snap.idle_timeout);
                 // The path stage before authorization reads the path; the app gets the same.
                 http_path::canonical(session.req_header_mut(), &snap.authz.paths)?;
-                authorize::authorize(&snap, &caller, session.req_header(), clock::now())
+                authorize::authorize(&snap, &caller, session.req_header(), clock::now())?;
+                ctx.upgrade = upgrade_stage(session, snap.idle_timeout)?;
+                Ok(())
             });
         match checked {
             Ok(()) => Ok(false),
@@ -126,7 +131,9 @@ impl ProxyHttp for InboundHttp {
         let mut peer = HttpPeer::new(snap.own.app, false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(snap.connect_timeout);
-        if snap.own.protocol == Protocol::Grpc {
+        if ctx.upgrade {
+            upgrade::peer(&mut peer, snap.idle_timeout);
+        } else if snap.own.protocol == Protocol::Grpc {
             // h2c with prior knowledge: gRPC apps speak HTTP/2 in the clear on loopback.
             o.alpn = ALPN::H2;
             o.max_h2_streams = MAX_H2_STREAMS;
@@ -205,4 +212,25 @@ impl ProxyHttp for InboundHttp {
         ctx.hop.flag = Some(failure.as_ref().map_or("downstream_closed", |f| f.flag));
         errors::answer(session, failure).await
     }
+}
+
+/// The inbound upgrade stage, after authorization: an upgrade the mesh carries
+/// ([`upgrade::check`]) gets the sidecar's idle timeout on the caller's side. HTTP/1.1 between
+/// sidecars exists only for upgrades (every other request rides HTTP/2), so a plain request on
+/// it is refused: one protocol per purpose keeps the surface a caller can probe small.
+fn upgrade_stage(
+    session: &mut Session,
+    idle: std::time::Duration,
+) -> std::result::Result<bool, errors::Reject> {
+    let ask = upgrade::check(session.req_header_mut())?;
+    if session.as_downstream().is_http2() {
+        return Ok(false);
+    }
+    if ask == upgrade::Ask::Plain {
+        return Err(errors::Reject::BadUpgrade(
+            "HTTP/1.1 between sidecars carries upgrade requests only".into(),
+        ));
+    }
+    upgrade::bound_downstream(session, idle);
+    Ok(true)
 }

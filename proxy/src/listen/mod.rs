@@ -108,8 +108,8 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Mutual TLS from a peer sidecar ([`accept::handshake`]), then HTTP/2 or a TCP tunnel by
-    /// the negotiated ALPN.
+    /// Mutual TLS from a peer sidecar ([`accept::handshake`]), then HTTP/2, HTTP/1.1 (for
+    /// upgrades) or a TCP tunnel by the negotiated ALPN.
     async fn inbound_conn(
         self: &Arc<Self>,
         stream: Stream,
@@ -124,6 +124,13 @@ impl Traffic {
                 // A request ends (and leaves the drain's count) when its response is handed to
                 // the HTTP/2 connection, whose own task writes it; a draining sidecar must not
                 // exit before that task has flushed it and closed the connection.
+                let _flushing = self.drain.hold_exit();
+                ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await
+            }
+            // HTTP/1.1 between sidecars carries upgrades (WebSocket) only: `crate::upgrade`.
+            // The handshake offers it only to an `http` service; checked again here because a
+            // reload may have changed the service's protocol since.
+            Some(ALPN::H1) if self.store.load().own.protocol == Protocol::Http => {
                 let _flushing = self.drain.hold_exit();
                 ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await
             }

@@ -39,6 +39,9 @@ pub struct OutCtx {
     pub(super) backoff: Option<Duration>,
     /// `upstream_response_filter` already chose to retry this error.
     pub(super) retry_decided: bool,
+    /// The request is an upgrade the mesh carries ([`crate::upgrade`]): its own HTTP/1.1
+    /// connection to the peer, no retry once the switch was answered.
+    pub(super) upgrade: bool,
     /// The concurrency slot, held until the request is logged.
     pub(super) permit: Option<Permit>,
     /// What is reported when the request ends.
@@ -59,8 +62,11 @@ impl OutCtx {
         }
     }
 
-    /// The matched route's timeout.
+    /// The matched route's timeout (none for an upgrade, which `idle_timeout` bounds).
     pub(super) fn timeout(&self) -> Option<Duration> {
+        if self.upgrade {
+            return None;
+        }
         self.route.as_ref()?.route.timeout
     }
 

@@ -36,6 +36,8 @@ use crate::store::Store;
 use crate::telemetry::access_log::Record;
 use crate::telemetry::hop::{Ending, Reporters};
 use crate::telemetry::metrics::{self, Event};
+use crate::upgrade;
+use weft_policy::Protocol;
 
 pub use ctx::OutCtx;
 pub use endpoint::{MAX_H2_STREAMS, POOL_IDLE_TIMEOUT};
@@ -91,7 +93,10 @@ impl ProxyHttp for Outbound {
             &self.report,
             snap.tracing.sampling,
         );
-        if let Err(reject) = self.route(session, ctx) {
+        if let Err(reject) = self
+            .route(session, ctx)
+            .and_then(|()| self.upgrade(session, ctx))
+        {
             ctx.hop.flag = Some(reject.respond(session, ctx.hop.metrics.as_deref()).await);
             return Ok(true);
         }
@@ -137,13 +142,16 @@ impl ProxyHttp for Outbound {
             Ok(c) => c,
             Err(reject) => return Err(fail(ctx, &reject)),
         };
-        let peer = endpoint::peer(
+        let mut peer = endpoint::peer(
             &d,
             chosen.ep,
             snap.connect_timeout,
             rs.route.retry.per_try_timeout,
             left,
         );
+        if ctx.upgrade {
+            upgrade::peer(&mut peer, snap.idle_timeout);
+        }
         endpoint::count_retry(&rs, ctx.attempts);
         ctx.attempts += 1;
         ctx.tried |= endpoint::bit(chosen.ep);
@@ -219,6 +227,10 @@ impl ProxyHttp for Outbound {
         client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.retry_decided) {
+            return e;
+        }
+        if ctx.upgrade && session.response_written().is_some() {
+            // The switch was answered: the session is over, never replayed.
             return e;
         }
         let mut e = e.more_context(format!("peer: {peer}"));
@@ -331,6 +343,29 @@ impl Outbound {
         // the request path) means none, never a panic.
         ctx.deadline = rs.route.timeout.and_then(|t| Instant::now().checked_add(t));
         ctx.route = Some(rs.clone());
+        Ok(())
+    }
+
+    /// The upgrade stage, once routed: is this an upgrade the mesh carries
+    /// ([`upgrade::check`]), and to a service that speaks HTTP/1.1 (a gRPC service's inbound
+    /// port offers only `h2`)? An upgrade's client side gets the sidecar's idle timeout.
+    fn upgrade(&self, session: &mut Session, ctx: &mut OutCtx) -> std::result::Result<(), Reject> {
+        if upgrade::check(session.req_header_mut())? == upgrade::Ask::Plain {
+            return Ok(());
+        }
+        if let Some(d) = ctx.dest.as_ref().filter(|d| d.protocol != Protocol::Http) {
+            let speaks = format!("{:?}", d.protocol).to_lowercase();
+            return Err(Reject::BadUpgrade(format!(
+                "{} speaks {speaks}; only http services take upgrades",
+                d.name
+            )));
+        }
+        if let Some(snap) = &ctx.snap {
+            upgrade::bound_downstream(session, snap.idle_timeout);
+        }
+        // The route's timeout bounds a request's whole life and would cut a long session.
+        ctx.deadline = None;
+        ctx.upgrade = true;
         Ok(())
     }
 

@@ -314,9 +314,9 @@ async fn a_forged_caller_header_never_reaches_the_app() {
 }
 
 /// The mirror of `tls_tests::a_tunnel_to_an_http_service_is_refused_at_the_handshake`: a
-/// workload with a mesh certificate asks a **tcp** service's inbound port for HTTP/2 (which
-/// would put its own headers and paths in front of a raw TCP app): the port offers only
-/// `weft-tcp`, so the handshake fails.
+/// workload with a mesh certificate asks a **tcp** service's inbound port for HTTP/2 or
+/// HTTP/1.1 (which would put its own headers and paths in front of a raw TCP app): the port
+/// offers only `weft-tcp`, so the handshake fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_to_a_tcp_service_is_refused_at_the_handshake() {
     let pki = Pki::new(104);
@@ -338,6 +338,13 @@ async fn h2_to_a_tcp_service_is_refused_at_the_handshake() {
     .await
     {
         Ok(_) => panic!("a tcp service accepted an HTTP/2 connection"),
+        Err(e) => assert!(e.to_lowercase().contains("protocol"), "{e}"),
+    }
+    // Nor HTTP/1.1, which an http service offers for upgrades (WebSocket).
+    let mut h1 = client_config(&pki, Some((&pki, "frontend")));
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    match handshake(db.inbound, Arc::new(h1)).await {
+        Ok(_) => panic!("a tcp service accepted an HTTP/1.1 connection"),
         Err(e) => assert!(e.to_lowercase().contains("protocol"), "{e}"),
     }
     // The control: the same certificate asking for a tunnel gets one.

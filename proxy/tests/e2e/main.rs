@@ -23,6 +23,7 @@ mod routing_tests;
 mod tls_tests;
 mod trace_tests;
 mod trust_bundle_tests;
+mod upgrade_tests;
 
 use harness::*;
 
