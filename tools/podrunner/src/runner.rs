@@ -107,6 +107,17 @@ impl Inner {
                 .and_then(|s| s.selector.clone())
                 .filter(|s| !s.is_empty())
             else {
+                // A Service without a selector whose clusterIP is set resolves to that address
+                // (what kube-proxy would forward): how pods reach something outside them, such
+                // as a control plane on the node's network.
+                let ip = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.cluster_ip.as_deref())
+                    .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+                if let Some(ip) = ip {
+                    entries.push((ns, name, vec![ip]));
+                }
                 continue;
             };
             let ips: Vec<Ipv4Addr> = pods
@@ -177,7 +188,8 @@ impl Runner {
     }
 
     /// Adds (or replaces, by namespace and name) a Service: its name resolves in every pod's
-    /// `/etc/hosts` to the IPs of the ready pods its selector matches.
+    /// `/etc/hosts` to the IPs of the ready pods its selector matches (without a selector: to
+    /// its `clusterIP`, when that is an address).
     pub fn apply_service(&self, svc: Service) {
         {
             let mut all = lock(&self.inner.services);
