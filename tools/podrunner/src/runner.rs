@@ -146,7 +146,11 @@ pub fn host_check() -> Result<(), String> {
         return Err("the pod runner needs root (network namespaces, mounts, setpriv)".into());
     }
     Tools::find().map_err(|e| e.to_string())?;
-    let probe = format!("{}{}-check", net::PREFIX, std::process::id());
+    // A sequence number too: tests of one process (`cargo test` runs them as threads) check
+    // at the same time.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("{}{}-check{seq}", net::PREFIX, std::process::id());
     net::ip(&["netns", "add", &probe])
         .map_err(|e| format!("cannot create a network namespace: {e}"))?;
     net::ip(&["netns", "delete", &probe]).map_err(|e| e.to_string())?;
