@@ -238,6 +238,43 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("delete {kind} {namespace}/{name}: {e}"));
     }
 
+    /// Deletes the `kind` named `name` in `namespace` as a DELETE request does: a Pod bound to
+    /// a node is only marked (`deletionTimestamp`, `deletionGracePeriodSeconds`) unless
+    /// `grace_zero`, as `gracePeriodSeconds=0` asks (what a kubelet sends once the containers
+    /// ended). Returns the object as it is (marked) or was last (deleted).
+    pub fn delete_with(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        grace_zero: bool,
+    ) -> Result<Value, ApiError> {
+        let mut st = self.lock();
+        let k = self.kind(&st, kind);
+        st.delete(k, (namespace.to_owned(), name.to_owned()), grace_zero)
+    }
+
+    /// Replaces the `status` of the `kind` named `name` in `namespace` as a PUT to `/status`
+    /// does (nothing else of the object changes; no resourceVersion precondition), and returns
+    /// the object stored.
+    pub fn update_status_in(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> Result<Value, ApiError> {
+        let mut st = self.lock();
+        let k = self.kind(&st, kind);
+        let body = json!({"metadata": {"name": name}, "status": status});
+        st.update(
+            k,
+            (namespace.to_owned(), name.to_owned()),
+            body,
+            Part::Status,
+        )
+    }
+
     /// The `kind` named `name` in namespace `shop`; panics when there is none.
     pub fn get(&self, kind: &str, name: &str) -> Value {
         self.get_in(kind, "shop", name)

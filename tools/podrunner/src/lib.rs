@@ -18,6 +18,8 @@
 //!   completion, deletion with the grace period.
 //! - [`api`]: the seam to a Kubernetes API server ([`ClusterApi`]) and an in-memory
 //!   implementation ([`InMemoryApi`]).
+//! - [`standin`]: [`ClusterApi`] over the stand-in API server (`weft-kube-standin`), with its
+//!   EndpointSlice controller: the pods live in the API as a cluster's do ([`StandinApi`]).
 //!
 //! Container images are not pulled or unpacked: the caller maps each image to a binary on this
 //! machine ([`Images`]); the container's root filesystem is the host's, seen through its own
@@ -33,11 +35,13 @@ mod pod;
 pub mod probes;
 mod runner;
 pub mod spec;
+pub mod standin;
 mod status;
 pub mod volumes;
 
 pub use api::{ApiError, ClusterApi, InMemoryApi};
 pub use runner::{host_check, DeleteReport, ExecOutput, Images, PodHandle, Runner, RunnerOptions};
+pub use standin::StandinApi;
 pub use status::{EventKind, PodEvent};
 
 /// What can go wrong running a pod.

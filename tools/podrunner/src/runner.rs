@@ -107,6 +107,17 @@ impl Inner {
                 .and_then(|s| s.selector.clone())
                 .filter(|s| !s.is_empty())
             else {
+                // A Service without a selector whose clusterIP is set resolves to that address
+                // (what kube-proxy would forward): how pods reach something outside them, such
+                // as a control plane on the node's network.
+                let ip = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.cluster_ip.as_deref())
+                    .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+                if let Some(ip) = ip {
+                    entries.push((ns, name, vec![ip]));
+                }
                 continue;
             };
             let ips: Vec<Ipv4Addr> = pods
@@ -135,7 +146,11 @@ pub fn host_check() -> Result<(), String> {
         return Err("the pod runner needs root (network namespaces, mounts, setpriv)".into());
     }
     Tools::find().map_err(|e| e.to_string())?;
-    let probe = format!("{}{}-check", net::PREFIX, std::process::id());
+    // A sequence number too: tests of one process (`cargo test` runs them as threads) check
+    // at the same time.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("{}{}-check{seq}", net::PREFIX, std::process::id());
     net::ip(&["netns", "add", &probe])
         .map_err(|e| format!("cannot create a network namespace: {e}"))?;
     net::ip(&["netns", "delete", &probe]).map_err(|e| e.to_string())?;
@@ -177,7 +192,8 @@ impl Runner {
     }
 
     /// Adds (or replaces, by namespace and name) a Service: its name resolves in every pod's
-    /// `/etc/hosts` to the IPs of the ready pods its selector matches.
+    /// `/etc/hosts` to the IPs of the ready pods its selector matches (without a selector: to
+    /// its `clusterIP`, when that is an address).
     pub fn apply_service(&self, svc: Service) {
         {
             let mut all = lock(&self.inner.services);
