@@ -226,7 +226,10 @@ mod tests {
         let info = info_from_json(&v).expect("valid");
         assert_eq!(info.namespace, "shop");
         assert_eq!(
-            info.expires.expect("expires").duration_since(info.created).ok(),
+            info.expires
+                .expect("expires")
+                .duration_since(info.created)
+                .ok(),
             Some(Duration::from_secs(24 * 3600))
         );
         assert!(info.revoked.is_none());
