@@ -274,12 +274,8 @@ fn run_certs(connection: &Connection, command: CertsCommand) -> anyhow::Result<(
         }
         CertsCommand::Deny { state_dir, serial } => {
             let place = Place::new(state_dir, connection);
-            let newly = block_on(async {
-                Ok(place
-                    .deny(&serial)
-                    .await
-                    .context("cannot deny the serial")?)
-            })?;
+            let newly =
+                block_on(async { place.deny(&serial).await.context("cannot deny the serial") })?;
             let serial = normalize_serial(&serial)?;
             if newly {
                 println!(

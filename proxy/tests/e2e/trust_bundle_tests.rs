@@ -126,7 +126,7 @@ async fn a_mounted_trust_bundle_is_the_only_source_and_a_different_push_is_shown
 
     // The mount changes to the pushed root alone (the end of a rotation, seen from the other
     // side): reloaded from the file; the next push agrees with it.
-    replace(&mounted, &pki.ca.cert_pem());
+    replace(&mounted, pki.ca.cert_pem());
     wait_log(&fe, "config reloaded (file changed)").await;
     // Any change of policy pushes a snapshot, which carries the control plane's roots again.
     write_policy(
