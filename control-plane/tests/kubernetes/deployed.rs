@@ -479,22 +479,43 @@ async fn injected_shop_runs_on_pods_with_their_own_ips() {
     // EndpointSlice of orders lists both orders pods' IPs, ready.
     let api = shop.kube.server();
     for pod in &shop.pods {
-        let stored = api.get_in("Pod", NS, pod.name());
-        assert_eq!(stored["status"]["podIP"], pod.ip().to_string(), "{stored}");
-        assert_eq!(stored["status"]["phase"], "Running", "{stored}");
+        // Written by the runner after its own state changes: waited for, bounded.
+        wait::until_async(
+            &format!("{} Running with its IP in the API", pod.name()),
+            Duration::from_secs(10),
+            || async {
+                let stored = api.try_get_in("Pod", NS, pod.name())?;
+                (stored["status"]["podIP"] == pod.ip().to_string()
+                    && stored["status"]["phase"] == "Running")
+                    .then_some(())
+            },
+        )
+        .await;
     }
-    let slice = api.get_in("EndpointSlice", NS, "orders-podrunner");
-    let mut ready: Vec<String> = slice["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .filter(|e| e["conditions"]["ready"] == true)
-        .map(|e| e["addresses"][0].as_str().expect("address").to_owned())
-        .collect();
-    ready.sort();
+    // The slice follows the pods' status writes (the runner's EndpointSlice sync runs after
+    // each), so it is waited for, bounded, like a controller's output.
     let mut want = vec![shop.pods[1].ip().to_string(), shop.pods[2].ip().to_string()];
     want.sort();
-    assert_eq!(ready, want, "{slice}");
+    let ready_ips = |slice: &Value| -> Vec<String> {
+        let mut ready: Vec<String> = slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["conditions"]["ready"] == true)
+            .filter_map(|e| e["addresses"][0].as_str().map(str::to_owned))
+            .collect();
+        ready.sort();
+        ready
+    };
+    wait::until_async(
+        "the orders EndpointSlice listing both orders pods ready",
+        Duration::from_secs(10),
+        || async {
+            let slice = api.try_get_in("EndpointSlice", NS, "orders-podrunner")?;
+            (ready_ips(&slice) == want).then_some(())
+        },
+    )
+    .await;
     assert!(
         api.reviews() >= shop.pods.len(),
         "every sidecar's token was reviewed"
