@@ -45,19 +45,7 @@ async fn canary_follows_a_meshroute_edit_within_a_second_without_failures() {
     }
     let mut shop = Shop::start().await;
     shop.kube.server().put(route_to("v1"));
-    for (deployment, name) in [
-        ("inventory", "inventory-7d4b9c8f6-a1"),
-        ("orders-v1", "orders-v1-7d4b9c8f6-b1"),
-        ("orders-v2", "orders-v2-7d4b9c8f6-c1"),
-        ("frontend", "frontend-7d4b9c8f6-d1"),
-        ("client", "client-7d4b9c8f6-e1"),
-    ] {
-        let pod = shop.create_pod(deployment, name).await;
-        shop.pods.push(pod);
-    }
-    for pod in &shop.pods {
-        shop.ready(pod).await;
-    }
+    shop.start_pods().await;
     let client = &shop.pods[4];
     let host = "frontend.shop.svc.cluster.local";
     let paths: Vec<String> = (0..5).map(|i| format!("/shop/{i}")).collect();

@@ -280,6 +280,24 @@ impl Shop {
             .unwrap_or_else(|e| panic!("start {name}: {e}"))
     }
 
+    /// The shop's five pods (inventory, orders v1 and v2, frontend, client), in that order in
+    /// `pods`, each started and then waited for until ready.
+    pub async fn start_pods(&mut self) {
+        for (deployment, name) in [
+            ("inventory", "inventory-7d4b9c8f6-a1"),
+            ("orders-v1", "orders-v1-7d4b9c8f6-b1"),
+            ("orders-v2", "orders-v2-7d4b9c8f6-c1"),
+            ("frontend", "frontend-7d4b9c8f6-d1"),
+            ("client", "client-7d4b9c8f6-e1"),
+        ] {
+            let pod = self.create_pod(deployment, name).await;
+            self.pods.push(pod);
+        }
+        for pod in &self.pods {
+            self.ready(pod).await;
+        }
+    }
+
     /// Waits until `pod` is Ready (its sidecar's startup and readiness probes passed), failing
     /// with its sidecar's log and the control plane's.
     pub async fn ready(&self, pod: &PodHandle) {
@@ -459,19 +477,7 @@ async fn injected_shop_runs_on_pods_with_their_own_ips() {
         return;
     }
     let mut shop = Shop::start().await;
-    for (deployment, name) in [
-        ("inventory", "inventory-7d4b9c8f6-a1"),
-        ("orders-v1", "orders-v1-7d4b9c8f6-b1"),
-        ("orders-v2", "orders-v2-7d4b9c8f6-c1"),
-        ("frontend", "frontend-7d4b9c8f6-d1"),
-        ("client", "client-7d4b9c8f6-e1"),
-    ] {
-        let pod = shop.create_pod(deployment, name).await;
-        shop.pods.push(pod);
-    }
-    for pod in &shop.pods {
-        shop.ready(pod).await;
-    }
+    shop.start_pods().await;
     let ips: std::collections::BTreeSet<_> = shop.pods.iter().map(PodHandle::ip).collect();
     assert_eq!(ips.len(), shop.pods.len(), "one IP per pod");
 
