@@ -18,11 +18,16 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 # The target directory and the crate registry are caches shared by the three images' builds
-# (BuildKit and buildah both keep them), so the second image compiles only its own crates. A
-# cache is not part of the image, so the binary is copied out in the same step.
+# (BuildKit and buildah both keep them). All three Dockerfiles run this same command, building
+# the three binaries with one feature resolution: the first image's build compiles everything,
+# the other two find it all fresh in the cache (a `-p <own package>` build would resolve
+# features differently and compile most dependencies again, per image). A cache is not part of
+# the image, so the binaries are copied out in the same step; the runtime stage takes its own.
 RUN --mount=type=cache,target=/src/target --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked -p weft-proxy --bin weft-proxy \
- && cp target/release/weft-proxy /usr/local/bin/weft-proxy
+    cargo build --release --locked -p weft-proxy -p weft-control-plane -p weft-samples \
+      --bin weft-proxy --bin weft-control-plane --bin weft-sample \
+ && cp target/release/weft-proxy target/release/weft-control-plane target/release/weft-sample \
+      /usr/local/bin/
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update \

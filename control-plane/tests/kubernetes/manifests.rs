@@ -490,7 +490,10 @@ fn examples_validate_except_weft_s_own_kinds() {
             continue;
         }
         validate(&what, &docs);
-        assert_locked_down(&what, &docs);
+        // Files with workloads (shop-scaling.yaml has only HPAs and budgets).
+        if !pod_specs(&docs).is_empty() {
+            assert_locked_down(&what, &docs);
+        }
     }
     let apps =
         documents(&std::fs::read_to_string(dir.join("shop-apps.yaml")).expect("shop-apps.yaml"));
@@ -507,6 +510,108 @@ fn examples_validate_except_weft_s_own_kinds() {
     for (_, spec) in pod_specs(&apps) {
         for c in spec["containers"].as_sequence().expect("containers") {
             assert_eq!(c["image"], "weft-sample:0.1.0");
+        }
+    }
+}
+
+/// `selector.matchLabels` selects a pod with `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector["matchLabels"]
+        .as_mapping()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+}
+
+/// The scaling example: each shop Deployment has a PodDisruptionBudget selecting exactly its
+/// pods, one a drain can satisfy (fewer pods required than the Deployment keeps); the HPAs
+/// target shop Deployments and scale on their app container's CPU (a `ContainerResource`
+/// metric, not the pod's, which the sidecar would skew), which has a CPU request to be a
+/// utilization of.
+#[test]
+fn the_shop_has_a_disruption_budget_per_deployment_and_hpas_on_the_app_container() {
+    let dir = repo().join("deploy/examples/kubernetes");
+    let apps = documents(&std::fs::read_to_string(dir.join("shop-apps.yaml")).expect("apps"));
+    let scaling =
+        documents(&std::fs::read_to_string(dir.join("shop-scaling.yaml")).expect("scaling"));
+    let deployments: Vec<&Value> = apps.iter().filter(|d| kind(d) == "Deployment").collect();
+    let hpas: Vec<&Value> = scaling
+        .iter()
+        .filter(|d| kind(d) == "HorizontalPodAutoscaler")
+        .collect();
+    let pdbs: Vec<&Value> = scaling
+        .iter()
+        .filter(|d| kind(d) == "PodDisruptionBudget")
+        .collect();
+    assert_eq!(hpas.len() + pdbs.len(), scaling.len(), "only HPAs and PDBs");
+    assert!(hpas.len() >= 3, "{}", hpas.len());
+    for hpa in &hpas {
+        let target = &hpa["spec"]["scaleTargetRef"];
+        assert_eq!(target["kind"], "Deployment", "{}", name(hpa));
+        let d = find(&apps, "Deployment", target["name"].as_str().expect("name"));
+        let metrics = hpa["spec"]["metrics"].as_sequence().expect("metrics");
+        assert!(!metrics.is_empty(), "{}", name(hpa));
+        for m in metrics {
+            assert_eq!(m["type"], "ContainerResource", "{}: {m:?}", name(hpa));
+            let container = m["containerResource"]["container"]
+                .as_str()
+                .expect("container");
+            assert_ne!(container, "weft-proxy", "{}", name(hpa));
+            let c = d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .expect("containers")
+                .iter()
+                .find(|c| c["name"] == container)
+                .unwrap_or_else(|| panic!("{}: no container {container}", name(hpa)));
+            let resource = m["containerResource"]["name"].as_str().expect("resource");
+            assert!(
+                !c["resources"]["requests"][resource].is_null(),
+                "{}: {container} has no {resource} request",
+                name(hpa)
+            );
+        }
+        assert!(
+            hpa["spec"]["minReplicas"].as_u64().expect("minReplicas") >= 2,
+            "{}: one replica has no drain to survive",
+            name(hpa)
+        );
+    }
+    for d in &deployments {
+        let labels = &d["spec"]["template"]["metadata"]["labels"];
+        let covering: Vec<&&Value> = pdbs
+            .iter()
+            .filter(|p| selects(&p["spec"]["selector"], labels))
+            .collect();
+        assert_eq!(covering.len(), 1, "{}: one budget", name(d));
+        let pdb = covering[0];
+        for other in deployments.iter().filter(|o| name(o) != name(d)) {
+            let their = &other["spec"]["template"]["metadata"]["labels"];
+            assert!(
+                !selects(&pdb["spec"]["selector"], their),
+                "{}'s budget also counts {}'s pods",
+                name(d),
+                name(other)
+            );
+        }
+        // The fewest pods the Deployment runs: its HPA's floor, else its replicas.
+        let floor = hpas
+            .iter()
+            .find(|h| h["spec"]["scaleTargetRef"]["name"] == d["metadata"]["name"])
+            .and_then(|h| h["spec"]["minReplicas"].as_u64())
+            .or_else(|| d["spec"]["replicas"].as_u64())
+            .unwrap_or(1);
+        if let Some(min) = pdb["spec"]["minAvailable"].as_u64() {
+            assert!(
+                min < floor,
+                "{}: minAvailable {min} of {floor} blocks every drain",
+                name(d)
+            );
+        } else {
+            assert!(
+                pdb["spec"]["maxUnavailable"]
+                    .as_u64()
+                    .is_some_and(|m| m >= 1),
+                "{}",
+                name(d)
+            );
         }
     }
 }
@@ -604,9 +709,25 @@ fn dockerfiles_are_multi_stage_non_root_and_build_what_the_manifests_run() {
             "{}",
             d.file
         );
+        // One build command in all three (see the Dockerfiles: one feature resolution, so the
+        // images after the first compile nothing).
+        let packages: Vec<String> = DOCKERFILES
+            .iter()
+            .map(|d| format!("-p {}", d.package))
+            .collect();
+        let bins: Vec<String> = DOCKERFILES
+            .iter()
+            .map(|d| format!("--bin {}", d.binary))
+            .collect();
+        let outputs: Vec<String> = DOCKERFILES
+            .iter()
+            .map(|d| format!("target/release/{}", d.binary))
+            .collect();
         let build = format!(
-            "cargo build --release --locked -p {0} --bin {1} && cp target/release/{1} /usr/local/bin/{1}",
-            d.package, d.binary
+            "cargo build --release --locked {} {} && cp {} /usr/local/bin/",
+            packages.join(" "),
+            bins.join(" "),
+            outputs.join(" ")
         );
         assert!(
             lines.iter().any(|l| {
