@@ -34,6 +34,14 @@ pub(crate) fn meta(ns: &str, name: &str, uid: &str) -> Value {
     })
 }
 
+/// A Service's ClusterIP in these tests: one per name, as a cluster allocates them.
+pub(crate) fn cluster_ip(name: &str) -> String {
+    let n = name
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    format!("10.96.{}.{}", (n >> 8) % 250 + 1, n % 250 + 1)
+}
+
 pub(crate) fn service(name: &str, app_protocol: Option<&str>) -> Value {
     let mut port = json!({"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080});
     if let Some(p) = app_protocol {
@@ -48,8 +56,8 @@ pub(crate) fn service(name: &str, app_protocol: Option<&str>) -> Value {
         "spec": {
             "ports": [port],
             "selector": {"app": name},
-            "clusterIP": "10.96.12.34",
-            "clusterIPs": ["10.96.12.34"],
+            "clusterIP": cluster_ip(name),
+            "clusterIPs": [cluster_ip(name)],
             "type": "ClusterIP",
             "sessionAffinity": "None",
             "ipFamilies": ["IPv4"],
@@ -349,7 +357,12 @@ fn shop_objects_map_to_the_mesh_policy() {
     let orders = &mesh.services[1];
     assert_eq!(
         orders.hosts,
-        ["orders.shop.svc", "orders.shop.svc.cluster.local"]
+        [
+            "orders.shop.svc",
+            "orders.shop.svc.cluster.local",
+            &cluster_ip("orders")
+        ],
+        "the names, and the ClusterIP a captured connection's original destination names"
     );
     assert_eq!(orders.identity, format!("spiffe://{TD}/ns/shop/sa/orders"));
     assert_eq!(orders.protocol.as_deref(), Some("http"));

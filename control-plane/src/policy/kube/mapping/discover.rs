@@ -146,6 +146,23 @@ pub(super) fn discover(objects: &Objects, trust_domain: &str) -> Vec<(ObjectKey,
                 .and_then(|p| u16::try_from(p.port).ok());
         }
         let full = format!("{name}.{ns}");
+        let mut hosts = vec![
+            format!("{full}.svc"),
+            format!("{full}.svc.{CLUSTER_DOMAIN}"),
+        ];
+        // The Service's virtual IPs: a captured connection to `<clusterIP>:<port>` (an
+        // unmodified client that resolved the name through cluster DNS) names this service
+        // by its original destination. Headless Services (`None`) have none.
+        let cluster_ips = spec
+            .and_then(|s| s.cluster_ips.clone())
+            .filter(|ips| !ips.is_empty())
+            .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+            .unwrap_or_default();
+        for ip in cluster_ips {
+            if let Ok(ip) = ip.parse::<std::net::IpAddr>() {
+                hosts.push(ip.to_string());
+            }
+        }
         out.push((
             ObjectKey {
                 kind: Kind::Service,
@@ -153,10 +170,7 @@ pub(super) fn discover(objects: &Objects, trust_domain: &str) -> Vec<(ObjectKey,
                 name: name.to_owned(),
             },
             wire::Service {
-                hosts: vec![
-                    format!("{full}.svc"),
-                    format!("{full}.svc.{CLUSTER_DOMAIN}"),
-                ],
+                hosts,
                 name: full,
                 identity: format!("spiffe://{trust_domain}/ns/{ns}/sa/{account}"),
                 protocol,

@@ -3,7 +3,8 @@
 //! - **Services**: a Kubernetes Service is a mesh service when pods its EndpointSlices name
 //!   run the sidecar (a container or init container named [`SIDECAR_CONTAINER`]). It is named
 //!   `<service>.<namespace>` and also answers to `<service>.<namespace>.svc` and
-//!   `<service>.<namespace>.svc.cluster.local`; its identity is its pods' service account
+//!   `<service>.<namespace>.svc.cluster.local`, and its ClusterIPs (the addresses a captured
+//!   connection's original destination names it by); its identity is its pods' service account
 //!   (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`); its protocol comes from
 //!   the annotation `weft.dev/protocol`, else the first port's `appProtocol` (`http`, `grpc`,
 //!   `kubernetes.io/h2c` is grpc, `tcp`); its endpoints are the ready endpoints of its
