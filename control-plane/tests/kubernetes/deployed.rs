@@ -101,6 +101,43 @@ pub(super) fn can_run() -> bool {
     }
 }
 
+/// What the pods run, said in the test's output. With `WEFT_POD_IMAGES=1` (scripts/test sets it
+/// right after `scripts/build-images` built the images from this checkout): the images
+/// `localhost/weft-proxy` and `localhost/weft-sample`, mounted and run chrooted in their own
+/// root filesystems (`weft_podrunner::rootfs`): their release binaries, their libc, their user
+/// database. Otherwise the same binaries as Cargo built them in `target/debug` (refused when
+/// older than their sources), on the host's filesystem: quicker to iterate on, but not the
+/// images.
+pub(super) fn pod_images() -> Images {
+    let version = env!("CARGO_PKG_VERSION");
+    let images = if std::env::var("WEFT_POD_IMAGES").as_deref() == Ok("1") {
+        let roots = weft_podrunner::ImageRoots::mount(&[
+            &format!("localhost/weft-proxy:{version}"),
+            &format!("localhost/weft-sample:{version}"),
+        ])
+        .unwrap_or_else(|e| {
+            panic!("WEFT_POD_IMAGES=1 but the images cannot be mounted: {e} (scripts/build-images builds them)")
+        });
+        Images::from_roots(roots)
+    } else {
+        let proxy = tools::workspace_binary(
+            "weft-proxy",
+            &[
+                "proxy/src",
+                "policy/src",
+                "certs/src",
+                "resilience/src",
+                "api/src",
+            ],
+        );
+        let sample = tools::workspace_binary("weft-sample", &["samples/src"]);
+        assert_eq!(proxy.parent(), sample.parent());
+        Images::weft_binaries(proxy.parent().expect("target dir"))
+    };
+    eprintln!("the pods run:\n{}", images.describe());
+    images
+}
+
 /// The documents of a multi-document YAML text.
 fn documents(text: &str) -> Vec<Value> {
     use serde::Deserialize as _;
@@ -154,25 +191,13 @@ impl Shop {
     /// The stand-in (in the node's network), the control plane beside it, the shop's Services,
     /// ServiceAccounts and trust bundle; no pods yet.
     pub async fn start() -> Shop {
-        let proxy = tools::workspace_binary(
-            "weft-proxy",
-            &[
-                "proxy/src",
-                "policy/src",
-                "certs/src",
-                "resilience/src",
-                "api/src",
-            ],
-        );
-        let sample = tools::workspace_binary("weft-sample", &["samples/src"]);
-        assert_eq!(proxy.parent(), sample.parent());
-        let bin_dir = proxy.parent().expect("target dir");
+        let images = pod_images();
         let mut docs = example("shop-apps.yaml");
         docs.extend(documents(CLIENT));
 
         let kube = StandinApi::unattached("weft-node");
         let api: Arc<dyn weft_podrunner::ClusterApi> = kube.clone();
-        let mut opts = RunnerOptions::new(api, Images::weft_binaries(bin_dir));
+        let mut opts = RunnerOptions::new(api, images);
         opts.backoff = (Duration::from_millis(200), Duration::from_secs(2));
         let runner = Runner::new(opts).expect("the pod runner");
         let objects: Vec<Value> = docs

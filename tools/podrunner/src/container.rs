@@ -32,6 +32,7 @@ pub(crate) struct Tools {
     pub mkdir: PathBuf,
     pub hostname: PathBuf,
     pub setpriv: PathBuf,
+    pub chroot: PathBuf,
 }
 
 impl Tools {
@@ -56,6 +57,7 @@ impl Tools {
             mkdir: find("mkdir")?,
             hostname: find("hostname")?,
             setpriv: find("setpriv")?,
+            chroot: find("chroot")?,
         })
     }
 }
@@ -76,7 +78,14 @@ pub(crate) struct Launch {
     pub netns: String,
     /// The container's own scratch directory (the overlays' tmpfs is mounted here).
     pub scratch: PathBuf,
+    /// The image's root filesystem when the image is mounted ([`crate::rootfs`]); `None`:
+    /// the host's root seen through the container's mount namespace.
+    pub root: Option<PathBuf>,
 }
+
+/// Where an image's own `setpriv` is (util-linux, in every Debian image): inside a chroot the
+/// host's tools are out of reach.
+const IMAGE_SETPRIV: &str = "/usr/bin/setpriv";
 
 /// The default PATH container runtimes give a process whose image sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -109,6 +118,9 @@ fn locate(target: &Path) -> Result<(PathBuf, Option<PathBuf>), Error> {
 
 /// The setup script (see the module docs). `$@` is the container's command.
 fn script(l: &Launch, t: &Tools) -> Result<String, Error> {
+    if let Some(root) = &l.root {
+        return root_script(l, t, root);
+    }
     let mut s = String::from("set -e\n");
     s.push_str(&format!("{} {}\n", qp(&t.hostname), q(&l.hostname)));
     // Targets and whether each must be a directory (a file subPath mounts onto a file).
@@ -217,16 +229,113 @@ fn script(l: &Launch, t: &Tools) -> Result<String, Error> {
     if let Some(wd) = &l.working_dir {
         s.push_str(&format!("cd {}\n", q(wd)));
     }
-    s.push_str(&format!("exec {} \"$@\"\n", privileges(l, t)));
+    s.push_str(&format!("exec {} \"$@\"\n", privileges(l, &t.setpriv)));
+    Ok(s)
+}
+
+/// The setup script of a container whose image is mounted (see [`crate::rootfs`]): the image's
+/// root bound at the container's `root` directory in its mount namespace, `/proc` and `/dev`
+/// as a runtime gives them, the volumes, hosts file and `resolv.conf` mounted inside it (their
+/// paths resolved in the image, whose links are its own: Debian's `/var/run` is `/run`), then
+/// `chroot` and the image's `setpriv`. Mount points the image lacks are made in the working
+/// container's writable layer, never on the host.
+fn root_script(l: &Launch, t: &Tools, image: &Path) -> Result<String, Error> {
+    let r = l.scratch.join("root");
+    std::fs::create_dir_all(&r).map_err(crate::io_err(format!("create {}", r.display())))?;
+    let mount = qp(&t.mount);
+    let mut s = String::from("set -e\n");
+    s.push_str(&format!("{} {}\n", qp(&t.hostname), q(&l.hostname)));
+    s.push_str(&format!("{mount} --bind {} {}\n", qp(image), qp(&r)));
+    // In the container, `p` (as it sees it) is `r` joined with where `p` resolves in the image.
+    let inside = |p: &Path| -> Result<(PathBuf, bool), Error> {
+        let real = crate::rootfs::resolve_in(image, p)?;
+        let rel = real
+            .strip_prefix(image)
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        Ok((r.join(rel), real.exists()))
+    };
+    let (proc_dir, _) = inside(Path::new("/proc"))?;
+    let (dev_dir, _) = inside(Path::new("/dev"))?;
+    s.push_str(&format!(
+        "{} -p {} {}\n",
+        qp(&t.mkdir),
+        qp(&proc_dir),
+        qp(&dev_dir)
+    ));
+    s.push_str(&format!("{mount} -t proc proc {}\n", qp(&proc_dir)));
+    s.push_str(&format!("{mount} --rbind /dev {}\n", qp(&dev_dir)));
+    let mut binds: Vec<(PathBuf, PathBuf, bool, bool)> = l
+        .mounts
+        .iter()
+        .map(|m| {
+            (
+                m.source.clone(),
+                m.target.clone(),
+                m.source.is_dir(),
+                m.read_only,
+            )
+        })
+        .collect();
+    binds.push((l.hosts.clone(), "/etc/hosts".into(), false, false));
+    binds.push((
+        l.hosts.with_file_name("resolv.conf"),
+        "/etc/resolv.conf".into(),
+        false,
+        false,
+    ));
+    for (source, target, is_dir, read_only) in binds {
+        let (at, exists) = inside(&target)?;
+        if !exists {
+            if is_dir {
+                s.push_str(&format!("{} -p {}\n", qp(&t.mkdir), qp(&at)));
+            } else if let Some(parent) = at.parent() {
+                s.push_str(&format!(
+                    "{} -p {}\n: > {}\n",
+                    qp(&t.mkdir),
+                    qp(parent),
+                    qp(&at)
+                ));
+            }
+        }
+        s.push_str(&format!("{mount} --bind {} {}\n", qp(&source), qp(&at)));
+        if read_only {
+            s.push_str(&format!("{mount} -o remount,bind,ro {}\n", qp(&at)));
+        }
+    }
+    if l.read_only_root {
+        s.push_str(&format!("{mount} -o remount,bind,ro {}\n", qp(&r)));
+    }
+    let setpriv = Path::new(IMAGE_SETPRIV);
+    if (l.uid.is_some() || l.gid.is_some()) && !inside(setpriv)?.1 {
+        return Err(Error::Unsupported(format!(
+            "image {} has no {IMAGE_SETPRIV} to run as another user",
+            image.display()
+        )));
+    }
+    // The working directory exists only inside the root: changed to by the image's shell.
+    let cd = match &l.working_dir {
+        Some(wd) => format!(
+            "/bin/sh -c {} workdir ",
+            q(format!("cd {} && exec \"$@\"", q(wd)))
+        ),
+        None => String::new(),
+    };
+    s.push_str(&format!(
+        "exec {} {} {cd}{} \"$@\"\n",
+        qp(&t.chroot),
+        qp(&r),
+        privileges(l, setpriv)
+    ));
     Ok(s)
 }
 
 /// The `setpriv` prefix for `runAsUser`/`runAsGroup` (empty when both are unset: root).
-fn privileges(l: &Launch, t: &Tools) -> String {
+fn privileges(l: &Launch, setpriv: &Path) -> String {
     if l.uid.is_none() && l.gid.is_none() {
         return String::new();
     }
-    let mut p = qp(&t.setpriv);
+    let mut p = qp(setpriv);
     if let Some(u) = l.uid {
         p.push_str(&format!(" --reuid={u}"));
     }
@@ -282,7 +391,15 @@ pub(crate) fn command(l: &Launch, t: &Tools) -> Result<Command, Error> {
 pub(crate) fn exec_command(pid: u32, l: &Launch, t: &Tools, argv: &[String]) -> Command {
     let mut c = Command::new(&t.nsenter);
     c.arg(format!("--target={pid}"))
-        .args(["--mount", "--net", "--uts", "--"]);
+        .args(["--mount", "--net", "--uts"]);
+    // In an image's root the shell and setpriv are the image's (the process's root directory).
+    let setpriv = if l.root.is_some() {
+        c.arg("--root");
+        PathBuf::from(IMAGE_SETPRIV)
+    } else {
+        t.setpriv.clone()
+    };
+    c.arg("--");
     // The working directory may exist only in the container's mount namespace: change to it
     // from inside (nsenter's --wd opens it before entering).
     let cd = l
@@ -290,9 +407,14 @@ pub(crate) fn exec_command(pid: u32, l: &Launch, t: &Tools, argv: &[String]) -> 
         .as_ref()
         .map(|wd| format!("cd {} && ", q(wd)))
         .unwrap_or_default();
-    c.arg(&t.sh)
+    let sh = if l.root.is_some() {
+        PathBuf::from("/bin/sh")
+    } else {
+        t.sh.clone()
+    };
+    c.arg(sh)
         .arg("-c")
-        .arg(format!("{cd}exec {} \"$@\"", privileges(l, t)))
+        .arg(format!("{cd}exec {} \"$@\"", privileges(l, &setpriv)))
         .arg("exec")
         .args(argv);
     c.env_clear().envs(process_env(l));

@@ -1,28 +1,35 @@
-//! Container images as binaries on this machine: the runner pulls and unpacks nothing. Weft's
-//! own images (`deploy/docker`) carry `weft-proxy`, `weft-sample` and `weft-control-plane`;
-//! [`Images::weft_binaries`] maps them to the same binaries as Cargo built them.
+//! Container images, two ways: mapped to binaries on this machine ([`Images::with`],
+//! [`Images::weft_binaries`]: the container runs that binary on the host's filesystem seen
+//! through its mount namespace), or mounted from the images `scripts/build-images` built
+//! ([`Images::from_roots`]: the container runs the image's own entrypoint chrooted into the
+//! image's root filesystem, see [`crate::rootfs`]). An image mapped neither way can still run
+//! a container that gives its `command`, from the host's filesystem.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Container;
 
 use crate::env;
+use crate::rootfs::{repository, ImageRoots};
 use crate::Error;
 
-/// Container images mapped to binaries on this machine (the runner pulls and unpacks nothing).
-#[derive(Debug, Clone, Default)]
-pub struct Images {
-    map: BTreeMap<String, Vec<String>>,
+/// What an image runs as.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The image's ENTRYPOINT (to which the container's `args` are appended).
+    entrypoint: Vec<String>,
+    /// The image's mounted root filesystem, when it runs from the image.
+    root: Option<PathBuf>,
 }
 
-/// An image reference without its tag or digest: `weft-proxy:0.1.0` → `weft-proxy`.
-fn repository(image: &str) -> &str {
-    let image = image.split('@').next().unwrap_or(image);
-    match image.rfind(':') {
-        Some(i) if !image[i..].contains('/') => &image[..i],
-        _ => image,
-    }
+/// Container images: binaries on this machine, or mounted image roots (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct Images {
+    map: BTreeMap<String, Entry>,
+    /// Keeps the mounted roots mounted while any runner uses them.
+    roots: Option<Arc<ImageRoots>>,
 }
 
 impl Images {
@@ -36,7 +43,10 @@ impl Images {
     pub fn with(mut self, image: &str, entrypoint: &[&str]) -> Self {
         self.map.insert(
             repository(image).to_string(),
-            entrypoint.iter().map(|s| s.to_string()).collect(),
+            Entry {
+                entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+                root: None,
+            },
         );
         self
     }
@@ -61,10 +71,52 @@ impl Images {
             .with("weft/control-plane", &[&cp])
     }
 
-    fn entrypoint(&self, image: &str) -> Option<&Vec<String>> {
+    /// The mounted images of `roots`, each by its full reference (`localhost/weft-proxy`) and,
+    /// for images of buildah's `localhost/`, by its bare name (`weft-proxy`, how manifests
+    /// without a registry name them), any tag. Their containers run chrooted in the image.
+    pub fn from_roots(roots: ImageRoots) -> Self {
+        let mut images = Images::new();
+        for (image, root, entrypoint) in roots.iter() {
+            let entry = Entry {
+                entrypoint: entrypoint.to_vec(),
+                root: Some(root.to_path_buf()),
+            };
+            let full = repository(image).to_string();
+            if let Some(bare) = full.strip_prefix("localhost/") {
+                images.map.insert(bare.to_string(), entry.clone());
+            }
+            images.map.insert(full, entry);
+        }
+        images.roots = Some(Arc::new(roots));
+        images
+    }
+
+    /// One line per image: what its containers run (for a test's log: which the pods ran).
+    pub fn describe(&self) -> String {
+        self.map
+            .iter()
+            .map(|(image, e)| match &e.root {
+                Some(root) => format!(
+                    "{image}: the image's {} in its root {}",
+                    e.entrypoint.join(" "),
+                    root.display()
+                ),
+                None => format!("{image}: this machine's {}", e.entrypoint.join(" ")),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn entry(&self, image: &str) -> Option<&Entry> {
         self.map
             .get(image)
             .or_else(|| self.map.get(repository(image)))
+    }
+
+    /// The root filesystem `c` runs in: its image's, when mounted.
+    pub(crate) fn root(&self, c: &Container) -> Option<PathBuf> {
+        self.entry(c.image.as_deref().unwrap_or_default())
+            .and_then(|e| e.root.clone())
     }
 
     /// The argv Kubernetes runs: `command` + `args` when the container sets `command`, else the
@@ -79,12 +131,14 @@ impl Images {
             Some(cmd) => env::expand_all(cmd, env),
             None => {
                 let image = c.image.as_deref().unwrap_or_default();
-                self.entrypoint(image).cloned().ok_or_else(|| {
-                    Error::Spec(format!(
-                        "container {}: image {image:?} is not mapped to a binary (Images::with) and the container sets no command",
-                        c.name
-                    ))
-                })?
+                self.entry(image)
+                    .map(|e| e.entrypoint.clone())
+                    .ok_or_else(|| {
+                        Error::Spec(format!(
+                            "container {}: image {image:?} is not mapped to a binary (Images::with) and the container sets no command",
+                            c.name
+                        ))
+                    })?
             }
         };
         argv.extend(args);

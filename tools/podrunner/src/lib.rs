@@ -21,9 +21,14 @@
 //! - [`standin`]: [`ClusterApi`] over the stand-in API server (`weft-kube-standin`), with its
 //!   EndpointSlice controller: the pods live in the API as a cluster's do ([`StandinApi`]).
 //!
-//! Container images are not pulled or unpacked: the caller maps each image to a binary on this
-//! machine ([`Images`]); the container's root filesystem is the host's, seen through its own
-//! mount namespace (volumes, `/etc/hosts`), so nothing is written to the host's real paths.
+//! - [`rootfs`]: the images `scripts/build-images` built, mounted with buildah, so a container
+//!   runs its image's own files chrooted into the image's root ([`ImageRoots`]).
+//!
+//! Images are never pulled: the caller either maps an image to a binary on this machine
+//! ([`Images::weft_binaries`], [`Images::with`]; the container's root filesystem is then the
+//! host's, seen through its own mount namespace), or mounts the locally built image
+//! ([`Images::from_roots`]). Either way volumes and `/etc/hosts` are mounted in the container's
+//! own mount namespace, so nothing is written to the host's real paths.
 
 pub mod api;
 mod container;
@@ -33,6 +38,7 @@ mod lifecycle;
 pub mod net;
 mod pod;
 pub mod probes;
+pub mod rootfs;
 mod runner;
 pub mod spec;
 pub mod standin;
@@ -40,6 +46,7 @@ mod status;
 pub mod volumes;
 
 pub use api::{ApiError, ClusterApi, InMemoryApi};
+pub use rootfs::ImageRoots;
 pub use runner::{host_check, DeleteReport, ExecOutput, Images, PodHandle, Runner, RunnerOptions};
 pub use standin::StandinApi;
 pub use status::{EventKind, PodEvent};

@@ -379,6 +379,7 @@ async fn ctr(
         hostname: fields.name.clone(),
         netns: net.netns().to_string(),
         scratch,
+        root: inner.opts.images.root(c),
     };
     Ok(Ctr {
         spec: c.clone(),

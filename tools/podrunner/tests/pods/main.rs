@@ -6,6 +6,7 @@
 
 mod cleanup;
 mod containers;
+mod images;
 mod lifecycle;
 mod shop;
 mod standin;
