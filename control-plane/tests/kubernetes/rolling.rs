@@ -16,12 +16,13 @@
 //! saw it); the old sidecar drains its in-flight requests before it exits, and a connection it
 //! no longer accepts is a connect failure, retried the same way.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_testkit::wait;
 
-use super::deployed::{can_run, Shop, LIMIT, NS};
+use super::deployed::{can_run, node_get, Shop, LIMIT, NS};
 use super::load::{self, Load};
 
 const HOST: &str = "orders.shop.svc.cluster.local";
@@ -109,6 +110,20 @@ async fn a_rolling_update_of_orders_under_load_fails_no_request() {
     let counted_batches: Vec<&load::Batch> = summary.since(counted).collect();
     let total: usize = counted_batches.iter().map(|b| b.replies.len()).sum();
     let failed = load::Reply::failures(counted_batches.iter().flat_map(|b| &b.replies));
+    // How many of the client sidecar's requests needed a retry (what the retry of unprocessed
+    // requests and connect failures did), from its metrics: reported, not asserted.
+    let metrics = node_get(
+        &shop.runner,
+        SocketAddr::from((shop.pods[1].ip(), 15020)),
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await
+    .map(|(_, body)| body)
+    .unwrap_or_default();
+    let retried: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_retried_requests_total{"))
+        .collect();
     let last_old = summary
         .last_served_by(OLD)
         .map(|t| t.saturating_duration_since(deleting));
@@ -116,7 +131,8 @@ async fn a_rolling_update_of_orders_under_load_fails_no_request() {
         "rolling update: {total} requests in {} batches ({warm_up} warm-up batches before), \
          {} failed; the new pod was ready {ready_after:?} after its creation; the deletion \
          took {:?} (killed: {:?}); the last batch with an answer from the old pod ended \
-         {last_old:?} after the deletion began",
+         {last_old:?} after the deletion began; the client sidecar's retried requests: \
+         {retried:?}",
         counted_batches.len(),
         failed.len(),
         report.took,
