@@ -111,7 +111,7 @@ impl Load {
     }
 }
 
-/// Batches that ended after `t`.
+/// How many batches started at `t` or later.
 pub(super) fn ended_after(batches: &[Batch], t: Instant) -> usize {
     batches.iter().filter(|b| b.start >= t).count()
 }

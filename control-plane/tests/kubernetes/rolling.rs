@@ -10,11 +10,12 @@
 //! until twenty batches after its deletion; after the deletion every request is served by the
 //! new pod; neither of the old pod's containers had to be killed. What makes it hold (see
 //! docs/KUBERNETES.md, "Rolling updates"): the sample app keeps serving for a second after
-//! SIGTERM while the endpoint's removal reaches the callers; a request that still reaches the
-//! old pod after its app stopped listening is answered by its sidecar with a 503 marked
-//! `x-weft-unprocessed`, which the caller's sidecar retries on another endpoint (the app never
-//! saw it); the old sidecar drains its in-flight requests before it exits, and a connection it
-//! no longer accepts is a connect failure, retried the same way.
+//! SIGTERM while the endpoint's removal, and the new pod's endpoint, reach the caller (with the
+//! app exiting at once, requests fail: the caller may not know the new pod yet). Behind that,
+//! a request that still reaches the old pod after its app stopped listening is answered by its
+//! sidecar with a 503 marked `x-weft-unprocessed`, which a caller that knows another endpoint
+//! retries there (the app never saw it), and the old sidecar drains its in-flight requests
+//! before it exits. The client sidecar's retries are reported (none in the runs so far).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
