@@ -298,6 +298,13 @@ impl Reject {
 /// Header naming why the mesh, not the app, answered.
 pub const ERROR_HEADER: &str = "x-weft-error";
 
+/// Header a sidecar adds to a failure that proves the request never reached the app behind it
+/// (no connection to it could be made), so the caller's sidecar may retry it elsewhere
+/// whatever its method: the app had nothing to act on. This is what makes an app that stopped
+/// listening (a pod being deleted, before its endpoint's removal reached every caller) cost no
+/// failed request. The inbound side strips it from app responses, so only a sidecar sets it.
+pub const UNPROCESSED_HEADER: &str = "x-weft-unprocessed";
+
 /// A response the sidecar itself gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -418,6 +425,9 @@ impl Failure {
             .reason
             .replace(|c: char| !(c.is_ascii_graphic() || c == ' '), "?");
         let _ = header.insert_header(ERROR_HEADER, reason);
+        if self.flag == "connect_failure" {
+            let _ = header.insert_header(UNPROCESSED_HEADER, "1");
+        }
         let _ = header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         if let Some(secs) = self.retry_after {

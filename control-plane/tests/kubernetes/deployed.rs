@@ -45,8 +45,8 @@ pub(super) const NS: &str = "shop";
 /// first snapshot, probes).
 pub(super) const LIMIT: Duration = Duration::from_secs(90);
 /// The control plane's ports on the node (its network namespace is the test's own: no clash).
-const CP_PORT: u16 = 7070;
-const ADMIN: &str = "127.0.0.1:9901";
+pub(super) const CP_PORT: u16 = 7070;
+pub(super) const ADMIN: &str = "127.0.0.1:9901";
 const WEBHOOK: &str = "127.0.0.1:9443";
 
 /// A meshed client for the scenarios: an echo app (`weft-sample http`, which answers with the
@@ -177,7 +177,7 @@ fn controller_pod(docs: &[Value], workload: &str) -> Value {
 /// stops the pods, the control plane and the node (processes and namespaces), in that order.
 pub(super) struct Shop {
     pub pods: Vec<PodHandle>,
-    cp: Guard,
+    pub(super) cp: Guard,
     pub kube: Arc<StandinApi>,
     pub runner: Runner,
     hook: Arc<TestWebhook>,

@@ -5,16 +5,21 @@
 //! control-plane binary (`deployed`; needs root and network namespaces), a canary by editing a
 //! MeshRoute there (`canary`), a Job with an injected sidecar there (`job`), the images built
 //! from deploy/docker (`images`), and two control-plane replicas sharing their state through
-//! the API (`replicas`), which operators change with the real `weftctl` (`ctl`).
+//! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
+//! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
+//! control-plane replicas behind one Service address killed (`failover`).
 
 mod canary;
 mod ctl;
 mod deployed;
+mod failover;
 mod images;
 mod inject;
 mod job;
+mod load;
 mod manifests;
 mod replicas;
+mod rolling;
 mod source;
 mod tenancy;
 mod tokenreview;

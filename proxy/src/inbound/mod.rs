@@ -159,6 +159,8 @@ impl ProxyHttp for InboundHttp {
         resp: &mut pingora_http::ResponseHeader,
         ctx: &mut InCtx,
     ) -> Result<()> {
+        // Only this sidecar may say the app never saw a request (its callers retry on it).
+        resp.remove_header(errors::UNPROCESSED_HEADER);
         if ctx.hop.trace.recording {
             ctx.hop.grpc_status = weft_resilience::retry::grpc_status(&resp.headers);
         }

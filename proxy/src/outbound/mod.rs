@@ -182,9 +182,20 @@ impl ProxyHttp for Outbound {
         let status = resp.status.as_u16();
         let grpc = weft_resilience::retry::grpc_status(&resp.headers);
         ctx.hop.grpc_status = grpc;
+        // A peer sidecar that could not reach its app says so: the request was never
+        // processed, so it is retried like a refused stream. Only a mesh peer (mTLS, an
+        // identity) is believed; its inbound side strips the header from app responses.
+        let unprocessed = status == 503
+            && resp.headers.contains_key(errors::UNPROCESSED_HEADER)
+            && ctx.dest.as_ref().is_some_and(|d| !d.identity.is_empty());
+        let attempt = if unprocessed {
+            Attempt::Unprocessed
+        } else {
+            Attempt::Response { status, grpc }
+        };
         // Nothing has gone downstream yet: the header is still in our hands, so a retry on a
         // response status is as safe here as one on a connect failure.
-        if self.settle(session, ctx, &Attempt::Response { status, grpc }) {
+        if self.settle(session, ctx, &attempt) {
             ctx.retry_decided = true;
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),

@@ -22,6 +22,10 @@ pub enum Attempt<'a> {
     },
     /// No connection (refused, timed out, TLS failed).
     ConnectFailed,
+    /// The peer sidecar answered that its app never saw the request (a 503 with
+    /// [`crate::errors::UNPROCESSED_HEADER`]: it could not connect to the app, e.g. one that
+    /// stopped on SIGTERM): retried like a refused stream, whatever the method.
+    Unprocessed,
     /// The exchange broke after the connection was made.
     StreamFailed {
         /// Pingora's error.
@@ -63,6 +67,11 @@ pub fn classify(attempt: &Attempt<'_>, counts_5xx: bool) -> Verdict {
             fast: false,
             healthy: Some(false),
             retry: Some(Outcome::ConnectFailure),
+        },
+        Attempt::Unprocessed => Verdict {
+            fast: false,
+            healthy: Some(false),
+            retry: Some(Outcome::RefusedStream),
         },
         Attempt::StreamFailed {
             error,
@@ -189,6 +198,14 @@ mod tests {
                 retry: Some(Outcome::ConnectFailure)
             }
         );
+    }
+
+    #[test]
+    fn an_answer_the_app_never_saw_is_retried_as_refused() {
+        let v = classify(&Attempt::Unprocessed, false);
+        assert_eq!(v.retry, Some(Outcome::RefusedStream));
+        assert!(v.retry.is_some_and(|o| o.never_reached_app()));
+        assert_eq!(v.healthy, Some(false));
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! ```
 //!
 //! On start it logs one line (to stderr) with the bound address; `--listen`
-//! may use port 0 to let the OS choose. It runs until killed or Ctrl-C.
+//! may use port 0 to let the OS choose. It runs until killed or Ctrl-C. On SIGTERM (a pod
+//! being deleted) it keeps serving for `--shutdown-delay-ms` before it exits, as Kubernetes
+//! apps should: the kubelet's SIGTERM and the endpoint's removal from every caller race, so an
+//! app that exits at once answers requests still on their way to it with a broken connection.
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -81,6 +84,10 @@ struct Args {
     /// `frontend`, `orders`: the `:authority` their calls to `inventory` carry.
     #[arg(long, default_value = "inventory")]
     inventory_host: String,
+    /// On SIGTERM, keep serving this many milliseconds (while the endpoint's removal reaches
+    /// the callers), then exit. 0 exits at once.
+    #[arg(long, default_value_t = 1000)]
+    shutdown_delay_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,11 +157,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.name,
         args.threads
     );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching for SIGTERM")?;
+    let delay = std::time::Duration::from_millis(args.shutdown_delay_ms);
+    tokio::pin!(server);
     tokio::select! {
-        res = server => res.context("server task failed")?,
+        res = &mut server => res.context("server task failed")?,
         res = tokio::signal::ctrl_c() => {
             res.context("waiting for ctrl-c")?;
             log::info!("interrupted, exiting");
+        }
+        _ = term.recv() => {
+            log::info!("SIGTERM: serving {delay:?} more, then exiting");
+            // Still serving: the server task runs on while this sleeps.
+            tokio::select! {
+                res = &mut server => res.context("server task failed")?,
+                () = tokio::time::sleep(delay) => log::info!("exiting after SIGTERM"),
+            }
         }
     }
     Ok(())
