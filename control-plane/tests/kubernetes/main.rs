@@ -3,7 +3,8 @@
 //! sidecar injection (`inject`), policy tenancy (`tenancy`), the webhook's bounds
 //! (`webhook_bounds`), the injected shop run as deployed on the pod runner's pods against the
 //! control-plane binary (`deployed`; needs root and network namespaces), a canary by editing a
-//! MeshRoute there (`canary`), a Job with an injected sidecar there (`job`), the images built
+//! MeshRoute there (`canary`), an invalid MeshRoute edit that keeps the last good route in
+//! force there (`invalid_route`), the mesh CA rotated there under load (`rotation`), a Job with an injected sidecar there (`job`), the images built
 //! from deploy/docker (`images`), and two control-plane replicas sharing their state through
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`).
 
@@ -12,6 +13,7 @@ mod ctl;
 mod deployed;
 mod images;
 mod inject;
+mod invalid_route;
 mod job;
 mod manifests;
 mod replicas;

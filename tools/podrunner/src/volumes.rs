@@ -376,4 +376,45 @@ mod tests {
         }
         assert!(relative("a/b.crt").is_ok());
     }
+
+    /// The injected sidecar's identity volume: a token and the trust bundle ConfigMap,
+    /// projected. An edit of the ConfigMap reaches the file by a refresh; the token stays.
+    #[tokio::test]
+    async fn a_refresh_swaps_in_the_edited_config_map_and_keeps_the_token() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+            "spec": {"containers": [{"name": "c"}], "volumes": [
+                {"name": "identity", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "audience": "weft"}},
+                    {"configMap": {"name": "weft-trust-bundle",
+                                   "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}},
+                {"name": "plain", "configMap": {"name": "weft-trust-bundle"}},
+                {"name": "scratch", "emptyDir": {}}]}
+        }))
+        .expect("a Pod");
+        let api = crate::InMemoryApi::new();
+        api.put_config_map("shop", "weft-trust-bundle", &[("ca.crt", "old\n")]);
+        let fields = PodFields::of(
+            &pod,
+            "10.0.0.2".parse().expect("ip"),
+            "n",
+            "10.0.0.1".parse().expect("ip"),
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = materialize(&pod, &fields, &api, tmp.path())
+            .await
+            .expect("materialize");
+        let read = |vol: &str, f: &str| std::fs::read_to_string(dirs[vol].join(f)).expect("read");
+        let token = read("identity", "token");
+        assert_eq!(read("identity", "ca.crt"), "old\n");
+        assert_eq!(refresh(&pod, &fields, &api, tmp.path()).await.expect("refresh"), 0);
+
+        api.put_config_map("shop", "weft-trust-bundle", &[("ca.crt", "old\nnew\n")]);
+        assert_eq!(refresh(&pod, &fields, &api, tmp.path()).await.expect("refresh"), 2);
+        assert_eq!(read("identity", "ca.crt"), "old\nnew\n");
+        assert_eq!(read("plain", "ca.crt"), "old\nnew\n");
+        assert_eq!(read("identity", "token"), token, "the token is kept");
+        assert_eq!(api.tokens().len(), 1, "no second token minted");
+        assert_eq!(refresh(&pod, &fields, &api, tmp.path()).await.expect("refresh"), 0);
+    }
 }
