@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use kube::api::DynamicObject;
+use ::kube::api::DynamicObject;
 
 use super::mapping::{self, Kind, Mapped, ObjectKey, Objects};
 
