@@ -17,6 +17,7 @@ mod invalid_route;
 mod job;
 mod manifests;
 mod replicas;
+mod rotation;
 mod source;
 mod tenancy;
 mod tokenreview;
