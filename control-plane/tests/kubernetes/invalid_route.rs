@@ -165,8 +165,8 @@ async fn load(shop: &Shop, from: Instant, span: Duration) -> Vec<Batch> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_meshroute_edit_is_refused_with_its_field_and_traffic_keeps_the_last_good_route(
-) {
+async fn an_invalid_meshroute_edit_is_refused_with_its_field_and_traffic_keeps_the_last_good_route()
+{
     if !can_run() {
         return;
     }
@@ -203,10 +203,10 @@ async fn an_invalid_meshroute_edit_is_refused_with_its_field_and_traffic_keeps_t
     api.put(route_to("v2", Some(BAD_REGEX)));
     let bad = generation(api);
     assert!(bad > good);
-    let (mut batches, (c, refused_after)) = tokio::join!(
-        load(&shop, edited, Duration::from_secs(4)),
-        async { (condition_for(&shop, bad, "False").await, edited.elapsed()) }
-    );
+    let (mut batches, (c, refused_after)) =
+        tokio::join!(load(&shop, edited, Duration::from_secs(4)), async {
+            (condition_for(&shop, bad, "False").await, edited.elapsed())
+        });
     assert_eq!(c["status"], "False", "{c}");
     assert_eq!(c["reason"], "Invalid", "{c}");
     let message = c["message"].as_str().unwrap_or_default();
@@ -233,13 +233,11 @@ async fn an_invalid_meshroute_edit_is_refused_with_its_field_and_traffic_keeps_t
     let fixed_at = Instant::now();
     api.put(route_to("v2", None));
     let fixed = generation(api);
-    let (batches, accepted_after) = tokio::join!(
-        load(&shop, fixed_at, Duration::from_secs(3)),
-        async {
+    let (batches, accepted_after) =
+        tokio::join!(load(&shop, fixed_at, Duration::from_secs(3)), async {
             condition_for(&shop, fixed, "True").await;
             fixed_at.elapsed()
-        }
-    );
+        });
     let after: usize = batches.iter().map(|b| b.versions.len()).sum();
     let failed = batches
         .iter()

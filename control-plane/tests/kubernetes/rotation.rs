@@ -138,7 +138,10 @@ async fn sidecar_metrics(shop: &Shop, pod: &PodHandle) -> (f64, f64) {
     };
     (
         value("weft_trust_bundle_differs", None),
-        value("weft_control_plane_snapshots_total", Some("result=\"nack\"")),
+        value(
+            "weft_control_plane_snapshots_total",
+            Some("result=\"nack\""),
+        ),
     )
 }
 
@@ -167,18 +170,26 @@ async fn all_acked(shop: &Shop) -> Duration {
 /// `ca.crt` holds them and every sidecar reloaded its files after that; how long it took.
 async fn put_bundle(shop: &Shop, roots: &str) -> Duration {
     let start = Instant::now();
-    shop.kube.server().put(json!({"kind": "ConfigMap", "apiVersion": "v1",
+    shop.kube
+        .server()
+        .put(json!({"kind": "ConfigMap", "apiVersion": "v1",
         "metadata": {"name": "weft-trust-bundle", "namespace": NS}, "data": {"ca.crt": roots}}));
     for pod in &shop.pods {
         wait::until_async(
             &format!("{}'s mounted trust bundle updated", pod.name()),
             Duration::from_secs(20),
-            || async { (sidecar_file(pod, "/var/run/secrets/weft/ca.crt").await == roots).then_some(()) },
+            || async {
+                (sidecar_file(pod, "/var/run/secrets/weft/ca.crt").await == roots).then_some(())
+            },
         )
         .await;
     }
     // A reload that starts after the mount changed reads the new bundle.
-    let seen: Vec<usize> = shop.pods.iter().map(|p| p.logs("weft-proxy").len()).collect();
+    let seen: Vec<usize> = shop
+        .pods
+        .iter()
+        .map(|p| p.logs("weft-proxy").len())
+        .collect();
     for (pod, from) in shop.pods.iter().zip(seen) {
         wait::until_async(
             &format!("{}'s sidecar reloading its files", pod.name()),
@@ -199,7 +210,12 @@ async fn put_bundle(shop: &Shop, roots: &str) -> Duration {
 async fn bundles_agree(shop: &Shop, step: &str) {
     for pod in &shop.pods {
         let (differs, nacks) = sidecar_metrics(shop, pod).await;
-        assert_eq!(differs, 0.0, "{step}: {} shows weft_trust_bundle_differs 1", pod.name());
+        assert_eq!(
+            differs,
+            0.0,
+            "{step}: {} shows weft_trust_bundle_differs 1",
+            pod.name()
+        );
         assert_eq!(nacks, 0.0, "{step}: {} NACKed a snapshot", pod.name());
     }
 }
@@ -238,7 +254,10 @@ async fn the_mesh_ca_rotates_on_pods_under_load_without_a_failed_request() {
         std::fs::write(&path, text).expect("write");
         path.to_string_lossy().into_owned()
     };
-    let (new_crt, new_key) = (write("new-ca.crt", next.cert_pem()), write("new-ca.key", next.key_pem()));
+    let (new_crt, new_key) = (
+        write("new-ca.crt", next.cert_pem()),
+        write("new-ca.key", next.key_pem()),
+    );
     let old_crt = write("old-ca.crt", &old);
     let (old_id, new_id) = (key_id(&old, true), key_id(next.cert_pem(), true));
     assert_ne!(old_id, new_id);
@@ -251,7 +270,11 @@ async fn the_mesh_ca_rotates_on_pods_under_load_without_a_failed_request() {
         if batch.iter().all(|o| o.ok) {
             break;
         }
-        assert!(Instant::now() < deadline, "the shop never answered whole\n{}", shop.cp_log());
+        assert!(
+            Instant::now() < deadline,
+            "the shop never answered whole\n{}",
+            shop.cp_log()
+        );
     }
     all_acked(&shop).await;
 
@@ -269,7 +292,12 @@ async fn the_mesh_ca_rotates_on_pods_under_load_without_a_failed_request() {
     // 2. The control plane signs with the new root, trusting the old one too.
     let t = Instant::now();
     let mut args = lifetime.clone();
-    args.extend(["--ca-cert".into(), new_crt.clone(), "--ca-key".into(), new_key.clone()]);
+    args.extend([
+        "--ca-cert".into(),
+        new_crt.clone(),
+        "--ca-key".into(),
+        new_key.clone(),
+    ]);
     args.extend(["--extra-roots".into(), old_crt]);
     shop.restart_control_plane("cp-2.log", &args).await;
     let restart2 = t.elapsed();
@@ -293,9 +321,11 @@ async fn the_mesh_ca_rotates_on_pods_under_load_without_a_failed_request() {
         assert_eq!(key_id(&pem, false), new_id, "{}", pod.name());
     }
     let tail = Instant::now();
-    wait::until_async("two more seconds of load", Duration::from_secs(5), || async {
-        (tail.elapsed() > Duration::from_secs(2)).then_some(())
-    })
+    wait::until_async(
+        "two more seconds of load",
+        Duration::from_secs(5),
+        || async { (tail.elapsed() > Duration::from_secs(2)).then_some(()) },
+    )
     .await;
 
     stop.store(true, Ordering::SeqCst);
@@ -303,7 +333,13 @@ async fn the_mesh_ca_rotates_on_pods_under_load_without_a_failed_request() {
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.ok)
-        .map(|o| format!("+{:?}: {}", o.at.saturating_duration_since(started), o.detail))
+        .map(|o| {
+            format!(
+                "+{:?}: {}",
+                o.at.saturating_duration_since(started),
+                o.detail
+            )
+        })
         .collect();
     let span = started.elapsed();
     eprintln!(

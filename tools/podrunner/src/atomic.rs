@@ -44,18 +44,21 @@ pub(crate) fn current(dir: &Path) -> Result<Vec<FileOut>, Error> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let here = root.join(&rel);
-        let entries = std::fs::read_dir(&here).map_err(io_err(format!("read {}", here.display())))?;
+        let entries =
+            std::fs::read_dir(&here).map_err(io_err(format!("read {}", here.display())))?;
         for e in entries {
             let e = e.map_err(io_err(format!("read {}", here.display())))?;
             let path = e.path();
             let sub = rel.join(e.file_name());
-            let meta = std::fs::metadata(&path).map_err(io_err(format!("stat {}", path.display())))?;
+            let meta =
+                std::fs::metadata(&path).map_err(io_err(format!("stat {}", path.display())))?;
             if meta.is_dir() {
                 stack.push(sub);
             } else {
                 out.push(FileOut {
                     rel: sub,
-                    data: std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?,
+                    data: std::fs::read(&path)
+                        .map_err(io_err(format!("read {}", path.display())))?,
                     mode: meta.permissions().mode() & 0o777,
                     uid: None,
                 });
@@ -191,11 +194,23 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
         publish(dir, &[file("ca.crt", "old root\n"), file("a/b", "x")], None).expect("publish");
-        assert_eq!(std::fs::read_to_string(dir.join("ca.crt")).expect("read"), "old root\n");
-        assert!(dir.join("ca.crt").symlink_metadata().expect("stat").is_symlink());
-        assert_eq!(std::fs::read_link(dir.join("ca.crt")).expect("link"), Path::new("..data/ca.crt"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("ca.crt")).expect("read"),
+            "old root\n"
+        );
+        assert!(dir
+            .join("ca.crt")
+            .symlink_metadata()
+            .expect("stat")
+            .is_symlink());
+        assert_eq!(
+            std::fs::read_link(dir.join("ca.crt")).expect("link"),
+            Path::new("..data/ca.crt")
+        );
         let first = std::fs::read_link(dir.join(DATA)).expect("..data");
-        assert!(unchanged(dir, &[file("a/b", "x"), file("ca.crt", "old root\n")]).expect("compare"));
+        assert!(
+            unchanged(dir, &[file("a/b", "x"), file("ca.crt", "old root\n")]).expect("compare")
+        );
 
         // A reader holding the old file keeps reading it whole; the name gives the new one.
         let held = std::fs::File::open(dir.join("ca.crt")).expect("open");

@@ -131,7 +131,12 @@ pub(crate) fn launch(
         busy: tokio::sync::Mutex::new(()),
     });
     let volume_sync = inner.opts.volume_sync.map(|period| {
-        tokio::spawn(sync_volumes(Arc::clone(&inner), Arc::clone(&volumes), period)).abort_handle()
+        tokio::spawn(sync_volumes(
+            Arc::clone(&inner),
+            Arc::clone(&volumes),
+            period,
+        ))
+        .abort_handle()
     });
     let policy = Restart::parse(spec.restart_policy.as_deref());
     let run = crate::runner::start_tasks(&ctx, inits, apps, policy);

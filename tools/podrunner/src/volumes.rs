@@ -235,7 +235,12 @@ fn keys(
             for item in items {
                 match data.get(&item.key) {
                     Some(v) => {
-                        out.push(file(&item.path, v.clone(), item.mode.unwrap_or(mode), None)?);
+                        out.push(file(
+                            &item.path,
+                            v.clone(),
+                            item.mode.unwrap_or(mode),
+                            None,
+                        )?);
                     }
                     None if optional => {}
                     None => return Err(Error::Spec(format!("key {} not found", item.key))),
@@ -407,14 +412,29 @@ mod tests {
         let read = |vol: &str, f: &str| std::fs::read_to_string(dirs[vol].join(f)).expect("read");
         let token = read("identity", "token");
         assert_eq!(read("identity", "ca.crt"), "old\n");
-        assert_eq!(refresh(&pod, &fields, &api, tmp.path()).await.expect("refresh"), 0);
+        assert_eq!(
+            refresh(&pod, &fields, &api, tmp.path())
+                .await
+                .expect("refresh"),
+            0
+        );
 
         api.put_config_map("shop", "weft-trust-bundle", &[("ca.crt", "old\nnew\n")]);
-        assert_eq!(refresh(&pod, &fields, &api, tmp.path()).await.expect("refresh"), 2);
+        assert_eq!(
+            refresh(&pod, &fields, &api, tmp.path())
+                .await
+                .expect("refresh"),
+            2
+        );
         assert_eq!(read("identity", "ca.crt"), "old\nnew\n");
         assert_eq!(read("plain", "ca.crt"), "old\nnew\n");
         assert_eq!(read("identity", "token"), token, "the token is kept");
         assert_eq!(api.tokens().len(), 1, "no second token minted");
-        assert_eq!(refresh(&pod, &fields, &api, tmp.path()).await.expect("refresh"), 0);
+        assert_eq!(
+            refresh(&pod, &fields, &api, tmp.path())
+                .await
+                .expect("refresh"),
+            0
+        );
     }
 }
