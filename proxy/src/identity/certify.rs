@@ -585,13 +585,14 @@ mod tests {
 
     #[test]
     fn roots_compare_as_sets() {
-        let (a, b) = (
+        let ab = [
             CertificateDer::from(vec![1u8, 2]),
             CertificateDer::from(vec![3u8]),
-        );
-        assert!(same_roots(&[a.clone(), b.clone()], &[b.clone(), a.clone()]));
-        assert!(!same_roots(&[a.clone(), b.clone()], &[a.clone()]));
-        assert!(!same_roots(&[a], &[b]));
+        ];
+        let ba = [ab[1].clone(), ab[0].clone()];
+        assert!(same_roots(&ab, &ba));
+        assert!(!same_roots(&ab, &ab[..1]));
+        assert!(!same_roots(&ab[..1], &ab[1..]));
     }
 
     #[test]
