@@ -191,6 +191,11 @@ impl Shop {
     /// The stand-in (in the node's network), the control plane beside it, the shop's Services,
     /// ServiceAccounts and trust bundle; no pods yet.
     pub async fn start() -> Shop {
+        Shop::start_with(&[]).await
+    }
+
+    /// [`Shop::start`] with more arguments for the control plane (`cp_args`).
+    pub async fn start_with(cp_args: &[String]) -> Shop {
         let images = pod_images();
         let mut docs = example("shop-apps.yaml");
         docs.extend(documents(CLIENT));
@@ -199,6 +204,8 @@ impl Shop {
         let api: Arc<dyn weft_podrunner::ClusterApi> = kube.clone();
         let mut opts = RunnerOptions::new(api, images);
         opts.backoff = (Duration::from_millis(200), Duration::from_secs(2));
+        // ConfigMap volumes follow the API within about a second (the kubelet: a minute).
+        opts.volume_sync = Some(Duration::from_secs(1));
         let runner = Runner::new(opts).expect("the pod runner");
         let objects: Vec<Value> = docs
             .iter()
@@ -231,7 +238,7 @@ impl Shop {
         runner.apply_service(cp_service);
 
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (cp, cp_log, hook) = control_plane(&runner, &kube, tmp.path()).await;
+        let (cp, cp_log, hook) = control_plane(&runner, &kube, tmp.path(), "cp.log", cp_args).await;
         // The trust bundle ConfigMap holds the CA certificate (docs/KUBERNETES.md, "Install").
         let ca = std::fs::read_to_string(tmp.path().join("state/ca.crt")).expect("ca.crt");
         kube.server()
@@ -263,6 +270,19 @@ impl Shop {
             }
             self.docs.push(doc);
         }
+    }
+
+    /// Stops the control plane (SIGTERM, as a rollout does; SIGKILL after 30 s) and starts it
+    /// again on the same state with `cp_args`, its log in `log`; returns once its webhook
+    /// answers.
+    pub async fn restart_control_plane(&mut self, log: &str, cp_args: &[String]) {
+        self.cp.signal(nix::sys::signal::Signal::SIGTERM);
+        if self.cp.wait_within(Duration::from_secs(30)).is_none() {
+            self.cp.kill();
+        }
+        let (cp, cp_log, hook) =
+            control_plane(&self.runner, &self.kube, self.tmp.path(), log, cp_args).await;
+        (self.cp, self.cp_log, self.hook) = (cp, cp_log, hook);
     }
 
     /// The control plane's log so far.
@@ -391,15 +411,17 @@ pub(super) async fn node_get(
         .flatten()
 }
 
-/// The control plane in the node's network (see the module docs), its log file, and its
-/// webhook's client. Returns once the webhook answers.
+/// The control plane in the node's network (see the module docs) with `extra` arguments, its
+/// log file (`log` in `dir`), and its webhook's client. Returns once the webhook answers.
 async fn control_plane(
     runner: &Runner,
     kube: &StandinApi,
     dir: &Path,
+    log: &str,
+    extra: &[String],
 ) -> (Guard, PathBuf, Arc<TestWebhook>) {
     let (cert, key, tls) = webhook_certs(dir);
-    let log = dir.join("cp.log");
+    let log = dir.join(log);
     let listen = format!("{}:{CP_PORT}", weft_podrunner::net::GATEWAY);
     let mut cp = spawn(
         Command::new("ip")
@@ -419,6 +441,7 @@ async fn control_plane(
                 "--webhook-control-plane",
                 &format!("weft-control-plane.weft-system.svc:{CP_PORT}"),
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig(dir, kube.server()))
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())

@@ -3,7 +3,8 @@
 //! sidecar injection (`inject`), policy tenancy (`tenancy`), the webhook's bounds
 //! (`webhook_bounds`), the injected shop run as deployed on the pod runner's pods against the
 //! control-plane binary (`deployed`; needs root and network namespaces), a canary by editing a
-//! MeshRoute there (`canary`), a Job with an injected sidecar there (`job`), the images built
+//! MeshRoute there (`canary`), an invalid MeshRoute edit that keeps the last good route in
+//! force there (`invalid_route`), the mesh CA rotated there under load (`rotation`), a Job with an injected sidecar there (`job`), the images built
 //! from deploy/docker (`images`), and two control-plane replicas sharing their state through
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
@@ -15,11 +16,13 @@ mod deployed;
 mod failover;
 mod images;
 mod inject;
+mod invalid_route;
 mod job;
 mod load;
 mod manifests;
 mod replicas;
 mod rolling;
+mod rotation;
 mod source;
 mod tenancy;
 mod tokenreview;

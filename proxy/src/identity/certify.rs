@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::watch;
 use weft_api::v1::control_plane_client::ControlPlaneClient;
@@ -525,9 +526,12 @@ pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
             .add(r.clone())
             .map_err(|e| format!("the snapshot's trust bundle holds an unusable root: {e}"))?;
     }
-    // Compared with the roots in force (in memory), not with the file.
+    // Compared with the roots in force (in memory), not with the file, as sets: the order
+    // of roots does not change what is trusted, and the two sides list them in different
+    // orders during a rotation (the control plane its signing root first, the documented
+    // ConfigMap edit the old root first).
     let current = material::trust_bundle(&store.trust_bundle_pem(), &path).ok();
-    let differs = current.as_ref() != Some(&roots);
+    let differs = current.is_none_or(|c| !same_roots(&c, &roots));
     let mounted = store
         .load()
         .control_plane
@@ -561,6 +565,14 @@ pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `a` and `b` hold the same roots, in any order.
+fn same_roots(a: &[CertificateDer<'_>], b: &[CertificateDer<'_>]) -> bool {
+    let set = |r: &[CertificateDer<'_>]| -> std::collections::BTreeSet<Vec<u8>> {
+        r.iter().map(|c| c.as_ref().to_vec()).collect()
+    };
+    set(a) == set(b)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -569,6 +581,18 @@ mod tests {
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn roots_compare_as_sets() {
+        let ab = [
+            CertificateDer::from(vec![1u8, 2]),
+            CertificateDer::from(vec![3u8]),
+        ];
+        let ba = [ab[1].clone(), ab[0].clone()];
+        assert!(same_roots(&ab, &ba));
+        assert!(!same_roots(&ab, &ab[..1]));
+        assert!(!same_roots(&ab[..1], &ab[1..]));
     }
 
     #[test]

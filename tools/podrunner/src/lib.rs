@@ -12,7 +12,9 @@
 //!   `$(VAR)` expansion exactly as the kubelet does it.
 //! - [`volumes`]: emptyDir, configMap, secret and projected volumes (service-account tokens
 //!   minted through [`ClusterApi`]) as directories with the spec's modes, bind-mounted at their
-//!   `mountPath` in a private mount namespace per container (read-only where the spec says).
+//!   `mountPath` in a private mount namespace per container (read-only where the spec says);
+//!   ConfigMaps and Secrets are read again every [`RunnerOptions::volume_sync`] and swapped in
+//!   atomically ([`atomic`]), as the kubelet updates mounted ConfigMaps.
 //! - [`probes`]: `httpGet`, `tcpSocket` and `exec` probes on the spec's timings.
 //! - [`lifecycle`]: Kubernetes 1.29+ ordering with native sidecars, restarts with backoff, Job
 //!   completion, deletion with the grace period.
@@ -31,6 +33,7 @@
 //! own mount namespace, so nothing is written to the host's real paths.
 
 pub mod api;
+mod atomic;
 mod container;
 pub mod env;
 mod images;

@@ -48,6 +48,38 @@ pub struct PodHandle {
     inner: Arc<Inner>,
     dir: PathBuf,
     sidecars: Vec<String>,
+    volumes: Arc<Volumes>,
+    volume_sync: Option<tokio::task::AbortHandle>,
+}
+
+/// What refreshing a pod's volumes needs: the pod as started, its downward-API facts, and
+/// where its volumes are.
+struct Volumes {
+    pod: Pod,
+    fields: crate::env::PodFields,
+    root: PathBuf,
+    /// One refresh at a time (the periodic one and one asked for may meet).
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Volumes {
+    async fn refresh(&self, inner: &Inner) -> Result<usize, Error> {
+        let _one = self.busy.lock().await;
+        crate::volumes::refresh(&self.pod, &self.fields, inner.opts.api.as_ref(), &self.root).await
+    }
+}
+
+/// Refreshes the pod's volumes every `period` until aborted (when the pod goes). A failed
+/// refresh (the API unreachable) keeps the files in force and is tried again next period, as
+/// the kubelet does.
+async fn sync_volumes(inner: Arc<Inner>, volumes: Arc<Volumes>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is now: the volumes were just written
+    loop {
+        tick.tick().await;
+        let _ = volumes.refresh(&inner).await;
+    }
 }
 
 /// Registers the pod, starts its lifecycle and its status reporter.
@@ -87,6 +119,25 @@ pub(crate) fn launch(
         name.clone(),
     ))
     .abort_handle();
+    let volumes = Arc::new(Volumes {
+        fields: crate::env::PodFields::of(
+            &pod,
+            net.ip(),
+            &inner.opts.node_name,
+            crate::net::GATEWAY,
+        ),
+        pod,
+        root: dir.join("volumes"),
+        busy: tokio::sync::Mutex::new(()),
+    });
+    let volume_sync = inner.opts.volume_sync.map(|period| {
+        tokio::spawn(sync_volumes(
+            Arc::clone(&inner),
+            Arc::clone(&volumes),
+            period,
+        ))
+        .abort_handle()
+    });
     let policy = Restart::parse(spec.restart_policy.as_deref());
     let run = crate::runner::start_tasks(&ctx, inits, apps, policy);
     PodHandle {
@@ -99,6 +150,8 @@ pub(crate) fn launch(
         inner,
         dir,
         sidecars,
+        volumes,
+        volume_sync,
     }
 }
 
@@ -275,6 +328,13 @@ impl PodHandle {
             })
     }
 
+    /// Reads the ConfigMaps and Secrets of the pod's volumes again now and swaps in what
+    /// changed (atomically, as the kubelet's sync does every [`crate::RunnerOptions::volume_sync`]);
+    /// returns how many volumes changed.
+    pub async fn sync_volumes(&self) -> Result<usize, Error> {
+        self.volumes.refresh(&self.inner).await
+    }
+
     /// Deletes the pod as the kubelet does: SIGTERM to the app containers, then the sidecars in
     /// reverse order, SIGKILL to whatever still runs when `terminationGracePeriodSeconds` ends;
     /// then removes its network and files.
@@ -312,6 +372,9 @@ impl Drop for PodHandle {
             run.abort();
         }
         self.reporter.abort();
+        if let Some(sync) = self.volume_sync.take() {
+            sync.abort();
+        }
         lock(&self.inner.pods).remove(&(self.namespace.clone(), self.name.clone()));
         self.inner.refresh_hosts();
         if let Some(net) = self.net.take() {

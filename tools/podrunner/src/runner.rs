@@ -35,10 +35,15 @@ pub struct RunnerOptions {
     pub backoff: (Duration, Duration),
     /// Restarts of one container before the runner gives up (a bound the kubelet lacks).
     pub max_restarts: u32,
+    /// How often each pod's configMap, secret and projected volumes are read from the API
+    /// again and updated in place when they changed (the kubelet's sync period, about a
+    /// minute; tests want less). `None`: only on demand ([`PodHandle::sync_volumes`]).
+    pub volume_sync: Option<Duration>,
 }
 
 impl RunnerOptions {
-    /// Defaults: node `weft-node`, backoff 1 s doubling to 10 s, at most 5 restarts.
+    /// Defaults: node `weft-node`, backoff 1 s doubling to 10 s, at most 5 restarts, volumes
+    /// refreshed every 60 s.
     pub fn new(api: Arc<dyn ClusterApi>, images: Images) -> Self {
         RunnerOptions {
             api,
@@ -46,6 +51,7 @@ impl RunnerOptions {
             node_name: "weft-node".into(),
             backoff: (Duration::from_secs(1), Duration::from_secs(10)),
             max_restarts: 5,
+            volume_sync: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -6,8 +6,14 @@
 //! owned by the pods' single `runAsUser` (the kubelet's rule, so a non-root sidecar can read a
 //! 0600 token). The directories are bind-mounted into each container by the container stage.
 //!
+//! configMap, secret and projected volumes are laid out as the kubelet's atomic writer lays
+//! them out (`..data` and a generation directory, [`crate::atomic`]); [`refresh`] reads their
+//! ConfigMaps and Secrets again and swaps in what changed, as the kubelet's sync loop does
+//! (the runner calls it every [`crate::RunnerOptions::volume_sync`], and
+//! [`crate::PodHandle::sync_volumes`] on demand).
+//!
 //! Not implemented (a clear error): hostPath (it would expose the host), persistent volumes,
-//! CSI, and updates after start (a real kubelet refreshes ConfigMaps and tokens in place).
+//! CSI; and the refresh of projected service-account tokens (a token is minted once).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -17,6 +23,7 @@ use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequestSpe
 use k8s_openapi::api::core::v1::{KeyToPath, Pod, PodSpec, Volume, VolumeProjection};
 
 use crate::api::ClusterApi;
+use crate::atomic::{self, FileOut};
 use crate::env::{config_map_data, secret_data, PodFields};
 use crate::{io_err, Error};
 
@@ -39,6 +46,8 @@ struct Owner {
 }
 
 /// Creates and fills every volume of `pod` under `root/<volume name>`; returns the directories.
+/// configMap, secret and projected volumes are written as the kubelet's atomic writer does
+/// ([`crate::atomic`]), so [`refresh`] can update them in place.
 pub async fn materialize(
     pod: &Pod,
     fields: &PodFields,
@@ -54,7 +63,13 @@ pub async fn materialize(
     for v in spec.volumes.iter().flatten() {
         let dir = root.join(safe_name(&v.name)?);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        fill(v, &dir, fields, api, owner).await?;
+        if v.empty_dir.is_some() {
+            set_mode(&dir, 0o777)?;
+        } else {
+            set_mode(&dir, 0o755)?;
+            let files = payload(v, fields, api, owner, Tokens::Mint).await?;
+            atomic::publish(&dir, &files, owner.fs_group)?;
+        }
         if let Some(g) = owner.fs_group {
             chown_tree(&dir, None, Some(g))?;
         }
@@ -63,47 +78,73 @@ pub async fn materialize(
     Ok(dirs)
 }
 
-async fn fill(
+/// Reads the ConfigMaps and Secrets of `pod`'s volumes under `root` again and publishes each
+/// volume whose files changed (a projected token is kept as it is: token refresh is not
+/// implemented); returns how many volumes changed. What the kubelet's sync loop does.
+pub async fn refresh(
+    pod: &Pod,
+    fields: &PodFields,
+    api: &dyn ClusterApi,
+    root: &Path,
+) -> Result<usize, Error> {
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| Error::Spec("pod has no spec".into()))?;
+    let owner = owner_of(spec)?;
+    let mut changed = 0;
+    for v in spec.volumes.iter().flatten() {
+        if v.empty_dir.is_some() {
+            continue;
+        }
+        let dir = root.join(safe_name(&v.name)?);
+        let files = payload(v, fields, api, owner, Tokens::Keep(&dir)).await?;
+        if !atomic::unchanged(&dir, &files)? {
+            atomic::publish(&dir, &files, owner.fs_group)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Where a projected token comes from: minted now, or the one the volume holds.
+#[derive(Clone, Copy)]
+enum Tokens<'a> {
+    Mint,
+    Keep(&'a Path),
+}
+
+/// The files of a configMap, secret or projected volume.
+async fn payload(
     v: &Volume,
-    dir: &Path,
     fields: &PodFields,
     api: &dyn ClusterApi,
     owner: Owner,
-) -> Result<(), Error> {
+    tokens: Tokens<'_>,
+) -> Result<Vec<FileOut>, Error> {
     let ns = fields.namespace.as_str();
-    if v.empty_dir.is_some() {
-        return set_mode(dir, 0o777);
-    }
-    set_mode(dir, 0o755)?;
+    let mut out = Vec::new();
     if let Some(cm) = &v.config_map {
         let optional = cm.optional.unwrap_or(false);
         let data = config_map_data(api, ns, &cm.name, optional).await?;
-        return write_keys(
-            dir,
-            &data,
-            cm.items.as_deref(),
-            cm.default_mode.unwrap_or(0o644),
-            optional,
-        );
+        let mode = cm.default_mode.unwrap_or(0o644);
+        keys(&mut out, &data, cm.items.as_deref(), mode, optional)?;
+        return Ok(out);
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         let optional = s.optional.unwrap_or(false);
         let data = secret_data(api, ns, &name, optional).await?;
-        return write_keys(
-            dir,
-            &data,
-            s.items.as_deref(),
-            s.default_mode.unwrap_or(0o644),
-            optional,
-        );
+        let mode = s.default_mode.unwrap_or(0o644);
+        keys(&mut out, &data, s.items.as_deref(), mode, optional)?;
+        return Ok(out);
     }
     if let Some(p) = &v.projected {
         let mode = p.default_mode.unwrap_or(0o644);
         for source in p.sources.iter().flatten() {
-            project(source, dir, mode, fields, api, owner).await?;
+            project(&mut out, source, mode, fields, api, owner, tokens).await?;
         }
-        return Ok(());
+        return Ok(out);
     }
     Err(Error::Unsupported(format!(
         "volume {}: only emptyDir, configMap, secret and projected volumes",
@@ -112,41 +153,49 @@ async fn fill(
 }
 
 async fn project(
+    out: &mut Vec<FileOut>,
     source: &VolumeProjection,
-    dir: &Path,
     mode: i32,
     fields: &PodFields,
     api: &dyn ClusterApi,
     owner: Owner,
+    tokens: Tokens<'_>,
 ) -> Result<(), Error> {
     let ns = fields.namespace.as_str();
     if let Some(t) = &source.service_account_token {
-        let spec = TokenRequestSpec {
-            audiences: t.audience.clone().into_iter().collect(),
-            expiration_seconds: Some(t.expiration_seconds.unwrap_or(3600)),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(fields.name.clone()),
-                uid: Some(fields.uid.clone()),
-            }),
+        let token = match tokens {
+            Tokens::Keep(dir) => {
+                let path = dir.join(relative(&t.path)?);
+                std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?
+            }
+            Tokens::Mint => {
+                let spec = TokenRequestSpec {
+                    audiences: t.audience.clone().into_iter().collect(),
+                    expiration_seconds: Some(t.expiration_seconds.unwrap_or(3600)),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(fields.name.clone()),
+                        uid: Some(fields.uid.clone()),
+                    }),
+                };
+                let status = api.create_token(ns, &fields.service_account, spec).await?;
+                status.token.into_bytes()
+            }
         };
-        let status = api.create_token(ns, &fields.service_account, spec).await?;
-        let path = write_file(dir, &t.path, status.token.as_bytes(), mode)?;
-        if owner.fs_group.is_none() && owner.token_uid.is_some() {
-            chown_tree(&path, owner.token_uid, None)?;
-        }
+        let uid = owner.token_uid.filter(|_| owner.fs_group.is_none());
+        out.push(file(&t.path, token, mode, uid)?);
         return Ok(());
     }
     if let Some(cm) = &source.config_map {
         let optional = cm.optional.unwrap_or(false);
         let data = config_map_data(api, ns, &cm.name, optional).await?;
-        return write_keys(dir, &data, cm.items.as_deref(), mode, optional);
+        return keys(out, &data, cm.items.as_deref(), mode, optional);
     }
     if let Some(s) = &source.secret {
         let optional = s.optional.unwrap_or(false);
         let data = secret_data(api, ns, &s.name, optional).await?;
-        return write_keys(dir, &data, s.items.as_deref(), mode, optional);
+        return keys(out, &data, s.items.as_deref(), mode, optional);
     }
     if let Some(d) = &source.downward_api {
         for item in d.items.iter().flatten() {
@@ -154,7 +203,12 @@ async fn project(
                 return Err(Error::Unsupported("downwardAPI resourceFieldRef".into()));
             };
             let value = fields.field(&f.field_path)?;
-            write_file(dir, &item.path, value.as_bytes(), item.mode.unwrap_or(mode))?;
+            out.push(file(
+                &item.path,
+                value.into_bytes(),
+                item.mode.unwrap_or(mode),
+                None,
+            )?);
         }
         return Ok(());
     }
@@ -163,9 +217,9 @@ async fn project(
     ))
 }
 
-/// Writes the keys of a ConfigMap or Secret: every key, or only `items` (to their paths).
-fn write_keys(
-    dir: &Path,
+/// The keys of a ConfigMap or Secret as files: every key, or only `items` (to their paths).
+fn keys(
+    out: &mut Vec<FileOut>,
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
     mode: i32,
@@ -174,14 +228,19 @@ fn write_keys(
     match items {
         None => {
             for (k, v) in data {
-                write_file(dir, k, v, mode)?;
+                out.push(file(k, v.clone(), mode, None)?);
             }
         }
         Some(items) => {
             for item in items {
                 match data.get(&item.key) {
                     Some(v) => {
-                        write_file(dir, &item.path, v, item.mode.unwrap_or(mode))?;
+                        out.push(file(
+                            &item.path,
+                            v.clone(),
+                            item.mode.unwrap_or(mode),
+                            None,
+                        )?);
                     }
                     None if optional => {}
                     None => return Err(Error::Spec(format!("key {} not found", item.key))),
@@ -192,19 +251,18 @@ fn write_keys(
     Ok(())
 }
 
-/// Writes `dir/rel` (a relative path without `..`, checked) with `mode`.
-fn write_file(dir: &Path, rel: &str, data: &[u8], mode: i32) -> Result<PathBuf, Error> {
-    let path = dir.join(relative(rel)?);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
-    }
-    std::fs::write(&path, data).map_err(io_err(format!("write {}", path.display())))?;
+/// A payload file at `rel` (a relative path without `..`, checked) with `mode`.
+fn file(rel: &str, data: Vec<u8>, mode: i32, uid: Option<u32>) -> Result<FileOut, Error> {
     let mode = u32::try_from(mode)
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| Error::Spec(format!("file mode {mode} is not 0 to 0777")))?;
-    set_mode(&path, mode)?;
-    Ok(path)
+    Ok(FileOut {
+        rel: relative(rel)?.to_path_buf(),
+        data,
+        mode,
+        uid,
+    })
 }
 
 /// A relative path of normal components only: volume item paths and `subPath` come from the
@@ -322,5 +380,61 @@ mod tests {
             assert!(relative(bad).is_err(), "{bad:?} accepted");
         }
         assert!(relative("a/b.crt").is_ok());
+    }
+
+    /// The injected sidecar's identity volume: a token and the trust bundle ConfigMap,
+    /// projected. An edit of the ConfigMap reaches the file by a refresh; the token stays.
+    #[tokio::test]
+    async fn a_refresh_swaps_in_the_edited_config_map_and_keeps_the_token() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
+            "spec": {"containers": [{"name": "c"}], "volumes": [
+                {"name": "identity", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "audience": "weft"}},
+                    {"configMap": {"name": "weft-trust-bundle",
+                                   "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}},
+                {"name": "plain", "configMap": {"name": "weft-trust-bundle"}},
+                {"name": "scratch", "emptyDir": {}}]}
+        }))
+        .expect("a Pod");
+        let api = crate::InMemoryApi::new();
+        api.put_config_map("shop", "weft-trust-bundle", &[("ca.crt", "old\n")]);
+        let fields = PodFields::of(
+            &pod,
+            "10.0.0.2".parse().expect("ip"),
+            "n",
+            "10.0.0.1".parse().expect("ip"),
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = materialize(&pod, &fields, &api, tmp.path())
+            .await
+            .expect("materialize");
+        let read = |vol: &str, f: &str| std::fs::read_to_string(dirs[vol].join(f)).expect("read");
+        let token = read("identity", "token");
+        assert_eq!(read("identity", "ca.crt"), "old\n");
+        assert_eq!(
+            refresh(&pod, &fields, &api, tmp.path())
+                .await
+                .expect("refresh"),
+            0
+        );
+
+        api.put_config_map("shop", "weft-trust-bundle", &[("ca.crt", "old\nnew\n")]);
+        assert_eq!(
+            refresh(&pod, &fields, &api, tmp.path())
+                .await
+                .expect("refresh"),
+            2
+        );
+        assert_eq!(read("identity", "ca.crt"), "old\nnew\n");
+        assert_eq!(read("plain", "ca.crt"), "old\nnew\n");
+        assert_eq!(read("identity", "token"), token, "the token is kept");
+        assert_eq!(api.tokens().len(), 1, "no second token minted");
+        assert_eq!(
+            refresh(&pod, &fields, &api, tmp.path())
+                .await
+                .expect("refresh"),
+            0
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Kubernetes as the policy source: the policy resources ([`crds`]), the mapping from
 //! Services, EndpointSlices, Pods and those resources to the mesh policy ([`mapping`], pure),
 //! the watching source behind [`crate::policy::source::PolicySource`] ([`source::KubeSource`]),
+//! which keeps an invalidly edited resource's last good version in force ([`last_good`]),
 //! and its pods as the owners of sidecars' addresses ([`pods::KubePods`]).
 
 pub mod crds;
+pub mod last_good;
 pub mod mapping;
 pub mod pods;
 pub mod source;

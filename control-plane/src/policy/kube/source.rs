@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
+use super::last_good::LastGood;
 use super::mapping::{self, Kind, ObjectKey, Objects};
 use super::pods::KubePods;
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
@@ -129,6 +130,8 @@ pub struct KubeSource {
     sent: Arc<Mutex<HashMap<ObjectKey, Condition>>>,
     /// The verdicts last logged, so each rejection is logged once.
     logged: Mutex<HashMap<ObjectKey, String>>,
+    /// Each resource's last accepted version, in force while an edit of it is invalid.
+    last_good: LastGood,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -204,6 +207,7 @@ impl KubeSource {
             status,
             sent,
             logged: Mutex::new(HashMap::new()),
+            last_good: LastGood::default(),
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
@@ -305,7 +309,7 @@ impl KubeSource {
 impl PolicySource for KubeSource {
     fn load(&self) -> Result<MeshPolicy, PolicyErrors> {
         let objects = self.objects();
-        let mapped = mapping::map(&objects, &self.trust_domain);
+        let mapped = self.last_good.map(&objects, &self.trust_domain);
         self.log_rejections(&mapped);
         self.write_statuses(&objects, &mapped);
         MeshPolicy::from_mesh(POLICY_DOCUMENT, mapped.mesh)

@@ -120,9 +120,10 @@ async fn env_expansion_field_refs_and_volumes_as_the_kubelet_makes_them() {
     );
 
     // Modes: configMap defaultMode 0440, secret item mode 0400 at its nested path, projected 0444;
-    // the token is owned by the pod's one runAsUser (the kubelet's rule).
+    // the token is owned by the pod's one runAsUser (the kubelet's rule). `-L`: the names are
+    // links into `..data`, as the kubelet's atomic writer lays a volume out.
     let (_, modes, _) = sh(
-        "stat -c '%a %u' /etc/weft-podrunner-test/settings/mode /etc/weft-podrunner-test/creds/nested/pw \
+        "stat -L -c '%a %u' /etc/weft-podrunner-test/settings/mode /etc/weft-podrunner-test/creds/nested/pw \
          /var/run/secrets/weft-podrunner-test/token /var/run/secrets/weft-podrunner-test/ca.crt",
     )
     .await;

@@ -22,7 +22,8 @@
 //!   that does not parse, say written against a newer CRD, fails alone and never the list)
 //!   and validated with the policy crate's own checks; an invalid one is left out alone, with a [`Verdict`] naming it and saying why
 //!   (`MeshRoute shop/orders-api: spec.match.path.regex: bad regex ...`), and the rest stays in
-//!   force.
+//!   force. (This mapping has no memory: the source keeps an invalidly edited resource's last
+//!   good version in force, [`super::last_good`].)
 
 use std::collections::HashMap;
 use std::fmt;
