@@ -49,13 +49,20 @@ pub(super) fn rewrite_wanted(value: Option<&str>) -> Result<bool, String> {
 /// Rewrite the app containers' probes in `spec` (see the module docs) and return the env var
 /// the sidecar gets, `None` when no probe was rewritten. An `httpGet` or `tcpSocket` port
 /// naming no port of its container is an error, as the kubelet would fail the probe.
-pub(super) fn rewrite(spec: &mut Map<String, Value>, object: &str) -> Result<Option<Value>, InjectError> {
+pub(super) fn rewrite(
+    spec: &mut Map<String, Value>,
+    object: &str,
+) -> Result<Option<Value>, InjectError> {
     let mut carried = Map::new();
     let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) else {
         return Ok(None);
     };
     for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-        let name = c.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+        let name = c
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let ports = c.get("ports").cloned().unwrap_or(Value::Null);
         for (field, kind) in KINDS {
             let Some(probe) = c.get_mut(field).and_then(Value::as_object_mut) else {
@@ -85,7 +92,10 @@ pub(super) fn rewrite(spec: &mut Map<String, Value>, object: &str) -> Result<Opt
                 continue;
             }
             let path = format!("/app-health/{name}/{kind}");
-            let timeout = probe.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(1);
+            let timeout = probe
+                .get("timeoutSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
             carried.insert(
                 path.clone(),
                 json!({ action: original, "port": port, "timeoutSeconds": timeout }),
@@ -152,7 +162,11 @@ pub(super) fn restore(spec: &mut Map<String, Value>) {
         return;
     };
     for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-        let name = c.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+        let name = c
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         for (field, kind) in KINDS {
             let path = format!("/app-health/{name}/{kind}");
             let Some(original) = carried.get(&path).and_then(Value::as_object) else {
@@ -202,14 +216,19 @@ mod tests {
             "startupProbe": {"exec": {"command": ["true"]}},
         }]));
         let mut s = original.clone();
-        let env = rewrite(&mut s, "Pod x").expect("rewrite").expect("an env var");
+        let env = rewrite(&mut s, "Pod x")
+            .expect("rewrite")
+            .expect("an env var");
         let c = &s["containers"][0];
         assert_eq!(
             c["readinessProbe"],
             json!({"httpGet": {"path": "/app-health/web/readyz", "port": 15020, "scheme": "HTTP"},
                    "periodSeconds": 3, "timeoutSeconds": 2})
         );
-        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/app-health/web/livez");
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"],
+            "/app-health/web/livez"
+        );
         assert_eq!(c["startupProbe"], original["containers"][0]["startupProbe"]);
         let text = env["value"].as_str().expect("value");
         assert!(text.contains("/h$$(X)"), "escaped for the kubelet: {text}");

@@ -87,7 +87,7 @@ async fn app_probes_go_through_the_sidecar_and_readiness_is_the_apps() {
             let path = format!("/app-health/{name}/{kind}");
             assert_eq!(
                 c[field]["httpGet"],
-                json!({"path": path, "port": 15020, "scheme": "HTTP"}),
+                json!({"path": &path, "port": 15020, "scheme": "HTTP"}),
                 "{}: {c}",
                 pod.name()
             );
@@ -116,14 +116,10 @@ async fn app_probes_go_through_the_sidecar_and_readiness_is_the_apps() {
     // The sick app: its sidecar becomes ready, its app's readiness fails through the sidecar.
     let sick = shop.create_pod("sick", "sick-7d4b9c8f6-f1").await;
     let events = sick
-        .wait_events(
-            "the sidecar Ready and the app NotReady",
-            LIMIT,
-            |ev| {
-                let has = |c: &str, k: EventKind| ev.iter().any(|e| e.container == c && e.kind == k);
-                has("weft-proxy", EventKind::Ready) && has("sick", EventKind::NotReady)
-            },
-        )
+        .wait_events("the sidecar Ready and the app NotReady", LIMIT, |ev| {
+            let has = |c: &str, k: EventKind| ev.iter().any(|e| e.container == c && e.kind == k);
+            has("weft-proxy", EventKind::Ready) && has("sick", EventKind::NotReady)
+        })
         .await
         .unwrap_or_else(|e| {
             panic!(
@@ -138,7 +134,10 @@ async fn app_probes_go_through_the_sidecar_and_readiness_is_the_apps() {
             .any(|e| e.container == "sick" && e.kind == EventKind::Ready),
         "{events:#?}"
     );
-    assert!(!sick.is_ready(), "the pod is not Ready while its app is not");
+    assert!(
+        !sick.is_ready(),
+        "the pod is not Ready while its app is not"
+    );
     let (code, body) = sidecar_get(&shop, &sick, "/app-health/sick/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(

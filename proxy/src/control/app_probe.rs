@@ -185,7 +185,9 @@ impl AppProbes {
         let Some(probe) = self.probes.get(path) else {
             return (
                 StatusCode::NOT_FOUND,
-                format!("no app probe {path}: only the probes the injector configured are served\n"),
+                format!(
+                    "no app probe {path}: only the probes the injector configured are served\n"
+                ),
             );
         };
         match tokio::time::timeout(probe.timeout, run(probe)).await {
@@ -252,8 +254,9 @@ fn http_action(h: WireHttpGet, port: u16) -> Result<Action, String> {
             .map_err(|_| format!("header {name}: value {:?} is not a header value", hd.value))?;
         headers.push((name, value));
     }
-    let has = |n: &HeaderName| headers.iter().any(|(h, _)| h == n);
-    if !has(&http::header::HOST) {
+    let has =
+        |headers: &[(HeaderName, HeaderValue)], n: &HeaderName| headers.iter().any(|(h, _)| h == n);
+    if !has(&headers, &http::header::HOST) {
         let host = h
             .host
             .filter(|h| !h.is_empty())
@@ -268,7 +271,7 @@ fn http_action(h: WireHttpGet, port: u16) -> Result<Action, String> {
         (http::header::USER_AGENT, "kube-probe/weft"),
         (http::header::ACCEPT, "*/*"),
     ] {
-        if !has(&name) {
+        if !has(&headers, &name) {
             headers.push((name, HeaderValue::from_static(value)));
         }
     }
@@ -390,7 +393,10 @@ mod tests {
             assert!(body.contains(&status.to_string()), "{body}");
             let req = seen.recv().await.expect("the app saw the probe");
             assert!(req.starts_with("GET /health?x=1 HTTP/1.1\r\n"), "{req}");
-            assert!(req.contains(&format!("host: web.local:{port}\r\n")), "{req}");
+            assert!(
+                req.contains(&format!("host: web.local:{port}\r\n")),
+                "{req}"
+            );
             assert!(req.contains("x-probe: yes\r\n"), "{req}");
             assert!(req.contains("user-agent: kube-probe/weft\r\n"), "{req}");
         }
@@ -405,7 +411,10 @@ mod tests {
         assert_eq!(p.answer("/app-health/web/livez").await.0, StatusCode::OK);
         let req = seen.recv().await.expect("request");
         assert!(req.starts_with("GET / HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains("host: h.example\r\n") && !req.contains("ignored"), "{req}");
+        assert!(
+            req.contains("host: h.example\r\n") && !req.contains("ignored"),
+            "{req}"
+        );
     }
 
     #[tokio::test]
@@ -459,18 +468,45 @@ mod tests {
             ("/app-health/web/ready", ok.clone()),
             ("/app-health/Web/readyz", ok.clone()),
             ("/other/web/readyz", ok.clone()),
-            ("/app-health/web/readyz", serde_json::json!({"httpGet": {"port": 1}, "port": 0, "timeoutSeconds": 1})),
-            ("/app-health/web/readyz", serde_json::json!({"httpGet": {"port": 1}, "port": 1, "timeoutSeconds": 0})),
-            ("/app-health/web/readyz", serde_json::json!({"httpGet": {"port": 1, "scheme": "HTTPS"}, "port": 1, "timeoutSeconds": 1})),
-            ("/app-health/web/readyz", serde_json::json!({"httpGet": {"port": 1, "path": "x y"}, "port": 1, "timeoutSeconds": 1})),
-            ("/app-health/web/readyz", serde_json::json!({"httpGet": {"port": 1, "httpHeaders": [{"name": "X", "value": "a\r\nb"}]}, "port": 1, "timeoutSeconds": 1})),
-            ("/app-health/web/readyz", serde_json::json!({"port": 1, "timeoutSeconds": 1})),
-            ("/app-health/web/readyz", serde_json::json!({"httpGet": {"port": 1}, "tcpSocket": {"port": 1}, "port": 1, "timeoutSeconds": 1})),
-            ("/app-health/web/readyz", serde_json::json!({"exec": {}, "port": 1, "timeoutSeconds": 1})),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"httpGet": {"port": 1}, "port": 0, "timeoutSeconds": 1}),
+            ),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"httpGet": {"port": 1}, "port": 1, "timeoutSeconds": 0}),
+            ),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"httpGet": {"port": 1, "scheme": "HTTPS"}, "port": 1, "timeoutSeconds": 1}),
+            ),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"httpGet": {"port": 1, "path": "x y"}, "port": 1, "timeoutSeconds": 1}),
+            ),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"httpGet": {"port": 1, "httpHeaders": [{"name": "X", "value": "a\r\nb"}]}, "port": 1, "timeoutSeconds": 1}),
+            ),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"port": 1, "timeoutSeconds": 1}),
+            ),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"httpGet": {"port": 1}, "tcpSocket": {"port": 1}, "port": 1, "timeoutSeconds": 1}),
+            ),
+            (
+                "/app-health/web/readyz",
+                serde_json::json!({"exec": {}, "port": 1, "timeoutSeconds": 1}),
+            ),
         ] {
             let text = serde_json::json!({ path: probe }).to_string();
             assert!(AppProbes::parse(&text).is_err(), "{text}");
         }
-        assert!(matches!(AppProbes::parse("[]"), Err(AppProbeError::Json(_))));
+        assert!(matches!(
+            AppProbes::parse("[]"),
+            Err(AppProbeError::Json(_))
+        ));
     }
 }
