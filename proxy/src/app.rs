@@ -32,6 +32,8 @@ pub const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// Build and run the sidecar until it is told to stop. Returns only on a fatal start error.
 pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let snap = store.load();
+    // The app's probes the injector handed over: a bad set stops the start, naming the probe.
+    let probes = Arc::new(control::app_probe::AppProbes::from_env()?);
     // Bound first: a port taken (or a bad address) stops the start with its name, and a port
     // of 0 is the kernel's choice from here on.
     let outbound_l = bound::bind(snap.listen.outbound, "outbound")?;
@@ -63,7 +65,7 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
     };
     traffic.add_services(&mut server, &listening, vec![outbound_l, inbound_l])?;
 
-    let listening = control::spawn(store.clone(), drain.clone(), listening)?;
+    let listening = control::spawn(store.clone(), drain.clone(), listening, probes)?;
     if let Some(path) = ready_file {
         write_ready_file(path, &listening)
             .with_context(|| format!("--ready-file {}", path.display()))?;

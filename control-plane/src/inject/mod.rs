@@ -19,6 +19,7 @@
 //!   bundle (ConfigMap `weft-trust-bundle`, key `ca.crt`, in the workload's namespace), and a
 //!   memory-backed emptyDir for the sidecar's key, certificate and persisted policy;
 //! - `WEFT_PROXY=http://127.0.0.1:15001` in every app container's env;
+//! - the app containers' `httpGet`/`tcpSocket` probes pointed at the sidecar ([`probes`]);
 //! - the annotation `weft.dev/injected: <version>`.
 //!
 //! Injection is idempotent: whatever an earlier injection added is taken out first, so
@@ -27,10 +28,12 @@
 //! tune; a bad value is an [`InjectError`] naming the object and the annotation.
 
 mod annotations;
+mod probes;
 mod template;
 pub mod webhook;
 
 use annotations::{app_port, log_level, protocol, quantity, service_name, tuned, Tuning};
+pub use probes::{ANNOTATION_REWRITE_PROBES, APP_PROBES_ENV};
 pub use template::sidecar_config;
 use template::{sidecar_container, strip, volumes_added};
 
@@ -421,6 +424,9 @@ fn inject_template(
             .map_err(|r| bad(ANNOTATION_LOG_LEVEL, r))?,
     };
 
+    let rewrite_probes = probes::rewrite_wanted(ann(ANNOTATION_REWRITE_PROBES)?.as_deref())
+        .map_err(|r| bad(ANNOTATION_REWRITE_PROBES, r))?;
+
     let labels = annotations(template.pointer("/metadata/labels"));
     let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
         return Err(obj_err("the pod spec is missing or not an object".into()));
@@ -432,6 +438,7 @@ fn inject_template(
                 .into(),
         ));
     }
+    probes::restore(spec);
     strip(spec);
     let containers = spec
         .get("containers")
@@ -474,7 +481,14 @@ fn inject_template(
         None => default_service(&labels, workload.name, object, spec)?,
     };
     let config = sidecar_config(settings, &service, app_port, tuning.protocol.as_deref());
-    let sidecar = sidecar_container(settings, &tuning, &config);
+    let mut sidecar = sidecar_container(settings, &tuning, &config);
+    if rewrite_probes {
+        if let Some(env) = probes::rewrite(spec, object)? {
+            if let Some(list) = sidecar.get_mut("env").and_then(Value::as_array_mut) {
+                list.push(env);
+            }
+        }
+    }
 
     // App containers learn where the mesh is.
     if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {

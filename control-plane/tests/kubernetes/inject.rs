@@ -287,6 +287,11 @@ fn bad_annotations_name_the_object_and_annotation() {
             "not a Kubernetes Service name",
         ),
         ("weft.dev/inject", "maybe", "want \"true\" or \"false\""),
+        (
+            "weft.dev/rewrite-app-probes",
+            "no",
+            "want \"true\" or \"false\"",
+        ),
     ] {
         let mut d = base.clone();
         d["spec"]["template"]["metadata"]["annotations"] = json!({ annotation: value });

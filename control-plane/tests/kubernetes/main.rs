@@ -4,7 +4,9 @@
 //! (`webhook_bounds`), the injected shop run as deployed on the pod runner's pods against the
 //! control-plane binary (`deployed`; needs root and network namespaces), a canary by editing a
 //! MeshRoute there (`canary`), an invalid MeshRoute edit that keeps the last good route in
-//! force there (`invalid_route`), the mesh CA rotated there under load (`rotation`), a Job with an injected sidecar there (`job`), the images built
+//! force there (`invalid_route`), the mesh CA rotated there under load (`rotation`), a Job with
+//! an injected sidecar there (`job`), the apps' probes through their sidecars there (`probes`),
+//! the images built
 //! from deploy/docker (`images`), and two control-plane replicas sharing their state through
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
@@ -20,6 +22,7 @@ mod invalid_route;
 mod job;
 mod load;
 mod manifests;
+mod probes;
 mod replicas;
 mod rolling;
 mod rotation;

@@ -4,6 +4,7 @@
 //! Certificate rotation ([`crate::identity::certify::rotate`]) has a thread of its own.
 
 pub mod admin;
+pub mod app_probe;
 pub mod channel;
 pub mod client;
 
@@ -41,19 +42,21 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 enum Surface {
     /// The whole admin API (loopback only: it dumps config and changes the log level).
     Admin,
-    /// `listen.metrics`: `/metrics`, `/live` and `/ready` only, safe on a pod's address for
-    /// Prometheus and kubelet probes.
+    /// `listen.metrics`: `/metrics`, `/live`, `/ready` and the configured app probes
+    /// (`/app-health/...`, [`app_probe`]) only, safe on a pod's address for Prometheus and
+    /// kubelet probes.
     ReadOnly,
 }
 
 /// Start the control thread; fails if the admin or metrics port cannot be bound. `listening`
 /// holds the traffic listeners' bound addresses; returned completed with the admin and
 /// metrics ones, and kept in the store for whatever reports them (registration, the admin
-/// API) before any of it runs.
+/// API) before any of it runs. `probes` are the app's probes the read-only port answers.
 pub fn spawn(
     store: Arc<Store>,
     drain: Arc<Drain>,
     mut listening: Listen,
+    probes: Arc<app_probe::AppProbes>,
 ) -> anyhow::Result<Listen> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,9 +100,10 @@ pub fn spawn(
                         Surface::ReadOnly,
                         store.clone(),
                         drain.clone(),
+                        probes.clone(),
                     ));
                 }
-                serve_admin(listener, Surface::Admin, store, drain).await;
+                serve_admin(listener, Surface::Admin, store, drain, probes).await;
             })
         })?;
     Ok(listening)
@@ -194,6 +198,7 @@ async fn serve_admin(
     surface: Surface,
     store: Arc<Store>,
     drain: Arc<Drain>,
+    probes: Arc<app_probe::AppProbes>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
@@ -213,12 +218,20 @@ async fn serve_admin(
             );
             continue;
         };
-        let (store, drain) = (store.clone(), drain.clone());
+        let (store, drain, probes) = (store.clone(), drain.clone(), probes.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
-                let (store, drain) = (store.clone(), drain.clone());
-                async move { Ok::<_, Infallible>(handle(req, surface, &store, &drain)) }
+                let (store, drain, probes) = (store.clone(), drain.clone(), probes.clone());
+                async move {
+                    // The app's probes wait on the app (up to their timeout): answered here,
+                    // asynchronously, not in the synchronous `handle`.
+                    if req.uri().path().starts_with(app_probe::PREFIX) {
+                        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                        return Ok::<_, Infallible>(app_health(&method, &path, &probes).await);
+                    }
+                    Ok::<_, Infallible>(handle(req, surface, &store, &drain))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -269,6 +282,22 @@ fn log_level(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+/// `GET /app-health/<container>/<kind>`: the app's own probe, run by [`app_probe`].
+async fn app_health(
+    method: &hyper::Method,
+    path: &str,
+    probes: &app_probe::AppProbes,
+) -> Response<Full<Bytes>> {
+    if method != hyper::Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "app probes answer GET only\n".into(),
+        );
+    }
+    let (status, body) = probes.answer(path).await;
+    text(status, body)
+}
+
 fn handle(
     req: Request<Incoming>,
     surface: Surface,
@@ -279,7 +308,7 @@ fn handle(
     if surface == Surface::ReadOnly && !matches!(path, "/metrics" | "/live" | "/ready") {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; this listener serves /metrics, /live and /ready\n".into(),
+            "not found; this listener serves /metrics, /live, /ready and the app's probes\n".into(),
         );
     }
     match path {
