@@ -93,15 +93,18 @@ impl ImageRoots {
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
                 .collect();
             let name = format!("{PREFIX}{}-img{seq}-{short}", std::process::id());
-            let entrypoint: Vec<String> = serde_json::from_str(&buildah(&[
-                "inspect",
-                "--type",
-                "image",
-                "--format",
-                "{{json .OCIv1.Config.Entrypoint}}",
-                image,
-            ])?)
-            .map_err(|e| Error::Spec(format!("image {image}: entrypoint: {e}")))?;
+            // The whole description as JSON (buildah's Go templates lack `json`).
+            let described: serde_json::Value =
+                serde_json::from_str(&buildah(&["inspect", "--type", "image", image])?)
+                    .map_err(|e| Error::Spec(format!("image {image}: buildah inspect: {e}")))?;
+            let entrypoint: Vec<String> = described["OCIv1"]["config"]["Entrypoint"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
             buildah(&["from", "--pull-never", "--name", &name, image])?;
             // Pushed before mounting, so a failed mount is still removed on drop.
             roots.mounted.push(Mounted {
