@@ -33,12 +33,54 @@ pub struct Instance {
     pub app: SocketAddr,
 }
 
-/// Hands out loopback ports the OS says are free, never the same one twice.
+/// Hands out loopback ports that are free now, never the same one twice.
+///
+/// The ports are picked at random from [`PORTS_FROM`] up to the start of the kernel's
+/// ephemeral range, not with `bind(0)`: a port `bind(0)` returned and this process released
+/// lies in the ephemeral range, where any outgoing connection on the machine may take it as
+/// its local port before the sidecar or app meant to listen on it binds it (and then that
+/// bind fails). Below the range only another explicit bind can take it. (The test suite's
+/// reserved ports, `weft_testkit::ports`, stay below [`PORTS_FROM`].)
 #[derive(Default)]
 pub struct Ports(BTreeSet<u16>);
 
+/// The lowest port [`Ports`] hands out.
+pub const PORTS_FROM: u16 = 20_000;
+
+/// The first port of the kernel's ephemeral range; 32768 if it cannot be read.
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A random number (std's hasher keys are random per instance: no dependency for this).
+fn random() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 impl Ports {
     pub fn next(&mut self) -> anyhow::Result<SocketAddr> {
+        let end = ephemeral_start();
+        if end > PORTS_FROM + 1_000 {
+            let span = u64::from(end - PORTS_FROM);
+            for _ in 0..1_000 {
+                let port = PORTS_FROM + u16::try_from(random() % span).unwrap_or(0);
+                if self.0.contains(&port) {
+                    continue;
+                }
+                if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                    let addr = l.local_addr()?;
+                    self.0.insert(port);
+                    return Ok(addr);
+                }
+            }
+        }
+        // A kernel whose ephemeral range starts low: what it says is free now.
         for _ in 0..100 {
             let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             if self.0.insert(addr.port()) {
@@ -46,6 +88,30 @@ impl Ports {
             }
         }
         bail!("no free loopback port found")
+    }
+}
+
+#[cfg(test)]
+mod ports_tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_free_and_below_the_ephemeral_range() {
+        let mut ports = Ports::default();
+        let got: Vec<SocketAddr> = (0..50).map(|_| ports.next().expect("a port")).collect();
+        let distinct: BTreeSet<u16> = got.iter().map(SocketAddr::port).collect();
+        assert_eq!(distinct.len(), got.len());
+        if ephemeral_start() > PORTS_FROM + 1_000 {
+            assert!(
+                got.iter()
+                    .all(|a| (PORTS_FROM..ephemeral_start()).contains(&a.port())),
+                "{got:?}"
+            );
+        }
+        for a in got {
+            assert!(a.ip().is_loopback());
+            TcpListener::bind(a).expect("free when handed out");
+        }
     }
 }
 

@@ -70,7 +70,12 @@ fn weft_up(dir: &Path, rate: u32, stdout: Stdio) -> Guard {
             .arg("--dir")
             .arg(dir)
             .stdout(stdout)
-            .stderr(Stdio::null()),
+            // Kept for the failure message: why weft up ended, when it ends early.
+            .stderr(
+                std::fs::File::create(dir.join("weft-up.err"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            ),
         Signal::SIGTERM,
     )
     .expect("spawn weft up")
@@ -96,7 +101,8 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
         let ready = read_json(&up_json);
         if let (None, Some(st)) = (&ready, child.status()) {
             let out = std::fs::read_to_string(dir.path().join("weft-up.out")).unwrap_or_default();
-            panic!("weft up exited early ({st}): {out}");
+            let err = std::fs::read_to_string(dir.path().join("weft-up.err")).unwrap_or_default();
+            panic!("weft up exited early ({st}): {out}\n{err}");
         }
         ready
     });

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 
 /// The lowest port handed out: clear of the well-known and commonly used low ports.
 const FIRST: u16 = 10_000;
+/// One past the highest port handed out: `weft up` picks its own from 20000 up.
+const LAST: u16 = 20_000;
 /// How many random picks before giving up (bounded: at most this many files and binds).
 const TRIES: usize = 2_000;
 
@@ -40,7 +42,8 @@ fn lock_dir() -> PathBuf {
 /// A loopback port nobody else in this test run holds and nothing listens on, reserved for
 /// the life of this process; panics after [`TRIES`] picks.
 pub fn reserve() -> u16 {
-    let end = ephemeral_start().max(FIRST + 1_000);
+    // Below `weft up`'s ports (weft_cli's `PORTS_FROM`, 20000), which a test may run beside.
+    let end = ephemeral_start().clamp(FIRST + 1_000, LAST);
     let dir = lock_dir();
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
