@@ -28,7 +28,7 @@ struct Batch {
 }
 
 /// The orders version in a frontend answer (`""` when the request failed).
-fn version(code: u16, body: &str) -> String {
+pub(super) fn version(code: u16, body: &str) -> String {
     if code != 200 {
         return String::new();
     }

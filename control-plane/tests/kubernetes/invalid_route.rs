@@ -13,6 +13,7 @@ use weft_control_plane::policy::kube::last_good::LastGood;
 use weft_control_plane::policy::kube::mapping::{Kind, Mapped};
 use weft_testkit::wait;
 
+use super::canary::version;
 use super::deployed::{can_run, curl, example, Shop, LIMIT, NS};
 use super::source::{objects, resource, shop, TD};
 
@@ -104,17 +105,6 @@ fn route_to(version: &str, regex: Option<&str>) -> Value {
         route["spec"]["match"]["path"] = json!({ "regex": r });
     }
     route
-}
-
-/// The orders version in a frontend answer (`""` when the request failed).
-fn version(code: u16, body: &str) -> String {
-    if code != 200 {
-        return String::new();
-    }
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["order"]["version"].as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// One curl run: when it started, and per request the orders version (`""`: failed).
