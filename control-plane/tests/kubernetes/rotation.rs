@@ -237,14 +237,11 @@ async fn renewed_by(shop: &Shop, root: &[u8]) -> Duration {
     start.elapsed()
 }
 
-// Ignored until a failure it found is understood: in one CI run (2026-12-07, pods on the
-// images, the whole suite in parallel) 1 of 9,300 requests failed, a gRPC call orders ->
-// inventory cancelled ("The operation was cancelled", answered 502 by orders) 36 s in, about
-// when the certificates had renewed with the new root and the old root was being retired. It
-// passed in every other run (three here, several on its branch). Zero failed requests is the
-// bar, so the scenario stays out of the default run rather than pass by luck; run it with
-// `cargo nextest run --run-ignored all -E 'test(the_mesh_ca_rotates)'` (as root).
-#[ignore = "1 request in 9,300 failed once during the old root's retirement: under investigation"]
+// In one CI run (2026-12-07) 1 of 9,300 requests failed here: a gRPC call orders -> inventory
+// reported cancelled. Every certificate renewal used to drain the app's HTTP/2 connection to
+// its sidecar with a GOAWAY, and a call tonic had queued as the GOAWAY arrived was cancelled
+// (tonic does not retry it). Streams now take the proxy in force (`outbound::connector::InForce`)
+// and the app's connection stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_ca_rotates_on_pods_under_load_without_a_failed_request() {
     if !can_run() {

@@ -26,7 +26,7 @@ use crate::drain::Drain;
 use crate::identity::material::ALPN_TCP;
 use crate::inbound::accept::{self, PeerIdentity};
 use crate::inbound::InboundHttp;
-use crate::outbound::connector::OutboundProxies;
+use crate::outbound::connector::{InForce, OutboundProxies};
 use crate::outbound::{egress, original_dst};
 use crate::store::Store;
 use crate::tcp;
@@ -175,25 +175,12 @@ impl Traffic {
             _ => return None,
         };
         if h2 {
-            // Pingora serves every stream of this connection with one proxy. Once a renewed
-            // certificate replaces that proxy, drain the connection as at shutdown (GOAWAY,
-            // open streams finish): the client reconnects and gets the new proxy, instead of
-            // calling peers for as long as it stays connected with a certificate that expires.
-            let (proxy, mut swaps) = self.outbound.current_for_connection();
-            let (drain, draining) = tokio::sync::watch::channel(*shutdown.borrow());
-            let mut stop = shutdown.clone();
-            let relay = tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.changed() => {}
-                    _ = swaps.changed() => {}
-                }
-                let _ = drain.send(true);
-            });
+            // Every stream goes to the outbound proxy in force when it starts (`InForce`), so
+            // a renewed certificate never closes the app's connection.
+            let app = Arc::new(InForce::new(self.outbound.clone()));
             // As on the inbound side: responses are flushed by the connection's own task.
             let _flushing = self.drain.hold_exit();
-            let reused = ServerApp::process_new(&proxy, l4, &draining).await;
-            relay.abort();
-            return reused;
+            return ServerApp::process_new(&app, l4, shutdown).await;
         }
         let mut session = ServerSession::new_http1(l4);
         // The same bound while the rest of the first request arrives, and between requests

@@ -14,9 +14,11 @@
 //! (as the changed pool key did before), while requests in flight finish on the old proxy,
 //! whose connections close when it is dropped. The rebuild runs on its own thread
 //! ([`IdentitySync`]), woken by every snapshot swap; the traffic path only loads the proxy in
-//! force from an `ArcSwap`. A client's HTTP/2 (h2c) connection is the exception, as Pingora
-//! serves all its streams with one proxy: when that proxy is replaced the connection is drained
-//! as at shutdown (GOAWAY, open streams finish), and the client reconnects to the new one.
+//! force from an `ArcSwap`. That holds for every stream of an app's HTTP/2 (h2c) connection
+//! too: Pingora serves all streams of a connection with one `HttpServerApp`, so that app is
+//! [`InForce`], which hands each stream to the proxy in force when the stream starts. The app's
+//! connection is never closed because of a renewal. (It used to be drained with a GOAWAY, and
+//! a gRPC client whose call raced the GOAWAY saw it cancelled: tonic does not retry it.)
 //!
 //! Pingora's connector reads certificate, key and roots from file paths only. They are handed
 //! over as memfds (`/proc/self/fd/N`): anonymous memory of this process holding exactly the
@@ -32,8 +34,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use pingora_core::apps::HttpServerOptions;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::connectors::ConnectorOptions;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -57,8 +60,6 @@ pub enum BuildError {
 /// The outbound proxy in force, and what it takes to build the next one.
 pub struct OutboundProxies {
     current: ArcSwap<HttpProxy<Outbound>>,
-    /// Counts the proxies swapped in, for connections that must leave a replaced one.
-    swaps: tokio::sync::watch::Sender<u64>,
     /// The identity `current` was built with; the lock serializes rebuilds.
     built_for: Mutex<Arc<ClientIdentity>>,
     conf: Arc<ServerConf>,
@@ -75,7 +76,6 @@ impl OutboundProxies {
         let first = build(&conf, &app, &identity)?;
         Ok(Self {
             current: ArcSwap::from_pointee(first),
-            swaps: tokio::sync::watch::Sender::new(0),
             built_for: Mutex::new(identity),
             conf,
             app,
@@ -85,16 +85,6 @@ impl OutboundProxies {
     /// The proxy a new request takes.
     pub fn current(&self) -> Arc<HttpProxy<Outbound>> {
         self.current.load_full()
-    }
-
-    /// The proxy a new connection takes for its whole life, and a watch that changes once
-    /// another replaces it (an HTTP/2 client connection is then drained, see
-    /// `server::Traffic`). Taken in this order, a swap in between still shows as a change.
-    pub fn current_for_connection(
-        &self,
-    ) -> (Arc<HttpProxy<Outbound>>, tokio::sync::watch::Receiver<u64>) {
-        let swaps = self.swaps.subscribe();
-        (self.current(), swaps)
     }
 
     /// Build and swap in a proxy for `identity` unless the one in force already has it.
@@ -107,7 +97,6 @@ impl OutboundProxies {
         let next = build(&self.conf, &self.app, identity)?;
         self.current.store(Arc::new(next));
         *built_for = identity.clone();
-        self.swaps.send_modify(|n| *n += 1);
         Ok(true)
     }
 }
@@ -144,6 +133,50 @@ fn build(
         &mut proxy,
     );
     Ok(proxy)
+}
+
+/// Pingora's HTTP server app for an app's HTTP/2 connection: each stream goes to the proxy in
+/// force when it starts (as each HTTP/1 request does, see `listen::Traffic`), so a renewal
+/// changes the certificate the next stream presents without closing the app's connection.
+pub struct InForce {
+    proxies: Arc<OutboundProxies>,
+    /// h2c on: apps speak HTTP/2 with prior knowledge (gRPC); what `build` gives each proxy.
+    options: HttpServerOptions,
+}
+
+impl InForce {
+    /// Streams of connections served by this app go to `proxies`' proxy in force.
+    pub fn new(proxies: Arc<OutboundProxies>) -> Self {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        Self { proxies, options }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for InForce {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.proxies
+            .current()
+            .process_new_http(session, shutdown)
+            .await
+    }
+
+    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
+        self.proxies.current().h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
+    async fn http_cleanup(&self) {
+        self.proxies.current().http_cleanup().await;
+    }
 }
 
 /// An anonymous in-memory file that Pingora can open by path while this value lives.

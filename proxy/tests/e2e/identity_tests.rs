@@ -168,28 +168,17 @@ async fn bootstrapped_sidecars_rotate_three_second_certificates_under_load_witho
     wait_routed(&fe).await;
 
     // Steady load for 12 s: 4 certificate lifetimes. Besides HTTP/1.1, one HTTP/2 app
-    // connection kept open as a gRPC channel keeps it: frontend's sidecar serves all its
-    // streams with one outbound proxy, so it must drain that connection (GOAWAY) once a renewal
-    // replaces the proxy; like a gRPC channel, the client then reconnects, and a request the
-    // GOAWAY refused before the app saw it is sent again on the new connection.
+    // connection kept open as a gRPC channel keeps it. Each of its streams goes to the outbound
+    // proxy in force when it starts, so renewals never close it: a gRPC client does not retry
+    // a call that raced a GOAWAY (tonic reports it cancelled), so nothing here retries either.
     let start = Instant::now();
     let mut outcomes = Vec::new();
     let mut h2 = H2c::connect(fe.outbound).await;
-    let (mut h2_ok, mut h2_failed, mut h2_reconnects) = (0usize, Vec::new(), 0usize);
+    let (mut h2_ok, mut h2_failed) = (0usize, Vec::new());
     while start.elapsed() < Duration::from_secs(12) && outcomes.len() < 100_000 {
         outcomes.extend(load(fe.outbound, "orders", "/rotate", 100, 4).await);
         for _ in 0..20 {
-            let mut answer = h2.try_get("orders", "/rotate-h2").await;
-            if answer.is_err() {
-                // A stream refused by the GOAWAY: never reached the app, safe to send again.
-                h2 = H2c::connect(fe.outbound).await;
-                h2_reconnects += 1;
-                answer = h2.try_get("orders", "/rotate-h2").await;
-            } else if h2.is_closed() {
-                h2 = H2c::connect(fe.outbound).await;
-                h2_reconnects += 1;
-            }
-            match answer {
+            match h2.try_get("orders", "/rotate-h2").await {
                 Ok(r) if r.status == 200 => h2_ok += 1,
                 Ok(r) => h2_failed.push(format!("{} {}", r.status, r.header("x-weft-error"))),
                 Err(e) => h2_failed.push(e),
@@ -205,8 +194,8 @@ async fn bootstrapped_sidecars_rotate_three_second_certificates_under_load_witho
         fe.log_text()
     );
     assert!(
-        h2_reconnects >= 2,
-        "the HTTP/2 connection was drained {h2_reconnects} times in 4 certificate lifetimes"
+        !h2.is_closed(),
+        "the app's HTTP/2 connection was closed during the renewals"
     );
     let failed: Vec<_> = outcomes
         .iter()
@@ -243,7 +232,7 @@ async fn bootstrapped_sidecars_rotate_three_second_certificates_under_load_witho
         "{fe_entry}"
     );
     println!(
-        "{} HTTP/1.1 and {h2_ok} HTTP/2 requests ({h2_reconnects} reconnects), 0 failed; renewals: frontend {}, orders {}",
+        "{} HTTP/1.1 and {h2_ok} HTTP/2 requests (one connection), 0 failed; renewals: frontend {}, orders {}",
         outcomes.len(),
         metric(fe.admin, "weft_cert_renewals_total", &[("result", "ok")]).await,
         metric(
