@@ -46,6 +46,7 @@ mod runner;
 pub mod spec;
 pub mod standin;
 mod status;
+mod tokens;
 pub mod volumes;
 
 pub use api::{ApiError, ClusterApi, InMemoryApi};

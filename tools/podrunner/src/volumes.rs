@@ -12,12 +12,16 @@
 //! (the runner calls it every [`crate::RunnerOptions::volume_sync`], and
 //! [`crate::PodHandle::sync_volumes`] on demand).
 //!
+//! A projected service-account token is minted again by a refresh once 80 % of its lifetime
+//! has passed, or after 24 hours, as the kubelet's token manager does ([`crate::tokens`]).
+//!
 //! Not implemented (a clear error): hostPath (it would expose the host), persistent volumes,
-//! CSI; and the refresh of projected service-account tokens (a token is minted once).
+//! CSI.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{KeyToPath, Pod, PodSpec, Volume, VolumeProjection};
@@ -25,6 +29,7 @@ use k8s_openapi::api::core::v1::{KeyToPath, Pod, PodSpec, Volume, VolumeProjecti
 use crate::api::ClusterApi;
 use crate::atomic::{self, FileOut};
 use crate::env::{config_map_data, secret_data, PodFields};
+use crate::tokens::{self, Minted};
 use crate::{io_err, Error};
 
 /// One bind mount of a container: a volume directory (or a path in it) at `target`.
@@ -67,7 +72,12 @@ pub async fn materialize(
             set_mode(&dir, 0o777)?;
         } else {
             set_mode(&dir, 0o755)?;
-            let files = payload(v, fields, api, owner, Tokens::Mint).await?;
+            let tokens = Tokens {
+                records: root,
+                volume: &v.name,
+                kept: None,
+            };
+            let files = payload(v, fields, api, owner, tokens).await?;
             atomic::publish(&dir, &files, owner.fs_group)?;
         }
         if let Some(g) = owner.fs_group {
@@ -79,13 +89,24 @@ pub async fn materialize(
 }
 
 /// Reads the ConfigMaps and Secrets of `pod`'s volumes under `root` again and publishes each
-/// volume whose files changed (a projected token is kept as it is: token refresh is not
-/// implemented); returns how many volumes changed. What the kubelet's sync loop does.
+/// volume whose files changed (a projected token is kept until it is due, see
+/// [`crate::tokens`]); returns how many volumes changed. What the kubelet's sync loop does.
 pub async fn refresh(
     pod: &Pod,
     fields: &PodFields,
     api: &dyn ClusterApi,
     root: &Path,
+) -> Result<usize, Error> {
+    refresh_at(pod, fields, api, root, SystemTime::now()).await
+}
+
+/// [`refresh`] as if the clock said `now` (tokens are minted again by their age).
+async fn refresh_at(
+    pod: &Pod,
+    fields: &PodFields,
+    api: &dyn ClusterApi,
+    root: &Path,
+    now: SystemTime,
 ) -> Result<usize, Error> {
     let spec = pod
         .spec
@@ -98,7 +119,12 @@ pub async fn refresh(
             continue;
         }
         let dir = root.join(safe_name(&v.name)?);
-        let files = payload(v, fields, api, owner, Tokens::Keep(&dir)).await?;
+        let tokens = Tokens {
+            records: root,
+            volume: &v.name,
+            kept: Some((&dir, now)),
+        };
+        let files = payload(v, fields, api, owner, tokens).await?;
         if !atomic::unchanged(&dir, &files)? {
             atomic::publish(&dir, &files, owner.fs_group)?;
             changed += 1;
@@ -107,11 +133,14 @@ pub async fn refresh(
     Ok(changed)
 }
 
-/// Where a projected token comes from: minted now, or the one the volume holds.
+/// Where a volume's projected tokens come from: minted now, or (on a refresh, `kept`: the
+/// volume's directory and the time) the one the volume holds until it is due.
 #[derive(Clone, Copy)]
-enum Tokens<'a> {
-    Mint,
-    Keep(&'a Path),
+struct Tokens<'a> {
+    /// The volumes' root, under which [`crate::tokens`] records each mint.
+    records: &'a Path,
+    volume: &'a str,
+    kept: Option<(&'a Path, SystemTime)>,
 }
 
 /// The files of a configMap, secret or projected volume.
@@ -163,12 +192,16 @@ async fn project(
 ) -> Result<(), Error> {
     let ns = fields.namespace.as_str();
     if let Some(t) = &source.service_account_token {
-        let token = match tokens {
-            Tokens::Keep(dir) => {
+        let record = tokens::record_path(tokens.records, tokens.volume, &relative(&t.path)?);
+        let keep = tokens
+            .kept
+            .filter(|(_, now)| tokens::read(&record).is_some_and(|m| !m.due(*now)));
+        let token = match keep {
+            Some((dir, _)) => {
                 let path = dir.join(relative(&t.path)?);
                 std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?
             }
-            Tokens::Mint => {
+            None => {
                 let spec = TokenRequestSpec {
                     audiences: t.audience.clone().into_iter().collect(),
                     expiration_seconds: Some(t.expiration_seconds.unwrap_or(3600)),
@@ -179,7 +212,10 @@ async fn project(
                         uid: Some(fields.uid.clone()),
                     }),
                 };
+                let ttl = spec.expiration_seconds.unwrap_or(3600);
                 let status = api.create_token(ns, &fields.service_account, spec).await?;
+                let expires = status.expiration_timestamp.0.as_second();
+                tokens::write(&record, Minted::new(expires, ttl))?;
                 status.token.into_bytes()
             }
         };
@@ -383,9 +419,10 @@ mod tests {
     }
 
     /// The injected sidecar's identity volume: a token and the trust bundle ConfigMap,
-    /// projected. An edit of the ConfigMap reaches the file by a refresh; the token stays.
+    /// projected. An edit of the ConfigMap reaches the file by a refresh; the token stays until
+    /// 80 % of its lifetime has passed, then a refresh mints a new one.
     #[tokio::test]
-    async fn a_refresh_swaps_in_the_edited_config_map_and_keeps_the_token() {
+    async fn a_refresh_swaps_in_the_edited_config_map_and_renews_the_token_when_due() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "shop", "uid": "u"},
             "spec": {"containers": [{"name": "c"}], "volumes": [
@@ -436,5 +473,20 @@ mod tests {
                 .expect("refresh"),
             0
         );
+
+        // The token's lifetime is the default hour: kept at 70 %, minted again at 81 %.
+        let later = |secs| std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+        let at = |secs| refresh_at(&pod, &fields, &api, tmp.path(), later(secs));
+        assert_eq!(at(2520).await.expect("refresh"), 0);
+        assert_eq!(api.tokens().len(), 1);
+        assert_eq!(at(2916).await.expect("refresh"), 1);
+        assert_eq!(api.tokens().len(), 2, "a second token minted");
+        let minted = &api.tokens()[1];
+        assert_eq!(minted.audiences, ["weft"]);
+        assert_eq!(minted.pod.as_deref(), Some("p"));
+        assert_ne!(read("identity", "token"), token);
+        assert_eq!(read("identity", "ca.crt"), "old\nnew\n");
+        // Nothing but volumes is mounted from the volumes' root: the record sits beside them.
+        assert!(tmp.path().join(".tokens").join("identity").is_dir());
     }
 }
