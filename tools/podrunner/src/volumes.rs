@@ -192,7 +192,7 @@ async fn project(
 ) -> Result<(), Error> {
     let ns = fields.namespace.as_str();
     if let Some(t) = &source.service_account_token {
-        let record = tokens::record_path(tokens.records, tokens.volume, &relative(&t.path)?);
+        let record = tokens::record_path(tokens.records, tokens.volume, relative(&t.path)?);
         let keep = tokens
             .kept
             .filter(|(_, now)| tokens::read(&record).is_some_and(|m| !m.due(*now)));
