@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     // Before the store opens: a sidecar with a join token and no usable certificate obtains
     // one from the control plane first (see `weft_proxy::identity::certify`).
     if !args.check {
-        if let Err(e) = weft_proxy::identity::certify::bootstrap_if_needed(&config) {
+        if let Err(e) = weft_proxy::identity::bootstrap::bootstrap_if_needed(&config) {
             eprintln!("{}: cannot start: {e}", config.display());
             std::process::exit(3);
         }

@@ -10,7 +10,7 @@
 //! config. A renewed certificate's expiry is reported (`Certificate`); on SIGTERM the stream
 //! says `Draining` so the endpoint is withdrawn at once, and is not reopened. The snapshot's
 //! trust bundle replaces `tls.trust_bundle` when its roots differ
-//! ([`crate::identity::certify::take_trust_bundle`]).
+//! ([`crate::identity::trust::take_trust_bundle`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -205,7 +205,7 @@ pub(crate) fn unix_secs(t: std::time::SystemTime) -> i64 {
 
 /// Decode and apply one snapshot; the error is the NACK reason.
 fn apply(store: &Store, s: &weft_api::v1::Snapshot) -> Result<u64, String> {
-    crate::identity::certify::take_trust_bundle(store, &s.trust_bundle_pem)?;
+    crate::identity::trust::take_trust_bundle(store, &s.trust_bundle_pem)?;
     // Forward compatible: a newer control plane's fields are ignored (and counted), not a NACK.
     let (mut policy, ignored): (PolicySnapshot, _) =
         weft_policy::lenient::from_json(&s.policy_json)

@@ -4,7 +4,7 @@
 //! The sidecar generates every key pair itself (ECDSA P-256) and sends only a CSR, so private
 //! keys exist only in this process and its own `tls.key` file (mode 0600).
 //!
-//! - **Bootstrap** ([`bootstrap_if_needed`], before the store opens): with
+//! - **Bootstrap** ([`super::bootstrap`], before the store opens): with
 //!   `control_plane.join_token_file` set and no usable `tls.cert`/`tls.key` (missing,
 //!   unreadable, expired or for another identity), the sidecar asks for a certificate with the
 //!   token over TLS without a client certificate, verifying the control plane against
@@ -18,12 +18,10 @@
 //!   ([`Store::install_files`]). On failure the current certificate keeps serving and the
 //!   renewal is retried with jittered backoff, well before expiry ([`retry_delay`]).
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::watch;
 use weft_api::v1::control_plane_client::ControlPlaneClient;
@@ -31,7 +29,7 @@ use weft_api::v1::CertifyRequest;
 use weft_certs::Identity;
 
 use crate::identity::material;
-use crate::store::{write_atomically, InstallError, Store};
+use crate::store::{InstallError, Store};
 use weft_policy::{ControlPlane, TlsPaths};
 
 /// First retry delay of a failed renewal.
@@ -157,7 +155,10 @@ pub fn retry_delay(attempt: u32, left: Duration) -> Duration {
 
 /// A client config without a client certificate that trusts the roots of `bundle_pem`: how a
 /// sidecar without a usable certificate reaches the control plane.
-fn anonymous_client(bundle_pem: &[u8], path: &Path) -> Result<ClientConfig, CertifyError> {
+pub(crate) fn anonymous_client(
+    bundle_pem: &[u8],
+    path: &Path,
+) -> Result<ClientConfig, CertifyError> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();
@@ -180,15 +181,15 @@ fn anonymous_client(bundle_pem: &[u8], path: &Path) -> Result<ClientConfig, Cert
 }
 
 /// A checked key pair and certificate from the control plane.
-struct Obtained {
-    key_pem: String,
-    chain_pem: String,
-    not_after: SystemTime,
+pub(crate) struct Obtained {
+    pub(crate) key_pem: String,
+    pub(crate) chain_pem: String,
+    pub(crate) not_after: SystemTime,
 }
 
 /// One `Certify` call: a fresh key pair, its CSR (and `token`, if any) over `client_tls`;
 /// the answer is checked against `identity` and `bundle_pem` as a reload would check it.
-async fn obtain(
+pub(crate) async fn obtain(
     cp: &ControlPlane,
     client_tls: ClientConfig,
     identity: &Identity,
@@ -258,7 +259,7 @@ async fn obtain(
     })
 }
 
-fn read_token(path: &Path) -> Result<String, CertifyError> {
+pub(crate) fn read_token(path: &Path) -> Result<String, CertifyError> {
     let local = |reason: String| CertifyError::Local {
         field: "control_plane.join_token_file".to_owned(),
         reason,
@@ -270,116 +271,6 @@ fn read_token(path: &Path) -> Result<String, CertifyError> {
         return Err(local(format!("{} is empty", path.display())));
     }
     Ok(token)
-}
-
-/// Run `attempt` until it succeeds, fails for good ([`CertifyError::is_retryable`] false), or
-/// `limit` passes; between attempts wait [`crate::control::channel::backoff`] (jittered, doubling),
-/// never past the limit. At most 1000 attempts whatever the limit.
-pub async fn retry_until<T, F, Fut>(
-    address: &str,
-    limit: Duration,
-    mut attempt: F,
-) -> Result<T, CertifyError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, CertifyError>>,
-{
-    let start = tokio::time::Instant::now();
-    let deadline = start + limit;
-    let mut n = 0u32;
-    loop {
-        let e = match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if !e.is_retryable() => return Err(e),
-            Err(e) => e,
-        };
-        n += 1;
-        let now = tokio::time::Instant::now();
-        let delay = crate::control::channel::backoff(n - 1);
-        if now + delay >= deadline || n >= 1000 {
-            // Whole tenths of a second read better in the error than nanoseconds.
-            let after = now.duration_since(start).as_millis() / 100 * 100;
-            return Err(CertifyError::GaveUp {
-                address: address.to_owned(),
-                after: Duration::from_millis(u64::try_from(after).unwrap_or(u64::MAX)),
-                last: Box::new(e),
-            });
-        }
-        log::warn!("{e}; retrying in {} ms", delay.as_millis());
-        tokio::time::sleep(delay).await;
-    }
-}
-
-/// Before the store opens: with `control_plane.join_token_file` set and no usable
-/// certificate, obtain one from the control plane and write `tls.key` (0600) and `tls.cert`.
-///
-/// Does nothing without a join token file, with a usable certificate, or with a config that
-/// does not load (opening the store reports that). Blocks the calling thread (its own
-/// short-lived runtime) for at most `control_plane.bootstrap_timeout` plus one call.
-pub fn bootstrap_if_needed(config_path: &Path) -> Result<(), CertifyError> {
-    let Ok(config) = weft_policy::load(config_path) else {
-        return Ok(());
-    };
-    let Some(cp) = config.control_plane.clone() else {
-        return Ok(());
-    };
-    let Some(token_file) = cp.join_token_file.clone() else {
-        return Ok(());
-    };
-    let identity = config.own.identity.clone();
-    let paths = config.tls.clone();
-    // Checked only: whether the files make usable material (the protocol does not matter).
-    let why = match material::load(&paths, &identity, weft_policy::Protocol::Http) {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    log::info!(
-        "no usable workload certificate ({why}); asking the control plane {} for one with the join token",
-        cp.address
-    );
-    let token = read_token(&token_file)?;
-    let bundle = std::fs::read(&paths.trust_bundle).map_err(|e| CertifyError::Local {
-        field: "tls.trust_bundle".to_owned(),
-        reason: format!("cannot read {}: {e}", paths.trust_bundle.display()),
-    })?;
-    let client = anonymous_client(&bundle, &paths.trust_bundle)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CertifyError::Local {
-            field: "runtime".to_owned(),
-            reason: e.to_string(),
-        })?;
-    let got = rt.block_on(retry_until(&cp.address, cp.bootstrap_timeout, || {
-        obtain(
-            &cp,
-            client.clone(),
-            &identity,
-            Some(&token),
-            &paths,
-            &bundle,
-        )
-    }))?;
-    for (path, bytes, mode) in [
-        (&paths.key, got.key_pem.as_bytes(), KEY_MODE),
-        (&paths.cert, got.chain_pem.as_bytes(), CERT_MODE),
-    ] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        write_atomically(path, bytes, mode).map_err(|source| {
-            CertifyError::Install(InstallError::Write {
-                path: path.clone(),
-                source,
-            })
-        })?;
-    }
-    log::info!(
-        "obtained a certificate for {identity} from the control plane {}, valid until {}",
-        cp.address,
-        humantime::format_rfc3339_seconds(got.not_after)
-    );
-    Ok(())
 }
 
 /// Renew once: a new key pair and CSR, `Certify` over mutual TLS with the current certificate
@@ -507,92 +398,12 @@ pub async fn rotate(store: Arc<Store>, cp: ControlPlane, renewed: watch::Sender<
     }
 }
 
-/// Take the trust bundle of a control-plane snapshot: refuse an empty or unparsable one (the
-/// error is the NACK reason). With `control_plane.trust_bundle: pushed`, if its roots differ
-/// from `tls.trust_bundle`'s, write it there atomically and rebuild, so a second root (CA
-/// rotation) is trusted at once. With `mounted` the file is someone else's (a read-only
-/// ConfigMap on Kubernetes) and the only source: nothing is written, and a difference is
-/// logged and shown in `weft_trust_bundle_differs`.
-pub fn take_trust_bundle(store: &Store, pem: &str) -> Result<(), String> {
-    if pem.trim().is_empty() {
-        return Err("the snapshot's trust bundle is empty".to_owned());
-    }
-    let path = store.load().tls_paths.trust_bundle.clone();
-    let roots = material::trust_bundle(pem.as_bytes(), &path)
-        .map_err(|e| format!("the snapshot's trust bundle is not usable: {}", e.reason))?;
-    let mut check = RootCertStore::empty();
-    for r in &roots {
-        check
-            .add(r.clone())
-            .map_err(|e| format!("the snapshot's trust bundle holds an unusable root: {e}"))?;
-    }
-    // Compared with the roots in force (in memory), not with the file, as sets: the order
-    // of roots does not change what is trusted, and the two sides list them in different
-    // orders during a rotation (the control plane its signing root first, the documented
-    // ConfigMap edit the old root first).
-    let current = material::trust_bundle(&store.trust_bundle_pem(), &path).ok();
-    let differs = current.is_none_or(|c| !same_roots(&c, &roots));
-    let mounted = store
-        .load()
-        .control_plane
-        .as_ref()
-        .is_some_and(|cp| cp.trust_bundle == weft_policy::wire::TrustBundleSource::Mounted);
-    if mounted {
-        let gauge = &store.metrics.trust_bundle_differs;
-        if differs && gauge.get() == 0 {
-            log::warn!(
-                "the control plane's trust bundle ({} root(s)) differs from the mounted {}: \
-                 kept the mounted one (control_plane.trust_bundle: mounted); a CA rotation \
-                 must add the new root to the mounted bundle first",
-                roots.len(),
-                path.display()
-            );
-        }
-        gauge.set(i64::from(differs));
-        return Ok(());
-    }
-    if !differs {
-        return Ok(());
-    }
-    store
-        .install_files(&[(&path, pem.as_bytes(), CERT_MODE)])
-        .map_err(|e| format!("cannot take the snapshot's trust bundle: {e}"))?;
-    log::info!(
-        "trust bundle updated from the control plane: {} root(s) in {}",
-        roots.len(),
-        path.display()
-    );
-    Ok(())
-}
-
-/// Whether `a` and `b` hold the same roots, in any order.
-fn same_roots(a: &[CertificateDer<'_>], b: &[CertificateDer<'_>]) -> bool {
-    let set = |r: &[CertificateDer<'_>]| -> std::collections::BTreeSet<Vec<u8>> {
-        r.iter().map(|c| c.as_ref().to_vec()).collect()
-    };
-    set(a) == set(b)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use super::*;
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
-    }
-
-    #[test]
-    fn roots_compare_as_sets() {
-        let ab = [
-            CertificateDer::from(vec![1u8, 2]),
-            CertificateDer::from(vec![3u8]),
-        ];
-        let ba = [ab[1].clone(), ab[0].clone()];
-        assert!(same_roots(&ab, &ba));
-        assert!(!same_roots(&ab, &ab[..1]));
-        assert!(!same_roots(&ab[..1], &ab[1..]));
     }
 
     #[test]
@@ -633,95 +444,5 @@ mod tests {
             let d = retry_delay(30, Duration::ZERO);
             assert!(d >= RENEW_BACKOFF_MIN / 2, "{d:?}");
         }
-    }
-
-    #[test]
-    fn a_pushed_trust_bundle_with_a_second_root_replaces_the_file_and_bad_ones_are_refused() {
-        let (dir, store, ca) = crate::store::test_support::store_with_files(7);
-        let bundle = dir.path().join("ca.crt");
-        let v = store.load().version;
-        let e = take_trust_bundle(&store, "  \n").expect_err("empty");
-        assert!(e.contains("empty"), "{e}");
-        let e = take_trust_bundle(&store, "not PEM at all").expect_err("garbage");
-        assert!(e.contains("trust bundle"), "{e}");
-        let e = take_trust_bundle(
-            &store,
-            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-        )
-        .expect_err("bad certificate");
-        assert!(e.contains("trust bundle"), "{e}");
-        assert_eq!(store.load().version, v, "nothing rebuilt");
-        // The same root (even as other text): nothing written, nothing rebuilt.
-        take_trust_bundle(&store, &format!("\n{}", ca.cert_pem())).expect("same root");
-        assert_eq!(
-            std::fs::read_to_string(&bundle).expect("read"),
-            ca.cert_pem()
-        );
-        assert_eq!(store.load().version, v);
-        // A second root (CA rotation): written and in force at once.
-        let next = weft_certs::CertificateAuthority::generate_seeded("weft.local", 8).expect("ca");
-        let two = format!("{}{}", ca.cert_pem(), next.cert_pem());
-        take_trust_bundle(&store, &two).expect("two roots");
-        assert_eq!(std::fs::read_to_string(&bundle).expect("read"), two);
-        let snap = store.load();
-        assert_eq!(snap.version, v + 1);
-        assert_eq!(snap.tls.root_count, 2);
-    }
-
-    fn down() -> CertifyError {
-        CertifyError::Connect {
-            address: "127.0.0.1:1".into(),
-            reason: "connection refused".into(),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn bootstrap_retries_give_up_at_the_limit() {
-        let calls = AtomicU32::new(0);
-        let start = tokio::time::Instant::now();
-        let r: Result<(), _> = retry_until("cp", Duration::from_secs(5), || {
-            calls.fetch_add(1, Ordering::Relaxed);
-            async { Err(down()) }
-        })
-        .await;
-        let e = r.expect_err("gives up");
-        assert!(matches!(e, CertifyError::GaveUp { .. }), "{e}");
-        assert!(e.to_string().contains("connection refused"), "{e}");
-        assert!(start.elapsed() <= Duration::from_secs(5));
-        let n = calls.load(Ordering::Relaxed);
-        assert!((3..=20).contains(&n), "{n} attempts");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn bootstrap_retries_until_success_and_stops_on_refusal() {
-        let calls = AtomicU32::new(0);
-        let r = retry_until("cp", Duration::from_secs(30), || {
-            let n = calls.fetch_add(1, Ordering::Relaxed);
-            async move {
-                if n < 3 {
-                    Err(down())
-                } else {
-                    Ok(n)
-                }
-            }
-        })
-        .await;
-        assert_eq!(r.expect("succeeds"), 3);
-        let calls = AtomicU32::new(0);
-        let start = tokio::time::Instant::now();
-        let r: Result<(), _> = retry_until("cp", Duration::from_secs(30), || {
-            calls.fetch_add(1, Ordering::Relaxed);
-            async {
-                Err(CertifyError::Refused {
-                    address: "cp".into(),
-                    code: tonic::Code::Unauthenticated,
-                    message: "join token 1 was revoked".into(),
-                })
-            }
-        })
-        .await;
-        assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::Relaxed), 1);
-        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

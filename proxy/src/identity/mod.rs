@@ -1,5 +1,8 @@
 //! The sidecar's identity: its certificate material as rustls and Pingora use it
-//! ([`material`]), and obtaining and renewing it from the control plane ([`certify`]).
+//! ([`material`]), obtaining it at start ([`bootstrap`]) and renewing it ([`certify`]) from the control plane, and the trust bundle a
+//! snapshot carries ([`trust`]).
 
+pub mod bootstrap;
 pub mod certify;
 pub mod material;
+pub mod trust;
