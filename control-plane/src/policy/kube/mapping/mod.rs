@@ -39,9 +39,11 @@ use discover::discover;
 use settle::{invalid, settle};
 
 mod discover;
+mod opaque;
 mod settle;
 mod tenancy;
 
+pub use opaque::OPAQUE_PORTS_ANNOTATION;
 pub use tenancy::{CONFLICTED, CROSS_NAMESPACE};
 
 use super::crds::{Condition, PolicyStatus, ACCEPTED};
