@@ -167,6 +167,8 @@ SVC
             opaque_ports: None,
             ..svc
         };
-        assert!(!serde_json::to_string(&none).expect("json").contains("opaque"));
+        assert!(!serde_json::to_string(&none)
+            .expect("json")
+            .contains("opaque"));
     }
 }

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::detection::{DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DETECT_TIMEOUT_RANGE};
 use crate::fields::*;
 use crate::model::*;
-use crate::detection::{DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DETECT_TIMEOUT_RANGE};
 use crate::{wire, Validator};
 
 impl Validator<'_> {

@@ -30,8 +30,22 @@ const H2_PREFACE: &[u8; MAX_PEEK] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// ones). A request with another method is carried as TCP, which an HTTP service's sidecar
 /// refuses: a clear close, never a misrouted request.
 const METHODS: [&[u8]; 16] = [
-    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
-    b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK",
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
 ];
 
 /// What the first bytes of a connection are.
@@ -164,7 +178,10 @@ mod tests {
             assert_eq!(classify(first), Some(Detected::Opaque), "{first:?}");
         }
         // 24 bytes of method-like text with no space: never waits for a 25th.
-        assert_eq!(classify(b"GETGETGETGETGETGETGETGET"), Some(Detected::Opaque));
+        assert_eq!(
+            classify(b"GETGETGETGETGETGETGETGET"),
+            Some(Detected::Opaque)
+        );
     }
 
     #[test]
@@ -180,7 +197,9 @@ mod tests {
     #[tokio::test]
     async fn detection_reads_in_pieces_puts_bytes_back_and_times_out() {
         use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
@@ -188,7 +207,10 @@ mod tests {
         client.write_all(b"GE").await.expect("write");
         let writer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            client.write_all(b"T /x HTTP/1.1\r\n\r\n").await.expect("write");
+            client
+                .write_all(b"T /x HTTP/1.1\r\n\r\n")
+                .await
+                .expect("write");
             client
         });
         let (d, n) = detect(&mut server, Duration::from_secs(5))

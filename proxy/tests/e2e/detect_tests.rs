@@ -50,7 +50,10 @@ fn reload(sidecar: &Sidecar, text: &str) {
 fn postgres_ids() -> (String, String) {
     let id = |flag: &str| {
         let (ok, out, err) = run("id", &[flag, "postgres"]);
-        assert!(ok, "no postgres account (scripts/setup installs PostgreSQL): {err}");
+        assert!(
+            ok,
+            "no postgres account (scripts/setup installs PostgreSQL): {err}"
+        );
         out.trim().to_owned()
     };
     (id("-u"), id("-g"))
@@ -71,7 +74,9 @@ fn pg_bin(name: &str) -> String {
         .filter(|p| p.exists())
         .collect();
     found.sort();
-    let path = found.pop().unwrap_or_else(|| panic!("no {name}: scripts/setup installs postgresql"));
+    let path = found
+        .pop()
+        .unwrap_or_else(|| panic!("no {name}: scripts/setup installs postgresql"));
     path.display().to_string()
 }
 
@@ -80,21 +85,53 @@ fn postgres(pod: &Pod, dir: &Path) -> Guard {
     let (uid, gid) = postgres_ids();
     let data = dir.join("pgdata");
     std::fs::create_dir_all(&data).expect("data dir");
-    let (ok, _, err) = run("chown", &["-R", &format!("{uid}:{gid}"), &dir.display().to_string()]);
+    let (ok, _, err) = run(
+        "chown",
+        &["-R", &format!("{uid}:{gid}"), &dir.display().to_string()],
+    );
     assert!(ok, "chown: {err}");
     let data = data.display().to_string();
-    let as_pg = ["setpriv", "--reuid", &uid, "--regid", &gid, "--clear-groups"];
+    let as_pg = [
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &gid,
+        "--clear-groups",
+    ];
     let (initdb_bin, postgres_bin) = (pg_bin("initdb"), pg_bin("postgres"));
     let mut initdb = as_pg.to_vec();
-    initdb.extend([initdb_bin.as_str(), "-D", &data, "-U", "postgres", "--auth=trust", "-N"]);
+    initdb.extend([
+        initdb_bin.as_str(),
+        "-D",
+        &data,
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-N",
+    ]);
     let (ok, out, err) = run(initdb[0], &initdb[1..]);
     assert!(ok, "initdb: {out}{err}");
+    // Clients in other pods (the direct measurement) connect from the pod network; through
+    // the mesh they arrive from the sidecar on loopback, which initdb already trusts.
+    let hba = format!("{data}/pg_hba.conf");
+    let mut conf = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    conf.push_str("host all all 10.214.0.0/24 trust\n");
+    std::fs::write(&hba, conf).expect("pg_hba.conf");
     let log = dir.join("postgres.log");
     let child = process::spawn(
         Command::new("ip")
             .args(["netns", "exec", &pod.ns])
             .args(as_pg)
-            .args([postgres_bin.as_str(), "-D", &data, "-k", &data, "-p", &PG_PORT.to_string()])
+            .args([
+                postgres_bin.as_str(),
+                "-D",
+                &data,
+                "-k",
+                &data,
+                "-p",
+                &PG_PORT.to_string(),
+            ])
             .args(["-c", "listen_addresses=*", "-c", "fsync=off"])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log")),
@@ -103,7 +140,15 @@ fn postgres(pod: &Pod, dir: &Path) -> Guard {
     wait::until("postgres accepting connections", CMD_LIMIT, || {
         let (ok, _, _) = in_ns(
             &pod.ns,
-            &["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "select 1"],
+            &[
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-Atc",
+                "select 1",
+            ],
         );
         ok.then_some(())
     });
@@ -118,9 +163,28 @@ fn pgbench_connect_ms(client: &Pod, server: &Pod, script: &Path) -> f64 {
     let (ok, out, err) = in_ns(
         &client.ns,
         &[
-            "setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups", "pgbench", "-h",
-            &host, "-p", "5432", "-U", "postgres", "-n", "-C", "-c", "1", "-t", PG_CONNECTIONS,
-            "-f", &script, "postgres",
+            "setpriv",
+            "--reuid",
+            APP_UID,
+            "--regid",
+            APP_UID,
+            "--clear-groups",
+            "pgbench",
+            "-h",
+            &host,
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-n",
+            "-C",
+            "-c",
+            "1",
+            "-t",
+            PG_CONNECTIONS,
+            "-f",
+            &script,
+            "postgres",
         ],
     );
     assert!(ok, "pgbench: {out}{err}");
@@ -136,8 +200,20 @@ fn psql(client: &Pod, server: &Pod) -> (bool, String) {
     let (ok, out, err) = in_ns(
         &client.ns,
         &[
-            "setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups", "psql", "-h",
-            &host, "-U", "postgres", "-Atc", "select 1", "postgres",
+            "setpriv",
+            "--reuid",
+            APP_UID,
+            "--regid",
+            APP_UID,
+            "--clear-groups",
+            "psql",
+            "-h",
+            &host,
+            "-U",
+            "postgres",
+            "-Atc",
+            "select 1",
+            "postgres",
         ],
     );
     (ok, if ok { out } else { err })
@@ -173,16 +249,31 @@ async fn postgres_through_capture_connects_as_fast_as_direct_give_or_take_a_few_
 
     // 5432 is opaque by default: never detected, tunnelled over mTLS at once.
     let (ok, out) = psql(&client, &server);
-    assert!(ok && out.trim() == "1", "psql through capture: {out}\n{}", sidecar.log_text());
+    assert!(
+        ok && out.trim() == "1",
+        "psql through capture: {out}\n{}",
+        sidecar.log_text()
+    );
     let opaque = pgbench_connect_ms(&client, &server, &script);
-    let tunnels = sidecar.metric("weft_tcp_connections_opened_total", &[("dst_service", "db")]);
-    assert!(tunnels >= 200.0, "the connections crossed the mesh: {tunnels}");
+    let tunnels = sidecar.metric(
+        "weft_tcp_connections_opened_total",
+        &[("dst_service", "db")],
+    );
+    assert!(
+        tunnels >= 200.0,
+        "the connections crossed the mesh: {tunnels}"
+    );
 
     // No opaque ports at all: PostgreSQL speaks first (SSLRequest / StartupMessage), so
     // detection sees it is not HTTP at its first bytes and takes the TCP path at once.
     reload(
         &sidecar,
-        &config("client", &client, "  opaque_ports: []\n", &services("db", &server, "")),
+        &config(
+            "client",
+            &client,
+            "  opaque_ports: []\n",
+            &services("db", &server, ""),
+        ),
     );
     let detected = pgbench_connect_ms(&client, &server, &script);
 
@@ -219,7 +310,10 @@ fn banner_server(pod: &Pod) -> Guard {
     )
     .expect("spawn banner server");
     wait::until("the banner server", CMD_LIMIT, || {
-        let (ok, out, _) = in_ns(&pod.ns, &["ss", "-Hltn", &format!("sport = :{BANNER_PORT}")]);
+        let (ok, out, _) = in_ns(
+            &pod.ns,
+            &["ss", "-Hltn", &format!("sport = :{BANNER_PORT}")],
+        );
         (ok && !out.trim().is_empty()).then_some(())
     });
     child
@@ -239,14 +333,24 @@ fn banner(client: &Pod, server: &Pod) -> (String, f64) {
     let (ok, out, err) = in_ns(
         &client.ns,
         &[
-            "setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups",
-            "/usr/bin/python3", "-c", &code,
+            "setpriv",
+            "--reuid",
+            APP_UID,
+            "--regid",
+            APP_UID,
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &code,
         ],
     );
     assert!(ok, "banner client: {out}{err}");
     let mut lines = out.lines();
     let line = lines.next().unwrap_or_default().to_owned();
-    let ms = lines.next().and_then(|l| l.parse().ok()).unwrap_or(f64::NAN);
+    let ms = lines
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(f64::NAN);
     (line, ms)
 }
 
@@ -289,7 +393,11 @@ async fn a_server_first_protocol_waits_the_detect_timeout_unless_its_port_is_opa
             "client",
             &client,
             own,
-            &services("mail", &server, &format!("    opaque_ports: [{BANNER_PORT}]\n")),
+            &services(
+                "mail",
+                &server,
+                &format!("    opaque_ports: [{BANNER_PORT}]\n"),
+            ),
         ),
     );
     let (line, at_once) = banner(&client, &server);
@@ -362,22 +470,48 @@ async fn a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed(
     let (ok, out, err) = in_ns(
         &client.ns,
         &[
-            "setpriv", "--reuid", APP_UID, "--regid", APP_UID, "--clear-groups", "curl", "-sS",
-            "--noproxy", "*", "-m", "5", "--http2-prior-knowledge", "-H",
-            "content-type: application/grpc", "-H", "te: trailers", "--data-binary", &data,
-            "-D", "-", "--output", "-", &url,
+            "setpriv",
+            "--reuid",
+            APP_UID,
+            "--regid",
+            APP_UID,
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--noproxy",
+            "*",
+            "-m",
+            "5",
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            &data,
+            "-D",
+            "-",
+            "--output",
+            "-",
+            &url,
         ],
     );
     assert!(ok, "grpc call: {out}{err}\n{}", sidecar.log_text());
     assert!(out.contains("HTTP/2 200"), "{out}");
-    assert!(out.contains("grpc-status: 0"), "trailers carry the status: {out}");
+    assert!(
+        out.contains("grpc-status: 0"),
+        "trailers carry the status: {out}"
+    );
     assert!(out.contains("inventory-1"), "served by the app: {out}");
     assert!(
         out.contains(&spiffe("client")),
         "the app saw the caller's identity (crossed mTLS): {out}"
     );
     assert_eq!(
-        sidecar.metric("weft_tcp_connections_opened_total", &[("dst_service", "inventory")]),
+        sidecar.metric(
+            "weft_tcp_connections_opened_total",
+            &[("dst_service", "inventory")]
+        ),
         0.0,
         "routed on the HTTP path, not tunnelled"
     );

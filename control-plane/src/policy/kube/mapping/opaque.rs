@@ -132,14 +132,19 @@ mod tests {
 
     #[test]
     fn the_annotation_takes_ports_and_ranges_and_skips_bad_entries_alone() {
-        assert_eq!(parse_annotation("db", "5432, 8000-8002"), [5432, 8000, 8001, 8002]);
+        assert_eq!(
+            parse_annotation("db", "5432, 8000-8002"),
+            [5432, 8000, 8001, 8002]
+        );
         assert_eq!(
             parse_annotation("db", "0,70000,x,9-3,1-5000,,3306"),
             [3306],
             "each bad entry is left out, the good one stays"
         );
         assert_eq!(parse_entry("9-3"), Err("range 9-3 runs backwards".into()));
-        assert!(parse_entry("1-5000").unwrap_err().contains("more than 1024"));
+        assert!(parse_entry("1-5000")
+            .unwrap_err()
+            .contains("more than 1024"));
         assert!(parse_entry("http").unwrap_err().contains("not a port"));
     }
 
@@ -148,7 +153,12 @@ mod tests {
         assert!(port_is_opaque(&port(None, Some("postgresql"), 5432, None)));
         assert!(port_is_opaque(&port(None, Some("TCP"), 1, None)));
         assert!(!port_is_opaque(&port(Some("tcp-x"), Some("http"), 1, None)));
-        assert!(!port_is_opaque(&port(None, Some("kubernetes.io/h2c"), 1, None)));
+        assert!(!port_is_opaque(&port(
+            None,
+            Some("kubernetes.io/h2c"),
+            1,
+            None
+        )));
         assert!(port_is_opaque(&port(Some("tcp-db"), None, 1, None)));
         assert!(port_is_opaque(&port(Some("mysql"), None, 1, None)));
         assert!(!port_is_opaque(&port(Some("http-web"), None, 1, None)));
