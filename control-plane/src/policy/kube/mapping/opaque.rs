@@ -143,9 +143,11 @@ mod tests {
         );
         assert_eq!(parse_entry("9-3"), Err("range 9-3 runs backwards".into()));
         assert!(parse_entry("1-5000")
-            .unwrap_err()
+            .expect_err("invalid")
             .contains("more than 1024"));
-        assert!(parse_entry("http").unwrap_err().contains("not a port"));
+        assert!(parse_entry("http")
+            .expect_err("invalid")
+            .contains("not a port"));
     }
 
     #[test]
