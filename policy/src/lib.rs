@@ -18,6 +18,7 @@
 //!   parsing at a line.
 
 mod authz;
+mod detection;
 mod fields;
 pub mod lenient;
 mod locate;
@@ -34,6 +35,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use detection::{
+    DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DETECT_TIMEOUT_RANGE, MAX_OPAQUE_PORTS,
+};
 pub use fields::{parse_duration, MAX_DURATION, MAX_REGEX_LEN, MAX_REGEX_SIZE};
 pub use locate::{locate, Location};
 pub use matching::prefix_matches;
@@ -403,6 +407,10 @@ impl Validator<'_> {
         let (outlier, outlier_counts_5xx) = self.outlier(f, raw.outlier_detection);
         let limits = self.limits(f, raw.limits);
         let paths = path_options(raw.escaped_slashes);
+        let opaque_ports = self.opaque_ports(
+            &format!("{f}.opaque_ports"),
+            raw.opaque_ports.unwrap_or_default(),
+        );
         let mut endpoints = Vec::with_capacity(raw.endpoints.len());
         let mut seen = HashSet::new();
         for (i, e) in raw.endpoints.into_iter().enumerate() {
@@ -436,6 +444,7 @@ impl Validator<'_> {
             outlier_counts_5xx,
             limits,
             paths,
+            opaque_ports,
         })
     }
 }

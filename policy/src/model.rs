@@ -264,6 +264,10 @@ pub struct OwnService {
     pub labels: BTreeMap<String, String>,
     /// Captured connections to addresses the mesh does not know: passed through or refused.
     pub egress: crate::wire::Egress,
+    /// Longest wait for a captured connection's first bytes to an `http`/`grpc` service.
+    pub detect_timeout: Duration,
+    /// Destination ports a captured connection is never detected on.
+    pub opaque_ports: Vec<u16>,
 }
 
 /// A token bucket's parameters.
@@ -354,6 +358,8 @@ pub struct Service {
     pub limits: Limits,
     /// How request paths to it are canonicalized (`escaped_slashes`).
     pub paths: PathOptions,
+    /// Its ports a captured connection is never detected on (opaque TCP at once).
+    pub opaque_ports: Vec<u16>,
 }
 
 /// An endpoint of a service.

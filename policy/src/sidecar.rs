@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::detection::{DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DETECT_TIMEOUT_RANGE};
 use crate::fields::*;
 use crate::model::*;
 use crate::{wire, Validator};
@@ -170,6 +171,16 @@ impl Validator<'_> {
         let app = self.check("service.app", loopback_addr(&raw.app));
         let protocol = self.check("service.protocol", protocol(raw.protocol.as_deref()));
         let rate_limit = self.rate_limit("service", raw.rate_limit, true);
+        let detect_timeout = self.bounded(
+            "service.detect_timeout",
+            raw.detect_timeout.as_deref(),
+            DEFAULT_DETECT_TIMEOUT,
+            DETECT_TIMEOUT_RANGE,
+        );
+        let opaque_ports = match raw.opaque_ports {
+            None => DEFAULT_OPAQUE_PORTS.to_vec(),
+            Some(p) => self.opaque_ports("service.opaque_ports", p),
+        };
         Some(OwnService {
             name: name?,
             identity: identity?,
@@ -178,6 +189,8 @@ impl Validator<'_> {
             rate_limit,
             labels: raw.labels,
             egress: raw.egress.unwrap_or_default(),
+            detect_timeout,
+            opaque_ports,
         })
     }
 

@@ -343,6 +343,14 @@ pub struct OwnService {
     /// has: `allow` (the default: passed through as plain TCP) or `deny` (closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Egress>,
+    /// How long a captured connection to an `http` or `grpc` service may take to send the
+    /// bytes that say whether it is HTTP (default 300ms, at most 5s): `crate::DEFAULT_DETECT_TIMEOUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_timeout: Option<String>,
+    /// Destination ports never detected (server-first protocols): captured connections to
+    /// them take the TCP path at once. Default `crate::DEFAULT_OPAQUE_PORTS`; `[]` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opaque_ports: Option<Vec<u16>>,
 }
 
 /// Egress: a captured connection to an address the mesh does not know (not an endpoint's or a
@@ -480,6 +488,10 @@ pub struct Service {
     /// or `keep` (forwarded encoded; path rules compare the encoded form).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub escaped_slashes: Option<EscapedSlashes>,
+    /// Ports of this service never detected: a captured connection to one takes the TCP
+    /// path at once (besides the caller's own `service.opaque_ports`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opaque_ports: Option<Vec<u16>>,
 }
 
 /// What a sidecar does with an escaped slash or backslash (`%2F`, `%5C`) in a request path.

@@ -38,6 +38,8 @@ pub fn sidecar_config(
             rate_limit: None,
             labels: Default::default(),
             egress: None,
+            detect_timeout: None,
+            opaque_ports: None,
         },
         listen: wire::Listen {
             outbound: Some(format!("127.0.0.1:{OUTBOUND_PORT}")),

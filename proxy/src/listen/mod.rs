@@ -6,6 +6,7 @@
 //! egress). Ports added after start are bound by [`ports::PortManager`].
 
 pub mod bound;
+pub mod detect;
 pub mod limit;
 pub mod ports;
 
@@ -216,7 +217,8 @@ impl Traffic {
 
 impl Traffic {
     /// A connection redirected by capture (`weft-proxy init`) from the app to `to`: a mesh
-    /// service's TCP tunnel or HTTP path (routed by Host, else by `to`), or egress.
+    /// service's TCP tunnel or HTTP path (routed by Host, else by `to`), or egress. To an
+    /// `http` or `grpc` service on a port not opaque, the first bytes decide ([`detect`]).
     async fn captured(
         self: &Arc<Self>,
         stream: Stream,
@@ -225,14 +227,30 @@ impl Traffic {
     ) -> Option<Stream> {
         let snap = self.store.load();
         match snap.routes.for_address(to).cloned() {
-            Some(dest) if dest.protocol == Protocol::Tcp => {
+            Some(dest) => {
+                let opaque = dest.protocol == Protocol::Tcp
+                    || detect::is_opaque(to.port(), &snap.own.opaque_ports, &dest.opaque_ports);
+                let stream: Stream = if opaque {
+                    stream
+                } else {
+                    let wait = snap.own.detect_timeout;
+                    drop(snap);
+                    let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+                    match detect::detect(&mut l4, wait).await {
+                        Ok((detect::Detected::Opaque, read)) => {
+                            log::debug!(
+                                "captured connection to {} ({to}): not HTTP ({read} bytes in {wait:?}); TCP path",
+                                dest.name
+                            );
+                            l4
+                        }
+                        Ok(_) => return self.outbound_http(l4, shutdown).await,
+                        Err(_) => return None,
+                    }
+                };
                 let _working = self.drain.enter();
-                tcp::outbound(stream, snap, dest, &self.store.metrics).await;
+                tcp::outbound(stream, self.store.load(), dest, &self.store.metrics).await;
                 None
-            }
-            Some(_) => {
-                drop(snap);
-                self.outbound_http(stream, shutdown).await
             }
             None => {
                 let _working = self.drain.enter();

@@ -58,6 +58,8 @@ pub struct Destination {
     pub health: OutlierDetector,
     /// Any 5xx counts as an endpoint failure, not only 502, 503 and 504.
     pub outlier_counts_5xx: bool,
+    /// Its ports a captured connection is never detected on (`listen::detect`).
+    pub opaque_ports: Vec<u16>,
     /// Ejection counters, index-aligned with `endpoints`.
     pub ejections: Vec<prometheus::IntCounter>,
     /// Retries calls to this service may add.
@@ -318,6 +320,7 @@ impl Destination {
             ejections,
             health,
             outlier_counts_5xx: svc.outlier_counts_5xx,
+            opaque_ports: svc.opaque_ports,
             budget,
             limits: svc.limits,
             in_flight,

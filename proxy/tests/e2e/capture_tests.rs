@@ -17,18 +17,18 @@ use weft_testkit::wait;
 use crate::harness::{spiffe, Pki};
 
 /// The sidecar's listeners inside each pod (every pod has its own port space).
-const OUTBOUND: u16 = 15001;
-const INBOUND: u16 = 15006;
+pub(crate) const OUTBOUND: u16 = 15001;
+pub(crate) const INBOUND: u16 = 15006;
 const ADMIN: u16 = 15000;
 /// The port every app listens on, on `0.0.0.0`.
 const APP_PORT: u16 = 8080;
 /// The UID the unmodified client runs as (the sidecars run as root, UID 0).
-const APP_UID: &str = "65534";
+pub(crate) const APP_UID: &str = "65534";
 /// How long one command (curl, nft, ip) may take.
-const CMD_LIMIT: Duration = Duration::from_secs(20);
+pub(crate) const CMD_LIMIT: Duration = Duration::from_secs(20);
 
 /// Runs `program args` to completion within [`CMD_LIMIT`]: (success, stdout, stderr).
-fn run(program: &str, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn run(program: &str, args: &[&str]) -> (bool, String, String) {
     let (exit, out, err) = process::output_within(Command::new(program).args(args), CMD_LIMIT);
     (exit.success(), out, err)
 }
@@ -40,21 +40,21 @@ fn ip(args: &[&str]) {
 }
 
 /// Runs `args` inside network namespace `ns`.
-fn in_ns(ns: &str, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn in_ns(ns: &str, args: &[&str]) -> (bool, String, String) {
     let mut all = vec!["netns", "exec", ns];
     all.extend_from_slice(args);
     run("ip", &all)
 }
 
 /// A node namespace with a bridge (10.214.0.1/24) and pods on it, all deleted on drop.
-struct Net {
+pub(crate) struct Net {
     node: String,
     pods: Vec<String>,
 }
 
 impl Net {
     /// The node, or `None` when namespaces are unavailable and `WEFT_NO_NETNS=1` allows that.
-    fn create() -> Option<Net> {
+    pub(crate) fn create() -> Option<Net> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let node = format!("weftcap-{}-{seq}-node", std::process::id());
@@ -93,7 +93,7 @@ impl Net {
     }
 
     /// A pod namespace `<node>-<name>` whose `eth0` has 10.214.0.`host`.
-    fn pod(&mut self, name: &str, host: u8) -> Pod {
+    pub(crate) fn pod(&mut self, name: &str, host: u8) -> Pod {
         let ns = self.node.replace("-node", &format!("-{name}"));
         ip(&["netns", "add", &ns]);
         self.pods.push(ns.clone());
@@ -130,14 +130,14 @@ impl Drop for Net {
 }
 
 #[derive(Clone)]
-struct Pod {
-    ns: String,
-    ip: Ipv4Addr,
+pub(crate) struct Pod {
+    pub(crate) ns: String,
+    pub(crate) ip: Ipv4Addr,
 }
 
 impl Pod {
     /// `weft-proxy init ARGS` in this pod.
-    fn init(&self, args: &[&str]) {
+    pub(crate) fn init(&self, args: &[&str]) {
         let mut all = vec![env!("CARGO_BIN_EXE_weft-proxy"), "init"];
         all.extend_from_slice(args);
         let (ok, out, err) = in_ns(&self.ns, &all);
@@ -202,7 +202,7 @@ impl Pod {
     }
 
     /// Starts a sidecar in this pod (as root) from `config` and waits until it is ready.
-    fn sidecar(&self, dir: &Path, name: &str, config: &str) -> Sidecar {
+    pub(crate) fn sidecar(&self, dir: &Path, name: &str, config: &str) -> Sidecar {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write config");
         let log = dir.join(format!("{name}.log"));
@@ -266,20 +266,20 @@ impl Drop for AppThread {
     }
 }
 
-struct Sidecar {
-    child: Guard,
+pub(crate) struct Sidecar {
+    pub(crate) child: Guard,
     pod: Pod,
-    config: PathBuf,
+    pub(crate) config: PathBuf,
     log: PathBuf,
 }
 
 impl Sidecar {
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The value of metric `name` with all of `labels` (0 when absent).
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let url = format!("http://127.0.0.1:{ADMIN}/metrics");
         let (ok, text, err) = in_ns(&self.pod.ns, &["curl", "-sS", &url]);
         assert!(ok, "metrics: {err}");
@@ -299,7 +299,7 @@ impl Sidecar {
 }
 
 /// A sidecar config for service `name` in `pod`; `rest` is appended (services, egress).
-fn config(name: &str, pod: &Pod, service_extra: &str, rest: &str) -> String {
+pub(crate) fn config(name: &str, pod: &Pod, service_extra: &str, rest: &str) -> String {
     format!(
         "service:\n  name: {name}\n  identity: {}\n  app: \"127.0.0.1:{APP_PORT}\"\n{service_extra}\
          listen:\n  outbound: \"127.0.0.1:{OUTBOUND}\"\n  inbound: \"{}:{INBOUND}\"\n  \
@@ -320,7 +320,7 @@ fn client_services(server: &Pod) -> String {
 }
 
 /// Capture in the pod `pod` for sidecars running as root, with the default ports.
-fn capture(pod: &Pod) {
+pub(crate) fn capture(pod: &Pod) {
     pod.init(&["--proxy-uid", "0"]);
 }
 

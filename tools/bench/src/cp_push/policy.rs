@@ -73,6 +73,7 @@ pub fn services_file() -> MeshFile {
                 outlier_detection: None,
                 limits: None,
                 escaped_slashes: None,
+                opaque_ports: None,
             })
             .collect(),
         routes: Vec::new(),

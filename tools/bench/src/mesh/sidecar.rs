@@ -60,6 +60,8 @@ pub fn sidecar(
             rate_limit: None,
             labels: BTreeMap::new(),
             egress: None,
+            detect_timeout: None,
+            opaque_ports: None,
         },
         listen: Listen {
             outbound: Some(local(ports.outbound)),
@@ -118,6 +120,7 @@ pub fn app_service(endpoint_ports: &[u16]) -> Service {
         outlier_detection: None,
         limits: None,
         escaped_slashes: None,
+        opaque_ports: None,
     }
 }
 

@@ -146,6 +146,13 @@ pub(super) fn discover(objects: &Objects, trust_domain: &str) -> Vec<(ObjectKey,
                 .and_then(|p| u16::try_from(p.port).ok());
         }
         let full = format!("{name}.{ns}");
+        let opaque_ports = super::opaque::service_opaque_ports(
+            &full,
+            annotations
+                .and_then(|a| a.get(super::opaque::OPAQUE_PORTS_ANNOTATION))
+                .map(String::as_str),
+            ports.map(Vec::as_slice).unwrap_or_default(),
+        );
         let mut hosts = vec![
             format!("{full}.svc"),
             format!("{full}.svc.{CLUSTER_DOMAIN}"),
@@ -181,6 +188,7 @@ pub(super) fn discover(objects: &Objects, trust_domain: &str) -> Vec<(ObjectKey,
                 outlier_detection: None,
                 limits: None,
                 escaped_slashes: None,
+                opaque_ports,
             },
         ));
     }

@@ -10,6 +10,8 @@
 //!   `kubernetes.io/h2c` is grpc, `tcp`); its endpoints are the ready endpoints of its
 //!   EndpointSlices whose pod runs the sidecar, as `<pod IP>:15006` (the sidecar's inbound
 //!   port) with the pod's labels (for subsets such as `version: v2`).
+//!   Its opaque ports (never detected by callers) come from `weft.dev/opaque-ports`, non-HTTP
+//!   `appProtocol`s and port names ([`opaque`]).
 //! - **Resources** ([`super::crds`]): a service named in a resource (`service`, a route's
 //!   `from`) is of the resource's namespace (`orders` in `shop` is `orders.shop`) unless it
 //!   names its namespace itself (`orders.shop`). A `MeshRoute` without `spec.name` takes its
@@ -39,9 +41,11 @@ use discover::discover;
 use settle::{invalid, settle};
 
 mod discover;
+mod opaque;
 mod settle;
 mod tenancy;
 
+pub use opaque::OPAQUE_PORTS_ANNOTATION;
 pub use tenancy::{CONFLICTED, CROSS_NAMESPACE};
 
 use super::crds::{Condition, PolicyStatus, ACCEPTED};
