@@ -8,6 +8,7 @@ mod authz_tests;
 mod capture_tests;
 mod control_plane_tests;
 mod coverage_tests;
+mod extended_connect_tests;
 mod fail_closed_tests;
 mod harness;
 mod http_tests;
