@@ -176,6 +176,7 @@ impl Proxies<'_> {
             self.conf.clone(),
         );
         inbound.handle_init_modules();
+        crate::upgrade::allow_extended_connect(&mut inbound);
 
         let traffic = Traffic {
             store: self.store.clone(),

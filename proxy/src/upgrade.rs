@@ -1,13 +1,16 @@
-//! HTTP/1.1 upgrades (WebSocket) across the sidecar hop, both directions.
+//! Upgrades (WebSocket) across the sidecar hop, both directions: HTTP/1.1 `Upgrade` and
+//! HTTP/2 extended CONNECT (RFC 8441).
 //!
 //! Between sidecars HTTP rides pooled, multiplexed HTTP/2, where `Upgrade` does not exist
-//! (RFC 9113 §8.2.2) and a WebSocket would need extended CONNECT (RFC 8441), which Pingora's
-//! HTTP/2 path does not expose. So an upgrade request goes to the peer sidecar on an mTLS
-//! connection of its own with ALPN `http/1.1` (the same handshake proves both identities),
-//! which the inbound port of an `http` service offers beside `h2`; Pingora carries the
-//! handshake and, after a `101`, the bytes both ways. This module is the upgrade stage of both
-//! directions: which upgrade requests are carried ([`check`]), and the timeouts that bound a
-//! session ([`bound_downstream`], [`peer`]). docs/PROTOCOLS.md says why.
+//! (RFC 9113 §8.2.2). So an HTTP/1.1 upgrade goes to the peer sidecar on an mTLS connection of
+//! its own with ALPN `http/1.1` (the same handshake proves both identities), which the inbound
+//! port of an `http` service offers beside `h2`; Pingora carries the handshake and, after a
+//! `101`, the bytes both ways. An extended CONNECT from an h2c client is already HTTP/2: it
+//! rides the pooled connection as one more stream, with `:protocol` kept (Pingora's HTTP/2
+//! client sends the request's `h2::ext::Protocol` extension), to an app that speaks HTTP/2 (a
+//! `grpc` service). This module is the upgrade stage of both directions: which requests are
+//! carried ([`check`]), and the timeouts that bound a session ([`bound_downstream`], [`peer`],
+//! [`stream_peer`]). docs/PROTOCOLS.md says why.
 
 use std::time::Duration;
 
@@ -30,6 +33,9 @@ pub enum Ask {
     Plain,
     /// An upgrade the mesh carries: its own HTTP/1.1 connection to the peer sidecar.
     Upgrade,
+    /// An HTTP/2 extended CONNECT (RFC 8441, `:protocol websocket`): a stream on the pooled
+    /// HTTP/2 connection, to an app that speaks HTTP/2.
+    Connect,
 }
 
 fn bad(why: impl Into<String>) -> Reject {
@@ -56,7 +62,11 @@ fn has_token(req: &RequestHeader, name: http::header::HeaderName, token: &str) -
 /// - Anything else is refused (400) before routing sends it anywhere: an unknown protocol
 ///   would reach the app as bytes no stage can read, and a body before the switch would be
 ///   read as the new protocol's first bytes by one side and as HTTP by the other.
+/// - `CONNECT`: [`connect`].
 pub fn check(req: &mut RequestHeader) -> Result<Ask, Reject> {
+    if req.method == Method::CONNECT {
+        return connect(req);
+    }
     let Some(value) = req.headers.get(UPGRADE) else {
         return Ok(Ask::Plain);
     };
@@ -95,6 +105,32 @@ pub fn check(req: &mut RequestHeader) -> Result<Ask, Reject> {
     Ok(Ask::Upgrade)
 }
 
+/// Judge a `CONNECT`. Only RFC 8441's extended CONNECT over HTTP/2 with `:protocol websocket`
+/// is carried ([`Ask::Connect`]); Pingora refuses every `CONNECT` unless told otherwise, and
+/// is told otherwise only so that this one reaches the stage. A plain `CONNECT` (a tunnel to
+/// whatever `:authority` names, or HTTP/1.1's proxy tunnel) is refused: the mesh routes to
+/// services, it opens no tunnels to arbitrary hosts. A `:protocol` on any other method never
+/// gets here: the h2 library resets that stream as malformed (RFC 8441 §4).
+fn connect(req: &RequestHeader) -> Result<Ask, Reject> {
+    let Some(protocol) = req.extensions.get::<h2::ext::Protocol>() else {
+        return Err(bad(
+            "CONNECT without :protocol is a tunnel the mesh does not open \
+             (a WebSocket is a GET with Upgrade, or an HTTP/2 CONNECT with :protocol websocket)",
+        ));
+    };
+    if req.version != Version::HTTP_2 {
+        return Err(bad("extended CONNECT is HTTP/2 only"));
+    }
+    let value = protocol.as_str();
+    if !PROTOCOLS.iter().any(|p| value.eq_ignore_ascii_case(p)) {
+        return Err(bad(format!(
+            "extended CONNECT to {value:?} is not carried by the mesh (only {})",
+            PROTOCOLS.join(", ")
+        )));
+    }
+    Ok(Ask::Connect)
+}
+
 /// Bound the client side of an upgrade by the sidecar's `idle_timeout`: a direction that
 /// moves no byte for that long ends the session. Pingora's own default (a 60 s read timeout,
 /// no write timeout) would cut a quiet WebSocket and let a client that never reads hold the
@@ -112,6 +148,29 @@ pub fn bound_downstream(session: &mut Session, idle: Duration) {
 pub fn peer(peer: &mut HttpPeer, idle: Duration) {
     let o = &mut peer.options;
     o.alpn = ALPN::H1;
+    o.read_timeout = Some(idle);
+    o.write_timeout = Some(idle);
+}
+
+/// Let an HTTP/2 server (the outbound port's h2c, the inbound port's `h2`) take extended
+/// CONNECT: Pingora's bounded defaults plus `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441 §3),
+/// and `CONNECT` let through to the request stage, where [`check`] refuses all but
+/// `:protocol websocket` (Pingora's own answer to any `CONNECT` is a bare `405`).
+pub fn allow_extended_connect<SV>(proxy: &mut pingora_proxy::HttpProxy<SV>) {
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.enable_connect_protocol();
+    proxy.h2_options = Some(h2);
+    proxy
+        .server_options
+        .get_or_insert_with(Default::default)
+        .allow_connect_method_proxying = true;
+}
+
+/// Make `peer` carry an extended CONNECT: the stream stays on HTTP/2 (its ALPN untouched), and
+/// its reads and writes are bounded by `idle`, as for [`peer`], rather than by a request
+/// timeout.
+pub fn stream_peer(peer: &mut HttpPeer, idle: Duration) {
+    let o = &mut peer.options;
     o.read_timeout = Some(idle);
     o.write_timeout = Some(idle);
 }
@@ -169,6 +228,30 @@ mod tests {
         let mut r = req("GET", Version::HTTP_10, &WS);
         assert_eq!(check(&mut r), Ok(Ask::Plain));
         assert!(r.headers.get(UPGRADE).is_none());
+    }
+
+    fn connect(version: Version, protocol: Option<&'static str>) -> RequestHeader {
+        let mut r = req("CONNECT", version, &[]);
+        if let Some(p) = protocol {
+            r.extensions_mut().insert(h2::ext::Protocol::from_static(p));
+        }
+        r
+    }
+
+    #[test]
+    fn extended_connect_for_websocket_is_carried_and_every_other_connect_refused() {
+        let mut ws = connect(Version::HTTP_2, Some("websocket"));
+        assert_eq!(check(&mut ws), Ok(Ask::Connect));
+        let mut ws = connect(Version::HTTP_2, Some("WebSocket"));
+        assert_eq!(check(&mut ws), Ok(Ask::Connect));
+        let why = |mut r: RequestHeader| match check(&mut r) {
+            Err(Reject::BadUpgrade(w)) => w,
+            other => panic!("{other:?}"),
+        };
+        assert!(why(connect(Version::HTTP_2, None)).contains("without :protocol"));
+        assert!(why(connect(Version::HTTP_11, None)).contains("without :protocol"));
+        assert!(why(connect(Version::HTTP_11, Some("websocket"))).contains("HTTP/2 only"));
+        assert!(why(connect(Version::HTTP_2, Some("connect-udp"))).contains("connect-udp"));
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct InCtx {
     hop: HopState,
     /// An upgrade ([`crate::upgrade`]), on the HTTP/1.1 connection the caller opened for it.
     upgrade: bool,
+    /// An HTTP/2 extended CONNECT ([`crate::upgrade`]): a stream to an app that speaks HTTP/2.
+    extended: bool,
     _working: Option<Working>,
 }
 
@@ -105,7 +107,9 @@ impl ProxyHttp for InboundHttp {
                 // The path stage before authorization reads the path; the app gets the same.
                 http_path::canonical(session.req_header_mut(), &snap.authz.paths)?;
                 authorize::authorize(&snap, &caller, session.req_header(), clock::now())?;
-                ctx.upgrade = upgrade_stage(session, snap.idle_timeout)?;
+                let ask = upgrade_stage(session, &snap)?;
+                ctx.upgrade = ask == upgrade::Ask::Upgrade;
+                ctx.extended = ask == upgrade::Ask::Connect;
                 Ok(())
             });
         match checked {
@@ -137,6 +141,9 @@ impl ProxyHttp for InboundHttp {
             // h2c with prior knowledge: gRPC apps speak HTTP/2 in the clear on loopback.
             o.alpn = ALPN::H2;
             o.max_h2_streams = MAX_H2_STREAMS;
+            if ctx.extended {
+                upgrade::stream_peer(&mut peer, snap.idle_timeout);
+            }
         }
         Ok(Box::new(peer))
     }
@@ -219,20 +226,31 @@ impl ProxyHttp for InboundHttp {
 /// The inbound upgrade stage, after authorization: an upgrade the mesh carries
 /// ([`upgrade::check`]) gets the sidecar's idle timeout on the caller's side. HTTP/1.1 between
 /// sidecars exists only for upgrades (every other request rides HTTP/2), so a plain request on
-/// it is refused: one protocol per purpose keeps the surface a caller can probe small.
+/// it is refused: one protocol per purpose keeps the surface a caller can probe small. An
+/// extended CONNECT (HTTP/2) goes only to an app that speaks HTTP/2 (a `grpc` service), as
+/// the caller's sidecar already checked; checked again for a caller that skips its sidecar.
 fn upgrade_stage(
     session: &mut Session,
-    idle: std::time::Duration,
-) -> std::result::Result<bool, errors::Reject> {
+    snap: &Snapshot,
+) -> std::result::Result<upgrade::Ask, errors::Reject> {
     let ask = upgrade::check(session.req_header_mut())?;
     if session.as_downstream().is_http2() {
-        return Ok(false);
+        return match ask {
+            upgrade::Ask::Connect if snap.own.protocol != Protocol::Grpc => {
+                Err(errors::Reject::BadUpgrade(
+                    "extended CONNECT reaches only an app that speaks HTTP/2 (a grpc service)"
+                        .into(),
+                ))
+            }
+            upgrade::Ask::Connect => Ok(ask),
+            _ => Ok(upgrade::Ask::Plain),
+        };
     }
     if ask == upgrade::Ask::Plain {
         return Err(errors::Reject::BadUpgrade(
             "HTTP/1.1 between sidecars carries upgrade requests only".into(),
         ));
     }
-    upgrade::bound_downstream(session, idle);
-    Ok(true)
+    upgrade::bound_downstream(session, snap.idle_timeout);
+    Ok(ask)
 }

@@ -132,6 +132,7 @@ fn build(
         service.app_logic_mut().ok_or(BuildError::NoProxy)?,
         &mut proxy,
     );
+    crate::upgrade::allow_extended_connect(&mut proxy);
     Ok(proxy)
 }
 

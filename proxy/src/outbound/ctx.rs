@@ -42,6 +42,9 @@ pub struct OutCtx {
     /// The request is an upgrade the mesh carries ([`crate::upgrade`]): its own HTTP/1.1
     /// connection to the peer, no retry once the switch was answered.
     pub(super) upgrade: bool,
+    /// The upgrade is an HTTP/2 extended CONNECT: a stream on the pooled HTTP/2 connection
+    /// rather than a connection of its own.
+    pub(super) extended: bool,
     /// The concurrency slot, held until the request is logged.
     pub(super) permit: Option<Permit>,
     /// What is reported when the request ends.

@@ -149,7 +149,9 @@ impl ProxyHttp for Outbound {
             rs.route.retry.per_try_timeout,
             left,
         );
-        if ctx.upgrade {
+        if ctx.extended {
+            upgrade::stream_peer(&mut peer, snap.idle_timeout);
+        } else if ctx.upgrade {
             upgrade::peer(&mut peer, snap.idle_timeout);
         }
         endpoint::count_retry(&rs, ctx.attempts);
@@ -358,19 +360,33 @@ impl Outbound {
     }
 
     /// The upgrade stage, once routed: is this an upgrade the mesh carries
-    /// ([`upgrade::check`]), and to a service that speaks HTTP/1.1 (a gRPC service's inbound
-    /// port offers only `h2`)? An upgrade's client side gets the sidecar's idle timeout.
+    /// ([`upgrade::check`]), and to a service whose app can take it? An HTTP/1.1 upgrade needs
+    /// an `http` service (a gRPC service's inbound port offers only `h2`); an extended CONNECT
+    /// needs an app that speaks HTTP/2 (a `grpc` service: an `http` service's app speaks
+    /// HTTP/1.1, and the `101` it would answer cannot be written to an HTTP/2 stream). An
+    /// upgrade's client side gets the sidecar's idle timeout.
     fn upgrade(&self, session: &mut Session, ctx: &mut OutCtx) -> std::result::Result<(), Reject> {
-        if upgrade::check(session.req_header_mut())? == upgrade::Ask::Plain {
-            return Ok(());
-        }
-        if let Some(d) = ctx.dest.as_ref().filter(|d| d.protocol != Protocol::Http) {
+        let ask = upgrade::check(session.req_header_mut())?;
+        let needs = match ask {
+            upgrade::Ask::Plain => return Ok(()),
+            upgrade::Ask::Upgrade => Protocol::Http,
+            upgrade::Ask::Connect => Protocol::Grpc,
+        };
+        if let Some(d) = ctx.dest.as_ref().filter(|d| d.protocol != needs) {
             let speaks = format!("{:?}", d.protocol).to_lowercase();
-            return Err(Reject::BadUpgrade(format!(
-                "{} speaks {speaks}; only http services take upgrades",
-                d.name
-            )));
+            return Err(Reject::BadUpgrade(match ask {
+                upgrade::Ask::Connect => format!(
+                    "{} speaks {speaks}; a WebSocket over HTTP/2 (extended CONNECT) reaches only \
+                     an app that speaks HTTP/2 (a grpc service): open it over HTTP/1.1",
+                    d.name
+                ),
+                _ => format!(
+                    "{} speaks {speaks}; only http services take upgrades",
+                    d.name
+                ),
+            }));
         }
+        ctx.extended = ask == upgrade::Ask::Connect;
         if let Some(snap) = &ctx.snap {
             upgrade::bound_downstream(session, snap.idle_timeout);
         }
