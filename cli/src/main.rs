@@ -7,6 +7,7 @@
 
 mod mesh;
 mod pods;
+mod prometheus;
 mod up;
 mod view;
 

@@ -132,6 +132,56 @@ pub fn clean_stale() -> usize {
     n
 }
 
+/// The mode: captured (the pods, started) unless `force_loopback` or this machine cannot, in
+/// which case it says why and `instances` are on loopback; and the line that says which.
+pub async fn choose(
+    force_loopback: bool,
+    instances: &mut Vec<Instance>,
+    ports: &mut Ports,
+    cp: SocketAddr,
+    proxy: &Path,
+    sample: &Path,
+) -> anyhow::Result<(Option<Pods>, String)> {
+    let stale = if nix::unistd::geteuid().is_root() {
+        clean_stale()
+    } else {
+        0
+    };
+    if stale > 0 {
+        println!("weft up: removed {stale} namespaces and files left by an earlier run that died");
+    }
+    let unavailable = if force_loopback {
+        Some("--loopback".to_owned())
+    } else {
+        Pods::unavailable(sample)
+    };
+    let pods = match unavailable {
+        Some(why) => {
+            println!("weft up: loopback mode ({why})");
+            None
+        }
+        None => match Pods::start(instances, ports, cp, proxy).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                println!("weft up: loopback mode (network namespaces failed: {e:#})");
+                *instances = crate::up::plan(ports)?;
+                None
+            }
+        },
+    };
+    let mode = match &pods {
+        Some(p) => format!(
+            "captured mode: each instance in its own network namespace ({}-*), traffic \
+             captured by weft-proxy init, apps calling each other by name with no proxy setting",
+            p.node().trim_end_matches("-node")
+        ),
+        None => {
+            "loopback mode: every process on 127.0.0.1, apps pointed at their sidecar".to_owned()
+        }
+    };
+    Ok((pods, mode))
+}
+
 /// One instance's pod: its namespace and address.
 #[derive(Debug, Clone)]
 pub struct Pod {

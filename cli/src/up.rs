@@ -31,7 +31,7 @@ use weft_control_plane::server::{self, Running, ServerConfig};
 
 use crate::mesh::{Children, Instance, Ports, Traffic};
 use crate::pods::{self, Pods};
-use crate::view;
+use crate::{prometheus, view};
 
 /// The trust domain of the local mesh.
 pub const TRUST_DOMAIN: &str = "weft.local";
@@ -53,9 +53,6 @@ const POLICY: [(&str, &str); 3] = [
         include_str!("../../deploy/examples/shop/authorization.yaml"),
     ),
 ];
-
-/// The alert rules, written beside the Prometheus config with `--prometheus`.
-const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
 
 /// Options of `weft up`.
 #[derive(Debug, clap::Args)]
@@ -140,7 +137,7 @@ fn sidecar_config(
 }
 
 /// The mesh's layout: which instances run, and on which ports.
-fn plan(ports: &mut Ports) -> anyhow::Result<Vec<Instance>> {
+pub(crate) fn plan(ports: &mut Ports) -> anyhow::Result<Vec<Instance>> {
     let mut out = Vec::new();
     for (name, service, version) in [
         ("inventory", "inventory", None),
@@ -262,57 +259,6 @@ async fn generate(client: view::Client, loadgen: SocketAddr, rate: u32, traffic:
     }
 }
 
-fn start_prometheus(
-    dir: &Path,
-    ports: &mut Ports,
-    instances: &[Instance],
-    cp_admin: SocketAddr,
-    children: &mut Children,
-) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(bin) = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("prometheus"))
-            .find(|p| p.is_file())
-    }) else {
-        eprintln!("prometheus is not installed (apt-get install prometheus); going on without it");
-        return Ok(None);
-    };
-    let pdir = dir.join("prometheus");
-    std::fs::create_dir_all(&pdir)?;
-    std::fs::write(pdir.join("alerts.yml"), ALERTS)?;
-    let mut targets = String::new();
-    for i in instances {
-        targets.push_str(&format!(
-            "      - targets: [\"{}\"]\n        labels: {{sidecar: {}}}\n",
-            i.admin, i.name
-        ));
-    }
-    std::fs::write(
-        pdir.join("prometheus.yml"),
-        format!(
-            "# Written by `weft up`.\nglobal: {{scrape_interval: 5s, evaluation_interval: 5s}}\n\
-             rule_files: [alerts.yml]\nscrape_configs:\n  - job_name: weft-local\n    static_configs:\n{targets}\
-             \x20 - job_name: weft-control-plane\n    static_configs:\n      - targets: [\"{cp_admin}\"]\n"
-        ),
-    )?;
-    let listen = ports.next()?;
-    children.spawn(
-        "prometheus",
-        Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                pdir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                pdir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={listen}")),
-        &pdir.join("prometheus.log"),
-    )?;
-    Ok(Some(listen))
-}
-
 /// Run the mesh until Ctrl-C, SIGTERM or `--duration`.
 // Long (about 165 lines): the start-up is one ordered script (control plane, apps, sidecars,
 // readiness, traffic, view) whose steps share the children to stop on any failure.
@@ -372,43 +318,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The mode, then sidecars and apps. `pods` is declared before `children`, so it is dropped
     // after them: the namespaces go once every process in them has ended.
     let mut instances = plan(&mut ports)?;
-    let stale = if nix::unistd::geteuid().is_root() {
-        pods::clean_stale()
-    } else {
-        0
-    };
-    if stale > 0 {
-        println!("weft up: removed {stale} namespaces and files left by an earlier run that died");
-    }
-    let unavailable = if args.loopback {
-        Some("--loopback".to_owned())
-    } else {
-        Pods::unavailable(&sample)
-    };
-    let pods = match unavailable {
-        Some(why) => {
-            println!("weft up: loopback mode ({why})");
-            None
-        }
-        None => match Pods::start(&mut instances, &mut ports, cp.listen, &proxy).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                println!("weft up: loopback mode (network namespaces failed: {e:#})");
-                instances = plan(&mut ports)?;
-                None
-            }
-        },
-    };
-    let mode = match &pods {
-        Some(p) => format!(
-            "captured mode: each instance in its own network namespace ({}-*), traffic \
-             captured by weft-proxy init, apps calling each other by name with no proxy setting",
-            p.node().trim_end_matches("-node")
-        ),
-        None => {
-            "loopback mode: every process on 127.0.0.1, apps pointed at their sidecar".to_owned()
-        }
-    };
+    let (pods, mode) = pods::choose(
+        args.loopback,
+        &mut instances,
+        &mut ports,
+        cp.listen,
+        &proxy,
+        &sample,
+    )
+    .await?;
     let tokens = JoinTokenStore::new(&state_dir);
     let mut children = Children::default();
     let mut pids = Vec::new();
@@ -466,7 +384,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let client = view::Client::new();
     wait_ready(&client, &instances, &mut children).await?;
     let prometheus = if args.prometheus {
-        start_prometheus(&dir, &mut ports, &instances, cp.admin, &mut children)?
+        prometheus::start(&dir, &mut ports, &instances, cp.admin, &mut children)?
     } else {
         None
     };
