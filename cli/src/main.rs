@@ -1,10 +1,13 @@
 //! `weft`: the front door of the Weft service mesh.
 //!
-//! `weft up` runs a complete local mesh on loopback: the control plane (embedded), the shop
+//! `weft up` runs a complete local mesh (each service in a network namespace of its own with
+//! transparent capture when it can, else on loopback): the control plane (embedded), the shop
 //! sample's services with a sidecar beside each, a steady traffic generator, and a live view
 //! of what the mesh carries. Ctrl-C stops everything.
 
 mod mesh;
+mod pods;
+mod prometheus;
 mod up;
 mod view;
 

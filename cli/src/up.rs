@@ -1,4 +1,4 @@
-//! `weft up`: a complete local mesh on loopback.
+//! `weft up`: a complete local mesh, captured in network namespaces or on loopback.
 //!
 //! ```text
 //! traffic ─▶ loadgen sidecar ─mTLS─▶ frontend ─mTLS─▶ orders v1 / v2 ─mTLS─▶ inventory (gRPC)
@@ -8,8 +8,13 @@
 //! The control plane runs embedded (file policy source in `<dir>/policy`, CA in
 //! `<dir>/state`). Every sidecar is a real `weft-proxy` process that bootstraps its identity
 //! with a join token (its key never leaves it) and takes its policy from the control plane;
-//! every app is a real `weft-sample` process. All ports are chosen by the OS. What runs where
-//! is written to `<dir>/up.json`.
+//! every app is a real `weft-sample` process. What runs where is written to `<dir>/up.json`.
+//!
+//! Two modes. Captured (the default when root with network namespaces and nftables): each
+//! instance in a network namespace of its own with `weft-proxy init`'s capture, the apps
+//! calling `http://orders:8080` by name with no proxy setting (`pods`). Loopback (`--loopback`,
+//! or the fallback, which says why): everything on 127.0.0.1 at ports chosen here, the apps
+//! pointed at their sidecar's outbound listener.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -25,7 +30,8 @@ use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
 
 use crate::mesh::{Children, Instance, Ports, Traffic};
-use crate::view;
+use crate::pods::{self, Pods};
+use crate::{prometheus, view};
 
 /// The trust domain of the local mesh.
 pub const TRUST_DOMAIN: &str = "weft.local";
@@ -47,9 +53,6 @@ const POLICY: [(&str, &str); 3] = [
         include_str!("../../deploy/examples/shop/authorization.yaml"),
     ),
 ];
-
-/// The alert rules, written beside the Prometheus config with `--prometheus`.
-const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
 
 /// Options of `weft up`.
 #[derive(Debug, clap::Args)]
@@ -76,6 +79,10 @@ pub struct UpArgs {
     /// control plane's default. Try `30s` to watch rotation happen.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     cert_lifetime: Duration,
+    /// Run everything on loopback even when network namespaces are available (the apps then
+    /// call their sidecar's outbound listener explicitly).
+    #[arg(long)]
+    loopback: bool,
 }
 
 /// Where the other binaries are: beside this one (cargo builds them all into one directory).
@@ -100,7 +107,13 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("{}", path.display()))
 }
 
-fn sidecar_config(i: &Instance, protocol: &str, cp: SocketAddr) -> String {
+fn sidecar_config(
+    i: &Instance,
+    protocol: &str,
+    cp: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> String {
+    let metrics = metrics.map_or_else(String::new, |m| format!(", metrics: \"{m}\""));
     let labels = i
         .version
         .map_or_else(String::new, |v| format!("  labels: {{version: {v}}}\n"));
@@ -108,7 +121,7 @@ fn sidecar_config(i: &Instance, protocol: &str, cp: SocketAddr) -> String {
         "# Sidecar of {name}, written by `weft up`. Its policy comes from the control plane.\n\
          service:\n  name: {service}\n  identity: spiffe://{TRUST_DOMAIN}/ns/default/sa/{service}\n  \
          app: \"{app}\"\n  protocol: {protocol}\n{labels}\
-         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
+         listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"{metrics}}}\n\
          tls: {{cert: cert.pem, key: key.pem, trust_bundle: ca.pem}}\n\
          workers: 1\n\
          drain_timeout: 2s\n\
@@ -124,7 +137,7 @@ fn sidecar_config(i: &Instance, protocol: &str, cp: SocketAddr) -> String {
 }
 
 /// The mesh's layout: which instances run, and on which ports.
-fn plan(ports: &mut Ports) -> anyhow::Result<Vec<Instance>> {
+pub(crate) fn plan(ports: &mut Ports) -> anyhow::Result<Vec<Instance>> {
     let mut out = Vec::new();
     for (name, service, version) in [
         ("inventory", "inventory", None),
@@ -146,26 +159,39 @@ fn plan(ports: &mut Ports) -> anyhow::Result<Vec<Instance>> {
     Ok(out)
 }
 
-/// The app process of an instance (loadgen has none: the generator runs in `weft up`).
-fn app_command(sample: &Path, i: &Instance) -> Option<Command> {
-    let mut cmd = Command::new(sample);
+/// The app process of an instance (loadgen has none: the generator runs in `weft up`): with
+/// `pods`, in its pod as the apps' UID, calling the others by name with no proxy setting.
+fn app_command(
+    sample: &Path,
+    i: &Instance,
+    pods: Option<&Pods>,
+) -> anyhow::Result<Option<Command>> {
     let kind = match i.service {
         "inventory" => "inventory",
         "orders" => "orders",
         "frontend" => "frontend",
-        _ => return None,
+        _ => return Ok(None),
     };
-    cmd.arg(kind)
-        .arg("--listen")
-        .arg(i.app.to_string())
-        .arg("--name")
-        .arg(&i.name)
-        .arg("--proxy")
-        .arg(i.outbound.to_string());
+    let mut cmd = match pods {
+        Some(p) => p.command(&i.name, sample, true)?,
+        None => Command::new(sample),
+    };
+    cmd.arg(kind).arg("--name").arg(&i.name);
+    if pods.is_some() {
+        let port = pods::APP_PORT;
+        cmd.arg("--listen")
+            .arg(format!("0.0.0.0:{port}"))
+            .arg("--no-proxy");
+        cmd.arg("--orders-host").arg(format!("orders:{port}"));
+        cmd.arg("--inventory-host").arg(format!("inventory:{port}"));
+    } else {
+        cmd.arg("--listen").arg(i.app.to_string());
+        cmd.arg("--proxy").arg(i.outbound.to_string());
+    }
     if let Some(v) = i.version {
         cmd.arg("--app-version").arg(v);
     }
-    Some(cmd)
+    Ok(Some(cmd))
 }
 
 async fn wait_ready(
@@ -233,57 +259,6 @@ async fn generate(client: view::Client, loadgen: SocketAddr, rate: u32, traffic:
     }
 }
 
-fn start_prometheus(
-    dir: &Path,
-    ports: &mut Ports,
-    instances: &[Instance],
-    cp_admin: SocketAddr,
-    children: &mut Children,
-) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(bin) = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("prometheus"))
-            .find(|p| p.is_file())
-    }) else {
-        eprintln!("prometheus is not installed (apt-get install prometheus); going on without it");
-        return Ok(None);
-    };
-    let pdir = dir.join("prometheus");
-    std::fs::create_dir_all(&pdir)?;
-    std::fs::write(pdir.join("alerts.yml"), ALERTS)?;
-    let mut targets = String::new();
-    for i in instances {
-        targets.push_str(&format!(
-            "      - targets: [\"{}\"]\n        labels: {{sidecar: {}}}\n",
-            i.admin, i.name
-        ));
-    }
-    std::fs::write(
-        pdir.join("prometheus.yml"),
-        format!(
-            "# Written by `weft up`.\nglobal: {{scrape_interval: 5s, evaluation_interval: 5s}}\n\
-             rule_files: [alerts.yml]\nscrape_configs:\n  - job_name: weft-local\n    static_configs:\n{targets}\
-             \x20 - job_name: weft-control-plane\n    static_configs:\n      - targets: [\"{cp_admin}\"]\n"
-        ),
-    )?;
-    let listen = ports.next()?;
-    children.spawn(
-        "prometheus",
-        Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                pdir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                pdir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={listen}")),
-        &pdir.join("prometheus.log"),
-    )?;
-    Ok(Some(listen))
-}
-
 /// Run the mesh until Ctrl-C, SIGTERM or `--duration`.
 // Long (about 165 lines): the start-up is one ordered script (control plane, apps, sidecars,
 // readiness, traffic, view) whose steps share the children to stop on any failure.
@@ -340,8 +315,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         std::fs::read_to_string(state_dir.join(weft_control_plane::ca::ca_store::CA_CERT_FILE))
             .context("reading the mesh root")?;
 
-    // Sidecars and apps.
-    let instances = plan(&mut ports)?;
+    // The mode, then sidecars and apps. `pods` is declared before `children`, so it is dropped
+    // after them: the namespaces go once every process in them has ended.
+    let mut instances = plan(&mut ports)?;
+    let (pods, mode) = pods::choose(
+        args.loopback,
+        &mut instances,
+        &mut ports,
+        cp.listen,
+        &proxy,
+        &sample,
+    )
+    .await?;
     let tokens = JoinTokenStore::new(&state_dir);
     let mut children = Children::default();
     let mut pids = Vec::new();
@@ -363,18 +348,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         } else {
             "http"
         };
-        std::fs::write(
-            sdir.join("sidecar.yaml"),
-            sidecar_config(i, protocol, cp.listen),
-        )?;
-        if let Some(mut cmd) = app_command(&sample, i) {
+        let config = match pods.as_ref().and_then(|p| Some((p, p.listen(i)?))) {
+            Some((p, [outbound, inbound, admin, app, metrics])) => {
+                let inside = Instance {
+                    outbound,
+                    inbound,
+                    admin,
+                    app,
+                    ..i.clone()
+                };
+                sidecar_config(&inside, protocol, p.control_plane(), Some(metrics))
+            }
+            None => sidecar_config(i, protocol, cp.listen, None),
+        };
+        std::fs::write(sdir.join("sidecar.yaml"), config)?;
+        if let Some(mut cmd) = app_command(&sample, i, pods.as_ref())? {
             let pid =
                 children.spawn(&format!("{} app", i.name), &mut cmd, &sdir.join("app.log"))?;
             pids.push(serde_json::json!({"name": format!("{} app", i.name), "pid": pid}));
         }
+        let mut sidecar = match &pods {
+            Some(p) => p.command(&i.name, &proxy, false)?,
+            None => Command::new(&proxy),
+        };
         let pid = children.spawn(
             &format!("{} sidecar", i.name),
-            Command::new(&proxy)
+            sidecar
                 .arg("--config")
                 .arg(sdir.join("sidecar.yaml"))
                 .env("RUST_LOG", "info"),
@@ -385,12 +384,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let client = view::Client::new();
     wait_ready(&client, &instances, &mut children).await?;
     let prometheus = if args.prometheus {
-        start_prometheus(&dir, &mut ports, &instances, cp.admin, &mut children)?
+        prometheus::start(&dir, &mut ports, &instances, cp.admin, &mut children)?
     } else {
         None
     };
 
     let status = serde_json::json!({
+        "mode": if pods.is_some() { "captured" } else { "loopback" },
         "dir": dir,
         "policy_dir": policy_dir,
         "control_plane": {
@@ -403,11 +403,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "name": i.name, "service": i.service, "version": i.version,
             "admin": format!("http://{}", i.admin), "outbound": i.outbound,
             "inbound": i.inbound, "app": i.app,
+            "netns": pods.as_ref().and_then(|p| Some(p.pod(&i.name)?.netns.clone())),
         })).collect::<Vec<_>>(),
         "processes": pids,
     });
     std::fs::write(dir.join("up.json"), format!("{status:#}\n"))?;
     print_where(
+        &mode,
         &dir,
         &policy_dir,
         &cp,
@@ -505,6 +507,7 @@ impl StopSignals {
 }
 
 fn print_where(
+    mode: &str,
     dir: &Path,
     policy_dir: &Path,
     cp: &Running,
@@ -513,7 +516,7 @@ fn print_where(
     temporary: bool,
 ) {
     println!(
-        "weft up: a local mesh on loopback (files in {}{})",
+        "weft up: a local mesh, {mode} (files in {}{})",
         dir.display(),
         if temporary { ", removed at exit" } else { "" }
     );
@@ -572,7 +575,7 @@ mod tests {
         let mut ports = Ports::default();
         let instances = plan(&mut ports).expect("plan");
         let cp: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let text = sidecar_config(&instances[1], "http", cp);
+        let text = sidecar_config(&instances[1], "http", cp, None);
         assert!(text.contains("labels: {version: v1}"), "{text}");
         let all: BTreeSet<u16> = instances
             .iter()

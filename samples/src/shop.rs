@@ -14,7 +14,9 @@
 //!   (gRPC) and combine both answers; a failed dependency makes a 502 that says which one.
 //!
 //! Outbound calls go to an [`Upstream`]: the local sidecar's outbound listener plus the
-//! destination's mesh name as Host / `:authority`, which is how the sidecar routes.
+//! destination's mesh name as Host / `:authority`, which is how the sidecar routes; or, with
+//! no proxy, the name itself, resolved by the system (`/etc/hosts`) and dialled directly, as an
+//! unmodified app does when transparent capture carries its connections into the sidecar.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,9 +54,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// the sidecar routes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// The sidecar's outbound HTTP listener, e.g. `127.0.0.1:15001`.
-    pub proxy: SocketAddr,
-    /// The destination's mesh name, sent as Host / `:authority`, e.g. `orders`.
+    /// The sidecar's outbound HTTP listener, e.g. `127.0.0.1:15001`; `None`: connect to the
+    /// authority itself (resolved by the system), as an app under transparent capture does.
+    pub proxy: Option<SocketAddr>,
+    /// The destination's mesh name, sent as Host / `:authority`, e.g. `orders` (with a port,
+    /// `orders:8080`, when there is no proxy).
     pub authority: String,
 }
 
@@ -131,8 +135,11 @@ fn inventory_client(up: &Upstream) -> Result<InventoryClient<Channel>, String> {
     let origin: http::Uri = format!("http://{}", up.authority)
         .parse()
         .map_err(|e| format!("bad authority {:?}: {e}", up.authority))?;
-    let channel = Endpoint::from_shared(format!("http://{}", up.proxy))
-        .map_err(|e| format!("bad proxy address {}: {e}", up.proxy))?
+    let target = up
+        .proxy
+        .map_or_else(|| up.authority.clone(), |p| p.to_string());
+    let channel = Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| format!("bad address {target}: {e}"))?
         .origin(origin)
         .timeout(CALL_TIMEOUT)
         .connect_lazy();
@@ -142,9 +149,10 @@ fn inventory_client(up: &Upstream) -> Result<InventoryClient<Channel>, String> {
 type HttpClient = Client<ProxyConnector, Full<Bytes>>;
 
 /// Connects every request to the sidecar's outbound listener, whatever the URI's host (the
-/// host stays in the request for the sidecar to route on).
+/// host stays in the request for the sidecar to route on); with no proxy, to the URI's host
+/// and port, resolved by the system.
 #[derive(Debug, Clone)]
-struct ProxyConnector(SocketAddr);
+struct ProxyConnector(Option<SocketAddr>);
 
 impl tower::Service<http::Uri> for ProxyConnector {
     type Response = TokioIo<TcpStream>;
@@ -160,17 +168,22 @@ impl tower::Service<http::Uri> for ProxyConnector {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let addr = self.0;
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let proxy = self.0;
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = uri.port_u16().unwrap_or(80);
         Box::pin(async move {
-            let tcp = TcpStream::connect(addr).await?;
+            let tcp = match proxy {
+                Some(addr) => TcpStream::connect(addr).await?,
+                None => TcpStream::connect((host.as_str(), port)).await?,
+            };
             tcp.set_nodelay(true)?;
             Ok(TokioIo::new(tcp))
         })
     }
 }
 
-fn http_client(proxy: SocketAddr) -> HttpClient {
+fn http_client(proxy: Option<SocketAddr>) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(ProxyConnector(proxy))

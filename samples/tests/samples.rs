@@ -767,13 +767,13 @@ async fn shop_frontend_combines_orders_and_inventory() -> anyhow::Result<()> {
     let (l, inventory) = bind().await?;
     let _inv = shop::serve_inventory(l, "inventory-1");
     let inv_up = Upstream {
-        proxy: inventory,
+        proxy: Some(inventory),
         authority: "inventory".into(),
     };
     let (l, orders) = bind().await?;
     let _orders = shop::serve_orders(l, "orders-v2", "v2", &inv_up).map_err(anyhow::Error::msg)?;
     let orders_up = Upstream {
-        proxy: orders,
+        proxy: Some(orders),
         authority: "orders".into(),
     };
     let (l, frontend) = bind().await?;
@@ -810,7 +810,7 @@ async fn shop_frontend_combines_orders_and_inventory() -> anyhow::Result<()> {
     let (l, dead) = bind().await?;
     drop(l);
     let dead_up = Upstream {
-        proxy: dead,
+        proxy: Some(dead),
         authority: "orders".into(),
     };
     let (l, broken) = bind().await?;

@@ -7,6 +7,7 @@
 //! weft-sample inventory --listen ADDR         # the shop: gRPC stock service
 //! weft-sample orders --proxy SIDECAR --app-version v2 --listen ADDR
 //! weft-sample frontend --proxy SIDECAR --listen ADDR
+//! weft-sample frontend --no-proxy --orders-host orders:8080 --inventory-host inventory:8080
 //! ```
 //!
 //! On start it logs one line (to stderr) with the bound address; `--listen`
@@ -73,6 +74,11 @@ struct Args {
     /// call to another shop service goes (routed by Host / `:authority`).
     #[arg(long, default_value = "127.0.0.1:15001")]
     proxy: std::net::SocketAddr,
+    /// `frontend`, `orders`: no proxy; dial `--orders-host` / `--inventory-host` (with their
+    /// ports) by name, resolved by the system, as an unmodified app does under transparent
+    /// capture (`weft-proxy init`), where the pod's rules carry the connection to the sidecar.
+    #[arg(long, conflicts_with = "proxy")]
+    no_proxy: bool,
     /// `orders`: the version this instance reports (`v1`; anything else also quotes a
     /// delivery estimate).
     #[arg(long, default_value = "v1")]
@@ -113,9 +119,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-fn upstream(proxy: std::net::SocketAddr, authority: &str) -> weft_samples::shop::Upstream {
+fn upstream(args: &Args, authority: &str) -> weft_samples::shop::Upstream {
     weft_samples::shop::Upstream {
-        proxy,
+        proxy: (!args.no_proxy).then_some(args.proxy),
         authority: authority.to_owned(),
     }
 }
@@ -137,14 +143,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             listener,
             args.name.clone(),
             args.app_version.clone(),
-            &upstream(args.proxy, &args.inventory_host),
+            &upstream(&args, &args.inventory_host),
         )
         .map_err(anyhow::Error::msg)?,
         (Kind::Frontend, _) => weft_samples::shop::serve_frontend(
             listener,
             args.name.clone(),
-            &upstream(args.proxy, &args.orders_host),
-            &upstream(args.proxy, &args.inventory_host),
+            &upstream(&args, &args.orders_host),
+            &upstream(&args, &args.inventory_host),
         )
         .map_err(anyhow::Error::msg)?,
     };
