@@ -66,6 +66,27 @@ pub fn workspace_binary(bin: &str, sources: &[&str]) -> PathBuf {
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing; {build}", path.display()));
     let root = workspace_root();
+    // Cargo's dep-info file beside the binary lists exactly the sources it was built from:
+    // checked against those, a binary cargo rightly did not relink (only another binary's
+    // files changed) is not called stale. Without it, every file under `sources` counts.
+    if let Ok(info) = std::fs::read_to_string(dir.join(format!("{bin}.d"))) {
+        let newer = dep_info_sources(&info)
+            .into_iter()
+            .filter(|f| f.starts_with(&root))
+            .find(|f| {
+                std::fs::metadata(f)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m > built)
+            });
+        if let Some(newer) = newer {
+            panic!(
+                "{} is older than {}; {build}",
+                path.display(),
+                newer.display()
+            );
+        }
+        return path;
+    }
     for s in sources {
         if let Some(newer) = newer_than(&root.join(s), built) {
             panic!(
@@ -76,6 +97,36 @@ pub fn workspace_binary(bin: &str, sources: &[&str]) -> PathBuf {
         }
     }
     path
+}
+
+/// The sources a Makefile-style dep-info file (`target: a b\\ c`) names (its first rule only;
+/// `\\ ` is a space inside a path).
+fn dep_info_sources(info: &str) -> Vec<PathBuf> {
+    let first = info.lines().next().unwrap_or_default();
+    let Some((_, deps)) = first.split_once(": ") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = deps.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                cur.push(' ');
+                chars.next();
+            }
+            ' ' => {
+                if !cur.is_empty() {
+                    out.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(PathBuf::from(cur));
+    }
+    out
 }
 
 /// A file under `dir` modified after `t`, if any (bounded by the tree's size).
@@ -98,6 +149,16 @@ fn newer_than(dir: &Path, t: std::time::SystemTime) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dep_info_names_each_source_with_escaped_spaces() {
+        let info = "/t/debug/weftctl: /w/a.rs /w/my\\ dir/b.rs  /w/c.rs\n\n/w/a.rs:\n";
+        assert_eq!(
+            dep_info_sources(info),
+            ["/w/a.rs", "/w/my dir/b.rs", "/w/c.rs"].map(PathBuf::from)
+        );
+        assert!(dep_info_sources("").is_empty());
+    }
 
     #[test]
     fn finds_a_system_tool() {
