@@ -20,11 +20,11 @@ use tokio::time::Instant;
 
 pub use weft_policy::{DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS};
 
+use super::H2_PREFACE;
+
 /// The most bytes detection reads (and puts back): the HTTP/2 preface's length, longer than
 /// the longest method this module knows plus its space.
-pub const MAX_PEEK: usize = 24;
-
-const H2_PREFACE: &[u8; MAX_PEEK] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const MAX_PEEK: usize = H2_PREFACE.len();
 
 /// Request methods an HTTP/1.x request line may start with (RFC 9110 and WebDAV's common
 /// ones). A request with another method is carried as TCP, which an HTTP service's sidecar
