@@ -166,19 +166,21 @@ fn caller_of(what: &str, (exit, code, body): (i32, u16, String)) -> String {
 /// Calls `url` from `pod` until the mesh answers 200 (the callers' snapshots may still be on
 /// their way when the pods turn Ready), bounded by [`LIMIT`]; returns the caller seen.
 async fn call_until_served(pod: &PodHandle, url: &str) -> String {
-    let netns = pod.netns().to_owned();
-    let url = url.to_owned();
-    let reply = wait::until_async(&format!("{url} served"), LIMIT, || {
-        let (netns, url) = (netns.clone(), url.clone());
-        async move {
-            let r = tokio::task::spawn_blocking(move || curl(&netns, &url))
-                .await
-                .ok()?;
-            (r.1 == 200).then_some(r)
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let (netns, u) = (pod.netns().to_owned(), url.to_owned());
+        let r = tokio::task::spawn_blocking(move || curl(&netns, &u))
+            .await
+            .expect("curl task");
+        if r.1 == 200 {
+            return caller_of(url, r);
         }
-    })
-    .await;
-    caller_of(url.as_str(), reply)
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} not served within {LIMIT:?}; last answer: {r:?}"
+        );
+        tokio::time::sleep(wait::POLL).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
