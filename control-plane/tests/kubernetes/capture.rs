@@ -85,11 +85,15 @@ spec:
 /// The machine's curl in `netns`, as a process of that pod would run it: no proxy variable, no
 /// address override. Returns (exit code, HTTP status, body); the status is 0 when no HTTP
 /// answer came.
-fn curl(netns: &str, url: &str) -> (i32, u16, String) {
+fn curl(netns: &str, url: &str, resolve: &[String]) -> (i32, u16, String) {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns, "curl", "-sS", "-m", "5"])
-        .args(["-w", "\n@@%{http_code}"])
-        .arg(url);
+    cmd.args(["netns", "exec", netns, "curl", "-sS", "-m", "5"]);
+    // `ip netns exec` keeps the host's /etc/hosts: a name resolves as the pod's own hosts file
+    // (cluster DNS) would resolve it, to the pod IP given here.
+    for r in resolve {
+        cmd.args(["--resolve", r]);
+    }
+    cmd.args(["-w", "\n@@%{http_code}"]).arg(url);
     for var in [
         "http_proxy",
         "https_proxy",
@@ -165,11 +169,11 @@ fn caller_of(what: &str, (exit, code, body): (i32, u16, String)) -> String {
 
 /// Calls `url` from `pod` until the mesh answers 200 (the callers' snapshots may still be on
 /// their way when the pods turn Ready), bounded by [`LIMIT`]; returns the caller seen.
-async fn call_until_served(pod: &PodHandle, url: &str) -> String {
+async fn call_until_served(pod: &PodHandle, url: &str, resolve: &[String]) -> String {
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
-        let (netns, u) = (pod.netns().to_owned(), url.to_owned());
-        let r = tokio::task::spawn_blocking(move || curl(&netns, &u))
+        let (netns, u, res) = (pod.netns().to_owned(), url.to_owned(), resolve.to_vec());
+        let r = tokio::task::spawn_blocking(move || curl(&netns, &u, &res))
             .await
             .expect("curl task");
         if r.1 == 200 {
@@ -226,9 +230,15 @@ async fn captured_pods_call_by_name_and_clusterip_over_mtls_and_refuse_plaintext
     // An unmodified curl in the client pod, by Service name and by ClusterIP: captured, sent
     // by the client's sidecar over mTLS; the echo app sees the client's identity.
     let identity = format!("spiffe://{TD}/ns/{NS}/sa/client");
-    let by_name = call_until_served(&client, "http://echo.shop.svc.cluster.local:8080/who").await;
+    let by_dns = [format!("echo.shop.svc.cluster.local:8080:{}", echo.ip())];
+    let by_name = call_until_served(
+        &client,
+        "http://echo.shop.svc.cluster.local:8080/who",
+        &by_dns,
+    )
+    .await;
     assert_eq!(by_name, identity);
-    let by_ip = call_until_served(&client, &format!("http://{CLUSTER_IP}:8080/who")).await;
+    let by_ip = call_until_served(&client, &format!("http://{CLUSTER_IP}:8080/who"), &[]).await;
     assert_eq!(by_ip, identity);
 
     // A pod of another namespace, outside the mesh, in plaintext to the echo pod's IP and app
@@ -241,13 +251,14 @@ async fn captured_pods_call_by_name_and_clusterip_over_mtls_and_refuse_plaintext
         .expect("the outsider pod");
     outsider.wait_ready(LIMIT).await.expect("outsider ready");
     let direct = format!("http://{}:8080/who", echo.ip());
-    let refused = curl(outsider.netns(), &direct);
+    let refused = curl(outsider.netns(), &direct, &[]);
     assert_ne!(refused.0, 0, "plaintext reached the app: {refused:?}");
     assert_eq!(refused.1, 0, "{refused:?}");
     // The read-only port is skipped: the kubelet's probes (and Prometheus) reach it.
     let ready = curl(
         outsider.netns(),
         &format!("http://{}:15020/ready", echo.ip()),
+        &[],
     );
     assert_eq!((ready.0, ready.1), (0, 200), "{ready:?}");
 
@@ -262,7 +273,7 @@ async fn captured_pods_call_by_name_and_clusterip_over_mtls_and_refuse_plaintext
     // Without the rules the app bound on 0.0.0.0 is reachable around the sidecar: capture is
     // what refused the plaintext call. The init command puts it back.
     weft_proxy_in(echo.netns(), &["init".into(), "--remove".into()]);
-    let open = curl(outsider.netns(), &direct);
+    let open = curl(outsider.netns(), &direct, &[]);
     assert_eq!(
         caller_of("plaintext without capture", open),
         "",
@@ -270,11 +281,16 @@ async fn captured_pods_call_by_name_and_clusterip_over_mtls_and_refuse_plaintext
     );
     weft_proxy_in(echo.netns(), &args);
     assert_eq!(rules(echo.netns()), loaded);
-    let again = curl(outsider.netns(), &direct);
+    let again = curl(outsider.netns(), &direct, &[]);
     assert_eq!(again.1, 0, "plaintext reached the app again: {again:?}");
     // And the mesh call still works.
     assert_eq!(
-        call_until_served(&client, "http://echo.shop.svc.cluster.local:8080/who").await,
+        call_until_served(
+            &client,
+            "http://echo.shop.svc.cluster.local:8080/who",
+            &by_dns
+        )
+        .await,
         identity
     );
 }
