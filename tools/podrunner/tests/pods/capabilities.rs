@@ -21,7 +21,7 @@ spec:
   containers:
   - name: netadmin
     image: tools
-    command: [sh, -c, 'grep CapEff /proc/self/status; if nft add table inet podrunner_netadmin; then echo NFT-LOADED; else echo NFT-REFUSED; fi; if : > /podrunner-caps-probe 2>/dev/null; then echo ROOT-WRITABLE; else echo ROOT-READONLY; fi; echo done; exec sleep 300']
+    command: [sh, -c, 'grep CapEff /proc/self/status; if nft add table inet podrunner_netadmin; then echo NFT-LOADED; else echo NFT-REFUSED; fi; if (: > /podrunner-caps-probe) 2>/dev/null; then echo ROOT-WRITABLE; else echo ROOT-READONLY; fi; echo done; exec sleep 300']
     securityContext:
       runAsUser: 0
       runAsNonRoot: false
