@@ -5,8 +5,9 @@
 # images locally (Debian bookworm by mmdebstrap; the builder adds this machine's Rust 1.95) and
 # builds with buildah, passing them as RUST_IMAGE and RUNTIME_IMAGE.
 # Two stages: the Rust toolchain builds the release binary; the runtime image holds only that
-# binary and the CA certificates, and runs as an unprivileged user (65532, as the manifests'
-# securityContext expects).
+# binary, the CA certificates and nftables (`nft`, which `weft-proxy init` runs: the injected
+# capture init container uses this image as root with NET_ADMIN and NET_RAW only), and runs as
+# an unprivileged user (65532, as the manifests' securityContext expects for the sidecar).
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
@@ -31,7 +32,7 @@ RUN --mount=type=cache,target=/src/target --mount=type=cache,target=/usr/local/c
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/weft-proxy /usr/local/bin/weft-proxy
 USER 65532:65532

@@ -20,6 +20,9 @@
 //!   memory-backed emptyDir for the sidecar's key, certificate and persisted policy;
 //! - `WEFT_PROXY=http://127.0.0.1:15001` in every app container's env;
 //! - the app containers' `httpGet`/`tcpSocket` probes pointed at the sidecar ([`probes`]);
+//! - unless `weft.dev/capture: "false"`, the init container `weft-init` ahead of the sidecar,
+//!   running `weft-proxy init` with `NET_ADMIN` and `NET_RAW` only: transparent capture
+//!   ([`capture`]);
 //! - the annotation `weft.dev/injected: <version>`.
 //!
 //! Injection is idempotent: whatever an earlier injection added is taken out first, so
@@ -28,11 +31,16 @@
 //! tune; a bad value is an [`InjectError`] naming the object and the annotation.
 
 mod annotations;
+mod capture;
 mod probes;
 mod template;
 pub mod webhook;
 
 use annotations::{app_port, log_level, protocol, quantity, service_name, tuned, Tuning};
+pub use capture::{
+    ANNOTATION_CAPTURE, ANNOTATION_INBOUND_SKIP_CIDRS, ANNOTATION_INBOUND_SKIP_PORTS,
+    ANNOTATION_OUTBOUND_SKIP_CIDRS, ANNOTATION_OUTBOUND_SKIP_PORTS, INIT_CONTAINER,
+};
 pub use probes::{ANNOTATION_REWRITE_PROBES, APP_PROBES_ENV};
 pub use template::sidecar_config;
 use template::{sidecar_container, strip, volumes_added};
@@ -426,6 +434,11 @@ fn inject_template(
 
     let rewrite_probes = probes::rewrite_wanted(ann(ANNOTATION_REWRITE_PROBES)?.as_deref())
         .map_err(|r| bad(ANNOTATION_REWRITE_PROBES, r))?;
+    let capture = match capture::wanted(ann(ANNOTATION_CAPTURE)?.as_deref()) {
+        Ok(true) => Some(capture::Capture::from_annotations(&ann, &bad)?),
+        Ok(false) => None,
+        Err(r) => return Err(bad(ANNOTATION_CAPTURE, r)),
+    };
 
     let labels = annotations(template.pointer("/metadata/labels"));
     let Some(spec) = template.get_mut("spec").and_then(Value::as_object_mut) else {
@@ -448,9 +461,9 @@ fn inject_template(
     let mut first_port = None;
     for c in containers {
         let name = c.get("name").and_then(Value::as_str).unwrap_or("");
-        if name == PROXY_CONTAINER {
+        if name == PROXY_CONTAINER || name == INIT_CONTAINER {
             return Err(obj_err(format!(
-                "container name {PROXY_CONTAINER} is reserved for the sidecar"
+                "container name {name} is reserved for the sidecar"
             )));
         }
         for p in c
@@ -507,12 +520,22 @@ fn inject_template(
             }
         }
     }
+    // Capture before anything runs in the pod, with the UID the sidecar runs as.
+    let capture_init = capture.map(|c| {
+        let uid = capture::sidecar_uid(&sidecar, spec).unwrap_or(u64::from(PROXY_UID));
+        c.init_container(settings, uid)
+    });
     // First among the init containers: the others may use the mesh too.
     let init = spec
         .entry("initContainers")
         .or_insert_with(|| Value::Array(Vec::new()));
     match init.as_array_mut() {
-        Some(init) => init.insert(0, sidecar),
+        Some(init) => {
+            init.insert(0, sidecar);
+            if let Some(c) = capture_init {
+                init.insert(0, c);
+            }
+        }
         None => return Err(obj_err("initContainers is not a list".into())),
     }
     let volumes = spec

@@ -190,7 +190,11 @@ pub(super) fn strip(spec: &mut Map<String, Value>) {
             }
         }
     }
-    remove_named(spec, "initContainers", &[PROXY_CONTAINER]);
+    remove_named(
+        spec,
+        "initContainers",
+        &[PROXY_CONTAINER, super::capture::INIT_CONTAINER],
+    );
     remove_named(spec, "volumes", &[IDENTITY_VOLUME, DATA_VOLUME]);
     if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
         for c in containers.iter_mut().filter_map(Value::as_object_mut) {

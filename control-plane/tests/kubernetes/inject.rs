@@ -106,7 +106,42 @@ fn injecting_twice_changes_nothing() {
 fn what_injection_adds() {
     let out = docs(&inject_yaml(&input("job"), &settings()).expect("inject"));
     let spec = &out[0]["spec"]["template"]["spec"];
-    let sidecar = &spec["initContainers"][0];
+    // Capture first, then the sidecar.
+    let capture = &spec["initContainers"][0];
+    assert_eq!(capture["name"], "weft-init");
+    assert_eq!(capture["image"], "weft-proxy:0.1.0");
+    let args: Vec<&str> = capture["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        args[..3],
+        ["init", "--proxy-uid", "65532"],
+        "the sidecar's UID"
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--inbound-skip-ports", "15020"]),
+        "the kubelet's probes reach the read-only port: {args:?}"
+    );
+    // Least privilege: root with NET_ADMIN and NET_RAW only, nothing written, no escalation.
+    let sc = &capture["securityContext"];
+    assert_eq!(
+        sc["capabilities"],
+        json!({"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]})
+    );
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["runAsNonRoot"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["privileged"], false);
+    assert!(
+        capture["restartPolicy"].is_null(),
+        "runs once, to completion"
+    );
+    let sidecar = &spec["initContainers"][1];
     assert_eq!(sidecar["name"], "weft-proxy");
     // A native sidecar: the Job completes when its app exits.
     assert_eq!(sidecar["restartPolicy"], "Always");
@@ -145,8 +180,9 @@ fn what_injection_adds() {
     // Another init container stays, after the sidecar.
     let out = docs(&inject_yaml(&input("statefulset"), &settings()).expect("inject"));
     let init = &out[0]["spec"]["template"]["spec"]["initContainers"];
-    assert_eq!(init[0]["name"], "weft-proxy");
-    assert_eq!(init[1]["name"], "migrate");
+    assert_eq!(init[0]["name"], "weft-init");
+    assert_eq!(init[1]["name"], "weft-proxy");
+    assert_eq!(init[2]["name"], "migrate");
 }
 
 /// The config handed to the sidecar, with the kubelet's `$(VAR)` expansion done, is valid for
@@ -154,7 +190,7 @@ fn what_injection_adds() {
 #[test]
 fn sidecar_config_is_valid_for_the_sidecar() {
     let out = docs(&inject_yaml(&input("statefulset"), &settings()).expect("inject"));
-    let env = out[0]["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    let env = out[0]["spec"]["template"]["spec"]["initContainers"][1]["env"]
         .as_array()
         .expect("env")
         .clone();
@@ -207,7 +243,7 @@ fn service_name_defaults() {
         } else {
             &v["spec"]["template"]["spec"]
         };
-        spec["initContainers"][0]["env"][5]["value"]
+        spec["initContainers"][1]["env"][5]["value"]
             .as_str()
             .expect("config")
             .to_owned()
@@ -291,6 +327,19 @@ fn bad_annotations_name_the_object_and_annotation() {
             "weft.dev/rewrite-app-probes",
             "no",
             "want \"true\" or \"false\"",
+        ),
+        ("weft.dev/capture", "off", "want \"true\" or \"false\""),
+        ("weft.dev/inbound-skip-ports", "9090,x", "not a port"),
+        ("weft.dev/outbound-skip-ports", "9100-9000", "backwards"),
+        (
+            "weft.dev/inbound-skip-cidrs",
+            "10.0.0.0/40",
+            "prefix must be",
+        ),
+        (
+            "weft.dev/outbound-skip-cidrs",
+            "metadata",
+            "not an IP address",
         ),
     ] {
         let mut d = base.clone();

@@ -5,7 +5,8 @@
 //! control-plane binary (`deployed`; needs root and network namespaces), a canary by editing a
 //! MeshRoute there (`canary`), an invalid MeshRoute edit that keeps the last good route in
 //! force there (`invalid_route`), the mesh CA rotated there under load (`rotation`), a Job with
-//! an injected sidecar there (`job`), the apps' probes through their sidecars there (`probes`),
+//! an injected sidecar there (`job`), the apps' probes through their sidecars there (`probes`), transparent capture as injected
+//! there (`capture`),
 //! the images built
 //! from deploy/docker (`images`), and two control-plane replicas sharing their state through
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
@@ -13,6 +14,7 @@
 //! control-plane replicas behind one Service address killed (`failover`).
 
 mod canary;
+mod capture;
 mod ctl;
 mod deployed;
 mod failover;

@@ -621,6 +621,8 @@ struct Dockerfile {
     file: &'static str,
     package: &'static str,
     binary: &'static str,
+    /// The Debian packages the runtime stage installs.
+    runtime_packages: &'static [&'static str],
 }
 
 const DOCKERFILES: [Dockerfile; 3] = [
@@ -628,16 +630,20 @@ const DOCKERFILES: [Dockerfile; 3] = [
         file: "proxy.Dockerfile",
         package: "weft-proxy",
         binary: "weft-proxy",
+        // `weft-proxy init` (the injected capture init container) runs nft.
+        runtime_packages: &["ca-certificates", "nftables"],
     },
     Dockerfile {
         file: "control-plane.Dockerfile",
         package: "weft-control-plane",
         binary: "weft-control-plane",
+        runtime_packages: &["ca-certificates"],
     },
     Dockerfile {
         file: "samples.Dockerfile",
         package: "weft-samples",
         binary: "weft-sample",
+        runtime_packages: &["ca-certificates"],
     },
 ];
 
@@ -752,6 +758,23 @@ fn dockerfiles_are_multi_stage_non_root_and_build_what_the_manifests_run() {
                 .count(),
             1,
             "{}",
+            d.file
+        );
+        // The runtime stage installs exactly its packages (one apt-get install).
+        let installed: Vec<&str> = final_stage
+            .iter()
+            .filter_map(|l| l.split_once("apt-get install"))
+            .flat_map(|(_, rest)| {
+                rest.split("&&")
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .filter(|w| !w.starts_with('-'))
+            })
+            .collect();
+        assert_eq!(
+            installed, d.runtime_packages,
+            "{}: runtime packages",
             d.file
         );
         for run in lines.iter().filter(|l| l.contains("apt-get install")) {

@@ -9,7 +9,8 @@
 //! `resolv.conf` (the cluster search domains and no name server: there is no cluster DNS here,
 //! so a name not in the hosts file fails at once instead of timing out), remounts `/`
 //! read-only for `readOnlyRootFilesystem`, changes to `workingDir` and `exec`s the container's
-//! command through `setpriv` for `runAsUser`/`runAsGroup`. Every step execs, so the process the
+//! command through `setpriv` for `runAsUser`/`runAsGroup` and the capabilities the security
+//! context leaves ([`crate::caps`]: bounding set, `no_new_privs`). Every step execs, so the process the
 //! runner started *is* the container's process and its signals reach the app.
 //!
 //! A `mountPath` (or `workingDir`) the host lacks needs a directory that does not exist: instead
@@ -72,6 +73,8 @@ pub(crate) struct Launch {
     pub groups: Vec<u32>,
     pub working_dir: Option<String>,
     pub read_only_root: bool,
+    /// Capabilities and `no_new_privs` from the security context ([`crate::caps`]).
+    pub privileges: crate::caps::Privileges,
     pub mounts: Vec<Mount>,
     pub hosts: PathBuf,
     pub hostname: String,
@@ -307,9 +310,9 @@ fn root_script(l: &Launch, t: &Tools, image: &Path) -> Result<String, Error> {
         s.push_str(&format!("{mount} -o remount,bind,ro {}\n", qp(&r)));
     }
     let setpriv = Path::new(IMAGE_SETPRIV);
-    if (l.uid.is_some() || l.gid.is_some()) && !inside(setpriv)?.1 {
+    if !privileges(l, setpriv).is_empty() && !inside(setpriv)?.1 {
         return Err(Error::Unsupported(format!(
-            "image {} has no {IMAGE_SETPRIV} to run as another user",
+            "image {} has no {IMAGE_SETPRIV} to run as another user or limit capabilities",
             image.display()
         )));
     }
@@ -330,12 +333,22 @@ fn root_script(l: &Launch, t: &Tools, image: &Path) -> Result<String, Error> {
     Ok(s)
 }
 
-/// The `setpriv` prefix for `runAsUser`/`runAsGroup` (empty when both are unset: root).
+/// The `setpriv` prefix for `runAsUser`/`runAsGroup`, the capability bounding set and
+/// `no_new_privs` (empty when none applies: root, every capability).
 fn privileges(l: &Launch, setpriv: &Path) -> String {
-    if l.uid.is_none() && l.gid.is_none() {
+    let caps = l.privileges.setpriv_args();
+    if l.uid.is_none() && l.gid.is_none() && caps.is_empty() {
         return String::new();
     }
     let mut p = qp(setpriv);
+    for a in caps {
+        p.push(' ');
+        p.push_str(&q(a));
+    }
+    if l.uid.is_none() && l.gid.is_none() {
+        p.push_str(" --pdeathsig=keep --");
+        return p;
+    }
     if let Some(u) = l.uid {
         p.push_str(&format!(" --reuid={u}"));
     }

@@ -34,6 +34,7 @@
 
 pub mod api;
 mod atomic;
+mod caps;
 mod container;
 pub mod env;
 mod images;

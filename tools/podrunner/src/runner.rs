@@ -380,6 +380,7 @@ async fn ctr(
         read_only_root: sc
             .and_then(|s| s.read_only_root_filesystem)
             .unwrap_or(false),
+        privileges: crate::caps::of(sc)?,
         mounts: volumes::mounts_of(c, dirs)?,
         hosts: hosts.to_path_buf(),
         hostname: fields.name.clone(),

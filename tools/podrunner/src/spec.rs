@@ -167,7 +167,11 @@ mod tests {
         let w = workload(&job, "Job", "nightly-report").expect("job");
         let spec = w.pod("r").spec.expect("spec");
         let init = spec.init_containers.expect("injected sidecar");
-        assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+        let sidecar = init
+            .iter()
+            .find(|c| c.name == "weft-proxy")
+            .expect("the sidecar");
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
     }
 
     #[test]
