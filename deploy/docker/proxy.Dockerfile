@@ -7,7 +7,8 @@
 # Two stages: the Rust toolchain builds the release binary; the runtime image holds only that
 # binary, the CA certificates and nftables (`nft`, which `weft-proxy init` runs: the injected
 # capture init container uses this image as root with NET_ADMIN and NET_RAW only), and runs as
-# an unprivileged user (65532, as the manifests' securityContext expects for the sidecar).
+# an unprivileged user of its own (2102, as the injected sidecar's securityContext says): capture
+# exempts the sidecar's UID, so it must not be the UID apps run as (the images' 65532).
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
@@ -35,5 +36,5 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/weft-proxy /usr/local/bin/weft-proxy
-USER 65532:65532
+USER 2102:2102
 ENTRYPOINT ["/usr/local/bin/weft-proxy"]

@@ -210,6 +210,38 @@ pub(super) fn sidecar_uid(sidecar: &Value, spec: &Map<String, Value>) -> Option<
         .and_then(Value::as_u64)
 }
 
+/// Refuses a pod whose own containers would run as `proxy_uid`, the UID capture exempts:
+/// their connections would leave the pod around the sidecar (plaintext, no policy), so the
+/// pod is refused rather than meshed with a hole. A container's `runAsUser` is its own, else
+/// the pod's; a container that sets neither runs as its image's user, which the injector
+/// cannot see (docs/KUBERNETES.md says so).
+pub(super) fn refuse_shared_uid(spec: &Map<String, Value>, proxy_uid: u64) -> Result<(), String> {
+    let pod_uid = spec
+        .get("securityContext")
+        .and_then(|s| s.get("runAsUser"))
+        .and_then(Value::as_u64);
+    for list in ["initContainers", "containers"] {
+        let Some(containers) = spec.get(list).and_then(Value::as_array) else {
+            continue;
+        };
+        for c in containers {
+            let uid = c
+                .pointer("/securityContext/runAsUser")
+                .and_then(Value::as_u64)
+                .or(pod_uid);
+            if uid == Some(proxy_uid) {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+                return Err(format!(
+                    "container {name:?} runs as UID {proxy_uid}, the sidecar's: capture never \
+                     redirects that UID, so its traffic would bypass the mesh (give it another \
+                     runAsUser, or set {ANNOTATION_CAPTURE}: \"false\")"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,13 +283,13 @@ mod tests {
             outbound_skip_cidrs: vec!["169.254.169.254/32".into()],
             ..Capture::default()
         };
-        let args = c.args(65532);
+        let args = c.args(2102);
         assert_eq!(
             args,
             [
                 "init",
                 "--proxy-uid",
-                "65532",
+                "2102",
                 "--outbound-port",
                 "15001",
                 "--inbound-port",
@@ -328,5 +360,32 @@ mod tests {
             .expect_err("reserved")
             .to_string()
             .contains("reserved"));
+    }
+
+    #[test]
+    fn a_container_sharing_the_sidecars_uid_is_refused() {
+        let spec = |v: Value| v.as_object().cloned().expect("object");
+        let own = spec(json!({"containers": [
+            {"name": "app", "securityContext": {"runAsUser": 65532}},
+            {"name": "helper", "securityContext": {"runAsUser": 2102}},
+        ]}));
+        let why = refuse_shared_uid(&own, 2102).expect_err("helper shares the UID");
+        assert!(why.contains("\"helper\" runs as UID 2102"), "{why}");
+        let by_pod = spec(json!({
+            "securityContext": {"runAsUser": 2102},
+            "initContainers": [{"name": "migrate"}],
+            "containers": [{"name": "app", "securityContext": {"runAsUser": 1000}}],
+        }));
+        let why = refuse_shared_uid(&by_pod, 2102).expect_err("migrate inherits the pod's UID");
+        assert!(why.contains("\"migrate\""), "{why}");
+        let fine = spec(json!({
+            "securityContext": {"runAsUser": 2102},
+            "containers": [{"name": "app", "securityContext": {"runAsUser": 1000}}],
+        }));
+        assert_eq!(refuse_shared_uid(&fine, 2102), Ok(()));
+        assert_eq!(
+            refuse_shared_uid(&spec(json!({"containers": [{"name": "app"}]})), 2102),
+            Ok(())
+        );
     }
 }

@@ -112,8 +112,10 @@ pub const TRUST_BUNDLE_CONFIGMAP: &str = "weft-trust-bundle";
 pub const TOKEN_AUDIENCE: &str = "weft";
 /// Lifetime asked for the projected token; the kubelet refreshes it at 80 % of that.
 pub const TOKEN_EXPIRATION_SECONDS: u32 = 3600;
-/// User and group the sidecar runs as (the distroless `nonroot` user).
-pub const PROXY_UID: u32 = 65532;
+/// User and group the sidecar runs as. Its own UID, not the images' common `nonroot` (65532)
+/// that apps run as too: capture exempts this UID's connections, so an app sharing it would
+/// leave the pod around the sidecar (Linkerd's proxy is 2102 for the same reason, Istio's 1337).
+pub const PROXY_UID: u32 = 2102;
 /// App port used when the workload declares none and has no `weft.dev/app-port`.
 pub const FALLBACK_APP_PORT: u16 = 8080;
 
@@ -521,10 +523,11 @@ fn inject_template(
         }
     }
     // Capture before anything runs in the pod, with the UID the sidecar runs as.
-    let capture_init = capture.map(|c| {
-        let uid = capture::sidecar_uid(&sidecar, spec).unwrap_or(u64::from(PROXY_UID));
-        c.init_container(settings, uid)
-    });
+    let proxy_uid = capture::sidecar_uid(&sidecar, spec).unwrap_or(u64::from(PROXY_UID));
+    if capture.is_some() {
+        capture::refuse_shared_uid(spec, proxy_uid).map_err(obj_err)?;
+    }
+    let capture_init = capture.map(|c| c.init_container(settings, proxy_uid));
     // First among the init containers: the others may use the mesh too.
     let init = spec
         .entry("initContainers")

@@ -219,13 +219,13 @@ async fn captured_pods_call_by_name_and_clusterip_over_mtls_and_refuse_plaintext
         .iter()
         .filter_map(|a| a.as_str().map(str::to_owned))
         .collect();
-    assert_eq!(args[..3], ["init", "--proxy-uid", "65532"]);
+    assert_eq!(args[..3], ["init", "--proxy-uid", "2102"]);
     let loaded = rules(echo.netns());
     assert!(
         loaded.contains("redirect to :15006") && loaded.contains("redirect to :15001"),
         "{loaded}"
     );
-    assert!(loaded.contains("meta skuid 65532 return"), "{loaded}");
+    assert!(loaded.contains("meta skuid 2102 return"), "{loaded}");
 
     // An unmodified curl in the client pod, by Service name and by ClusterIP: captured, sent
     // by the client's sidecar over mTLS; the echo app sees the client's identity.

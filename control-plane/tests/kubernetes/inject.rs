@@ -118,7 +118,7 @@ fn what_injection_adds() {
         .collect();
     assert_eq!(
         args[..3],
-        ["init", "--proxy-uid", "65532"],
+        ["init", "--proxy-uid", "2102"],
         "the sidecar's UID"
     );
     assert!(
@@ -158,7 +158,7 @@ fn what_injection_adds() {
         sidecar["ports"][1],
         json!({"name": "weft-metrics", "containerPort": 15020, "protocol": "TCP"})
     );
-    assert_eq!(sidecar["securityContext"]["runAsUser"], 65532);
+    assert_eq!(sidecar["securityContext"]["runAsUser"], 2102);
     assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(
         sidecar["securityContext"]["capabilities"]["drop"],
@@ -661,6 +661,17 @@ async fn webhook_denies_malformed_reviews_clearly() {
     let (_, answer) = hook.review(&admission_review("u-host", &pod)).await;
     assert_eq!(response(&answer)["allowed"], false);
     assert!(message(&answer).contains("hostNetwork"), "{answer}");
+
+    // An app running as the sidecar's UID would bypass capture: denied, saying which and how
+    // to fix it; opted out of capture, the same pod is allowed.
+    let mut pod = replicaset_pod();
+    pod["spec"]["securityContext"] = json!({"runAsUser": 2102});
+    let (_, answer) = hook.review(&admission_review("u-uid", &pod)).await;
+    assert_eq!(response(&answer)["allowed"], false);
+    assert!(message(&answer).contains("runs as UID 2102"), "{answer}");
+    pod["metadata"]["annotations"] = json!({"weft.dev/capture": "false"});
+    let (_, answer) = hook.review(&admission_review("u-uid-opt-out", &pod)).await;
+    assert_eq!(response(&answer)["allowed"], true, "{answer}");
 
     // Wrong apiVersion, with a uid to answer: denied, saying why.
     let mut review = admission_review("u-v1beta1", &replicaset_pod());
