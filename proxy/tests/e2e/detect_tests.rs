@@ -515,4 +515,50 @@ async fn a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed(
         0.0,
         "routed on the HTTP path, not tunnelled"
     );
+
+    // The same through grpcio (gRPC's C core and its own HTTP/2), unmodified and with no
+    // proxy setting: unary, server streaming, bidirectional streaming and a status code.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/grpc/grpcio_client.py");
+    let script = script.display().to_string();
+    let target = format!("{}:{GRPC_PORT}", server.ip);
+    let (ok, out, err) = in_ns(
+        &client.ns,
+        &[
+            "setpriv",
+            "--reuid",
+            APP_UID,
+            "--regid",
+            APP_UID,
+            "--clear-groups",
+            "timeout",
+            "30",
+            "/usr/bin/python3",
+            &script,
+            &target,
+        ],
+    );
+    assert!(ok, "grpcio client: {out}{err}\n{}", sidecar.log_text());
+    let got: serde_json::Value = serde_json::from_str(out.trim()).expect("the client's JSON");
+    let unary = got["unary"]["reply"].as_str().unwrap_or_default();
+    assert_eq!(got["unary"]["code"], "OK", "{got}");
+    assert!(
+        unary.contains("unary-hi") && unary.contains("inventory-1"),
+        "{got}"
+    );
+    assert!(unary.contains(&spiffe("client")), "crossed mTLS: {got}");
+    let ticks = got["server_stream"].as_array().map(Vec::len);
+    assert_eq!(ticks, Some(3), "three streamed replies: {got}");
+    let bidi: Vec<&str> = got["bidi"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(bidi.len(), 4, "{got}");
+    for (i, reply) in bidi.iter().enumerate() {
+        assert!(reply.contains(&format!("bidi-{i}")), "in order: {got}");
+    }
+    assert_eq!(
+        got["fail"]["code"], "NOT_FOUND",
+        "the app's status crosses: {got}"
+    );
+    assert_eq!(got["fail"]["details"], "no such thing", "{got}");
 }
