@@ -33,6 +33,7 @@
 //! `weft-control-plane`, the time until all have ACKed a policy change, and
 //! the control plane's memory.
 
+pub mod captured;
 pub mod cli;
 pub mod collector;
 pub mod cp_push;

@@ -73,6 +73,12 @@ pub struct Args {
     /// weft-control-plane, simulated sidecars, time until all ACK a policy change, its RSS).
     #[arg(long)]
     pub cp_push: bool,
+    /// Instead of the load scenarios: the captured path (load generator and app each in a
+    /// network namespace of its own, capture on both sides) against the same namespaces
+    /// without the mesh. Needs root (namespaces, nftables). Uses --runs, --warmup,
+    /// --duration, --connections, --rate and --latency-connections.
+    #[arg(long)]
+    pub captured: bool,
     /// Sidecar counts of --cp-push, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "100,250,500,1000")]
     pub cp_sidecars: Vec<usize>,

@@ -11,6 +11,9 @@
 //! target/release/weft-bench --quick      # one short run of each, a smoke check
 //! ```
 //!
+//! `--captured` runs only the captured path instead (see `weft_benches::captured`; root),
+//! writing `target/bench/captured.{md,json}`.
+//!
 //! `--cp-push` runs only the control-plane push at scale instead (see
 //! `weft_benches::cp_push`), writing `target/bench/cp-push.{md,json}`:
 //!
@@ -35,6 +38,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use clap::Parser;
 
+use weft_benches::captured;
 use weft_benches::cli::{self, pin_self, until_interrupted, TempGuard};
 use weft_benches::cp_push::{self, CpPushConfig};
 use weft_benches::mesh::Binaries;
@@ -75,6 +79,9 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
         cli::bin_and_out_dirs(args.bin_dir.as_deref(), args.out_dir.as_deref())?;
     if args.cp_push {
         return cp_push_main(&args, &bin_dir, &out_dir);
+    }
+    if args.captured {
+        return captured_main(&args, &bin_dir, &out_dir);
     }
     if let Some(addr) = args.drive {
         return drive_main(&args, addr);
@@ -123,6 +130,28 @@ fn cp_push_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<(
     // The control planes and the simulated sidecars are gone (dropped in `run`).
     let report = until_interrupted(cp_push::run(&cfg, temp.path(), nofile))?;
     weft_benches::report::write(out_dir, "cp-push", &report.markdown(), &report)?;
+    temp.keep = args.keep_temp;
+    Ok(())
+}
+
+/// `--captured`: the captured path against the same pods without the mesh; writes
+/// captured.md and .json to `out_dir`.
+fn captured_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
+    let bins = Binaries::in_dir(bin_dir, args.proxy.as_deref())?;
+    pin_self(args.loadgen_core)?;
+    let cfg = captured::CapturedConfig {
+        runs: usize::from(args.runs),
+        warmup: args.warmup,
+        duration: args.duration,
+        connections: usize::from(args.connections),
+        rate: args.rate,
+        latency_connections: usize::from(args.latency_connections),
+        server_core: args.server_core,
+    };
+    let mut temp = TempGuard::new()?;
+    // The pods (namespaces) and their processes are gone on return from `run`.
+    let report = until_interrupted(captured::run(&cfg, &bins, temp.path()))?;
+    weft_benches::report::write(out_dir, "captured", &report.markdown(), &report)?;
     temp.keep = args.keep_temp;
     Ok(())
 }
