@@ -32,6 +32,7 @@
 
 mod annotations;
 mod capture;
+mod object;
 mod probes;
 mod template;
 pub mod webhook;
@@ -41,6 +42,7 @@ pub use capture::{
     ANNOTATION_CAPTURE, ANNOTATION_INBOUND_SKIP_CIDRS, ANNOTATION_INBOUND_SKIP_PORTS,
     ANNOTATION_OUTBOUND_SKIP_CIDRS, ANNOTATION_OUTBOUND_SKIP_PORTS, INIT_CONTAINER,
 };
+use object::{annotations, describe, pod_template_path, pointer_mut_or_create};
 pub use probes::{ANNOTATION_REWRITE_PROBES, APP_PROBES_ENV};
 pub use template::sidecar_config;
 use template::{sidecar_container, strip, volumes_added};
@@ -294,57 +296,6 @@ pub fn inject_object(object: &Value, settings: &Settings) -> Result<Value, Injec
     Ok(out)
 }
 
-/// JSON pointer of the pod template (`metadata` + `spec`) of each kind that has one.
-fn pod_template_path(kind: &str) -> Option<&'static str> {
-    match kind {
-        "Pod" => Some(""),
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => Some("/spec/template"),
-        "CronJob" => Some("/spec/jobTemplate/spec/template"),
-        _ => None,
-    }
-}
-
-/// `Kind namespace/name` (or `generateName*` for a pod not yet named) for messages.
-fn describe(object: &Value) -> String {
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("object");
-    let meta = object.get("metadata");
-    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
-    let name = match (field("name"), field("generateName")) {
-        (Some(n), _) if !n.is_empty() => n.to_owned(),
-        (_, Some(g)) if !g.is_empty() => format!("{g}*"),
-        _ => "(unnamed)".to_owned(),
-    };
-    match field("namespace").filter(|n| !n.is_empty()) {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
-}
-
-fn annotations(v: Option<&Value>) -> Map<String, Value> {
-    v.and_then(Value::as_object).cloned().unwrap_or_default()
-}
-
-/// The object at `pointer`, creating empty objects on the way ("" is the root). `None` when
-/// something on the way is not an object.
-fn pointer_mut_or_create<'a>(root: &'a mut Value, pointer: &str) -> Option<&'a mut Value> {
-    let mut here = root;
-    for part in pointer.split('/').skip(1) {
-        here = here
-            .as_object_mut()?
-            .entry(part.to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    here.is_object().then_some(here)
-}
-
 /// What the pod template inherits from the object around it.
 struct Workload<'a> {
     /// The object's own annotations (the template's win).
@@ -593,40 +544,4 @@ fn default_service(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities() {
-        for ok in ["100m", "64Mi", "1", "0.5", "1.5Gi", "2e3", "1E-2", "3k"] {
-            assert!(quantity(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "-1", "abc", "1.2.3", "10mb", ".", "1e", "Mi"] {
-            assert!(quantity(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn settings_validate() {
-        assert!(Settings::default().validate().is_ok());
-        let s = Settings {
-            control_plane: "nohost".into(),
-            ..Settings::default()
-        };
-        assert!(s.validate().is_err());
-        let s = Settings {
-            trust_domain: "Bad Domain".into(),
-            ..Settings::default()
-        };
-        assert!(s.validate().is_err());
-    }
-
-    #[test]
-    fn other_kinds_pass_through() {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}});
-        assert_eq!(
-            inject_object(&svc, &Settings::default()).expect("inject"),
-            svc
-        );
-    }
-}
+mod tests;

@@ -6,16 +6,21 @@
 //! and its labels come from config names and mesh identities, never from the request itself, so
 //! the series count is bounded by the config, not by traffic.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub use super::events::{Event, RejectLabel, EVENT_SLOTS};
 pub use super::names;
+
+mod route;
+#[cfg(test)]
+mod tests;
+
+pub use route::{finish, RouteMetrics};
 
 /// Request duration bucket bounds, seconds: 1 ms to 10 s, about 2.5x apart, dense where
 /// sidecar-to-sidecar latencies fall.
@@ -60,15 +65,6 @@ pub struct RouteLabels {
 const ROUTE_LABELS: &[&str] = &["direction", "src_service", "dst_service", "route", "caller"];
 const ENDPOINT_LABELS: &[&str] = &["src_service", "dst_service", "endpoint"];
 const DESTINATION_LABELS: &[&str] = &["src_service", "dst_service"];
-
-const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-
-fn class_index(status: u16) -> usize {
-    match status {
-        100..=599 => usize::from(status / 100 - 1),
-        _ => 5,
-    }
-}
 
 /// Everything the sidecar exports, in one registry.
 pub struct Metrics {
@@ -369,27 +365,6 @@ impl Metrics {
             access_log_dropped,
         }))
     }
-
-    /// Resolve the handles of one route's series (off the hot path).
-    pub fn route(self: &Arc<Self>, labels: RouteLabels) -> Arc<RouteMetrics> {
-        let v = label_values(&labels);
-        let requests = self.requests.with_label_values(&v);
-        let durations = std::array::from_fn(|i| {
-            let mut l = v.clone();
-            l.push(STATUS_CLASSES[i]);
-            self.duration.with_label_values(&l)
-        });
-        Arc::new(RouteMetrics {
-            retries: self.retries.with_label_values(&v),
-            metrics: self.clone(),
-            labels,
-            requests,
-            durations,
-            codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
-            events: std::array::from_fn(|_| OnceLock::new()),
-        })
-    }
-
     /// The dropped-span counter for one reason (see [`TRACE_DROP_REASONS`]).
     pub fn trace_dropped(&self, reason: &str) -> IntCounter {
         self.trace_spans_dropped.with_label_values(&[reason])
@@ -444,204 +419,5 @@ impl Metrics {
             log::error!("metrics encoding failed: {e}");
         }
         out
-    }
-}
-
-fn label_values(l: &RouteLabels) -> Vec<&str> {
-    vec![
-        l.direction.as_str(),
-        &l.src_service,
-        &l.dst_service,
-        &l.route,
-        &l.caller,
-    ]
-}
-
-/// Status codes 100..=599 each get a slot; anything else shares the last.
-const CODE_SLOTS: usize = 501;
-
-/// One route's series, resolved; recording touches only atomics (a status code's counter is
-/// looked up in the registry once, on its first use).
-pub struct RouteMetrics {
-    metrics: Arc<Metrics>,
-    labels: RouteLabels,
-    requests: IntCounter,
-    durations: [Histogram; 6],
-    codes: Box<[OnceLock<IntCounter>]>,
-    retries: IntCounter,
-    events: [OnceLock<IntCounter>; EVENT_SLOTS],
-}
-
-impl std::fmt::Debug for RouteMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteMetrics")
-            .field("labels", &self.labels)
-            .finish()
-    }
-}
-
-impl RouteMetrics {
-    /// The labels these series carry.
-    pub fn labels(&self) -> &RouteLabels {
-        &self.labels
-    }
-
-    /// Count a request as received.
-    pub fn request(&self) {
-        self.requests.inc();
-    }
-
-    /// Count a retry attempt.
-    pub fn retry(&self) {
-        self.retries.inc();
-    }
-
-    /// Count an event (its series is resolved on first use).
-    pub fn event(&self, e: Event) {
-        self.events[e.slot()]
-            .get_or_init(|| {
-                let m = &self.metrics;
-                let (family, value) = match e {
-                    Event::RetriedSucceeded => (&m.retried, "succeeded"),
-                    Event::RetriedFailed => (&m.retried, "failed"),
-                    Event::Skipped(r) => (&m.skipped, r.as_str()),
-                    Event::Rejected(r) => (&m.rejected, r.as_str()),
-                    Event::FaultDelay => (&m.faults, "delay"),
-                    Event::FaultAbort => (&m.faults, "abort"),
-                };
-                let mut v = label_values(&self.labels);
-                v.push(value);
-                family.with_label_values(&v)
-            })
-            .inc();
-    }
-
-    /// Record a finished response.
-    pub fn response(&self, status: u16, elapsed: Duration) {
-        let class = class_index(status);
-        self.durations[class].observe(elapsed.as_secs_f64());
-        let slot = match status {
-            100..=599 => usize::from(status - 100),
-            _ => CODE_SLOTS - 1,
-        };
-        self.codes[slot]
-            .get_or_init(|| {
-                let code = if slot == CODE_SLOTS - 1 {
-                    "other".to_owned()
-                } else {
-                    status.to_string()
-                };
-                let mut v = label_values(&self.labels);
-                v.push(STATUS_CLASSES[class]);
-                v.push(&code);
-                self.metrics.responses.with_label_values(&v)
-            })
-            .inc();
-    }
-}
-
-/// At the end of a request: the status sent (0 when none was) and the time taken, recorded
-/// into `metrics`. `None` when the request never started (no `start`).
-pub fn finish(
-    session: &pingora_proxy::Session,
-    start: Option<std::time::Instant>,
-    metrics: Option<&RouteMetrics>,
-) -> Option<(u16, Duration)> {
-    let elapsed = start?.elapsed();
-    let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    if let Some(m) = metrics {
-        m.response(status, elapsed);
-    }
-    Some((status, elapsed))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_event_has_a_slot_of_its_own() {
-        use weft_resilience::retry::StopReason as S;
-        let mut events = vec![
-            Event::RetriedSucceeded,
-            Event::RetriedFailed,
-            Event::FaultDelay,
-            Event::FaultAbort,
-        ];
-        events.extend(
-            [
-                S::BudgetExhausted,
-                S::AttemptsExhausted,
-                S::NonIdempotent,
-                S::BodyTooLarge,
-                S::NotRetryable,
-            ]
-            .map(Event::Skipped),
-        );
-        events.extend(
-            [
-                RejectLabel::Overloaded,
-                RejectLabel::QueueFull,
-                RejectLabel::QueueTimeout,
-                RejectLabel::RateLimited,
-                RejectLabel::BreakerOpen,
-                RejectLabel::Denied,
-                RejectLabel::CertExpired,
-                RejectLabel::NoPolicy,
-                RejectLabel::BadPath,
-            ]
-            .map(Event::Rejected),
-        );
-        let mut slots: Vec<usize> = events.iter().map(|e| e.slot()).collect();
-        assert!(slots.iter().all(|&s| s < EVENT_SLOTS));
-        slots.sort_unstable();
-        slots.dedup();
-        assert_eq!(slots.len(), events.len(), "two events share a series slot");
-    }
-
-    fn labels(route: &str) -> RouteLabels {
-        RouteLabels {
-            direction: Direction::Outbound,
-            src_service: "a".into(),
-            dst_service: "b".into(),
-            route: route.into(),
-            caller: "spiffe://t/ns/d/sa/a".into(),
-        }
-    }
-
-    #[test]
-    fn names_carry_prefix_and_units() {
-        assert_eq!(names::REQUEST_DURATION, "weft_request_duration_seconds");
-        assert!(names::REQUESTS.ends_with("_total"));
-        assert!(DURATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
-    fn records_exactly_and_resolving_twice_shares_series() {
-        let m = Metrics::new().expect("metrics");
-        let r = m.route(labels("api"));
-        let again = m.route(labels("api"));
-        for _ in 0..3 {
-            r.request();
-            r.response(200, Duration::from_millis(2));
-        }
-        again.request();
-        again.response(503, Duration::from_millis(20));
-        r.response(999, Duration::from_millis(1));
-        let text = m.render();
-        assert!(text.contains(r#"weft_requests_total{caller="spiffe://t/ns/d/sa/a",direction="outbound",dst_service="b",route="api",src_service="a"} 4"#), "{text}");
-        assert!(
-            text.contains(r#"status_class="2xx",status_code="200"} 3"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"status_class="5xx",status_code="503"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"status_class="other",status_code="other"} 1"#),
-            "{text}"
-        );
-        assert!(text.contains(r#"weft_request_duration_seconds_count{caller="spiffe://t/ns/d/sa/a",direction="outbound",dst_service="b",route="api",src_service="a",status_class="2xx"} 3"#), "{text}");
     }
 }
