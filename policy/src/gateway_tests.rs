@@ -130,17 +130,24 @@ fn field_errors_name_file_line_and_column() {
 
 #[test]
 fn mesh_route_rules_apply_to_gateway_routes() {
-    // A rewrite needs a prefix match; paths must be canonical; x-weft-* is the mesh's own.
-    let bad = GOOD
-        .replace(
-            "{path: {prefix: /v1/orders}}",
-            "{path: {exact: /v1/../orders}}",
-        )
-        .replace("x-api-version: v1", "x-weft-caller: me");
-    let msg = errors(&bad);
-    assert!(msg.contains("routes[0].match.path.exact"), "{msg}");
+    // Paths must be canonical, as in mesh routes; x-weft-* is the mesh's own.
+    let msg = errors(&GOOD.replace(
+        "{path: {prefix: /v1/orders}}",
+        "{path: {prefix: /v1/../orders}}",
+    ));
+    assert!(msg.contains("routes[0].match.path.prefix"), "{msg}");
+    let msg = errors(&GOOD.replace("x-api-version: v1", "x-weft-caller: me"));
     assert!(
         msg.contains("routes[0].request_headers.set.x-weft-caller"),
+        "{msg}"
+    );
+    // A rewrite needs a prefix match.
+    let msg = errors(&GOOD.replace(
+        "{path: {prefix: /v1/orders}}",
+        "{path: {exact: /v1/orders}}",
+    ));
+    assert!(
+        msg.contains("routes[0].rewrite: a prefix rewrite needs"),
         "{msg}"
     );
 }

@@ -79,7 +79,9 @@ impl Gateway {
     /// Answer `f` now; the request goes no further.
     async fn refuse(&self, session: &mut Session, ctx: &mut GwCtx, f: Failure) -> Result<bool> {
         ctx.flag = Some(f.flag);
-        f.respond(session, false).await;
+        // A refused body may still be on its way: the connection is not reused after a 413.
+        let close = f.status == 413;
+        f.respond(session, close).await;
         Ok(true)
     }
 
