@@ -164,10 +164,14 @@ impl ProxyHttp for Gateway {
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if ctx.body_bytes > self.state.gw.limits.max_body_bytes {
             ctx.too_large = true;
+            // A downstream error: Pingora then stops the exchange (an error of no source is
+            // taken for an upstream send failure, and the proxy would wait on for the
+            // upstream's answer to a body that never ends).
             return Err(Error::explain(
                 ErrorType::HTTPStatus(413),
                 "request body over the gateway's limit",
-            ));
+            )
+            .into_down());
         }
         Ok(())
     }

@@ -352,6 +352,22 @@ async fn gateway_redirects_plain_http_and_enforces_limits() {
         &["--http1.1", "--data-binary", &data],
     );
     assert_eq!(c.parts().1, "413 1.1", "{} {}", c.out, c.err);
+    // A body without a length (chunked), to the app's `/sink`, which reads all of it before
+    // it answers: counted as it streams.
+    let c = gw.curl(
+        "shop.test",
+        "/sink",
+        &[
+            "--http1.1",
+            "-H",
+            "Expect:",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &data,
+        ],
+    );
+    assert_eq!(c.parts().1, "413 1.1", "{} {}", c.out, c.err);
     let c = gw.curl(
         "api.example.test",
         "/v1/orders",
