@@ -365,6 +365,13 @@ impl Metrics {
             access_log_dropped,
         }))
     }
+
+    /// Register a family defined elsewhere (the gateway's, `crate::gateway::metrics`) in the
+    /// one registry `/metrics` serves.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     /// The dropped-span counter for one reason (see [`TRACE_DROP_REASONS`]).
     pub fn trace_dropped(&self, reason: &str) -> IntCounter {
         self.trace_spans_dropped.with_label_values(&[reason])
