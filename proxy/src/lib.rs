@@ -21,6 +21,7 @@ pub mod clock;
 pub mod control;
 pub mod drain;
 pub mod errors;
+pub mod gateway;
 pub mod http_path;
 pub mod identity;
 pub mod inbound;

@@ -1,0 +1,3 @@
+//! The gateway: `weft-proxy` as the way into the mesh from outside.
+
+pub mod auth;
