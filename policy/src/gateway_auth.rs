@@ -2,15 +2,14 @@
 //! ([`wire`]) turned into validated domain types with `TryFrom`, as the rest of the policy
 //! model is, so a typo is an error with its file:line:col and never a silently open route.
 //!
-//! The gateway-wide part ([`GatewayAuth`]) names JWT providers, API key sets and the trusted
-//! proxies whose `X-Forwarded-For` is believed; each route carries a [`RouteAccess`] that picks
-//! one provider or key set (or says the route is public), its CORS rules and its per-client
-//! limit. Routes name providers, so a route is validated against the gateway part
-//! ([`RouteAccess::validate`]).
+//! The gateway-wide part ([`GatewayAuth`], the gateway file's `auth`) names JWT providers and
+//! API key sets; each route's `access` ([`RouteAccess`]) picks one provider or key set (or
+//! says the route is public), its CORS rules and its per-client limit. The proxies whose
+//! `X-Forwarded-For` is believed are the gateway file's own `trusted_proxies`. Routes name
+//! providers, so a route is validated against the gateway part ([`RouteAccess::validate`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,9 +44,6 @@ pub mod wire {
         /// API key sets routes may require.
         #[serde(default)]
         pub api_keys: Vec<ApiKeySetFile>,
-        /// Peers (IPs or CIDRs) whose `X-Forwarded-For` names the client.
-        #[serde(default)]
-        pub trusted_proxies: Vec<String>,
         /// Clients each route's limiter tracks at most (default 10000).
         #[serde(default)]
         pub max_clients: Option<usize>,
@@ -184,14 +180,12 @@ pub mod wire {
 
 /// The validated gateway-wide part. Paths are as written; [`GatewayAuth::resolve`] joins
 /// relative ones to the config file's directory.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GatewayAuth {
     /// JWT providers by name.
     pub providers: Vec<JwtProvider>,
     /// API key sets by name.
     pub api_keys: Vec<ApiKeySet>,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<Cidr>,
     /// Clients each route's limiter tracks at most.
     pub max_clients: usize,
 }
@@ -244,65 +238,11 @@ pub struct ApiKeySet {
     pub forward_consumer: Option<HeaderName>,
 }
 
-/// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// The network address (host bits cleared).
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// Parse `addr[/prefix]`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad address {s:?}: expected an IP or IP/prefix"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.parse::<u8>()
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| format!("bad prefix in {s:?}: expected 0 to {max}"))?
-        };
-        Ok(Self {
-            addr: mask(addr, prefix),
-            prefix,
-        })
-    }
-
-    /// Whether `ip` is inside (an IPv4-mapped IPv6 address counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
-    }
-}
-
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(a) => {
-            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4((u32::from(a) & m).into())
-        }
-        IpAddr::V6(a) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6((u128::from(a) & m).into())
-        }
-    }
-}
-
 /// Who may call a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum RouteAuth {
     /// Anyone.
+    #[default]
     Public,
     /// A valid JWT from this provider (index into [`GatewayAuth::providers`]).
     Jwt(usize),
@@ -374,7 +314,7 @@ pub enum ClientKey {
     Subject,
     /// The API key's consumer (the client IP for a request without one).
     Consumer,
-    /// The client IP (from `X-Forwarded-For` only through trusted proxies).
+    /// The client IP (from `X-Forwarded-For` only through the gateway's `trusted_proxies`).
     ClientIp,
 }
 
@@ -389,8 +329,8 @@ pub struct ClientLimit {
     pub burst: u32,
 }
 
-/// A route's validated access block.
-#[derive(Debug, Clone, PartialEq)]
+/// A route's validated access block (default: public, no CORS, no limit).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteAccess {
     /// Who may call.
     pub auth: RouteAuth,

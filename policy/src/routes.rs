@@ -207,7 +207,7 @@ impl Validator<'_> {
     }
 
     /// A prefix rewrite: only for a route matching a path prefix, to a canonical path.
-    fn rewrite(
+    pub(super) fn rewrite(
         &mut self,
         f: &str,
         raw: Option<wire::Rewrite>,
@@ -245,7 +245,7 @@ impl Validator<'_> {
     }
 
     /// Request header edits: headers to set (valid names and values) and to remove.
-    fn header_edits(
+    pub(super) fn header_edits(
         &mut self,
         f: &str,
         raw: Option<wire::HeaderEdits>,

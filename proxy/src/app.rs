@@ -31,6 +31,16 @@ pub const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Build and run the sidecar until it is told to stop. Returns only on a fatal start error.
 pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
+    run_with(store, ready_file, None)
+}
+
+/// [`run`], in gateway mode when `gateway` is given: the sidecar's listeners plus the
+/// gateway's ([`crate::gateway`]), whose addresses the ready file adds.
+pub fn run_with(
+    store: Arc<Store>,
+    ready_file: Option<&Path>,
+    gateway: Option<Arc<weft_policy::gateway::Gateway>>,
+) -> anyhow::Result<()> {
     let snap = store.load();
     // The app's probes the injector handed over: a bad set stops the start, naming the probe.
     let probes = Arc::new(control::app_probe::AppProbes::from_env()?);
@@ -60,14 +70,27 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let traffic = Proxies {
         store: &store,
         drain: &drain,
-        conf,
+        conf: conf.clone(),
         report: report.clone(),
     };
     traffic.add_services(&mut server, &listening, vec![outbound_l, inbound_l])?;
+    let edge = match gateway {
+        Some(gw) => Some(crate::gateway::listener::add_services(
+            &mut server,
+            crate::gateway::listener::Parts {
+                store: &store,
+                outbound: Outbound::new(store.clone(), drain.clone(), report.clone()),
+                conf,
+                gw,
+                access_log: report.access_log.clone(),
+            },
+        )?),
+        None => None,
+    };
 
     let listening = control::spawn(store.clone(), drain.clone(), listening, probes)?;
     if let Some(path) = ready_file {
-        write_ready_file(path, &listening)
+        write_ready_file(path, &listening, edge.as_ref())
             .with_context(|| format!("--ready-file {}", path.display()))?;
     }
     log::info!(
@@ -98,14 +121,26 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
 /// `inbound`, `admin` and (or null) `metrics` addresses and the `pid`, written atomically so
 /// a reader never sees half of it. Connections made as soon as it appears wait in the
 /// listeners' backlogs until the traffic workers start.
-fn write_ready_file(path: &Path, l: &Listen) -> std::io::Result<()> {
-    let text = serde_json::json!({
+fn write_ready_file(
+    path: &Path,
+    l: &Listen,
+    edge: Option<&crate::gateway::listener::GatewayListening>,
+) -> std::io::Result<()> {
+    let mut text = serde_json::json!({
         "pid": std::process::id(),
         "outbound": l.outbound.to_string(),
         "inbound": l.inbound.to_string(),
         "admin": l.admin.to_string(),
         "metrics": l.metrics.map(|m| m.to_string()),
     });
+    // Gateway mode adds its listeners: `gateway_https`, `gateway_http` (null without one).
+    if let (Some(e), Some(obj)) = (edge, text.as_object_mut()) {
+        obj.insert("gateway_https".into(), e.https.to_string().into());
+        obj.insert(
+            "gateway_http".into(),
+            e.http_redirect.map(|a| a.to_string()).into(),
+        );
+    }
     crate::store::write_atomically(path, format!("{text}\n").as_bytes(), 0o644)
 }
 

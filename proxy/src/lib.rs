@@ -12,7 +12,8 @@
 //! cross the hop. Around them: [`store`] (the config in force), [`identity`]
 //! (certificates), [`control`] (admin API, reloads, the control-plane client) and
 //! [`telemetry`] (metrics, access log, traces). [`app`] assembles them. [`capture`] is
-//! `weft-proxy init`, which redirects a pod's traffic into the sidecar.
+//! `weft-proxy init`, which redirects a pod's traffic into the sidecar. [`gateway`] is
+//! gateway mode (`--gateway`): edge TLS and routes from outside into the mesh.
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -68,6 +68,10 @@ struct Args {
     /// Validate the config and its certificates, print the result, and exit.
     #[arg(long)]
     check: bool,
+    /// Gateway mode: also serve the edge listeners and routes of this gateway file (YAML,
+    /// docs/CONFIG.md "Gateway"); the --config file gives the gateway its identity and mesh.
+    #[arg(long, value_name = "PATH")]
+    gateway: Option<PathBuf>,
 }
 
 /// Subcommands beside running the sidecar.
@@ -168,6 +172,16 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    let gateway = match &args.gateway {
+        Some(path) => match load_gateway(path, &config) {
+            Ok(gw) => Some(Arc::new(gw)),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
     if args.check {
         let snap = store.load();
         println!(
@@ -182,7 +196,17 @@ fn main() -> anyhow::Result<()> {
     // On Kubernetes the sidecar is a native sidecar (an init container with `restartPolicy:
     // Always`): the kubelet sends it SIGTERM only after the app containers have exited, so a
     // Job's pod completes without the app having to stop the proxy.
-    weft_proxy::app::run(Arc::new(store), args.ready_file.as_deref()).context("sidecar failed")
+    weft_proxy::app::run_with(Arc::new(store), args.ready_file.as_deref(), gateway)
+        .context("sidecar failed")
+}
+
+/// The gateway file at `path`, checked against the services of the sidecar config `config`.
+fn load_gateway(
+    path: &std::path::Path,
+    config: &std::path::Path,
+) -> Result<weft_policy::gateway::Gateway, String> {
+    let sidecar = weft_policy::load(config).map_err(|e| e.to_string())?;
+    weft_policy::gateway::load(path, &sidecar.services).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

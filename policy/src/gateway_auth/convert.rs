@@ -43,12 +43,18 @@ impl TryFrom<GatewayAuthFile> for GatewayAuth {
             );
             let forward = match k.forward_consumer.as_deref() {
                 Some(h) => e
-                    .take(format_args!("api_keys[{i}].forward_consumer"), header_name(h))
+                    .take(
+                        format_args!("api_keys[{i}].forward_consumer"),
+                        header_name(h),
+                    )
                     .map(Some),
                 None => Some(None),
             };
             if k.file.is_empty() {
-                e.push(format_args!("api_keys[{i}].file"), "a keys file is required");
+                e.push(
+                    format_args!("api_keys[{i}].file"),
+                    "a keys file is required",
+                );
             }
             if let (Some(header), Some(forward_consumer)) = (header, forward) {
                 api_keys.push(ApiKeySet {
@@ -59,12 +65,6 @@ impl TryFrom<GatewayAuthFile> for GatewayAuth {
                 });
             }
         }
-        let trusted_proxies = raw
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| e.take(format_args!("trusted_proxies[{i}]"), Cidr::parse(s)))
-            .collect();
         let max_clients = raw.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
         if max_clients == 0 || max_clients > MAX_MAX_CLIENTS {
             e.push(
@@ -75,7 +75,6 @@ impl TryFrom<GatewayAuthFile> for GatewayAuth {
         e.done(GatewayAuth {
             providers,
             api_keys,
-            trusted_proxies,
             max_clients,
         })
     }
@@ -83,29 +82,32 @@ impl TryFrom<GatewayAuthFile> for GatewayAuth {
 
 fn provider(p: JwtProviderFile, e: &mut Errors<'_>) -> Option<JwtProvider> {
     if p.issuer.is_empty() {
-        e.push("issuer", "an issuer is required (the exact `iss` of the tokens)");
+        e.push(
+            "issuer",
+            "an issuer is required (the exact `iss` of the tokens)",
+        );
     }
     let jwks = match (p.jwks_file, p.jwks_url) {
         (Some(f), None) => Some(JwksSource::File(PathBuf::from(f))),
-        (None, Some(u)) => e.take("jwks_url", https_url(&u)).map(|url| JwksSource::Url {
-            url,
-            ca: p.jwks_ca.map(PathBuf::from),
-        }),
+        (None, Some(u)) => e
+            .take("jwks_url", https_url(&u))
+            .map(|url| JwksSource::Url {
+                url,
+                ca: p.jwks_ca.map(PathBuf::from),
+            }),
         _ => {
             e.push("jwks_file", "give exactly one of jwks_file and jwks_url");
             None
         }
     };
     let refresh = match p.refresh.as_deref() {
-        Some(s) => e
-            .take("refresh", parse_duration(s))
-            .filter(|d| {
-                let ok = *d >= Duration::from_secs(1);
-                if !ok {
-                    e.push("refresh", format!("{s:?} is shorter than 1s"));
-                }
-                ok
-            }),
+        Some(s) => e.take("refresh", parse_duration(s)).filter(|d| {
+            let ok = *d >= Duration::from_secs(1);
+            if !ok {
+                e.push("refresh", format!("{s:?} is shorter than 1s"));
+            }
+            ok
+        }),
         None => Some(DEFAULT_JWKS_REFRESH),
     };
     let leeway = match p.leeway.as_deref() {
@@ -169,7 +171,9 @@ impl RouteAccess {
         };
         let auth = route_auth(raw.auth.unwrap_or_default(), gateway, &mut e);
         let cors = raw.cors.and_then(|c| cors(c, &mut e));
-        let limit = raw.client_limit.and_then(|l| client_limit(l, &auth, &mut e));
+        let limit = raw
+            .client_limit
+            .and_then(|l| client_limit(l, &auth, &mut e));
         e.done(RouteAccess { auth, cors, limit })
     }
 }
@@ -261,7 +265,11 @@ fn origin(s: &str) -> Result<OriginPattern, String> {
     let lower = s.to_ascii_lowercase();
     let (scheme, rest) = match lower.split_once("://") {
         Some((sc, rest)) if sc == "http" || sc == "https" => (format!("{sc}://"), rest),
-        _ => return Err(format!("{s:?} must be \"*\" or start with http:// or https://")),
+        _ => {
+            return Err(format!(
+                "{s:?} must be \"*\" or start with http:// or https://"
+            ))
+        }
     };
     let valid = |h: &str| {
         !h.is_empty()
@@ -360,7 +368,11 @@ pub struct AuthDocument {
 }
 
 /// Parse and validate an auth document; relative paths resolve against `base`.
-pub fn parse_document(text: &str, file: &Path, base: &Path) -> Result<AuthDocument, AuthConfigError> {
+pub fn parse_document(
+    text: &str,
+    file: &Path,
+    base: &Path,
+) -> Result<AuthDocument, AuthConfigError> {
     let raw: wire::AuthDocument = serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         AuthConfigError::Syntax {

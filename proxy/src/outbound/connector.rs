@@ -57,20 +57,34 @@ pub enum BuildError {
     NoProxy,
 }
 
-/// The outbound proxy in force, and what it takes to build the next one.
-pub struct OutboundProxies {
-    current: ArcSwap<HttpProxy<Outbound>>,
+/// The outbound proxy in force, and what it takes to build the next one. Generic over the
+/// proxy logic: the sidecar's [`Outbound`], or the gateway's (`crate::gateway::Gateway`),
+/// which dials the mesh with the same identity.
+pub struct OutboundProxies<A = Outbound> {
+    current: ArcSwap<HttpProxy<A>>,
     /// The identity `current` was built with; the lock serializes rebuilds.
     built_for: Mutex<Arc<ClientIdentity>>,
     conf: Arc<ServerConf>,
-    app: Outbound,
+    app: A,
 }
 
-impl OutboundProxies {
+/// What a proxy logic needs to be built into an [`OutboundProxies`].
+pub trait ProxyLogic:
+    pingora_proxy::ProxyHttp<CTX: Send + Sync + 'static> + Clone + Send + Sync + 'static
+{
+}
+impl<A> ProxyLogic for A
+where
+    A: pingora_proxy::ProxyHttp + Clone + Send + Sync + 'static,
+    A::CTX: Send + Sync + 'static,
+{
+}
+
+impl<A: ProxyLogic> OutboundProxies<A> {
     /// The first proxy: `app`'s logic with a connector presenting `identity`.
     pub fn new(
         conf: Arc<ServerConf>,
-        app: Outbound,
+        app: A,
         identity: Arc<ClientIdentity>,
     ) -> Result<Self, BuildError> {
         let first = build(&conf, &app, &identity)?;
@@ -83,7 +97,7 @@ impl OutboundProxies {
     }
 
     /// The proxy a new request takes.
-    pub fn current(&self) -> Arc<HttpProxy<Outbound>> {
+    pub fn current(&self) -> Arc<HttpProxy<A>> {
         self.current.load_full()
     }
 
@@ -101,11 +115,11 @@ impl OutboundProxies {
     }
 }
 
-fn build(
+fn build<A: ProxyLogic>(
     conf: &Arc<ServerConf>,
-    app: &Outbound,
+    app: &A,
     identity: &ClientIdentity,
-) -> Result<HttpProxy<Outbound>, BuildError> {
+) -> Result<HttpProxy<A>, BuildError> {
     let chain = MemFile::new(c"weft-client-chain", &identity.chain_pem)?;
     let key = MemFile::new(c"weft-client-key", &identity.key_pem)?;
     let roots = MemFile::new(c"weft-mesh-roots", &identity.roots_pem)?;
@@ -212,20 +226,20 @@ impl MemFile {
 /// Rebuilds the outbound proxy when a snapshot brings another client certificate, key or
 /// trust bundle. A Pingora background service: its own thread, apart from the traffic
 /// workers.
-pub struct IdentitySync {
+pub struct IdentitySync<A = Outbound> {
     store: Arc<Store>,
-    proxies: Arc<OutboundProxies>,
+    proxies: Arc<OutboundProxies<A>>,
 }
 
-impl IdentitySync {
+impl<A: ProxyLogic> IdentitySync<A> {
     /// Keeps `proxies` on the identity of `store`'s snapshot in force.
-    pub fn new(store: Arc<Store>, proxies: Arc<OutboundProxies>) -> Self {
+    pub fn new(store: Arc<Store>, proxies: Arc<OutboundProxies<A>>) -> Self {
         Self { store, proxies }
     }
 }
 
 #[async_trait]
-impl BackgroundService for IdentitySync {
+impl<A: ProxyLogic> BackgroundService for IdentitySync<A> {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut changes = self.store.subscribe();
         loop {

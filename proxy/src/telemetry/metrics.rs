@@ -370,6 +370,12 @@ impl Metrics {
         }))
     }
 
+    /// Register a family defined elsewhere (the gateway's, `crate::gateway::metrics`) in the
+    /// one registry `/metrics` serves.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     /// Resolve the handles of one route's series (off the hot path).
     pub fn route(self: &Arc<Self>, labels: RouteLabels) -> Arc<RouteMetrics> {
         let v = label_values(&labels);

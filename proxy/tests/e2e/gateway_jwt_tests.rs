@@ -69,13 +69,15 @@ async fn admit(stage: &AuthStage, guard: &RouteGuard, token: &str) -> StatusCode
     let req = Incoming {
         method: &Method::GET,
         headers: &h,
-        peer: IpAddr::from([127, 0, 0, 1]),
+        client_ip: Some(IpAddr::from([127, 0, 0, 1])),
     };
     match guard.admit(stage, req, 0, unix).await {
         Verdict::Forward(_) => StatusCode::OK,
         Verdict::Answer(a) => {
             let challenge = a.headers.iter().find(|(n, _)| n == "www-authenticate");
-            let challenge = challenge.and_then(|(_, v)| v.to_str().ok()).unwrap_or_default();
+            let challenge = challenge
+                .and_then(|(_, v)| v.to_str().ok())
+                .unwrap_or_default();
             assert!(
                 challenge.contains("error=\"invalid_token\""),
                 "a refused token gets an RFC 6750 challenge: {challenge:?}"
@@ -110,13 +112,16 @@ async fn only_valid_pyjwt_tokens_pass_and_rotated_keys_are_fetched_once() {
     server_saw(&hits, 1);
     let guard = stage.route(doc.routes["api"].clone());
 
-    let tokens: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("tokens.json")).expect("tokens"),
-    )
-    .expect("tokens json");
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("tokens.json")).expect("tokens"))
+            .expect("tokens json");
     let token = |name: &str| tokens[name].as_str().expect("token").to_owned();
     for name in ["valid_rs256", "valid_es256"] {
-        assert_eq!(admit(&stage, &guard, &token(name)).await, StatusCode::OK, "{name}");
+        assert_eq!(
+            admit(&stage, &guard, &token(name)).await,
+            StatusCode::OK,
+            "{name}"
+        );
     }
     for name in [
         "expired",
@@ -130,14 +135,25 @@ async fn only_valid_pyjwt_tokens_pass_and_rotated_keys_are_fetched_once() {
         let status = admit(&stage, &guard, &token(name)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
     }
-    assert_eq!(fetches(), Some(1), "no refused token with a known kid fetched keys");
+    assert_eq!(
+        fetches(),
+        Some(1),
+        "no refused token with a known kid fetched keys"
+    );
 
     // The issuer rotates a key in; a token signed with it is accepted after one refresh.
-    std::fs::copy(dir.path().join("jwks-rotated.json"), dir.path().join("served.json"))
-        .expect("rotate");
+    std::fs::copy(
+        dir.path().join("jwks-rotated.json"),
+        dir.path().join("served.json"),
+    )
+    .expect("rotate");
     let rotated = token("rotated_kid");
     assert_eq!(admit(&stage, &guard, &rotated).await, StatusCode::OK);
-    assert_eq!(fetches(), Some(2), "exactly one refresh for the unknown kid");
+    assert_eq!(
+        fetches(),
+        Some(2),
+        "exactly one refresh for the unknown kid"
+    );
     server_saw(&hits, 2);
 
     // A flood of random kids inside the cooldown: all refused, no fetch.
@@ -152,8 +168,10 @@ async fn only_valid_pyjwt_tokens_pass_and_rotated_keys_are_fetched_once() {
 
 /// Waits for the server's log to show `n` GETs (its "hit" line trails the response).
 fn server_saw(hits: &AtomicUsize, n: usize) {
-    wait::until(&format!("the JWKS server to log {n} GETs"), Duration::from_secs(10), || {
-        (hits.load(SeqCst) >= n).then_some(())
-    });
+    wait::until(
+        &format!("the JWKS server to log {n} GETs"),
+        Duration::from_secs(10),
+        || (hits.load(SeqCst) >= n).then_some(()),
+    );
     assert_eq!(hits.load(SeqCst), n);
 }

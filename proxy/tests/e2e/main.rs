@@ -11,6 +11,7 @@ mod coverage_tests;
 mod detect_tests;
 mod extended_connect_tests;
 mod fail_closed_tests;
+mod gateway_auth_tests;
 mod gateway_jwt_tests;
 mod harness;
 mod http_tests;

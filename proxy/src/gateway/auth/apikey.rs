@@ -76,7 +76,11 @@ impl ApiKeys {
         })?;
         let entries = file.keys;
         if entries.len() > MAX_KEYS {
-            return Err((0, 0, format!("{} keys; the limit is {MAX_KEYS}", entries.len())));
+            return Err((
+                0,
+                0,
+                format!("{} keys; the limit is {MAX_KEYS}", entries.len()),
+            ));
         }
         let mut keys = Self::default();
         for (i, e) in entries.into_iter().enumerate() {

@@ -80,8 +80,12 @@ pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Answer {
     });
     let origin = allowed_origin(cors, headers);
     let (Some(origin), true, true) = (origin, method_ok, headers_ok) else {
-        return Answer::new(StatusCode::FORBIDDEN, "cors_denied", "CORS preflight not allowed")
-            .with(out);
+        return Answer::new(
+            StatusCode::FORBIDDEN,
+            "cors_denied",
+            "CORS preflight not allowed",
+        )
+        .with(out);
     };
     origin_headers(cors, origin, &mut out);
     out.extend(join(cors.methods.iter()).map(|v| (header::ACCESS_CONTROL_ALLOW_METHODS, v)));
@@ -89,7 +93,10 @@ pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Answer {
         out.extend(join(hs.iter()).map(|v| (header::ACCESS_CONTROL_ALLOW_HEADERS, v)));
     }
     if let Some(age) = cors.max_age {
-        out.push((header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age.as_secs())));
+        out.push((
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(age.as_secs()),
+        ));
     }
     Answer::new(StatusCode::NO_CONTENT, "", "").with(out)
 }
@@ -134,46 +141,96 @@ mod tests {
     }
 
     fn get<'a>(a: &'a Headers, name: &HeaderName) -> Option<&'a str> {
-        a.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
+        a.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.to_str().ok())
     }
 
     #[test]
     fn allowed_preflight_is_answered_with_the_origin_not_a_star() {
-        let c = cors(true, vec![OriginPattern::Subdomains { scheme: "https://".into(), suffix: ".example.test".into() }]);
+        let c = cors(
+            true,
+            vec![OriginPattern::Subdomains {
+                scheme: "https://".into(),
+                suffix: ".example.test".into(),
+            }],
+        );
         let h = req(&[
             ("origin", "https://app.example.test"),
             ("access-control-request-method", "PUT"),
-            ("access-control-request-headers", "Authorization, content-type"),
+            (
+                "access-control-request-headers",
+                "Authorization, content-type",
+            ),
         ]);
         assert!(is_preflight(&Method::OPTIONS, &h));
         let a = preflight(&c, &h);
         assert_eq!(a.status, StatusCode::NO_CONTENT);
-        assert_eq!(get(&a.headers, &header::ACCESS_CONTROL_ALLOW_ORIGIN), Some("https://app.example.test"));
-        assert_eq!(get(&a.headers, &header::ACCESS_CONTROL_ALLOW_CREDENTIALS), Some("true"));
-        assert_eq!(get(&a.headers, &header::ACCESS_CONTROL_ALLOW_METHODS), Some("GET, PUT"));
-        assert_eq!(get(&a.headers, &header::ACCESS_CONTROL_ALLOW_HEADERS), Some("authorization, content-type"));
-        assert_eq!(get(&a.headers, &header::ACCESS_CONTROL_MAX_AGE), Some("600"));
+        assert_eq!(
+            get(&a.headers, &header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            Some("https://app.example.test")
+        );
+        assert_eq!(
+            get(&a.headers, &header::ACCESS_CONTROL_ALLOW_CREDENTIALS),
+            Some("true")
+        );
+        assert_eq!(
+            get(&a.headers, &header::ACCESS_CONTROL_ALLOW_METHODS),
+            Some("GET, PUT")
+        );
+        assert_eq!(
+            get(&a.headers, &header::ACCESS_CONTROL_ALLOW_HEADERS),
+            Some("authorization, content-type")
+        );
+        assert_eq!(
+            get(&a.headers, &header::ACCESS_CONTROL_MAX_AGE),
+            Some("600")
+        );
         assert!(get(&a.headers, &header::VARY).is_some_and(|v| v.starts_with("Origin")));
     }
 
     #[test]
     fn disallowed_origin_method_or_header_gets_no_cors_headers() {
-        let c = cors(true, vec![OriginPattern::Exact("https://app.example.test".into())]);
+        let c = cors(
+            true,
+            vec![OriginPattern::Exact("https://app.example.test".into())],
+        );
         for h in [
-            req(&[("origin", "https://evil.test"), ("access-control-request-method", "GET")]),
-            req(&[("origin", "https://app.example.test"), ("access-control-request-method", "DELETE")]),
-            req(&[("origin", "https://app.example.test"), ("access-control-request-method", "GET"), ("access-control-request-headers", "x-admin")]),
+            req(&[
+                ("origin", "https://evil.test"),
+                ("access-control-request-method", "GET"),
+            ]),
+            req(&[
+                ("origin", "https://app.example.test"),
+                ("access-control-request-method", "DELETE"),
+            ]),
+            req(&[
+                ("origin", "https://app.example.test"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "x-admin"),
+            ]),
         ] {
             let a = preflight(&c, &h);
             assert_eq!(a.status, StatusCode::FORBIDDEN);
-            assert!(a.headers.iter().all(|(n, _)| !n.as_str().starts_with("access-control-")), "{a:?}");
+            assert!(
+                a.headers
+                    .iter()
+                    .all(|(n, _)| !n.as_str().starts_with("access-control-")),
+                "{a:?}"
+            );
             assert!(get(&a.headers, &header::VARY).is_some());
         }
         let actual = response_headers(&c, &req(&[("origin", "https://evil.test")]));
         assert_eq!(actual.len(), 1, "only Vary: {actual:?}");
         let actual = response_headers(&c, &req(&[("origin", "https://app.example.test")]));
-        assert_eq!(get(&actual, &header::ACCESS_CONTROL_EXPOSE_HEADERS), Some("x-request-id"));
-        assert_eq!(get(&actual, &header::ACCESS_CONTROL_ALLOW_ORIGIN), Some("https://app.example.test"));
+        assert_eq!(
+            get(&actual, &header::ACCESS_CONTROL_EXPOSE_HEADERS),
+            Some("x-request-id")
+        );
+        assert_eq!(
+            get(&actual, &header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            Some("https://app.example.test")
+        );
     }
 
     #[test]

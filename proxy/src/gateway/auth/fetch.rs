@@ -37,7 +37,10 @@ impl Fetch for FileFetch {
             .await
             .map_err(|e| format!("{}: {e}", self.0.display()))?;
         if bytes.len() > MAX_JWKS_BYTES {
-            return Err(format!("{}: larger than {MAX_JWKS_BYTES} bytes", self.0.display()));
+            return Err(format!(
+                "{}: larger than {MAX_JWKS_BYTES} bytes",
+                self.0.display()
+            ));
         }
         Ok(bytes)
     }
@@ -55,16 +58,18 @@ impl HttpsFetch {
     /// A fetcher for `url` trusting the PEM roots in `ca` (none: the system's roots).
     pub fn new(url: http::Uri, ca: Option<&std::path::Path>) -> Result<Self, String> {
         let host = url.host().ok_or("the URL has no host")?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = url.port_u16().unwrap_or(443);
         let roots = roots(ca)?;
-        let config = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         Ok(Self {
             url,
             host,
@@ -94,7 +99,10 @@ impl HttpsFetch {
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| format!("HTTP: {e}"))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
         let result = if resp.status() != http::StatusCode::OK {
             Err(format!("status {}", resp.status()))
         } else {
@@ -123,8 +131,8 @@ fn roots(ca: Option<&std::path::Path>) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     match ca {
         Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let certs = weft_certs::parse_cert_chain_pem(&pem)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             for c in certs {

@@ -43,7 +43,9 @@ pub struct KeyCache {
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache").field("name", &self.name).finish()
+        f.debug_struct("KeyCache")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -181,14 +183,20 @@ mod tests {
             calls: Arc::clone(&calls),
             delay,
         };
-        (Arc::new(KeyCache::new("t", Box::new(fake), Clock::new())), calls)
+        (
+            Arc::new(KeyCache::new("t", Box::new(fake), Clock::new())),
+            calls,
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn unknown_kid_refreshes_once_per_cooldown() {
         let (c, calls) = cache(vec![A, AB], Duration::ZERO);
         assert_eq!(c.refresh().await, Ok(1));
-        assert!(c.on_unknown_kid("b").await, "rotated-in key found by one refresh");
+        assert!(
+            c.on_unknown_kid("b").await,
+            "rotated-in key found by one refresh"
+        );
         assert_eq!(calls.load(Relaxed), 2);
         // A flood of random kids inside the cooldown: no fetch at all.
         for i in 0..1000 {

@@ -156,7 +156,11 @@ pub fn verify(
 
 fn check_claims(c: &Map<String, Value>, p: &JwtProvider, now: u64) -> Result<(), JwtError> {
     let leeway = p.leeway.as_secs();
-    let time = |name: &str| c.get(name).and_then(Value::as_f64).map(|t| t.max(0.0) as u64);
+    let time = |name: &str| {
+        c.get(name)
+            .and_then(Value::as_f64)
+            .map(|t| t.max(0.0) as u64)
+    };
     let exp = time("exp").ok_or(JwtError::NoExpiry)?;
     if now >= exp.saturating_add(leeway) {
         return Err(JwtError::Expired);
@@ -170,7 +174,10 @@ fn check_claims(c: &Map<String, Value>, p: &JwtProvider, now: u64) -> Result<(),
     if p.audiences.is_empty() {
         return Ok(());
     }
-    let named = |a: &Value| a.as_str().is_some_and(|a| p.audiences.iter().any(|x| x == a));
+    let named = |a: &Value| {
+        a.as_str()
+            .is_some_and(|a| p.audiences.iter().any(|x| x == a))
+    };
     let ok = match c.get("aud") {
         Some(Value::Array(list)) => list.iter().any(named),
         Some(one) => named(one),

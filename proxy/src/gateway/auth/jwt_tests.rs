@@ -115,7 +115,10 @@ fn time_claims_honour_the_leeway() {
     };
     assert_eq!(at(NOW - 31, None).err(), Some(JwtError::Expired));
     assert!(at(NOW - 29, None).is_ok(), "inside the 30 s leeway");
-    assert_eq!(at(NOW + 60, Some(NOW + 31)).err(), Some(JwtError::NotYetValid));
+    assert_eq!(
+        at(NOW + 60, Some(NOW + 31)).err(),
+        Some(JwtError::NotYetValid)
+    );
     assert!(at(NOW + 60, Some(NOW + 29)).is_ok());
     let mut c = claims();
     if let Some(o) = c.as_object_mut() {
@@ -134,16 +137,36 @@ fn wrong_issuer_audience_and_tampering_are_refused() {
     let with = |k: &str, v: Value| {
         let mut c = claims();
         c[k] = v;
-        verify(&s.sign(json!({"alg": "ES256", "kid": "ec"}), c), &keys, &provider(), NOW)
+        verify(
+            &s.sign(json!({"alg": "ES256", "kid": "ec"}), c),
+            &keys,
+            &provider(),
+            NOW,
+        )
     };
-    assert_eq!(with("iss", json!("https://evil.test")).err(), Some(JwtError::Issuer));
-    assert_eq!(with("aud", json!("billing")).err(), Some(JwtError::Audience));
-    assert_eq!(with("aud", json!(["billing"])).err(), Some(JwtError::Audience));
+    assert_eq!(
+        with("iss", json!("https://evil.test")).err(),
+        Some(JwtError::Issuer)
+    );
+    assert_eq!(
+        with("aud", json!("billing")).err(),
+        Some(JwtError::Audience)
+    );
+    assert_eq!(
+        with("aud", json!(["billing"])).err(),
+        Some(JwtError::Audience)
+    );
     let good = s.sign(json!({"alg": "EdDSA", "kid": "ed"}), claims());
     let mut parts: Vec<&str> = good.split('.').collect();
-    let evil = URL_SAFE_NO_PAD.encode(json!({"iss": "https://issuer.test", "aud": "orders", "sub": "root", "exp": NOW + 60}).to_string());
+    let evil = URL_SAFE_NO_PAD.encode(
+        json!({"iss": "https://issuer.test", "aud": "orders", "sub": "root", "exp": NOW + 60})
+            .to_string(),
+    );
     parts[1] = &evil;
-    assert_eq!(verify(&parts.join("."), &keys, &provider(), NOW).err(), Some(JwtError::Signature));
+    assert_eq!(
+        verify(&parts.join("."), &keys, &provider(), NOW).err(),
+        Some(JwtError::Signature)
+    );
 }
 
 #[test]
@@ -157,7 +180,11 @@ fn none_hmac_and_algorithm_confusion_are_refused() {
     for alg in ["HS256", "RS512", "NONE", "ES384"] {
         let s = Signer::new();
         let t = s.sign(json!({"alg": alg, "kid": "ed"}), claims());
-        assert_eq!(verify(&t, &s.jwks(), &provider(), NOW).err(), Some(JwtError::Algorithm), "{alg}");
+        assert_eq!(
+            verify(&t, &s.jwks(), &provider(), NOW).err(),
+            Some(JwtError::Algorithm),
+            "{alg}"
+        );
     }
     // An Ed25519 signature presented as ES256 against the Ed25519 key's kid: the key's type
     // decides, so no key is a candidate and the token fails.
@@ -168,7 +195,10 @@ fn none_hmac_and_algorithm_confusion_are_refused() {
         &URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"ed"}"#),
         1,
     );
-    assert_eq!(verify(&relabelled, &s.jwks(), &provider(), NOW).err(), Some(JwtError::Signature));
+    assert_eq!(
+        verify(&relabelled, &s.jwks(), &provider(), NOW).err(),
+        Some(JwtError::Signature)
+    );
 }
 
 #[test]
@@ -176,15 +206,27 @@ fn malformed_and_unknown_kid() {
     let s = Signer::new();
     let keys = s.jwks();
     let t = s.sign(json!({"alg": "EdDSA", "kid": "rotated"}), claims());
-    assert_eq!(verify(&t, &keys, &provider(), NOW).err(), Some(JwtError::UnknownKid));
+    assert_eq!(
+        verify(&t, &keys, &provider(), NOW).err(),
+        Some(JwtError::UnknownKid)
+    );
     assert_eq!(peek(&t).ok(), Some((Some("rotated".into()), Alg::EdDsa)));
     for bad in ["", "a.b", "!!!.b.c", "e30.e30.e30.e30"] {
-        assert!(matches!(verify(bad, &keys, &provider(), NOW), Err(JwtError::Malformed(_) | JwtError::Algorithm)), "{bad:?}");
+        assert!(
+            matches!(
+                verify(bad, &keys, &provider(), NOW),
+                Err(JwtError::Malformed(_) | JwtError::Algorithm)
+            ),
+            "{bad:?}"
+        );
     }
     let huge = "a".repeat(MAX_TOKEN_LEN + 1);
     assert_eq!(peek(&huge).err(), Some(JwtError::Malformed("too long")));
     let crit = s.sign(json!({"alg": "EdDSA", "crit": ["b64"]}), claims());
-    assert!(matches!(verify(&crit, &keys, &provider(), NOW), Err(JwtError::Malformed(_))));
+    assert!(matches!(
+        verify(&crit, &keys, &provider(), NOW),
+        Err(JwtError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -200,5 +242,8 @@ fn forwarded_claim_values_are_sanitised() {
     assert_eq!(c.header_value("groups").expect("groups"), "a,b");
     assert_eq!(c.header_value("o"), None);
     assert_eq!(c.header_value("missing"), None);
-    assert_eq!(c.header_value("long").expect("long").len(), MAX_CLAIM_HEADER_LEN);
+    assert_eq!(
+        c.header_value("long").expect("long").len(),
+        MAX_CLAIM_HEADER_LEN
+    );
 }

@@ -71,14 +71,22 @@ impl Decision {
             ceil_secs(self.reset)
         );
         let mut out = vec![
-            (HeaderName::from_static("ratelimit-policy"), HeaderValue::from_str(&policy)),
-            (HeaderName::from_static("ratelimit"), HeaderValue::from_str(&now)),
+            (
+                HeaderName::from_static("ratelimit-policy"),
+                HeaderValue::from_str(&policy),
+            ),
+            (
+                HeaderName::from_static("ratelimit"),
+                HeaderValue::from_str(&now),
+            ),
         ];
         if !self.allowed {
             let secs = ceil_secs(self.retry_after).max(1);
             out.push((RETRY_AFTER, Ok(HeaderValue::from(secs))));
         }
-        out.into_iter().filter_map(|(n, v)| Some((n, v.ok()?))).collect()
+        out.into_iter()
+            .filter_map(|(n, v)| Some((n, v.ok()?)))
+            .collect()
     }
 }
 
@@ -117,9 +125,10 @@ impl ClientBuckets {
         if !map.contains_key(client) && map.len() >= self.max_clients {
             self.evict(&mut map, now);
         }
-        let entry = map
-            .entry(client.into())
-            .or_insert(Entry { tat: now, seen: now });
+        let entry = map.entry(client.into()).or_insert(Entry {
+            tat: now,
+            seen: now,
+        });
         entry.seen = now;
         let start = entry.tat.max(now);
         let next = start.saturating_add(self.interval);
@@ -202,7 +211,10 @@ mod tests {
         assert_eq!(
             h,
             [
-                ("ratelimit-policy".to_owned(), "\"client\";q=2;w=2".to_owned()),
+                (
+                    "ratelimit-policy".to_owned(),
+                    "\"client\";q=2;w=2".to_owned()
+                ),
                 ("ratelimit".to_owned(), "\"client\";r=0;t=2".to_owned()),
                 ("retry-after".to_owned(), "1".to_owned()),
             ]
@@ -212,13 +224,19 @@ mod tests {
     #[test]
     fn memory_is_bounded_and_full_buckets_go_first() {
         let b = ClientBuckets::new(1.0, 1, 64);
-        // An active client that has used its token at t=0.
-        assert!(b.take("busy", 0).allowed);
         // A flood of distinct keys, one request each, all at t=0: the cap holds.
         for i in 0..10_000 {
             b.take(&format!("flood-{i}"), 0);
             assert!(b.len() <= 64);
         }
+        // Fill to the cap (eviction happens only there), still at t=0.
+        for i in 0..64 {
+            if b.len() == 64 {
+                break;
+            }
+            b.take(&format!("fill-{i}"), 0);
+        }
+        assert_eq!(b.len(), 64);
         // At t=10 s every bucket has refilled: the next new key sweeps them all.
         b.take("late", 10 * S);
         assert_eq!(b.len(), 1);
@@ -234,6 +252,9 @@ mod tests {
         assert!(b.take("new", 9 * S).allowed);
         assert_eq!(b.len(), 8);
         assert!(!b.take("c7", 9 * S).allowed, "c7 kept its empty bucket");
-        assert!(b.take("c0", 9 * S).allowed, "c0 was forgotten, so it starts full");
+        assert!(
+            b.take("c0", 9 * S).allowed,
+            "c0 was forgotten, so it starts full"
+        );
     }
 }

@@ -9,16 +9,18 @@
 //! - [`jwk`] / [`jwt`]: keys and token verification (pure).
 //! - [`jwks`] / [`fetch`]: the key cache, its refresh, and reading a JWKS file or URL.
 //! - [`apikey`]: API keys compared in constant time.
-//! - [`cors`], [`limit`], [`client_ip`].
+//! - [`cors`], [`limit`].
+//!
+//! The gateway's [`admit`](crate::gateway::admit) step calls it and writes its answers.
 
 pub mod apikey;
-pub mod client_ip;
 pub mod cors;
 pub mod fetch;
 pub mod jwk;
 pub mod jwks;
 pub mod jwt;
 pub mod limit;
+pub mod refresh;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use weft_policy::gateway_auth::{
-    ApiKeySet, Cidr, ClientKey, GatewayAuth, JwtProvider, RouteAccess, RouteAuth,
+    ApiKeySet, ClientKey, GatewayAuth, JwtProvider, RouteAccess, RouteAuth,
 };
 use weft_resilience::{Clock, Nanos};
 
@@ -44,20 +46,29 @@ pub const REALM: &str = "weft";
 pub struct Answer {
     /// Status.
     pub status: StatusCode,
+    /// The access log's response flag (empty for a preflight answered 204).
+    pub flag: &'static str,
+    /// Why, in words (the body of a refusal).
+    pub reason: String,
     /// Headers, `x-weft-error` included when the answer is a refusal.
     pub headers: Headers,
 }
 
 impl Answer {
     /// An answer; a non-empty `flag` adds `x-weft-error: <flag>: <reason>`.
-    pub fn new(status: StatusCode, flag: &str, reason: &str) -> Self {
+    pub fn new(status: StatusCode, flag: &'static str, reason: &str) -> Self {
         let mut headers = Vec::new();
         if !flag.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&format!("{flag}: {reason}")) {
                 headers.push((HeaderName::from_static(crate::errors::ERROR_HEADER), v));
             }
         }
-        Self { status, headers }
+        Self {
+            status,
+            flag,
+            reason: reason.to_owned(),
+            headers,
+        }
     }
 
     /// The same with more headers.
@@ -105,8 +116,9 @@ pub struct Incoming<'a> {
     pub method: &'a Method,
     /// Headers.
     pub headers: &'a HeaderMap,
-    /// The TCP peer.
-    pub peer: IpAddr,
+    /// The client's address (the peer's, or from a trusted proxy's `X-Forwarded-For`, as the
+    /// gateway's hygiene step derived it).
+    pub client_ip: Option<IpAddr>,
 }
 
 /// Why the stage could not be built.
@@ -130,12 +142,11 @@ pub enum BuildError {
     },
 }
 
-/// The gateway-wide part: providers with their key caches, key sets, trusted proxies.
-#[derive(Debug)]
+/// The gateway-wide part: providers with their key caches, and key sets.
+#[derive(Debug, Default)]
 pub struct AuthStage {
     providers: Vec<(JwtProvider, Arc<KeyCache>)>,
     key_sets: Vec<(ApiKeySet, ApiKeys)>,
-    trusted: Vec<Cidr>,
     max_clients: usize,
 }
 
@@ -163,7 +174,6 @@ impl AuthStage {
         Ok(Self {
             providers,
             key_sets,
-            trusted: cfg.trusted_proxies.clone(),
             max_clients: cfg.max_clients,
         })
     }
@@ -182,6 +192,13 @@ impl AuthStage {
     pub fn refreshers(&self) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
         (self.providers.iter())
             .map(|(p, cache)| Arc::clone(cache).refresh_every(p.refresh))
+            .collect()
+    }
+
+    /// Each provider's key cache and refresh interval (the gateway's key refresher).
+    pub fn caches(&self) -> Vec<(Arc<KeyCache>, std::time::Duration)> {
+        (self.providers.iter())
+            .map(|(p, c)| (Arc::clone(c), p.refresh))
             .collect()
     }
 
@@ -232,10 +249,11 @@ impl RouteGuard {
             let key = match (limit.key, &forward.principal) {
                 (ClientKey::Subject, Some(Principal::Subject(s))) => format!("sub:{s}"),
                 (ClientKey::Consumer, Some(Principal::Consumer(c))) => format!("consumer:{c}"),
-                _ => format!(
-                    "ip:{}",
-                    client_ip::client_ip(req.peer, req.headers, &stage.trusted)
-                ),
+                _ => match req.client_ip {
+                    Some(ip) => format!("ip:{ip}"),
+                    // No address (a Unix socket): all such clients share one bucket.
+                    None => "ip:unknown".to_owned(),
+                },
             };
             let d = buckets.take(&key, now);
             if !d.allowed {
@@ -261,11 +279,19 @@ impl RouteGuard {
             RouteAuth::Public => Ok(Forward::default()),
             RouteAuth::Jwt(i) => match stage.providers.get(i) {
                 Some((p, cache)) => jwt_auth(p, cache, req.headers, unix_now).await,
-                None => Err(Answer::new(StatusCode::INTERNAL_SERVER_ERROR, "auth_config", "unknown provider")),
+                None => Err(Answer::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "auth_config",
+                    "unknown provider",
+                )),
             },
             RouteAuth::ApiKey(i) => match stage.key_sets.get(i) {
                 Some((set, keys)) => key_auth(set, keys, req.headers),
-                None => Err(Answer::new(StatusCode::INTERNAL_SERVER_ERROR, "auth_config", "unknown key set")),
+                None => Err(Answer::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "auth_config",
+                    "unknown key set",
+                )),
             },
         }
     }
@@ -274,7 +300,10 @@ impl RouteGuard {
 fn unauthorized(error: Option<&JwtError>) -> Answer {
     let (challenge, reason) = match error {
         // RFC 6750 §3.1: no error code when the request had no credentials.
-        None => (format!("Bearer realm=\"{REALM}\""), "a bearer token is required".to_owned()),
+        None => (
+            format!("Bearer realm=\"{REALM}\""),
+            "a bearer token is required".to_owned(),
+        ),
         Some(e) => (
             format!("Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{e}\""),
             e.to_string(),
@@ -296,7 +325,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Option<JwtError>> {
             .contains_key(header::AUTHORIZATION)
             .then_some(JwtError::Malformed("more than one Authorization header")));
     };
-    let s = v.to_str().map_err(|_| Some(JwtError::Malformed("not ASCII")))?;
+    let s = v
+        .to_str()
+        .map_err(|_| Some(JwtError::Malformed("not ASCII")))?;
     match s.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
         _ => Err(None),
@@ -312,7 +343,10 @@ async fn jwt_auth(
     let token = bearer(headers).map_err(|e| unauthorized(e.as_ref()))?;
     let claims = match jwt::verify(token, &cache.keys(), p, unix_now) {
         Err(JwtError::UnknownKid) => {
-            let kid = jwt::peek(token).ok().and_then(|(kid, _)| kid).unwrap_or_default();
+            let kid = jwt::peek(token)
+                .ok()
+                .and_then(|(kid, _)| kid)
+                .unwrap_or_default();
             if !cache.on_unknown_kid(&kid).await {
                 return Err(unauthorized(Some(&JwtError::UnknownKid)));
             }
@@ -322,7 +356,9 @@ async fn jwt_auth(
     }
     .map_err(|e| unauthorized(Some(&e)))?;
     let mut f = Forward {
-        principal: Some(Principal::Subject(claims.subject().unwrap_or_default().to_owned())),
+        principal: Some(Principal::Subject(
+            claims.subject().unwrap_or_default().to_owned(),
+        )),
         ..Forward::default()
     };
     // The client's own copies of claim headers never pass, whether or not the claim exists.
@@ -347,7 +383,10 @@ fn key_auth(set: &ApiKeySet, keys: &ApiKeys, headers: &HeaderMap) -> Result<Forw
     let Some(consumer) = consumer else {
         let reason = format!("a valid key in {} is required", set.header);
         let mut a = Answer::new(StatusCode::UNAUTHORIZED, "unauthenticated", &reason);
-        if let Ok(v) = HeaderValue::from_str(&format!("ApiKey realm=\"{REALM}\", header=\"{}\"", set.header)) {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "ApiKey realm=\"{REALM}\", header=\"{}\"",
+            set.header
+        )) {
             a.headers.push((header::WWW_AUTHENTICATE, v));
         }
         return Err(a);

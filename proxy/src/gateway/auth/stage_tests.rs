@@ -22,7 +22,11 @@ async fn fixture() -> Fixture {
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, signer.jwks_json()).expect("write jwks");
     let keys = dir.path().join("keys.yaml");
-    std::fs::write(&keys, "keys:\n- {consumer: acme, key: acme-key-0123456789}\n").expect("write keys");
+    std::fs::write(
+        &keys,
+        "keys:\n- {consumer: acme, key: acme-key-0123456789}\n",
+    )
+    .expect("write keys");
     let mut p = provider();
     p.jwks = JwksSource::File(jwks);
     p.forward_claims = vec![("sub".into(), HeaderName::from_static("x-user"))];
@@ -34,7 +38,6 @@ async fn fixture() -> Fixture {
             file: keys,
             forward_consumer: Some(HeaderName::from_static("x-consumer")),
         }],
-        trusted_proxies: vec![Cidr::parse("10.0.0.0/8").expect("cidr")],
         max_clients: 100,
     };
     let stage = AuthStage::build(&cfg, Clock::new()).expect("stage");
@@ -68,12 +71,14 @@ fn incoming<'a>(m: &'a Method, h: &'a HeaderMap) -> Incoming<'a> {
     Incoming {
         method: m,
         headers: h,
-        peer: "203.0.113.5".parse().expect("ip"),
+        client_ip: "203.0.113.5".parse().ok(),
     }
 }
 
 fn header<'a>(hs: &'a Headers, name: &str) -> Option<&'a str> {
-    hs.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
+    hs.iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.to_str().ok())
 }
 
 fn jwt_route(limit: Option<ClientLimit>) -> RouteAccess {
@@ -96,15 +101,28 @@ async fn a_valid_token_is_forwarded_with_claims_and_without_the_token() {
     let f = fixture().await;
     let guard = f.stage.route(jwt_route(None));
     let bearer = format!("Bearer {}", token(&f.signer, "alice", NOW + 60));
-    let h = headers(&[("authorization", &bearer), ("x-user", "root"), ("origin", "https://app.test")]);
-    let Verdict::Forward(fw) = guard.admit(&f.stage, incoming(&Method::GET, &h), 0, NOW).await else {
+    let h = headers(&[
+        ("authorization", &bearer),
+        ("x-user", "root"),
+        ("origin", "https://app.test"),
+    ]);
+    let Verdict::Forward(fw) = guard
+        .admit(&f.stage, incoming(&Method::GET, &h), 0, NOW)
+        .await
+    else {
         panic!("refused");
     };
     assert_eq!(fw.principal, Some(Principal::Subject("alice".into())));
-    assert!(fw.remove.contains(&HeaderName::from_static("x-user")), "the client's x-user goes");
+    assert!(
+        fw.remove.contains(&HeaderName::from_static("x-user")),
+        "the client's x-user goes"
+    );
     assert!(fw.remove.contains(&header::AUTHORIZATION));
     assert_eq!(header(&fw.set, "x-user"), Some("alice"));
-    assert_eq!(header(&fw.response, "access-control-allow-origin"), Some("https://app.test"));
+    assert_eq!(
+        header(&fw.response, "access-control-allow-origin"),
+        Some("https://app.test")
+    );
 }
 
 #[tokio::test]
@@ -112,15 +130,27 @@ async fn missing_and_bad_tokens_get_rfc6750_challenges_with_cors() {
     let f = fixture().await;
     let guard = f.stage.route(jwt_route(None));
     let h = headers(&[("origin", "https://app.test")]);
-    let Verdict::Answer(a) = guard.admit(&f.stage, incoming(&Method::GET, &h), 0, NOW).await else {
+    let Verdict::Answer(a) = guard
+        .admit(&f.stage, incoming(&Method::GET, &h), 0, NOW)
+        .await
+    else {
         panic!("no token passed");
     };
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(header(&a.headers, "www-authenticate"), Some("Bearer realm=\"weft\""));
-    assert_eq!(header(&a.headers, "access-control-allow-origin"), Some("https://app.test"));
+    assert_eq!(
+        header(&a.headers, "www-authenticate"),
+        Some("Bearer realm=\"weft\"")
+    );
+    assert_eq!(
+        header(&a.headers, "access-control-allow-origin"),
+        Some("https://app.test")
+    );
     let expired = format!("Bearer {}", token(&f.signer, "alice", NOW - 3600));
     let h = headers(&[("authorization", &expired)]);
-    let Verdict::Answer(a) = guard.admit(&f.stage, incoming(&Method::GET, &h), 0, NOW).await else {
+    let Verdict::Answer(a) = guard
+        .admit(&f.stage, incoming(&Method::GET, &h), 0, NOW)
+        .await
+    else {
         panic!("expired passed");
     };
     assert_eq!(
@@ -130,19 +160,33 @@ async fn missing_and_bad_tokens_get_rfc6750_challenges_with_cors() {
     // Two Authorization headers: refused, whichever is valid.
     let good = format!("Bearer {}", token(&f.signer, "alice", NOW + 60));
     let h = headers(&[("authorization", &good), ("authorization", &good)]);
-    assert!(matches!(guard.admit(&f.stage, incoming(&Method::GET, &h), 0, NOW).await, Verdict::Answer(_)));
+    assert!(matches!(
+        guard
+            .admit(&f.stage, incoming(&Method::GET, &h), 0, NOW)
+            .await,
+        Verdict::Answer(_)
+    ));
 }
 
 #[tokio::test]
 async fn preflight_is_answered_before_authentication() {
     let f = fixture().await;
     let guard = f.stage.route(jwt_route(None));
-    let h = headers(&[("origin", "https://app.test"), ("access-control-request-method", "GET")]);
-    let Verdict::Answer(a) = guard.admit(&f.stage, incoming(&Method::OPTIONS, &h), 0, NOW).await else {
+    let h = headers(&[
+        ("origin", "https://app.test"),
+        ("access-control-request-method", "GET"),
+    ]);
+    let Verdict::Answer(a) = guard
+        .admit(&f.stage, incoming(&Method::OPTIONS, &h), 0, NOW)
+        .await
+    else {
         panic!("preflight forwarded");
     };
     assert_eq!(a.status, StatusCode::NO_CONTENT);
-    assert_eq!(header(&a.headers, "access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        header(&a.headers, "access-control-allow-credentials"),
+        Some("true")
+    );
 }
 
 #[tokio::test]
@@ -155,10 +199,17 @@ async fn subjects_have_their_own_buckets() {
     };
     let guard = f.stage.route(jwt_route(Some(limit)));
     let ask = |sub: &str, at: Nanos| {
-        let h = headers(&[("authorization", &format!("Bearer {}", token(&f.signer, sub, NOW + 60)))]);
+        let h = headers(&[(
+            "authorization",
+            &format!("Bearer {}", token(&f.signer, sub, NOW + 60)),
+        )]);
         let guard = &guard;
         let stage = &f.stage;
-        async move { guard.admit(stage, incoming(&Method::GET, &h), at, NOW).await }
+        async move {
+            guard
+                .admit(stage, incoming(&Method::GET, &h), at, NOW)
+                .await
+        }
     };
     for _ in 0..2 {
         let Verdict::Forward(fw) = ask("alice", 5 * S).await else {
@@ -171,13 +222,22 @@ async fn subjects_have_their_own_buckets() {
     };
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&a.headers, "retry-after"), Some("1"));
-    assert_eq!(header(&a.headers, "ratelimit-policy"), Some("\"client\";q=2;w=2"));
-    assert!(matches!(ask("bob", 5 * S).await, Verdict::Forward(_)), "bob is not limited");
-    assert!(matches!(ask("alice", 6 * S).await, Verdict::Forward(_)), "a second later");
+    assert_eq!(
+        header(&a.headers, "ratelimit-policy"),
+        Some("\"client\";q=2;w=2")
+    );
+    assert!(
+        matches!(ask("bob", 5 * S).await, Verdict::Forward(_)),
+        "bob is not limited"
+    );
+    assert!(
+        matches!(ask("alice", 6 * S).await, Verdict::Forward(_)),
+        "a second later"
+    );
 }
 
 #[tokio::test]
-async fn api_keys_name_consumers_and_spoofed_forwarding_is_ignored() {
+async fn api_keys_name_consumers_and_client_ips_have_their_own_buckets() {
     let f = fixture().await;
     let access = RouteAccess {
         auth: RouteAuth::ApiKey(0),
@@ -189,18 +249,42 @@ async fn api_keys_name_consumers_and_spoofed_forwarding_is_ignored() {
         }),
     };
     let guard = f.stage.route(access);
-    let h = headers(&[("x-api-key", "acme-key-0123456789"), ("x-consumer", "admin"), ("x-forwarded-for", "1.1.1.1")]);
-    let Verdict::Forward(fw) = guard.admit(&f.stage, incoming(&Method::GET, &h), 0, NOW).await else {
+    let h = headers(&[
+        ("x-api-key", "acme-key-0123456789"),
+        ("x-consumer", "admin"),
+        ("x-forwarded-for", "1.1.1.1"),
+    ]);
+    let Verdict::Forward(fw) = guard
+        .admit(&f.stage, incoming(&Method::GET, &h), 0, NOW)
+        .await
+    else {
         panic!("valid key refused");
     };
     assert_eq!(fw.principal, Some(Principal::Consumer("acme".into())));
     assert_eq!(header(&fw.set, "x-consumer"), Some("acme"));
     assert!(fw.remove.contains(&HeaderName::from_static("x-api-key")));
-    // The peer is not a trusted proxy: a new X-Forwarded-For does not make a new client.
-    let h2 = headers(&[("x-api-key", "acme-key-0123456789"), ("x-forwarded-for", "2.2.2.2")]);
-    assert!(matches!(guard.admit(&f.stage, incoming(&Method::GET, &h2), 0, NOW).await, Verdict::Answer(_)));
+    // Keyed by client IP: the same address again is limited, another address is not.
+    let h2 = headers(&[("x-api-key", "acme-key-0123456789")]);
+    let Verdict::Answer(a) = guard
+        .admit(&f.stage, incoming(&Method::GET, &h2), 0, NOW)
+        .await
+    else {
+        panic!("second request from the same address passed");
+    };
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    let other = Incoming {
+        client_ip: "198.51.100.1".parse().ok(),
+        ..incoming(&Method::GET, &h2)
+    };
+    assert!(matches!(
+        guard.admit(&f.stage, other, 0, NOW).await,
+        Verdict::Forward(_)
+    ));
     let wrong = headers(&[("x-api-key", "acme-key-012345678X")]);
-    let Verdict::Answer(a) = guard.admit(&f.stage, incoming(&Method::GET, &wrong), 0, NOW).await else {
+    let Verdict::Answer(a) = guard
+        .admit(&f.stage, incoming(&Method::GET, &wrong), 0, NOW)
+        .await
+    else {
         panic!("wrong key passed");
     };
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);

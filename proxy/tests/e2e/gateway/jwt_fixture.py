@@ -38,7 +38,7 @@ def jwk(alg_cls, key, kid, alg):
 
 
 def tls_cert(out):
-    """A CA and a server certificate for 127.0.0.1 signed by it."""
+    """A CA and a server certificate for 127.0.0.1 and api.example.test signed by it."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks test CA")])
@@ -56,7 +56,8 @@ def tls_cert(out):
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                 x509.DNSName("api.example.test")]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     with open(os.path.join(out, "ca.pem"), "wb") as f:
@@ -96,6 +97,7 @@ def gen(out, issuer, audience):
     tokens = {
         "valid_rs256": valid,
         "valid_es256": sign(ec1, "ES256", "ec-1"),
+        "valid_bob": sign(rsa1, "RS256", "rsa-1", sub="bob"),
         "expired": sign(rsa1, "RS256", "rsa-1", iat=now - 7200, exp=now - 3600),
         "wrong_audience": sign(rsa1, "RS256", "rsa-1", aud="billing"),
         "wrong_issuer": sign(rsa1, "RS256", "rsa-1", iss="https://evil.test"),
