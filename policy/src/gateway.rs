@@ -39,6 +39,13 @@ pub struct GatewayFile {
     /// Routes, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// JWT providers and API key sets routes may require ([`crate::gateway_auth`]).
+    #[serde(default, skip_serializing_if = "is_default_auth")]
+    pub auth: crate::gateway_auth::wire::GatewayAuthFile,
+}
+
+fn is_default_auth(a: &crate::gateway_auth::wire::GatewayAuthFile) -> bool {
+    *a == crate::gateway_auth::wire::GatewayAuthFile::default()
 }
 
 /// Listener addresses as written.
@@ -139,6 +146,9 @@ pub struct RouteFile {
     /// Request header edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<wire::HeaderEdits>,
+    /// Authentication, CORS and per-client limit ([`crate::gateway_auth`]; absent: public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::gateway_auth::wire::RouteAccessFile>,
 }
 
 /// A host name or a one-label wildcard (`*.example.test` matches `a.example.test`, not
@@ -295,6 +305,8 @@ pub struct GatewayRoute {
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     /// Headers removed.
     pub remove_headers: Vec<HeaderName>,
+    /// Authentication, CORS and per-client limit.
+    pub access: crate::gateway_auth::RouteAccess,
 }
 
 /// The validated gateway.
@@ -320,6 +332,8 @@ pub struct Gateway {
     pub trusted_proxies: Vec<Cidr>,
     /// Routes, first match wins.
     pub routes: Vec<GatewayRoute>,
+    /// JWT providers and API key sets, paths resolved.
+    pub auth: crate::gateway_auth::GatewayAuth,
 }
 
 /// One problem with its place in the file.

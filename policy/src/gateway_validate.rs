@@ -57,7 +57,8 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, c)| self.check(format!("trusted_proxies[{i}]"), c.parse()))
             .collect();
-        let routes = self.gateway_routes(raw.routes, services);
+        let auth = self.gateway_auth(raw.auth);
+        let routes = self.gateway_routes(raw.routes, services, &auth);
         Some(Gateway {
             https: https?,
             http_redirect,
@@ -69,6 +70,7 @@ impl Validator<'_> {
             limits,
             trusted_proxies,
             routes,
+            auth,
         })
     }
 
@@ -181,7 +183,28 @@ impl Validator<'_> {
         limits
     }
 
-    fn gateway_routes(&mut self, raw: Vec<RouteFile>, services: &[Service]) -> Vec<GatewayRoute> {
+    /// The `auth` section: JWT providers and API key sets, relative paths resolved.
+    fn gateway_auth(
+        &mut self,
+        raw: crate::gateway_auth::wire::GatewayAuthFile,
+    ) -> crate::gateway_auth::GatewayAuth {
+        match crate::gateway_auth::GatewayAuth::try_from(raw) {
+            Ok(a) => a.resolve(self.base),
+            Err(errors) => {
+                for e in errors {
+                    self.err(format!("auth.{}", e.field), e.reason);
+                }
+                crate::gateway_auth::GatewayAuth::default()
+            }
+        }
+    }
+
+    fn gateway_routes(
+        &mut self,
+        raw: Vec<RouteFile>,
+        services: &[Service],
+        auth: &crate::gateway_auth::GatewayAuth,
+    ) -> Vec<GatewayRoute> {
         let mut names: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
@@ -195,6 +218,15 @@ impl Validator<'_> {
                 );
             }
             names.push(r.name.clone());
+            let access = crate::gateway_auth::RouteAccess::validate(
+                r.access.unwrap_or_default(),
+                auth,
+                &format!("{f}.access."),
+            )
+            .unwrap_or_else(|errors| {
+                self.errors.extend(errors);
+                crate::gateway_auth::RouteAccess::default()
+            });
             let hosts: Vec<HostPattern> = r
                 .hosts
                 .iter()
@@ -233,6 +265,7 @@ impl Validator<'_> {
                 rewrite_prefix,
                 set_headers,
                 remove_headers,
+                access,
             });
         }
         out

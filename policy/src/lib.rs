@@ -21,6 +21,7 @@ mod authz;
 mod detection;
 mod fields;
 pub mod gateway;
+pub mod gateway_auth;
 pub mod lenient;
 mod locate;
 mod matching;

@@ -204,7 +204,8 @@ pub struct Parts<'a> {
 pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<GatewayListening> {
     let gw = parts.gw;
     let metrics = GatewayMetrics::register(&parts.store.metrics).context("gateway metrics")?;
-    let state = Arc::new(GatewayState::new(gw.clone(), metrics.clone()));
+    let state = Arc::new(GatewayState::new(gw.clone(), metrics.clone()).context("gateway auth")?);
+    let key_caches = state.auth.caches();
     let tls = edge_tls::build(&gw).context("gateway certificates")?;
     let https = bound::bind(gw.https, "gateway https")?;
     let redirect = gw
@@ -250,6 +251,13 @@ pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<Gat
     );
     reload.threads = Some(1);
     server.add_service(reload);
+    if !key_caches.is_empty() {
+        let keys = crate::gateway::auth::refresh::KeyRefresher(key_caches);
+        let mut keys =
+            pingora_core::services::background::background_service("weft gateway keys", keys);
+        keys.threads = Some(1);
+        server.add_service(keys);
+    }
     let mut sync = pingora_core::services::background::background_service(
         "weft gateway identity",
         IdentitySync::new(parts.store.clone(), proxies),

@@ -13,6 +13,7 @@
 //! timeouts, balancing, breakers, mTLS with the gateway's identity).
 
 pub mod admit;
+pub mod auth;
 pub mod edge_tls;
 pub mod hygiene;
 pub mod listener;
@@ -73,6 +74,8 @@ pub struct GwCtx {
     too_large: bool,
     /// The request went on to the outbound stages.
     forwarded: bool,
+    /// Headers admission earned for the response (CORS, `RateLimit`).
+    response_headers: auth::cors::Headers,
 }
 
 impl Gateway {
@@ -85,12 +88,13 @@ impl Gateway {
         Ok(true)
     }
 
-    /// The gateway's stages before the mesh's: `Err` is the answer.
+    /// The gateway's stages before the mesh's: `Err` is the answer; `Ok(true)` means
+    /// admission answered the request itself.
     async fn edge(
         &self,
         session: &mut Session,
         ctx: &mut GwCtx,
-    ) -> std::result::Result<(), Failure> {
+    ) -> std::result::Result<bool, Failure> {
         let st = &self.state;
         hygiene::check_sizes(session.req_header(), &st.gw.limits)?;
         // One canonical path before matching, as the mesh does (`/v1/orders/../admin` must not
@@ -117,11 +121,17 @@ impl Gateway {
         let caller = admit::Caller {
             client_ip: hygiene::client_ip(session.req_header(), peer, &st.gw.trusted_proxies),
         };
-        admit::admit(&st.routes[i], session, &caller).await?;
+        match admit::admit(&st.routes[i], &st.auth, session, &caller).await? {
+            admit::Admitted::Forward(headers) => ctx.response_headers = headers,
+            admit::Admitted::Answered(flag) => {
+                ctx.flag = Some(flag);
+                return Ok(true);
+            }
+        }
         let req = session.req_header_mut();
         hygiene::strip(req);
         hygiene::forward(req, peer, &st.gw.trusted_proxies, host.as_deref());
-        route::apply(st.routes[i].config(), req)
+        route::apply(st.routes[i].config(), req).map(|()| false)
     }
 }
 
@@ -142,8 +152,10 @@ impl ProxyHttp for Gateway {
         ctx.started = Some(Instant::now());
         ctx.uri = Some(session.req_header().uri.clone());
         let limits = &self.state.gw.limits;
-        if let Err(f) = self.edge(session, ctx).await {
-            return self.refuse(session, ctx, f).await;
+        match self.edge(session, ctx).await {
+            Err(f) => return self.refuse(session, ctx, f).await,
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
         }
         ctx.forwarded = true;
         let done = self.outbound.request_filter(session, &mut ctx.out).await?;
@@ -206,10 +218,13 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut GwCtx,
+        ctx: &mut GwCtx,
     ) -> Result<()> {
         if let Some(h) = &self.state.gw.hsts {
             resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, h.value.clone())?;
+        }
+        for (name, value) in std::mem::take(&mut ctx.response_headers) {
+            resp.append_header(name, value)?;
         }
         Ok(())
     }

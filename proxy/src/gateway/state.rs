@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use weft_policy::gateway::{Gateway, GatewayRoute};
 
+use crate::gateway::auth::{AuthStage, BuildError, RouteGuard};
 use crate::gateway::metrics::GatewayMetrics;
 
 /// One route with what the request path needs of it.
 pub struct RouteEntry {
     /// The route's name (metrics label, access log).
     pub name: Arc<str>,
+    /// Its admission state (authentication, CORS, per-client buckets).
+    pub guard: RouteGuard,
     gw: Arc<Gateway>,
     index: usize,
 }
@@ -30,22 +33,28 @@ pub struct GatewayState {
     pub routes: Vec<RouteEntry>,
     /// Metric families.
     pub metrics: GatewayMetrics,
+    /// JWT key caches and API key sets.
+    pub auth: AuthStage,
 }
 
 impl GatewayState {
-    /// The state for `gw`.
-    pub fn new(gw: Arc<Gateway>, metrics: GatewayMetrics) -> Self {
+    /// The state for `gw`; reads its API key files (JWT keys are fetched by the
+    /// [`KeyRefresher`](crate::gateway::auth::refresh::KeyRefresher)).
+    pub fn new(gw: Arc<Gateway>, metrics: GatewayMetrics) -> Result<Self, BuildError> {
+        let auth = AuthStage::build(&gw.auth, weft_resilience::Clock::new())?;
         let routes = (0..gw.routes.len())
             .map(|index| RouteEntry {
                 name: gw.routes[index].name.as_str().into(),
+                guard: auth.route(gw.routes[index].access.clone()),
                 gw: gw.clone(),
                 index,
             })
             .collect();
-        Self {
+        Ok(Self {
             gw,
             routes,
             metrics,
-        }
+            auth,
+        })
     }
 }

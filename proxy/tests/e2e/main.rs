@@ -12,6 +12,8 @@ mod detect_tests;
 mod extended_connect_tests;
 mod fail_closed_tests;
 mod gateway_tests;
+mod gateway_auth_tests;
+mod gateway_jwt_tests;
 mod harness;
 mod http_tests;
 mod identity_tests;
