@@ -18,14 +18,22 @@ use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::v1::control_plane_client::ControlPlaneClient;
 use weft_api::v1::{control_message, sidecar_message, Ack, Hello, SidecarMessage};
+
 use weft_certs::{CertificateAuthority, Identity};
 
 use super::policy::*;
+
+/// The capability a sidecar announces for endpoints by service (`weft.control.v1`).
+const ENDPOINTS_BY_SERVICE: &str = "endpoints-by-service";
+/// The prefix of an endpoints resource's name in `Ack.resource`.
+const RESOURCE_PREFIX: &str = "endpoints/";
 
 /// What one simulated sidecar has seen: each snapshot version with when its ACK was sent.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     pub(crate) acks: Vec<(String, Instant)>,
+    /// Each `Endpoints` ACKed: service, when.
+    pub(crate) endpoint_acks: Vec<(String, Instant)>,
     pub(crate) error: Option<String>,
 }
 
@@ -95,17 +103,26 @@ pub(crate) async fn sidecar(
     .await
     .context("connect timed out")??;
     while let Some(msg) = inbound.message().await.context("receive")? {
-        let Some(control_message::Kind::Snapshot(s)) = msg.kind else {
-            continue;
+        let (version, resource) = match &msg.kind {
+            Some(control_message::Kind::Snapshot(s)) => (s.version.clone(), String::new()),
+            Some(control_message::Kind::Endpoints(e)) => {
+                (e.version.clone(), format!("{RESOURCE_PREFIX}{}", e.service))
+            }
+            None => continue,
         };
         tx.send(SidecarMessage {
             kind: Some(sidecar_message::Kind::Ack(Ack {
-                version: s.version.clone(),
+                version: version.clone(),
+                resource: resource.clone(),
             })),
         })
         .await
         .context("send Ack")?;
-        lock(&seen).acks.push((s.version, Instant::now()));
+        let mut seen = lock(&seen);
+        match resource.strip_prefix(RESOURCE_PREFIX) {
+            Some(service) => seen.endpoint_acks.push((service.to_owned(), Instant::now())),
+            None => seen.acks.push((version, Instant::now())),
+        }
     }
     bail!("the control plane ended the stream")
 }
@@ -124,15 +141,18 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
+    /// Sidecars `first .. first + n`; with `by_service` they announce the capability and
+    /// subscribe to their [`callees`] when `calls`.
     pub(crate) fn spawn(
-        n: usize,
+        (first, n): (usize, usize),
         cp: SocketAddr,
         tls: &[Arc<ClientConfig>],
         server_name: &ServerName<'static>,
+        (by_service, calls): (bool, bool),
     ) -> Self {
         let mut seen = Vec::with_capacity(n);
         let mut tasks = Vec::with_capacity(n);
-        for i in 0..n {
+        for i in first..first + n {
             let cell = SeenCell::default();
             let service = i % SERVICES;
             // Unique per sidecar: 127.0.0.1–200, port 20000 + i (nothing listens there).
@@ -146,6 +166,16 @@ impl Fleet {
                 .into(),
                 cert_not_after_unix: 0,
                 admin_address: String::new(),
+                capabilities: if by_service {
+                    vec![ENDPOINTS_BY_SERVICE.to_owned()]
+                } else {
+                    Vec::new()
+                },
+                subscribe: if by_service && calls {
+                    callees(service)
+                } else {
+                    Vec::new()
+                },
             };
             let task = sidecar(
                 cp,
