@@ -329,9 +329,7 @@ async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) 
         };
         let registered = match msg.kind {
             Some(sidecar_message::Kind::Ack(a)) => hub.ack(id, a.version, &a.resource),
-            Some(sidecar_message::Kind::Nack(n)) => {
-                hub.nack(id, n.version, n.reason, &n.resource)
-            }
+            Some(sidecar_message::Kind::Nack(n)) => hub.nack(id, n.version, n.reason, &n.resource),
             Some(sidecar_message::Kind::Subscribe(s)) => hub.subscribe(id, s.services),
             Some(sidecar_message::Kind::Certificate(c)) => {
                 hub.certificate(id, unix_time(c.not_after_unix))

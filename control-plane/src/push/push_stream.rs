@@ -155,7 +155,9 @@ impl http_body::Body for SnapshotBody {
                     None => log::error!("a control message could not be framed; skipped"),
                 },
                 // Encoded once for every stream it goes to.
-                Some(Outgoing::Encoded(framed)) => return Poll::Ready(Some(Ok(Frame::data(framed)))),
+                Some(Outgoing::Encoded(framed)) => {
+                    return Poll::Ready(Some(Ok(Frame::data(framed))))
+                }
                 None => {
                     this.ended = true;
                     let mut trailers = http::HeaderMap::new();

@@ -254,7 +254,9 @@ fn apply(store: &Store, s: &weft_api::v1::Snapshot) -> Result<u64, String> {
     policy.version = s.version.clone();
     let merged = store.endpoints.merged(&policy, s.endpoints_separate);
     let v = store.apply_policy(merged).map_err(|e| e.to_string())?;
-    store.endpoints.snapshot_applied(policy, s.endpoints_separate);
+    store
+        .endpoints
+        .snapshot_applied(policy, s.endpoints_separate);
     if let Err(e) = store.persist_policy() {
         log::warn!("cannot keep the control-plane snapshot: {e}");
     }
@@ -274,11 +276,15 @@ fn apply_endpoints(store: &Store, e: &weft_api::v1::Endpoints) -> Result<u64, St
         .collect();
     let Some(merged) = store.endpoints.merged_with(&e.service, &list) else {
         // Before the first snapshot (never sent so by the control plane): kept for it.
-        store.endpoints.endpoints_applied(&e.service, &e.version, list);
+        store
+            .endpoints
+            .endpoints_applied(&e.service, &e.version, list);
         return Ok(store.load().version);
     };
     let v = store.apply_policy(merged).map_err(|e| e.to_string())?;
-    store.endpoints.endpoints_applied(&e.service, &e.version, list);
+    store
+        .endpoints
+        .endpoints_applied(&e.service, &e.version, list);
     if let Err(e) = store.persist_policy() {
         log::warn!("cannot keep the control-plane snapshot: {e}");
     }

@@ -177,7 +177,11 @@ impl Store {
     /// restart: the persisted one's), which a new stream subscribes to.
     pub fn control_plane_services_with_endpoints(&self) -> Vec<String> {
         let src = self.sources();
-        let services = src.cp_policy.as_ref().map(|p| &p.services[..]).unwrap_or(&[]);
+        let services = src
+            .cp_policy
+            .as_ref()
+            .map(|p| &p.services[..])
+            .unwrap_or(&[]);
         services
             .iter()
             .filter(|s| !s.endpoints.is_empty())

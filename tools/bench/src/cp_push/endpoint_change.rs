@@ -94,7 +94,11 @@ pub(crate) async fn measure(
             .map(|&i| {
                 let seen = lock(&fleet.seen[i]);
                 if cfg.by_service {
-                    seen.endpoint_acks.iter().rev().find(|a| a.1 >= t0).map(|a| a.1)
+                    seen.endpoint_acks
+                        .iter()
+                        .rev()
+                        .find(|a| a.1 >= t0)
+                        .map(|a| a.1)
                 } else {
                     seen.acks.iter().rev().find(|a| a.1 >= t0).map(|a| a.1)
                 }

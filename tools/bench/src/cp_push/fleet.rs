@@ -27,6 +27,8 @@ use super::policy::*;
 const ENDPOINTS_BY_SERVICE: &str = "endpoints-by-service";
 /// The prefix of an endpoints resource's name in `Ack.resource`.
 const RESOURCE_PREFIX: &str = "endpoints/";
+/// Sidecars setting up their stream (TCP, TLS, `Hello`) at once.
+pub(crate) const CONNECTING: usize = 256;
 
 /// What one simulated sidecar has seen: each snapshot version with when its ACK was sent.
 #[derive(Debug, Default)]
@@ -71,7 +73,11 @@ pub(crate) async fn sidecar(
     server_name: ServerName<'static>,
     hello: Hello,
     seen: SeenCell,
+    connecting: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
+    // At most CONNECTING set-ups at once: 10,000 simultaneous TLS handshakes on the control
+    // plane's one core outlast its handshake timeout.
+    let permit = connecting.acquire_owned().await.context("connect gate")?;
     let connector = TlsConnector::from(tls);
     let connect = tower::service_fn(move |_: http::Uri| {
         let (connector, server_name) = (connector.clone(), server_name.clone());
@@ -102,6 +108,7 @@ pub(crate) async fn sidecar(
     })
     .await
     .context("connect timed out")??;
+    drop(permit);
     while let Some(msg) = inbound.message().await.context("receive")? {
         let (version, resource) = match &msg.kind {
             Some(control_message::Kind::Snapshot(s)) => (s.version.clone(), String::new()),
@@ -120,7 +127,9 @@ pub(crate) async fn sidecar(
         .context("send Ack")?;
         let mut seen = lock(&seen);
         match resource.strip_prefix(RESOURCE_PREFIX) {
-            Some(service) => seen.endpoint_acks.push((service.to_owned(), Instant::now())),
+            Some(service) => seen
+                .endpoint_acks
+                .push((service.to_owned(), Instant::now())),
             None => seen.acks.push((version, Instant::now())),
         }
     }
@@ -152,6 +161,7 @@ impl Fleet {
     ) -> Self {
         let mut seen = Vec::with_capacity(n);
         let mut tasks = Vec::with_capacity(n);
+        let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
         for i in first..first + n {
             let cell = SeenCell::default();
             let service = i % SERVICES;
@@ -183,6 +193,7 @@ impl Fleet {
                 server_name.clone(),
                 hello,
                 cell.clone(),
+                connecting.clone(),
             );
             let cell2 = cell.clone();
             tasks.push(tokio::spawn(async move {

@@ -113,7 +113,8 @@ impl SizeSummary {
                 &runs
                     .iter()
                     .map(|r| {
-                        r.idle_rss_kib.saturating_sub(r.empty_rss_kib) as f64 / sidecars.max(1) as f64
+                        r.idle_rss_kib.saturating_sub(r.empty_rss_kib) as f64
+                            / sidecars.max(1) as f64
                     })
                     .collect::<Vec<_>>(),
             ),

@@ -87,7 +87,9 @@ impl ControlPlane {
         let mut last = (0, 0);
         while Instant::now() < deadline {
             self.child.check_alive()?;
-            last = self.sidecars().await?;
+            if let Ok(now) = self.sidecars().await {
+                last = now;
+            }
             if last == (n, n) {
                 return Ok(());
             }
@@ -118,22 +120,17 @@ pub(crate) async fn run_size(
 
     // Connect storm.
     let started = Instant::now();
-    let fleet = Fleet::spawn(
-        (0, n),
-        cp.listen,
-        tls,
-        server_name,
-        (cfg.by_service, true),
-    );
+    let fleet = Fleet::spawn((0, n), cp.listen, tls, server_name, (cfg.by_service, true));
     let deadline = started + STORM_TIMEOUT;
     let connect_s = loop {
         fleet.check()?;
         cp.child.check_alive()?;
-        if cp.sidecars().await? == (n, n) && fleet.all_have_one().is_some() {
+        // A control plane busy with the storm may answer /metrics late: not yet, not an error.
+        if cp.sidecars().await.ok() == Some((n, n)) && fleet.all_have_one().is_some() {
             break started.elapsed().as_secs_f64();
         }
         if Instant::now() >= deadline {
-            let (c, s) = cp.sidecars().await?;
+            let (c, s) = cp.sidecars().await.unwrap_or_default();
             bail!("connect storm of {n}: after {STORM_TIMEOUT:?} {c} connected, {s} in sync");
         }
         tokio::time::sleep(POLL).await;

@@ -40,7 +40,9 @@ impl CpPushReport {
             TARGET_ACK.as_secs()
         );
         for s in &self.summary {
-            let Some(c) = &s.endpoint_change else { continue };
+            let Some(c) = &s.endpoint_change else {
+                continue;
+            };
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} / {} | {} / {} | {:.0} |",
