@@ -337,6 +337,32 @@ impl MeshPolicy {
     }
 }
 
+impl MeshPolicy {
+    /// [`snapshot_for`](Self::snapshot_for) without any service's endpoints, for a sidecar
+    /// that takes endpoints as separate per-service resources
+    /// ([`crate::push::hub::resources`]): its version changes with the policy only, never
+    /// with a pod coming or going.
+    pub fn snapshot_without_endpoints(&self, service: &str) -> PolicySnapshot {
+        let mut snapshot = self.snapshot_for(service);
+        for s in &mut snapshot.services {
+            s.endpoints.clear();
+        }
+        snapshot.version = String::new();
+        snapshot.version = digest(&snapshot);
+        snapshot
+    }
+
+    /// The endpoints the policy itself lists for `service` (static, or on Kubernetes its
+    /// EndpointSlices'); empty for a service it does not list.
+    pub fn static_endpoints(&self, service: &str) -> &[weft_policy::wire::Endpoint] {
+        self.mesh
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .map_or(&[], |s| &s.endpoints[..])
+    }
+}
+
 /// The last component of `path`, as shown to operators (`mesh.yaml`).
 pub fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(

@@ -20,9 +20,7 @@ use std::time::SystemTime;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::v1::control_plane_server::ControlPlane;
@@ -34,8 +32,9 @@ use weft_certs::Identity;
 use crate::ca::admission::CALL_DEADLINE;
 use crate::ca::attest::Credential;
 use crate::ca::issuer::{IssueError, Issued, Issuer};
-use crate::push::hub::{Hub, RegisterError, Registration};
+use crate::push::hub::{Hub, RegisterError, Registration, ENDPOINTS_BY_SERVICE};
 use crate::push::join::{self, JoinError};
+use crate::push::slot::{slot, SlotReceiver};
 
 /// The authenticated client of a connection, from its certificate: its identity and the
 /// certificate itself (DER; a renewal reads its serial and provenance); and the connection's
@@ -193,7 +192,7 @@ impl ControlPlane for Service {
             .get::<PeerIdentity>()
             .map_or((None, None), |p| (p.0.clone(), p.2));
         let rx = open_stream(self.hub.clone(), peer, from, req.into_inner()).await?;
-        let snapshots = WatchStream::from_changes(rx).filter_map(|m| m.map(Ok));
+        let snapshots = rx.filter_map(|m| m.message().map(Ok));
         Ok(Response::new(Box::pin(snapshots)))
     }
 }
@@ -206,7 +205,7 @@ pub(crate) async fn open_stream(
     peer: Option<Identity>,
     from: Option<SocketAddr>,
     mut inbound: Streaming<SidecarMessage>,
-) -> Result<watch::Receiver<Option<ControlMessage>>, Status> {
+) -> Result<SlotReceiver, Status> {
     let peer = peer.ok_or_else(|| Status::unauthenticated("no workload certificate"))?;
     let hello = match inbound.message().await? {
         Some(SidecarMessage {
@@ -223,8 +222,12 @@ pub(crate) async fn open_stream(
     };
     let endpoint =
         join::endpoint(&peer, &hello.endpoint_address, from, hub.pods()).map_err(&refused)?;
-    // The push puts each new snapshot in this slot; the stream sends the latest one.
-    let (tx, rx) = watch::channel(None);
+    // The push puts each new message in this slot; the stream sends the latest of each
+    // resource.
+    let (tx, rx) = slot();
+    // Negotiated: a sidecar that does not announce the capability (an older one) gets full
+    // snapshots, as version 1 always sent.
+    let delta = hello.capabilities.iter().any(|c| c == ENDPOINTS_BY_SERVICE);
     let registration = Registration {
         peer: peer.clone(),
         service: hello.service.clone(),
@@ -232,6 +235,8 @@ pub(crate) async fn open_stream(
         labels: hello.labels.clone().into_iter().collect(),
         cert_not_after: unix_time(hello.cert_not_after_unix),
         admin: scrape_address(&hub, &hello.admin_address, endpoint),
+        delta,
+        subscribe: hello.subscribe.clone(),
     };
     let id = hub.register(registration, tx).map_err(|e| match e {
         RegisterError::TooManyStreams { .. } => {
@@ -241,8 +246,13 @@ pub(crate) async fn open_stream(
         RegisterError::Refused(e) => refused(e),
     })?;
     log::info!(
-        "sidecar {peer} joined as {}, endpoint {endpoint}",
-        hello.service
+        "sidecar {peer} joined as {}, endpoint {endpoint}; {}",
+        hello.service,
+        if delta {
+            "endpoints by service (it announced endpoints-by-service)"
+        } else {
+            "full snapshots (it announced no endpoints-by-service)"
+        }
     );
     tokio::spawn(follow(hub, id, inbound));
     Ok(rx)
@@ -318,8 +328,9 @@ async fn follow(hub: Arc<Hub>, id: u64, mut inbound: Streaming<SidecarMessage>) 
             }
         };
         let registered = match msg.kind {
-            Some(sidecar_message::Kind::Ack(a)) => hub.ack(id, a.version),
-            Some(sidecar_message::Kind::Nack(n)) => hub.nack(id, n.version, n.reason),
+            Some(sidecar_message::Kind::Ack(a)) => hub.ack(id, a.version, &a.resource),
+            Some(sidecar_message::Kind::Nack(n)) => hub.nack(id, n.version, n.reason, &n.resource),
+            Some(sidecar_message::Kind::Subscribe(s)) => hub.subscribe(id, s.services),
             Some(sidecar_message::Kind::Certificate(c)) => {
                 hub.certificate(id, unix_time(c.not_after_unix))
             }

@@ -7,3 +7,4 @@ pub(crate) mod grpc;
 pub mod hub;
 pub mod join;
 pub(crate) mod push_stream;
+pub(crate) mod slot;

@@ -22,7 +22,6 @@ use bytes::Bytes;
 use http_body::Frame;
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message as _;
-use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream as _;
 use tonic::codec::Codec as _;
 use tonic::server::NamedService;
@@ -32,6 +31,7 @@ use weft_api::v1::{control_message, ControlMessage, SidecarMessage, Snapshot};
 
 use crate::push::grpc::{open_stream, PeerIdentity};
 use crate::push::hub::Hub;
+use crate::push::slot::{Outgoing, SlotReceiver};
 
 /// The path of `weft.control.v1.ControlPlane/Stream`.
 const STREAM_PATH: &str = "/weft.control.v1.ControlPlane/Stream";
@@ -106,7 +106,7 @@ async fn serve_stream(
     match open_stream(hub, peer, from, inbound).await {
         Ok(rx) => {
             let body = SnapshotBody {
-                snapshots: WatchStream::from_changes(rx),
+                snapshots: rx,
                 json: None,
                 ended: false,
             };
@@ -124,7 +124,7 @@ async fn serve_stream(
 /// The response body: each snapshot put in the stream's slot as a head frame and the shared
 /// JSON frame; `grpc-status: 0` when the control plane ends the stream.
 struct SnapshotBody {
-    snapshots: WatchStream<Option<ControlMessage>>,
+    snapshots: SlotReceiver,
     /// The JSON of the snapshot whose head was just sent.
     json: Option<Bytes>,
     ended: bool,
@@ -147,14 +147,17 @@ impl http_body::Body for SnapshotBody {
         }
         loop {
             match ready!(Pin::new(&mut this.snapshots).poll_next(cx)) {
-                Some(Some(msg)) => match encode_split(&msg) {
+                Some(Outgoing::Snapshot(msg)) => match encode_split(&msg) {
                     Some((head, json)) => {
                         this.json = Some(json);
                         return Poll::Ready(Some(Ok(Frame::data(head))));
                     }
                     None => log::error!("a control message could not be framed; skipped"),
                 },
-                Some(None) => {}
+                // Encoded once for every stream it goes to.
+                Some(Outgoing::Encoded(framed)) => {
+                    return Poll::Ready(Some(Ok(Frame::data(framed))))
+                }
                 None => {
                     this.ended = true;
                     let mut trailers = http::HeaderMap::new();
@@ -180,9 +183,8 @@ fn encode_split(msg: &ControlMessage) -> Option<(Bytes, Bytes)> {
     let json = s.policy_json.clone();
     // Fields 1 and 3 (an empty bytes field is not encoded), then field 2's key and length.
     let mut snapshot = Snapshot {
-        version: s.version.clone(),
         policy_json: Bytes::new(),
-        trust_bundle_pem: s.trust_bundle_pem.clone(),
+        ..s.clone()
     }
     .encode_to_vec();
     encode_key(2, WireType::LengthDelimited, &mut snapshot);
@@ -213,6 +215,7 @@ mod tests {
                 version: "0123456789abcdef".into(),
                 policy_json: json.clone(),
                 trust_bundle_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+                endpoints_separate: true,
             })),
         };
         let (head, tail) = encode_split(&msg).expect("a snapshot");

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_api::v1::control_plane_client::ControlPlaneClient;
 use weft_api::v1::{
     control_message, sidecar_message, Ack, Certificate, Draining, Hello, Nack, SidecarMessage,
+    Subscribe,
 };
 
 use crate::drain::Drain;
@@ -29,6 +30,7 @@ use weft_policy::wire::PolicySnapshot;
 use weft_policy::ControlPlane;
 
 use crate::control::channel::{backoff, connect};
+use crate::control::endpoints::{CAPABILITY, RESOURCE_PREFIX};
 
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
@@ -98,6 +100,15 @@ async fn session(
             .collect(),
         cert_not_after_unix: unix_secs(snap.tls.not_after),
         admin_address: listening.admin.to_string(),
+        // Endpoints by service ([`crate::control::endpoints`]); an older control plane
+        // ignores both and sends full snapshots.
+        capabilities: vec![CAPABILITY.to_owned()],
+        subscribe: {
+            store
+                .endpoints
+                .want(store.control_plane_services_with_endpoints());
+            store.endpoints.for_hello()
+        },
     };
     drop(snap);
     tx.send(SidecarMessage {
@@ -128,6 +139,14 @@ async fn session(
                 .context("send Certificate")?;
                 continue;
             }
+            services = store.endpoints.unsent() => {
+                tx.send(SidecarMessage {
+                    kind: Some(sidecar_message::Kind::Subscribe(Subscribe { services })),
+                })
+                .await
+                .context("send Subscribe")?;
+                continue;
+            }
             () = drain.draining() => {
                 announce_drain(&tx, &mut inbound).await;
                 drop(hold);
@@ -135,40 +154,51 @@ async fn session(
             }
         };
         let Some(msg) = msg else { break };
-        let Some(control_message::Kind::Snapshot(s)) = msg.kind else {
-            continue;
-        };
-        let version = s.version.clone();
-        let store2 = store.clone();
-        let result = tokio::task::spawn_blocking(move || apply(&store2, &s))
-            .await
-            .map_err(|e| format!("apply task failed: {e}"))
-            .and_then(|r| r);
-        let reply = match result {
-            Ok(v) => {
-                log::info!("control-plane snapshot {version} applied: config v{v}");
-                store
-                    .metrics
-                    .control_plane_snapshots
-                    .with_label_values(&["ack"])
-                    .inc();
-                sidecar_message::Kind::Ack(Ack { version })
-            }
-            Err(reason) => {
-                log::error!("control-plane snapshot {version} refused; keeping the config in force:\n{reason}");
-                store
-                    .metrics
-                    .control_plane_snapshots
-                    .with_label_values(&["nack"])
-                    .inc();
-                sidecar_message::Kind::Nack(Nack { version, reason })
-            }
-        };
+        let Some(kind) = msg.kind else { continue };
+        let reply = answer(store, kind).await;
         tx.send(SidecarMessage { kind: Some(reply) })
             .await
             .context("send Ack/Nack")?;
     }
     Ok(())
+}
+
+/// Apply a snapshot or a service's endpoints (off the control thread) and say `Ack` or `Nack`
+/// for that resource.
+async fn answer(store: &Arc<Store>, kind: control_message::Kind) -> sidecar_message::Kind {
+    let (what, version, resource) = match &kind {
+        control_message::Kind::Snapshot(s) => ("snapshot", s.version.clone(), String::new()),
+        control_message::Kind::Endpoints(e) => (
+            "endpoints",
+            e.version.clone(),
+            format!("{RESOURCE_PREFIX}{}", e.service),
+        ),
+    };
+    let store2 = store.clone();
+    let result = tokio::task::spawn_blocking(move || match &kind {
+        control_message::Kind::Snapshot(s) => apply(&store2, s),
+        control_message::Kind::Endpoints(e) => apply_endpoints(&store2, e),
+    })
+    .await
+    .map_err(|e| format!("apply task failed: {e}"))
+    .and_then(|r| r);
+    let counter = &store.metrics.control_plane_snapshots;
+    match result {
+        Ok(v) => {
+            log::info!("control-plane {what} {resource} {version} applied: config v{v}");
+            counter.with_label_values(&["ack"]).inc();
+            sidecar_message::Kind::Ack(Ack { version, resource })
+        }
+        Err(reason) => {
+            log::error!("control-plane {what} {resource} {version} refused; keeping the config in force:\n{reason}");
+            counter.with_label_values(&["nack"]).inc();
+            sidecar_message::Kind::Nack(Nack {
+                version,
+                reason,
+                resource,
+            })
+        }
+    }
 }
 
 /// How long a draining sidecar waits for the control plane to take its `Draining` in.
@@ -222,7 +252,39 @@ fn apply(store: &Store, s: &weft_api::v1::Snapshot) -> Result<u64, String> {
         );
     }
     policy.version = s.version.clone();
-    let v = store.apply_policy(policy).map_err(|e| e.to_string())?;
+    let merged = store.endpoints.merged(&policy, s.endpoints_separate);
+    let v = store.apply_policy(merged).map_err(|e| e.to_string())?;
+    store
+        .endpoints
+        .snapshot_applied(policy, s.endpoints_separate);
+    if let Err(e) = store.persist_policy() {
+        log::warn!("cannot keep the control-plane snapshot: {e}");
+    }
+    Ok(v)
+}
+
+/// Put one service's endpoints in force (merged into the last good snapshot); the error is
+/// the NACK reason, and then that service's previous endpoints stay.
+fn apply_endpoints(store: &Store, e: &weft_api::v1::Endpoints) -> Result<u64, String> {
+    let list: Vec<weft_policy::wire::Endpoint> = e
+        .endpoints
+        .iter()
+        .map(|x| weft_policy::wire::Endpoint {
+            address: x.address.clone(),
+            labels: x.labels.clone().into_iter().collect(),
+        })
+        .collect();
+    let Some(merged) = store.endpoints.merged_with(&e.service, &list) else {
+        // Before the first snapshot (never sent so by the control plane): kept for it.
+        store
+            .endpoints
+            .endpoints_applied(&e.service, &e.version, list);
+        return Ok(store.load().version);
+    };
+    let v = store.apply_policy(merged).map_err(|e| e.to_string())?;
+    store
+        .endpoints
+        .endpoints_applied(&e.service, &e.version, list);
     if let Err(e) = store.persist_policy() {
         log::warn!("cannot keep the control-plane snapshot: {e}");
     }
@@ -242,6 +304,7 @@ mod tests {
             version: "p2".to_owned(),
             policy_json: policy.to_vec().into(),
             trust_bundle_pem: ca.cert_pem().to_owned(),
+            endpoints_separate: false,
         };
         let before = store.load().version;
         assert_eq!(apply(&store, &snapshot), Ok(before + 1), "ACKed");

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app_probe;
 pub mod channel;
 pub mod client;
+pub mod endpoints;
 
 use std::convert::Infallible;
 use std::path::PathBuf;

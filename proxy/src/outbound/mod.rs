@@ -93,6 +93,7 @@ impl ProxyHttp for Outbound {
             &self.report,
             snap.tracing.sampling,
         );
+        self.await_endpoints(session, ctx).await;
         if let Err(reject) = self
             .route(session, ctx)
             .and_then(|()| self.upgrade(session, ctx))
@@ -317,6 +318,27 @@ impl Outbound {
     /// The routing stage: the destination (by dedicated port, else Host, else a captured
     /// connection's original address), then the first route that matches. Sets the series
     /// the request counts in, found or not.
+    /// Endpoints by service: the first request to a service this sidecar has no endpoints of
+    /// subscribes to them and waits, bounded, until they are in force
+    /// ([`crate::control::endpoints`]); then it routes with the config that has them.
+    async fn await_endpoints(&self, session: &Session, ctx: &mut OutCtx) {
+        let Some(snap) = ctx.snap.clone() else { return };
+        let port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
+        let Some(d) = snap.routes.destination(port, host(session.req_header())) else {
+            return;
+        };
+        if !d.endpoints.is_empty() {
+            return;
+        }
+        let wait = crate::control::endpoints::SUBSCRIBE_WAIT;
+        if self.store.endpoints.wait_for(&d.name, wait).await {
+            ctx.snap = Some(self.store.load());
+        }
+    }
+
     fn route(&self, session: &mut Session, ctx: &mut OutCtx) -> std::result::Result<(), Reject> {
         let Some(snap) = ctx.snap.clone() else {
             return Ok(());

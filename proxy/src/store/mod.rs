@@ -49,6 +49,8 @@ pub struct Store {
     /// The version of the snapshot in force, for whoever must act on a change (see
     /// [`Store::subscribe`]).
     changed: tokio::sync::watch::Sender<u64>,
+    /// Endpoints by service: subscriptions and the last good endpoints of each.
+    pub endpoints: crate::control::endpoints::Subscriptions,
 }
 
 impl Store {
@@ -83,6 +85,7 @@ impl Store {
             }),
             cp_connected: std::sync::atomic::AtomicBool::new(false),
             listening: std::sync::OnceLock::new(),
+            endpoints: Default::default(),
         };
         if let Some(file) = state_file.filter(|f| f.exists()) {
             let restored = std::fs::read(&file)
@@ -168,6 +171,22 @@ impl Store {
     /// The version (content hash) of the control-plane policy in force, if any.
     pub fn control_plane_version(&self) -> Option<String> {
         self.sources().cp_policy.as_ref().map(|p| p.version.clone())
+    }
+
+    /// The services the control plane's policy in force lists endpoints for (after a
+    /// restart: the persisted one's), which a new stream subscribes to.
+    pub fn control_plane_services_with_endpoints(&self) -> Vec<String> {
+        let src = self.sources();
+        let services = src
+            .cp_policy
+            .as_ref()
+            .map(|p| &p.services[..])
+            .unwrap_or(&[]);
+        services
+            .iter()
+            .filter(|s| !s.endpoints.is_empty())
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// The trust bundle (PEM) in force.

@@ -9,6 +9,7 @@ mod capture_tests;
 mod control_plane_tests;
 mod coverage_tests;
 mod detect_tests;
+mod endpoints_by_service_tests;
 mod extended_connect_tests;
 mod fail_closed_tests;
 mod gateway_tests;

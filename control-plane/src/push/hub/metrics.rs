@@ -108,8 +108,25 @@ impl Hub {
         let in_sync = st
             .sidecars
             .values()
-            .filter(|s| s.connected && s.sent.is_some() && s.acked == s.sent)
+            .filter(|s| {
+                s.connected
+                    && s.sent.is_some()
+                    && s.acked == s.sent
+                    && s.subscribed.values().all(|r| r.acked == r.sent)
+            })
             .count();
+        let by_service = st
+            .sidecars
+            .values()
+            .filter(|s| s.connected && s.delta)
+            .count();
+        let subscriptions: usize = st
+            .sidecars
+            .values()
+            .filter(|s| s.connected)
+            .map(|s| s.subscribed.len())
+            .sum();
+        let sent = st.sent;
         let nacking = st
             .sidecars
             .values()
@@ -132,10 +149,30 @@ impl Hub {
              # HELP weft_cp_snapshots_pushed_total Snapshots sent to sidecars.\n\
              # TYPE weft_cp_snapshots_pushed_total counter\n\
              weft_cp_snapshots_pushed_total {}\n\
+             # HELP weft_cp_sidecars_by_mode Connected sidecars by how they take endpoints (endpoints_by_service: per-service resources they subscribe to; full_snapshots: every snapshot lists every endpoint, as for sidecars that do not announce endpoints-by-service).\n\
+             # TYPE weft_cp_sidecars_by_mode gauge\n\
+             weft_cp_sidecars_by_mode{{mode=\"endpoints_by_service\"}} {by_service}\n\
+             weft_cp_sidecars_by_mode{{mode=\"full_snapshots\"}} {}\n\
+             # HELP weft_cp_endpoint_subscriptions Endpoints subscriptions held by connected sidecars (one per sidecar and service it calls).\n\
+             # TYPE weft_cp_endpoint_subscriptions gauge\n\
+             weft_cp_endpoint_subscriptions {subscriptions}\n\
+             # HELP weft_cp_push_messages_total Messages put on sidecar streams, by kind (snapshot; endpoints: one service's endpoints).\n\
+             # TYPE weft_cp_push_messages_total counter\n\
+             weft_cp_push_messages_total{{kind=\"snapshot\"}} {}\n\
+             weft_cp_push_messages_total{{kind=\"endpoints\"}} {}\n\
+             # HELP weft_cp_push_bytes_total Bytes of those messages (gRPC framing included; HTTP/2 and TLS framing not), by kind.\n\
+             # TYPE weft_cp_push_bytes_total counter\n\
+             weft_cp_push_bytes_total{{kind=\"snapshot\"}} {}\n\
+             weft_cp_push_bytes_total{{kind=\"endpoints\"}} {}\n\
              {}",
             u8::from(st.policy_error.is_none()),
             st.rejected,
             st.pushes,
+            connected - by_service,
+            sent.snapshot_messages,
+            sent.endpoints_messages,
+            sent.snapshot_bytes,
+            sent.endpoints_bytes,
             st.push_duration.render()
         ) + &self.certificate_metrics()
     }
@@ -159,6 +196,12 @@ impl Hub {
                     "sent_version": s.sent,
                     "acked_version": s.acked,
                     "nack": s.nack.as_ref().map(|(v, r)| serde_json::json!({"version": v, "reason": r})),
+                    "mode": if s.delta { "endpoints_by_service" } else { "full_snapshots" },
+                    "endpoints": s.subscribed.iter().map(|(svc, r)| (svc.clone(), serde_json::json!({
+                        "sent_version": r.sent,
+                        "acked_version": r.acked,
+                        "nack": r.nack.as_ref().map(|(v, why)| serde_json::json!({"version": v, "reason": why})),
+                    }))).collect::<serde_json::Map<_, _>>(),
                 })
             })
             .collect();

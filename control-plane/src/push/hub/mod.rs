@@ -22,19 +22,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{watch, Notify};
-use weft_api::v1::ControlMessage;
+use tokio::sync::Notify;
 use weft_certs::Identity;
 
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{LastGood, Update};
 use crate::push::join::{check_service, JoinError, PodDirectory};
+pub(crate) use crate::push::slot::Slot as SnapshotSlot;
+
+use resources::{ResourceState, Sent};
+pub use resources::{ENDPOINTS_BY_SERVICE, MAX_SUBSCRIPTIONS, RESOURCE_PREFIX};
 
 use metrics::PushHistogram;
 use pusher::push_changed;
 
 mod metrics;
 mod pusher;
+pub(crate) mod resources;
 
 /// How long a disconnected sidecar's endpoint stays registered.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -88,12 +92,14 @@ struct SidecarEntry {
     since: SystemTime,
     /// Expiry of the certificate the sidecar says it serves with.
     cert_not_after: Option<SystemTime>,
+    /// Where its messages go ([`crate::push::slot`]); `None` once disconnected.
     tx: Option<SnapshotSlot>,
+    /// It announced "endpoints-by-service": its snapshots carry no endpoints, and the services
+    /// in `subscribed` come as endpoints resources ([`resources`]).
+    delta: bool,
+    /// Its endpoints subscriptions, each with what was sent and answered.
+    subscribed: BTreeMap<String, ResourceState>,
 }
-
-/// Where a sidecar stream's next snapshot is put: the latest one only, so a slow sidecar costs
-/// one pending snapshot, not a queue of superseded ones. The stream ends when it is dropped.
-type SnapshotSlot = watch::Sender<Option<ControlMessage>>;
 
 /// What the hub's lock guards.
 struct HubState {
@@ -104,6 +110,8 @@ struct HubState {
     pushes: u64,
     rejected: u64,
     push_duration: PushHistogram,
+    /// Messages and bytes pushed, by kind.
+    sent: Sent,
     /// Whether registered sidecars' endpoints join their callers' snapshots: not on
     /// Kubernetes, where the EndpointSlices are the endpoints.
     registered_endpoints: bool,
@@ -147,6 +155,7 @@ impl Hub {
                 pushes: 0,
                 rejected: 0,
                 push_duration: PushHistogram::default(),
+                sent: Sent::default(),
                 registered_endpoints: true,
             }),
             trust_bundle_pem,
@@ -323,8 +332,13 @@ impl Hub {
                     cert_not_after: hello.cert_not_after,
                     admin: hello.admin,
                     tx: Some(slot),
+                    delta: hello.delta,
+                    subscribed: BTreeMap::new(),
                 },
             );
+            if hello.delta {
+                st.subscribe(id, hello.subscribe);
+            }
             id
         };
         // Coalesced with the other registrations of a connect storm (see `Hub::run_pusher`).
@@ -332,11 +346,15 @@ impl Hub {
         Ok(id)
     }
 
-    /// Sidecar stream `id` ACKed `version`; a push of it that was waiting for this ACK is
-    /// observed in the push-duration histogram. False when `id` is not registered.
-    pub(crate) fn ack(&self, id: u64, version: String) -> bool {
+    /// Sidecar stream `id` ACKed `version` of `resource` (empty: the snapshot); a push of it
+    /// that was waiting for this ACK is observed in the push-duration histogram. False when
+    /// `id` is not registered.
+    pub(crate) fn ack(&self, id: u64, version: String, resource: &str) -> bool {
         let mut guard = self.lock();
         let st = &mut *guard;
+        if !resource.is_empty() {
+            return st.ack_resource(id, resource, version);
+        }
         let Some(s) = st.sidecars.get_mut(&id) else {
             return false;
         };
@@ -350,9 +368,13 @@ impl Hub {
         true
     }
 
-    /// Sidecar stream `id` NACKed `version` for `reason`. False when `id` is not registered.
-    pub(crate) fn nack(&self, id: u64, version: String, reason: String) -> bool {
+    /// Sidecar stream `id` NACKed `version` of `resource` (empty: the snapshot) for `reason`.
+    /// False when `id` is not registered.
+    pub(crate) fn nack(&self, id: u64, version: String, reason: String, resource: &str) -> bool {
         let mut st = self.lock();
+        if !resource.is_empty() {
+            return st.nack_resource(id, resource, version, reason);
+        }
         let Some(s) = st.sidecars.get_mut(&id) else {
             return false;
         };
@@ -447,6 +469,10 @@ pub(crate) struct Registration {
     pub(crate) cert_not_after: Option<SystemTime>,
     /// Its admin address (metrics), if it reported a valid one.
     pub(crate) admin: Option<String>,
+    /// It announced "endpoints-by-service".
+    pub(crate) delta: bool,
+    /// Its first subscriptions (with `delta`).
+    pub(crate) subscribe: Vec<String>,
 }
 
 /// Why [`Hub::register`] refused a sidecar.
@@ -490,6 +516,8 @@ mod limit_tests {
             labels: BTreeMap::new(),
             cert_not_after: None,
             admin: None,
+            delta: false,
+            subscribe: Vec::new(),
         }
     }
 
@@ -502,13 +530,13 @@ mod limit_tests {
             });
         let ids: Vec<u64> = (0..3)
             .map(|i| {
-                hub.register(registration(1000 + i), watch::channel(None).0)
+                hub.register(registration(1000 + i), crate::push::slot::slot().0)
                     .expect("within the limit")
             })
             .collect();
         for i in 0..50 {
             let e = hub
-                .register(registration(2000 + i), watch::channel(None).0)
+                .register(registration(2000 + i), crate::push::slot::slot().0)
                 .expect_err("over the limit");
             assert!(
                 matches!(e, RegisterError::TooManyStreams { max: 3, .. }),
@@ -518,7 +546,7 @@ mod limit_tests {
         // The registered ones are still served; one leaving makes room for one more.
         assert!(ids.iter().all(|id| hub.is_registered(*id)));
         hub.disconnected(ids[0]);
-        hub.register(registration(3000), watch::channel(None).0)
+        hub.register(registration(3000), crate::push::slot::slot().0)
             .expect("room again");
     }
 

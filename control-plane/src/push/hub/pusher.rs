@@ -11,8 +11,9 @@ use bytes::Bytes;
 use weft_api::v1::{control_message, ControlMessage};
 use weft_policy::wire::Endpoint;
 
-use super::{Hub, HubState, PUSH_MIN_INTERVAL};
+use super::{resources, Hub, HubState, PUSH_MIN_INTERVAL};
 use crate::policy::mesh::MeshPolicy;
+use crate::push::slot::Outgoing;
 
 impl Hub {
     /// Ask the push task for a push (after a registration or withdrawal). Cheap, never
@@ -77,17 +78,23 @@ fn registered(st: &HubState) -> BTreeMap<String, Vec<Endpoint>> {
 /// gets (the JSON is shared, not copied, between them).
 struct Built {
     version: String,
-    msg: ControlMessage,
+    msg: Outgoing,
 }
 
-/// Build the snapshot message of `service`, or `None` (logged) if it cannot be encoded.
+/// Build the snapshot message of `service` (without endpoints when `separate`: they go as
+/// resources of their own, [`resources`]), or `None` (logged) if it cannot be encoded.
 fn build(
     policy: &MeshPolicy,
     service: &str,
+    separate: bool,
     endpoints: &BTreeMap<String, Vec<Endpoint>>,
     trust_bundle_pem: &str,
 ) -> Option<Built> {
-    let snap = policy.snapshot_with_endpoints(service, endpoints);
+    let snap = if separate {
+        policy.snapshot_without_endpoints(service)
+    } else {
+        policy.snapshot_with_endpoints(service, endpoints)
+    };
     let json = match serde_json::to_vec(&snap) {
         Ok(j) => Bytes::from(j),
         Err(e) => {
@@ -96,50 +103,60 @@ fn build(
         }
     };
     Some(Built {
-        msg: ControlMessage {
+        msg: Outgoing::Snapshot(ControlMessage {
             kind: Some(control_message::Kind::Snapshot(weft_api::v1::Snapshot {
                 version: snap.version.clone(),
                 policy_json: json,
                 trust_bundle_pem: trust_bundle_pem.to_owned(),
+                endpoints_separate: separate,
             })),
-        },
+        }),
         version: snap.version,
     })
 }
 
-/// Send every connected sidecar its snapshot if its version differs from the one last sent.
-/// Each service's snapshot is built once, however many sidecars it has.
+/// Send every connected sidecar its snapshot if its version differs from the one last sent,
+/// and a sidecar taking endpoints by service each subscribed service's endpoints whose
+/// version differs. Each service's snapshot (per mode) and endpoints are built once, however
+/// many sidecars get them.
 pub(super) fn push_changed(st: &mut HubState, trust_bundle_pem: &str) {
     let endpoints = registered(st);
     let policy = st.policy.current().clone();
-    let services: BTreeSet<&str> = st
+    let services: BTreeSet<(&str, bool)> = st
         .sidecars
         .values()
         .filter(|s| s.tx.is_some())
-        .map(|s| s.service.as_str())
+        .map(|s| (s.service.as_str(), s.delta))
         .collect();
-    let built: HashMap<String, Built> = services
+    let built: HashMap<(String, bool), Built> = services
         .into_iter()
-        .filter_map(|svc| {
-            build(&policy, svc, &endpoints, trust_bundle_pem).map(|b| (svc.to_owned(), b))
+        .filter_map(|(svc, delta)| {
+            build(&policy, svc, delta, &endpoints, trust_bundle_pem)
+                .map(|b| ((svc.to_owned(), delta), b))
         })
         .collect();
+    let mut by_service = HashMap::new();
+    let mut sent = st.sent;
     let mut pushed = 0;
     for s in st.sidecars.values_mut() {
         let Some(tx) = &s.tx else { continue };
-        let Some(b) = built.get(&s.service) else {
-            continue;
-        };
-        if s.sent.as_deref() == Some(b.version.as_str()) {
-            continue;
+        if let Some(b) = built.get(&(s.service.clone(), s.delta)) {
+            // `put` fails only when the stream is gone (its end is recorded by `follow`).
+            if s.sent.as_deref() != Some(b.version.as_str()) && tx.put("", b.msg.clone()) {
+                s.sent = Some(b.version.clone());
+                s.sent_at = Some(Instant::now());
+                pushed += 1;
+                sent.snapshot_messages += 1;
+                sent.snapshot_bytes += b.msg.wire_len() as u64;
+            }
         }
-        // Fails only when the stream is gone (its end is recorded by `follow`).
-        if tx.send(Some(b.msg.clone())).is_ok() {
-            s.sent = Some(b.version.clone());
-            s.sent_at = Some(Instant::now());
-            pushed += 1;
+        if s.delta {
+            let (m, b) = resources::push_endpoints(s, &policy, &endpoints, &mut by_service);
+            sent.endpoints_messages += m;
+            sent.endpoints_bytes += b;
         }
     }
+    st.sent = sent;
     st.pushes += pushed;
 }
 
@@ -149,10 +166,10 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use tokio::sync::watch;
     use weft_certs::Identity;
 
     use crate::push::hub::{Registration, DEFAULT_GRACE};
+    use crate::push::slot::{slot, SlotReceiver};
 
     fn hub() -> Arc<Hub> {
         let text = "services:\n\
@@ -169,8 +186,8 @@ mod tests {
 
     /// Register a sidecar as `grpc` does (its push request is served only where a test runs
     /// the push task); returns its snapshot slot.
-    fn register(hub: &Hub, service: &str, port: u16) -> watch::Receiver<Option<ControlMessage>> {
-        let (tx, rx) = watch::channel(None);
+    fn register(hub: &Hub, service: &str, port: u16) -> Rx {
+        let (tx, rx) = slot();
         let registration = Registration {
             peer: Identity::new("weft.local", "default", service).expect("identity"),
             service: service.to_owned(),
@@ -178,18 +195,39 @@ mod tests {
             labels: BTreeMap::new(),
             cert_not_after: None,
             admin: None,
+            delta: false,
+            subscribe: Vec::new(),
         };
         hub.register(registration, tx).expect("registered");
-        rx
+        Rx { rx, last: None }
     }
 
-    fn snapshot(rx: &watch::Receiver<Option<ControlMessage>>) -> weft_api::v1::Snapshot {
-        match rx.borrow().clone() {
-            Some(ControlMessage {
-                kind: Some(control_message::Kind::Snapshot(s)),
-            }) => s,
-            other => panic!("no snapshot: {other:?}"),
+    /// A slot's receiver and the last snapshot taken from it.
+    struct Rx {
+        rx: SlotReceiver,
+        last: Option<weft_api::v1::Snapshot>,
+    }
+
+    impl Rx {
+        /// Take what is pending; whether a snapshot was.
+        fn take(&mut self) -> bool {
+            let mut got = false;
+            for o in self.rx.take_now() {
+                if let Some(ControlMessage {
+                    kind: Some(control_message::Kind::Snapshot(s)),
+                }) = o.message()
+                {
+                    self.last = Some(s);
+                    got = true;
+                }
+            }
+            got
         }
+    }
+
+    fn snapshot(rx: &mut Rx) -> weft_api::v1::Snapshot {
+        rx.take();
+        rx.last.clone().expect("a snapshot")
     }
 
     #[test]
@@ -198,15 +236,15 @@ mod tests {
         let mut a: Vec<_> = (0..3).map(|i| register(&hub, "a", 1000 + i)).collect();
         let mut b: Vec<_> = (0..2).map(|i| register(&hub, "b", 2000 + i)).collect();
         push_changed(&mut hub.lock(), "PEM");
-        let (sa, sb) = (snapshot(&a[0]), snapshot(&b[0]));
+        let (sa, sb) = (snapshot(&mut a[0]), snapshot(&mut b[0]));
         assert_ne!(sa.version, sb.version);
-        for rx in &a {
+        for rx in &mut a {
             let s = snapshot(rx);
             assert_eq!(s.version, sa.version);
             // The same bytes, not a copy per sidecar.
             assert_eq!(s.policy_json.as_ptr(), sa.policy_json.as_ptr());
         }
-        for rx in &b {
+        for rx in &mut b {
             assert_eq!(snapshot(rx).policy_json.as_ptr(), sb.policy_json.as_ptr());
         }
         // What a's sidecars get lists b's two endpoints.
@@ -218,22 +256,16 @@ mod tests {
         assert_eq!(hub.lock().pushes, 5);
 
         // Nothing changed: nobody is sent anything.
-        for rx in a.iter_mut().chain(b.iter_mut()) {
-            rx.mark_unchanged();
-        }
         push_changed(&mut hub.lock(), "PEM");
-        assert!(a
-            .iter()
-            .chain(&b)
-            .all(|rx| !rx.has_changed().expect("open")));
+        assert!(a.iter_mut().chain(b.iter_mut()).all(|rx| !rx.take()));
         assert_eq!(hub.lock().pushes, 5);
 
         // A new b sidecar changes a's snapshots only (b's does not list b).
         let _b3 = register(&hub, "b", 2002);
         push_changed(&mut hub.lock(), "PEM");
-        assert!(a.iter().all(|rx| rx.has_changed().expect("open")));
-        assert!(b.iter().all(|rx| !rx.has_changed().expect("open")));
-        assert_ne!(snapshot(&a[0]).version, sa.version);
+        assert!(a.iter_mut().all(|rx| rx.take()));
+        assert!(b.iter_mut().all(|rx| !rx.take()));
+        assert_ne!(snapshot(&mut a[0]).version, sa.version);
         assert_eq!(hub.lock().pushes, 5 + 3 + 1);
     }
 
@@ -243,7 +275,7 @@ mod tests {
         let pusher = tokio::spawn(hub.clone().run_pusher());
         // 200 registrations, each asking for a push, before the push task gets to run (this
         // runtime has one thread): one round serves them all.
-        let slots: Vec<_> = (0..200)
+        let mut slots: Vec<_> = (0..200)
             .map(|i| {
                 let rx = register(&hub, if i % 2 == 0 { "a" } else { "b" }, 1000 + i);
                 hub.request_push();
@@ -264,18 +296,21 @@ mod tests {
         assert_eq!(hub.push_rounds(), 1);
         // Each got the final snapshot of its service, once.
         assert_eq!(hub.lock().pushes, 200);
-        let (va, vb) = (snapshot(&slots[0]).version, snapshot(&slots[1]).version);
-        for (i, rx) in slots.iter().enumerate() {
+        let (va, vb) = (
+            snapshot(&mut slots[0]).version,
+            snapshot(&mut slots[1]).version,
+        );
+        for (i, rx) in slots.iter_mut().enumerate() {
             assert_eq!(&snapshot(rx).version, if i % 2 == 0 { &va } else { &vb });
         }
 
         // One more sidecar later: its request is served by a round of its own, promptly.
         tokio::time::sleep(PUSH_MIN_INTERVAL * 2).await;
         let started = Instant::now();
-        let late = register(&hub, "a", 5000);
+        let mut late = register(&hub, "a", 5000);
         hub.request_push();
         tokio::time::timeout(Duration::from_secs(5), async {
-            while late.borrow().is_none() {
+            while !late.take() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })

@@ -18,14 +18,24 @@ use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::v1::control_plane_client::ControlPlaneClient;
 use weft_api::v1::{control_message, sidecar_message, Ack, Hello, SidecarMessage};
+
 use weft_certs::{CertificateAuthority, Identity};
 
 use super::policy::*;
+
+/// The capability a sidecar announces for endpoints by service (`weft.control.v1`).
+const ENDPOINTS_BY_SERVICE: &str = "endpoints-by-service";
+/// The prefix of an endpoints resource's name in `Ack.resource`.
+const RESOURCE_PREFIX: &str = "endpoints/";
+/// Sidecars setting up their stream (TCP, TLS, `Hello`) at once.
+pub(crate) const CONNECTING: usize = 256;
 
 /// What one simulated sidecar has seen: each snapshot version with when its ACK was sent.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     pub(crate) acks: Vec<(String, Instant)>,
+    /// Each `Endpoints` ACKed: service, when.
+    pub(crate) endpoint_acks: Vec<(String, Instant)>,
     pub(crate) error: Option<String>,
 }
 
@@ -63,7 +73,11 @@ pub(crate) async fn sidecar(
     server_name: ServerName<'static>,
     hello: Hello,
     seen: SeenCell,
+    connecting: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
+    // At most CONNECTING set-ups at once: 10,000 simultaneous TLS handshakes on the control
+    // plane's one core outlast its handshake timeout.
+    let permit = connecting.acquire_owned().await.context("connect gate")?;
     let connector = TlsConnector::from(tls);
     let connect = tower::service_fn(move |_: http::Uri| {
         let (connector, server_name) = (connector.clone(), server_name.clone());
@@ -94,18 +108,30 @@ pub(crate) async fn sidecar(
     })
     .await
     .context("connect timed out")??;
+    drop(permit);
     while let Some(msg) = inbound.message().await.context("receive")? {
-        let Some(control_message::Kind::Snapshot(s)) = msg.kind else {
-            continue;
+        let (version, resource) = match &msg.kind {
+            Some(control_message::Kind::Snapshot(s)) => (s.version.clone(), String::new()),
+            Some(control_message::Kind::Endpoints(e)) => {
+                (e.version.clone(), format!("{RESOURCE_PREFIX}{}", e.service))
+            }
+            None => continue,
         };
         tx.send(SidecarMessage {
             kind: Some(sidecar_message::Kind::Ack(Ack {
-                version: s.version.clone(),
+                version: version.clone(),
+                resource: resource.clone(),
             })),
         })
         .await
         .context("send Ack")?;
-        lock(&seen).acks.push((s.version, Instant::now()));
+        let mut seen = lock(&seen);
+        match resource.strip_prefix(RESOURCE_PREFIX) {
+            Some(service) => seen
+                .endpoint_acks
+                .push((service.to_owned(), Instant::now())),
+            None => seen.acks.push((version, Instant::now())),
+        }
     }
     bail!("the control plane ended the stream")
 }
@@ -124,15 +150,19 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
+    /// Sidecars `first .. first + n`; with `by_service` they announce the capability and
+    /// subscribe to their [`callees`] when `calls`.
     pub(crate) fn spawn(
-        n: usize,
+        (first, n): (usize, usize),
         cp: SocketAddr,
         tls: &[Arc<ClientConfig>],
         server_name: &ServerName<'static>,
+        (by_service, calls): (bool, bool),
     ) -> Self {
         let mut seen = Vec::with_capacity(n);
         let mut tasks = Vec::with_capacity(n);
-        for i in 0..n {
+        let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+        for i in first..first + n {
             let cell = SeenCell::default();
             let service = i % SERVICES;
             // Unique per sidecar: 127.0.0.1–200, port 20000 + i (nothing listens there).
@@ -146,6 +176,16 @@ impl Fleet {
                 .into(),
                 cert_not_after_unix: 0,
                 admin_address: String::new(),
+                capabilities: if by_service {
+                    vec![ENDPOINTS_BY_SERVICE.to_owned()]
+                } else {
+                    Vec::new()
+                },
+                subscribe: if by_service && calls {
+                    callees(service)
+                } else {
+                    Vec::new()
+                },
             };
             let task = sidecar(
                 cp,
@@ -153,6 +193,7 @@ impl Fleet {
                 server_name.clone(),
                 hello,
                 cell.clone(),
+                connecting.clone(),
             );
             let cell2 = cell.clone();
             tasks.push(tokio::spawn(async move {

@@ -14,15 +14,24 @@ pub const TRUST_DOMAIN: &str = "weft.local";
 /// Services in the benchmark's policy; sidecar `i` belongs to service `i % SERVICES`.
 pub const SERVICES: usize = 50;
 /// Sidecar counts measured by default.
-pub const DEFAULT_SIDECARS: [usize; 4] = [100, 250, 500, 1000];
+pub const DEFAULT_SIDECARS: [usize; 3] = [100, 1000, 10_000];
+/// Services each simulated sidecar calls (with endpoints by service: subscribes to), the
+/// next ones after its own: service `s` is called by the sidecars of `s - 1 … s - CALLS`.
+pub const CALLS: usize = 2;
 /// The targets: every sidecar ACKed within this long after the change …
-pub const TARGET_ACK: Duration = Duration::from_secs(2);
-/// … and the control plane's RSS under this many MiB.
-pub const TARGET_RSS_MIB: f64 = 150.0;
+pub const TARGET_ACK: Duration = Duration::from_secs(5);
+/// … and the control plane's RSS growth per connected sidecar under this many KiB.
+pub const TARGET_KIB_PER_SIDECAR: f64 = 100.0;
+/// Services sidecar-of-service `s` calls.
+pub fn callees(s: usize) -> Vec<String> {
+    (1..=CALLS)
+        .map(|k| service_name((s + k) % SERVICES))
+        .collect()
+}
 /// Limit on one sidecar's TCP + TLS + stream set-up (a storm of 1000 on one CPU takes a while).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit on the whole connect storm, until all are in sync.
-pub(crate) const STORM_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const STORM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Limit on every sidecar ACKing a policy change.
 pub(crate) const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the control plane's metrics are polled while waiting.
@@ -45,6 +54,9 @@ pub struct CpPushConfig {
     pub client_core: usize,
     /// The `weft-control-plane` binary.
     pub binary: PathBuf,
+    /// The sidecars announce "endpoints-by-service" and subscribe to the services they call
+    /// ([`CALLS`]); false: full snapshots, as sidecars before it.
+    pub by_service: bool,
 }
 
 /// Name of service `i`.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::cp_push::{CpPushReport, TARGET_ACK, TARGET_RSS_MIB};
+use crate::cp_push::{CpPushReport, TARGET_ACK, TARGET_KIB_PER_SIDECAR};
 
 impl CpPushReport {
     /// The Markdown report.
@@ -34,9 +34,29 @@ impl CpPushReport {
             out,
             "\nTime to ACK: from the rename of the policy file until each sidecar sent its ACK of the new \
              version (the control plane polls the directory every 250 ms). Targets: every sidecar within {} s, \
-             control plane under {TARGET_RSS_MIB} MiB.\n\n",
+             control plane RSS growth at most {TARGET_KIB_PER_SIDECAR} KiB per connected sidecar.\n\n\
+             | sidecars | CP RSS per sidecar (KiB) | one pod added: receivers | Endpoints msgs / bytes | snapshots msgs / bytes | all ACKed (ms) |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             TARGET_ACK.as_secs()
         );
+        for s in &self.summary {
+            let Some(c) = &s.endpoint_change else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} / {} | {} / {} | {:.0} |",
+                s.sidecars,
+                f(s.kib_per_sidecar, 1),
+                c.receivers,
+                c.endpoints_messages,
+                c.endpoints_bytes,
+                c.snapshot_messages,
+                c.snapshot_bytes,
+                c.all_acked_ms
+            );
+        }
+        out.push('\n');
         for s in &self.summary {
             let _ = writeln!(
                 out,

@@ -80,11 +80,15 @@ pub struct Args {
     #[arg(long)]
     pub captured: bool,
     /// Sidecar counts of --cp-push, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "100,250,500,1000")]
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
     pub cp_sidecars: Vec<usize>,
     /// Policy changes per sidecar count and run of --cp-push.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub cp_changes: u16,
+    /// --cp-push with sidecars that take full snapshots (as before endpoints by service)
+    /// instead of announcing endpoints-by-service.
+    #[arg(long)]
+    pub cp_full_snapshots: bool,
     /// Instead of the scenarios: drive a listener that is already running (a sidecar under
     /// a profiler, say) with the saturation load (--connections, --warmup, --duration) and
     /// print requests/s. Loopback addresses only.

@@ -125,6 +125,7 @@ fn cp_push_main(args: &Args, bin_dir: &Path, out_dir: &Path) -> anyhow::Result<(
         server_core: args.server_core,
         client_core: args.loadgen_core,
         binary: bin_dir.join("weft-control-plane"),
+        by_service: !args.cp_full_snapshots,
     };
     let mut temp = TempGuard::new()?;
     // The control planes and the simulated sidecars are gone (dropped in `run`).
