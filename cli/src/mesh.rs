@@ -55,21 +55,12 @@ fn ephemeral_start() -> u16 {
         .unwrap_or(32_768)
 }
 
-/// A random number (std's hasher keys are random per instance: no dependency for this).
-fn random() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-}
-
 impl Ports {
     pub fn next(&mut self) -> anyhow::Result<SocketAddr> {
         let end = ephemeral_start();
         if end > PORTS_FROM + 1_000 {
-            let span = u64::from(end - PORTS_FROM);
             for _ in 0..1_000 {
-                let port = PORTS_FROM + u16::try_from(random() % span).unwrap_or(0);
+                let port = fastrand::u16(PORTS_FROM..end);
                 if self.0.contains(&port) {
                     continue;
                 }

@@ -39,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
+use weft_netns::{ip, run, Netns, Node, NsRuntime};
 
 use crate::mesh::{Instance, Ports};
 
@@ -58,60 +59,14 @@ const METRICS: u16 = 15020;
 pub const APP_PORT: u16 = 8080;
 /// The UID the apps run as: anything but the sidecars' (root), so capture takes their traffic.
 const APP_UID: &str = "65534";
-/// How long one `ip`/`nft` command may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a relay waits for its target to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Runs `program args` to completion within [`COMMAND_TIMEOUT`]; its stderr on failure.
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let what = || format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(what)?;
-    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
-    while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{} took longer than {COMMAND_TIMEOUT:?}", what());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            what(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    run("ip", args)
-}
-
-/// The PID in a name `weftup-<pid>-…`.
-fn pid_of(name: &str) -> Option<u32> {
-    name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
-}
 
 /// Removes the namespaces and `/etc/netns` directories of earlier runs whose process is gone
 /// (a crash or SIGKILL); those of live runs are left alone. Returns how many it removed.
 pub fn clean_stale() -> usize {
     let mut n = 0;
-    let dead = |name: &str| {
-        pid_of(name).is_some_and(|pid| {
-            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-        })
-    };
+    let dead = |name: &str| weft_netns::is_stale(PREFIX, name);
     for dir in ["/run/netns", "/etc/netns"] {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
@@ -141,6 +96,7 @@ pub async fn choose(
     cp: SocketAddr,
     proxy: &Path,
     sample: &Path,
+    replan: fn(&mut Ports) -> anyhow::Result<Vec<Instance>>,
 ) -> anyhow::Result<(Option<Pods>, String)> {
     let stale = if nix::unistd::geteuid().is_root() {
         clean_stale()
@@ -164,7 +120,7 @@ pub async fn choose(
             Ok(p) => Some(p),
             Err(e) => {
                 println!("weft up: loopback mode (network namespaces failed: {e:#})");
-                *instances = crate::up::plan(ports)?;
+                *instances = replan(ports)?;
                 None
             }
         },
@@ -193,12 +149,14 @@ pub struct Pod {
 
 /// The namespaces, bridge, relays and hosts files of one run; all removed on drop.
 pub struct Pods {
-    node: String,
     pods: Vec<(String, Pod)>,
     control_plane: SocketAddr,
     /// The node's runtime first, then the loadgen pod's.
-    runtimes: Vec<NodeRuntime>,
+    runtimes: Vec<NsRuntime>,
     relays: Vec<tokio::task::JoinHandle<()>>,
+    /// The pods' namespaces, deleted (as the fields drop) before the node's.
+    namespaces: Vec<Netns>,
+    node: Node,
 }
 
 impl Pods {
@@ -234,38 +192,28 @@ impl Pods {
         proxy: &Path,
     ) -> anyhow::Result<Pods> {
         let prefix = format!("{PREFIX}{}", std::process::id());
-        let node = format!("{prefix}-node");
-        ip(&["netns", "add", &node])?;
+        let node = Node::create(format!("{prefix}-node"), GATEWAY)?;
         // From here on, a failure drops `pods`, which removes what was made so far.
         let mut pods = Pods {
             runtimes: Vec::new(),
-            node: node.clone(),
+            node,
+            namespaces: Vec::new(),
             pods: Vec::new(),
             control_plane: cp,
             relays: Vec::new(),
         };
-        ip(&["-n", &node, "link", "set", "lo", "up"])?;
-        ip(&["-n", &node, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{GATEWAY}/24"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", &node, "link", "set", "br0", "up"])?;
-        pods.runtimes.push(NodeRuntime::start(&node)?);
+        let node_runtime = NsRuntime::start(pods.node.netns(), "weft up node".into())?;
+        pods.runtimes.push(node_runtime);
         for (k, i) in instances.iter().enumerate() {
             let host = u8::try_from(k + 2).context("too many instances")?;
             let pod = Pod {
                 netns: format!("{prefix}-{}", i.name),
                 ip: Ipv4Addr::new(10, 217, 0, host),
             };
-            ip(&["netns", "add", &pod.netns])?;
-            pods.pods.push((i.name.clone(), pod.clone()));
-            plumb(&node, k, &pod)?;
+            let veth = format!("v{k}");
+            let ns = pods.node.attach(pod.netns.clone(), &veth, pod.ip, true)?;
+            pods.namespaces.push(ns);
+            pods.pods.push((i.name.clone(), pod));
         }
         for (k, i) in instances.iter().enumerate() {
             let pod = &pods.pods[k].1;
@@ -292,20 +240,33 @@ impl Pods {
             run("ip", &init.iter().map(String::as_str).collect::<Vec<_>>())
                 .with_context(|| format!("capture in {}", pod.netns))?;
         }
+        pods.start_relays(instances, ports, cp).await?;
+        Ok(pods)
+    }
+
+    /// The relays of [`Pods::start`]: the sidecars' way to the control plane at `cp`, and the
+    /// host's way in to each sidecar's metrics port and the loadgen sidecar's outbound port;
+    /// rewrites `instances`' addresses to what each side reaches.
+    async fn start_relays(
+        &mut self,
+        instances: &mut [Instance],
+        ports: &mut Ports,
+        cp: SocketAddr,
+    ) -> anyhow::Result<()> {
         // The sidecars' way to the control plane: a listener on the bridge, bound by the
         // node's thread, whose connections this (host) runtime opens to 127.0.0.1.
-        let handle = pods.runtimes[0].handle()?;
+        let handle = self.runtimes[0].handle().clone();
         let listener = handle
             .spawn(async { std::net::TcpListener::bind((GATEWAY, 0)) })
             .await?
             .context("the control plane's relay on the bridge")?;
-        pods.control_plane = listener.local_addr()?;
-        pods.relays
+        self.control_plane = listener.local_addr()?;
+        self.relays
             .push(tokio::spawn(relay(listener, cp, "control plane")));
         // Host loopback → pod: listeners bound here (the host's namespace), their accept
         // loops and connections on the node's runtime (the bridge's namespace).
         for (k, i) in instances.iter_mut().enumerate() {
-            let pod_ip = pods.pods[k].1.ip;
+            let pod_ip = self.pods[k].1.ip;
             let admin = ports.next()?;
             let l = std::net::TcpListener::bind(admin).with_context(|| format!("{admin}"))?;
             handle.spawn(relay(
@@ -318,19 +279,19 @@ impl Pods {
             if i.service == "loadgen" {
                 // The outbound listener is on the pod's loopback: this relay's connections
                 // are opened by a runtime in the loadgen pod itself.
-                let inside = NodeRuntime::start(&pods.pods[k].1.netns)?;
+                let inside = NsRuntime::start(&self.pods[k].1.netns, "weft up loadgen".into())?;
                 let out = ports.next()?;
                 let l = std::net::TcpListener::bind(out).with_context(|| format!("{out}"))?;
                 inside
-                    .handle()?
+                    .handle()
                     .spawn(relay(l, i.outbound, "loadgen outbound"));
-                pods.runtimes.push(inside);
+                self.runtimes.push(inside);
                 i.outbound = out;
             }
             i.inbound = SocketAddrV4::new(pod_ip, INBOUND).into();
             i.app = SocketAddrV4::new(pod_ip, APP_PORT).into();
         }
-        Ok(pods)
+        Ok(())
     }
 
     /// The control plane's address as the sidecars reach it (the relay on the bridge).
@@ -345,7 +306,7 @@ impl Pods {
 
     /// The node namespace's name (`weftup-<pid>-node`).
     pub fn node(&self) -> &str {
-        &self.node
+        self.node.netns()
     }
 
     /// The listen addresses of instance `i`'s sidecar inside its pod: (outbound, inbound,
@@ -384,37 +345,6 @@ impl Pods {
     }
 }
 
-/// The veth pair of pod number `k`: its node end on the bridge, its pod end `eth0`.
-fn plumb(node: &str, k: usize, pod: &Pod) -> anyhow::Result<()> {
-    let veth = format!("v{k}");
-    let ns = pod.netns.as_str();
-    ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    ip(&[
-        "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-    ])?;
-    ip(&["-n", node, "link", "set", &veth, "master", "br0"])?;
-    ip(&["-n", node, "link", "set", &veth, "up"])?;
-    ip(&[
-        "-n",
-        ns,
-        "addr",
-        "add",
-        &format!("{}/24", pod.ip),
-        "dev",
-        "eth0",
-    ])?;
-    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    ip(&[
-        "-n",
-        ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        &GATEWAY.to_string(),
-    ])
-}
-
 /// The `/etc/hosts` of `name`'s pod: localhost, itself, and every service by the pod IPs of
 /// its instances.
 fn hosts_file(name: &str, pod: &Pod, instances: &[Instance], pods: &Pods) -> String {
@@ -440,10 +370,9 @@ impl Drop for Pods {
             r.stop();
         }
         for (_, pod) in &self.pods {
-            let _ = ip(&["netns", "delete", &pod.netns]);
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&pod.netns));
         }
-        let _ = ip(&["netns", "delete", &self.node]);
+        // The pods' namespaces, then the node's, are deleted as the fields drop.
     }
 }
 
@@ -481,80 +410,5 @@ async fn relay(listener: std::net::TcpListener, target: SocketAddr, what: &'stat
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-/// A thread in a namespace (the node's, or a pod's; setns changes only the calling thread's)
-/// driving a current-thread runtime: sockets opened by its tasks are in that namespace.
-struct NodeRuntime {
-    handle: Option<tokio::runtime::Handle>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NodeRuntime {
-    fn start(netns: &str) -> anyhow::Result<NodeRuntime> {
-        let path = format!("/run/netns/{netns}");
-        let file = std::fs::File::open(&path).with_context(|| path.clone())?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("weft up node".into())
-            .spawn(move || {
-                let rt = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| anyhow::anyhow!("setns into {path}: {e}"))
-                    .and_then(|()| {
-                        Ok(tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()?)
-                    });
-                match rt {
-                    Ok(rt) => {
-                        let _ = tx.send(Ok(rt.handle().clone()));
-                        rt.block_on(async {
-                            let _ = stopped.await;
-                        });
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            })?;
-        let handle = rx
-            .recv_timeout(COMMAND_TIMEOUT)
-            .context("the node thread did not start")??;
-        Ok(NodeRuntime {
-            handle: Some(handle),
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-
-    fn handle(&self) -> anyhow::Result<tokio::runtime::Handle> {
-        self.handle
-            .clone()
-            .context("the node runtime is not running")
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_names_with_a_pid_are_ours() {
-        assert_eq!(pid_of("weftup-1234-node"), Some(1234));
-        assert_eq!(pid_of("weftup-1234-orders-v1"), Some(1234));
-        assert_eq!(pid_of("weftup-x-node"), None);
-        assert_eq!(pid_of("weftpod-1234-node"), None);
     }
 }

@@ -325,6 +325,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         cp.listen,
         &proxy,
         &sample,
+        plan,
     )
     .await?;
     let tokens = JoinTokenStore::new(&state_dir);

@@ -195,6 +195,8 @@ fn bounds(args: &Args) -> (ServeOptions, Limits) {
     (options, webhook_limits)
 }
 
+// Long (about 80 lines): flags to settings, one field per flag, then the runtime; a flat
+// mapping reads best in one place.
 fn main() {
     let level = std::env::var("RUST_LOG")
         .ok()

@@ -175,6 +175,19 @@ impl Traffic {
             Ok(Ok(h2)) => h2,
             _ => return None,
         };
+        self.serve_http(l4, h2, first_bytes, shutdown).await
+    }
+
+    /// Serves plaintext HTTP from the app whose first bytes said which version (`h2`: the
+    /// preface), sniffed by [`Traffic::outbound_http`] or detected on a captured connection
+    /// ([`detect`]): never read twice. `first_bytes` bounds an idle connection as there.
+    async fn serve_http(
+        self: &Arc<Self>,
+        l4: Box<L4Stream>,
+        h2: bool,
+        first_bytes: Duration,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         if h2 {
             // Every stream goes to the outbound proxy in force when it starts (`InForce`), so
             // a renewed certificate never closes the app's connection.
@@ -244,7 +257,13 @@ impl Traffic {
                             );
                             l4
                         }
-                        Ok(_) => return self.outbound_http(l4, shutdown).await,
+                        Ok((detected, _)) => {
+                            // Detection already told HTTP/2 from HTTP/1: no second sniff.
+                            let h2 = detected == detect::Detected::H2;
+                            let first_bytes =
+                                FIRST_BYTES_TIMEOUT.min(self.store.load().idle_timeout);
+                            return self.serve_http(l4, h2, first_bytes, shutdown).await;
+                        }
                         Err(_) => return None,
                     }
                 };

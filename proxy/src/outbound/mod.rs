@@ -348,7 +348,8 @@ impl Outbound {
             .and_then(|a| a.as_inet())
             .map(|a| a.port());
         let found = snap.routes.destination(port, host(session.req_header()));
-        let Some(d) = found.or_else(|| original_dst::for_session(session, &snap.routes)) else {
+        let captured = || snap.routes.for_address(original_dst::of_session(session)?);
+        let Some(d) = found.or_else(captured) else {
             snap.routes.unknown_host.request();
             ctx.hop.metrics = Some(snap.routes.unknown_host.clone());
             return Err(Reject::UnknownHost(

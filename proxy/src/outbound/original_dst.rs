@@ -15,13 +15,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use pingora_core::protocols::SocketDigest;
 use pingora_proxy::Session;
 use weft_policy::Service;
-
-use crate::outbound::route::{Destination, Routes};
 
 /// The address a captured connection was made to; `None` when it was not captured.
 pub fn captured(digest: &SocketDigest) -> Option<SocketAddr> {
@@ -30,12 +27,13 @@ pub fn captured(digest: &SocketDigest) -> Option<SocketAddr> {
     (Some(original) != local).then_some(original)
 }
 
-/// The destination named by the original address of the connection `session` arrived on,
-/// when it was captured: the routing stage's last resort after the dedicated port and the
-/// Host (an unmodified client sends `Host: 10.0.3.7:8080`, which names no service).
-pub fn for_session<'a>(session: &Session, routes: &'a Routes) -> Option<&'a Arc<Destination>> {
+/// The original address of the connection `session` arrived on, when it was captured: the
+/// routing stage looks it up ([`Routes::for_address`](crate::outbound::route::Routes)) as its
+/// last resort after the dedicated port and the Host (an unmodified client sends
+/// `Host: 10.0.3.7:8080`, which names no service).
+pub fn of_session(session: &Session) -> Option<SocketAddr> {
     let digest = session.digest()?.socket_digest.as_ref()?;
-    routes.for_address(captured(digest)?)
+    captured(digest)
 }
 
 /// Destinations by address, built with the routing table. The first service to claim an
@@ -79,8 +77,8 @@ impl AddressIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::outbound::route::test_support::routes;
+    use crate::outbound::route::Routes;
     use crate::telemetry::metrics::Metrics;
 
     const MESH: &str = r#"services:

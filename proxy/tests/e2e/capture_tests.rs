@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use weft_netns::{Netns, Node, NsRuntime};
 use weft_testkit::process::{self, Guard};
 use weft_testkit::wait;
 
@@ -33,12 +34,6 @@ pub(crate) fn run(program: &str, args: &[&str]) -> (bool, String, String) {
     (exit.success(), out, err)
 }
 
-/// Runs `ip args`, panicking with its stderr on failure.
-fn ip(args: &[&str]) {
-    let (ok, _, err) = run("ip", args);
-    assert!(ok, "ip {}: {err}", args.join(" "));
-}
-
 /// Runs `args` inside network namespace `ns`.
 pub(crate) fn in_ns(ns: &str, args: &[&str]) -> (bool, String, String) {
     let mut all = vec!["netns", "exec", ns];
@@ -46,10 +41,12 @@ pub(crate) fn in_ns(ns: &str, args: &[&str]) -> (bool, String, String) {
     run("ip", &all)
 }
 
-/// A node namespace with a bridge (10.214.0.1/24) and pods on it, all deleted on drop.
+/// A node namespace with a bridge (10.214.0.1/24) and pods on it (`weft-netns`), all deleted
+/// on drop.
 pub(crate) struct Net {
-    node: String,
-    pods: Vec<String>,
+    /// Deleted (as the fields drop) before the node.
+    pods: Vec<Netns>,
+    node: Node,
 }
 
 impl Net {
@@ -57,75 +54,39 @@ impl Net {
     pub(crate) fn create() -> Option<Net> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let node = format!("weftcap-{}-{seq}-node", std::process::id());
-        let (ok, _, err) = run("ip", &["netns", "add", &node]);
-        if !ok {
-            if std::env::var("WEFT_NO_NETNS").as_deref() == Ok("1") {
-                eprintln!(
-                    "SKIPPED: network namespaces unavailable ({}) and WEFT_NO_NETNS=1",
-                    err.trim()
-                );
+        let name = format!("weftcap-{}-{seq}-node", std::process::id());
+        let node = match Node::create(name, Ipv4Addr::new(10, 214, 0, 1)) {
+            Ok(node) => node,
+            Err(e) if std::env::var("WEFT_NO_NETNS").as_deref() == Ok("1") => {
+                eprintln!("SKIPPED: network namespaces unavailable ({e}) and WEFT_NO_NETNS=1");
                 return None;
             }
-            panic!(
-                "network namespaces are unavailable ({}): run as root, or set WEFT_NO_NETNS=1 \
-                 on a machine that cannot have them",
-                err.trim()
-            );
-        }
-        let net = Net {
-            node,
-            pods: Vec::new(),
+            Err(e) => panic!(
+                "network namespaces are unavailable ({e}): run as root, or set WEFT_NO_NETNS=1 \
+                 on a machine that cannot have them"
+            ),
         };
-        ip(&["-n", &net.node, "link", "set", "lo", "up"]);
-        ip(&["-n", &net.node, "link", "add", "br0", "type", "bridge"]);
-        ip(&[
-            "-n",
-            &net.node,
-            "addr",
-            "add",
-            "10.214.0.1/24",
-            "dev",
-            "br0",
-        ]);
-        ip(&["-n", &net.node, "link", "set", "br0", "up"]);
-        Some(net)
+        Some(Net {
+            pods: Vec::new(),
+            node,
+        })
     }
 
-    /// A pod namespace `<node>-<name>` whose `eth0` has 10.214.0.`host`.
+    /// A pod namespace `<node>-<name>` whose `eth0` has 10.214.0.`host` (no default route:
+    /// only the bridge's subnet is reachable).
     pub(crate) fn pod(&mut self, name: &str, host: u8) -> Pod {
-        let ns = self.node.replace("-node", &format!("-{name}"));
-        ip(&["netns", "add", &ns]);
-        self.pods.push(ns.clone());
-        let veth = format!("v{name}");
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", &self.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ]);
-        ip(&["-n", &self.node, "link", "set", &veth, "master", "br0"]);
-        ip(&["-n", &self.node, "link", "set", &veth, "up"]);
+        let ns_name = self.node.netns().replace("-node", &format!("-{name}"));
         let addr = Ipv4Addr::new(10, 214, 0, host);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        Pod { ns, ip: addr }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        // Deleting a namespace takes its interfaces, and its nftables tables, with it.
-        for ns in self.pods.iter().chain(std::iter::once(&self.node)) {
-            let _ = run("ip", &["netns", "delete", ns]);
-        }
+        let ns = self
+            .node
+            .attach(ns_name, &format!("v{name}"), addr, false)
+            .unwrap_or_else(|e| panic!("pod {name}: {e}"));
+        let pod = Pod {
+            ns: ns.name().to_owned(),
+            ip: addr,
+        };
+        self.pods.push(ns);
+        pod
     }
 }
 
@@ -173,32 +134,20 @@ impl Pod {
         (ok, if ok { out } else { err })
     }
 
-    /// A sample HTTP app on `0.0.0.0:8080` inside this pod, named `name`: a runtime on a
-    /// thread that entered the pod's namespace (setns changes only the calling thread's).
-    fn app(&self, name: &'static str) -> AppThread {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.ns)).expect("open netns");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// A sample HTTP app on `0.0.0.0:8080` inside this pod, named `name`, on a runtime inside
+    /// the pod's namespace; stopped when the returned runtime is dropped.
+    fn app(&self, name: &'static str) -> NsRuntime {
+        let rt = NsRuntime::start(&self.ns, format!("app {name}")).expect("runtime in the pod");
         let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT))
-                    .await
-                    .expect("bind app");
-                weft_samples::http::serve(l, name);
-                let _ = tx.send(());
-                let _ = stopped.await;
-            });
+        rt.handle().spawn(async move {
+            let l = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT))
+                .await
+                .expect("bind app");
+            weft_samples::http::serve(l, name);
+            let _ = tx.send(());
         });
         rx.recv_timeout(CMD_LIMIT).expect("app listening");
-        AppThread {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        rt
     }
 
     /// Starts a sidecar in this pod (as root) from `config` and waits until it is ready.
@@ -246,23 +195,6 @@ impl Pod {
             (ready.exists() && ok && out == "200").then_some(())
         });
         s
-    }
-}
-
-/// An app's thread; stopped on drop.
-struct AppThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for AppThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

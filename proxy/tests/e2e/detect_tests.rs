@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use weft_netns::NsRuntime;
 use weft_testkit::process::{self, Guard};
 use weft_testkit::wait;
 
@@ -409,27 +410,21 @@ async fn a_server_first_protocol_waits_the_detect_timeout_unless_its_port_is_opa
     );
 }
 
-/// The gRPC sample app (`weft_samples::grpc`) on `0.0.0.0:port` inside `pod`: a runtime on a
-/// thread that entered the pod's namespace. Ends with the test process.
-fn grpc_app(pod: &Pod, port: u16, name: &'static str) {
-    let file = std::fs::File::open(format!("/run/netns/{}", pod.ns)).expect("open netns");
+/// The gRPC sample app (`weft_samples::grpc`) on `0.0.0.0:port` inside `pod`, on a runtime
+/// inside the pod's namespace; stopped when the returned runtime is dropped.
+fn grpc_app(pod: &Pod, port: u16, name: &'static str) -> NsRuntime {
+    let rt = NsRuntime::start(&pod.ns, format!("grpc app {name}")).expect("runtime in the pod");
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind(("0.0.0.0", port))
-                .await
-                .expect("bind grpc app");
-            let server = weft_samples::grpc::serve(l, name);
-            let _ = tx.send(());
-            let _ = server.await;
-        });
+    rt.handle().spawn(async move {
+        let l = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .expect("bind grpc app");
+        let server = weft_samples::grpc::serve(l, name);
+        let _ = tx.send(());
+        let _ = server.await;
     });
     rx.recv_timeout(CMD_LIMIT).expect("grpc app listening");
+    rt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +437,7 @@ async fn a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed(
     let pki = Pki::new(18);
     pki.issue("client");
     pki.issue("inventory");
-    grpc_app(&server, GRPC_PORT, "inventory-1");
+    let _app = grpc_app(&server, GRPC_PORT, "inventory-1");
     capture(&server);
     let server_conf = config("inventory", &server, "  protocol: grpc\n", "")
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{GRPC_PORT}"));

@@ -12,11 +12,13 @@
 //! spawned there are in the node's network.
 //!
 //! Every namespace is deleted on drop ([`Node`], [`PodNet`]); namespaces left by a crashed
-//! earlier run (their process id no longer alive) are deleted by [`clean_stale`].
+//! earlier run (their process id no longer alive) are deleted by [`clean_stale`]. The
+//! namespace plumbing itself is `weft-netns`, shared with `weft up` and the capture tests.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::Mutex;
+
+use weft_netns::{Netns, NsRuntime};
 
 use crate::Error;
 
@@ -28,80 +30,30 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 
 /// Runs `ip ARGS`, returning a clear error with its stderr on failure.
 pub(crate) fn ip(args: &[&str]) -> Result<(), Error> {
-    run("ip", args)
-}
-
-pub(crate) fn run(program: &str, args: &[&str]) -> Result<(), Error> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| Error::Command {
-            cmd: format!("{program} {}", args.join(" ")),
-            reason: e.to_string(),
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(Error::Command {
-        cmd: format!("{program} {}", args.join(" ")),
-        reason: format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    })
+    Ok(weft_netns::ip(args)?)
 }
 
 /// The names of the network namespaces that exist now.
 pub fn namespaces() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = dir
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names
+    weft_netns::namespaces()
 }
 
 /// Deletes the runner namespaces whose creating process is gone (a crashed or killed earlier
 /// run); namespaces of live processes (parallel tests) are left alone. Returns what it deleted.
 pub fn clean_stale() -> Vec<String> {
-    let mut deleted = Vec::new();
-    for name in namespaces() {
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != std::process::id()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && ip(&["netns", "delete", &name]).is_ok()
-        {
-            deleted.push(name);
+    weft_netns::clean_stale(PREFIX)
+}
+
+impl From<weft_netns::Error> for Error {
+    fn from(e: weft_netns::Error) -> Error {
+        match e {
+            weft_netns::Error::Command { cmd, reason } => Error::Command { cmd, reason },
+            weft_netns::Error::Io { what, source } => Error::Io {
+                context: what,
+                source,
+            },
+            e @ weft_netns::Error::Runtime { .. } => Error::Host(e.to_string()),
         }
-    }
-    deleted
-}
-
-/// A network namespace, deleted on drop.
-#[derive(Debug)]
-struct Netns(String);
-
-impl Netns {
-    fn create(name: String) -> Result<Self, Error> {
-        ip(&["netns", "add", &name])?;
-        let ns = Netns(name);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace takes its interfaces (the bridge, a veth and its peer) with it.
-        let _ = ip(&["netns", "delete", &self.0]);
     }
 }
 
@@ -109,11 +61,10 @@ impl Drop for Netns {
 #[derive(Debug)]
 pub struct Node {
     run: String,
-    ns: Netns,
     hosts: Mutex<[bool; 256]>,
-    handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Stopped (as the fields drop) before the namespace is deleted.
+    runtime: NsRuntime,
+    net: weft_netns::Node,
 }
 
 impl Node {
@@ -123,19 +74,8 @@ impl Node {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let run = format!("{PREFIX}{}-{seq}", std::process::id());
-        let ns = Netns::create(format!("{run}-node"))?;
-        ip(&["-n", &ns.0, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            &format!("{GATEWAY}/24"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", &ns.0, "link", "set", "br0", "up"])?;
-        let (handle, stop, thread) = node_thread(&ns.0)?;
+        let net = weft_netns::Node::create(format!("{run}-node"), GATEWAY)?;
+        let runtime = NsRuntime::start(net.netns(), format!("node {}", net.netns()))?;
         let mut hosts = [false; 256];
         // .0 network, .1 the node, .255 broadcast.
         for taken in [0, 1, 255] {
@@ -143,17 +83,15 @@ impl Node {
         }
         Ok(Node {
             run,
-            ns,
             hosts: Mutex::new(hosts),
-            handle,
-            stop: Some(stop),
-            thread: Some(thread),
+            runtime,
+            net,
         })
     }
 
     /// The node namespace's name.
     pub fn netns(&self) -> &str {
-        &self.ns.0
+        self.net.netns()
     }
 
     /// The prefix of every namespace this node's pods get (`weftpod-<pid>-<seq>`).
@@ -164,7 +102,7 @@ impl Node {
     /// A runtime whose tasks open sockets inside the node's network namespace: spawn a task
     /// here to reach a pod's IP, as the kubelet's probes do from the node.
     pub fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
+        self.runtime.handle()
     }
 
     /// Creates a pod's network: namespace `<run>-<slot>`, `eth0` with the next free address.
@@ -188,34 +126,8 @@ impl Node {
     }
 
     fn plumb(&self, slot: usize, addr: Ipv4Addr) -> Result<PodNet, Error> {
-        let ns = Netns::create(format!("{}-p{slot}", self.run))?;
-        let veth = format!("vp{slot}");
-        let node = &self.ns.0;
-        ip(&[
-            "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns.0,
-        ])?;
-        ip(&["-n", node, "link", "set", &veth, "master", "br0"])?;
-        ip(&["-n", node, "link", "set", &veth, "up"])?;
-        ip(&[
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns.0, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &ns.0,
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY.to_string(),
-        ])?;
+        let name = format!("{}-p{slot}", self.run);
+        let ns = self.net.attach(name, &format!("vp{slot}"), addr, true)?;
         Ok(PodNet { ns, ip: addr })
     }
 
@@ -224,61 +136,6 @@ impl Node {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         hosts[usize::from(ip.octets()[3])] = false;
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-type NodeThread = (
-    tokio::runtime::Handle,
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-);
-
-/// A thread that enters the node's network namespace (setns changes only the calling thread's)
-/// and drives a current-thread runtime until told to stop.
-fn node_thread(netns: &str) -> Result<NodeThread, Error> {
-    let path = format!("/run/netns/{netns}");
-    let file = std::fs::File::open(&path).map_err(crate::io_err(format!("open {path}")))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name(format!("node {netns}"))
-        .spawn(move || {
-            let rt = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("setns into {path}: {e}"))
-                .and_then(|()| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("node runtime: {e}"))
-                });
-            match rt {
-                Ok(rt) => {
-                    let _ = tx.send(Ok(rt.handle().clone()));
-                    rt.block_on(async {
-                        let _ = stopped.await;
-                    });
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        })
-        .map_err(crate::io_err("spawn the node thread"))?;
-    let handle = rx
-        .recv()
-        .map_err(|e| Error::Host(format!("node thread: {e}")))?
-        .map_err(Error::Host)?;
-    Ok((handle, stop, thread))
 }
 
 /// A pod's network namespace and address, removed on drop (with its veth pair).
@@ -296,7 +153,7 @@ impl PodNet {
 
     /// The pod's network namespace name (`/run/netns/<name>`).
     pub fn netns(&self) -> &str {
-        &self.ns.0
+        self.ns.name()
     }
 }
 

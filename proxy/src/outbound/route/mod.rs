@@ -248,6 +248,9 @@ fn strip_port(host: &str) -> &str {
 impl Destination {
     /// Resolve `svc`, carrying live state over from `prev` (the same service in the table
     /// being replaced) where it still applies.
+    // Long (about 80 lines): the live state (endpoint stats, outlier health, limiter, budget,
+    // routes) is each kept from `prev` or made anew, one after the other; split, every part
+    // would take `prev` and the service again.
     fn build(svc: Service, prev: Option<&Destination>, caller: &Caller<'_>) -> Self {
         let endpoints: Vec<SocketAddr> = svc.endpoints.iter().map(|e| e.addr).collect();
         type Kept<'a> = (&'a Arc<EndpointStats>, &'a Arc<EndpointHealth>);
