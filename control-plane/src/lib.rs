@@ -22,6 +22,7 @@ mod files;
 pub mod inject;
 pub mod limits;
 mod listeners;
+mod names;
 pub mod net;
 pub mod operator;
 pub mod policy;

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::server::ServerConfig;
 use crate::sidecar_port::bind_sidecar_listener;
 
 /// The control plane's listeners, bound, with the addresses they got.
@@ -19,17 +18,18 @@ pub(crate) struct Bound {
     pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
-/// Bind the sidecars' port, the operator API and the optional metrics listener.
+/// Bind the sidecars' port (`listen`), the operator API (`admin`) and the optional metrics
+/// listener.
 pub(crate) async fn bind(
-    config: &ServerConfig,
+    listen: SocketAddr,
+    admin: SocketAddr,
     metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<Bound> {
-    let listener = bind_sidecar_listener(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = bind_sidecar_listener(listen).with_context(|| format!("binding {listen}"))?;
     let listen = listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.admin)
+    let admin_listener = TcpListener::bind(admin)
         .await
-        .with_context(|| format!("binding {}", config.admin))?;
+        .with_context(|| format!("binding {admin}"))?;
     let admin = admin_listener.local_addr()?;
     let metrics_listener = match metrics_listen {
         Some(addr) => Some(

@@ -48,10 +48,7 @@ use crate::shared::{self, Credentials, Replicas};
 use crate::sidecar_port::serve_sidecars;
 pub use crate::sidecar_port::SIDECAR_LISTEN_BACKLOG;
 
-/// Namespace and service account of the control plane's own identity.
-pub const CONTROL_PLANE_NAMESPACE: &str = "weft-system";
-/// Service account of the control plane's own identity.
-pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "control-plane";
+pub use crate::names::{CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT};
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -310,7 +307,7 @@ pub async fn start_bounded(
         admin_addr: admin,
         metrics: metrics_listener,
         metrics_addr: metrics,
-    } = bind(&config, options.metrics_listen).await?;
+    } = bind(config.listen, config.admin, options.metrics_listen).await?;
 
     tasks.extend(serve_sidecars(
         listener,

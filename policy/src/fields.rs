@@ -8,7 +8,6 @@ use http::header::HeaderName;
 use regex::{Regex, RegexBuilder};
 use weft_certs::Identity;
 
-use crate::model::Protocol;
 use crate::{path, wire};
 
 /// A `host:port` address (a name or an IP address, and a port).
@@ -95,17 +94,6 @@ pub(crate) fn host_name(s: &str) -> Result<String, String> {
 pub(crate) fn identity(s: &str) -> Result<Identity, String> {
     s.parse::<Identity>()
         .map_err(|e| format!("bad SPIFFE identity {s:?}: {e}"))
-}
-
-pub(crate) fn protocol(s: Option<&str>) -> Result<Protocol, String> {
-    match s {
-        None | Some("http") => Ok(Protocol::Http),
-        Some("grpc") => Ok(Protocol::Grpc),
-        Some("tcp") => Ok(Protocol::Tcp),
-        Some(other) => Err(format!(
-            "unknown protocol {other:?}; expected http, grpc or tcp"
-        )),
-    }
 }
 
 /// An OTLP/gRPC collector address: `http://host:port` (plaintext gRPC; TLS to the collector

@@ -374,18 +374,14 @@ impl Validator<'_> {
     fn service(&mut self, f: &str, raw: wire::Service) -> Option<Service> {
         let name = self.check(format!("{f}.name"), service_name(&raw.name));
         let identity = self.check(format!("{f}.identity"), identity(&raw.identity));
-        let protocol = self.check(format!("{f}.protocol"), protocol(raw.protocol.as_deref()));
-        let lb = match raw.load_balancer.as_deref() {
-            None | Some("p2c_ewma") => Some(LbPolicy::P2cEwma),
-            Some("round_robin") => Some(LbPolicy::RoundRobin),
-            Some(other) => {
-                self.err(
-                    format!("{f}.load_balancer"),
-                    format!("unknown policy {other:?}; expected p2c_ewma or round_robin"),
-                );
-                None
-            }
-        };
+        let protocol = self.check(
+            format!("{f}.protocol"),
+            Protocol::from_field(raw.protocol.as_deref()),
+        );
+        let lb = self.check(
+            format!("{f}.load_balancer"),
+            LbPolicy::from_field(raw.load_balancer.as_deref()),
+        );
         if raw.port == Some(0) {
             self.err(format!("{f}.port"), "port 0 is not a port");
         }

@@ -238,6 +238,20 @@ pub enum Protocol {
     Tcp,
 }
 
+impl Protocol {
+    /// A service's `protocol` field: `http` (the default), `grpc` or `tcp`.
+    pub(crate) fn from_field(s: Option<&str>) -> Result<Self, String> {
+        match s {
+            None | Some("http") => Ok(Self::Http),
+            Some("grpc") => Ok(Self::Grpc),
+            Some("tcp") => Ok(Self::Tcp),
+            Some(other) => Err(format!(
+                "unknown protocol {other:?}; expected http, grpc or tcp"
+            )),
+        }
+    }
+}
+
 /// Load-balancing policy across a backend's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
@@ -245,6 +259,19 @@ pub enum LbPolicy {
     P2cEwma,
     /// Round robin.
     RoundRobin,
+}
+
+impl LbPolicy {
+    /// A service's `load_balancer` field: `p2c_ewma` (the default) or `round_robin`.
+    pub(crate) fn from_field(s: Option<&str>) -> Result<Self, String> {
+        match s {
+            None | Some("p2c_ewma") => Ok(Self::P2cEwma),
+            Some("round_robin") => Ok(Self::RoundRobin),
+            Some(other) => Err(format!(
+                "unknown policy {other:?}; expected p2c_ewma or round_robin"
+            )),
+        }
+    }
 }
 
 /// This sidecar's own service.

@@ -169,7 +169,10 @@ impl Validator<'_> {
         let name = self.check("service.name", service_name(&raw.name));
         let identity = self.check("service.identity", identity(&raw.identity));
         let app = self.check("service.app", loopback_addr(&raw.app));
-        let protocol = self.check("service.protocol", protocol(raw.protocol.as_deref()));
+        let protocol = self.check(
+            "service.protocol",
+            Protocol::from_field(raw.protocol.as_deref()),
+        );
         let rate_limit = self.rate_limit("service", raw.rate_limit, true);
         let detect_timeout = self.bounded(
             "service.detect_timeout",

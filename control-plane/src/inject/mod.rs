@@ -161,8 +161,8 @@ impl Settings {
         let bad = |what: &str, reason: String| InjectError::Settings(format!("{what}: {reason}"));
         weft_certs::Identity::new(
             &self.trust_domain,
-            crate::server::CONTROL_PLANE_NAMESPACE,
-            crate::server::CONTROL_PLANE_SERVICE_ACCOUNT,
+            crate::names::CONTROL_PLANE_NAMESPACE,
+            crate::names::CONTROL_PLANE_SERVICE_ACCOUNT,
         )
         .map_err(|e| bad("trust domain", e.to_string()))?;
         let (host, port) = self

@@ -63,8 +63,8 @@ pub fn sidecar_config(
             address: settings.control_plane.clone(),
             identity: format!(
                 "spiffe://{td}/ns/{}/sa/{}",
-                crate::server::CONTROL_PLANE_NAMESPACE,
-                crate::server::CONTROL_PLANE_SERVICE_ACCOUNT
+                crate::names::CONTROL_PLANE_NAMESPACE,
+                crate::names::CONTROL_PLANE_SERVICE_ACCOUNT
             ),
             state_file: Some("policy.json".to_owned()),
             join_token_file: Some(format!("{IDENTITY_DIR}/token")),

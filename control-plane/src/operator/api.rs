@@ -10,23 +10,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use crate::operator::auth::{AdminToken, ADMIN_TOKEN_NAME};
+use crate::operator::auth::AdminToken;
+use crate::operator::http::{actor, body_json, error, json, refused, respond, Refusal, Response};
+pub use crate::operator::http::{ACTOR_HEADER, BODY_READ_TIMEOUT, MAX_BODY};
 use crate::operator::ops::{Ops, OpsError};
 use crate::policy::mesh::{file_name, PolicyError, PolicyErrors};
 use crate::push::hub::Hub;
-
-/// Largest request body accepted (a whole policy directory fits many times over).
-pub const MAX_BODY: usize = 8 * 1024 * 1024;
-/// Longest a client may take to send a request body.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Header naming the person behind a request (weftctl sends the local `$USER`).
-pub const ACTOR_HEADER: &str = "x-weft-actor";
 
 /// What the operator API serves.
 pub(crate) struct Admin {
@@ -79,14 +72,6 @@ impl Readiness {
     }
 }
 
-pub(super) type Response = hyper::Response<crate::net::Body>;
-/// An early answer (an error) from a handler step; boxed, as a response is large.
-pub(super) type Refusal = Box<Response>;
-
-pub(super) fn refused(status: StatusCode, message: impl Into<String>) -> Refusal {
-    Box::new(error(status, message))
-}
-
 /// Serve the operator API on `listener` within `limits`; `open_only`: only the open endpoints
 /// (`/live`, `/ready`, `/metrics`), for a listener that may face the network.
 pub(crate) async fn serve_admin(
@@ -114,24 +99,6 @@ pub(crate) async fn serve_admin(
 
 /// The endpoints served without a token.
 const OPEN_PATHS: [&str; 3] = ["/live", "/ready", "/metrics"];
-
-fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response {
-    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(ctype),
-    );
-    r
-}
-
-pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response {
-    respond(status, "application/json", format!("{value:#}\n"))
-}
-
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json(status, &serde_json::json!({ "error": message.into() }))
-}
 
 /// Policy errors as JSON: file (name), line, column, field, reason, and the one-line message.
 pub fn errors_json(errors: &PolicyErrors) -> serde_json::Value {
@@ -173,26 +140,6 @@ fn ops_error(e: OpsError) -> Response {
     }
 }
 
-/// `admin` plus the sanitized `X-Weft-Actor`, e.g. `admin (alice)`.
-pub(super) fn actor(req: &hyper::Request<hyper::body::Incoming>) -> String {
-    let who: String = req
-        .headers()
-        .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .chars()
-        // The audit log is read by people and tools: no control characters, bounded length.
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ' '))
-        .take(64)
-        .collect();
-    let who = who.trim();
-    if who.is_empty() {
-        ADMIN_TOKEN_NAME.to_owned()
-    } else {
-        format!("{ADMIN_TOKEN_NAME} ({who})")
-    }
-}
-
 /// The body of a validate or apply request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,30 +152,6 @@ struct FilesRequest {
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
     version: String,
-}
-
-pub(super) async fn body_json<T: serde::de::DeserializeOwned>(
-    req: hyper::Request<hyper::body::Incoming>,
-) -> Result<T, Refusal> {
-    let body = Limited::new(req.into_body(), MAX_BODY).collect();
-    // The connection's idle timeout does not run while a request is in flight.
-    let Ok(read) = tokio::time::timeout(BODY_READ_TIMEOUT, body).await else {
-        return Err(refused(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
-        ));
-    };
-    let bytes = match read {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return Err(refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"),
-            ))
-        }
-    };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
 /// `dry_run` from the query string.
@@ -314,15 +237,9 @@ async fn handle(admin: &Admin, req: hyper::Request<hyper::body::Incoming>) -> Re
     }
 }
 
-async fn result(
-    admin: &Admin,
-    req: hyper::Request<hyper::body::Incoming>,
-    method: &Method,
-    path: &str,
-) -> Result<Response, Refusal> {
-    if crate::operator::state_api::PATHS.contains(&path) {
-        return crate::operator::state_api::handle(admin, req, method, path).await;
-    }
+/// The method `path` takes, or the refusal: 404 for an unknown path, 405 (with `Allow`) for
+/// another method.
+fn check_method(path: &str, method: &Method) -> Result<(), Refusal> {
     let allowed = match path {
         "/status" | "/v1/status" | "/v1/services" | "/v1/routes" | "/v1/endpoints"
         | "/v1/history" => Method::GET,
@@ -348,6 +265,27 @@ async fn result(
         }
         return Err(Box::new(r));
     }
+    Ok(())
+}
+
+async fn result(
+    admin: &Admin,
+    req: hyper::Request<hyper::body::Incoming>,
+    method: &Method,
+    path: &str,
+) -> Result<Response, Refusal> {
+    if crate::operator::state_api::PATHS.contains(&path) {
+        return crate::operator::state_api::handle(
+            &admin.credentials,
+            admin.hub.trust_domain(),
+            &admin.ops,
+            req,
+            method,
+            path,
+        )
+        .await;
+    }
+    check_method(path, method)?;
     let ok = |v: serde_json::Value| Ok(json(StatusCode::OK, &v));
     match path {
         "/status" | "/v1/status" => ok(admin.hub.status()),

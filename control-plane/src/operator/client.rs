@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::operator::api::ACTOR_HEADER;
+use crate::operator::http::ACTOR_HEADER;
 use crate::operator::tables::{
     endpoints_table, history_table, outcome_line, routes_table, s, services_table, status_text,
     summary_text,

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod history;
+mod http;
 pub mod ops;
 pub mod state_api;
 mod summary;

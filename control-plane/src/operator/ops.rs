@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::operator::history::{
     now_rfc3339, Action, AuditRecord, History, HistoryEntry, HistoryError,
 };
-pub use crate::operator::summary::summary;
+pub use crate::operator::summary::{summary, Summary};
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{check_file_name, DirSource, PolicySource, Update};
 use crate::push::hub::Hub;
@@ -44,23 +44,6 @@ pub enum OpsError {
     /// The policy directory could not be read or written.
     #[error("policy directory: {0}")]
     Directory(String),
-}
-
-/// Services and routes added, removed or changed between two policies (by name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    /// Services only in the new policy.
-    pub services_added: Vec<String>,
-    /// Services only in the old policy.
-    pub services_removed: Vec<String>,
-    /// Services in both, defined differently.
-    pub services_changed: Vec<String>,
-    /// Routes only in the new policy.
-    pub routes_added: Vec<String>,
-    /// Routes only in the old policy.
-    pub routes_removed: Vec<String>,
-    /// Routes in both, defined differently.
-    pub routes_changed: Vec<String>,
 }
 
 /// One file's change, as a unified diff.

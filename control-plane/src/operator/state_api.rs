@@ -18,7 +18,8 @@ use crate::ca::denied::{DeniedError, DeniedSerials};
 use crate::ca::tokens::{
     JoinTokenStore, NewToken, Revocation, TokenError, TokenInfo, DEFAULT_TOKEN_TTL,
 };
-use crate::operator::api::{actor, body_json, error, json, refused, Admin, Refusal, Response};
+use crate::operator::http::{actor, body_json, error, json, refused, Refusal, Response};
+use crate::operator::ops::Ops;
 
 /// The paths served here.
 pub(crate) const PATHS: [&str; 4] = [
@@ -128,13 +129,15 @@ async fn blocking<T: Send + 'static>(
 
 /// Serves one of [`PATHS`].
 pub(crate) async fn handle(
-    admin: &Admin,
+    credentials: &Credentials,
+    trust_domain: &str,
+    ops: &std::sync::Arc<Ops>,
     req: hyper::Request<hyper::body::Incoming>,
     method: &Method,
     path: &str,
 ) -> Result<Response, Refusal> {
-    let c = admin.credentials.clone();
-    let td = admin.hub.trust_domain().to_owned();
+    let c = credentials.clone();
+    let td = trust_domain.to_owned();
     let info_json = |info: &TokenInfo| info_json(info, &td);
     let ok = |v: serde_json::Value| Ok(json(StatusCode::OK, &v));
     match (method, path) {
@@ -177,7 +180,7 @@ pub(crate) async fn handle(
             ok(serde_json::json!({"serial": serial, "already_denied": !new}))
         }
         (&Method::GET, "/v1/audit") => {
-            let ops = admin.ops.clone();
+            let ops = ops.clone();
             let records = blocking(move || {
                 ops.history()
                     .audit_records()

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::operator::ops::Summary;
 use crate::policy::mesh::MeshPolicy;
 
 /// Items by name, each as its JSON, for comparing definitions.
@@ -53,4 +52,21 @@ pub fn summary(a: &MeshPolicy, b: &MeshPolicy) -> Summary {
         routes_removed,
         routes_changed,
     }
+}
+
+/// Services and routes added, removed or changed between two policies (by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Services only in the new policy.
+    pub services_added: Vec<String>,
+    /// Services only in the old policy.
+    pub services_removed: Vec<String>,
+    /// Services in both, defined differently.
+    pub services_changed: Vec<String>,
+    /// Routes only in the new policy.
+    pub routes_added: Vec<String>,
+    /// Routes only in the old policy.
+    pub routes_removed: Vec<String>,
+    /// Routes in both, defined differently.
+    pub routes_changed: Vec<String>,
 }

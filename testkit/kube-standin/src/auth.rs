@@ -4,13 +4,12 @@
 //! known, unexpired, for one of the audiences asked, its service account and bound pod still
 //! there (same uid).
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::store::State;
+use crate::store::{now, Minted, State};
 use crate::ApiError;
 
 /// The audience of tokens the API server itself accepts (a TokenRequest without audiences
@@ -20,25 +19,6 @@ pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 pub const MIN_EXPIRATION: Duration = Duration::from_secs(600);
 /// `expirationSeconds` when a TokenRequest gives none.
 const DEFAULT_EXPIRATION: Duration = Duration::from_secs(3600);
-
-/// A token minted by the stand-in.
-#[derive(Debug, Clone)]
-pub(crate) struct Minted {
-    namespace: String,
-    service_account: String,
-    service_account_uid: String,
-    audiences: Vec<String>,
-    expires: SystemTime,
-    /// The pod it is bound to: name and uid.
-    pod: Option<(String, String)>,
-}
-
-/// Every token minted.
-#[derive(Debug, Default)]
-pub(crate) struct Tokens {
-    minted: HashMap<String, Minted>,
-    pub(crate) reviews: usize,
-}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -162,7 +142,7 @@ impl State {
         answer["kind"] = json!("TokenRequest");
         answer["apiVersion"] = json!("authentication.k8s.io/v1");
         answer["metadata"] = json!({"name": name, "namespace": namespace,
-                                    "creationTimestamp": crate::store::now()});
+                                    "creationTimestamp": now()});
         answer["spec"]["expirationSeconds"] = json!(seconds);
         answer["status"] = json!({
             "token": token,

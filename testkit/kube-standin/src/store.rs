@@ -9,7 +9,6 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::auth::Tokens;
 use crate::kinds::KindSpec;
 use crate::select::{merge_patch, Selector};
 use crate::ApiError;
@@ -82,6 +81,25 @@ pub(crate) struct State {
     pub(crate) patches: Vec<(String, Value)>,
     pub(crate) tokens: Tokens,
     uids: u64,
+}
+
+/// A token minted by the stand-in.
+#[derive(Debug, Clone)]
+pub(crate) struct Minted {
+    pub(crate) namespace: String,
+    pub(crate) service_account: String,
+    pub(crate) service_account_uid: String,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) expires: SystemTime,
+    /// The pod it is bound to: name and uid.
+    pub(crate) pod: Option<(String, String)>,
+}
+
+/// Every token minted (the TokenRequest and TokenReview handlers are in `crate::auth`).
+#[derive(Debug, Default)]
+pub(crate) struct Tokens {
+    pub(crate) minted: HashMap<String, Minted>,
+    pub(crate) reviews: usize,
 }
 
 /// The current time in RFC 3339, as the API server writes timestamps.

@@ -148,7 +148,7 @@ impl PodCtx {
             .get(name)
             .ok_or_else(|| format!("no container {name}"))?;
         let mut cmd = container::exec_command(pid, launch, &self.tools, argv);
-        crate::runner::output_within(&mut cmd, timeout)
+        crate::exec::output_within(&mut cmd, timeout)
     }
 }
 

@@ -1,29 +1,21 @@
 //! A running pod: what a test (or an API-server adapter) can ask of it, and the guard that
 //! removes everything it made (processes, network namespace, scratch files) when dropped.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use tokio::sync::watch;
 
+use crate::exec::ExecOutput;
 use crate::lifecycle::{self, Ctr, PodCtx, Restart};
-use crate::net::PodNet;
-use crate::runner::{lock, Inner, Registered};
-use crate::status::{EventKind, PodEvent};
+use crate::net::{self, PodNet};
+use crate::shared::{lock, Inner, Registered};
+use crate::status::{CState, EventKind, PodEvent, PodState};
 use crate::Error;
-
-/// What a command run in a container printed and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// The exit code (`None`: killed by a signal).
-    pub code: Option<i32>,
-    /// Its standard output (at most 1 MiB).
-    pub stdout: String,
-    /// Its standard error (at most 1 MiB).
-    pub stderr: String,
-}
 
 /// How a deletion went.
 #[derive(Debug, Clone)]
@@ -95,7 +87,7 @@ pub(crate) fn launch(
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let all: Vec<&Ctr> = inits.iter().chain(apps.iter()).collect();
-    let ctx = crate::runner::context(&inner, &spec, &net, &dir, &all);
+    let ctx = context(&inner, &spec, &net, &dir, &all);
     let sidecars = inits
         .iter()
         .filter(|c| c.sidecar)
@@ -139,7 +131,7 @@ pub(crate) fn launch(
         .abort_handle()
     });
     let policy = Restart::parse(spec.restart_policy.as_deref());
-    let run = crate::runner::start_tasks(&ctx, inits, apps, policy);
+    let run = start_tasks(&ctx, inits, apps, policy);
     PodHandle {
         name,
         namespace,
@@ -384,4 +376,61 @@ impl Drop for PodHandle {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The pod's shared context and state.
+pub(crate) fn context(
+    inner: &Inner,
+    spec: &PodSpec,
+    net: &net::PodNet,
+    dir: &Path,
+    all: &[&Ctr],
+) -> Arc<PodCtx> {
+    let order = all.iter().map(|c| c.spec.name.clone()).collect();
+    let states = all
+        .iter()
+        .map(|c| {
+            let s = CState {
+                init: c.init,
+                sidecar: c.sidecar,
+                image: c.spec.image.clone().unwrap_or_default(),
+                ..CState::default()
+            };
+            (c.spec.name.clone(), s)
+        })
+        .collect();
+    let grace = spec
+        .termination_grace_period_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(30);
+    Arc::new(PodCtx {
+        state: Arc::new(PodState::new(order, states, net.ip(), net::GATEWAY)),
+        tools: inner.tools.clone(),
+        node: inner.node.handle().clone(),
+        grace: Duration::from_secs(grace),
+        backoff: inner.opts.backoff,
+        max_restarts: inner.opts.max_restarts,
+        logs: dir.join("logs"),
+        pids: Mutex::new(BTreeMap::new()),
+        launches: all
+            .iter()
+            .map(|c| (c.spec.name.clone(), c.launch.clone()))
+            .collect(),
+        stops: all
+            .iter()
+            .map(|c| (c.spec.name.clone(), watch::channel(None).0))
+            .collect(),
+        deleting: Mutex::new(None),
+        tasks: Mutex::new(Vec::new()),
+    })
+}
+
+/// `lifecycle` needs these when the pod starts.
+pub(crate) fn start_tasks(
+    ctx: &Arc<PodCtx>,
+    inits: Vec<Ctr>,
+    apps: Vec<Ctr>,
+    policy: Restart,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(lifecycle::run(Arc::clone(ctx), inits, apps, policy))
 }

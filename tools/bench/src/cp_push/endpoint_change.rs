@@ -11,32 +11,14 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::mesh::fetch_metrics;
 
+use super::control_plane::ControlPlane;
 use super::fleet::*;
 use super::policy::*;
-use super::run::ControlPlane;
-
-/// What one endpoint change cost.
-#[derive(Debug, Clone, Serialize)]
-pub struct EndpointChange {
-    /// Sidecars that call the changed service (subscribed to it); with full snapshots, every
-    /// sidecar whose snapshot lists it.
-    pub receivers: usize,
-    /// `Endpoints` messages the control plane sent, and their bytes (gRPC framing included).
-    pub endpoints_messages: u64,
-    /// "
-    pub endpoints_bytes: u64,
-    /// Snapshots sent, and their bytes (the new pod's own first snapshot included).
-    pub snapshot_messages: u64,
-    /// "
-    pub snapshot_bytes: u64,
-    /// From the new sidecar's start until the last receiver ACKed, ms.
-    pub all_acked_ms: f64,
-}
+use super::results::EndpointChange;
 
 /// (snapshot messages, snapshot bytes, endpoints messages, endpoints bytes) so far.
 async fn counters(cp: &ControlPlane) -> anyhow::Result<[u64; 4]> {

@@ -28,6 +28,7 @@
 //! The pieces: the settings and the policy directory ([`policy`]), the simulated sidecars
 //! ([`fleet`]), the run ([`run`]) and the results ([`results`]).
 
+pub mod control_plane;
 pub mod endpoint_change;
 pub mod fleet;
 pub mod policy;

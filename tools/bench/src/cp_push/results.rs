@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::stats::median;
 
-use super::endpoint_change::EndpointChange;
 use super::policy::*;
 
 /// One policy change at one sidecar count.
@@ -152,4 +151,22 @@ pub struct CpPushReport {
     pub results: Vec<SizeRun>,
     /// Per sidecar count.
     pub summary: Vec<SizeSummary>,
+}
+
+/// What one endpoint change cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointChange {
+    /// Sidecars that call the changed service (subscribed to it); with full snapshots, every
+    /// sidecar whose snapshot lists it.
+    pub receivers: usize,
+    /// `Endpoints` messages the control plane sent, and their bytes (gRPC framing included).
+    pub endpoints_messages: u64,
+    /// "
+    pub endpoints_bytes: u64,
+    /// Snapshots sent, and their bytes (the new pod's own first snapshot included).
+    pub snapshot_messages: u64,
+    /// "
+    pub snapshot_bytes: u64,
+    /// From the new sidecar's start until the last receiver ACKed, ms.
+    pub all_acked_ms: f64,
 }

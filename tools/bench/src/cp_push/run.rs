@@ -3,105 +3,21 @@
 //! has ACKed each.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{bail, ensure};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::time::Instant;
 use weft_certs::{CertificateAuthority, Identity};
 
-use crate::mesh::{fetch_metrics, free_ports, loopback, pinned, wait_ready, ChildGuard};
-
+use super::control_plane::ControlPlane;
 use super::fleet::*;
 use super::policy::*;
 use super::results::*;
 
-/// The running control plane of one run.
-pub(crate) struct ControlPlane {
-    pub(crate) child: ChildGuard,
-    pub(crate) listen: SocketAddr,
-    pub(crate) admin: SocketAddr,
-    pub(crate) policy_dir: PathBuf,
-}
-
-impl ControlPlane {
-    pub(crate) async fn start(cfg: &CpPushConfig, dir: &Path, name: &str) -> anyhow::Result<Self> {
-        let policy_dir = dir.join(format!("{name}-policy"));
-        std::fs::create_dir_all(&policy_dir)?;
-        write_atomically(&policy_dir, "services.yaml", &to_yaml(&services_file())?)?;
-        write_atomically(
-            &policy_dir,
-            ROUTES_FILE,
-            &to_yaml(&routes_file(canary_of_change(0)))?,
-        )?;
-        let ports = free_ports(2)?;
-        let (listen, admin) = (loopback(ports[0]), loopback(ports[1]));
-        let mut cmd = pinned(cfg.server_core, &cfg.binary);
-        cmd.env("RUST_LOG", "info")
-            .arg("--policy-dir")
-            .arg(&policy_dir)
-            .arg("--state-dir")
-            .arg(dir.join(format!("{name}-state")))
-            .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--trust-domain")
-            .arg(TRUST_DOMAIN)
-            .arg("--ca-cert")
-            .arg(dir.join("ca.crt"))
-            .arg("--ca-key")
-            .arg(dir.join("ca.key"));
-        let mut child = ChildGuard::spawn(
-            "weft-control-plane",
-            cmd,
-            &dir.join(format!("{name}.stderr")),
-        )?;
-        wait_ready(&mut child, admin, "/live").await?;
-        Ok(ControlPlane {
-            child,
-            listen,
-            admin,
-            policy_dir,
-        })
-    }
-
-    /// (connected, in sync) from `weft_cp_sidecars`.
-    pub(crate) async fn sidecars(&self) -> anyhow::Result<(usize, usize)> {
-        let text = fetch_metrics(self.admin).await?;
-        let get = |state: &str| {
-            metric_value(&text, &format!("weft_cp_sidecars{{state=\"{state}\"}}"))
-                .map(|v| v as usize)
-                .with_context(|| format!("no weft_cp_sidecars{{state=\"{state}\"}} in /metrics"))
-        };
-        Ok((get("connected")?, get("in_sync")?))
-    }
-
-    /// Waits (at most `limit`) until all `n` sidecars are connected and in sync.
-    pub(crate) async fn wait_in_sync(&mut self, n: usize, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        let mut last = (0, 0);
-        while Instant::now() < deadline {
-            self.child.check_alive()?;
-            if let Ok(now) = self.sidecars().await {
-                last = now;
-            }
-            if last == (n, n) {
-                return Ok(());
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        bail!(
-            "after {limit:?} the control plane has {} of {n} sidecars connected, {} in sync",
-            last.0,
-            last.1
-        )
-    }
-}
 /// One run at `n` sidecars against a fresh control plane.
 // Long: one sidecar count's run in order: the connect storm, the idle memory, then each policy change and its ACKs.
 pub(crate) async fn run_size(
@@ -237,6 +153,21 @@ pub(crate) async fn run_size(
     })
 }
 
+/// One run's figures on stderr, as the run goes.
+fn log_size_run(run: usize, n: usize, r: &SizeRun) {
+    eprintln!(
+        "weft-bench: cp-push run {run} n={n}: connect storm {:.2} s (all hold a snapshot at {:.2} s, {} snapshots), \
+         CP RSS idle {:.1} MiB (HWM {:.1}), after {:.1} MiB (HWM {:.1})",
+        r.connect_s,
+        r.first_snapshot_s,
+        r.storm_snapshots,
+        r.idle_rss_kib as f64 / 1024.0,
+        r.idle_hwm_kib as f64 / 1024.0,
+        r.after_rss_kib as f64 / 1024.0,
+        r.after_hwm_kib as f64 / 1024.0,
+    );
+}
+
 /// Runs the whole scenario in `dir` (CA, policies, the control plane's state and stderr).
 pub async fn run(
     cfg: &CpPushConfig,
@@ -271,17 +202,7 @@ pub async fn run(
                 cfg.runs
             );
             let r = run_size(cfg, dir, run, n, &tls, &server_name).await?;
-            eprintln!(
-                "weft-bench: cp-push run {run} n={n}: connect storm {:.2} s (all hold a snapshot at {:.2} s, {} snapshots), \
-                 CP RSS idle {:.1} MiB (HWM {:.1}), after {:.1} MiB (HWM {:.1})",
-                r.connect_s,
-                r.first_snapshot_s,
-                r.storm_snapshots,
-                r.idle_rss_kib as f64 / 1024.0,
-                r.idle_hwm_kib as f64 / 1024.0,
-                r.after_rss_kib as f64 / 1024.0,
-                r.after_hwm_kib as f64 / 1024.0,
-            );
+            log_size_run(run, n, &r);
             results.push(r);
             // Let the last run's sockets close before the next storm.
             tokio::time::sleep(Duration::from_millis(500)).await;
