@@ -190,6 +190,43 @@ impl Subscriptions {
         };
         tokio::time::timeout(limit, wait).await.is_ok()
     }
+
+    /// A captured connection to an address no service in force claims: with endpoints by
+    /// service, the address may be a pod of a service whose endpoints were never asked for
+    /// (only endpoints map a pod IP to its service). Subscribe to every one of `services` not
+    /// received yet and wait, at most `limit`, until all are in force. True when any arrived
+    /// (the caller looks the address up again). Once done, later calls return at once.
+    pub async fn wait_for_all(&self, services: Vec<String>, limit: Duration) -> bool {
+        let mut arrived = self.arrived.subscribe();
+        let missing: Vec<String> = {
+            let st = self.lock();
+            if !st.separate {
+                return false;
+            }
+            services
+                .into_iter()
+                .filter(|s| !st.received.contains_key(s))
+                .collect()
+        };
+        if missing.is_empty() {
+            return false;
+        }
+        self.want(missing.iter().cloned());
+        let wait = async {
+            loop {
+                if missing.iter().all(|s| self.lock().received.contains_key(s)) {
+                    return;
+                }
+                if arrived.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        // Whatever arrived within the limit is in force either way; the caller looks again.
+        let _all = tokio::time::timeout(limit, wait).await;
+        let st = self.lock();
+        missing.iter().any(|s| st.received.contains_key(s))
+    }
 }
 
 /// `base` with each service's endpoints from `received` (services not received: none).
@@ -265,6 +302,48 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(!subs.wait_for("b", Duration::from_millis(50)).await);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_captured_address_nobody_claims_subscribes_to_every_service_once() {
+        let subs = std::sync::Arc::new(Subscriptions::default());
+        let all = || vec!["a".to_owned(), "b".to_owned(), "t".to_owned()];
+        // Full snapshots: every endpoint is already known.
+        assert!(!subs.wait_for_all(all(), Duration::from_secs(5)).await);
+        subs.snapshot_applied(policy(), true);
+        assert_eq!(subs.unsent().await, ["t"]);
+        let waiter = {
+            let subs = subs.clone();
+            tokio::spawn(async move { subs.wait_for_all(all(), Duration::from_secs(3)).await })
+        };
+        // The stream is told of the two not asked for yet (t already was).
+        assert_eq!(subs.unsent().await, ["a", "b"]);
+        subs.endpoints_applied("a", "v1", vec![ep("10.0.0.1:8080")]);
+        subs.endpoints_applied("t", "v1", vec![ep("10.0.0.2:9000")]);
+        subs.endpoints_applied("b", "v1", vec![]);
+        assert!(
+            waiter.await.expect("task"),
+            "the lookup goes again with them"
+        );
+        // Every service is known now: a second unknown address does not wait.
+        assert!(!subs.wait_for_all(all(), Duration::from_secs(3)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_every_service_is_bounded_and_keeps_what_arrived() {
+        let subs = std::sync::Arc::new(Subscriptions::default());
+        subs.snapshot_applied(policy(), true);
+        // Nothing arrives: false once the limit passes (virtual time).
+        let ab = vec!["a".to_owned(), "b".to_owned()];
+        assert!(!subs.wait_for_all(ab.clone(), Duration::from_secs(3)).await);
+        // One of two arrives, the other never: at the limit the lookup is worth another try.
+        let waiter = {
+            let subs = subs.clone();
+            tokio::spawn(async move { subs.wait_for_all(ab, Duration::from_secs(3)).await })
+        };
+        tokio::task::yield_now().await;
+        subs.endpoints_applied("a", "v1", vec![ep("10.0.0.1:8080")]);
+        assert!(waiter.await.expect("task"));
     }
 
     #[test]

@@ -238,7 +238,22 @@ impl Traffic {
         to: std::net::SocketAddr,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let snap = self.store.load();
+        let mut snap = self.store.load();
+        if snap.routes.for_address(to).is_none() && self.store.endpoints.separate() {
+            // Endpoints by service: a pod IP names its service only through endpoints this
+            // sidecar may never have asked for. Before calling it egress, ask for every
+            // service's (once; bounded), as a full snapshot would have listed them.
+            let all = snap
+                .routes
+                .destinations
+                .iter()
+                .map(|d| d.name.clone())
+                .collect();
+            let wait = crate::control::endpoints::SUBSCRIBE_WAIT;
+            if self.store.endpoints.wait_for_all(all, wait).await {
+                snap = self.store.load();
+            }
+        }
         match snap.routes.for_address(to).cloned() {
             Some(dest) => {
                 let opaque = dest.protocol == Protocol::Tcp
