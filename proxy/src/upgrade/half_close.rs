@@ -506,3 +506,88 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> VirtualSocket for Peer<S> 
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn switched_state() -> State {
+        State {
+            armed: true,
+            ..State::default()
+        }
+    }
+
+    #[test]
+    fn the_101_head_is_not_body_however_the_writes_split_it() {
+        let mut s = switched_state();
+        let parts: [&[u8]; 3] = [
+            b"HTTP/1.1 101 Switching\r\nUpgrade: x\r",
+            b"\n\r",
+            b"\nhello",
+        ];
+        for p in parts {
+            s.wrote(Side::Client, &[p], p.len());
+        }
+        assert_eq!(s.client.written, 5);
+        // Only what was written counts, across the slices of a vectored write.
+        s.wrote(Side::Client, &[b"abc", b"def"], 4);
+        assert_eq!(s.client.written, 9);
+        // The peer's writes are all body (its request head went out before the switch).
+        s.wrote(Side::Peer, &[b"\r\n\r\nab"], 6);
+        assert_eq!(s.peer.written, 6);
+    }
+
+    #[test]
+    fn the_peers_body_starts_after_its_head_however_the_reads_split_it() {
+        let mut p = HeadThenBody::default();
+        p.read(b"HTTP/1.1 101 Switching Protocols\r\n\r");
+        assert_eq!(p.body, 0);
+        p.read(b"\nab");
+        p.read(b"\r\n\r\n");
+        assert_eq!(p.body, 6);
+    }
+
+    #[test]
+    fn a_fin_is_due_once_the_other_side_ended_and_all_it_sent_is_written() {
+        let mut s = switched_state();
+        s.peer.owed = 10;
+        assert!(!s.shut_due(Side::Peer), "the client has not ended");
+        s.client.ended = true;
+        assert!(!s.shut_due(Side::Peer), "10 bytes still to write");
+        s.wrote(Side::Peer, &[&[0u8; 10]], 10);
+        assert!(s.shut_due(Side::Peer));
+        s.peer.shut = true;
+        assert!(!s.shut_due(Side::Peer), "once");
+        s.peer.ended = true;
+        assert!(!s.shut_due(Side::Client), "the 101 head is not out yet");
+        s.wrote(Side::Client, &[b"HTTP/1.1 101 x\r\n\r\n"], 18);
+        assert!(s.shut_due(Side::Client));
+    }
+
+    #[tokio::test]
+    async fn a_clients_eof_is_plain_before_the_switch_and_held_after_it() {
+        scope(async {
+            let (a, mut b) = tokio::io::duplex(64);
+            let mut client = Client::new(a);
+            b.write_all(b"GET").await.expect("write");
+            AsyncWriteExt::shutdown(&mut b).await.expect("shutdown");
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"GET");
+            switched();
+            let mut buf = [0u8; 8];
+            let held = tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf)).await;
+            assert!(held.is_err(), "the EOF is held: {held:?}");
+            assert!(with(|s| s.client.ended).unwrap_or(false));
+        })
+        .await;
+        // Outside a scope a stream is plain.
+        let (a, b) = tokio::io::duplex(64);
+        drop(b);
+        let mut got = Vec::new();
+        Client::new(a).read_to_end(&mut got).await.expect("read");
+        assert!(got.is_empty());
+    }
+}
