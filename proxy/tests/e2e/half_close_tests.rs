@@ -71,7 +71,8 @@ struct Seen {
 
 /// A raw app: answers each upgrade `101`, then by path
 /// - `/client-first`: reads to EOF, then sends [`PAYLOAD`] and closes;
-/// - `/app-first`: sends [`PAYLOAD`], ends its write half, then reads to EOF and closes.
+/// - `/app-first`: sends [`PAYLOAD`], ends its write half, then reads to EOF and closes;
+/// - `/silent`: reads to EOF, then holds the connection, sending nothing, for a minute.
 async fn raw_app() -> (SocketAddr, mpsc::Receiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -91,7 +92,11 @@ async fn raw_app() -> (SocketAddr, mpsc::Receiver<Seen>) {
                 )
                 .await
                 .expect("write 101");
-                let body = if head.starts_with("GET /app-first ") {
+                let body = if head.starts_with("GET /silent ") {
+                    let got = read_to_eof(&mut s, rest, "app").await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    got
+                } else if head.starts_with("GET /app-first ") {
                     s.write_all(&pattern(2, PAYLOAD)).await.expect("payload");
                     s.shutdown().await.expect("app shutdown(Write)");
                     read_to_eof(&mut s, rest, "app").await
@@ -109,23 +114,24 @@ async fn raw_app() -> (SocketAddr, mpsc::Receiver<Seen>) {
     (addr, rx)
 }
 
-/// frontend sidecar → orders sidecar → `app`; both write access logs.
-async fn pair(pki: &Pki, app: SocketAddr) -> (Sidecar, Sidecar) {
+/// frontend sidecar → orders sidecar → `app`; both write access logs. `edit` changes both
+/// config heads.
+async fn pair(pki: &Pki, app: SocketAddr, edit: fn(&mut wire::ConfigFile)) -> (Sidecar, Sidecar) {
     pki.issue("frontend");
     pki.issue("orders");
     let mut spec = Spec::new("orders", app);
     spec.rest = format!(
         "access_log: orders-hc.log\nauthorization:\n  default: deny\n  rules:\n\
-         \x20   - {{name: ws, from: [\"{}\"], paths: [/client-first, /app-first], methods: [GET]}}\n",
+         \x20   - {{name: ws, from: [\"{}\"], paths: [/client-first, /app-first, /silent], methods: [GET]}}\n",
         spiffe("frontend")
     );
-    let orders = Sidecar::start(pki, spec).await;
+    let orders = Sidecar::start_edited(pki, spec, edit).await;
     let mut spec = Spec::new("frontend", http_app("frontend").await);
     spec.rest = format!(
         "access_log: fe-hc.log\nservices:\n{}",
         service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
     );
-    let fe = Sidecar::start(pki, spec).await;
+    let fe = Sidecar::start_edited(pki, spec, edit).await;
     (fe, orders)
 }
 
@@ -161,7 +167,7 @@ fn access_log(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
 async fn a_half_closed_upgrade_keeps_the_other_direction_until_it_ends() {
     let pki = Pki::new(2401);
     let (app, mut seen) = raw_app().await;
-    let (fe, orders) = pair(&pki, app).await;
+    let (fe, orders) = pair(&pki, app, |_| {}).await;
 
     // The client sends, ends its half, and keeps reading: the app's 1 MiB, sent only after
     // it read the client's EOF, arrives whole, then a clean EOF.
@@ -277,4 +283,29 @@ async fn a_half_closed_upgrade_keeps_the_other_direction_until_it_ends() {
             assert_eq!(flags, 0, "a clean end has no flag: {line}");
         }
     }
+}
+
+/// A half-closed session in which the other side then sends nothing and never ends is still
+/// bounded by `idle_timeout` (2 s here): the client's read ends within it, never held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_session_that_goes_quiet_ends_within_the_idle_timeout() {
+    let pki = Pki::new(2402);
+    let (app, _seen) = raw_app().await;
+    let two = |f: &mut wire::ConfigFile| f.idle_timeout = Some("2s".to_owned());
+    let (fe, _orders) = pair(&pki, app, two).await;
+    let (mut s, rest) = upgrade(fe.outbound, "/silent").await;
+    s.write_all(b"last words").await.expect("client bytes");
+    let started = Instant::now();
+    s.shutdown().await.expect("client shutdown(Write)");
+    let mut got = rest;
+    // EOF or a reset: either way the sidecar let the session go.
+    let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut got))
+        .await
+        .expect("the quiet session ends within the limit");
+    assert!(got.is_empty(), "{} bytes", got.len());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "ended after {waited:?}"
+    );
 }
