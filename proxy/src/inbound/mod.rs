@@ -136,7 +136,8 @@ impl ProxyHttp for InboundHttp {
         let o = &mut peer.options;
         o.connection_timeout = Some(snap.connect_timeout);
         if ctx.upgrade {
-            upgrade::peer(&mut peer, snap.idle_timeout);
+            let to_app = std::sync::Arc::new(upgrade::connect::ToApp::new(snap.connect_timeout));
+            upgrade::peer(&mut peer, snap.idle_timeout, to_app);
         } else if snap.own.protocol == Protocol::Grpc {
             // h2c with prior knowledge: gRPC apps speak HTTP/2 in the clear on loopback.
             o.alpn = ALPN::H2;
@@ -170,6 +171,24 @@ impl ProxyHttp for InboundHttp {
         resp.remove_header(errors::UNPROCESSED_HEADER);
         if ctx.hop.trace.recording {
             ctx.hop.grpc_status = weft_resilience::retry::grpc_status(&resp.headers);
+        }
+        if ctx.upgrade && resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            upgrade::half_close::switched();
+        }
+        Ok(())
+    }
+
+    /// What an upgraded session's client sent, counted for its half-close
+    /// ([`upgrade::half_close`]).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut InCtx,
+    ) -> Result<()> {
+        if ctx.upgrade {
+            upgrade::half_close::to_peer(body);
         }
         Ok(())
     }

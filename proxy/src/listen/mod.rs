@@ -32,6 +32,7 @@ use crate::outbound::{egress, original_dst};
 use crate::store::Store;
 use crate::tcp;
 use crate::telemetry::access_log::AccessLog;
+use crate::upgrade::half_close;
 use limit::Listener;
 use weft_policy::Protocol;
 
@@ -131,9 +132,11 @@ impl Traffic {
             // HTTP/1.1 between sidecars carries upgrades (WebSocket) only: `crate::upgrade`.
             // The handshake offers it only to an `http` service; checked again here because a
             // reload may have changed the service's protocol since.
+            // The connection is wrapped for the session's TCP half-close (`half_close`).
             Some(ALPN::H1) if self.store.load().own.protocol == Protocol::Http => {
                 let _flushing = self.drain.hold_exit();
-                ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await
+                let tls = Box::new(half_close::Client::new(tls));
+                half_close::scope(ServerApp::process_new(&self.inbound, tls, shutdown)).await
             }
             Some(ALPN::Custom(c)) if c.protocol() == ALPN_TCP => {
                 let _working = self.drain.enter();
@@ -196,7 +199,9 @@ impl Traffic {
             let _flushing = self.drain.hold_exit();
             return ServerApp::process_new(&app, l4, shutdown).await;
         }
-        let mut session = ServerSession::new_http1(l4);
+        // Wrapped for an upgraded session's TCP half-close (`half_close`), which each request
+        // gets a fresh state for.
+        let mut session = ServerSession::new_http1(Box::new(half_close::Client::new(*l4)));
         // The same bound while the rest of the first request arrives, and between requests
         // after one the sidecar answered without routing (an unknown host, say); a routed
         // request sets `idle_timeout` itself (`errors::idle_keepalive`).
@@ -208,20 +213,14 @@ impl Traffic {
         });
         // Each request takes the proxy in force when it starts: after a certificate renewal
         // the next request on a kept-alive connection already uses the new one.
-        let mut result = self
-            .outbound
-            .current()
-            .process_new_http(session, shutdown)
-            .await;
+        let mut result =
+            half_close::scope(self.outbound.current().process_new_http(session, shutdown)).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             let mut session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            result = self
-                .outbound
-                .current()
-                .process_new_http(session, shutdown)
+            result = half_close::scope(self.outbound.current().process_new_http(session, shutdown))
                 .await;
         }
         None

@@ -153,7 +153,12 @@ impl ProxyHttp for Outbound {
         if ctx.extended {
             upgrade::stream_peer(&mut peer, snap.idle_timeout);
         } else if ctx.upgrade {
-            upgrade::peer(&mut peer, snap.idle_timeout);
+            let to = upgrade::connect::ToSidecar::new(
+                &snap.tls.tcp_client,
+                peer.sni.clone(),
+                snap.connect_timeout,
+            );
+            upgrade::peer(&mut peer, snap.idle_timeout, Arc::new(to));
         }
         endpoint::count_retry(&rs, ctx.attempts);
         ctx.attempts += 1;
@@ -206,6 +211,24 @@ impl ProxyHttp for Outbound {
             );
             e.set_retry(true);
             return Err(e);
+        }
+        if ctx.upgrade && !ctx.extended && status == 101 {
+            upgrade::half_close::switched();
+        }
+        Ok(())
+    }
+
+    /// What an upgraded session's client sent, counted for its half-close
+    /// ([`upgrade::half_close`]).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut OutCtx,
+    ) -> Result<()> {
+        if ctx.upgrade && !ctx.extended {
+            upgrade::half_close::to_peer(body);
         }
         Ok(())
     }

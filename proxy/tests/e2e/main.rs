@@ -15,6 +15,7 @@ mod fail_closed_tests;
 mod gateway_auth_tests;
 mod gateway_jwt_tests;
 mod gateway_tests;
+mod half_close_tests;
 mod harness;
 mod http_tests;
 mod identity_tests;

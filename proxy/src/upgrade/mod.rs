@@ -9,15 +9,21 @@
 //! rides the pooled connection as one more stream, with `:protocol` kept (Pingora's HTTP/2
 //! client sends the request's `h2::ext::Protocol` extension), to an app that speaks HTTP/2 (a
 //! `grpc` service). This module is the upgrade stage of both directions: which requests are
-//! carried ([`check`]), and the timeouts that bound a session ([`bound_downstream`], [`peer`],
-//! [`stream_peer`]). docs/PROTOCOLS.md says why.
+//! carried ([`check`]), the timeouts that bound a session ([`bound_downstream`], [`peer`],
+//! [`stream_peer`]), and TCP half-close within an HTTP/1.1 session ([`half_close`], over the
+//! connections [`connect`] makes). docs/PROTOCOLS.md says why.
 
+pub mod connect;
+pub mod half_close;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Version};
+use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::ALPN;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, Scheme};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
@@ -144,12 +150,17 @@ pub fn bound_downstream(session: &mut Session, idle: Duration) {
 /// Make `peer` carry an upgrade: HTTP/1.1 (a connection of its own, never a pooled HTTP/2
 /// one: Pingora keeps HTTP/1 and HTTP/2 connections in separate pools), reads and writes
 /// bounded by `idle` rather than by a request timeout, which would cut a long session. The
-/// wait for the `101` is bounded the same way.
-pub fn peer(peer: &mut HttpPeer, idle: Duration) {
+/// wait for the `101` is bounded the same way. The connection is made by `connect`
+/// ([`connect::ToSidecar`] or [`connect::ToApp`]), so that its half-close is Weft's
+/// ([`half_close`]); for a peer sidecar Pingora then sees plaintext HTTP/1.1, and the TLS
+/// (the same identities as Pingora's connector proves) is `connect`'s.
+pub fn peer(peer: &mut HttpPeer, idle: Duration, connect: Arc<dyn L4Connect + Send + Sync>) {
+    peer.scheme = Scheme::HTTP;
     let o = &mut peer.options;
     o.alpn = ALPN::H1;
     o.read_timeout = Some(idle);
     o.write_timeout = Some(idle);
+    o.custom_l4 = Some(connect);
 }
 
 /// Let an HTTP/2 server (the outbound port's h2c, the inbound port's `h2`) take extended
