@@ -320,7 +320,8 @@ fn httproutes_become_mesh_routes_with_status_and_follow_edits() {
     assert!(!cp_log().contains("panicked"), "{}", cp_log());
 }
 
-/// A cluster without the Gateway API CRDs: the source syncs without them and serves the rest.
+/// A cluster without the Gateway API CRDs: the source syncs without them and serves the rest;
+/// one without GRPCRoute alone reads its HTTPRoutes.
 #[test]
 fn a_cluster_without_the_gateway_api_still_syncs() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -341,4 +342,22 @@ fn a_cluster_without_the_gateway_api_still_syncs() {
     let policy = source.load().expect("valid");
     assert!(policy.services().iter().any(|s| s.name == "orders.shop"));
     assert!(source.objects().http_routes.is_empty());
+    drop(source);
+
+    // Gateway API without GRPCRoute (older releases' standard channel): HTTPRoutes are read.
+    let kinds: Vec<_> = standin::kinds::defaults()
+        .into_iter()
+        .filter(|k| k.kind != "GRPCRoute")
+        .collect();
+    let mut objects = shop();
+    objects.push(http_route("orders-all", "orders", 1, json!([{}])));
+    let api = rt.block_on(standin::ApiServer::start_with(kinds, objects));
+    let mut options = KubeOptions::new(TD);
+    options.kubeconfig = Some(kubeconfig(tmp.path(), &api));
+    options.sync_timeout = Duration::from_secs(20);
+    let source = KubeSource::connect(options).expect("syncs without GRPCRoutes");
+    let policy = source.load().expect("valid");
+    let names: Vec<&str> = policy.routes().iter().map(|r| r.name.as_str()).collect();
+    // The shop's MeshRoute first, then the service's GAMMA routes.
+    assert_eq!(names, ["orders-canary", "orders-all-r0-m0"]);
 }

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ::kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use ::kube::api::{DynamicObject, Patch, PatchParams};
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::{Api, Client};
 use futures_util::future::BoxFuture;
@@ -422,27 +422,38 @@ async fn run(
     tasks.push(t);
     let (authz, t) = reflect_untyped::<AuthorizationPolicy>(&client, &subscribers);
     tasks.push(t);
-    // The Gateway API is optional: without its CRDs the stores stay empty.
-    let gateway = served(&client, &gateway_api::http_routes()).await;
-    if !gateway {
-        log::info!(
-            "the API server does not serve {}: Gateway API routes are not read (restart \
-             the control plane after installing the Gateway API CRDs)",
-            gateway_api::GROUP
-        );
-    }
-    let mut optional = |resource: ApiResource| {
-        if gateway {
+    // The Gateway API kinds are optional, each on its own (GRPCRoute is missing from older
+    // releases' standard channel): a kind the API server does not serve stays an empty store.
+    let mut gateway = Vec::new();
+    for resource in [
+        gateway_api::http_routes(),
+        gateway_api::grpc_routes(),
+        gateway_api::reference_grants(),
+    ] {
+        if served(&client, &resource).await {
             let (store, t) = reflect_resource(&client, &subscribers, resource);
             tasks.push(t);
-            store
+            gateway.push((store, true));
         } else {
-            reflector::store::Writer::<DynamicObject>::new(resource).as_reader()
+            log::info!(
+                "the API server does not serve {}.{}: not read (restart the control plane \
+                 after installing the Gateway API CRDs)",
+                resource.plural,
+                gateway_api::GROUP
+            );
+            let empty = reflector::store::Writer::<DynamicObject>::new(resource).as_reader();
+            gateway.push((empty, false));
         }
+    }
+    let served_kinds: Vec<bool> = gateway.iter().map(|(_, s)| *s).collect();
+    let mut gateway = gateway.into_iter().map(|(store, _)| store);
+    let (Some(http_routes), Some(grpc_routes), Some(grants)) =
+        (gateway.next(), gateway.next(), gateway.next())
+    else {
+        // Three in, three out: never taken.
+        let _ = ready.send(Err(KubeError::Start("the Gateway API stores".into())));
+        return;
     };
-    let http_routes = optional(gateway_api::http_routes());
-    let grpc_routes = optional(gateway_api::grpc_routes());
-    let grants = optional(gateway_api::reference_grants());
     let stores = Stores {
         services,
         slices,
@@ -481,7 +492,10 @@ async fn run(
                 wait(&stores.grants).boxed(),
             ),
         ];
-        let gateway_waits = gateway_waits.into_iter().filter(|_| gateway);
+        let gateway_waits = gateway_waits
+            .into_iter()
+            .zip(served_kinds)
+            .filter_map(|(w, served)| served.then_some(w));
         for (name, w) in waits.into_iter().chain(gateway_waits) {
             if tokio::time::timeout_at(deadline(options.sync_timeout), w)
                 .await
