@@ -317,6 +317,14 @@ fn httproutes_become_mesh_routes_with_status_and_follow_edits() {
         routes().is_some_and(|t| t.contains("orders-query-r0-m0"))
             && status("orders-query").is_some_and(|s| s.0 .0 == "True")
     });
+    // Each verdict is written once (its own write, seen back, writes nothing): the first, and
+    // generation 2's.
+    let writes = api
+        .patches()
+        .iter()
+        .filter(|(k, _)| k == "httproutes/shop/orders-split")
+        .count();
+    assert_eq!(writes, 2, "{:?}", api.patches());
     assert!(!cp_log().contains("panicked"), "{}", cp_log());
 }
 
