@@ -2,13 +2,17 @@
 //! shop's own route (`deploy/examples/kubernetes/policy.yaml`, `orders-api`) first sends every
 //! frontend call to orders v1, then is edited to send them all to v2, while an unmodified curl
 //! in the client pod keeps calling the frontend. Every request must succeed, and every request
-//! started a second or more after the edit must have been served by v2.
+//! started a second or more after the edit must have been served by v2. The same with a
+//! Gateway API `HTTPRoute` whose parent is the orders Service (GAMMA) and whose backendRefs
+//! are the Services `orders-v1` and `orders-v2`: the weights Argo Rollouts or Flagger would
+//! shift.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::deployed::{can_run, curl, example, Shop, LIMIT, NS};
+use super::gateway_api::http_route;
 
 /// The shop's `orders-api` route with every call going to `version`.
 fn route_to(version: &str) -> Value {
@@ -38,6 +42,38 @@ pub(super) fn version(code: u16, body: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The Services of orders' two versions, beside the shop's `orders` (their pods are some of
+/// its pods).
+const ORDERS_VERSIONS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: orders-v1, namespace: shop, labels: {app: orders}}
+spec:
+  selector: {app: orders, version: v1}
+  ports: [{name: http, port: 8080, targetPort: 8080, protocol: TCP, appProtocol: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: orders-v2, namespace: shop, labels: {app: orders}}
+spec:
+  selector: {app: orders, version: v2}
+  ports: [{name: http, port: 8080, targetPort: 8080, protocol: TCP, appProtocol: http}]
+"#;
+
+/// The GAMMA route of orders, `generation` as the API server would count it, with every call
+/// weighed `v1`:`v2`.
+fn split(generation: i64, v1: i64, v2: i64) -> Value {
+    http_route(
+        "orders-split",
+        "orders",
+        generation,
+        json!([{"backendRefs": [
+            {"name": "orders-v1", "port": 8080, "weight": v1},
+            {"name": "orders-v2", "port": 8080, "weight": v2}
+        ]}]),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_follows_a_meshroute_edit_within_a_second_without_failures() {
     if !can_run() {
@@ -46,6 +82,44 @@ async fn canary_follows_a_meshroute_edit_within_a_second_without_failures() {
     let mut shop = Shop::start().await;
     shop.kube.server().put(route_to("v1"));
     shop.start_pods().await;
+    switches_within_a_second(&shop, "canary", || {
+        shop.kube.server().put(route_to("v2"));
+    })
+    .await;
+    let route = shop.kube.server().get_in("MeshRoute", NS, "orders-api");
+    assert_eq!(
+        route["spec"]["backends"][0]["subset"]["version"], "v2",
+        "{route}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_weight_edit_moves_traffic_within_a_second() {
+    if !can_run() {
+        return;
+    }
+    let mut shop = Shop::start().await;
+    shop.apply(ORDERS_VERSIONS);
+    shop.kube.server().put(split(1, 100, 0));
+    shop.start_pods().await;
+    switches_within_a_second(&shop, "httproute", || {
+        shop.kube.server().put(split(2, 0, 100));
+    })
+    .await;
+    let route = shop.kube.server().get_in("HTTPRoute", NS, "orders-split");
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(
+        parent["controllerName"], "weft.dev/gateway-controller",
+        "{route}"
+    );
+    assert_eq!(parent["conditions"][0]["type"], "Accepted", "{route}");
+    assert_eq!(parent["conditions"][0]["status"], "True", "{route}");
+}
+
+/// With the frontend's calls to orders all served by v1: keeps calling through the client
+/// pod, runs `edit` (which sends them all to v2) after five batches, and checks that none
+/// failed and that no batch started a second or more after the edit saw v1.
+async fn switches_within_a_second(shop: &Shop, what: &str, edit: impl FnOnce()) {
     let client = &shop.pods[4];
     let host = "frontend.shop.svc.cluster.local";
     let paths: Vec<String> = (0..5).map(|i| format!("/shop/{i}")).collect();
@@ -66,11 +140,14 @@ async fn canary_follows_a_meshroute_edit_within_a_second_without_failures() {
 
     // The steady loop: a few batches before the edit, then until 3 s after it (bounded).
     let mut batches: Vec<Batch> = Vec::new();
+    let mut edit = Some(edit);
     let mut edited: Option<Instant> = None;
     for _ in 0..400 {
-        if batches.len() == 5 && edited.is_none() {
-            shop.kube.server().put(route_to("v2"));
-            edited = Some(Instant::now());
+        if batches.len() == 5 {
+            if let Some(edit) = edit.take() {
+                edit();
+                edited = Some(Instant::now());
+            }
         }
         let start = Instant::now();
         let replies = curl(client, host, &paths).await;
@@ -114,7 +191,7 @@ async fn canary_follows_a_meshroute_edit_within_a_second_without_failures() {
         .map(|b| b.end.saturating_duration_since(edited))
         .expect("v2 answered after the edit");
     eprintln!(
-        "canary: {total} requests in {} batches, none failed; after the edit the last batch \
+        "{what}: {total} requests in {} batches, none failed; after the edit the last batch \
          with a v1 answer started at +{last_v1:?}, the first v2 answer came by +{first_v2:?}",
         batches.len()
     );
@@ -127,10 +204,5 @@ async fn canary_follows_a_meshroute_edit_within_a_second_without_failures() {
             .iter()
             .any(|b| b.start.saturating_duration_since(edited) >= Duration::from_secs(1)),
         "no batch started a second after the edit: the check above would be vacuous"
-    );
-    let route = shop.kube.server().get_in("MeshRoute", NS, "orders-api");
-    assert_eq!(
-        route["spec"]["backends"][0]["subset"]["version"], "v2",
-        "{route}"
     );
 }

@@ -18,6 +18,7 @@ mod capture;
 mod ctl;
 mod deployed;
 mod failover;
+mod gateway_api;
 mod images;
 mod inject;
 mod invalid_route;

@@ -427,6 +427,15 @@ fn rbac_grants_exactly_what_the_control_plane_uses() {
             want.insert(format!("weft.dev/{r}/status:{v}"));
         }
     }
+    for r in ["httproutes", "grpcroutes", "referencegrants"] {
+        for v in ["get", "list", "watch"] {
+            want.insert(format!("gateway.networking.k8s.io/{r}:{v}"));
+        }
+    }
+    for v in ["update", "patch"] {
+        want.insert(format!("gateway.networking.k8s.io/httproutes/status:{v}"));
+        want.insert(format!("gateway.networking.k8s.io/grpcroutes/status:{v}"));
+    }
     want.insert("authentication.k8s.io/tokenreviews:create".to_owned());
     assert_eq!(granted, want);
     let binding = find(&docs, "ClusterRoleBinding", "weft-control-plane");

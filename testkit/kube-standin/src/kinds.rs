@@ -36,7 +36,9 @@ impl KindSpec {
 
     /// A built-in kind (list items carry no kind/apiVersion, as the API server serves them).
     pub fn builtin(&self) -> bool {
-        !self.group.contains('.') || self.group.ends_with(".k8s.io")
+        // Gateway API kinds are custom resources (installed CRDs) despite their k8s.io group.
+        self.group != GATEWAY_GROUP
+            && (!self.group.contains('.') || self.group.ends_with(".k8s.io"))
     }
 
     /// `plural.group` (`plural` alone for the core group), as conflict messages name it.
@@ -61,6 +63,26 @@ impl KindSpec {
         }
     }
 
+    /// A Gateway API kind (`gateway.networking.k8s.io`): a custom resource with a status
+    /// subresource and a generation, as the Gateway API CRDs declare them.
+    pub const fn gateway(
+        kind: &'static str,
+        plural: &'static str,
+        version: &'static str,
+        namespaced: bool,
+    ) -> Self {
+        Self {
+            group: GATEWAY_GROUP,
+            version,
+            kind,
+            plural,
+            namespaced,
+            status_subresource: true,
+            generation: true,
+            graceful_delete: false,
+        }
+    }
+
     const fn custom(kind: &'static str, plural: &'static str) -> Self {
         Self {
             group: "weft.dev",
@@ -75,8 +97,27 @@ impl KindSpec {
     }
 }
 
+/// The Gateway API's group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// The Gateway API kinds (the standard channel's CRDs): what the control plane watches when
+/// they are installed. A stand-in started without them (`ApiServer::start_with`) is a cluster
+/// without the Gateway API.
+pub fn gateway_api() -> Vec<KindSpec> {
+    let mut grants = KindSpec::gateway("ReferenceGrant", "referencegrants", "v1beta1", true);
+    // ReferenceGrants have no status.
+    grants.status_subresource = false;
+    vec![
+        KindSpec::gateway("GatewayClass", "gatewayclasses", "v1", false),
+        KindSpec::gateway("Gateway", "gateways", "v1", true),
+        KindSpec::gateway("HTTPRoute", "httproutes", "v1", true),
+        KindSpec::gateway("GRPCRoute", "grpcroutes", "v1", true),
+        grants,
+    ]
+}
+
 /// The kinds every stand-in serves: what the control plane, the sidecar injector and a
-/// kubelet-like pod runner use.
+/// kubelet-like pod runner use, and the Gateway API's ([`gateway_api`]).
 pub fn defaults() -> Vec<KindSpec> {
     let mut pods = KindSpec::core("Pod", "pods", true);
     pods.status_subresource = true;
@@ -98,4 +139,7 @@ pub fn defaults() -> Vec<KindSpec> {
         KindSpec::custom("TrafficPolicy", "trafficpolicies"),
         KindSpec::custom("AuthorizationPolicy", "authorizationpolicies"),
     ]
+    .into_iter()
+    .chain(gateway_api())
+    .collect()
 }

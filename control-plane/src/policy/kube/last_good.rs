@@ -75,7 +75,7 @@ impl LastGood {
                 Kind::MeshRoute => substituted.routes.push(chosen),
                 Kind::TrafficPolicy => substituted.traffic_policies.push(chosen),
                 Kind::AuthorizationPolicy => substituted.authorization.push(chosen),
-                Kind::Service => {}
+                Kind::Service | Kind::HttpRoute | Kind::GrpcRoute => {}
             }
         }
         let mapped = if used.is_empty() {
@@ -105,6 +105,7 @@ impl LastGood {
             Mapped {
                 mesh: second.mesh,
                 verdicts,
+                gamma: second.gamma,
             }
         };
         remember(&mut held, objects, &mapped, &used);

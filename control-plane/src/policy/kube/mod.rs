@@ -2,12 +2,15 @@
 //! Services, EndpointSlices, Pods and those resources to the mesh policy ([`mapping`], pure),
 //! the watching source behind [`crate::policy::source::PolicySource`] ([`source::KubeSource`]),
 //! which keeps an invalidly edited resource's last good version in force ([`last_good`]),
-//! and its pods as the owners of sidecars' addresses ([`pods::KubePods`]).
+//! and its pods as the owners of sidecars' addresses ([`pods::KubePods`]); Gateway API routes
+//! ([`gateway_api`]) join the routes.
 
 pub mod crds;
+pub mod gateway_api;
 pub mod last_good;
 pub mod mapping;
 pub mod pods;
+mod reflect;
 pub mod source;
 
 /// The API client configuration every Kubernetes caller here uses (the policy source and the

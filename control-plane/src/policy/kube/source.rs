@@ -19,21 +19,21 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ::kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use ::kube::api::{DynamicObject, Patch, PatchParams};
 use ::kube::runtime::reflector::{self, Store};
-use ::kube::runtime::{watcher, WatchStreamExt};
-use ::kube::{Api, Client, Resource};
+use ::kube::{Api, Client};
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
+use super::gateway_api;
 use super::last_good::LastGood;
 use super::mapping::{self, Kind, ObjectKey, Objects};
 use super::pods::KubePods;
+use super::reflect::{reflect, reflect_resource, reflect_untyped, served, wait};
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{PolicySource, Watch};
 
@@ -102,12 +102,17 @@ struct Stores {
     routes: Store<DynamicObject>,
     traffic: Store<DynamicObject>,
     authz: Store<DynamicObject>,
+    // Gateway API kinds: empty stores when the API server does not serve them.
+    http_routes: Store<DynamicObject>,
+    grpc_routes: Store<DynamicObject>,
+    grants: Store<DynamicObject>,
 }
 
-/// A status condition to write on one resource.
+/// A status to write on one resource: the merge patch's `status`, and for a policy resource
+/// the condition it carries (forgotten when the write fails, so the next load tries again).
 struct StatusWrite {
     key: ObjectKey,
-    condition: Condition,
+    status: serde_json::Value,
 }
 
 /// What the watcher thread hands over once synced: the stores, the status writer's queue and
@@ -115,7 +120,12 @@ struct StatusWrite {
 type Started = (Stores, tmpsc::UnboundedSender<StatusWrite>, String);
 
 /// Subscribers of [`PolicySource::watch`], told of every store change.
-type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
+/// The condition last sent per policy resource.
+type SentConditions = Arc<Mutex<HashMap<ObjectKey, Condition>>>;
+/// The status last sent per Gateway API route.
+type SentRouteStatus = Arc<Mutex<HashMap<ObjectKey, serde_json::Value>>>;
+
+pub(super) type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
 
 /// The mesh policy from the Kubernetes API.
 pub struct KubeSource {
@@ -128,6 +138,8 @@ pub struct KubeSource {
     /// The condition last sent per resource (sent, not yet seen back in the store), so an
     /// unchanged verdict is not patched again on every load.
     sent: Arc<Mutex<HashMap<ObjectKey, Condition>>>,
+    /// The route status last sent per HTTPRoute and GRPCRoute, likewise.
+    sent_routes: Arc<Mutex<HashMap<ObjectKey, serde_json::Value>>>,
     /// The verdicts last logged, so each rejection is logged once.
     logged: Mutex<HashMap<ObjectKey, String>>,
     /// Each resource's last accepted version, in force while an edit of it is invalid.
@@ -163,11 +175,12 @@ impl KubeSource {
     pub fn connect(options: KubeOptions) -> Result<Self, KubeError> {
         let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
         let sent: Arc<Mutex<HashMap<ObjectKey, Condition>>> = Arc::default();
+        let sent_routes: Arc<Mutex<HashMap<ObjectKey, serde_json::Value>>> = Arc::default();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (shutdown, shutdown_rx) = oneshot::channel();
         let thread = {
             let subscribers = subscribers.clone();
-            let sent = sent.clone();
+            let sent = (sent.clone(), sent_routes.clone());
             let options = options.clone();
             std::thread::Builder::new()
                 .name("weft-kube".into())
@@ -206,6 +219,7 @@ impl KubeSource {
             subscribers,
             status,
             sent,
+            sent_routes,
             logged: Mutex::new(HashMap::new()),
             last_good: LastGood::default(),
             shutdown: Some(shutdown),
@@ -234,6 +248,18 @@ impl KubeSource {
             routes: all(&self.stores.routes),
             traffic_policies: all(&self.stores.traffic),
             authorization: all(&self.stores.authz),
+            http_routes: all(&self.stores.http_routes),
+            grpc_routes: all(&self.stores.grpc_routes),
+            reference_grants: all(&self.stores.grants),
+        }
+    }
+
+    /// Queue the route status writes `mapped` calls for (GAMMA parents).
+    fn write_route_statuses(&self, objects: &Objects, mapped: &mapping::Mapped) {
+        let mut sent = self.sent_routes.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::operator::history::now_rfc3339();
+        for (key, status) in gateway_api::status::pending(objects, &mapped.gamma, &mut sent, &now) {
+            let _ = self.status.send(StatusWrite { key, status });
         }
     }
 
@@ -281,7 +307,7 @@ impl KubeSource {
             sent.insert(v.key.clone(), wanted.clone());
             let _ = self.status.send(StatusWrite {
                 key: v.key.clone(),
-                condition: wanted,
+                status: serde_json::json!({ "conditions": [wanted] }),
             });
         }
     }
@@ -312,6 +338,7 @@ impl PolicySource for KubeSource {
         let mapped = self.last_good.map(&objects, &self.trust_domain);
         self.log_rejections(&mapped);
         self.write_statuses(&objects, &mapped);
+        self.write_route_statuses(&objects, &mapped);
         MeshPolicy::from_mesh(POLICY_DOCUMENT, mapped.mesh)
     }
 
@@ -360,7 +387,7 @@ impl PolicySource for KubeSource {
 async fn run(
     options: KubeOptions,
     subscribers: Subscribers,
-    sent: Arc<Mutex<HashMap<ObjectKey, Condition>>>,
+    sent: (SentConditions, SentRouteStatus),
     ready: mpsc::Sender<Result<Started, KubeError>>,
     shutdown: oneshot::Receiver<()>,
 ) {
@@ -395,6 +422,38 @@ async fn run(
     tasks.push(t);
     let (authz, t) = reflect_untyped::<AuthorizationPolicy>(&client, &subscribers);
     tasks.push(t);
+    // The Gateway API kinds are optional, each on its own (GRPCRoute is missing from older
+    // releases' standard channel): a kind the API server does not serve stays an empty store.
+    let mut gateway = Vec::new();
+    for resource in [
+        gateway_api::http_routes(),
+        gateway_api::grpc_routes(),
+        gateway_api::reference_grants(),
+    ] {
+        if served(&client, &resource).await {
+            let (store, t) = reflect_resource(&client, &subscribers, resource);
+            tasks.push(t);
+            gateway.push((store, true));
+        } else {
+            log::info!(
+                "the API server does not serve {}.{}: not read (restart the control plane \
+                 after installing the Gateway API CRDs)",
+                resource.plural,
+                gateway_api::GROUP
+            );
+            let empty = reflector::store::Writer::<DynamicObject>::new(resource).as_reader();
+            gateway.push((empty, false));
+        }
+    }
+    let served_kinds: Vec<bool> = gateway.iter().map(|(_, s)| *s).collect();
+    let mut gateway = gateway.into_iter().map(|(store, _)| store);
+    let (Some(http_routes), Some(grpc_routes), Some(grants)) =
+        (gateway.next(), gateway.next(), gateway.next())
+    else {
+        // Three in, three out: never taken.
+        let _ = ready.send(Err(KubeError::Start("the Gateway API stores".into())));
+        return;
+    };
     let stores = Stores {
         services,
         slices,
@@ -402,6 +461,9 @@ async fn run(
         routes,
         traffic,
         authz,
+        http_routes,
+        grpc_routes,
+        grants,
     };
 
     let synced = async {
@@ -416,7 +478,25 @@ async fn run(
                 wait(&stores.authz).boxed(),
             ),
         ];
-        for (name, w) in waits {
+        let gateway_waits: [(&str, BoxFuture<'_, ()>); 3] = [
+            (
+                "httproutes.gateway.networking.k8s.io",
+                wait(&stores.http_routes).boxed(),
+            ),
+            (
+                "grpcroutes.gateway.networking.k8s.io",
+                wait(&stores.grpc_routes).boxed(),
+            ),
+            (
+                "referencegrants.gateway.networking.k8s.io",
+                wait(&stores.grants).boxed(),
+            ),
+        ];
+        let gateway_waits = gateway_waits
+            .into_iter()
+            .zip(served_kinds)
+            .filter_map(|(w, served)| served.then_some(w));
+        for (name, w) in waits.into_iter().chain(gateway_waits) {
             if tokio::time::timeout_at(deadline(options.sync_timeout), w)
                 .await
                 .is_err()
@@ -445,7 +525,12 @@ async fn run(
                 if let Err(e) = write_status(&client, &w).await {
                     log::warn!("writing the status of {}: {e}", w.key);
                     // Forget it, so the next load tries again.
-                    sent.lock()
+                    sent.0
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&w.key);
+                    sent.1
+                        .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&w.key);
                 }
@@ -463,87 +548,10 @@ fn deadline(after: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + after
 }
 
-async fn wait<K>(store: &Store<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    // An error means the writer is gone (the task ended): never ready, the timeout says so.
-    if store.wait_until_ready().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// A reflector over every `K` of the cluster, telling `subscribers` of each event.
-fn reflect<K>(client: &Client, subscribers: &Subscribers) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client.clone());
-    (store, spawn_reflector(api, writer, subscribers.clone()))
-}
-
-/// A reflector over every `K` of the cluster as untyped objects.
-fn reflect_untyped<K>(
-    client: &Client,
-    subscribers: &Subscribers,
-) -> (Store<DynamicObject>, tokio::task::JoinHandle<()>)
-where
-    K: Resource<DynamicType = ()>,
-{
-    let resource = ApiResource::erase::<K>(&());
-    let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
-    let store = writer.as_reader();
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    (store, spawn_reflector(api, writer, subscribers.clone()))
-}
-
-/// Run `writer`'s reflector over `api`'s list and watch; every event (a relist's too) tells
-/// the subscribers.
-fn spawn_reflector<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    subscribers: Subscribers,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
-{
-    let plural = api
-        .resource_url()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    tokio::spawn(async move {
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        );
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => {
-                    let mut subs = subscribers.lock().unwrap_or_else(|e| e.into_inner());
-                    subs.retain(|s| s.send(()).is_ok());
-                }
-                // The watcher relists or rewatches by itself, with backoff.
-                Err(e) => log::warn!("watching {plural}: {e}"),
-            }
-        }
-    })
-}
-
-/// Patch one resource's `status.conditions` (the control plane owns them all).
+/// Patch one resource's `status` (a policy resource's `conditions`, a route's `parents`:
+/// the control plane owns the first and its own entries of the second).
 async fn write_status(client: &Client, w: &StatusWrite) -> Result<(), ::kube::Error> {
-    let patch = serde_json::json!({ "status": { "conditions": [w.condition] } });
+    let patch = serde_json::json!({ "status": w.status });
     let params = PatchParams::default();
     let (ns, name) = (w.key.namespace.as_str(), w.key.name.as_str());
     match w.key.kind {
@@ -559,6 +567,15 @@ async fn write_status(client: &Client, w: &StatusWrite) -> Result<(), ::kube::Er
         }
         Kind::AuthorizationPolicy => {
             Api::<AuthorizationPolicy>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &Patch::Merge(&patch))
+                .await?;
+        }
+        Kind::HttpRoute | Kind::GrpcRoute => {
+            let resource = match w.key.kind {
+                Kind::GrpcRoute => gateway_api::grpc_routes(),
+                _ => gateway_api::http_routes(),
+            };
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
                 .patch_status(name, &params, &Patch::Merge(&patch))
                 .await?;
         }

@@ -81,6 +81,12 @@ pub struct Objects {
     pub traffic_policies: Vec<DynamicObject>,
     /// `AuthorizationPolicy` resources, untyped.
     pub authorization: Vec<DynamicObject>,
+    /// Gateway API `HTTPRoute`s, untyped (empty without the Gateway API CRDs).
+    pub http_routes: Vec<DynamicObject>,
+    /// Gateway API `GRPCRoute`s, untyped.
+    pub grpc_routes: Vec<DynamicObject>,
+    /// Gateway API `ReferenceGrant`s, untyped.
+    pub reference_grants: Vec<DynamicObject>,
 }
 
 /// One policy resource, read: which, its generation and creation time, and its spec.
@@ -199,6 +205,10 @@ pub enum Kind {
     TrafficPolicy,
     /// An `AuthorizationPolicy`.
     AuthorizationPolicy,
+    /// A Gateway API `HTTPRoute` (its status is per parent: [`Mapped::gamma`]).
+    HttpRoute,
+    /// A Gateway API `GRPCRoute` (likewise).
+    GrpcRoute,
 }
 
 impl fmt::Display for Kind {
@@ -208,6 +218,8 @@ impl fmt::Display for Kind {
             Kind::MeshRoute => "MeshRoute",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
         })
     }
 }
@@ -288,6 +300,8 @@ pub struct Mapped {
     pub mesh: MeshFile,
     /// One per policy resource, and one per Service left out; in object order.
     pub verdicts: Vec<Verdict>,
+    /// One per Gateway API route and Service parent (GAMMA).
+    pub gamma: Vec<crate::policy::kube::gateway_api::ParentVerdict>,
 }
 
 impl Mapped {
@@ -356,6 +370,18 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
         generations.insert(p.key.clone(), p.generation);
         route_keys.push(p.key);
     }
+    // GAMMA routes after the MeshRoutes, each service's in Gateway API precedence.
+    let mut gamma = crate::policy::kube::gateway_api::gamma(
+        &objects.http_routes,
+        &objects.grpc_routes,
+        &objects.reference_grants,
+        &objects.services,
+        &mesh.services,
+    );
+    for (key, route) in std::mem::take(&mut gamma.routes) {
+        mesh.routes.push(route);
+        route_keys.push(key);
+    }
     let authz = admitted_authorization(&objects.authorization, &mut refused);
     let mut authz_keys = Vec::new();
     for p in authz {
@@ -376,6 +402,20 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
         .into_iter()
         .filter_map(|v| v.result.err().map(|r| (v.key, r)))
         .collect();
+    // An HTTPRoute is all or nothing: one route of it refused as merged takes out the rest.
+    let gateway_kinds = [Kind::HttpRoute, Kind::GrpcRoute];
+    for (key, r) in rejected
+        .iter()
+        .filter(|(k, _)| gateway_kinds.contains(&k.kind))
+    {
+        gamma.reject(key, &r.message);
+        for i in (0..route_keys.len()).rev() {
+            if &route_keys[i] == key && i < mesh.routes.len() {
+                mesh.routes.remove(i);
+                route_keys.remove(i);
+            }
+        }
+    }
     let mut rest: Vec<Verdict> = generations
         .into_iter()
         .map(|(key, generation)| Verdict {
@@ -387,7 +427,11 @@ pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     rest.extend(refused);
     rest.sort_by(|a, b| a.key.cmp(&b.key));
     verdicts.extend(rest);
-    Mapped { mesh, verdicts }
+    Mapped {
+        mesh,
+        verdicts,
+        gamma: gamma.verdicts,
+    }
 }
 
 /// The routes of their own namespace's services holding their names, named and qualified
