@@ -5,6 +5,7 @@
 //! sample's services with a sidecar beside each, a steady traffic generator, and a live view
 //! of what the mesh carries. Ctrl-C stops everything.
 
+mod edge;
 mod mesh;
 mod pods;
 mod prometheus;

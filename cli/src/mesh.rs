@@ -202,3 +202,48 @@ impl Traffic {
             .clone()
     }
 }
+
+/// Until one of `children` exits; why.
+pub async fn watch_children(children: &mut Children) -> String {
+    loop {
+        if let Some(why) = children.exited() {
+            return why;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, listened for from [`StopSignals::install`] on.
+pub struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Until a stop signal (one that came in earlier counts at once) or `limit`.
+    pub async fn wait(mut self, limit: Option<Duration>) -> anyhow::Result<()> {
+        let limit = async {
+            match limit {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+            () = limit => {}
+        }
+        Ok(())
+    }
+}

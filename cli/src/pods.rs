@@ -309,6 +309,28 @@ impl Pods {
         self.node.netns()
     }
 
+    /// `program` run in the node namespace (the bridge's: it reaches every pod's IP), where
+    /// `weft up`'s gateway runs.
+    pub fn node_command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.node.netns()]).arg(program);
+        cmd
+    }
+
+    /// A host loopback port (from `ports`) relayed to `target` in the node namespace.
+    pub fn expose_node(
+        &self,
+        target: SocketAddr,
+        ports: &mut Ports,
+        what: &'static str,
+    ) -> anyhow::Result<SocketAddr> {
+        let addr = ports.next()?;
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("{addr}"))?;
+        let node = self.runtimes.first().context("no node runtime")?;
+        node.handle().spawn(relay(l, target, what));
+        Ok(addr)
+    }
+
     /// The listen addresses of instance `i`'s sidecar inside its pod: (outbound, inbound,
     /// admin, app, metrics).
     pub fn listen(&self, i: &Instance) -> Option<[SocketAddr; 5]> {

@@ -29,9 +29,9 @@ use weft_control_plane::ca::ca_store::CaStoreOptions;
 use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
 
-use crate::mesh::{Children, Instance, Ports, Traffic};
+use crate::mesh::{watch_children, Children, Instance, Ports, StopSignals, Traffic};
 use crate::pods::{self, Pods};
-use crate::{prometheus, view};
+use crate::{edge, prometheus, view};
 
 /// The trust domain of the local mesh.
 pub const TRUST_DOMAIN: &str = "weft.local";
@@ -102,7 +102,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     weft_certs::files::write_atomically(path, text.as_bytes(), 0o600)
         .with_context(|| format!("{}", path.display()))
 }
@@ -194,16 +194,17 @@ fn app_command(
     Ok(Some(cmd))
 }
 
+/// Until every `(name, admin address)` answers `/ready` with 200 (at most [`READY_TIMEOUT`]).
 async fn wait_ready(
     client: &view::Client,
-    instances: &[Instance],
+    admins: &[(&str, SocketAddr)],
     children: &mut Children,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    for i in instances {
+    for (name, admin) in admins {
         loop {
             if client
-                .get(i.admin, "/ready")
+                .get(*admin, "/ready")
                 .await
                 .is_ok_and(|(s, _)| s == 200)
             {
@@ -213,10 +214,7 @@ async fn wait_ready(
                 bail!("{why} while starting; see the logs");
             }
             if Instant::now() > deadline {
-                bail!(
-                    "sidecar {} not ready within {READY_TIMEOUT:?}; see its log",
-                    i.name
-                );
+                bail!("sidecar {name} not ready within {READY_TIMEOUT:?}; see its log");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -383,7 +381,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         pids.push(serde_json::json!({"name": format!("{} sidecar", i.name), "pid": pid}));
     }
     let client = view::Client::new();
-    wait_ready(&client, &instances, &mut children).await?;
+    let admins: Vec<_> = instances
+        .iter()
+        .map(|i| (i.name.as_str(), i.admin))
+        .collect();
+    wait_ready(&client, &admins, &mut children).await?;
+    // The gateway in front of frontend, once frontend serves.
+    let frontend = instances.iter().find(|i| i.service == "frontend");
+    let gateway = edge::start(
+        &dir.join("gateway"),
+        &state_dir,
+        &proxy,
+        frontend.context("no frontend")?.inbound,
+        pods.as_ref(),
+        &mut ports,
+        &mut children,
+    )?;
+    pids.push(serde_json::json!({"name": "gateway", "pid": gateway.pid}));
+    wait_ready(&client, &[("gateway", gateway.admin)], &mut children).await?;
     let prometheus = if args.prometheus {
         prometheus::start(&dir, &mut ports, &instances, cp.admin, &mut children)?
     } else {
@@ -406,6 +421,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "inbound": i.inbound, "app": i.app,
             "netns": pods.as_ref().and_then(|p| Some(p.pod(&i.name)?.netns.clone())),
         })).collect::<Vec<_>>(),
+        "gateway": {
+            "https": gateway.https, "admin": format!("http://{}", gateway.admin),
+            "ca": gateway.ca, "token": gateway.token, "curl": gateway.curl(),
+        },
         "processes": pids,
     });
     std::fs::write(dir.join("up.json"), format!("{status:#}\n"))?;
@@ -418,6 +437,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         prometheus,
         args.dir.is_none(),
     );
+    gateway.print();
+    println!("  stop           Ctrl-C (every process ends, nothing stays listening)\n");
 
     let traffic = Arc::new(Traffic::default());
     let loadgen = instances
@@ -463,50 +484,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     outcome
 }
 
-async fn watch_children(children: &mut Children) -> String {
-    loop {
-        if let Some(why) = children.exited() {
-            return why;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, listened for from [`StopSignals::install`] on.
-struct StopSignals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// Until a stop signal (one that came in earlier counts at once) or `limit`.
-    async fn wait(mut self, limit: Option<Duration>) -> anyhow::Result<()> {
-        let limit = async {
-            match limit {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-            _ = self.hup.recv() => {}
-            () = limit => {}
-        }
-        Ok(())
-    }
-}
-
 fn print_where(
     mode: &str,
     dir: &Path,
@@ -550,7 +527,6 @@ fn print_where(
             .find(|i| i.service == "loadgen")
             .map_or_else(String::new, |i| i.outbound.to_string())
     );
-    println!("  stop           Ctrl-C (every process ends, nothing stays listening)\n");
 }
 
 #[cfg(test)]

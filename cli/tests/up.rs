@@ -1,7 +1,8 @@
-//! `weft up` for real: the binary starts the embedded control plane, five sidecar processes
-//! and four app processes, in each mode: on loopback (`--loopback`), and captured, each
+//! `weft up` for real: the binary starts the embedded control plane, five sidecar processes,
+//! four app processes and a gateway in front of frontend, in each mode: on loopback (`--loopback`), and captured, each
 //! instance in a network namespace of its own with the apps calling each other by name.
-//! Traffic must cross every sidecar, a policy edit must move the canary, and Ctrl-C must leave
+//! Traffic must cross every sidecar, a policy edit must move the canary, the printed `curl`
+//! line must reach frontend through the gateway (and fail without its token), and Ctrl-C must leave
 //! no process, no listener and (captured) no namespace behind.
 
 use std::net::{SocketAddr, TcpStream};
@@ -190,7 +191,11 @@ fn process_ids(status: &serde_json::Value) -> Vec<i32> {
 /// SIGINT (Ctrl-C) to weft up: it exits 0 within 30 s and every process it started is gone.
 fn ctrl_c(child: &mut Guard, status: &serde_json::Value) {
     let pids = process_ids(status);
-    assert_eq!(pids.len(), 9, "five sidecars and four apps: {status:#}");
+    assert_eq!(
+        pids.len(),
+        10,
+        "five sidecars, four apps and the gateway: {status:#}"
+    );
     let weft = i32::try_from(child.id()).expect("pid");
     kill(Pid::from_raw(weft), Signal::SIGINT).expect("SIGINT");
     let exit = child
@@ -200,6 +205,48 @@ fn ctrl_c(child: &mut Guard, status: &serde_json::Value) {
     for pid in pids {
         assert!(!alive(pid), "process {pid} outlived weft up");
     }
+}
+
+/// `weft up`'s gateway in front of frontend: the `curl` line it printed (run as printed, by a
+/// shell) gets frontend's answer through the gateway with the demo token; without the token,
+/// or with it tampered with, the gateway answers 401.
+fn through_the_gateway(status: &serde_json::Value, out_file: &Path) {
+    let line = status["gateway"]["curl"]
+        .as_str()
+        .expect("gateway curl line");
+    let out = std::fs::read_to_string(out_file).unwrap_or_default();
+    assert!(out.contains(line), "weft up prints the curl line:\n{out}");
+    let token = status["gateway"]["token"].as_str().expect("token");
+    assert!(line.contains(token) && line.contains("--cacert"), "{line}");
+    let run = |line: &str| -> (u16, String) {
+        let (exit, out, err) = weft_testkit::process::output_within(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("{line} -sS -m 10 -w '\\n%{{http_code}}'")),
+            Duration::from_secs(20),
+        );
+        assert!(exit.success(), "{line}: {err}");
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    };
+    // Right after start frontend's first calls may still be opening connections: the first
+    // 200 within a bound, then every answer is checked.
+    let body = weft_testkit::wait::until(
+        "frontend through the gateway",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = run(line);
+            (code == 200).then_some(body)
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("frontend's JSON");
+    assert_eq!(v["served_by"], "frontend", "{body}");
+    let without = line.replace(&format!("-H 'Authorization: Bearer {token}' "), "");
+    assert_ne!(without, line);
+    let (code, body) = run(&without);
+    assert_eq!(code, 401, "no token: {body}");
+    let tampered = line.replace(token, &format!("{token}x"));
+    assert_eq!(run(&tampered).0, 401, "a tampered token");
 }
 
 /// What `weft up` with PID `pid` created and left: namespaces and `/etc/netns` directories.
@@ -285,6 +332,7 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
     }
 
     canary_shift(&status, &admin);
+    through_the_gateway(&status, &dir.path().join("weft-up.out"));
 
     // Ctrl-C: every process ends, nothing stays listening.
     ctrl_c(&mut child, &status);
@@ -301,6 +349,12 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
                 .to_owned(),
         );
     }
+    addrs.push(
+        status["gateway"]["https"]
+            .as_str()
+            .expect("gateway")
+            .to_owned(),
+    );
     addrs.push(
         status["control_plane"]["listen"]
             .as_str()
@@ -325,7 +379,7 @@ fn weft_up_stopped_during_start_up_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Whichever mode this machine gives (captured when root).
     let mut child = weft_up(dir.path(), 5, Stdio::null(), &[]);
-    // The first process it started is the moment: `up.json` is written only once all nine
+    // The first process it started is the moment: `up.json` is written only once all ten
     // are ready, so the mesh is still starting.
     weft_testkit::wait::until(
         "weft up to start its first process",
@@ -398,7 +452,11 @@ fn weft_up_captured_apps_call_by_name_over_mtls_and_leave_nothing_behind() {
             Command::new("ip").args(["netns", "identify", &pid.to_string()]),
             Duration::from_secs(20),
         );
-        let instance = name.split(' ').next().expect("instance");
+        // The gateway runs in the node namespace (the bridge's), every other one in its pod.
+        let instance = match name {
+            "gateway" => "node",
+            _ => name.split(' ').next().expect("instance"),
+        };
         assert!(
             ok.success() && ns.trim() == format!("weftup-{}-{instance}", child.id()),
             "{name} runs in {ns:?}"
@@ -436,6 +494,7 @@ fn weft_up_captured_apps_call_by_name_over_mtls_and_leave_nothing_behind() {
         );
     }
     canary_shift(&status, &admin);
+    through_the_gateway(&status, &dir.path().join("weft-up.out"));
 
     ctrl_c(&mut child, &status);
     let left = leftovers(child.id());

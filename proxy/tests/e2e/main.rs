@@ -13,6 +13,7 @@ mod endpoints_by_service_tests;
 mod extended_connect_tests;
 mod fail_closed_tests;
 mod gateway_auth_tests;
+mod gateway_browser_tests;
 mod gateway_jwt_tests;
 mod gateway_tests;
 mod half_close_tests;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::gateway_browser_tests::{start_gateway, HOST as GATEWAY_HOST};
 use crate::harness::*;
 use crate::pair;
 
@@ -415,6 +416,30 @@ async fn start_cp_sidecar(pki: &Pki, name: &str, admin: SocketAddr, cp: SocketAd
     s
 }
 
+/// One CORS preflight through the gateway's HTTPS port (curl, edge TLS), answered 204 there.
+fn preflight(port: u16) {
+    let (exit, out, err) = guarded::output_within(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-k",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--resolve")
+            .arg(format!("{GATEWAY_HOST}:{port}:127.0.0.1"))
+            .args(["-X", "OPTIONS", "-H", "Origin: https://app.example.test"])
+            .args(["-H", "Access-Control-Request-Method: GET"])
+            .arg(format!("https://{GATEWAY_HOST}:{port}/browser")),
+        Duration::from_secs(20),
+    );
+    assert!(exit.success() && out == "204", "preflight: {out} {err}");
+}
+
 /// Send one round of traffic: 200s, 503s, 404s, and one plaintext (refused) handshake.
 async fn traffic(fe: &Sidecar, orders: &Sidecar) {
     let c = client();
@@ -442,6 +467,10 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
     let pki = Pki::new(60);
     let routes = "routes:\n  - {name: api, service: orders, match: {path: {prefix: /api}}}\n  - {name: status, service: orders, match: {path: {prefix: /status}}}\n";
     let (fe, orders) = pair(&pki, routes).await;
+    // A gateway in front of orders, for the dashboards' gateway row. Its traffic is CORS
+    // preflights, which the gateway answers itself: they reach no service, so the mesh panels'
+    // expectations below stay as they were.
+    let (gw, gw_port) = start_gateway(&pki, orders.inbound, "https://app.example.test").await;
     // A control plane; its sidecar connects only after Prometheus has scraped the control
     // plane once, so the push counters and the push-latency histogram move between samples.
     let policy_dir = pki.path().join("policy");
@@ -456,7 +485,7 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
     .expect("policy");
     let cp = start_control_plane(&pki, &policy_dir, "127.0.0.1:0".parse().expect("addr")).await;
     let catalog_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let prom = Prometheus::start(&[fe.admin, orders.admin, catalog_admin], cp.admin);
+    let prom = Prometheus::start(&[fe.admin, orders.admin, catalog_admin, gw.admin], cp.admin);
     prom.wait_ready().await;
     prom.wait_at_least(r#"sum(up{job="weft-control-plane"})"#, 1.0)
         .await;
@@ -478,6 +507,14 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
     let inb = r#"sum(weft_responses_total{direction="inbound"})"#;
     for round in 1..=2 {
         traffic(&fe, &orders).await;
+        for _ in 0..3 {
+            preflight(gw_port);
+        }
+        prom.wait_at_least(
+            r#"sum(weft_gateway_requests_total{route="browser",code="204"})"#,
+            3.0 * round as f64,
+        )
+        .await;
         prom.wait_at_least(out, 12.0 * round as f64).await;
         prom.wait_at_least(inb, 10.0 * round as f64).await;
         prom.wait_at_least(
