@@ -25,9 +25,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
+use crate::mesh::{write_private, TRUST_DOMAIN};
 use crate::mesh::{Children, Ports};
 use crate::pods::Pods;
-use crate::up::TRUST_DOMAIN;
 
 /// The JWT issuer and audience of the demo token (what the gateway's provider requires).
 pub const ISSUER: &str = "https://weft-up.local";
@@ -123,7 +123,7 @@ pub fn edge_certificates(dir: &Path) -> anyhow::Result<()> {
     let cert = leaf.signed_by(&key, &issuer)?;
     std::fs::write(dir.join("edge-ca.pem"), ca_cert.pem())?;
     std::fs::write(dir.join("edge.crt"), cert.pem())?;
-    crate::up::write_private(&dir.join("edge.key"), &key.serialize_pem())
+    write_private(&dir.join("edge.key"), &key.serialize_pem())
 }
 
 /// The gateway file (beside the files it names): HTTPS on `https`, one route to `frontend`
@@ -232,5 +232,5 @@ fn mesh_certificate(dir: &Path, state_dir: &Path) -> anyhow::Result<()> {
     let issued = ca.issue(&identity, LIFETIME)?;
     std::fs::write(dir.join("mesh-ca.pem"), ca_pem)?;
     std::fs::write(dir.join("mesh.crt"), issued.cert_pem)?;
-    crate::up::write_private(&dir.join("mesh.key"), &issued.key_pem)
+    write_private(&dir.join("mesh.key"), &issued.key_pem)
 }

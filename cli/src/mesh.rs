@@ -14,6 +14,15 @@ use anyhow::{bail, Context as _};
 /// How long children get to exit after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The trust domain of the local mesh.
+pub const TRUST_DOMAIN: &str = "weft.local";
+
+/// Writes `text` to `path` atomically, readable by its owner only (keys, tokens).
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    weft_certs::files::write_atomically(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("{}", path.display()))
+}
+
 /// One sidecar of the mesh and the app beside it.
 #[derive(Debug, Clone)]
 pub struct Instance {

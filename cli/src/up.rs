@@ -29,12 +29,12 @@ use weft_control_plane::ca::ca_store::CaStoreOptions;
 use weft_control_plane::ca::tokens::{JoinTokenStore, NewToken};
 use weft_control_plane::server::{self, Running, ServerConfig};
 
+use crate::mesh::write_private;
 use crate::mesh::{watch_children, Children, Instance, Ports, StopSignals, Traffic};
 use crate::pods::{self, Pods};
 use crate::{edge, prometheus, view};
 
-/// The trust domain of the local mesh.
-pub const TRUST_DOMAIN: &str = "weft.local";
+pub use crate::mesh::TRUST_DOMAIN;
 /// How long every sidecar may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -100,11 +100,6 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
         "{name} not found beside {}; build it: cargo build --release -p weft-proxy -p weft-samples -p weft-cli",
         exe.display()
     )
-}
-
-pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    weft_certs::files::write_atomically(path, text.as_bytes(), 0o600)
-        .with_context(|| format!("{}", path.display()))
 }
 
 fn sidecar_config(

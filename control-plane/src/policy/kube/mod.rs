@@ -9,6 +9,7 @@ pub mod crds;
 pub mod gateway_api;
 pub mod last_good;
 pub mod mapping;
+mod objects;
 pub mod pods;
 mod reflect;
 pub mod source;

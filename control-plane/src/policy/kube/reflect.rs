@@ -2,6 +2,8 @@
 //! kind into a store, telling the subscribers of each event; and whether the API server
 //! serves an optional kind at all.
 
+use std::sync::{mpsc, Arc, Mutex};
+
 use ::kube::api::{ApiResource, DynamicObject};
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{watcher, WatchStreamExt};
@@ -9,7 +11,8 @@ use ::kube::{Api, Client, Resource};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use super::source::Subscribers;
+/// Subscribers of the policy source's `watch`, told of every store change.
+pub(super) type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
 
 /// Resolves once `store` has its first complete list.
 pub(super) async fn wait<K>(store: &Store<K>)

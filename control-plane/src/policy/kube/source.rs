@@ -33,7 +33,7 @@ use super::gateway_api;
 use super::last_good::LastGood;
 use super::mapping::{self, Kind, ObjectKey, Objects};
 use super::pods::KubePods;
-use super::reflect::{reflect, reflect_resource, reflect_untyped, served, wait};
+use super::reflect::{reflect, reflect_resource, reflect_untyped, served, wait, Subscribers};
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{PolicySource, Watch};
 
@@ -119,13 +119,10 @@ struct StatusWrite {
 /// the API server's URL.
 type Started = (Stores, tmpsc::UnboundedSender<StatusWrite>, String);
 
-/// Subscribers of [`PolicySource::watch`], told of every store change.
 /// The condition last sent per policy resource.
 type SentConditions = Arc<Mutex<HashMap<ObjectKey, Condition>>>;
 /// The status last sent per Gateway API route.
 type SentRouteStatus = Arc<Mutex<HashMap<ObjectKey, serde_json::Value>>>;
-
-pub(super) type Subscribers = Arc<Mutex<Vec<mpsc::Sender<()>>>>;
 
 /// The mesh policy from the Kubernetes API.
 pub struct KubeSource {

@@ -26,7 +26,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Service as KubeService;
 use weft_policy::wire;
 
-use super::matches::route_match;
+pub use super::error::GammaError;
+use super::matches::{route_match, Rank};
 use super::types::{
     BackendRef, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ParentRef, ReferenceGrantSpec,
 };
@@ -35,77 +36,6 @@ use super::types::{
 const NOISY_LABELS: [&str; 2] = ["pod-template-hash", "controller-revision-hash"];
 /// The longest mesh route name.
 const MAX_ROUTE_NAME: usize = 63;
-
-/// Why a GAMMA route, or one of its parents, is not in force: each variant is one Gateway API
-/// condition reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GammaError {
-    /// A field this mesh does not implement (`UnsupportedValue`).
-    #[error("{field}: {why}")]
-    Unsupported {
-        /// The field, as in the resource (`spec.rules[0].filters[1]`).
-        field: String,
-        /// Why, for people.
-        why: String,
-    },
-    /// The parent is no mesh Service, or no port of it (`NoMatchingParent`).
-    #[error("{0}")]
-    NoMatchingParent(String),
-    /// A backendRef names a Service that does not exist (`BackendNotFound`).
-    #[error("{field}: {why}")]
-    BackendNotFound {
-        /// The field.
-        field: String,
-        /// Why.
-        why: String,
-    },
-    /// A backendRef to another namespace without a ReferenceGrant (`RefNotPermitted`).
-    #[error("{field}: {why}")]
-    RefNotPermitted {
-        /// The field.
-        field: String,
-        /// Why.
-        why: String,
-    },
-    /// A backendRef of a kind other than a core Service (`InvalidKind`).
-    #[error("{field}: {why}")]
-    InvalidKind {
-        /// The field.
-        field: String,
-        /// Why.
-        why: String,
-    },
-}
-
-impl GammaError {
-    /// The condition reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            GammaError::Unsupported { .. } => "UnsupportedValue",
-            GammaError::NoMatchingParent(_) => "NoMatchingParent",
-            GammaError::BackendNotFound { .. } => "BackendNotFound",
-            GammaError::RefNotPermitted { .. } => "RefNotPermitted",
-            GammaError::InvalidKind { .. } => "InvalidKind",
-        }
-    }
-
-    /// Whether the error is about a reference (then `ResolvedRefs` is False with this reason).
-    pub fn is_ref(&self) -> bool {
-        matches!(
-            self,
-            GammaError::BackendNotFound { .. }
-                | GammaError::RefNotPermitted { .. }
-                | GammaError::InvalidKind { .. }
-        )
-    }
-
-    pub(super) fn unsupported(field: impl Into<String>, why: impl Into<String>) -> Self {
-        GammaError::Unsupported {
-            field: field.into(),
-            why: why.into(),
-        }
-    }
-}
 
 /// What a GAMMA translation needs besides the route: the cluster's Services and grants.
 pub struct Cluster<'a> {
@@ -165,12 +95,6 @@ pub struct RankedRoute {
     /// The route.
     pub route: wire::Route,
 }
-
-/// Gateway API precedence, most specific first: an exact path, then the longest prefix, then
-/// regular expressions (implementation-specific: after every prefix), then a method before
-/// none, then more headers before fewer; ties go to the oldest route, then by namespace/name,
-/// then rule and match order (the caller adds those).
-pub type Rank = (u8, std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>);
 
 /// The mesh routes of one HTTPRoute for one Service parent, in rule and match order.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +224,8 @@ struct RuleParts {
 }
 
 impl RuleParts {
+    // Long: a rule's filters and timeouts, one Gateway API filter type after another, each
+    // translated or refused with its own field path; split, the refusals would scatter.
     fn new(
         f: &str,
         rule: &HttpRouteRule,
@@ -414,6 +340,8 @@ impl RuleParts {
 }
 
 /// The subset of the parent's endpoints a backendRef names (see the module docs).
+// Long: every check a backendRef must pass (kind, namespace and grant, the Service, its
+// selector within the parent's) in the order the Gateway API reasons rank them.
 fn backend_subset(
     fb: &str,
     b: &BackendRef,

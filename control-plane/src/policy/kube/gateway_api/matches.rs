@@ -2,10 +2,17 @@
 
 use weft_policy::wire;
 
-use super::gamma::{GammaError, Rank};
+use super::error::GammaError;
 use super::types::HttpRouteMatch;
 
+/// Gateway API precedence, most specific first: an exact path, then the longest prefix, then
+/// regular expressions (implementation-specific: after every prefix), then a method before
+/// none, then more headers before fewer; ties go to the oldest route, then by namespace/name,
+/// then rule and match order (the caller adds those).
+pub type Rank = (u8, std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>);
+
 /// One match as a mesh match, its rank, and whether its path is a prefix.
+// Long: path, headers, method and query of one match, each checked and ranked in turn.
 pub(super) fn route_match(
     fm: &str,
     m: &HttpRouteMatch,

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use kube::api::{ApiResource, DynamicObject};
 use weft_policy::wire;
 
+mod error;
 pub mod gamma;
 pub mod grpc;
 mod matches;
@@ -22,7 +23,7 @@ pub mod types;
 use gamma::{Cluster, GammaError, GammaRoute, MeshRoutes};
 use types::{HttpRouteSpec, ParentRef, ReferenceGrantSpec};
 
-use super::mapping::{Kind, ObjectKey};
+use super::objects::{Kind, ObjectKey};
 
 /// The Gateway API's group.
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -95,6 +96,8 @@ impl Gamma {
 /// The GAMMA routes of `http` and `grpc` (untyped HTTPRoutes and GRPCRoutes) given the cluster's Services, grants and
 /// the mesh services accepted so far. Each HTTPRoute is all or nothing: its routes are
 /// checked on their own with the policy crate's validation before they join.
+// Long: the whole GAMMA pass in order (read each route, check its parents, translate, validate
+// with the policy crate, keep or refuse it all, record one verdict per parent).
 pub fn gamma(
     http: &[DynamicObject],
     grpc: &[DynamicObject],

@@ -49,6 +49,7 @@ pub use opaque::OPAQUE_PORTS_ANNOTATION;
 pub use tenancy::{CONFLICTED, CROSS_NAMESPACE};
 
 use super::crds::{Condition, PolicyStatus, ACCEPTED};
+pub use super::objects::{Kind, ObjectKey};
 
 /// The name of the injected sidecar container: a pod running it is part of the mesh.
 pub const SIDECAR_CONTAINER: &str = "weft-proxy";
@@ -194,53 +195,6 @@ pub fn accepted_condition(object: &DynamicObject) -> Option<Condition> {
     status.conditions.into_iter().find(|c| c.type_ == ACCEPTED)
 }
 
-/// The kinds of object a [`Verdict`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// A Kubernetes Service (no condition is written on it; its rejection is logged).
-    Service,
-    /// A `MeshRoute`.
-    MeshRoute,
-    /// A `TrafficPolicy`.
-    TrafficPolicy,
-    /// An `AuthorizationPolicy`.
-    AuthorizationPolicy,
-    /// A Gateway API `HTTPRoute` (its status is per parent: [`Mapped::gamma`]).
-    HttpRoute,
-    /// A Gateway API `GRPCRoute` (likewise).
-    GrpcRoute,
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Service => "Service",
-            Kind::MeshRoute => "MeshRoute",
-            Kind::TrafficPolicy => "TrafficPolicy",
-            Kind::AuthorizationPolicy => "AuthorizationPolicy",
-            Kind::HttpRoute => "HTTPRoute",
-            Kind::GrpcRoute => "GRPCRoute",
-        })
-    }
-}
-
-/// Which object: kind, namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    /// Kind.
-    pub kind: Kind,
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
 /// Why an object was left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -334,6 +288,8 @@ pub fn has_sidecar(pod: &Pod) -> bool {
 /// The mesh policy of `objects`, in `trust_domain`: one pass per resource kind in a fixed
 /// order (services, traffic policies, then routes and authorization together), each judged
 /// against what came before.
+// Long: one pass per resource kind in the fixed order the doc comment gives, each reading the
+// verdicts of the passes before it; the order is the point, so it stays in one place.
 pub fn map(objects: &Objects, trust_domain: &str) -> Mapped {
     let mut verdicts = Vec::new();
 
