@@ -417,6 +417,13 @@ impl Failure {
         if close {
             session.set_keepalive(None);
         }
+        if session.response_written().is_some() {
+            // The head already went out (an upgraded session's 101, or a response cut off
+            // midway): a second head or this text would land inside the body or the upgraded
+            // bytes. Ending the connection is the only answer left.
+            session.set_keepalive(None);
+            return;
+        }
         let body = Bytes::from(format!("{}\n", self.reason));
         let Ok(mut header) = ResponseHeader::build(self.status, Some(3)) else {
             return;

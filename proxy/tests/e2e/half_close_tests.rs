@@ -302,7 +302,12 @@ async fn a_half_closed_session_that_goes_quiet_ends_within_the_idle_timeout() {
     let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut got))
         .await
         .expect("the quiet session ends within the limit");
-    assert!(got.is_empty(), "{} bytes", got.len());
+    assert!(
+        got.is_empty(),
+        "{} bytes: {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got)
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
