@@ -25,160 +25,118 @@ pub use local::*;
 pub use resilience::*;
 pub use service::*;
 
-/// A sidecar's whole static file: [`LocalFile`] and [`PolicySnapshot`] fields side by side.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    /// This sidecar's own service.
-    pub service: OwnService,
-    /// Listener addresses.
-    #[serde(default)]
-    pub listen: Listen,
-    /// Certificate, key and trust bundle paths.
-    pub tls: Tls,
-    /// Traffic worker threads (default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<usize>,
-    /// How long SIGTERM waits for in-flight requests (default 25s).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drain_timeout: Option<String>,
-    /// Connect timeout towards peers and the app (default 1s).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<String>,
-    /// Access log file, `-` for stdout (default: off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<String>,
-    /// Close client connections and TCP tunnels idle this long (default 1h).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
-    /// Connections each traffic listener (outbound, inbound, each dedicated port) holds at once;
-    /// more are closed at accept (default 4096).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_listener: Option<usize>,
-    /// Distributed tracing (default: propagate W3C trace context, export nothing).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<Tracing>,
-    /// Take the policy part from this control plane instead of this file (then `services`,
-    /// `routes` and `authorization` must be absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub control_plane: Option<ControlPlane>,
-    /// Mesh services this sidecar may call.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<Service>,
-    /// Routes to mesh services.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Route>,
-    /// Who may call this sidecar's app (default: every mesh identity).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<Authorization>,
-}
-
-impl ConfigFile {
-    /// The sidecar-local part and the policy part.
-    pub fn split(self) -> (LocalFile, PolicySnapshot) {
-        (
-            LocalFile {
-                service: self.service,
-                listen: self.listen,
-                tls: self.tls,
-                workers: self.workers,
-                drain_timeout: self.drain_timeout,
-                connect_timeout: self.connect_timeout,
-                access_log: self.access_log,
-                idle_timeout: self.idle_timeout,
-                max_connections_per_listener: self.max_connections_per_listener,
-                tracing: self.tracing,
-                control_plane: self.control_plane,
-            },
-            PolicySnapshot {
-                version: String::new(),
-                services: self.services,
-                routes: self.routes,
-                authorization: self.authorization,
-            },
-        )
-    }
-
-    /// A static file from its two parts (the snapshot's `version` is dropped).
-    pub fn join(local: LocalFile, policy: PolicySnapshot) -> Self {
-        ConfigFile {
-            service: local.service,
-            listen: local.listen,
-            tls: local.tls,
-            workers: local.workers,
-            drain_timeout: local.drain_timeout,
-            connect_timeout: local.connect_timeout,
-            access_log: local.access_log,
-            idle_timeout: local.idle_timeout,
-            max_connections_per_listener: local.max_connections_per_listener,
-            tracing: local.tracing,
-            control_plane: local.control_plane,
-            services: policy.services,
-            routes: policy.routes,
-            authorization: policy.authorization,
+/// Declares [`ConfigFile`], [`LocalFile`] and [`PolicySnapshot`] from one list of the
+/// sidecar-local fields and one of the policy fields, with `split` and `join` between them.
+/// Lists, because serde's `flatten` does not combine with `deny_unknown_fields`: the fields
+/// must stand in each struct itself for a typo in any of the documents to stay an error with
+/// its line and column.
+macro_rules! sidecar_files {
+    (
+        local { $( $(#[$lattr:meta])* $local:ident : $lty:ty, )* }
+        policy { $( $(#[$pattr:meta])* $policy:ident : $pty:ty, )* }
+    ) => {
+        /// A sidecar's whole static file: [`LocalFile`] and [`PolicySnapshot`] fields side by
+        /// side.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ConfigFile {
+            $( $(#[$lattr])* pub $local: $lty, )*
+            $( $(#[$pattr])* pub $policy: $pty, )*
         }
+
+        /// What belongs to one sidecar and never comes from the control plane: its own
+        /// service, its listeners, certificate paths, workers, timeouts, access log and
+        /// tracing.
+        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct LocalFile {
+            $( $(#[$lattr])* pub $local: $lty, )*
+        }
+
+        /// The mesh policy one sidecar follows: whom it may call (services with their
+        /// endpoints and traffic policies), its routes to them, and who may call its own app.
+        /// The policy part of a static [`ConfigFile`], with the same field names; the control
+        /// plane sends one per sidecar.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct PolicySnapshot {
+            /// Content version set by the control plane (a hash of the rest); empty in a
+            /// static file. Validation ignores it.
+            #[serde(default, skip_serializing_if = "String::is_empty")]
+            pub version: String,
+            $( $(#[$pattr])* pub $policy: $pty, )*
+        }
+
+        impl ConfigFile {
+            /// The sidecar-local part and the policy part.
+            pub fn split(self) -> (LocalFile, PolicySnapshot) {
+                (
+                    LocalFile { $( $local: self.$local, )* },
+                    PolicySnapshot {
+                        version: String::new(),
+                        $( $policy: self.$policy, )*
+                    },
+                )
+            }
+
+            /// A static file from its two parts (the snapshot's `version` is dropped).
+            pub fn join(local: LocalFile, policy: PolicySnapshot) -> Self {
+                ConfigFile {
+                    $( $local: local.$local, )*
+                    $( $policy: policy.$policy, )*
+                }
+            }
+        }
+    };
+}
+
+sidecar_files! {
+    local {
+        /// This sidecar's own service.
+        service: OwnService,
+        /// Listener addresses.
+        #[serde(default)]
+        listen: Listen,
+        /// Certificate, key and trust bundle paths.
+        tls: Tls,
+        /// Traffic worker threads (default 1).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workers: Option<usize>,
+        /// How long SIGTERM waits for in-flight requests (default 25s).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        drain_timeout: Option<String>,
+        /// Connect timeout towards peers and the app (default 1s).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        connect_timeout: Option<String>,
+        /// Access log file, `-` for stdout (default: off).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        access_log: Option<String>,
+        /// Close client connections and TCP tunnels idle this long (default 1h).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idle_timeout: Option<String>,
+        /// Connections each traffic listener (outbound, inbound, each dedicated port) holds at
+        /// once; more are closed at accept (default 4096).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_connections_per_listener: Option<usize>,
+        /// Distributed tracing (default: propagate W3C trace context, export nothing).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracing: Option<Tracing>,
+        /// Take the policy part from this control plane instead of this file (then
+        /// `services`, `routes` and `authorization` must be absent).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        control_plane: Option<ControlPlane>,
     }
-}
-
-/// What belongs to one sidecar and never comes from the control plane: its own service, its
-/// listeners, certificate paths, workers, timeouts, access log and tracing.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalFile {
-    /// This sidecar's own service.
-    pub service: OwnService,
-    /// Listener addresses.
-    #[serde(default)]
-    pub listen: Listen,
-    /// Certificate, key and trust bundle paths.
-    pub tls: Tls,
-    /// Traffic worker threads (default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<usize>,
-    /// How long SIGTERM waits for in-flight requests (default 25s).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drain_timeout: Option<String>,
-    /// Connect timeout towards peers and the app (default 1s).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<String>,
-    /// Access log file, `-` for stdout (default: off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<String>,
-    /// Close client connections and TCP tunnels idle this long (default 1h).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
-    /// Connections each traffic listener (outbound, inbound, each dedicated port) holds at once;
-    /// more are closed at accept (default 4096).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_listener: Option<usize>,
-    /// Distributed tracing (default: propagate W3C trace context, export nothing).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<Tracing>,
-    /// Take the policy part from this control plane instead of this file (then `services`,
-    /// `routes` and `authorization` must be absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub control_plane: Option<ControlPlane>,
-}
-
-/// The mesh policy one sidecar follows: whom it may call (services with their endpoints and
-/// traffic policies), its routes to them, and who may call its own app. The policy part of a
-/// static [`ConfigFile`], with the same field names; the control plane sends one per sidecar.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySnapshot {
-    /// Content version set by the control plane (a hash of the rest); empty in a static file.
-    /// Validation ignores it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub version: String,
-    /// Mesh services this sidecar may call.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<Service>,
-    /// Routes to mesh services, in match order per service.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Route>,
-    /// Who may call this sidecar's app (default: every mesh identity).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<Authorization>,
+    policy {
+        /// Mesh services this sidecar may call.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<Service>,
+        /// Routes to mesh services, in match order per service.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        routes: Vec<Route>,
+        /// Who may call this sidecar's app (default: every mesh identity).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        authorization: Option<Authorization>,
+    }
 }
 
 /// One file of the control plane's policy directory. Every section is optional; the directory's
@@ -244,5 +202,41 @@ impl TrafficPolicy {
         if self.escaped_slashes.is_some() {
             service.escaped_slashes = self.escaped_slashes;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "service: {name: orders, identity: spiffe://weft.local/ns/default/sa/orders, \
+                        app: \"127.0.0.1:8080\"}\n\
+                        tls: {cert: c.pem, key: k.pem, trust_bundle: ca.pem}\n\
+                        idle_timeout: 2s\n\
+                        services: [{name: users, identity: spiffe://weft.local/ns/default/sa/users}]\n";
+
+    #[test]
+    fn split_and_join_carry_every_field_across() {
+        let file: ConfigFile = serde_yaml::from_str(FILE).expect("parse");
+        let (local, policy) = file.clone().split();
+        assert_eq!(local.idle_timeout.as_deref(), Some("2s"));
+        assert_eq!(policy.services.len(), 1);
+        assert_eq!(ConfigFile::join(local, policy), file);
+    }
+
+    #[test]
+    fn both_files_refuse_an_unknown_top_level_field_with_its_line_and_column() {
+        let bad = format!("{FILE}idle_timout: 3s\n");
+        let e = serde_yaml::from_str::<ConfigFile>(&bad).expect_err("a typo");
+        assert!(e.to_string().contains("unknown field `idle_timout`"), "{e}");
+        assert!(e.to_string().contains("line 5 column 1"), "{e}");
+        let local = "service: {name: a, identity: x, app: \"127.0.0.1:1\"}\n\
+                     tls: {cert: c, key: k, trust_bundle: t}\nworkerz: 2\n";
+        let e = serde_yaml::from_str::<LocalFile>(local).expect_err("a typo");
+        assert!(e.to_string().contains("unknown field `workerz`"), "{e}");
+        assert!(e.to_string().contains("line 3 column 1"), "{e}");
+        // The policy part is not local: a local file that carries it is refused.
+        let e = serde_yaml::from_str::<LocalFile>(FILE).expect_err("services is policy");
+        assert!(e.to_string().contains("unknown field `services`"), "{e}");
     }
 }

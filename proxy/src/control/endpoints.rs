@@ -170,25 +170,8 @@ impl Subscriptions {
     /// and none received for it yet, subscribe and wait, at most `limit`, until they are in
     /// force. True when they arrived (the caller reloads its config).
     pub async fn wait_for(&self, service: &str, limit: Duration) -> bool {
-        let mut arrived = self.arrived.subscribe();
-        {
-            let st = self.lock();
-            if !st.separate || st.received.contains_key(service) {
-                return false;
-            }
-        }
-        self.want([service.to_owned()]);
-        let wait = async {
-            loop {
-                if self.lock().received.contains_key(service) {
-                    return;
-                }
-                if arrived.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        tokio::time::timeout(limit, wait).await.is_ok()
+        self.subscribe_and_wait(vec![service.to_owned()], limit)
+            .await
     }
 
     /// A captured connection to an address no service in force claims: with endpoints by
@@ -197,6 +180,17 @@ impl Subscriptions {
     /// received yet and wait, at most `limit`, until all are in force. True when any arrived
     /// (the caller looks the address up again). Once done, later calls return at once.
     pub async fn wait_for_all(&self, services: Vec<String>, limit: Duration) -> bool {
+        self.subscribe_and_wait(services, limit).await
+    }
+
+    /// The one bounded wait of [`wait_for`](Self::wait_for) and
+    /// [`wait_for_all`](Self::wait_for_all): with endpoints by service, subscribe to those of
+    /// `services` not received yet and wait, at most `limit`, until all of them are in force.
+    /// True when any of them arrived; false at once when none was missing (or endpoints come
+    /// with the snapshot), so a later call for the same services never waits again.
+    async fn subscribe_and_wait(&self, services: Vec<String>, limit: Duration) -> bool {
+        // Subscribed to before the check, so an arrival between the check and the wait
+        // still wakes it.
         let mut arrived = self.arrived.subscribe();
         let missing: Vec<String> = {
             let st = self.lock();
@@ -212,11 +206,12 @@ impl Subscriptions {
             return false;
         }
         self.want(missing.iter().cloned());
+        let all_in = || {
+            let st = self.lock();
+            missing.iter().all(|s| st.received.contains_key(s))
+        };
         let wait = async {
-            loop {
-                if missing.iter().all(|s| self.lock().received.contains_key(s)) {
-                    return;
-                }
+            while !all_in() {
                 if arrived.changed().await.is_err() {
                     return;
                 }
@@ -344,6 +339,22 @@ mod tests {
         tokio::task::yield_now().await;
         subs.endpoints_applied("a", "v1", vec![ep("10.0.0.1:8080")]);
         assert!(waiter.await.expect("task"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_wait_returns_at_once_when_nothing_is_missing() {
+        let subs = Subscriptions::default();
+        subs.snapshot_applied(policy(), true);
+        assert_eq!(subs.unsent().await, ["t"]);
+        subs.endpoints_applied("a", "v1", vec![ep("10.0.0.1:8080")]);
+        let started = tokio::time::Instant::now();
+        // No service, or only received ones (named twice): no subscription, no wait.
+        assert!(!subs.wait_for_all(vec![], Duration::from_secs(3)).await);
+        let aa = vec!["a".to_owned(), "a".to_owned()];
+        assert!(!subs.wait_for_all(aa, Duration::from_secs(3)).await);
+        assert!(!subs.wait_for("a", Duration::from_secs(3)).await);
+        assert_eq!(started.elapsed(), Duration::ZERO, "waited on virtual time");
+        assert_eq!(subs.for_hello(), ["t"], "subscribed to nothing new");
     }
 
     #[test]

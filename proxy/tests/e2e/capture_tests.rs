@@ -22,9 +22,18 @@ pub(crate) const OUTBOUND: u16 = 15001;
 pub(crate) const INBOUND: u16 = 15006;
 const ADMIN: u16 = 15000;
 /// The port every app listens on, on `0.0.0.0`.
-const APP_PORT: u16 = 8080;
+pub(crate) const APP_PORT: u16 = 8080;
 /// The UID the unmodified client runs as (the sidecars run as root, UID 0).
 pub(crate) const APP_UID: &str = "65534";
+/// The prefix that runs a command as [`APP_UID`], so that its pod's capture takes it.
+pub(crate) const AS_APP: [&str; 6] = [
+    "setpriv",
+    "--reuid",
+    APP_UID,
+    "--regid",
+    APP_UID,
+    "--clear-groups",
+];
 /// How long one command (curl, nft, ip) may take.
 pub(crate) const CMD_LIMIT: Duration = Duration::from_secs(20);
 
@@ -120,14 +129,7 @@ impl Pod {
     fn curl(&self, url: &str, as_app: bool) -> (bool, String) {
         let mut args = vec![];
         if as_app {
-            args.extend([
-                "setpriv",
-                "--reuid",
-                APP_UID,
-                "--regid",
-                APP_UID,
-                "--clear-groups",
-            ]);
+            args.extend(AS_APP);
         }
         args.extend(["curl", "-sS", "--noproxy", "*", "-m", "5", url]);
         let (ok, out, err) = in_ns(&self.ns, &args);
@@ -243,7 +245,7 @@ pub(crate) fn config(name: &str, pod: &Pod, service_extra: &str, rest: &str) -> 
 }
 
 /// The client's view of the mesh: `server`, whose one endpoint is the server pod's sidecar.
-fn client_services(server: &Pod) -> String {
+pub(crate) fn client_services(server: &Pod) -> String {
     format!(
         "services:\n  - name: server\n    identity: {}\n    endpoints: [{{address: \"{}:{INBOUND}\"}}]\n",
         spiffe("server"),
@@ -256,19 +258,26 @@ pub(crate) fn capture(pod: &Pod) {
     pod.init(&["--proxy-uid", "0"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capture_carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it() {
-    let Some(mut net) = Net::create() else {
-        return;
-    };
-    let (client, server, outsider) = (
+/// A node with pods `client` (.2) and `server` (.3), certificates for both (CA seeded with
+/// `seed`), and `other` (.4), a pod with no sidecar; `None` as [`Net::create`].
+pub(crate) fn three_pods(seed: u64) -> Option<(Net, [Pod; 3], Pki)> {
+    let mut net = Net::create()?;
+    let pods = [
         net.pod("client", 2),
         net.pod("server", 3),
         net.pod("other", 4),
-    );
-    let pki = Pki::new(14);
+    ];
+    let pki = Pki::new(seed);
     pki.issue("client");
     pki.issue("server");
+    Some((net, pods, pki))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it() {
+    let Some((net, [client, server, outsider], pki)) = three_pods(14) else {
+        return;
+    };
     let _server_app = server.app("server-app");
 
     capture(&server);

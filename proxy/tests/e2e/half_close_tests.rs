@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::harness::*;
+use crate::upgrade_tests::{access_log, read_head, upgrade, upgrade_pair};
 
 /// What the app sends after the client's FIN (and the client after the app's).
 const PAYLOAD: usize = 1 << 20;
@@ -28,29 +29,6 @@ fn pattern(seed: u8, n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8 ^ seed)
         .collect()
-}
-
-/// Reads a request or response head (to the blank line); returns it and any bytes after it.
-async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(end + 4);
-            return (String::from_utf8_lossy(&buf).into_owned(), rest);
-        }
-        let n = tokio::time::timeout(LIMIT, s.read(&mut chunk))
-            .await
-            .expect("a head within the limit")
-            .expect("read a head");
-        assert!(
-            n > 0,
-            "closed before the head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-        assert!(buf.len() < 64 << 10, "head too long");
-    }
 }
 
 /// Reads until EOF (bounded by [`LIMIT`]); an error (a reset) fails the test.
@@ -85,7 +63,7 @@ async fn raw_app() -> (SocketAddr, mpsc::Receiver<Seen>) {
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let (head, rest) = read_head(&mut s).await;
+                let (head, rest) = read_head(&mut s, LIMIT).await;
                 s.write_all(
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
                       Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
@@ -114,53 +92,11 @@ async fn raw_app() -> (SocketAddr, mpsc::Receiver<Seen>) {
     (addr, rx)
 }
 
-/// frontend sidecar → orders sidecar → `app`; both write access logs. `edit` changes both
-/// config heads.
+/// frontend sidecar → orders sidecar → `app`, allowing the raw app's paths; access logs
+/// `fe-hc.log` and `orders-hc.log`. `edit` changes both config heads.
 async fn pair(pki: &Pki, app: SocketAddr, edit: fn(&mut wire::ConfigFile)) -> (Sidecar, Sidecar) {
-    pki.issue("frontend");
-    pki.issue("orders");
-    let mut spec = Spec::new("orders", app);
-    spec.rest = format!(
-        "access_log: orders-hc.log\nauthorization:\n  default: deny\n  rules:\n\
-         \x20   - {{name: ws, from: [\"{}\"], paths: [/client-first, /app-first, /silent], methods: [GET]}}\n",
-        spiffe("frontend")
-    );
-    let orders = Sidecar::start_edited(pki, spec, edit).await;
-    let mut spec = Spec::new("frontend", http_app("frontend").await);
-    spec.rest = format!(
-        "access_log: fe-hc.log\nservices:\n{}",
-        service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
-    );
-    let fe = Sidecar::start_edited(pki, spec, edit).await;
-    (fe, orders)
-}
-
-/// Opens an upgrade to `path` through `outbound`; returns the stream after the `101`.
-async fn upgrade(outbound: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
-    let mut s = TcpStream::connect(outbound).await.expect("connect");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: orders\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write request");
-    let (head, rest) = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    (s, rest)
-}
-
-fn access_log(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
-    weft_testkit::wait::until(
-        &format!("{n} lines in {}", path.display()),
-        Duration::from_secs(10),
-        || {
-            let text = std::fs::read_to_string(path).ok()?;
-            let v: Vec<serde_json::Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("JSON line"))
-                .collect();
-            (v.len() >= n).then_some(v)
-        },
-    )
+    let paths = ["/client-first", "/app-first", "/silent"];
+    upgrade_pair(pki, app, "hc", &paths, edit).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

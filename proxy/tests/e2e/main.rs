@@ -6,6 +6,7 @@ mod admin_tests;
 mod adversarial_tests;
 mod authz_tests;
 mod capture_tests;
+mod capture_websocket_tests;
 mod control_plane_tests;
 mod coverage_tests;
 mod detect_tests;

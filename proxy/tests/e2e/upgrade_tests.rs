@@ -9,12 +9,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::harness::*;
 use crate::tls_tests::client_config;
 
 /// The Python that `scripts/setup` gave the `websockets` package (its virtualenv first).
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let py = weft_testkit::tools::find("python3");
     let (exit, _, err) = guarded::output_within(
         Command::new(&py).args(["-c", "import websockets"]),
@@ -28,14 +29,15 @@ fn python() -> PathBuf {
     py
 }
 
-fn script(name: &str) -> PathBuf {
+/// The path of `websocket/<name>`.
+pub(crate) fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/e2e/websocket")
         .join(name)
 }
 
 /// The WebSocket app, on an OS-assigned port; each handshake it accepted is a line of `log`.
-struct WsApp {
+pub(crate) struct WsApp {
     _child: Guard,
     addr: SocketAddr,
     log: PathBuf,
@@ -43,17 +45,30 @@ struct WsApp {
 
 impl WsApp {
     fn start(pki: &Pki) -> WsApp {
+        WsApp::start_in(pki, None, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The app bound on `bind` (port 0: one the OS picks), inside network namespace `netns`
+    /// when given (run as `ip netns exec`, which execs the app: the guard is its process).
+    pub(crate) fn start_in(pki: &Pki, netns: Option<&str>, bind: SocketAddr) -> WsApp {
         let tag = unique_tag("ws-app");
         let port_file = pki.path().join(format!("{tag}.port"));
         let log = pki.path().join(format!("{tag}.log"));
         std::fs::write(&log, "").expect("handshake log");
-        let child = guarded::spawn(
-            Command::new(python())
-                .arg(script("app.py"))
-                .arg(&port_file)
-                .arg(&log),
-        )
-        .expect("start the WebSocket app");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(python());
+                c
+            }
+            None => Command::new(python()),
+        };
+        cmd.arg(script("app.py"))
+            .arg(&port_file)
+            .arg(&log)
+            .arg(bind.ip().to_string())
+            .arg(bind.port().to_string());
+        let child = guarded::spawn(&mut cmd).expect("start the WebSocket app");
         let port: u16 =
             weft_testkit::wait::until("the WebSocket app's port", Duration::from_secs(20), || {
                 std::fs::read_to_string(&port_file)
@@ -64,14 +79,14 @@ impl WsApp {
             });
         WsApp {
             _child: child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::new(bind.ip(), port),
             log,
         }
     }
 
     /// Waits (at most 10 s) until the app has logged `n` handshakes; they then. The client
     /// has its `101` just before the app's handler runs and logs.
-    fn wait_handshakes(&self, n: usize) -> Vec<serde_json::Value> {
+    pub(crate) fn wait_handshakes(&self, n: usize) -> Vec<serde_json::Value> {
         weft_testkit::wait::until(
             &format!("{n} handshakes at the app"),
             Duration::from_secs(10),
@@ -80,7 +95,7 @@ impl WsApp {
     }
 
     /// The handshakes the app accepted so far: path and the `x-weft-caller` values it saw.
-    fn handshakes(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn handshakes(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)
             .expect("handshake log")
             .lines()
@@ -91,12 +106,15 @@ impl WsApp {
 
 /// Run the WebSocket client (at most 60 s); what it printed, as JSON.
 async fn ws_client(args: Vec<String>) -> serde_json::Value {
-    let py = python();
+    let mut cmd = Command::new(python());
+    cmd.arg(script("client.py")).args(&args);
+    run_ws_client(cmd).await
+}
+
+/// Runs `cmd`, a WebSocket client command (at most 60 s); what it printed, as JSON.
+pub(crate) async fn run_ws_client(mut cmd: Command) -> serde_json::Value {
     let (exit, out, err) = tokio::task::spawn_blocking(move || {
-        guarded::output_within(
-            Command::new(py).arg(script("client.py")).args(&args),
-            Duration::from_secs(60),
-        )
+        guarded::output_within(&mut cmd, Duration::from_secs(60))
     })
     .await
     .expect("client task");
@@ -108,32 +126,46 @@ fn args(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// frontend sidecar → orders sidecar → the WebSocket app, `orders` allowing `frontend` on
-/// `/chat` only; both sidecars write access logs. `edit` changes both config heads.
-async fn ws_pair(
+/// frontend sidecar → orders sidecar → `app`, `orders` allowing `frontend` a GET on `paths`
+/// only (rule `tag`); the sidecars write access logs `fe-{tag}.log` and `orders-{tag}.log`.
+/// `edit` changes both config heads.
+pub(crate) async fn upgrade_pair(
     pki: &Pki,
     app: SocketAddr,
+    tag: &str,
+    paths: &[&str],
     edit: fn(&mut wire::ConfigFile),
 ) -> (Sidecar, Sidecar) {
     pki.issue("frontend");
     pki.issue("orders");
     let mut spec = Spec::new("orders", app);
     spec.rest = format!(
-        "access_log: orders-ws.log\nauthorization:\n  default: deny\n  rules:\n\
-         \x20   - {{name: chat, from: [\"{}\"], paths: [/chat], methods: [GET]}}\n",
-        spiffe("frontend")
+        "access_log: orders-{tag}.log\nauthorization:\n  default: deny\n  rules:\n\
+         \x20   - {{name: {tag}, from: [\"{}\"], paths: [{}], methods: [GET]}}\n",
+        spiffe("frontend"),
+        paths.join(", ")
     );
     let orders = Sidecar::start_edited(pki, spec, edit).await;
     let mut spec = Spec::new("frontend", http_app("frontend").await);
     spec.rest = format!(
-        "access_log: fe-ws.log\nservices:\n{}",
+        "access_log: fe-{tag}.log\nservices:\n{}",
         service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
     );
     let fe = Sidecar::start_edited(pki, spec, edit).await;
     (fe, orders)
 }
 
-fn access_log(path: &Path, n: usize) -> Vec<serde_json::Value> {
+/// [`upgrade_pair`] to the WebSocket app, allowing `/chat`.
+async fn ws_pair(
+    pki: &Pki,
+    app: SocketAddr,
+    edit: fn(&mut wire::ConfigFile),
+) -> (Sidecar, Sidecar) {
+    upgrade_pair(pki, app, "ws", &["/chat"], edit).await
+}
+
+/// The JSON lines of access log `path` once it has at least `n` (waits at most 10 s).
+pub(crate) fn access_log(path: &Path, n: usize) -> Vec<serde_json::Value> {
     weft_testkit::wait::until(
         &format!("{n} lines in {}", path.display()),
         Duration::from_secs(10),
@@ -284,30 +316,42 @@ async fn a_path_denied_upgrade_gets_403_before_any_upgrade() {
     .await;
 }
 
+/// Reads a request or response head from `s` (to the blank line, within `limit`); returns it
+/// and any bytes after it.
+pub(crate) async fn read_head<S>(s: &mut S, limit: Duration) -> (String, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("a head within {limit:?}"))
+            .expect("read a head");
+        assert!(
+            n > 0,
+            "closed before the head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        assert!(buf.len() < 64 << 10, "head too long");
+    }
+}
+
 /// The raw response head of `request` sent on `stream`: status and `x-weft-error`.
 async fn raw_exchange<S>(stream: &mut S, request: &str) -> (u16, String)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     stream.write_all(request.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, stream.read(&mut chunk))
-            .await
-            .expect("a response within 15 s")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed without a response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-        assert!(buf.len() < 64 << 10, "response head too long");
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (text, _) = read_head(stream, Duration::from_secs(15)).await;
     let status = text
         .split(' ')
         .nth(1)
@@ -319,6 +363,17 @@ where
         .unwrap_or_default()
         .to_owned();
     (status, error)
+}
+
+/// Opens a WebSocket upgrade to `path` of `orders` through `outbound`, written by hand;
+/// returns the stream after the `101` and any bytes that came after it.
+pub(crate) async fn upgrade(outbound: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(outbound).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: orders\r\n{WS_HEADERS}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let (head, rest) = read_head(&mut s, Duration::from_secs(30)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, rest)
 }
 
 const WS_HEADERS: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -437,16 +492,7 @@ async fn a_hung_peer_and_an_idle_session_end_within_the_idle_timeout() {
     let app = WsApp::start(&pki);
     let (fe, _orders) = ws_pair(&pki, app.addr, two).await;
     let started = Instant::now();
-    let mut s = tokio::net::TcpStream::connect(fe.outbound)
-        .await
-        .expect("connect");
-    let (status, _) = raw_exchange(
-        &mut s,
-        &format!("GET /chat HTTP/1.1\r\nHost: orders\r\n{WS_HEADERS}\r\n"),
-    )
-    .await;
-    assert_eq!(status, 101);
-    let mut rest = Vec::new();
+    let (mut s, mut rest) = upgrade(fe.outbound, "/chat").await;
     tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest))
         .await
         .expect("the idle session is closed within 15 s")

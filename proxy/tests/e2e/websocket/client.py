@@ -1,6 +1,7 @@
 """The WebSocket client of the upgrade tests: the `websockets` package's own client,
 unmodified, driven through a sidecar's outbound port (it connects there and sends the mesh
-service's name as Host). Prints one JSON object with what it sent and got; the Rust test
+service's name as Host), or, with PROXY `-`, straight to ws://HOST/PATH with no proxy at all
+(the capture tests: the pod's rules take it to the sidecar). Prints one JSON object with what it sent and got; the Rust test
 judges it.
 
 Usage:
@@ -10,7 +11,8 @@ Usage:
   client.py server-close PROXY HOST PATH
       one echo, then asks the app to close (4000) and reports the close it got.
   client.py status PROXY HOST PATH
-      only the handshake: 101, or the refusal's status and x-weft-error.
+      only the handshake: 101, or the refusal's status and x-weft-error, or, when no HTTP
+      answer came (the connection was closed or reset), "refused" with the error.
 """
 
 import asyncio
@@ -21,7 +23,7 @@ import sys
 import time
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 MAX = 2 * 1024 * 1024
 SIZES = [1, 125, 126, 65535, 65536, 1024 * 1024]
@@ -34,9 +36,12 @@ def digest(msg):
 
 
 def dial(proxy, host, path, headers=None):
-    addr, port = proxy.rsplit(":", 1)
-    return connect(f"ws://{host}{path}", host=addr, port=int(port), additional_headers=headers,
-                   max_size=MAX, compression=None, open_timeout=20, close_timeout=20)
+    opts = {"additional_headers": headers, "max_size": MAX, "compression": None,
+            "open_timeout": 20, "close_timeout": 20}
+    if proxy != "-":
+        addr, port = proxy.rsplit(":", 1)
+        opts.update(host=addr, port=int(port))
+    return connect(f"ws://{host}{path}", **opts)
 
 
 async def exchange(proxy, host, path, hold, forged):
@@ -80,6 +85,8 @@ async def status(proxy, host, path):
     except InvalidStatus as e:
         return {"status": e.response.status_code,
                 "error": e.response.headers.get("x-weft-error", "")}
+    except (OSError, InvalidHandshake) as e:
+        return {"refused": f"{type(e).__name__}: {e}"}
 
 
 def main():
