@@ -5,7 +5,13 @@
 //! ```text
 //! cargo build --release -p weft-proxy -p weft-samples -p weft-bench-peers && target/release/weft-bench-peers
 //! target/release/weft-bench-peers --only-weft --quick   # Weft and direct, one short run
+//! target/release/weft-bench-peers --rates 200,1000,2000   # the fixed rates (the default)
+//! target/release/weft-bench-peers --gateway   # Weft's gateway vs. NGINX at the edge
 //! ```
+//!
+//! HTTP/1.1 and gRPC run an open loop at each of `--rates`, then saturation; each load gives
+//! latency percentiles, the proxies' CPU per 100k requests and RSS, with the paired ratio
+//! to the best peer. `--gateway` writes `gateway.{md,json}` instead.
 //!
 //! The load generator runs on CPU 0 (this process pins itself), the apps and all proxies on
 //! CPU 1. Progress goes to stderr, the Markdown to stdout.
