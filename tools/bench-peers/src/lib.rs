@@ -7,14 +7,20 @@
 //! uses), so that the Weft load harness stays small and single-purpose.
 //!
 //! The modules: what is compared ([`model`]), the pairs' configs ([`configs`]), the running
-//! pairs ([`pair`]), the gRPC and TCP loads ([`load`]), the results ([`results`]) and their
-//! Markdown ([`report`]).
+//! pairs ([`pair`]), the gRPC and TCP loads ([`load`]), the closed and open loops over every
+//! protocol ([`lanes`]), the load points' medians and paired ratios ([`rates`]), the results
+//! ([`results`]) and their Markdown ([`report`]); the gateway scenario ([`gateway`], its
+//! results [`gateway_results`]).
 
 #![forbid(unsafe_code)]
 
 pub mod configs;
+pub mod gateway;
+pub mod gateway_results;
+pub mod lanes;
 pub mod load;
 pub mod model;
 pub mod pair;
+pub mod rates;
 pub mod report;
 pub mod results;

@@ -1,6 +1,6 @@
-//! Load of the peer comparison (`weft-bench-peers`) beyond HTTP/1.1: a
-//! closed loop of gRPC unary calls over HTTP/2 (the `weft-sample grpc` Echo
-//! service) and bulk TCP through an echo (`weft-sample tcp`).
+//! Load of the peer comparison (`weft-bench-peers`) beyond HTTP/1.1: the gRPC
+//! client of the `weft-sample grpc` Echo service (its loops are in
+//! [`crate::lanes`]) and bulk TCP through an echo (`weft-sample tcp`).
 //!
 //! Both run on the calling tokio runtime like [`weft_benches::load`], measure the
 //! watched processes' CPU over the window and sample their RSS; every loop is
@@ -17,11 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weft_samples::grpc::{EchoClient, EchoRequest};
 
-use weft_benches::load::{measure_window, SaturationResult, Window};
-
-/// Most calls one gRPC task makes in one run (a safety bound; the time limit
-/// ends runs long before).
-const MAX_CALLS_PER_TASK: u64 = 100_000_000;
+use weft_benches::load::{measure_window, Window};
 
 /// Most chunks one TCP writer sends in one run (64 KiB each: 6.4 TB).
 const MAX_CHUNKS: u64 = 100_000_000;
@@ -35,21 +31,6 @@ const ERROR_SAMPLES: usize = 5;
 
 /// Size of one TCP write and of the read buffer.
 const TCP_CHUNK: usize = 64 * 1024;
-
-/// Settings of a gRPC saturation run.
-#[derive(Debug, Clone, Copy)]
-pub struct GrpcConfig {
-    /// HTTP/2 connections (tonic channels) the calls are spread over.
-    pub channels: usize,
-    /// Calls in flight at once (tasks, each one call at a time).
-    pub concurrency: usize,
-    /// Load before the measured window.
-    pub warmup: Duration,
-    /// The measured window.
-    pub duration: Duration,
-    /// How often to sample the watched processes' RSS.
-    pub rss_interval: Duration,
-}
 
 /// Errors of one run: a count and a few examples.
 #[derive(Debug, Default)]
@@ -99,74 +80,6 @@ pub async fn grpc_call(client: &mut EchoClient<tonic::transport::Channel>) -> an
         .into_inner();
     anyhow::ensure!(reply.message == "ping", "echo answered {:?}", reply.message);
     Ok(())
-}
-
-/// Closed loop of unary calls against `addr`: `concurrency` tasks spread over
-/// `channels` HTTP/2 connections, each a call at a time, for warm-up +
-/// duration. `requests` in the result are successful calls in the window.
-pub async fn grpc_saturate(
-    addr: SocketAddr,
-    cfg: GrpcConfig,
-    watch: &[u32],
-) -> anyhow::Result<SaturationResult> {
-    anyhow::ensure!(
-        cfg.channels > 0 && cfg.concurrency > 0,
-        "channels and concurrency must be positive"
-    );
-    let mut clients = Vec::with_capacity(cfg.channels);
-    for _ in 0..cfg.channels {
-        clients.push(grpc_client(addr).await?);
-    }
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(Errors::default());
-    let start = Instant::now();
-    let window_start = start + cfg.warmup;
-    let stop = window_start + cfg.duration;
-    let tasks: Vec<JoinHandle<()>> = (0..cfg.concurrency)
-        .map(|i| {
-            let mut client = clients[i % clients.len()].clone();
-            let (ok, errors) = (ok.clone(), errors.clone());
-            tokio::spawn(async move {
-                let work = async {
-                    for _ in 0..MAX_CALLS_PER_TASK {
-                        if Instant::now() >= stop {
-                            break;
-                        }
-                        match grpc_call(&mut client).await {
-                            Ok(()) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                errors.add(|| format!("{e:#}"));
-                                // Do not spin on a dead peer.
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            }
-                        }
-                    }
-                };
-                if tokio::time::timeout_at(stop + GRACE, work).await.is_err() {
-                    errors.add(|| "call still pending long after the run ended".into());
-                }
-            })
-        })
-        .collect();
-    let Window {
-        count: requests,
-        cpu,
-        peak_rss_kib,
-    } = measure_window(watch, cfg.rss_interval, window_start, stop, &ok, tasks).await?;
-    Ok(SaturationResult {
-        requests,
-        seconds: cpu.seconds,
-        rps: requests as f64 / cpu.seconds,
-        errors: errors.count.load(Ordering::Relaxed),
-        error_samples: errors.samples(),
-        cpu_seconds: cpu.procs,
-        loadgen_cpu_seconds: cpu.own,
-        peak_rss_kib,
-        cpu_busy_pct: cpu.busy_pct,
-        others_cpu_seconds: cpu.others,
-    })
 }
 
 /// Settings of a TCP throughput run.

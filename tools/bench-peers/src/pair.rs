@@ -263,6 +263,47 @@ impl Pair {
     }
 }
 
+/// Starts `weft-sample <w>` (one thread, pinned to `core`) on a free port and waits (bounded)
+/// until it answers; its address and process.
+pub async fn start_app(
+    w: Workload,
+    core: usize,
+    bins: &Binaries,
+    dir: &Path,
+) -> anyhow::Result<(SocketAddr, ChildGuard)> {
+    let addr = loopback(mesh::free_ports(1)?[0]);
+    let mut cmd = mesh::pinned(core, &bins.sample);
+    cmd.args([
+        w.as_str(),
+        "--listen",
+        &addr.to_string(),
+        "--name",
+        "app",
+        "--threads",
+        "1",
+    ]);
+    let mut child = ChildGuard::spawn(
+        &format!("app ({})", w.as_str()),
+        cmd,
+        &dir.join(format!("peers-app-{}.stderr", w.as_str())),
+    )?;
+    let deadline = Instant::now() + mesh::READY_TIMEOUT;
+    let mut last = String::from("no attempt yet");
+    // Bounded in count and by READY_TIMEOUT.
+    for _ in 0..(mesh::READY_TIMEOUT.as_millis() / 50 + 1) {
+        child.check_alive()?;
+        match one_through(w, addr).await {
+            Ok(()) => return Ok((addr, child)),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("app ({}) not ready at {addr}: {last}", w.as_str())
+}
+
 /// One request (HTTP), call (gRPC) or echo (TCP) through `entry`; HTTP must
 /// answer 200.
 pub async fn one_through(w: Workload, entry: SocketAddr) -> anyhow::Result<()> {

@@ -1,11 +1,10 @@
 //! The peer comparison's Markdown report, written from the results it is given
 //! ([`PeersReport`]) with the formatting helpers of [`weft_benches::report`].
 
-use weft_benches::report::{fmt_num, fmt_opt};
-use weft_benches::stats::ratio;
-
 use crate::model::{Column, Workload};
-use crate::results::PeersReport;
+use crate::rates::{self, PointSummary};
+use crate::results::{points, PeersReport};
+use weft_benches::report::{fmt_num, fmt_opt};
 
 impl PeersReport {
     /// The markdown report.
@@ -18,16 +17,21 @@ impl PeersReport {
             "Each pair: client → proxy A (plain, loopback) → mutual TLS 1.3 (client certificate both ways, \
              verified against the mesh CA) → proxy B → app; one worker each; apps and proxies on CPU {}, \
              load generator on CPU {}. {} run(s), columns interleaved (order per run from a balanced Latin square), medians and paired ratios; \
-             {} s measured after {} s warm-up. HTTP: {} keep-alive connections (saturation), open loop at {} req/s \
+             {} s measured after {} s warm-up. HTTP: {} keep-alive connections (saturation); open loop at {} req/s \
              over {} connections (latency from the scheduled send time). gRPC: unary Echo, {} calls in flight \
-             over {} HTTP/2 connections. TCP: {} connections writing 64 KiB chunks through an echo, MB/s echoed back.\n\n",
+             over {} HTTP/2 connections (saturation); the same fixed rates, as many calls in flight at most as the HTTP \
+             open loop has connections. TCP: {} connections writing 64 KiB chunks through an echo, MB/s echoed back.\n\n",
             c.server_core,
             c.loadgen_core,
             c.runs,
             fmt_num(c.duration_s, 1),
             fmt_num(c.warmup_s, 1),
             c.connections,
-            fmt_num(c.rate, 0),
+            c.rates
+                .iter()
+                .map(|r| fmt_num(*r, 0))
+                .collect::<Vec<_>>()
+                .join(", "),
             c.latency_connections,
             c.grpc_concurrency,
             c.grpc_channels,
@@ -97,15 +101,30 @@ impl PeersReport {
                 paired.join("; ")
             );
         }
-        md += "\n## Latency, CPU and memory\n\n| | HTTP p50 µs | p99 µs | p99.9 µs | pair CPU-s / 100k HTTP | × best peer | pair CPU-s / 100k gRPC | × best peer | pair CPU-s / GB TCP | RSS idle A / B MiB | RSS under HTTP load A / B MiB | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-        let best_cpu = |w: Workload| {
-            self.summary.get(w.as_str()).and_then(|m| {
-                m.iter()
-                    .filter(|(k, _)| *k == "haproxy" || *k == "nginx")
-                    .filter_map(|(_, s)| s.pair_cpu_per_100k)
-                    .min_by(f64::total_cmp)
-            })
-        };
+        let pts = points(&c.rates);
+        for (w, name) in [(Workload::Http, "HTTP/1.1"), (Workload::Grpc, "gRPC")] {
+            let rows: Vec<(String, Vec<Option<PointSummary>>)> = cols
+                .iter()
+                .filter_map(|&col| {
+                    let s = get(w, col)?;
+                    let by_point = pts
+                        .iter()
+                        .map(|p| s.points.iter().find(|x| x.point == p.label()).cloned())
+                        .collect();
+                    Some((col.as_str().to_owned(), by_point))
+                })
+                .collect();
+            if !rows.is_empty() {
+                md += &format!("\n## {name}: latency, CPU and memory at each rate\n\n");
+                md += &rates::table(&pts, &rows);
+            }
+        }
+        md += "\nLatency from each request's scheduled send time (open loop). CPU-s / 100k: both proxies' \
+               on-CPU time over the measured window (every thread's, /proc/PID/task/*/schedstat), per 100k answered requests. RSS: each \
+               proxy's (A / B) peak VmRSS sampled every 100 ms under that load. (×N): the pair's value over \
+               the best peer's (HAProxy / NGINX) in the same run, median over the runs (latency ratios: p50 / \
+               p99 / p99.9; RSS: of A + B).\n";
+        md += "\n## TCP and idle memory\n\n| | pair CPU-s / GB TCP | RSS idle A / B MiB | errors |\n|---|---:|---:|---:|\n";
         let rss = |x: Option<[f64; 2]>| {
             x.map_or_else(
                 || "–".to_owned(),
@@ -118,36 +137,15 @@ impl PeersReport {
             let t = get(Workload::Tcp, col);
             let errors: u64 = [h, g, t].iter().flatten().map(|s| s.errors).sum();
             md += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} |\n",
                 col.as_str(),
-                fmt_opt(h.and_then(|s| s.p50_us), 0),
-                fmt_opt(h.and_then(|s| s.p99_us), 0),
-                fmt_opt(h.and_then(|s| s.p999_us), 0),
-                fmt_opt(h.and_then(|s| s.pair_cpu_per_100k), 3),
-                fmt_opt(
-                    ratio(
-                        h.and_then(|s| s.pair_cpu_per_100k),
-                        best_cpu(Workload::Http)
-                    ),
-                    2
-                ),
-                fmt_opt(g.and_then(|s| s.pair_cpu_per_100k), 3),
-                fmt_opt(
-                    ratio(
-                        g.and_then(|s| s.pair_cpu_per_100k),
-                        best_cpu(Workload::Grpc)
-                    ),
-                    2
-                ),
                 fmt_opt(t.and_then(|s| s.pair_cpu_per_gb), 2),
                 rss(h.and_then(|s| s.idle_rss_mib)),
-                rss(h.and_then(|s| s.load_rss_mib)),
                 errors,
             );
         }
-        md += "\nCPU per 100k requests / per GB: both proxies' utime + stime from /proc over the saturation \
-               window. RSS: VmRSS after start (idle) and the peak sampled every 100 ms under load.\n\n";
-        md += "## Issue 6 targets (benchmarks, not tests)\n\n| what | target | measured | met |\n|---|---|---:|---|\n";
+        md += "\n";
+        md += "## Targets of issues 6 and 24 (benchmarks, not tests)\n\n| what | target | measured | met |\n|---|---|---:|---|\n";
         for t in &self.targets {
             md += &format!(
                 "| {} | {} | {} | {} |\n",
@@ -178,9 +176,9 @@ impl PeersReport {
                 other.join(", ")
             );
         }
-        md += "\n## Per run\n\n| run | workload | column | throughput | p50 µs | p99 µs | pair CPU-s / 100k | errors | other work CPU-s |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n";
+        md += "\n## Per run\n\n| run | workload | column | throughput | p50 µs at the top rate | p99 µs | pair CPU-s / 100k | errors | other work CPU-s |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n";
         for r in &self.runs {
-            let p = r.latency.as_ref().and_then(|l| l.latency);
+            let p = r.top_rate().and_then(|l| l.result.latency);
             md += &format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.run,

@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use weft_benches::load::{RateResult, SaturationResult};
+use weft_benches::load::SaturationResult;
 use weft_benches::results::{check, TargetCheck};
 use weft_benches::stats::{median, median_opt, ratio, Percentiles};
 
+use crate::lanes::RatePoint;
 use crate::load::TcpResult;
 use crate::model::{Column, Sizing, Workload};
 use crate::pair::{Negotiated, PeersFound};
+use crate::rates::{self, Metrics, Point, PointSummary, Sample};
 
 /// Measurements of one column in one run of one workload.
 #[derive(Debug, Clone, Serialize)]
@@ -26,8 +28,8 @@ pub struct PeerRun {
     pub idle_rss_kib: Option<[u64; 2]>,
     /// HTTP and gRPC: saturation (closed loop). Watched: app, A, B.
     pub saturation: Option<SaturationResult>,
-    /// HTTP: latency at a fixed rate (open loop).
-    pub latency: Option<RateResult>,
+    /// HTTP and gRPC: each fixed rate (open loop), in the order of `--rates`.
+    pub rates: Vec<RatePoint>,
     /// TCP: throughput.
     pub tcp: Option<TcpResult>,
 }
@@ -72,10 +74,31 @@ impl PeerRun {
         Some([peaks[1], peaks[2]])
     }
 
+    /// Its metrics at `point` (`None` if it did not run there).
+    pub fn metrics(&self, point: Point) -> Option<Metrics> {
+        match point {
+            Point::Saturation => self.saturation.as_ref().map(Metrics::of_saturation),
+            Point::Rate(r) => self
+                .rates
+                .iter()
+                .find(|p| p.rate == r)
+                .map(Metrics::of_rate),
+        }
+    }
+
+    /// The open-loop run at the highest rate (the latency the older reports gave).
+    pub fn top_rate(&self) -> Option<&RatePoint> {
+        self.rates.iter().max_by(|a, b| a.rate.total_cmp(&b.rate))
+    }
+
     /// Errors over the run's loads.
     pub fn errors(&self) -> u64 {
         self.saturation.as_ref().map_or(0, |s| s.errors)
-            + self.latency.as_ref().map_or(0, |l| l.errors + l.missed)
+            + self
+                .rates
+                .iter()
+                .map(|p| p.result.errors + p.result.missed)
+                .sum::<u64>()
             + self.tcp.as_ref().map_or(0, |t| t.errors)
     }
 
@@ -84,7 +107,11 @@ impl PeerRun {
         self.saturation
             .as_ref()
             .map_or(0.0, |s| s.others_cpu_seconds)
-            + self.latency.as_ref().map_or(0.0, |l| l.others_cpu_seconds)
+            + self
+                .rates
+                .iter()
+                .map(|p| p.result.others_cpu_seconds)
+                .sum::<f64>()
             + self.tcp.as_ref().map_or(0.0, |t| t.others_cpu_seconds)
     }
 }
@@ -102,7 +129,9 @@ pub struct PeerSummary {
     /// median, lowest, highest over the runs. Columns of one run are measured minutes apart at
     /// most, so a slow drift in the machine's speed largely cancels out of each ratio.
     pub per_run_vs_best_peer: Option<[f64; 3]>,
-    /// HTTP at a fixed rate: p50, p99, p99.9 (µs).
+    /// HTTP and gRPC: each fixed rate, then saturation.
+    pub points: Vec<PointSummary>,
+    /// At the highest fixed rate: p50, p99, p99.9 (µs).
     pub p50_us: Option<f64>,
     /// p99 (µs).
     pub p99_us: Option<f64>,
@@ -133,8 +162,8 @@ pub struct PeersConfig {
     pub warmup_s: f64,
     /// HTTP saturation connections.
     pub connections: usize,
-    /// Fixed rate of the latency runs.
-    pub rate: f64,
+    /// Fixed rates of the latency runs (`--rates`).
+    pub rates: Vec<f64>,
     /// Its connections.
     pub latency_connections: usize,
     /// gRPC: HTTP/2 connections and calls in flight.
@@ -179,7 +208,7 @@ pub fn summarize(runs: &[&PeerRun]) -> PeerSummary {
     let lat = |f: fn(&Percentiles) -> f64| {
         median_opt(
             runs.iter()
-                .map(|r| r.latency.as_ref().and_then(|l| l.latency.as_ref()).map(f)),
+                .map(|r| r.top_rate().and_then(|l| l.result.latency.as_ref()).map(f)),
         )
     };
     let rss = |f: fn(&PeerRun) -> Option<[u64; 2]>| {
@@ -229,6 +258,9 @@ impl PeersReport {
                 s.vs_direct = ratio(s.throughput, direct);
                 s.vs_best_peer = ratio(s.throughput, best);
                 s.per_run_vs_best_peer = per_run_vs_best_peer(&runs, w, *c);
+                if w != Workload::Tcp {
+                    s.points = point_summaries(&runs, w, *c, &points(&config.rates));
+                }
             }
             if !cols.is_empty() {
                 summary.insert(
@@ -239,7 +271,8 @@ impl PeersReport {
                 );
             }
         }
-        let targets = targets(&summary);
+        let mut targets = targets(&summary);
+        targets.extend(fixed_rate_targets(&summary));
         PeersReport {
             config,
             found,
@@ -250,6 +283,85 @@ impl PeersReport {
             runs,
         }
     }
+}
+
+/// The load points of HTTP and gRPC: each fixed rate, then saturation.
+pub fn points(rates: &[f64]) -> Vec<Point> {
+    rates
+        .iter()
+        .map(|&r| Point::Rate(r))
+        .chain([Point::Saturation])
+        .collect()
+}
+
+/// `col`'s summary at each of `points` in workload `w` (the points it ran).
+fn point_summaries(
+    runs: &[PeerRun],
+    w: Workload,
+    col: Column,
+    points: &[Point],
+) -> Vec<PointSummary> {
+    points
+        .iter()
+        .filter_map(|&p| {
+            let samples: Vec<Sample> = runs
+                .iter()
+                .filter(|r| r.workload == w)
+                .filter_map(|r| {
+                    Some(Sample {
+                        run: r.run,
+                        column: r.column.as_str().to_owned(),
+                        peer: r.column.is_peer(),
+                        m: r.metrics(p)?,
+                    })
+                })
+                .collect();
+            rates::summarize(&samples, col.as_str(), p)
+        })
+        .collect()
+}
+
+/// Issue 24's targets for the Weft pair, from the paired medians: at every fixed rate, CPU
+/// per request at most 0.9× the best peer's, p50 and p99 no worse; at saturation at least
+/// 1.2× the best peer's throughput.
+pub fn fixed_rate_targets(
+    summary: &BTreeMap<String, BTreeMap<String, PeerSummary>>,
+) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    for (w, name) in [("http", "HTTP/1.1"), ("grpc", "gRPC")] {
+        let Some(weft) = summary.get(w).and_then(|m| m.get("weft")) else {
+            continue;
+        };
+        for p in &weft.points {
+            let r = &p.vs_best_peer;
+            let m = |x: Option<[f64; 3]>| x.map(|[m, _, _]| m);
+            if p.rate.is_none() {
+                out.push(check(
+                    &format!("{name} saturation throughput, × best peer (paired)"),
+                    ">= 1.2",
+                    m(r.throughput),
+                    |x| x >= 1.2,
+                ));
+                continue;
+            }
+            let at = &p.point;
+            out.push(check(
+                &format!("{name} pair CPU per request at {at}, × best peer (paired)"),
+                "<= 0.9",
+                m(r.cpu),
+                |x| x <= 0.9,
+            ));
+            for (what, v) in [("p50", r.p50), ("p99", r.p99)] {
+                out.push(check(
+                    &format!("{name} {what} at {at}, × best peer (paired)"),
+                    "<= 1.0",
+                    m(v),
+                    |x| x <= 1.0,
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// `col`'s throughput in each run × the best peer's in the same run: median, lowest, highest.
@@ -331,6 +443,8 @@ pub fn targets(summary: &BTreeMap<String, BTreeMap<String, PeerSummary>>) -> Vec
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use weft_benches::load::RateResult;
+
     use super::*;
 
     fn sizing() -> Sizing {
@@ -355,28 +469,32 @@ mod tests {
                 cpu_busy_pct: vec![],
                 others_cpu_seconds: 0.0,
             }),
-            latency: Some(RateResult {
+            rates: vec![RatePoint {
                 rate: 2000.0,
-                scheduled: 10,
-                ok: 10,
-                errors: 0,
-                missed: 0,
-                achieved_rps: 2000.0,
-                latency: Some(Percentiles {
-                    count: 10,
-                    p50_us: p50,
-                    p90_us: p50,
-                    p99_us: p50 * 2.0,
-                    p999_us: p50 * 3.0,
-                    max_us: p50 * 4.0,
-                }),
-                error_samples: vec![],
-                cpu_seconds: vec![],
-                loadgen_cpu_seconds: 0.0,
-                seconds: 5.0,
-                cpu_busy_pct: vec![],
-                others_cpu_seconds: 0.0,
-            }),
+                peak_rss_kib: vec![1, 10_240, 12_288],
+                result: RateResult {
+                    rate: 2000.0,
+                    scheduled: 10,
+                    ok: 10,
+                    errors: 0,
+                    missed: 0,
+                    achieved_rps: 2000.0,
+                    latency: Some(Percentiles {
+                        count: 10,
+                        p50_us: p50,
+                        p90_us: p50,
+                        p99_us: p50 * 2.0,
+                        p999_us: p50 * 3.0,
+                        max_us: p50 * 4.0,
+                    }),
+                    error_samples: vec![],
+                    cpu_seconds: vec![0.5, 0.5, 0.5],
+                    loadgen_cpu_seconds: 0.0,
+                    seconds: 5.0,
+                    cpu_busy_pct: vec![],
+                    others_cpu_seconds: 0.0,
+                },
+            }],
             tcp: None,
         }
     }
@@ -394,7 +512,7 @@ mod tests {
             duration_s: 5.0,
             warmup_s: 1.0,
             connections: 32,
-            rate: 2000.0,
+            rates: vec![2000.0],
             latency_connections: 16,
             grpc_channels: 4,
             grpc_concurrency: 32,

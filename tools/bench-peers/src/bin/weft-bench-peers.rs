@@ -5,7 +5,13 @@
 //! ```text
 //! cargo build --release -p weft-proxy -p weft-samples -p weft-bench-peers && target/release/weft-bench-peers
 //! target/release/weft-bench-peers --only-weft --quick   # Weft and direct, one short run
+//! target/release/weft-bench-peers --rates 200,1000,2000   # the fixed rates (the default)
+//! target/release/weft-bench-peers --gateway   # Weft's gateway vs. NGINX at the edge
 //! ```
+//!
+//! HTTP/1.1 and gRPC run an open loop at each of `--rates`, then saturation; each load gives
+//! latency percentiles, the proxies' CPU per 100k requests and RSS, with the paired ratio
+//! to the best peer. `--gateway` writes `gateway.{md,json}` instead.
 //!
 //! The load generator runs on CPU 0 (this process pins itself), the apps and all proxies on
 //! CPU 1. Progress goes to stderr, the Markdown to stdout.
@@ -17,16 +23,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use clap::Parser;
 
-use weft_bench_peers::load::{self as peer_load, GrpcConfig, TcpConfig};
+use weft_bench_peers::gateway;
+use weft_bench_peers::gateway_results::GatewayConfig;
+use weft_bench_peers::lanes::{self, Kind, RatePoint, Timing};
+use weft_bench_peers::load::{self as peer_load, TcpConfig};
 use weft_bench_peers::model::{Column, Sizing, Workload};
 use weft_bench_peers::pair::{self, Negotiated, Pair, PeersFound};
+use weft_bench_peers::rates::parse_rates;
 use weft_bench_peers::results::{PeerRun, PeersConfig, PeersReport};
 use weft_benches::cli::{self, parse_duration, TempGuard};
 use weft_benches::http1::get_request;
-use weft_benches::load::{self, RateConfig, SaturationConfig, Target};
 use weft_benches::mesh::{self, Binaries, ChildGuard};
 use weft_benches::{procfs, report};
 
@@ -46,10 +55,12 @@ struct Args {
     /// Connections of the HTTP saturation (closed-loop) runs.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
     connections: u16,
-    /// Request rate of the HTTP latency (open-loop) runs, requests per second.
-    #[arg(long, default_value_t = 2000.0)]
-    rate: f64,
-    /// Connections the latency runs spread their requests over.
+    /// Request rates of the open-loop (latency) runs of HTTP/1.1 and gRPC, requests per
+    /// second, comma-separated; each is measured, then saturation.
+    #[arg(long, default_value = "200,1000,2000")]
+    rates: String,
+    /// Lanes (connections for HTTP, calls in flight for gRPC) the open-loop runs spread
+    /// their requests over.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     latency_connections: u16,
     /// gRPC calls in flight (spread over --grpc-channels HTTP/2 connections).
@@ -90,6 +101,11 @@ struct Args {
     /// Weft and direct only, even when HAProxy or NGINX is installed.
     #[arg(long)]
     only_weft: bool,
+    /// The gateway scenario instead (issue 23): `weft-proxy --gateway` terminating TLS and
+    /// forwarding over mutual TLS to a sidecar in front of the app, against NGINX as a TLS
+    /// reverse proxy to the same app. Writes gateway.{md,json}.
+    #[arg(long)]
+    gateway: bool,
 }
 
 fn main() -> ExitCode {
@@ -108,10 +124,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
         args.runs = 1;
         args.duration = Duration::from_secs(2);
     }
-    ensure!(
-        args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1_000_000.0,
-        "--rate must be in (0, 1000000]"
-    );
+    let rates = parse_rates(&args.rates).map_err(|e| anyhow::anyhow!("--rates: {e}"))?;
     ensure!(!args.duration.is_zero(), "--duration must be positive");
     ensure!(
         args.loadgen_core != args.server_core,
@@ -124,10 +137,28 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     let nofile = cli::raise_nofile_limit()?;
     cli::pin_self(args.loadgen_core)?;
     let mut temp = TempGuard::new()?;
-    // Every process has ended (dropped in `run_peers`).
-    let report = cli::until_interrupted(run_peers(&args, &bins, temp.path(), nofile.1))?;
-    report::write(&out_dir, "peers", &report.markdown(), &report)?;
-    let errors: u64 = report.runs.iter().map(PeerRun::errors).sum();
+    let errors: u64 = if args.gateway {
+        let cfg = GatewayConfig {
+            runs: usize::from(args.runs),
+            timing: timing(&args),
+            connections: usize::from(args.connections),
+            rates: rates.clone(),
+            latency_connections: usize::from(args.latency_connections),
+            loadgen_core: args.loadgen_core,
+            server_core: args.server_core,
+            only_weft: args.only_weft,
+        };
+        // Every process has ended (dropped in `gateway::run`).
+        let report = cli::until_interrupted(gateway::run(cfg, &bins, temp.path(), nofile.1))?;
+        report::write(&out_dir, "gateway", &report.markdown(), &report)?;
+        report.errors()
+    } else {
+        // Every process has ended (dropped in `run_peers`).
+        let report =
+            cli::until_interrupted(run_peers(&args, &rates, &bins, temp.path(), nofile.1))?;
+        report::write(&out_dir, "peers", &report.markdown(), &report)?;
+        report.runs.iter().map(PeerRun::errors).sum()
+    };
     if errors == 0 {
         temp.keep = args.keep_temp;
     } else {
@@ -136,38 +167,39 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Warm-up, window and RSS sampling of every load, from the flags.
+fn timing(args: &Args) -> Timing {
+    Timing {
+        warmup: args.warmup,
+        duration: args.duration,
+        rss_interval: Duration::from_millis(100),
+    }
+}
+
 /// The loads every column runs, from the flags.
 #[derive(Debug, Clone)]
 struct Loads {
-    sat: SaturationConfig,
-    rate: RateConfig,
-    grpc: GrpcConfig,
+    /// HTTP saturation connections.
+    connections: usize,
+    /// gRPC saturation calls in flight, and the HTTP/2 connections they share.
+    grpc_concurrency: usize,
+    grpc_channels: usize,
+    timing: Timing,
+    rates: Vec<f64>,
+    latency_lanes: usize,
     tcp: TcpConfig,
     request: Arc<[u8]>,
 }
 
 impl Loads {
-    fn of(args: &Args) -> Self {
+    fn of(args: &Args, rates: &[f64]) -> Self {
         Loads {
-            sat: SaturationConfig {
-                connections: usize::from(args.connections),
-                warmup: args.warmup,
-                duration: args.duration,
-                rss_interval: Duration::from_millis(100),
-            },
-            rate: RateConfig {
-                connections: usize::from(args.latency_connections),
-                rate: args.rate,
-                warmup: args.warmup,
-                duration: args.duration,
-            },
-            grpc: GrpcConfig {
-                channels: usize::from(args.grpc_channels),
-                concurrency: usize::from(args.grpc_concurrency),
-                warmup: args.warmup,
-                duration: args.duration,
-                rss_interval: Duration::from_millis(100),
-            },
+            connections: usize::from(args.connections),
+            grpc_concurrency: usize::from(args.grpc_concurrency),
+            grpc_channels: usize::from(args.grpc_channels),
+            timing: timing(args),
+            rates: rates.to_vec(),
+            latency_lanes: usize::from(args.latency_connections),
             tcp: TcpConfig {
                 connections: usize::from(args.tcp_connections),
                 warmup: args.warmup,
@@ -188,6 +220,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 // Long: the comparison in order (peers, apps, probes, the interleaved runs, the report), each step a call.
 async fn run_peers(
     args: &Args,
+    rates: &[f64],
     bins: &Binaries,
     dir: &Path,
     nofile: u64,
@@ -219,7 +252,7 @@ async fn run_peers(
     let (negotiated, configs) =
         probe_pairs(args, bins, dir, &found, &columns, http_app, sizing).await?;
 
-    let loads = Loads::of(args);
+    let loads = Loads::of(args, rates);
     let mut runs = Vec::new();
     for run in 1..=usize::from(args.runs) {
         for (w, app_addr, app) in apps.iter_mut() {
@@ -255,11 +288,11 @@ async fn run_peers(
             runs: usize::from(args.runs),
             duration_s: args.duration.as_secs_f64(),
             warmup_s: args.warmup.as_secs_f64(),
-            connections: loads.sat.connections,
-            rate: args.rate,
-            latency_connections: loads.rate.connections,
-            grpc_channels: loads.grpc.channels,
-            grpc_concurrency: loads.grpc.concurrency,
+            connections: loads.connections,
+            rates: rates.to_vec(),
+            latency_connections: loads.latency_lanes,
+            grpc_channels: loads.grpc_channels,
+            grpc_concurrency: loads.grpc_concurrency,
             tcp_connections: loads.tcp.connections,
             sizing,
             loadgen_core: args.loadgen_core,
@@ -313,43 +346,7 @@ async fn start_apps(
 ) -> anyhow::Result<Vec<(Workload, SocketAddr, ChildGuard)>> {
     let mut apps = Vec::new();
     for w in Workload::ALL {
-        let addr = mesh::loopback(mesh::free_ports(1)?[0]);
-        let mut cmd = mesh::pinned(args.server_core, &bins.sample);
-        cmd.args([
-            w.as_str(),
-            "--listen",
-            &addr.to_string(),
-            "--name",
-            "app",
-            "--threads",
-            "1",
-        ]);
-        let mut child = ChildGuard::spawn(
-            &format!("app ({})", w.as_str()),
-            cmd,
-            &dir.join(format!("peers-app-{}.stderr", w.as_str())),
-        )?;
-        let ready_timeout = mesh::READY_TIMEOUT;
-        let deadline = tokio::time::Instant::now() + ready_timeout;
-        let mut last = None;
-        // Bounded in count and by READY_TIMEOUT.
-        for _ in 0..(ready_timeout.as_millis() / 50 + 1) {
-            child.check_alive()?;
-            match pair::one_through(w, addr).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if let Some(e) = last {
-            bail!("app ({}) not ready at {addr}: {e:#}", w.as_str());
-        }
+        let (addr, child) = pair::start_app(w, args.server_core, bins, dir).await?;
         apps.push((w, addr, child));
     }
     Ok(apps)
@@ -433,7 +430,7 @@ async fn measure(
         column: col,
         idle_rss_kib: None,
         saturation: None,
-        latency: None,
+        rates: Vec::new(),
         tcp: None,
     };
     let (entry, watch) = match &pair {
@@ -444,22 +441,36 @@ async fn measure(
         }
         None => (app_addr, vec![app.pid()]),
     };
-    match w {
-        Workload::Http => {
-            let t = Target {
+    let (kind, lanes) = match w {
+        Workload::Http => (
+            Kind::Http {
                 addr: entry,
                 request: loads.request.clone(),
-            };
-            rec.saturation = Some(load::saturate(&t, loads.sat, &watch).await?);
-            tokio::time::sleep(SETTLE).await;
-            rec.latency = Some(load::fixed_rate(&t, loads.rate, &watch).await?);
-        }
-        Workload::Grpc => {
-            rec.saturation = Some(peer_load::grpc_saturate(entry, loads.grpc, &watch).await?);
-        }
+            },
+            loads.connections,
+        ),
+        Workload::Grpc => (
+            Kind::Grpc {
+                addr: entry,
+                channels: loads.grpc_channels,
+            },
+            loads.grpc_concurrency,
+        ),
         Workload::Tcp => {
             rec.tcp = Some(peer_load::tcp_throughput(entry, loads.tcp, &watch).await?);
+            (
+                Kind::Http {
+                    addr: entry,
+                    request: loads.request.clone(),
+                },
+                0,
+            )
         }
+    };
+    if w != Workload::Tcp {
+        let clients = lanes::clients(&kind, lanes).await?;
+        rec.saturation = Some(lanes::closed_loop(&kind, clients, loads.timing, &watch).await?);
+        rec.rates = fixed_rates(loads, &kind, &watch).await?;
     }
     app.check_alive()?;
     if let Some(p) = pair.as_mut() {
@@ -469,10 +480,35 @@ async fn measure(
     Ok(rec)
 }
 
+/// One open-loop run per rate of `--rates` (fresh lanes each, after a pause).
+async fn fixed_rates(loads: &Loads, kind: &Kind, watch: &[u32]) -> anyhow::Result<Vec<RatePoint>> {
+    let mut out = Vec::new();
+    for &rate in &loads.rates {
+        tokio::time::sleep(SETTLE).await;
+        let lanes = lanes::clients(kind, loads.latency_lanes).await?;
+        out.push(lanes::open_loop(kind, lanes, rate, loads.timing, watch).await?);
+    }
+    Ok(out)
+}
+
 /// The run's one progress line (and error samples) on stderr.
 fn print_run(args: &Args, rec: &PeerRun) {
     let (w, col) = (rec.workload, rec.column);
-    let p = rec.latency.as_ref().and_then(|l| l.latency);
+    let p: Vec<String> = rec
+        .rates
+        .iter()
+        .map(|r| {
+            r.result.latency.map_or_else(
+                || format!("{:.0}/s: –", r.rate),
+                |l| {
+                    format!(
+                        "{:.0}/s: p50 {:.0} µs p99 {:.0} µs",
+                        r.rate, l.p50_us, l.p99_us
+                    )
+                },
+            )
+        })
+        .collect();
     eprintln!(
         "weft-bench: run {}/{} {:<4} {:<7} {:>10.1} {}{}, pair CPU-s/100k {}, errors {}",
         rec.run,
@@ -481,10 +517,11 @@ fn print_run(args: &Args, rec: &PeerRun) {
         col.as_str(),
         rec.throughput().unwrap_or(f64::NAN),
         if w == Workload::Tcp { "MB/s" } else { "req/s" },
-        p.map_or(String::new(), |p| format!(
-            ", p50 {:.0} µs, p99 {:.0} µs",
-            p.p50_us, p.p99_us
-        )),
+        if p.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", p.join(", "))
+        },
         rec.pair_cpu_per_100k()
             .map_or_else(|| "–".to_owned(), |x| format!("{x:.3}")),
         rec.errors(),
@@ -494,7 +531,7 @@ fn print_run(args: &Args, rec: &PeerRun) {
             .saturation
             .iter()
             .flat_map(|s| &s.error_samples)
-            .chain(rec.latency.iter().flat_map(|l| &l.error_samples))
+            .chain(rec.rates.iter().flat_map(|l| &l.result.error_samples))
             .chain(rec.tcp.iter().flat_map(|t| &t.error_samples))
             .collect();
         eprintln!("weft-bench: errors, e.g.: {samples:?}");
