@@ -39,7 +39,7 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
 pub fn run_with(
     store: Arc<Store>,
     ready_file: Option<&Path>,
-    gateway: Option<Arc<weft_policy::gateway::Gateway>>,
+    gateway: Option<crate::gateway::listener::GatewayFile>,
 ) -> anyhow::Result<()> {
     let snap = store.load();
     // The app's probes the injector handed over: a bad set stops the start, naming the probe.
@@ -75,13 +75,13 @@ pub fn run_with(
     };
     traffic.add_services(&mut server, &listening, vec![outbound_l, inbound_l])?;
     let edge = match gateway {
-        Some(gw) => Some(crate::gateway::listener::add_services(
+        Some(file) => Some(crate::gateway::listener::add_services(
             &mut server,
             crate::gateway::listener::Parts {
                 store: &store,
                 outbound: Outbound::new(store.clone(), drain.clone(), report.clone()),
                 conf,
-                gw,
+                file,
                 access_log: report.access_log.clone(),
             },
         )?),

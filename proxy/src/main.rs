@@ -174,7 +174,10 @@ fn main() -> anyhow::Result<()> {
     };
     let gateway = match &args.gateway {
         Some(path) => match load_gateway(path, &config) {
-            Ok(gw) => Some(Arc::new(gw)),
+            Ok(gw) => Some(weft_proxy::gateway::listener::GatewayFile {
+                path: path.clone(),
+                config: Arc::new(gw),
+            }),
             Err(e) => {
                 eprintln!("{e}");
                 std::process::exit(2);

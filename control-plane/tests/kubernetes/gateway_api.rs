@@ -4,7 +4,8 @@
 //! effects), their `status.parents[]` conditions (accepted; not accepted with
 //! `UnsupportedValue`, `BackendNotFound`, `RefNotPermitted`, `NoMatchingParent`), a
 //! `ReferenceGrant` turning a cross-namespace ref from not permitted to permitted, a weight
-//! edit followed; and a cluster without the Gateway API CRDs still syncs. The weight change
+//! edit followed, a refused edit keeping the last accepted generation in force; and a cluster
+//! without the Gateway API CRDs still syncs. The weight change
 //! moving real traffic is in `canary` (`an_httproute_weight_edit_moves_traffic_within_a_second`).
 
 use std::process::{Command, Stdio};
@@ -325,6 +326,40 @@ fn httproutes_become_mesh_routes_with_status_and_follow_edits() {
         .filter(|(k, _)| k == "httproutes/shop/orders-split")
         .count();
     assert_eq!(writes, 2, "{:?}", api.patches());
+
+    // A refused edit (generation 3: a filter mesh routes do not take) keeps generation 2's
+    // split in force, not the service's default; the status says why and what serves.
+    let mut broken = split(50, 50);
+    broken[0]["filters"] = json!([{"type": "RequestMirror",
+        "requestMirror": {"backendRef": {"name": "orders-v2", "port": 8080}}}]);
+    api.put(http_route("orders-split", "orders", 3, broken));
+    wait_until(Duration::from_secs(20), "generation 3 refused", || {
+        status("orders-split").is_some_and(|s| s.2 == 3)
+    });
+    let s = status("orders-split").expect("status");
+    assert_eq!(
+        (s.0 .0.as_str(), s.0 .1.as_str()),
+        ("False", "UnsupportedValue"),
+        "{s:?}"
+    );
+    assert!(
+        s.0 .2.contains("RequestMirror") && s.0 .2.contains("generation 2 stays in force"),
+        "{s:?}"
+    );
+    let table = routes().expect("routes");
+    let line = (table.lines())
+        .find(|l| l.contains("orders-split-r0-m0"))
+        .unwrap_or_else(|| panic!("the last good split left force:\n{table}"));
+    assert!(
+        line.contains("version=v1:20") && line.contains("version=v2:80"),
+        "{line}"
+    );
+    // Mended (generation 4): the new split applies and is accepted.
+    api.put(http_route("orders-split", "orders", 4, split(50, 50)));
+    wait_until(Duration::from_secs(20), "generation 4 in force", || {
+        routes().is_some_and(|t| t.contains("version=v1:50") && t.contains("version=v2:50"))
+            && status("orders-split").is_some_and(|s| s.2 == 4 && s.0 .0 == "True")
+    });
     assert!(!cp_log().contains("panicked"), "{}", cp_log());
 }
 

@@ -15,6 +15,7 @@ use pingora_proxy::Session;
 use crate::errors::Failure;
 use crate::gateway::auth::cors::Headers;
 use crate::gateway::auth::{Answer, AuthStage, Incoming, Verdict};
+use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::state::RouteEntry;
 
 /// What admission knows about the request besides the session.
@@ -33,9 +34,11 @@ pub enum Admitted {
 }
 
 /// Admit, answer or refuse a request for `route`.
+/// `metrics` counts how authentication ended (`weft_gateway_auth_total`).
 pub async fn admit(
     route: &RouteEntry,
     stage: &AuthStage,
+    metrics: &GatewayMetrics,
     session: &mut Session,
     caller: &Caller,
 ) -> Result<Admitted, Failure> {
@@ -54,6 +57,15 @@ pub async fn admit(
             .admit(stage, incoming, crate::clock::now(), unix)
             .await
     };
+    let auth = match &verdict {
+        Verdict::Forward(f) => f.auth,
+        Verdict::Answer(a) => a.auth,
+    };
+    if let Some(o) = auth {
+        (metrics.auth)
+            .with_label_values(&[&*route.name, o.method, o.result])
+            .inc();
+    }
     match verdict {
         Verdict::Forward(f) => {
             let req = session.req_header_mut();

@@ -2,8 +2,9 @@
 //! the default certificate if one is marked; else the handshake fails with an
 //! `unrecognized_name` alert), TLS 1.2 and 1.3 or 1.3 only with rustls' default (safe)
 //! cipher suites, ALPN `h2` and `http/1.1`, and certificates reloaded when their files change:
-//! [`CertReloader`] polls the files' modification time and size every `reload_interval`; a
-//! changed set that does not load keeps the certificates in force and logs why.
+//! the gateway's reloader ([`crate::gateway::reload`]) polls the files' modification time and
+//! size every `reload_interval` and calls [`EdgeTls::reload`]; a changed set that does not
+//! load keeps the certificates in force and logs why.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -145,11 +143,16 @@ pub struct EdgeTls {
     pub acceptor: Arc<Acceptor>,
     /// The certificates, for the reloader.
     pub resolver: Arc<SniResolver>,
+    /// The certificate files' stamps when they were last loaded (or tried: a bad file is
+    /// reported once, not at every poll, and its next change is tried again).
+    pub seen: ArcSwap<Stamps>,
 }
 
 /// Build the acceptor for `gw`, loading its certificates now (an error stops the start).
 pub fn build(gw: &Gateway) -> Result<EdgeTls, EdgeTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Stamped before reading: a file replaced meanwhile is read again at the next poll.
+    let seen = ArcSwap::from_pointee(stamps(&gw.certificates));
     let table = CertTable::load(&gw.certificates, &provider)?;
     let resolver = Arc::new(SniResolver {
         table: ArcSwap::from_pointee(table),
@@ -166,16 +169,26 @@ pub fn build(gw: &Gateway) -> Result<EdgeTls, EdgeTlsError> {
     Ok(EdgeTls {
         acceptor: Arc::new(Acceptor::from_server_config(Arc::new(config))),
         resolver,
+        seen,
     })
 }
 
 /// What the reloader compares: each file's modification time and length.
-type Stamps = Vec<Option<(SystemTime, u64)>>;
+pub type Stamps = Vec<Option<(SystemTime, u64)>>;
 
-fn stamps(certs: &[EdgeCert]) -> Stamps {
-    certs
+/// The stamps of every certificate and key file of `certs`.
+pub fn stamps(certs: &[EdgeCert]) -> Stamps {
+    let paths: Vec<&Path> = certs
         .iter()
-        .flat_map(|c| [&c.cert, &c.key])
+        .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
+        .collect();
+    file_stamps(&paths)
+}
+
+/// Each file's modification time and length (`None`: unreadable).
+pub fn file_stamps(paths: &[&Path]) -> Stamps {
+    paths
+        .iter()
         .map(|p| {
             std::fs::metadata(p)
                 .ok()
@@ -184,46 +197,22 @@ fn stamps(certs: &[EdgeCert]) -> Stamps {
         .collect()
 }
 
-/// Polls the certificate files and swaps in a changed set that loads (a Pingora background
-/// service: its own thread).
-pub struct CertReloader {
-    /// The gateway config (files, period).
-    pub gw: Arc<Gateway>,
-    /// Where new certificates go.
-    pub resolver: Arc<SniResolver>,
-    /// Reload counters.
-    pub metrics: GatewayMetrics,
-}
-
-#[async_trait]
-impl BackgroundService for CertReloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl EdgeTls {
+    /// Load `certs` again and, if they load, put them in force for new handshakes; else keep
+    /// the ones in force and say why (the gateway's reloader calls this when a file changed).
+    /// `now` are the files' stamps taken before reading them.
+    pub fn reload(&self, certs: &[EdgeCert], now: Stamps, metrics: &GatewayMetrics) {
+        self.seen.store(Arc::new(now));
         let provider = rustls::crypto::ring::default_provider();
-        let mut seen = stamps(&self.gw.certificates);
-        let mut tick = tokio::time::interval(self.gw.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+        match CertTable::load(certs, &provider) {
+            Ok(t) => {
+                self.resolver.table.store(Arc::new(t));
+                metrics.reloads.with_label_values(&["ok"]).inc();
+                log::info!("gateway certificates reloaded: new handshakes use them");
             }
-            let now = stamps(&self.gw.certificates);
-            if now == seen {
-                continue;
-            }
-            // Remembered whatever the outcome: a bad file is reported once, not every tick,
-            // and the next change to any file is tried again.
-            seen = now;
-            match CertTable::load(&self.gw.certificates, &provider) {
-                Ok(t) => {
-                    self.resolver.table.store(Arc::new(t));
-                    self.metrics.reloads.with_label_values(&["ok"]).inc();
-                    log::info!("gateway certificates reloaded: new handshakes use them");
-                }
-                Err(e) => {
-                    self.metrics.reloads.with_label_values(&["error"]).inc();
-                    log::warn!("gateway certificates not reloaded, the ones in force stay: {e}");
-                }
+            Err(e) => {
+                metrics.reloads.with_label_values(&["error"]).inc();
+                log::warn!("gateway certificates not reloaded, the ones in force stay: {e}");
             }
         }
     }

@@ -124,6 +124,36 @@ pub fn strip(req: &mut RequestHeader) {
     }
 }
 
+/// Whether `req` asks for a WebSocket: HTTP/1.1, `Upgrade: websocket`, `Connection` naming
+/// `upgrade`. The one upgrade the gateway carries into the mesh; whether it is well formed
+/// (a `GET` without a body) is the outbound stage's check ([`crate::upgrade::check`]), which
+/// answers 400 otherwise. Any other `Upgrade` is removed as a hop-by-hop header and the request
+/// served as an ordinary one (RFC 9110 §7.8 lets a server ignore `Upgrade`).
+pub fn asks_websocket(req: &RequestHeader) -> bool {
+    let tokens = |name: HeaderName| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    req.version == http::Version::HTTP_11
+        && tokens(UPGRADE) == ["websocket"]
+        && tokens(CONNECTION).iter().any(|t| t == "upgrade")
+}
+
+/// Put back, after [`strip`], the two hop-by-hop headers a WebSocket upgrade travels on (only
+/// these: whatever else the client's `Connection` named stays removed).
+pub fn keep_websocket(req: &mut RequestHeader) -> Result<(), Failure> {
+    let bad = |_| Failure::new(500, "bad_request", "cannot restore the upgrade headers");
+    req.insert_header(UPGRADE, HeaderValue::from_static("websocket"))
+        .map_err(bad)?;
+    req.insert_header(CONNECTION, HeaderValue::from_static("upgrade"))
+        .map_err(bad)
+}
+
 /// Set the forwarding headers for a request that came over HTTPS from `peer` for `host`.
 pub fn forward(
     req: &mut RequestHeader,

@@ -21,10 +21,10 @@ use pingora_http::ResponseHeader;
 use tokio::time::timeout;
 use weft_policy::gateway::Gateway as GatewayConfig;
 
-use crate::gateway::edge_tls::{self, CertReloader};
 use crate::gateway::metrics::GatewayMetrics;
+use crate::gateway::reload::GatewayReloader;
 use crate::gateway::route::request_host;
-use crate::gateway::state::GatewayState;
+use crate::gateway::state::{GatewayState, Live};
 use crate::gateway::Gateway;
 use crate::listen::bound::{self, Prebound};
 use crate::outbound::connector::{IdentitySync, OutboundProxies};
@@ -61,22 +61,20 @@ fn hold(open: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
 /// The connection dispatcher of the gateway's listeners.
 pub struct GatewayTraffic {
     proxies: Arc<OutboundProxies<Gateway>>,
-    tls: edge_tls::EdgeTls,
-    state: Arc<GatewayState>,
+    /// The config in force (limits, certificates, metrics); each connection takes it once.
+    live: Arc<Live>,
     https_port: u16,
-    /// The port redirects name.
-    redirect_port: u16,
     open_https: AtomicUsize,
     open_http: AtomicUsize,
 }
 
 impl GatewayTraffic {
     async fn https(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let limits = &self.state.gw.limits;
+        let st = self.live.load_full();
+        let limits = &st.gw.limits;
         let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
-        let handshakes = &self.state.metrics.handshakes;
-        let tls = match timeout(limits.handshake_timeout, handshake(&self.tls.acceptor, *l4)).await
-        {
+        let handshakes = &st.metrics.handshakes;
+        let tls = match timeout(limits.handshake_timeout, handshake(&st.tls.acceptor, *l4)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 handshakes.with_label_values(&["failed"]).inc();
@@ -117,7 +115,8 @@ impl GatewayTraffic {
     /// One request, answered with `308 Permanent Redirect` to the same host and path over
     /// HTTPS; the connection then closes.
     async fn redirect(&self, stream: Stream) -> Option<Stream> {
-        let limits = &self.state.gw.limits;
+        let st = self.live.load_full();
+        let limits = &st.gw.limits;
         let mut session = ServerSession::new_http1(stream);
         session.set_read_timeout(Some(limits.header_timeout));
         match timeout(limits.header_timeout, session.read_request()).await {
@@ -127,7 +126,7 @@ impl GatewayTraffic {
         let req = session.req_header();
         let location = request_host(req).map(|h| {
             let h = if h.contains(':') { format!("[{h}]") } else { h };
-            let port = match self.redirect_port {
+            let port = match st.gw.redirect_port.unwrap_or(self.https_port) {
                 443 => String::new(),
                 p => format!(":{p}"),
             };
@@ -148,8 +147,7 @@ impl GatewayTraffic {
         session.write_response_header(Box::new(resp)).await.ok()?;
         let _ = session.finish_body().await;
         let code = if status == 308 { "308" } else { "400" };
-        self.state
-            .metrics
+        st.metrics
             .requests
             .with_label_values(&["redirect", code])
             .inc();
@@ -173,8 +171,9 @@ impl ServerApp for GatewayTraffic {
         } else {
             (&self.open_http, "http_redirect")
         };
-        let Some(_slot) = hold(open, self.state.gw.limits.max_connections) else {
-            self.state.metrics.refused.with_label_values(&[name]).inc();
+        let st = self.live.load_full();
+        let Some(_slot) = hold(open, st.gw.limits.max_connections) else {
+            st.metrics.refused.with_label_values(&[name]).inc();
             return None;
         };
         if https {
@@ -187,26 +186,34 @@ impl ServerApp for GatewayTraffic {
 
 /// What the gateway service is built from.
 pub struct Parts<'a> {
-    /// The sidecar's store (identity, mesh services).
+    /// The sidecar's store (identity, mesh services, the sidecar file's path).
     pub store: &'a Arc<Store>,
     /// The sidecar's outbound logic, which the gateway wraps.
     pub outbound: Outbound,
     /// Pingora's settings.
     pub conf: Arc<ServerConf>,
-    /// The gateway config.
-    pub gw: Arc<GatewayConfig>,
+    /// The gateway file, read and validated at start.
+    pub file: GatewayFile,
     /// Where access log lines go.
     pub access_log: Option<Arc<AccessLog>>,
 }
 
-/// Bind the gateway's listeners and add its services (listeners, certificate reloader,
-/// identity sync) to `server`.
+/// The gateway file: where it is (the reloader reads it again when it changes) and its
+/// config at start.
+pub struct GatewayFile {
+    /// Its path.
+    pub path: std::path::PathBuf,
+    /// Its validated config.
+    pub config: Arc<GatewayConfig>,
+}
+
+/// Bind the gateway's listeners and add its services (listeners, the reloader of its files
+/// and JWT keys, identity sync) to `server`.
 pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<GatewayListening> {
-    let gw = parts.gw;
+    let gw = parts.file.config;
     let metrics = GatewayMetrics::register(&parts.store.metrics).context("gateway metrics")?;
-    let state = Arc::new(GatewayState::new(gw.clone(), metrics.clone()).context("gateway auth")?);
-    let key_caches = state.auth.caches();
-    let tls = edge_tls::build(&gw).context("gateway certificates")?;
+    let state = GatewayState::new(gw.clone(), metrics.clone()).context("gateway")?;
+    let live = Arc::new(Live::from_pointee(state));
     let https = bound::bind(gw.https, "gateway https")?;
     let redirect = gw
         .http_redirect
@@ -216,23 +223,22 @@ pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<Gat
         https: https.addr,
         http_redirect: redirect.as_ref().map(|b| b.addr),
     };
-    let logic = Gateway::new(parts.outbound, state.clone(), parts.access_log);
+    let logic = Gateway::new(parts.outbound, live.clone(), parts.access_log);
     let snap = parts.store.load();
     let proxies = Arc::new(
         OutboundProxies::new(parts.conf.clone(), logic, snap.tls.client.clone())
             .context("gateway proxy")?,
     );
-    let reloader = CertReloader {
-        gw: gw.clone(),
-        resolver: tls.resolver.clone(),
+    let reloader = GatewayReloader {
+        path: parts.file.path,
+        sidecar: parts.store.path().to_owned(),
+        live: live.clone(),
         metrics,
     };
     let traffic = GatewayTraffic {
         proxies: proxies.clone(),
-        tls,
-        state,
+        live,
         https_port: https.addr.port(),
-        redirect_port: gw.redirect_port.unwrap_or(https.addr.port()),
         open_https: AtomicUsize::new(0),
         open_http: AtomicUsize::new(0),
     };
@@ -245,19 +251,10 @@ pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<Gat
         bound.push(r);
     }
     server.add_service(Prebound::new(service, bound));
-    let mut reload = pingora_core::services::background::background_service(
-        "weft gateway certificates",
-        reloader,
-    );
+    let mut reload =
+        pingora_core::services::background::background_service("weft gateway reload", reloader);
     reload.threads = Some(1);
     server.add_service(reload);
-    if !key_caches.is_empty() {
-        let keys = crate::gateway::auth::refresh::KeyRefresher(key_caches);
-        let mut keys =
-            pingora_core::services::background::background_service("weft gateway keys", keys);
-        keys.threads = Some(1);
-        server.add_service(keys);
-    }
     let mut sync = pingora_core::services::background::background_service(
         "weft gateway identity",
         IdentitySync::new(parts.store.clone(), proxies),

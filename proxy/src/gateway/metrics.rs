@@ -14,6 +14,11 @@ pub const DURATION: &str = "weft_gateway_request_duration_seconds";
 pub const HANDSHAKES: &str = "weft_gateway_tls_handshakes_total";
 /// `weft_gateway_certificate_reloads_total{result}`: `ok`, `error`.
 pub const RELOADS: &str = "weft_gateway_certificate_reloads_total";
+/// `weft_gateway_config_reloads_total{result}`: `ok`, `error` (the gateway file).
+pub const CONFIG_RELOADS: &str = "weft_gateway_config_reloads_total";
+/// `weft_gateway_auth_total{route, method, result}`: `method` `jwt` or `api_key`; `result`
+/// `accepted` or a fixed word for why not.
+pub const AUTH: &str = "weft_gateway_auth_total";
 /// `weft_gateway_connections_refused_total{listener}`: over `limits.max_connections`.
 pub const REFUSED: &str = "weft_gateway_connections_refused_total";
 
@@ -30,6 +35,10 @@ pub struct GatewayMetrics {
     pub reloads: IntCounterVec,
     /// Connections refused at the cap.
     pub refused: IntCounterVec,
+    /// Gateway file reloads.
+    pub config_reloads: IntCounterVec,
+    /// Authentication outcomes by route, method and result.
+    pub auth: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -62,12 +71,28 @@ impl GatewayMetrics {
                 Opts::new(REFUSED, "Client connections closed at the connection cap."),
                 &["listener"],
             )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    CONFIG_RELOADS,
+                    "Gateway file reloads, by result (an error keeps the config in force).",
+                ),
+                &["result"],
+            )?,
+            auth: IntCounterVec::new(
+                Opts::new(
+                    AUTH,
+                    "Gateway authentications (JWT, API key), by route, method and result.",
+                ),
+                &["route", "method", "result"],
+            )?,
         };
         m.register(Box::new(g.requests.clone()))?;
         m.register(Box::new(g.duration.clone()))?;
         m.register(Box::new(g.handshakes.clone()))?;
         m.register(Box::new(g.reloads.clone()))?;
         m.register(Box::new(g.refused.clone()))?;
+        m.register(Box::new(g.config_reloads.clone()))?;
+        m.register(Box::new(g.auth.clone()))?;
         Ok(g)
     }
 }

@@ -18,6 +18,7 @@ pub mod edge_tls;
 pub mod hygiene;
 pub mod listener;
 pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod state;
 
@@ -36,35 +37,32 @@ use crate::errors::{self, Failure};
 use crate::http_path;
 use crate::outbound::{OutCtx, Outbound};
 use crate::telemetry::access_log::{AccessLog, Record};
-use state::GatewayState;
+use state::{GatewayState, Live};
 
 /// The gateway's proxy logic: its own stages, then the outbound proxy's (cheap to clone).
 #[derive(Clone)]
 pub struct Gateway {
     outbound: Outbound,
-    state: Arc<GatewayState>,
+    live: Arc<Live>,
     access_log: Option<Arc<AccessLog>>,
 }
 
 impl Gateway {
-    /// Gateway logic over `outbound` for the config in `state`.
-    pub fn new(
-        outbound: Outbound,
-        state: Arc<GatewayState>,
-        access_log: Option<Arc<AccessLog>>,
-    ) -> Self {
+    /// Gateway logic over `outbound` for the config in force in `live`.
+    pub fn new(outbound: Outbound, live: Arc<Live>, access_log: Option<Arc<AccessLog>>) -> Self {
         Self {
             outbound,
-            state,
+            live,
             access_log,
         }
     }
 }
 
 /// Per request: the gateway's part and the outbound stages' context.
-#[derive(Default)]
 pub struct GwCtx {
     out: OutCtx,
+    /// The config in force when the request started (a reload applies to the next one).
+    state: Arc<GatewayState>,
     route: Option<usize>,
     started: Option<Instant>,
     /// The request line as the client sent it, for the access log.
@@ -74,6 +72,8 @@ pub struct GwCtx {
     too_large: bool,
     /// The request went on to the outbound stages.
     forwarded: bool,
+    /// A WebSocket upgrade: after the `101` its bytes are a session, not a body.
+    upgrade: bool,
     /// Headers admission earned for the response (CORS, `RateLimit`).
     response_headers: auth::cors::Headers,
 }
@@ -95,7 +95,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut GwCtx,
     ) -> std::result::Result<bool, Failure> {
-        let st = &self.state;
+        let st = ctx.state.clone();
         hygiene::check_sizes(session.req_header(), &st.gw.limits)?;
         // One canonical path before matching, as the mesh does (`/v1/orders/../admin` must not
         // match `/v1/orders`); ambiguous encodings are refused.
@@ -121,7 +121,7 @@ impl Gateway {
         let caller = admit::Caller {
             client_ip: hygiene::client_ip(session.req_header(), peer, &st.gw.trusted_proxies),
         };
-        match admit::admit(&st.routes[i], &st.auth, session, &caller).await? {
+        match admit::admit(&st.routes[i], &st.auth, &st.metrics, session, &caller).await? {
             admit::Admitted::Forward(headers) => ctx.response_headers = headers,
             admit::Admitted::Answered(flag) => {
                 ctx.flag = Some(flag);
@@ -129,7 +129,12 @@ impl Gateway {
             }
         }
         let req = session.req_header_mut();
+        let websocket = hygiene::asks_websocket(req);
         hygiene::strip(req);
+        if websocket {
+            hygiene::keep_websocket(req)?;
+            ctx.upgrade = true;
+        }
         hygiene::forward(req, peer, &st.gw.trusted_proxies, host.as_deref());
         route::apply(st.routes[i].config(), req).map(|()| false)
     }
@@ -142,7 +147,16 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> GwCtx {
         GwCtx {
             out: self.outbound.new_ctx(),
-            ..GwCtx::default()
+            state: self.live.load_full(),
+            route: None,
+            started: None,
+            uri: None,
+            flag: None,
+            body_bytes: 0,
+            too_large: false,
+            forwarded: false,
+            upgrade: false,
+            response_headers: Vec::new(),
         }
     }
 
@@ -151,7 +165,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut GwCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         ctx.uri = Some(session.req_header().uri.clone());
-        let limits = &self.state.gw.limits;
+        let limits = ctx.state.gw.limits.clone();
         match self.edge(session, ctx).await {
             Err(f) => return self.refuse(session, ctx, f).await,
             Ok(true) => return Ok(true),
@@ -161,20 +175,33 @@ impl ProxyHttp for Gateway {
         let done = self.outbound.request_filter(session, &mut ctx.out).await?;
         // After the outbound stage, which sets the sidecar's own idle time.
         errors::idle_keepalive(session, limits.idle_timeout);
-        session.set_read_timeout(Some(limits.body_timeout));
+        if ctx.upgrade {
+            // A WebSocket is quiet for long stretches: each direction is bounded by the
+            // gateway's idle time, not by the body's read time.
+            crate::upgrade::bound_downstream(session, limits.idle_timeout);
+        } else {
+            session.set_read_timeout(Some(limits.body_timeout));
+        }
         Ok(done)
     }
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut GwCtx,
     ) -> Result<()> {
+        if ctx.upgrade {
+            // The session's bytes (an upgrade carries no body: the outbound stage refuses
+            // one), for the session's half-close.
+            return (self.outbound)
+                .request_body_filter(session, body, end_of_stream, &mut ctx.out)
+                .await;
+        }
         // A body without a length (chunked, HTTP/2) is counted as it streams.
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if ctx.body_bytes > self.state.gw.limits.max_body_bytes {
+        if ctx.body_bytes > ctx.state.gw.limits.max_body_bytes {
             ctx.too_large = true;
             // A downstream error: Pingora then stops the exchange (an error of no source is
             // taken for an upstream send failure, and the proxy would wait on for the
@@ -220,7 +247,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut GwCtx,
     ) -> Result<()> {
-        if let Some(h) = &self.state.gw.hsts {
+        if let Some(h) = &ctx.state.gw.hsts {
             resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, h.value.clone())?;
         }
         for (name, value) in std::mem::take(&mut ctx.response_headers) {
@@ -269,7 +296,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut GwCtx,
     ) -> FailToProxy {
         if ctx.too_large {
-            let f = hygiene::too_large(self.state.gw.limits.max_body_bytes);
+            let f = hygiene::too_large(ctx.state.gw.limits.max_body_bytes);
             ctx.flag = Some(f.flag);
             return errors::answer(session, Some(f)).await;
         }
@@ -280,9 +307,9 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx
             .route
-            .map_or_else(|| "unmatched".into(), |i| self.state.routes[i].name.clone());
+            .map_or_else(|| "unmatched".into(), |i| ctx.state.routes[i].name.clone());
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-        let m = &self.state.metrics;
+        let m = &ctx.state.metrics;
         m.requests
             .with_label_values(&[&*route, status_code(status)])
             .inc();
@@ -307,6 +334,7 @@ impl ProxyHttp for Gateway {
 fn status_code(s: u16) -> &'static str {
     match s {
         0 => "0",
+        101 => "101",
         200 => "200",
         201 => "201",
         204 => "204",

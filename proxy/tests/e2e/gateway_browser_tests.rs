@@ -124,15 +124,19 @@ fn chromium(url: &str, work: &Path) -> Run {
     Run { out, net_log }
 }
 
+/// The API key the `keyed` route accepts (consumer `ci`).
+pub(crate) const API_KEY: &str = "weft-test-key-0123456789";
+
 /// The gateway (identity `gateway`) in front of `orders_inbound`, with one public route
 /// `browser` whose CORS allows `origin` with credentials; returns it with its HTTPS port (a
-/// self-signed certificate for [`HOST`]). Also the Prometheus test's gateway.
+/// self-signed certificate for [`HOST`]). Also the Prometheus test's gateway, which also
+/// calls the route `keyed` (path `/keyed`, an API key in `x-api-key`: [`API_KEY`]) for the
+/// dashboard's authentication panel. Set up by the gateway tests' shared helper.
 pub(crate) async fn start_gateway(
     pki: &Pki,
     orders_inbound: SocketAddr,
     origin: &str,
 ) -> (Sidecar, u16) {
-    pki.issue("gateway");
     let key = rcgen::KeyPair::generate().expect("edge key");
     let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])
         .expect("params")
@@ -140,11 +144,23 @@ pub(crate) async fn start_gateway(
         .expect("edge cert");
     std::fs::write(pki.path().join("edge.crt"), cert.pem()).expect("write");
     std::fs::write(pki.path().join("edge.key"), key.serialize_pem()).expect("write");
+    std::fs::write(
+        pki.path().join("api-keys.yaml"),
+        format!("keys:\n  - {{consumer: ci, key: {API_KEY}}}\n"),
+    )
+    .expect("write keys");
     let edge = format!(
         "listen: {{https: 127.0.0.1:0}}
 tls:
   certificates: [{{hosts: [{HOST}], cert: edge.crt, key: edge.key}}]
+auth:
+  api_keys: [{{name: ci, file: api-keys.yaml}}]
 routes:
+  - name: keyed
+    hosts: [{HOST}]
+    match: {{path: {{prefix: /keyed}}}}
+    service: orders
+    access: {{auth: {{api_key: ci}}}}
   - name: {ROUTE}
     hosts: [{HOST}]
     service: orders
@@ -155,49 +171,9 @@ routes:
     );
     let edge_file = pki.path().join("browser-gateway.yaml");
     std::fs::write(&edge_file, edge).expect("gateway file");
-    let spec = Spec::new("gateway", http_app("gateway-unused").await);
-    let rest = format!(
-        "services:\n{}",
-        service_yaml("orders", "http", None, &[(orders_inbound, "v1")])
-    );
-    let head = serde_yaml::to_string(&Sidecar::config_head(&spec)).expect("yaml");
-    let tag = unique_tag("gateway");
-    let config = pki.path().join(format!("{tag}.yaml"));
-    std::fs::write(&config, format!("{head}{rest}")).expect("config");
-    let log = pki.path().join(format!("{tag}.log"));
-    let ready = pki.path().join(format!("{tag}.ready"));
-    let child = guarded::spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--gateway")
-            .arg(&edge_file)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log")),
-    )
-    .expect("spawn gateway");
-    let mut gw = Sidecar {
-        child,
-        name: "gateway".to_owned(),
-        outbound: ANY_PORT,
-        inbound: ANY_PORT,
-        admin: ANY_PORT,
-        metrics: None,
-        config,
-        log,
-        head,
-        ready: Some(ready.clone()),
-    };
-    gw.wait_ready().await;
-    let text = std::fs::read_to_string(&ready).expect("ready file");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    let https: SocketAddr = (v["gateway_https"].as_str())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("gateway_https in the ready file: {text}"));
-    (gw, https.port())
+    let services = service_yaml("orders", "http", None, &[(orders_inbound, "v1")]);
+    let (gw, at) = crate::gateway_tests::spawn_gateway(pki, &services, &edge_file).await;
+    (gw, at.https.port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

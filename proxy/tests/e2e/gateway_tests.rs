@@ -15,13 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 
 /// The edge CA and the certificates the gateway serves.
-struct EdgePki {
+pub(crate) struct EdgePki {
     dir: PathBuf,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl EdgePki {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -38,7 +38,7 @@ impl EdgePki {
 
     /// Write `<file>.crt` / `<file>.key` for `name` with `serial`; tmp + rename, so the
     /// gateway's poll never reads half a file.
-    fn issue(&self, file: &str, name: &str, serial: u64) {
+    pub(crate) fn issue(&self, file: &str, name: &str, serial: u64) {
         let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.serial_number = Some(SerialNumber::from(serial));
@@ -48,7 +48,7 @@ impl EdgePki {
         self.replace(&format!("{file}.crt"), &cert.pem());
     }
 
-    fn replace(&self, file: &str, text: &str) {
+    pub(crate) fn replace(&self, file: &str, text: &str) {
         let tmp = self.dir.join(format!("{file}.tmp"));
         std::fs::write(&tmp, text).expect("write");
         std::fs::rename(&tmp, self.dir.join(file)).expect("rename");
@@ -56,12 +56,12 @@ impl EdgePki {
 }
 
 /// A running gateway and where it listens.
-struct Gw {
-    sidecar: Sidecar,
-    edge: EdgePki,
-    https: SocketAddr,
-    http: SocketAddr,
-    ca: PathBuf,
+pub(crate) struct Gw {
+    pub sidecar: Sidecar,
+    pub edge: EdgePki,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub ca: PathBuf,
 }
 
 const GATEWAY_FILE: &str = r#"listen:
@@ -88,34 +88,36 @@ routes:
     service: orders
 "#;
 
-/// The orders sidecar and app, and a gateway (identity `gateway`) routing to it.
-async fn start(pki: &Pki) -> (Gw, Sidecar) {
-    pki.issue("orders");
+/// Where a gateway started by [`spawn_gateway`] listens (from its ready file).
+pub(crate) struct Listening {
+    /// HTTPS.
+    pub https: SocketAddr,
+    /// The plain-HTTP redirect listener, when the gateway file has one.
+    pub http: Option<SocketAddr>,
+}
+
+/// The gateway set-up every gateway test shares: `weft-proxy --config <sidecar> --gateway
+/// <gateway_file>` with identity `gateway` (its certificate issued here) and the mesh
+/// `services` given (the YAML of the `services:` list), started and waited on until its ready
+/// file names its listeners.
+pub(crate) async fn spawn_gateway(
+    pki: &Pki,
+    services: &str,
+    gateway_file: &Path,
+) -> (Sidecar, Listening) {
     pki.issue("gateway");
-    let orders_app = http_app("orders-v1").await;
-    let orders = Sidecar::start(pki, Spec::new("orders", orders_app)).await;
-    let edge = EdgePki::new(pki.path());
-    edge.issue("api", "api.example.test", 1001);
-    edge.issue("shop", "shop.test", 2001);
-    edge.issue("wild", "*.example.test", 3001);
-    std::fs::write(pki.path().join("gateway.yaml"), GATEWAY_FILE).expect("gateway file");
-    let gw_app = http_app("gateway-unused").await;
-    let spec = Spec::new("gateway", gw_app);
-    let rest = format!(
-        "services:\n{}",
-        service_yaml("orders", "http", None, &[(orders.inbound, "v1")])
-    );
+    let spec = Spec::new("gateway", http_app("gateway-unused").await);
     let head = serde_yaml::to_string(&Sidecar::config_head(&spec)).expect("yaml");
     let tag = unique_tag("gateway");
     let config = pki.path().join(format!("{tag}.yaml"));
-    std::fs::write(&config, format!("{head}{rest}")).expect("config");
+    std::fs::write(&config, format!("{head}services:\n{services}")).expect("config");
     let log = pki.path().join(format!("{tag}.log"));
     let ready = pki.path().join(format!("{tag}.ready"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
     cmd.arg("--config")
         .arg(&config)
         .arg("--gateway")
-        .arg(pki.path().join("gateway.yaml"))
+        .arg(gateway_file)
         .arg("--ready-file")
         .arg(&ready);
     let child = guarded::spawn(
@@ -139,15 +141,33 @@ async fn start(pki: &Pki) -> (Gw, Sidecar) {
     sidecar.wait_ready().await;
     let text = std::fs::read_to_string(&ready).expect("ready file");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    let addr = |k: &str| -> SocketAddr {
-        v[k].as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{k} in the ready file: {text}"))
+    let addr = |k: &str| -> Option<SocketAddr> { v[k].as_str().and_then(|s| s.parse().ok()) };
+    let https =
+        addr("gateway_https").unwrap_or_else(|| panic!("gateway_https in the ready file: {text}"));
+    let listening = Listening {
+        https,
+        http: addr("gateway_http"),
     };
+    (sidecar, listening)
+}
+
+/// The orders sidecar and app, and a gateway (identity `gateway`) routing to it.
+async fn start(pki: &Pki) -> (Gw, Sidecar) {
+    pki.issue("orders");
+    let orders_app = http_app("orders-v1").await;
+    let orders = Sidecar::start(pki, Spec::new("orders", orders_app)).await;
+    let edge = EdgePki::new(pki.path());
+    edge.issue("api", "api.example.test", 1001);
+    edge.issue("shop", "shop.test", 2001);
+    edge.issue("wild", "*.example.test", 3001);
+    let file = pki.path().join("gateway.yaml");
+    std::fs::write(&file, GATEWAY_FILE).expect("gateway file");
+    let services = service_yaml("orders", "http", None, &[(orders.inbound, "v1")]);
+    let (sidecar, at) = spawn_gateway(pki, &services, &file).await;
     let gw = Gw {
         edge,
-        https: addr("gateway_https"),
-        http: addr("gateway_http"),
+        https: at.https,
+        http: at.http.expect("the redirect listener"),
         ca: pki.path().join("edge-ca.pem"),
         sidecar,
     };
@@ -155,16 +175,16 @@ async fn start(pki: &Pki) -> (Gw, Sidecar) {
 }
 
 /// The output of one `curl` run: exit code, stdout, stderr.
-struct Curl {
-    code: Option<i32>,
-    out: String,
-    err: String,
+pub(crate) struct Curl {
+    pub code: Option<i32>,
+    pub out: String,
+    pub err: String,
 }
 
 impl Gw {
     /// `curl` to `https://<host>:<port><path>` resolved to the gateway, trusting the edge CA,
     /// with `extra` arguments; stdout ends with a line `<status> <http version>`.
-    fn curl(&self, host: &str, path: &str, extra: &[&str]) -> Curl {
+    pub(crate) fn curl(&self, host: &str, path: &str, extra: &[&str]) -> Curl {
         let port = self.https.port();
         let resolve = format!("{host}:{port}:127.0.0.1");
         let url = format!("https://{host}:{port}{path}");
@@ -190,7 +210,7 @@ impl Gw {
 
 impl Curl {
     /// The response body (JSON from the sample app) and the status line curl wrote last.
-    fn parts(&self) -> (serde_json::Value, String) {
+    pub(crate) fn parts(&self) -> (serde_json::Value, String) {
         let (body, status) = self.out.rsplit_once('\n').unwrap_or(("", &self.out));
         let body = body
             .lines()

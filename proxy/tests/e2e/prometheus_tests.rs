@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::gateway_browser_tests::{start_gateway, HOST as GATEWAY_HOST};
+use crate::gateway_browser_tests::{start_gateway, API_KEY, HOST as GATEWAY_HOST};
 use crate::harness::*;
 use crate::pair;
 
@@ -264,6 +264,18 @@ fn expect_panel(title: &str, q: &str, result: &[Value]) -> bool {
             &|_, v| v > 0.0 && v <= 3600.0,
             "0..3600 s (one-hour certificates)",
         ),
+        // The keyed route: one request with the key and one with an unknown key per round.
+        "Gateway authentications by route and result" => {
+            for want in ["accepted", "unknown_key"] {
+                assert!(
+                    all.iter().any(|(l, v)| l["route"] == "keyed"
+                        && l["method"] == "api_key"
+                        && l["result"] == want
+                        && *v > 0.0),
+                    "panel {title:?}: no {want} on route keyed: {result:?}"
+                );
+            }
+        }
         "Latency p50 / p95 / p99 by service" | "Latency p50 / p95 / p99 by route" => {
             each(&|_, v| v > 0.0 && v < 1.0, "between 0 and 1 s on loopback")
         }
@@ -440,6 +452,31 @@ fn preflight(port: u16) {
     assert!(exit.success() && out == "204", "preflight: {out} {err}");
 }
 
+/// One request to the gateway's API-key route `keyed` with `key`; the status it got (200 with
+/// the key, 401 without a known one: the dashboard's authentication panel).
+fn keyed(port: u16, key: &str) -> String {
+    let (exit, out, err) = guarded::output_within(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-k",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--resolve")
+            .arg(format!("{GATEWAY_HOST}:{port}:127.0.0.1"))
+            .args(["-H", &format!("x-api-key: {key}")])
+            .arg(format!("https://{GATEWAY_HOST}:{port}/keyed/1")),
+        Duration::from_secs(20),
+    );
+    assert!(exit.success(), "keyed: {out} {err}");
+    out
+}
+
 /// Send one round of traffic: 200s, 503s, 404s, and one plaintext (refused) handshake.
 async fn traffic(fe: &Sidecar, orders: &Sidecar) {
     let c = client();
@@ -468,8 +505,9 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
     let routes = "routes:\n  - {name: api, service: orders, match: {path: {prefix: /api}}}\n  - {name: status, service: orders, match: {path: {prefix: /status}}}\n";
     let (fe, orders) = pair(&pki, routes).await;
     // A gateway in front of orders, for the dashboards' gateway row. Its traffic is CORS
-    // preflights, which the gateway answers itself: they reach no service, so the mesh panels'
-    // expectations below stay as they were.
+    // preflights, which the gateway answers itself, and per round one request with an unknown
+    // API key (401 at the gateway) and one with the key, which reaches orders: 2 more successes
+    // in 26, inside the mesh panels' tolerances below (0.77 for 0.75 +- 0.05).
     let (gw, gw_port) = start_gateway(&pki, orders.inbound, "https://app.example.test").await;
     // A control plane; its sidecar connects only after Prometheus has scraped the control
     // plane once, so the push counters and the push-latency histogram move between samples.
@@ -510,9 +548,16 @@ async fn prometheus_scrapes_mesh_and_every_rule_and_panel_query_works() {
         for _ in 0..3 {
             preflight(gw_port);
         }
+        assert_eq!(keyed(gw_port, API_KEY), "200");
+        assert_eq!(keyed(gw_port, "weft-test-key-not-known-000"), "401");
         prom.wait_at_least(
             r#"sum(weft_gateway_requests_total{route="browser",code="204"})"#,
             3.0 * round as f64,
+        )
+        .await;
+        prom.wait_at_least(
+            r#"sum(weft_gateway_auth_total{route="keyed",result="unknown_key"})"#,
+            round as f64,
         )
         .await;
         prom.wait_at_least(out, 12.0 * round as f64).await;

@@ -14,12 +14,19 @@
 //! back (a resource refused as `Conflicted` or `CrossNamespace` is refused whatever its
 //! version), and only to a version of the same object (same `uid`: a resource deleted and
 //! created again starts afresh).
+//!
+//! Gateway API routes (`HTTPRoute`, `GRPCRoute` with Service parents, GAMMA) are held the same
+//! way: a route refused for every one of its Service parents (any reason: its last good
+//! version is judged again against the cluster as it is now, so a revoked `ReferenceGrant` or
+//! a deleted backend takes that version out too) is mapped with its last accepted version,
+//! and its `status.parents[]` say why the new generation was refused and which one serves.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use ::kube::api::DynamicObject;
 
+use super::gateway_api::ParentVerdict;
 use super::mapping::{self, Kind, Mapped, ObjectKey, Objects};
 
 /// The reason of a rejection that falls back to the last good version.
@@ -46,6 +53,7 @@ impl LastGood {
             .rejected()
             .filter(|v| v.result.as_ref().is_err_and(|r| r.reason == INVALID))
             .map(|v| &v.key)
+            .chain(refused_routes(&first))
             .filter(|k| held.contains_key(*k))
             .collect();
         if falls_back.is_empty() {
@@ -56,6 +64,8 @@ impl LastGood {
             routes: Vec::with_capacity(objects.routes.len()),
             traffic_policies: Vec::with_capacity(objects.traffic_policies.len()),
             authorization: Vec::with_capacity(objects.authorization.len()),
+            http_routes: Vec::with_capacity(objects.http_routes.len()),
+            grpc_routes: Vec::with_capacity(objects.grpc_routes.len()),
             ..objects.clone()
         };
         let mut used: HashMap<ObjectKey, Option<i64>> = HashMap::new();
@@ -75,7 +85,9 @@ impl LastGood {
                 Kind::MeshRoute => substituted.routes.push(chosen),
                 Kind::TrafficPolicy => substituted.traffic_policies.push(chosen),
                 Kind::AuthorizationPolicy => substituted.authorization.push(chosen),
-                Kind::Service | Kind::HttpRoute | Kind::GrpcRoute => {}
+                Kind::HttpRoute => substituted.http_routes.push(chosen),
+                Kind::GrpcRoute => substituted.grpc_routes.push(chosen),
+                Kind::Service => {}
             }
         }
         let mapped = if used.is_empty() {
@@ -103,14 +115,50 @@ impl LastGood {
                 })
                 .collect();
             Mapped {
+                gamma: gamma_verdicts(&first, &second, &used),
                 mesh: second.mesh,
                 verdicts,
-                gamma: second.gamma,
             }
         };
         remember(&mut held, objects, &mapped, &used);
         mapped
     }
+}
+
+/// The Gateway API routes `mapped` refused for every Service parent they name.
+fn refused_routes(mapped: &Mapped) -> impl Iterator<Item = &ObjectKey> {
+    let keys: HashSet<&ObjectKey> = mapped.gamma.iter().map(|v| &v.key).collect();
+    keys.into_iter().filter(|k| {
+        (mapped.gamma.iter())
+            .filter(|v| &v.key == *k)
+            .all(|v| v.result.is_err())
+    })
+}
+
+/// The route verdicts to report: a route in force by its last good version keeps the current
+/// generation's refusals (`first`), each saying which generation serves meanwhile when that
+/// version was accepted (`second`); every other route's verdicts are `second`'s.
+fn gamma_verdicts(
+    first: &Mapped,
+    second: &Mapped,
+    used: &HashMap<ObjectKey, Option<i64>>,
+) -> Vec<ParentVerdict> {
+    let mut out: Vec<ParentVerdict> = (second.gamma.iter())
+        .filter(|v| !used.contains_key(&v.key))
+        .cloned()
+        .collect();
+    for v in first.gamma.iter().filter(|v| used.contains_key(&v.key)) {
+        let mut now = v.clone();
+        let serving = (second.gamma.iter()).any(|s| s.key == v.key && s.result.is_ok());
+        if let (Err((_, message)), true) = (&mut now.result, serving) {
+            message.push_str(&match used.get(&v.key).copied().flatten() {
+                Some(g) => format!(" (generation {g} stays in force)"),
+                None => " (the last accepted version stays in force)".into(),
+            });
+        }
+        out.push(now);
+    }
+    out
 }
 
 /// Holds every resource of `objects` that `mapped` accepted as it is now (not those in force
@@ -121,11 +169,16 @@ fn remember(
     mapped: &Mapped,
     used: &HashMap<ObjectKey, Option<i64>>,
 ) {
-    let accepted: HashSet<&ObjectKey> = mapped
-        .verdicts
-        .iter()
-        .filter(|v| v.result.is_ok() && !used.contains_key(&v.key))
+    let refused: HashSet<&ObjectKey> = (mapped.gamma.iter())
+        .filter(|v| v.result.is_err())
         .map(|v| &v.key)
+        .collect();
+    // A Gateway API route is held when every Service parent accepted it.
+    let accepted: HashSet<&ObjectKey> = (mapped.verdicts.iter())
+        .filter(|v| v.result.is_ok())
+        .map(|v| &v.key)
+        .chain(mapped.gamma.iter().map(|v| &v.key))
+        .filter(|k| !used.contains_key(*k) && !refused.contains(*k))
         .collect();
     for (key, object) in policy_objects(objects) {
         if accepted.contains(&key) {
@@ -140,6 +193,8 @@ fn policy_objects(objects: &Objects) -> impl Iterator<Item = (ObjectKey, &Dynami
         (Kind::MeshRoute, &objects.routes),
         (Kind::TrafficPolicy, &objects.traffic_policies),
         (Kind::AuthorizationPolicy, &objects.authorization),
+        (Kind::HttpRoute, &objects.http_routes),
+        (Kind::GrpcRoute, &objects.grpc_routes),
     ]
     .into_iter()
     .flat_map(|(kind, list)| {

@@ -49,6 +49,23 @@ pub enum JwtError {
     Audience,
 }
 
+impl JwtError {
+    /// A fixed word for the fault, for the auth outcome metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            JwtError::Malformed(_) => "malformed",
+            JwtError::Algorithm => "algorithm",
+            JwtError::UnknownKid => "unknown_kid",
+            JwtError::Signature => "bad_signature",
+            JwtError::NoExpiry => "no_expiry",
+            JwtError::Expired => "expired",
+            JwtError::NotYetValid => "not_yet_valid",
+            JwtError::Issuer => "wrong_issuer",
+            JwtError::Audience => "wrong_audience",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Header {
     alg: String,

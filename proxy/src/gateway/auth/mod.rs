@@ -52,6 +52,18 @@ pub struct Answer {
     pub reason: String,
     /// Headers, `x-weft-error` included when the answer is a refusal.
     pub headers: Headers,
+    /// How authentication ended, when it ran.
+    pub auth: Option<AuthOutcome>,
+}
+
+/// How a route's authentication ended (`weft_gateway_auth_total`; both words from fixed sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthOutcome {
+    /// `jwt` or `api_key`.
+    pub method: &'static str,
+    /// `accepted`, or why not: `missing`, `unknown_key` (API keys), or a token's fault
+    /// ([`JwtError::label`]).
+    pub result: &'static str,
 }
 
 impl Answer {
@@ -68,6 +80,7 @@ impl Answer {
             flag,
             reason: reason.to_owned(),
             headers,
+            auth: None,
         }
     }
 
@@ -98,6 +111,8 @@ pub struct Forward {
     pub set: Headers,
     /// Headers to add to the response (CORS, `RateLimit`).
     pub response: Headers,
+    /// How authentication ended, when the route authenticates.
+    pub auth: Option<AuthOutcome>,
 }
 
 /// The stage's decision.
@@ -154,8 +169,23 @@ impl AuthStage {
     /// Build from validated config: reads API key files and prepares key fetchers (call
     /// [`AuthStage::load_keys`] and spawn [`AuthStage::refreshers`] to fill the caches).
     pub fn build(cfg: &GatewayAuth, clock: Clock) -> Result<Self, BuildError> {
+        Self::rebuild(cfg, clock, None)
+    }
+
+    /// [`AuthStage::build`] for a reloaded config: a provider equal to one of `prev` keeps
+    /// its key cache (its keys, its fetcher), so a reload costs its tokens nothing.
+    pub fn rebuild(
+        cfg: &GatewayAuth,
+        clock: Clock,
+        prev: Option<&AuthStage>,
+    ) -> Result<Self, BuildError> {
         let mut providers = Vec::new();
         for p in &cfg.providers {
+            let kept = prev.and_then(|s| s.providers.iter().find(|(q, _)| q == p));
+            if let Some((_, cache)) = kept {
+                providers.push((p.clone(), Arc::clone(cache)));
+                continue;
+            }
             let fetcher = fetch::fetcher(&p.jwks).map_err(|reason| BuildError::Provider {
                 name: p.name.clone(),
                 reason,
@@ -262,7 +292,12 @@ impl RouteGuard {
                     "client_rate_limited",
                     "this client's rate limit is spent",
                 );
-                return Verdict::Answer(a.with(d.headers()).with(forward.response));
+                let a = a.with(d.headers()).with(forward.response);
+                // Authenticated, then limited: the outcome still counts as accepted.
+                return Verdict::Answer(Answer {
+                    auth: forward.auth,
+                    ..a
+                });
             }
             forward.response.extend(d.headers());
         }
@@ -278,7 +313,10 @@ impl RouteGuard {
         match self.access.auth {
             RouteAuth::Public => Ok(Forward::default()),
             RouteAuth::Jwt(i) => match stage.providers.get(i) {
-                Some((p, cache)) => jwt_auth(p, cache, req.headers, unix_now).await,
+                Some((p, cache)) => {
+                    let (r, result) = jwt_auth(p, cache, req.headers, unix_now).await;
+                    outcome(r, "jwt", result)
+                }
                 None => Err(Answer::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "auth_config",
@@ -286,7 +324,17 @@ impl RouteGuard {
                 )),
             },
             RouteAuth::ApiKey(i) => match stage.key_sets.get(i) {
-                Some((set, keys)) => key_auth(set, keys, req.headers),
+                Some((set, keys)) => {
+                    let r = key_auth(set, keys, req.headers);
+                    let result = if r.is_ok() {
+                        "accepted"
+                    } else if req.headers.contains_key(&set.header) {
+                        "unknown_key"
+                    } else {
+                        "missing"
+                    };
+                    outcome(r, "api_key", result)
+                }
                 None => Err(Answer::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "auth_config",
@@ -295,6 +343,17 @@ impl RouteGuard {
             },
         }
     }
+}
+
+/// `r` marked with how authentication by `method` ended.
+fn outcome(
+    r: Result<Forward, Answer>,
+    method: &'static str,
+    result: &'static str,
+) -> Result<Forward, Answer> {
+    let o = Some(AuthOutcome { method, result });
+    r.map(|f| Forward { auth: o, ..f })
+        .map_err(|a| Answer { auth: o, ..a })
 }
 
 fn unauthorized(error: Option<&JwtError>) -> Answer {
@@ -334,13 +393,29 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Option<JwtError>> {
     }
 }
 
+/// A JWT route's authentication, and its outcome word.
 async fn jwt_auth(
     p: &JwtProvider,
     cache: &KeyCache,
     headers: &HeaderMap,
     unix_now: u64,
-) -> Result<Forward, Answer> {
-    let token = bearer(headers).map_err(|e| unauthorized(e.as_ref()))?;
+) -> (Result<Forward, Answer>, &'static str) {
+    match verify_jwt(p, cache, headers, unix_now).await {
+        Ok(f) => (Ok(f), "accepted"),
+        Err(e) => {
+            let result = e.as_ref().map_or("missing", JwtError::label);
+            (Err(unauthorized(e.as_ref())), result)
+        }
+    }
+}
+
+async fn verify_jwt(
+    p: &JwtProvider,
+    cache: &KeyCache,
+    headers: &HeaderMap,
+    unix_now: u64,
+) -> Result<Forward, Option<JwtError>> {
+    let token = bearer(headers)?;
     let claims = match jwt::verify(token, &cache.keys(), p, unix_now) {
         Err(JwtError::UnknownKid) => {
             let kid = jwt::peek(token)
@@ -348,13 +423,13 @@ async fn jwt_auth(
                 .and_then(|(kid, _)| kid)
                 .unwrap_or_default();
             if !cache.on_unknown_kid(&kid).await {
-                return Err(unauthorized(Some(&JwtError::UnknownKid)));
+                return Err(Some(JwtError::UnknownKid));
             }
             jwt::verify(token, &cache.keys(), p, unix_now)
         }
         other => other,
     }
-    .map_err(|e| unauthorized(Some(&e)))?;
+    .map_err(Some)?;
     let mut f = Forward {
         principal: Some(Principal::Subject(
             claims.subject().unwrap_or_default().to_owned(),

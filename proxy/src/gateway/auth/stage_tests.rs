@@ -137,6 +137,8 @@ async fn missing_and_bad_tokens_get_rfc6750_challenges_with_cors() {
         panic!("no token passed");
     };
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let outcome = |method, result| Some(AuthOutcome { method, result });
+    assert_eq!(a.auth, outcome("jwt", "missing"));
     assert_eq!(
         header(&a.headers, "www-authenticate"),
         Some("Bearer realm=\"weft\"")
@@ -153,6 +155,7 @@ async fn missing_and_bad_tokens_get_rfc6750_challenges_with_cors() {
     else {
         panic!("expired passed");
     };
+    assert_eq!(a.auth, outcome("jwt", "expired"));
     assert_eq!(
         header(&a.headers, "www-authenticate"),
         Some("Bearer realm=\"weft\", error=\"invalid_token\", error_description=\"token expired\"")
@@ -261,6 +264,13 @@ async fn api_keys_name_consumers_and_client_ips_have_their_own_buckets() {
         panic!("valid key refused");
     };
     assert_eq!(fw.principal, Some(Principal::Consumer("acme".into())));
+    let outcome = |result| {
+        Some(AuthOutcome {
+            method: "api_key",
+            result,
+        })
+    };
+    assert_eq!(fw.auth, outcome("accepted"));
     assert_eq!(header(&fw.set, "x-consumer"), Some("acme"));
     assert!(fw.remove.contains(&HeaderName::from_static("x-api-key")));
     // Keyed by client IP: the same address again is limited, another address is not.
@@ -272,6 +282,7 @@ async fn api_keys_name_consumers_and_client_ips_have_their_own_buckets() {
         panic!("second request from the same address passed");
     };
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.auth, outcome("accepted"), "authenticated, then limited");
     let other = Incoming {
         client_ip: "198.51.100.1".parse().ok(),
         ..incoming(&Method::GET, &h2)
@@ -288,4 +299,5 @@ async fn api_keys_name_consumers_and_client_ips_have_their_own_buckets() {
         panic!("wrong key passed");
     };
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.auth, outcome("unknown_key"));
 }
