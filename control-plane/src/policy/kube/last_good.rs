@@ -75,7 +75,11 @@ impl LastGood {
                 Kind::MeshRoute => substituted.routes.push(chosen),
                 Kind::TrafficPolicy => substituted.traffic_policies.push(chosen),
                 Kind::AuthorizationPolicy => substituted.authorization.push(chosen),
-                Kind::Service | Kind::HttpRoute | Kind::GrpcRoute => {}
+                Kind::Service
+                | Kind::HttpRoute
+                | Kind::GrpcRoute
+                | Kind::Gateway
+                | Kind::GatewayClass => {}
             }
         }
         let mapped = if used.is_empty() {
