@@ -443,8 +443,35 @@ pub fn parse(
     }
 }
 
+/// Check gateway routes on their own against the mesh services they name (the control
+/// plane's translation of Gateway API routes): the checks [`parse`] makes on `routes`, with
+/// field paths `routes[i]...`. No route takes an `access` section here.
+pub fn validate_routes(
+    routes: Vec<RouteFile>,
+    services: Vec<wire::Service>,
+) -> Result<(), Vec<FieldError>> {
+    let mut v = Validator {
+        errors: Vec::new(),
+        base: Path::new("."),
+        dynamic_endpoints: true,
+    };
+    let (services, _) = v.services(services, &[]);
+    // The services were checked with the mesh: only the routes' errors count here.
+    v.errors.clear();
+    v.gateway_routes(
+        routes,
+        &services,
+        &crate::gateway_auth::GatewayAuth::default(),
+    );
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(v.errors)
+    }
+}
+
 /// A SNI or route host: a name, or `*.` and a name.
-fn host_pattern(s: &str) -> Result<HostPattern, String> {
+pub fn host_pattern(s: &str) -> Result<HostPattern, String> {
     match s.strip_prefix("*.") {
         Some(rest) => {
             let h = host_name(rest)?;

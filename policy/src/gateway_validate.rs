@@ -199,7 +199,7 @@ impl Validator<'_> {
         }
     }
 
-    fn gateway_routes(
+    pub(super) fn gateway_routes(
         &mut self,
         raw: Vec<RouteFile>,
         services: &[Service],

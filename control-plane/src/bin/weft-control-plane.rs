@@ -37,6 +37,11 @@ struct Args {
     /// without a writer after the writer dies.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, requires = "kubernetes")]
     lease_duration: Duration,
+    /// With --kubernetes: write the gateway config of each Gateway of Weft's GatewayClass
+    /// (controllerName weft.dev/gateway-controller) here, as DIR/<namespace>/<name>/gateway.yaml
+    /// and its certificates, for `weft-proxy --gateway` (docs/KUBERNETES.md, north-south).
+    #[arg(long, requires = "kubernetes")]
+    gateway_dir: Option<PathBuf>,
     /// State directory of the certificate authority.
     #[arg(long)]
     state_dir: PathBuf,
@@ -231,6 +236,7 @@ fn main() {
     let from = if args.kubernetes {
         let mut options = KubeOptions::new(&args.trust_domain);
         options.lease_duration = args.lease_duration.max(Duration::from_secs(1));
+        options.gateway_dir = args.gateway_dir;
         server::PolicyFrom::Kubernetes(options)
     } else {
         server::PolicyFrom::Directory

@@ -25,6 +25,7 @@ mod invalid_route;
 mod job;
 mod load;
 mod manifests;
+mod north_south;
 mod probes;
 mod replicas;
 mod rolling;

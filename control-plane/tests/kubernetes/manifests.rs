@@ -427,14 +427,22 @@ fn rbac_grants_exactly_what_the_control_plane_uses() {
             want.insert(format!("weft.dev/{r}/status:{v}"));
         }
     }
-    for r in ["httproutes", "grpcroutes", "referencegrants"] {
+    let gateway_kinds = [
+        "httproutes",
+        "grpcroutes",
+        "referencegrants",
+        "gatewayclasses",
+        "gateways",
+    ];
+    for r in gateway_kinds {
         for v in ["get", "list", "watch"] {
             want.insert(format!("gateway.networking.k8s.io/{r}:{v}"));
         }
     }
     for v in ["update", "patch"] {
-        want.insert(format!("gateway.networking.k8s.io/httproutes/status:{v}"));
-        want.insert(format!("gateway.networking.k8s.io/grpcroutes/status:{v}"));
+        for r in ["httproutes", "grpcroutes", "gatewayclasses", "gateways"] {
+            want.insert(format!("gateway.networking.k8s.io/{r}/status:{v}"));
+        }
     }
     want.insert("authentication.k8s.io/tokenreviews:create".to_owned());
     assert_eq!(granted, want);

@@ -7,12 +7,15 @@
 
 pub mod crds;
 pub mod gateway_api;
+pub mod gateways;
 pub mod last_good;
 pub mod mapping;
 mod objects;
+mod options;
 pub mod pods;
 mod reflect;
 pub mod source;
+mod status_write;
 
 /// The API client configuration every Kubernetes caller here uses (the policy source and the
 /// TokenReview attestor): the kubeconfig at `kubeconfig` when given, else what

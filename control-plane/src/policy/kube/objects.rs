@@ -18,6 +18,10 @@ pub enum Kind {
     HttpRoute,
     /// A Gateway API `GRPCRoute` (likewise).
     GrpcRoute,
+    /// A Gateway API `Gateway` (north-south; its status has listeners).
+    Gateway,
+    /// A Gateway API `GatewayClass` (cluster-scoped: no namespace).
+    GatewayClass,
 }
 
 impl fmt::Display for Kind {
@@ -29,6 +33,8 @@ impl fmt::Display for Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::Gateway => "Gateway",
+            Kind::GatewayClass => "GatewayClass",
         })
     }
 }

@@ -19,78 +19,29 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ::kube::api::{DynamicObject, Patch, PatchParams};
+use ::kube::api::DynamicObject;
 use ::kube::runtime::reflector::{self, Store};
-use ::kube::{Api, Client};
+use ::kube::Client;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
 use super::gateway_api;
+use super::gateways;
 use super::last_good::LastGood;
 use super::mapping::{self, Kind, ObjectKey, Objects};
+pub use super::options::{KubeError, KubeOptions};
 use super::pods::KubePods;
 use super::reflect::{reflect, reflect_resource, reflect_untyped, served, wait, Subscribers};
+use super::status_write;
 use crate::policy::mesh::{MeshPolicy, PolicyErrors};
 use crate::policy::source::{PolicySource, Watch};
 
 /// The name the Kubernetes policy goes by in history (one YAML document).
 pub const POLICY_DOCUMENT: &str = "kubernetes.yaml";
-
-/// How to reach the API server and map what it holds.
-#[derive(Debug, Clone)]
-pub struct KubeOptions {
-    /// The mesh trust domain (identities are `spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
-    pub trust_domain: String,
-    /// A kubeconfig file to use instead of the usual inference (in-cluster service account,
-    /// else `KUBECONFIG`, else `~/.kube/config`).
-    pub kubeconfig: Option<PathBuf>,
-    /// How long [`KubeSource::connect`] waits for the first complete list of every kind.
-    pub sync_timeout: Duration,
-    /// How long [`PolicySource::watch`] gathers changes before it calls back once.
-    pub debounce: Duration,
-    /// How long the control plane's writer Lease lasts without renewal
-    /// ([`crate::shared::lease`]): the longest the shared history goes without a writer after
-    /// the writer dies.
-    pub lease_duration: Duration,
-}
-
-impl KubeOptions {
-    /// Defaults for `trust_domain`: inferred client, 60 s to sync, 100 ms debounce.
-    pub fn new(trust_domain: impl Into<String>) -> Self {
-        KubeOptions {
-            trust_domain: trust_domain.into(),
-            kubeconfig: None,
-            sync_timeout: Duration::from_secs(60),
-            debounce: Duration::from_millis(100),
-            lease_duration: crate::shared::lease::DEFAULT_LEASE_DURATION,
-        }
-    }
-}
-
-/// Why the source could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeError {
-    /// No usable client configuration (no in-cluster account, no kubeconfig).
-    #[error("Kubernetes client configuration: {0}")]
-    Config(String),
-    /// The client could not be built.
-    #[error("Kubernetes client: {0}")]
-    Client(String),
-    /// The first lists did not complete in time.
-    #[error(
-        "the Kubernetes API did not list {0} within {1:?} (is the API server reachable, are \
-         the weft.dev CRDs installed and may the control plane's service account list and \
-         watch them?)"
-    )]
-    Sync(String, Duration),
-    /// The source's thread or runtime could not start.
-    #[error("starting the Kubernetes watcher: {0}")]
-    Start(String),
-}
 
 /// The object stores the reflectors keep.
 #[derive(Clone)]
@@ -106,6 +57,10 @@ struct Stores {
     http_routes: Store<DynamicObject>,
     grpc_routes: Store<DynamicObject>,
     grants: Store<DynamicObject>,
+    gateway_classes: Store<DynamicObject>,
+    gateways: Store<DynamicObject>,
+    /// `None` when not read.
+    secrets: Option<Store<Secret>>,
 }
 
 /// A status to write on one resource: the merge patch's `status`, and for a policy resource
@@ -137,6 +92,10 @@ pub struct KubeSource {
     sent: Arc<Mutex<HashMap<ObjectKey, Condition>>>,
     /// The route status last sent per HTTPRoute and GRPCRoute, likewise.
     sent_routes: Arc<Mutex<HashMap<ObjectKey, serde_json::Value>>>,
+    /// The status last sent per Gateway and GatewayClass, likewise (forgotten on a failed
+    /// write with the routes').
+    sent_gateways: SentRouteStatus,
+    gateway_dir: Option<PathBuf>,
     /// The verdicts last logged, so each rejection is logged once.
     logged: Mutex<HashMap<ObjectKey, String>>,
     /// Each resource's last accepted version, in force while an edit of it is invalid.
@@ -172,12 +131,13 @@ impl KubeSource {
     pub fn connect(options: KubeOptions) -> Result<Self, KubeError> {
         let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
         let sent: Arc<Mutex<HashMap<ObjectKey, Condition>>> = Arc::default();
-        let sent_routes: Arc<Mutex<HashMap<ObjectKey, serde_json::Value>>> = Arc::default();
+        let sent_routes: SentRouteStatus = Arc::default();
+        let sent_gateways: SentRouteStatus = Arc::default();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (shutdown, shutdown_rx) = oneshot::channel();
         let thread = {
             let subscribers = subscribers.clone();
-            let sent = (sent.clone(), sent_routes.clone());
+            let sent = (sent.clone(), sent_routes.clone(), sent_gateways.clone());
             let options = options.clone();
             std::thread::Builder::new()
                 .name("weft-kube".into())
@@ -217,6 +177,8 @@ impl KubeSource {
             status,
             sent,
             sent_routes,
+            sent_gateways,
+            gateway_dir: options.gateway_dir,
             logged: Mutex::new(HashMap::new()),
             last_good: LastGood::default(),
             shutdown: Some(shutdown),
@@ -248,15 +210,39 @@ impl KubeSource {
             http_routes: all(&self.stores.http_routes),
             grpc_routes: all(&self.stores.grpc_routes),
             reference_grants: all(&self.stores.grants),
+            gateway_classes: all(&self.stores.gateway_classes),
+            gateways: all(&self.stores.gateways),
+            secrets: self.stores.secrets.as_ref().map(all),
         }
     }
 
-    /// Queue the route status writes `mapped` calls for (GAMMA parents).
+    /// Queue the route status writes `mapped` calls for (GAMMA parents) and those of the
+    /// north-south translation (Gateway parents, Gateways, GatewayClasses), and write the
+    /// gateway files.
     fn write_route_statuses(&self, objects: &Objects, mapped: &mapping::Mapped) {
-        let mut sent = self.sent_routes.lock().unwrap_or_else(|e| e.into_inner());
+        let ns = gateways::translate(objects, &mapped.mesh.services);
+        let mut verdicts = mapped.gamma.clone();
+        verdicts.extend(ns.verdicts.iter().cloned());
         let now = crate::operator::history::now_rfc3339();
-        for (key, status) in gateway_api::status::pending(objects, &mapped.gamma, &mut sent, &now) {
+        let mut sent = self.sent_routes.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, status) in gateway_api::status::pending(objects, &verdicts, &mut sent, &now) {
             let _ = self.status.send(StatusWrite { key, status });
+        }
+        let (classes, gws) = (&objects.gateway_classes, &objects.gateways);
+        let mut sent = self.sent_gateways.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, status) in
+            gateway_api::gateway_status::pending(&ns, classes, gws, &mut sent, &now)
+        {
+            let _ = self.status.send(StatusWrite { key, status });
+        }
+        if let Some(dir) = &self.gateway_dir {
+            for (key, result) in gateways::write_configs(dir, &ns) {
+                match result {
+                    Ok(true) => log::info!("gateway config of {key} written"),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("writing the gateway config of {key}: {e}"),
+                }
+            }
         }
     }
 
@@ -384,7 +370,7 @@ impl PolicySource for KubeSource {
 async fn run(
     options: KubeOptions,
     subscribers: Subscribers,
-    sent: (SentConditions, SentRouteStatus),
+    sent: (SentConditions, SentRouteStatus, SentRouteStatus),
     ready: mpsc::Sender<Result<Started, KubeError>>,
     shutdown: oneshot::Receiver<()>,
 ) {
@@ -426,6 +412,8 @@ async fn run(
         gateway_api::http_routes(),
         gateway_api::grpc_routes(),
         gateway_api::reference_grants(),
+        gateway_api::gateway_classes(),
+        gateway_api::gateways(),
     ] {
         if served(&client, &resource).await {
             let (store, t) = reflect_resource(&client, &subscribers, resource);
@@ -444,12 +432,25 @@ async fn run(
     }
     let served_kinds: Vec<bool> = gateway.iter().map(|(_, s)| *s).collect();
     let mut gateway = gateway.into_iter().map(|(store, _)| store);
-    let (Some(http_routes), Some(grpc_routes), Some(grants)) =
-        (gateway.next(), gateway.next(), gateway.next())
-    else {
-        // Three in, three out: never taken.
+    let (Some(http_routes), Some(grpc_routes), Some(grants), Some(gateway_classes), Some(gws)) = (
+        gateway.next(),
+        gateway.next(),
+        gateway.next(),
+        gateway.next(),
+        gateway.next(),
+    ) else {
+        // Five in, five out: never taken.
         let _ = ready.send(Err(KubeError::Start("the Gateway API stores".into())));
         return;
+    };
+    // Secrets only for Gateways' certificates: not read without the Gateway kind, nor
+    // when the control plane may not list them (RBAC: an opt-in rule).
+    let secrets = if served_kinds[4] && gateways::secrets_readable(&client).await {
+        let (store, t) = reflect::<Secret>(&client, &subscribers);
+        tasks.push(t);
+        Some(store)
+    } else {
+        None
     };
     let stores = Stores {
         services,
@@ -461,6 +462,9 @@ async fn run(
         http_routes,
         grpc_routes,
         grants,
+        gateway_classes,
+        gateways: gws,
+        secrets,
     };
 
     let synced = async {
@@ -475,7 +479,7 @@ async fn run(
                 wait(&stores.authz).boxed(),
             ),
         ];
-        let gateway_waits: [(&str, BoxFuture<'_, ()>); 3] = [
+        let gateway_waits: [(&str, BoxFuture<'_, ()>); 5] = [
             (
                 "httproutes.gateway.networking.k8s.io",
                 wait(&stores.http_routes).boxed(),
@@ -488,12 +492,24 @@ async fn run(
                 "referencegrants.gateway.networking.k8s.io",
                 wait(&stores.grants).boxed(),
             ),
+            (
+                "gatewayclasses.gateway.networking.k8s.io",
+                wait(&stores.gateway_classes).boxed(),
+            ),
+            (
+                "gateways.gateway.networking.k8s.io",
+                wait(&stores.gateways).boxed(),
+            ),
         ];
+        let secrets = stores
+            .secrets
+            .as_ref()
+            .map(|s| ("secrets", wait(s).boxed()));
         let gateway_waits = gateway_waits
             .into_iter()
             .zip(served_kinds)
             .filter_map(|(w, served)| served.then_some(w));
-        for (name, w) in waits.into_iter().chain(gateway_waits) {
+        for (name, w) in waits.into_iter().chain(gateway_waits).chain(secrets) {
             if tokio::time::timeout_at(deadline(options.sync_timeout), w)
                 .await
                 .is_err()
@@ -519,17 +535,16 @@ async fn run(
         let client = client.clone();
         tokio::spawn(async move {
             while let Some(w) = status_rx.recv().await {
-                if let Err(e) = write_status(&client, &w).await {
+                if let Err(e) = status_write::write_status(&client, &w.key, &w.status).await {
                     log::warn!("writing the status of {}: {e}", w.key);
                     // Forget it, so the next load tries again.
                     sent.0
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&w.key);
-                    sent.1
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&w.key);
+                    for s in [&sent.1, &sent.2] {
+                        s.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.key);
+                    }
                 }
             }
         })
@@ -543,40 +558,4 @@ async fn run(
 
 fn deadline(after: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + after
-}
-
-/// Patch one resource's `status` (a policy resource's `conditions`, a route's `parents`:
-/// the control plane owns the first and its own entries of the second).
-async fn write_status(client: &Client, w: &StatusWrite) -> Result<(), ::kube::Error> {
-    let patch = serde_json::json!({ "status": w.status });
-    let params = PatchParams::default();
-    let (ns, name) = (w.key.namespace.as_str(), w.key.name.as_str());
-    match w.key.kind {
-        Kind::MeshRoute => {
-            Api::<MeshRoute>::namespaced(client.clone(), ns)
-                .patch_status(name, &params, &Patch::Merge(&patch))
-                .await?;
-        }
-        Kind::TrafficPolicy => {
-            Api::<TrafficPolicy>::namespaced(client.clone(), ns)
-                .patch_status(name, &params, &Patch::Merge(&patch))
-                .await?;
-        }
-        Kind::AuthorizationPolicy => {
-            Api::<AuthorizationPolicy>::namespaced(client.clone(), ns)
-                .patch_status(name, &params, &Patch::Merge(&patch))
-                .await?;
-        }
-        Kind::HttpRoute | Kind::GrpcRoute => {
-            let resource = match w.key.kind {
-                Kind::GrpcRoute => gateway_api::grpc_routes(),
-                _ => gateway_api::http_routes(),
-            };
-            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
-                .patch_status(name, &params, &Patch::Merge(&patch))
-                .await?;
-        }
-        Kind::Service => {}
-    }
-    Ok(())
 }

@@ -15,8 +15,12 @@ use weft_policy::wire;
 
 mod error;
 pub mod gamma;
+pub mod gateway_status;
+pub mod gateway_types;
 pub mod grpc;
 mod matches;
+pub mod north_south;
+pub mod ns_route;
 pub mod status;
 pub mod types;
 
@@ -39,6 +43,16 @@ pub fn http_routes() -> ApiResource {
 /// The `GRPCRoute` resource (`v1`).
 pub fn grpc_routes() -> ApiResource {
     resource("v1", "GRPCRoute", "grpcroutes")
+}
+
+/// The `GatewayClass` resource (`v1`, cluster-scoped).
+pub fn gateway_classes() -> ApiResource {
+    resource("v1", "GatewayClass", "gatewayclasses")
+}
+
+/// The `Gateway` resource (`v1`).
+pub fn gateways() -> ApiResource {
+    resource("v1", "Gateway", "gateways")
 }
 
 /// The `ReferenceGrant` resource (`v1beta1`).

@@ -88,6 +88,13 @@ pub struct Objects {
     pub grpc_routes: Vec<DynamicObject>,
     /// Gateway API `ReferenceGrant`s, untyped.
     pub reference_grants: Vec<DynamicObject>,
+    /// Gateway API `GatewayClass`es, untyped (north-south).
+    pub gateway_classes: Vec<DynamicObject>,
+    /// Gateway API `Gateway`s, untyped.
+    pub gateways: Vec<DynamicObject>,
+    /// Secrets (the Gateways' certificates), or `None` when not read (no Gateway kind, or
+    /// the control plane may not list Secrets).
+    pub secrets: Option<Vec<k8s_openapi::api::core::v1::Secret>>,
 }
 
 /// One policy resource, read: which, its generation and creation time, and its spec.

@@ -1,0 +1,599 @@
+//! North-south routes: one `HTTPRoute` and one of its Gateway parents ([`NsRoute`]) become
+//! gateway routes ([`Translated`]) or a typed refusal ([`RouteError`], one variant per Gateway
+//! API reason).
+//!
+//! - **Attachment**: the listeners the parentRef names (`sectionName`, `port`; none: every
+//!   listener) that serve routes (accepted HTTPS: Weft's plain-HTTP listener only redirects)
+//!   and allow the route's namespace (`Same`, `All`); none named: `NoMatchingParent`; none
+//!   allowing: `NotAllowedByListeners`; no host in common: `NoMatchingListenerHostname`.
+//! - **Hosts**: the route's `hostnames` that the listeners' `hostname`s take (a wildcard
+//!   meets a name under it, the narrower of two wildcards wins), or the listeners' when the
+//!   route has none.
+//! - **Matches**: as GAMMA's ([`super::matches`]): paths exact, prefix, regex; headers; method.
+//! - **Backends**: core Services of the mesh (another namespace's with a ReferenceGrant);
+//!   weight 0 takes no request; one Service takes the requests (a weighted split between
+//!   Services is refused: split in the mesh with a GAMMA HTTPRoute on that Service).
+//! - **Filters**: `RequestHeaderModifier` (`set`, `remove`), `URLRewrite` `ReplacePrefixMatch`
+//!   on prefix matches. The rest (`RequestRedirect`, host rewrites, `add`, mirrors, response
+//!   headers, CORS, extensions) and `timeouts` are refused: the gateway model has no field
+//!   for them.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Secret, Service as KubeService};
+use kube::api::DynamicObject;
+use weft_policy::gateway::RouteFile;
+use weft_policy::wire;
+
+use super::error::GammaError;
+use super::matches::{route_match, Rank};
+use super::types::ReferenceGrantSpec;
+use super::types::{BackendRef, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ParentRef};
+
+/// The longest gateway route name.
+const MAX_ROUTE_NAME: usize = 63;
+
+/// What the translation reads.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Every `GatewayClass`.
+    pub classes: &'a [DynamicObject],
+    /// Every `Gateway`.
+    pub gateways: &'a [DynamicObject],
+    /// Every `HTTPRoute`.
+    pub routes: &'a [DynamicObject],
+    /// Every ReferenceGrant, with its namespace.
+    pub grants: &'a [(String, ReferenceGrantSpec)],
+    /// Every Service.
+    pub services: &'a [KubeService],
+    /// Every Secret, or `None` when the control plane may not read them.
+    pub secrets: Option<&'a [Secret]>,
+    /// The mesh services (named `<service>.<namespace>`).
+    pub mesh: &'a [wire::Service],
+}
+
+impl Inputs<'_> {
+    /// Whether a grant in `to_ns` lets a `from_kind` of `from_ns` refer to the core
+    /// `to_kind` object `name`.
+    pub fn granted(
+        &self,
+        (from_kind, from_ns): (&str, &str),
+        (to_kind, to_ns, name): (&str, &str, &str),
+    ) -> bool {
+        self.grants.iter().any(|(ns, g)| {
+            ns == to_ns
+                && g.from.iter().any(|f| {
+                    f.group == super::GROUP && f.kind == from_kind && f.namespace == from_ns
+                })
+                && g.to.iter().any(|t| {
+                    t.group.is_empty()
+                        && t.kind == to_kind
+                        && t.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
+    }
+}
+
+/// What a route needs to know of one listener of its Gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerView<'a> {
+    /// Name (`sectionName`).
+    pub name: &'a str,
+    /// Port.
+    pub port: i32,
+    /// Its hostname.
+    pub hostname: Option<&'a str>,
+    /// Accepted as HTTPS: routes attach.
+    pub serves_routes: bool,
+    /// A plain-HTTP listener (redirects only).
+    pub http: bool,
+    /// `allowedRoutes.namespaces.from: All`.
+    pub from_all: bool,
+    /// The Gateway's namespace.
+    pub gateway_ns: &'a str,
+}
+
+/// Why a north-south route, or one of its Gateway parents, is not in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// A field the gateway does not implement (`UnsupportedValue`).
+    #[error("{field}: {why}")]
+    Unsupported {
+        /// The field (`spec.rules[0].filters[1].type`).
+        field: String,
+        /// Why.
+        why: String,
+    },
+    /// The Gateway is not accepted, or has no such listener (`NoMatchingParent`).
+    #[error("{0}")]
+    NoMatchingParent(String),
+    /// No listener named lets the route attach (`NotAllowedByListeners`).
+    #[error("{0}")]
+    NotAllowedByListeners(String),
+    /// No host in common with the listeners (`NoMatchingListenerHostname`).
+    #[error("{0}")]
+    NoMatchingListenerHostname(String),
+    /// A backendRef to no Service, or to one outside the mesh (`BackendNotFound`).
+    #[error("{field}: {why}")]
+    BackendNotFound {
+        /// The field.
+        field: String,
+        /// Why.
+        why: String,
+    },
+    /// A backendRef to another namespace without a ReferenceGrant (`RefNotPermitted`).
+    #[error("{field}: {why}")]
+    RefNotPermitted {
+        /// The field.
+        field: String,
+        /// Why.
+        why: String,
+    },
+    /// A backendRef of a kind other than a core Service (`InvalidKind`).
+    #[error("{field}: {why}")]
+    InvalidKind {
+        /// The field.
+        field: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl RouteError {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RouteError::Unsupported { .. } => "UnsupportedValue",
+            RouteError::NoMatchingParent(_) => "NoMatchingParent",
+            RouteError::NotAllowedByListeners(_) => "NotAllowedByListeners",
+            RouteError::NoMatchingListenerHostname(_) => "NoMatchingListenerHostname",
+            RouteError::BackendNotFound { .. } => "BackendNotFound",
+            RouteError::RefNotPermitted { .. } => "RefNotPermitted",
+            RouteError::InvalidKind { .. } => "InvalidKind",
+        }
+    }
+
+    /// Whether the error is about a reference (then `ResolvedRefs` is False too).
+    pub fn is_ref(&self) -> bool {
+        matches!(
+            self,
+            RouteError::BackendNotFound { .. }
+                | RouteError::RefNotPermitted { .. }
+                | RouteError::InvalidKind { .. }
+        )
+    }
+
+    fn unsupported(field: impl Into<String>, why: impl Into<String>) -> Self {
+        RouteError::Unsupported {
+            field: field.into(),
+            why: why.into(),
+        }
+    }
+}
+
+impl From<GammaError> for RouteError {
+    fn from(e: GammaError) -> Self {
+        match e {
+            GammaError::Unsupported { field, why } => RouteError::Unsupported { field, why },
+            GammaError::NoMatchingParent(m) => RouteError::NoMatchingParent(m),
+            GammaError::BackendNotFound { field, why } => {
+                RouteError::BackendNotFound { field, why }
+            }
+            GammaError::RefNotPermitted { field, why } => {
+                RouteError::RefNotPermitted { field, why }
+            }
+            GammaError::InvalidKind { field, why } => RouteError::InvalidKind { field, why },
+        }
+    }
+}
+
+/// One HTTPRoute and one of its Gateway parents, to translate.
+pub struct NsRoute<'a> {
+    /// The route's namespace.
+    pub namespace: &'a str,
+    /// The route's name.
+    pub name: &'a str,
+    /// Its spec.
+    pub spec: &'a HttpRouteSpec,
+    /// The parent ([`ParentRef::is_gateway`]).
+    pub parent: &'a ParentRef,
+    /// The parent's index in `parentRefs` (route names of a second parent differ).
+    pub parent_index: usize,
+    /// The cluster.
+    pub inputs: &'a Inputs<'a>,
+}
+
+/// A route's share of one Gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    /// The listeners it attached to (indices into the Gateway's).
+    pub listeners: Vec<usize>,
+    /// Gateway routes with their precedence (host class: 0 exact, 1 wildcard, 2 any; the
+    /// match's rank).
+    pub routes: Vec<(u8, Rank, RouteFile)>,
+}
+
+impl NsRoute<'_> {
+    /// The gateway routes for a Gateway whose verdict is `gateway` and listeners `listeners`.
+    // Long: attachment in the Gateway API's order of reasons (parent, listener, namespace,
+    // hostname), then the rules; each refusal says which step failed.
+    pub fn translate(
+        &self,
+        gateway: &Result<(), (&'static str, String)>,
+        listeners: &[ListenerView<'_>],
+    ) -> Result<Translated, RouteError> {
+        let p = self.parent;
+        if let Err((_, why)) = gateway {
+            return Err(RouteError::NoMatchingParent(format!(
+                "Gateway {} is not accepted: {why}",
+                p.name
+            )));
+        }
+        let named: Vec<(usize, &ListenerView<'_>)> = listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                p.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && p.port.is_none_or(|n| n == l.port)
+            })
+            .collect();
+        if named.is_empty() {
+            return Err(RouteError::NoMatchingParent(format!(
+                "Gateway {} has no listener {}",
+                p.name,
+                p.section_name
+                    .clone()
+                    .or(p.port.map(|n| format!("on port {n}")))
+                    .unwrap_or_default()
+            )));
+        }
+        let allowed: Vec<(usize, &ListenerView<'_>)> = named
+            .iter()
+            .copied()
+            .filter(|(_, l)| l.serves_routes && (l.from_all || l.gateway_ns == self.namespace))
+            .collect();
+        if allowed.is_empty() {
+            let why = if named.iter().all(|(_, l)| l.http) {
+                "Weft's plain-HTTP listener only redirects to HTTPS: attach to an HTTPS listener"
+            } else if named.iter().all(|(_, l)| !l.serves_routes) {
+                "the listeners it names are not programmed (see the Gateway's status.listeners)"
+            } else {
+                "the listeners it names take routes of the Gateway's namespace only \
+                 (allowedRoutes.namespaces.from)"
+            };
+            return Err(RouteError::NotAllowedByListeners(why.into()));
+        }
+        let mut attached = Vec::new();
+        let mut any_host = false;
+        let mut hosts = BTreeSet::new();
+        for (i, l) in allowed {
+            if let Some(h) = intersect(l.hostname, &self.spec.hostnames) {
+                attached.push(i);
+                any_host |= h.is_empty();
+                hosts.extend(h);
+            }
+        }
+        if attached.is_empty() {
+            return Err(RouteError::NoMatchingListenerHostname(
+                "no hostname of the route is one the listeners take".into(),
+            ));
+        }
+        let hosts: Vec<String> = if any_host {
+            Vec::new()
+        } else {
+            hosts.into_iter().collect()
+        };
+        let class = match () {
+            _ if hosts.is_empty() => 2,
+            _ if hosts.iter().any(|h| h.starts_with("*.")) => 1,
+            _ => 0,
+        };
+        let mut routes = Vec::new();
+        for (ri, rule) in self.spec.rules.iter().enumerate() {
+            for (rank, r) in self.rule(ri, rule, &hosts)? {
+                routes.push((class, rank, r));
+            }
+        }
+        self.alone(&routes)?;
+        Ok(Translated {
+            listeners: attached,
+            routes,
+        })
+    }
+
+    /// One rule's routes, one per match.
+    fn rule(
+        &self,
+        ri: usize,
+        rule: &HttpRouteRule,
+        hosts: &[String],
+    ) -> Result<Vec<(Rank, RouteFile)>, RouteError> {
+        let f = format!("spec.rules[{ri}]");
+        if rule.timeouts.is_some() {
+            return Err(RouteError::unsupported(
+                format!("{f}.timeouts"),
+                "not supported at the gateway (set the service's timeouts with a MeshRoute \
+                 or a GAMMA HTTPRoute)",
+            ));
+        }
+        let service = self.backend(&f, rule)?;
+        let (rewrite, headers) = filters(&f, rule)?;
+        let defaults = [HttpRouteMatch::default()];
+        let matches = if rule.matches.is_empty() {
+            &defaults[..]
+        } else {
+            &rule.matches[..]
+        };
+        let mut out = Vec::new();
+        for (mi, m) in matches.iter().enumerate() {
+            let fm = format!("{f}.matches[{mi}]");
+            let (matches, rank, prefix) = route_match(&fm, m)?;
+            if rewrite.is_some() && !prefix {
+                return Err(RouteError::unsupported(
+                    format!("{f}.filters"),
+                    "URLRewrite ReplacePrefixMatch needs PathPrefix matches",
+                ));
+            }
+            out.push((
+                rank,
+                RouteFile {
+                    name: self.route_name(ri, mi),
+                    hosts: hosts.to_vec(),
+                    matches,
+                    service: service.clone(),
+                    rewrite: rewrite.clone(),
+                    request_headers: headers.clone(),
+                    access: None,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The one mesh service a rule's backendRefs send requests to.
+    fn backend(&self, f: &str, rule: &HttpRouteRule) -> Result<String, RouteError> {
+        let mut taking = BTreeSet::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let fb = format!("{f}.backendRefs[{bi}]");
+            let name = self.backend_service(&fb, b)?;
+            let weight = b.weight.unwrap_or(1);
+            if weight < 0 {
+                return Err(RouteError::unsupported(
+                    format!("{fb}.weight"),
+                    "a weight is 0 or more",
+                ));
+            }
+            if weight > 0 {
+                taking.insert(name);
+            }
+        }
+        let mut taking = taking.into_iter();
+        match (taking.next(), taking.next()) {
+            (Some(s), None) => Ok(s),
+            (None, _) => Err(RouteError::unsupported(
+                format!("{f}.backendRefs"),
+                "no backend takes requests (none, or every weight 0): not supported at the \
+                 gateway",
+            )),
+            (Some(_), Some(_)) => Err(RouteError::unsupported(
+                format!("{f}.backendRefs"),
+                "a weighted split between Services is not supported at the gateway: route to \
+                 one Service and split in the mesh with a GAMMA HTTPRoute on it",
+            )),
+        }
+    }
+
+    /// The mesh service (`<name>.<namespace>`) a backendRef names.
+    fn backend_service(&self, fb: &str, b: &BackendRef) -> Result<String, RouteError> {
+        let group = b.group.as_deref().unwrap_or("");
+        let kind = b.kind.as_deref().unwrap_or("Service");
+        if !group.is_empty() || kind != "Service" {
+            return Err(RouteError::InvalidKind {
+                field: fb.to_owned(),
+                why: format!("{kind} of group {group:?}: only core Services are backends"),
+            });
+        }
+        if !b.filters.is_empty() {
+            return Err(RouteError::unsupported(
+                format!("{fb}.filters"),
+                "per-backend filters are not supported (put them on the rule)",
+            ));
+        }
+        let ns = b.namespace.as_deref().unwrap_or(self.namespace);
+        if ns != self.namespace
+            && !self
+                .inputs
+                .granted(("HTTPRoute", self.namespace), ("Service", ns, &b.name))
+        {
+            return Err(RouteError::RefNotPermitted {
+                field: fb.to_owned(),
+                why: format!(
+                    "Service {ns}/{} is of another namespace and no ReferenceGrant in {ns} lets \
+                     HTTPRoutes of {} refer to it",
+                    b.name, self.namespace
+                ),
+            });
+        }
+        let found = self.inputs.services.iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && s.metadata.name.as_deref() == Some(&b.name)
+        });
+        let Some(svc) = found else {
+            return Err(RouteError::BackendNotFound {
+                field: fb.to_owned(),
+                why: format!("no Service {ns}/{}", b.name),
+            });
+        };
+        if let Some(port) = b.port {
+            let ports = svc.spec.as_ref().and_then(|s| s.ports.clone());
+            if !ports.unwrap_or_default().iter().any(|p| p.port == port) {
+                return Err(RouteError::BackendNotFound {
+                    field: format!("{fb}.port"),
+                    why: format!("Service {ns}/{} has no port {port}", b.name),
+                });
+            }
+        }
+        let mesh = format!("{}.{ns}", b.name);
+        if !self.inputs.mesh.iter().any(|s| s.name == mesh) {
+            return Err(RouteError::BackendNotFound {
+                field: fb.to_owned(),
+                why: format!(
+                    "Service {ns}/{} is not a mesh service (a Service whose pods run the \
+                     weft-proxy sidecar)",
+                    b.name
+                ),
+            });
+        }
+        Ok(mesh)
+    }
+
+    /// `<namespace>.<route>[-p<parent>]-r<rule>-m<match>`, shortened with a hash of the whole
+    /// to fit a route name.
+    fn route_name(&self, rule: usize, m: usize) -> String {
+        let parent = match self.parent_index {
+            0 => String::new(),
+            n => format!("-p{n}"),
+        };
+        let suffix = format!("{parent}-r{rule}-m{m}");
+        let head = format!("{}.{}", self.namespace, self.name);
+        let full = format!("{head}{suffix}");
+        if full.len() <= MAX_ROUTE_NAME {
+            return full;
+        }
+        // FNV-1a: stable across processes (the name is a metric label).
+        let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let keep = MAX_ROUTE_NAME - suffix.len() - 9;
+        let head: String = head.chars().take(keep).collect();
+        format!(
+            "{}-{:08x}{suffix}",
+            head.trim_end_matches(['-', '.']),
+            hash as u32
+        )
+    }
+
+    /// The routes pass the gateway file's own route checks on their own, or the route is
+    /// refused with what those checks say.
+    fn alone(&self, routes: &[(u8, Rank, RouteFile)]) -> Result<(), RouteError> {
+        let files: Vec<RouteFile> = routes.iter().map(|(_, _, r)| r.clone()).collect();
+        let services: Vec<wire::Service> = self
+            .inputs
+            .mesh
+            .iter()
+            .filter(|s| files.iter().any(|r| r.service == s.name))
+            .cloned()
+            .collect();
+        weft_policy::gateway::validate_routes(files.clone(), services).map_err(|errors| {
+            let why = errors
+                .iter()
+                .map(|e| {
+                    let (item, tail) = e.field.split_once(']').unwrap_or((&e.field, ""));
+                    let i: Option<usize> =
+                        item.strip_prefix("routes[").and_then(|n| n.parse().ok());
+                    let name = i
+                        .and_then(|i| files.get(i))
+                        .map_or(item, |r| r.name.as_str());
+                    format!("route {name}{tail}: {}", e.reason)
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            RouteError::unsupported("spec.rules", why)
+        })
+    }
+}
+
+/// A rule's prefix rewrite and header edits.
+fn filters(
+    f: &str,
+    rule: &HttpRouteRule,
+) -> Result<(Option<wire::Rewrite>, Option<wire::HeaderEdits>), RouteError> {
+    let mut rewrite = None;
+    let mut headers: Option<wire::HeaderEdits> = None;
+    for (fi, filter) in rule.filters.iter().enumerate() {
+        let ff = format!("{f}.filters[{fi}]");
+        match filter.type_.as_str() {
+            "RequestHeaderModifier" => {
+                let m = filter.request_header_modifier.clone().unwrap_or_default();
+                if !m.add.is_empty() {
+                    return Err(RouteError::unsupported(
+                        format!("{ff}.requestHeaderModifier.add"),
+                        "appending to a header is not supported (use set)",
+                    ));
+                }
+                let edits = headers.get_or_insert_with(Default::default);
+                for nv in m.set {
+                    edits.set.insert(nv.name.to_ascii_lowercase(), nv.value);
+                }
+                edits
+                    .remove
+                    .extend(m.remove.into_iter().map(|n| n.to_ascii_lowercase()));
+            }
+            "URLRewrite" => {
+                let r = filter.url_rewrite.clone().unwrap_or_default();
+                if r.hostname.is_some() {
+                    return Err(RouteError::unsupported(
+                        format!("{ff}.urlRewrite.hostname"),
+                        "host rewrites are not supported (the gateway sends the mesh \
+                         service's name as Host)",
+                    ));
+                }
+                match r.path {
+                    Some(p) if p.type_ == "ReplacePrefixMatch" => {
+                        rewrite = Some(wire::Rewrite {
+                            prefix: p.replace_prefix_match.unwrap_or_else(|| "/".into()),
+                        });
+                    }
+                    Some(p) => {
+                        return Err(RouteError::unsupported(
+                            format!("{ff}.urlRewrite.path.type"),
+                            format!("{:?} is not supported (ReplacePrefixMatch is)", p.type_),
+                        ))
+                    }
+                    None => {}
+                }
+            }
+            other => {
+                return Err(RouteError::unsupported(
+                    format!("{ff}.type"),
+                    format!(
+                        "{other} is not supported at the gateway (RequestHeaderModifier and \
+                         URLRewrite are)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok((rewrite, headers))
+}
+
+/// The hosts a listener of `hostname` and a route of `route` share: `None` when none, an
+/// empty list for any host.
+pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+    let route: Vec<String> = route.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let Some(l) = listener.map(str::to_ascii_lowercase) else {
+        return Some(route);
+    };
+    if route.is_empty() {
+        return Some(vec![l]);
+    }
+    let out: Vec<String> = route.iter().filter_map(|r| meet(&l, r)).collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// The narrower of two host patterns when one takes the other, as the Gateway API says (a
+/// wildcard takes names of one or more labels under it).
+fn meet(a: &str, b: &str) -> Option<String> {
+    let under = |wild: &str, name: &str| {
+        wild.strip_prefix('*')
+            .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+    };
+    match (a.starts_with("*."), b.starts_with("*.")) {
+        (false, false) => (a == b).then(|| a.to_owned()),
+        (true, false) => under(a, b).then(|| b.to_owned()),
+        (false, true) => under(b, a).then(|| a.to_owned()),
+        (true, true) if a == b => Some(a.to_owned()),
+        (true, true) if under(a, &b[1..]) => Some(b.to_owned()),
+        (true, true) => under(b, &a[1..]).then(|| a.to_owned()),
+    }
+}
