@@ -24,7 +24,7 @@ use crate::identity::material::ALPN_TCP;
 use crate::inbound::authorize::{self, Ask};
 use crate::outbound::endpoint::{self, Chosen};
 use crate::outbound::route::Destination;
-use crate::store::Snapshot;
+use crate::store::{Snapshot, Store};
 use crate::telemetry::metrics::Metrics;
 
 /// Connect attempts for one tunnel: a refused or failed connect never reached the app, so
@@ -142,6 +142,32 @@ where
         .with_label_values(&[direction, dst, "received"])
         .inc_by(received);
     (sent, received)
+}
+
+/// The config for a TCP connection to `dest` (of `snap`), which may have no endpoints in
+/// force yet. With endpoints by service a TCP service is subscribed to when the snapshot
+/// naming it arrives, and its dedicated port is bound at once: a connection in between would
+/// be closed for want of endpoints that are on their way. It waits for them as an HTTP
+/// request's first call does (bounded by
+/// [`SUBSCRIBE_WAIT`](crate::control::endpoints::SUBSCRIBE_WAIT); at once when they were
+/// received, even empty), then goes with the config that has them.
+pub(crate) async fn with_endpoints(
+    store: &Store,
+    snap: Arc<Snapshot>,
+    dest: Arc<Destination>,
+) -> (Arc<Snapshot>, Arc<Destination>) {
+    if !dest.endpoints.is_empty() {
+        return (snap, dest);
+    }
+    let wait = crate::control::endpoints::SUBSCRIBE_WAIT;
+    if !store.endpoints.wait_for(&dest.name, wait).await {
+        return (snap, dest);
+    }
+    let now = store.load();
+    match now.routes.for_host(&dest.name).cloned() {
+        Some(d) => (now, d),
+        None => (snap, dest),
+    }
 }
 
 /// Carry an app's connection to an endpoint of destination `d` (of the snapshot `snap`).

@@ -323,4 +323,76 @@ mod tests {
             .expect_err("NACK")
             .contains("undecodable policy"));
     }
+
+    /// A TCP service's port is bound as soon as the snapshot naming it is in force, while its
+    /// endpoints come after in their own message: a connection in between waits for them
+    /// instead of being closed for want of an endpoint (CI once saw an empty echo there).
+    #[tokio::test(start_paused = true)]
+    async fn a_tcp_connection_waits_for_endpoints_on_their_way() {
+        let (_dir, store, ca) = crate::store::test_support::store_in_control_plane_mode(32);
+        let store = Arc::new(store);
+        let policy =
+            br#"{"services": [{"name": "db", "identity": "spiffe://weft.local/ns/default/sa/db",
+            "protocol": "tcp", "port": 15999}]}"#;
+        let snapshot = weft_api::v1::Snapshot {
+            version: "p1".to_owned(),
+            policy_json: policy.to_vec().into(),
+            trust_bundle_pem: ca.cert_pem().to_owned(),
+            endpoints_separate: true,
+        };
+        apply(&store, &snapshot).expect("ACK");
+        let snap = store.load();
+        let dest = snap.routes.for_port(15999).expect("db's port").clone();
+        assert!(dest.endpoints.is_empty(), "no endpoints yet");
+        assert_eq!(
+            store.endpoints.unsent().await,
+            vec!["db".to_owned()],
+            "subscribed to at once"
+        );
+
+        let t0 = tokio::time::Instant::now();
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move { crate::tcp::with_endpoints(&store, snap, dest).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "waits while the endpoints are on their way"
+        );
+        let endpoints = weft_api::v1::Endpoints {
+            service: "db".to_owned(),
+            version: "e1".to_owned(),
+            endpoints: vec![weft_api::v1::Endpoint {
+                address: "127.0.0.1:7".to_owned(),
+                ..Default::default()
+            }],
+        };
+        apply_endpoints(&store, &endpoints).expect("ACK");
+        let (_, dest) = waiting.await.expect("no panic");
+        assert_eq!(dest.endpoints, vec!["127.0.0.1:7".parse().expect("addr")]);
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(200),
+            "went on when they arrived, not at the bound"
+        );
+
+        // Received, even empty: the next connection never waits.
+        let empty = weft_api::v1::Endpoints {
+            version: "e2".to_owned(),
+            endpoints: vec![],
+            ..endpoints
+        };
+        apply_endpoints(&store, &empty).expect("ACK");
+        let snap = store.load();
+        let dest = snap.routes.for_port(15999).expect("db's port").clone();
+        let t0 = tokio::time::Instant::now();
+        let (_, dest) = crate::tcp::with_endpoints(&store, snap, dest).await;
+        assert!(dest.endpoints.is_empty());
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "no wait for a known empty list"
+        );
+    }
 }

@@ -6,8 +6,9 @@
 //! A sidecar subscribes to a service when it first calls it: the request waits, at most
 //! [`SUBSCRIBE_WAIT`], for the service's endpoints ([`Subscriptions::wait_for`]) and then goes
 //! on with whatever is in force (no endpoints yet: the usual 503 `no_endpoint`). Services
-//! with a dedicated outbound port or the TCP protocol are subscribed to at once (their
-//! connections are not HTTP requests that could wait), and so are, after a restart, the
+//! with a dedicated outbound port or the TCP protocol are subscribed to at once (their port
+//! is bound as soon as the snapshot is in force; a connection that comes before the endpoints
+//! waits for them the same way, [`crate::tcp::with_endpoints`]), and so are, after a restart, the
 //! services the persisted policy had endpoints for. A subscription lasts for the process's
 //! life and is named again in `Hello` after a reconnect.
 //!

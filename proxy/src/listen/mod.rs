@@ -282,7 +282,8 @@ impl Traffic {
                     }
                 };
                 let _working = self.drain.enter();
-                tcp::outbound(stream, self.store.load(), dest, &self.store.metrics).await;
+                let (snap, dest) = tcp::with_endpoints(&self.store, self.store.load(), dest).await;
+                tcp::outbound(stream, snap, dest, &self.store.metrics).await;
                 None
             }
             None => {
@@ -352,6 +353,7 @@ impl ServerApp for Traffic {
         let dest = snap.routes.for_port(port)?.clone();
         if dest.protocol == Protocol::Tcp {
             let _working = self.drain.enter();
+            let (snap, dest) = tcp::with_endpoints(&self.store, snap, dest).await;
             tcp::outbound(stream, snap, dest, &self.store.metrics).await;
             None
         } else {
