@@ -21,7 +21,9 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use weft_benches::http1::{parse_head, Conn, MAX_RESPONSE};
-use weft_benches::load::{measure_window, slot_time, RateResult, SaturationResult, Window};
+use weft_benches::load::{
+    measure_window, slot_time, wait_until, RateResult, SaturationResult, Window,
+};
 use weft_benches::stats;
 use weft_samples::grpc::EchoClient;
 
@@ -36,10 +38,6 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// How many error messages a run keeps as examples.
 const ERROR_SAMPLES: usize = 5;
-
-/// The open loop sleeps until this long before a slot, then yields until it is due (tokio's
-/// timers have 1 ms granularity, which would otherwise add phantom latency).
-const SPIN_BEFORE: Duration = Duration::from_millis(2);
 
 /// What one lane sends: where, and over which protocol.
 #[derive(Clone)]
@@ -337,22 +335,6 @@ pub struct RatePoint {
     pub result: RateResult,
     /// Peak RSS (KiB) of each watched process during the run.
     pub peak_rss_kib: Vec<u64>,
-}
-
-/// Waits until `t` precisely: a timer sleep to shortly before, then yields.
-async fn wait_until(t: Instant) {
-    if let Some(early) = t.checked_sub(SPIN_BEFORE) {
-        if early > Instant::now() {
-            tokio::time::sleep_until(early).await;
-        }
-    }
-    // Each iteration is at least one trip through the runtime; far above what SPIN_BEFORE needs.
-    for _ in 0..10_000_000u32 {
-        if Instant::now() >= t {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
 }
 
 /// Open loop at `rate` requests/s: slots every `1 / rate` spread round robin over the lanes

@@ -67,7 +67,7 @@ pub fn slot_time(start: Instant, n: u64, rate: f64) -> Instant {
 
 /// Waits until `t` precisely: a timer sleep to shortly before, then yielding
 /// to the runtime (which keeps polling I/O) until `t`.
-pub(crate) async fn wait_until(t: Instant) {
+pub async fn wait_until(t: Instant) {
     if let Some(early) = t.checked_sub(SPIN_BEFORE) {
         if early > Instant::now() {
             tokio::time::sleep_until(early).await;

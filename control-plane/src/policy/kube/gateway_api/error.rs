@@ -1,10 +1,11 @@
-//! Why a GAMMA route is not in force: one variant per Gateway API condition reason (its own
-//! module, as both the translation and the match conversion return it).
+//! Why a route is not in force: one variant per Gateway API condition reason, one type for
+//! GAMMA (east-west) and north-south routes, as both share the match and filter translations
+//! that return it.
 
-/// Why a GAMMA route, or one of its parents, is not in force: each variant is one Gateway API
-/// condition reason.
+/// Why an `HTTPRoute` or `GRPCRoute`, or one of its parents, is not in force: each variant is
+/// one Gateway API condition reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GammaError {
+pub enum RouteError {
     /// A field this mesh does not implement (`UnsupportedValue`).
     #[error("{field}: {why}")]
     Unsupported {
@@ -13,9 +14,16 @@ pub enum GammaError {
         /// Why, for people.
         why: String,
     },
-    /// The parent is no mesh Service, or no port of it (`NoMatchingParent`).
+    /// The parent is no mesh Service, or no port of it; for a Gateway parent, the Gateway
+    /// is not accepted or has no such listener (`NoMatchingParent`).
     #[error("{0}")]
     NoMatchingParent(String),
+    /// No listener named lets the route attach (`NotAllowedByListeners`).
+    #[error("{0}")]
+    NotAllowedByListeners(String),
+    /// No host in common with the listeners (`NoMatchingListenerHostname`).
+    #[error("{0}")]
+    NoMatchingListenerHostname(String),
     /// A backendRef names a Service that does not exist (`BackendNotFound`).
     #[error("{field}: {why}")]
     BackendNotFound {
@@ -42,15 +50,17 @@ pub enum GammaError {
     },
 }
 
-impl GammaError {
+impl RouteError {
     /// The condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            GammaError::Unsupported { .. } => "UnsupportedValue",
-            GammaError::NoMatchingParent(_) => "NoMatchingParent",
-            GammaError::BackendNotFound { .. } => "BackendNotFound",
-            GammaError::RefNotPermitted { .. } => "RefNotPermitted",
-            GammaError::InvalidKind { .. } => "InvalidKind",
+            RouteError::Unsupported { .. } => "UnsupportedValue",
+            RouteError::NoMatchingParent(_) => "NoMatchingParent",
+            RouteError::NotAllowedByListeners(_) => "NotAllowedByListeners",
+            RouteError::NoMatchingListenerHostname(_) => "NoMatchingListenerHostname",
+            RouteError::BackendNotFound { .. } => "BackendNotFound",
+            RouteError::RefNotPermitted { .. } => "RefNotPermitted",
+            RouteError::InvalidKind { .. } => "InvalidKind",
         }
     }
 
@@ -58,14 +68,15 @@ impl GammaError {
     pub fn is_ref(&self) -> bool {
         matches!(
             self,
-            GammaError::BackendNotFound { .. }
-                | GammaError::RefNotPermitted { .. }
-                | GammaError::InvalidKind { .. }
+            RouteError::BackendNotFound { .. }
+                | RouteError::RefNotPermitted { .. }
+                | RouteError::InvalidKind { .. }
         )
     }
 
-    pub(super) fn unsupported(field: impl Into<String>, why: impl Into<String>) -> Self {
-        GammaError::Unsupported {
+    /// An `UnsupportedValue` refusal of `field`.
+    pub fn unsupported(field: impl Into<String>, why: impl Into<String>) -> Self {
+        RouteError::Unsupported {
             field: field.into(),
             why: why.into(),
         }

@@ -1,5 +1,5 @@
 //! GAMMA (east-west): an `HTTPRoute` whose parent is a core `Service` becomes mesh routes of
-//! that service ([`GammaRoute`] → [`MeshRoutes`], a `TryFrom` whose error, [`GammaError`],
+//! that service ([`GammaRoute`] → [`MeshRoutes`], a `TryFrom` whose error, [`RouteError`],
 //! says which Gateway API reason applies).
 //!
 //! - **Matches**: each match of each rule is one mesh route (a rule without matches takes
@@ -26,7 +26,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Service as KubeService;
 use weft_policy::wire;
 
-pub use super::error::GammaError;
+use super::error::RouteError;
+use super::filters::{self, Place};
 use super::matches::{route_match, Rank};
 use super::types::{
     BackendRef, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ParentRef, ReferenceGrantSpec,
@@ -101,12 +102,12 @@ pub struct RankedRoute {
 pub struct MeshRoutes(pub Vec<RankedRoute>);
 
 impl TryFrom<GammaRoute<'_>> for MeshRoutes {
-    type Error = GammaError;
+    type Error = RouteError;
 
-    fn try_from(g: GammaRoute<'_>) -> Result<Self, GammaError> {
+    fn try_from(g: GammaRoute<'_>) -> Result<Self, RouteError> {
         let parent_ns = g.parent.namespace.as_deref().unwrap_or(g.namespace);
         if parent_ns != g.namespace {
-            return Err(GammaError::unsupported(
+            return Err(RouteError::unsupported(
                 "spec.parentRefs",
                 format!(
                     "Service {parent_ns}/{} is of another namespace: consumer routes are not \
@@ -122,7 +123,7 @@ impl TryFrom<GammaRoute<'_>> for MeshRoutes {
         ) {
             (Some(p), true) => p,
             _ => {
-                return Err(GammaError::NoMatchingParent(format!(
+                return Err(RouteError::NoMatchingParent(format!(
                     "Service {parent_ns}/{} is not a mesh service (a Service whose pods run \
                      the weft-proxy sidecar)",
                     g.parent.name
@@ -131,7 +132,7 @@ impl TryFrom<GammaRoute<'_>> for MeshRoutes {
         };
         parent_port(g.parent, parent)?;
         if !g.spec.hostnames.is_empty() {
-            return Err(GammaError::unsupported(
+            return Err(RouteError::unsupported(
                 "spec.hostnames",
                 "a route to a Service takes no hostnames",
             ));
@@ -150,7 +151,7 @@ impl TryFrom<GammaRoute<'_>> for MeshRoutes {
                 let fm = format!("{f}.matches[{mi}]");
                 let (matches, rank, prefix) = route_match(&fm, m)?;
                 if shared.rewrite.is_some() && !prefix {
-                    return Err(GammaError::unsupported(
+                    return Err(RouteError::unsupported(
                         format!("{f}.filters"),
                         "URLRewrite ReplacePrefixMatch needs PathPrefix matches",
                     ));
@@ -179,7 +180,7 @@ impl TryFrom<GammaRoute<'_>> for MeshRoutes {
 
 /// A port or port name in the parentRef must name the Service's only port: mesh routes apply
 /// to every port of a service.
-fn parent_port(p: &ParentRef, svc: &KubeService) -> Result<(), GammaError> {
+fn parent_port(p: &ParentRef, svc: &KubeService) -> Result<(), RouteError> {
     if p.port.is_none() && p.section_name.is_none() {
         return Ok(());
     }
@@ -195,7 +196,7 @@ fn parent_port(p: &ParentRef, svc: &KubeService) -> Result<(), GammaError> {
                 .is_none_or(|s| sp.name.as_deref() == Some(s))
     });
     if !named {
-        return Err(GammaError::NoMatchingParent(format!(
+        return Err(RouteError::NoMatchingParent(format!(
             "Service {} has no port {}",
             p.name,
             p.section_name
@@ -205,7 +206,7 @@ fn parent_port(p: &ParentRef, svc: &KubeService) -> Result<(), GammaError> {
         )));
     }
     if ports.len() > 1 {
-        return Err(GammaError::unsupported(
+        return Err(RouteError::unsupported(
             "spec.parentRefs",
             "a route to one port of a Service of several ports: mesh routes apply to every \
              port (leave port and sectionName out)",
@@ -224,21 +225,19 @@ struct RuleParts {
 }
 
 impl RuleParts {
-    // Long: a rule's filters and timeouts, one Gateway API filter type after another, each
-    // translated or refused with its own field path; split, the refusals would scatter.
     fn new(
         f: &str,
         rule: &HttpRouteRule,
         g: &GammaRoute<'_>,
         parent: &KubeService,
-    ) -> Result<Self, GammaError> {
+    ) -> Result<Self, RouteError> {
         let mut backends = Vec::new();
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let fb = format!("{f}.backendRefs[{bi}]");
             let subset = backend_subset(&fb, b, g, parent)?;
             let weight = b.weight.unwrap_or(1);
             let weight = u32::try_from(weight).map_err(|_| {
-                GammaError::unsupported(format!("{fb}.weight"), "a weight is 0 or more")
+                RouteError::unsupported(format!("{fb}.weight"), "a weight is 0 or more")
             })?;
             backends.push(wire::Backend {
                 subset,
@@ -265,7 +264,7 @@ impl RuleParts {
             None => None,
             Some(t) => {
                 if t.backend_request.is_some() {
-                    return Err(GammaError::unsupported(
+                    return Err(RouteError::unsupported(
                         format!("{f}.timeouts.backendRequest"),
                         "not supported (use a Weft MeshRoute's retry.per_try_timeout)",
                     ));
@@ -276,59 +275,7 @@ impl RuleParts {
                     .filter(|r| weft_policy::parse_duration(r).map_or(true, |d| !d.is_zero()))
             }
         };
-        let mut rewrite = None;
-        let mut headers: Option<wire::HeaderEdits> = None;
-        for (fi, filter) in rule.filters.iter().enumerate() {
-            let ff = format!("{f}.filters[{fi}]");
-            match filter.type_.as_str() {
-                "RequestHeaderModifier" => {
-                    let m = filter.request_header_modifier.clone().unwrap_or_default();
-                    if !m.add.is_empty() {
-                        return Err(GammaError::unsupported(
-                            format!("{ff}.requestHeaderModifier.add"),
-                            "appending to a header is not supported (use set)",
-                        ));
-                    }
-                    let edits = headers.get_or_insert_with(Default::default);
-                    for nv in m.set {
-                        edits.set.insert(nv.name.to_ascii_lowercase(), nv.value);
-                    }
-                    edits.remove.extend(m.remove);
-                }
-                "URLRewrite" => {
-                    let r = filter.url_rewrite.clone().unwrap_or_default();
-                    if r.hostname.is_some() {
-                        return Err(GammaError::unsupported(
-                            format!("{ff}.urlRewrite.hostname"),
-                            "host rewrites are not supported",
-                        ));
-                    }
-                    match r.path {
-                        Some(p) if p.type_ == "ReplacePrefixMatch" => {
-                            rewrite = Some(wire::Rewrite {
-                                prefix: p.replace_prefix_match.unwrap_or_else(|| "/".into()),
-                            });
-                        }
-                        Some(p) => {
-                            return Err(GammaError::unsupported(
-                                format!("{ff}.urlRewrite.path.type"),
-                                format!("{:?} is not supported (ReplacePrefixMatch is)", p.type_),
-                            ))
-                        }
-                        None => {}
-                    }
-                }
-                other => {
-                    return Err(GammaError::unsupported(
-                        format!("{ff}.type"),
-                        format!(
-                            "{other} is not supported on mesh routes (RequestHeaderModifier and \
-                             URLRewrite are)"
-                        ),
-                    ))
-                }
-            }
-        }
+        let (rewrite, headers) = filters::translate(f, &rule.filters, Place::Mesh)?;
         Ok(RuleParts {
             backends,
             fault,
@@ -347,17 +294,17 @@ fn backend_subset(
     b: &BackendRef,
     g: &GammaRoute<'_>,
     parent: &KubeService,
-) -> Result<BTreeMap<String, String>, GammaError> {
+) -> Result<BTreeMap<String, String>, RouteError> {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
-        return Err(GammaError::InvalidKind {
+        return Err(RouteError::InvalidKind {
             field: fb.to_owned(),
             why: format!("{kind} of group {group:?}: only core Services are backends"),
         });
     }
     if !b.filters.is_empty() {
-        return Err(GammaError::unsupported(
+        return Err(RouteError::unsupported(
             format!("{fb}.filters"),
             "per-backend filters are not supported (put them on the rule)",
         ));
@@ -365,7 +312,7 @@ fn backend_subset(
     let ns = b.namespace.as_deref().unwrap_or(g.namespace);
     if ns != g.namespace {
         if !g.cluster.granted(g.kind, g.namespace, ns, &b.name) {
-            return Err(GammaError::RefNotPermitted {
+            return Err(RouteError::RefNotPermitted {
                 field: fb.to_owned(),
                 why: format!(
                     "Service {ns}/{} is of another namespace and no ReferenceGrant in {ns} \
@@ -374,7 +321,7 @@ fn backend_subset(
                 ),
             });
         }
-        return Err(GammaError::unsupported(
+        return Err(RouteError::unsupported(
             fb,
             format!(
                 "Service {ns}/{} is of another namespace than the parent Service: mesh routes \
@@ -384,7 +331,7 @@ fn backend_subset(
         ));
     }
     let Some(backend) = g.cluster.service(ns, &b.name) else {
-        return Err(GammaError::BackendNotFound {
+        return Err(RouteError::BackendNotFound {
             field: fb.to_owned(),
             why: format!("no Service {ns}/{}", b.name),
         });
@@ -392,7 +339,7 @@ fn backend_subset(
     if let Some(port) = b.port {
         let ports = backend.spec.as_ref().and_then(|s| s.ports.clone());
         if !ports.unwrap_or_default().iter().any(|p| p.port == port) {
-            return Err(GammaError::BackendNotFound {
+            return Err(RouteError::BackendNotFound {
                 field: format!("{fb}.port"),
                 why: format!("Service {ns}/{} has no port {port}", b.name),
             });
@@ -412,7 +359,7 @@ fn backend_subset(
         && !parents.is_empty()
         && parents.iter().all(|(k, v)| theirs.get(k) == Some(v));
     if !within {
-        return Err(GammaError::unsupported(
+        return Err(RouteError::unsupported(
             fb,
             format!(
                 "Service {ns}/{} may select pods outside the parent Service {}: its selector \
@@ -426,7 +373,7 @@ fn backend_subset(
         .filter(|(k, _)| !parents.contains_key(k))
         .collect();
     if let Some(k) = subset.keys().find(|k| NOISY_LABELS.contains(&k.as_str())) {
-        return Err(GammaError::unsupported(
+        return Err(RouteError::unsupported(
             fb,
             format!(
                 "Service {ns}/{} selects by {k}, a label endpoints do not carry",

@@ -56,7 +56,7 @@ fn mesh() -> Vec<wire::Service> {
 fn translate(
     spec: Value,
     grants: &[(String, ReferenceGrantSpec)],
-) -> Result<MeshRoutes, GammaError> {
+) -> Result<MeshRoutes, RouteError> {
     let spec: HttpRouteSpec = serde_json::from_value(spec).expect("spec");
     let services = services();
     let mesh = mesh();
@@ -108,7 +108,7 @@ fn matches_weights_and_filters_become_mesh_routes() {
     );
     // The Exact match has no prefix for the rewrite to replace: refused.
     assert_eq!(
-        routes.as_ref().err().map(GammaError::reason),
+        routes.as_ref().err().map(RouteError::reason),
         Some("UnsupportedValue"),
         "{routes:?}"
     );

@@ -2,7 +2,7 @@
 
 use weft_policy::wire;
 
-use super::error::GammaError;
+use super::error::RouteError;
 use super::types::HttpRouteMatch;
 
 /// Gateway API precedence, most specific first: an exact path, then the longest prefix, then
@@ -16,10 +16,10 @@ pub type Rank = (u8, std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>);
 pub(super) fn route_match(
     fm: &str,
     m: &HttpRouteMatch,
-) -> Result<(wire::Match, Rank, bool), GammaError> {
+) -> Result<(wire::Match, Rank, bool), RouteError> {
     use std::cmp::Reverse;
     if !m.query_params.is_empty() {
-        return Err(GammaError::unsupported(
+        return Err(RouteError::unsupported(
             format!("{fm}.queryParams"),
             "query parameter matches are not supported",
         ));
@@ -66,7 +66,7 @@ pub(super) fn route_match(
             0,
         ),
         other => {
-            return Err(GammaError::unsupported(
+            return Err(RouteError::unsupported(
                 format!("{fm}.path.type"),
                 format!("{other:?} is not a path match type"),
             ))
@@ -78,7 +78,7 @@ pub(super) fn route_match(
             "Exact" => (Some(h.value.clone()), None),
             "RegularExpression" => (None, Some(h.value.clone())),
             other => {
-                return Err(GammaError::unsupported(
+                return Err(RouteError::unsupported(
                     format!("{fm}.headers[{hi}].type"),
                     format!("{other:?} is not a header match type"),
                 ))

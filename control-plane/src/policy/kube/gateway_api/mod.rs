@@ -14,6 +14,7 @@ use kube::api::{ApiResource, DynamicObject};
 use weft_policy::wire;
 
 mod error;
+mod filters;
 pub mod gamma;
 pub mod gateway_status;
 pub mod gateway_types;
@@ -24,7 +25,8 @@ pub mod ns_route;
 pub mod status;
 pub mod types;
 
-use gamma::{Cluster, GammaError, GammaRoute, MeshRoutes};
+pub use error::RouteError;
+use gamma::{Cluster, GammaRoute, MeshRoutes};
 use types::{HttpRouteSpec, ParentRef, ReferenceGrantSpec};
 
 use super::objects::{Kind, ObjectKey};
@@ -171,7 +173,7 @@ pub fn gamma(
         };
         for parent in parents.into_iter().filter(ParentRef::is_service) {
             let result = match &spec {
-                Err(e) => Err(GammaError::Unsupported {
+                Err(e) => Err(RouteError::Unsupported {
                     field: "spec".into(),
                     why: e.to_string(),
                 }),
@@ -194,7 +196,7 @@ pub fn gamma(
                 key: key.clone(),
                 generation,
                 parent,
-                bad_ref: result.as_ref().err().is_some_and(GammaError::is_ref),
+                bad_ref: result.as_ref().err().is_some_and(RouteError::is_ref),
                 result: match &result {
                     Ok(_) => Ok(()),
                     Err(e) => Err((e.reason(), e.to_string())),
@@ -214,7 +216,7 @@ pub fn gamma(
 }
 
 /// `routes` if they are valid on their own with their service, else why not.
-fn alone(routes: MeshRoutes, mesh: &[wire::Service]) -> Result<MeshRoutes, GammaError> {
+fn alone(routes: MeshRoutes, mesh: &[wire::Service]) -> Result<MeshRoutes, RouteError> {
     let names: Vec<&str> = routes.0.iter().map(|r| r.route.service.as_str()).collect();
     let file = wire::MeshFile {
         services: mesh
@@ -246,7 +248,7 @@ fn alone(routes: MeshRoutes, mesh: &[wire::Service]) -> Result<MeshRoutes, Gamma
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
-            Err(GammaError::Unsupported {
+            Err(RouteError::Unsupported {
                 field: "spec.rules".into(),
                 why,
             })

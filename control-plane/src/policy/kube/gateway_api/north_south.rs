@@ -24,8 +24,9 @@ use super::types::{HttpRouteSpec, ParentRef};
 use super::ParentVerdict;
 use crate::policy::kube::objects::{Kind, ObjectKey};
 
+use super::error::RouteError;
 pub use super::ns_route::Inputs;
-use super::ns_route::{ListenerView, NsRoute, RouteError};
+use super::ns_route::{ListenerView, NsRoute};
 
 /// A certificate chain and its key, PEM.
 type Pems = (Vec<u8>, Vec<u8>);

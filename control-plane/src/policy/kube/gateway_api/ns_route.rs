@@ -25,7 +25,8 @@ use kube::api::DynamicObject;
 use weft_policy::gateway::RouteFile;
 use weft_policy::wire;
 
-use super::error::GammaError;
+use super::error::RouteError;
+use super::filters::{self, Place};
 use super::matches::{route_match, Rank};
 use super::types::ReferenceGrantSpec;
 use super::types::{BackendRef, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, ParentRef};
@@ -91,100 +92,6 @@ pub struct ListenerView<'a> {
     pub from_all: bool,
     /// The Gateway's namespace.
     pub gateway_ns: &'a str,
-}
-
-/// Why a north-south route, or one of its Gateway parents, is not in force.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    /// A field the gateway does not implement (`UnsupportedValue`).
-    #[error("{field}: {why}")]
-    Unsupported {
-        /// The field (`spec.rules[0].filters[1].type`).
-        field: String,
-        /// Why.
-        why: String,
-    },
-    /// The Gateway is not accepted, or has no such listener (`NoMatchingParent`).
-    #[error("{0}")]
-    NoMatchingParent(String),
-    /// No listener named lets the route attach (`NotAllowedByListeners`).
-    #[error("{0}")]
-    NotAllowedByListeners(String),
-    /// No host in common with the listeners (`NoMatchingListenerHostname`).
-    #[error("{0}")]
-    NoMatchingListenerHostname(String),
-    /// A backendRef to no Service, or to one outside the mesh (`BackendNotFound`).
-    #[error("{field}: {why}")]
-    BackendNotFound {
-        /// The field.
-        field: String,
-        /// Why.
-        why: String,
-    },
-    /// A backendRef to another namespace without a ReferenceGrant (`RefNotPermitted`).
-    #[error("{field}: {why}")]
-    RefNotPermitted {
-        /// The field.
-        field: String,
-        /// Why.
-        why: String,
-    },
-    /// A backendRef of a kind other than a core Service (`InvalidKind`).
-    #[error("{field}: {why}")]
-    InvalidKind {
-        /// The field.
-        field: String,
-        /// Why.
-        why: String,
-    },
-}
-
-impl RouteError {
-    /// The condition reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            RouteError::Unsupported { .. } => "UnsupportedValue",
-            RouteError::NoMatchingParent(_) => "NoMatchingParent",
-            RouteError::NotAllowedByListeners(_) => "NotAllowedByListeners",
-            RouteError::NoMatchingListenerHostname(_) => "NoMatchingListenerHostname",
-            RouteError::BackendNotFound { .. } => "BackendNotFound",
-            RouteError::RefNotPermitted { .. } => "RefNotPermitted",
-            RouteError::InvalidKind { .. } => "InvalidKind",
-        }
-    }
-
-    /// Whether the error is about a reference (then `ResolvedRefs` is False too).
-    pub fn is_ref(&self) -> bool {
-        matches!(
-            self,
-            RouteError::BackendNotFound { .. }
-                | RouteError::RefNotPermitted { .. }
-                | RouteError::InvalidKind { .. }
-        )
-    }
-
-    fn unsupported(field: impl Into<String>, why: impl Into<String>) -> Self {
-        RouteError::Unsupported {
-            field: field.into(),
-            why: why.into(),
-        }
-    }
-}
-
-impl From<GammaError> for RouteError {
-    fn from(e: GammaError) -> Self {
-        match e {
-            GammaError::Unsupported { field, why } => RouteError::Unsupported { field, why },
-            GammaError::NoMatchingParent(m) => RouteError::NoMatchingParent(m),
-            GammaError::BackendNotFound { field, why } => {
-                RouteError::BackendNotFound { field, why }
-            }
-            GammaError::RefNotPermitted { field, why } => {
-                RouteError::RefNotPermitted { field, why }
-            }
-            GammaError::InvalidKind { field, why } => RouteError::InvalidKind { field, why },
-        }
-    }
 }
 
 /// One HTTPRoute and one of its Gateway parents, to translate.
@@ -317,7 +224,7 @@ impl NsRoute<'_> {
             ));
         }
         let service = self.backend(&f, rule)?;
-        let (rewrite, headers) = filters(&f, rule)?;
+        let (rewrite, headers) = filters::translate(&f, &rule.filters, Place::Gateway)?;
         let defaults = [HttpRouteMatch::default()];
         let matches = if rule.matches.is_empty() {
             &defaults[..]
@@ -501,70 +408,6 @@ impl NsRoute<'_> {
             RouteError::unsupported("spec.rules", why)
         })
     }
-}
-
-/// A rule's prefix rewrite and header edits.
-fn filters(
-    f: &str,
-    rule: &HttpRouteRule,
-) -> Result<(Option<wire::Rewrite>, Option<wire::HeaderEdits>), RouteError> {
-    let mut rewrite = None;
-    let mut headers: Option<wire::HeaderEdits> = None;
-    for (fi, filter) in rule.filters.iter().enumerate() {
-        let ff = format!("{f}.filters[{fi}]");
-        match filter.type_.as_str() {
-            "RequestHeaderModifier" => {
-                let m = filter.request_header_modifier.clone().unwrap_or_default();
-                if !m.add.is_empty() {
-                    return Err(RouteError::unsupported(
-                        format!("{ff}.requestHeaderModifier.add"),
-                        "appending to a header is not supported (use set)",
-                    ));
-                }
-                let edits = headers.get_or_insert_with(Default::default);
-                for nv in m.set {
-                    edits.set.insert(nv.name.to_ascii_lowercase(), nv.value);
-                }
-                edits
-                    .remove
-                    .extend(m.remove.into_iter().map(|n| n.to_ascii_lowercase()));
-            }
-            "URLRewrite" => {
-                let r = filter.url_rewrite.clone().unwrap_or_default();
-                if r.hostname.is_some() {
-                    return Err(RouteError::unsupported(
-                        format!("{ff}.urlRewrite.hostname"),
-                        "host rewrites are not supported (the gateway sends the mesh \
-                         service's name as Host)",
-                    ));
-                }
-                match r.path {
-                    Some(p) if p.type_ == "ReplacePrefixMatch" => {
-                        rewrite = Some(wire::Rewrite {
-                            prefix: p.replace_prefix_match.unwrap_or_else(|| "/".into()),
-                        });
-                    }
-                    Some(p) => {
-                        return Err(RouteError::unsupported(
-                            format!("{ff}.urlRewrite.path.type"),
-                            format!("{:?} is not supported (ReplacePrefixMatch is)", p.type_),
-                        ))
-                    }
-                    None => {}
-                }
-            }
-            other => {
-                return Err(RouteError::unsupported(
-                    format!("{ff}.type"),
-                    format!(
-                        "{other} is not supported at the gateway (RequestHeaderModifier and \
-                         URLRewrite are)"
-                    ),
-                ))
-            }
-        }
-    }
-    Ok((rewrite, headers))
 }
 
 /// The hosts a listener of `hostname` and a route of `route` share: `None` when none, an
