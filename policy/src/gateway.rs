@@ -138,8 +138,15 @@ pub struct RouteFile {
     /// Path, method and header conditions, as for mesh routes.
     #[serde(default, rename = "match")]
     pub matches: wire::Match,
-    /// The mesh service requests go to (a `services` entry of the sidecar config).
+    /// The mesh service requests go to (a `services` entry of the sidecar config); empty
+    /// with `backends`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service: String,
+    /// A weighted split between mesh services instead of one `service`: each request goes to
+    /// one of them in proportion to its weight (a canary across Services, as a Gateway API
+    /// route's weighted `backendRefs` asks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendFile>,
     /// Prefix rewrite (needs `match.path.prefix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<wire::Rewrite>,
@@ -149,6 +156,61 @@ pub struct RouteFile {
     /// Authentication, CORS and per-client limit ([`crate::gateway_auth`]; absent: public).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<crate::gateway_auth::wire::RouteAccessFile>,
+}
+
+/// One service of a route's weighted split.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// The mesh service (a `services` entry of the sidecar config).
+    pub service: String,
+    /// Its share: requests go to it with probability `weight / sum of weights`.
+    pub weight: u32,
+}
+
+/// Where a route's requests go: one mesh service, or a weighted split between several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backends {
+    /// The services with weight above 0, and each one's cumulative weight (the last is the
+    /// total), so a pick is one binary search.
+    services: Vec<(String, u64)>,
+}
+
+impl Backends {
+    /// All requests to `service`.
+    pub fn one(service: impl Into<String>) -> Self {
+        Backends {
+            services: vec![(service.into(), 1)],
+        }
+    }
+
+    /// A split from services with cumulative weights (ascending, each step above 0).
+    pub(crate) fn from_cumulative(services: Vec<(String, u64)>) -> Self {
+        Backends { services }
+    }
+
+    /// The services in order, with their weights (each above 0).
+    pub fn weighted(&self) -> impl Iterator<Item = (&str, u64)> {
+        let mut before = 0;
+        self.services.iter().map(move |(s, upto)| {
+            let w = upto - before;
+            before = *upto;
+            (s.as_str(), w)
+        })
+    }
+
+    /// The service for a request drawn `r` (uniform over `u64`): each service's share of
+    /// draws is its weight over the total.
+    pub fn pick(&self, r: u64) -> &str {
+        let total = self.services.last().map_or(1, |s| s.1);
+        // Multiply-shift maps `r` onto [0, total) without the bias of `r % total`.
+        let at = ((u128::from(r) * u128::from(total)) >> 64) as u64;
+        let i = self.services.partition_point(|s| s.1 <= at);
+        self.services
+            .get(i)
+            .or(self.services.last())
+            .map_or("", |s| s.0.as_str())
+    }
 }
 
 /// A host name or a one-label wildcard (`*.example.test` matches `a.example.test`, not
@@ -297,8 +359,8 @@ pub struct GatewayRoute {
     pub hosts: Vec<HostPattern>,
     /// Conditions.
     pub matcher: RouteMatch,
-    /// Mesh service.
-    pub service: String,
+    /// The mesh service, or the weighted split, requests go to.
+    pub backends: Backends,
     /// New path prefix for the matched prefix.
     pub rewrite_prefix: Option<String>,
     /// Headers set.

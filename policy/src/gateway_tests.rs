@@ -75,7 +75,7 @@ fn a_good_file_validates_with_defaults() {
     assert_eq!(g.limits.header_timeout, Duration::from_secs(2));
     assert_eq!(g.limits.idle_timeout, Limits::default().idle_timeout);
     let r = &g.routes[0];
-    assert_eq!(r.service, "orders");
+    assert_eq!(r.backends, Backends::one("orders"));
     assert_eq!(r.rewrite_prefix.as_deref(), Some("/orders"));
     assert_eq!(r.set_headers.len(), 1);
     assert_eq!(r.remove_headers[0].as_str(), "cookie");
@@ -210,4 +210,103 @@ fn cidrs_contain_their_addresses() {
     assert!(all.contains(ip("8.8.8.8")));
     assert!("1.2.3.4/x".parse::<Cidr>().is_err());
     assert!("::/129".parse::<Cidr>().is_err());
+}
+
+/// The sidecar config with a second service `orders-v2` beside `orders`.
+fn two_services(paths: &str) -> Vec<Service> {
+    let text = format!(
+        "{SIDECAR}  - name: orders-v2\n    identity: spiffe://weft.local/ns/default/sa/orders\n    {paths}endpoints: []\n"
+    );
+    crate::parse(&text, Path::new("s.yaml"), Path::new("/etc/weft"))
+        .expect("sidecar config")
+        .services
+}
+
+fn split(backends: &str, services: &[Service]) -> Result<Gateway, GatewayError> {
+    let text = GOOD.replace(
+        "    service: orders\n",
+        &format!("    backends: {backends}\n"),
+    );
+    parse(&text, Path::new("gw.yaml"), Path::new("/etc/gw"), services)
+}
+
+#[test]
+fn a_weighted_split_names_known_services_with_a_positive_total() {
+    let services = two_services("");
+    let gw = split(
+        "[{service: orders, weight: 90}, {service: orders-v2, weight: 10}, {service: orders-v2x, weight: 0}]",
+        &services,
+    );
+    let msg = gw.expect_err("orders-v2x is unknown").to_string();
+    assert!(
+        msg.starts_with(
+            "gw.yaml:16:91: routes[0].backends[2].service: unknown service \"orders-v2x\""
+        ),
+        "{msg}"
+    );
+    let gw = split(
+        "[{service: orders, weight: 90}, {service: orders-v2, weight: 10}]",
+        &services,
+    )
+    .expect("a split");
+    let b = &gw.routes[0].backends;
+    assert_eq!(
+        b.weighted().collect::<Vec<_>>(),
+        vec![("orders", 90), ("orders-v2", 10)]
+    );
+    // Evenly spread draws (one in the middle of each thousandth) land in proportion to the
+    // weights; the edges too.
+    let (n, step) = (1000u64, u64::MAX / 1000);
+    let v2 = (0..n)
+        .map(|i| b.pick(i * step + step / 2))
+        .filter(|s| *s == "orders-v2")
+        .count();
+    assert_eq!(v2, 100);
+    assert_eq!(b.pick(0), "orders");
+    assert_eq!(b.pick(u64::MAX), "orders-v2");
+
+    // A 0 weight takes nothing; all 0 is refused, as are both forms, a repeat, a mismatch.
+    let gw = split(
+        "[{service: orders, weight: 0}, {service: orders-v2, weight: 1}]",
+        &services,
+    )
+    .expect("a split");
+    assert_eq!(gw.routes[0].backends, Backends::one("orders-v2"));
+    let refused = |backends: &str, services: &[Service], want: &str| {
+        let msg = split(backends, services).expect_err(want).to_string();
+        assert!(msg.contains(want), "{want:?} not in {msg}");
+    };
+    refused(
+        "[{service: orders, weight: 0}]",
+        &services,
+        "routes[0].backends: every weight is 0",
+    );
+    refused(
+        "[{service: orders, weight: 1}, {service: orders, weight: 2}]",
+        &services,
+        "routes[0].backends[1].service: \"orders\" is named twice",
+    );
+    refused(
+        "[{service: orders, weight: 1}, {service: orders-v2, weight: 1}]",
+        &two_services("escaped_slashes: keep\n    "),
+        "the services of a split must share their path options",
+    );
+    let both = GOOD.replace(
+        "    service: orders\n",
+        "    service: orders\n    backends: [{service: orders, weight: 1}]\n",
+    );
+    let msg = parse(&both, Path::new("gw.yaml"), Path::new("/etc/gw"), &services)
+        .expect_err("both")
+        .to_string();
+    assert!(msg.contains("`service` or `backends`, not both"), "{msg}");
+    let neither = GOOD.replace("    service: orders\n", "");
+    let msg = parse(
+        &neither,
+        Path::new("gw.yaml"),
+        Path::new("/etc/gw"),
+        &services,
+    )
+    .expect_err("neither")
+    .to_string();
+    assert!(msg.contains("routes[0].service: missing"), "{msg}");
 }

@@ -16,6 +16,8 @@ const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duratio
 const MAX_BODY_LIMIT: u64 = 1 << 30;
 /// Pingora refuses a request header block over 1 MiB before the gateway sees it.
 const MAX_HEADER_LIMIT: usize = (1 << 20) - 1;
+/// Most services in one route's weighted split (a canary needs two; a hundred is a mistake).
+const MAX_BACKENDS: usize = 16;
 
 impl Validator<'_> {
     pub(super) fn gateway(&mut self, raw: GatewayFile, services: &[Service]) -> Option<Gateway> {
@@ -233,15 +235,8 @@ impl Validator<'_> {
                 .enumerate()
                 .filter_map(|(j, h)| self.check(format!("{f}.hosts[{j}]"), host_pattern(h)))
                 .collect();
-            let Some(svc) = services.iter().find(|s| s.name == r.service) else {
-                self.err(
-                    format!("{f}.service"),
-                    format!(
-                        "unknown service {:?}: a gateway route names a `services` entry of the \
-                         sidecar config",
-                        r.service
-                    ),
-                );
+            let Some((backends, svc)) = self.route_backends(&f, &r.service, r.backends, services)
+            else {
                 continue;
             };
             let Some(matcher) = self.route_match(&f, r.matches, svc) else {
@@ -261,7 +256,7 @@ impl Validator<'_> {
                 name: r.name,
                 hosts,
                 matcher,
-                service: svc.name.clone(),
+                backends,
                 rewrite_prefix,
                 set_headers,
                 remove_headers,
@@ -269,5 +264,102 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    /// A route's `service`, or its weighted `backends`, checked against the sidecar config's
+    /// services; with the service whose path options the route's match is checked with (every
+    /// service of a split must share them: the match is canonicalized once).
+    fn route_backends<'s>(
+        &mut self,
+        f: &str,
+        service: &str,
+        raw: Vec<BackendFile>,
+        services: &'s [Service],
+    ) -> Option<(Backends, &'s Service)> {
+        let find = |name: &str| services.iter().find(|s| s.name == name);
+        let unknown = |name: &str| {
+            format!(
+                "unknown service {name:?}: a gateway route names a `services` entry of the \
+                 sidecar config"
+            )
+        };
+        match (service.is_empty(), raw.is_empty()) {
+            (false, true) => {
+                let Some(svc) = find(service) else {
+                    self.err(format!("{f}.service"), unknown(service));
+                    return None;
+                };
+                Some((Backends::one(&svc.name), svc))
+            }
+            (true, false) => {
+                if raw.len() > MAX_BACKENDS {
+                    self.err(
+                        format!("{f}.backends"),
+                        format!("{} backends; at most {MAX_BACKENDS}", raw.len()),
+                    );
+                    return None;
+                }
+                let mut ok = true;
+                let mut split: Vec<(String, u64)> = Vec::new();
+                let mut first: Option<&Service> = None;
+                for (j, b) in raw.into_iter().enumerate() {
+                    let fb = format!("{f}.backends[{j}]");
+                    let Some(svc) = find(&b.service) else {
+                        self.err(format!("{fb}.service"), unknown(&b.service));
+                        ok = false;
+                        continue;
+                    };
+                    if split.iter().any(|(s, _)| *s == svc.name) {
+                        self.err(
+                            format!("{fb}.service"),
+                            format!("{:?} is named twice", b.service),
+                        );
+                        ok = false;
+                    }
+                    match first {
+                        Some(p) if p.paths != svc.paths => {
+                            self.err(
+                                format!("{fb}.service"),
+                                format!(
+                                    "{:?} canonicalizes paths unlike {:?}: the services of a \
+                                     split must share their path options",
+                                    svc.name, p.name
+                                ),
+                            );
+                            ok = false;
+                        }
+                        Some(_) => {}
+                        None => first = Some(svc),
+                    }
+                    if b.weight > 0 {
+                        let upto = split.last().map_or(0, |s| s.1) + u64::from(b.weight);
+                        split.push((svc.name.clone(), upto));
+                    }
+                }
+                if ok && split.is_empty() {
+                    self.err(
+                        format!("{f}.backends"),
+                        "every weight is 0: no service would take a request",
+                    );
+                    ok = false;
+                }
+                let svc = first?;
+                ok.then(|| (Backends::from_cumulative(split), svc))
+            }
+            (false, false) => {
+                self.err(
+                    format!("{f}.backends"),
+                    "a route names `service` or `backends`, not both",
+                );
+                None
+            }
+            (true, true) => {
+                self.err(
+                    format!("{f}.service"),
+                    "missing: a route names a `service` or weighted `backends`",
+                );
+                None
+            }
+        }
     }
 }

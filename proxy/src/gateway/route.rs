@@ -43,8 +43,9 @@ pub fn find(routes: &[GatewayRoute], host: Option<&str>, req: &RequestHeader) ->
     })
 }
 
-/// Apply the route's edits and point the request at its mesh service: the URI becomes
-/// origin-form (path and query) and Host the service's name.
+/// Apply the route's edits and point the request at its mesh service (one of a weighted
+/// split, drawn per request): the URI becomes origin-form (path and query) and Host the
+/// service's name.
 pub fn apply(route: &GatewayRoute, req: &mut RequestHeader) -> Result<(), Failure> {
     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let pq = match (&route.rewrite_prefix, &route.matcher.path) {
@@ -63,7 +64,7 @@ pub fn apply(route: &GatewayRoute, req: &mut RequestHeader) -> Result<(), Failur
         req.insert_header(name.clone(), value.clone())
             .map_err(internal)?;
     }
-    let service = HeaderValue::from_str(&route.service)
+    let service = HeaderValue::from_str(route.backends.pick(fastrand::u64(..)))
         .map_err(|_| Failure::new(500, "bad_request", "bad service name"))?;
     req.insert_header(HOST, service).map_err(internal)?;
     Ok(())
@@ -78,7 +79,8 @@ mod tests {
     fn routes() -> Vec<GatewayRoute> {
         let sidecar = "service: {name: gw, identity: spiffe://weft.local/ns/edge/sa/gw, app: 127.0.0.1:1}\n\
                        tls: {cert: c, key: k, trust_bundle: b}\n\
-                       services:\n  - {name: orders, identity: spiffe://weft.local/ns/default/sa/orders, endpoints: []}\n";
+                       services:\n  - {name: orders, identity: spiffe://weft.local/ns/default/sa/orders, endpoints: []}\n\
+                       \x20 - {name: orders-v2, identity: spiffe://weft.local/ns/default/sa/orders, endpoints: []}\n";
         let services = weft_policy::parse(sidecar, Path::new("s"), Path::new("."))
             .expect("sidecar")
             .services;
@@ -86,6 +88,7 @@ mod tests {
                   tls: {certificates: [{hosts: [a.test], cert: c, key: k}]}\n\
                   routes:\n\
                   \x20 - {name: v1, hosts: [\"*.example.test\"], match: {path: {prefix: /v1/orders}}, service: orders, rewrite: {prefix: /orders}, request_headers: {set: {x-api-version: v1}, remove: [cookie]}}\n\
+                  \x20 - {name: canary, match: {path: {prefix: /canary}}, backends: [{service: orders, weight: 3}, {service: orders-v2, weight: 1}]}\n\
                   \x20 - {name: any, match: {path: {prefix: /}}, service: orders}\n";
         weft_policy::gateway::parse(gw, Path::new("g"), Path::new("."), &services)
             .expect("gateway")
@@ -131,9 +134,31 @@ mod tests {
         assert!(r.headers.get("cookie").is_none());
         // Another host: the catch-all, no rewrite.
         let r = req("other.test", "/v1/orders/7");
-        assert_eq!(find(&routes, Some("other.test"), &r), Some(1));
+        assert_eq!(find(&routes, Some("other.test"), &r), Some(2));
         // A segment prefix: /v1/ordersx is not under /v1/orders.
         let r = req("a.example.test", "/v1/ordersx");
-        assert_eq!(find(&routes, Some("a.example.test"), &r), Some(1));
+        assert_eq!(find(&routes, Some("a.example.test"), &r), Some(2));
+    }
+
+    #[test]
+    fn a_weighted_split_sends_each_request_to_one_service_in_proportion() {
+        let routes = routes();
+        let (mut orders, mut v2) = (0u32, 0u32);
+        for _ in 0..4000 {
+            let mut r = req("a.test", "/canary/x");
+            let i = find(&routes, Some("a.test"), &r).expect("route");
+            assert_eq!(routes[i].name, "canary");
+            apply(&routes[i], &mut r).expect("apply");
+            match r.headers.get(HOST).map(|v| v.as_bytes()) {
+                Some(b"orders") => orders += 1,
+                Some(b"orders-v2") => v2 += 1,
+                other => panic!("Host {other:?}"),
+            }
+        }
+        // 3:1 of 4000 is 1000 to v2; six standard deviations (27 each) either way.
+        assert!(
+            (840..=1160).contains(&v2),
+            "orders {orders}, orders-v2 {v2}"
+        );
     }
 }

@@ -153,3 +153,72 @@ async fn a_gateway_file_edit_applies_and_a_bad_one_keeps_the_routes_in_force() {
     assert_eq!(get(&gw, "/shop/4").0, "404 2");
     assert_eq!(get(&gw, "/orders/4").0, "200 2");
 }
+
+/// A route splitting requests between two services by weight, as a Gateway API canary does.
+fn split(orders: u32, v2: u32) -> String {
+    format!(
+        "listen: {{https: 127.0.0.1:0}}
+tls:
+  reload_interval: 100ms
+  certificates: [{{hosts: [api.example.test], cert: api.crt, key: api.key}}]
+routes:
+  - name: canary
+    hosts: [api.example.test]
+    backends: [{{service: orders, weight: {orders}}}, {{service: orders-v2, weight: {v2}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_weighted_split_reaches_both_services_and_a_weight_edit_moves_it() {
+    let pki = Pki::new(2306);
+    for s in ["orders", "orders-v2"] {
+        pki.issue(s);
+    }
+    let orders = Sidecar::start(&pki, Spec::new("orders", http_app("orders").await)).await;
+    let v2 = Sidecar::start(&pki, Spec::new("orders-v2", http_app("orders-v2").await)).await;
+    let edge = EdgePki::new(pki.path());
+    edge.issue("api", HOST, 1001);
+    let file = pki.path().join("gateway.yaml");
+    std::fs::write(&file, split(1, 1)).expect("gateway file");
+    let services = format!(
+        "{}{}",
+        service_yaml("orders", "http", None, &[(orders.inbound, "v1")]),
+        service_yaml("orders-v2", "http", None, &[(v2.inbound, "v2")])
+    );
+    let (sidecar, at) = spawn_gateway(&pki, &services, &file).await;
+    let gw = Gw {
+        sidecar,
+        https: at.https,
+        http: at.https,
+        ca: pki.path().join("edge-ca.pem"),
+        edge,
+    };
+    // Which app answered each of `n` requests.
+    let answered = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let (status, body) = get(&gw, &format!("/orders/{i}"));
+                assert_eq!(status, "200 2", "{body}");
+                body["service"].as_str().unwrap_or("?").to_owned()
+            })
+            .collect()
+    };
+    // 1:1 over 40 requests: each side gets some (all to one side: odds 2^-39).
+    let seen = answered(40);
+    let to_v2 = seen.iter().filter(|s| *s == "orders-v2").count();
+    assert!(
+        (1..40).contains(&to_v2),
+        "both services answer a 1:1 split: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s == "orders" || s == "orders-v2"),
+        "{seen:?}"
+    );
+
+    // The canary takes everything: after the reload, every request reaches orders-v2.
+    gw.edge.replace("gateway.yaml", &split(0, 1));
+    reloads(&gw, "ok", 1.0).await;
+    let seen = answered(20);
+    assert!(seen.iter().all(|s| s == "orders-v2"), "{seen:?}");
+}

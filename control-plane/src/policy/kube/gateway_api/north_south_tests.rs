@@ -219,6 +219,42 @@ fn a_gateway_and_its_route_become_the_gateway_file() {
     assert_eq!(&back, f);
 }
 
+#[test]
+fn weighted_backend_refs_across_services_become_a_split() {
+    let split = route(
+        "canary",
+        "2026-01-01T00:00:00Z",
+        json!({
+            "parentRefs": [to_edge(json!({}))],
+            "rules": [{"backendRefs": [
+                {"name": "orders", "port": 8080, "weight": 90},
+                {"name": "catalog", "weight": 10},
+                {"name": "orders", "weight": 5}
+            ]}]
+        }),
+    );
+    let w = World::new(
+        json!([https("api", Some("api.example.test"), "api-cert")]),
+        vec![split],
+    );
+    let ns = w.run();
+    assert_eq!(ns.verdicts[0].result, Ok(()));
+    let config = ns.gateways[0].config.clone().expect("a config");
+    let r = &config.file.routes[0];
+    assert_eq!(r.service, "", "the split form, not one service");
+    let backends: Vec<(&str, u32)> = r
+        .backends
+        .iter()
+        .map(|b| (b.service.as_str(), b.weight))
+        .collect();
+    // The same Service named twice adds up.
+    assert_eq!(backends, [("orders.shop", 95), ("catalog.shop", 10)]);
+    // And the gateway file's own checks take it.
+    let yaml = config.yaml().expect("yaml");
+    let back: weft_policy::gateway::GatewayFile = serde_yaml::from_str(&yaml).expect("reads");
+    assert_eq!(&back, &config.file);
+}
+
 fn verdict(w: &World) -> (&'static str, String) {
     let ns = w.run();
     ns.verdicts[0].result.clone().expect_err("refused")
@@ -241,9 +277,14 @@ fn unsupported_fields_and_bad_references_are_named() {
             "spec.rules[0].filters[0].type",
         ),
         (
-            json!([{"backendRefs": [{"name": "orders", "weight": 50}, {"name": "catalog", "weight": 50}]}]),
+            json!([{"backendRefs": [{"name": "orders", "weight": 0}, {"name": "catalog", "weight": 0}]}]),
             "UnsupportedValue",
             "spec.rules[0].backendRefs",
+        ),
+        (
+            json!([{"backendRefs": [{"name": "orders", "weight": -1}]}]),
+            "UnsupportedValue",
+            "spec.rules[0].backendRefs[0].weight",
         ),
         (
             json!([{"backendRefs": [{"name": "missing"}]}]),

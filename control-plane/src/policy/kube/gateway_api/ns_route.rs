@@ -10,9 +10,10 @@
 //!   meets a name under it, the narrower of two wildcards wins), or the listeners' when the
 //!   route has none.
 //! - **Matches**: as GAMMA's ([`super::matches`]): paths exact, prefix, regex; headers; method.
-//! - **Backends**: core Services of the mesh (another namespace's with a ReferenceGrant);
-//!   weight 0 takes no request; one Service takes the requests (a weighted split between
-//!   Services is refused: split in the mesh with a GAMMA HTTPRoute on that Service).
+//! - **Backends**: core Services of the mesh (another namespace's with a ReferenceGrant),
+//!   weighted: one Service takes every request, several split them by weight per request
+//!   (a canary across Services, moved by editing the weights); weight 0 takes none, and a
+//!   rule where none takes any is refused.
 //! - **Filters**: `RequestHeaderModifier` (`set`, `remove`), `URLRewrite` `ReplacePrefixMatch`
 //!   on prefix matches. The rest (`RequestRedirect`, host rewrites, `add`, mirrors, response
 //!   headers, CORS, extensions) and `timeouts` are refused: the gateway model has no field
@@ -22,7 +23,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Secret, Service as KubeService};
 use kube::api::DynamicObject;
-use weft_policy::gateway::RouteFile;
+use weft_policy::gateway::{BackendFile, RouteFile};
 use weft_policy::wire;
 
 use super::error::RouteError;
@@ -223,7 +224,18 @@ impl NsRoute<'_> {
                  or a GAMMA HTTPRoute)",
             ));
         }
-        let service = self.backend(&f, rule)?;
+        let backends = self.backends(&f, rule)?;
+        // One Service: the plain form; several: the weighted split.
+        let (service, backends) = match &backends[..] {
+            [(one, _)] => (one.clone(), Vec::new()),
+            _ => (
+                String::new(),
+                backends
+                    .into_iter()
+                    .map(|(service, weight)| BackendFile { service, weight })
+                    .collect(),
+            ),
+        };
         let (rewrite, headers) = filters::translate(&f, &rule.filters, Place::Gateway)?;
         let defaults = [HttpRouteMatch::default()];
         let matches = if rule.matches.is_empty() {
@@ -248,6 +260,7 @@ impl NsRoute<'_> {
                     hosts: hosts.to_vec(),
                     matches,
                     service: service.clone(),
+                    backends: backends.clone(),
                     rewrite: rewrite.clone(),
                     request_headers: headers.clone(),
                     access: None,
@@ -257,37 +270,32 @@ impl NsRoute<'_> {
         Ok(out)
     }
 
-    /// The one mesh service a rule's backendRefs send requests to.
-    fn backend(&self, f: &str, rule: &HttpRouteRule) -> Result<String, RouteError> {
-        let mut taking = BTreeSet::new();
+    /// The mesh services a rule's backendRefs send requests to, each with its weight (above
+    /// 0; the same Service named twice adds up).
+    fn backends(&self, f: &str, rule: &HttpRouteRule) -> Result<Vec<(String, u32)>, RouteError> {
+        let mut taking: Vec<(String, u32)> = Vec::new();
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let fb = format!("{f}.backendRefs[{bi}]");
             let name = self.backend_service(&fb, b)?;
-            let weight = b.weight.unwrap_or(1);
-            if weight < 0 {
-                return Err(RouteError::unsupported(
-                    format!("{fb}.weight"),
-                    "a weight is 0 or more",
-                ));
+            let weight = u32::try_from(b.weight.unwrap_or(1)).map_err(|_| {
+                RouteError::unsupported(format!("{fb}.weight"), "a weight is 0 or more")
+            })?;
+            if weight == 0 {
+                continue;
             }
-            if weight > 0 {
-                taking.insert(name);
+            match taking.iter_mut().find(|(s, _)| *s == name) {
+                Some((_, w)) => *w = w.saturating_add(weight),
+                None => taking.push((name, weight)),
             }
         }
-        let mut taking = taking.into_iter();
-        match (taking.next(), taking.next()) {
-            (Some(s), None) => Ok(s),
-            (None, _) => Err(RouteError::unsupported(
+        if taking.is_empty() {
+            return Err(RouteError::unsupported(
                 format!("{f}.backendRefs"),
                 "no backend takes requests (none, or every weight 0): not supported at the \
                  gateway",
-            )),
-            (Some(_), Some(_)) => Err(RouteError::unsupported(
-                format!("{f}.backendRefs"),
-                "a weighted split between Services is not supported at the gateway: route to \
-                 one Service and split in the mesh with a GAMMA HTTPRoute on it",
-            )),
+            ));
         }
+        Ok(taking)
     }
 
     /// The mesh service (`<name>.<namespace>`) a backendRef names.
@@ -388,7 +396,11 @@ impl NsRoute<'_> {
             .inputs
             .mesh
             .iter()
-            .filter(|s| files.iter().any(|r| r.service == s.name))
+            .filter(|s| {
+                files
+                    .iter()
+                    .any(|r| r.service == s.name || r.backends.iter().any(|b| b.service == s.name))
+            })
             .cloned()
             .collect();
         weft_policy::gateway::validate_routes(files.clone(), services).map_err(|errors| {
