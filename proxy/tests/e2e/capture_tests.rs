@@ -109,12 +109,13 @@ pub(crate) struct Pod {
 }
 
 impl Pod {
-    /// `weft-proxy init ARGS` in this pod.
-    pub(crate) fn init(&self, args: &[&str]) {
+    /// `weft-proxy init ARGS` in this pod; what it printed.
+    pub(crate) fn init(&self, args: &[&str]) -> String {
         let mut all = vec![env!("CARGO_BIN_EXE_weft-proxy"), "init"];
         all.extend_from_slice(args);
         let (ok, out, err) = in_ns(&self.ns, &all);
         assert!(ok, "init {args:?} in {}: {out}{err}", self.ns);
+        out
     }
 
     /// This pod's rules as `backend`'s own listing shows them: `nft list ruleset`, or
@@ -498,4 +499,42 @@ async fn passes_egress_through_until_policy_denies_it(backend: Backend) {
         1.0,
         "no connection opened after the deny"
     );
+}
+
+#[test]
+fn capture_auto_takes_nftables_where_the_kernel_can_else_iptables_and_removes_both() {
+    let Some(mut net) = Net::create() else {
+        return;
+    };
+    let pod = net.pod("auto", 2);
+    let weft_table = "table inet weft";
+    // This machine's kernel (5.2 or later) accepts an inet NAT chain: auto loads the table.
+    let out = pod.init(&["--proxy-uid", "0"]);
+    assert!(out.contains("nftables table inet weft loaded"), "{out}");
+    assert!(pod.ruleset(Backend::Nftables).contains(weft_table));
+    assert!(!pod.ruleset(Backend::Iptables).contains("WEFT_"));
+    pod.init(&["--remove"]);
+
+    // Where nft cannot be run (a node image without it), auto falls back to iptables.
+    let out = pod.init(&["--proxy-uid", "0", "--nft", "/nonexistent/nft"]);
+    assert!(out.contains("iptables chains WEFT_*"), "{out}");
+    let rules = pod.ruleset(Backend::Iptables);
+    for jump in [
+        "-A PREROUTING -j WEFT_INBOUND",
+        "-A OUTPUT -j WEFT_OUTBOUND",
+    ] {
+        // Once per family: IPv4 and IPv6.
+        assert_eq!(rules.matches(jump).count(), 2, "{jump}:\n{rules}");
+    }
+    assert!(!pod.ruleset(Backend::Nftables).contains(weft_table));
+
+    // `--remove` with auto takes what either backend left.
+    pod.init(&["--proxy-uid", "0", "--backend", "nftables"]);
+    let out = pod.init(&["--remove"]);
+    assert!(
+        out.contains("nftables table inet weft and iptables chains"),
+        "{out}"
+    );
+    assert!(!pod.ruleset(Backend::Iptables).contains("WEFT_"));
+    assert!(!pod.ruleset(Backend::Nftables).contains(weft_table));
 }
