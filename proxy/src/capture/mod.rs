@@ -114,8 +114,21 @@ pub struct InitArgs {
     pub nft: String,
     /// The iptables variant: `iptables` (the system's choice), `iptables-nft`,
     /// `iptables-legacy`, or a path to one; `-restore`/`-save` and `ip6tables` are derived.
-    #[arg(long, default_value = "iptables", value_name = "NAME")]
+    #[arg(long, default_value = "iptables", value_name = "NAME", value_parser = iptables_variant)]
     pub iptables: String,
+}
+
+/// `--iptables`: the file name must start with `iptables`, since the IPv6 tools' names are
+/// derived from it (`iptables-legacy` → `ip6tables-legacy-restore`).
+fn iptables_variant(s: &str) -> Result<String, String> {
+    let file = s.rsplit('/').next().unwrap_or(s);
+    if file.starts_with("iptables") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: expected iptables, iptables-nft, iptables-legacy or a path to one"
+        ))
+    }
 }
 
 /// `--backend`.
@@ -336,6 +349,14 @@ mod tests {
         let a = parse(&["--proxy-uid", "1", "--backend", "iptables"]).expect("args");
         assert_eq!(a.backend, Backend::Iptables);
         assert!(parse(&["--proxy-uid", "1", "--backend", "ipchains"]).is_err());
+        assert!(parse(&["--proxy-uid", "1", "--iptables", "/usr/sbin/xtables"]).is_err());
+        assert!(parse(&[
+            "--proxy-uid",
+            "1",
+            "--iptables",
+            "/usr/sbin/iptables-legacy"
+        ])
+        .is_ok());
         // No nft here: auto takes iptables. The dry run cannot read the (absent) iptables
         // tools either, so it shows the script for a namespace without Weft's rules.
         let a = parse(&[
