@@ -81,28 +81,22 @@ enum Cmd {
     ///
     /// Like linkerd-init / istio-init, run once per pod before the app starts: outbound TCP
     /// from every UID but --proxy-uid goes to the outbound listener, inbound TCP to the
-    /// inbound mTLS listener. Only the nftables table `inet weft` is written, in one atomic
-    /// transaction; running it again leaves the same ruleset; --remove deletes the table.
+    /// inbound mTLS listener. Only the nftables table `inet weft` is written (or, with
+    /// --backend iptables or on kernels without inet NAT, chains WEFT_* in table nat), in
+    /// one atomic transaction (per family for iptables); running it again leaves the same
+    /// ruleset; --remove deletes only what capture added.
     /// Needs CAP_NET_ADMIN and CAP_NET_RAW, nothing else. See docs/KUBERNETES.md,
     /// "Transparent capture".
     Init(weft_proxy::capture::InitArgs),
 }
 
-/// `weft-proxy init`: prints the script with `--dry-run`, else loads it and says so.
+/// `weft-proxy init`: prints the script(s) with `--dry-run`, else loads them and says so.
 fn init(args: &weft_proxy::capture::InitArgs) -> anyhow::Result<()> {
-    let script = weft_proxy::capture::run(args)?;
+    let outcome = weft_proxy::capture::run(args)?;
     if args.dry_run {
-        print!("{script}");
-    } else if args.remove {
-        println!(
-            "weft-proxy init: table {} removed",
-            weft_proxy::capture::rules::TABLE
-        );
+        print!("{}", outcome.script);
     } else {
-        println!(
-            "weft-proxy init: table {} loaded",
-            weft_proxy::capture::rules::TABLE
-        );
+        println!("weft-proxy init: {}", outcome.summary(args.remove));
     }
     Ok(())
 }

@@ -6,20 +6,24 @@
 //! original destination (`SO_ORIGINAL_DST`) to pick the service (see
 //! `outbound::original_dst`).
 //!
-//! Why nftables (the `nft` command) and not iptables: a ruleset file is applied in one
-//! transaction (no window with half the rules), the rules live in a table of their own
-//! (`inet weft`, both IPv4 and IPv6) so capture never reads, reorders or deletes anyone else's
-//! rules, and removing capture is deleting that table. Kernels since 5.2 support NAT in the
-//! `inet` family; iptables-nft on current distributions writes nftables underneath anyway.
+//! Two backends, one set of rules (`--backend`): nftables (the `nft` command; `rules.rs`) and
+//! iptables (`iptables-restore`; `iptables.rs`). nftables is preferred: a ruleset file is
+//! applied in one transaction for both IPv4 and IPv6, and the rules live in a table of their own
+//! (`inet weft`) so capture never reads, reorders or deletes anyone else's rules, and removing
+//! capture is deleting that table. But NAT in the `inet` family needs Linux 5.2, and some nodes
+//! have only the iptables tools; there iptables does the same with chains of Weft's own
+//! (`WEFT_*`) in table `nat`, one `iptables-restore --noflush` transaction per family.
+//! `--backend auto` (the default) asks the kernel whether it accepts an `inet` NAT chain
+//! (`nft --check`: nothing is loaded) and takes iptables when it does not.
 //!
 //! CNI-free trade-off: no node-level plugin is needed, but every pod carries an init step with
 //! `NET_ADMIN` (docs/KUBERNETES.md, "Transparent capture").
 
+mod exec;
+pub mod iptables;
 pub mod rules;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
+use iptables::{Current, Family};
 use rules::{Cidr, Plan, PortRange};
 
 /// Why `init` failed.
@@ -33,17 +37,19 @@ pub enum CaptureError {
     /// The two listener ports are the same.
     #[error("--outbound-port and --inbound-port must differ (both {0})")]
     SamePorts(u16),
-    /// `nft` could not be started.
-    #[error("cannot run {program}: {source} (install nftables)")]
+    /// A loader (`nft`, `iptables-restore`, `iptables-save`) could not be started.
+    #[error("cannot run {program}: {source} (install {package})")]
     Spawn {
         /// The program run.
         program: String,
+        /// The Debian package that has it.
+        package: &'static str,
         /// What the OS said.
         source: std::io::Error,
     },
-    /// `nft` refused the ruleset or failed.
+    /// A loader refused the rules or failed.
     #[error("{program} failed ({status}): {stderr}")]
-    Nft {
+    Failed {
         /// The program run.
         program: String,
         /// Its exit status.
@@ -89,15 +95,51 @@ pub struct InitArgs {
     /// Leave inbound connections alone.
     #[arg(long)]
     pub no_inbound: bool,
-    /// Delete table `inet weft` (and nothing else) and exit; no error if it is absent.
+    /// Delete capture's rules (and nothing else) and exit; no error if there are none. With
+    /// `--backend auto`, both backends' rules go (table `inet weft`, chains `WEFT_*`), each
+    /// where its tools are installed.
     #[arg(long, conflicts_with = "proxy_uid")]
     pub remove: bool,
-    /// Print the nftables script instead of loading it.
+    /// Print the script(s) instead of loading them (iptables: computed from the current
+    /// rules when they can be read, else for a namespace without Weft's rules).
     #[arg(long)]
     pub dry_run: bool,
+    /// Which rules to write: `nftables` (table `inet weft`), `iptables` (chains `WEFT_*` in
+    /// table `nat`, IPv4 and IPv6), or `auto`: nftables when the kernel accepts NAT in the
+    /// `inet` family (Linux 5.2+) and `nft` is installed, else iptables.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
     /// The nft program.
     #[arg(long, default_value = "nft", value_name = "PATH")]
     pub nft: String,
+    /// The iptables variant: `iptables` (the system's choice), `iptables-nft`,
+    /// `iptables-legacy`, or a path to one; `-restore`/`-save` and `ip6tables` are derived.
+    #[arg(long, default_value = "iptables", value_name = "NAME", value_parser = iptables_variant)]
+    pub iptables: String,
+}
+
+/// `--iptables`: the file name must start with `iptables`, since the IPv6 tools' names are
+/// derived from it (`iptables-legacy` → `ip6tables-legacy-restore`).
+fn iptables_variant(s: &str) -> Result<String, String> {
+    let file = s.rsplit('/').next().unwrap_or(s);
+    if file.starts_with("iptables") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: expected iptables, iptables-nft, iptables-legacy or a path to one"
+        ))
+    }
+}
+
+/// `--backend`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// nftables where the kernel can, else iptables.
+    Auto,
+    /// Table `inet weft`, loaded by `nft`.
+    Nftables,
+    /// Chains `WEFT_*` in table `nat`, loaded by `iptables-restore` and `ip6tables-restore`.
+    Iptables,
 }
 
 impl InitArgs {
@@ -121,7 +163,7 @@ impl InitArgs {
         })
     }
 
-    /// The script this invocation loads.
+    /// The nftables script this invocation loads with `--backend nftables`.
     pub fn script(&self) -> Result<String, CaptureError> {
         if self.remove {
             return Ok(rules::remove_script());
@@ -130,42 +172,121 @@ impl InitArgs {
     }
 }
 
-/// Runs `init`: loads (or with `--dry-run` prints) the script; returns what was loaded.
-pub fn run(args: &InitArgs) -> Result<String, CaptureError> {
-    let script = args.script()?;
-    if args.dry_run {
-        return Ok(script);
+/// What `run` did: the backend it used and the script(s) it loaded (or would load).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `nftables` or `iptables` (or both, for `--remove` with `auto`).
+    pub backends: Vec<Backend>,
+    /// The scripts, each headed by a `#` line naming its loader.
+    pub script: String,
+}
+
+impl Outcome {
+    /// One line for the operator: what is now in place.
+    pub fn summary(&self, remove: bool) -> String {
+        let what: Vec<&str> = self
+            .backends
+            .iter()
+            .map(|b| match b {
+                Backend::Iptables => "iptables chains WEFT_* (table nat, IPv4 and IPv6)",
+                _ => "nftables table inet weft",
+            })
+            .collect();
+        let verb = if remove { "removed" } else { "loaded" };
+        if what.is_empty() {
+            return "no capture rules to remove (neither nft nor iptables is installed)".into();
+        }
+        format!("{} {verb}", what.join(" and "))
     }
-    load(&args.nft, &script)?;
-    Ok(script)
+}
+
+/// The nftables script `auto` tries with `nft --check`: the kernel validates it (an `inet`
+/// NAT chain needs Linux 5.2) and the transaction is aborted, so nothing is left behind.
+const PROBE: &str =
+    "add table inet weft_probe\nadd chain inet weft_probe p { type nat hook output priority -100; }\n";
+
+/// Whether nftables can carry capture here: `nft` installed and the kernel accepting an
+/// `inet` NAT chain.
+pub fn nftables_usable(nft: &str) -> bool {
+    exec::pipe(nft, &["--check", "-f", "-"], PROBE, "nftables").is_ok()
+}
+
+/// Runs `init`: loads (or with `--dry-run` only computes) the rules; returns what it did.
+pub fn run(args: &InitArgs) -> Result<Outcome, CaptureError> {
+    let plan = if args.remove {
+        None
+    } else {
+        Some(args.plan()?)
+    };
+    let backends = match (args.backend, args.remove) {
+        (Backend::Auto, false) if nftables_usable(&args.nft) => vec![Backend::Nftables],
+        (Backend::Auto, false) => vec![Backend::Iptables],
+        // Removal takes what either backend left, where its tools exist (a node may have
+        // changed kernels, or a pod image its tools, since the rules were loaded).
+        (Backend::Auto, true) => {
+            let mut found = Vec::new();
+            if exec::present(&args.nft) {
+                found.push(Backend::Nftables);
+            }
+            if exec::present(&Family::V4.program(&args.iptables, "-save")) {
+                found.push(Backend::Iptables);
+            }
+            found
+        }
+        (b, _) => vec![b],
+    };
+    let mut script = String::new();
+    for backend in &backends {
+        match backend {
+            Backend::Iptables => script.push_str(&run_iptables(args, plan.as_ref())?),
+            _ => {
+                let text = args.script()?;
+                if !args.dry_run {
+                    load(&args.nft, &text)?;
+                }
+                script.push_str(&format!("# {} -f -\n{text}", args.nft));
+            }
+        }
+    }
+    Ok(Outcome { backends, script })
+}
+
+/// Whether this machine (this network namespace's kernel) has IPv6: without it there is no
+/// IPv6 nat table to write, and ip6tables-restore would fail.
+fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+/// The iptables backend: per family, read the nat table, compute the script that takes it to
+/// `plan` (or to no Weft rules), and load it in one `--noflush` transaction.
+fn run_iptables(args: &InitArgs, plan: Option<&Plan>) -> Result<String, CaptureError> {
+    let mut shown = String::new();
+    for family in Family::ALL {
+        if family == Family::V6 && !ipv6_enabled() {
+            continue;
+        }
+        let save = family.program(&args.iptables, "-save");
+        let restore = family.program(&args.iptables, "-restore");
+        let current = match exec::pipe(&save, &["-t", "nat"], "", "iptables") {
+            Ok(text) => Current::parse(&text),
+            // A dry run needs no privileges: it shows the script for a clean namespace.
+            Err(_) if args.dry_run => Current::default(),
+            Err(e) => return Err(e),
+        };
+        let Some(text) = iptables::script(plan, family, &current) else {
+            continue;
+        };
+        if !args.dry_run {
+            exec::pipe(&restore, &["--noflush"], &text, "iptables")?;
+        }
+        shown.push_str(&format!("# {restore} --noflush\n{text}"));
+    }
+    Ok(shown)
 }
 
 /// Feeds `script` to `nft -f -`: one transaction, all or nothing.
 pub fn load(nft: &str, script: &str) -> Result<(), CaptureError> {
-    let spawn = |source| CaptureError::Spawn {
-        program: nft.to_owned(),
-        source,
-    };
-    let mut child = Command::new(nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(spawn)?;
-        // Dropped here: nft reads to the end of its input before it applies anything.
-    }
-    let out = child.wait_with_output().map_err(spawn)?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(CaptureError::Nft {
-        program: nft.to_owned(),
-        status: out.status,
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    })
+    exec::pipe(nft, &["-f", "-"], script, "nftables").map(drop)
 }
 
 #[cfg(test)]
@@ -221,6 +342,64 @@ mod tests {
         assert!(matches!(same.plan(), Err(CaptureError::SamePorts(7))));
         let remove = parse(&["--remove"]).expect("remove needs no uid");
         assert_eq!(remove.script().expect("script"), rules::remove_script());
+    }
+
+    #[test]
+    fn backends_parse_and_auto_falls_back_to_iptables_without_nft() {
+        let a = parse(&["--proxy-uid", "1", "--backend", "iptables"]).expect("args");
+        assert_eq!(a.backend, Backend::Iptables);
+        assert!(parse(&["--proxy-uid", "1", "--backend", "ipchains"]).is_err());
+        assert!(parse(&["--proxy-uid", "1", "--iptables", "/usr/sbin/xtables"]).is_err());
+        assert!(parse(&[
+            "--proxy-uid",
+            "1",
+            "--iptables",
+            "/usr/sbin/iptables-legacy"
+        ])
+        .is_ok());
+        // No nft here: auto takes iptables. The dry run cannot read the (absent) iptables
+        // tools either, so it shows the script for a namespace without Weft's rules.
+        let a = parse(&[
+            "--proxy-uid",
+            "7",
+            "--dry-run",
+            "--nft",
+            "/nonexistent/nft",
+            "--iptables",
+            "/nonexistent/iptables",
+        ])
+        .expect("args");
+        let out = run(&a).expect("dry run");
+        assert_eq!(out.backends, [Backend::Iptables]);
+        assert!(out
+            .script
+            .starts_with("# /nonexistent/iptables-restore --noflush\n*nat\n"));
+        assert!(out
+            .script
+            .contains("-A WEFT_OUTBOUND -m owner --uid-owner 7 -j RETURN"));
+        assert!(out.summary(false).starts_with("iptables chains WEFT_*"));
+        // Removal with auto and neither tool installed: nothing to do, and it says so.
+        let r = parse(&[
+            "--remove",
+            "--nft",
+            "/nonexistent/nft",
+            "--iptables",
+            "/nonexistent/iptables",
+        ])
+        .expect("args");
+        let out = run(&r).expect("nothing to remove");
+        assert!(out.backends.is_empty() && out.script.is_empty());
+        // An explicit backend whose tool is missing is an error that names the package.
+        let e = parse(&[
+            "--remove",
+            "--backend",
+            "iptables",
+            "--iptables",
+            "/x/iptables",
+        ])
+        .expect("args");
+        let err = run(&e).expect_err("missing iptables-save");
+        assert!(err.to_string().contains("install iptables"), "{err}");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! the host's network. Clients are unmodified `curl` runs with no proxy setting, as a UID other
 //! than the sidecar's; the server app listens on `0.0.0.0`.
 //!
-//! Needs root (network namespaces, nftables). Where they are unavailable the tests fail, unless
-//! `WEFT_NO_NETNS=1` says this machine cannot have them; then they say so and pass.
+//! Every scenario here, in `capture_websocket_tests` and in `detect_tests` runs once per capture
+//! backend ([`Backend`]: nftables and iptables), through the same helpers.
+//!
+//! Needs root (network namespaces, nftables, iptables). Where they are unavailable the tests
+//! fail, unless `WEFT_NO_NETNS=1` says this machine cannot have them; then they say so and pass.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -106,22 +109,63 @@ pub(crate) struct Pod {
 }
 
 impl Pod {
-    /// `weft-proxy init ARGS` in this pod.
-    pub(crate) fn init(&self, args: &[&str]) {
+    /// `weft-proxy init ARGS` in this pod; what it printed.
+    pub(crate) fn init(&self, args: &[&str]) -> String {
         let mut all = vec![env!("CARGO_BIN_EXE_weft-proxy"), "init"];
         all.extend_from_slice(args);
         let (ok, out, err) = in_ns(&self.ns, &all);
         assert!(ok, "init {args:?} in {}: {out}{err}", self.ns);
+        out
     }
 
-    /// The whole nftables ruleset of this pod.
-    fn ruleset(&self) -> String {
-        let (ok, out, err) = in_ns(&self.ns, &["nft", "list", "ruleset"]);
-        assert!(
-            ok,
-            "nft list ruleset (is nftables installed? scripts/setup): {err}"
-        );
-        out
+    /// This pod's rules as `backend`'s own listing shows them: `nft list ruleset`, or
+    /// `iptables-save` then `ip6tables-save` without their timestamped comments and counters.
+    fn ruleset(&self, backend: Backend) -> String {
+        let listings: &[&[&str]] = match backend {
+            Backend::Nftables => &[&["nft", "list", "ruleset"]],
+            Backend::Iptables => &[&["iptables-save"], &["ip6tables-save"]],
+        };
+        let mut all = String::new();
+        for args in listings {
+            let (ok, out, err) = in_ns(&self.ns, args);
+            assert!(ok, "{args:?} (installed? scripts/setup): {err}");
+            for line in out.lines().filter(|l| !l.starts_with('#')) {
+                // `:CHAIN POLICY [packets:bytes]`: the counters move with traffic.
+                all.push_str(line.split(" [").next().unwrap_or(line));
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    /// Rules of someone else's in the same nat tables capture writes to (a chain of theirs,
+    /// jumped to from `PREROUTING` and `OUTPUT`), which capture must leave alone. UDP only, so
+    /// they change nothing for the tests' TCP.
+    fn foreign_rules(&self) {
+        for prog in ["iptables", "ip6tables"] {
+            for rule in [
+                &["-t", "nat", "-N", "OTHER_TEAM"][..],
+                &["-t", "nat", "-A", "OTHER_TEAM", "-p", "udp", "-j", "RETURN"],
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-p",
+                    "udp",
+                    "-j",
+                    "OTHER_TEAM",
+                ],
+                &[
+                    "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "RETURN",
+                ],
+            ] {
+                let mut args = vec![prog];
+                args.extend_from_slice(rule);
+                let (ok, _, err) = in_ns(&self.ns, &args);
+                assert!(ok, "{args:?}: {err}");
+            }
+        }
     }
 
     /// `curl URL` from this pod as an app would, with no proxy setting: as [`APP_UID`] when
@@ -253,9 +297,28 @@ pub(crate) fn client_services(server: &Pod) -> String {
     )
 }
 
-/// Capture in the pod `pod` for sidecars running as root, with the default ports.
-pub(crate) fn capture(pod: &Pod) {
-    pod.init(&["--proxy-uid", "0"]);
+/// The two ways `weft-proxy init` writes capture's rules (`--backend`); every capture scenario
+/// runs on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Nftables,
+    Iptables,
+}
+
+impl Backend {
+    /// Its `--backend` value.
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        }
+    }
+}
+
+/// Capture in the pod `pod` with `backend`, for sidecars running as root, with the default
+/// ports.
+pub(crate) fn capture(pod: &Pod, backend: Backend) {
+    pod.init(&["--proxy-uid", "0", "--backend", backend.arg()]);
 }
 
 /// A node with pods `client` (.2) and `server` (.3), certificates for both (CA seeded with
@@ -274,15 +337,27 @@ pub(crate) fn three_pods(seed: u64) -> Option<(Net, [Pod; 3], Pki)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capture_carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it() {
+async fn capture_carries_an_unmodified_client_over_mtls_nftables() {
+    carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(Backend::Nftables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_carries_an_unmodified_client_over_mtls_iptables() {
+    carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(Backend::Iptables).await;
+}
+
+async fn carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(backend: Backend) {
     let Some((net, [client, server, outsider], pki)) = three_pods(14) else {
         return;
     };
     let _server_app = server.app("server-app");
 
-    capture(&server);
+    // Someone else's rules in the nat tables capture writes to: they must outlive capture.
+    server.foreign_rules();
+    let untouched = server.ruleset(backend);
+    capture(&server, backend);
     let _server_sidecar = server.sidecar(pki.path(), "server", &config("server", &server, "", ""));
-    capture(&client);
+    capture(&client, backend);
     let client_sidecar = client.sidecar(
         pki.path(),
         "client",
@@ -310,15 +385,31 @@ async fn capture_carries_an_unmodified_client_over_mtls_and_refuses_plaintext_ar
     assert!(!body.contains("server-app"), "{body}");
 
     // Idempotent: a second run leaves the same ruleset.
-    let before = server.ruleset();
-    assert!(before.contains("table inet weft"), "{before}");
-    capture(&server);
-    assert_eq!(server.ruleset(), before, "init twice changed the ruleset");
+    let before = server.ruleset(backend);
+    let ours = match backend {
+        Backend::Nftables => "table inet weft",
+        Backend::Iptables => "-A PREROUTING -j WEFT_INBOUND",
+    };
+    assert!(before.contains(ours), "{before}");
+    assert!(before.contains("OTHER_TEAM"), "{before}");
+    capture(&server, backend);
+    assert_eq!(
+        server.ruleset(backend),
+        before,
+        "init twice changed the ruleset"
+    );
 
-    // Removal takes only the table it added; afterwards the plaintext call gets through,
-    // which shows the refusal above was capture's doing.
-    server.init(&["--remove"]);
-    assert!(!server.ruleset().contains("weft"), "{}", server.ruleset());
+    // Removal takes only what it added: the rules are exactly those from before capture,
+    // the other team's included. Afterwards the plaintext call gets through, which shows
+    // the refusal above was capture's doing. A second removal (auto: both backends) finds
+    // nothing and is no error.
+    server.init(&["--remove", "--backend", backend.arg()]);
+    let after = server.ruleset(backend);
+    assert!(
+        !after.contains("weft") && !after.contains("WEFT"),
+        "{after}"
+    );
+    assert_eq!(after, untouched, "removal touched rules it did not add");
     server.init(&["--remove"]);
     let (ok, body) = outsider.curl(&url, false);
     assert!(ok && body.contains("server-app"), "without capture: {body}");
@@ -332,7 +423,16 @@ async fn capture_carries_an_unmodified_client_over_mtls_and_refuses_plaintext_ar
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capture_passes_egress_through_until_policy_denies_it() {
+async fn capture_passes_egress_through_until_policy_denies_it_nftables() {
+    passes_egress_through_until_policy_denies_it(Backend::Nftables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_passes_egress_through_until_policy_denies_it_iptables() {
+    passes_egress_through_until_policy_denies_it(Backend::Iptables).await;
+}
+
+async fn passes_egress_through_until_policy_denies_it(backend: Backend) {
     let Some(mut net) = Net::create() else {
         return;
     };
@@ -344,7 +444,7 @@ async fn capture_passes_egress_through_until_policy_denies_it() {
     let pki = Pki::new(15);
     pki.issue("client");
     let _web = outside.app("web-app");
-    capture(&client);
+    capture(&client, backend);
     let access_log = pki.path().join("client-access.log");
     let rest = format!(
         "access_log: {}\n{}",
@@ -399,4 +499,42 @@ async fn capture_passes_egress_through_until_policy_denies_it() {
         1.0,
         "no connection opened after the deny"
     );
+}
+
+#[test]
+fn capture_auto_takes_nftables_where_the_kernel_can_else_iptables_and_removes_both() {
+    let Some(mut net) = Net::create() else {
+        return;
+    };
+    let pod = net.pod("auto", 2);
+    let weft_table = "table inet weft";
+    // This machine's kernel (5.2 or later) accepts an inet NAT chain: auto loads the table.
+    let out = pod.init(&["--proxy-uid", "0"]);
+    assert!(out.contains("nftables table inet weft loaded"), "{out}");
+    assert!(pod.ruleset(Backend::Nftables).contains(weft_table));
+    assert!(!pod.ruleset(Backend::Iptables).contains("WEFT_"));
+    pod.init(&["--remove"]);
+
+    // Where nft cannot be run (a node image without it), auto falls back to iptables.
+    let out = pod.init(&["--proxy-uid", "0", "--nft", "/nonexistent/nft"]);
+    assert!(out.contains("iptables chains WEFT_*"), "{out}");
+    let rules = pod.ruleset(Backend::Iptables);
+    for jump in [
+        "-A PREROUTING -j WEFT_INBOUND",
+        "-A OUTPUT -j WEFT_OUTBOUND",
+    ] {
+        // Once per family: IPv4 and IPv6.
+        assert_eq!(rules.matches(jump).count(), 2, "{jump}:\n{rules}");
+    }
+    assert!(!pod.ruleset(Backend::Nftables).contains(weft_table));
+
+    // `--remove` with auto takes what either backend left.
+    pod.init(&["--proxy-uid", "0", "--backend", "nftables"]);
+    let out = pod.init(&["--remove"]);
+    assert!(
+        out.contains("nftables table inet weft and iptables chains"),
+        "{out}"
+    );
+    assert!(!pod.ruleset(Backend::Iptables).contains("WEFT_"));
+    assert!(!pod.ruleset(Backend::Nftables).contains(weft_table));
 }

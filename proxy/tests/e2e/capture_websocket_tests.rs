@@ -4,7 +4,7 @@
 //! sidecars and mutual TLS. The app (the package's own server, on `0.0.0.0`) echoes. Reuses
 //! the namespaces of `capture_tests` and the scripts of `upgrade_tests`.
 //!
-//! Needs root (network namespaces, nftables); see `capture_tests` for `WEFT_NO_NETNS`.
+//! Needs root (network namespaces, nftables, iptables); see `capture_tests` for `WEFT_NO_NETNS`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::process::Command;
 use weft_testkit::wait;
 
 use crate::capture_tests::{
-    capture, client_services, config, three_pods, Pod, APP_PORT, AS_APP, CMD_LIMIT,
+    capture, client_services, config, three_pods, Backend, Pod, APP_PORT, AS_APP, CMD_LIMIT,
 };
 use crate::harness::spiffe;
 use crate::upgrade_tests::{access_log, python, run_ws_client, script, WsApp};
@@ -58,7 +58,24 @@ impl Drop for Hosts {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_captured_websocket_crosses_mtls_with_frames_to_1_mib_and_plaintext_is_refused() {
+async fn a_captured_websocket_crosses_mtls_nftables() {
+    a_captured_websocket_crosses_mtls_with_frames_to_1_mib_and_plaintext_is_refused(
+        Backend::Nftables,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_websocket_crosses_mtls_iptables() {
+    a_captured_websocket_crosses_mtls_with_frames_to_1_mib_and_plaintext_is_refused(
+        Backend::Iptables,
+    )
+    .await;
+}
+
+async fn a_captured_websocket_crosses_mtls_with_frames_to_1_mib_and_plaintext_is_refused(
+    backend: Backend,
+) {
     let Some((_net, [client, server, outsider], pki)) = three_pods(2210) else {
         return;
     };
@@ -67,13 +84,13 @@ async fn a_captured_websocket_crosses_mtls_with_frames_to_1_mib_and_plaintext_is
 
     let logs = |side: &str| pki.path().join(format!("{side}-access.log"));
     let server_log = format!("access_log: {}\n", logs("server").display());
-    capture(&server);
+    capture(&server, backend);
     let server_sidecar = server.sidecar(
         pki.path(),
         "server",
         &config("server", &server, "", &server_log),
     );
-    capture(&client);
+    capture(&client, backend);
     let rest = format!(
         "access_log: {}\n{}",
         logs("client").display(),

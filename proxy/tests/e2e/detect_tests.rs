@@ -4,7 +4,7 @@
 //! server-first protocol (an SMTP-like banner) on a port left non-opaque (the detection
 //! timeout, not 10 s) and then declared opaque (at once).
 //!
-//! Needs root, `ip netns`, nftables and PostgreSQL's server and clients (`scripts/setup`).
+//! Needs root, `ip netns`, nftables, iptables and PostgreSQL's server and clients (`scripts/setup`).
 
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +14,7 @@ use weft_testkit::process::{self, Guard};
 use weft_testkit::wait;
 
 use crate::capture_tests::{
-    capture, config, in_ns, run, Net, Pod, Sidecar, APP_UID, CMD_LIMIT, INBOUND,
+    capture, config, in_ns, run, Backend, Net, Pod, Sidecar, APP_UID, CMD_LIMIT, INBOUND,
 };
 use crate::harness::{spiffe, Pki};
 
@@ -221,7 +221,20 @@ fn psql(client: &Pod, server: &Pod) -> (bool, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_through_capture_connects_as_fast_as_direct_give_or_take_a_few_ms() {
+async fn postgres_through_capture_is_as_fast_as_direct_nftables() {
+    postgres_through_capture_connects_as_fast_as_direct_give_or_take_a_few_ms(Backend::Nftables)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_through_capture_is_as_fast_as_direct_iptables() {
+    postgres_through_capture_connects_as_fast_as_direct_give_or_take_a_few_ms(Backend::Iptables)
+        .await;
+}
+
+async fn postgres_through_capture_connects_as_fast_as_direct_give_or_take_a_few_ms(
+    backend: Backend,
+) {
     let Some(mut net) = Net::create() else {
         return;
     };
@@ -240,11 +253,11 @@ async fn postgres_through_capture_connects_as_fast_as_direct_give_or_take_a_few_
     // The same namespaces without the mesh.
     let direct = pgbench_connect_ms(&client, &server, &script);
 
-    capture(&server);
+    capture(&server, backend);
     let server_conf = config("db", &server, "  protocol: tcp\n", "")
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{PG_PORT}"));
     let _db = server.sidecar(pki.path(), "db", &server_conf);
-    capture(&client);
+    capture(&client, backend);
     let client_conf = config("client", &client, "", &services("db", &server, ""));
     let sidecar = client.sidecar(pki.path(), "client", &client_conf);
 
@@ -356,7 +369,20 @@ fn banner(client: &Pod, server: &Pod) -> (String, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_first_protocol_waits_the_detect_timeout_unless_its_port_is_opaque() {
+async fn a_server_first_protocol_waits_unless_opaque_nftables() {
+    a_server_first_protocol_waits_the_detect_timeout_unless_its_port_is_opaque(Backend::Nftables)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_first_protocol_waits_unless_opaque_iptables() {
+    a_server_first_protocol_waits_the_detect_timeout_unless_its_port_is_opaque(Backend::Iptables)
+        .await;
+}
+
+async fn a_server_first_protocol_waits_the_detect_timeout_unless_its_port_is_opaque(
+    backend: Backend,
+) {
     let Some(mut net) = Net::create() else {
         return;
     };
@@ -365,11 +391,11 @@ async fn a_server_first_protocol_waits_the_detect_timeout_unless_its_port_is_opa
     pki.issue("client");
     pki.issue("mail");
     let _app = banner_server(&server);
-    capture(&server);
+    capture(&server, backend);
     let server_conf = config("mail", &server, "  protocol: tcp\n", "")
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{BANNER_PORT}"));
     let _mail = server.sidecar(pki.path(), "mail", &server_conf);
-    capture(&client);
+    capture(&client, backend);
     // A 1 s detection timeout, so the wait is plain against the handshakes' few ms.
     let own = "  detect_timeout: 1s\n";
     let sidecar = client.sidecar(
@@ -428,7 +454,16 @@ fn grpc_app(pod: &Pod, port: u16, name: &'static str) -> NsRuntime {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed() {
+async fn a_grpc_call_is_detected_by_its_preface_nftables() {
+    a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed(Backend::Nftables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_is_detected_by_its_preface_iptables() {
+    a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed(Backend::Iptables).await;
+}
+
+async fn a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed(backend: Backend) {
     const GRPC_PORT: u16 = 50051;
     let Some(mut net) = Net::create() else {
         return;
@@ -438,11 +473,11 @@ async fn a_grpc_call_on_a_non_opaque_port_is_detected_by_its_preface_and_routed(
     pki.issue("client");
     pki.issue("inventory");
     let _app = grpc_app(&server, GRPC_PORT, "inventory-1");
-    capture(&server);
+    capture(&server, backend);
     let server_conf = config("inventory", &server, "  protocol: grpc\n", "")
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{GRPC_PORT}"));
     let _inv = server.sidecar(pki.path(), "inventory", &server_conf);
-    capture(&client);
+    capture(&client, backend);
     let sidecar = client.sidecar(
         pki.path(),
         "client",
