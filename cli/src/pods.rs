@@ -163,12 +163,17 @@ impl Pods {
     /// Whether this machine lets `weft up` run captured, and why not.
     pub fn unavailable(sample: &Path) -> Option<String> {
         if !nix::unistd::geteuid().is_root() {
-            return Some("not root: network namespaces and nftables need root".into());
+            return Some("not root: network namespaces and capture need root".into());
         }
-        for tool in ["ip", "nft", "setpriv"] {
+        for tool in ["ip", "setpriv"] {
             if Command::new(tool).arg("-V").output().is_err() {
                 return Some(format!("`{tool}` is not installed"));
             }
+        }
+        // `weft-proxy init` takes nftables, else iptables (its `--backend auto`).
+        let runs = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+        if !runs("nft") && !runs("iptables-restore") {
+            return Some("neither `nft` nor `iptables-restore` is installed".into());
         }
         let sample = sample.display().to_string();
         let as_app = ["--reuid", APP_UID, "--regid", APP_UID, "--clear-groups"];

@@ -5,7 +5,8 @@
 # images locally (Debian bookworm by mmdebstrap; the builder adds this machine's Rust 1.95) and
 # builds with buildah, passing them as RUST_IMAGE and RUNTIME_IMAGE.
 # Two stages: the Rust toolchain builds the release binary; the runtime image holds only that
-# binary, the CA certificates and nftables (`nft`, which `weft-proxy init` runs: the injected
+# binary, the CA certificates, nftables (`nft`) and iptables (`iptables-restore`, what
+# `weft-proxy init --backend auto` falls back to where the kernel has no inet NAT: the injected
 # capture init container uses this image as root with NET_ADMIN and NET_RAW only), and runs as
 # an unprivileged user of its own (2102, as the injected sidecar's securityContext says): capture
 # exempts the sidecar's UID, so it must not be the UID apps run as (the images' 65532).
@@ -33,7 +34,7 @@ RUN --mount=type=cache,target=/src/target --mount=type=cache,target=/usr/local/c
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates nftables \
+ && apt-get install -y --no-install-recommends ca-certificates nftables iptables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/weft-proxy /usr/local/bin/weft-proxy
 USER 2102:2102
