@@ -277,75 +277,15 @@ impl Validator<'_> {
         services: &'s [Service],
     ) -> Option<(Backends, &'s Service)> {
         let find = |name: &str| services.iter().find(|s| s.name == name);
-        let unknown = |name: &str| {
-            format!(
-                "unknown service {name:?}: a gateway route names a `services` entry of the \
-                 sidecar config"
-            )
-        };
         match (service.is_empty(), raw.is_empty()) {
             (false, true) => {
                 let Some(svc) = find(service) else {
-                    self.err(format!("{f}.service"), unknown(service));
+                    self.err(format!("{f}.service"), unknown_service(service));
                     return None;
                 };
                 Some((Backends::one(&svc.name), svc))
             }
-            (true, false) => {
-                if raw.len() > MAX_BACKENDS {
-                    self.err(
-                        format!("{f}.backends"),
-                        format!("{} backends; at most {MAX_BACKENDS}", raw.len()),
-                    );
-                    return None;
-                }
-                let mut ok = true;
-                let mut split: Vec<(String, u64)> = Vec::new();
-                let mut first: Option<&Service> = None;
-                for (j, b) in raw.into_iter().enumerate() {
-                    let fb = format!("{f}.backends[{j}]");
-                    let Some(svc) = find(&b.service) else {
-                        self.err(format!("{fb}.service"), unknown(&b.service));
-                        ok = false;
-                        continue;
-                    };
-                    if split.iter().any(|(s, _)| *s == svc.name) {
-                        self.err(
-                            format!("{fb}.service"),
-                            format!("{:?} is named twice", b.service),
-                        );
-                        ok = false;
-                    }
-                    match first {
-                        Some(p) if p.paths != svc.paths => {
-                            self.err(
-                                format!("{fb}.service"),
-                                format!(
-                                    "{:?} canonicalizes paths unlike {:?}: the services of a \
-                                     split must share their path options",
-                                    svc.name, p.name
-                                ),
-                            );
-                            ok = false;
-                        }
-                        Some(_) => {}
-                        None => first = Some(svc),
-                    }
-                    if b.weight > 0 {
-                        let upto = split.last().map_or(0, |s| s.1) + u64::from(b.weight);
-                        split.push((svc.name.clone(), upto));
-                    }
-                }
-                if ok && split.is_empty() {
-                    self.err(
-                        format!("{f}.backends"),
-                        "every weight is 0: no service would take a request",
-                    );
-                    ok = false;
-                }
-                let svc = first?;
-                ok.then(|| (Backends::from_cumulative(split), svc))
-            }
+            (true, false) => self.weighted_split(f, raw, services),
             (false, false) => {
                 self.err(
                     format!("{f}.backends"),
@@ -362,4 +302,77 @@ impl Validator<'_> {
             }
         }
     }
+
+    /// A route's weighted `backends`: each a known service named once, not all of weight 0,
+    /// all with the same path options.
+    fn weighted_split<'s>(
+        &mut self,
+        f: &str,
+        raw: Vec<BackendFile>,
+        services: &'s [Service],
+    ) -> Option<(Backends, &'s Service)> {
+        let find = |name: &str| services.iter().find(|s| s.name == name);
+        if raw.len() > MAX_BACKENDS {
+            self.err(
+                format!("{f}.backends"),
+                format!("{} backends; at most {MAX_BACKENDS}", raw.len()),
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut split: Vec<(String, u64)> = Vec::new();
+        let mut first: Option<&Service> = None;
+        let mut named: Vec<String> = Vec::new();
+        for (j, b) in raw.into_iter().enumerate() {
+            let fb = format!("{f}.backends[{j}]");
+            let Some(svc) = find(&b.service) else {
+                self.err(format!("{fb}.service"), unknown_service(&b.service));
+                ok = false;
+                continue;
+            };
+            if named.contains(&svc.name) {
+                self.err(
+                    format!("{fb}.service"),
+                    format!("{:?} is named twice", b.service),
+                );
+                ok = false;
+            }
+            named.push(svc.name.clone());
+            match first {
+                Some(p) if p.paths != svc.paths => {
+                    self.err(
+                        format!("{fb}.service"),
+                        format!(
+                            "{:?} canonicalizes paths unlike {:?}: the services of a \
+                             split must share their path options",
+                            svc.name, p.name
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(_) => {}
+                None => first = Some(svc),
+            }
+            if b.weight > 0 {
+                let upto = split.last().map_or(0, |s| s.1) + u64::from(b.weight);
+                split.push((svc.name.clone(), upto));
+            }
+        }
+        if ok && split.is_empty() {
+            self.err(
+                format!("{f}.backends"),
+                "every weight is 0: no service would take a request",
+            );
+            ok = false;
+        }
+        let svc = first?;
+        ok.then(|| (Backends::from_cumulative(split), svc))
+    }
+}
+
+/// Why a route's service is refused when the sidecar config does not have it.
+fn unknown_service(name: &str) -> String {
+    format!(
+        "unknown service {name:?}: a gateway route names a `services` entry of the sidecar config"
+    )
 }
