@@ -149,6 +149,85 @@ pub(super) fn push_gateways(st: &mut HubState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::mesh::MeshPolicy;
+    use crate::push::hub::{Registration, DEFAULT_GRACE};
+    use crate::push::slot::slot;
+
+    fn config(version: &str) -> weft_api::v1::GatewayConfig {
+        weft_api::v1::GatewayConfig {
+            gateway: "shop/edge".into(),
+            version: version.into(),
+            config_yaml: "listen: {https: 0.0.0.0:8443}\n".into(),
+            files: Default::default(),
+        }
+    }
+
+    fn kinds(out: Vec<Outgoing>) -> Vec<String> {
+        out.iter()
+            .map(|o| match o.message().and_then(|m| m.kind) {
+                Some(control_message::Kind::Snapshot(_)) => "snapshot".to_owned(),
+                Some(control_message::Kind::Gateway(g)) => format!("gateway {}", g.version),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_gets_its_config_after_its_snapshot_and_again_only_when_it_changes() {
+        let text = "services:\n  - name: edge\n    identity: spiffe://weft.local/ns/shop/sa/edge\n";
+        let policy = MeshPolicy::from_texts(&[("p.yaml".into(), text.into())]).expect("valid");
+        let hub = Hub::new(policy, "PEM".into(), "weft.local".into(), DEFAULT_GRACE);
+        let (tx, mut rx) = slot();
+        let peer = weft_certs::Identity::new("weft.local", "shop", "edge").expect("id");
+        let registration = Registration {
+            peer,
+            service: "edge".into(),
+            endpoint: ([127, 0, 0, 1], 15006).into(),
+            labels: Default::default(),
+            cert_not_after: None,
+            admin: None,
+            delta: true,
+            subscribe: Vec::new(),
+            gateway: Some("shop/edge".into()),
+        };
+        let id = hub.register(registration, tx).expect("registered");
+        let configs = |v: &str| Arc::new([("shop/edge".to_owned(), config(v))].into());
+        {
+            let mut st = hub.lock();
+            st.gateways = configs("g1");
+            push_gateways(&mut st);
+        }
+        assert!(rx.take_now().is_empty(), "not before its snapshot");
+        super::super::push_changed(&mut hub.lock(), "PEM");
+        assert_eq!(kinds(rx.take_now()), ["snapshot", "gateway g1"]);
+        assert!(hub.ack(id, "g1".into(), "gateway/shop/edge"));
+        let acked = |hub: &Hub| {
+            let st = hub.lock();
+            let gw = st.sidecars[&id]
+                .gateway
+                .as_ref()
+                .map(|g| g.state.acked.clone());
+            gw.flatten()
+        };
+        assert_eq!(acked(&hub).as_deref(), Some("g1"));
+        push_gateways(&mut hub.lock());
+        assert!(
+            rx.take_now().is_empty(),
+            "the same version is not sent again"
+        );
+        {
+            let mut st = hub.lock();
+            st.gateways = configs("g2");
+            push_gateways(&mut st);
+        }
+        assert_eq!(kinds(rx.take_now()), ["gateway g2"]);
+        assert!(hub.nack(id, "g2".into(), "bad".into(), "gateway/shop/edge"));
+        assert_eq!(
+            acked(&hub).as_deref(),
+            Some("g1"),
+            "the NACK leaves the ACKed one"
+        );
+    }
 
     #[test]
     fn a_gateway_is_named_in_its_own_namespace_only() {
