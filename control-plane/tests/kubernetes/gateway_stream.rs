@@ -358,6 +358,12 @@ fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
         Duration::from_secs(20),
         || cp_log().contains("NACKed gateway/shop/edge").then_some(()),
     );
+    let nack = cp_log()
+        .lines()
+        .find(|l| l.contains("NACKed gateway/shop/edge"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(nack.contains("gateway certificates"), "the reason: {nack}");
     let errors = metric(
         &gw_admin,
         "weft_gateway_config_reloads_total{result=\"error\"}",
