@@ -272,6 +272,11 @@ pub async fn start_bounded(
     let ca = ca(&config, options.ca_admission, &credentials).await?;
     let token = AdminToken::load_or_create(&config.state_dir, config.admin_token_file.as_deref())
         .context("operator API token")?;
+    // Gateway API north-south: the gateways' configs the Kubernetes source publishes.
+    let gateways = match &from {
+        PolicyFrom::Kubernetes(options) => Some(options.gateways.subscribe()),
+        _ => None,
+    };
     let policy = policy_source(&config, from).await?;
     let hub = Hub::new(
         policy.initial.clone(),
@@ -298,6 +303,7 @@ pub async fn start_bounded(
         tokio::spawn(hub.clone().run_pusher()),
         tokio::spawn(reload_on_change(ops.clone(), policy.changed)),
     ];
+    tasks.extend(gateways.map(|g| tokio::spawn(hub.clone().follow_gateways(g))));
     tasks.extend(replicas.as_ref().map(|r| r.hold_lease(ops.clone())));
 
     let Bound {

@@ -36,6 +36,8 @@ pub fn run(store: Arc<Store>, ready_file: Option<&Path>) -> anyhow::Result<()> {
 
 /// [`run`], in gateway mode when `gateway` is given: the sidecar's listeners plus the
 /// gateway's ([`crate::gateway`]), whose addresses the ready file adds.
+// Long: the start-up order (bind, services, gateway, control thread, ready file, run) in one
+// place, as `control::spawn` needs what the gateway's services hand back.
 pub fn run_with(
     store: Arc<Store>,
     ready_file: Option<&Path>,
@@ -74,21 +76,24 @@ pub fn run_with(
         report: report.clone(),
     };
     traffic.add_services(&mut server, &listening, vec![outbound_l, inbound_l])?;
-    let edge = match gateway {
-        Some(file) => Some(crate::gateway::listener::add_services(
-            &mut server,
-            crate::gateway::listener::Parts {
-                store: &store,
-                outbound: Outbound::new(store.clone(), drain.clone(), report.clone()),
-                conf,
-                file,
-                access_log: report.access_log.clone(),
-            },
-        )?),
-        None => None,
+    let (edge, feed) = match gateway {
+        Some(file) => {
+            let (edge, feed) = crate::gateway::listener::add_services(
+                &mut server,
+                crate::gateway::listener::Parts {
+                    store: &store,
+                    outbound: Outbound::new(store.clone(), drain.clone(), report.clone()),
+                    conf,
+                    file,
+                    access_log: report.access_log.clone(),
+                },
+            )?;
+            (Some(edge), feed)
+        }
+        None => (None, None),
     };
 
-    let listening = control::spawn(store.clone(), drain.clone(), listening, probes)?;
+    let listening = control::spawn(store.clone(), drain.clone(), listening, probes, feed)?;
     if let Some(path) = ready_file {
         write_ready_file(path, &listening, edge.as_ref())
             .with_context(|| format!("--ready-file {}", path.display()))?;

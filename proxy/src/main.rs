@@ -72,6 +72,13 @@ struct Args {
     /// docs/CONFIG.md "Gateway"); the --config file gives the gateway its identity and mesh.
     #[arg(long, value_name = "PATH")]
     gateway: Option<PathBuf>,
+    /// Gateway mode with the config from the control plane: the Gateway API Gateway
+    /// (`<namespace>/<name>`, in this proxy's own namespace) whose config the control plane
+    /// sends on the stream. Each one that checks out is put in force and kept as the --gateway
+    /// file (a restart without the control plane serves it); with no file yet, the start
+    /// waits for the first.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "gateway")]
+    gateway_name: Option<String>,
 }
 
 /// Subcommands beside running the sidecar.
@@ -160,17 +167,19 @@ fn main() -> anyhow::Result<()> {
     }
     let metrics = weft_proxy::telemetry::metrics::Metrics::new().context("metrics registry")?;
     let store = match weft_proxy::store::Store::open(&config, metrics) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
         }
     };
+    gateway_first_start(&args, &store, &config);
     let gateway = match &args.gateway {
-        Some(path) => match load_gateway(path, &config) {
+        Some(path) => match load_gateway(path, &store) {
             Ok(gw) => Some(weft_proxy::gateway::listener::GatewayFile {
                 path: path.clone(),
                 config: Arc::new(gw),
+                name: args.gateway_name.clone(),
             }),
             Err(e) => {
                 eprintln!("{e}");
@@ -193,17 +202,43 @@ fn main() -> anyhow::Result<()> {
     // On Kubernetes the sidecar is a native sidecar (an init container with `restartPolicy:
     // Always`): the kubelet sends it SIGTERM only after the app containers have exited, so a
     // Job's pod completes without the app having to stop the proxy.
-    weft_proxy::app::run_with(Arc::new(store), args.ready_file.as_deref(), gateway)
-        .context("sidecar failed")
+    weft_proxy::app::run_with(store, args.ready_file.as_deref(), gateway).context("sidecar failed")
 }
 
-/// The gateway file at `path`, checked against the services of the sidecar config `config`.
+/// With `--gateway-name`: check the name, and with no gateway file yet wait for the
+/// Gateway's first config from the control plane (exits on a bad name or a failed wait).
+fn gateway_first_start(
+    args: &Args,
+    store: &Arc<weft_proxy::store::Store>,
+    config: &std::path::Path,
+) {
+    let (Some(path), Some(name)) = (&args.gateway, &args.gateway_name) else {
+        return;
+    };
+    if let Err(e) = weft_proxy::gateway::remote::check_name(name) {
+        eprintln!("{e}");
+        std::process::exit(2);
+    }
+    if !path.exists() && !args.check {
+        log::info!(
+            "no gateway file {} yet: waiting for Gateway {name}'s config from the control plane",
+            path.display()
+        );
+        if let Err(e) = weft_proxy::gateway::first::fetch(store, name, path) {
+            eprintln!("{}: cannot start: {e:#}", config.display());
+            std::process::exit(3);
+        }
+    }
+}
+
+/// The gateway file at `path`, checked against the mesh services in force (the sidecar
+/// file's, or the control plane's last good snapshot's).
 fn load_gateway(
     path: &std::path::Path,
-    config: &std::path::Path,
+    store: &weft_proxy::store::Store,
 ) -> Result<weft_policy::gateway::Gateway, String> {
-    let sidecar = weft_policy::load(config).map_err(|e| e.to_string())?;
-    weft_policy::gateway::load(path, &sidecar.services).map_err(|e| e.to_string())
+    let services = store.mesh_services().map_err(|e| e.to_string())?;
+    weft_policy::gateway::load(path, &services).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use weft_certs::Identity;
 use crate::ca::admission::CALL_DEADLINE;
 use crate::ca::attest::Credential;
 use crate::ca::issuer::{IssueError, Issued, Issuer};
-use crate::push::hub::{Hub, RegisterError, Registration, ENDPOINTS_BY_SERVICE};
+use crate::push::hub::{gateway_name, Hub, RegisterError, Registration, ENDPOINTS_BY_SERVICE};
 use crate::push::join::{self, JoinError};
 use crate::push::slot::{slot, SlotReceiver};
 
@@ -222,6 +222,10 @@ pub(crate) async fn open_stream(
     };
     let endpoint =
         join::endpoint(&peer, &hello.endpoint_address, from, hub.pods()).map_err(&refused)?;
+    let gateway = gateway_name(&hello.gateway, &peer).map_err(|e| {
+        log::warn!("refused {peer}: {e}");
+        Status::permission_denied(e.to_string())
+    })?;
     // The push puts each new message in this slot; the stream sends the latest of each
     // resource.
     let (tx, rx) = slot();
@@ -237,6 +241,7 @@ pub(crate) async fn open_stream(
         admin: scrape_address(&hub, &hello.admin_address, endpoint),
         delta,
         subscribe: hello.subscribe.clone(),
+        gateway: gateway.clone(),
     };
     let id = hub.register(registration, tx).map_err(|e| match e {
         RegisterError::TooManyStreams { .. } => {
@@ -246,8 +251,9 @@ pub(crate) async fn open_stream(
         RegisterError::Refused(e) => refused(e),
     })?;
     log::info!(
-        "sidecar {peer} joined as {}, endpoint {endpoint}; {}",
+        "sidecar {peer} joined as {}{}, endpoint {endpoint}; {}",
         hello.service,
+        gateway.map_or(String::new(), |g| format!(", gateway of {g}")),
         if delta {
             "endpoints by service (it announced endpoints-by-service)"
         } else {

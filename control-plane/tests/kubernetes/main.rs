@@ -11,7 +11,8 @@
 //! from deploy/docker (`images`), and two control-plane replicas sharing their state through
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
-//! control-plane replicas behind one Service address killed (`failover`).
+//! control-plane replicas behind one Service address killed (`failover`). A gateway fed its
+//! Gateway's config over the stream (`gateway_stream`).
 
 mod canary;
 mod capture;
@@ -19,6 +20,7 @@ mod ctl;
 mod deployed;
 mod failover;
 mod gateway_api;
+mod gateway_stream;
 mod images;
 mod inject;
 mod invalid_route;

@@ -22,14 +22,14 @@ use super::source::{meta, shop, wait_until, TD};
 
 const GROUP_V1: &str = "gateway.networking.k8s.io/v1";
 
-fn class(name: &str, controller: &str) -> Value {
+pub(super) fn class(name: &str, controller: &str) -> Value {
     json!({"apiVersion": GROUP_V1, "kind": "GatewayClass",
            "metadata": {"name": name, "uid": format!("gc-{name}"), "resourceVersion": "1",
                         "creationTimestamp": "2026-11-20T09:00:00Z"},
            "spec": {"controllerName": controller}})
 }
 
-fn tls_secret(name: &str, crt: &str, key: &str) -> Value {
+pub(super) fn tls_secret(name: &str, crt: &str, key: &str) -> Value {
     let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
            "metadata": meta("shop", name, &format!("secret-{name}")),
@@ -52,7 +52,7 @@ fn gateway() -> Value {
     ]}})
 }
 
-fn route(name: &str, generation: i64, spec: Value) -> Value {
+pub(super) fn route(name: &str, generation: i64, spec: Value) -> Value {
     let mut m = meta("shop", name, &format!("httproute-{name}"));
     m["generation"] = json!(generation);
     json!({"apiVersion": GROUP_V1, "kind": "HTTPRoute", "metadata": m, "spec": spec})

@@ -10,7 +10,9 @@
 //! config. A renewed certificate's expiry is reported (`Certificate`); on SIGTERM the stream
 //! says `Draining` so the endpoint is withdrawn at once, and is not reopened. The snapshot's
 //! trust bundle replaces `tls.trust_bundle` when its roots differ
-//! ([`crate::identity::trust::take_trust_bundle`]).
+//! ([`crate::identity::trust::take_trust_bundle`]). A gateway with `--gateway-name` names its
+//! Gateway in `Hello` and hands each `GatewayConfig` to its reloader
+//! ([`crate::gateway::remote`]), answering for it as resource `gateway/<namespace>/<name>`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +27,7 @@ use weft_api::v1::{
 };
 
 use crate::drain::Drain;
+use crate::gateway::remote::{GatewayFeed, RESOURCE_PREFIX as GATEWAY_PREFIX};
 use crate::store::Store;
 use weft_policy::wire::PolicySnapshot;
 use weft_policy::ControlPlane;
@@ -44,6 +47,7 @@ pub async fn run(
     cp: ControlPlane,
     mut renewed: watch::Receiver<SystemTime>,
     drain: Arc<Drain>,
+    gateway: Option<Arc<GatewayFeed>>,
 ) {
     let mut attempt = 0u32;
     loop {
@@ -51,7 +55,7 @@ pub async fn run(
             return;
         }
         let started = Instant::now();
-        match session(&store, &cp, &mut renewed, &drain).await {
+        match session(&store, &cp, &mut renewed, &drain, gateway.as_ref()).await {
             Ok(()) if drain.is_draining() => return,
             Ok(()) => log::warn!("control plane {} closed the stream", cp.address),
             Err(e) => log::warn!("control plane {}: {e:#}", cp.address),
@@ -77,11 +81,12 @@ pub async fn run(
 /// renewed certificates reported, and `Draining` once the sidecar drains.
 // Long on purpose: the stream's whole conversation in one `select!` loop, which is easier to
 // check against control.proto whole than split across functions sharing its state.
-async fn session(
+pub(crate) async fn session(
     store: &Arc<Store>,
     cp: &ControlPlane,
     renewed: &mut watch::Receiver<SystemTime>,
     drain: &Arc<Drain>,
+    gateway: Option<&Arc<GatewayFeed>>,
 ) -> anyhow::Result<()> {
     let snap = store.load();
     // Where this sidecar is bound (a configured port 0 is the kernel's choice by now).
@@ -109,6 +114,7 @@ async fn session(
                 .want(store.control_plane_services_with_endpoints());
             store.endpoints.for_hello()
         },
+        gateway: gateway.map(|g| g.name.clone()).unwrap_or_default(),
     };
     drop(snap);
     tx.send(SidecarMessage {
@@ -155,7 +161,10 @@ async fn session(
         };
         let Some(msg) = msg else { break };
         let Some(kind) = msg.kind else { continue };
-        let reply = answer(store, kind).await;
+        let reply = match kind {
+            control_message::Kind::Gateway(g) => answer_gateway(store, gateway, g).await,
+            kind => answer(store, kind).await,
+        };
         tx.send(SidecarMessage { kind: Some(reply) })
             .await
             .context("send Ack/Nack")?;
@@ -163,11 +172,45 @@ async fn session(
     Ok(())
 }
 
+/// Follow the control plane as [`run`] does until `until` fires (or its sender is gone): a
+/// gateway's first start, with no gateway file yet, waits so for its first config.
+pub async fn until(
+    store: &Arc<Store>,
+    cp: &ControlPlane,
+    feed: Arc<GatewayFeed>,
+    mut until: tokio::sync::oneshot::Receiver<()>,
+) {
+    // Kept alive, so the session's renewal branch waits instead of firing at once.
+    let (_renewals, mut renewed) = watch::channel(SystemTime::now());
+    let drain = Arc::new(Drain::default());
+    let mut attempt = 0u32;
+    loop {
+        tokio::select! {
+            r = session(store, cp, &mut renewed, &drain, Some(&feed)) => match r {
+                Ok(()) => log::warn!("control plane {} closed the stream", cp.address),
+                Err(e) => log::warn!("control plane {}: {e:#}", cp.address),
+            },
+            _ = &mut until => return,
+        }
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1).min(16);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = &mut until => return,
+        }
+    }
+}
+
 /// Apply a snapshot or a service's endpoints (off the control thread) and say `Ack` or `Nack`
 /// for that resource.
 async fn answer(store: &Arc<Store>, kind: control_message::Kind) -> sidecar_message::Kind {
     let (what, version, resource) = match &kind {
         control_message::Kind::Snapshot(s) => ("snapshot", s.version.clone(), String::new()),
+        control_message::Kind::Gateway(g) => (
+            "gateway config",
+            g.version.clone(),
+            format!("{GATEWAY_PREFIX}{}", g.gateway),
+        ),
         control_message::Kind::Endpoints(e) => (
             "endpoints",
             e.version.clone(),
@@ -178,6 +221,7 @@ async fn answer(store: &Arc<Store>, kind: control_message::Kind) -> sidecar_mess
     let result = tokio::task::spawn_blocking(move || match &kind {
         control_message::Kind::Snapshot(s) => apply(&store2, s),
         control_message::Kind::Endpoints(e) => apply_endpoints(&store2, e),
+        control_message::Kind::Gateway(_) => Err("a gateway config is not a sidecar's".into()),
     })
     .await
     .map_err(|e| format!("apply task failed: {e}"))
@@ -191,6 +235,35 @@ async fn answer(store: &Arc<Store>, kind: control_message::Kind) -> sidecar_mess
         }
         Err(reason) => {
             log::error!("control-plane {what} {resource} {version} refused; keeping the config in force:\n{reason}");
+            counter.with_label_values(&["nack"]).inc();
+            sidecar_message::Kind::Nack(Nack {
+                version,
+                reason,
+                resource,
+            })
+        }
+    }
+}
+
+/// Hand a Gateway's config to the gateway's reloader and say `Ack` or `Nack` for it (a proxy
+/// serving no Gateway refuses it).
+async fn answer_gateway(
+    store: &Store,
+    gateway: Option<&Arc<GatewayFeed>>,
+    g: weft_api::v1::GatewayConfig,
+) -> sidecar_message::Kind {
+    let (version, resource) = (g.version.clone(), format!("{GATEWAY_PREFIX}{}", g.gateway));
+    let result = match gateway {
+        Some(feed) => feed.apply(g).await,
+        None => Err("this proxy serves no Gateway (no --gateway-name)".to_owned()),
+    };
+    let counter = &store.metrics.control_plane_snapshots;
+    match result {
+        Ok(()) => {
+            counter.with_label_values(&["ack"]).inc();
+            sidecar_message::Kind::Ack(Ack { version, resource })
+        }
+        Err(reason) => {
             counter.with_label_values(&["nack"]).inc();
             sidecar_message::Kind::Nack(Nack {
                 version,

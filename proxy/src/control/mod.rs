@@ -52,12 +52,14 @@ enum Surface {
 /// Start the control thread; fails if the admin or metrics port cannot be bound. `listening`
 /// holds the traffic listeners' bound addresses; returned completed with the admin and
 /// metrics ones, and kept in the store for whatever reports them (registration, the admin
-/// API) before any of it runs. `probes` are the app's probes the read-only port answers.
+/// API) before any of it runs. `probes` are the app's probes the read-only port answers;
+/// `gateway` feeds a gateway's reloader the configs the control plane sends it.
 pub fn spawn(
     store: Arc<Store>,
     drain: Arc<Drain>,
     mut listening: Listen,
     probes: Arc<app_probe::AppProbes>,
+    gateway: Option<Arc<crate::gateway::remote::GatewayFeed>>,
 ) -> anyhow::Result<Listen> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,6 +95,7 @@ pub fn spawn(
                         cp,
                         renewals,
                         drain.clone(),
+                        gateway,
                     ));
                 }
                 if let Some(m) = metrics {

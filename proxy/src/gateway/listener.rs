@@ -23,6 +23,7 @@ use weft_policy::gateway::Gateway as GatewayConfig;
 
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::reload::GatewayReloader;
+use crate::gateway::remote::GatewayFeed;
 use crate::gateway::route::request_host;
 use crate::gateway::state::{GatewayState, Live};
 use crate::gateway::Gateway;
@@ -205,11 +206,18 @@ pub struct GatewayFile {
     pub path: std::path::PathBuf,
     /// Its validated config.
     pub config: Arc<GatewayConfig>,
+    /// `<namespace>/<name>` of the Gateway whose config the control plane sends
+    /// (`--gateway-name`); none: the file only.
+    pub name: Option<String>,
 }
 
 /// Bind the gateway's listeners and add its services (listeners, the reloader of its files
-/// and JWT keys, identity sync) to `server`.
-pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<GatewayListening> {
+/// and JWT keys, identity sync) to `server`. With a Gateway name, also the feed the
+/// control-plane stream hands that Gateway's configs to.
+pub fn add_services(
+    server: &mut Server,
+    parts: Parts<'_>,
+) -> anyhow::Result<(GatewayListening, Option<Arc<GatewayFeed>>)> {
     let gw = parts.file.config;
     let metrics = GatewayMetrics::register(&parts.store.metrics).context("gateway metrics")?;
     let state = GatewayState::new(gw.clone(), metrics.clone()).context("gateway")?;
@@ -229,11 +237,19 @@ pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<Gat
         OutboundProxies::new(parts.conf.clone(), logic, snap.tls.client.clone())
             .context("gateway proxy")?,
     );
+    let (feed, remote) = match parts.file.name {
+        Some(name) => {
+            let (feed, rx) = GatewayFeed::new(name);
+            (Some(Arc::new(feed)), Some(rx))
+        }
+        None => (None, None),
+    };
     let reloader = GatewayReloader {
         path: parts.file.path,
-        sidecar: parts.store.path().to_owned(),
+        store: parts.store.clone(),
         live: live.clone(),
         metrics,
+        remote: std::sync::Mutex::new(remote),
     };
     let traffic = GatewayTraffic {
         proxies: proxies.clone(),
@@ -261,5 +277,5 @@ pub fn add_services(server: &mut Server, parts: Parts<'_>) -> anyhow::Result<Gat
     );
     sync.threads = Some(1);
     server.add_service(sync);
-    Ok(listening)
+    Ok((listening, feed))
 }

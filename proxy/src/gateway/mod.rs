@@ -15,10 +15,12 @@
 pub mod admit;
 pub mod auth;
 pub mod edge_tls;
+pub mod first;
 pub mod hygiene;
 pub mod listener;
 pub mod metrics;
 pub mod reload;
+pub mod remote;
 pub mod route;
 pub mod state;
 

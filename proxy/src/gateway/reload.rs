@@ -3,34 +3,43 @@
 //! certificate files (modification time and size, as the sidecar's own watcher does).
 //!
 //! - The gateway file (or a key file) changed: it is read and validated again against the
-//!   sidecar file's `services`, a new [`GatewayState`] is built beside the one in force and
+//!   mesh services in force ([`Store::mesh_services`]: the sidecar file's, or the control
+//!   plane's), a new [`GatewayState`] is built beside the one in force and
 //!   swapped in; new connections and requests use it, those under way finish with theirs.
 //!   A file that does not validate (or whose certificates or key files do not load, or that
 //!   moves a listener) is refused: the log says why with `file:line:col`, the counter
 //!   `weft_gateway_config_reloads_total{result="error"}` counts it, and the config in force
 //!   keeps serving.
+//! - A config came from the control plane ([`crate::gateway::remote`], with
+//!   `--gateway-name`): the same step from its text, its files staged apart; in force, it is
+//!   persisted as the gateway file (the stream ACKs it); refused, it is counted and logged
+//!   the same way and the stream NACKs it with the reason.
 //! - Only certificate files changed: [`EdgeTls::reload`](crate::gateway::edge_tls::EdgeTls)
 //!   swaps them under the acceptor in force.
 //!
 //! It also runs the JWT providers' refresh loops ([`KeyTasks`]), which follow each reload.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use weft_policy::gateway::Gateway;
+use tokio::sync::mpsc;
+use weft_api::v1::GatewayConfig;
+use weft_policy::gateway::{Gateway, GatewayError};
 
 use crate::gateway::auth::refresh::KeyTasks;
 use crate::gateway::edge_tls::{self, Stamps};
 use crate::gateway::metrics::GatewayMetrics;
+use crate::gateway::remote::{self, Remote};
 use crate::gateway::state::{GatewayState, Live};
+use crate::store::Store;
 
 /// Why a changed gateway file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// The sidecar file (which gives the services routes name) does not load.
+    /// The mesh services (which routes name) are not known.
     #[error("{0}")]
     Sidecar(#[from] weft_policy::ConfigError),
     /// The gateway file does not validate.
@@ -39,18 +48,23 @@ pub enum ReloadError {
     /// Its certificates, key files or listeners.
     #[error("{0}")]
     State(#[from] crate::gateway::state::StateError),
+    /// A control-plane config's files could not be staged.
+    #[error("{0}")]
+    Stage(String),
 }
 
 /// Watches the gateway's files and puts a changed config in force.
 pub struct GatewayReloader {
     /// The gateway file.
     pub path: PathBuf,
-    /// The sidecar file (its `services`).
-    pub sidecar: PathBuf,
+    /// The sidecar's store (the mesh services routes name).
+    pub store: Arc<Store>,
     /// The state in force.
     pub live: Arc<Live>,
     /// Reload counters.
     pub metrics: GatewayMetrics,
+    /// Configs from the control plane, when it feeds this gateway (taken at start).
+    pub remote: Mutex<Option<mpsc::Receiver<Remote>>>,
 }
 
 /// The files whose change means the gateway file is read again: itself and the API key files.
@@ -61,10 +75,61 @@ fn config_files<'a>(path: &'a Path, gw: &'a Gateway) -> Vec<&'a Path> {
 }
 
 impl GatewayReloader {
-    /// Read, validate and build the file's config, then swap it in.
+    /// Read the gateway file and put it in force.
     async fn reload(&self, keys: &mut KeyTasks) -> Result<Arc<GatewayState>, ReloadError> {
-        let services = weft_policy::load(&self.sidecar)?.services;
-        let gw = weft_policy::gateway::load(&self.path, &services)?;
+        let text = std::fs::read_to_string(&self.path).map_err(|source| GatewayError::Read {
+            file: self.path.clone(),
+            source,
+        })?;
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        self.put_in_force(&text, &self.path, base, keys).await
+    }
+
+    /// Put a control-plane config in force from its own staged files, then keep it as the
+    /// gateway file; a refused one's staged files are removed.
+    async fn apply_remote(
+        &self,
+        config: &GatewayConfig,
+        keys: &mut KeyTasks,
+    ) -> Result<Arc<GatewayState>, ReloadError> {
+        let base = remote::stage(&self.path, config).map_err(ReloadError::Stage)?;
+        let label = PathBuf::from(format!(
+            "Gateway {} config {}",
+            config.gateway, config.version
+        ));
+        match self
+            .put_in_force(&config.config_yaml, &label, &base, keys)
+            .await
+        {
+            Ok(st) => {
+                if let Err(e) = remote::persist(&self.path, config) {
+                    log::warn!(
+                        "cannot keep the gateway config as {}: {e}",
+                        self.path.display()
+                    );
+                }
+                remote::clean(&self.path, Some(&config.version));
+                Ok(st)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&base);
+                Err(e)
+            }
+        }
+    }
+
+    /// Validate gateway `text` (`file` names it in errors, `base` resolves its relative paths)
+    /// against the mesh services in force, build its state beside the one in force and swap
+    /// it in: the one step a changed file and a control-plane config both take.
+    async fn put_in_force(
+        &self,
+        text: &str,
+        file: &Path,
+        base: &Path,
+        keys: &mut KeyTasks,
+    ) -> Result<Arc<GatewayState>, ReloadError> {
+        let services = self.store.mesh_services()?;
+        let gw = weft_policy::gateway::parse(text, file, base, &services)?;
         let prev = self.live.load_full();
         let next = GatewayState::next(Arc::new(gw), self.metrics.clone(), Some(&prev))?;
         // A provider the edit added gets its keys before its first token.
@@ -78,6 +143,8 @@ impl GatewayReloader {
 
 #[async_trait]
 impl BackgroundService for GatewayReloader {
+    // Long: one loop owns the reloader's state (the files watched, their stamps, the
+    // control-plane version in force, the JWT key tasks) for its three sources of change.
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut keys = KeyTasks::default();
         keys.follow(&self.live.load().auth, false);
@@ -87,11 +154,53 @@ impl BackgroundService for GatewayReloader {
             .collect();
         let mut seen_files = stamp(&files);
         drop(first);
+        let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // The control-plane config in force (a reconnect sends it again).
+        let mut applied: Option<String> = None;
         loop {
             let every = self.live.load().gw.reload_interval;
+            let mut incoming = None;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
+                r = next_remote(&mut remote) => incoming = r,
                 _ = shutdown.changed() => break,
+            }
+            if let Some(r) = incoming {
+                let version = r.config.version.clone();
+                let verdict = if applied.as_deref() == Some(version.as_str()) {
+                    Ok(())
+                } else {
+                    match self.apply_remote(&r.config, &mut keys).await {
+                        Ok(st) => {
+                            self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                            log::info!(
+                                "gateway config {version} of {} from the control plane in force: \
+                                 {} route(s); new requests use it",
+                                r.config.gateway,
+                                st.routes.len()
+                            );
+                            applied = Some(version);
+                            // The file was rewritten as the config in force: not a change.
+                            files = (config_files(&self.path, &st.gw).into_iter())
+                                .map(Path::to_owned)
+                                .collect();
+                            seen_files = stamp(&files);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            self.metrics
+                                .config_reloads
+                                .with_label_values(&["error"])
+                                .inc();
+                            log::error!(
+                                "gateway config {version} from the control plane rejected, the \
+                                 one in force stays:\n{e}"
+                            );
+                            Err(e.to_string())
+                        }
+                    }
+                };
+                let _ = r.reply.send(verdict);
             }
             let now = stamp(&files);
             if now != seen_files {
@@ -132,6 +241,20 @@ impl BackgroundService for GatewayReloader {
             }
         }
         keys.stop();
+    }
+}
+
+/// The next config from the control plane; never, once there is no feed.
+async fn next_remote(rx: &mut Option<mpsc::Receiver<Remote>>) -> Option<Remote> {
+    match rx {
+        Some(r) => {
+            let got = r.recv().await;
+            if got.is_none() {
+                *rx = None;
+            }
+            got
+        }
+        None => std::future::pending().await,
     }
 }
 

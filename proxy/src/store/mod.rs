@@ -168,6 +168,25 @@ impl Store {
         Ok(version)
     }
 
+    /// The mesh services in force, validated, as a gateway's routes name them: the config
+    /// file's, or in control-plane mode those of the control plane's policy in force (none
+    /// before its first snapshot).
+    pub fn mesh_services(&self) -> Result<Vec<weft_policy::Service>, ConfigError> {
+        let src = self.sources();
+        let config = self.builder().config(&src.text)?;
+        let (Some(policy), Some(_)) = (&src.cp_policy, &config.control_plane) else {
+            return Ok(config.services);
+        };
+        let (local, _) = config.into_parts();
+        let policy = weft_policy::validate_snapshot(policy.clone(), &local).map_err(|errors| {
+            ConfigError::Invalid {
+                file: PathBuf::from(format!("control-plane snapshot {}", policy.version)),
+                errors,
+            }
+        })?;
+        Ok(weft_policy::Config::from_parts(local, policy).services)
+    }
+
     /// The version (content hash) of the control-plane policy in force, if any.
     pub fn control_plane_version(&self) -> Option<String> {
         self.sources().cp_policy.as_ref().map(|p| p.version.clone())

@@ -2,10 +2,14 @@
 //! what the stores hold, its status writes, and the gateway files the control plane writes
 //! for each programmed Gateway (`--gateway-dir DIR`: `DIR/<namespace>/<name>/gateway.yaml`
 //! and `tls/listener-<i>.crt|.key` beside it, each replaced whole, keys mode 0600), which
-//! `weft-proxy --gateway DIR/<namespace>/<name>/gateway.yaml` serves.
+//! `weft-proxy --gateway DIR/<namespace>/<name>/gateway.yaml` serves; and the same config as a
+//! stream resource ([`messages`], published on the [`GatewayBoard`]) for a gateway that names
+//! its Gateway in `Hello.gateway` (`weft-proxy --gateway-name <namespace>/<name>`).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ::kube::api::{DynamicObject, Patch, PatchParams};
 use ::kube::{Api, Client};
@@ -16,6 +20,88 @@ use super::gateway_api::types::ReferenceGrantSpec;
 use super::gateway_api::{self};
 use super::mapping::Objects;
 use super::objects::{Kind, ObjectKey};
+
+/// The programmed Gateways' configs by `<namespace>/<name>`, as the stream sends them.
+pub type GatewayConfigs = BTreeMap<String, weft_api::v1::GatewayConfig>;
+
+/// Where the Kubernetes source publishes the [`GatewayConfigs`] of each load and the push
+/// follows them ([`crate::push::hub::Hub::follow_gateways`]); only a change wakes the push.
+#[derive(Debug, Clone)]
+pub struct GatewayBoard(Arc<tokio::sync::watch::Sender<Arc<GatewayConfigs>>>);
+
+impl Default for GatewayBoard {
+    fn default() -> Self {
+        GatewayBoard(Arc::new(tokio::sync::watch::Sender::new(Arc::default())))
+    }
+}
+
+impl GatewayBoard {
+    /// Put `configs` in force if they differ from those in force.
+    pub fn publish(&self, configs: GatewayConfigs) {
+        self.0.send_if_modified(|cur| {
+            if **cur == configs {
+                return false;
+            }
+            *cur = Arc::new(configs);
+            true
+        });
+    }
+
+    /// Wakes on each change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<GatewayConfigs>> {
+        self.0.subscribe()
+    }
+}
+
+/// Each programmed Gateway's config as a stream message; a Gateway whose file cannot be
+/// written as YAML is left out (logged), so its gateways keep their last good.
+pub fn messages(ns: &NorthSouth) -> GatewayConfigs {
+    ns.gateways
+        .iter()
+        .filter_map(|g| {
+            let config = g.config.as_ref().ok()?;
+            let yaml = match config.yaml() {
+                Ok(y) => y,
+                Err(e) => {
+                    log::warn!("the gateway config of {} as YAML: {e}", g.key);
+                    return None;
+                }
+            };
+            let name = format!("{}/{}", g.key.namespace, g.key.name);
+            let files: std::collections::HashMap<String, Vec<u8>> =
+                config.pems.iter().cloned().collect();
+            let msg = weft_api::v1::GatewayConfig {
+                version: version(&yaml, &config.pems),
+                gateway: name.clone(),
+                config_yaml: yaml,
+                files,
+            };
+            Some((name, msg))
+        })
+        .collect()
+}
+
+/// A content hash of the file and its files (each length-prefixed, so no two differ only in
+/// where one ends): hex of the first 12 bytes of SHA-256.
+fn version(yaml: &str, files: &[(String, Vec<u8>)]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut part = |b: &[u8]| {
+        ctx.update(&(b.len() as u64).to_be_bytes());
+        ctx.update(b);
+    };
+    part(yaml.as_bytes());
+    let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().collect();
+    sorted.sort();
+    for (name, bytes) in sorted {
+        part(name.as_bytes());
+        part(bytes);
+    }
+    let digest = ctx.finish();
+    digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// The north-south translation of `objects` given the mesh's services.
 pub fn translate(objects: &Objects, mesh: &[wire::Service]) -> NorthSouth {

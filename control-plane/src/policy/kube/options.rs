@@ -19,6 +19,9 @@ pub struct KubeOptions {
     /// Where the gateway files of Weft's Gateways are written (north-south; none: not
     /// written, statuses still are).
     pub gateway_dir: Option<PathBuf>,
+    /// Where the Gateways' configs are published for the gateways' streams (always, with or
+    /// without `gateway_dir`).
+    pub gateways: super::gateways::GatewayBoard,
     /// How long the control plane's writer Lease lasts without renewal
     /// ([`crate::shared::lease`]): the longest the shared history goes without a writer after
     /// the writer dies.
@@ -34,6 +37,7 @@ impl KubeOptions {
             sync_timeout: Duration::from_secs(60),
             debounce: Duration::from_millis(100),
             gateway_dir: None,
+            gateways: super::gateways::GatewayBoard::default(),
             lease_duration: crate::shared::lease::DEFAULT_LEASE_DURATION,
         }
     }

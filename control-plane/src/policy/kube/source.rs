@@ -96,6 +96,7 @@ pub struct KubeSource {
     /// write with the routes').
     sent_gateways: SentRouteStatus,
     gateway_dir: Option<PathBuf>,
+    gateways: gateways::GatewayBoard,
     /// The verdicts last logged, so each rejection is logged once.
     logged: Mutex<HashMap<ObjectKey, String>>,
     /// Each resource's last accepted version, in force while an edit of it is invalid.
@@ -179,6 +180,7 @@ impl KubeSource {
             sent_routes,
             sent_gateways,
             gateway_dir: options.gateway_dir,
+            gateways: options.gateways,
             logged: Mutex::new(HashMap::new()),
             last_good: LastGood::default(),
             shutdown: Some(shutdown),
@@ -235,6 +237,7 @@ impl KubeSource {
         {
             let _ = self.status.send(StatusWrite { key, status });
         }
+        self.gateways.publish(gateways::messages(&ns));
         if let Some(dir) = &self.gateway_dir {
             for (key, result) in gateways::write_configs(dir, &ns) {
                 match result {

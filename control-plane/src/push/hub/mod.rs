@@ -30,12 +30,15 @@ use crate::policy::source::{LastGood, Update};
 use crate::push::join::{check_service, JoinError, PodDirectory};
 pub(crate) use crate::push::slot::Slot as SnapshotSlot;
 
+pub(crate) use gateways::gateway_name;
+pub use gateways::GATEWAY_PREFIX;
 use resources::{ResourceState, Sent};
 pub use resources::{ENDPOINTS_BY_SERVICE, MAX_SUBSCRIPTIONS, RESOURCE_PREFIX};
 
 use metrics::PushHistogram;
 use pusher::push_changed;
 
+mod gateways;
 mod metrics;
 mod pusher;
 pub(crate) mod resources;
@@ -99,6 +102,8 @@ struct SidecarEntry {
     delta: bool,
     /// Its endpoints subscriptions, each with what was sent and answered.
     subscribed: BTreeMap<String, ResourceState>,
+    /// Gateway mode: the Gateway it serves and what it was sent of its config.
+    gateway: Option<gateways::GatewayWatch>,
 }
 
 /// What the hub's lock guards.
@@ -115,6 +120,8 @@ struct HubState {
     /// Whether registered sidecars' endpoints join their callers' snapshots: not on
     /// Kubernetes, where the EndpointSlices are the endpoints.
     registered_endpoints: bool,
+    /// The Gateways' configs in force ([`Hub::follow_gateways`]).
+    gateways: std::sync::Arc<crate::policy::kube::gateways::GatewayConfigs>,
 }
 
 /// The shared state of the push: the policy in force, every sidecar, and what each was sent.
@@ -157,6 +164,7 @@ impl Hub {
                 push_duration: PushHistogram::default(),
                 sent: Sent::default(),
                 registered_endpoints: true,
+                gateways: Default::default(),
             }),
             trust_bundle_pem,
             trust_domain,
@@ -334,6 +342,7 @@ impl Hub {
                     tx: Some(slot),
                     delta: hello.delta,
                     subscribed: BTreeMap::new(),
+                    gateway: hello.gateway.map(gateways::GatewayWatch::new),
                 },
             );
             if hello.delta {
@@ -473,6 +482,8 @@ pub(crate) struct Registration {
     pub(crate) delta: bool,
     /// Its first subscriptions (with `delta`).
     pub(crate) subscribe: Vec<String>,
+    /// Gateway mode: the Gateway (`<namespace>/<name>`) it serves.
+    pub(crate) gateway: Option<String>,
 }
 
 /// Why [`Hub::register`] refused a sidecar.
@@ -518,6 +529,7 @@ mod limit_tests {
             admin: None,
             delta: false,
             subscribe: Vec::new(),
+            gateway: None,
         }
     }
 

@@ -158,6 +158,8 @@ pub(super) fn push_changed(st: &mut HubState, trust_bundle_pem: &str) {
     }
     st.sent = sent;
     st.pushes += pushed;
+    // After the snapshots: a gateway's config follows its first snapshot.
+    super::gateways::push_gateways(st);
 }
 
 #[cfg(test)]
@@ -197,6 +199,7 @@ mod tests {
             admin: None,
             delta: false,
             subscribe: Vec::new(),
+            gateway: None,
         };
         hub.register(registration, tx).expect("registered");
         Rx { rx, last: None }

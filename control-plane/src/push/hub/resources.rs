@@ -170,8 +170,16 @@ impl HubState {
 impl HubState {
     /// The subscription `resource` (`endpoints/<service>`) of sidecar `id`, if it has it.
     fn resource_mut(&mut self, id: u64, resource: &str) -> Option<&mut ResourceState> {
+        let s = self.sidecars.get_mut(&id)?;
+        if let Some(name) = resource.strip_prefix(super::GATEWAY_PREFIX) {
+            return s
+                .gateway
+                .as_mut()
+                .filter(|g| g.name == name)
+                .map(|g| &mut g.state);
+        }
         let service = resource.strip_prefix(RESOURCE_PREFIX)?;
-        self.sidecars.get_mut(&id)?.subscribed.get_mut(service)
+        s.subscribed.get_mut(service)
     }
 
     /// Sidecar `id` ACKed `version` of `resource`. False when `id` is not registered; an

@@ -41,6 +41,7 @@ fn register(
                 admin: None,
                 delta,
                 subscribe: subscribe.iter().map(|s| (*s).to_owned()).collect(),
+                gateway: None,
             },
             tx,
         )

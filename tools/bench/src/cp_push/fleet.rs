@@ -115,7 +115,8 @@ pub(crate) async fn sidecar(
             Some(control_message::Kind::Endpoints(e)) => {
                 (e.version.clone(), format!("{RESOURCE_PREFIX}{}", e.service))
             }
-            None => continue,
+            // The fleet asks for no Gateway.
+            Some(control_message::Kind::Gateway(_)) | None => continue,
         };
         tx.send(SidecarMessage {
             kind: Some(sidecar_message::Kind::Ack(Ack {
@@ -186,6 +187,7 @@ impl Fleet {
                 } else {
                     Vec::new()
                 },
+                gateway: String::new(),
             };
             let task = sidecar(
                 cp,
