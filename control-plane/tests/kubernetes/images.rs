@@ -165,9 +165,11 @@ fn images_run_their_binary_as_the_declared_user_and_stay_small() {
         let (ok, id, err) = run(Command::new("buildah").args(["from", "--pull=never", &tag]));
         assert!(ok, "buildah from {tag}: {err}");
         let container = Container(id.trim().to_owned());
-        // The proxy image carries nft for `weft-proxy init` (the capture init container).
+        // The proxy image carries nft and iptables-restore for `weft-proxy init` (the capture
+        // init container; iptables where the kernel has no inet NAT).
         let nft = if image.name == "weft-proxy" {
-            "/usr/sbin/nft --version >&2 && "
+            "/usr/sbin/nft --version >&2 && /usr/sbin/iptables-restore --version >&2 && \
+             /usr/sbin/ip6tables-restore --version >&2 && "
         } else {
             ""
         };

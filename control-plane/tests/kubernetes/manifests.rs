@@ -647,8 +647,9 @@ const DOCKERFILES: [Dockerfile; 3] = [
         file: "proxy.Dockerfile",
         package: "weft-proxy",
         binary: "weft-proxy",
-        // `weft-proxy init` (the injected capture init container) runs nft.
-        runtime_packages: &["ca-certificates", "nftables"],
+        // `weft-proxy init` (the injected capture init container) runs nft, or
+        // iptables-restore where the kernel has no inet NAT (`--backend auto`).
+        runtime_packages: &["ca-certificates", "nftables", "iptables"],
     },
     Dockerfile {
         file: "control-plane.Dockerfile",
