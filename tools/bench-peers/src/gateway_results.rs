@@ -234,7 +234,8 @@ impl GatewayReport {
         md +=
             "\n(×N): the column's value over NGINX's in the same run, median over the runs. CPU: \
                the proxies' on-CPU time over the measured window (every thread's, /proc/PID/task/*/schedstat), \
-               per 100k answered requests. RSS: each proxy's peak VmRSS sampled every 100 ms under that load.\n";
+               per 100k answered requests. Wake-ups / req: the times their threads were scheduled \
+               onto a CPU (schedstat's run count) per answered request. RSS: each proxy's peak VmRSS sampled every 100 ms under that load.\n";
         md += "\n## Per run\n\n| run | column | saturation req/s | idle RSS MiB | errors |\n|---:|---|---:|---:|---:|\n";
         for r in &self.runs {
             let idle: Vec<String> = r

@@ -199,13 +199,22 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut [u8]) -> anyho
     Ok(head.close)
 }
 
-/// On-CPU time of every thread of `pid` in seconds, from `/proc/PID/task/*/schedstat` (its
-/// first field, nanoseconds): exact, where `/proc/PID/stat`'s utime + stime count clock ticks
-/// (10 ms), too coarse for the few hundred requests of a low rate's window. `None` if the
-/// kernel does not give it.
-pub fn sched_cpu_seconds(pid: u32) -> Option<f64> {
+/// What the scheduler counted for every thread of `pid`, from `/proc/PID/task/*/schedstat`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sched {
+    /// On-CPU time in seconds (the first field, nanoseconds): exact, where `/proc/PID/stat`'s
+    /// utime + stime count clock ticks (10 ms), too coarse for the few hundred requests of a
+    /// low rate's window.
+    pub cpu_seconds: f64,
+    /// Times a thread was scheduled onto a CPU (the third field): its wake-ups, plus a return
+    /// after each preemption.
+    pub runs: u64,
+}
+
+/// [`Sched`] of `pid`; `None` if the kernel does not give it.
+pub fn sched(pid: u32) -> Option<Sched> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut ns = 0u64;
+    let (mut ns, mut runs) = (0u64, 0u64);
     // Bounded by the process's threads.
     for t in dir {
         let path = t.ok()?.path().join("schedstat");
@@ -213,22 +222,41 @@ pub fn sched_cpu_seconds(pid: u32) -> Option<f64> {
         let Ok(text) = std::fs::read_to_string(path) else {
             continue;
         };
-        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        let mut fields = text.split_whitespace();
+        ns += fields.next()?.parse::<u64>().ok()?;
+        runs += fields.nth(1)?.parse::<u64>().ok()?;
     }
-    Some(ns as f64 / 1e9)
+    Some(Sched {
+        cpu_seconds: ns as f64 / 1e9,
+        runs,
+    })
 }
 
-/// The watched processes' on-CPU seconds between `from` and `to` ([`sched_cpu_seconds`]),
+/// On-CPU seconds of every thread of `pid` ([`sched`]).
+pub fn sched_cpu_seconds(pid: u32) -> Option<f64> {
+    sched(pid).map(|s| s.cpu_seconds)
+}
+
+/// The watched processes' on-CPU seconds and wake-ups between `from` and `to` ([`sched`]),
 /// `None` if any could not be read.
-fn precise_cpu(watch: &[u32], from: Instant, to: Instant) -> JoinHandle<Option<Vec<f64>>> {
+fn precise_cpu(
+    watch: &[u32],
+    from: Instant,
+    to: Instant,
+) -> JoinHandle<Option<(Vec<f64>, Vec<u64>)>> {
     let watch = watch.to_vec();
     tokio::spawn(async move {
-        let read = || -> Option<Vec<f64>> { watch.iter().map(|&p| sched_cpu_seconds(p)).collect() };
+        let read = || -> Option<Vec<Sched>> { watch.iter().map(|&p| sched(p)).collect() };
         tokio::time::sleep_until(from).await;
         let a = read()?;
         tokio::time::sleep_until(to).await;
         let b = read()?;
-        Some(b.iter().zip(&a).map(|(b, a)| b - a).collect())
+        Some(
+            b.iter()
+                .zip(&a)
+                .map(|(b, a)| (b.cpu_seconds - a.cpu_seconds, b.runs.saturating_sub(a.runs)))
+                .unzip(),
+        )
     })
 }
 
@@ -311,17 +339,19 @@ pub async fn closed_loop(
         cpu,
         peak_rss_kib,
     } = measure_window(watch, t.rss_interval, window_start, stop, &ok, tasks).await?;
+    let precise = precise.await?;
     Ok(SaturationResult {
         requests,
         seconds: cpu.seconds,
         rps: requests as f64 / cpu.seconds,
         errors: errors.count.load(Ordering::Relaxed),
         error_samples: errors.samples(),
-        cpu_seconds: precise.await?.unwrap_or(cpu.procs),
+        cpu_seconds: precise.as_ref().map_or(cpu.procs, |p| p.0.clone()),
         loadgen_cpu_seconds: cpu.own,
         peak_rss_kib,
         cpu_busy_pct: cpu.busy_pct,
         others_cpu_seconds: cpu.others,
+        wakeups: precise.map(|p| p.1),
     })
 }
 
@@ -421,6 +451,7 @@ pub async fn open_loop(
         .map_err(|_| anyhow::anyhow!("a lane panicked"))
         .map(|h| stats::percentiles(&h))?;
     let ok = ok.load(Ordering::Relaxed);
+    let precise = precise.await?;
     Ok(RatePoint {
         rate,
         result: RateResult {
@@ -432,11 +463,12 @@ pub async fn open_loop(
             achieved_rps: ok as f64 / t.duration.as_secs_f64(),
             latency,
             error_samples: errors.samples(),
-            cpu_seconds: precise.await?.unwrap_or(cpu.procs),
+            cpu_seconds: precise.as_ref().map_or(cpu.procs, |p| p.0.clone()),
             loadgen_cpu_seconds: cpu.own,
             seconds: cpu.seconds,
             cpu_busy_pct: cpu.busy_pct,
             others_cpu_seconds: cpu.others,
+            wakeups: precise.map(|p| p.1),
         },
         peak_rss_kib,
     })

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub p999_us: Option<f64>,
     /// The proxies' CPU-seconds (on-CPU time from /proc) per 100k answered requests.
     pub cpu_per_100k: Option<f64>,
+    /// The proxies' wake-ups (times their threads were scheduled onto a CPU) per answered
+    /// request.
+    pub wakeups_per_req: Option<f64>,
     /// Each proxy's peak RSS, KiB.
     pub rss_kib: Option<Vec<u64>>,
 }
@@ -56,6 +59,13 @@ pub struct Metrics {
 fn proxies_cpu_per_100k(cpu: &[f64], requests: u64) -> Option<f64> {
     (cpu.len() >= 2 && requests > 0)
         .then(|| cpu[1..].iter().sum::<f64>() / requests as f64 * 100_000.0)
+}
+
+/// The proxies' wake-ups per one of `requests` (`None` without a proxy, a request, or the
+/// kernel's count).
+fn proxies_wakeups_per_req(wakeups: Option<&Vec<u64>>, requests: u64) -> Option<f64> {
+    let w = wakeups?;
+    (w.len() >= 2 && requests > 0).then(|| w[1..].iter().sum::<u64>() as f64 / requests as f64)
 }
 
 /// The proxies' peak RSS (`None` without a proxy).
@@ -73,6 +83,7 @@ impl Metrics {
             p99_us: lat.map(|l| l.p99_us),
             p999_us: lat.map(|l| l.p999_us),
             cpu_per_100k: proxies_cpu_per_100k(&p.result.cpu_seconds, p.result.ok),
+            wakeups_per_req: proxies_wakeups_per_req(p.result.wakeups.as_ref(), p.result.ok),
             rss_kib: proxies_rss(&p.peak_rss_kib),
         }
     }
@@ -82,6 +93,7 @@ impl Metrics {
         Metrics {
             throughput: Some(s.rps),
             cpu_per_100k: proxies_cpu_per_100k(&s.cpu_seconds, s.requests),
+            wakeups_per_req: proxies_wakeups_per_req(s.wakeups.as_ref(), s.requests),
             rss_kib: proxies_rss(&s.peak_rss_kib),
             ..Default::default()
         }
@@ -121,6 +133,8 @@ pub struct Ratios {
     pub p999: Option<[f64; 3]>,
     /// CPU per 100k requests.
     pub cpu: Option<[f64; 3]>,
+    /// Wake-ups per request.
+    pub wakeups: Option<[f64; 3]>,
     /// The proxies' RSS, summed.
     pub rss: Option<[f64; 3]>,
 }
@@ -142,6 +156,8 @@ pub struct PointSummary {
     pub p999_us: Option<f64>,
     /// The proxies' CPU-seconds per 100k requests.
     pub cpu_per_100k: Option<f64>,
+    /// The proxies' wake-ups per request.
+    pub wakeups_per_req: Option<f64>,
     /// Each proxy's peak RSS, MiB.
     pub rss_mib: Option<Vec<f64>>,
     /// × the best peer, paired per run.
@@ -217,6 +233,7 @@ pub fn summarize(samples: &[Sample], column: &str, point: Point) -> Option<Point
         p99_us: med(|m| m.p99_us),
         p999_us: med(|m| m.p999_us),
         cpu_per_100k: med(|m| m.cpu_per_100k),
+        wakeups_per_req: med(|m| m.wakeups_per_req),
         rss_mib: rss.filter(|v| !v.is_empty()),
         vs_best_peer: Ratios {
             throughput: paired(samples, column, |m| m.throughput, true),
@@ -224,6 +241,7 @@ pub fn summarize(samples: &[Sample], column: &str, point: Point) -> Option<Point
             p99: paired(samples, column, |m| m.p99_us, false),
             p999: paired(samples, column, |m| m.p999_us, false),
             cpu: paired(samples, column, |m| m.cpu_per_100k, false),
+            wakeups: paired(samples, column, |m| m.wakeups_per_req, false),
             rss: paired(samples, column, Metrics::rss_sum_mib, false),
         },
         runs: mine.len(),
@@ -247,8 +265,8 @@ fn cell(value: String, ratios: &[Option<[f64; 3]>]) -> String {
 
 /// A Markdown table: one row per column (`rows`: its name and its summary per point, in the
 /// order of `points`), three cells per point: latency p50 / p99 / p99.9 µs (throughput at
-/// saturation), the proxies' CPU-s per 100k requests, each proxy's RSS (MiB); each with its
-/// paired median ratio to the best peer.
+/// saturation), the proxies' CPU-s per 100k requests and their wake-ups per request, each
+/// proxy's RSS (MiB); each with its paired median ratio to the best peer.
 pub fn table(points: &[Point], rows: &[(String, Vec<Option<PointSummary>>)]) -> String {
     let mut md = String::from("| |");
     let mut rule = String::from("|---|");
@@ -258,10 +276,10 @@ pub fn table(points: &[Point], rows: &[(String, Vec<Option<PointSummary>>)]) -> 
             Point::Saturation => "req/s",
         };
         md += &format!(
-            " {l}: {first} | {l}: CPU-s / 100k | {l}: RSS MiB |",
+            " {l}: {first} | {l}: CPU-s / 100k | {l}: wake-ups / req | {l}: RSS MiB |",
             l = p.label()
         );
-        rule += "---:|---:|---:|";
+        rule += "---:|---:|---:|---:|";
     }
     md += "\n";
     md += &rule;
@@ -270,7 +288,7 @@ pub fn table(points: &[Point], rows: &[(String, Vec<Option<PointSummary>>)]) -> 
         md += &format!("| {name} |");
         for (p, s) in points.iter().zip(sums) {
             let Some(s) = s else {
-                md += " not run | | |";
+                md += " not run | | | |";
                 continue;
             };
             let r = &s.vs_best_peer;
@@ -296,8 +314,9 @@ pub fn table(points: &[Point], rows: &[(String, Vec<Option<PointSummary>>)]) -> 
                 },
             );
             md += &format!(
-                " {first} | {} | {} |",
+                " {first} | {} | {} | {} |",
                 cell(fmt_opt(s.cpu_per_100k, 3), &[r.cpu]),
+                cell(fmt_opt(s.wakeups_per_req, 2), &[r.wakeups]),
                 cell(rss, &[r.rss])
             );
         }
@@ -340,6 +359,7 @@ mod tests {
                 p99_us: Some(p50 * 2.0),
                 p999_us: Some(p50 * 3.0),
                 cpu_per_100k: Some(cpu),
+                wakeups_per_req: Some(cpu / 10.0),
                 rss_kib: Some(vec![10_240, 12_288]),
             },
         }
@@ -370,7 +390,7 @@ mod tests {
             &[("weft".into(), vec![Some(w), None])],
         );
         assert!(
-            md.contains("| weft | 135 / 270 / 405 (×0.90 / ×0.90 / ×0.90) | 13.500 (×0.90) | 10.0 / 12.0 (×1.00) | not run | | |"),
+            md.contains("| weft | 135 / 270 / 405 (×0.90 / ×0.90 / ×0.90) | 13.500 (×0.90) | 1.35 (×0.90) | 10.0 / 12.0 (×1.00) | not run | | | |"),
             "{md}"
         );
         assert!(md.contains("1 000 req/s: p50 / p99 / p99.9 µs"), "{md}");

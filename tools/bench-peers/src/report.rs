@@ -120,7 +120,8 @@ impl PeersReport {
             }
         }
         md += "\nLatency from each request's scheduled send time (open loop). CPU-s / 100k: both proxies' \
-               on-CPU time over the measured window (every thread's, /proc/PID/task/*/schedstat), per 100k answered requests. RSS: each \
+               on-CPU time over the measured window (every thread's, /proc/PID/task/*/schedstat), per 100k answered requests. Wake-ups / req: the times both proxies' threads were \
+               scheduled onto a CPU (schedstat's run count) per answered request. RSS: each \
                proxy's (A / B) peak VmRSS sampled every 100 ms under that load. (×N): the pair's value over \
                the best peer's (HAProxy / NGINX) in the same run, median over the runs (latency ratios: p50 / \
                p99 / p99.9; RSS: of A + B).\n";

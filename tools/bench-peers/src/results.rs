@@ -468,6 +468,7 @@ mod tests {
                 peak_rss_kib: vec![1, 10_240, 12_288],
                 cpu_busy_pct: vec![],
                 others_cpu_seconds: 0.0,
+                wakeups: None,
             }),
             rates: vec![RatePoint {
                 rate: 2000.0,
@@ -493,6 +494,7 @@ mod tests {
                     seconds: 5.0,
                     cpu_busy_pct: vec![],
                     others_cpu_seconds: 0.0,
+                    wakeups: None,
                 },
             }],
             tcp: None,

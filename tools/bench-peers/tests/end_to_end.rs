@@ -98,6 +98,10 @@ fn check_points(points: &Value, ctx: &str, proxies: usize, peer_ran: bool) {
         }
         if proxies > 0 {
             num(p, "cpu_per_100k", &ctx);
+            // At a low fixed rate requests travel alone, so each wakes the proxies; at
+            // saturation one wake-up serves several.
+            let wakeups = num(p, "wakeups_per_req", &ctx);
+            assert!(!fixed || wakeups > 0.5, "{ctx}: {p}");
             let rss = p["rss_mib"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{ctx}: rss: {p}"));
@@ -110,9 +114,9 @@ fn check_points(points: &Value, ctx: &str, proxies: usize, peer_ran: bool) {
         if peer_ran {
             let r = &p["vs_best_peer"];
             let keys: &[&str] = match (fixed, proxies > 0) {
-                (true, true) => &["p50", "p99", "p999", "cpu", "rss"],
+                (true, true) => &["p50", "p99", "p999", "cpu", "wakeups", "rss"],
                 (true, false) => &["p50", "p99", "p999"],
-                (false, true) => &["throughput", "cpu", "rss"],
+                (false, true) => &["throughput", "cpu", "wakeups", "rss"],
                 (false, false) => &["throughput"],
             };
             for k in keys {

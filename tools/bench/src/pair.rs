@@ -450,6 +450,7 @@ mod tests {
             peak_rss_kib: vec![4096, 10 * 1024, 12 * 1024],
             cpu_busy_pct: vec![Some(60.0), Some(95.0)],
             others_cpu_seconds: 0.1,
+            wakeups: None,
         };
         let lat = RateResult {
             rate: 2000.0,
@@ -472,6 +473,7 @@ mod tests {
             seconds: 5.0,
             cpu_busy_pct: vec![Some(100.0), Some(40.0)],
             others_cpu_seconds: if run == 3 { 1.5 } else { 0.2 },
+            wakeups: None,
         };
         RunRecord::new(&config(), run, scenario, sat, lat)
     }

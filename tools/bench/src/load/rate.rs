@@ -58,6 +58,9 @@ pub struct RateResult {
     /// CPU seconds all other user-space processes on the machine used in
     /// the window.
     pub others_cpu_seconds: f64,
+    /// Times each watched process's threads were scheduled onto a CPU in the window (its
+    /// wake-ups: `/proc/PID/task/*/schedstat`'s run count), where the load measures it.
+    pub wakeups: Option<Vec<u64>>,
 }
 
 /// The scheduled send time of global request number `n` at `rate` per second.
@@ -188,6 +191,7 @@ pub async fn fixed_rate(
         seconds: cpu.seconds,
         cpu_busy_pct: cpu.busy_pct,
         others_cpu_seconds: cpu.others,
+        wakeups: None,
     })
 }
 

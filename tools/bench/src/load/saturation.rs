@@ -49,6 +49,9 @@ pub struct SaturationResult {
     /// CPU seconds all other user-space processes on the machine used in
     /// the window (work that competes with the benchmark).
     pub others_cpu_seconds: f64,
+    /// Times each watched process's threads were scheduled onto a CPU in the window (its
+    /// wake-ups: `/proc/PID/task/*/schedstat`'s run count), where the load measures it.
+    pub wakeups: Option<Vec<u64>>,
 }
 /// Runs the closed loop against `target`: `connections` tasks each send a
 /// request, wait for the whole response and repeat, for warm-up + duration.
@@ -109,6 +112,7 @@ pub async fn saturate(
         peak_rss_kib,
         cpu_busy_pct: cpu.busy_pct,
         others_cpu_seconds: cpu.others,
+        wakeups: None,
     })
 }
 

@@ -299,6 +299,7 @@ mod tests {
             peak_rss_kib: vec![1, 2, 3, 4, 5],
             cpu_busy_pct: vec![Some(40.0), Some(99.0)],
             others_cpu_seconds: 0.1,
+            wakeups: None,
         }
     }
 

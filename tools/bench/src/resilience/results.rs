@@ -425,6 +425,7 @@ pub(crate) mod tests {
                 peak_rss_kib: vec![1, 2, 3],
                 cpu_busy_pct: vec![Some(60.0), Some(99.0)],
                 others_cpu_seconds: 0.0,
+                wakeups: None,
             },
         )
     }
