@@ -92,26 +92,33 @@ pub fn time_left(
     Ok(Some(left))
 }
 
-/// Requests in flight to one endpoint above which an HTTP/1.x caller's request takes the
-/// multiplexed HTTP/2 hop after all: each HTTP/1.1 request in flight holds a connection of its
-/// own, and the peer's inbound port gives one address a quarter of its connection cap.
-pub const HOP_H1_MAX_IN_FLIGHT: u32 = 128;
+/// Requests in flight to one endpoint from which an HTTP/1.x caller's request takes the
+/// multiplexed HTTP/2 hop after all: requests no longer travel alone there, and HTTP/2 carries
+/// several in one TLS record and one wake-up (at saturation it costs less CPU per request than
+/// HTTP/1.1, which also holds a connection per request in flight).
+pub const HOP_H1_MAX_IN_FLIGHT: u32 = 4;
 
-/// The HTTP version of the hop to endpoint `ep`'s sidecar: the caller's. An HTTP/1.x caller's
-/// request to an `http` service crosses as HTTP/1.1 over a pooled mutual-TLS connection (one
-/// request at a time on it), while fewer than [`HOP_H1_MAX_IN_FLIGHT`] are in flight there;
-/// an HTTP/2 caller's (h2c, gRPC, extended CONNECT), a `grpc` service's, and the overflow as
-/// streams of a multiplexed HTTP/2 connection.
+/// Pingora's pool group of the HTTP/1.1-preferring hop (`HttpPeer::group_key`, part of the
+/// pool key): its lookups never find the HTTP/2 connections of the multiplexed hop (group 0),
+/// which Pingora would otherwise reuse first, keeping the requests that travel alone on HTTP/2
+/// for as long as one such connection stays busy.
+pub const HOP_H1_GROUP: u64 = 1;
+
+/// The HTTP version of the hop to endpoint `ep`'s sidecar, by what the request is and what
+/// else is in flight there. An HTTP/1.x caller's request to an `http` service while fewer than
+/// [`HOP_H1_MAX_IN_FLIGHT`] are in flight there crosses as HTTP/1.1 over a pooled mutual-TLS
+/// connection (one request at a time on it). An HTTP/2 caller's (h2c, gRPC, extended
+/// CONNECT), a `grpc` service's, and a request to a busy endpoint cross as streams of a
+/// multiplexed HTTP/2 connection.
 ///
 /// Why: a request that travels alone (a mesh's usual rate) costs an HTTP/2 stream on both
 /// sidecars (HPACK, stream state, the connection task woken both ways, a task per stream
 /// inbound), against one TLS record each way on a connection the request has to itself
-/// (README, "The hop between sidecars", measured per request at fixed rates).
+/// (README, "The hop between sidecars", measured per request at fixed rates and saturation).
 ///
 /// HTTP/1.x offers both (`h2`, `http/1.1`) and the server picks: a sidecar that prefers
 /// `http/1.1` for them (this version on) takes it, an older one picks `h2`, so a mesh
-/// mid-upgrade keeps working. Pingora then reuses whichever pooled connection exists, an
-/// HTTP/2 one first.
+/// mid-upgrade keeps working.
 pub fn hop_alpn(d: &Destination, ep: usize, caller_h2: bool) -> ALPN {
     let busy = d
         .stats
@@ -138,6 +145,9 @@ pub fn peer(
     // No client certificate or roots on the peer: they are the connector's (see
     // `crate::outbound::connector`), which keeps Pingora's per-request pool key cheap.
     let mut peer = HttpPeer::new(d.endpoints[ep], true, d.sni.clone());
+    if alpn == ALPN::H2H1 {
+        peer.group_key = HOP_H1_GROUP;
+    }
     let o = &mut peer.options;
     o.alpn = alpn;
     o.max_h2_streams = MAX_H2_STREAMS;
@@ -295,6 +305,11 @@ mod tests {
         let p = peer(d, 1, ALPN::H2H1, s(1), None, None);
         assert_eq!(p.options.max_h2_streams, MAX_H2_STREAMS);
         assert_eq!(p.options.alpn, ALPN::H2H1);
+        assert_eq!(
+            p.group_key, HOP_H1_GROUP,
+            "pooled apart from the multiplexed hop"
+        );
+        assert_eq!(peer(d, 1, ALPN::H2, s(1), None, None).group_key, 0);
         assert_eq!(p.sni, "orders.default.serviceaccount.identity.weft.local");
     }
 
