@@ -139,6 +139,32 @@ impl GatewayReloader {
         keys.follow(&next.auth, true);
         Ok(next)
     }
+
+    /// Count a reload's `result` and log it: `in_force` names what a good one put in force,
+    /// `refused` what a bad one was.
+    fn report(
+        &self,
+        result: &Result<Arc<GatewayState>, ReloadError>,
+        in_force: &str,
+        refused: &str,
+    ) {
+        match result {
+            Ok(st) => {
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                log::info!(
+                    "{in_force}: {} route(s); new requests use it",
+                    st.routes.len()
+                );
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                log::error!("{refused} rejected, the one in force stays:\n{e}");
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -170,15 +196,17 @@ impl BackgroundService for GatewayReloader {
                 let verdict = if applied.as_deref() == Some(version.as_str()) {
                     Ok(())
                 } else {
-                    match self.apply_remote(&r.config, &mut keys).await {
+                    let result = self.apply_remote(&r.config, &mut keys).await;
+                    self.report(
+                        &result,
+                        &format!(
+                            "gateway config {version} of {} from the control plane in force",
+                            r.config.gateway
+                        ),
+                        &format!("gateway config {version} from the control plane"),
+                    );
+                    match result {
                         Ok(st) => {
-                            self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                            log::info!(
-                                "gateway config {version} of {} from the control plane in force: \
-                                 {} route(s); new requests use it",
-                                r.config.gateway,
-                                st.routes.len()
-                            );
                             applied = Some(version);
                             // The file was rewritten as the config in force: not a change.
                             files = (config_files(&self.path, &st.gw).into_iter())
@@ -187,17 +215,7 @@ impl BackgroundService for GatewayReloader {
                             seen_files = stamp(&files);
                             Ok(())
                         }
-                        Err(e) => {
-                            self.metrics
-                                .config_reloads
-                                .with_label_values(&["error"])
-                                .inc();
-                            log::error!(
-                                "gateway config {version} from the control plane rejected, the \
-                                 one in force stays:\n{e}"
-                            );
-                            Err(e.to_string())
-                        }
+                        Err(e) => Err(e.to_string()),
                     }
                 };
                 let _ = r.reply.send(verdict);
@@ -207,28 +225,19 @@ impl BackgroundService for GatewayReloader {
                 // Compared later against the stamps taken before this reload: a file replaced
                 // while it ran differs at the next check and is read again.
                 seen_files = now;
-                match self.reload(&mut keys).await {
-                    Ok(st) => {
-                        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                        log::info!(
-                            "gateway config reloaded from {}: {} route(s); new requests use it",
-                            self.path.display(),
-                            st.routes.len()
-                        );
-                        let after: Vec<PathBuf> = (config_files(&self.path, &st.gw).into_iter())
-                            .map(Path::to_owned)
-                            .collect();
-                        if after != files {
-                            seen_files = stamp(&after);
-                            files = after;
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .config_reloads
-                            .with_label_values(&["error"])
-                            .inc();
-                        log::error!("gateway config rejected, the one in force stays:\n{e}");
+                let result = self.reload(&mut keys).await;
+                self.report(
+                    &result,
+                    &format!("gateway config reloaded from {}", self.path.display()),
+                    "gateway config",
+                );
+                if let Ok(st) = result {
+                    let after: Vec<PathBuf> = (config_files(&self.path, &st.gw).into_iter())
+                        .map(Path::to_owned)
+                        .collect();
+                    if after != files {
+                        seen_files = stamp(&after);
+                        files = after;
                     }
                 }
             }
