@@ -30,11 +30,11 @@ use weft_api::v1::GatewayConfig;
 use weft_policy::gateway::{Gateway, GatewayError};
 
 use crate::gateway::auth::refresh::KeyTasks;
-use crate::gateway::edge_tls::{self, Stamps};
+use crate::gateway::edge_tls;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::remote::{self, Remote};
 use crate::gateway::state::{GatewayState, Live};
-use crate::store::Store;
+use crate::store::{file_stamps, Store};
 
 /// Why a changed gateway file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +178,7 @@ impl BackgroundService for GatewayReloader {
         let mut files: Vec<PathBuf> = (config_files(&self.path, &first.gw).into_iter())
             .map(Path::to_owned)
             .collect();
-        let mut seen_files = stamp(&files);
+        let mut seen_files = file_stamps(&files);
         drop(first);
         let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The control-plane config in force (a reconnect sends it again).
@@ -212,7 +212,7 @@ impl BackgroundService for GatewayReloader {
                             files = (config_files(&self.path, &st.gw).into_iter())
                                 .map(Path::to_owned)
                                 .collect();
-                            seen_files = stamp(&files);
+                            seen_files = file_stamps(&files);
                             Ok(())
                         }
                         Err(e) => Err(e.to_string()),
@@ -220,7 +220,7 @@ impl BackgroundService for GatewayReloader {
                 };
                 let _ = r.reply.send(verdict);
             }
-            let now = stamp(&files);
+            let now = file_stamps(&files);
             if now != seen_files {
                 // Compared later against the stamps taken before this reload: a file replaced
                 // while it ran differs at the next check and is read again.
@@ -236,7 +236,7 @@ impl BackgroundService for GatewayReloader {
                         .map(Path::to_owned)
                         .collect();
                     if after != files {
-                        seen_files = stamp(&after);
+                        seen_files = file_stamps(&after);
                         files = after;
                     }
                 }
@@ -265,9 +265,4 @@ async fn next_remote(rx: &mut Option<mpsc::Receiver<Remote>>) -> Option<Remote> 
         }
         None => std::future::pending().await,
     }
-}
-
-fn stamp(paths: &[PathBuf]) -> Stamps {
-    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    edge_tls::file_stamps(&refs)
 }

@@ -20,7 +20,7 @@ use weft_policy::wire::PolicySnapshot;
 use weft_policy::{ConfigError, Listen};
 
 use crate::telemetry::metrics::Metrics;
-pub use persist::write_atomically;
+pub use persist::{file_stamps, write_atomically, Stamps};
 use persist::{sync_to_disk, write_replacing};
 use snapshot::{observe, Builder};
 pub use snapshot::{Pems, PolicySource, Snapshot, MAX_RATE_KEYS};
