@@ -68,9 +68,9 @@ pub struct GatewayReloader {
 }
 
 /// The files whose change means the gateway file is read again: itself and the API key files.
-fn config_files<'a>(path: &'a Path, gw: &'a Gateway) -> Vec<&'a Path> {
-    let mut files = vec![path];
-    files.extend(gw.auth.api_keys.iter().map(|k| k.file.as_path()));
+fn config_files(path: &Path, gw: &Gateway) -> Vec<PathBuf> {
+    let mut files = vec![path.to_owned()];
+    files.extend(gw.auth.api_keys.iter().map(|k| k.file.clone()));
     files
 }
 
@@ -175,9 +175,7 @@ impl BackgroundService for GatewayReloader {
         let mut keys = KeyTasks::default();
         keys.follow(&self.live.load().auth, false);
         let first = self.live.load_full();
-        let mut files: Vec<PathBuf> = (config_files(&self.path, &first.gw).into_iter())
-            .map(Path::to_owned)
-            .collect();
+        let mut files = config_files(&self.path, &first.gw);
         let mut seen_files = file_stamps(&files);
         drop(first);
         let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -209,9 +207,7 @@ impl BackgroundService for GatewayReloader {
                         Ok(st) => {
                             applied = Some(version);
                             // The file was rewritten as the config in force: not a change.
-                            files = (config_files(&self.path, &st.gw).into_iter())
-                                .map(Path::to_owned)
-                                .collect();
+                            files = config_files(&self.path, &st.gw);
                             seen_files = file_stamps(&files);
                             Ok(())
                         }
@@ -232,9 +228,7 @@ impl BackgroundService for GatewayReloader {
                     "gateway config",
                 );
                 if let Ok(st) = result {
-                    let after: Vec<PathBuf> = (config_files(&self.path, &st.gw).into_iter())
-                        .map(Path::to_owned)
-                        .collect();
+                    let after = config_files(&self.path, &st.gw);
                     if after != files {
                         seen_files = file_stamps(&after);
                         files = after;
