@@ -241,11 +241,9 @@ pub fn script(plan: Option<&Plan>, family: Family, current: &Current) -> Option<
 mod tests {
     use super::*;
 
+    /// [`Plan::for_tests`] with ports and networks skipped both ways.
     fn plan() -> Plan {
         Plan {
-            proxy_uid: 2102,
-            outbound_port: 15001,
-            inbound_port: 15006,
             outbound_skip_ports: vec!["443".parse().expect("p"), "9000-9100".parse().expect("p")],
             outbound_skip_cidrs: vec![
                 "10.96.0.0/12".parse().expect("c"),
@@ -253,9 +251,7 @@ mod tests {
             ],
             inbound_skip_ports: vec!["4191".parse().expect("p")],
             inbound_skip_cidrs: vec!["192.0.2.0/24".parse().expect("c")],
-            capture_loopback: false,
-            outbound: true,
-            inbound: true,
+            ..Plan::for_tests()
         }
     }
 

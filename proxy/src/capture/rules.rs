@@ -239,10 +239,10 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan() -> Plan {
+impl Plan {
+    /// The tests' plan: both directions captured for UID 2102 (outbound to 15001, inbound to
+    /// 15006), loopback left alone, nothing skipped.
+    pub(crate) fn for_tests() -> Plan {
         Plan {
             proxy_uid: 2102,
             outbound_port: 15001,
@@ -256,6 +256,11 @@ mod tests {
             inbound: true,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn ports_and_ranges_parse_and_bad_ones_say_why() {
@@ -301,7 +306,7 @@ mod tests {
 
     #[test]
     fn the_script_replaces_only_its_own_table() {
-        let s = plan().script();
+        let s = Plan::for_tests().script();
         assert!(s.starts_with("add table inet weft\ndelete table inet weft\ntable inet weft {"));
         assert!(s.contains("meta skuid 2102 return"));
         assert!(s.contains("meta l4proto tcp redirect to :15001"));
@@ -314,7 +319,7 @@ mod tests {
 
     #[test]
     fn skips_land_in_the_right_chain_by_family() {
-        let mut p = plan();
+        let mut p = Plan::for_tests();
         p.outbound_skip_ports = vec!["443".parse().expect("p"), "9000-9100".parse().expect("p")];
         p.outbound_skip_cidrs = vec![
             "10.96.0.0/12".parse().expect("c"),
@@ -334,7 +339,7 @@ mod tests {
 
     #[test]
     fn loopback_and_directions_can_be_chosen() {
-        let mut p = plan();
+        let mut p = Plan::for_tests();
         p.capture_loopback = true;
         p.inbound = false;
         let s = p.script();

@@ -163,7 +163,8 @@ pub(crate) async fn session(
         let Some(kind) = msg.kind else { continue };
         let reply = match kind {
             control_message::Kind::Gateway(g) => answer_gateway(store, gateway, g).await,
-            kind => answer(store, kind).await,
+            control_message::Kind::Snapshot(s) => answer(store, SidecarUpdate::Snapshot(s)).await,
+            control_message::Kind::Endpoints(e) => answer(store, SidecarUpdate::Endpoints(e)).await,
         };
         tx.send(SidecarMessage { kind: Some(reply) })
             .await
@@ -201,48 +202,39 @@ pub async fn until(
     }
 }
 
+/// What the control plane puts in force in the sidecar itself (a Gateway's config goes to the
+/// gateway's reloader instead, [`answer_gateway`]).
+enum SidecarUpdate {
+    /// A policy snapshot.
+    Snapshot(weft_api::v1::Snapshot),
+    /// One service's endpoints.
+    Endpoints(weft_api::v1::Endpoints),
+}
+
 /// Apply a snapshot or a service's endpoints (off the control thread) and say `Ack` or `Nack`
 /// for that resource.
-async fn answer(store: &Arc<Store>, kind: control_message::Kind) -> sidecar_message::Kind {
-    let (what, version, resource) = match &kind {
-        control_message::Kind::Snapshot(s) => ("snapshot", s.version.clone(), String::new()),
-        control_message::Kind::Gateway(g) => (
-            "gateway config",
-            g.version.clone(),
-            format!("{GATEWAY_PREFIX}{}", g.gateway),
-        ),
-        control_message::Kind::Endpoints(e) => (
+async fn answer(store: &Arc<Store>, update: SidecarUpdate) -> sidecar_message::Kind {
+    let (what, version, resource) = match &update {
+        SidecarUpdate::Snapshot(s) => ("snapshot", s.version.clone(), String::new()),
+        SidecarUpdate::Endpoints(e) => (
             "endpoints",
             e.version.clone(),
             format!("{RESOURCE_PREFIX}{}", e.service),
         ),
     };
     let store2 = store.clone();
-    let result = tokio::task::spawn_blocking(move || match &kind {
-        control_message::Kind::Snapshot(s) => apply(&store2, s),
-        control_message::Kind::Endpoints(e) => apply_endpoints(&store2, e),
-        control_message::Kind::Gateway(_) => Err("a gateway config is not a sidecar's".into()),
+    let result = tokio::task::spawn_blocking(move || match &update {
+        SidecarUpdate::Snapshot(s) => apply(&store2, s),
+        SidecarUpdate::Endpoints(e) => apply_endpoints(&store2, e),
     })
     .await
     .map_err(|e| format!("apply task failed: {e}"))
-    .and_then(|r| r);
-    let counter = &store.metrics.control_plane_snapshots;
-    match result {
-        Ok(v) => {
-            log::info!("control-plane {what} {resource} {version} applied: config v{v}");
-            counter.with_label_values(&["ack"]).inc();
-            sidecar_message::Kind::Ack(Ack { version, resource })
-        }
-        Err(reason) => {
-            log::error!("control-plane {what} {resource} {version} refused; keeping the config in force:\n{reason}");
-            counter.with_label_values(&["nack"]).inc();
-            sidecar_message::Kind::Nack(Nack {
-                version,
-                reason,
-                resource,
-            })
-        }
-    }
+    .and_then(|r| r)
+    .map(|v| log::info!("control-plane {what} {resource} {version} applied: config v{v}"))
+    .inspect_err(|reason| {
+        log::error!("control-plane {what} {resource} {version} refused; keeping the config in force:\n{reason}");
+    });
+    verdict(store, version, resource, result)
 }
 
 /// Hand a Gateway's config to the gateway's reloader and say `Ack` or `Nack` for it (a proxy
@@ -257,6 +249,17 @@ async fn answer_gateway(
         Some(feed) => feed.apply(g).await,
         None => Err("this proxy serves no Gateway (no --gateway-name)".to_owned()),
     };
+    verdict(store, version, resource, result)
+}
+
+/// The answer for `resource` at `version` once it was put in force (`Ack`) or refused
+/// (`Nack` with the reason), counted in `control_plane_snapshots` by result.
+fn verdict(
+    store: &Store,
+    version: String,
+    resource: String,
+    result: Result<(), String>,
+) -> sidecar_message::Kind {
     let counter = &store.metrics.control_plane_snapshots;
     match result {
         Ok(()) => {

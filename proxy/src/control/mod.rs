@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::drain::Drain;
-use crate::store::{PolicySource, Store};
+use crate::store::{file_stamps, PolicySource, Store};
 use weft_policy::Listen;
 
 /// How often the config and certificate files are checked for changes.
@@ -160,17 +160,6 @@ async fn reload_on_sighup(store: Arc<Store>) {
     }
 }
 
-fn stamp(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
-    paths
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
-}
-
 /// The config file and the certificate files it names (rotation is a file change too).
 fn watched(store: &Store) -> Vec<PathBuf> {
     let tls = store.load().tls_paths.clone();
@@ -179,11 +168,11 @@ fn watched(store: &Store) -> Vec<PathBuf> {
 
 async fn reload_on_change(store: Arc<Store>) {
     let mut paths = watched(&store);
-    let mut last = stamp(&paths);
+    let mut last = file_stamps(&paths);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tick.tick().await;
-        let now = stamp(&paths);
+        let now = file_stamps(&paths);
         if now != last {
             reload(&store, "file changed").await;
             let after = watched(&store);
@@ -191,7 +180,11 @@ async fn reload_on_change(store: Arc<Store>) {
             // while it ran (the key renamed in after the certificate, say) then differs at the
             // next tick and is reloaded again. Stamping after the reload would record the new
             // file as seen and never apply it. A changed set of files is stamped anew.
-            last = if after == paths { now } else { stamp(&after) };
+            last = if after == paths {
+                now
+            } else {
+                file_stamps(&after)
+            };
             paths = after;
         }
     }

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use pingora_core::listeners::tls::Acceptor;
@@ -21,6 +20,7 @@ use rustls::sign::CertifiedKey;
 use weft_policy::gateway::{EdgeCert, Gateway, HostPattern, TlsVersion};
 
 use crate::gateway::metrics::GatewayMetrics;
+use crate::store::{file_stamps, Stamps};
 
 /// Why the certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +173,6 @@ pub fn build(gw: &Gateway) -> Result<EdgeTls, EdgeTlsError> {
     })
 }
 
-/// What the reloader compares: each file's modification time and length.
-pub type Stamps = Vec<Option<(SystemTime, u64)>>;
-
 /// The stamps of every certificate and key file of `certs`.
 pub fn stamps(certs: &[EdgeCert]) -> Stamps {
     let paths: Vec<&Path> = certs
@@ -183,18 +180,6 @@ pub fn stamps(certs: &[EdgeCert]) -> Stamps {
         .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
         .collect();
     file_stamps(&paths)
-}
-
-/// Each file's modification time and length (`None`: unreadable).
-pub fn file_stamps(paths: &[&Path]) -> Stamps {
-    paths
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
 }
 
 impl EdgeTls {

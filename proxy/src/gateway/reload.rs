@@ -30,11 +30,11 @@ use weft_api::v1::GatewayConfig;
 use weft_policy::gateway::{Gateway, GatewayError};
 
 use crate::gateway::auth::refresh::KeyTasks;
-use crate::gateway::edge_tls::{self, Stamps};
+use crate::gateway::edge_tls;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::remote::{self, Remote};
 use crate::gateway::state::{GatewayState, Live};
-use crate::store::Store;
+use crate::store::{file_stamps, Store};
 
 /// Why a changed gateway file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +68,9 @@ pub struct GatewayReloader {
 }
 
 /// The files whose change means the gateway file is read again: itself and the API key files.
-fn config_files<'a>(path: &'a Path, gw: &'a Gateway) -> Vec<&'a Path> {
-    let mut files = vec![path];
-    files.extend(gw.auth.api_keys.iter().map(|k| k.file.as_path()));
+fn config_files(path: &Path, gw: &Gateway) -> Vec<PathBuf> {
+    let mut files = vec![path.to_owned()];
+    files.extend(gw.auth.api_keys.iter().map(|k| k.file.clone()));
     files
 }
 
@@ -139,6 +139,32 @@ impl GatewayReloader {
         keys.follow(&next.auth, true);
         Ok(next)
     }
+
+    /// Count a reload's `result` and log it: `in_force` names what a good one put in force,
+    /// `refused` what a bad one was.
+    fn report(
+        &self,
+        result: &Result<Arc<GatewayState>, ReloadError>,
+        in_force: &str,
+        refused: &str,
+    ) {
+        match result {
+            Ok(st) => {
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                log::info!(
+                    "{in_force}: {} route(s); new requests use it",
+                    st.routes.len()
+                );
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                log::error!("{refused} rejected, the one in force stays:\n{e}");
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -149,10 +175,8 @@ impl BackgroundService for GatewayReloader {
         let mut keys = KeyTasks::default();
         keys.follow(&self.live.load().auth, false);
         let first = self.live.load_full();
-        let mut files: Vec<PathBuf> = (config_files(&self.path, &first.gw).into_iter())
-            .map(Path::to_owned)
-            .collect();
-        let mut seen_files = stamp(&files);
+        let mut files = config_files(&self.path, &first.gw);
+        let mut seen_files = file_stamps(&files);
         drop(first);
         let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The control-plane config in force (a reconnect sends it again).
@@ -170,65 +194,44 @@ impl BackgroundService for GatewayReloader {
                 let verdict = if applied.as_deref() == Some(version.as_str()) {
                     Ok(())
                 } else {
-                    match self.apply_remote(&r.config, &mut keys).await {
+                    let result = self.apply_remote(&r.config, &mut keys).await;
+                    self.report(
+                        &result,
+                        &format!(
+                            "gateway config {version} of {} from the control plane in force",
+                            r.config.gateway
+                        ),
+                        &format!("gateway config {version} from the control plane"),
+                    );
+                    match result {
                         Ok(st) => {
-                            self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                            log::info!(
-                                "gateway config {version} of {} from the control plane in force: \
-                                 {} route(s); new requests use it",
-                                r.config.gateway,
-                                st.routes.len()
-                            );
                             applied = Some(version);
                             // The file was rewritten as the config in force: not a change.
-                            files = (config_files(&self.path, &st.gw).into_iter())
-                                .map(Path::to_owned)
-                                .collect();
-                            seen_files = stamp(&files);
+                            files = config_files(&self.path, &st.gw);
+                            seen_files = file_stamps(&files);
                             Ok(())
                         }
-                        Err(e) => {
-                            self.metrics
-                                .config_reloads
-                                .with_label_values(&["error"])
-                                .inc();
-                            log::error!(
-                                "gateway config {version} from the control plane rejected, the \
-                                 one in force stays:\n{e}"
-                            );
-                            Err(e.to_string())
-                        }
+                        Err(e) => Err(e.to_string()),
                     }
                 };
                 let _ = r.reply.send(verdict);
             }
-            let now = stamp(&files);
+            let now = file_stamps(&files);
             if now != seen_files {
                 // Compared later against the stamps taken before this reload: a file replaced
                 // while it ran differs at the next check and is read again.
                 seen_files = now;
-                match self.reload(&mut keys).await {
-                    Ok(st) => {
-                        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                        log::info!(
-                            "gateway config reloaded from {}: {} route(s); new requests use it",
-                            self.path.display(),
-                            st.routes.len()
-                        );
-                        let after: Vec<PathBuf> = (config_files(&self.path, &st.gw).into_iter())
-                            .map(Path::to_owned)
-                            .collect();
-                        if after != files {
-                            seen_files = stamp(&after);
-                            files = after;
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .config_reloads
-                            .with_label_values(&["error"])
-                            .inc();
-                        log::error!("gateway config rejected, the one in force stays:\n{e}");
+                let result = self.reload(&mut keys).await;
+                self.report(
+                    &result,
+                    &format!("gateway config reloaded from {}", self.path.display()),
+                    "gateway config",
+                );
+                if let Ok(st) = result {
+                    let after = config_files(&self.path, &st.gw);
+                    if after != files {
+                        seen_files = file_stamps(&after);
+                        files = after;
                     }
                 }
             }
@@ -256,9 +259,4 @@ async fn next_remote(rx: &mut Option<mpsc::Receiver<Remote>>) -> Option<Remote> 
         }
         None => std::future::pending().await,
     }
-}
-
-fn stamp(paths: &[PathBuf]) -> Stamps {
-    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    edge_tls::file_stamps(&refs)
 }

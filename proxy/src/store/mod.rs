@@ -20,7 +20,7 @@ use weft_policy::wire::PolicySnapshot;
 use weft_policy::{ConfigError, Listen};
 
 use crate::telemetry::metrics::Metrics;
-pub use persist::write_atomically;
+pub use persist::{file_stamps, write_atomically, Stamps};
 use persist::{sync_to_disk, write_replacing};
 use snapshot::{observe, Builder};
 pub use snapshot::{Pems, PolicySource, Snapshot, MAX_RATE_KEYS};
@@ -170,9 +170,22 @@ impl Store {
 
     /// The mesh services in force, validated, as a gateway's routes name them: the config
     /// file's, or in control-plane mode those of the control plane's policy in force (none
-    /// before its first snapshot).
-    pub fn mesh_services(&self) -> Result<Vec<weft_policy::Service>, ConfigError> {
+    /// before its first snapshot). Made once per snapshot and kept with it.
+    pub fn mesh_services(&self) -> Result<Arc<[weft_policy::Service]>, ConfigError> {
         let src = self.sources();
+        // Under the lock, the snapshot in force is the one `src` built (each swap and its
+        // sources' update happen under it together).
+        let snap = self.current.load_full();
+        if let Some(services) = snap.mesh_services.get() {
+            return Ok(services.clone());
+        }
+        let services: Arc<[weft_policy::Service]> = self.validated_services(&src)?.into();
+        let _ = snap.mesh_services.set(services.clone());
+        Ok(services)
+    }
+
+    /// The mesh services `src` names, parsed and validated again.
+    fn validated_services(&self, src: &Sources) -> Result<Vec<weft_policy::Service>, ConfigError> {
         let config = self.builder().config(&src.text)?;
         let (Some(policy), Some(_)) = (&src.cp_policy, &config.control_plane) else {
             return Ok(config.services);
@@ -511,5 +524,31 @@ mod tests {
             v + 1,
             "and the snapshot in force stays"
         );
+    }
+
+    #[test]
+    fn the_mesh_services_are_made_once_per_snapshot() {
+        let (_dir, store, _ca) = super::test_support::store_in_control_plane_mode(24);
+        let names = |s: &[weft_policy::Service]| -> Vec<String> {
+            s.iter().map(|s| s.name.clone()).collect()
+        };
+        let before = store.mesh_services().expect("services");
+        assert!(before.is_empty(), "none before the first snapshot");
+        let policy = |version: &str, name: &str| -> weft_policy::wire::PolicySnapshot {
+            serde_json::from_str(&format!(
+                r#"{{"version": "{version}", "services": [{{"name": "{name}", "identity": "spiffe://weft.local/ns/default/sa/{name}"}}]}}"#
+            ))
+            .expect("policy")
+        };
+        store.apply_policy(policy("p1", "users")).expect("apply");
+        let first = store.mesh_services().expect("services");
+        assert_eq!(names(&first), ["users"]);
+        let again = store.mesh_services().expect("services");
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "kept, not made again"
+        );
+        store.apply_policy(policy("p2", "carts")).expect("apply");
+        assert_eq!(names(&store.mesh_services().expect("services")), ["carts"]);
     }
 }

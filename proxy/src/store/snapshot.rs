@@ -56,6 +56,11 @@ pub struct Snapshot {
     pub control_plane: Option<weft_policy::ControlPlane>,
     /// Callable services and how requests find them.
     pub routes: Routes,
+    /// The mesh services this snapshot was built with, validated, as a gateway's routes name
+    /// them ([`Store::mesh_services`](super::Store::mesh_services)): made once, on first use
+    /// (`Routes` takes the services themselves, which do not clone, and most sidecars never
+    /// ask).
+    pub(super) mesh_services: std::sync::OnceLock<Arc<[weft_policy::Service]>>,
 }
 
 /// Where a snapshot's policy (services, routes, authorization) came from.
@@ -118,6 +123,7 @@ impl Snapshot {
             tls_paths: config.tls,
             control_plane: config.control_plane,
             routes,
+            mesh_services: std::sync::OnceLock::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `file:line:col` in the log and `weft_gateway_config_reloads_total{result="error"}`, and the
 //! routes in force keep serving. Every wait is on the reload counter, never a sleep.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::gateway_tests::{spawn_gateway, EdgePki, Gw};
@@ -55,6 +56,25 @@ async fn reloads(gw: &Gw, result: &str, n: f64) {
     assert_eq!(got, n, "reloads {result}");
 }
 
+/// A gateway serving gateway file `text` (written as `gateway.yaml` in `pki`'s directory,
+/// returned) with a certificate for [`HOST`] from a fresh edge CA, in front of a sidecar with
+/// `services`.
+async fn gateway_for(pki: &Pki, services: &str, text: &str) -> (Gw, PathBuf) {
+    let edge = EdgePki::new(pki.path());
+    edge.issue("api", HOST, 1001);
+    let file = pki.path().join("gateway.yaml");
+    std::fs::write(&file, text).expect("gateway file");
+    let (sidecar, at) = spawn_gateway(pki, services, &file).await;
+    let gw = Gw {
+        sidecar,
+        https: at.https,
+        http: at.https,
+        ca: pki.path().join("edge-ca.pem"),
+        edge,
+    };
+    (gw, file)
+}
+
 /// The status curl reports for `path`, with the app's view of the request.
 fn get(gw: &Gw, path: &str) -> (String, serde_json::Value) {
     let c = gw.curl(HOST, path, &[]);
@@ -67,19 +87,8 @@ async fn a_gateway_file_edit_applies_and_a_bad_one_keeps_the_routes_in_force() {
     let pki = Pki::new(2305);
     pki.issue("orders");
     let orders = Sidecar::start(&pki, Spec::new("orders", http_app("orders-v1").await)).await;
-    let edge = EdgePki::new(pki.path());
-    edge.issue("api", HOST, 1001);
-    let file = pki.path().join("gateway.yaml");
-    std::fs::write(&file, HEAD).expect("gateway file");
     let services = service_yaml("orders", "http", None, &[(orders.inbound, "v1")]);
-    let (sidecar, at) = spawn_gateway(&pki, &services, &file).await;
-    let gw = Gw {
-        sidecar,
-        https: at.https,
-        http: at.https,
-        ca: pki.path().join("edge-ca.pem"),
-        edge,
-    };
+    let (gw, file) = gateway_for(&pki, &services, HEAD).await;
     assert_eq!(get(&gw, "/orders/1").0, "200 2");
     assert_eq!(get(&gw, "/shop/1").0, "404 2", "no shop route yet");
 
@@ -177,23 +186,12 @@ async fn a_weighted_split_reaches_both_services_and_a_weight_edit_moves_it() {
     }
     let orders = Sidecar::start(&pki, Spec::new("orders", http_app("orders").await)).await;
     let v2 = Sidecar::start(&pki, Spec::new("orders-v2", http_app("orders-v2").await)).await;
-    let edge = EdgePki::new(pki.path());
-    edge.issue("api", HOST, 1001);
-    let file = pki.path().join("gateway.yaml");
-    std::fs::write(&file, split(1, 1)).expect("gateway file");
     let services = format!(
         "{}{}",
         service_yaml("orders", "http", None, &[(orders.inbound, "v1")]),
         service_yaml("orders-v2", "http", None, &[(v2.inbound, "v2")])
     );
-    let (sidecar, at) = spawn_gateway(&pki, &services, &file).await;
-    let gw = Gw {
-        sidecar,
-        https: at.https,
-        http: at.https,
-        ca: pki.path().join("edge-ca.pem"),
-        edge,
-    };
+    let (gw, _) = gateway_for(&pki, &services, &split(1, 1)).await;
     // Which app answered each of `n` requests.
     let answered = |n: usize| -> Vec<String> {
         (0..n)
