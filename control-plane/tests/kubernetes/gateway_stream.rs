@@ -18,6 +18,7 @@ use weft_testkit::process::{spawn, Guard};
 use weft_testkit::{tools, wait};
 
 use super::north_south::{class, route, tls_secret};
+use super::shared::spawn_control_plane;
 use super::source::{meta, pod, service, slice, TD};
 
 /// The pods' IPs: loopback addresses, so the sidecars bind them without network namespaces.
@@ -222,27 +223,9 @@ fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let config = kubeconfig(dir, &api);
-    let state = dir.join("state");
-    let addr = || -> SocketAddr { ([127, 0, 0, 1], weft_testkit::ports::reserve()).into() };
-    let (listen, admin) = (addr(), addr());
-    let cp_log = || std::fs::read_to_string(dir.join("cp.log")).unwrap_or_default();
-    let cp = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-            .arg(&state)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .env("KUBECONFIG", &config)
-            .env("RUST_LOG", "info")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log")),
-    )
-    .expect("spawn");
+    let cp = spawn_control_plane(dir, &config, "cp", TD, &[] as &[&str]);
+    let (listen, admin, state) = (cp.listen, cp.admin, cp.state.clone());
+    let cp_log = cp.log_reader();
     let bearer = wait::until("the admin token", Duration::from_secs(30), || {
         let t = std::fs::read_to_string(state.join("admin.token")).ok()?;
         let ca = std::fs::read(state.join("ca.crt")).ok()?;

@@ -12,7 +12,8 @@
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
 //! control-plane replicas behind one Service address killed (`failover`). A gateway fed its
-//! Gateway's config over the stream (`gateway_stream`).
+//! Gateway's config over the stream (`gateway_stream`). The control plane binary is started the
+//! same way by each (`shared`).
 
 mod canary;
 mod capture;
@@ -32,6 +33,7 @@ mod probes;
 mod replicas;
 mod rolling;
 mod rotation;
+mod shared;
 mod source;
 mod tenancy;
 mod tokenreview;

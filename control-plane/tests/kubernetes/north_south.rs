@@ -9,15 +9,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
 use weft_kube_standin::{self as standin, kubeconfig};
 use weft_policy::gateway::GatewayFile;
-use weft_testkit::process::spawn;
 
+use super::shared::spawn_control_plane;
 use super::source::{meta, shop, wait_until, TD};
 
 const GROUP_V1: &str = "gateway.networking.k8s.io/v1";
@@ -169,32 +168,15 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
     let api = rt.block_on(standin::ApiServer::start(objects));
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = kubeconfig(tmp.path(), &api);
-    let state = tmp.path().join("state");
     let dir = tmp.path().join("gateways");
-    let addr =
-        || -> std::net::SocketAddr { ([127, 0, 0, 1], weft_testkit::ports::reserve()).into() };
-    let (listen, admin) = (addr(), addr());
-    let log = std::fs::File::create(tmp.path().join("cp.log")).expect("log");
-    let _child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-            .arg(&state)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .arg("--gateway-dir")
-            .arg(&dir)
-            .env("KUBECONFIG", &config)
-            .env("RUST_LOG", "info")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
-    .expect("spawn");
-    let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
+    let cp = spawn_control_plane(
+        tmp.path(),
+        &config,
+        "cp",
+        TD,
+        &[std::ffi::OsStr::new("--gateway-dir"), dir.as_os_str()],
+    );
+    let cp_log = cp.log_reader();
 
     // The gateway file: one HTTPS port, the redirect port, two certificates, the routes.
     let file = dir.join("shop/edge/gateway.yaml");
