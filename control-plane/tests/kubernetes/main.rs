@@ -1,4 +1,5 @@
 //! Kubernetes: the policy source (`source`), rendered manifests and Dockerfiles (`manifests`),
+//! the gateway's Deployment and its static-file component (`gateway_manifests`),
 //! sidecar bootstrap with service account tokens verified by TokenReview (`tokenreview`), and
 //! sidecar injection (`inject`), policy tenancy (`tenancy`), the webhook's bounds
 //! (`webhook_bounds`), the injected shop run as deployed on the pod runner's pods against the
@@ -21,6 +22,7 @@ mod ctl;
 mod deployed;
 mod failover;
 mod gateway_api;
+mod gateway_manifests;
 mod gateway_stream;
 mod images;
 mod inject;
