@@ -2,8 +2,8 @@
 //! image joining the control plane as an injected sidecar does (the same config, projected
 //! token and trust bundle, a memory-backed data volume as the only writable path) with
 //! `--gateway-name` naming the Gateway it serves, a LoadBalancer on 443 and an HPA on CPU; and
-//! the static-file alternative (`components/gateway-file`), whose files the proxy's own parsers
-//! accept.
+//! the static-file alternative (`components/gateway-file`: both files from a ConfigMap, the
+//! certificates from Secrets), whose files the proxy's own parsers accept.
 
 use std::path::Path;
 use std::process::Command;
@@ -224,13 +224,13 @@ fn the_gateway_joins_the_control_plane_and_serves_its_gateway() {
     }
 }
 
-/// The static-file mode: the component swaps `--gateway-name` for the ConfigMap's gateway file
-/// and the edge certificate's Secret, both read-only; the rest (joining, lock-down, schemas)
-/// stays; the file passes the proxy's own parser against the mesh service it routes to.
+/// The static-file mode: the component runs the gateway on the ConfigMap's two files (a
+/// sidecar file with its mesh services, and the gateway file) with its certificates from
+/// Secrets, all read-only, and takes the base's joining out; the rest (lock-down, probes,
+/// schemas) stays; both files pass the proxy's own parsers.
 #[test]
-fn the_gateway_file_component_serves_the_configmap_s_file() {
-    let overlay = "production";
-    let docs = render_with_gateway_file(overlay);
+fn the_gateway_file_component_serves_the_configmap_s_files() {
+    let docs = render_with_gateway_file("production");
     validate("gateway-file", &docs);
     assert_locked_down("gateway-file", &docs);
     let d = find(&docs, "Deployment", "weft-gateway");
@@ -239,14 +239,15 @@ fn the_gateway_file_component_serves_the_configmap_s_file() {
     assert_eq!(
         strings(&c["args"]),
         [
-            "--config=/var/run/weft/config.yaml",
-            "--config-env=WEFT_CONFIG",
+            "--config=/etc/weft/gateway/sidecar.yaml",
             "--gateway=/etc/weft/gateway/gateway.yaml",
         ]
     );
     let mounts = &c["volumeMounts"];
+    assert_eq!(seq(mounts, "mounts").len(), 3, "{mounts:?}");
     for (volume, at, secret) in [
         ("edge-tls", "/etc/weft/edge", Some("weft-gateway-tls")),
+        ("mesh-tls", "/etc/weft/mesh", Some("weft-gateway-mesh")),
         ("config", "/etc/weft/gateway", None),
     ] {
         let m = named(mounts, volume);
@@ -261,26 +262,40 @@ fn the_gateway_file_component_serves_the_configmap_s_file() {
             None => assert_eq!(v["configMap"]["name"], "weft-gateway"),
         }
     }
-    // Still joining: the data volume and the identity stay.
-    named(mounts, "weft-proxy-data");
-    named(mounts, "weft-identity");
+    assert_eq!(
+        seq(&pod["volumes"], "volumes").len(),
+        3,
+        "the base's joining taken out"
+    );
+    assert!(
+        !seq(&c["env"], "env")
+            .iter()
+            .any(|e| e["name"] == "WEFT_CONFIG"),
+        "no config env"
+    );
+    for (probe, path) in [("livenessProbe", "/live"), ("readinessProbe", "/ready")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+    }
 
     let cm = find(&docs, "ConfigMap", "weft-gateway");
     let file = |k: &str| cm["data"][k].as_str().unwrap_or_else(|| panic!("{k}"));
-    // The mesh service its route names, as the control plane's snapshot would list it.
-    let mesh = weft_policy::parse(
-        "service: {name: weft-gateway.weft-system, identity: spiffe://weft.local/ns/weft-system/sa/gateway, app: 127.0.0.1:8080}\n\
-         tls: {cert: c.pem, key: k.pem, trust_bundle: ca.pem}\n\
-         services:\n  - {name: frontend.shop, identity: spiffe://weft.local/ns/shop/sa/frontend, protocol: http, endpoints: [{address: \"192.0.2.10:15006\"}]}\n",
-        Path::new("mesh.yaml"),
-        Path::new(DATA_DIR),
+    let sidecar = weft_policy::parse(
+        file("sidecar.yaml"),
+        Path::new("sidecar.yaml"),
+        Path::new("/etc/weft/gateway"),
     )
-    .expect("the mesh services");
+    .unwrap_or_else(|e| panic!("sidecar.yaml: {e}"));
+    assert_eq!(
+        sidecar.own.identity.spiffe_uri(),
+        "spiffe://weft.local/ns/weft-system/sa/gateway"
+    );
+    let metrics = sidecar.listen.metrics.expect("listen.metrics");
+    assert_eq!(metrics.port(), 15020, "the probes' port");
     let gw = weft_policy::gateway::parse(
         file("gateway.yaml"),
         Path::new("gateway.yaml"),
         Path::new("/etc/weft/gateway"),
-        &mesh.services,
+        &sidecar.services,
     )
     .unwrap_or_else(|e| panic!("gateway.yaml: {e}"));
     assert_eq!(gw.https.port(), 8443, "the container's https port");
