@@ -180,7 +180,8 @@ pub(crate) fn endpoints_table(v: &Value) -> String {
     )
 }
 
-/// `weftctl status`: the policy line, the last refusal, and the sidecars table.
+/// `weftctl status`: the policy line, the last refusal, the sidecars table, and the gateways
+/// table when gateways are connected.
 pub fn status_text(v: &Value, now: SystemTime) -> String {
     let files = v["policy_files"].as_array().map_or(0, Vec::len);
     let mut out = format!(
@@ -197,59 +198,95 @@ pub fn status_text(v: &Value, now: SystemTime) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|sc| {
-            let connected = sc["connected"].as_bool().unwrap_or(false);
-            let in_sync = if !connected {
-                "disconnected"
-            } else if !sc["sent_version"].is_null() && sc["acked_version"] == sc["sent_version"] {
-                "yes"
-            } else {
-                "no"
-            };
-            let nack = if sc["nack"].is_null() {
-                String::new()
-            } else {
-                format!(
-                    "{}: {}",
-                    s(&sc["nack"]["version"]),
-                    s(&sc["nack"]["reason"])
-                )
-            };
-            let expires = sc["cert_not_after"]
-                .as_str()
-                .and_then(|t| humantime::parse_rfc3339(t).ok())
-                .map(|t| match t.duration_since(now) {
-                    Ok(d) => humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60))
-                        .to_string(),
-                    Err(_) => "expired".to_owned(),
-                })
-                .unwrap_or_default();
+        .map(|sc| sidecar_row(sc, now))
+        .collect();
+    if rows.is_empty() {
+        out.push_str("no sidecars connected\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "SERVICE",
+                "ENDPOINT",
+                "ACKED",
+                "IN SYNC",
+                "NACK",
+                "CERT EXPIRES IN",
+            ],
+            &rows,
+        ));
+    }
+    out.push_str(&gateways_text(v));
+    out
+}
+
+/// `"<version>: <reason>"` of a `nack` object, empty for `null`.
+fn nack_text(nack: &Value) -> String {
+    if nack.is_null() {
+        String::new()
+    } else {
+        format!("{}: {}", s(&nack["version"]), s(&nack["reason"]))
+    }
+}
+
+/// Whether a stream entry ACKed what it was last sent: `yes`, `no`, or `disconnected`.
+fn in_sync(entry: &Value) -> &'static str {
+    if !entry["connected"].as_bool().unwrap_or(false) {
+        "disconnected"
+    } else if !entry["sent_version"].is_null() && entry["acked_version"] == entry["sent_version"] {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn sidecar_row(sc: &Value, now: SystemTime) -> Vec<String> {
+    let expires = sc["cert_not_after"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .map(|t| match t.duration_since(now) {
+            Ok(d) => {
+                humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60)).to_string()
+            }
+            Err(_) => "expired".to_owned(),
+        })
+        .unwrap_or_default();
+    vec![
+        s(&sc["service"]),
+        s(&sc["endpoint"]),
+        s(&sc["acked_version"]),
+        in_sync(sc).to_owned(),
+        nack_text(&sc["nack"]),
+        expires,
+    ]
+}
+
+/// The gateways (proxies in gateway mode fed by the stream) and their Gateway configs: which
+/// version each ACKed and why it refused the last one it refused. Empty without gateways.
+fn gateways_text(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
             vec![
-                s(&sc["service"]),
-                s(&sc["endpoint"]),
-                s(&sc["acked_version"]),
-                in_sync.to_owned(),
-                nack,
-                expires,
+                s(&g["gateway"]),
+                s(&g["identity"]),
+                s(&g["endpoint"]),
+                s(&g["acked_version"]),
+                in_sync(g).to_owned(),
+                nack_text(&g["nack"]),
             ]
         })
         .collect();
     if rows.is_empty() {
-        out.push_str("no sidecars connected\n");
-        return out;
+        return String::new();
     }
-    out.push_str(&table(
+    table(
         &[
-            "SERVICE",
-            "ENDPOINT",
-            "ACKED",
-            "IN SYNC",
-            "NACK",
-            "CERT EXPIRES IN",
+            "GATEWAY", "IDENTITY", "ENDPOINT", "ACKED", "IN SYNC", "NACK",
         ],
         &rows,
-    ));
-    out
+    )
 }
 
 pub(crate) fn history_table(v: &Value) -> String {
@@ -301,5 +338,35 @@ mod tests {
         );
         assert!(lines[2].ends_with("2h"), "{text}");
         assert!(lines[3].contains("yes"), "{text}");
+        assert!(!text.contains("GATEWAY"), "no gateways, no table: {text}");
+    }
+
+    #[test]
+    fn status_text_lists_gateways_with_their_nack() {
+        let now = humantime::parse_rfc3339("2026-01-01T00:00:00Z").expect("time");
+        let v = serde_json::json!({
+            "policy_version": "abc",
+            "policy_files": [],
+            "sidecars": [],
+            "gateways": [
+                {"gateway": "shop/edge", "identity": "spiffe://td/ns/shop/sa/edge",
+                 "endpoint": "127.0.0.1:3", "connected": true,
+                 "sent_version": "g2", "acked_version": "g1",
+                 "nack": {"version": "g2", "reason": "gateway certificates: bad PEM"}},
+            ]
+        });
+        let text = status_text(&v, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "no sidecars connected", "{text}");
+        assert!(lines[2].starts_with("GATEWAY"), "{text}");
+        for want in [
+            "shop/edge",
+            "spiffe://td/ns/shop/sa/edge",
+            "g1",
+            "no",
+            "g2: gateway certificates: bad PEM",
+        ] {
+            assert!(lines[3].contains(want), "{want}: {text}");
+        }
     }
 }

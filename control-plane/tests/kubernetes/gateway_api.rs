@@ -8,7 +8,6 @@
 //! without the Gateway API CRDs still syncs. The weight change
 //! moving real traffic is in `canary` (`an_httproute_weight_edit_moves_traffic_within_a_second`).
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,8 +15,8 @@ use weft_control_plane::operator::client::{self, Connection, Kind, OpsCommand};
 use weft_control_plane::policy::kube::source::{KubeOptions, KubeSource};
 use weft_control_plane::policy::source::PolicySource;
 use weft_kube_standin::{self as standin, kubeconfig};
-use weft_testkit::process::spawn;
 
+use super::shared::spawn_control_plane;
 use super::source::{meta, shop, wait_until, TD};
 
 /// A Service of `shop` selecting `selector`, with one port.
@@ -132,29 +131,9 @@ fn httproutes_become_mesh_routes_with_status_and_follow_edits() {
     let api = rt.block_on(standin::ApiServer::start(objects));
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = kubeconfig(tmp.path(), &api);
-    let state = tmp.path().join("state");
-    let addr =
-        || -> std::net::SocketAddr { ([127, 0, 0, 1], weft_testkit::ports::reserve()).into() };
-    let (listen, admin) = (addr(), addr());
-    let log = std::fs::File::create(tmp.path().join("cp.log")).expect("log");
-    let _child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-            .arg(&state)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .env("KUBECONFIG", &config)
-            .env("RUST_LOG", "info")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
-    .expect("spawn");
-    let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
+    let cp = spawn_control_plane(tmp.path(), &config, "cp", TD, &[] as &[&str]);
+    let (admin, state) = (cp.admin, cp.state.clone());
+    let cp_log = cp.log_reader();
     let routes = || {
         let conn = Connection {
             server: Some(format!("http://{admin}")),

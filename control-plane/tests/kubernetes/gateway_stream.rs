@@ -4,8 +4,9 @@
 //! gateway file at start, and `orders` behind a real sidecar (mTLS) on loopback addresses that
 //! are the pods' IPs in the stand-in. curl over HTTPS through the gateway reaches orders; an
 //! HTTPRoute edit changes the routing within a bounded wait (the time is printed); a Secret
-//! made unusable is NACKed and the last good keeps serving; the gateway restarted with the
-//! control plane gone serves the config it kept.
+//! made unusable is NACKed (`/v1/status` and `weftctl status` name the gateway and the reason)
+//! and the last good keeps serving; the gateway restarted with the control plane gone serves
+//! the config it kept.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use weft_testkit::process::{spawn, Guard};
 use weft_testkit::{tools, wait};
 
 use super::north_south::{class, route, tls_secret};
+use super::shared::{spawn_control_plane, ControlPlane};
 use super::source::{meta, pod, service, slice, TD};
 
 /// The pods' IPs: loopback addresses, so the sidecars bind them without network namespaces.
@@ -186,6 +188,44 @@ fn metric(admin: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The body of a `curl` answer (headers, body, then the status line `curl` was asked for).
+fn body_json(text: &str) -> Value {
+    text.find("\r\n\r\n")
+        .map(|i| &text[i + 4..])
+        .and_then(|b| b.rsplit_once('\n'))
+        .and_then(|(b, _)| serde_json::from_str::<Value>(b).ok())
+        .unwrap_or_else(|| panic!("JSON body: {text}"))
+}
+
+/// The gateway's NACK as operators see it: `GET /v1/status` lists the gateway (its Gateway,
+/// identity, the version it ACKed, the one it refused and why), and so does the real
+/// `weftctl status`.
+fn nack_in_status(rt: &tokio::runtime::Runtime, cp: &ControlPlane, bearer: &str) {
+    let auth = format!("Authorization: Bearer {bearer}");
+    let (code, text) = curl(&["-H", &auth, &format!("http://{}/v1/status", cp.admin)]);
+    assert_eq!(code, 200, "{text}");
+    let status = body_json(&text);
+    // The first start's own stream (which fetched the first config) is listed too, as
+    // disconnected, until its grace period ends: the running gateway is the connected one.
+    let gw = (status["gateways"].as_array().into_iter().flatten())
+        .find(|g| g["gateway"] == "shop/edge" && g["connected"] == true)
+        .unwrap_or_else(|| panic!("the gateway in /v1/status: {status:#}"));
+    let identity = format!("spiffe://{TD}/ns/shop/sa/edge");
+    assert_eq!(gw["identity"], identity.as_str(), "{gw:#}");
+    let acked = gw["acked_version"].as_str().expect("a version ACKed");
+    let refused = gw["nack"]["version"].as_str().expect("the version NACKed");
+    assert_ne!(acked, refused, "{gw:#}");
+    let reason = gw["nack"]["reason"].as_str().expect("the reason");
+    assert!(reason.contains("gateway certificates"), "{reason}");
+
+    let out = rt.block_on(super::ctl::ok(cp.admin, &cp.token_file(), &["status"]));
+    let wants = [identity.as_str(), acked, refused, "gateway certificates"];
+    assert!(
+        (out.lines()).any(|l| l.starts_with("shop/edge") && wants.iter().all(|w| l.contains(w))),
+        "a line of the gateway with {wants:?} in weftctl status:\n{out}"
+    );
+}
+
 // Long: one scenario against one control plane: start, an edit, a bad edit, a restart.
 #[test]
 fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
@@ -222,27 +262,9 @@ fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let config = kubeconfig(dir, &api);
-    let state = dir.join("state");
-    let addr = || -> SocketAddr { ([127, 0, 0, 1], weft_testkit::ports::reserve()).into() };
-    let (listen, admin) = (addr(), addr());
-    let cp_log = || std::fs::read_to_string(dir.join("cp.log")).unwrap_or_default();
-    let cp = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-            .arg(&state)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .env("KUBECONFIG", &config)
-            .env("RUST_LOG", "info")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log")),
-    )
-    .expect("spawn");
+    let cp = spawn_control_plane(dir, &config, "cp", TD, &[] as &[&str]);
+    let (listen, admin, state) = (cp.listen, cp.admin, cp.state.clone());
+    let cp_log = cp.log_reader();
     let bearer = wait::until("the admin token", Duration::from_secs(30), || {
         let t = std::fs::read_to_string(state.join("admin.token")).ok()?;
         let ca = std::fs::read(state.join("ca.crt")).ok()?;
@@ -364,6 +386,7 @@ fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
         .map(str::to_owned)
         .unwrap_or_default();
     assert!(nack.contains("gateway certificates"), "the reason: {nack}");
+    nack_in_status(&rt, &cp, &bearer);
     let errors = metric(
         &gw_admin,
         "weft_gateway_config_reloads_total{result=\"error\"}",

@@ -1,4 +1,5 @@
 //! Kubernetes: the policy source (`source`), rendered manifests and Dockerfiles (`manifests`),
+//! the gateway's Deployment and its static-file component (`gateway_manifests`),
 //! sidecar bootstrap with service account tokens verified by TokenReview (`tokenreview`), and
 //! sidecar injection (`inject`), policy tenancy (`tenancy`), the webhook's bounds
 //! (`webhook_bounds`), the injected shop run as deployed on the pod runner's pods against the
@@ -12,7 +13,8 @@
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
 //! control-plane replicas behind one Service address killed (`failover`). A gateway fed its
-//! Gateway's config over the stream (`gateway_stream`).
+//! Gateway's config over the stream (`gateway_stream`). The control plane binary is started the
+//! same way by each (`shared`).
 
 mod canary;
 mod capture;
@@ -20,6 +22,7 @@ mod ctl;
 mod deployed;
 mod failover;
 mod gateway_api;
+mod gateway_manifests;
 mod gateway_stream;
 mod images;
 mod inject;
@@ -32,6 +35,7 @@ mod probes;
 mod replicas;
 mod rolling;
 mod rotation;
+mod shared;
 mod source;
 mod tenancy;
 mod tokenreview;

@@ -15,7 +15,7 @@ use serde::Deserialize as _;
 use serde_yaml::Value;
 use weft_testkit::process::output_within;
 
-const OVERLAYS: [&str; 3] = ["dev", "staging", "production"];
+pub(crate) const OVERLAYS: [&str; 3] = ["dev", "staging", "production"];
 /// The oldest Kubernetes with native sidecars (init containers with `restartPolicy: Always`,
 /// beta and on by default) and the newest the pinned kubernetes-validate knows.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
@@ -32,14 +32,14 @@ pub(crate) fn repo() -> PathBuf {
 }
 
 /// `name` from where `scripts/setup` installed it; panics saying what to run.
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     weft_testkit::tools::find(name)
 }
 
 /// Runs an external tool (`kubectl`, `kubernetes-validate`, `cargo`) that must succeed; its
 /// standard output. The deadline is generous (a cold Python start, `cargo` waiting for a lock
 /// held by a concurrent build): it only keeps a hung tool from stalling the suite.
-fn run(cmd: &mut Command) -> String {
+pub(crate) fn run(cmd: &mut Command) -> String {
     run_within(cmd, Duration::from_secs(300))
 }
 
@@ -80,7 +80,7 @@ fn is_weft_instance(doc: &Value) -> bool {
         && WEFT_KINDS.contains(&kind(doc))
 }
 
-fn find<'a>(docs: &'a [Value], k: &str, n: &str) -> &'a Value {
+pub(crate) fn find<'a>(docs: &'a [Value], k: &str, n: &str) -> &'a Value {
     docs.iter()
         .find(|d| kind(d) == k && name(d) == n)
         .unwrap_or_else(|| panic!("no {k} {n}"))
@@ -88,7 +88,7 @@ fn find<'a>(docs: &'a [Value], k: &str, n: &str) -> &'a Value {
 
 /// `kubernetes-validate --strict` over `docs` (less Weft's own instances) for every version in
 /// [`KUBERNETES_VERSIONS`]: exit 0, every object passed, no warning (an unknown kind warns).
-fn validate(what: &str, docs: &[Value]) {
+pub(crate) fn validate(what: &str, docs: &[Value]) {
     let checked: Vec<&Value> = docs.iter().filter(|d| !is_weft_instance(d)).collect();
     assert!(!checked.is_empty(), "{what}: nothing to validate");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -136,7 +136,7 @@ pub(crate) fn pod_specs(docs: &[Value]) -> Vec<(String, &Value)> {
 
 /// Every container (init containers included) runs as non-root, with a read-only root file
 /// system, no privilege escalation and no capabilities.
-fn assert_locked_down(what: &str, docs: &[Value]) {
+pub(crate) fn assert_locked_down(what: &str, docs: &[Value]) {
     let pods = pod_specs(docs);
     assert!(!pods.is_empty(), "{what}: no workloads");
     for (owner, spec) in pods {
@@ -847,113 +847,4 @@ fn dockerfiles_are_multi_stage_non_root_and_build_what_the_manifests_run() {
         ignore.lines().any(|l| l.trim() == "target/"),
         "the build context skips target/"
     );
-}
-
-/// The gateway (`weft-proxy --gateway`) as docs/KUBERNETES.md "Gateway" says: the proxy image
-/// with both files from the ConfigMap (which the real parsers accept), its keys from Secrets
-/// mounted read-only, probes on the read-only metrics port the sidecar file opens, CPU requests
-/// (what the HPA measures), a LoadBalancer on 443, and an HPA on CPU. (Validation against the
-/// schemas and the non-root lock-down are the overlay tests above, which cover it too.)
-#[test]
-fn the_gateway_is_a_load_balanced_cpu_scaled_deployment_of_the_proxy() {
-    for overlay in OVERLAYS {
-        let docs = render(overlay);
-        let d = find(&docs, "Deployment", "weft-gateway");
-        let pod = &d["spec"]["template"]["spec"];
-        assert_eq!(pod["serviceAccountName"], "gateway", "{overlay}");
-        assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
-        let c = &pod["containers"][0];
-        assert_eq!(c["image"], "weft-proxy:0.1.0", "{overlay}");
-        // The proxy image's user, as the injected sidecar's (images.rs checks the image).
-        assert_eq!(c["securityContext"]["runAsUser"].as_u64(), Some(2102));
-        let args: Vec<&str> = (c["args"].as_sequence().expect("args").iter())
-            .filter_map(Value::as_str)
-            .collect();
-        assert_eq!(
-            args,
-            [
-                "--config=/etc/weft/gateway/sidecar.yaml",
-                "--gateway=/etc/weft/gateway/gateway.yaml"
-            ]
-        );
-        for (probe, path) in [("livenessProbe", "/live"), ("readinessProbe", "/ready")] {
-            assert_eq!(c[probe]["httpGet"]["path"], path, "{overlay} {probe}");
-            assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{overlay} {probe}");
-        }
-        let port = |name: &str| {
-            (c["ports"].as_sequence().expect("ports").iter())
-                .find(|p| p["name"] == name)
-                .and_then(|p| p["containerPort"].as_u64())
-                .unwrap_or_else(|| panic!("port {name}"))
-        };
-        assert_eq!((port("https"), port("metrics")), (8443, 15020));
-        assert!(c["resources"]["requests"]["cpu"].is_string(), "{overlay}");
-        assert!(c["resources"]["limits"]["memory"].is_string(), "{overlay}");
-        let mounts = c["volumeMounts"].as_sequence().expect("mounts");
-        for (volume, secret) in [
-            ("edge-tls", Some("weft-gateway-tls")),
-            ("mesh-tls", Some("weft-gateway-mesh")),
-            ("config", None),
-        ] {
-            let m = (mounts.iter().find(|m| m["name"] == volume))
-                .unwrap_or_else(|| panic!("mount {volume}"));
-            assert_eq!(m["readOnly"].as_bool(), Some(true), "{volume}");
-            let v = (pod["volumes"].as_sequence().expect("volumes").iter())
-                .find(|v| v["name"] == volume)
-                .expect("volume");
-            match secret {
-                Some(s) => {
-                    assert_eq!(v["secret"]["secretName"], s);
-                    assert_eq!(v["secret"]["defaultMode"].as_u64(), Some(0o400));
-                }
-                None => assert_eq!(v["configMap"]["name"], "weft-gateway"),
-            }
-        }
-
-        // The files the pod reads, as the proxy itself parses them.
-        let cm = find(&docs, "ConfigMap", "weft-gateway");
-        let file = |k: &str| cm["data"][k].as_str().unwrap_or_else(|| panic!("{k}"));
-        let sidecar = weft_policy::parse(
-            file("sidecar.yaml"),
-            Path::new("sidecar.yaml"),
-            Path::new("/etc/weft/gateway"),
-        )
-        .unwrap_or_else(|e| panic!("{overlay}: sidecar.yaml: {e}"));
-        assert_eq!(
-            sidecar.own.identity.spiffe_uri(),
-            "spiffe://weft.local/ns/weft-system/sa/gateway"
-        );
-        let metrics = sidecar.listen.metrics.expect("listen.metrics");
-        assert_eq!(metrics.port(), 15020, "the probes' port");
-        let gw = weft_policy::gateway::parse(
-            file("gateway.yaml"),
-            Path::new("gateway.yaml"),
-            Path::new("/etc/weft/gateway"),
-            &sidecar.services,
-        )
-        .unwrap_or_else(|e| panic!("{overlay}: gateway.yaml: {e}"));
-        assert_eq!(gw.https.port(), 8443, "the container's https port");
-        serde_json::from_str::<serde_json::Value>(file("jwks.json")).expect("jwks.json");
-
-        let svc = find(&docs, "Service", "weft-gateway");
-        assert_eq!(svc["spec"]["type"], "LoadBalancer");
-        assert_eq!(svc["spec"]["ports"][0]["port"].as_u64(), Some(443));
-        assert_eq!(svc["spec"]["ports"][0]["targetPort"], "https");
-        let labels = &d["spec"]["template"]["metadata"]["labels"];
-        let selector = svc["spec"]["selector"].as_mapping().expect("selector");
-        assert!(!selector.is_empty() && selector.iter().all(|(k, v)| labels[k] == *v));
-
-        let hpa = find(&docs, "HorizontalPodAutoscaler", "weft-gateway");
-        assert_eq!(hpa["apiVersion"], "autoscaling/v2");
-        assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
-        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "weft-gateway");
-        let m = &hpa["spec"]["metrics"][0];
-        assert_eq!(
-            (m["type"].as_str(), m["resource"]["name"].as_str()),
-            (Some("Resource"), Some("cpu"))
-        );
-        assert_eq!(m["resource"]["target"]["type"], "Utilization");
-        assert!(hpa["spec"]["minReplicas"].as_u64() >= Some(2));
-        find(&docs, "PodDisruptionBudget", "weft-gateway");
-    }
 }

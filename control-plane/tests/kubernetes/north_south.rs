@@ -1,5 +1,6 @@
 //! Gateway API north-south: a `GatewayClass` of Weft's controller, a `Gateway` and the
-//! `HTTPRoute`s attached to it in the stand-in API server, read by the real
+//! `HTTPRoute`s and a `GRPCRoute` (a method match: the exact call path, weighted backends)
+//! attached to it in the stand-in API server, read by the real
 //! `weft-control-plane` binary (`--kubernetes --gateway-dir`): the gateway file it writes
 //! (listeners, certificates from Secrets, routes with two hosts, a `/v1/orders` → `/orders`
 //! rewrite, weights), which the proxy's own gateway parser takes; the status of the class, the
@@ -9,15 +10,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
 use weft_kube_standin::{self as standin, kubeconfig};
 use weft_policy::gateway::GatewayFile;
-use weft_testkit::process::spawn;
 
+use super::shared::spawn_control_plane;
 use super::source::{meta, shop, wait_until, TD};
 
 const GROUP_V1: &str = "gateway.networking.k8s.io/v1";
@@ -79,6 +79,26 @@ fn orders_api(generation: i64, prefix: &str, w: (i64, i64)) -> Value {
     )
 }
 
+/// A GRPCRoute: `shop.Payments/Charge` on api.example.test, split 3:1 between `payments` and
+/// `orders`.
+fn payments_grpc() -> Value {
+    let mut r = route(
+        "payments-grpc",
+        1,
+        json!({
+            "parentRefs": [{"name": "edge", "sectionName": "api"}],
+            "hostnames": ["api.example.test"],
+            "rules": [{
+                "matches": [{"method": {"service": "shop.Payments", "method": "Charge"}}],
+                "backendRefs": [{"name": "payments", "port": 8080, "weight": 3},
+                                {"name": "orders", "port": 8080, "weight": 1}]
+            }]
+        }),
+    );
+    r["kind"] = json!("GRPCRoute");
+    r
+}
+
 fn bad(name: &str, parent: Value, rule: Value) -> Value {
     route(
         name,
@@ -125,7 +145,7 @@ fn read_gateway(path: &Path) -> Option<GatewayFile> {
 
 // Long: one scenario against one control plane: the file, the statuses, then an edit.
 #[test]
-fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
+fn a_gateway_and_its_httproutes_and_grpcroute_become_the_gateway_file_with_status() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -143,6 +163,7 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
         tls_secret("api-cert", crt, key),
         tls_secret("shop-cert", crt, key),
         orders_api(1, "/v1/orders", (100, 0)),
+        payments_grpc(),
         bad(
             "redirect",
             json!({"name": "edge"}),
@@ -169,32 +190,15 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
     let api = rt.block_on(standin::ApiServer::start(objects));
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = kubeconfig(tmp.path(), &api);
-    let state = tmp.path().join("state");
     let dir = tmp.path().join("gateways");
-    let addr =
-        || -> std::net::SocketAddr { ([127, 0, 0, 1], weft_testkit::ports::reserve()).into() };
-    let (listen, admin) = (addr(), addr());
-    let log = std::fs::File::create(tmp.path().join("cp.log")).expect("log");
-    let _child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-            .arg(&state)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .arg("--gateway-dir")
-            .arg(&dir)
-            .env("KUBECONFIG", &config)
-            .env("RUST_LOG", "info")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
-    .expect("spawn");
-    let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
+    let cp = spawn_control_plane(
+        tmp.path(),
+        &config,
+        "cp",
+        TD,
+        &[std::ffi::OsStr::new("--gateway-dir"), dir.as_os_str()],
+    );
+    let cp_log = cp.log_reader();
 
     // The gateway file: one HTTPS port, the redirect port, two certificates, the routes.
     let file = dir.join("shop/edge/gateway.yaml");
@@ -219,14 +223,29 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     let names: Vec<&str> = gw.routes.iter().map(|r| r.name.as_str()).collect();
+    // The GRPCRoute's exact call path ranks before the prefix, the catch-all last.
     assert_eq!(
         names,
-        ["shop.orders-api-r0-m0", "shop.orders-api-r1-m0"],
+        [
+            "shop.payments-grpc-r0-m0",
+            "shop.orders-api-r0-m0",
+            "shop.orders-api-r1-m0"
+        ],
         "{gw:?}\n{}\n{}",
         api.get_in("HTTPRoute", "shop", "orders-api")["status"],
         cp_log()
     );
-    let r = &gw.routes[0];
+    let g = &gw.routes[0];
+    assert_eq!(g.hosts, ["api.example.test"]);
+    assert_eq!(
+        g.matches.path.as_ref().and_then(|p| p.exact.as_deref()),
+        Some("/shop.Payments/Charge")
+    );
+    let split: Vec<(&str, u32)> = (g.backends.iter())
+        .map(|b| (b.service.as_str(), b.weight))
+        .collect();
+    assert_eq!(split, [("payments.shop", 3), ("orders.shop", 1)]);
+    let r = &gw.routes[1];
     assert_eq!(r.hosts, ["api.example.test", "shop.example.test"]);
     assert_eq!(
         r.matches.path.as_ref().and_then(|p| p.prefix.as_deref()),
@@ -236,7 +255,7 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
         r.rewrite.as_ref().map(|w| w.prefix.as_str()),
         Some("/orders")
     );
-    assert_eq!(gw.routes[1].service, "frontend.shop");
+    assert_eq!(gw.routes[2].service, "frontend.shop");
 
     // Status: the class, the Gateway and its listeners, each route.
     wait_until(Duration::from_secs(20), "the statuses", || {
@@ -253,6 +272,7 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
         ]
         .iter()
         .all(|n| route_accepted(&api.get_in("HTTPRoute", "shop", n)).is_some())
+            && route_accepted(&api.get_in("GRPCRoute", "shop", "payments-grpc")).is_some()
     });
     let weft = api.get_in("GatewayClass", "", "weft");
     assert_eq!(conditions(&weft["status"])[0].1, "True", "{weft}");
@@ -278,7 +298,14 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
         .iter()
         .map(|l| l["attachedRoutes"].as_i64().unwrap_or(-1))
         .collect();
-    assert_eq!(attached, [1, 1, 0, 0], "{g}");
+    assert_eq!(attached, [2, 1, 0, 0], "{g}");
+    let kinds: Vec<&str> = (listeners[0]["supportedKinds"]
+        .as_array()
+        .into_iter()
+        .flatten())
+    .filter_map(|k| k["kind"].as_str())
+    .collect();
+    assert_eq!(kinds, ["HTTPRoute", "GRPCRoute"], "{g}");
     let gone = conditions(&listeners[3]);
     let resolved = gone
         .iter()
@@ -291,6 +318,8 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
     assert!(resolved.3.contains("no-such-secret"), "{resolved:?}");
     let status = |n: &str| route_accepted(&api.get_in("HTTPRoute", "shop", n)).expect("status");
     assert_eq!(status("orders-api").0, "True");
+    let grpc = route_accepted(&api.get_in("GRPCRoute", "shop", "payments-grpc"));
+    assert_eq!(grpc.map(|s| s.0).as_deref(), Some("True"));
     for (name, reason, says) in [
         ("redirect", "UnsupportedValue", "filters[0].type"),
         ("missing", "BackendNotFound", "nowhere"),
@@ -310,7 +339,7 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
     api.put(orders_api(2, "/v2/orders", (0, 100)));
     wait_until(Duration::from_secs(20), "the edited route", || {
         read_gateway(&file).is_some_and(|g| {
-            g.routes[0]
+            g.routes[1]
                 .matches
                 .path
                 .as_ref()
@@ -324,7 +353,7 @@ fn a_gateway_and_its_httproutes_become_the_gateway_file_with_status() {
         "the file followed the edit in {took:?}"
     );
     let gw = read_gateway(&file).expect("file");
-    assert_eq!(gw.routes[0].service, "frontend.shop");
+    assert_eq!(gw.routes[1].service, "frontend.shop");
     assert!(
         std::fs::metadata(&file)
             .and_then(|m| m.modified())

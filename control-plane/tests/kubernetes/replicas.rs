@@ -3,18 +3,17 @@
 //! what one replica writes the other enforces and lists, and the writer Lease moves to the
 //! survivor when its holder dies.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
 use weft_kube_standin::{kubeconfig, ApiServer};
-use weft_testkit::process::{spawn, Guard};
 use weft_testkit::wait;
 
+use super::shared::{spawn_control_plane, ControlPlane};
 use super::source::{resource, shop};
 use super::tokenreview::{ask, client_at, csr, mesh, Mesh, TD};
 
@@ -23,16 +22,8 @@ const LEASE: Duration = Duration::from_secs(2);
 
 /// One replica: its process, its sidecar and operator addresses, its admin token.
 struct Replica {
-    process: Guard,
-    listen: SocketAddr,
-    admin: SocketAddr,
+    cp: ControlPlane,
     token: String,
-    token_file: PathBuf,
-    log: PathBuf,
-}
-
-fn free_addr() -> SocketAddr {
-    ([127, 0, 0, 1], weft_testkit::ports::reserve()).into()
 }
 
 /// `METHOD path` on an operator API with the admin token: the status and the JSON body
@@ -40,7 +31,7 @@ fn free_addr() -> SocketAddr {
 async fn call(r: &Replica, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     // Not listening yet (starting) or any more (killed): no answer, status 0.
-    let Ok(mut s) = tokio::net::TcpStream::connect(r.admin).await else {
+    let Ok(mut s) = tokio::net::TcpStream::connect(r.cp.admin).await else {
         return (0, Value::Null);
     };
     let request = format!(
@@ -71,40 +62,20 @@ async fn call(r: &Replica, method: &str, path: &str, body: Option<Value>) -> (u1
 /// through `kubeconfig`; returns once it is ready.
 async fn replica(mesh: &Mesh, name: &str, kubeconfig: &Path) -> Replica {
     let d = mesh.dir.path();
-    let state = d.join(name);
-    let (listen, admin) = (free_addr(), free_addr());
-    let log = d.join(format!("{name}.log"));
-    let process = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-            .arg(&state)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .args(["--lease-duration", "2s", "--ca-cert"])
-            .arg(d.join("root.crt"))
-            .arg("--ca-key")
-            .arg(d.join("root.key"))
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("POD_NAMESPACE")
-            .env_remove("POD_NAME")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log")),
-    )
-    .expect("spawn");
-    let token_file = state.join("admin.token");
+    let (root_crt, root_key) = (d.join("root.crt"), d.join("root.key"));
+    let extra = [
+        OsStr::new("--lease-duration"),
+        OsStr::new("2s"),
+        OsStr::new("--ca-cert"),
+        root_crt.as_os_str(),
+        OsStr::new("--ca-key"),
+        root_key.as_os_str(),
+    ];
+    let cp = spawn_control_plane(d, kubeconfig, name, TD, &extra);
+    let token_file = cp.token_file();
     let mut r = Replica {
-        process,
-        listen,
-        admin,
+        cp,
         token: String::new(),
-        token_file: token_file.clone(),
-        log,
     };
     r.token = wait::until_async("the replica's admin token", Duration::from_secs(30), || {
         let t = std::fs::read_to_string(&token_file).ok();
@@ -123,17 +94,17 @@ async fn replica(mesh: &Mesh, name: &str, kubeconfig: &Path) -> Replica {
 
 impl Replica {
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.cp.log()
     }
 
     /// `weftctl ARGS` against this replica's operator API: its standard output.
     async fn weftctl(&self, args: &[&str]) -> String {
-        super::ctl::ok(self.admin, &self.token_file, args).await
+        super::ctl::ok(self.cp.admin, &self.cp.token_file(), args).await
     }
 
     /// The process id the Lease names this replica by.
     fn identity(&self) -> String {
-        format!("weft-control-plane-{}", self.process.id())
+        format!("weft-control-plane-{}", self.cp.process.id())
     }
 
     async fn history(&self) -> Value {
@@ -204,14 +175,14 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
         &weft_certs::Identity::new(TD, "shop", "frontend").expect("identity"),
     )
     .expect("csr");
-    let issued = client_at(mesh, b.listen, None)
+    let issued = client_at(mesh, b.cp.listen, None)
         .await
         .certify(ask(&csr_pem, token))
         .await
         .unwrap_or_else(|e| panic!("B accepts A's token: {e:?}\n{}", b.log()))
         .into_inner();
     let held = Some((issued.cert_chain_pem.as_str(), key.as_str()));
-    client_at(mesh, a.listen, held)
+    client_at(mesh, a.cp.listen, held)
         .await
         .certify(ask(&csr_pem, ""))
         .await
@@ -222,13 +193,13 @@ async fn tokens_are_shared(api: &ApiServer, mesh: &Mesh, a: &Replica, b: &Replic
     let said = b.weftctl(&["tokens", "revoke", token]).await;
     assert!(said.starts_with("revoked join token"), "{said}");
     assert!(a.weftctl(&["tokens", "list"]).await.contains("revoked"));
-    let e = client_at(mesh, a.listen, None)
+    let e = client_at(mesh, a.cp.listen, None)
         .await
         .certify(ask(&csr("shop", "frontend"), token))
         .await
         .expect_err("A refuses a token revoked through B");
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    let e = client_at(mesh, a.listen, held)
+    let e = client_at(mesh, a.cp.listen, held)
         .await
         .certify(ask(&csr_pem, ""))
         .await
@@ -245,7 +216,7 @@ async fn denials_are_shared(mesh: &Mesh, a: &Replica, b: &Replica) {
         &weft_certs::Identity::new(TD, "shop", "orders").expect("identity"),
     )
     .expect("csr");
-    let cert = client_at(mesh, a.listen, None)
+    let cert = client_at(mesh, a.cp.listen, None)
         .await
         .certify(ask(&csr2, other.trim()))
         .await
@@ -258,7 +229,7 @@ async fn denials_are_shared(mesh: &Mesh, a: &Replica, b: &Replica) {
     assert!(said.contains("no longer renews"), "{said}");
     let again = b.weftctl(&["certs", "deny", &serial]).await;
     assert!(again.contains("already denied"), "{again}");
-    let e = client_at(mesh, b.listen, Some((&cert, &key2)))
+    let e = client_at(mesh, b.cp.listen, Some((&cert, &key2)))
         .await
         .certify(ask(&csr2, ""))
         .await
@@ -295,7 +266,7 @@ async fn two_replicas_share_tokens_denials_history_and_the_writer_lease() {
         (b, a)
     };
     assert_eq!(first, dead.identity());
-    dead.process.kill();
+    dead.cp.process.kill();
     let killed = Instant::now();
     wait::until_async("the survivor holds the Lease", LEASE * 4, || async {
         (holder(&api) == Some(survivor.identity())).then_some(())

@@ -16,7 +16,7 @@ use weft_control_plane::policy::kube::source::{KubeOptions, KubeSource};
 use weft_control_plane::policy::mesh::MeshPolicy;
 use weft_control_plane::policy::source::PolicySource;
 use weft_kube_standin::{self as standin, kubeconfig};
-use weft_testkit::process::{output_within, spawn};
+use weft_testkit::process::output_within;
 use weft_testkit::wait;
 
 pub(crate) const TD: &str = "cluster.test";
@@ -972,13 +972,8 @@ fn the_shop_example_policy_is_accepted_whole() {
 /// `weftctl apply` is refused with the way to change the policy instead.
 #[test]
 fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use weft_control_plane::operator::client::{self, Connection, Kind, OpsCommand};
-
-    /// A loopback port reserved for this test process (see `weft_testkit::ports`).
-    fn free_addr() -> std::net::SocketAddr {
-        ([127, 0, 0, 1], weft_testkit::ports::reserve()).into()
-    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -988,25 +983,8 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
     let api = rt.block_on(standin::ApiServer::start(shop()));
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = kubeconfig(tmp.path(), &api);
-    let state = tmp.path().join("state");
-    let (listen, admin) = (free_addr(), free_addr());
-    let log = std::fs::File::create(tmp.path().join("cp.log")).expect("log");
-    let _child = spawn(
-        Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
-            .args(["--kubernetes", "--trust-domain", TD, "--state-dir"])
-            .arg(&state)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .env("KUBECONFIG", &config)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
-    .expect("spawn");
+    let cp = super::shared::spawn_control_plane(tmp.path(), &config, "cp", TD, &[] as &[&str]);
+    let (admin, state) = (cp.admin, cp.state.clone());
     // (exit code, stdout, stderr) of `weftctl --server ... COMMAND`: the operator API client
     // the binary runs, in process (the binary is the weft-cli crate's), with its exit status.
     let weftctl = |command: OpsCommand| {
@@ -1026,7 +1004,7 @@ fn the_binary_with_kubernetes_serves_the_cluster_and_refuses_apply() {
             ),
         }
     };
-    let cp_log = || std::fs::read_to_string(tmp.path().join("cp.log")).unwrap_or_default();
+    let cp_log = cp.log_reader();
     let mut services = String::new();
     wait_until(
         Duration::from_secs(20),

@@ -117,6 +117,7 @@ pub fn translate(objects: &Objects, mesh: &[wire::Service]) -> NorthSouth {
         classes: &objects.gateway_classes,
         gateways: &objects.gateways,
         routes: &objects.http_routes,
+        grpc_routes: &objects.grpc_routes,
         grants: &grants,
         services: &objects.services,
         secrets: objects.secrets.as_deref(),

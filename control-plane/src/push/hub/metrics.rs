@@ -1,6 +1,7 @@
 //! The hub's numbers as operators read them: the Prometheus text of `GET /metrics`
 //! (sidecars by state, policy validity, pushes, the push-duration histogram, certificates
-//! issued), and the JSON documents of `GET /status` and `GET /v1/endpoints`.
+//! issued), and the JSON documents of `GET /status` (sidecars, and gateways with their
+//! Gateway config's ACK or NACK) and `GET /v1/endpoints`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -205,12 +206,32 @@ impl Hub {
                 })
             })
             .collect();
+        // Gateway-mode proxies also answer for their Gateway's config (`gateway/<ns>/<name>`),
+        // a resource of its own: listed apart, so a refused gateway config is as visible as a
+        // refused snapshot.
+        let gateways: Vec<serde_json::Value> = st
+            .sidecars
+            .values()
+            .filter_map(|s| {
+                let gw = s.gateway.as_ref()?;
+                Some(serde_json::json!({
+                    "gateway": gw.name,
+                    "identity": s.identity,
+                    "endpoint": s.endpoint,
+                    "connected": s.connected,
+                    "sent_version": gw.state.sent,
+                    "acked_version": gw.state.acked,
+                    "nack": gw.state.nack.as_ref().map(|(v, r)| serde_json::json!({"version": v, "reason": r})),
+                }))
+            })
+            .collect();
         serde_json::json!({
             "policy_version": st.policy.current().version(),
             "policy_files": st.policy.current().files().iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "last_policy_error": st.policy_error,
             "snapshots_pushed": st.pushes,
             "sidecars": sidecars,
+            "gateways": gateways,
         })
     }
 }

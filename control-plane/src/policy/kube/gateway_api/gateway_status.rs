@@ -129,7 +129,9 @@ pub fn gateway_status(g: &GatewayOutcome, current: Option<&Value>, now: &str) ->
             ];
             json!({
                 "name": l.name,
-                "supportedKinds": [{"group": super::GROUP, "kind": "HTTPRoute"}],
+                "supportedKinds": l.supported_kinds.iter()
+                    .map(|k| json!({"group": super::GROUP, "kind": k}))
+                    .collect::<Vec<_>>(),
                 "attachedRoutes": l.attached_routes,
                 "conditions": conditions,
             })

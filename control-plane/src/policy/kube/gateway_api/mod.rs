@@ -21,6 +21,7 @@ pub mod gateway_types;
 pub mod grpc;
 mod matches;
 pub mod north_south;
+mod ns_listener;
 pub mod ns_route;
 pub mod status;
 pub mod types;

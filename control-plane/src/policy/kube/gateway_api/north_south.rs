@@ -1,6 +1,7 @@
 //! North-south: a `Gateway` of a `GatewayClass` whose `controllerName` is
-//! [`super::CONTROLLER_NAME`], and the `HTTPRoute`s attached to it (parentRef kind
-//! `Gateway`), become the gateway file of `weft-proxy --gateway` ([`GatewayFile`], the same
+//! [`super::CONTROLLER_NAME`], and the `HTTPRoute`s and `GRPCRoute`s attached to it
+//! (parentRef kind `Gateway`; a GRPCRoute as the HTTPRoute it amounts to, [`super::grpc`]:
+//! a method match is a path match on `/<package.Service>/<Method>`), become the gateway file of `weft-proxy --gateway` ([`GatewayFile`], the same
 //! type and validation as a file an operator writes), with the PEM files its certificates name.
 //!
 //! - **Listeners**: `HTTPS` listeners (TLS `Terminate`) become the gateway's HTTPS listener,
@@ -20,16 +21,15 @@ use kube::api::DynamicObject;
 use weft_policy::gateway::{CertFile, GatewayFile, ListenFile, RouteFile, TlsFile};
 
 use super::gateway_types::{GatewayClassSpec, GatewaySpec, Listener};
+use super::grpc::GrpcRouteSpec;
 use super::types::{HttpRouteSpec, ParentRef};
 use super::ParentVerdict;
 use crate::policy::kube::objects::{Kind, ObjectKey};
 
 use super::error::RouteError;
+use super::ns_listener::{certificate, listener_shape, served_kinds};
 pub use super::ns_route::Inputs;
 use super::ns_route::{ListenerView, NsRoute};
-
-/// A certificate chain and its key, PEM.
-type Pems = (Vec<u8>, Vec<u8>);
 
 /// A verdict: in force, or a Gateway API condition reason and a message.
 pub type Verdict = Result<(), (&'static str, String)>;
@@ -58,6 +58,8 @@ pub struct ListenerOutcome {
     pub programmed: bool,
     /// Routes attached.
     pub attached_routes: i32,
+    /// The route kinds it takes (`status.listeners[].supportedKinds`).
+    pub supported_kinds: Vec<&'static str>,
 }
 
 /// What the gateway serves: its file and the files it names (relative path, contents).
@@ -98,7 +100,7 @@ pub struct NorthSouth {
     pub classes: Vec<ClassOutcome>,
     /// Gateways of Weft's classes.
     pub gateways: Vec<GatewayOutcome>,
-    /// One per HTTPRoute and Gateway parent of Weft's.
+    /// One per HTTPRoute or GRPCRoute and Gateway parent of Weft's.
     pub verdicts: Vec<ParentVerdict>,
 }
 
@@ -173,16 +175,20 @@ pub fn north_south(inputs: &Inputs<'_>) -> NorthSouth {
         .collect();
     let mut verdicts = Vec::new();
     // Oldest first, then namespace/name: the Gateway API's tie-break between routes.
-    let mut sorted: Vec<&DynamicObject> = inputs.routes.iter().collect();
-    sorted.sort_by_key(|o| {
+    let mut sorted: Vec<(Kind, &DynamicObject)> = (inputs.routes.iter())
+        .map(|o| (Kind::HttpRoute, o))
+        .chain(inputs.grpc_routes.iter().map(|o| (Kind::GrpcRoute, o)))
+        .collect();
+    sorted.sort_by_key(|(kind, o)| {
         (
             o.metadata.creation_timestamp.as_ref().map(|t| t.0),
             o.metadata.namespace.clone(),
             o.metadata.name.clone(),
+            *kind,
         )
     });
-    for (order, o) in sorted.into_iter().enumerate() {
-        attach(inputs, o, order, &mut building, &mut verdicts);
+    for (order, (kind, o)) in sorted.into_iter().enumerate() {
+        attach(inputs, (kind, o), order, &mut building, &mut verdicts);
     }
     NorthSouth {
         classes,
@@ -191,18 +197,21 @@ pub fn north_south(inputs: &Inputs<'_>) -> NorthSouth {
     }
 }
 
-/// One HTTPRoute's Gateway parents of Weft's: a verdict each, and its gateway routes added to
-/// the Gateways that take it.
+/// One HTTPRoute's or GRPCRoute's Gateway parents of Weft's: a verdict each, and its gateway
+/// routes added to the Gateways that take it.
 fn attach(
     inputs: &Inputs<'_>,
-    o: &DynamicObject,
+    (kind, o): (Kind, &DynamicObject),
     order: usize,
     building: &mut [Building],
     verdicts: &mut Vec<ParentVerdict>,
 ) {
-    let key = key(Kind::HttpRoute, o);
+    let key = key(kind, o);
     let raw = o.data.get("spec").cloned().unwrap_or_default();
-    let spec = serde_json::from_value::<HttpRouteSpec>(raw.clone());
+    let spec: Result<HttpRouteSpec, _> = match kind {
+        Kind::GrpcRoute => serde_json::from_value::<GrpcRouteSpec>(raw.clone()).map(Into::into),
+        _ => serde_json::from_value(raw.clone()),
+    };
     // A spec that does not read has its parents read loosely, so each parent hears why.
     let parents: Vec<ParentRef> = match &spec {
         Ok(s) => s.parent_refs.clone(),
@@ -228,6 +237,7 @@ fn attach(
                 why: e.to_string(),
             }),
             Ok(spec) => NsRoute {
+                kind: kind_name(kind),
                 namespace: &key.namespace,
                 name: &key.name,
                 spec,
@@ -263,6 +273,14 @@ fn attach(
     }
 }
 
+/// The Gateway API kind of a route key.
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::GrpcRoute => "GRPCRoute",
+        _ => "HTTPRoute",
+    }
+}
+
 /// What a route's translation needs to know of a Gateway's listeners.
 fn views(b: &Building) -> Vec<ListenerView<'_>> {
     b.listeners
@@ -272,6 +290,7 @@ fn views(b: &Building) -> Vec<ListenerView<'_>> {
             port: l.spec.port,
             hostname: l.spec.hostname.as_deref(),
             serves_routes: l.https,
+            kinds: &l.outcome.supported_kinds,
             http: l.spec.protocol == "HTTP",
             from_all: l
                 .spec
@@ -343,6 +362,7 @@ fn plan(inputs: &Inputs<'_>, g: &DynamicObject, class: &Verdict) -> Building {
             resolved: Ok(()),
             programmed: false,
             attached_routes: 0,
+            supported_kinds: served_kinds(&l),
         };
         let f = format!("spec.listeners[{i}]");
         let mut https = false;
@@ -399,146 +419,6 @@ fn plan(inputs: &Inputs<'_>, g: &DynamicObject, class: &Verdict) -> Building {
         });
     }
     b
-}
-
-/// What any listener must be: HTTP or HTTPS, a port, routes Weft can take.
-fn listener_shape(f: &str, l: &Listener) -> Result<(), (&'static str, String)> {
-    if l.protocol != "HTTP" && l.protocol != "HTTPS" {
-        return Err((
-            "UnsupportedProtocol",
-            format!(
-                "{f}.protocol: {} (Weft's gateway serves HTTP and HTTPS)",
-                l.protocol
-            ),
-        ));
-    }
-    if !(1..=65535).contains(&l.port) {
-        return Err((
-            "UnsupportedValue",
-            format!("{f}.port: {} is no port", l.port),
-        ));
-    }
-    if let Some(h) = &l.hostname {
-        if weft_policy::gateway::host_pattern(h).is_err() {
-            return Err(("UnsupportedValue", format!("{f}.hostname: bad host {h:?}")));
-        }
-    }
-    let allowed = l.allowed_routes.clone().unwrap_or_default();
-    let from = allowed.namespaces.as_ref().and_then(|n| n.from.as_deref());
-    if !matches!(from, None | Some("Same") | Some("All")) {
-        return Err((
-            "UnsupportedValue",
-            format!(
-                "{f}.allowedRoutes.namespaces.from: {from:?} is not supported (Same and All are)"
-            ),
-        ));
-    }
-    if let Some(k) = allowed.kinds.iter().find(|k| {
-        k.kind != "HTTPRoute" || k.group.as_deref().unwrap_or(super::GROUP) != super::GROUP
-    }) {
-        return Err((
-            "InvalidRouteKinds",
-            format!(
-                "{f}.allowedRoutes.kinds: {} is not served (HTTPRoute is)",
-                k.kind
-            ),
-        ));
-    }
-    let tls = l.tls.clone().unwrap_or_default();
-    match l.protocol.as_str() {
-        "HTTP" if l.tls.is_some() => Err(("UnsupportedValue", format!("{f}.tls: HTTP takes none"))),
-        "HTTP" => Ok(()),
-        _ if tls.mode.as_deref().unwrap_or("Terminate") != "Terminate" => Err((
-            "UnsupportedValue",
-            format!("{f}.tls.mode: only Terminate is supported"),
-        )),
-        _ if !tls.options.is_empty() || tls.frontend_validation.is_some() => Err((
-            "UnsupportedValue",
-            format!("{f}.tls: options and frontendValidation are not supported"),
-        )),
-        _ if tls.certificate_refs.len() > 1 => Err((
-            "UnsupportedValue",
-            format!("{f}.tls.certificateRefs: one certificate per listener"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The listener's certificate and key (PEM), or why not (`InvalidCertificateRef`,
-/// `RefNotPermitted`).
-fn certificate(
-    inputs: &Inputs<'_>,
-    gw_ns: &str,
-    f: &str,
-    l: &Listener,
-) -> Result<Pems, (&'static str, String)> {
-    let tls = l.tls.clone().unwrap_or_default();
-    let f = format!("{f}.tls.certificateRefs[0]");
-    let Some(r) = tls.certificate_refs.first() else {
-        return Err((
-            "InvalidCertificateRef",
-            format!("{f}: an HTTPS listener needs a certificate"),
-        ));
-    };
-    if !r.group.as_deref().unwrap_or("").is_empty()
-        || r.kind.as_deref().unwrap_or("Secret") != "Secret"
-    {
-        return Err(("InvalidCertificateRef", format!("{f}: only core Secrets")));
-    }
-    let ns = r.namespace.as_deref().unwrap_or(gw_ns);
-    if ns != gw_ns && !inputs.granted(("Gateway", gw_ns), ("Secret", ns, &r.name)) {
-        return Err((
-            "RefNotPermitted",
-            format!(
-                "{f}: Secret {ns}/{} is of another namespace and no ReferenceGrant in {ns} lets \
-                 Gateways of {gw_ns} refer to it",
-                r.name
-            ),
-        ));
-    }
-    let Some(secrets) = inputs.secrets else {
-        return Err((
-            "InvalidCertificateRef",
-            format!(
-                "{f}: the control plane may not read Secrets (grant it get, list, watch on \
-                 secrets: docs/KUBERNETES.md)"
-            ),
-        ));
-    };
-    let secret = secrets.iter().find(|s| {
-        s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(&r.name)
-    });
-    let Some(secret) = secret else {
-        return Err((
-            "InvalidCertificateRef",
-            format!("{f}: no Secret {ns}/{}", r.name),
-        ));
-    };
-    if secret.type_.as_deref() != Some("kubernetes.io/tls") {
-        return Err((
-            "InvalidCertificateRef",
-            format!(
-                "{f}: Secret {ns}/{} is not of type kubernetes.io/tls",
-                r.name
-            ),
-        ));
-    }
-    let data = secret.data.clone().unwrap_or_default();
-    let pem = |k: &str| {
-        data.get(k)
-            .map(|b| b.0.clone())
-            .filter(|b| std::str::from_utf8(b).is_ok_and(|s| s.contains("-----BEGIN ")))
-    };
-    match (pem("tls.crt"), pem("tls.key")) {
-        (Some(c), Some(k)) => Ok((c, k)),
-        _ => Err((
-            "InvalidCertificateRef",
-            format!(
-                "{f}: Secret {ns}/{} lacks a PEM tls.crt and tls.key",
-                r.name
-            ),
-        )),
-    }
 }
 
 /// The Gateway's config from its plan and attached routes.

@@ -99,6 +99,7 @@ struct World {
     classes: Vec<DynamicObject>,
     gateways: Vec<DynamicObject>,
     routes: Vec<DynamicObject>,
+    grpc_routes: Vec<DynamicObject>,
     grants: Vec<(String, ReferenceGrantSpec)>,
     services: Vec<KubeService>,
     secrets: Vec<Secret>,
@@ -114,6 +115,7 @@ impl World {
             ],
             gateways: vec![gateway(listeners)],
             routes,
+            grpc_routes: Vec::new(),
             grants: Vec::new(),
             services: vec![
                 svc("shop", "orders"),
@@ -130,6 +132,7 @@ impl World {
             classes: &self.classes,
             gateways: &self.gateways,
             routes: &self.routes,
+            grpc_routes: &self.grpc_routes,
             grants: &self.grants,
             services: &self.services,
             secrets: Some(&self.secrets),
@@ -495,4 +498,70 @@ fn gateway_routes_are_checked_against_the_mesh_services() {
     let e =
         weft_policy::gateway::validate_routes(vec![r("nope.shop")], mesh()).expect_err("unknown");
     assert_eq!(e[0].field, "routes[0].service");
+}
+
+/// A GRPCRoute on a Gateway: a service/method match is the exact path of the call, a service
+/// alone its prefix, backends weighted as an HTTPRoute's; its verdict is keyed as a GRPCRoute.
+#[test]
+fn a_grpc_route_becomes_gateway_routes_on_the_call_paths() {
+    let mut grpc = route(
+        "payments-grpc",
+        "2026-01-01T00:00:00Z",
+        json!({
+            "parentRefs": [to_edge(json!({}))],
+            "hostnames": ["api.example.test"],
+            "rules": [
+                {"matches": [{"method": {"service": "shop.Orders", "method": "Get"}}],
+                 "backendRefs": [{"name": "orders", "port": 8080, "weight": 80},
+                                 {"name": "catalog", "port": 8080, "weight": 20}]},
+                {"matches": [{"method": {"service": "shop.Catalog"}}],
+                 "backendRefs": [{"name": "catalog", "port": 8080}]}
+            ]
+        }),
+    );
+    grpc.types.as_mut().expect("types").kind = "GRPCRoute".into();
+    let mut w = World::new(
+        json!([https("api", Some("api.example.test"), "api-cert")]),
+        vec![],
+    );
+    w.grpc_routes.push(grpc);
+    let ns = w.run();
+    assert_eq!(ns.verdicts.len(), 1);
+    assert_eq!(ns.verdicts[0].key.kind, Kind::GrpcRoute);
+    assert_eq!(ns.verdicts[0].result, Ok(()), "{:?}", ns.verdicts[0]);
+    let g = &ns.gateways[0];
+    assert_eq!(g.listeners[0].attached_routes, 1);
+    assert_eq!(g.listeners[0].supported_kinds, ["HTTPRoute", "GRPCRoute"]);
+    let f = g.config.clone().expect("a config").file;
+    let paths: Vec<String> = (f.routes.iter())
+        .map(|r| {
+            let p = r.matches.path.clone().expect("a path match");
+            format!("{:?} {:?}", p.exact, p.prefix)
+        })
+        .collect();
+    // The exact call path ranks before the service's prefix.
+    assert_eq!(
+        paths,
+        [
+            "Some(\"/shop.Orders/Get\") None",
+            "None Some(\"/shop.Catalog\")"
+        ],
+        "{f:?}"
+    );
+    let split: Vec<(&str, u32)> = (f.routes[0].backends.iter())
+        .map(|b| (b.service.as_str(), b.weight))
+        .collect();
+    assert_eq!(split, [("orders.shop", 80), ("catalog.shop", 20)]);
+    assert_eq!(f.routes[1].service, "catalog.shop");
+    assert_eq!(f.routes[0].hosts, ["api.example.test"]);
+
+    // A listener that takes HTTPRoutes only: the GRPCRoute does not attach, and says why.
+    let mut only_http = https("api", Some("api.example.test"), "api-cert");
+    only_http["allowedRoutes"]["kinds"] = json!([{"kind": "HTTPRoute"}]);
+    w.gateways = vec![gateway(json!([only_http]))];
+    let ns = w.run();
+    assert_eq!(ns.gateways[0].listeners[0].supported_kinds, ["HTTPRoute"]);
+    let (reason, why) = ns.verdicts[0].result.clone().expect_err("refused");
+    assert_eq!(reason, "NotAllowedByListeners");
+    assert!(why.contains("GRPCRoute"), "{why}");
 }

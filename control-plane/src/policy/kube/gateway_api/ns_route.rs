@@ -1,4 +1,5 @@
-//! North-south routes: one `HTTPRoute` and one of its Gateway parents ([`NsRoute`]) become
+//! North-south routes: one `HTTPRoute` or `GRPCRoute` and one of its Gateway parents
+//! ([`NsRoute`]; a GRPCRoute read as the HTTPRoute it amounts to, [`super::grpc`]) become
 //! gateway routes ([`Translated`]) or a typed refusal ([`RouteError`], one variant per Gateway
 //! API reason).
 //!
@@ -44,6 +45,8 @@ pub struct Inputs<'a> {
     pub gateways: &'a [DynamicObject],
     /// Every `HTTPRoute`.
     pub routes: &'a [DynamicObject],
+    /// Every `GRPCRoute`.
+    pub grpc_routes: &'a [DynamicObject],
     /// Every ReferenceGrant, with its namespace.
     pub grants: &'a [(String, ReferenceGrantSpec)],
     /// Every Service.
@@ -87,6 +90,8 @@ pub struct ListenerView<'a> {
     pub hostname: Option<&'a str>,
     /// Accepted as HTTPS: routes attach.
     pub serves_routes: bool,
+    /// The route kinds it takes (`allowedRoutes.kinds`, or every kind Weft serves).
+    pub kinds: &'a [&'static str],
     /// A plain-HTTP listener (redirects only).
     pub http: bool,
     /// `allowedRoutes.namespaces.from: All`.
@@ -95,8 +100,11 @@ pub struct ListenerView<'a> {
     pub gateway_ns: &'a str,
 }
 
-/// One HTTPRoute and one of its Gateway parents, to translate.
+/// One HTTPRoute (or GRPCRoute, read as the HTTPRoute it amounts to) and one of its Gateway
+/// parents, to translate.
 pub struct NsRoute<'a> {
+    /// `HTTPRoute` or `GRPCRoute`: which listeners take it, which grants let it refer.
+    pub kind: &'a str,
     /// The route's namespace.
     pub namespace: &'a str,
     /// The route's name.
@@ -158,13 +166,26 @@ impl NsRoute<'_> {
         let allowed: Vec<(usize, &ListenerView<'_>)> = named
             .iter()
             .copied()
-            .filter(|(_, l)| l.serves_routes && (l.from_all || l.gateway_ns == self.namespace))
+            .filter(|(_, l)| {
+                l.serves_routes
+                    && (l.from_all || l.gateway_ns == self.namespace)
+                    && l.kinds.contains(&self.kind)
+            })
             .collect();
         if allowed.is_empty() {
+            let kinds = format!(
+                "the listeners it names take no {}s (allowedRoutes.kinds)",
+                self.kind
+            );
             let why = if named.iter().all(|(_, l)| l.http) {
                 "Weft's plain-HTTP listener only redirects to HTTPS: attach to an HTTPS listener"
             } else if named.iter().all(|(_, l)| !l.serves_routes) {
                 "the listeners it names are not programmed (see the Gateway's status.listeners)"
+            } else if named
+                .iter()
+                .all(|(_, l)| !l.serves_routes || !l.kinds.contains(&self.kind))
+            {
+                kinds.as_str()
             } else {
                 "the listeners it names take routes of the Gateway's namespace only \
                  (allowedRoutes.namespaces.from)"
@@ -318,14 +339,14 @@ impl NsRoute<'_> {
         if ns != self.namespace
             && !self
                 .inputs
-                .granted(("HTTPRoute", self.namespace), ("Service", ns, &b.name))
+                .granted((self.kind, self.namespace), ("Service", ns, &b.name))
         {
             return Err(RouteError::RefNotPermitted {
                 field: fb.to_owned(),
                 why: format!(
                     "Service {ns}/{} is of another namespace and no ReferenceGrant in {ns} lets \
-                     HTTPRoutes of {} refer to it",
-                    b.name, self.namespace
+                     {}s of {} refer to it",
+                    b.name, self.kind, self.namespace
                 ),
             });
         }
