@@ -188,13 +188,12 @@ pub fn from_pem(
         .map_err(|e| ferr("tls.key", format!("key does not fit certificate: {e}")))?;
     // Only the ALPNs of this sidecar's own protocol: a caller asking an HTTP service for a TCP
     // tunnel (which would carry its own `x-weft-caller` header to the app, past authorization)
-    // or a TCP service for HTTP fails the handshake. An `http` service also takes HTTP/1.1
-    // (HTTP/1.x callers' requests and upgrades); it comes first, so rustls picks it when a
-    // caller's sidecar offers both (`crate::outbound::endpoint::hop_alpn`), and a caller that
-    // offers only `h2` gets `h2`.
+    // or a TCP service for HTTP fails the handshake. An `http` service also takes HTTP/1.1,
+    // for upgrades only (`crate::upgrade`); `h2` comes first, so rustls picks it when a
+    // client offers both.
     server.alpn_protocols = match inbound {
         Protocol::Tcp => vec![ALPN_TCP.to_vec()],
-        Protocol::Http => vec![ALPN_HTTP1.to_vec(), ALPN_H2.to_vec()],
+        Protocol::Http => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
         Protocol::Grpc => vec![ALPN_H2.to_vec()],
     };
 

@@ -244,10 +244,10 @@ impl ProxyHttp for InboundHttp {
 
 /// The inbound upgrade stage, after authorization: an upgrade the mesh carries
 /// ([`upgrade::check`]) gets the sidecar's idle timeout on the caller's side. HTTP/1.1 between
-/// sidecars carries HTTP/1.x callers' requests (the hop follows the caller's version:
-/// [`crate::outbound::endpoint::hop_alpn`]) and their upgrades. An extended CONNECT (HTTP/2)
-/// goes only to an app that speaks HTTP/2 (a `grpc` service), as the caller's sidecar already
-/// checked; checked again for a caller that skips its sidecar.
+/// sidecars exists only for upgrades (every other request rides HTTP/2), so a plain request on
+/// it is refused: one protocol per purpose keeps the surface a caller can probe small. An
+/// extended CONNECT (HTTP/2) goes only to an app that speaks HTTP/2 (a `grpc` service), as
+/// the caller's sidecar already checked; checked again for a caller that skips its sidecar.
 fn upgrade_stage(
     session: &mut Session,
     snap: &Snapshot,
@@ -266,7 +266,9 @@ fn upgrade_stage(
         };
     }
     if ask == upgrade::Ask::Plain {
-        return Ok(ask);
+        return Err(errors::Reject::BadUpgrade(
+            "HTTP/1.1 between sidecars carries upgrade requests only".into(),
+        ));
     }
     upgrade::bound_downstream(session, snap.idle_timeout);
     Ok(ask)

@@ -110,8 +110,8 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Mutual TLS from a peer sidecar ([`accept::handshake`]), then HTTP/2, HTTP/1.1 or a TCP
-    /// tunnel by the negotiated ALPN.
+    /// Mutual TLS from a peer sidecar ([`accept::handshake`]), then HTTP/2, HTTP/1.1 (for
+    /// upgrades) or a TCP tunnel by the negotiated ALPN.
     async fn inbound_conn(
         self: &Arc<Self>,
         stream: Stream,
@@ -129,11 +129,10 @@ impl Traffic {
                 let _flushing = self.drain.hold_exit();
                 ServerApp::process_new(&self.inbound, Box::new(tls), shutdown).await
             }
-            // HTTP/1.1 between sidecars carries HTTP/1.x callers' requests and their upgrades
-            // (WebSocket: `crate::upgrade`). The handshake offers it only to an `http` service;
-            // checked again here because a reload may have changed the service's protocol since.
-            // The connection is wrapped for an upgraded session's TCP half-close (`half_close`);
-            // Pingora serves its kept-alive requests within this call.
+            // HTTP/1.1 between sidecars carries upgrades (WebSocket) only: `crate::upgrade`.
+            // The handshake offers it only to an `http` service; checked again here because a
+            // reload may have changed the service's protocol since.
+            // The connection is wrapped for the session's TCP half-close (`half_close`).
             Some(ALPN::H1) if self.store.load().own.protocol == Protocol::Http => {
                 let _flushing = self.drain.hold_exit();
                 let tls = Box::new(half_close::Client::new(tls));

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use weft_policy::Protocol;
 use weft_resilience::outlier::{Admission, Transition};
 use weft_resilience::Nanos;
 
@@ -92,52 +91,12 @@ pub fn time_left(
     Ok(Some(left))
 }
 
-/// Requests in flight to one endpoint from which an HTTP/1.x caller's request takes the
-/// multiplexed HTTP/2 hop after all: requests no longer travel alone there, and HTTP/2 carries
-/// several in one TLS record and one wake-up (at saturation it costs less CPU per request than
-/// HTTP/1.1, which also holds a connection per request in flight).
-pub const HOP_H1_MAX_IN_FLIGHT: u32 = 4;
-
-/// Pingora's pool group of the HTTP/1.1-preferring hop (`HttpPeer::group_key`, part of the
-/// pool key): its lookups never find the HTTP/2 connections of the multiplexed hop (group 0),
-/// which Pingora would otherwise reuse first, keeping the requests that travel alone on HTTP/2
-/// for as long as one such connection stays busy.
-pub const HOP_H1_GROUP: u64 = 1;
-
-/// The HTTP version of the hop to endpoint `ep`'s sidecar, by what the request is and what
-/// else is in flight there. An HTTP/1.x caller's request to an `http` service while fewer than
-/// [`HOP_H1_MAX_IN_FLIGHT`] are in flight there crosses as HTTP/1.1 over a pooled mutual-TLS
-/// connection (one request at a time on it). An HTTP/2 caller's (h2c, gRPC, extended
-/// CONNECT), a `grpc` service's, and a request to a busy endpoint cross as streams of a
-/// multiplexed HTTP/2 connection.
-///
-/// Why: a request that travels alone (a mesh's usual rate) costs an HTTP/2 stream on both
-/// sidecars (HPACK, stream state, the connection task woken both ways, a task per stream
-/// inbound), against one TLS record each way on a connection the request has to itself
-/// (README, "The hop between sidecars", measured per request at fixed rates and saturation).
-///
-/// HTTP/1.x offers both (`h2`, `http/1.1`) and the server picks: a sidecar that prefers
-/// `http/1.1` for them (this version on) takes it, an older one picks `h2`, so a mesh
-/// mid-upgrade keeps working.
-pub fn hop_alpn(d: &Destination, ep: usize, caller_h2: bool) -> ALPN {
-    let busy = d
-        .stats
-        .get(ep)
-        .is_some_and(|s| s.pending() >= HOP_H1_MAX_IN_FLIGHT);
-    if caller_h2 || d.protocol != Protocol::Http || busy {
-        ALPN::H2
-    } else {
-        ALPN::H2H1
-    }
-}
-
-/// The peer for an attempt to endpoint `ep` of `d`: over mutual TLS to its sidecar, which must
-/// prove `d`'s identity, as `alpn` ([`hop_alpn`]). The read timeout is the per-try timeout,
-/// cut to what is `left` of the route's.
+/// The peer for an attempt to endpoint `ep` of `d`: HTTP/2 over mutual TLS to its sidecar,
+/// which must prove `d`'s identity. The read timeout is the per-try timeout, cut to what is
+/// `left` of the route's.
 pub fn peer(
     d: &Destination,
     ep: usize,
-    alpn: ALPN,
     connect_timeout: Duration,
     per_try: Option<Duration>,
     left: Option<Duration>,
@@ -145,11 +104,8 @@ pub fn peer(
     // No client certificate or roots on the peer: they are the connector's (see
     // `crate::outbound::connector`), which keeps Pingora's per-request pool key cheap.
     let mut peer = HttpPeer::new(d.endpoints[ep], true, d.sni.clone());
-    if alpn == ALPN::H2H1 {
-        peer.group_key = HOP_H1_GROUP;
-    }
     let o = &mut peer.options;
-    o.alpn = alpn;
+    o.alpn = ALPN::H2;
     o.max_h2_streams = MAX_H2_STREAMS;
     o.connection_timeout = Some(connect_timeout);
     o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
@@ -297,45 +253,13 @@ mod tests {
         let r = routes(TWO, None, &m);
         let d = &r.destinations[0];
         let s = Duration::from_secs;
-        let read = |p, l| peer(d, 0, ALPN::H2, s(1), p, l).options.read_timeout;
+        let read = |p, l| peer(d, 0, s(1), p, l).options.read_timeout;
         assert_eq!(read(Some(s(2)), Some(s(5))), Some(s(2)));
         assert_eq!(read(Some(s(2)), Some(s(1))), Some(s(1)));
         assert_eq!(read(None, Some(s(3))), Some(s(3)));
         assert_eq!(read(None, None), None);
-        let p = peer(d, 1, ALPN::H2H1, s(1), None, None);
+        let p = peer(d, 1, s(1), None, None);
         assert_eq!(p.options.max_h2_streams, MAX_H2_STREAMS);
-        assert_eq!(p.options.alpn, ALPN::H2H1);
-        assert_eq!(
-            p.group_key, HOP_H1_GROUP,
-            "pooled apart from the multiplexed hop"
-        );
-        assert_eq!(peer(d, 1, ALPN::H2, s(1), None, None).group_key, 0);
         assert_eq!(p.sni, "orders.default.serviceaccount.identity.weft.local");
-    }
-
-    #[test]
-    fn the_hop_follows_the_callers_version_until_an_endpoint_is_busy() {
-        let m = Metrics::new().expect("metrics");
-        let r = routes(TWO, None, &m);
-        let d = &r.destinations[0];
-        assert_eq!(d.protocol, Protocol::Http);
-        assert_eq!(hop_alpn(d, 0, false), ALPN::H2H1, "HTTP/1.x caller");
-        assert_eq!(hop_alpn(d, 0, true), ALPN::H2, "HTTP/2 caller");
-        let held: Vec<_> = (0..HOP_H1_MAX_IN_FLIGHT)
-            .map(|_| d.stats[0].start())
-            .collect();
-        assert_eq!(hop_alpn(d, 0, false), ALPN::H2, "endpoint 0 is busy");
-        assert_eq!(hop_alpn(d, 1, false), ALPN::H2H1, "endpoint 1 is not");
-        drop(held);
-        assert_eq!(hop_alpn(d, 0, false), ALPN::H2H1, "no longer busy");
-
-        let grpc = TWO.replace("identity: spiffe", "protocol: grpc\n    identity: spiffe");
-        let r = routes(&grpc, None, &m);
-        assert_eq!(r.destinations[0].protocol, Protocol::Grpc);
-        assert_eq!(
-            hop_alpn(&r.destinations[0], 0, false),
-            ALPN::H2,
-            "a grpc service"
-        );
     }
 }

@@ -121,7 +121,7 @@ impl ProxyHttp for Outbound {
     /// endpoint and build its peer.
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut OutCtx,
     ) -> Result<Box<HttpPeer>> {
         let (Some(snap), Some(d), Some(rs)) =
@@ -146,7 +146,6 @@ impl ProxyHttp for Outbound {
         let mut peer = endpoint::peer(
             &d,
             chosen.ep,
-            endpoint::hop_alpn(&d, chosen.ep, session.is_http2()),
             snap.connect_timeout,
             rs.route.retry.per_try_timeout,
             left,

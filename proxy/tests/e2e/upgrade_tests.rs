@@ -417,13 +417,24 @@ async fn hostile_upgrades_get_a_clear_400_and_never_reach_the_app() {
         );
     }
 
-    // Straight at the inbound port with a mesh certificate over HTTP/1.1 (which also carries
-    // plain requests: `adversarial_tests`): an upgrade is authorized as any request and
-    // carries the certificate's identity, not the header sent.
-    assert!(app.handshakes().is_empty(), "{:?}", app.handshakes());
+    // Straight at the inbound port with a mesh certificate: HTTP/1.1 is offered to an http
+    // service for upgrades only; a plain request on it is refused, an upgrade is authorized
+    // as any request and carries the certificate's identity, not the header sent.
     let mut h1 = client_config(&pki, Some((&pki, "frontend")));
     h1.alpn_protocols = vec![b"http/1.1".to_vec()];
     let h1 = std::sync::Arc::new(h1);
+    let mut tls = handshake(orders.inbound, h1.clone())
+        .await
+        .expect("an http/1.1 handshake");
+    let (status, error) = raw_exchange(
+        &mut tls,
+        "GET /chat HTTP/1.1\r\nHost: orders\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error.contains("upgrade requests only"), "{error}");
+    assert!(app.handshakes().is_empty(), "{:?}", app.handshakes());
+
     let mut tls = handshake(orders.inbound, h1).await.expect("handshake");
     let forged = "x-weft-caller: spiffe://weft.local/ns/default/sa/forged\r\n";
     let (status, _) = raw_exchange(

@@ -377,9 +377,8 @@ async fn probe_pairs(
             sizing,
         )
         .await?;
-        // What the client proxy offers for an HTTP/1.1 caller (Weft: both, and B picks).
         let alpn: &[&str] = if col.is_weft() {
-            &["h2", "http/1.1"]
+            &["h2"]
         } else {
             &["http/1.1"]
         };
