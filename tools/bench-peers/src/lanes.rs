@@ -4,7 +4,7 @@
 //! each request's scheduled time, so a stall counts against every request it delays).
 //!
 //! Both loops measure the watched processes' CPU over the window (every thread's on-CPU
-//! nanoseconds from /proc, [`sched_cpu_seconds`]) and sample their RSS with
+//! nanoseconds and wake-ups from /proc, [`sched`]) and sample their RSS with
 //! [`measure_window`]; every loop is bounded in time and in count.
 
 use std::net::SocketAddr;
@@ -232,11 +232,6 @@ pub fn sched(pid: u32) -> Option<Sched> {
     })
 }
 
-/// On-CPU seconds of every thread of `pid` ([`sched`]).
-pub fn sched_cpu_seconds(pid: u32) -> Option<f64> {
-    sched(pid).map(|s| s.cpu_seconds)
-}
-
 /// The watched processes' on-CPU seconds and wake-ups between `from` and `to` ([`sched`]),
 /// `None` if any could not be read.
 fn precise_cpu(
@@ -258,6 +253,18 @@ fn precise_cpu(
                 .unzip(),
         )
     })
+}
+
+/// The processes' CPU seconds and wake-ups from [`precise_cpu`], or, when schedstat could not
+/// be read, the coarser CPU seconds `sampled` from clock ticks and no wake-ups.
+fn cpu_and_wakeups(
+    precise: Option<(Vec<f64>, Vec<u64>)>,
+    sampled: Vec<f64>,
+) -> (Vec<f64>, Option<Vec<u64>>) {
+    match precise {
+        Some((cpu, wakeups)) => (cpu, Some(wakeups)),
+        None => (sampled, None),
+    }
 }
 
 /// Errors of one run: a count and a few examples.
@@ -339,19 +346,19 @@ pub async fn closed_loop(
         cpu,
         peak_rss_kib,
     } = measure_window(watch, t.rss_interval, window_start, stop, &ok, tasks).await?;
-    let precise = precise.await?;
+    let (cpu_seconds, wakeups) = cpu_and_wakeups(precise.await?, cpu.procs);
     Ok(SaturationResult {
         requests,
         seconds: cpu.seconds,
         rps: requests as f64 / cpu.seconds,
         errors: errors.count.load(Ordering::Relaxed),
         error_samples: errors.samples(),
-        cpu_seconds: precise.as_ref().map_or(cpu.procs, |p| p.0.clone()),
+        cpu_seconds,
         loadgen_cpu_seconds: cpu.own,
         peak_rss_kib,
         cpu_busy_pct: cpu.busy_pct,
         others_cpu_seconds: cpu.others,
-        wakeups: precise.map(|p| p.1),
+        wakeups,
     })
 }
 
@@ -451,7 +458,7 @@ pub async fn open_loop(
         .map_err(|_| anyhow::anyhow!("a lane panicked"))
         .map(|h| stats::percentiles(&h))?;
     let ok = ok.load(Ordering::Relaxed);
-    let precise = precise.await?;
+    let (cpu_seconds, wakeups) = cpu_and_wakeups(precise.await?, cpu.procs);
     Ok(RatePoint {
         rate,
         result: RateResult {
@@ -463,12 +470,12 @@ pub async fn open_loop(
             achieved_rps: ok as f64 / t.duration.as_secs_f64(),
             latency,
             error_samples: errors.samples(),
-            cpu_seconds: precise.as_ref().map_or(cpu.procs, |p| p.0.clone()),
+            cpu_seconds,
             loadgen_cpu_seconds: cpu.own,
             seconds: cpu.seconds,
             cpu_busy_pct: cpu.busy_pct,
             others_cpu_seconds: cpu.others,
-            wakeups: precise.map(|p| p.1),
+            wakeups,
         },
         peak_rss_kib,
     })
@@ -482,7 +489,7 @@ mod tests {
     #[test]
     fn schedstat_counts_this_process_busy_time() {
         let pid = std::process::id();
-        let a = sched_cpu_seconds(pid).unwrap();
+        let a = sched(pid).unwrap().cpu_seconds;
         let t0 = std::time::Instant::now();
         let mut x = 0u64;
         let mut b = a;
@@ -492,9 +499,9 @@ mod tests {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
-            b = sched_cpu_seconds(pid).unwrap();
+            b = sched(pid).unwrap().cpu_seconds;
         }
         assert!(b - a >= 0.02 && b - a < 10.0, "{a} {b}");
-        assert!(sched_cpu_seconds(u32::MAX).is_none());
+        assert!(sched(u32::MAX).is_none());
     }
 }
