@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::identity::certify::{
-    anonymous_client, obtain, read_token, CertifyError, CERT_MODE, KEY_MODE,
+    anonymous_client, obtain, read_token, CertifyError, CERTIFY_TIMEOUT, CERT_MODE, KEY_MODE,
 };
 use crate::identity::material;
 use crate::store::{write_atomically, InstallError};
@@ -93,6 +93,7 @@ pub fn bootstrap_if_needed(config_path: &Path) -> Result<(), CertifyError> {
         })?;
     let got = rt.block_on(retry_until(&cp.address, cp.bootstrap_timeout, || {
         obtain(
+            CERTIFY_TIMEOUT,
             &cp,
             client.clone(),
             &identity,

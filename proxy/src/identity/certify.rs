@@ -42,8 +42,11 @@ pub const RENEW_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// How often the rotation task looks at the certificate in force while waiting (a certificate
 /// replaced by the operator, or a clock jump, is noticed within this).
 pub const RECHECK: Duration = Duration::from_secs(30);
-/// Limit of one `Certify` call, connection included.
+/// Limit of one `Certify` call, connection included (see [`attempt_limit`] for renewals).
 pub const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest limit of one renewal attempt, however little time is left: a loaded control
+/// plane answers well within it (tens of milliseconds when idle).
+pub const CERTIFY_ATTEMPT_MIN: Duration = Duration::from_millis(300);
 /// Mode of the private key file.
 pub const KEY_MODE: u32 = 0o600;
 /// Mode of the certificate and trust bundle files.
@@ -153,6 +156,18 @@ pub fn retry_delay(attempt: u32, left: Duration) -> Duration {
     .equal_jitter(attempt, fastrand::f64())
 }
 
+/// The limit of one renewal attempt with `left` until the certificate in force expires: at
+/// most a third of it (at least [`CERTIFY_ATTEMPT_MIN`], at most [`CERTIFY_TIMEOUT`]), so an
+/// attempt that hangs (a connection whose SYN was dropped, a stalled control plane) leaves time
+/// for others before expiry instead of outliving the certificate. Once it has expired there is
+/// nothing left to save: the full limit.
+pub fn attempt_limit(left: Duration) -> Duration {
+    if left.is_zero() {
+        return CERTIFY_TIMEOUT;
+    }
+    (left / 3).clamp(CERTIFY_ATTEMPT_MIN, CERTIFY_TIMEOUT)
+}
+
 /// A client config without a client certificate that trusts the roots of `bundle_pem`: how a
 /// sidecar without a usable certificate reaches the control plane.
 pub(crate) fn anonymous_client(
@@ -187,9 +202,11 @@ pub(crate) struct Obtained {
     pub(crate) not_after: SystemTime,
 }
 
-/// One `Certify` call: a fresh key pair, its CSR (and `token`, if any) over `client_tls`;
-/// the answer is checked against `identity` and `bundle_pem` as a reload would check it.
+/// One `Certify` call within `limit`: a fresh key pair, its CSR (and `token`, if any) over
+/// `client_tls`; the answer is checked against `identity` and `bundle_pem` as a reload would
+/// check it.
 pub(crate) async fn obtain(
+    limit: Duration,
     cp: &ControlPlane,
     client_tls: ClientConfig,
     identity: &Identity,
@@ -229,13 +246,13 @@ pub(crate) async fn obtain(
                 }
             })
     };
-    let answer = tokio::time::timeout(CERTIFY_TIMEOUT, call)
+    let answer = tokio::time::timeout(limit, call)
         .await
         .map_err(|_| CertifyError::Connect {
             address: address.clone(),
             reason: format!(
                 "no answer within {}",
-                humantime::format_duration(CERTIFY_TIMEOUT)
+                humantime::format_duration(Duration::from_millis(limit.as_millis() as u64))
             ),
         })??
         .into_inner();
@@ -276,7 +293,11 @@ pub(crate) fn read_token(path: &Path) -> Result<String, CertifyError> {
 /// Renew once: a new key pair and CSR, `Certify` over mutual TLS with the current certificate
 /// (or, once it has expired, with the join token if one is configured), then install and
 /// swap. Returns the new certificate's expiry.
-async fn renew_once(store: &Arc<Store>, cp: &ControlPlane) -> Result<SystemTime, CertifyError> {
+async fn renew_once(
+    store: &Arc<Store>,
+    cp: &ControlPlane,
+    limit: Duration,
+) -> Result<SystemTime, CertifyError> {
     let snap = store.load();
     let identity = snap.tls.identity.clone();
     let paths = snap.tls_paths.clone();
@@ -300,7 +321,16 @@ async fn renew_once(store: &Arc<Store>, cp: &ControlPlane) -> Result<SystemTime,
         (Some(file), false) => (current_client, Some(read_token(file)?)),
         (None, _) => (current_client, None),
     };
-    let got = obtain(cp, client, &identity, token.as_deref(), &paths, &bundle).await?;
+    let got = obtain(
+        limit,
+        cp,
+        client,
+        &identity,
+        token.as_deref(),
+        &paths,
+        &bundle,
+    )
+    .await?;
     // Writing (fsync) and rebuilding block; keep them off the control thread's runtime so the
     // admin API, the file watcher and the control-plane stream go on meanwhile.
     let store = store.clone();
@@ -316,6 +346,26 @@ async fn renew_once(store: &Arc<Store>, cp: &ControlPlane) -> Result<SystemTime,
         field: "tls".to_owned(),
         reason: format!("install task failed: {e}"),
     })?
+}
+
+/// Log a renewal that took `took` of its `limit` with `left` before the old certificate expired.
+fn log_renewed(took: Duration, limit: Duration, left: Duration, expiry: SystemTime) {
+    // A renewal that used most of its limit is the warning before one that fails.
+    if took > limit / 2 {
+        log::warn!(
+            "certificate renewed in {} ms, slow (limit {} ms with {} ms left), valid until {}",
+            took.as_millis(),
+            limit.as_millis(),
+            left.as_millis(),
+            humantime::format_rfc3339_seconds(expiry)
+        );
+    } else {
+        log::info!(
+            "certificate renewed in {} ms, valid until {}",
+            took.as_millis(),
+            humantime::format_rfc3339_seconds(expiry)
+        );
+    }
 }
 
 /// Renew the workload certificate before it expires, forever (on the renewal thread).
@@ -353,14 +403,14 @@ pub async fn rotate(store: Arc<Store>, cp: ControlPlane, renewed: watch::Sender<
             continue;
         }
         let started = tokio::time::Instant::now();
-        match renew_once(&store, &cp).await {
+        let left = not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let limit = attempt_limit(left);
+        match renew_once(&store, &cp, limit).await {
             Ok(expiry) => {
                 store.metrics.cert_renewals.with_label_values(&["ok"]).inc();
-                log::info!(
-                    "certificate renewed in {} ms, valid until {}",
-                    started.elapsed().as_millis(),
-                    humantime::format_rfc3339_seconds(expiry)
-                );
+                log_renewed(started.elapsed(), limit, left, expiry);
                 attempt = 0;
                 retry_at = None;
                 renewed.send_replace(expiry);
@@ -444,5 +494,66 @@ mod tests {
             let d = retry_delay(30, Duration::ZERO);
             assert!(d >= RENEW_BACKOFF_MIN / 2, "{d:?}");
         }
+    }
+
+    #[test]
+    fn a_renewal_attempt_leaves_time_for_others_before_expiry() {
+        // A 24 h certificate at renewal (8 h left): the flat limit.
+        assert_eq!(
+            attempt_limit(Duration::from_secs(8 * 3600)),
+            CERTIFY_TIMEOUT
+        );
+        // A 3 s certificate at renewal (1 s left): a third of it, so three attempts fit.
+        assert_eq!(
+            attempt_limit(Duration::from_secs(1)),
+            Duration::from_secs(1) / 3
+        );
+        // Almost expired: the floor, never a limit too short to finish.
+        assert_eq!(
+            attempt_limit(Duration::from_millis(100)),
+            CERTIFY_ATTEMPT_MIN
+        );
+        // Expired: nothing left to save, the full limit.
+        assert_eq!(attempt_limit(Duration::ZERO), CERTIFY_TIMEOUT);
+    }
+
+    /// A control plane that accepts the connection and never answers (what a renewal met when
+    /// it stalled past its certificate's expiry): the attempt ends at its limit, with the reason.
+    #[tokio::test]
+    async fn an_attempt_against_a_silent_control_plane_ends_at_its_limit() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let cp = ControlPlane {
+            address: silent.local_addr().expect("addr").to_string(),
+            identity: "spiffe://weft.local/ns/weft-system/sa/weft-control-plane"
+                .parse()
+                .expect("identity"),
+            state_file: None,
+            join_token_file: None,
+            bootstrap_timeout: Duration::from_secs(1),
+            bootstrap_authorization: None,
+            trust_bundle: Default::default(),
+        };
+        let client = ClientConfig::builder()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let identity: Identity = "spiffe://weft.local/ns/shop/sa/orders"
+            .parse()
+            .expect("identity");
+        let paths = TlsPaths {
+            cert: "unused.crt".into(),
+            key: "unused.key".into(),
+            trust_bundle: "unused.pem".into(),
+        };
+        let limit = Duration::from_millis(300);
+        let attempt = obtain(limit, &cp, client, &identity, None, &paths, b"");
+        // Bounded by far more than the limit: only a hang fails this.
+        let err = match tokio::time::timeout(Duration::from_secs(20), attempt).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => panic!("a silent control plane issued a certificate"),
+            Err(_) => panic!("the attempt outlived its 300 ms limit by 20 s"),
+        };
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("no answer within 300ms"), "{err}");
+        drop(silent);
     }
 }
