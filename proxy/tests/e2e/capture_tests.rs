@@ -124,6 +124,7 @@ impl Pod {
         let listings: &[&[&str]] = match backend {
             Backend::Nftables => &[&["nft", "list", "ruleset"]],
             Backend::Iptables => &[&["iptables-save"], &["ip6tables-save"]],
+            Backend::IptablesLegacy => &[&["iptables-legacy-save"], &["ip6tables-legacy-save"]],
         };
         let mut all = String::new();
         for args in listings {
@@ -141,8 +142,12 @@ impl Pod {
     /// Rules of someone else's in the same nat tables capture writes to (a chain of theirs,
     /// jumped to from `PREROUTING` and `OUTPUT`), which capture must leave alone. UDP only, so
     /// they change nothing for the tests' TCP.
-    fn foreign_rules(&self) {
-        for prog in ["iptables", "ip6tables"] {
+    fn foreign_rules(&self, backend: Backend) {
+        let progs = match backend {
+            Backend::IptablesLegacy => ["iptables-legacy", "ip6tables-legacy"],
+            _ => ["iptables", "ip6tables"],
+        };
+        for prog in progs {
             for rule in [
                 &["-t", "nat", "-N", "OTHER_TEAM"][..],
                 &["-t", "nat", "-A", "OTHER_TEAM", "-p", "udp", "-j", "RETURN"],
@@ -298,19 +303,22 @@ pub(crate) fn client_services(server: &Pod) -> String {
 }
 
 /// The two ways `weft-proxy init` writes capture's rules (`--backend`); every capture scenario
-/// runs on both.
+/// runs on both. The basic scenario also runs on iptables' legacy (x_tables) variant, which
+/// nodes whose iptables predates nftables still run (`--iptables iptables-legacy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Nftables,
     Iptables,
+    IptablesLegacy,
 }
 
 impl Backend {
-    /// Its `--backend` value.
-    pub(crate) fn arg(self) -> &'static str {
+    /// Its `--backend` (and `--iptables`) arguments.
+    pub(crate) fn args(self) -> &'static [&'static str] {
         match self {
-            Backend::Nftables => "nftables",
-            Backend::Iptables => "iptables",
+            Backend::Nftables => &["--backend", "nftables"],
+            Backend::Iptables => &["--backend", "iptables"],
+            Backend::IptablesLegacy => &["--backend", "iptables", "--iptables", "iptables-legacy"],
         }
     }
 }
@@ -318,7 +326,9 @@ impl Backend {
 /// Capture in the pod `pod` with `backend`, for sidecars running as root, with the default
 /// ports.
 pub(crate) fn capture(pod: &Pod, backend: Backend) {
-    pod.init(&["--proxy-uid", "0", "--backend", backend.arg()]);
+    let mut args = vec!["--proxy-uid", "0"];
+    args.extend_from_slice(backend.args());
+    pod.init(&args);
 }
 
 /// A node with pods `client` (.2) and `server` (.3), certificates for both (CA seeded with
@@ -346,6 +356,12 @@ async fn capture_carries_an_unmodified_client_over_mtls_iptables() {
     carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(Backend::Iptables).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_carries_an_unmodified_client_over_mtls_iptables_legacy() {
+    carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(Backend::IptablesLegacy)
+        .await;
+}
+
 async fn carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(backend: Backend) {
     let Some((net, [client, server, outsider], pki)) = three_pods(14) else {
         return;
@@ -353,7 +369,7 @@ async fn carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(
     let _server_app = server.app("server-app");
 
     // Someone else's rules in the nat tables capture writes to: they must outlive capture.
-    server.foreign_rules();
+    server.foreign_rules(backend);
     let untouched = server.ruleset(backend);
     capture(&server, backend);
     let _server_sidecar = server.sidecar(pki.path(), "server", &config("server", &server, "", ""));
@@ -388,7 +404,7 @@ async fn carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(
     let before = server.ruleset(backend);
     let ours = match backend {
         Backend::Nftables => "table inet weft",
-        Backend::Iptables => "-A PREROUTING -j WEFT_INBOUND",
+        Backend::Iptables | Backend::IptablesLegacy => "-A PREROUTING -j WEFT_INBOUND",
     };
     assert!(before.contains(ours), "{before}");
     assert!(before.contains("OTHER_TEAM"), "{before}");
@@ -403,7 +419,9 @@ async fn carries_an_unmodified_client_over_mtls_and_refuses_plaintext_around_it(
     // the other team's included. Afterwards the plaintext call gets through, which shows
     // the refusal above was capture's doing. A second removal (auto: both backends) finds
     // nothing and is no error.
-    server.init(&["--remove", "--backend", backend.arg()]);
+    let mut remove = vec!["--remove"];
+    remove.extend_from_slice(backend.args());
+    server.init(&remove);
     let after = server.ruleset(backend);
     assert!(
         !after.contains("weft") && !after.contains("WEFT"),
