@@ -231,11 +231,17 @@ impl GatewayReport {
         md += &rates::table(&pts, &rows(&self.path));
         md += "\n## The edge proxy alone (Weft: the gateway process)\n\n";
         md += &rates::table(&pts, &rows(&self.edge));
+        md += "\n### The kernel's part at the fixed rates (whole path; edge proxy alone)\n\n";
+        md += &rates::kernel_table(&pts, &rows(&self.path));
+        md += "\n";
+        md += &rates::kernel_table(&pts, &rows(&self.edge));
         md +=
             "\n(×N): the column's value over NGINX's in the same run, median over the runs. CPU: \
                the proxies' on-CPU time over the measured window (every thread's, /proc/PID/task/*/schedstat), \
                per 100k answered requests. Wake-ups / req: the times their threads were scheduled \
-               onto a CPU (schedstat's run count) per answered request. RSS: each proxy's peak VmRSS sampled every 100 ms under that load.\n";
+               onto a CPU (schedstat's run count) per answered request. RSS: each proxy's peak VmRSS sampled every 100 ms under that load. \
+               Syscalls / req: the proxies' system calls (`perf stat -e raw_syscalls:sys_enter`) per answered request; kernel %: their \
+               stime over utime + stime (/proc/PID/stat).\n";
         md += "\n## Per run\n\n| run | column | saturation req/s | idle RSS MiB | errors |\n|---:|---|---:|---:|---:|\n";
         for r in &self.runs {
             let idle: Vec<String> = r

@@ -372,6 +372,8 @@ pub struct RatePoint {
     pub result: RateResult,
     /// Peak RSS (KiB) of each watched process during the run.
     pub peak_rss_kib: Vec<u64>,
+    /// The watched processes' system calls and kernel CPU in the window.
+    pub kernel: Option<crate::kernel::KernelCounts>,
 }
 
 /// Open loop at `rate` requests/s: slots every `1 / rate` spread round robin over the lanes
@@ -448,6 +450,7 @@ pub async fn open_loop(
         })
         .collect();
     let precise = precise_cpu(watch, window_start, stop);
+    let kernel = crate::kernel::count(watch, window_start, stop);
     let Window {
         count: _,
         cpu,
@@ -459,8 +462,10 @@ pub async fn open_loop(
         .map(|h| stats::percentiles(&h))?;
     let ok = ok.load(Ordering::Relaxed);
     let (cpu_seconds, wakeups) = cpu_and_wakeups(precise.await?, cpu.procs);
+    let kernel = kernel.await?;
     Ok(RatePoint {
         rate,
+        kernel,
         result: RateResult {
             rate,
             scheduled: scheduled.load(Ordering::Relaxed),

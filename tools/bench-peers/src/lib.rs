@@ -8,7 +8,7 @@
 //!
 //! The modules: what is compared ([`model`]), the pairs' configs ([`configs`]), the running
 //! pairs ([`pair`]), the gRPC and TCP loads ([`load`]), the closed and open loops over every
-//! protocol ([`lanes`]), the load points' medians and paired ratios ([`rates`]), the results
+//! protocol ([`lanes`]) and what the kernel did for the proxies meanwhile ([`kernel`]), the load points' medians and paired ratios ([`rates`]), the results
 //! ([`results`]) and their Markdown ([`report`]); the gateway scenario ([`gateway`], its
 //! results [`gateway_results`]).
 
@@ -17,6 +17,7 @@
 pub mod configs;
 pub mod gateway;
 pub mod gateway_results;
+pub mod kernel;
 pub mod lanes;
 pub mod load;
 pub mod model;

@@ -12,6 +12,7 @@ use weft_benches::load::SaturationResult;
 use weft_benches::report::{fmt_num, fmt_opt};
 use weft_benches::stats::{median, median_opt};
 
+use crate::kernel::KernelCounts;
 use crate::lanes::RatePoint;
 
 /// A load point: an open-loop fixed rate, or saturation (closed loop).
@@ -51,6 +52,10 @@ pub struct Metrics {
     /// The proxies' wake-ups (times their threads were scheduled onto a CPU) per answered
     /// request.
     pub wakeups_per_req: Option<f64>,
+    /// The proxies' system calls per answered request (fixed rates, where perf counts them).
+    pub syscalls_per_req: Option<f64>,
+    /// The share of the proxies' CPU time spent in the kernel, percent (fixed rates).
+    pub kernel_pct: Option<f64>,
     /// Each proxy's peak RSS, KiB.
     pub rss_kib: Option<Vec<u64>>,
 }
@@ -68,6 +73,20 @@ fn proxies_wakeups_per_req(wakeups: Option<&Vec<u64>>, requests: u64) -> Option<
     (w.len() >= 2 && requests > 0).then(|| w[1..].iter().sum::<u64>() as f64 / requests as f64)
 }
 
+/// The proxies' system calls per one of `requests` and their kernel share of CPU, percent.
+fn proxies_kernel(k: Option<&KernelCounts>, requests: u64) -> (Option<f64>, Option<f64>) {
+    let Some(k) = k else {
+        return (None, None);
+    };
+    let syscalls = k.syscalls.as_ref().and_then(|s| {
+        (s.len() >= 2 && requests > 0).then(|| s[1..].iter().sum::<u64>() as f64 / requests as f64)
+    });
+    let all: f64 = k.stat_seconds.iter().skip(1).sum();
+    let kernel_pct = (k.stat_seconds.len() >= 2 && all > 0.0)
+        .then(|| k.system_seconds.iter().skip(1).sum::<f64>() / all * 100.0);
+    (syscalls, kernel_pct)
+}
+
 /// The proxies' peak RSS (`None` without a proxy).
 fn proxies_rss(peaks: &[u64]) -> Option<Vec<u64>> {
     (peaks.len() >= 2).then(|| peaks[1..].to_vec())
@@ -77,6 +96,7 @@ impl Metrics {
     /// Of an open-loop run.
     pub fn of_rate(p: &RatePoint) -> Self {
         let lat = p.result.latency;
+        let (syscalls_per_req, kernel_pct) = proxies_kernel(p.kernel.as_ref(), p.result.ok);
         Metrics {
             throughput: Some(p.result.achieved_rps),
             p50_us: lat.map(|l| l.p50_us),
@@ -84,6 +104,8 @@ impl Metrics {
             p999_us: lat.map(|l| l.p999_us),
             cpu_per_100k: proxies_cpu_per_100k(&p.result.cpu_seconds, p.result.ok),
             wakeups_per_req: proxies_wakeups_per_req(p.result.wakeups.as_ref(), p.result.ok),
+            syscalls_per_req,
+            kernel_pct,
             rss_kib: proxies_rss(&p.peak_rss_kib),
         }
     }
@@ -135,6 +157,8 @@ pub struct Ratios {
     pub cpu: Option<[f64; 3]>,
     /// Wake-ups per request.
     pub wakeups: Option<[f64; 3]>,
+    /// System calls per request.
+    pub syscalls: Option<[f64; 3]>,
     /// The proxies' RSS, summed.
     pub rss: Option<[f64; 3]>,
 }
@@ -158,6 +182,10 @@ pub struct PointSummary {
     pub cpu_per_100k: Option<f64>,
     /// The proxies' wake-ups per request.
     pub wakeups_per_req: Option<f64>,
+    /// The proxies' system calls per request.
+    pub syscalls_per_req: Option<f64>,
+    /// The share of the proxies' CPU time in the kernel, percent.
+    pub kernel_pct: Option<f64>,
     /// Each proxy's peak RSS, MiB.
     pub rss_mib: Option<Vec<f64>>,
     /// × the best peer, paired per run.
@@ -234,6 +262,8 @@ pub fn summarize(samples: &[Sample], column: &str, point: Point) -> Option<Point
         p999_us: med(|m| m.p999_us),
         cpu_per_100k: med(|m| m.cpu_per_100k),
         wakeups_per_req: med(|m| m.wakeups_per_req),
+        syscalls_per_req: med(|m| m.syscalls_per_req),
+        kernel_pct: med(|m| m.kernel_pct),
         rss_mib: rss.filter(|v| !v.is_empty()),
         vs_best_peer: Ratios {
             throughput: paired(samples, column, |m| m.throughput, true),
@@ -242,6 +272,7 @@ pub fn summarize(samples: &[Sample], column: &str, point: Point) -> Option<Point
             p999: paired(samples, column, |m| m.p999_us, false),
             cpu: paired(samples, column, |m| m.cpu_per_100k, false),
             wakeups: paired(samples, column, |m| m.wakeups_per_req, false),
+            syscalls: paired(samples, column, |m| m.syscalls_per_req, false),
             rss: paired(samples, column, Metrics::rss_sum_mib, false),
         },
         runs: mine.len(),
@@ -325,6 +356,41 @@ pub fn table(points: &[Point], rows: &[(String, Vec<Option<PointSummary>>)]) -> 
     md
 }
 
+/// A Markdown table of the fixed rates in `points`: per row (as [`table`]'s), the proxies'
+/// system calls per request (with the paired ratio) and the kernel's share of their CPU time.
+pub fn kernel_table(points: &[Point], rows: &[(String, Vec<Option<PointSummary>>)]) -> String {
+    let rates: Vec<usize> = (0..points.len())
+        .filter(|&i| matches!(points[i], Point::Rate(_)))
+        .collect();
+    let mut md = String::from("| |");
+    let mut rule = String::from("|---|");
+    for &i in &rates {
+        md += &format!(
+            " {l}: syscalls / req | {l}: kernel % of CPU |",
+            l = points[i].label()
+        );
+        rule += "---:|---:|";
+    }
+    md += &format!("\n{rule}\n");
+    for (name, sums) in rows {
+        md += &format!("| {name} |");
+        for &i in &rates {
+            match sums.get(i).and_then(Option::as_ref) {
+                Some(s) => {
+                    md += &format!(
+                        " {} | {} |",
+                        cell(fmt_opt(s.syscalls_per_req, 1), &[s.vs_best_peer.syscalls]),
+                        fmt_opt(s.kernel_pct, 0)
+                    )
+                }
+                None => md += " not run | |",
+            }
+        }
+        md += "\n";
+    }
+    md
+}
+
 /// Parses `--rates`: comma-separated requests per second, each in (0, 1 000 000].
 pub fn parse_rates(s: &str) -> Result<Vec<f64>, String> {
     let rates: Vec<f64> = s
@@ -360,6 +426,8 @@ mod tests {
                 p999_us: Some(p50 * 3.0),
                 cpu_per_100k: Some(cpu),
                 wakeups_per_req: Some(cpu / 10.0),
+                syscalls_per_req: Some(cpu),
+                kernel_pct: Some(60.0),
                 rss_kib: Some(vec![10_240, 12_288]),
             },
         }
@@ -394,6 +462,17 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("1 000 req/s: p50 / p99 / p99.9 µs"), "{md}");
+        let w = summarize(&s, "weft", Point::Rate(1000.0)).unwrap();
+        assert_eq!(w.syscalls_per_req, Some(13.5));
+        let k = kernel_table(
+            &[Point::Rate(1000.0), Point::Saturation],
+            &[("weft".into(), vec![Some(w), None])],
+        );
+        assert_eq!(
+            k,
+            "| | 1 000 req/s: syscalls / req | 1 000 req/s: kernel % of CPU |\n|---|---:|---:|\n\
+             | weft | 13.5 (×0.90) | 60 |\n",
+        );
     }
 
     #[test]

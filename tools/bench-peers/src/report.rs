@@ -117,6 +117,8 @@ impl PeersReport {
             if !rows.is_empty() {
                 md += &format!("\n## {name}: latency, CPU and memory at each rate\n\n");
                 md += &rates::table(&pts, &rows);
+                md += &format!("\n### {name}: the kernel's part at the fixed rates\n\n");
+                md += &rates::kernel_table(&pts, &rows);
             }
         }
         md += "\nLatency from each request's scheduled send time (open loop). CPU-s / 100k: both proxies' \
@@ -124,7 +126,9 @@ impl PeersReport {
                scheduled onto a CPU (schedstat's run count) per answered request. RSS: each \
                proxy's (A / B) peak VmRSS sampled every 100 ms under that load. (×N): the pair's value over \
                the best peer's (HAProxy / NGINX) in the same run, median over the runs (latency ratios: p50 / \
-               p99 / p99.9; RSS: of A + B).\n";
+               p99 / p99.9; RSS: of A + B). Syscalls / req: both proxies' system calls over the window \
+               (`perf stat -e raw_syscalls:sys_enter -p PID`, exact counts) per answered request; kernel %: \
+               their stime over utime + stime (/proc/PID/stat, 10 ms ticks).\n";
         md += "\n## TCP and idle memory\n\n| | pair CPU-s / GB TCP | RSS idle A / B MiB | errors |\n|---|---:|---:|---:|\n";
         let rss = |x: Option<[f64; 2]>| {
             x.map_or_else(

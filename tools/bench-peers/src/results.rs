@@ -473,6 +473,7 @@ mod tests {
             rates: vec![RatePoint {
                 rate: 2000.0,
                 peak_rss_kib: vec![1, 10_240, 12_288],
+                kernel: None,
                 result: RateResult {
                     rate: 2000.0,
                     scheduled: 10,

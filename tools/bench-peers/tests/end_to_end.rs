@@ -64,6 +64,7 @@ fn run(extra: &[&str], name: &str) -> Value {
     let json = std::fs::read_to_string(out_dir.0.join(format!("{name}.json"))).expect("report");
     let md = std::fs::read_to_string(out_dir.0.join(format!("{name}.md"))).expect("markdown");
     assert!(md.contains("100 req/s: p50 / p99 / p99.9 µs"), "{md}");
+    assert!(md.contains("100 req/s: syscalls / req"), "{md}");
     serde_json::from_str(&json).expect("JSON report")
 }
 
@@ -102,6 +103,17 @@ fn check_points(points: &Value, ctx: &str, proxies: usize, peer_ran: bool) {
             // saturation one wake-up serves several.
             let wakeups = num(p, "wakeups_per_req", &ctx);
             assert!(!fixed || wakeups > 0.5, "{ctx}: {p}");
+            if fixed {
+                // Each request is at least a read and a write in each proxy (perf counts them,
+                // installed by scripts/setup); and some of their time is the kernel's.
+                let syscalls = num(p, "syscalls_per_req", &ctx);
+                assert!(syscalls >= 2.0, "{ctx}: {p}");
+                // A share of 10 ms ticks in a short window: present, possibly 0.
+                let kernel = p["kernel_pct"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{ctx}: no kernel_pct: {p}"));
+                assert!((0.0..=100.0).contains(&kernel), "{ctx}: {p}");
+            }
             let rss = p["rss_mib"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{ctx}: rss: {p}"));
@@ -114,7 +126,7 @@ fn check_points(points: &Value, ctx: &str, proxies: usize, peer_ran: bool) {
         if peer_ran {
             let r = &p["vs_best_peer"];
             let keys: &[&str] = match (fixed, proxies > 0) {
-                (true, true) => &["p50", "p99", "p999", "cpu", "wakeups", "rss"],
+                (true, true) => &["p50", "p99", "p999", "cpu", "wakeups", "syscalls", "rss"],
                 (true, false) => &["p50", "p99", "p999"],
                 (false, true) => &["throughput", "cpu", "wakeups", "rss"],
                 (false, false) => &["throughput"],
