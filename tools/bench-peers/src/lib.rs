@@ -14,10 +14,12 @@
 
 #![forbid(unsafe_code)]
 
+/// What the kernel did for the proxies in a window (shared with `weft-bench --captured`).
+pub use weft_benches::kernel;
+
 pub mod configs;
 pub mod gateway;
 pub mod gateway_results;
-pub mod kernel;
 pub mod lanes;
 pub mod load;
 pub mod model;

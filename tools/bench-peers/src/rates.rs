@@ -73,18 +73,13 @@ fn proxies_wakeups_per_req(wakeups: Option<&Vec<u64>>, requests: u64) -> Option<
     (w.len() >= 2 && requests > 0).then(|| w[1..].iter().sum::<u64>() as f64 / requests as f64)
 }
 
-/// The proxies' system calls per one of `requests` and their kernel share of CPU, percent.
+/// The proxies' system calls per one of `requests` and their kernel share of CPU, percent
+/// (`None` without a proxy: the app is first).
 fn proxies_kernel(k: Option<&KernelCounts>, requests: u64) -> (Option<f64>, Option<f64>) {
-    let Some(k) = k else {
-        return (None, None);
-    };
-    let syscalls = k.syscalls.as_ref().and_then(|s| {
-        (s.len() >= 2 && requests > 0).then(|| s[1..].iter().sum::<u64>() as f64 / requests as f64)
-    });
-    let all: f64 = k.stat_seconds.iter().skip(1).sum();
-    let kernel_pct = (k.stat_seconds.len() >= 2 && all > 0.0)
-        .then(|| k.system_seconds.iter().skip(1).sum::<f64>() / all * 100.0);
-    (syscalls, kernel_pct)
+    match k {
+        Some(k) if k.stat_seconds.len() >= 2 => k.per_request(requests, 1),
+        _ => (None, None),
+    }
 }
 
 /// The proxies' peak RSS (`None` without a proxy).

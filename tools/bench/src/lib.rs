@@ -19,7 +19,8 @@
 //! [`collector`]), against the default settings.
 //!
 //! The modules hold the pieces: a lean HTTP/1.1 client ([`http1`]), the
-//! closed and open load loops ([`load`]), `/proc` parsing ([`procfs`]),
+//! closed and open load loops ([`load`]), `/proc` parsing ([`procfs`]), the
+//! proxies' system calls and kernel CPU in a window ([`kernel`]),
 //! statistics ([`stats`]), the processes under test ([`mesh`]), the
 //! resilience scenarios' configs and results ([`resilience`]), the
 //! observability scenario's ([`observability`]) and the report
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod collector;
 pub mod cp_push;
 pub mod http1;
+pub mod kernel;
 pub mod load;
 pub mod mesh;
 pub mod observability;

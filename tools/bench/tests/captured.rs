@@ -58,6 +58,15 @@ fn the_captured_scenario_measures_both_paths_through_real_pods() {
         let cpu = run["cpu_s_per_100k"].as_f64().unwrap_or(0.0);
         assert!(cpu > 0.0, "{variant}: the watched processes' CPU: {report}");
     }
+    // perf counted the watched processes' system calls (scripts/setup installs it): the mesh
+    // path, with two sidecars, makes more per request than the app alone.
+    let syscalls = |variant: &str| {
+        report[variant][0]["rate_syscalls_per_req"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{variant}: no system call count: {report}"))
+    };
+    assert!(syscalls("direct") >= 1.0, "{report}");
+    assert!(syscalls("mesh") > syscalls("direct"), "{report}");
     let md = std::fs::read_to_string(out_dir.path().join("captured.md")).expect("markdown");
     assert!(md.contains("mesh / direct (paired, median)"), "{md}");
     // The pods are gone with the run.

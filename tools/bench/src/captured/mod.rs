@@ -84,6 +84,10 @@ pub struct Sample {
     pub p99_us: Option<f64>,
     /// App + sidecars CPU seconds per 100k requests at the fixed rate.
     pub rate_cpu_s_per_100k: Option<f64>,
+    /// App + sidecars system calls per request at the fixed rate (perf).
+    pub rate_syscalls_per_req: Option<f64>,
+    /// The kernel's share of the app's and sidecars' CPU at the fixed rate, percent.
+    pub rate_kernel_pct: Option<f64>,
     /// Failed requests in both runs (warm-up included).
     pub errors: u64,
     /// A few of them.
@@ -103,6 +107,10 @@ pub struct Summary {
     pub p99_us: Option<f64>,
     /// CPU seconds per 100k requests at the fixed rate.
     pub rate_cpu_s_per_100k: Option<f64>,
+    /// System calls per request at the fixed rate.
+    pub rate_syscalls_per_req: Option<f64>,
+    /// The kernel's share of CPU at the fixed rate, percent (no ratio).
+    pub rate_kernel_pct: Option<f64>,
 }
 
 impl Summary {
@@ -114,6 +122,8 @@ impl Summary {
             p50_us: pick(|s| s.p50_us),
             p99_us: pick(|s| s.p99_us),
             rate_cpu_s_per_100k: pick(|s| s.rate_cpu_s_per_100k),
+            rate_syscalls_per_req: pick(|s| s.rate_syscalls_per_req),
+            rate_kernel_pct: pick(|s| s.rate_kernel_pct),
         }
     }
 }
@@ -151,21 +161,24 @@ impl CapturedReport {
                 }
             };
             format!(
-                "| {name} | {} | {} | {} / {} | {} |\n",
+                "| {name} | {} | {} | {} / {} | {} | {} | {} |\n",
                 f(s.rps, 0),
                 f(s.cpu_s_per_100k, 2),
                 f(s.p50_us, 0),
                 f(s.p99_us, 0),
                 f(s.rate_cpu_s_per_100k, 2),
+                f(s.rate_syscalls_per_req, 1),
+                fmt_opt(s.rate_kernel_pct, 0),
             )
         };
         let errors: u64 = self.direct.iter().chain(&self.mesh).map(|s| s.errors).sum();
         format!(
             "## Captured path (pods in network namespaces, capture on both sides)\n\n\
              {}; {}\n\n\
-             | variant | saturation req/s | CPU-s/100k at saturation | p50 / p99 µs at the rate | CPU-s/100k at the rate |\n\
-             |---|---:|---:|---|---:|\n{}{}{}\n\
-             CPU: the app and both sidecars (the load generator excluded). Errors: {}. \
+             | variant | saturation req/s | CPU-s/100k at saturation | p50 / p99 µs at the rate | CPU-s/100k at the rate | syscalls / req at the rate | kernel % of CPU at the rate |\n\
+             |---|---:|---:|---|---:|---:|---:|\n{}{}{}\n\
+             CPU: the app and both sidecars (the load generator excluded). Syscalls: theirs, counted by \
+             `perf stat -e raw_syscalls:sys_enter`; kernel %: their stime over utime + stime. Errors: {}. \
              The app saw the caller's mesh identity: {}.\n",
             self.settings,
             self.proxy_version,
@@ -230,6 +243,8 @@ pub async fn run(
             p50_us: paired(|s| s.p50_us),
             p99_us: paired(|s| s.p99_us),
             rate_cpu_s_per_100k: paired(|s| s.rate_cpu_s_per_100k),
+            rate_syscalls_per_req: paired(|s| s.rate_syscalls_per_req),
+            rate_kernel_pct: None,
         },
         direct,
         mesh,
@@ -456,7 +471,15 @@ async fn measure(
             .build()?;
         rt.block_on(async {
             let sat = saturate(&t, sat_cfg, &pids).await?;
+            // The window fixed_rate opens: 200 ms to connect, the warm-up, the duration.
+            let from = tokio::time::Instant::now() + Duration::from_millis(200) + rate_cfg.warmup;
+            let kernel = crate::kernel::count(&pids, from, from + rate_cfg.duration);
             let rate = fixed_rate(&t, rate_cfg, &pids).await?;
+            let kernel = kernel.await?;
+            let (rate_syscalls_per_req, rate_kernel_pct) = match &kernel {
+                Some(k) => k.per_request(rate.ok, 0),
+                None => (None, None),
+            };
             let per_100k = |cpu: &[f64], n: u64| {
                 (n > 0).then(|| cpu.iter().sum::<f64>() / n as f64 * 100_000.0)
             };
@@ -469,6 +492,8 @@ async fn measure(
                 p50_us: rate.latency.as_ref().map(|l| l.p50_us),
                 p99_us: rate.latency.as_ref().map(|l| l.p99_us),
                 rate_cpu_s_per_100k: per_100k(&rate.cpu_seconds, rate.ok),
+                rate_syscalls_per_req,
+                rate_kernel_pct,
                 errors: sat.errors + rate.errors,
                 error_samples,
             })

@@ -10,11 +10,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::procfs::clock_ticks_per_second;
 use serde::Serialize;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use weft_benches::procfs::clock_ticks_per_second;
 
 /// The perf event counted.
 pub const SYSCALL_EVENT: &str = "raw_syscalls:sys_enter";
@@ -30,6 +30,21 @@ pub struct KernelCounts {
     pub system_seconds: Vec<f64>,
     /// CPU seconds in all (`utime + stime`, the same clock ticks).
     pub stat_seconds: Vec<f64>,
+}
+
+impl KernelCounts {
+    /// The system calls per one of `requests` and the kernel's share of CPU (percent) of the
+    /// processes from index `skip` on (1 skips the app, which the peers' pairs list first).
+    pub fn per_request(&self, requests: u64, skip: usize) -> (Option<f64>, Option<f64>) {
+        let syscalls = self.syscalls.as_ref().and_then(|s| {
+            (s.len() > skip && requests > 0)
+                .then(|| s[skip..].iter().sum::<u64>() as f64 / requests as f64)
+        });
+        let all: f64 = self.stat_seconds.iter().skip(skip).sum();
+        let kernel_pct = (self.stat_seconds.len() > skip && all > 0.0)
+            .then(|| self.system_seconds.iter().skip(skip).sum::<f64>() / all * 100.0);
+        (syscalls, kernel_pct)
+    }
 }
 
 /// `(utime, stime)` in clock ticks from the text of `/proc/PID/stat` (fields 14 and 15,
