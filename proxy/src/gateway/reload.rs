@@ -19,9 +19,9 @@
 //!
 //! - The mesh services changed under it (a control-plane snapshot, or a sidecar file reload,
 //!   that drops a service a route names): nothing is reloaded, the config in force keeps
-//!   serving (requests to the missing service fail as the mesh answers for an unknown
-//!   service), and the log says which routes name which missing services, once per change of
-//!   that list ([`MeshWatch`]); it says so again when they are all back.
+//!   serving (requests to the missing service get the mesh's `404` for an unknown host),
+//!   and the log says which routes name which missing services, once per change of
+//!   that list (`MeshWatch`); it says so again when they are all back.
 //!
 //! It also runs the JWT providers' refresh loops ([`KeyTasks`]), which follow each reload.
 
@@ -280,6 +280,8 @@ impl MeshWatch {
         if self.checked.as_deref() == Some(source.as_str()) {
             return;
         }
+        // Once per source, whatever the outcome: an error is not logged again for each update.
+        self.checked = Some(source.clone());
         let services = match store.mesh_services() {
             Ok(s) => s,
             Err(e) => {
@@ -287,7 +289,6 @@ impl MeshWatch {
                 return;
             }
         };
-        self.checked = Some(source.clone());
         let missing = missing_services(gw, &services);
         if missing == self.missing {
             return;
