@@ -10,17 +10,19 @@
 //! edge CA's key likewise lives only while it signs the edge certificate, so nothing else can be
 //! made to pass for `localhost`; the edge certificate's key is written 0600 for the gateway.
 //!
-//! The gateway takes its mesh services from its own sidecar file (gateway mode does not take
-//! them from the control plane yet), so its sidecar file is a static one naming `frontend`'s
-//! inbound address, and its mesh certificate is issued here by the mesh CA `weft up` runs
-//! (24 h, not renewed: a `weft up` session is shorter) rather than bootstrapped with a join token.
+//! The gateway joins the control plane like every sidecar of `weft up`: its sidecar file has a
+//! `control_plane` block and a join token for the service `gateway` (identity
+//! `spiffe://weft.local/ns/default/sa/gateway`, the one the shop's `authorization.yaml` lets
+//! call `frontend`), so it bootstraps its own mesh certificate (its key never leaves it) and
+//! takes the mesh services, `frontend`'s endpoints among them, from the control plane's
+//! snapshots. The gateway file is written here by hand and names `frontend`; the gateway waits
+//! for the first snapshot before it checks it (docs/CONFIG.md, "Gateway mode").
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
@@ -34,7 +36,7 @@ pub const ISSUER: &str = "https://weft-up.local";
 pub const AUDIENCE: &str = "frontend";
 /// The host name the edge certificate is for, and the route's host.
 pub const HOST: &str = "localhost";
-/// How long the demo token and the gateway's mesh certificate are valid.
+/// How long the demo token is valid.
 const LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The gateway's listeners inside the node namespace (captured mode), which has ports of its
 /// own; the host reaches HTTPS and admin through relays.
@@ -140,33 +142,42 @@ pub fn gateway_file(https: SocketAddr) -> String {
     )
 }
 
+/// How the gateway joins the mesh: the control plane's address as the gateway reaches it, its
+/// join token and the mesh's root certificate (PEM).
+pub struct Join {
+    /// The control plane's sidecar address (in captured mode, its relay on the bridge).
+    pub control_plane: SocketAddr,
+    /// A join token for the service `gateway`.
+    pub token: String,
+    /// The mesh root, the gateway's trust bundle.
+    pub trust_bundle: String,
+}
+
 /// The gateway's sidecar file: its identity, listeners `[https, admin, outbound, inbound,
-/// app]` (nothing listens at `app`), and `frontend` at `frontend_inbound`.
-pub fn sidecar_file(listen: [SocketAddr; 5], frontend_inbound: SocketAddr) -> String {
+/// app]` (nothing listens at `app`), and the control plane at `cp`, which gives it its
+/// certificate (with the join token in `token`) and the mesh services.
+pub fn sidecar_file(listen: [SocketAddr; 5], cp: SocketAddr) -> String {
     let [_, admin, outbound, inbound, app] = listen;
-    let id = |sa: &str| format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}");
     format!(
-        "# The gateway's sidecar file, written by `weft up`: its mesh identity and the one\n\
-         # service it routes to (static: gateway mode reads its services from this file).\n\
-         service:\n  name: gateway\n  identity: {}\n  app: \"{app}\"\n  protocol: http\n\
+        "# The gateway's sidecar file, written by `weft up`: its mesh identity; its certificate\n\
+         # and the mesh services come from the control plane, as every sidecar's.\n\
+         service:\n  name: gateway\n  identity: spiffe://{TRUST_DOMAIN}/ns/default/sa/gateway\n  \
+         app: \"{app}\"\n  protocol: http\n\
          listen: {{outbound: \"{outbound}\", inbound: \"{inbound}\", admin: \"{admin}\"}}\n\
          tls: {{cert: mesh.crt, key: mesh.key, trust_bundle: mesh-ca.pem}}\n\
          workers: 1\n\
          drain_timeout: 2s\n\
-         services:\n  - name: frontend\n    identity: {}\n    protocol: http\n    \
-         endpoints: [{{address: \"{frontend_inbound}\"}}]\n",
-        id("gateway"),
-        id("frontend"),
+         control_plane:\n  address: \"{cp}\"\n  identity: spiffe://{TRUST_DOMAIN}/ns/weft-system/sa/control-plane\n  \
+         state_file: state.json\n  join_token_file: token\n",
     )
 }
 
 /// Writes the gateway's files into `dir` and starts it (in the node namespace with `pods`,
-/// else on loopback), in front of `frontend_inbound`. `state_dir` holds the mesh CA.
+/// else on loopback), joining the mesh as `join` says.
 pub fn start(
     dir: &Path,
-    state_dir: &Path,
+    join: &Join,
     proxy: &Path,
-    frontend_inbound: SocketAddr,
     pods: Option<&Pods>,
     ports: &mut Ports,
     children: &mut Children,
@@ -175,7 +186,8 @@ pub fn start(
     let (token, jwks) = demo_token(SystemTime::now())?;
     std::fs::write(dir.join("jwks.json"), jwks)?;
     edge_certificates(dir)?;
-    mesh_certificate(dir, state_dir)?;
+    write_private(&dir.join("token"), &join.token)?;
+    std::fs::write(dir.join("mesh-ca.pem"), &join.trust_bundle)?;
     let listen: [SocketAddr; 5] = match pods {
         Some(_) => NODE_PORTS.map(|p| SocketAddrV4::new(Ipv4Addr::LOCALHOST, p).into()),
         None => [
@@ -189,7 +201,7 @@ pub fn start(
     std::fs::write(dir.join("gateway.yaml"), gateway_file(listen[0]))?;
     std::fs::write(
         dir.join("sidecar.yaml"),
-        sidecar_file(listen, frontend_inbound),
+        sidecar_file(listen, join.control_plane),
     )?;
     let mut cmd = match pods {
         Some(p) => p.node_command(proxy),
@@ -215,22 +227,4 @@ pub fn start(
         token,
         pid,
     })
-}
-
-/// The gateway's mesh certificate (`mesh.crt`, `mesh.key` 0600) and trust bundle
-/// (`mesh-ca.pem`), from the mesh CA in `state_dir`.
-fn mesh_certificate(dir: &Path, state_dir: &Path) -> anyhow::Result<()> {
-    use weft_control_plane::ca::ca_store::{CA_CERT_FILE, CA_KEY_FILE};
-    let read = |f: &str| {
-        std::fs::read_to_string(state_dir.join(f))
-            .with_context(|| format!("{}", state_dir.join(f).display()))
-    };
-    let ca_pem = read(CA_CERT_FILE)?;
-    let ca = weft_certs::CertificateAuthority::from_pem(&ca_pem, &read(CA_KEY_FILE)?)
-        .context("the mesh CA")?;
-    let identity = weft_certs::Identity::new(TRUST_DOMAIN, "default", "gateway")?;
-    let issued = ca.issue(&identity, LIFETIME)?;
-    std::fs::write(dir.join("mesh-ca.pem"), ca_pem)?;
-    std::fs::write(dir.join("mesh.crt"), issued.cert_pem)?;
-    write_private(&dir.join("mesh.key"), &issued.key_pem)
 }

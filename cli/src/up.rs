@@ -382,12 +382,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .collect();
     wait_ready(&client, &admins, &mut children).await?;
     // The gateway in front of frontend, once frontend serves.
-    let frontend = instances.iter().find(|i| i.service == "frontend");
+    // It joins as every sidecar does; in captured mode it runs in the node namespace, which
+    // reaches the control plane's relay on the bridge.
+    let join = edge::Join {
+        control_plane: pods.as_ref().map_or(cp.listen, Pods::control_plane),
+        token: tokens
+            .create(&NewToken {
+                ttl: None,
+                ..NewToken::new("gateway")
+            })
+            .context("join token for the gateway")?
+            .token,
+        trust_bundle: trust_bundle.clone(),
+    };
     let gateway = edge::start(
         &dir.join("gateway"),
-        &state_dir,
+        &join,
         &proxy,
-        frontend.context("no frontend")?.inbound,
         pods.as_ref(),
         &mut ports,
         &mut children,

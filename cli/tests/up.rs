@@ -1,6 +1,7 @@
 //! `weft up` for real: the binary starts the embedded control plane, five sidecar processes,
-//! four app processes and a gateway in front of frontend, in each mode: on loopback (`--loopback`), and captured, each
-//! instance in a network namespace of its own with the apps calling each other by name.
+//! four app processes and a gateway in front of frontend (joining the control plane as the
+//! sidecars do), in each mode: on loopback (`--loopback`), and captured, each instance in a
+//! network namespace of its own with the apps calling each other by name.
 //! Traffic must cross every sidecar, a policy edit must move the canary, the printed `curl`
 //! line must reach frontend through the gateway (and fail without its token), and Ctrl-C must leave
 //! no process, no listener and (captured) no namespace behind.
@@ -310,7 +311,8 @@ fn weft_up_runs_the_shop_follows_a_policy_edit_and_stops_cleanly() {
     ))
     .expect("weftctl top");
     let top = String::from_utf8(out).expect("utf-8");
-    assert!(top.starts_with("5 sidecars"), "{top}");
+    // The five sidecars and the gateway, which joins the control plane as they do.
+    assert!(top.starts_with("6 sidecars"), "{top}");
     for (from, to) in [
         ("loadgen", "frontend"),
         ("frontend", "orders"),

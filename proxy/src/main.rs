@@ -205,29 +205,44 @@ fn main() -> anyhow::Result<()> {
     weft_proxy::app::run_with(store, args.ready_file.as_deref(), gateway).context("sidecar failed")
 }
 
-/// With `--gateway-name`: check the name, and with no gateway file yet wait for the
-/// Gateway's first config from the control plane (exits on a bad name or a failed wait).
+/// Before the gateway file loads: with `--gateway-name`, check the name, and with no gateway
+/// file yet wait for the Gateway's first config from the control plane; in control-plane
+/// mode, wait for the first snapshot (the mesh services the file's routes name). Exits 2 on a
+/// bad name, 3 on a failed wait (`weft_proxy::gateway::first`).
 fn gateway_first_start(
     args: &Args,
     store: &Arc<weft_proxy::store::Store>,
     config: &std::path::Path,
 ) {
-    let (Some(path), Some(name)) = (&args.gateway, &args.gateway_name) else {
+    let Some(path) = &args.gateway else {
         return;
     };
-    if let Err(e) = weft_proxy::gateway::remote::check_name(name) {
-        eprintln!("{e}");
-        std::process::exit(2);
-    }
-    if !path.exists() && !args.check {
-        log::info!(
-            "no gateway file {} yet: waiting for Gateway {name}'s config from the control plane",
-            path.display()
-        );
-        if let Err(e) = weft_proxy::gateway::first::fetch(store, name, path) {
-            eprintln!("{}: cannot start: {e:#}", config.display());
-            std::process::exit(3);
+    if let Some(name) = &args.gateway_name {
+        if let Err(e) = weft_proxy::gateway::remote::check_name(name) {
+            eprintln!("{e}");
+            std::process::exit(2);
         }
+    }
+    if args.check {
+        return;
+    }
+    let cannot_start = |e: anyhow::Error| {
+        eprintln!("{}: cannot start: {e:#}", config.display());
+        std::process::exit(3)
+    };
+    if let Some(name) = &args.gateway_name {
+        if !path.exists() {
+            log::info!(
+                "no gateway file {} yet: waiting for Gateway {name}'s config from the control plane",
+                path.display()
+            );
+            if let Err(e) = weft_proxy::gateway::first::fetch(store, name, path) {
+                cannot_start(e);
+            }
+        }
+    }
+    if let Err(e) = weft_proxy::gateway::first::snapshot(store) {
+        cannot_start(e);
     }
 }
 

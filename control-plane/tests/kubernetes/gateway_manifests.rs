@@ -2,8 +2,9 @@
 //! image joining the control plane as an injected sidecar does (the same config, projected
 //! token and trust bundle, a memory-backed data volume as the only writable path) with
 //! `--gateway-name` naming the Gateway it serves, a LoadBalancer on 443 and an HPA on CPU; and
-//! the static-file alternative (`components/gateway-file`: both files from a ConfigMap, the
-//! certificates from Secrets), whose files the proxy's own parsers accept.
+//! the alternative of a gateway file of one's own (`components/gateway-file`: joining the same
+//! way, the gateway file from a ConfigMap and the edge certificate from a Secret), whose file
+//! the proxy's own parser accepts against the mesh services the control plane lists.
 
 use std::path::Path;
 use std::process::Command;
@@ -119,7 +120,6 @@ fn joins_like_a_sidecar(overlay: &str, pod: &Value, c: &Value) {
     assert_eq!(id["readOnly"].as_bool(), Some(true), "{overlay}");
     let data = named(mounts, "weft-proxy-data");
     assert_eq!(data["mountPath"], DATA_DIR, "{overlay}");
-    assert_eq!(seq(mounts, "mounts").len(), 2, "{overlay}: no other mount");
     let volumes = &pod["volumes"];
     let sources = seq(
         &named(volumes, "weft-identity")["projected"]["sources"],
@@ -142,12 +142,14 @@ fn joins_like_a_sidecar(overlay: &str, pod: &Value, c: &Value) {
         "{overlay}: keys stay off the disk"
     );
     assert!(empty["sizeLimit"].is_string(), "{overlay}");
-    assert!(
-        !seq(volumes, "volumes")
-            .iter()
-            .any(|v| v.get("secret").is_some()),
-        "{overlay}: no Secret: the certificate comes from the control plane"
-    );
+}
+
+/// The Secrets `pod` mounts (by name).
+fn secrets(pod: &Value) -> Vec<&str> {
+    seq(&pod["volumes"], "volumes")
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect()
 }
 
 #[test]
@@ -182,6 +184,13 @@ fn the_gateway_joins_the_control_plane_and_serves_its_gateway() {
             "{overlay}"
         );
         joins_like_a_sidecar(overlay, pod, c);
+        let mounts = seq(&c["volumeMounts"], "mounts");
+        assert_eq!(mounts.len(), 2, "{overlay}: no other mount");
+        assert_eq!(
+            secrets(pod),
+            [] as [&str; 0],
+            "{overlay}: no Secret: the certificates come from the control plane"
+        );
         for (probe, path) in [
             ("startupProbe", "/ready"),
             ("livenessProbe", "/live"),
@@ -224,12 +233,14 @@ fn the_gateway_joins_the_control_plane_and_serves_its_gateway() {
     }
 }
 
-/// The static-file mode: the component runs the gateway on the ConfigMap's two files (a
-/// sidecar file with its mesh services, and the gateway file) with its certificates from
-/// Secrets, all read-only, and takes the base's joining out; the rest (lock-down, probes,
-/// schemas) stays; both files pass the proxy's own parsers.
+/// The gateway-file component: the gateway joins as the base's does (the same config env,
+/// token, trust bundle and data volume) but serves the ConfigMap's gateway file (no
+/// `--gateway-name`) with the edge certificate from a Secret, both read-only; the rest
+/// (lock-down, probes, schemas) stays. The file passes the proxy's own parser against the mesh
+/// services as the control plane names them (`<service>.<namespace>`), and names one the
+/// sidecar config alone does not list (they come from the control plane's snapshot).
 #[test]
-fn the_gateway_file_component_serves_the_configmap_s_files() {
+fn the_gateway_file_component_joins_and_serves_the_configmap_s_file() {
     let docs = render_with_gateway_file("production");
     validate("gateway-file", &docs);
     assert_locked_down("gateway-file", &docs);
@@ -239,39 +250,34 @@ fn the_gateway_file_component_serves_the_configmap_s_files() {
     assert_eq!(
         strings(&c["args"]),
         [
-            "--config=/etc/weft/gateway/sidecar.yaml",
+            "--config=/var/run/weft/config.yaml",
+            "--config-env=WEFT_CONFIG",
             "--gateway=/etc/weft/gateway/gateway.yaml",
         ]
     );
+    joins_like_a_sidecar("gateway-file", pod, c);
     let mounts = &c["volumeMounts"];
-    assert_eq!(seq(mounts, "mounts").len(), 3, "{mounts:?}");
-    for (volume, at, secret) in [
-        ("edge-tls", "/etc/weft/edge", Some("weft-gateway-tls")),
-        ("mesh-tls", "/etc/weft/mesh", Some("weft-gateway-mesh")),
-        ("config", "/etc/weft/gateway", None),
+    assert_eq!(seq(mounts, "mounts").len(), 4, "{mounts:?}");
+    for (volume, at) in [
+        ("edge-tls", "/etc/weft/edge"),
+        ("config", "/etc/weft/gateway"),
     ] {
         let m = named(mounts, volume);
         assert_eq!(m["mountPath"], at, "{volume}");
         assert_eq!(m["readOnly"].as_bool(), Some(true), "{volume}");
-        let v = named(&pod["volumes"], volume);
-        match secret {
-            Some(s) => {
-                assert_eq!(v["secret"]["secretName"], s);
-                assert_eq!(v["secret"]["defaultMode"].as_u64(), Some(0o400));
-            }
-            None => assert_eq!(v["configMap"]["name"], "weft-gateway"),
-        }
     }
+    let volumes = &pod["volumes"];
+    assert_eq!(seq(volumes, "volumes").len(), 4);
     assert_eq!(
-        seq(&pod["volumes"], "volumes").len(),
-        3,
-        "the base's joining taken out"
+        secrets(pod),
+        ["weft-gateway-tls"],
+        "the edge certificate only"
     );
-    assert!(
-        !seq(&c["env"], "env")
-            .iter()
-            .any(|e| e["name"] == "WEFT_CONFIG"),
-        "no config env"
+    let edge = named(volumes, "edge-tls");
+    assert_eq!(edge["secret"]["defaultMode"].as_u64(), Some(0o400));
+    assert_eq!(
+        named(volumes, "config")["configMap"]["name"],
+        "weft-gateway"
     );
     for (probe, path) in [("livenessProbe", "/live"), ("readinessProbe", "/ready")] {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
@@ -279,25 +285,29 @@ fn the_gateway_file_component_serves_the_configmap_s_files() {
 
     let cm = find(&docs, "ConfigMap", "weft-gateway");
     let file = |k: &str| cm["data"][k].as_str().unwrap_or_else(|| panic!("{k}"));
-    let sidecar = weft_policy::parse(
-        file("sidecar.yaml"),
-        Path::new("sidecar.yaml"),
-        Path::new("/etc/weft/gateway"),
+    // The mesh services as a control-plane snapshot lists the shop's on Kubernetes.
+    let mesh = weft_policy::parse(
+        "service: {name: weft-gateway.weft-system, identity: spiffe://weft.local/ns/weft-system/sa/gateway, \
+         app: 127.0.0.1:8080}\ntls: {cert: c.pem, key: k.pem, trust_bundle: ca.pem}\n\
+         services:\n  - {name: frontend.shop, identity: spiffe://weft.local/ns/shop/sa/frontend, protocol: http}\n",
+        Path::new("snapshot"),
+        Path::new(DATA_DIR),
     )
-    .unwrap_or_else(|e| panic!("sidecar.yaml: {e}"));
-    assert_eq!(
-        sidecar.own.identity.spiffe_uri(),
-        "spiffe://weft.local/ns/weft-system/sa/gateway"
-    );
-    let metrics = sidecar.listen.metrics.expect("listen.metrics");
-    assert_eq!(metrics.port(), 15020, "the probes' port");
-    let gw = weft_policy::gateway::parse(
-        file("gateway.yaml"),
-        Path::new("gateway.yaml"),
-        Path::new("/etc/weft/gateway"),
-        &sidecar.services,
-    )
-    .unwrap_or_else(|e| panic!("gateway.yaml: {e}"));
+    .expect("the stand-in snapshot");
+    let parse = |services| {
+        weft_policy::gateway::parse(
+            file("gateway.yaml"),
+            Path::new("gateway.yaml"),
+            Path::new("/etc/weft/gateway"),
+            services,
+        )
+    };
+    let gw = parse(&mesh.services).unwrap_or_else(|e| panic!("gateway.yaml: {e}"));
     assert_eq!(gw.https.port(), 8443, "the container's https port");
+    let before_any_snapshot = parse(&[]).expect_err("no mesh services before a snapshot");
+    assert!(
+        before_any_snapshot.to_string().contains("frontend.shop"),
+        "{before_any_snapshot}"
+    );
     serde_json::from_str::<serde_json::Value>(file("jwks.json")).expect("jwks.json");
 }

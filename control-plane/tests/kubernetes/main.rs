@@ -1,5 +1,5 @@
 //! Kubernetes: the policy source (`source`), rendered manifests and Dockerfiles (`manifests`),
-//! the gateway's Deployment and its static-file component (`gateway_manifests`),
+//! the gateway's Deployment and its gateway-file component (`gateway_manifests`),
 //! sidecar bootstrap with service account tokens verified by TokenReview (`tokenreview`), and
 //! sidecar injection (`inject`), policy tenancy (`tenancy`), the webhook's bounds
 //! (`webhook_bounds`), the injected shop run as deployed on the pod runner's pods against the
@@ -13,8 +13,9 @@
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
 //! control-plane replicas behind one Service address killed (`failover`). A gateway fed its
-//! Gateway's config over the stream (`gateway_stream`). The control plane binary is started the
-//! same way by each (`shared`).
+//! Gateway's config over the stream (`gateway_stream`), and one on a hand-written gateway file
+//! that takes its mesh services from the control plane (`gateway_file_joins`). The control
+//! plane binary is started the same way by each (`shared`).
 
 mod canary;
 mod capture;
@@ -22,6 +23,7 @@ mod ctl;
 mod deployed;
 mod failover;
 mod gateway_api;
+mod gateway_file_joins;
 mod gateway_manifests;
 mod gateway_stream;
 mod images;

@@ -174,11 +174,12 @@ pub(crate) async fn session(
 }
 
 /// Follow the control plane as [`run`] does until `until` fires (or its sender is gone): a
-/// gateway's first start, with no gateway file yet, waits so for its first config.
+/// gateway's first start waits so for its Gateway's first config (with `feed`, which names
+/// the Gateway) or for the first snapshot ([`crate::gateway::first`]).
 pub async fn until(
     store: &Arc<Store>,
     cp: &ControlPlane,
-    feed: Arc<GatewayFeed>,
+    feed: Option<Arc<GatewayFeed>>,
     mut until: tokio::sync::oneshot::Receiver<()>,
 ) {
     // Kept alive, so the session's renewal branch waits instead of firing at once.
@@ -187,7 +188,7 @@ pub async fn until(
     let mut attempt = 0u32;
     loop {
         tokio::select! {
-            r = session(store, cp, &mut renewed, &drain, Some(&feed)) => match r {
+            r = session(store, cp, &mut renewed, &drain, feed.as_ref()) => match r {
                 Ok(()) => log::warn!("control plane {} closed the stream", cp.address),
                 Err(e) => log::warn!("control plane {}: {e:#}", cp.address),
             },

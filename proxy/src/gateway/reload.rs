@@ -17,6 +17,12 @@
 //! - Only certificate files changed: [`EdgeTls::reload`](crate::gateway::edge_tls::EdgeTls)
 //!   swaps them under the acceptor in force.
 //!
+//! - The mesh services changed under it (a control-plane snapshot, or a sidecar file reload,
+//!   that drops a service a route names): nothing is reloaded, the config in force keeps
+//!   serving (requests to the missing service get the mesh's `404` for an unknown host),
+//!   and the log says which routes name which missing services, once per change of
+//!   that list (`MeshWatch`); it says so again when they are all back.
+//!
 //! It also runs the JWT providers' refresh loops ([`KeyTasks`]), which follow each reload.
 
 use std::path::{Path, PathBuf};
@@ -181,12 +187,17 @@ impl BackgroundService for GatewayReloader {
         let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The control-plane config in force (a reconnect sends it again).
         let mut applied: Option<String> = None;
+        let mut mesh = MeshWatch::default();
+        let mut store_changes = self.store.subscribe();
         loop {
             let every = self.live.load().gw.reload_interval;
             let mut incoming = None;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 r = next_remote(&mut remote) => incoming = r,
+                Ok(()) = store_changes.changed() => {
+                    mesh.check(&self.store, &self.live.load().gw);
+                }
                 _ = shutdown.changed() => break,
             }
             if let Some(r) = incoming {
@@ -206,6 +217,8 @@ impl BackgroundService for GatewayReloader {
                     match result {
                         Ok(st) => {
                             applied = Some(version);
+                            // Checked against the mesh services in force just now.
+                            mesh.missing.clear();
                             // The file was rewritten as the config in force: not a change.
                             files = config_files(&self.path, &st.gw);
                             seen_files = file_stamps(&files);
@@ -228,6 +241,7 @@ impl BackgroundService for GatewayReloader {
                     "gateway config",
                 );
                 if let Ok(st) = result {
+                    mesh.missing.clear();
                     let after = config_files(&self.path, &st.gw);
                     if after != files {
                         seen_files = file_stamps(&after);
@@ -245,6 +259,67 @@ impl BackgroundService for GatewayReloader {
         }
         keys.stop();
     }
+}
+
+/// What the gateway's routes name that the mesh services in force lack, logged once per change.
+#[derive(Default)]
+struct MeshWatch {
+    /// The mesh services' source last checked (the control-plane policy version, or the
+    /// sidecar snapshot's in static mode): endpoint updates leave it, and the check, alone.
+    checked: Option<String>,
+    /// `(route, service)` pairs missing at the last check.
+    missing: Vec<(String, String)>,
+}
+
+impl MeshWatch {
+    /// Check `gw`'s routes against the mesh services in force, if those may have changed.
+    fn check(&mut self, store: &Store, gw: &Gateway) {
+        let source = store
+            .control_plane_version()
+            .unwrap_or_else(|| format!("sidecar config v{}", store.load().version));
+        if self.checked.as_deref() == Some(source.as_str()) {
+            return;
+        }
+        // Once per source, whatever the outcome: an error is not logged again for each update.
+        self.checked = Some(source.clone());
+        let services = match store.mesh_services() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("gateway: the mesh services in force do not validate: {e}");
+                return;
+            }
+        };
+        let missing = missing_services(gw, &services);
+        if missing == self.missing {
+            return;
+        }
+        if missing.is_empty() {
+            log::info!("gateway: every service the routes name is in the mesh again ({source})");
+        } else {
+            let list: Vec<String> = missing
+                .iter()
+                .map(|(route, svc)| format!("route {route}: {svc}"))
+                .collect();
+            log::error!(
+                "gateway: the mesh services in force ({source}) lack what routes name: {}; the \
+                 gateway config in force stays, and those routes' requests fail until the \
+                 services come back or the gateway file changes",
+                list.join(", ")
+            );
+        }
+        self.missing = missing;
+    }
+}
+
+/// `(route, service)` for each service a route of `gw` names that `services` lacks.
+fn missing_services(gw: &Gateway, services: &[weft_policy::Service]) -> Vec<(String, String)> {
+    let known: std::collections::HashSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    gw.routes
+        .iter()
+        .flat_map(|r| r.backends.weighted().map(move |(svc, _)| (r, svc)))
+        .filter(|(_, svc)| !known.contains(svc))
+        .map(|(r, svc)| (r.name.clone(), svc.to_owned()))
+        .collect()
 }
 
 /// The next config from the control plane; never, once there is no feed.
