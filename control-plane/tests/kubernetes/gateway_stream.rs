@@ -25,10 +25,10 @@ use super::source::{meta, pod, service, slice, TD};
 /// The pods' IPs: loopback addresses, so the sidecars bind them without network namespaces.
 const ORDERS_IP: &str = "127.0.23.2";
 const EDGE_IP: &str = "127.0.23.3";
-const HOST: &str = "api.example.test";
+pub(super) const HOST: &str = "api.example.test";
 
 /// An edge CA and a certificate for [`HOST`] signed by it: (CA PEM, certificate, key).
-fn edge_certs() -> (String, String, String) {
+pub(super) fn edge_certs() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -45,7 +45,7 @@ fn edge_certs() -> (String, String, String) {
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
-fn gateway(port: u16) -> Value {
+pub(super) fn gateway(port: u16) -> Value {
     json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
     "metadata": meta("shop", "edge", "gw-edge"),
     "spec": {"gatewayClassName": "weft", "listeners": [
@@ -73,7 +73,7 @@ fn orders_api(generation: i64, prefix: &str) -> Value {
 }
 
 /// `curl` with `args`: (status, headers and body); 0 when curl got no answer.
-fn curl(args: &[&str]) -> (u16, String) {
+pub(super) fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5", "-D", "-", "-w", "\n%{http_code}"])
         .args(args)
@@ -90,7 +90,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 }
 
 /// A join token for `service` (service account `account` of `shop`) from the operator API.
-fn join_token(admin: SocketAddr, bearer: &str, service: &str, account: &str) -> String {
+pub(super) fn join_token(admin: SocketAddr, bearer: &str, service: &str, account: &str) -> String {
     let body =
         json!({"service": service, "namespace": "shop", "service_account": account}).to_string();
     let auth = format!("Authorization: Bearer {bearer}");
@@ -112,7 +112,13 @@ fn join_token(admin: SocketAddr, bearer: &str, service: &str, account: &str) -> 
 
 /// A sidecar config in `dir` for `name` (`<app>.shop`, service account `app`) with its join
 /// token; returns its path.
-fn sidecar_config(dir: &Path, app: &str, inbound: &str, app_addr: &str, cp: SocketAddr) -> PathBuf {
+pub(super) fn sidecar_config(
+    dir: &Path,
+    app: &str,
+    inbound: &str,
+    app_addr: &str,
+    cp: SocketAddr,
+) -> PathBuf {
     let text = format!(
         "service:\n  name: {app}.shop\n  identity: spiffe://{TD}/ns/shop/sa/{app}\n  app: {app_addr}\n  \
          protocol: http\nlisten:\n  outbound: 127.0.0.1:0\n  inbound: {inbound}\n  admin: 127.0.0.1:0\n\
@@ -126,7 +132,7 @@ fn sidecar_config(dir: &Path, app: &str, inbound: &str, app_addr: &str, cp: Sock
 }
 
 /// Start `weft-proxy` with `args`; wait for its ready file and return it (JSON) with the guard.
-fn proxy(dir: &Path, tag: &str, args: &[&str]) -> (Guard, Value) {
+pub(super) fn proxy(dir: &Path, tag: &str, args: &[&str]) -> (Guard, Value) {
     let bin = tools::workspace_binary(
         "weft-proxy",
         &[
@@ -159,7 +165,7 @@ fn proxy(dir: &Path, tag: &str, args: &[&str]) -> (Guard, Value) {
 }
 
 /// Poll `check` until it says `Ok` or `limit` passes; then fail with its last word and `logs`.
-fn poll(
+pub(super) fn poll(
     what: &str,
     limit: Duration,
     logs: impl Fn() -> String,

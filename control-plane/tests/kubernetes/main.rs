@@ -13,7 +13,8 @@
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
 //! control-plane replicas behind one Service address killed (`failover`). A gateway fed its
-//! Gateway's config over the stream (`gateway_stream`). The control plane binary is started the
+//! Gateway's config over the stream (`gateway_stream`), and a JWT GatewayPolicy on its route
+//! (`gateway_policy`). The control plane binary is started the
 //! same way by each (`shared`).
 
 mod canary;
@@ -23,6 +24,7 @@ mod deployed;
 mod failover;
 mod gateway_api;
 mod gateway_manifests;
+mod gateway_policy;
 mod gateway_stream;
 mod images;
 mod inject;

@@ -216,6 +216,7 @@ fn crd_files() -> Vec<(PathBuf, Option<Value>)> {
         "meshroutes.yaml",
         "trafficpolicies.yaml",
         "authorizationpolicies.yaml",
+        "gatewaypolicies.yaml",
     ]
     .iter()
     .map(|f| {
