@@ -338,3 +338,23 @@ fn policy_status_has_one_ancestor_per_gateway_and_keeps_other_controllers() {
     let seen = policy_status::pending(&ns.policies, &[p], &mut fresh, "later");
     assert!(seen.is_empty(), "{seen:?}");
 }
+
+#[test]
+fn the_example_in_kubernetes_md_is_accepted() {
+    let doc = include_str!("../../../../../docs/KUBERNETES.md");
+    let start = doc.find("kind: GatewayPolicy\n").expect("the example");
+    let block = &doc[doc[..start].rfind("```yaml\n").expect("its block") + 8..];
+    let block = &block[..block.find("```").expect("its end")];
+    let mut value: Value = serde_yaml::from_str(block).expect("the example reads");
+    value["metadata"]["creationTimestamp"] = json!("2026-02-01T00:00:00Z");
+    let ns = world(vec![obj(value)]).run();
+    let o = only(&ns, "orders-jwt");
+    assert!(o.ancestors[0].1.accepted, "{o:?}");
+    let f = file(&ns);
+    assert_eq!(f.auth.jwt_providers[0].name, "shop/orders-jwt/issuer");
+    assert!(
+        f.routes.iter().all(|r| r.access.is_some()),
+        "{:?}",
+        f.routes
+    );
+}
