@@ -358,3 +358,42 @@ fn the_example_in_kubernetes_md_is_accepted() {
         f.routes
     );
 }
+
+#[test]
+fn a_policy_on_one_rule_of_a_grpc_route_reaches_that_rule_only() {
+    let mut grpc = route(
+        "payments-grpc",
+        "2026-01-01T00:00:00Z",
+        json!({
+            "parentRefs": [to_edge(json!({}))],
+            "hostnames": ["api.example.test"],
+            "rules": [
+                {"name": "charge",
+                 "matches": [{"method": {"service": "shop.Payments", "method": "Charge"}}],
+                 "backendRefs": [{"name": "orders", "port": 8080}]},
+                {"matches": [{"method": {"service": "shop.Catalog"}}],
+                 "backendRefs": [{"name": "catalog", "port": 8080}]}
+            ]
+        }),
+    );
+    grpc.types.as_mut().expect("types").kind = "GRPCRoute".into();
+    let mut w = world(vec![jwt_policy(
+        "charge-jwt",
+        "2026-02-01T00:00:00Z",
+        json!([{"group": "gateway.networking.k8s.io", "kind": "GRPCRoute",
+                "name": "payments-grpc", "sectionName": "charge"}]),
+    )]);
+    w.routes.clear();
+    w.grpc_routes.push(grpc);
+    let ns = w.run();
+    let f = file(&ns);
+    let access: Vec<(&str, bool)> = (f.routes.iter())
+        .map(|r| (r.name.as_str(), r.access.is_some()))
+        .collect();
+    assert_eq!(access.iter().filter(|(_, a)| *a).count(), 1, "{access:?}");
+    let charged = (f.routes.iter())
+        .find(|r| r.access.is_some())
+        .expect("the charge rule");
+    assert!(charged.name.contains("-r0-"), "{}", charged.name);
+    assert!(only(&ns, "charge-jwt").ancestors[0].1.accepted);
+}
