@@ -363,6 +363,17 @@ fn outcome(
             continue;
         }
         gateways.extend(parents);
+        // A whole-route target whose every rule is named by a policy of its own is taken.
+        let all_named = t.section_name.is_none()
+            && !rules.is_empty()
+            && rules.iter().all(|n| {
+                n.as_ref()
+                    .is_some_and(|n| at.slots.contains_key(&(route.clone(), Some(n.clone()))))
+            });
+        if all_named && p.invalid.is_none() {
+            lost.push(format!("{what}: each of its rules has a policy naming it"));
+            continue;
+        }
         let slot = at.slots.get(&(route, t.section_name.clone()));
         match slot.and_then(|s| s.candidates.first()) {
             Some(first) if *first != i && p.invalid.is_none() => {

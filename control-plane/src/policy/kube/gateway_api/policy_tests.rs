@@ -161,6 +161,32 @@ fn a_section_name_picks_one_rule_and_wins_over_the_whole_route() {
         let o = only(&ns, name);
         assert!(o.ancestors[0].1.accepted, "{o:?}");
     }
+    // Both rules named by policies of their own: the whole-route one is in force nowhere.
+    let ns = world(vec![
+        policy(
+            "public-cors",
+            "2026-01-15T00:00:00Z",
+            json!({"targetRefs": [target("orders-api", None)],
+                   "access": {"cors": {"allow_origins": ["*"]}}}),
+        ),
+        jwt_policy(
+            "orders-jwt",
+            "2026-02-01T00:00:00Z",
+            json!([
+                target("orders-api", Some("orders")),
+                target("orders-api", Some("rest"))
+            ]),
+        ),
+    ])
+    .run();
+    assert!(file(&ns).routes.iter().all(|r| r
+        .access
+        .as_ref()
+        .and_then(|a| a.auth.as_ref())
+        .is_some_and(|a| a.jwt.is_some())));
+    let said = &only(&ns, "public-cors").ancestors[0].1;
+    assert!(!said.accepted, "{said:?}");
+    assert_eq!(said.reason, "Conflicted");
 }
 
 #[test]
