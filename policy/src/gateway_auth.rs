@@ -32,10 +32,11 @@ pub const MAX_CORS_ITEMS: usize = 64;
 /// The YAML as operators write it. Unknown fields are errors.
 pub mod wire {
     use super::*;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// The gateway-wide `auth` section.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct GatewayAuthFile {
         /// JWT issuers whose tokens routes may require.
@@ -50,7 +51,7 @@ pub mod wire {
     }
 
     /// One JWT issuer and where its keys are.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct JwtProviderFile {
         /// The name routes use.
@@ -84,7 +85,7 @@ pub mod wire {
     }
 
     /// A set of API keys read from a file.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ApiKeySetFile {
         /// The name routes use.
@@ -100,7 +101,7 @@ pub mod wire {
     }
 
     /// A route's `access` block.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct RouteAccessFile {
         /// Who may call (absent: public).
@@ -114,8 +115,8 @@ pub mod wire {
         pub client_limit: Option<ClientLimitFile>,
     }
 
-    /// Exactly one of `jwt`, `api_key`, `public: true`.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    /// Exactly one of `jwt`, `api_key`, `public: true`, `deny: true`.
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct RouteAuthFile {
         /// A JWT provider's name.
@@ -127,10 +128,14 @@ pub mod wire {
         /// No authentication.
         #[serde(default)]
         pub public: bool,
+        /// Refuse every request (503): what the control plane puts on a route whose
+        /// attached policy is invalid, so a bad policy never leaves the route open.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub deny: bool,
     }
 
     /// CORS for one route.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct CorsFile {
         /// Exact origins, `https://*.example.test`, or `*`.
@@ -153,7 +158,7 @@ pub mod wire {
     }
 
     /// A per-client token bucket.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ClientLimitFile {
         /// `subject`, `consumer` or `client_ip`.
@@ -166,7 +171,7 @@ pub mod wire {
     }
 
     /// A document of its own: the gateway part and route access blocks by route name.
-    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct AuthDocument {
         /// The gateway-wide part.
@@ -248,6 +253,8 @@ pub enum RouteAuth {
     Jwt(usize),
     /// A key from this set (index into [`GatewayAuth::api_keys`]).
     ApiKey(usize),
+    /// No one: every request is refused (`503`).
+    Deny,
 }
 
 /// An allowed origin.

@@ -45,7 +45,7 @@ pub(super) fn edge_certs() -> (String, String, String) {
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
-fn gateway(port: u16) -> Value {
+pub(super) fn gateway(port: u16) -> Value {
     json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
     "metadata": meta("shop", "edge", "gw-edge"),
     "spec": {"gatewayClassName": "weft", "listeners": [

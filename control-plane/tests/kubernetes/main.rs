@@ -13,9 +13,10 @@
 //! the API (`replicas`), which operators change with the real `weftctl` (`ctl`); under load
 //! from a client pod (`load`): a rolling update of orders (`rolling`) and one of two
 //! control-plane replicas behind one Service address killed (`failover`). A gateway fed its
-//! Gateway's config over the stream (`gateway_stream`), and one on a hand-written gateway file
-//! that takes its mesh services from the control plane (`gateway_file_joins`). The control
-//! plane binary is started the same way by each (`shared`).
+//! Gateway's config over the stream (`gateway_stream`), one on a hand-written gateway file
+//! that takes its mesh services from the control plane (`gateway_file_joins`), and a JWT
+//! GatewayPolicy on its route (`gateway_policy`). The control plane binary is started the same
+//! way by each (`shared`).
 
 mod canary;
 mod capture;
@@ -25,6 +26,7 @@ mod failover;
 mod gateway_api;
 mod gateway_file_joins;
 mod gateway_manifests;
+mod gateway_policy;
 mod gateway_stream;
 mod images;
 mod inject;

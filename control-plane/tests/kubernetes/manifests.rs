@@ -22,7 +22,12 @@ const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
 /// Instances of Weft's own kinds. kubernetes-validate has schemas for the built-in kinds only
 /// (it cannot load a CRD's schema for the objects of that CRD), so these, and only these, are
 /// left out of its input; the CRDs themselves are validated.
-const WEFT_KINDS: [&str; 3] = ["MeshRoute", "TrafficPolicy", "AuthorizationPolicy"];
+const WEFT_KINDS: [&str; 4] = [
+    "MeshRoute",
+    "TrafficPolicy",
+    "AuthorizationPolicy",
+    "GatewayPolicy",
+];
 
 pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -216,6 +221,7 @@ fn crd_files() -> Vec<(PathBuf, Option<Value>)> {
         "meshroutes.yaml",
         "trafficpolicies.yaml",
         "authorizationpolicies.yaml",
+        "gatewaypolicies.yaml",
     ]
     .iter()
     .map(|f| {
@@ -419,7 +425,12 @@ fn rbac_grants_exactly_what_the_control_plane_uses() {
             want.insert(format!("{r}:{v}"));
         }
     }
-    for r in ["meshroutes", "trafficpolicies", "authorizationpolicies"] {
+    for r in [
+        "meshroutes",
+        "trafficpolicies",
+        "authorizationpolicies",
+        "gatewaypolicies",
+    ] {
         for v in ["get", "list", "watch"] {
             want.insert(format!("weft.dev/{r}:{v}"));
         }

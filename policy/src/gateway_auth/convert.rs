@@ -179,6 +179,15 @@ impl RouteAccess {
 }
 
 fn route_auth(a: RouteAuthFile, g: &GatewayAuth, e: &mut Errors<'_>) -> RouteAuth {
+    if a.deny {
+        if a.jwt.is_some() || a.api_key.is_some() || a.public {
+            e.push(
+                "auth",
+                "give exactly one of jwt, api_key, public: true, deny: true",
+            );
+        }
+        return RouteAuth::Deny;
+    }
     match (a.jwt, a.api_key, a.public) {
         (Some(name), None, false) => match g.providers.iter().position(|p| p.name == name) {
             Some(i) => RouteAuth::Jwt(i),
@@ -196,7 +205,10 @@ fn route_auth(a: RouteAuthFile, g: &GatewayAuth, e: &mut Errors<'_>) -> RouteAut
         },
         (None, None, _) => RouteAuth::Public,
         _ => {
-            e.push("auth", "give exactly one of jwt, api_key, public: true");
+            e.push(
+                "auth",
+                "give exactly one of jwt, api_key, public: true, deny: true",
+            );
             RouteAuth::Public
         }
     }

@@ -138,6 +138,7 @@ pub fn defaults() -> Vec<KindSpec> {
         KindSpec::custom("MeshRoute", "meshroutes"),
         KindSpec::custom("TrafficPolicy", "trafficpolicies"),
         KindSpec::custom("AuthorizationPolicy", "authorizationpolicies"),
+        KindSpec::custom("GatewayPolicy", "gatewaypolicies"),
     ]
     .into_iter()
     .chain(gateway_api())

@@ -4,7 +4,10 @@
 //! the CRDs' OpenAPI schemas are generated from the very types the control plane validates
 //! with, with the same snake_case field names as the policy files.
 //!
-//! [`render`] gives the three CRDs as YAML (what `weftctl crds` prints and
+//! [`GatewayPolicy`] carries the gateway's own JWT, API key, CORS and per-client limit wire types
+//! for Gateway API routes (policy attachment, [`super::gateway_api::policy_attach`]).
+//!
+//! [`render`] gives the CRDs as YAML (what `weftctl crds` prints and
 //! `deploy/kubernetes/base/crds/` holds).
 
 use kube::CustomResource;
@@ -110,6 +113,99 @@ pub struct AuthorizationPolicySpec {
     pub authorization: wire::ServiceAuthorization,
 }
 
+/// JWT, API key, CORS and per-client limit settings for gateway routes made from Gateway API
+/// routes (policy attachment, GEP-713 "direct"): each of `targetRefs` names an `HTTPRoute` or
+/// `GRPCRoute` of the policy's own namespace (and with `sectionName`, one of its rules by
+/// `name`). `auth` is the gateway file's `auth` section (its providers' and key sets' names are
+/// the policy's own), `access` a gateway route's `access` block; both are the gateway's own
+/// wire types. Of two policies naming the same target the older (then namespace/name) wins; a
+/// policy naming a rule wins over one naming the whole route for that rule. An invalid policy
+/// closes the routes it targets (`503`) until it is fixed.
+#[derive(CustomResource, Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "GatewayPolicy",
+    namespaced,
+    status = "GatewayPolicyStatus",
+    derive = "PartialEq",
+    shortname = "gwpol",
+    category = "weft",
+    doc = "Authentication (JWT, API keys), CORS and per-client rate limits for the gateway routes of Gateway API HTTPRoutes and GRPCRoutes.",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRefs[0].name"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.ancestors[0].conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct GatewayPolicySpec {
+    /// The routes (or rules) the policy applies to, in its own namespace.
+    pub target_refs: Vec<PolicyTargetRef>,
+    /// JWT providers and API key sets, as the gateway file's `auth` (`max_clients` is the
+    /// gateway's own and refused here; file paths are absolute paths in the gateway's pod).
+    #[serde(default)]
+    pub auth: weft_policy::gateway_auth::wire::GatewayAuthFile,
+    /// Who may call, CORS, per-client limit: a gateway route's `access`, naming the providers
+    /// and key sets of `auth`.
+    #[serde(default)]
+    pub access: weft_policy::gateway_auth::wire::RouteAccessFile,
+}
+
+/// A route a [`GatewayPolicy`] applies to (GEP-713's `LocalPolicyTargetReferenceWithSectionName`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTargetRef {
+    /// `gateway.networking.k8s.io`.
+    pub group: String,
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: String,
+    /// The route's name.
+    pub name: String,
+    /// The name of one of the route's rules (`rules[].name`); none: every rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// What the control plane says about a [`GatewayPolicy`]: one entry per Gateway its targets
+/// attach to (or per target not found).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPolicyStatus {
+    /// Per ancestor (a Gateway, or the target itself when not found).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+/// One `status.ancestors[]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    /// The Gateway (or the target when not found).
+    pub ancestor_ref: AncestorRef,
+    /// Who wrote the entry.
+    pub controller_name: String,
+    /// `Accepted`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// An ancestor, as a Gateway API `ParentReference`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorRef {
+    /// API group.
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
 /// What the control plane says about a policy resource.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -140,7 +236,7 @@ pub struct Condition {
     pub last_transition_time: String,
 }
 
-/// The three CRDs: file name in `deploy/kubernetes/base/crds/` and YAML text.
+/// The CRDs: file name in `deploy/kubernetes/base/crds/` and YAML text.
 pub fn render() -> Vec<(&'static str, String)> {
     let header = "# Generated from the Rust policy types by `weftctl crds --out deploy/kubernetes/base/crds`.\n\
                   # Do not edit: change the types in policy/src/wire.rs and regenerate.\n";
@@ -148,6 +244,7 @@ pub fn render() -> Vec<(&'static str, String)> {
         ("meshroutes.yaml", MeshRoute::crd()),
         ("trafficpolicies.yaml", TrafficPolicy::crd()),
         ("authorizationpolicies.yaml", AuthorizationPolicy::crd()),
+        ("gatewaypolicies.yaml", GatewayPolicy::crd()),
     ]
     .into_iter()
     .map(|(file, crd)| {

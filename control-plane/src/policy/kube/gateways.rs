@@ -122,6 +122,7 @@ pub fn translate(objects: &Objects, mesh: &[wire::Service]) -> NorthSouth {
         services: &objects.services,
         secrets: objects.secrets.as_deref(),
         mesh,
+        policies: &objects.gateway_policies,
     })
 }
 

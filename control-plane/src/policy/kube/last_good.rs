@@ -87,7 +87,7 @@ impl LastGood {
                 Kind::AuthorizationPolicy => substituted.authorization.push(chosen),
                 Kind::HttpRoute => substituted.http_routes.push(chosen),
                 Kind::GrpcRoute => substituted.grpc_routes.push(chosen),
-                Kind::Service | Kind::Gateway | Kind::GatewayClass => {}
+                Kind::Service | Kind::Gateway | Kind::GatewayClass | Kind::GatewayPolicy => {}
             }
         }
         let mapped = if used.is_empty() {

@@ -22,6 +22,8 @@ pub enum Kind {
     Gateway,
     /// A Gateway API `GatewayClass` (cluster-scoped: no namespace).
     GatewayClass,
+    /// A `GatewayPolicy` (its status is per ancestor Gateway).
+    GatewayPolicy,
 }
 
 impl fmt::Display for Kind {
@@ -35,6 +37,7 @@ impl fmt::Display for Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::Gateway => "Gateway",
             Kind::GatewayClass => "GatewayClass",
+            Kind::GatewayPolicy => "GatewayPolicy",
         })
     }
 }

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use super::crds::{AuthorizationPolicy, Condition, MeshRoute, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, Condition, GatewayPolicy, MeshRoute, TrafficPolicy};
 use super::gateway_api;
 use super::gateways;
 use super::last_good::LastGood;
@@ -59,6 +59,8 @@ struct Stores {
     grants: Store<DynamicObject>,
     gateway_classes: Store<DynamicObject>,
     gateways: Store<DynamicObject>,
+    /// `GatewayPolicy`s: an empty store when the CRD is not installed.
+    gateway_policies: Store<DynamicObject>,
     /// `None` when not read.
     secrets: Option<Store<Secret>>,
 }
@@ -214,6 +216,7 @@ impl KubeSource {
             reference_grants: all(&self.stores.grants),
             gateway_classes: all(&self.stores.gateway_classes),
             gateways: all(&self.stores.gateways),
+            gateway_policies: all(&self.stores.gateway_policies),
             secrets: self.stores.secrets.as_ref().map(all),
         }
     }
@@ -234,6 +237,12 @@ impl KubeSource {
         let mut sent = self.sent_gateways.lock().unwrap_or_else(|e| e.into_inner());
         for (key, status) in
             gateway_api::gateway_status::pending(&ns, classes, gws, &mut sent, &now)
+        {
+            let _ = self.status.send(StatusWrite { key, status });
+        }
+        let policies = &objects.gateway_policies;
+        for (key, status) in
+            gateway_api::policy_status::pending(&ns.policies, policies, &mut sent, &now)
         {
             let _ = self.status.send(StatusWrite { key, status });
         }
@@ -433,6 +442,21 @@ async fn run(
             gateway.push((empty, false));
         }
     }
+    // GatewayPolicy is Weft's, but newer than the other CRDs: optional too, so a control
+    // plane upgraded before its CRDs still starts.
+    let policy_resource = ::kube::api::ApiResource::erase::<GatewayPolicy>(&());
+    let (gateway_policies, policies_served) = if served(&client, &policy_resource).await {
+        let (store, t) = reflect_resource(&client, &subscribers, policy_resource);
+        tasks.push(t);
+        (store, true)
+    } else {
+        log::info!(
+            "the API server does not serve gatewaypolicies.weft.dev: not read (apply \
+             deploy/kubernetes/base/crds and restart the control plane)"
+        );
+        let empty = reflector::store::Writer::<DynamicObject>::new(policy_resource).as_reader();
+        (empty, false)
+    };
     let served_kinds: Vec<bool> = gateway.iter().map(|(_, s)| *s).collect();
     let mut gateway = gateway.into_iter().map(|(store, _)| store);
     let (Some(http_routes), Some(grpc_routes), Some(grants), Some(gateway_classes), Some(gws)) = (
@@ -467,6 +491,7 @@ async fn run(
         grants,
         gateway_classes,
         gateways: gws,
+        gateway_policies,
         secrets,
     };
 
@@ -508,11 +533,18 @@ async fn run(
             .secrets
             .as_ref()
             .map(|s| ("secrets", wait(s).boxed()));
+        let policies = policies_served.then(|| {
+            (
+                "gatewaypolicies.weft.dev",
+                wait(&stores.gateway_policies).boxed(),
+            )
+        });
         let gateway_waits = gateway_waits
             .into_iter()
             .zip(served_kinds)
             .filter_map(|(w, served)| served.then_some(w));
-        for (name, w) in waits.into_iter().chain(gateway_waits).chain(secrets) {
+        let rest = gateway_waits.chain(secrets).chain(policies);
+        for (name, w) in waits.into_iter().chain(rest) {
             if tokio::time::timeout_at(deadline(options.sync_timeout), w)
                 .await
                 .is_err()

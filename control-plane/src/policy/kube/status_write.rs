@@ -5,7 +5,7 @@
 use ::kube::api::{DynamicObject, Patch, PatchParams};
 use ::kube::{Api, Client};
 
-use super::crds::{AuthorizationPolicy, MeshRoute, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, GatewayPolicy, MeshRoute, TrafficPolicy};
 use super::gateway_api;
 use super::objects::{Kind, ObjectKey};
 
@@ -40,6 +40,11 @@ pub(super) async fn write_status(
                 _ => gateway_api::http_routes(),
             };
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+                .patch_status(name, &params, &Patch::Merge(&patch))
+                .await?;
+        }
+        Kind::GatewayPolicy => {
+            Api::<GatewayPolicy>::namespaced(client.clone(), ns)
                 .patch_status(name, &params, &Patch::Merge(&patch))
                 .await?;
         }

@@ -143,11 +143,31 @@ auth:
             jwt: Some("a".into()),
             api_key: None,
             public: true,
+            deny: false,
         }),
         ..Default::default()
     };
     let errs = RouteAccess::validate(both, &g, "routes[0].").expect_err("two modes");
     assert_eq!(errs[0].field, "routes[0].auth");
+    let deny_and_jwt = wire::RouteAccessFile {
+        auth: Some(wire::RouteAuthFile {
+            jwt: Some("a".into()),
+            deny: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let errs = RouteAccess::validate(deny_and_jwt, &g, "").expect_err("deny and a jwt");
+    assert_eq!(errs[0].field, "auth");
+    let deny = wire::RouteAccessFile {
+        auth: Some(wire::RouteAuthFile {
+            deny: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let closed = RouteAccess::validate(deny, &g, "").expect("deny alone");
+    assert_eq!(closed.auth, RouteAuth::Deny);
 }
 
 #[test]

@@ -312,6 +312,12 @@ impl RouteGuard {
     ) -> Result<Forward, Answer> {
         match self.access.auth {
             RouteAuth::Public => Ok(Forward::default()),
+            // A route the control plane closed (its attached policy is invalid).
+            RouteAuth::Deny => Err(Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "route_closed",
+                "this route's access policy is invalid",
+            )),
             RouteAuth::Jwt(i) => match stage.providers.get(i) {
                 Some((p, cache)) => {
                     let (r, result) = jwt_auth(p, cache, req.headers, unix_now).await;

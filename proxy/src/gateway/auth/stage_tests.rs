@@ -126,6 +126,27 @@ async fn a_valid_token_is_forwarded_with_claims_and_without_the_token() {
 }
 
 #[tokio::test]
+async fn a_closed_route_refuses_every_request_even_with_a_valid_token() {
+    let f = fixture().await;
+    let guard = f.stage.route(RouteAccess {
+        auth: RouteAuth::Deny,
+        cors: None,
+        limit: None,
+    });
+    let bearer = format!("Bearer {}", token(&f.signer, "alice", NOW + 60));
+    for h in [headers(&[]), headers(&[("authorization", &bearer)])] {
+        let Verdict::Answer(a) = guard
+            .admit(&f.stage, incoming(&Method::GET, &h), 0, NOW)
+            .await
+        else {
+            panic!("a closed route forwarded");
+        };
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(a.flag, "route_closed");
+    }
+}
+
+#[tokio::test]
 async fn missing_and_bad_tokens_get_rfc6750_challenges_with_cors() {
     let f = fixture().await;
     let guard = f.stage.route(jwt_route(None));

@@ -189,7 +189,12 @@ pub fn pending(
         let status = gateway_status(g, current.as_ref(), now);
         wanted.push((g.key.clone(), current, status));
     }
-    sent.retain(|k, _| wanted.iter().any(|(w, _, _)| w == k));
+    // The map is shared with the GatewayPolicies' (`super::policy_status`): only this kind's
+    // entries are forgotten here.
+    sent.retain(|k, _| {
+        !matches!(k.kind, Kind::Gateway | Kind::GatewayClass)
+            || wanted.iter().any(|(w, _, _)| w == k)
+    });
     let mut out = Vec::new();
     for (key, current, status) in wanted {
         let theirs = current.as_ref().map(timeless);

@@ -23,6 +23,8 @@ mod matches;
 pub mod north_south;
 mod ns_listener;
 pub mod ns_route;
+pub mod policy_attach;
+pub mod policy_status;
 pub mod status;
 pub mod types;
 

@@ -15,13 +15,14 @@
 //!   wildcards, then any host, then the mesh's match precedence ([`super::matches::Rank`]).
 //! - **Status** ([`super::gateway_status`]): the verdicts here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use kube::api::DynamicObject;
 use weft_policy::gateway::{CertFile, GatewayFile, ListenFile, RouteFile, TlsFile};
 
 use super::gateway_types::{GatewayClassSpec, GatewaySpec, Listener};
 use super::grpc::GrpcRouteSpec;
+use super::policy_attach::{Attachments, PolicyOutcome};
 use super::types::{HttpRouteSpec, ParentRef};
 use super::ParentVerdict;
 use crate::policy::kube::objects::{Kind, ObjectKey};
@@ -102,6 +103,8 @@ pub struct NorthSouth {
     pub gateways: Vec<GatewayOutcome>,
     /// One per HTTPRoute or GRPCRoute and Gateway parent of Weft's.
     pub verdicts: Vec<ParentVerdict>,
+    /// One per `GatewayPolicy`.
+    pub policies: Vec<PolicyOutcome>,
 }
 
 /// A listener as the translation plans it.
@@ -122,6 +125,8 @@ struct Building {
     http_port: Option<i32>,
     /// (host class, rank, route order, index) and the route.
     routes: Vec<((u8, super::matches::Rank, usize, usize), RouteFile)>,
+    /// The policies whose providers and key sets its routes name (indices, oldest first).
+    policies: BTreeSet<usize>,
 }
 
 fn key(kind: Kind, o: &DynamicObject) -> ObjectKey {
@@ -174,6 +179,7 @@ pub fn north_south(inputs: &Inputs<'_>) -> NorthSouth {
         })
         .collect();
     let mut verdicts = Vec::new();
+    let policies = Attachments::new(inputs.policies);
     // Oldest first, then namespace/name: the Gateway API's tie-break between routes.
     let mut sorted: Vec<(Kind, &DynamicObject)> = (inputs.routes.iter())
         .map(|o| (Kind::HttpRoute, o))
@@ -187,25 +193,39 @@ pub fn north_south(inputs: &Inputs<'_>) -> NorthSouth {
             *kind,
         )
     });
+    let mut rules: HashMap<ObjectKey, Vec<Option<String>>> = HashMap::new();
     for (order, (kind, o)) in sorted.into_iter().enumerate() {
-        attach(inputs, (kind, o), order, &mut building, &mut verdicts);
+        let spec = attach(
+            inputs,
+            (kind, o),
+            (order, &policies),
+            &mut building,
+            &mut verdicts,
+        );
+        let names = spec.map(|s| s.rules.into_iter().map(|r| r.name).collect());
+        rules.insert(key(kind, o), names.unwrap_or_default());
     }
+    let outcomes = super::policy_attach::outcomes(&policies, &verdicts, &rules);
     NorthSouth {
         classes,
-        gateways: building.into_iter().map(finish).collect(),
+        gateways: (building.into_iter())
+            .map(|b| finish(b, &policies))
+            .collect(),
         verdicts,
+        policies: outcomes,
     }
 }
 
 /// One HTTPRoute's or GRPCRoute's Gateway parents of Weft's: a verdict each, and its gateway
-/// routes added to the Gateways that take it.
+/// routes (with the access blocks of the policies attached to it) added to the Gateways that
+/// take it. Returns its spec when it reads.
 fn attach(
     inputs: &Inputs<'_>,
     (kind, o): (Kind, &DynamicObject),
-    order: usize,
+    (order, policies): (usize, &Attachments),
     building: &mut [Building],
     verdicts: &mut Vec<ParentVerdict>,
-) {
+) -> Option<HttpRouteSpec> {
     let key = key(kind, o);
     let raw = o.data.get("spec").cloned().unwrap_or_default();
     let spec: Result<HttpRouteSpec, _> = match kind {
@@ -219,6 +239,10 @@ fn attach(
             .get("parentRefs")
             .and_then(|p| serde_json::from_value::<Vec<ParentRef>>(p.clone()).ok())
             .unwrap_or_default(),
+    };
+    let plan = match &spec {
+        Ok(s) => policies.plan(&key, s),
+        Err(_) => Default::default(),
     };
     for (pi, parent) in parents.into_iter().enumerate() {
         if !parent.is_gateway() {
@@ -244,6 +268,7 @@ fn attach(
                 parent: &parent,
                 parent_index: pi,
                 inputs,
+                access: &plan.access,
             }
             .translate(&gw.outcome.accepted, &views(gw)),
         };
@@ -262,6 +287,7 @@ fn attach(
             for i in &t.listeners {
                 gw.listeners[*i].outcome.attached_routes += 1;
             }
+            gw.policies.extend(plan.used.iter().copied());
             let n = gw.routes.len();
             gw.routes.extend(
                 t.routes
@@ -271,6 +297,7 @@ fn attach(
             );
         }
     }
+    spec.ok()
 }
 
 /// The Gateway API kind of a route key.
@@ -323,6 +350,7 @@ fn plan(inputs: &Inputs<'_>, g: &DynamicObject, class: &Verdict) -> Building {
         https_port: None,
         http_port: None,
         routes: Vec::new(),
+        policies: BTreeSet::new(),
     };
     let spec = match (class, spec) {
         (Err((_, why)), _) => {
@@ -421,8 +449,9 @@ fn plan(inputs: &Inputs<'_>, g: &DynamicObject, class: &Verdict) -> Building {
     b
 }
 
-/// The Gateway's config from its plan and attached routes.
-fn finish(mut b: Building) -> GatewayOutcome {
+/// The Gateway's config from its plan and attached routes (and the providers and key sets
+/// of the policies on them).
+fn finish(mut b: Building, policies: &Attachments) -> GatewayOutcome {
     b.outcome.listeners = b.listeners.iter().map(|l| l.outcome.clone()).collect();
     if b.outcome.accepted.is_err() {
         return b.outcome;
@@ -468,6 +497,15 @@ fn finish(mut b: Building) -> GatewayOutcome {
             certificates,
         },
         routes: b.routes.into_iter().map(|(_, r)| r).collect(),
+        auth: weft_policy::gateway_auth::wire::GatewayAuthFile {
+            jwt_providers: (b.policies.iter())
+                .flat_map(|i| policies.policies[*i].auth.jwt_providers.clone())
+                .collect(),
+            api_keys: (b.policies.iter())
+                .flat_map(|i| policies.policies[*i].auth.api_keys.clone())
+                .collect(),
+            max_clients: None,
+        },
         ..GatewayFile::default()
     };
     b.outcome.config = Ok(GatewayConfig { file, pems });

@@ -104,6 +104,7 @@ struct World {
     services: Vec<KubeService>,
     secrets: Vec<Secret>,
     mesh: Vec<wire::Service>,
+    policies: Vec<DynamicObject>,
 }
 
 impl World {
@@ -124,6 +125,7 @@ impl World {
             ],
             secrets: vec![secret("infra", "api-cert"), secret("infra", "shop-cert")],
             mesh: vec![mesh_service("orders.shop"), mesh_service("catalog.shop")],
+            policies: Vec::new(),
         }
     }
 
@@ -137,6 +139,7 @@ impl World {
             services: &self.services,
             secrets: Some(&self.secrets),
             mesh: &self.mesh,
+            policies: &self.policies,
         })
     }
 }
@@ -565,3 +568,6 @@ fn a_grpc_route_becomes_gateway_routes_on_the_call_paths() {
     assert_eq!(reason, "NotAllowedByListeners");
     assert!(why.contains("GRPCRoute"), "{why}");
 }
+
+#[path = "policy_tests.rs"]
+mod policy;

@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{Secret, Service as KubeService};
 use kube::api::DynamicObject;
 use weft_policy::gateway::{BackendFile, RouteFile};
+use weft_policy::gateway_auth::wire::RouteAccessFile;
 use weft_policy::wire;
 
 use super::error::RouteError;
@@ -55,6 +56,8 @@ pub struct Inputs<'a> {
     pub secrets: Option<&'a [Secret]>,
     /// The mesh services (named `<service>.<namespace>`).
     pub mesh: &'a [wire::Service],
+    /// Every `GatewayPolicy`.
+    pub policies: &'a [DynamicObject],
 }
 
 impl Inputs<'_> {
@@ -117,6 +120,8 @@ pub struct NsRoute<'a> {
     pub parent_index: usize,
     /// The cluster.
     pub inputs: &'a Inputs<'a>,
+    /// Per rule, the access block its attached policy gives it ([`super::policy_attach`]).
+    pub access: &'a [Option<RouteAccessFile>],
 }
 
 /// A route's share of one Gateway.
@@ -284,7 +289,7 @@ impl NsRoute<'_> {
                     backends: backends.clone(),
                     rewrite: rewrite.clone(),
                     request_headers: headers.clone(),
-                    access: None,
+                    access: self.access.get(ri).cloned().flatten(),
                 },
             ));
         }
@@ -410,9 +415,15 @@ impl NsRoute<'_> {
     }
 
     /// The routes pass the gateway file's own route checks on their own, or the route is
-    /// refused with what those checks say.
+    /// refused with what those checks say (access blocks aside: their policies were checked
+    /// on their own).
     fn alone(&self, routes: &[(u8, Rank, RouteFile)]) -> Result<(), RouteError> {
-        let files: Vec<RouteFile> = routes.iter().map(|(_, _, r)| r.clone()).collect();
+        let files: Vec<RouteFile> = (routes.iter())
+            .map(|(_, _, r)| RouteFile {
+                access: None,
+                ..r.clone()
+            })
+            .collect();
         let services: Vec<wire::Service> = self
             .inputs
             .mesh

@@ -92,6 +92,8 @@ pub struct Objects {
     pub gateway_classes: Vec<DynamicObject>,
     /// Gateway API `Gateway`s, untyped.
     pub gateways: Vec<DynamicObject>,
+    /// `GatewayPolicy` resources, untyped (empty when the CRD is not installed).
+    pub gateway_policies: Vec<DynamicObject>,
     /// Secrets (the Gateways' certificates), or `None` when not read (no Gateway kind, or
     /// the control plane may not list Secrets).
     pub secrets: Option<Vec<k8s_openapi::api::core::v1::Secret>>,
