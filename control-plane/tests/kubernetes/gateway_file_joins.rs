@@ -11,20 +11,22 @@
 //! (exit 3).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_kube_standin::{self as standin, kubeconfig};
-use weft_testkit::process::{output_within, spawn, Exit};
+use weft_testkit::process::{output_within, Exit};
 use weft_testkit::{tools, wait};
 
-use super::gateway_stream::{curl, edge_certs, join_token, poll, proxy, sidecar_config, HOST};
+use super::gateway_stream::{
+    curl, edge_certs, join_token, orders_behind_its_sidecar, poll, proxy, sidecar_config, HOST,
+};
 use super::shared::spawn_control_plane;
 use super::source::{pod, service, slice, TD};
 
 /// The pods' IPs: loopback addresses of their own (`gateway_stream` may run at the same time).
-const ORDERS_IP: &str = "127.0.24.2";
-const EDGE_IP: &str = "127.0.24.3";
+const ORDERS_IP: &str = "127.0.25.2";
+const EDGE_IP: &str = "127.0.25.3";
 
 /// A gateway file with one route, `/v1/orders` to `service` (rewritten to `/orders`).
 fn gateway_file(https_port: u16, service: &str) -> String {
@@ -113,28 +115,7 @@ fn a_hand_written_gateway_file_joins_the_control_plane() {
     std::fs::write(dir.join("edge-tls.crt"), &crt).expect("edge crt");
     std::fs::write(dir.join("edge-tls.key"), &key).expect("edge key");
 
-    let app_port = weft_testkit::ports::reserve();
-    let _app = spawn(
-        Command::new(tools::workspace_binary("weft-sample", &["samples/src"]))
-            .args([
-                "http",
-                "--listen",
-                &format!("127.0.0.1:{app_port}"),
-                "--name",
-                "orders-1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("spawn sample");
-    let orders = sidecar_config(
-        dir,
-        "orders",
-        &format!("{ORDERS_IP}:15006"),
-        &format!("127.0.0.1:{app_port}"),
-        listen,
-    );
-    let (_orders, _) = proxy(dir, "orders", &["--config", &orders.display().to_string()]);
+    let (_app, _orders) = orders_behind_its_sidecar(dir, listen, ORDERS_IP);
 
     // The gateway: a join token, no certificate, no snapshot kept yet, no services in its
     // sidecar file; the gateway file names orders.shop.

@@ -15,10 +15,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use weft_kube_standin::{self as standin, kubeconfig};
 use weft_testkit::process::{output_within, spawn, Guard};
-use weft_testkit::{tools, wait};
+use weft_testkit::wait;
 
 use super::gateway_stream::{
-    curl, edge_certs, gateway, join_token, poll, proxy, sidecar_config, HOST,
+    curl, edge_args, edge_certs, gateway, join_token, orders_behind_its_sidecar, poll, proxy, HOST,
 };
 use super::north_south::{class, route, tls_secret};
 use super::shared::spawn_control_plane;
@@ -178,40 +178,8 @@ fn a_jwt_policy_on_an_httproute_makes_the_gateway_ask_for_a_token() {
     }
 
     // orders: the sample app (it echoes the request's headers) behind its sidecar.
-    let app_port = weft_testkit::ports::reserve();
-    let sample = tools::workspace_binary("weft-sample", &["samples/src"]);
-    let _app = spawn(
-        Command::new(sample)
-            .args(["http", "--listen", &format!("127.0.0.1:{app_port}")])
-            .args(["--name", "orders-1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("spawn sample");
-    let orders = sidecar_config(
-        dir,
-        "orders",
-        &format!("{ORDERS_IP}:15006"),
-        &format!("127.0.0.1:{app_port}"),
-        listen,
-    );
-    let (_orders, _) = proxy(dir, "orders", &["--config", &orders.display().to_string()]);
-    let edge = sidecar_config(
-        dir,
-        "edge",
-        &format!("{EDGE_IP}:15006"),
-        "127.0.0.1:9",
-        listen,
-    );
-    let gw_file = dir.join("gateway/gateway.yaml");
-    let gw_args = [
-        "--config".to_owned(),
-        edge.display().to_string(),
-        "--gateway".to_owned(),
-        gw_file.display().to_string(),
-        "--gateway-name".to_owned(),
-        "shop/edge".to_owned(),
-    ];
+    let (_app, _orders) = orders_behind_its_sidecar(dir, listen, ORDERS_IP);
+    let gw_args = edge_args(dir, listen, EDGE_IP, Some("shop/edge"));
     let gw_args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
     let (_gw, _) = proxy(dir, "edge", &gw_args);
 
@@ -264,7 +232,7 @@ fn a_jwt_policy_on_an_httproute_makes_the_gateway_ask_for_a_token() {
         text.contains("\"x-user\":\"alice\""),
         "the subject forwarded as a header: {text}"
     );
-    let kept = std::fs::read_to_string(&gw_file).expect("the gateway file");
+    let kept = std::fs::read_to_string(dir.join("gateway/gateway.yaml")).expect("the gateway file");
     assert!(kept.contains("shop/orders-jwt/issuer"), "{kept}");
     let status = wait::until("the policy's status", Duration::from_secs(20), || {
         accepted(&api.get_in("GatewayPolicy", "shop", "orders-jwt"))

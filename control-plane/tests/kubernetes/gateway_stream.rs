@@ -131,6 +131,52 @@ pub(super) fn sidecar_config(
     path
 }
 
+/// orders: the sample app (`orders-1`, it echoes the request) behind its sidecar on its pod's
+/// IP `ip` (each test its own, as they may run at once), joined to the control plane at `cp`;
+/// the two guards end both.
+pub(super) fn orders_behind_its_sidecar(dir: &Path, cp: SocketAddr, ip: &str) -> (Guard, Guard) {
+    let app_port = weft_testkit::ports::reserve();
+    let app = spawn(
+        Command::new(tools::workspace_binary("weft-sample", &["samples/src"]))
+            .args([
+                "http",
+                "--listen",
+                &format!("127.0.0.1:{app_port}"),
+                "--name",
+                "orders-1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("spawn sample");
+    let orders = sidecar_config(
+        dir,
+        "orders",
+        &format!("{ip}:15006"),
+        &format!("127.0.0.1:{app_port}"),
+        cp,
+    );
+    let (sidecar, _) = proxy(dir, "orders", &["--config", &orders.display().to_string()]);
+    (app, sidecar)
+}
+
+/// The edge gateway's sidecar config (identity `edge`, on its pod's IP `ip`) and its
+/// `weft-proxy` arguments: that config, `--gateway DIR/gateway/gateway.yaml` and
+/// `--gateway-name` if given.
+pub(super) fn edge_args(dir: &Path, cp: SocketAddr, ip: &str, name: Option<&str>) -> Vec<String> {
+    let edge = sidecar_config(dir, "edge", &format!("{ip}:15006"), "127.0.0.1:9", cp);
+    let mut args = vec![
+        "--config".to_owned(),
+        edge.display().to_string(),
+        "--gateway".to_owned(),
+        dir.join("gateway/gateway.yaml").display().to_string(),
+    ];
+    if let Some(name) = name {
+        args.extend(["--gateway-name".to_owned(), name.to_owned()]);
+    }
+    args
+}
+
 /// Start `weft-proxy` with `args`; wait for its ready file and return it (JSON) with the guard.
 pub(super) fn proxy(dir: &Path, tag: &str, args: &[&str]) -> (Guard, Value) {
     let bin = tools::workspace_binary(
@@ -284,49 +330,13 @@ fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
     }
 
     // orders: the sample app behind its sidecar on its pod's IP.
-    let app_port = weft_testkit::ports::reserve();
-    let sample = tools::workspace_binary("weft-sample", &["samples/src"]);
-    let _app = spawn(
-        Command::new(sample)
-            .args([
-                "http",
-                "--listen",
-                &format!("127.0.0.1:{app_port}"),
-                "--name",
-                "orders-1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("spawn sample");
-    let orders = sidecar_config(
-        dir,
-        "orders",
-        &format!("{ORDERS_IP}:15006"),
-        &format!("127.0.0.1:{app_port}"),
-        listen,
-    );
-    let (_orders, _) = proxy(dir, "orders", &["--config", &orders.display().to_string()]);
+    let (_app, _orders) = orders_behind_its_sidecar(dir, listen, ORDERS_IP);
 
     // The gateway: its own identity, no gateway file yet; the config comes over the stream.
-    let edge = sidecar_config(
-        dir,
-        "edge",
-        &format!("{EDGE_IP}:15006"),
-        "127.0.0.1:9",
-        listen,
-    );
-    let gw_file = dir.join("gateway/gateway.yaml");
-    let gw_args = [
-        "--config".to_owned(),
-        edge.display().to_string(),
-        "--gateway".to_owned(),
-        gw_file.display().to_string(),
-        "--gateway-name".to_owned(),
-        "shop/edge".to_owned(),
-    ];
+    let gw_args = edge_args(dir, listen, EDGE_IP, Some("shop/edge"));
     let gw_args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
     let (gw, ready) = proxy(dir, "edge", &gw_args);
+    let gw_file = dir.join("gateway/gateway.yaml");
     let gw_admin = ready["admin"].as_str().expect("admin").to_owned();
     let resolve = format!("{HOST}:{https_port}:127.0.0.1");
     let ca_file = dir.join("edge-ca.pem").display().to_string();
