@@ -19,10 +19,11 @@ use weft_testkit::process::{output_within, Exit};
 use weft_testkit::{tools, wait};
 
 use super::gateway_stream::{
-    curl, edge_certs, join_token, orders_behind_its_sidecar, poll, proxy, sidecar_config, HOST,
+    admin_token_and_join_tokens, curl, edge_certs, orders_and_edge, orders_behind_its_sidecar,
+    poll, proxy, sidecar_config, HOST,
 };
 use super::shared::spawn_control_plane;
-use super::source::{pod, service, slice, TD};
+use super::source::{service, TD};
 
 /// The pods' IPs: loopback addresses of their own (`gateway_stream` may run at the same time).
 const ORDERS_IP: &str = "127.0.25.2";
@@ -76,24 +77,7 @@ fn a_hand_written_gateway_file_joins_the_control_plane() {
         .expect("runtime");
     let (edge_ca, crt, key) = edge_certs();
     let https_port = weft_testkit::ports::reserve();
-    let objects = vec![
-        service("orders", Some("http")),
-        service("edge", Some("http")),
-        pod("orders-1", "orders", "v1", "orders", ORDERS_IP, true),
-        pod("edge-1", "edge", "v1", "edge", EDGE_IP, true),
-        slice(
-            "orders-a1",
-            "orders",
-            Some("http"),
-            &[(ORDERS_IP, "orders-1", true)],
-        ),
-        slice(
-            "edge-a1",
-            "edge",
-            Some("http"),
-            &[(EDGE_IP, "edge-1", true)],
-        ),
-    ];
+    let objects = orders_and_edge(ORDERS_IP, EDGE_IP);
     let api = rt.block_on(standin::ApiServer::start(objects));
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
@@ -101,16 +85,7 @@ fn a_hand_written_gateway_file_joins_the_control_plane() {
     let cp = spawn_control_plane(dir, &config, "cp", TD, &[] as &[&str]);
     let (listen, admin, state) = (cp.listen, cp.admin, cp.state.clone());
     let cp_log = cp.log_reader();
-    let bearer = wait::until("the admin token", Duration::from_secs(30), || {
-        let t = std::fs::read_to_string(state.join("admin.token")).ok()?;
-        let ca = std::fs::read(state.join("ca.crt")).ok()?;
-        std::fs::write(dir.join("ca.crt"), ca).ok()?;
-        Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-    });
-    for app in ["orders", "edge"] {
-        let token = join_token(admin, &bearer, app, app);
-        std::fs::write(dir.join(format!("{app}.token")), token).expect("token");
-    }
+    admin_token_and_join_tokens(dir, admin, &state);
     std::fs::write(dir.join("edge-ca.pem"), &edge_ca).expect("edge ca");
     std::fs::write(dir.join("edge-tls.crt"), &crt).expect("edge crt");
     std::fs::write(dir.join("edge-tls.key"), &key).expect("edge key");

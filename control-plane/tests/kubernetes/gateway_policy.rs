@@ -18,11 +18,12 @@ use weft_testkit::process::{output_within, spawn, Guard};
 use weft_testkit::wait;
 
 use super::gateway_stream::{
-    curl, edge_args, edge_certs, gateway, join_token, orders_behind_its_sidecar, poll, proxy, HOST,
+    admin_token_and_join_tokens, curl, edge_args, edge_certs, gateway, orders_and_edge,
+    orders_behind_its_sidecar, poll, proxy, HOST,
 };
 use super::north_south::{class, route, tls_secret};
 use super::shared::spawn_control_plane;
-use super::source::{meta, pod, service, slice, TD};
+use super::source::{meta, TD};
 
 /// The pods' IPs: loopback addresses of their own (other tests use others).
 const ORDERS_IP: &str = "127.0.24.2";
@@ -137,45 +138,21 @@ fn a_jwt_policy_on_an_httproute_makes_the_gateway_ask_for_a_token() {
             }]
         }),
     );
-    let objects = vec![
-        service("orders", Some("http")),
-        service("edge", Some("http")),
-        pod("orders-1", "orders", "v1", "orders", ORDERS_IP, true),
-        pod("edge-1", "edge", "v1", "edge", EDGE_IP, true),
-        slice(
-            "orders-a1",
-            "orders",
-            Some("http"),
-            &[(ORDERS_IP, "orders-1", true)],
-        ),
-        slice(
-            "edge-a1",
-            "edge",
-            Some("http"),
-            &[(EDGE_IP, "edge-1", true)],
-        ),
+    let mut objects = orders_and_edge(ORDERS_IP, EDGE_IP);
+    objects.extend([
         class("weft", "weft.dev/gateway-controller"),
         gateway(https_port),
         tls_secret("api-cert", &crt, &key),
         orders_api,
         jwt_policy(1, jwks_port, &ca, "orders"),
-    ];
+    ]);
     let api = rt.block_on(standin::ApiServer::start(objects));
     let config = kubeconfig(dir, &api);
     let cp = spawn_control_plane(dir, &config, "cp", TD, &[] as &[&str]);
     let (listen, admin, state) = (cp.listen, cp.admin, cp.state.clone());
     let cp_log = cp.log_reader();
-    let bearer = wait::until("the admin token", Duration::from_secs(30), || {
-        let t = std::fs::read_to_string(state.join("admin.token")).ok()?;
-        let ca = std::fs::read(state.join("ca.crt")).ok()?;
-        std::fs::write(dir.join("ca.crt"), ca).ok()?;
-        Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-    });
+    admin_token_and_join_tokens(dir, admin, &state);
     std::fs::write(dir.join("edge-ca.pem"), &edge_ca).expect("edge ca");
-    for app in ["orders", "edge"] {
-        let token = join_token(admin, &bearer, app, app);
-        std::fs::write(dir.join(format!("{app}.token")), token).expect("token");
-    }
 
     // orders: the sample app (it echoes the request's headers) behind its sidecar.
     let (_app, _orders) = orders_behind_its_sidecar(dir, listen, ORDERS_IP);

@@ -131,6 +131,46 @@ pub(super) fn sidecar_config(
     path
 }
 
+/// The Services, pods and EndpointSlices of `orders` and `edge` (the gateway), on pod IPs
+/// `orders_ip` and `edge_ip`.
+pub(super) fn orders_and_edge(orders_ip: &str, edge_ip: &str) -> Vec<Value> {
+    vec![
+        service("orders", Some("http")),
+        service("edge", Some("http")),
+        pod("orders-1", "orders", "v1", "orders", orders_ip, true),
+        pod("edge-1", "edge", "v1", "edge", edge_ip, true),
+        slice(
+            "orders-a1",
+            "orders",
+            Some("http"),
+            &[(orders_ip, "orders-1", true)],
+        ),
+        slice(
+            "edge-a1",
+            "edge",
+            Some("http"),
+            &[(edge_ip, "edge-1", true)],
+        ),
+    ]
+}
+
+/// Once the control plane (admin API `admin`, state directory `state`) has made its admin token
+/// and CA: the CA copied into `dir`, join tokens for `orders` and `edge` written there
+/// (`<app>.token`); returns the admin token.
+pub(super) fn admin_token_and_join_tokens(dir: &Path, admin: SocketAddr, state: &Path) -> String {
+    let bearer = wait::until("the admin token", Duration::from_secs(30), || {
+        let t = std::fs::read_to_string(state.join("admin.token")).ok()?;
+        let ca = std::fs::read(state.join("ca.crt")).ok()?;
+        std::fs::write(dir.join("ca.crt"), ca).ok()?;
+        Some(t.trim().to_owned()).filter(|t| !t.is_empty())
+    });
+    for app in ["orders", "edge"] {
+        let token = join_token(admin, &bearer, app, app);
+        std::fs::write(dir.join(format!("{app}.token")), token).expect("token");
+    }
+    bearer
+}
+
 /// orders: the sample app (`orders-1`, it echoes the request) behind its sidecar on its pod's
 /// IP `ip` (each test its own, as they may run at once), joined to the control plane at `cp`;
 /// the two guards end both.
@@ -288,28 +328,13 @@ fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
         .expect("runtime");
     let (edge_ca, crt, key) = edge_certs();
     let https_port = weft_testkit::ports::reserve();
-    let objects = vec![
-        service("orders", Some("http")),
-        service("edge", Some("http")),
-        pod("orders-1", "orders", "v1", "orders", ORDERS_IP, true),
-        pod("edge-1", "edge", "v1", "edge", EDGE_IP, true),
-        slice(
-            "orders-a1",
-            "orders",
-            Some("http"),
-            &[(ORDERS_IP, "orders-1", true)],
-        ),
-        slice(
-            "edge-a1",
-            "edge",
-            Some("http"),
-            &[(EDGE_IP, "edge-1", true)],
-        ),
+    let mut objects = orders_and_edge(ORDERS_IP, EDGE_IP);
+    objects.extend([
         class("weft", "weft.dev/gateway-controller"),
         gateway(https_port),
         tls_secret("api-cert", &crt, &key),
         orders_api(1, "/v1/orders"),
-    ];
+    ]);
     let api = rt.block_on(standin::ApiServer::start(objects));
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
@@ -317,17 +342,8 @@ fn a_gateway_takes_its_config_over_the_stream_and_keeps_the_last_good() {
     let cp = spawn_control_plane(dir, &config, "cp", TD, &[] as &[&str]);
     let (listen, admin, state) = (cp.listen, cp.admin, cp.state.clone());
     let cp_log = cp.log_reader();
-    let bearer = wait::until("the admin token", Duration::from_secs(30), || {
-        let t = std::fs::read_to_string(state.join("admin.token")).ok()?;
-        let ca = std::fs::read(state.join("ca.crt")).ok()?;
-        std::fs::write(dir.join("ca.crt"), ca).ok()?;
-        Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-    });
+    let bearer = admin_token_and_join_tokens(dir, admin, &state);
     std::fs::write(dir.join("edge-ca.pem"), &edge_ca).expect("edge ca");
-    for app in ["orders", "edge"] {
-        let token = join_token(admin, &bearer, app, app);
-        std::fs::write(dir.join(format!("{app}.token")), token).expect("token");
-    }
 
     // orders: the sample app behind its sidecar on its pod's IP.
     let (_app, _orders) = orders_behind_its_sidecar(dir, listen, ORDERS_IP);
