@@ -16,17 +16,8 @@ use crate::policy::kube::objects::{Kind, ObjectKey};
 /// The `status` `outcome` calls for on `object` (its current status read for transition
 /// times and other controllers' entries).
 pub fn policy_status(object: &DynamicObject, outcome: &PolicyOutcome, now: &str) -> Value {
-    let current: Vec<Value> = (object.data.pointer("/status/ancestors"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let (ours, theirs): (Vec<Value>, Vec<Value>) = current
-        .into_iter()
-        .partition(|p| p["controllerName"] == CONTROLLER_NAME);
-    let ours: Vec<PolicyAncestorStatus> = ours
-        .into_iter()
-        .filter_map(|p| serde_json::from_value(p).ok())
-        .collect();
+    let (ours, theirs) =
+        super::status::ours_and_theirs::<PolicyAncestorStatus>(object, "/status/ancestors");
     let mut ancestors = theirs;
     for (ancestor, said) in &outcome.ancestors {
         let before = (ours.iter())

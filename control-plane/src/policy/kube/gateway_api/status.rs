@@ -27,6 +27,26 @@ pub struct RouteParentStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The entries of the status list at `pointer` of `object`: Weft's (those that parse as `T`;
+/// the rest of Weft's are dropped, to be written anew) and, as they are, other controllers'.
+pub(super) fn ours_and_theirs<T: serde::de::DeserializeOwned>(
+    object: &DynamicObject,
+    pointer: &str,
+) -> (Vec<T>, Vec<Value>) {
+    let current: Vec<Value> = (object.data.pointer(pointer))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let (ours, theirs): (Vec<Value>, Vec<Value>) = current
+        .into_iter()
+        .partition(|p| p["controllerName"] == CONTROLLER_NAME);
+    let ours = ours
+        .into_iter()
+        .filter_map(|p| serde_json::from_value(p).ok())
+        .collect();
+    (ours, theirs)
+}
+
 /// The new `status` of `object` given Weft's `verdicts` on it, or `None` when what it holds
 /// already says the same (times aside). `now` is RFC 3339.
 pub fn route_status(
@@ -34,19 +54,7 @@ pub fn route_status(
     verdicts: &[&ParentVerdict],
     now: &str,
 ) -> Option<Value> {
-    let current: Vec<Value> = object
-        .data
-        .pointer("/status/parents")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let (ours, theirs): (Vec<Value>, Vec<Value>) = current
-        .into_iter()
-        .partition(|p| p["controllerName"] == CONTROLLER_NAME);
-    let ours: Vec<RouteParentStatus> = ours
-        .into_iter()
-        .filter_map(|p| serde_json::from_value(p).ok())
-        .collect();
+    let (ours, theirs) = ours_and_theirs::<RouteParentStatus>(object, "/status/parents");
     let wanted: Vec<RouteParentStatus> = verdicts
         .iter()
         .map(|v| {
