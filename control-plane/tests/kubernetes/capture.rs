@@ -18,7 +18,7 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use weft_podrunner::PodHandle;
-use weft_testkit::{tools, wait};
+use weft_testkit::wait;
 
 use super::deployed::{can_run, Shop, LIMIT, NS};
 use super::source::TD;
@@ -136,16 +136,7 @@ fn rules(netns: &str) -> String {
 /// Runs `weft-proxy` with `args` in `netns` (the init container's command, by hand); fails
 /// with its output unless it succeeds.
 fn weft_proxy_in(netns: &str, args: &[String]) {
-    let proxy = tools::workspace_binary(
-        "weft-proxy",
-        &[
-            "proxy/src",
-            "policy/src",
-            "certs/src",
-            "resilience/src",
-            "api/src",
-        ],
-    );
+    let proxy = super::shared::weft_proxy_binary();
     let out = Command::new("ip")
         .args(["netns", "exec", netns])
         .arg(&proxy)

@@ -120,16 +120,7 @@ pub(super) fn pod_images() -> Images {
         });
         Images::from_roots(roots)
     } else {
-        let proxy = tools::workspace_binary(
-            "weft-proxy",
-            &[
-                "proxy/src",
-                "policy/src",
-                "certs/src",
-                "resilience/src",
-                "api/src",
-            ],
-        );
+        let proxy = super::shared::weft_proxy_binary();
         let sample = tools::workspace_binary("weft-sample", &["samples/src"]);
         assert_eq!(proxy.parent(), sample.parent());
         Images::weft_binaries(proxy.parent().expect("target dir"))

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use weft_kube_standin::{self as standin, kubeconfig};
 use weft_testkit::process::{output_within, Exit};
-use weft_testkit::{tools, wait};
+use weft_testkit::wait;
 
 use super::gateway_stream::{
     admin_token_and_join_tokens, curl, edge_certs, orders_and_edge, orders_behind_its_sidecar,
@@ -41,23 +41,10 @@ fn gateway_file(https_port: u16, service: &str) -> String {
     )
 }
 
-fn weft_proxy() -> std::path::PathBuf {
-    tools::workspace_binary(
-        "weft-proxy",
-        &[
-            "proxy/src",
-            "policy/src",
-            "certs/src",
-            "resilience/src",
-            "api/src",
-        ],
-    )
-}
-
 /// Run `weft-proxy --config config --gateway gateway` to its exit (it must refuse to start).
 fn refused(dir: &Path, config: &str, gateway: &str) -> (Exit, String) {
     let (exit, _, err) = output_within(
-        Command::new(weft_proxy())
+        Command::new(super::shared::weft_proxy_binary())
             .current_dir(dir)
             .args(["--config", config, "--gateway", gateway])
             .env("RUST_LOG", "info"),

@@ -219,16 +219,7 @@ pub(super) fn edge_args(dir: &Path, cp: SocketAddr, ip: &str, name: Option<&str>
 
 /// Start `weft-proxy` with `args`; wait for its ready file and return it (JSON) with the guard.
 pub(super) fn proxy(dir: &Path, tag: &str, args: &[&str]) -> (Guard, Value) {
-    let bin = tools::workspace_binary(
-        "weft-proxy",
-        &[
-            "proxy/src",
-            "policy/src",
-            "certs/src",
-            "resilience/src",
-            "api/src",
-        ],
-    );
+    let bin = super::shared::weft_proxy_binary();
     let ready = dir.join(format!("{tag}.ready"));
     let _ = std::fs::remove_file(&ready);
     let log = std::fs::File::create(dir.join(format!("{tag}.log"))).expect("log");

@@ -9,6 +9,20 @@ use std::process::{Command, Stdio};
 
 use weft_testkit::process::{spawn, Guard};
 
+/// The `weft-proxy` binary, built from the workspace (rebuilt when its sources are newer).
+pub(crate) fn weft_proxy_binary() -> PathBuf {
+    weft_testkit::tools::workspace_binary(
+        "weft-proxy",
+        &[
+            "proxy/src",
+            "policy/src",
+            "certs/src",
+            "resilience/src",
+            "api/src",
+        ],
+    )
+}
+
 /// A running control plane: its process (killed on drop), its sidecar (`listen`) and
 /// operator (`admin`) addresses, its state directory and log file.
 pub(crate) struct ControlPlane {
